@@ -1,0 +1,9 @@
+//! autopaxos: Compartmentalized MultiPaxos that scales by role.
+//!
+//! - [`protocol`]: the sans-IO core — every role as a plain struct, the messages, the state machines.
+//! - [`sim`]: the deterministic simulator that drives the same structs under faults and checks them.
+
+#![forbid(unsafe_code)]
+
+pub mod protocol;
+pub mod sim;

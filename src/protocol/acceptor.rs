@@ -1,0 +1,316 @@
+//! Acceptor: one voter of one acceptor group. Holds the promised ballot and, per slot of its group, the
+//! highest-ballot value it accepted. Its state is durable (the simulator keeps it across crashes).
+//!
+//! Must never: accept or promise below its promise; answer for a slot of another group.
+
+use super::config::ClusterConfig;
+use super::messages::{AcceptedEntry, Msg, Value};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
+use std::collections::BTreeMap;
+
+/// One acceptor.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    id: NodeId,
+    config: ClusterConfig,
+    group: usize,
+    promised: Ballot,
+    /// Per slot of this group: the ballot and value last accepted.
+    accepted: BTreeMap<Slot, (Ballot, Value)>,
+    /// Every slot below this is chosen and executed by all replicas; its entry is gone.
+    trimmed_below: Slot,
+}
+
+impl Acceptor {
+    /// A fresh acceptor; `id` must be a member of one of `config`'s groups.
+    pub fn new(id: NodeId, config: ClusterConfig) -> Self {
+        let group = config
+            .acceptor_groups
+            .iter()
+            .position(|g| g.contains(&id))
+            .unwrap_or_else(|| panic!("acceptor {id} is in no acceptor group"));
+        Acceptor {
+            id,
+            config,
+            group,
+            promised: Ballot::ZERO,
+            accepted: BTreeMap::new(),
+            trimmed_below: 0,
+        }
+    }
+
+    /// The highest ballot promised.
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// How many slots this acceptor currently remembers.
+    pub fn accepted_len(&self) -> usize {
+        self.accepted.len()
+    }
+
+    fn on_phase1a(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, out: &mut Out) {
+        // `>=` so that a retransmitted Phase1a of the current ballot is answered again.
+        if ballot < self.promised {
+            out.send(
+                from,
+                Msg::Nack {
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        self.promised = ballot;
+        let start = from_slot.max(self.trimmed_below);
+        let accepted = self
+            .accepted
+            .range(start..)
+            .map(|(&slot, (b, v))| AcceptedEntry {
+                slot,
+                ballot: *b,
+                value: v.clone(),
+            })
+            .collect();
+        out.send(
+            from,
+            Msg::Phase1b {
+                ballot,
+                trimmed_below: self.trimmed_below,
+                accepted,
+            },
+        );
+    }
+
+    fn on_phase2a(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        out: &mut Out,
+    ) {
+        if self.config.group_of(slot) != self.group {
+            out.dropped("phase2a for a slot of another group");
+            return;
+        }
+        if ballot < self.promised {
+            out.send(
+                from,
+                Msg::Nack {
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        self.promised = ballot;
+        if slot >= self.trimmed_below {
+            let digest = value.digest();
+            self.accepted.insert(slot, (ballot, value));
+            out.event(|| Event::Accepted {
+                slot,
+                ballot,
+                value_digest: digest,
+            });
+        }
+        // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
+        // ballot we may accept carries the chosen value, so acknowledging it is safe.
+        out.send(from, Msg::Phase2b { ballot, slot });
+    }
+
+    fn on_trim(&mut self, below: Slot) {
+        if below > self.trimmed_below {
+            self.trimmed_below = below;
+            self.accepted = self.accepted.split_off(&below);
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.accepted.values().all(|(b, _)| *b <= self.promised),
+            "acceptor {}: accepted a ballot above its promise {}",
+            self.id,
+            self.promised
+        );
+        assert!(
+            self.accepted
+                .keys()
+                .next()
+                .is_none_or(|&s| s >= self.trimmed_below),
+            "acceptor {}: holds a slot below its trim point {}",
+            self.id,
+            self.trimmed_below
+        );
+    }
+}
+
+impl Role for Acceptor {
+    fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        match msg {
+            Msg::Phase1a { ballot, from_slot } => self.on_phase1a(from, ballot, from_slot, out),
+            Msg::Phase2a {
+                ballot,
+                slot,
+                value,
+            } => self.on_phase2a(from, ballot, slot, value, out),
+            Msg::Trim { below } => self.on_trim(below),
+            _ => out.dropped("acceptor: unexpected message"),
+        }
+        self.check_invariants();
+    }
+
+    fn handle_timeout(&mut self, _now: Time, _out: &mut Out) {}
+
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Acceptor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(round: u64, proposer: NodeId) -> Ballot {
+        Ballot { round, proposer }
+    }
+
+    fn acceptor() -> Acceptor {
+        // Groups: [3,4,5] owns even slots, [6,7,8] odd ones.
+        Acceptor::new(3, ClusterConfig::f1(2, 1, 1, 1))
+    }
+
+    fn call(a: &mut Acceptor, msg: Msg) -> Vec<(NodeId, Msg)> {
+        let mut out = Out::new(true);
+        a.handle_message(0, 1, msg, &mut out);
+        out.msgs
+    }
+
+    #[test]
+    fn never_accepts_below_its_promise() {
+        let mut a = acceptor();
+        call(
+            &mut a,
+            Msg::Phase1a {
+                ballot: b(2, 1),
+                from_slot: 0,
+            },
+        );
+        let reply = call(
+            &mut a,
+            Msg::Phase2a {
+                ballot: b(1, 2),
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        assert_eq!(reply, vec![(1, Msg::Nack { promised: b(2, 1) })]);
+        assert_eq!(a.accepted_len(), 0);
+        let reply = call(
+            &mut a,
+            Msg::Phase2a {
+                ballot: b(2, 1),
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        assert_eq!(
+            reply,
+            vec![(
+                1,
+                Msg::Phase2b {
+                    ballot: b(2, 1),
+                    slot: 0
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn phase1b_reports_accepted_values_from_the_requested_slot() {
+        let mut a = acceptor();
+        for slot in [0, 2, 4] {
+            call(
+                &mut a,
+                Msg::Phase2a {
+                    ballot: b(1, 1),
+                    slot,
+                    value: Value::Noop,
+                },
+            );
+        }
+        let reply = call(
+            &mut a,
+            Msg::Phase1a {
+                ballot: b(2, 2),
+                from_slot: 2,
+            },
+        );
+        let Msg::Phase1b { accepted, .. } = &reply[0].1 else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            accepted.iter().map(|e| e.slot).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        // A lower ballot's Phase1a is refused with the promise.
+        let reply = call(
+            &mut a,
+            Msg::Phase1a {
+                ballot: b(1, 9),
+                from_slot: 0,
+            },
+        );
+        assert_eq!(reply, vec![(1, Msg::Nack { promised: b(2, 2) })]);
+    }
+
+    #[test]
+    fn trim_forgets_executed_slots_and_phase1b_says_so() {
+        let mut a = acceptor();
+        for slot in [0, 2, 4] {
+            call(
+                &mut a,
+                Msg::Phase2a {
+                    ballot: b(1, 1),
+                    slot,
+                    value: Value::Noop,
+                },
+            );
+        }
+        call(&mut a, Msg::Trim { below: 3 });
+        assert_eq!(a.accepted_len(), 1);
+        let reply = call(
+            &mut a,
+            Msg::Phase1a {
+                ballot: b(2, 1),
+                from_slot: 0,
+            },
+        );
+        let Msg::Phase1b {
+            trimmed_below,
+            accepted,
+            ..
+        } = &reply[0].1
+        else {
+            panic!()
+        };
+        assert_eq!((*trimmed_below, accepted.len()), (3, 1));
+    }
+
+    #[test]
+    fn slots_of_other_groups_are_dropped() {
+        let mut a = acceptor();
+        assert!(call(
+            &mut a,
+            Msg::Phase2a {
+                ballot: b(1, 1),
+                slot: 1,
+                value: Value::Noop
+            }
+        )
+        .is_empty());
+        assert_eq!(a.accepted_len(), 0);
+    }
+}

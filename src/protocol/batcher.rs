@@ -1,0 +1,280 @@
+//! Batcher: gathers client commands into batches (by size or a flush interval) and sends each batch to
+//! the leader it knows of. Refused batches are resent to the hinted leader a bounded number of times.
+//!
+//! Must never: decode or reorder commands once batched; hold more than one batch of commands.
+
+use super::config::{ClusterConfig, Tunables};
+use super::messages::{encode_batch, Command, Msg};
+use super::timers::Timers;
+use super::{Ballot, NodeId, Out, Role, RoleKind, Time};
+use bytes::Bytes;
+
+/// How many times one batch is sent before the batcher gives it up to the clients' own retries.
+pub const MAX_BATCH_ATTEMPTS: u8 = 4;
+
+#[repr(usize)]
+enum Timer {
+    Flush,
+}
+
+/// One batcher.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    id: NodeId,
+    config: ClusterConfig,
+    batch_size: usize,
+    flush_interval_us: Time,
+    pending: Vec<Command>,
+    /// The leader as last announced by a heartbeat or a refusal, with the ballot that announced it.
+    leader_hint: Option<NodeId>,
+    leader_ballot: Ballot,
+    /// Used round-robin when no leader is known.
+    next_proposer: usize,
+    timers: Timers<1>,
+}
+
+impl Batcher {
+    /// A batcher that knows no leader yet.
+    pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
+        Batcher {
+            id,
+            config,
+            batch_size: tunables.batch_size,
+            flush_interval_us: tunables.flush_interval_us,
+            pending: Vec::with_capacity(tunables.batch_size),
+            leader_hint: None,
+            leader_ballot: Ballot::ZERO,
+            next_proposer: 0,
+            timers: Timers::default(),
+        }
+    }
+
+    /// The leader this batcher sends to, if it knows one.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader_hint
+    }
+
+    fn target(&self) -> NodeId {
+        self.leader_hint
+            .unwrap_or(self.config.proposers[self.next_proposer % self.config.proposers.len()])
+    }
+
+    fn flush(&mut self, out: &mut Out) {
+        self.timers.cancel(Timer::Flush as usize);
+        if self.pending.is_empty() {
+            return;
+        }
+        let commands = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch_size));
+        let batch = encode_batch(commands);
+        out.send(
+            self.target(),
+            Msg::ClientBatch {
+                origin: self.id,
+                forwarded: false,
+                attempt: 0,
+                batch,
+            },
+        );
+    }
+
+    fn on_request(&mut self, now: Time, command: Command, out: &mut Out) {
+        self.pending.push(command);
+        if self.pending.len() >= self.batch_size {
+            self.flush(out);
+        } else if !self.timers.is_set(Timer::Flush as usize) {
+            self.timers
+                .set(Timer::Flush as usize, now + self.flush_interval_us);
+        }
+    }
+
+    fn on_refused(
+        &mut self,
+        leader_hint: Option<NodeId>,
+        attempt: u8,
+        batch: Bytes,
+        out: &mut Out,
+    ) {
+        match leader_hint {
+            Some(leader) => self.leader_hint = Some(leader),
+            None => {
+                self.leader_hint = None;
+                self.next_proposer += 1;
+            }
+        }
+        let attempt = attempt.saturating_add(1);
+        if attempt >= MAX_BATCH_ATTEMPTS {
+            // Not silent: the event is counted, and every client in the batch retries on its own timer.
+            out.dropped("batcher: batch refused too many times");
+            return;
+        }
+        out.send(
+            self.target(),
+            Msg::ClientBatch {
+                origin: self.id,
+                forwarded: false,
+                attempt,
+                batch,
+            },
+        );
+    }
+
+    fn on_heartbeat(&mut self, ballot: Ballot) {
+        if ballot >= self.leader_ballot {
+            self.leader_ballot = ballot;
+            self.leader_hint = Some(ballot.proposer);
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.pending.len() < self.batch_size,
+            "a full batch is sent at once"
+        );
+        assert_eq!(
+            self.pending.is_empty(),
+            !self.timers.is_set(Timer::Flush as usize)
+        );
+    }
+}
+
+impl Role for Batcher {
+    fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
+        match msg {
+            Msg::ClientRequest(command) => self.on_request(now, command, out),
+            Msg::BatchRefused {
+                leader_hint,
+                attempt,
+                batch,
+            } => self.on_refused(leader_hint, attempt, batch, out),
+            Msg::Heartbeat { ballot } => self.on_heartbeat(ballot),
+            _ => out.dropped("batcher: unexpected message"),
+        }
+        self.check_invariants();
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        if self.timers.take_expired(now).count() > 0 {
+            self.flush(out);
+        }
+        self.check_invariants();
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Batcher
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(seq: u64) -> Msg {
+        Msg::ClientRequest(Command {
+            client_id: 100,
+            seq,
+            op: Bytes::new(),
+        })
+    }
+
+    fn batcher(batch_size: usize) -> Batcher {
+        let tunables = Tunables {
+            batch_size,
+            ..Tunables::default()
+        };
+        Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables)
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once() {
+        let mut b = batcher(3);
+        let mut out = Out::new(false);
+        for seq in 1..=3 {
+            b.handle_message(0, 100, cmd(seq), &mut out);
+        }
+        assert_eq!(out.msgs.len(), 1);
+        assert!(matches!(
+            out.msgs[0],
+            (
+                1,
+                Msg::ClientBatch {
+                    origin: 9,
+                    attempt: 0,
+                    ..
+                }
+            )
+        ));
+        assert_eq!(b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_partial_batch_leaves_at_the_flush_interval() {
+        let mut b = batcher(10);
+        let mut out = Out::new(false);
+        b.handle_message(5, 100, cmd(1), &mut out);
+        assert!(out.msgs.is_empty());
+        let at = b.poll_timeout().unwrap();
+        assert_eq!(at, 5 + Tunables::default().flush_interval_us);
+        b.handle_timeout(at, &mut out);
+        assert_eq!(out.msgs.len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_and_refusals_steer_batches_to_the_leader() {
+        let mut b = batcher(1);
+        let mut out = Out::new(false);
+        b.handle_message(
+            0,
+            2,
+            Msg::Heartbeat {
+                ballot: Ballot {
+                    round: 1,
+                    proposer: 2,
+                },
+            },
+            &mut out,
+        );
+        b.handle_message(0, 100, cmd(1), &mut out);
+        assert_eq!(out.msgs[0].0, 2);
+        let refusal = Msg::BatchRefused {
+            leader_hint: Some(1),
+            attempt: 0,
+            batch: Bytes::new(),
+        };
+        b.handle_message(0, 2, refusal, &mut out);
+        assert!(matches!(
+            out.msgs[1],
+            (1, Msg::ClientBatch { attempt: 1, .. })
+        ));
+        // A stale heartbeat does not override what a newer ballot said.
+        b.handle_message(
+            0,
+            1,
+            Msg::Heartbeat {
+                ballot: Ballot {
+                    round: 0,
+                    proposer: 1,
+                },
+            },
+            &mut out,
+        );
+        assert_eq!(b.leader_hint(), Some(1));
+    }
+
+    #[test]
+    fn a_batch_refused_too_often_is_given_up_not_bounced_forever() {
+        let mut b = batcher(1);
+        let mut out = Out::new(true);
+        let refusal = Msg::BatchRefused {
+            leader_hint: None,
+            attempt: MAX_BATCH_ATTEMPTS - 1,
+            batch: Bytes::new(),
+        };
+        b.handle_message(0, 2, refusal, &mut out);
+        assert!(out.msgs.is_empty());
+        assert_eq!(out.events.len(), 1);
+    }
+}

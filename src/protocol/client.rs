@@ -1,0 +1,250 @@
+//! Client: the library side of a closed-loop client. One request outstanding at a time; a request
+//! unanswered for `client_retry_timeout_us` is resent, with the same sequence number, to the next
+//! batcher (or, without batchers, to the leader it was last told of). What to send is the caller's choice.
+//!
+//! Must never: reuse a sequence number for a different operation; report a request complete twice.
+
+use super::config::{ClusterConfig, Tunables};
+use super::messages::{Command, Msg};
+use super::timers::Timers;
+use super::{Event, NodeId, Out, Role, RoleKind, Time};
+use bytes::Bytes;
+
+#[repr(usize)]
+enum Timer {
+    Retry,
+}
+
+#[derive(Debug, Clone)]
+struct Outstanding {
+    command: Command,
+    attempts: u32,
+}
+
+/// Why a request could not be submitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A closed-loop client has one request outstanding at a time.
+    #[error("request {0} is still outstanding")]
+    Busy(u64),
+}
+
+/// One client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    client_id: u64,
+    config: ClusterConfig,
+    retry_timeout_us: Time,
+    next_seq: u64,
+    outstanding: Option<Outstanding>,
+    /// Rotates on every retry so that a dead batcher (or proposer) is left behind.
+    next_target: usize,
+    leader_hint: Option<NodeId>,
+    timers: Timers<1>,
+}
+
+impl Client {
+    /// A client whose replies are addressed to node `id`; `first_target` spreads clients over batchers.
+    pub fn new(
+        id: NodeId,
+        config: ClusterConfig,
+        tunables: &Tunables,
+        first_target: usize,
+    ) -> Self {
+        Client {
+            client_id: u64::from(id),
+            config,
+            retry_timeout_us: tunables.client_retry_timeout_us,
+            next_seq: 1,
+            outstanding: None,
+            next_target: first_target,
+            leader_hint: None,
+            timers: Timers::default(),
+        }
+    }
+
+    /// Whether a request is waiting for its reply.
+    pub fn is_busy(&self) -> bool {
+        self.outstanding.is_some()
+    }
+
+    /// The leader this client was last told of.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader_hint
+    }
+
+    /// Sends a new request carrying `op`; returns its sequence number.
+    pub fn submit(&mut self, now: Time, op: Bytes, out: &mut Out) -> Result<u64, SubmitError> {
+        if let Some(o) = &self.outstanding {
+            return Err(SubmitError::Busy(o.command.seq));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let command = Command {
+            client_id: self.client_id,
+            seq,
+            op,
+        };
+        self.outstanding = Some(Outstanding {
+            command,
+            attempts: 0,
+        });
+        self.send_outstanding(now, out);
+        Ok(seq)
+    }
+
+    fn target(&self) -> NodeId {
+        if !self.config.batchers.is_empty() {
+            return self.config.batchers[self.next_target % self.config.batchers.len()];
+        }
+        self.leader_hint
+            .unwrap_or(self.config.proposers[self.next_target % self.config.proposers.len()])
+    }
+
+    fn send_outstanding(&mut self, now: Time, out: &mut Out) {
+        let target = self.target();
+        let Some(o) = &mut self.outstanding else {
+            return;
+        };
+        o.attempts += 1;
+        out.send(target, Msg::ClientRequest(o.command.clone()));
+        self.timers
+            .set(Timer::Retry as usize, now + self.retry_timeout_us);
+    }
+
+    fn on_reply(&mut self, seq: u64, result: Bytes, out: &mut Out) {
+        match &self.outstanding {
+            Some(o) if o.command.seq == seq => {
+                self.outstanding = None;
+                self.timers.cancel(Timer::Retry as usize);
+                out.event(|| Event::Completed { seq, result });
+            }
+            _ => out.dropped("client: reply to no outstanding request (a duplicate)"),
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert_eq!(
+            self.outstanding.is_some(),
+            self.timers.is_set(Timer::Retry as usize)
+        );
+        if let Some(o) = &self.outstanding {
+            assert!(o.command.seq < self.next_seq);
+        }
+    }
+}
+
+impl Role for Client {
+    fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
+        match msg {
+            Msg::ClientReply(reply) if reply.client_id == self.client_id => {
+                self.on_reply(reply.seq, reply.result, out)
+            }
+            Msg::NotLeader { leader_hint } => {
+                self.leader_hint = leader_hint;
+                if leader_hint.is_some() && self.config.batchers.is_empty() {
+                    self.send_outstanding(now, out);
+                }
+            }
+            _ => out.dropped("client: unexpected message"),
+        }
+        self.check_invariants();
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        if self.timers.take_expired(now).count() > 0 {
+            self.next_target += 1;
+            if self.config.batchers.is_empty() {
+                self.leader_hint = None; // the hinted leader did not answer either
+            }
+            self.send_outstanding(now, out);
+        }
+        self.check_invariants();
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::ClientReply;
+
+    fn client(batchers: usize) -> Client {
+        Client::new(
+            100,
+            ClusterConfig::f1(1, 1, batchers, 1),
+            &Tunables::default(),
+            0,
+        )
+    }
+
+    #[test]
+    fn a_retry_keeps_its_sequence_number_and_moves_to_the_next_batcher() {
+        let mut c = client(2);
+        let mut out = Out::new(true);
+        let seq = c.submit(0, Bytes::from_static(b"op"), &mut out).unwrap();
+        assert_eq!(
+            c.submit(0, Bytes::new(), &mut out),
+            Err(SubmitError::Busy(seq))
+        );
+        let at = c.poll_timeout().unwrap();
+        c.handle_timeout(at, &mut out);
+        let sent: Vec<_> = out
+            .msgs
+            .iter()
+            .map(|(to, m)| match m {
+                Msg::ClientRequest(cmd) => (*to, cmd.seq),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let batchers = &c.config.batchers;
+        assert_eq!(sent, vec![(batchers[0], seq), (batchers[1], seq)]);
+    }
+
+    #[test]
+    fn the_first_reply_completes_the_request_and_duplicates_are_ignored() {
+        let mut c = client(1);
+        let mut out = Out::new(true);
+        let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
+        let reply = Msg::ClientReply(ClientReply {
+            client_id: 100,
+            seq,
+            result: Bytes::from_static(b"r"),
+        });
+        c.handle_message(1, 50, reply.clone(), &mut out);
+        c.handle_message(2, 50, reply, &mut out);
+        let completed = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Completed { .. }))
+            .count();
+        assert_eq!(completed, 1);
+        assert!(!c.is_busy());
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn without_batchers_a_not_leader_hint_redirects_the_request() {
+        let mut c = client(0);
+        let mut out = Out::new(false);
+        c.submit(0, Bytes::new(), &mut out).unwrap();
+        assert_eq!(out.msgs[0].0, c.config.proposers[0]);
+        c.handle_message(
+            1,
+            1,
+            Msg::NotLeader {
+                leader_hint: Some(2),
+            },
+            &mut out,
+        );
+        assert_eq!(out.msgs[1].0, 2);
+        assert_eq!(c.leader_hint(), Some(2));
+    }
+}

@@ -1,0 +1,305 @@
+//! Who is in the cluster and how the protocol is tuned. Validated once, when loaded: a bad
+//! configuration is refused with the field named, never discovered later as a panic on the hot path.
+
+use super::{NodeId, Slot, Time};
+
+/// The kinds of node. `Client` is a node too: it has an id, sends and receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleKind {
+    /// Issues commands and waits for their replies.
+    Client,
+    /// Gathers commands into batches for the leader.
+    Batcher,
+    /// Elects a leader; the leader orders batches into slots.
+    Proposer,
+    /// Runs Phase 2 for one slot on behalf of the leader.
+    ProxyLeader,
+    /// Votes in one acceptor group.
+    Acceptor,
+    /// Executes the chosen log on the state machine.
+    Replica,
+    /// Splits reply batches and sends each reply to its client.
+    Unbatcher,
+}
+
+impl RoleKind {
+    /// The role's name as used on the command line and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoleKind::Client => "client",
+            RoleKind::Batcher => "batcher",
+            RoleKind::Proposer => "proposer",
+            RoleKind::ProxyLeader => "proxy-leader",
+            RoleKind::Acceptor => "acceptor",
+            RoleKind::Replica => "replica",
+            RoleKind::Unbatcher => "unbatcher",
+        }
+    }
+}
+
+/// A configuration the protocol cannot run with. Each variant names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `f` must be at least 1 for the cluster to tolerate any failure.
+    #[error("f must be at least 1 (got {0})")]
+    FTooSmall(usize),
+    /// A role has fewer nodes than fault tolerance requires.
+    #[error("{role}: need at least {need} nodes for f={f}, got {got}")]
+    TooFewNodes {
+        role: &'static str,
+        need: usize,
+        got: usize,
+        f: usize,
+    },
+    /// Acceptor group `group` does not have exactly 2f+1 members.
+    #[error("acceptor group {group}: need exactly {need} acceptors (2f+1), got {got}")]
+    GroupSize {
+        group: usize,
+        need: usize,
+        got: usize,
+    },
+    /// The same node id appears twice.
+    #[error("node id {0} is used more than once")]
+    DuplicateId(NodeId),
+    /// A tunable is out of its range.
+    #[error("{field}: {why}")]
+    Tunable {
+        field: &'static str,
+        why: &'static str,
+    },
+}
+
+/// The membership of a cluster: which node plays which role. Ids are unique across roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Failures tolerated: f+1 proposers, 2f+1 acceptors per group, f+1 replicas.
+    pub f: usize,
+    /// The proposers; one of them leads at a time.
+    pub proposers: Vec<NodeId>,
+    /// `G` acceptor groups of 2f+1; slot `s` belongs to group `s mod G`.
+    pub acceptor_groups: Vec<Vec<NodeId>>,
+    /// Stateless Phase 2 workers.
+    pub proxy_leaders: Vec<NodeId>,
+    /// Executors of the log.
+    pub replicas: Vec<NodeId>,
+    /// Batchers; empty means clients send straight to the leader.
+    pub batchers: Vec<NodeId>,
+    /// Reply splitters; at least one.
+    pub unbatchers: Vec<NodeId>,
+}
+
+impl ClusterConfig {
+    /// Checks the fault-tolerance minimums and id uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = self.f;
+        if f < 1 {
+            return Err(ConfigError::FTooSmall(f));
+        }
+        let minimums = [
+            ("proposers", self.proposers.len(), f + 1),
+            ("acceptor_groups", self.acceptor_groups.len(), 1),
+            ("proxy_leaders", self.proxy_leaders.len(), 1),
+            ("replicas", self.replicas.len(), f + 1),
+            ("unbatchers", self.unbatchers.len(), 1),
+        ];
+        for (role, got, need) in minimums {
+            if got < need {
+                return Err(ConfigError::TooFewNodes { role, need, got, f });
+            }
+        }
+        for (group, members) in self.acceptor_groups.iter().enumerate() {
+            if members.len() != 2 * f + 1 {
+                return Err(ConfigError::GroupSize {
+                    group,
+                    need: 2 * f + 1,
+                    got: members.len(),
+                });
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for id in self.all_nodes().map(|(id, _)| id) {
+            if !seen.insert(id) {
+                return Err(ConfigError::DuplicateId(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every configured node with its role (clients are not part of the configuration).
+    pub fn all_nodes(&self) -> impl Iterator<Item = (NodeId, RoleKind)> + '_ {
+        fn tag(ids: &[NodeId], kind: RoleKind) -> impl Iterator<Item = (NodeId, RoleKind)> + '_ {
+            ids.iter().map(move |&id| (id, kind))
+        }
+        tag(&self.proposers, RoleKind::Proposer)
+            .chain(
+                self.acceptor_groups
+                    .iter()
+                    .flat_map(|g| tag(g, RoleKind::Acceptor)),
+            )
+            .chain(tag(&self.proxy_leaders, RoleKind::ProxyLeader))
+            .chain(tag(&self.replicas, RoleKind::Replica))
+            .chain(tag(&self.batchers, RoleKind::Batcher))
+            .chain(tag(&self.unbatchers, RoleKind::Unbatcher))
+    }
+
+    /// The acceptor group that owns `slot`.
+    pub fn group_of(&self, slot: Slot) -> usize {
+        (slot % self.acceptor_groups.len() as u64) as usize
+    }
+
+    /// A quorum: f+1 of a group's 2f+1 acceptors.
+    pub fn quorum(&self) -> usize {
+        self.f + 1
+    }
+
+    /// Every acceptor of every group.
+    pub fn all_acceptors(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.acceptor_groups.iter().flatten().copied()
+    }
+
+    /// A small f=1 cluster with ids 1.. : 2 proposers, `groups` groups of 3 acceptors, the given
+    /// numbers of proxy leaders, batchers and unbatchers, 2 replicas. Used by tests, the simulator
+    /// and `autopaxos local`.
+    pub fn f1(groups: usize, proxy_leaders: usize, batchers: usize, unbatchers: usize) -> Self {
+        let mut next = 1;
+        let mut take = |n: usize| -> Vec<NodeId> {
+            let ids = (next..next + n as NodeId).collect();
+            next += n as NodeId;
+            ids
+        };
+        ClusterConfig {
+            f: 1,
+            proposers: take(2),
+            acceptor_groups: (0..groups).map(|_| take(3)).collect(),
+            proxy_leaders: take(proxy_leaders),
+            replicas: take(2),
+            batchers: take(batchers),
+            unbatchers: take(unbatchers),
+        }
+    }
+}
+
+/// Protocol settings. Durations are microseconds and say so in their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunables {
+    /// A batcher sends a batch once it holds this many commands.
+    pub batch_size: usize,
+    /// ...or once its oldest command has waited this long.
+    pub flush_interval_us: Time,
+    /// The leader's heartbeat period.
+    pub heartbeat_interval_us: Time,
+    /// A follower that hears no heartbeat for this long (plus up to the same again of jitter) runs for leader.
+    pub election_timeout_us: Time,
+    /// Slots the leader may have proposed but not yet seen executed; beyond it, batches wait (backpressure).
+    pub max_in_flight_slots: usize,
+    /// The leader re-proposes a slot not executed after this long; a proxy leader resends Phase2a after it.
+    pub resend_timeout_us: Time,
+    /// A client resends an unanswered request (to the next batcher) after this long.
+    pub client_retry_timeout_us: Time,
+    /// Replicas report their executed watermark this often.
+    pub replica_report_interval_us: Time,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            batch_size: 100,
+            flush_interval_us: 1_000,
+            heartbeat_interval_us: 20_000,
+            election_timeout_us: 150_000,
+            max_in_flight_slots: 1_000,
+            resend_timeout_us: 50_000,
+            client_retry_timeout_us: 200_000,
+            replica_report_interval_us: 10_000,
+        }
+    }
+}
+
+/// Upper bound on `batch_size`: larger batches would exceed a sensible frame size.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// Upper bound on `max_in_flight_slots`.
+pub const MAX_IN_FLIGHT_SLOTS: usize = 100_000;
+
+impl Tunables {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, why| Err(ConfigError::Tunable { field, why });
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return bad("batch_size", "must be between 1 and 10000");
+        }
+        if self.max_in_flight_slots == 0 || self.max_in_flight_slots > MAX_IN_FLIGHT_SLOTS {
+            return bad("max_in_flight_slots", "must be between 1 and 100000");
+        }
+        if self.heartbeat_interval_us == 0 {
+            return bad("heartbeat_interval_us", "must be positive");
+        }
+        if self.election_timeout_us < 2 * self.heartbeat_interval_us {
+            return bad(
+                "election_timeout_us",
+                "must be at least twice heartbeat_interval_us",
+            );
+        }
+        for (field, v) in [
+            ("flush_interval_us", self.flush_interval_us),
+            ("resend_timeout_us", self.resend_timeout_us),
+            ("client_retry_timeout_us", self.client_retry_timeout_us),
+            (
+                "replica_report_interval_us",
+                self.replica_report_interval_us,
+            ),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f1_cluster_is_valid_and_ids_are_unique() {
+        let c = ClusterConfig::f1(2, 2, 1, 1);
+        c.validate().unwrap();
+        assert_eq!(c.all_nodes().count(), 2 + 6 + 2 + 2 + 1 + 1);
+        assert_eq!(c.group_of(0), 0);
+        assert_eq!(c.group_of(3), 1);
+        Tunables::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_configurations_name_what_is_wrong() {
+        let mut c = ClusterConfig::f1(1, 1, 1, 1);
+        c.replicas.pop();
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooFewNodes {
+                role: "replicas",
+                need: 2,
+                got: 1,
+                f: 1
+            })
+        );
+        let mut c = ClusterConfig::f1(1, 1, 1, 1);
+        c.acceptor_groups[0].pop();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::GroupSize { group: 0, .. })
+        ));
+        let mut c = ClusterConfig::f1(1, 1, 1, 1);
+        c.unbatchers[0] = c.proposers[0];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateId(c.proposers[0])));
+        let t = Tunables {
+            batch_size: 0,
+            ..Tunables::default()
+        };
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("batch_size"));
+    }
+}

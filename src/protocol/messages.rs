@@ -1,0 +1,309 @@
+//! Every message of the protocol, as rkyv types so that the same values go on the wire.
+//!
+//! A batch of client commands is encoded once, by the batcher (or by the leader for a lone command),
+//! and travels `proposer → proxy leader → acceptors → replicas` as the same [`Bytes`]: nobody between
+//! the batcher and the replica decodes or re-encodes it. Cloning a `Bytes` shares the buffer.
+
+use super::{Ballot, NodeId, Slot};
+use bytes::Bytes;
+use rkyv::rancor::Error as RkyvError;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// One client command: who sent it, its sequence number (for exactly-once), and the encoded operation.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The client's id; replies are routed to the client node with this id.
+    pub client_id: u64,
+    /// Increases by one per new request of that client; a retry keeps its number.
+    pub seq: u64,
+    /// The state machine operation, encoded by the client.
+    pub op: Bytes,
+}
+
+/// The commands of one batch; encoded once into a [`Value::Batch`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CommandBatch {
+    /// The commands in the order the replica must execute them.
+    pub commands: Vec<Command>,
+}
+
+/// What a slot holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Fills a hole found by a new leader; executes nothing.
+    Noop,
+    /// An encoded [`CommandBatch`].
+    Batch(Bytes),
+}
+
+impl Value {
+    /// A stable digest of the value, for checkers and traces.
+    pub fn digest(&self) -> u64 {
+        match self {
+            Value::Noop => 0,
+            Value::Batch(b) => super::digest(b),
+        }
+    }
+}
+
+/// One reply to one command.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClientReply {
+    /// The client that sent the command.
+    pub client_id: u64,
+    /// The command's sequence number.
+    pub seq: u64,
+    /// The state machine's encoded result.
+    pub result: Bytes,
+}
+
+/// One slot's accepted state, as reported in Phase 1b.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedEntry {
+    /// The slot.
+    pub slot: Slot,
+    /// The ballot at which the value was accepted.
+    pub ballot: Ballot,
+    /// The accepted value.
+    pub value: Value,
+}
+
+/// Every message of the protocol. The comment on each says who sends it to whom.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// client → batcher (or → proposer when there are no batchers).
+    ClientRequest(Command),
+    /// unbatcher → client.
+    ClientReply(ClientReply),
+    /// proposer → client: the request went to a non-leader; try `leader_hint`.
+    NotLeader { leader_hint: Option<NodeId> },
+    /// batcher → proposer; a non-leader forwards it once (`forwarded`) or refuses it to `origin`.
+    ClientBatch {
+        origin: NodeId,
+        forwarded: bool,
+        attempt: u8,
+        batch: Bytes,
+    },
+    /// proposer → batcher: not the leader, and could not forward; resend to `leader_hint`.
+    BatchRefused {
+        leader_hint: Option<NodeId>,
+        attempt: u8,
+        batch: Bytes,
+    },
+    /// leader → proposers and batchers: I lead with `ballot`.
+    Heartbeat { ballot: Ballot },
+    /// proposer → acceptors: promise `ballot`; report what you accepted from `from_slot` on.
+    Phase1a { ballot: Ballot, from_slot: Slot },
+    /// acceptor → proposer: promised `ballot`; `trimmed_below` slots are forgotten (chosen and executed).
+    Phase1b {
+        ballot: Ballot,
+        trimmed_below: Slot,
+        accepted: Vec<AcceptedEntry>,
+    },
+    /// acceptor → proposer or proxy leader: refused, I promised `promised`.
+    Nack { promised: Ballot },
+    /// leader → proxy leader: get `value` chosen in `slot` at `ballot`.
+    Propose {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+    },
+    /// proxy leader → acceptors of the slot's group.
+    Phase2a {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+    },
+    /// acceptor → proxy leader: accepted `slot` at `ballot`.
+    Phase2b { ballot: Ballot, slot: Slot },
+    /// proxy leader → proposer: an acceptor had promised `promised`, above the proposal's ballot.
+    Preempted { promised: Ballot },
+    /// proxy leader → replicas (and replica → replica when teaching): `value` is chosen in `slot`.
+    Chosen { slot: Slot, value: Value },
+    /// replica → proposers and other replicas: every slot below `watermark` is executed here.
+    Executed { watermark: Slot },
+    /// replica → replica: please send me the chosen values from `from_slot` on.
+    CatchUp { from_slot: Slot },
+    /// leader → acceptors: every replica executed everything below `below`; forget it.
+    Trim { below: Slot },
+    /// replica → unbatcher: replies to send on to their clients.
+    ReplyBatch { replies: Vec<ClientReply> },
+}
+
+impl Msg {
+    /// A short name for traces and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::ClientRequest(_) => "ClientRequest",
+            Msg::ClientReply(_) => "ClientReply",
+            Msg::NotLeader { .. } => "NotLeader",
+            Msg::ClientBatch { .. } => "ClientBatch",
+            Msg::BatchRefused { .. } => "BatchRefused",
+            Msg::Heartbeat { .. } => "Heartbeat",
+            Msg::Phase1a { .. } => "Phase1a",
+            Msg::Phase1b { .. } => "Phase1b",
+            Msg::Nack { .. } => "Nack",
+            Msg::Propose { .. } => "Propose",
+            Msg::Phase2a { .. } => "Phase2a",
+            Msg::Phase2b { .. } => "Phase2b",
+            Msg::Preempted { .. } => "Preempted",
+            Msg::Chosen { .. } => "Chosen",
+            Msg::Executed { .. } => "Executed",
+            Msg::CatchUp { .. } => "CatchUp",
+            Msg::Trim { .. } => "Trim",
+            Msg::ReplyBatch { .. } => "ReplyBatch",
+        }
+    }
+}
+
+/// A compact one-line description for traces: names, slots and ballots, digests instead of payloads.
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.name();
+        match self {
+            Msg::ClientRequest(c) => write!(f, "{name} c{}#{}", c.client_id, c.seq),
+            Msg::ClientReply(r) => write!(f, "{name} c{}#{}", r.client_id, r.seq),
+            Msg::NotLeader { leader_hint } => write!(f, "{name} hint={leader_hint:?}"),
+            Msg::ClientBatch {
+                origin,
+                forwarded,
+                attempt,
+                batch,
+            } => write!(
+                f,
+                "{name} origin={origin} fwd={forwarded} attempt={attempt} batch={:016x}",
+                super::digest(batch)
+            ),
+            Msg::BatchRefused {
+                leader_hint,
+                attempt,
+                ..
+            } => {
+                write!(f, "{name} hint={leader_hint:?} attempt={attempt}")
+            }
+            Msg::Heartbeat { ballot } => write!(f, "{name} b={ballot}"),
+            Msg::Phase1a { ballot, from_slot } => write!(f, "{name} b={ballot} from={from_slot}"),
+            Msg::Phase1b {
+                ballot,
+                trimmed_below,
+                accepted,
+            } => write!(
+                f,
+                "{name} b={ballot} trimmed<{trimmed_below} entries={}",
+                accepted.len()
+            ),
+            Msg::Nack { promised } => write!(f, "{name} promised={promised}"),
+            Msg::Propose {
+                ballot,
+                slot,
+                value,
+            }
+            | Msg::Phase2a {
+                ballot,
+                slot,
+                value,
+            } => {
+                write!(f, "{name} b={ballot} s={slot} v={:016x}", value.digest())
+            }
+            Msg::Phase2b { ballot, slot } => write!(f, "{name} b={ballot} s={slot}"),
+            Msg::Preempted { promised } => write!(f, "{name} promised={promised}"),
+            Msg::Chosen { slot, value } => write!(f, "{name} s={slot} v={:016x}", value.digest()),
+            Msg::Executed { watermark } => write!(f, "{name} w={watermark}"),
+            Msg::CatchUp { from_slot } => write!(f, "{name} from={from_slot}"),
+            Msg::Trim { below } => write!(f, "{name} below={below}"),
+            Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
+        }
+    }
+}
+
+/// Why encoded bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid encoding: {0}")]
+pub struct DecodeError(pub String);
+
+/// Runs `f` on the validated archive in `bytes`. rkyv needs the archive aligned; bytes that arrive
+/// misaligned (a slice of a larger buffer) are copied into an aligned buffer first, aligned ones are not.
+pub fn with_archived<T, R>(
+    bytes: &[u8],
+    f: impl FnOnce(&T::Archived) -> R,
+) -> Result<R, DecodeError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>>,
+{
+    let align = std::mem::align_of::<T::Archived>();
+    if (bytes.as_ptr() as usize) % align == 0 {
+        let archived = rkyv::access::<T::Archived, RkyvError>(bytes)
+            .map_err(|e| DecodeError(e.to_string()))?;
+        Ok(f(archived))
+    } else {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let archived = rkyv::access::<T::Archived, RkyvError>(&aligned)
+            .map_err(|e| DecodeError(e.to_string()))?;
+        Ok(f(archived))
+    }
+}
+
+/// Encodes commands into the bytes of a [`Value::Batch`].
+pub fn encode_batch(commands: Vec<Command>) -> Bytes {
+    let batch = CommandBatch { commands };
+    let bytes = rkyv::to_bytes::<RkyvError>(&batch).expect("encoding into memory cannot fail");
+    Bytes::from(bytes.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(client_id: u64, seq: u64, op: &'static [u8]) -> Command {
+        Command {
+            client_id,
+            seq,
+            op: Bytes::from_static(op),
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_aligned_and_misaligned() {
+        let bytes = encode_batch(vec![cmd(1, 1, b"put a"), cmd(2, 7, b"")]);
+        let read = |b: &[u8]| {
+            with_archived::<CommandBatch, _>(b, |a| {
+                a.commands
+                    .iter()
+                    .map(|c| (c.client_id.to_native(), c.seq.to_native(), c.op.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+        };
+        let expected = vec![(1, 1, b"put a".to_vec()), (2, 7, vec![])];
+        assert_eq!(read(&bytes), expected);
+        // The same archive one byte into a larger buffer: still readable, through the aligned copy.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(read(&shifted[1..]), expected);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for garbage in [&b""[..], b"\x01", &[0xff; 64]] {
+            assert!(with_archived::<CommandBatch, _>(garbage, |_| ()).is_err());
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_through_rkyv() {
+        let msg = Msg::Phase2a {
+            ballot: Ballot {
+                round: 3,
+                proposer: 2,
+            },
+            slot: 42,
+            value: Value::Batch(encode_batch(vec![cmd(1, 1, b"x")])),
+        };
+        let bytes = rkyv::to_bytes::<RkyvError>(&msg).unwrap();
+        let back: Msg = rkyv::from_bytes::<Msg, RkyvError>(&bytes).unwrap();
+        assert_eq!(back, msg);
+        assert!(back.to_string().starts_with("Phase2a b=3.2 s=42"));
+    }
+}

@@ -1,0 +1,123 @@
+//! The sans-IO protocol core of autopaxos: every role of Compartmentalized MultiPaxos as a plain struct.
+//!
+//! **This module performs no I/O.** No async, no sockets, no clock, no OS randomness, no iteration over a
+//! randomly seeded hash map. Time comes in as an argument (`now`, virtual or real microseconds), randomness
+//! from a seeded generator handed to a role when it is built, and every output goes into a caller-owned
+//! [`Out`] that the driver drains. The runtime (real sockets) and the simulator (virtual network) are the
+//! two drivers; both call the very same structs, so a bug the simulator finds is a bug of the real system.
+//! `tests/no_io_in_protocol.rs` keeps this rule true.
+//!
+//! Every role has the same face ([`Role`]): `handle_message(now, from, msg, out)`,
+//! `handle_timeout(now, out)` and `poll_timeout()`. Roles assert their invariants after every handler
+//! with `assert!`: a broken invariant is a bug and must stop the node loudly.
+
+pub mod acceptor;
+pub mod ballot;
+pub mod batcher;
+pub mod client;
+pub mod config;
+pub mod messages;
+pub mod proposer;
+pub mod proxy_leader;
+pub mod replica;
+pub mod state_machine;
+pub mod timers;
+pub mod unbatcher;
+
+pub use ballot::Ballot;
+pub use config::{ClusterConfig, ConfigError, RoleKind, Tunables};
+pub use messages::{Command, Msg, Value};
+
+/// Microseconds since an arbitrary origin chosen by the driver (virtual in the simulator).
+pub type Time = u64;
+/// Identifies one node (one role on one core) in a cluster. Clients are nodes too.
+pub type NodeId = u32;
+/// A position in the replicated log.
+pub type Slot = u64;
+
+/// The face every role shows its driver.
+pub trait Role: Send {
+    /// Handles one message from `from`. Stale or unexpected input is dropped (and counted), never a panic.
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out);
+    /// Called when `now` has reached the time last returned by [`Role::poll_timeout`]. Spurious calls are no-ops.
+    fn handle_timeout(&mut self, now: Time, out: &mut Out);
+    /// The earliest time at which the role wants [`Role::handle_timeout`] to be called.
+    fn poll_timeout(&self) -> Option<Time>;
+    /// Which role this is.
+    fn kind(&self) -> RoleKind;
+}
+
+/// Something a role reports that is not a message: what the simulator's checkers observe and the
+/// runtime turns into metrics. Recorded only when [`Out::record_events`] is set, so the hot path of a
+/// production node pays nothing for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An acceptor accepted `value_digest` in `slot` at `ballot`.
+    Accepted {
+        slot: Slot,
+        ballot: Ballot,
+        value_digest: u64,
+    },
+    /// A replica executed `slot`; `state_digest` is its state machine digest (with its client table) after it.
+    Executed {
+        slot: Slot,
+        value_digest: u64,
+        state_digest: u64,
+    },
+    /// A replica applied a command to its state machine (not answered from the client table).
+    Applied {
+        client_id: u64,
+        seq: u64,
+        slot: Slot,
+    },
+    /// A client received the first reply to its request `seq`.
+    Completed { seq: u64, result: bytes::Bytes },
+    /// A proposer finished Phase 1 and leads with `ballot`.
+    BecameLeader { ballot: Ballot },
+    /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
+    Dropped { reason: &'static str },
+}
+
+/// What a role produced during one call: messages to send and (optionally) events.
+#[derive(Debug, Default)]
+pub struct Out {
+    /// Messages to send, in order, as `(destination, message)`.
+    pub msgs: Vec<(NodeId, Msg)>,
+    /// Events, filled only when `record_events` is true.
+    pub events: Vec<Event>,
+    /// Whether roles should record [`Event`]s.
+    pub record_events: bool,
+}
+
+impl Out {
+    /// An empty output buffer; `record_events` turns on event recording.
+    pub fn new(record_events: bool) -> Self {
+        Out {
+            msgs: Vec::new(),
+            events: Vec::new(),
+            record_events,
+        }
+    }
+
+    /// Queues `msg` for `to`.
+    pub fn send(&mut self, to: NodeId, msg: Msg) {
+        self.msgs.push((to, msg));
+    }
+
+    /// Records an event if recording is on. Takes a closure so that building the event costs nothing otherwise.
+    pub fn event(&mut self, make: impl FnOnce() -> Event) {
+        if self.record_events {
+            self.events.push(make());
+        }
+    }
+
+    /// Records that input was dropped on purpose.
+    pub fn dropped(&mut self, reason: &'static str) {
+        self.event(|| Event::Dropped { reason });
+    }
+}
+
+/// A stable 64-bit digest of bytes (xxh3), used for values and state. Stable across runs and machines.
+pub fn digest(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}

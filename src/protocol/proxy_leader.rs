@@ -1,0 +1,382 @@
+//! Proxy leader: runs Phase 2 for the leader. Sends Phase2a for a slot to that slot's acceptor group,
+//! collects f+1 Phase2b at the proposal's ballot, then tells every replica the slot is chosen.
+//! Holds only in-flight slots; losing them in a crash costs liveness (the leader re-proposes), never safety.
+//!
+//! Must never: announce a slot chosen without a quorum at one ballot; grow without bound.
+
+use super::config::{ClusterConfig, Tunables};
+use super::messages::{Msg, Value};
+use super::timers::Timers;
+use super::{Ballot, NodeId, Out, Role, RoleKind, Slot, Time};
+use std::collections::BTreeMap;
+
+/// Slots a proxy leader drives at once; beyond it, new proposals are dropped (the leader re-proposes).
+pub const MAX_PROXY_IN_FLIGHT: usize = 100_000;
+/// Phase2a resends before a proxy leader gives a slot up to the leader's own re-proposal.
+pub const MAX_PHASE2A_RESENDS: u32 = 3;
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    ballot: Ballot,
+    value: Value,
+    proposer: NodeId,
+    /// Acceptors that answered Phase2b at `ballot`; at most 2f+1 entries.
+    acks: Vec<NodeId>,
+    sent_at: Time,
+    resends: u32,
+}
+
+#[repr(usize)]
+enum Timer {
+    Resend,
+}
+
+/// One proxy leader.
+#[derive(Debug, Clone)]
+pub struct ProxyLeader {
+    config: ClusterConfig,
+    resend_timeout_us: Time,
+    in_flight: BTreeMap<Slot, InFlight>,
+    timers: Timers<1>,
+}
+
+impl ProxyLeader {
+    /// A proxy leader with nothing in flight.
+    pub fn new(config: ClusterConfig, tunables: &Tunables) -> Self {
+        ProxyLeader {
+            config,
+            resend_timeout_us: tunables.resend_timeout_us,
+            in_flight: BTreeMap::new(),
+            timers: Timers::default(),
+        }
+    }
+
+    /// Slots being driven now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn send_phase2a(&self, slot: Slot, entry: &InFlight, out: &mut Out) {
+        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
+        for &acceptor in group.iter().filter(|a| !entry.acks.contains(a)) {
+            let value = entry.value.clone();
+            out.send(
+                acceptor,
+                Msg::Phase2a {
+                    ballot: entry.ballot,
+                    slot,
+                    value,
+                },
+            );
+        }
+    }
+
+    fn on_propose(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        out: &mut Out,
+    ) {
+        if let Some(existing) = self.in_flight.get(&slot) {
+            if existing.ballot > ballot {
+                out.dropped("proxy leader: proposal below a ballot already in flight");
+                return;
+            }
+        } else if self.in_flight.len() >= MAX_PROXY_IN_FLIGHT {
+            out.dropped("proxy leader: in-flight limit reached");
+            return;
+        }
+        let entry = InFlight {
+            ballot,
+            value,
+            proposer: from,
+            acks: Vec::new(),
+            sent_at: now,
+            resends: 0,
+        };
+        self.send_phase2a(slot, &entry, out);
+        self.in_flight.insert(slot, entry);
+        if !self.timers.is_set(Timer::Resend as usize) {
+            self.timers
+                .set(Timer::Resend as usize, now + self.resend_timeout_us);
+        }
+    }
+
+    fn on_phase2b(&mut self, from: NodeId, ballot: Ballot, slot: Slot, out: &mut Out) {
+        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
+        let Some(entry) = self.in_flight.get_mut(&slot) else {
+            return; // Already chosen, or given up: a late or duplicate vote.
+        };
+        if entry.ballot != ballot || !group.contains(&from) {
+            out.dropped("proxy leader: phase2b for another ballot or from outside the group");
+            return;
+        }
+        if !entry.acks.contains(&from) {
+            entry.acks.push(from);
+        }
+        if entry.acks.len() >= self.config.quorum() {
+            let entry = self.in_flight.remove(&slot).expect("present above");
+            let (last, rest) = self
+                .config
+                .replicas
+                .split_last()
+                .expect("validated: replicas exist");
+            for &replica in rest {
+                out.send(
+                    replica,
+                    Msg::Chosen {
+                        slot,
+                        value: entry.value.clone(),
+                    },
+                );
+            }
+            out.send(
+                *last,
+                Msg::Chosen {
+                    slot,
+                    value: entry.value,
+                },
+            );
+        }
+    }
+
+    fn on_nack(&mut self, promised: Ballot, out: &mut Out) {
+        // Every slot proposed below the new promise is now the new leader's business; tell each
+        // deposed proposer once and stop driving its slots.
+        let mut deposed: Vec<NodeId> = Vec::new();
+        self.in_flight.retain(|_, e| {
+            let keep = e.ballot >= promised;
+            if !keep && !deposed.contains(&e.proposer) {
+                deposed.push(e.proposer);
+            }
+            keep
+        });
+        for proposer in deposed {
+            out.send(proposer, Msg::Preempted { promised });
+        }
+    }
+
+    fn on_resend_timer(&mut self, now: Time, out: &mut Out) {
+        let due: Vec<Slot> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.sent_at + self.resend_timeout_us <= now)
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in due {
+            let entry = self.in_flight.get_mut(&slot).expect("collected above");
+            if entry.resends >= MAX_PHASE2A_RESENDS {
+                self.in_flight.remove(&slot);
+                out.dropped("proxy leader: gave a slot up after resends");
+                continue;
+            }
+            entry.resends += 1;
+            entry.sent_at = now;
+            let entry = entry.clone();
+            self.send_phase2a(slot, &entry, out);
+        }
+        if let Some(oldest) = self.in_flight.values().map(|e| e.sent_at).min() {
+            self.timers.set(
+                Timer::Resend as usize,
+                (oldest + self.resend_timeout_us).max(now + 1),
+            );
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.in_flight.len() <= MAX_PROXY_IN_FLIGHT);
+        assert!(
+            self.in_flight
+                .values()
+                .all(|e| e.acks.len() < self.config.quorum()),
+            "a slot with a quorum must have been announced and removed"
+        );
+        assert!(self.in_flight.is_empty() || self.timers.is_set(Timer::Resend as usize));
+    }
+}
+
+impl Role for ProxyLeader {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        match msg {
+            Msg::Propose {
+                ballot,
+                slot,
+                value,
+            } => self.on_propose(now, from, ballot, slot, value, out),
+            Msg::Phase2b { ballot, slot } => self.on_phase2b(from, ballot, slot, out),
+            Msg::Nack { promised } => self.on_nack(promised, out),
+            _ => out.dropped("proxy leader: unexpected message"),
+        }
+        self.check_invariants();
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        let expired: Vec<usize> = self.timers.take_expired(now).collect();
+        for timer in expired {
+            if timer == Timer::Resend as usize {
+                self.on_resend_timer(now, out);
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::ProxyLeader
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Ballot = Ballot {
+        round: 1,
+        proposer: 1,
+    };
+
+    fn setup() -> (ProxyLeader, ClusterConfig) {
+        let config = ClusterConfig::f1(1, 1, 1, 1); // proposers 1,2; acceptors 3,4,5; proxy 6; replicas 7,8
+        (
+            ProxyLeader::new(config.clone(), &Tunables::default()),
+            config,
+        )
+    }
+
+    fn call(p: &mut ProxyLeader, from: NodeId, msg: Msg) -> Vec<(NodeId, Msg)> {
+        let mut out = Out::new(false);
+        p.handle_message(0, from, msg, &mut out);
+        out.msgs
+    }
+
+    #[test]
+    fn phase2a_to_the_group_then_chosen_to_every_replica_after_f_plus_1_votes() {
+        let (mut p, _) = setup();
+        let sent = call(
+            &mut p,
+            1,
+            Msg::Propose {
+                ballot: B,
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        assert_eq!(
+            sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert!(call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
+        assert!(
+            call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(),
+            "a duplicate vote counts once"
+        );
+        let sent = call(&mut p, 5, Msg::Phase2b { ballot: B, slot: 0 });
+        assert_eq!(
+            sent,
+            vec![
+                (
+                    7,
+                    Msg::Chosen {
+                        slot: 0,
+                        value: Value::Noop
+                    }
+                ),
+                (
+                    8,
+                    Msg::Chosen {
+                        slot: 0,
+                        value: Value::Noop
+                    }
+                )
+            ]
+        );
+        assert_eq!(p.in_flight(), 0);
+        assert!(
+            call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(),
+            "late votes are ignored"
+        );
+    }
+
+    #[test]
+    fn votes_at_another_ballot_do_not_count() {
+        let (mut p, _) = setup();
+        call(
+            &mut p,
+            1,
+            Msg::Propose {
+                ballot: B,
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        let other = Ballot {
+            round: 0,
+            proposer: 2,
+        };
+        call(
+            &mut p,
+            3,
+            Msg::Phase2b {
+                ballot: other,
+                slot: 0,
+            },
+        );
+        assert!(call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
+    }
+
+    #[test]
+    fn a_nack_is_reported_to_the_deposed_proposer() {
+        let (mut p, _) = setup();
+        call(
+            &mut p,
+            1,
+            Msg::Propose {
+                ballot: B,
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        let higher = Ballot {
+            round: 2,
+            proposer: 2,
+        };
+        let sent = call(&mut p, 3, Msg::Nack { promised: higher });
+        assert_eq!(sent, vec![(1, Msg::Preempted { promised: higher })]);
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn unanswered_phase2a_is_resent_then_given_up() {
+        let (mut p, _) = setup();
+        let t = Tunables::default().resend_timeout_us;
+        call(
+            &mut p,
+            1,
+            Msg::Propose {
+                ballot: B,
+                slot: 0,
+                value: Value::Noop,
+            },
+        );
+        call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 });
+        let mut now = 0;
+        for _ in 0..MAX_PHASE2A_RESENDS {
+            now = p.poll_timeout().unwrap();
+            let mut out = Out::new(false);
+            p.handle_timeout(now, &mut out);
+            let to: Vec<_> = out.msgs.iter().map(|(to, _)| *to).collect();
+            assert_eq!(to, vec![4, 5], "only acceptors that have not voted");
+        }
+        let mut out = Out::new(false);
+        p.handle_timeout(now + t, &mut out);
+        assert!(out.msgs.is_empty());
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.poll_timeout(), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! Replica: executes chosen batches strictly in slot order on the state machine, exactly once per
+//! (client id, sequence number), and sends each slot's replies to an unbatcher. Reports its executed
+//! watermark to proposers (who trim and re-propose) and to other replicas (who teach a lagging one).
+//!
+//! Must never: execute a slot before every lower slot; apply a command twice; let a malformed batch
+//! stop execution (every replica reads the same bytes, so treating it as empty is deterministic).
+
+use super::config::{ClusterConfig, Tunables};
+use super::messages::{with_archived, ClientReply, CommandBatch, Msg, Value};
+use super::state_machine::StateMachine;
+use super::timers::Timers;
+use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+/// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
+pub const MAX_CHOSEN_BUFFER: usize = 200_000;
+/// Slots one catch-up answer carries at most.
+pub const MAX_CATCHUP_SLOTS: u64 = 1_000;
+
+#[repr(usize)]
+enum Timer {
+    Report,
+}
+
+/// One replica.
+pub struct Replica {
+    id: NodeId,
+    index: usize,
+    config: ClusterConfig,
+    report_interval_us: Time,
+    state_machine: Box<dyn StateMachine>,
+    /// Every slot below this is executed.
+    executed: Slot,
+    /// Chosen values above the watermark, waiting for the slots below them.
+    chosen: BTreeMap<Slot, Value>,
+    /// Executed values, kept until every replica has executed them, to teach a lagging peer.
+    log: BTreeMap<Slot, Value>,
+    /// Per client: its last executed sequence number and the reply to it.
+    client_table: BTreeMap<u64, (u64, Bytes)>,
+    /// XOR of the hashes of the client table's entries, so the state digest covers it in O(1).
+    client_table_digest: u64,
+    /// What other replicas last said they executed.
+    peer_watermarks: BTreeMap<NodeId, Slot>,
+    executed_at_last_report: Slot,
+    timers: Timers<1>,
+}
+
+fn client_entry_hash(client_id: u64, seq: u64, reply: &[u8]) -> u64 {
+    let mut buf = [0u8; 24];
+    buf[..8].copy_from_slice(&client_id.to_le_bytes());
+    buf[8..16].copy_from_slice(&seq.to_le_bytes());
+    buf[16..].copy_from_slice(&super::digest(reply).to_le_bytes());
+    super::digest(&buf)
+}
+
+impl Replica {
+    /// A replica with an empty log; `id` must be one of `config.replicas`.
+    pub fn new(
+        id: NodeId,
+        config: ClusterConfig,
+        tunables: &Tunables,
+        state_machine: Box<dyn StateMachine>,
+        now: Time,
+    ) -> Self {
+        let index = config
+            .replicas
+            .iter()
+            .position(|&r| r == id)
+            .unwrap_or_else(|| panic!("node {id} is not a replica"));
+        let mut timers = Timers::default();
+        timers.set(
+            Timer::Report as usize,
+            now + tunables.replica_report_interval_us,
+        );
+        Replica {
+            id,
+            index,
+            config,
+            report_interval_us: tunables.replica_report_interval_us,
+            state_machine,
+            executed: 0,
+            chosen: BTreeMap::new(),
+            log: BTreeMap::new(),
+            client_table: BTreeMap::new(),
+            client_table_digest: 0,
+            peer_watermarks: BTreeMap::new(),
+            executed_at_last_report: 0,
+            timers,
+        }
+    }
+
+    /// Every slot below this is executed.
+    pub fn executed_watermark(&self) -> Slot {
+        self.executed
+    }
+
+    /// Digest of the state machine and the client table.
+    pub fn state_digest(&self) -> u64 {
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&self.state_machine.digest().to_le_bytes());
+        buf[8..].copy_from_slice(&self.client_table_digest.to_le_bytes());
+        super::digest(&buf)
+    }
+
+    /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut bytes = self.state_machine.snapshot();
+        for (client, (seq, reply)) in &self.client_table {
+            bytes.extend_from_slice(&client.to_le_bytes());
+            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&(reply.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(reply);
+        }
+        bytes
+    }
+
+    fn on_chosen(&mut self, slot: Slot, value: Value, out: &mut Out) {
+        if slot < self.executed {
+            return; // Already executed: a duplicate or a resend.
+        }
+        if let Some(existing) = self.chosen.get(&slot) {
+            if *existing != value {
+                out.dropped("replica: a different value announced for a chosen slot");
+            }
+            return;
+        }
+        if self.chosen.len() >= MAX_CHOSEN_BUFFER {
+            out.dropped("replica: chosen buffer full");
+            return;
+        }
+        self.chosen.insert(slot, value);
+        self.execute_ready(out);
+    }
+
+    fn execute_ready(&mut self, out: &mut Out) {
+        while let Some(value) = self.chosen.remove(&self.executed) {
+            let slot = self.executed;
+            let replies = match &value {
+                Value::Noop => Vec::new(),
+                Value::Batch(bytes) => self.execute_batch(slot, bytes, out),
+            };
+            if !replies.is_empty() && self.is_designated_replier(slot) {
+                let unbatchers = &self.config.unbatchers;
+                let unbatcher = unbatchers
+                    [(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
+                out.send(unbatcher, Msg::ReplyBatch { replies });
+            }
+            let value_digest = value.digest();
+            self.log.insert(slot, value);
+            self.executed += 1;
+            let state_digest = self.state_digest();
+            out.event(|| Event::Executed {
+                slot,
+                value_digest,
+                state_digest,
+            });
+        }
+    }
+
+    /// One replica per slot answers the clients, so reply traffic does not grow with f.
+    fn is_designated_replier(&self, slot: Slot) -> bool {
+        slot % self.config.replicas.len() as u64 == self.index as u64
+    }
+
+    fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
+        let state_machine = &mut self.state_machine;
+        let table = &mut self.client_table;
+        let table_digest = &mut self.client_table_digest;
+        let executed = with_archived::<CommandBatch, _>(bytes, |batch| {
+            let mut replies = Vec::with_capacity(batch.commands.len());
+            for command in batch.commands.iter() {
+                let (client_id, seq) = (command.client_id.to_native(), command.seq.to_native());
+                let result = match table.get(&client_id) {
+                    // A retry of the last command: answer from the table, do not apply again.
+                    Some((last, reply)) if *last == seq => reply.clone(),
+                    // Older than the last: the client has moved on and waits for nothing.
+                    Some((last, _)) if *last > seq => continue,
+                    previous => {
+                        if let Some((last, reply)) = previous {
+                            *table_digest ^= client_entry_hash(client_id, *last, reply);
+                        }
+                        let result = state_machine.apply(command.op.as_slice());
+                        *table_digest ^= client_entry_hash(client_id, seq, &result);
+                        table.insert(client_id, (seq, result.clone()));
+                        out.event(|| Event::Applied {
+                            client_id,
+                            seq,
+                            slot,
+                        });
+                        result
+                    }
+                };
+                replies.push(ClientReply {
+                    client_id,
+                    seq,
+                    result,
+                });
+            }
+            replies
+        });
+        executed.unwrap_or_else(|_| {
+            out.dropped("replica: malformed batch executed as empty");
+            Vec::new()
+        })
+    }
+
+    fn on_executed(&mut self, from: NodeId, watermark: Slot) {
+        if !self.config.replicas.contains(&from) || from == self.id {
+            return;
+        }
+        let known = self.peer_watermarks.entry(from).or_insert(0);
+        *known = (*known).max(watermark);
+        // Keep the log only for slots some replica may still ask for.
+        if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
+            let lowest = self
+                .peer_watermarks
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(0)
+                .min(self.executed);
+            self.log = self.log.split_off(&lowest);
+        }
+    }
+
+    fn on_catch_up(&mut self, from: NodeId, from_slot: Slot, out: &mut Out) {
+        let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
+        for (&slot, value) in self.log.range(from_slot..end) {
+            out.send(
+                from,
+                Msg::Chosen {
+                    slot,
+                    value: value.clone(),
+                },
+            );
+        }
+    }
+
+    fn on_report_timer(&mut self, now: Time, out: &mut Out) {
+        let watermark = self.executed;
+        for &proposer in &self.config.proposers {
+            out.send(proposer, Msg::Executed { watermark });
+        }
+        for &peer in self.config.replicas.iter().filter(|&&r| r != self.id) {
+            out.send(peer, Msg::Executed { watermark });
+        }
+        // Stuck behind a peer since the last report: a Chosen was lost on its way here. Ask the
+        // peer that is furthest ahead to teach us.
+        if self.executed == self.executed_at_last_report {
+            let ahead = self
+                .peer_watermarks
+                .iter()
+                .filter(|(_, &w)| w > self.executed)
+                .max_by_key(|(_, &w)| w);
+            if let Some((&peer, _)) = ahead {
+                out.send(
+                    peer,
+                    Msg::CatchUp {
+                        from_slot: self.executed,
+                    },
+                );
+            }
+        }
+        self.executed_at_last_report = self.executed;
+        self.timers
+            .set(Timer::Report as usize, now + self.report_interval_us);
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.chosen.keys().next().is_none_or(|&s| s > self.executed),
+            "replica {}: slot {} is chosen and executable but not executed",
+            self.id,
+            self.executed
+        );
+        assert!(self
+            .log
+            .keys()
+            .next_back()
+            .is_none_or(|&s| s < self.executed));
+        assert!(self.chosen.len() <= MAX_CHOSEN_BUFFER);
+        assert!(self.timers.is_set(Timer::Report as usize));
+    }
+}
+
+impl Role for Replica {
+    fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        match msg {
+            Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
+            Msg::Executed { watermark } => self.on_executed(from, watermark),
+            Msg::CatchUp { from_slot } if self.config.replicas.contains(&from) => {
+                self.on_catch_up(from, from_slot, out)
+            }
+            _ => out.dropped("replica: unexpected message"),
+        }
+        self.check_invariants();
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        if self.timers.take_expired(now).count() > 0 {
+            self.on_report_timer(now, out);
+        }
+        self.check_invariants();
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Replica
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::{encode_batch, Command};
+    use crate::protocol::state_machine::kv::KvOp;
+    use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
+
+    fn replica(id: NodeId) -> Replica {
+        let config = ClusterConfig::f1(1, 1, 1, 1); // replicas 7, 8; unbatcher 10
+        Replica::new(
+            id,
+            config,
+            &Tunables::default(),
+            new_state_machine(StateMachineKind::Kv),
+            0,
+        )
+    }
+
+    fn incr(client_id: u64, seq: u64) -> Command {
+        let op = KvOp::Increment {
+            partition: "p".into(),
+            item: "x".into(),
+            delta: 1,
+        }
+        .encode();
+        Command { client_id, seq, op }
+    }
+
+    fn chosen(r: &mut Replica, slot: Slot, commands: Vec<Command>) -> Out {
+        let mut out = Out::new(true);
+        r.handle_message(
+            0,
+            6,
+            Msg::Chosen {
+                slot,
+                value: Value::Batch(encode_batch(commands)),
+            },
+            &mut out,
+        );
+        out
+    }
+
+    fn applied(out: &Out) -> Vec<(u64, u64)> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Applied { client_id, seq, .. } => Some((*client_id, *seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn executes_strictly_in_slot_order() {
+        let mut r = replica(7);
+        let out = chosen(&mut r, 1, vec![incr(100, 1)]);
+        assert!(applied(&out).is_empty(), "slot 1 waits for slot 0");
+        assert_eq!(r.executed_watermark(), 0);
+        let out = chosen(&mut r, 0, vec![incr(101, 1)]);
+        assert_eq!(applied(&out), vec![(101, 1), (100, 1)]);
+        assert_eq!(r.executed_watermark(), 2);
+    }
+
+    #[test]
+    fn a_retried_command_is_answered_from_the_client_table_not_applied_twice() {
+        let mut r = replica(7);
+        let first = chosen(&mut r, 0, vec![incr(100, 1)]);
+        let retry = chosen(&mut r, 1, vec![incr(100, 1)]);
+        assert_eq!(applied(&first), vec![(100, 1)]);
+        assert!(applied(&retry).is_empty());
+        let replies = |out: &Out| -> Vec<Bytes> {
+            out.msgs
+                .iter()
+                .filter_map(|(_, m)| match m {
+                    Msg::ReplyBatch { replies } => Some(replies[0].result.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Slot 0 is replica 7's to answer, slot 1 replica 8's: check the table via a second replica.
+        let mut other = replica(8);
+        chosen(&mut other, 0, vec![incr(100, 1)]);
+        let retry_at_other = chosen(&mut other, 1, vec![incr(100, 1)]);
+        assert_eq!(
+            replies(&first),
+            replies(&retry_at_other),
+            "the retry gets the original reply"
+        );
+    }
+
+    #[test]
+    fn replicas_fed_the_same_log_have_identical_state() {
+        let (mut a, mut b) = (replica(7), replica(8));
+        for slot in 0..5 {
+            let commands = vec![incr(100, slot + 1), incr(101, slot + 1)];
+            chosen(&mut a, slot, commands.clone());
+            chosen(&mut b, slot, commands);
+        }
+        assert_eq!(a.state_digest(), b.state_digest());
+        assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    #[test]
+    fn a_malformed_batch_is_executed_as_empty_on_every_replica() {
+        let mut r = replica(7);
+        let mut out = Out::new(true);
+        let garbage = Value::Batch(Bytes::from_static(&[0xff; 40]));
+        r.handle_message(
+            0,
+            6,
+            Msg::Chosen {
+                slot: 0,
+                value: garbage,
+            },
+            &mut out,
+        );
+        assert_eq!(r.executed_watermark(), 1);
+    }
+
+    #[test]
+    fn a_stuck_replica_asks_a_peer_that_is_ahead_to_teach_it() {
+        let (mut behind, mut ahead) = (replica(7), replica(8));
+        for slot in 0..3 {
+            chosen(&mut ahead, slot, vec![incr(100, slot + 1)]);
+        }
+        let mut out = Out::new(false);
+        behind.handle_message(0, 8, Msg::Executed { watermark: 3 }, &mut out);
+        let at = behind.poll_timeout().unwrap();
+        behind.handle_timeout(at, &mut out);
+        let catch_up = out
+            .msgs
+            .iter()
+            .find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0 }));
+        let (_, msg) = catch_up.expect("asks the peer that is ahead").clone();
+        let mut taught = Out::new(false);
+        ahead.handle_message(at, 7, msg, &mut taught);
+        for (_, msg) in taught.msgs {
+            behind.handle_message(at, 8, msg, &mut Out::new(false));
+        }
+        assert_eq!(behind.executed_watermark(), 3);
+        assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+}

@@ -1,0 +1,1000 @@
+//! A partitioned key-value store with Physalia-style single-partition transactions.
+//!
+//! Keys are (partition, item); a transaction names one partition, so it can never
+//! span partitions. Versions count per partition (each partition is its own cell, as
+//! in Physalia), so a partition's history is explained by that partition alone: the
+//! simulator checks linearizability partition by partition. This runs on every replica, so `execute`/`apply` must stay a
+//! pure function of (state, op): never panic on any input, never use seeded
+//! hashing, clocks, randomness or floats, and leave state untouched on any error.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rkyv::{Archive, Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
+
+use super::{decode_aligned, encode_rkyv, StateMachine};
+
+/// Maximum length of a partition key and of an item key, each.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Maximum length of a value (in a `Put` or a `ValueEquals` condition).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Maximum number of conditions plus writes in one transaction.
+pub const MAX_TXN_OPS: usize = 64;
+
+/// One operation on the store.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KvOp {
+    /// Reads an item: `Value` or `NotFound`.
+    Get {
+        /// Partition key.
+        partition: Bytes,
+        /// Item key within the partition.
+        item: Bytes,
+    },
+    /// Stores a value: `Written`.
+    Put {
+        /// Partition key.
+        partition: Bytes,
+        /// Item key within the partition.
+        item: Bytes,
+        /// New value.
+        value: Bytes,
+    },
+    /// Removes an item: `Deleted`.
+    Delete {
+        /// Partition key.
+        partition: Bytes,
+        /// Item key within the partition.
+        item: Bytes,
+    },
+    /// Adds `delta` to an 8-byte little-endian i64 value (absent counts as 0): `Incremented`.
+    Increment {
+        /// Partition key.
+        partition: Bytes,
+        /// Item key within the partition.
+        item: Bytes,
+        /// Signed amount to add.
+        delta: i64,
+    },
+    /// If every condition holds, applies all writes atomically (`Committed`); else nothing.
+    Txn {
+        /// The single partition every condition and write refers to.
+        partition: Bytes,
+        /// Checked against the state before the transaction, in order.
+        conditions: Vec<Condition>,
+        /// Applied in order on success; later writes to an item see earlier ones.
+        writes: Vec<Write>,
+    },
+}
+
+/// A transaction guard on one item of the transaction's partition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The item exists.
+    Exists {
+        /// Item key.
+        item: Bytes,
+    },
+    /// The item does not exist.
+    Absent {
+        /// Item key.
+        item: Bytes,
+    },
+    /// The item's version equals `version`; an absent item has version 0 (never assigned).
+    VersionEquals {
+        /// Item key.
+        item: Bytes,
+        /// Expected version.
+        version: u64,
+    },
+    /// The item exists and its value equals `value`.
+    ValueEquals {
+        /// Item key.
+        item: Bytes,
+        /// Expected value.
+        value: Bytes,
+    },
+}
+
+/// A transaction write to one item of the transaction's partition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Stores a value.
+    Put {
+        /// Item key.
+        item: Bytes,
+        /// New value.
+        value: Bytes,
+    },
+    /// Removes the item (no effect if absent).
+    Delete {
+        /// Item key.
+        item: Bytes,
+    },
+    /// Adds to an i64 value, as [`KvOp::Increment`].
+    Increment {
+        /// Item key.
+        item: Bytes,
+        /// Signed amount to add.
+        delta: i64,
+    },
+}
+
+/// The outcome of one [`KvOp`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KvResult {
+    /// `Get` hit.
+    Value {
+        /// Stored value.
+        value: Bytes,
+        /// Version of the write that stored it.
+        version: u64,
+    },
+    /// `Get` miss.
+    NotFound,
+    /// `Put` applied.
+    Written {
+        /// Version assigned to the write.
+        version: u64,
+    },
+    /// `Increment` applied.
+    Incremented {
+        /// The new value.
+        value: i64,
+        /// Version assigned to the write.
+        version: u64,
+    },
+    /// `Delete` done; a delete of an absent item writes nothing.
+    Deleted {
+        /// Whether the item existed (and so was removed).
+        existed: bool,
+    },
+    /// `Txn` applied.
+    Committed {
+        /// Version shared by all of its writes; taken even by a txn with no writes,
+        /// so every commit has a unique version.
+        version: u64,
+    },
+    /// `Txn` not applied because a condition did not hold.
+    ConditionFailed {
+        /// Index of the first failing condition.
+        index: u32,
+    },
+    /// The op was rejected; nothing was written.
+    Error(KvError),
+}
+
+/// Why an op was rejected. Every error leaves the store unchanged.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The op bytes did not decode.
+    #[error("malformed operation")]
+    Malformed,
+    /// A partition or item key exceeds [`MAX_KEY_BYTES`].
+    #[error("key longer than {MAX_KEY_BYTES} bytes")]
+    KeyTooLarge,
+    /// A value exceeds [`MAX_VALUE_BYTES`].
+    #[error("value longer than {MAX_VALUE_BYTES} bytes")]
+    ValueTooLarge,
+    /// A transaction has more than [`MAX_TXN_OPS`] conditions plus writes.
+    #[error("transaction has more than {MAX_TXN_OPS} conditions plus writes")]
+    TooManyOps,
+    /// An increment hit a value that is not exactly 8 bytes.
+    #[error("value is not an 8-byte integer")]
+    NotAnInteger,
+    /// An increment (or the version counter) would overflow.
+    #[error("integer overflow")]
+    Overflow,
+}
+
+impl KvOp {
+    /// The partition this op touches (histories are checked per partition).
+    pub fn partition(&self) -> &[u8] {
+        match self {
+            Self::Get { partition, .. }
+            | Self::Put { partition, .. }
+            | Self::Delete { partition, .. }
+            | Self::Increment { partition, .. }
+            | Self::Txn { partition, .. } => partition,
+        }
+    }
+
+    /// Encodes the op for the log.
+    pub fn encode(&self) -> Bytes {
+        encode_rkyv(self)
+    }
+
+    /// Decodes (and validates) op bytes of any alignment.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+        decode_aligned(bytes).map_err(|_| KvError::Malformed)
+    }
+}
+
+impl KvResult {
+    /// Encodes the result for the client.
+    pub fn encode(&self) -> Bytes {
+        encode_rkyv(self)
+    }
+
+    /// Decodes (and validates) result bytes of any alignment.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+        decode_aligned(bytes).map_err(|_| KvError::Malformed)
+    }
+}
+
+impl Condition {
+    /// The item this condition inspects.
+    pub fn item(&self) -> &Bytes {
+        match self {
+            Self::Exists { item }
+            | Self::Absent { item }
+            | Self::VersionEquals { item, .. }
+            | Self::ValueEquals { item, .. } => item,
+        }
+    }
+
+    fn holds(&self, entry: Option<&Entry>) -> bool {
+        match self {
+            Self::Exists { .. } => entry.is_some(),
+            Self::Absent { .. } => entry.is_none(),
+            Self::VersionEquals { version, .. } => entry.map_or(0, |e| e.version) == *version,
+            Self::ValueEquals { value, .. } => entry.is_some_and(|e| e.value == *value),
+        }
+    }
+}
+
+impl Write {
+    /// The item this write changes.
+    pub fn item(&self) -> &Bytes {
+        match self {
+            Self::Put { item, .. } | Self::Delete { item } | Self::Increment { item, .. } => item,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    value: Bytes,
+    version: u64,
+}
+
+/// One partition: its items and its version counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Partition {
+    /// Version of the partition's latest write; the next write takes `counter + 1`.
+    /// Kept after the last item is deleted, so versions never repeat (no ABA).
+    counter: u64,
+    items: BTreeMap<Bytes, Entry>,
+}
+
+/// The key-value store. Nested maps give the same (partition, item) order as a
+/// tuple-keyed map but allow lookups by `&[u8]` without allocating a key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    data: BTreeMap<Bytes, Partition>,
+    /// XOR of `entry_hash` over all entries and `counter_hash` over all partitions,
+    /// kept up to date on every write.
+    state_hash: u64,
+    len: usize,
+}
+
+impl KvStore {
+    /// Creates an empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of stored items across all partitions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the store holds no items.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value and version stored at (partition, item), if any.
+    pub fn get(&self, partition: &[u8], item: &[u8]) -> Option<(&[u8], u64)> {
+        self.entry(partition, item)
+            .map(|e| (&e.value[..], e.version))
+    }
+
+    /// Executes a typed op: the sequential model of the store (`apply` = decode,
+    /// execute, encode). Deterministic; on any error nothing is written.
+    pub fn execute(&mut self, op: &KvOp) -> KvResult {
+        match self.try_execute(op) {
+            Ok(result) => result,
+            Err(e) => KvResult::Error(e),
+        }
+    }
+
+    fn try_execute(&mut self, op: &KvOp) -> Result<KvResult, KvError> {
+        validate(op)?;
+        Ok(match op {
+            KvOp::Get { partition, item } => match self.entry(partition, item) {
+                Some(e) => KvResult::Value {
+                    value: e.value.clone(),
+                    version: e.version,
+                },
+                None => KvResult::NotFound,
+            },
+            KvOp::Put {
+                partition,
+                item,
+                value,
+            } => {
+                let version = self.commit(partition, [(item.clone(), Some(value.clone()))])?;
+                KvResult::Written { version }
+            }
+            KvOp::Delete { partition, item } => {
+                // Deleting nothing changes nothing, so it must not consume a version.
+                let existed = self.entry(partition, item).is_some();
+                if existed {
+                    self.commit(partition, [(item.clone(), None)])?;
+                }
+                KvResult::Deleted { existed }
+            }
+            KvOp::Increment {
+                partition,
+                item,
+                delta,
+            } => {
+                let value = add(self.entry(partition, item).map(|e| &e.value), *delta)?;
+                let version = self.commit(partition, [(item.clone(), Some(int_bytes(value)))])?;
+                KvResult::Incremented { value, version }
+            }
+            KvOp::Txn {
+                partition,
+                conditions,
+                writes,
+            } => {
+                let part = self.data.get(&partition[..]);
+                let lookup = |item: &Bytes| part.and_then(|m| m.items.get(item));
+                if let Some(index) = conditions.iter().position(|c| !c.holds(lookup(c.item()))) {
+                    // `validate` bounds the count by MAX_TXN_OPS, so this cannot truncate.
+                    return Ok(KvResult::ConditionFailed {
+                        index: index as u32,
+                    });
+                }
+                // Stage every write first so a failing increment leaves the store untouched.
+                let mut staged: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+                for w in writes {
+                    let new = match w {
+                        Write::Put { value, .. } => Some(value.clone()),
+                        Write::Delete { .. } => None,
+                        Write::Increment { item, delta } => {
+                            let current = match staged.get(item) {
+                                Some(s) => s.as_ref(),
+                                None => lookup(item).map(|e| &e.value),
+                            };
+                            Some(int_bytes(add(current, *delta)?))
+                        }
+                    };
+                    staged.insert(w.item().clone(), new);
+                }
+                // A committed txn always takes a fresh version so `Committed` is unique.
+                KvResult::Committed {
+                    version: self.commit(partition, staged)?,
+                }
+            }
+        })
+    }
+
+    fn entry(&self, partition: &[u8], item: &[u8]) -> Option<&Entry> {
+        self.data.get(partition)?.items.get(item)
+    }
+
+    /// Applies writes (None = delete) under one fresh version and returns it.
+    fn commit(
+        &mut self,
+        partition: &Bytes,
+        writes: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
+    ) -> Result<u64, KvError> {
+        let part = self.data.entry(partition.clone()).or_default();
+        let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
+        for (item, value) in writes {
+            let old = match value {
+                Some(value) => {
+                    let new = Entry { value, version };
+                    self.state_hash ^= entry_hash(partition, &item, &new);
+                    self.len += 1;
+                    part.items.insert(item.clone(), new)
+                }
+                None => part.items.remove(&item),
+            };
+            if let Some(old) = old {
+                self.state_hash ^= entry_hash(partition, &item, &old);
+                self.len -= 1;
+            }
+        }
+        self.state_hash ^= counter_hash(partition, part.counter) ^ counter_hash(partition, version);
+        part.counter = version;
+        Ok(version)
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> impl Iterator<Item = (&Bytes, &Bytes, &Entry)> {
+        self.data
+            .iter()
+            .flat_map(|(p, m)| m.items.iter().map(move |(i, e)| (p, i, e)))
+    }
+}
+
+impl StateMachine for KvStore {
+    fn apply(&mut self, op: &[u8]) -> Bytes {
+        match KvOp::decode(op) {
+            Ok(op) => self.execute(&op),
+            Err(e) => KvResult::Error(e),
+        }
+        .encode()
+    }
+
+    fn digest(&self) -> u64 {
+        self.state_hash
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        for (p, part) in &self.data {
+            out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            out.extend_from_slice(p);
+            out.extend_from_slice(&part.counter.to_le_bytes());
+            out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
+            for (i, e) in &part.items {
+                frame_entry(p, i, e, &mut |b| out.extend_from_slice(b));
+            }
+        }
+        out
+    }
+}
+
+/// Checks the named limits; the first violation wins, in field order.
+fn validate(op: &KvOp) -> Result<(), KvError> {
+    let key = |k: &[u8]| limit(k, MAX_KEY_BYTES, KvError::KeyTooLarge);
+    let val = |v: &[u8]| limit(v, MAX_VALUE_BYTES, KvError::ValueTooLarge);
+    key(op.partition())?;
+    match op {
+        KvOp::Get { item, .. } | KvOp::Delete { item, .. } | KvOp::Increment { item, .. } => {
+            key(item)
+        }
+        KvOp::Put { item, value, .. } => key(item).and(val(value)),
+        KvOp::Txn {
+            conditions, writes, ..
+        } => {
+            if conditions.len().saturating_add(writes.len()) > MAX_TXN_OPS {
+                return Err(KvError::TooManyOps);
+            }
+            for c in conditions {
+                key(c.item())?;
+                if let Condition::ValueEquals { value, .. } = c {
+                    val(value)?;
+                }
+            }
+            for w in writes {
+                key(w.item())?;
+                if let Write::Put { value, .. } = w {
+                    val(value)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn limit(bytes: &[u8], max: usize, err: KvError) -> Result<(), KvError> {
+    if bytes.len() > max {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+/// Adds `delta` to an optional 8-byte little-endian i64 (absent = 0), checked.
+fn add(current: Option<&Bytes>, delta: i64) -> Result<i64, KvError> {
+    let base = match current {
+        None => 0,
+        Some(v) => i64::from_le_bytes(v[..].try_into().map_err(|_| KvError::NotAnInteger)?),
+    };
+    base.checked_add(delta).ok_or(KvError::Overflow)
+}
+
+fn int_bytes(n: i64) -> Bytes {
+    Bytes::copy_from_slice(&n.to_le_bytes())
+}
+
+/// Length-prefixed framing shared by the digest and the snapshot, so that
+/// ("a", "bc") and ("ab", "c") can never produce the same bytes.
+fn frame_entry(partition: &[u8], item: &[u8], e: &Entry, out: &mut impl FnMut(&[u8])) {
+    for field in [partition, item, &e.value[..]] {
+        out(&(field.len() as u64).to_le_bytes());
+        out(field);
+    }
+    out(&e.version.to_le_bytes());
+}
+
+fn entry_hash(partition: &[u8], item: &[u8], e: &Entry) -> u64 {
+    let mut h = Xxh3Default::new();
+    frame_entry(partition, item, e, &mut |b| h.update(b));
+    h.digest()
+}
+
+/// A partition's counter is part of the state: stores that differ only in consumed
+/// versions must differ. A counter of 0 (a partition never written) hashes to 0, so
+/// a partition that does not exist and one never written are the same state.
+fn counter_hash(partition: &[u8], counter: u64) -> u64 {
+    if counter == 0 {
+        return 0;
+    }
+    xxh3_64_with_seed(partition, counter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use Condition as C;
+    use KvResult as R;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+    fn put(p: &str, i: &str, v: &str) -> KvOp {
+        KvOp::Put {
+            partition: b(p),
+            item: b(i),
+            value: b(v),
+        }
+    }
+    fn get(p: &str, i: &str) -> KvOp {
+        KvOp::Get {
+            partition: b(p),
+            item: b(i),
+        }
+    }
+    fn del(p: &str, i: &str) -> KvOp {
+        KvOp::Delete {
+            partition: b(p),
+            item: b(i),
+        }
+    }
+    fn incr(p: &str, i: &str, delta: i64) -> KvOp {
+        KvOp::Increment {
+            partition: b(p),
+            item: b(i),
+            delta,
+        }
+    }
+    fn txn(conditions: Vec<Condition>, writes: Vec<Write>) -> KvOp {
+        KvOp::Txn {
+            partition: b("p"),
+            conditions,
+            writes,
+        }
+    }
+    fn wput(i: &str, v: Bytes) -> Write {
+        Write::Put {
+            item: b(i),
+            value: v,
+        }
+    }
+    fn wincr(i: &str, delta: i64) -> Write {
+        Write::Increment { item: b(i), delta }
+    }
+    fn int(n: i64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+    fn err(e: KvError) -> KvResult {
+        R::Error(e)
+    }
+    fn recompute_digest(s: &KvStore) -> u64 {
+        let entries = s
+            .entries()
+            .fold(0, |acc, (p, i, e)| acc ^ entry_hash(p, i, e));
+        s.data.iter().fold(entries, |acc, (p, part)| {
+            acc ^ counter_hash(p, part.counter)
+        })
+    }
+    /// Asserts `op` yields `expected` and leaves the store exactly as it was.
+    fn assert_no_change(s: &mut KvStore, op: &KvOp, expected: KvResult) {
+        let before = s.clone();
+        assert_eq!(s.execute(op), expected);
+        assert_eq!(*s, before);
+        assert_eq!(
+            (s.digest(), s.snapshot()),
+            (before.digest(), before.snapshot())
+        );
+    }
+    fn item(s: &KvStore, i: &str) -> Option<(Vec<u8>, u64)> {
+        s.get(b"p", i.as_bytes()).map(|(v, ver)| (v.to_vec(), ver))
+    }
+
+    #[test]
+    fn put_get_overwrite() {
+        let mut s = KvStore::new();
+        assert_eq!(s.execute(&get("p", "a")), R::NotFound);
+        assert_eq!(s.execute(&put("p", "a", "x")), R::Written { version: 1 });
+        assert_eq!(
+            s.execute(&get("p", "a")),
+            R::Value {
+                value: b("x"),
+                version: 1
+            }
+        );
+        assert_eq!(s.execute(&put("p", "a", "y")), R::Written { version: 2 });
+        assert_eq!(item(&s, "a"), Some((b"y".to_vec(), 2)));
+        assert_eq!(s.len(), 1);
+        // The same item in another partition is a different key.
+        assert_eq!(s.execute(&get("q", "a")), R::NotFound);
+    }
+
+    #[test]
+    fn versions_count_per_partition_so_partitions_are_independent() {
+        let mut s = KvStore::new();
+        assert_eq!(s.execute(&put("p", "a", "x")), R::Written { version: 1 });
+        assert_eq!(s.execute(&put("q", "a", "x")), R::Written { version: 1 });
+        assert_eq!(s.execute(&put("p", "b", "x")), R::Written { version: 2 });
+        // A partition emptied by deletes keeps counting: no version is handed out twice.
+        s.execute(&del("q", "a"));
+        assert_eq!(s.execute(&put("q", "a", "y")), R::Written { version: 3 });
+        assert_eq!(s.digest(), recompute_digest(&s));
+    }
+
+    #[test]
+    fn delete_consumes_version_only_if_existed() {
+        let mut s = KvStore::new();
+        assert_no_change(&mut s, &del("p", "a"), R::Deleted { existed: false });
+        s.execute(&put("p", "a", "x"));
+        assert_eq!(s.execute(&del("p", "a")), R::Deleted { existed: true });
+        assert!(s.is_empty());
+        assert_eq!(s.execute(&put("p", "a", "x")), R::Written { version: 3 });
+    }
+
+    #[test]
+    fn increment_semantics_and_errors() {
+        let mut s = KvStore::new();
+        assert_eq!(
+            s.execute(&incr("p", "n", 5)),
+            R::Incremented {
+                value: 5,
+                version: 1
+            }
+        );
+        assert_eq!(
+            s.execute(&incr("p", "n", -7)),
+            R::Incremented {
+                value: -2,
+                version: 2
+            }
+        );
+        assert_eq!(item(&s, "n").map(|(v, _)| v), Some(int(-2)));
+        s.execute(&put("p", "s", "short"));
+        assert_no_change(&mut s, &incr("p", "s", 1), err(KvError::NotAnInteger));
+        s.execute(&incr("p", "big", i64::MAX));
+        assert_no_change(&mut s, &incr("p", "big", 1), err(KvError::Overflow));
+    }
+
+    #[test]
+    fn txn_commits_atomically_with_one_version() {
+        let mut s = KvStore::new();
+        s.execute(&put("p", "a", "1"));
+        let op = txn(
+            vec![C::Exists { item: b("a") }, C::Absent { item: b("b") }],
+            vec![
+                wput("b", b("x")),
+                wput("b", b("y")), // last write wins
+                wincr("n", 2),
+                wincr("n", 3), // increments compound
+                Write::Delete { item: b("a") },
+                Write::Delete { item: b("never") },
+            ],
+        );
+        assert_eq!(s.execute(&op), R::Committed { version: 2 });
+        assert_eq!(item(&s, "b"), Some((b"y".to_vec(), 2)));
+        assert_eq!(item(&s, "n"), Some((int(5), 2)));
+        assert_eq!((item(&s, "a"), s.len()), (None, 2));
+        // An increment reads a put staged earlier in the same txn.
+        let op = txn(vec![], vec![wput("b", int_bytes(9)), wincr("b", 1)]);
+        assert_eq!(s.execute(&op), R::Committed { version: 3 });
+        assert_eq!(item(&s, "b"), Some((int(10), 3)));
+    }
+
+    #[test]
+    fn txn_later_condition_failure_writes_nothing() {
+        let mut s = KvStore::new();
+        s.execute(&put("p", "a", "1"));
+        let conds = vec![
+            C::Exists { item: b("a") },
+            C::ValueEquals {
+                item: b("a"),
+                value: b("1"),
+            },
+            C::ValueEquals {
+                item: b("a"),
+                value: b("2"),
+            },
+            C::Absent { item: b("a") },
+        ];
+        let op = txn(conds, vec![wput("z", b("v"))]);
+        assert_no_change(&mut s, &op, R::ConditionFailed { index: 2 });
+        let absent = txn(
+            vec![C::ValueEquals {
+                item: b("q"),
+                value: b(""),
+            }],
+            vec![],
+        );
+        assert_no_change(&mut s, &absent, R::ConditionFailed { index: 0 });
+        let exists = txn(vec![C::Exists { item: b("q") }], vec![]);
+        assert_no_change(&mut s, &exists, R::ConditionFailed { index: 0 });
+    }
+
+    #[test]
+    fn txn_failing_increment_leaves_state_and_counter() {
+        let mut s = KvStore::new();
+        s.execute(&put("p", "s", "not-int"));
+        let op = txn(vec![], vec![wput("a", b("x")), wincr("s", 1)]);
+        assert_no_change(&mut s, &op, err(KvError::NotAnInteger));
+        let op = txn(vec![], vec![wincr("n", i64::MIN), wincr("n", -1)]);
+        assert_no_change(&mut s, &op, err(KvError::Overflow));
+        assert_eq!(s.execute(&put("p", "a", "x")), R::Written { version: 2 });
+    }
+
+    #[test]
+    fn version_condition_sees_delete_and_reput() {
+        let mut s = KvStore::new();
+        let v_eq = |version| {
+            txn(
+                vec![C::VersionEquals {
+                    item: b("a"),
+                    version,
+                }],
+                vec![],
+            )
+        };
+        assert_eq!(s.execute(&v_eq(0)), R::Committed { version: 1 }); // absent = version 0
+        s.execute(&put("p", "a", "x")); // version 2
+        s.execute(&del("p", "a")); // version 3
+        assert_eq!(s.execute(&v_eq(0)), R::Committed { version: 4 });
+        s.execute(&put("p", "a", "x")); // version 5: same value, new version, no ABA
+        assert_no_change(&mut s, &v_eq(2), R::ConditionFailed { index: 0 });
+        assert_eq!(s.execute(&v_eq(5)), R::Committed { version: 6 });
+    }
+
+    #[test]
+    fn limits_are_enforced_at_the_boundary() {
+        let mut s = KvStore::new();
+        let (long, ok) = ("k".repeat(MAX_KEY_BYTES + 1), "k".repeat(MAX_KEY_BYTES));
+        let big = Bytes::from(vec![0; MAX_VALUE_BYTES + 1]);
+        let key_err = err(KvError::KeyTooLarge);
+        for op in [
+            put(&long, "a", "v"),
+            get("p", &long),
+            del("p", &long),
+            incr("p", &long, 1),
+        ] {
+            assert_no_change(&mut s, &op, key_err.clone());
+        }
+        let op = txn(vec![], vec![Write::Delete { item: b(&long) }]);
+        assert_no_change(&mut s, &op, key_err.clone());
+        assert_no_change(
+            &mut s,
+            &txn(vec![C::Absent { item: b(&long) }], vec![]),
+            key_err,
+        );
+        let val_err = err(KvError::ValueTooLarge);
+        let op = KvOp::Put {
+            partition: b("p"),
+            item: b("a"),
+            value: big.clone(),
+        };
+        assert_no_change(&mut s, &op, val_err.clone());
+        assert_no_change(
+            &mut s,
+            &txn(vec![], vec![wput("a", big.clone())]),
+            val_err.clone(),
+        );
+        let cond = C::ValueEquals {
+            item: b("a"),
+            value: big,
+        };
+        assert_no_change(&mut s, &txn(vec![cond], vec![]), val_err);
+        let n = MAX_TXN_OPS / 2;
+        let many = |extra| {
+            txn(
+                vec![C::Absent { item: b("x") }; n],
+                vec![wincr("x", 1); n + extra],
+            )
+        };
+        assert_no_change(&mut s, &many(1), err(KvError::TooManyOps));
+        assert_eq!(s.execute(&many(0)), R::Committed { version: 1 });
+        let value = Bytes::from(vec![0; MAX_VALUE_BYTES]);
+        let op = KvOp::Put {
+            partition: b(&ok),
+            item: b(&ok),
+            value,
+        };
+        // Another partition than the txn's: its own first version.
+        assert_eq!(s.execute(&op), R::Written { version: 1 });
+    }
+
+    #[test]
+    fn apply_decodes_executes_and_rejects_garbage() {
+        let mut s = KvStore::new();
+        let r = KvResult::decode(&s.apply(&put("p", "a", "x").encode()));
+        assert_eq!(r, Ok(R::Written { version: 1 }));
+        for garbage in [&b""[..], b"\x00", b"definitely not an rkyv archive"] {
+            assert_no_change(
+                &mut s,
+                &get("p", "a"),
+                R::Value {
+                    value: b("x"),
+                    version: 1,
+                },
+            );
+            let before = s.clone();
+            assert_eq!(
+                KvResult::decode(&s.apply(garbage)),
+                Ok(err(KvError::Malformed))
+            );
+            assert_eq!(s, before);
+        }
+    }
+
+    #[test]
+    fn equal_histories_give_equal_digests_and_snapshots() {
+        let ops = [
+            put("p", "a", "1"),
+            incr("q", "n", 3),
+            del("p", "a"),
+            put("p", "b", "2"),
+        ];
+        let (mut x, mut y) = (KvStore::new(), KvStore::new());
+        for op in &ops {
+            x.execute(op);
+            y.apply(&op.encode());
+        }
+        assert_eq!((x.digest(), x.snapshot()), (y.digest(), y.snapshot()));
+        assert_eq!(x.digest(), recompute_digest(&x));
+        // Framing keeps (a, bc) and (ab, c) apart.
+        let (mut u, mut v) = (KvStore::new(), KvStore::new());
+        u.execute(&put("a", "bc", "v"));
+        v.execute(&put("ab", "c", "v"));
+        assert_ne!((u.digest(), u.snapshot()), (v.digest(), v.snapshot()));
+        // The counter is part of the state: same entries, different history.
+        u.execute(&del("a", "bc"));
+        assert_ne!(u.digest(), KvStore::new().digest());
+    }
+
+    fn pick(keys: &'static [&'static str]) -> BoxedStrategy<Bytes> {
+        proptest::sample::select(keys).prop_map(b).boxed()
+    }
+    fn any_bytes(max: usize) -> BoxedStrategy<Bytes> {
+        vec(any::<u8>(), 0..max).prop_map(Bytes::from).boxed()
+    }
+    fn value() -> BoxedStrategy<Bytes> {
+        let ints = prop_oneof![any::<i64>(), -3i64..3].prop_map(int_bytes);
+        prop_oneof![any_bytes(10), ints].boxed()
+    }
+    fn delta() -> BoxedStrategy<i64> {
+        prop_oneof![4 => -5i64..5, 1 => any::<i64>()].boxed()
+    }
+    fn op(part: BoxedStrategy<Bytes>, item: BoxedStrategy<Bytes>) -> impl Strategy<Value = KvOp> {
+        let i = || item.clone();
+        let cond = prop_oneof![
+            i().prop_map(|item| C::Exists { item }),
+            i().prop_map(|item| C::Absent { item }),
+            (i(), 0u64..12).prop_map(|(item, version)| C::VersionEquals { item, version }),
+            (i(), value()).prop_map(|(item, value)| C::ValueEquals { item, value }),
+        ];
+        let write = prop_oneof![
+            (i(), value()).prop_map(|(item, value)| Write::Put { item, value }),
+            i().prop_map(|item| Write::Delete { item }),
+            (i(), delta()).prop_map(|(item, delta)| Write::Increment { item, delta }),
+        ];
+        let txn = (vec(cond, 0..4), vec(write, 0..4));
+        (part, i(), value(), delta(), 0..5u8, txn).prop_map(
+            |(partition, item, value, delta, k, t)| match k {
+                0 => KvOp::Get { partition, item },
+                1 => KvOp::Put {
+                    partition,
+                    item,
+                    value,
+                },
+                2 => KvOp::Delete { partition, item },
+                3 => KvOp::Increment {
+                    partition,
+                    item,
+                    delta,
+                },
+                _ => KvOp::Txn {
+                    partition,
+                    conditions: t.0,
+                    writes: t.1,
+                },
+            },
+        )
+    }
+    fn small_ops() -> impl Strategy<Value = Vec<KvOp>> {
+        vec(op(pick(&["p0", "p1"]), pick(&["a", "b", "c"])), 0..60)
+    }
+    fn result() -> impl Strategy<Value = KvResult> {
+        use KvError::*;
+        let e = [
+            Malformed,
+            KeyTooLarge,
+            ValueTooLarge,
+            TooManyOps,
+            NotAnInteger,
+            Overflow,
+        ];
+        prop_oneof![
+            (any_bytes(32), any::<u64>()).prop_map(|(value, version)| R::Value { value, version }),
+            Just(R::NotFound),
+            any::<u64>().prop_map(|version| R::Written { version }),
+            (any::<i64>(), any::<u64>())
+                .prop_map(|(value, version)| R::Incremented { value, version }),
+            any::<bool>().prop_map(|existed| R::Deleted { existed }),
+            any::<u64>().prop_map(|version| R::Committed { version }),
+            any::<u32>().prop_map(|index| R::ConditionFailed { index }),
+            proptest::sample::select(e.to_vec()).prop_map(R::Error),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn apply_never_panics_on_arbitrary_bytes(bytes in vec(any::<u8>(), 0..256)) {
+            let mut s = KvStore::new();
+            prop_assert!(KvResult::decode(&s.apply(&bytes)).is_ok());
+        }
+
+        #[test]
+        fn apply_never_panics_on_corrupted_ops(
+            op in op(any_bytes(6), any_bytes(6)),
+            flips in vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
+        ) {
+            let mut bytes = op.encode().to_vec();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let mut s = KvStore::new();
+            prop_assert!(KvResult::decode(&s.apply(&bytes)).is_ok());
+            prop_assert_eq!(s.digest(), recompute_digest(&s));
+        }
+
+        #[test]
+        fn replicas_converge(ops in small_ops()) {
+            let (mut typed, mut encoded) = (KvStore::new(), KvStore::new());
+            for op in &ops {
+                let want = typed.execute(op);
+                prop_assert_eq!(KvResult::decode(&encoded.apply(&op.encode())), Ok(want));
+            }
+            prop_assert_eq!(typed.snapshot(), encoded.snapshot());
+            prop_assert_eq!(typed.digest(), encoded.digest());
+        }
+
+        #[test]
+        fn incremental_digest_matches_recomputed(ops in small_ops()) {
+            let mut s = KvStore::new();
+            for op in &ops {
+                s.execute(op);
+                prop_assert_eq!(s.digest(), recompute_digest(&s));
+                prop_assert_eq!(s.len(), s.entries().count());
+            }
+        }
+
+        #[test]
+        fn op_round_trips(op in op(any_bytes(16), any_bytes(16))) {
+            prop_assert_eq!(KvOp::decode(&op.encode()), Ok(op));
+        }
+
+        #[test]
+        fn result_round_trips(r in result()) {
+            prop_assert_eq!(KvResult::decode(&r.encode()), Ok(r));
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Safety checkers that watch every event of a simulated run:
+//! - agreement: at most one value is chosen per slot (a value is chosen when f+1 acceptors of the
+//!   slot's group accepted it at one ballot — computed from the acceptors' own reports, not trusted
+//!   from the proxy leaders);
+//! - replicas execute every slot in order, only chosen values, and agree on the state after each slot
+//!   (so their logs are prefixes of one another and digests agree at equal watermarks);
+//! - exactly once: no replica applies a command twice;
+//! - (at the end) every acknowledged command is in the log.
+//!
+//! Linearizability of the client history is checked at the end by `linearizability`.
+
+use crate::protocol::{Ballot, Event, NodeId, Slot};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Accumulates violations; empty means every check held so far.
+#[derive(Debug, Default)]
+pub struct Checker {
+    quorum: usize,
+    /// (slot, ballot) → the value accepted at that ballot, and by whom.
+    votes: BTreeMap<(Slot, Ballot), (u64, BTreeSet<NodeId>)>,
+    /// slot → the chosen value's digest.
+    chosen: BTreeMap<Slot, u64>,
+    /// slot → (value digest, state digest after it) as first executed by any replica.
+    executed: BTreeMap<Slot, (u64, u64)>,
+    /// replica → the next slot it must execute.
+    next_to_execute: BTreeMap<NodeId, Slot>,
+    /// replica → commands it applied.
+    applied: BTreeMap<NodeId, BTreeSet<(u64, u64)>>,
+    /// What went wrong, in order.
+    pub violations: Vec<String>,
+}
+
+impl Checker {
+    /// A checker for a cluster whose quorums have `quorum` acceptors.
+    pub fn new(quorum: usize) -> Self {
+        Checker {
+            quorum,
+            ..Checker::default()
+        }
+    }
+
+    /// Watches one event of `node`.
+    pub fn observe(&mut self, node: NodeId, event: &Event) {
+        match *event {
+            Event::Accepted {
+                slot,
+                ballot,
+                value_digest,
+            } => self.on_accepted(node, slot, ballot, value_digest),
+            Event::Executed {
+                slot,
+                value_digest,
+                state_digest,
+            } => self.on_executed(node, slot, value_digest, state_digest),
+            Event::Applied {
+                client_id,
+                seq,
+                slot,
+            } => {
+                if !self
+                    .applied
+                    .entry(node)
+                    .or_default()
+                    .insert((client_id, seq))
+                {
+                    self.violations.push(format!(
+                        "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_accepted(&mut self, acceptor: NodeId, slot: Slot, ballot: Ballot, digest: u64) {
+        let (value, voters) = self
+            .votes
+            .entry((slot, ballot))
+            .or_insert((digest, BTreeSet::new()));
+        if *value != digest {
+            self.violations.push(format!(
+                "agreement: two values accepted in slot {slot} at ballot {ballot} ({value:016x}, {digest:016x})"
+            ));
+            return;
+        }
+        voters.insert(acceptor);
+        if voters.len() < self.quorum {
+            return;
+        }
+        match self.chosen.get(&slot) {
+            None => {
+                self.chosen.insert(slot, digest);
+            }
+            Some(&earlier) if earlier != digest => self.violations.push(format!(
+                "agreement: slot {slot} chose {earlier:016x} and then {digest:016x} (at ballot {ballot})"
+            )),
+            Some(_) => {}
+        }
+    }
+
+    fn on_executed(&mut self, replica: NodeId, slot: Slot, value: u64, state: u64) {
+        let expected = self.next_to_execute.entry(replica).or_insert(0);
+        if slot != *expected {
+            self.violations.push(format!(
+                "order: replica {replica} executed slot {slot} while slot {expected} was next"
+            ));
+        }
+        *expected = slot + 1;
+        match self.chosen.get(&slot) {
+            None => self.violations.push(format!(
+                "agreement: replica {replica} executed slot {slot}, which no quorum chose"
+            )),
+            Some(&chosen) if chosen != value => self.violations.push(format!(
+                "agreement: replica {replica} executed {value:016x} in slot {slot}, but {chosen:016x} was chosen"
+            )),
+            Some(_) => {}
+        }
+        match self.executed.get(&slot) {
+            None => {
+                self.executed.insert(slot, (value, state));
+            }
+            Some(&(v, s)) if (v, s) != (value, state) => self.violations.push(format!(
+                "divergence: after slot {slot} replica {replica} has state {state:016x}, another replica {s:016x}"
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// Whether some replica applied (client, seq).
+    pub fn was_applied(&self, client_id: u64, seq: u64) -> bool {
+        self.applied
+            .values()
+            .any(|set| set.contains(&(client_id, seq)))
+    }
+
+    /// The number of slots known chosen.
+    pub fn chosen_slots(&self) -> usize {
+        self.chosen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B1: Ballot = Ballot {
+        round: 1,
+        proposer: 1,
+    };
+    const B2: Ballot = Ballot {
+        round: 2,
+        proposer: 2,
+    };
+
+    fn accepted(c: &mut Checker, acceptor: NodeId, slot: Slot, ballot: Ballot, d: u64) {
+        c.observe(
+            acceptor,
+            &Event::Accepted {
+                slot,
+                ballot,
+                value_digest: d,
+            },
+        );
+    }
+
+    #[test]
+    fn two_values_chosen_in_one_slot_is_caught() {
+        let mut c = Checker::new(2);
+        accepted(&mut c, 3, 0, B1, 0xa);
+        accepted(&mut c, 4, 0, B1, 0xa);
+        assert!(c.violations.is_empty());
+        accepted(&mut c, 4, 0, B2, 0xb);
+        accepted(&mut c, 5, 0, B2, 0xb);
+        assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+    }
+
+    #[test]
+    fn the_same_value_chosen_again_at_a_higher_ballot_is_fine() {
+        let mut c = Checker::new(2);
+        for (a, b) in [(3, B1), (4, B1), (4, B2), (5, B2)] {
+            accepted(&mut c, a, 0, b, 0xa);
+        }
+        assert!(c.violations.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_unchosen_or_divergent_execution_is_caught() {
+        let mut c = Checker::new(2);
+        for slot in 0..2 {
+            accepted(&mut c, 3, slot, B1, slot);
+            accepted(&mut c, 4, slot, B1, slot);
+        }
+        c.observe(
+            7,
+            &Event::Executed {
+                slot: 0,
+                value_digest: 0,
+                state_digest: 10,
+            },
+        );
+        c.observe(
+            8,
+            &Event::Executed {
+                slot: 1,
+                value_digest: 1,
+                state_digest: 11,
+            },
+        );
+        assert!(c.violations[0].starts_with("order"));
+        c.observe(
+            7,
+            &Event::Executed {
+                slot: 1,
+                value_digest: 1,
+                state_digest: 99,
+            },
+        );
+        assert!(c.violations[1].starts_with("divergence"));
+        c.observe(
+            7,
+            &Event::Executed {
+                slot: 2,
+                value_digest: 5,
+                state_digest: 0,
+            },
+        );
+        assert!(c.violations[2].contains("no quorum chose"));
+    }
+
+    #[test]
+    fn a_command_applied_twice_is_caught() {
+        let mut c = Checker::new(2);
+        c.observe(
+            7,
+            &Event::Applied {
+                client_id: 100,
+                seq: 1,
+                slot: 0,
+            },
+        );
+        c.observe(
+            8,
+            &Event::Applied {
+                client_id: 100,
+                seq: 1,
+                slot: 0,
+            },
+        );
+        assert!(c.violations.is_empty(), "once per replica is right");
+        c.observe(
+            7,
+            &Event::Applied {
+                client_id: 100,
+                seq: 1,
+                slot: 3,
+            },
+        );
+        assert!(c.violations[0].starts_with("exactly-once"));
+        assert!(c.was_applied(100, 1) && !c.was_applied(100, 2));
+    }
+}

@@ -1,0 +1,756 @@
+//! The deterministic simulator: drives the very same role structs as the runtime, over a virtual
+//! network with virtual time and one seeded generator, so that a seed replays a whole cluster run
+//! exactly (TigerBeetle's VOPR is the model). Faults: per-link delay, loss, duplication and
+//! reordering; partitions, one-way included; crashes and restarts (proposers, proxy leaders, batchers
+//! and unbatchers lose their memory; acceptors and replicas keep theirs, as durable storage would).
+//! Checkers watch every event (`checker`), the client history is checked for linearizability at the
+//! end (`linearizability`), and after the faults stop every request must complete in bounded time.
+//!
+//! Must never: read the clock or OS randomness; iterate a randomly seeded hash map.
+
+pub mod checker;
+pub mod linearizability;
+pub mod network;
+pub mod workload;
+
+use crate::protocol::acceptor::Acceptor;
+use crate::protocol::batcher::Batcher;
+use crate::protocol::client::Client;
+use crate::protocol::proposer::Proposer;
+use crate::protocol::proxy_leader::ProxyLeader;
+use crate::protocol::replica::Replica;
+use crate::protocol::state_machine::kv::{KvOp, KvResult};
+use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
+use crate::protocol::unbatcher::Unbatcher;
+use crate::protocol::{ClusterConfig, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
+use checker::Checker;
+use linearizability::{check_partitioned, Operation, Verdict};
+use network::{Fault, FaultLevel, LinkModel, Partitions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::io::Write;
+use workload::{KvModel, Workload};
+
+/// The shape of one simulated run.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// How hostile the network and the nodes are.
+    pub faults: FaultLevel,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Faults happen during this first part of the run.
+    pub fault_phase_us: Time,
+    /// Each client's mean pause between requests during the fault phase.
+    pub think_time_us: Time,
+    /// Requests each client makes once the faults have stopped.
+    pub requests_after_healing: usize,
+    /// After the faults stop, every request must complete within this much virtual time.
+    pub liveness_bound_us: Time,
+    /// Steps the linearizability search may take per partition before it says "inconclusive".
+    pub linearizability_budget: u64,
+}
+
+impl SimOptions {
+    /// The standard run for a fault level.
+    pub fn new(faults: FaultLevel) -> Self {
+        SimOptions {
+            faults,
+            clients: 4,
+            fault_phase_us: 2_000_000,
+            think_time_us: 40_000,
+            requests_after_healing: 3,
+            liveness_bound_us: 5_000_000,
+            linearizability_budget: 20_000_000,
+        }
+    }
+}
+
+/// What one seed's run found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The seed that replays this run.
+    pub seed: u64,
+    /// Every safety or liveness violation; empty means the run passed.
+    pub violations: Vec<String>,
+    /// The linearizability search ran out of budget (neither a pass nor a violation).
+    pub inconclusive: bool,
+    /// Client requests completed.
+    pub completed: usize,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Times a proposer became leader.
+    pub elections: u64,
+    /// Slots known chosen.
+    pub chosen_slots: usize,
+    /// Virtual time at the end of the run.
+    pub end_us: Time,
+}
+
+enum Member {
+    Client(Box<Client>),
+    Replica(Box<Replica>),
+    Other(Box<dyn Role>),
+}
+
+impl Member {
+    fn role(&mut self) -> &mut dyn Role {
+        match self {
+            Member::Client(c) => c.as_mut(),
+            Member::Replica(r) => r.as_mut(),
+            Member::Other(o) => o.as_mut(),
+        }
+    }
+
+    fn role_ref(&self) -> &dyn Role {
+        match self {
+            Member::Client(c) => c.as_ref(),
+            Member::Replica(r) => r.as_ref(),
+            Member::Other(o) => o.as_ref(),
+        }
+    }
+}
+
+struct SimNode {
+    kind: RoleKind,
+    member: Member,
+    up: bool,
+    restarts: u64,
+}
+
+struct ClientDriver {
+    workload: Workload,
+    issued: u64,
+    /// Requests still to make after healing.
+    after_healing: usize,
+    /// Index into the history of the outstanding request.
+    outstanding: Option<usize>,
+}
+
+enum Pending {
+    Deliver { from: NodeId, to: NodeId, msg: Msg },
+    Fault(Fault),
+    ClientWake(NodeId),
+    EndFaults,
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    what: Pending,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// One simulated cluster run.
+pub struct Simulator<'t> {
+    seed: u64,
+    opts: SimOptions,
+    cluster: ClusterConfig,
+    tunables: Tunables,
+    rng: ChaCha8Rng,
+    now: Time,
+    next_seq: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: BTreeMap<NodeId, ClientDriver>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    link: LinkModel,
+    partitions: Partitions,
+    faults_on: bool,
+    checker: Checker,
+    history: Vec<Operation<KvOp, KvResult>>,
+    /// (client, seq) of each history entry.
+    history_ids: Vec<(u64, u64)>,
+    stamp: u64,
+    trace: Option<&'t mut dyn Write>,
+    outcome: Outcome,
+}
+
+/// Derives an independent seed for one purpose from the run's seed (splitmix64).
+fn derive_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+const CLIENT_ID_BASE: NodeId = 1000;
+
+impl<'t> Simulator<'t> {
+    /// Builds the run of `seed`: the cluster's shape and tunables are drawn from the seed too, so that
+    /// seeds cover batching or none, one or two acceptor groups, narrow or wide in-flight windows.
+    pub fn new(seed: u64, opts: SimOptions, trace: Option<&'t mut dyn Write>) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let groups = rng.gen_range(1..=2);
+        let proxies = rng.gen_range(1..=2);
+        let batchers = [0, 1, 2][rng.gen_range(0..3)];
+        let cluster = ClusterConfig::f1(groups, proxies, batchers, rng.gen_range(1..=2));
+        cluster
+            .validate()
+            .expect("the simulator builds valid clusters");
+        let tunables = Tunables {
+            batch_size: rng.gen_range(1..=4),
+            max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
+            ..Tunables::default()
+        };
+        let mut sim = Simulator {
+            seed,
+            cluster,
+            tunables,
+            rng,
+            now: 0,
+            next_seq: 0,
+            nodes: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            link: LinkModel::for_level(opts.faults),
+            partitions: Partitions::default(),
+            faults_on: true,
+            checker: Checker::new(2),
+            history: Vec::new(),
+            history_ids: Vec::new(),
+            stamp: 0,
+            trace,
+            outcome: Outcome {
+                seed,
+                ..Outcome::default()
+            },
+            opts,
+        };
+        sim.checker = Checker::new(sim.cluster.quorum());
+        let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
+        for (id, kind) in ids {
+            let member = sim.build(id, kind, 0);
+            sim.nodes.insert(
+                id,
+                SimNode {
+                    kind,
+                    member,
+                    up: true,
+                    restarts: 0,
+                },
+            );
+        }
+        for i in 0..sim.opts.clients {
+            let id = CLIENT_ID_BASE + i as NodeId;
+            let client = Client::new(id, sim.cluster.clone(), &sim.tunables, i);
+            let member = Member::Client(Box::new(client));
+            sim.nodes.insert(
+                id,
+                SimNode {
+                    kind: RoleKind::Client,
+                    member,
+                    up: true,
+                    restarts: 0,
+                },
+            );
+            let workload = Workload::new(
+                u64::from(id),
+                ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))),
+            );
+            let after_healing = sim.opts.requests_after_healing;
+            sim.clients.insert(
+                id,
+                ClientDriver {
+                    workload,
+                    issued: 0,
+                    after_healing,
+                    outstanding: None,
+                },
+            );
+        }
+        sim
+    }
+
+    fn build(&self, id: NodeId, kind: RoleKind, restarts: u64) -> Member {
+        let (config, tunables) = (self.cluster.clone(), &self.tunables);
+        match kind {
+            RoleKind::Proposer => {
+                let seed = derive_seed(self.seed, (u64::from(id) << 32) | restarts);
+                Member::Other(Box::new(Proposer::new(
+                    id,
+                    config,
+                    tunables.clone(),
+                    seed,
+                    self.now,
+                )))
+            }
+            RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config))),
+            RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(config, tunables))),
+            RoleKind::Batcher => Member::Other(Box::new(Batcher::new(id, config, tunables))),
+            RoleKind::Unbatcher => Member::Other(Box::new(Unbatcher)),
+            RoleKind::Replica => {
+                let sm = new_state_machine(StateMachineKind::Kv);
+                Member::Replica(Box::new(Replica::new(id, config, tunables, sm, self.now)))
+            }
+            RoleKind::Client => unreachable!("clients are built by the simulator directly"),
+        }
+    }
+
+    fn schedule(&mut self, at: Time, what: Pending) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.next_seq,
+            what,
+        }));
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if let Some(out) = self.trace.as_mut() {
+            let _ = writeln!(out, "{:>10}us {}", self.now, line());
+        }
+    }
+
+    /// Runs the seed to the end and reports what the checkers found.
+    pub fn run(mut self) -> Outcome {
+        let crashable: Vec<NodeId> = self.cluster.all_nodes().map(|(id, _)| id).collect();
+        let faults = network::schedule(
+            self.opts.faults,
+            &mut self.rng,
+            &crashable,
+            &crashable,
+            self.opts.fault_phase_us,
+        );
+        for (at, fault) in faults {
+            self.schedule(at, Pending::Fault(fault));
+        }
+        self.schedule(self.opts.fault_phase_us, Pending::EndFaults);
+        let clients: Vec<NodeId> = self.clients.keys().copied().collect();
+        for id in clients {
+            let at = self.rng.gen_range(0..self.opts.think_time_us);
+            self.schedule(at, Pending::ClientWake(id));
+        }
+        let deadline = self.opts.fault_phase_us + self.opts.liveness_bound_us;
+        while let Some(at) = self.next_due() {
+            if at > deadline || (!self.faults_on && self.all_clients_done()) {
+                break;
+            }
+            self.step(at);
+        }
+        self.check_liveness();
+        self.converge(deadline + 2_000_000);
+        self.finish()
+    }
+
+    /// The time of the next message, fault or timer.
+    fn next_due(&self) -> Option<Time> {
+        let next_scheduled = self.queue.peek().map(|s| s.0.at);
+        let next_timer = self.next_timer().map(|(_, at)| at);
+        match (next_scheduled, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_timer(&self) -> Option<(NodeId, Time)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.up)
+            .filter_map(|(&id, n)| n.member.role_ref().poll_timeout().map(|at| (id, at)))
+            .min_by_key(|&(id, at)| (at, id))
+    }
+
+    fn step(&mut self, at: Time) {
+        self.now = self.now.max(at);
+        let timer = self.next_timer().filter(|&(_, t)| t <= at);
+        let message_first = self
+            .queue
+            .peek()
+            .is_some_and(|s| timer.is_none_or(|(_, t)| s.0.at < t));
+        if !message_first {
+            let (id, _) = timer.expect("a timer is due");
+            self.trace(|| format!("timer {id}"));
+            let mut out = Out::new(true);
+            let node = self.nodes.get_mut(&id).expect("timer of a known node");
+            node.member.role().handle_timeout(self.now, &mut out);
+            self.dispatch(id, out);
+            return;
+        }
+        let Reverse(scheduled) = self.queue.pop().expect("peeked");
+        match scheduled.what {
+            Pending::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Pending::Fault(fault) if self.faults_on => self.apply_fault(fault),
+            Pending::Fault(_) => {}
+            Pending::ClientWake(id) => self.client_next(id),
+            Pending::EndFaults => self.end_faults(),
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        if !node.up {
+            self.trace(|| format!("lost {from} -> {to} {msg} (receiver down)"));
+            return;
+        }
+        self.outcome.delivered += 1;
+        if self.trace.is_some() {
+            self.trace(|| format!("{from} -> {to} {msg}"));
+        }
+        let node = self.nodes.get_mut(&to).expect("checked above");
+        let mut out = Out::new(true);
+        node.member
+            .role()
+            .handle_message(self.now, from, msg, &mut out);
+        self.dispatch(to, out);
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        if self.partitions.blocks(from, to) {
+            return;
+        }
+        let delays = self.link.deliveries(&mut self.rng);
+        if let Some((&last, rest)) = delays.split_last() {
+            for &delay in rest {
+                let copy = msg.clone();
+                self.schedule(
+                    self.now + delay,
+                    Pending::Deliver {
+                        from,
+                        to,
+                        msg: copy,
+                    },
+                );
+            }
+            self.schedule(self.now + last, Pending::Deliver { from, to, msg });
+        }
+    }
+
+    fn dispatch(&mut self, from: NodeId, out: Out) {
+        for (to, msg) in out.msgs {
+            self.send(from, to, msg);
+        }
+        for event in out.events {
+            self.checker.observe(from, &event);
+            match event {
+                Event::Completed { seq, result } => self.on_completed(from, seq, result),
+                Event::BecameLeader { ballot } => {
+                    self.outcome.elections += 1;
+                    self.trace(|| format!("{from} leads with ballot {ballot}"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_completed(&mut self, client: NodeId, seq: u64, result: bytes::Bytes) {
+        let driver = self
+            .clients
+            .get_mut(&client)
+            .expect("completions come from clients");
+        let index = driver
+            .outstanding
+            .take()
+            .expect("a completion answers the outstanding request");
+        let result = KvResult::decode(&result).unwrap_or_else(|e| {
+            self.checker.violations.push(format!(
+                "client {client} got an undecodable reply to #{seq}: {e:?}"
+            ));
+            KvResult::Error(e)
+        });
+        driver.workload.observe(&self.history[index].op, &result);
+        self.stamp += 1;
+        self.history[index].returned = Some((self.stamp, result));
+        self.outcome.completed += 1;
+        let pause = if self.faults_on {
+            self.rng.gen_range(0..2 * self.opts.think_time_us)
+        } else {
+            0
+        };
+        self.schedule(self.now + pause, Pending::ClientWake(client));
+    }
+
+    fn client_next(&mut self, id: NodeId) {
+        let driver = self.clients.get_mut(&id).expect("wake-ups are for clients");
+        if driver.outstanding.is_some() {
+            return;
+        }
+        if !self.faults_on {
+            if driver.after_healing == 0 {
+                return;
+            }
+            driver.after_healing -= 1;
+        }
+        driver.issued += 1;
+        let op = driver.workload.next_op(driver.issued);
+        driver.outstanding = Some(self.history.len());
+        self.stamp += 1;
+        self.history.push(Operation {
+            client: u64::from(id),
+            op: op.clone(),
+            invoked_at: self.stamp,
+            returned: None,
+        });
+        let Member::Client(client) = &mut self.nodes.get_mut(&id).expect("client node").member
+        else {
+            unreachable!("client ids hold clients")
+        };
+        let mut out = Out::new(true);
+        let seq = client
+            .submit(self.now, op.encode(), &mut out)
+            .expect("the driver waits for completion");
+        self.history_ids.push((u64::from(id), seq));
+        self.dispatch(id, out);
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        self.trace(|| format!("fault {fault:?}"));
+        match fault {
+            Fault::Crash(id) => self.crash(id),
+            Fault::Restart(id) => self.restart(id),
+            Fault::Block(..) | Fault::Unblock(..) => self.partitions.apply(&fault),
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.up = false;
+        }
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get(&id) else {
+            return;
+        };
+        if node.up {
+            return;
+        }
+        let (kind, restarts) = (node.kind, node.restarts + 1);
+        // Acceptors and replicas model durable storage: they come back with their state.
+        let durable = matches!(kind, RoleKind::Acceptor | RoleKind::Replica);
+        let member = if durable {
+            None
+        } else {
+            Some(self.build(id, kind, restarts))
+        };
+        let node = self.nodes.get_mut(&id).expect("checked above");
+        if let Some(member) = member {
+            node.member = member;
+        }
+        node.up = true;
+        node.restarts = restarts;
+    }
+
+    fn end_faults(&mut self) {
+        self.trace(|| "faults end: healing partitions, restarting nodes, healthy links".into());
+        self.faults_on = false;
+        self.link = LinkModel::HEALTHY;
+        self.partitions.clear();
+        let down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.up)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in down {
+            self.restart(id);
+        }
+        let idle: Vec<NodeId> = self
+            .clients
+            .iter()
+            .filter(|(_, d)| d.outstanding.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in idle {
+            self.client_next(id);
+        }
+    }
+
+    fn all_clients_done(&self) -> bool {
+        self.clients
+            .values()
+            .all(|d| d.outstanding.is_none() && d.after_healing == 0)
+    }
+
+    fn check_liveness(&mut self) {
+        if self.faults_on {
+            self.checker
+                .violations
+                .push("the run ended before the faults did".into());
+            return;
+        }
+        for (id, driver) in &self.clients {
+            if let Some(index) = driver.outstanding {
+                let (_, seq) = self.history_ids[index];
+                self.checker.violations.push(format!(
+                    "liveness: client {id} request #{seq} incomplete {}us after the faults stopped",
+                    self.opts.liveness_bound_us
+                ));
+            } else if driver.after_healing > 0 {
+                self.checker.violations.push(format!(
+                    "liveness: client {id} still had {} requests to make when time ran out",
+                    driver.after_healing
+                ));
+            }
+        }
+    }
+
+    fn replica_watermarks(&self) -> Vec<(NodeId, u64)> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| match &n.member {
+                Member::Replica(r) => Some((id, r.executed_watermark())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Lets the healed cluster run until every replica has executed the same log, then compares
+    /// their whole states byte for byte.
+    fn converge(&mut self, until: Time) {
+        let target = self
+            .replica_watermarks()
+            .iter()
+            .map(|&(_, w)| w)
+            .max()
+            .unwrap_or(0);
+        while self.replica_watermarks().iter().any(|&(_, w)| w < target) {
+            match self.next_due() {
+                Some(at) if at <= until => self.step(at),
+                _ => break,
+            }
+        }
+        let marks = self.replica_watermarks();
+        if marks.iter().any(|&(_, w)| w < target) {
+            self.checker.violations.push(format!(
+                "convergence: replicas stuck at {marks:?}, target {target}"
+            ));
+            return;
+        }
+        let snapshots: Vec<(NodeId, Vec<u8>)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| match &n.member {
+                Member::Replica(r) if r.executed_watermark() == target => Some((id, r.snapshot())),
+                _ => None,
+            })
+            .collect();
+        if let Some((first, bytes)) = snapshots.first() {
+            for (id, other) in &snapshots[1..] {
+                if other != bytes {
+                    self.checker.violations.push(format!(
+                        "divergence: replicas {first} and {id} executed {target} slots but their states differ"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        for (op, &(client, seq)) in self.history.iter().zip(&self.history_ids) {
+            if op.returned.is_some() && !self.checker.was_applied(client, seq) {
+                self.checker.violations.push(format!(
+                    "durability: acknowledged command c{client}#{seq} is in no replica's log"
+                ));
+            }
+        }
+        let history = std::mem::take(&mut self.history);
+        match check_partitioned(&KvModel::default(), history, |op| op.partition().to_vec(), self.opts.linearizability_budget) {
+            Verdict::Linearizable => {}
+            Verdict::Inconclusive { .. } => self.outcome.inconclusive = true,
+            Verdict::NotLinearizable { longest_prefix, blocked } => self.checker.violations.push(format!(
+                "linearizability: history not linearizable after {} ops; could not place next: {blocked:?}",
+                longest_prefix.len()
+            )),
+        }
+        self.outcome.chosen_slots = self.checker.chosen_slots();
+        self.outcome.violations = std::mem::take(&mut self.checker.violations);
+        self.outcome.end_us = self.now;
+        self.outcome
+    }
+}
+
+/// Runs one seed, turning a panic (a failed invariant assertion) into a violation.
+pub fn run_seed(seed: u64, opts: &SimOptions, trace: Option<&mut dyn Write>) -> Outcome {
+    let opts = opts.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Simulator::new(seed, opts, trace).run()
+    })) {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Outcome {
+                seed,
+                violations: vec![format!("panic: {why}")],
+                ..Outcome::default()
+            }
+        }
+    }
+}
+
+/// Totals over many seeds.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Seeds with at least one violation, with their outcomes, in seed order.
+    pub failures: Vec<Outcome>,
+    /// Seeds whose linearizability check was inconclusive.
+    pub inconclusive: u64,
+    /// Client requests completed over all seeds.
+    pub completed: u64,
+    /// Elections over all seeds.
+    pub elections: u64,
+}
+
+/// Runs seeds `start..start+count` on `threads` threads; `on_failure` sees each failing outcome as it
+/// is found.
+pub fn run_seeds(
+    start: u64,
+    count: u64,
+    opts: &SimOptions,
+    threads: usize,
+    on_failure: &(dyn Fn(&Outcome) + Sync),
+) -> Summary {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicU64::new(0);
+    let summary = Mutex::new(Summary::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let outcome = run_seed(start + i, opts, None);
+                if !outcome.violations.is_empty() {
+                    on_failure(&outcome);
+                }
+                let mut s = summary.lock().expect("no panics while holding the lock");
+                s.seeds += 1;
+                s.completed += outcome.completed as u64;
+                s.elections += outcome.elections;
+                s.inconclusive += u64::from(outcome.inconclusive);
+                if !outcome.violations.is_empty() {
+                    s.failures.push(outcome);
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().expect("threads joined");
+    summary.failures.sort_by_key(|o| o.seed);
+    summary
+}
