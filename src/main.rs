@@ -78,19 +78,10 @@ fn sim(args: SimArgs) -> ExitCode {
             outcome.end_us as f64 / 1e6,
             if outcome.inconclusive { ", linearizability inconclusive" } else { "" }
         );
-        println!(
-            "1 seeds, {} violations",
-            usize::from(!outcome.violations.is_empty())
-        );
-        return if outcome.violations.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        println!("1 seeds, {} violations", usize::from(!outcome.violations.is_empty()));
+        return if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = Instant::now();
     let on_failure = |o: &autopaxos::sim::Outcome| {
         println!("seed {}: {}", o.seed, o.violations.join("; "));
@@ -106,11 +97,7 @@ fn sim(args: SimArgs) -> ExitCode {
         summary.inconclusive,
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "{} seeds, {} violations",
-        summary.seeds,
-        summary.failures.len()
-    );
+    println!("{} seeds, {} violations", summary.seeds, summary.failures.len());
     if summary.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -1,7 +1,9 @@
 //! Acceptor: one voter of one acceptor group. Holds the promised ballot and, per slot of its group, the
 //! highest-ballot value it accepted. Its state is durable (the simulator keeps it across crashes).
 //!
-//! Must never: accept or promise below its promise; answer for a slot of another group.
+//! Must never: accept or promise below its promise; promise one ballot to two different Phase 1 runs
+//! (a proposer that lost its memory in a crash comes back with the same ballot: sim seed 9511);
+//! answer for a slot of another group.
 
 use super::config::ClusterConfig;
 use super::messages::{AcceptedEntry, Msg, Value};
@@ -15,6 +17,8 @@ pub struct Acceptor {
     config: ClusterConfig,
     group: usize,
     promised: Ballot,
+    /// The nonce of the Phase 1 that `promised` was promised to; `None` if a Phase2a raised it.
+    promised_nonce: Option<u64>,
     /// Per slot of this group: the ballot and value last accepted.
     accepted: BTreeMap<Slot, (Ballot, Value)>,
     /// Every slot below this is chosen and executed by all replicas; its entry is gone.
@@ -34,6 +38,7 @@ impl Acceptor {
             config,
             group,
             promised: Ballot::ZERO,
+            promised_nonce: None,
             accepted: BTreeMap::new(),
             trimmed_below: 0,
         }
@@ -49,68 +54,42 @@ impl Acceptor {
         self.accepted.len()
     }
 
-    fn on_phase1a(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, out: &mut Out) {
-        // `>=` so that a retransmitted Phase1a of the current ballot is answered again.
-        if ballot < self.promised {
-            out.send(
-                from,
-                Msg::Nack {
-                    promised: self.promised,
-                },
-            );
+    fn on_phase1a(&mut self, from: NodeId, ballot: Ballot, nonce: u64, from_slot: Slot, out: &mut Out) {
+        // A ballot is promised once. An equal ballot is answered again only for a retransmission of
+        // the same Phase 1; a restarted proposer reusing its ballot is refused and moves above it.
+        let retransmission = ballot == self.promised && self.promised_nonce == Some(nonce);
+        if ballot <= self.promised && !retransmission {
+            out.send(from, Msg::Nack { promised: self.promised });
             return;
         }
         self.promised = ballot;
+        self.promised_nonce = Some(nonce);
         let start = from_slot.max(self.trimmed_below);
         let accepted = self
             .accepted
             .range(start..)
-            .map(|(&slot, (b, v))| AcceptedEntry {
-                slot,
-                ballot: *b,
-                value: v.clone(),
-            })
+            .map(|(&slot, (b, v))| AcceptedEntry { slot, ballot: *b, value: v.clone() })
             .collect();
-        out.send(
-            from,
-            Msg::Phase1b {
-                ballot,
-                trimmed_below: self.trimmed_below,
-                accepted,
-            },
-        );
+        out.send(from, Msg::Phase1b { ballot, nonce, trimmed_below: self.trimmed_below, accepted });
     }
 
-    fn on_phase2a(
-        &mut self,
-        from: NodeId,
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-        out: &mut Out,
-    ) {
+    fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
         if self.config.group_of(slot) != self.group {
             out.dropped("phase2a for a slot of another group");
             return;
         }
         if ballot < self.promised {
-            out.send(
-                from,
-                Msg::Nack {
-                    promised: self.promised,
-                },
-            );
+            out.send(from, Msg::Nack { promised: self.promised });
             return;
         }
-        self.promised = ballot;
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.promised_nonce = None;
+        }
         if slot >= self.trimmed_below {
             let digest = value.digest();
             self.accepted.insert(slot, (ballot, value));
-            out.event(|| Event::Accepted {
-                slot,
-                ballot,
-                value_digest: digest,
-            });
+            out.event(|| Event::Accepted { slot, ballot, value_digest: digest });
         }
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
         // ballot we may accept carries the chosen value, so acknowledging it is safe.
@@ -132,10 +111,7 @@ impl Acceptor {
             self.promised
         );
         assert!(
-            self.accepted
-                .keys()
-                .next()
-                .is_none_or(|&s| s >= self.trimmed_below),
+            self.accepted.keys().next().is_none_or(|&s| s >= self.trimmed_below),
             "acceptor {}: holds a slot below its trim point {}",
             self.id,
             self.trimmed_below
@@ -146,12 +122,8 @@ impl Acceptor {
 impl Role for Acceptor {
     fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::Phase1a { ballot, from_slot } => self.on_phase1a(from, ballot, from_slot, out),
-            Msg::Phase2a {
-                ballot,
-                slot,
-                value,
-            } => self.on_phase2a(from, ballot, slot, value, out),
+            Msg::Phase1a { ballot, nonce, from_slot } => self.on_phase1a(from, ballot, nonce, from_slot, out),
+            Msg::Phase2a { ballot, slot, value } => self.on_phase2a(from, ballot, slot, value, out),
             Msg::Trim { below } => self.on_trim(below),
             _ => out.dropped("acceptor: unexpected message"),
         }
@@ -191,126 +163,58 @@ mod tests {
     #[test]
     fn never_accepts_below_its_promise() {
         let mut a = acceptor();
-        call(
-            &mut a,
-            Msg::Phase1a {
-                ballot: b(2, 1),
-                from_slot: 0,
-            },
-        );
-        let reply = call(
-            &mut a,
-            Msg::Phase2a {
-                ballot: b(1, 2),
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
+        call(&mut a, Msg::Phase1a { ballot: b(2, 1), nonce: 1, from_slot: 0 });
+        let reply = call(&mut a, Msg::Phase2a { ballot: b(1, 2), slot: 0, value: Value::Noop });
         assert_eq!(reply, vec![(1, Msg::Nack { promised: b(2, 1) })]);
         assert_eq!(a.accepted_len(), 0);
-        let reply = call(
-            &mut a,
-            Msg::Phase2a {
-                ballot: b(2, 1),
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
-        assert_eq!(
-            reply,
-            vec![(
-                1,
-                Msg::Phase2b {
-                    ballot: b(2, 1),
-                    slot: 0
-                }
-            )]
-        );
+        let reply = call(&mut a, Msg::Phase2a { ballot: b(2, 1), slot: 0, value: Value::Noop });
+        assert_eq!(reply, vec![(1, Msg::Phase2b { ballot: b(2, 1), slot: 0 })]);
     }
 
     #[test]
     fn phase1b_reports_accepted_values_from_the_requested_slot() {
         let mut a = acceptor();
         for slot in [0, 2, 4] {
-            call(
-                &mut a,
-                Msg::Phase2a {
-                    ballot: b(1, 1),
-                    slot,
-                    value: Value::Noop,
-                },
-            );
+            call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot, value: Value::Noop });
         }
-        let reply = call(
-            &mut a,
-            Msg::Phase1a {
-                ballot: b(2, 2),
-                from_slot: 2,
-            },
-        );
-        let Msg::Phase1b { accepted, .. } = &reply[0].1 else {
-            panic!("{reply:?}")
-        };
-        assert_eq!(
-            accepted.iter().map(|e| e.slot).collect::<Vec<_>>(),
-            vec![2, 4]
-        );
+        let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 2), nonce: 1, from_slot: 2 });
+        let Msg::Phase1b { accepted, .. } = &reply[0].1 else { panic!("{reply:?}") };
+        assert_eq!(accepted.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![2, 4]);
         // A lower ballot's Phase1a is refused with the promise.
-        let reply = call(
-            &mut a,
-            Msg::Phase1a {
-                ballot: b(1, 9),
-                from_slot: 0,
-            },
-        );
+        let reply = call(&mut a, Msg::Phase1a { ballot: b(1, 9), nonce: 1, from_slot: 0 });
         assert_eq!(reply, vec![(1, Msg::Nack { promised: b(2, 2) })]);
+    }
+
+    #[test]
+    fn a_ballot_is_promised_to_one_phase1_only() {
+        let mut a = acceptor();
+        let first = call(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 7, from_slot: 0 });
+        assert!(matches!(first[0].1, Msg::Phase1b { nonce: 7, .. }));
+        // The same Phase 1 retransmitted is answered again...
+        let again = call(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 7, from_slot: 0 });
+        assert_eq!(again, first);
+        // ...but a restarted proposer reusing the ballot with a new nonce is refused (sim seed 9511).
+        let reused = call(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 8, from_slot: 0 });
+        assert_eq!(reused, vec![(1, Msg::Nack { promised: b(1, 1) })]);
     }
 
     #[test]
     fn trim_forgets_executed_slots_and_phase1b_says_so() {
         let mut a = acceptor();
         for slot in [0, 2, 4] {
-            call(
-                &mut a,
-                Msg::Phase2a {
-                    ballot: b(1, 1),
-                    slot,
-                    value: Value::Noop,
-                },
-            );
+            call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot, value: Value::Noop });
         }
         call(&mut a, Msg::Trim { below: 3 });
         assert_eq!(a.accepted_len(), 1);
-        let reply = call(
-            &mut a,
-            Msg::Phase1a {
-                ballot: b(2, 1),
-                from_slot: 0,
-            },
-        );
-        let Msg::Phase1b {
-            trimmed_below,
-            accepted,
-            ..
-        } = &reply[0].1
-        else {
-            panic!()
-        };
+        let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 1), nonce: 1, from_slot: 0 });
+        let Msg::Phase1b { trimmed_below, accepted, .. } = &reply[0].1 else { panic!() };
         assert_eq!((*trimmed_below, accepted.len()), (3, 1));
     }
 
     #[test]
     fn slots_of_other_groups_are_dropped() {
         let mut a = acceptor();
-        assert!(call(
-            &mut a,
-            Msg::Phase2a {
-                ballot: b(1, 1),
-                slot: 1,
-                value: Value::Noop
-            }
-        )
-        .is_empty());
+        assert!(call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot: 1, value: Value::Noop }).is_empty());
         assert_eq!(a.accepted_len(), 0);
     }
 }

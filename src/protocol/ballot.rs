@@ -6,18 +6,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// A Paxos ballot. The derived order compares `round` first, then `proposer`.
 #[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct Ballot {
@@ -29,17 +18,11 @@ pub struct Ballot {
 
 impl Ballot {
     /// The lowest ballot; no proposer leads with it.
-    pub const ZERO: Ballot = Ballot {
-        round: 0,
-        proposer: 0,
-    };
+    pub const ZERO: Ballot = Ballot { round: 0, proposer: 0 };
 
     /// The smallest ballot owned by `proposer` that is greater than `seen`.
     pub fn next_after(seen: Ballot, proposer: NodeId) -> Ballot {
-        Ballot {
-            round: seen.round + 1,
-            proposer,
-        }
+        Ballot { round: seen.round + 1, proposer }
     }
 }
 
@@ -55,27 +38,12 @@ mod tests {
 
     #[test]
     fn ballots_order_by_round_then_proposer() {
-        let a = Ballot {
-            round: 1,
-            proposer: 9,
-        };
-        let b = Ballot {
-            round: 2,
-            proposer: 0,
-        };
-        let c = Ballot {
-            round: 2,
-            proposer: 1,
-        };
+        let a = Ballot { round: 1, proposer: 9 };
+        let b = Ballot { round: 2, proposer: 0 };
+        let c = Ballot { round: 2, proposer: 1 };
         assert!(a < b && b < c);
         assert!(Ballot::ZERO < a);
-        assert_eq!(
-            Ballot::next_after(c, 0),
-            Ballot {
-                round: 3,
-                proposer: 0
-            }
-        );
+        assert_eq!(Ballot::next_after(c, 0), Ballot { round: 3, proposer: 0 });
         assert!(Ballot::next_after(c, 0) > c);
     }
 }

@@ -55,8 +55,7 @@ impl Batcher {
     }
 
     fn target(&self) -> NodeId {
-        self.leader_hint
-            .unwrap_or(self.config.proposers[self.next_proposer % self.config.proposers.len()])
+        self.leader_hint.unwrap_or(self.config.proposers[self.next_proposer % self.config.proposers.len()])
     }
 
     fn flush(&mut self, out: &mut Out) {
@@ -66,15 +65,7 @@ impl Batcher {
         }
         let commands = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch_size));
         let batch = encode_batch(commands);
-        out.send(
-            self.target(),
-            Msg::ClientBatch {
-                origin: self.id,
-                forwarded: false,
-                attempt: 0,
-                batch,
-            },
-        );
+        out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
     }
 
     fn on_request(&mut self, now: Time, command: Command, out: &mut Out) {
@@ -82,18 +73,11 @@ impl Batcher {
         if self.pending.len() >= self.batch_size {
             self.flush(out);
         } else if !self.timers.is_set(Timer::Flush as usize) {
-            self.timers
-                .set(Timer::Flush as usize, now + self.flush_interval_us);
+            self.timers.set(Timer::Flush as usize, now + self.flush_interval_us);
         }
     }
 
-    fn on_refused(
-        &mut self,
-        leader_hint: Option<NodeId>,
-        attempt: u8,
-        batch: Bytes,
-        out: &mut Out,
-    ) {
+    fn on_refused(&mut self, leader_hint: Option<NodeId>, attempt: u8, batch: Bytes, out: &mut Out) {
         match leader_hint {
             Some(leader) => self.leader_hint = Some(leader),
             None => {
@@ -107,15 +91,7 @@ impl Batcher {
             out.dropped("batcher: batch refused too many times");
             return;
         }
-        out.send(
-            self.target(),
-            Msg::ClientBatch {
-                origin: self.id,
-                forwarded: false,
-                attempt,
-                batch,
-            },
-        );
+        out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt, batch });
     }
 
     fn on_heartbeat(&mut self, ballot: Ballot) {
@@ -126,14 +102,8 @@ impl Batcher {
     }
 
     fn check_invariants(&self) {
-        assert!(
-            self.pending.len() < self.batch_size,
-            "a full batch is sent at once"
-        );
-        assert_eq!(
-            self.pending.is_empty(),
-            !self.timers.is_set(Timer::Flush as usize)
-        );
+        assert!(self.pending.len() < self.batch_size, "a full batch is sent at once");
+        assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
     }
 }
 
@@ -141,11 +111,9 @@ impl Role for Batcher {
     fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::ClientRequest(command) => self.on_request(now, command, out),
-            Msg::BatchRefused {
-                leader_hint,
-                attempt,
-                batch,
-            } => self.on_refused(leader_hint, attempt, batch, out),
+            Msg::BatchRefused { leader_hint, attempt, batch } => {
+                self.on_refused(leader_hint, attempt, batch, out)
+            }
             Msg::Heartbeat { ballot } => self.on_heartbeat(ballot),
             _ => out.dropped("batcher: unexpected message"),
         }
@@ -173,18 +141,11 @@ mod tests {
     use super::*;
 
     fn cmd(seq: u64) -> Msg {
-        Msg::ClientRequest(Command {
-            client_id: 100,
-            seq,
-            op: Bytes::new(),
-        })
+        Msg::ClientRequest(Command { client_id: 100, seq, op: Bytes::new() })
     }
 
     fn batcher(batch_size: usize) -> Batcher {
-        let tunables = Tunables {
-            batch_size,
-            ..Tunables::default()
-        };
+        let tunables = Tunables { batch_size, ..Tunables::default() };
         Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables)
     }
 
@@ -196,17 +157,7 @@ mod tests {
             b.handle_message(0, 100, cmd(seq), &mut out);
         }
         assert_eq!(out.msgs.len(), 1);
-        assert!(matches!(
-            out.msgs[0],
-            (
-                1,
-                Msg::ClientBatch {
-                    origin: 9,
-                    attempt: 0,
-                    ..
-                }
-            )
-        ));
+        assert!(matches!(out.msgs[0], (1, Msg::ClientBatch { origin: 9, attempt: 0, .. })));
         assert_eq!(b.poll_timeout(), None);
     }
 
@@ -226,41 +177,14 @@ mod tests {
     fn heartbeats_and_refusals_steer_batches_to_the_leader() {
         let mut b = batcher(1);
         let mut out = Out::new(false);
-        b.handle_message(
-            0,
-            2,
-            Msg::Heartbeat {
-                ballot: Ballot {
-                    round: 1,
-                    proposer: 2,
-                },
-            },
-            &mut out,
-        );
+        b.handle_message(0, 2, Msg::Heartbeat { ballot: Ballot { round: 1, proposer: 2 } }, &mut out);
         b.handle_message(0, 100, cmd(1), &mut out);
         assert_eq!(out.msgs[0].0, 2);
-        let refusal = Msg::BatchRefused {
-            leader_hint: Some(1),
-            attempt: 0,
-            batch: Bytes::new(),
-        };
+        let refusal = Msg::BatchRefused { leader_hint: Some(1), attempt: 0, batch: Bytes::new() };
         b.handle_message(0, 2, refusal, &mut out);
-        assert!(matches!(
-            out.msgs[1],
-            (1, Msg::ClientBatch { attempt: 1, .. })
-        ));
+        assert!(matches!(out.msgs[1], (1, Msg::ClientBatch { attempt: 1, .. })));
         // A stale heartbeat does not override what a newer ballot said.
-        b.handle_message(
-            0,
-            1,
-            Msg::Heartbeat {
-                ballot: Ballot {
-                    round: 0,
-                    proposer: 1,
-                },
-            },
-            &mut out,
-        );
+        b.handle_message(0, 1, Msg::Heartbeat { ballot: Ballot { round: 0, proposer: 1 } }, &mut out);
         assert_eq!(b.leader_hint(), Some(1));
     }
 
@@ -268,11 +192,8 @@ mod tests {
     fn a_batch_refused_too_often_is_given_up_not_bounced_forever() {
         let mut b = batcher(1);
         let mut out = Out::new(true);
-        let refusal = Msg::BatchRefused {
-            leader_hint: None,
-            attempt: MAX_BATCH_ATTEMPTS - 1,
-            batch: Bytes::new(),
-        };
+        let refusal =
+            Msg::BatchRefused { leader_hint: None, attempt: MAX_BATCH_ATTEMPTS - 1, batch: Bytes::new() };
         b.handle_message(0, 2, refusal, &mut out);
         assert!(out.msgs.is_empty());
         assert_eq!(out.events.len(), 1);

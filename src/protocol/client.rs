@@ -45,12 +45,7 @@ pub struct Client {
 
 impl Client {
     /// A client whose replies are addressed to node `id`; `first_target` spreads clients over batchers.
-    pub fn new(
-        id: NodeId,
-        config: ClusterConfig,
-        tunables: &Tunables,
-        first_target: usize,
-    ) -> Self {
+    pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables, first_target: usize) -> Self {
         Client {
             client_id: u64::from(id),
             config,
@@ -80,15 +75,8 @@ impl Client {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let command = Command {
-            client_id: self.client_id,
-            seq,
-            op,
-        };
-        self.outstanding = Some(Outstanding {
-            command,
-            attempts: 0,
-        });
+        let command = Command { client_id: self.client_id, seq, op };
+        self.outstanding = Some(Outstanding { command, attempts: 0 });
         self.send_outstanding(now, out);
         Ok(seq)
     }
@@ -97,8 +85,7 @@ impl Client {
         if !self.config.batchers.is_empty() {
             return self.config.batchers[self.next_target % self.config.batchers.len()];
         }
-        self.leader_hint
-            .unwrap_or(self.config.proposers[self.next_target % self.config.proposers.len()])
+        self.leader_hint.unwrap_or(self.config.proposers[self.next_target % self.config.proposers.len()])
     }
 
     fn send_outstanding(&mut self, now: Time, out: &mut Out) {
@@ -108,8 +95,7 @@ impl Client {
         };
         o.attempts += 1;
         out.send(target, Msg::ClientRequest(o.command.clone()));
-        self.timers
-            .set(Timer::Retry as usize, now + self.retry_timeout_us);
+        self.timers.set(Timer::Retry as usize, now + self.retry_timeout_us);
     }
 
     fn on_reply(&mut self, seq: u64, result: Bytes, out: &mut Out) {
@@ -124,10 +110,7 @@ impl Client {
     }
 
     fn check_invariants(&self) {
-        assert_eq!(
-            self.outstanding.is_some(),
-            self.timers.is_set(Timer::Retry as usize)
-        );
+        assert_eq!(self.outstanding.is_some(), self.timers.is_set(Timer::Retry as usize));
         if let Some(o) = &self.outstanding {
             assert!(o.command.seq < self.next_seq);
         }
@@ -177,12 +160,7 @@ mod tests {
     use crate::protocol::messages::ClientReply;
 
     fn client(batchers: usize) -> Client {
-        Client::new(
-            100,
-            ClusterConfig::f1(1, 1, batchers, 1),
-            &Tunables::default(),
-            0,
-        )
+        Client::new(100, ClusterConfig::f1(1, 1, batchers, 1), &Tunables::default(), 0)
     }
 
     #[test]
@@ -190,10 +168,7 @@ mod tests {
         let mut c = client(2);
         let mut out = Out::new(true);
         let seq = c.submit(0, Bytes::from_static(b"op"), &mut out).unwrap();
-        assert_eq!(
-            c.submit(0, Bytes::new(), &mut out),
-            Err(SubmitError::Busy(seq))
-        );
+        assert_eq!(c.submit(0, Bytes::new(), &mut out), Err(SubmitError::Busy(seq)));
         let at = c.poll_timeout().unwrap();
         c.handle_timeout(at, &mut out);
         let sent: Vec<_> = out
@@ -213,18 +188,10 @@ mod tests {
         let mut c = client(1);
         let mut out = Out::new(true);
         let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
-        let reply = Msg::ClientReply(ClientReply {
-            client_id: 100,
-            seq,
-            result: Bytes::from_static(b"r"),
-        });
+        let reply = Msg::ClientReply(ClientReply { client_id: 100, seq, result: Bytes::from_static(b"r") });
         c.handle_message(1, 50, reply.clone(), &mut out);
         c.handle_message(2, 50, reply, &mut out);
-        let completed = out
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::Completed { .. }))
-            .count();
+        let completed = out.events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();
         assert_eq!(completed, 1);
         assert!(!c.is_busy());
         assert_eq!(c.poll_timeout(), None);
@@ -236,14 +203,7 @@ mod tests {
         let mut out = Out::new(false);
         c.submit(0, Bytes::new(), &mut out).unwrap();
         assert_eq!(out.msgs[0].0, c.config.proposers[0]);
-        c.handle_message(
-            1,
-            1,
-            Msg::NotLeader {
-                leader_hint: Some(2),
-            },
-            &mut out,
-        );
+        c.handle_message(1, 1, Msg::NotLeader { leader_hint: Some(2) }, &mut out);
         assert_eq!(out.msgs[1].0, 2);
         assert_eq!(c.leader_hint(), Some(2));
     }

@@ -45,28 +45,16 @@ pub enum ConfigError {
     FTooSmall(usize),
     /// A role has fewer nodes than fault tolerance requires.
     #[error("{role}: need at least {need} nodes for f={f}, got {got}")]
-    TooFewNodes {
-        role: &'static str,
-        need: usize,
-        got: usize,
-        f: usize,
-    },
+    TooFewNodes { role: &'static str, need: usize, got: usize, f: usize },
     /// Acceptor group `group` does not have exactly 2f+1 members.
     #[error("acceptor group {group}: need exactly {need} acceptors (2f+1), got {got}")]
-    GroupSize {
-        group: usize,
-        need: usize,
-        got: usize,
-    },
+    GroupSize { group: usize, need: usize, got: usize },
     /// The same node id appears twice.
     #[error("node id {0} is used more than once")]
     DuplicateId(NodeId),
     /// A tunable is out of its range.
     #[error("{field}: {why}")]
-    Tunable {
-        field: &'static str,
-        why: &'static str,
-    },
+    Tunable { field: &'static str, why: &'static str },
 }
 
 /// The membership of a cluster: which node plays which role. Ids are unique across roles.
@@ -109,11 +97,7 @@ impl ClusterConfig {
         }
         for (group, members) in self.acceptor_groups.iter().enumerate() {
             if members.len() != 2 * f + 1 {
-                return Err(ConfigError::GroupSize {
-                    group,
-                    need: 2 * f + 1,
-                    got: members.len(),
-                });
+                return Err(ConfigError::GroupSize { group, need: 2 * f + 1, got: members.len() });
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -131,11 +115,7 @@ impl ClusterConfig {
             ids.iter().map(move |&id| (id, kind))
         }
         tag(&self.proposers, RoleKind::Proposer)
-            .chain(
-                self.acceptor_groups
-                    .iter()
-                    .flat_map(|g| tag(g, RoleKind::Acceptor)),
-            )
+            .chain(self.acceptor_groups.iter().flat_map(|g| tag(g, RoleKind::Acceptor)))
             .chain(tag(&self.proxy_leaders, RoleKind::ProxyLeader))
             .chain(tag(&self.replicas, RoleKind::Replica))
             .chain(tag(&self.batchers, RoleKind::Batcher))
@@ -234,19 +214,13 @@ impl Tunables {
             return bad("heartbeat_interval_us", "must be positive");
         }
         if self.election_timeout_us < 2 * self.heartbeat_interval_us {
-            return bad(
-                "election_timeout_us",
-                "must be at least twice heartbeat_interval_us",
-            );
+            return bad("election_timeout_us", "must be at least twice heartbeat_interval_us");
         }
         for (field, v) in [
             ("flush_interval_us", self.flush_interval_us),
             ("resend_timeout_us", self.resend_timeout_us),
             ("client_retry_timeout_us", self.client_retry_timeout_us),
-            (
-                "replica_report_interval_us",
-                self.replica_report_interval_us,
-            ),
+            ("replica_report_interval_us", self.replica_report_interval_us),
         ] {
             if v == 0 {
                 return bad(field, "must be positive");
@@ -274,32 +248,14 @@ mod tests {
     fn bad_configurations_name_what_is_wrong() {
         let mut c = ClusterConfig::f1(1, 1, 1, 1);
         c.replicas.pop();
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::TooFewNodes {
-                role: "replicas",
-                need: 2,
-                got: 1,
-                f: 1
-            })
-        );
+        assert_eq!(c.validate(), Err(ConfigError::TooFewNodes { role: "replicas", need: 2, got: 1, f: 1 }));
         let mut c = ClusterConfig::f1(1, 1, 1, 1);
         c.acceptor_groups[0].pop();
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::GroupSize { group: 0, .. })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::GroupSize { group: 0, .. })));
         let mut c = ClusterConfig::f1(1, 1, 1, 1);
         c.unbatchers[0] = c.proposers[0];
         assert_eq!(c.validate(), Err(ConfigError::DuplicateId(c.proposers[0])));
-        let t = Tunables {
-            batch_size: 0,
-            ..Tunables::default()
-        };
-        assert!(t
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("batch_size"));
+        let t = Tunables { batch_size: 0, ..Tunables::default() };
+        assert!(t.validate().unwrap_err().to_string().starts_with("batch_size"));
     }
 }

@@ -78,42 +78,24 @@ pub enum Msg {
     /// proposer → client: the request went to a non-leader; try `leader_hint`.
     NotLeader { leader_hint: Option<NodeId> },
     /// batcher → proposer; a non-leader forwards it once (`forwarded`) or refuses it to `origin`.
-    ClientBatch {
-        origin: NodeId,
-        forwarded: bool,
-        attempt: u8,
-        batch: Bytes,
-    },
+    ClientBatch { origin: NodeId, forwarded: bool, attempt: u8, batch: Bytes },
     /// proposer → batcher: not the leader, and could not forward; resend to `leader_hint`.
-    BatchRefused {
-        leader_hint: Option<NodeId>,
-        attempt: u8,
-        batch: Bytes,
-    },
+    BatchRefused { leader_hint: Option<NodeId>, attempt: u8, batch: Bytes },
     /// leader → proposers and batchers: I lead with `ballot`.
     Heartbeat { ballot: Ballot },
     /// proposer → acceptors: promise `ballot`; report what you accepted from `from_slot` on.
-    Phase1a { ballot: Ballot, from_slot: Slot },
+    /// `nonce` is drawn fresh for each Phase 1, so that an acceptor can tell a retransmission from a
+    /// restarted proposer that comes back with the same ballot.
+    Phase1a { ballot: Ballot, nonce: u64, from_slot: Slot },
     /// acceptor → proposer: promised `ballot`; `trimmed_below` slots are forgotten (chosen and executed).
-    Phase1b {
-        ballot: Ballot,
-        trimmed_below: Slot,
-        accepted: Vec<AcceptedEntry>,
-    },
+    /// It echoes the Phase1a's `nonce`.
+    Phase1b { ballot: Ballot, nonce: u64, trimmed_below: Slot, accepted: Vec<AcceptedEntry> },
     /// acceptor → proposer or proxy leader: refused, I promised `promised`.
     Nack { promised: Ballot },
     /// leader → proxy leader: get `value` chosen in `slot` at `ballot`.
-    Propose {
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-    },
+    Propose { ballot: Ballot, slot: Slot, value: Value },
     /// proxy leader → acceptors of the slot's group.
-    Phase2a {
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-    },
+    Phase2a { ballot: Ballot, slot: Slot, value: Value },
     /// acceptor → proxy leader: accepted `slot` at `ballot`.
     Phase2b { ballot: Ballot, slot: Slot },
     /// proxy leader → proposer: an acceptor had promised `promised`, above the proposal's ballot.
@@ -164,45 +146,24 @@ impl std::fmt::Display for Msg {
             Msg::ClientRequest(c) => write!(f, "{name} c{}#{}", c.client_id, c.seq),
             Msg::ClientReply(r) => write!(f, "{name} c{}#{}", r.client_id, r.seq),
             Msg::NotLeader { leader_hint } => write!(f, "{name} hint={leader_hint:?}"),
-            Msg::ClientBatch {
-                origin,
-                forwarded,
-                attempt,
-                batch,
-            } => write!(
+            Msg::ClientBatch { origin, forwarded, attempt, batch } => write!(
                 f,
                 "{name} origin={origin} fwd={forwarded} attempt={attempt} batch={:016x}",
                 super::digest(batch)
             ),
-            Msg::BatchRefused {
-                leader_hint,
-                attempt,
-                ..
-            } => {
+            Msg::BatchRefused { leader_hint, attempt, .. } => {
                 write!(f, "{name} hint={leader_hint:?} attempt={attempt}")
             }
             Msg::Heartbeat { ballot } => write!(f, "{name} b={ballot}"),
-            Msg::Phase1a { ballot, from_slot } => write!(f, "{name} b={ballot} from={from_slot}"),
-            Msg::Phase1b {
-                ballot,
-                trimmed_below,
-                accepted,
-            } => write!(
-                f,
-                "{name} b={ballot} trimmed<{trimmed_below} entries={}",
-                accepted.len()
-            ),
-            Msg::Nack { promised } => write!(f, "{name} promised={promised}"),
-            Msg::Propose {
-                ballot,
-                slot,
-                value,
+            Msg::Phase1a { ballot, nonce, from_slot } => {
+                write!(f, "{name} b={ballot} nonce={nonce:x} from={from_slot}")
             }
-            | Msg::Phase2a {
-                ballot,
-                slot,
-                value,
-            } => {
+            Msg::Phase1b { ballot, nonce, trimmed_below, accepted } => {
+                let n = accepted.len();
+                write!(f, "{name} b={ballot} nonce={nonce:x} trimmed<{trimmed_below} entries={n}")
+            }
+            Msg::Nack { promised } => write!(f, "{name} promised={promised}"),
+            Msg::Propose { ballot, slot, value } | Msg::Phase2a { ballot, slot, value } => {
                 write!(f, "{name} b={ballot} s={slot} v={:016x}", value.digest())
             }
             Msg::Phase2b { ballot, slot } => write!(f, "{name} b={ballot} s={slot}"),
@@ -223,24 +184,21 @@ pub struct DecodeError(pub String);
 
 /// Runs `f` on the validated archive in `bytes`. rkyv needs the archive aligned; bytes that arrive
 /// misaligned (a slice of a larger buffer) are copied into an aligned buffer first, aligned ones are not.
-pub fn with_archived<T, R>(
-    bytes: &[u8],
-    f: impl FnOnce(&T::Archived) -> R,
-) -> Result<R, DecodeError>
+pub fn with_archived<T, R>(bytes: &[u8], f: impl FnOnce(&T::Archived) -> R) -> Result<R, DecodeError>
 where
     T: Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>>,
 {
     let align = std::mem::align_of::<T::Archived>();
     if (bytes.as_ptr() as usize) % align == 0 {
-        let archived = rkyv::access::<T::Archived, RkyvError>(bytes)
-            .map_err(|e| DecodeError(e.to_string()))?;
+        let archived =
+            rkyv::access::<T::Archived, RkyvError>(bytes).map_err(|e| DecodeError(e.to_string()))?;
         Ok(f(archived))
     } else {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        let archived = rkyv::access::<T::Archived, RkyvError>(&aligned)
-            .map_err(|e| DecodeError(e.to_string()))?;
+        let archived =
+            rkyv::access::<T::Archived, RkyvError>(&aligned).map_err(|e| DecodeError(e.to_string()))?;
         Ok(f(archived))
     }
 }
@@ -257,11 +215,7 @@ mod tests {
     use super::*;
 
     fn cmd(client_id: u64, seq: u64, op: &'static [u8]) -> Command {
-        Command {
-            client_id,
-            seq,
-            op: Bytes::from_static(op),
-        }
+        Command { client_id, seq, op: Bytes::from_static(op) }
     }
 
     #[test]
@@ -294,10 +248,7 @@ mod tests {
     #[test]
     fn messages_round_trip_through_rkyv() {
         let msg = Msg::Phase2a {
-            ballot: Ballot {
-                round: 3,
-                proposer: 2,
-            },
+            ballot: Ballot { round: 3, proposer: 2 },
             slot: 42,
             value: Value::Batch(encode_batch(vec![cmd(1, 1, b"x")])),
         };

@@ -53,23 +53,11 @@ pub trait Role: Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// An acceptor accepted `value_digest` in `slot` at `ballot`.
-    Accepted {
-        slot: Slot,
-        ballot: Ballot,
-        value_digest: u64,
-    },
+    Accepted { slot: Slot, ballot: Ballot, value_digest: u64 },
     /// A replica executed `slot`; `state_digest` is its state machine digest (with its client table) after it.
-    Executed {
-        slot: Slot,
-        value_digest: u64,
-        state_digest: u64,
-    },
+    Executed { slot: Slot, value_digest: u64, state_digest: u64 },
     /// A replica applied a command to its state machine (not answered from the client table).
-    Applied {
-        client_id: u64,
-        seq: u64,
-        slot: Slot,
-    },
+    Applied { client_id: u64, seq: u64, slot: Slot },
     /// A client received the first reply to its request `seq`.
     Completed { seq: u64, result: bytes::Bytes },
     /// A proposer finished Phase 1 and leads with `ballot`.
@@ -92,11 +80,7 @@ pub struct Out {
 impl Out {
     /// An empty output buffer; `record_events` turns on event recording.
     pub fn new(record_events: bool) -> Self {
-        Out {
-            msgs: Vec::new(),
-            events: Vec::new(),
-            record_events,
-        }
+        Out { msgs: Vec::new(), events: Vec::new(), record_events }
     }
 
     /// Queues `msg` for `to`.

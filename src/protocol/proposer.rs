@@ -33,6 +33,9 @@ enum Timer {
 
 #[derive(Debug)]
 struct Phase1 {
+    /// Drawn fresh for this Phase 1; only Phase1b echoing it count, so a stale or duplicated answer
+    /// to an earlier incarnation of this proposer (same ballot, lost memory) never does.
+    nonce: u64,
     /// Lowest slot not known to be chosen when the election started.
     start: Slot,
     /// Per acceptor group, the acceptors that promised.
@@ -84,17 +87,8 @@ pub struct Proposer {
 impl Proposer {
     /// A follower that has heard from no one. `seed` drives its election jitter. The first configured
     /// proposer runs early so a fresh cluster elects quickly; the others wait a full timeout.
-    pub fn new(
-        id: NodeId,
-        config: ClusterConfig,
-        tunables: Tunables,
-        seed: u64,
-        now: Time,
-    ) -> Self {
-        assert!(
-            config.proposers.contains(&id),
-            "node {id} is not a proposer"
-        );
+    pub fn new(id: NodeId, config: ClusterConfig, tunables: Tunables, seed: u64, now: Time) -> Self {
+        assert!(config.proposers.contains(&id), "node {id} is not a proposer");
         let first = config.proposers[0] == id;
         let mut p = Proposer {
             id,
@@ -108,10 +102,7 @@ impl Proposer {
             timers: Timers::default(),
         };
         if first {
-            p.timers.set(
-                Timer::Election as usize,
-                now + p.tunables.heartbeat_interval_us,
-            );
+            p.timers.set(Timer::Election as usize, now + p.tunables.heartbeat_interval_us);
         } else {
             p.reset_election_timer(now);
         }
@@ -139,8 +130,7 @@ impl Proposer {
     fn reset_election_timer(&mut self, now: Time) {
         let base = self.tunables.election_timeout_us;
         let jitter = self.rng.gen_range(0..=base);
-        self.timers
-            .set(Timer::Election as usize, now + base + jitter);
+        self.timers.set(Timer::Election as usize, now + base + jitter);
     }
 
     /// Slots below this are executed by some replica, hence chosen.
@@ -162,26 +152,19 @@ impl Proposer {
         self.ballot = Ballot::next_after(self.ballot, self.id);
         self.leader_hint = None;
         let start = self.max_executed();
+        let nonce = self.rng.gen();
         self.state = State::Candidate(Phase1 {
+            nonce,
             start,
             promised: vec![BTreeSet::new(); self.config.acceptor_groups.len()],
             max_trimmed: 0,
             found: BTreeMap::new(),
         });
         for acceptor in self.config.all_acceptors() {
-            out.send(
-                acceptor,
-                Msg::Phase1a {
-                    ballot: self.ballot,
-                    from_slot: start,
-                },
-            );
+            out.send(acceptor, Msg::Phase1a { ballot: self.ballot, nonce, from_slot: start });
         }
         self.timers.cancel(Timer::Heartbeat as usize);
-        self.timers.set(
-            Timer::Resend as usize,
-            now + self.tunables.resend_timeout_us,
-        );
+        self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
         self.reset_election_timer(now);
     }
 
@@ -190,6 +173,7 @@ impl Proposer {
         now: Time,
         from: NodeId,
         ballot: Ballot,
+        nonce: u64,
         trimmed_below: Slot,
         accepted: Vec<AcceptedEntry>,
         out: &mut Out,
@@ -197,15 +181,10 @@ impl Proposer {
         let State::Candidate(phase1) = &mut self.state else {
             return;
         };
-        if ballot != self.ballot {
+        if ballot != self.ballot || nonce != phase1.nonce {
             return; // An answer to an earlier election of ours.
         }
-        let Some(group) = self
-            .config
-            .acceptor_groups
-            .iter()
-            .position(|g| g.contains(&from))
-        else {
+        let Some(group) = self.config.acceptor_groups.iter().position(|g| g.contains(&from)) else {
             out.dropped("proposer: phase1b from a node that is not an acceptor");
             return;
         };
@@ -233,11 +212,7 @@ impl Proposer {
             unreachable!("only a candidate becomes leader")
         };
         let start = phase1.start.max(phase1.max_trimmed);
-        let end = phase1
-            .found
-            .keys()
-            .next_back()
-            .map_or(start, |&s| (s + 1).max(start));
+        let end = phase1.found.keys().next_back().map_or(start, |&s| (s + 1).max(start));
         self.state = State::Leader(Leadership {
             next_slot: end,
             in_flight: BTreeMap::new(),
@@ -254,10 +229,7 @@ impl Proposer {
         }
         self.timers.cancel(Timer::Election as usize);
         self.send_heartbeats(out);
-        self.timers.set(
-            Timer::Heartbeat as usize,
-            now + self.tunables.heartbeat_interval_us,
-        );
+        self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
         self.arm_resend(now);
         let ballot = self.ballot;
         out.event(|| Event::BecameLeader { ballot });
@@ -273,15 +245,7 @@ impl Proposer {
         if let State::Leader(leadership) = std::mem::replace(&mut self.state, State::Follower) {
             // Batches still waiting go to the new leader rather than being lost.
             for (origin, batch) in leadership.waiting {
-                out.send(
-                    ballot.proposer,
-                    Msg::ClientBatch {
-                        origin,
-                        forwarded: true,
-                        attempt: 0,
-                        batch,
-                    },
-                );
+                out.send(ballot.proposer, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch });
             }
         }
         self.state = State::Follower;
@@ -293,12 +257,7 @@ impl Proposer {
     fn on_heartbeat(&mut self, now: Time, from: NodeId, ballot: Ballot, out: &mut Out) {
         if ballot < self.ballot {
             if self.is_leader() {
-                out.send(
-                    from,
-                    Msg::Heartbeat {
-                        ballot: self.ballot,
-                    },
-                ); // depose the stale leader at once
+                out.send(from, Msg::Heartbeat { ballot: self.ballot }); // depose the stale leader at once
             }
             return;
         }
@@ -312,27 +271,12 @@ impl Proposer {
     // ---- the leader's work ----
 
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
-        let State::Leader(l) = &mut self.state else {
-            unreachable!("only a leader proposes")
-        };
+        let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
         let proxies = &self.config.proxy_leaders;
         let proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
-        out.send(
-            proxy,
-            Msg::Propose {
-                ballot: self.ballot,
-                slot,
-                value: value.clone(),
-            },
-        );
-        l.in_flight.insert(
-            slot,
-            InFlight {
-                value,
-                proposed_at: now,
-            },
-        );
+        out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone() });
+        l.in_flight.insert(slot, InFlight { value, proposed_at: now });
     }
 
     fn on_batch(
@@ -358,24 +302,9 @@ impl Proposer {
             }
             _ => match self.leader_hint {
                 Some(leader) if !forwarded && leader != self.id => {
-                    out.send(
-                        leader,
-                        Msg::ClientBatch {
-                            origin,
-                            forwarded: true,
-                            attempt,
-                            batch,
-                        },
-                    );
+                    out.send(leader, Msg::ClientBatch { origin, forwarded: true, attempt, batch });
                 }
-                hint => out.send(
-                    origin,
-                    Msg::BatchRefused {
-                        leader_hint: hint,
-                        attempt,
-                        batch,
-                    },
-                ),
+                hint => out.send(origin, Msg::BatchRefused { leader_hint: hint, attempt, batch }),
             },
         }
     }
@@ -393,13 +322,9 @@ impl Proposer {
         };
         l.in_flight = l.in_flight.split_off(&executed);
         // Room in the window: admit waiting batches in arrival order.
-        let room = self
-            .tunables
-            .max_in_flight_slots
-            .saturating_sub(l.in_flight.len());
-        let admitted: Vec<Bytes> = (0..room)
-            .map_while(|_| l.waiting.pop_front().map(|(_, batch)| batch))
-            .collect();
+        let room = self.tunables.max_in_flight_slots.saturating_sub(l.in_flight.len());
+        let admitted: Vec<Bytes> =
+            (0..room).map_while(|_| l.waiting.pop_front().map(|(_, batch)| batch)).collect();
         for batch in admitted {
             let slot = self.take_next_slot();
             self.propose(now, slot, Value::Batch(batch), out);
@@ -408,9 +333,7 @@ impl Proposer {
     }
 
     fn take_next_slot(&mut self) -> Slot {
-        let State::Leader(l) = &mut self.state else {
-            unreachable!("only a leader assigns slots")
-        };
+        let State::Leader(l) = &mut self.state else { unreachable!("only a leader assigns slots") };
         l.next_slot += 1;
         l.next_slot - 1
     }
@@ -418,12 +341,7 @@ impl Proposer {
     fn send_heartbeats(&self, out: &mut Out) {
         let others = self.config.proposers.iter().filter(|&&p| p != self.id);
         for &node in others.chain(&self.config.batchers) {
-            out.send(
-                node,
-                Msg::Heartbeat {
-                    ballot: self.ballot,
-                },
-            );
+            out.send(node, Msg::Heartbeat { ballot: self.ballot });
         }
     }
 
@@ -439,10 +357,7 @@ impl Proposer {
                 out.send(acceptor, Msg::Trim { below });
             }
         }
-        self.timers.set(
-            Timer::Heartbeat as usize,
-            now + self.tunables.heartbeat_interval_us,
-        );
+        self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
 
     fn arm_resend(&mut self, now: Time) {
@@ -450,10 +365,9 @@ impl Proposer {
             return;
         };
         match l.in_flight.values().map(|f| f.proposed_at).min() {
-            Some(oldest) => self.timers.set(
-                Timer::Resend as usize,
-                (oldest + self.tunables.resend_timeout_us).max(now + 1),
-            ),
+            Some(oldest) => self
+                .timers
+                .set(Timer::Resend as usize, (oldest + self.tunables.resend_timeout_us).max(now + 1)),
             None => self.timers.cancel(Timer::Resend as usize),
         }
     }
@@ -461,26 +375,13 @@ impl Proposer {
     fn on_resend_timer(&mut self, now: Time, out: &mut Out) {
         match &mut self.state {
             State::Candidate(phase1) => {
-                let ballot = self.ballot;
-                let start = phase1.start;
+                let (ballot, nonce, start) = (self.ballot, phase1.nonce, phase1.start);
                 for (group, members) in self.config.acceptor_groups.iter().enumerate() {
-                    for &a in members
-                        .iter()
-                        .filter(|a| !phase1.promised[group].contains(a))
-                    {
-                        out.send(
-                            a,
-                            Msg::Phase1a {
-                                ballot,
-                                from_slot: start,
-                            },
-                        );
+                    for &a in members.iter().filter(|a| !phase1.promised[group].contains(a)) {
+                        out.send(a, Msg::Phase1a { ballot, nonce, from_slot: start });
                     }
                 }
-                self.timers.set(
-                    Timer::Resend as usize,
-                    now + self.tunables.resend_timeout_us,
-                );
+                self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
             }
             State::Leader(l) => {
                 let timeout = self.tunables.resend_timeout_us;
@@ -503,30 +404,17 @@ impl Proposer {
         match &self.state {
             State::Follower => assert!(self.timers.is_set(Timer::Election as usize)),
             State::Candidate(p) => {
-                assert_eq!(
-                    self.ballot.proposer, self.id,
-                    "a candidate runs with its own ballot"
-                );
+                assert_eq!(self.ballot.proposer, self.id, "a candidate runs with its own ballot");
                 assert!(self.timers.is_set(Timer::Election as usize));
                 assert!(p.found.keys().all(|&s| s >= p.start));
             }
             State::Leader(l) => {
-                assert_eq!(
-                    self.ballot.proposer, self.id,
-                    "a leader leads with its own ballot"
-                );
+                assert_eq!(self.ballot.proposer, self.id, "a leader leads with its own ballot");
                 assert!(self.timers.is_set(Timer::Heartbeat as usize));
                 assert!(!self.timers.is_set(Timer::Election as usize));
-                assert!(l
-                    .in_flight
-                    .keys()
-                    .next_back()
-                    .is_none_or(|&s| s < l.next_slot));
+                assert!(l.in_flight.keys().next_back().is_none_or(|&s| s < l.next_slot));
                 assert!(l.waiting.len() <= MAX_WAITING_BATCHES);
-                assert_eq!(
-                    l.in_flight.is_empty(),
-                    !self.timers.is_set(Timer::Resend as usize)
-                );
+                assert_eq!(l.in_flight.is_empty(), !self.timers.is_set(Timer::Resend as usize));
             }
         }
     }
@@ -535,33 +423,21 @@ impl Proposer {
 impl Role for Proposer {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::ClientBatch {
-                origin,
-                forwarded,
-                attempt,
-                batch,
-            } => self.on_batch(now, origin, forwarded, attempt, batch, out),
+            Msg::ClientBatch { origin, forwarded, attempt, batch } => {
+                self.on_batch(now, origin, forwarded, attempt, batch, out)
+            }
             Msg::ClientRequest(command) => {
                 if self.is_leader() {
                     self.on_batch(now, from, true, 0, encode_batch(vec![command]), out);
                 } else {
-                    out.send(
-                        from,
-                        Msg::NotLeader {
-                            leader_hint: self.leader_hint,
-                        },
-                    );
+                    out.send(from, Msg::NotLeader { leader_hint: self.leader_hint });
                 }
             }
             Msg::Heartbeat { ballot } => self.on_heartbeat(now, from, ballot, out),
-            Msg::Phase1b {
-                ballot,
-                trimmed_below,
-                accepted,
-            } => self.on_phase1b(now, from, ballot, trimmed_below, accepted, out),
-            Msg::Nack { promised } | Msg::Preempted { promised } => {
-                self.observe_ballot(now, promised, out)
+            Msg::Phase1b { ballot, nonce, trimmed_below, accepted } => {
+                self.on_phase1b(now, from, ballot, nonce, trimmed_below, accepted, out)
             }
+            Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
             Msg::Executed { watermark } => self.on_executed(now, from, watermark, out),
             _ => out.dropped("proposer: unexpected message"),
         }

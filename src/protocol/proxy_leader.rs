@@ -60,14 +60,7 @@ impl ProxyLeader {
         let group = &self.config.acceptor_groups[self.config.group_of(slot)];
         for &acceptor in group.iter().filter(|a| !entry.acks.contains(a)) {
             let value = entry.value.clone();
-            out.send(
-                acceptor,
-                Msg::Phase2a {
-                    ballot: entry.ballot,
-                    slot,
-                    value,
-                },
-            );
+            out.send(acceptor, Msg::Phase2a { ballot: entry.ballot, slot, value });
         }
     }
 
@@ -89,19 +82,11 @@ impl ProxyLeader {
             out.dropped("proxy leader: in-flight limit reached");
             return;
         }
-        let entry = InFlight {
-            ballot,
-            value,
-            proposer: from,
-            acks: Vec::new(),
-            sent_at: now,
-            resends: 0,
-        };
+        let entry = InFlight { ballot, value, proposer: from, acks: Vec::new(), sent_at: now, resends: 0 };
         self.send_phase2a(slot, &entry, out);
         self.in_flight.insert(slot, entry);
         if !self.timers.is_set(Timer::Resend as usize) {
-            self.timers
-                .set(Timer::Resend as usize, now + self.resend_timeout_us);
+            self.timers.set(Timer::Resend as usize, now + self.resend_timeout_us);
         }
     }
 
@@ -119,27 +104,11 @@ impl ProxyLeader {
         }
         if entry.acks.len() >= self.config.quorum() {
             let entry = self.in_flight.remove(&slot).expect("present above");
-            let (last, rest) = self
-                .config
-                .replicas
-                .split_last()
-                .expect("validated: replicas exist");
+            let (last, rest) = self.config.replicas.split_last().expect("validated: replicas exist");
             for &replica in rest {
-                out.send(
-                    replica,
-                    Msg::Chosen {
-                        slot,
-                        value: entry.value.clone(),
-                    },
-                );
+                out.send(replica, Msg::Chosen { slot, value: entry.value.clone() });
             }
-            out.send(
-                *last,
-                Msg::Chosen {
-                    slot,
-                    value: entry.value,
-                },
-            );
+            out.send(*last, Msg::Chosen { slot, value: entry.value });
         }
     }
 
@@ -179,19 +148,14 @@ impl ProxyLeader {
             self.send_phase2a(slot, &entry, out);
         }
         if let Some(oldest) = self.in_flight.values().map(|e| e.sent_at).min() {
-            self.timers.set(
-                Timer::Resend as usize,
-                (oldest + self.resend_timeout_us).max(now + 1),
-            );
+            self.timers.set(Timer::Resend as usize, (oldest + self.resend_timeout_us).max(now + 1));
         }
     }
 
     fn check_invariants(&self) {
         assert!(self.in_flight.len() <= MAX_PROXY_IN_FLIGHT);
         assert!(
-            self.in_flight
-                .values()
-                .all(|e| e.acks.len() < self.config.quorum()),
+            self.in_flight.values().all(|e| e.acks.len() < self.config.quorum()),
             "a slot with a quorum must have been announced and removed"
         );
         assert!(self.in_flight.is_empty() || self.timers.is_set(Timer::Resend as usize));
@@ -201,11 +165,7 @@ impl ProxyLeader {
 impl Role for ProxyLeader {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::Propose {
-                ballot,
-                slot,
-                value,
-            } => self.on_propose(now, from, ballot, slot, value, out),
+            Msg::Propose { ballot, slot, value } => self.on_propose(now, from, ballot, slot, value, out),
             Msg::Phase2b { ballot, slot } => self.on_phase2b(from, ballot, slot, out),
             Msg::Nack { promised } => self.on_nack(promised, out),
             _ => out.dropped("proxy leader: unexpected message"),
@@ -236,17 +196,11 @@ impl Role for ProxyLeader {
 mod tests {
     use super::*;
 
-    const B: Ballot = Ballot {
-        round: 1,
-        proposer: 1,
-    };
+    const B: Ballot = Ballot { round: 1, proposer: 1 };
 
     fn setup() -> (ProxyLeader, ClusterConfig) {
         let config = ClusterConfig::f1(1, 1, 1, 1); // proposers 1,2; acceptors 3,4,5; proxy 6; replicas 7,8
-        (
-            ProxyLeader::new(config.clone(), &Tunables::default()),
-            config,
-        )
+        (ProxyLeader::new(config.clone(), &Tunables::default()), config)
     }
 
     fn call(p: &mut ProxyLeader, from: NodeId, msg: Msg) -> Vec<(NodeId, Msg)> {
@@ -258,19 +212,8 @@ mod tests {
     #[test]
     fn phase2a_to_the_group_then_chosen_to_every_replica_after_f_plus_1_votes() {
         let (mut p, _) = setup();
-        let sent = call(
-            &mut p,
-            1,
-            Msg::Propose {
-                ballot: B,
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
-        assert_eq!(
-            sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
+        let sent = call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        assert_eq!(sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
         assert!(
             call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(),
@@ -280,72 +223,28 @@ mod tests {
         assert_eq!(
             sent,
             vec![
-                (
-                    7,
-                    Msg::Chosen {
-                        slot: 0,
-                        value: Value::Noop
-                    }
-                ),
-                (
-                    8,
-                    Msg::Chosen {
-                        slot: 0,
-                        value: Value::Noop
-                    }
-                )
+                (7, Msg::Chosen { slot: 0, value: Value::Noop }),
+                (8, Msg::Chosen { slot: 0, value: Value::Noop })
             ]
         );
         assert_eq!(p.in_flight(), 0);
-        assert!(
-            call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(),
-            "late votes are ignored"
-        );
+        assert!(call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(), "late votes are ignored");
     }
 
     #[test]
     fn votes_at_another_ballot_do_not_count() {
         let (mut p, _) = setup();
-        call(
-            &mut p,
-            1,
-            Msg::Propose {
-                ballot: B,
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
-        let other = Ballot {
-            round: 0,
-            proposer: 2,
-        };
-        call(
-            &mut p,
-            3,
-            Msg::Phase2b {
-                ballot: other,
-                slot: 0,
-            },
-        );
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        let other = Ballot { round: 0, proposer: 2 };
+        call(&mut p, 3, Msg::Phase2b { ballot: other, slot: 0 });
         assert!(call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
     }
 
     #[test]
     fn a_nack_is_reported_to_the_deposed_proposer() {
         let (mut p, _) = setup();
-        call(
-            &mut p,
-            1,
-            Msg::Propose {
-                ballot: B,
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
-        let higher = Ballot {
-            round: 2,
-            proposer: 2,
-        };
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        let higher = Ballot { round: 2, proposer: 2 };
         let sent = call(&mut p, 3, Msg::Nack { promised: higher });
         assert_eq!(sent, vec![(1, Msg::Preempted { promised: higher })]);
         assert_eq!(p.in_flight(), 0);
@@ -355,15 +254,7 @@ mod tests {
     fn unanswered_phase2a_is_resent_then_given_up() {
         let (mut p, _) = setup();
         let t = Tunables::default().resend_timeout_us;
-        call(
-            &mut p,
-            1,
-            Msg::Propose {
-                ballot: B,
-                slot: 0,
-                value: Value::Noop,
-            },
-        );
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
         call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 });
         let mut now = 0;
         for _ in 0..MAX_PHASE2A_RESENDS {

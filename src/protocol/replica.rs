@@ -69,10 +69,7 @@ impl Replica {
             .position(|&r| r == id)
             .unwrap_or_else(|| panic!("node {id} is not a replica"));
         let mut timers = Timers::default();
-        timers.set(
-            Timer::Report as usize,
-            now + tunables.replica_report_interval_us,
-        );
+        timers.set(Timer::Report as usize, now + tunables.replica_report_interval_us);
         Replica {
             id,
             index,
@@ -142,19 +139,15 @@ impl Replica {
             };
             if !replies.is_empty() && self.is_designated_replier(slot) {
                 let unbatchers = &self.config.unbatchers;
-                let unbatcher = unbatchers
-                    [(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
+                let unbatcher =
+                    unbatchers[(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
                 out.send(unbatcher, Msg::ReplyBatch { replies });
             }
             let value_digest = value.digest();
             self.log.insert(slot, value);
             self.executed += 1;
             let state_digest = self.state_digest();
-            out.event(|| Event::Executed {
-                slot,
-                value_digest,
-                state_digest,
-            });
+            out.event(|| Event::Executed { slot, value_digest, state_digest });
         }
     }
 
@@ -183,19 +176,11 @@ impl Replica {
                         let result = state_machine.apply(command.op.as_slice());
                         *table_digest ^= client_entry_hash(client_id, seq, &result);
                         table.insert(client_id, (seq, result.clone()));
-                        out.event(|| Event::Applied {
-                            client_id,
-                            seq,
-                            slot,
-                        });
+                        out.event(|| Event::Applied { client_id, seq, slot });
                         result
                     }
                 };
-                replies.push(ClientReply {
-                    client_id,
-                    seq,
-                    result,
-                });
+                replies.push(ClientReply { client_id, seq, result });
             }
             replies
         });
@@ -213,13 +198,7 @@ impl Replica {
         *known = (*known).max(watermark);
         // Keep the log only for slots some replica may still ask for.
         if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
-            let lowest = self
-                .peer_watermarks
-                .values()
-                .copied()
-                .min()
-                .unwrap_or(0)
-                .min(self.executed);
+            let lowest = self.peer_watermarks.values().copied().min().unwrap_or(0).min(self.executed);
             self.log = self.log.split_off(&lowest);
         }
     }
@@ -227,13 +206,7 @@ impl Replica {
     fn on_catch_up(&mut self, from: NodeId, from_slot: Slot, out: &mut Out) {
         let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
         for (&slot, value) in self.log.range(from_slot..end) {
-            out.send(
-                from,
-                Msg::Chosen {
-                    slot,
-                    value: value.clone(),
-                },
-            );
+            out.send(from, Msg::Chosen { slot, value: value.clone() });
         }
     }
 
@@ -248,23 +221,14 @@ impl Replica {
         // Stuck behind a peer since the last report: a Chosen was lost on its way here. Ask the
         // peer that is furthest ahead to teach us.
         if self.executed == self.executed_at_last_report {
-            let ahead = self
-                .peer_watermarks
-                .iter()
-                .filter(|(_, &w)| w > self.executed)
-                .max_by_key(|(_, &w)| w);
+            let ahead =
+                self.peer_watermarks.iter().filter(|(_, &w)| w > self.executed).max_by_key(|(_, &w)| w);
             if let Some((&peer, _)) = ahead {
-                out.send(
-                    peer,
-                    Msg::CatchUp {
-                        from_slot: self.executed,
-                    },
-                );
+                out.send(peer, Msg::CatchUp { from_slot: self.executed });
             }
         }
         self.executed_at_last_report = self.executed;
-        self.timers
-            .set(Timer::Report as usize, now + self.report_interval_us);
+        self.timers.set(Timer::Report as usize, now + self.report_interval_us);
     }
 
     fn check_invariants(&self) {
@@ -274,11 +238,7 @@ impl Replica {
             self.id,
             self.executed
         );
-        assert!(self
-            .log
-            .keys()
-            .next_back()
-            .is_none_or(|&s| s < self.executed));
+        assert!(self.log.keys().next_back().is_none_or(|&s| s < self.executed));
         assert!(self.chosen.len() <= MAX_CHOSEN_BUFFER);
         assert!(self.timers.is_set(Timer::Report as usize));
     }
@@ -322,36 +282,17 @@ mod tests {
 
     fn replica(id: NodeId) -> Replica {
         let config = ClusterConfig::f1(1, 1, 1, 1); // replicas 7, 8; unbatcher 10
-        Replica::new(
-            id,
-            config,
-            &Tunables::default(),
-            new_state_machine(StateMachineKind::Kv),
-            0,
-        )
+        Replica::new(id, config, &Tunables::default(), new_state_machine(StateMachineKind::Kv), 0)
     }
 
     fn incr(client_id: u64, seq: u64) -> Command {
-        let op = KvOp::Increment {
-            partition: "p".into(),
-            item: "x".into(),
-            delta: 1,
-        }
-        .encode();
+        let op = KvOp::Increment { partition: "p".into(), item: "x".into(), delta: 1 }.encode();
         Command { client_id, seq, op }
     }
 
     fn chosen(r: &mut Replica, slot: Slot, commands: Vec<Command>) -> Out {
         let mut out = Out::new(true);
-        r.handle_message(
-            0,
-            6,
-            Msg::Chosen {
-                slot,
-                value: Value::Batch(encode_batch(commands)),
-            },
-            &mut out,
-        );
+        r.handle_message(0, 6, Msg::Chosen { slot, value: Value::Batch(encode_batch(commands)) }, &mut out);
         out
     }
 
@@ -396,11 +337,7 @@ mod tests {
         let mut other = replica(8);
         chosen(&mut other, 0, vec![incr(100, 1)]);
         let retry_at_other = chosen(&mut other, 1, vec![incr(100, 1)]);
-        assert_eq!(
-            replies(&first),
-            replies(&retry_at_other),
-            "the retry gets the original reply"
-        );
+        assert_eq!(replies(&first), replies(&retry_at_other), "the retry gets the original reply");
     }
 
     #[test]
@@ -420,15 +357,7 @@ mod tests {
         let mut r = replica(7);
         let mut out = Out::new(true);
         let garbage = Value::Batch(Bytes::from_static(&[0xff; 40]));
-        r.handle_message(
-            0,
-            6,
-            Msg::Chosen {
-                slot: 0,
-                value: garbage,
-            },
-            &mut out,
-        );
+        r.handle_message(0, 6, Msg::Chosen { slot: 0, value: garbage }, &mut out);
         assert_eq!(r.executed_watermark(), 1);
     }
 
@@ -442,10 +371,7 @@ mod tests {
         behind.handle_message(0, 8, Msg::Executed { watermark: 3 }, &mut out);
         let at = behind.poll_timeout().unwrap();
         behind.handle_timeout(at, &mut out);
-        let catch_up = out
-            .msgs
-            .iter()
-            .find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0 }));
+        let catch_up = out.msgs.iter().find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0 }));
         let (_, msg) = catch_up.expect("asks the peer that is ahead").clone();
         let mut taught = Out::new(false);
         ahead.handle_message(at, 7, msg, &mut taught);

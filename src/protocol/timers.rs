@@ -11,9 +11,7 @@ pub struct Timers<const N: usize> {
 
 impl<const N: usize> Default for Timers<N> {
     fn default() -> Self {
-        Timers {
-            deadlines: [None; N],
-        }
+        Timers { deadlines: [None; N] }
     }
 }
 
@@ -40,16 +38,13 @@ impl<const N: usize> Timers<N> {
 
     /// Unsets and returns, in index order, every timer due at or before `now`.
     pub fn take_expired(&mut self, now: Time) -> impl Iterator<Item = usize> + '_ {
-        self.deadlines
-            .iter_mut()
-            .enumerate()
-            .filter_map(move |(i, d)| match *d {
-                Some(at) if at <= now => {
-                    *d = None;
-                    Some(i)
-                }
-                _ => None,
-            })
+        self.deadlines.iter_mut().enumerate().filter_map(move |(i, d)| match *d {
+            Some(at) if at <= now => {
+                *d = None;
+                Some(i)
+            }
+            _ => None,
+        })
     }
 }
 
@@ -65,11 +60,7 @@ mod tests {
         t.set(1, 5);
         assert_eq!(t.next(), Some(5));
         assert_eq!(t.take_expired(10).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(
-            t.take_expired(10).count(),
-            0,
-            "a spurious wake-up finds nothing"
-        );
+        assert_eq!(t.take_expired(10).count(), 0, "a spurious wake-up finds nothing");
         assert_eq!(t.next(), Some(20));
         t.cancel(0);
         assert_eq!(t.next(), None);

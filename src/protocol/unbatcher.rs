@@ -43,18 +43,12 @@ mod tests {
 
     #[test]
     fn each_reply_goes_to_its_client() {
-        let reply = |client_id, seq| ClientReply {
-            client_id,
-            seq,
-            result: Bytes::new(),
-        };
+        let reply = |client_id, seq| ClientReply { client_id, seq, result: Bytes::new() };
         let mut out = Out::new(false);
         Unbatcher.handle_message(
             0,
             5,
-            Msg::ReplyBatch {
-                replies: vec![reply(100, 1), reply(101, 1), reply(100, 2)],
-            },
+            Msg::ReplyBatch { replies: vec![reply(100, 1), reply(101, 1), reply(100, 2)] },
             &mut out,
         );
         let sent: Vec<_> = out.msgs.iter().map(|(to, _)| *to).collect();

@@ -33,36 +33,20 @@ pub struct Checker {
 impl Checker {
     /// A checker for a cluster whose quorums have `quorum` acceptors.
     pub fn new(quorum: usize) -> Self {
-        Checker {
-            quorum,
-            ..Checker::default()
-        }
+        Checker { quorum, ..Checker::default() }
     }
 
     /// Watches one event of `node`.
     pub fn observe(&mut self, node: NodeId, event: &Event) {
         match *event {
-            Event::Accepted {
-                slot,
-                ballot,
-                value_digest,
-            } => self.on_accepted(node, slot, ballot, value_digest),
-            Event::Executed {
-                slot,
-                value_digest,
-                state_digest,
-            } => self.on_executed(node, slot, value_digest, state_digest),
-            Event::Applied {
-                client_id,
-                seq,
-                slot,
-            } => {
-                if !self
-                    .applied
-                    .entry(node)
-                    .or_default()
-                    .insert((client_id, seq))
-                {
+            Event::Accepted { slot, ballot, value_digest } => {
+                self.on_accepted(node, slot, ballot, value_digest)
+            }
+            Event::Executed { slot, value_digest, state_digest } => {
+                self.on_executed(node, slot, value_digest, state_digest)
+            }
+            Event::Applied { client_id, seq, slot } => {
+                if !self.applied.entry(node).or_default().insert((client_id, seq)) {
                     self.violations.push(format!(
                         "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
                     ));
@@ -73,10 +57,7 @@ impl Checker {
     }
 
     fn on_accepted(&mut self, acceptor: NodeId, slot: Slot, ballot: Ballot, digest: u64) {
-        let (value, voters) = self
-            .votes
-            .entry((slot, ballot))
-            .or_insert((digest, BTreeSet::new()));
+        let (value, voters) = self.votes.entry((slot, ballot)).or_insert((digest, BTreeSet::new()));
         if *value != digest {
             self.violations.push(format!(
                 "agreement: two values accepted in slot {slot} at ballot {ballot} ({value:016x}, {digest:016x})"
@@ -128,9 +109,7 @@ impl Checker {
 
     /// Whether some replica applied (client, seq).
     pub fn was_applied(&self, client_id: u64, seq: u64) -> bool {
-        self.applied
-            .values()
-            .any(|set| set.contains(&(client_id, seq)))
+        self.applied.values().any(|set| set.contains(&(client_id, seq)))
     }
 
     /// The number of slots known chosen.
@@ -143,24 +122,11 @@ impl Checker {
 mod tests {
     use super::*;
 
-    const B1: Ballot = Ballot {
-        round: 1,
-        proposer: 1,
-    };
-    const B2: Ballot = Ballot {
-        round: 2,
-        proposer: 2,
-    };
+    const B1: Ballot = Ballot { round: 1, proposer: 1 };
+    const B2: Ballot = Ballot { round: 2, proposer: 2 };
 
     fn accepted(c: &mut Checker, acceptor: NodeId, slot: Slot, ballot: Ballot, d: u64) {
-        c.observe(
-            acceptor,
-            &Event::Accepted {
-                slot,
-                ballot,
-                value_digest: d,
-            },
-        );
+        c.observe(acceptor, &Event::Accepted { slot, ballot, value_digest: d });
     }
 
     #[test]
@@ -190,71 +156,22 @@ mod tests {
             accepted(&mut c, 3, slot, B1, slot);
             accepted(&mut c, 4, slot, B1, slot);
         }
-        c.observe(
-            7,
-            &Event::Executed {
-                slot: 0,
-                value_digest: 0,
-                state_digest: 10,
-            },
-        );
-        c.observe(
-            8,
-            &Event::Executed {
-                slot: 1,
-                value_digest: 1,
-                state_digest: 11,
-            },
-        );
+        c.observe(7, &Event::Executed { slot: 0, value_digest: 0, state_digest: 10 });
+        c.observe(8, &Event::Executed { slot: 1, value_digest: 1, state_digest: 11 });
         assert!(c.violations[0].starts_with("order"));
-        c.observe(
-            7,
-            &Event::Executed {
-                slot: 1,
-                value_digest: 1,
-                state_digest: 99,
-            },
-        );
+        c.observe(7, &Event::Executed { slot: 1, value_digest: 1, state_digest: 99 });
         assert!(c.violations[1].starts_with("divergence"));
-        c.observe(
-            7,
-            &Event::Executed {
-                slot: 2,
-                value_digest: 5,
-                state_digest: 0,
-            },
-        );
+        c.observe(7, &Event::Executed { slot: 2, value_digest: 5, state_digest: 0 });
         assert!(c.violations[2].contains("no quorum chose"));
     }
 
     #[test]
     fn a_command_applied_twice_is_caught() {
         let mut c = Checker::new(2);
-        c.observe(
-            7,
-            &Event::Applied {
-                client_id: 100,
-                seq: 1,
-                slot: 0,
-            },
-        );
-        c.observe(
-            8,
-            &Event::Applied {
-                client_id: 100,
-                seq: 1,
-                slot: 0,
-            },
-        );
+        c.observe(7, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
+        c.observe(8, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
         assert!(c.violations.is_empty(), "once per replica is right");
-        c.observe(
-            7,
-            &Event::Applied {
-                client_id: 100,
-                seq: 1,
-                slot: 3,
-            },
-        );
+        c.observe(7, &Event::Applied { client_id: 100, seq: 1, slot: 3 });
         assert!(c.violations[0].starts_with("exactly-once"));
         assert!(c.was_applied(100, 1) && !c.was_applied(100, 2));
     }

@@ -255,10 +255,7 @@ pub fn check<S: SequentialSpec>(
             }
             let Some((call, prev_state)) = stack.pop() else {
                 let blocked = blocked_after(initial, history, &best);
-                return Verdict::NotLinearizable {
-                    longest_prefix: best,
-                    blocked,
-                };
+                return Verdict::NotLinearizable { longest_prefix: best, blocked };
             };
             let i = list.op[call];
             key[i / 64] &= !(1 << (i % 64));
@@ -325,19 +322,10 @@ pub fn check_partitioned<S: SequentialSpec, K: Ord>(
             Verdict::Inconclusive { explored } => {
                 *inconclusive.get_or_insert(0) += explored;
             }
-            Verdict::NotLinearizable {
-                longest_prefix,
-                blocked,
-            } => {
+            Verdict::NotLinearizable { longest_prefix, blocked } => {
                 return Verdict::NotLinearizable {
                     longest_prefix: longest_prefix.iter().map(|&i| original[i]).collect(),
-                    blocked: blocked
-                        .into_iter()
-                        .map(|b| Blocked {
-                            index: original[b.index],
-                            ..b
-                        })
-                        .collect(),
+                    blocked: blocked.into_iter().map(|b| Blocked { index: original[b.index], ..b }).collect(),
                 };
             }
         }
@@ -440,20 +428,10 @@ mod tests {
     }
 
     fn done<O, R>(client: u64, op: O, at: u64, ret_at: u64, ret: R) -> Operation<O, R> {
-        Operation {
-            client,
-            op,
-            invoked_at: at,
-            returned: Some((ret_at, ret)),
-        }
+        Operation { client, op, invoked_at: at, returned: Some((ret_at, ret)) }
     }
     fn pending<O, R>(client: u64, op: O, at: u64) -> Operation<O, R> {
-        Operation {
-            client,
-            op,
-            invoked_at: at,
-            returned: None,
-        }
+        Operation { client, op, invoked_at: at, returned: None }
     }
     fn bad(v: &Verdict) -> bool {
         matches!(v, Verdict::NotLinearizable { .. })
@@ -490,10 +468,7 @@ mod tests {
         let unseen = [pending(1, Write(1), 1), done(2, Read, 2, 3, Val(0))];
         assert_eq!(reg(&unseen), Verdict::Linearizable);
         // Exactly one of two racing CASes from the same value succeeds.
-        let cas = [
-            done(1, Cas(0, 1), 1, 4, RegRet::Cas(true)),
-            done(2, Cas(0, 2), 2, 5, RegRet::Cas(false)),
-        ];
+        let cas = [done(1, Cas(0, 1), 1, 4, RegRet::Cas(true)), done(2, Cas(0, 2), 2, 5, RegRet::Cas(false))];
         assert_eq!(reg(&cas), Verdict::Linearizable);
     }
 
@@ -501,10 +476,7 @@ mod tests {
     fn known_bad_register_histories() {
         let stale = [done(1, Write(1), 1, 2, Done), done(2, Read, 3, 4, Val(0))];
         match reg(&stale) {
-            Verdict::NotLinearizable {
-                longest_prefix,
-                blocked,
-            } => {
+            Verdict::NotLinearizable { longest_prefix, blocked } => {
                 assert_eq!(longest_prefix, vec![0]);
                 assert_eq!(blocked.len(), 1);
                 assert_eq!(blocked[0].index, 1);
@@ -514,28 +486,16 @@ mod tests {
             v => panic!("{v:?}"),
         }
         let never_written = [done(1, Write(1), 1, 4, Done), done(2, Read, 2, 3, Val(7))];
-        assert!(matches!(
-            reg(&never_written),
-            Verdict::NotLinearizable { .. }
-        ));
+        assert!(matches!(reg(&never_written), Verdict::NotLinearizable { .. }));
         // r1 sees the new value, then r2 (invoked after r1 returned) sees the old one.
-        let disagree = [
-            done(1, Write(1), 1, 10, Done),
-            done(2, Read, 2, 3, Val(1)),
-            done(3, Read, 4, 5, Val(0)),
-        ];
+        let disagree =
+            [done(1, Write(1), 1, 10, Done), done(2, Read, 2, 3, Val(1)), done(3, Read, 4, 5, Val(0))];
         assert!(bad(&reg(&disagree)));
-        let cas_twice = [
-            done(1, Cas(0, 1), 1, 4, RegRet::Cas(true)),
-            done(2, Cas(0, 2), 2, 5, RegRet::Cas(true)),
-        ];
+        let cas_twice =
+            [done(1, Cas(0, 1), 1, 4, RegRet::Cas(true)), done(2, Cas(0, 2), 2, 5, RegRet::Cas(true))];
         assert!(bad(&reg(&cas_twice)));
         // A pending write, once observed, cannot be un-observed.
-        let flicker = [
-            pending(1, Write(1), 1),
-            done(2, Read, 2, 3, Val(1)),
-            done(2, Read, 4, 5, Val(0)),
-        ];
+        let flicker = [pending(1, Write(1), 1), done(2, Read, 2, 3, Val(1)), done(2, Read, 4, 5, Val(0))];
         assert!(bad(&reg(&flicker)));
     }
 
@@ -553,11 +513,7 @@ mod tests {
         ];
         assert_eq!(q(&a), Verdict::Linearizable);
         // (b) E(x) completes before E(y) starts, yet y is dequeued first. Not acceptable.
-        let b = [
-            done(1, Enq(1), 1, 2, None),
-            done(2, Enq(2), 3, 5, None),
-            done(1, Deq, 4, 6, Some(2)),
-        ];
+        let b = [done(1, Enq(1), 1, 2, None), done(2, Enq(2), 3, 5, None), done(1, Deq, 4, 6, Some(2))];
         assert!(bad(&q(&b)));
         // (c) The enqueues overlap, so y-then-x is a valid order. Acceptable.
         let c = [
@@ -593,10 +549,7 @@ mod tests {
         ];
         let key = |op: &(u8, RegOp)| op.0;
         match check_partitioned(&Kv::default(), h.clone(), key, BUDGET) {
-            Verdict::NotLinearizable {
-                longest_prefix,
-                blocked,
-            } => {
+            Verdict::NotLinearizable { longest_prefix, blocked } => {
                 assert_eq!(longest_prefix, vec![1]);
                 assert_eq!(blocked.iter().map(|b| b.index).collect::<Vec<_>>(), vec![3]);
             }
@@ -604,10 +557,7 @@ mod tests {
         }
         let mut fixed = h;
         fixed[3].returned = Some((8, Val(5)));
-        assert_eq!(
-            check_partitioned(&Kv::default(), fixed, key, BUDGET),
-            Verdict::Linearizable
-        );
+        assert_eq!(check_partitioned(&Kv::default(), fixed, key, BUDGET), Verdict::Linearizable);
     }
 
     /// SplitMix64: a tiny deterministic generator so tests need no extra dependency.
@@ -675,9 +625,8 @@ mod tests {
         }
         for i in 0..h.len() {
             // `i` may go next only if no unused op happens before it.
-            let blocked = (0..h.len()).any(|j| {
-                !used[j] && matches!(h[j].returned, Some((at, _)) if at < h[i].invoked_at)
-            });
+            let blocked = (0..h.len())
+                .any(|j| !used[j] && matches!(h[j].returned, Some((at, _)) if at < h[i].invoked_at));
             let mut next = state.clone();
             let got = next.step(&h[i].op);
             if used[i] || blocked || h[i].returned.as_ref().is_some_and(|(_, r)| *r != got) {
@@ -702,10 +651,7 @@ mod tests {
         }
         (0..n)
             .map(|i| {
-                let (a, b) = (
-                    stamps[2 * i].min(stamps[2 * i + 1]),
-                    stamps[2 * i].max(stamps[2 * i + 1]),
-                );
+                let (a, b) = (stamps[2 * i].min(stamps[2 * i + 1]), stamps[2 * i].max(stamps[2 * i + 1]));
                 let v = rng.below(3) as i64;
                 let (op, ret) = match rng.below(3) {
                     0 => (Read, Val(rng.below(3) as i64)),
@@ -713,12 +659,7 @@ mod tests {
                     _ => (Cas(rng.below(3) as i64, v), RegRet::Cas(rng.below(2) == 0)),
                 };
                 let returned = (rng.below(4) != 0).then_some((b, ret));
-                Operation {
-                    client: i as u64,
-                    op,
-                    invoked_at: a,
-                    returned,
-                }
+                Operation { client: i as u64, op, invoked_at: a, returned }
             })
             .collect()
     }
@@ -774,10 +715,7 @@ mod tests {
         let h = gen_history(42, 1_000, 8, 5, false, true);
         let start = std::time::Instant::now();
         let verdict = check(&Reg(0), &h, BUDGET);
-        println!(
-            "1000-op 8-client register history checked in {:?}",
-            start.elapsed()
-        );
+        println!("1000-op 8-client register history checked in {:?}", start.elapsed());
         assert_eq!(verdict, Verdict::Linearizable);
     }
 }

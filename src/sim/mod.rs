@@ -201,9 +201,7 @@ impl<'t> Simulator<'t> {
         let proxies = rng.gen_range(1..=2);
         let batchers = [0, 1, 2][rng.gen_range(0..3)];
         let cluster = ClusterConfig::f1(groups, proxies, batchers, rng.gen_range(1..=2));
-        cluster
-            .validate()
-            .expect("the simulator builds valid clusters");
+        cluster.validate().expect("the simulator builds valid clusters");
         let tunables = Tunables {
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
@@ -227,53 +225,24 @@ impl<'t> Simulator<'t> {
             history_ids: Vec::new(),
             stamp: 0,
             trace,
-            outcome: Outcome {
-                seed,
-                ..Outcome::default()
-            },
+            outcome: Outcome { seed, ..Outcome::default() },
             opts,
         };
         sim.checker = Checker::new(sim.cluster.quorum());
         let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
         for (id, kind) in ids {
             let member = sim.build(id, kind, 0);
-            sim.nodes.insert(
-                id,
-                SimNode {
-                    kind,
-                    member,
-                    up: true,
-                    restarts: 0,
-                },
-            );
+            sim.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0 });
         }
         for i in 0..sim.opts.clients {
             let id = CLIENT_ID_BASE + i as NodeId;
             let client = Client::new(id, sim.cluster.clone(), &sim.tunables, i);
             let member = Member::Client(Box::new(client));
-            sim.nodes.insert(
-                id,
-                SimNode {
-                    kind: RoleKind::Client,
-                    member,
-                    up: true,
-                    restarts: 0,
-                },
-            );
-            let workload = Workload::new(
-                u64::from(id),
-                ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))),
-            );
+            sim.nodes.insert(id, SimNode { kind: RoleKind::Client, member, up: true, restarts: 0 });
+            let workload =
+                Workload::new(u64::from(id), ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))));
             let after_healing = sim.opts.requests_after_healing;
-            sim.clients.insert(
-                id,
-                ClientDriver {
-                    workload,
-                    issued: 0,
-                    after_healing,
-                    outstanding: None,
-                },
-            );
+            sim.clients.insert(id, ClientDriver { workload, issued: 0, after_healing, outstanding: None });
         }
         sim
     }
@@ -283,13 +252,7 @@ impl<'t> Simulator<'t> {
         match kind {
             RoleKind::Proposer => {
                 let seed = derive_seed(self.seed, (u64::from(id) << 32) | restarts);
-                Member::Other(Box::new(Proposer::new(
-                    id,
-                    config,
-                    tunables.clone(),
-                    seed,
-                    self.now,
-                )))
+                Member::Other(Box::new(Proposer::new(id, config, tunables.clone(), seed, self.now)))
             }
             RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config))),
             RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(config, tunables))),
@@ -305,11 +268,7 @@ impl<'t> Simulator<'t> {
 
     fn schedule(&mut self, at: Time, what: Pending) {
         self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.next_seq,
-            what,
-        }));
+        self.queue.push(Reverse(Scheduled { at, seq: self.next_seq, what }));
     }
 
     fn trace(&mut self, line: impl FnOnce() -> String) {
@@ -370,10 +329,7 @@ impl<'t> Simulator<'t> {
     fn step(&mut self, at: Time) {
         self.now = self.now.max(at);
         let timer = self.next_timer().filter(|&(_, t)| t <= at);
-        let message_first = self
-            .queue
-            .peek()
-            .is_some_and(|s| timer.is_none_or(|(_, t)| s.0.at < t));
+        let message_first = self.queue.peek().is_some_and(|s| timer.is_none_or(|(_, t)| s.0.at < t));
         if !message_first {
             let (id, _) = timer.expect("a timer is due");
             self.trace(|| format!("timer {id}"));
@@ -407,9 +363,7 @@ impl<'t> Simulator<'t> {
         }
         let node = self.nodes.get_mut(&to).expect("checked above");
         let mut out = Out::new(true);
-        node.member
-            .role()
-            .handle_message(self.now, from, msg, &mut out);
+        node.member.role().handle_message(self.now, from, msg, &mut out);
         self.dispatch(to, out);
     }
 
@@ -421,14 +375,7 @@ impl<'t> Simulator<'t> {
         if let Some((&last, rest)) = delays.split_last() {
             for &delay in rest {
                 let copy = msg.clone();
-                self.schedule(
-                    self.now + delay,
-                    Pending::Deliver {
-                        from,
-                        to,
-                        msg: copy,
-                    },
-                );
+                self.schedule(self.now + delay, Pending::Deliver { from, to, msg: copy });
             }
             self.schedule(self.now + last, Pending::Deliver { from, to, msg });
         }
@@ -452,29 +399,19 @@ impl<'t> Simulator<'t> {
     }
 
     fn on_completed(&mut self, client: NodeId, seq: u64, result: bytes::Bytes) {
-        let driver = self
-            .clients
-            .get_mut(&client)
-            .expect("completions come from clients");
-        let index = driver
-            .outstanding
-            .take()
-            .expect("a completion answers the outstanding request");
+        let driver = self.clients.get_mut(&client).expect("completions come from clients");
+        let index = driver.outstanding.take().expect("a completion answers the outstanding request");
         let result = KvResult::decode(&result).unwrap_or_else(|e| {
-            self.checker.violations.push(format!(
-                "client {client} got an undecodable reply to #{seq}: {e:?}"
-            ));
+            self.checker
+                .violations
+                .push(format!("client {client} got an undecodable reply to #{seq}: {e:?}"));
             KvResult::Error(e)
         });
         driver.workload.observe(&self.history[index].op, &result);
         self.stamp += 1;
         self.history[index].returned = Some((self.stamp, result));
         self.outcome.completed += 1;
-        let pause = if self.faults_on {
-            self.rng.gen_range(0..2 * self.opts.think_time_us)
-        } else {
-            0
-        };
+        let pause = if self.faults_on { self.rng.gen_range(0..2 * self.opts.think_time_us) } else { 0 };
         self.schedule(self.now + pause, Pending::ClientWake(client));
     }
 
@@ -499,14 +436,11 @@ impl<'t> Simulator<'t> {
             invoked_at: self.stamp,
             returned: None,
         });
-        let Member::Client(client) = &mut self.nodes.get_mut(&id).expect("client node").member
-        else {
+        let Member::Client(client) = &mut self.nodes.get_mut(&id).expect("client node").member else {
             unreachable!("client ids hold clients")
         };
         let mut out = Out::new(true);
-        let seq = client
-            .submit(self.now, op.encode(), &mut out)
-            .expect("the driver waits for completion");
+        let seq = client.submit(self.now, op.encode(), &mut out).expect("the driver waits for completion");
         self.history_ids.push((u64::from(id), seq));
         self.dispatch(id, out);
     }
@@ -536,11 +470,7 @@ impl<'t> Simulator<'t> {
         let (kind, restarts) = (node.kind, node.restarts + 1);
         // Acceptors and replicas model durable storage: they come back with their state.
         let durable = matches!(kind, RoleKind::Acceptor | RoleKind::Replica);
-        let member = if durable {
-            None
-        } else {
-            Some(self.build(id, kind, restarts))
-        };
+        let member = if durable { None } else { Some(self.build(id, kind, restarts)) };
         let node = self.nodes.get_mut(&id).expect("checked above");
         if let Some(member) = member {
             node.member = member;
@@ -554,37 +484,24 @@ impl<'t> Simulator<'t> {
         self.faults_on = false;
         self.link = LinkModel::HEALTHY;
         self.partitions.clear();
-        let down: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.up)
-            .map(|(&id, _)| id)
-            .collect();
+        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| !n.up).map(|(&id, _)| id).collect();
         for id in down {
             self.restart(id);
         }
-        let idle: Vec<NodeId> = self
-            .clients
-            .iter()
-            .filter(|(_, d)| d.outstanding.is_none())
-            .map(|(&id, _)| id)
-            .collect();
+        let idle: Vec<NodeId> =
+            self.clients.iter().filter(|(_, d)| d.outstanding.is_none()).map(|(&id, _)| id).collect();
         for id in idle {
             self.client_next(id);
         }
     }
 
     fn all_clients_done(&self) -> bool {
-        self.clients
-            .values()
-            .all(|d| d.outstanding.is_none() && d.after_healing == 0)
+        self.clients.values().all(|d| d.outstanding.is_none() && d.after_healing == 0)
     }
 
     fn check_liveness(&mut self) {
         if self.faults_on {
-            self.checker
-                .violations
-                .push("the run ended before the faults did".into());
+            self.checker.violations.push("the run ended before the faults did".into());
             return;
         }
         for (id, driver) in &self.clients {
@@ -616,12 +533,7 @@ impl<'t> Simulator<'t> {
     /// Lets the healed cluster run until every replica has executed the same log, then compares
     /// their whole states byte for byte.
     fn converge(&mut self, until: Time) {
-        let target = self
-            .replica_watermarks()
-            .iter()
-            .map(|&(_, w)| w)
-            .max()
-            .unwrap_or(0);
+        let target = self.replica_watermarks().iter().map(|&(_, w)| w).max().unwrap_or(0);
         while self.replica_watermarks().iter().any(|&(_, w)| w < target) {
             match self.next_due() {
                 Some(at) if at <= until => self.step(at),
@@ -630,9 +542,9 @@ impl<'t> Simulator<'t> {
         }
         let marks = self.replica_watermarks();
         if marks.iter().any(|&(_, w)| w < target) {
-            self.checker.violations.push(format!(
-                "convergence: replicas stuck at {marks:?}, target {target}"
-            ));
+            self.checker
+                .violations
+                .push(format!("convergence: replicas stuck at {marks:?}, target {target}"));
             return;
         }
         let snapshots: Vec<(NodeId, Vec<u8>)> = self
@@ -657,13 +569,18 @@ impl<'t> Simulator<'t> {
     fn finish(mut self) -> Outcome {
         for (op, &(client, seq)) in self.history.iter().zip(&self.history_ids) {
             if op.returned.is_some() && !self.checker.was_applied(client, seq) {
-                self.checker.violations.push(format!(
-                    "durability: acknowledged command c{client}#{seq} is in no replica's log"
-                ));
+                self.checker
+                    .violations
+                    .push(format!("durability: acknowledged command c{client}#{seq} is in no replica's log"));
             }
         }
         let history = std::mem::take(&mut self.history);
-        match check_partitioned(&KvModel::default(), history, |op| op.partition().to_vec(), self.opts.linearizability_budget) {
+        match check_partitioned(
+            &KvModel::default(),
+            history,
+            |op| op.partition().to_vec(),
+            self.opts.linearizability_budget,
+        ) {
             Verdict::Linearizable => {}
             Verdict::Inconclusive { .. } => self.outcome.inconclusive = true,
             Verdict::NotLinearizable { longest_prefix, blocked } => self.checker.violations.push(format!(
@@ -681,9 +598,7 @@ impl<'t> Simulator<'t> {
 /// Runs one seed, turning a panic (a failed invariant assertion) into a violation.
 pub fn run_seed(seed: u64, opts: &SimOptions, trace: Option<&mut dyn Write>) -> Outcome {
     let opts = opts.clone();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Simulator::new(seed, opts, trace).run()
-    })) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Simulator::new(seed, opts, trace).run())) {
         Ok(outcome) => outcome,
         Err(panic) => {
             let why = panic
@@ -691,11 +606,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions, trace: Option<&mut dyn Write>) -> 
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Outcome {
-                seed,
-                violations: vec![format!("panic: {why}")],
-                ..Outcome::default()
-            }
+            Outcome { seed, violations: vec![format!("panic: {why}")], ..Outcome::default() }
         }
     }
 }

@@ -35,23 +35,14 @@ pub struct LinkModel {
 
 impl LinkModel {
     /// A healthy network: delays and mild reordering, nothing lost.
-    pub const HEALTHY: LinkModel = LinkModel {
-        loss: 0.0,
-        duplicate: 0.0,
-        delay_us: (50, 1_000),
-        slow: 0.02,
-        slow_extra_us: 5_000,
-    };
+    pub const HEALTHY: LinkModel =
+        LinkModel { loss: 0.0, duplicate: 0.0, delay_us: (50, 1_000), slow: 0.02, slow_extra_us: 5_000 };
 
     /// The link model of a fault level while faults are on.
     pub fn for_level(level: FaultLevel) -> LinkModel {
         match level {
             FaultLevel::None => LinkModel::HEALTHY,
-            FaultLevel::Light => LinkModel {
-                loss: 0.01,
-                duplicate: 0.01,
-                ..LinkModel::HEALTHY
-            },
+            FaultLevel::Light => LinkModel { loss: 0.01, duplicate: 0.01, ..LinkModel::HEALTHY },
             FaultLevel::Heavy => LinkModel {
                 loss: 0.05,
                 duplicate: 0.03,
@@ -184,27 +175,15 @@ mod tests {
         let lost = outcomes.iter().filter(|d| d.is_empty()).count();
         let doubled = outcomes.iter().filter(|d| d.len() == 2).count();
         assert!((300..700).contains(&lost), "about 5% lost, got {lost}");
-        assert!(
-            (150..450).contains(&doubled),
-            "about 3% duplicated, got {doubled}"
-        );
+        assert!((150..450).contains(&doubled), "about 3% duplicated, got {doubled}");
         let max = model.delay_us.1 + model.slow_extra_us;
-        assert!(outcomes
-            .iter()
-            .flatten()
-            .all(|&d| d >= model.delay_us.0 && d <= max));
+        assert!(outcomes.iter().flatten().all(|&d| d >= model.delay_us.0 && d <= max));
     }
 
     #[test]
     fn every_fault_is_undone_before_the_end() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let faults = schedule(
-            FaultLevel::Heavy,
-            &mut rng,
-            &[1, 2, 3],
-            &[1, 2, 3, 4],
-            1_000_000,
-        );
+        let faults = schedule(FaultLevel::Heavy, &mut rng, &[1, 2, 3], &[1, 2, 3, 4], 1_000_000);
         let mut partitions = Partitions::default();
         let mut down = BTreeSet::new();
         let mut sorted = faults.clone();

@@ -25,11 +25,7 @@ pub struct Workload {
 impl Workload {
     /// A generator for `client`, drawing from `rng`.
     pub fn new(client: u64, rng: ChaCha8Rng) -> Self {
-        Workload {
-            client,
-            rng,
-            seen_versions: BTreeMap::new(),
-        }
+        Workload { client, rng, seen_versions: BTreeMap::new() }
     }
 
     fn pick<T: Copy>(&mut self, from: &[T]) -> T {
@@ -43,73 +39,38 @@ impl Workload {
         let item = self.pick(&ITEMS);
         let value = format!("c{}s{}", self.client, seq);
         match self.rng.gen_range(0..100) {
-            0..=24 => KvOp::Get {
-                partition: partition.into(),
-                item: item.into(),
-            },
-            25..=39 => KvOp::Put {
-                partition: partition.into(),
-                item: item.into(),
-                value: value.into(),
-            },
-            40..=47 => KvOp::Delete {
-                partition: partition.into(),
-                item: item.into(),
-            },
+            0..=24 => KvOp::Get { partition: partition.into(), item: item.into() },
+            25..=39 => KvOp::Put { partition: partition.into(), item: item.into(), value: value.into() },
+            40..=47 => KvOp::Delete { partition: partition.into(), item: item.into() },
             48..=57 => KvOp::Increment {
                 partition: partition.into(),
                 item: COUNTER.into(),
                 delta: self.rng.gen_range(1..=5),
             },
-            58..=61 => KvOp::Get {
-                partition: partition.into(),
-                item: COUNTER.into(),
-            },
+            58..=61 => KvOp::Get { partition: partition.into(), item: COUNTER.into() },
             _ => self.conditional_write(partition, item, value),
         }
     }
 
-    fn conditional_write(
-        &mut self,
-        partition: &'static str,
-        item: &'static str,
-        value: String,
-    ) -> KvOp {
+    fn conditional_write(&mut self, partition: &'static str, item: &'static str, value: String) -> KvOp {
         let condition = match self.rng.gen_range(0..4) {
             0 => Condition::Exists { item: item.into() },
             1 => Condition::Absent { item: item.into() },
             _ => {
-                let version = self
-                    .seen_versions
-                    .get(&(partition, item))
-                    .copied()
-                    .unwrap_or(1);
-                Condition::VersionEquals {
-                    item: item.into(),
-                    version,
-                }
+                let version = self.seen_versions.get(&(partition, item)).copied().unwrap_or(1);
+                Condition::VersionEquals { item: item.into(), version }
             }
         };
-        let mut writes = vec![Write::Put {
-            item: item.into(),
-            value: value.clone().into(),
-        }];
+        let mut writes = vec![Write::Put { item: item.into(), value: value.clone().into() }];
         if self.rng.gen_bool(0.5) {
             let other = self.pick(&ITEMS);
             writes.push(if self.rng.gen_bool(0.5) {
-                Write::Put {
-                    item: other.into(),
-                    value: format!("{value}+").into(),
-                }
+                Write::Put { item: other.into(), value: format!("{value}+").into() }
             } else {
                 Write::Delete { item: other.into() }
             });
         }
-        KvOp::Txn {
-            partition: partition.into(),
-            conditions: vec![condition],
-            writes,
-        }
+        KvOp::Txn { partition: partition.into(), conditions: vec![condition], writes }
     }
 
     /// Learns from a result: versions read become the expectations of later conditional writes.

@@ -297,8 +297,7 @@ impl KvStore {
 
     /// The value and version stored at (partition, item), if any.
     pub fn get(&self, partition: &[u8], item: &[u8]) -> Option<(&[u8], u64)> {
-        self.entry(partition, item)
-            .map(|e| (&e.value[..], e.version))
+        self.entry(partition, item).map(|e| (&e.value[..], e.version))
     }
 
     /// Executes a typed op: the sequential model of the store (`apply` = decode,
@@ -314,17 +313,10 @@ impl KvStore {
         validate(op)?;
         Ok(match op {
             KvOp::Get { partition, item } => match self.entry(partition, item) {
-                Some(e) => KvResult::Value {
-                    value: e.value.clone(),
-                    version: e.version,
-                },
+                Some(e) => KvResult::Value { value: e.value.clone(), version: e.version },
                 None => KvResult::NotFound,
             },
-            KvOp::Put {
-                partition,
-                item,
-                value,
-            } => {
+            KvOp::Put { partition, item, value } => {
                 let version = self.commit(partition, [(item.clone(), Some(value.clone()))])?;
                 KvResult::Written { version }
             }
@@ -336,27 +328,17 @@ impl KvStore {
                 }
                 KvResult::Deleted { existed }
             }
-            KvOp::Increment {
-                partition,
-                item,
-                delta,
-            } => {
+            KvOp::Increment { partition, item, delta } => {
                 let value = add(self.entry(partition, item).map(|e| &e.value), *delta)?;
                 let version = self.commit(partition, [(item.clone(), Some(int_bytes(value)))])?;
                 KvResult::Incremented { value, version }
             }
-            KvOp::Txn {
-                partition,
-                conditions,
-                writes,
-            } => {
+            KvOp::Txn { partition, conditions, writes } => {
                 let part = self.data.get(&partition[..]);
                 let lookup = |item: &Bytes| part.and_then(|m| m.items.get(item));
                 if let Some(index) = conditions.iter().position(|c| !c.holds(lookup(c.item()))) {
                     // `validate` bounds the count by MAX_TXN_OPS, so this cannot truncate.
-                    return Ok(KvResult::ConditionFailed {
-                        index: index as u32,
-                    });
+                    return Ok(KvResult::ConditionFailed { index: index as u32 });
                 }
                 // Stage every write first so a failing increment leaves the store untouched.
                 let mut staged: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
@@ -375,9 +357,7 @@ impl KvStore {
                     staged.insert(w.item().clone(), new);
                 }
                 // A committed txn always takes a fresh version so `Committed` is unique.
-                KvResult::Committed {
-                    version: self.commit(partition, staged)?,
-                }
+                KvResult::Committed { version: self.commit(partition, staged)? }
             }
         })
     }
@@ -416,9 +396,7 @@ impl KvStore {
 
     #[cfg(test)]
     fn entries(&self) -> impl Iterator<Item = (&Bytes, &Bytes, &Entry)> {
-        self.data
-            .iter()
-            .flat_map(|(p, m)| m.items.iter().map(move |(i, e)| (p, i, e)))
+        self.data.iter().flat_map(|(p, m)| m.items.iter().map(move |(i, e)| (p, i, e)))
     }
 }
 
@@ -457,13 +435,9 @@ fn validate(op: &KvOp) -> Result<(), KvError> {
     let val = |v: &[u8]| limit(v, MAX_VALUE_BYTES, KvError::ValueTooLarge);
     key(op.partition())?;
     match op {
-        KvOp::Get { item, .. } | KvOp::Delete { item, .. } | KvOp::Increment { item, .. } => {
-            key(item)
-        }
+        KvOp::Get { item, .. } | KvOp::Delete { item, .. } | KvOp::Increment { item, .. } => key(item),
         KvOp::Put { item, value, .. } => key(item).and(val(value)),
-        KvOp::Txn {
-            conditions, writes, ..
-        } => {
+        KvOp::Txn { conditions, writes, .. } => {
             if conditions.len().saturating_add(writes.len()) > MAX_TXN_OPS {
                 return Err(KvError::TooManyOps);
             }
@@ -543,43 +517,22 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
     fn put(p: &str, i: &str, v: &str) -> KvOp {
-        KvOp::Put {
-            partition: b(p),
-            item: b(i),
-            value: b(v),
-        }
+        KvOp::Put { partition: b(p), item: b(i), value: b(v) }
     }
     fn get(p: &str, i: &str) -> KvOp {
-        KvOp::Get {
-            partition: b(p),
-            item: b(i),
-        }
+        KvOp::Get { partition: b(p), item: b(i) }
     }
     fn del(p: &str, i: &str) -> KvOp {
-        KvOp::Delete {
-            partition: b(p),
-            item: b(i),
-        }
+        KvOp::Delete { partition: b(p), item: b(i) }
     }
     fn incr(p: &str, i: &str, delta: i64) -> KvOp {
-        KvOp::Increment {
-            partition: b(p),
-            item: b(i),
-            delta,
-        }
+        KvOp::Increment { partition: b(p), item: b(i), delta }
     }
     fn txn(conditions: Vec<Condition>, writes: Vec<Write>) -> KvOp {
-        KvOp::Txn {
-            partition: b("p"),
-            conditions,
-            writes,
-        }
+        KvOp::Txn { partition: b("p"), conditions, writes }
     }
     fn wput(i: &str, v: Bytes) -> Write {
-        Write::Put {
-            item: b(i),
-            value: v,
-        }
+        Write::Put { item: b(i), value: v }
     }
     fn wincr(i: &str, delta: i64) -> Write {
         Write::Increment { item: b(i), delta }
@@ -591,22 +544,15 @@ mod tests {
         R::Error(e)
     }
     fn recompute_digest(s: &KvStore) -> u64 {
-        let entries = s
-            .entries()
-            .fold(0, |acc, (p, i, e)| acc ^ entry_hash(p, i, e));
-        s.data.iter().fold(entries, |acc, (p, part)| {
-            acc ^ counter_hash(p, part.counter)
-        })
+        let entries = s.entries().fold(0, |acc, (p, i, e)| acc ^ entry_hash(p, i, e));
+        s.data.iter().fold(entries, |acc, (p, part)| acc ^ counter_hash(p, part.counter))
     }
     /// Asserts `op` yields `expected` and leaves the store exactly as it was.
     fn assert_no_change(s: &mut KvStore, op: &KvOp, expected: KvResult) {
         let before = s.clone();
         assert_eq!(s.execute(op), expected);
         assert_eq!(*s, before);
-        assert_eq!(
-            (s.digest(), s.snapshot()),
-            (before.digest(), before.snapshot())
-        );
+        assert_eq!((s.digest(), s.snapshot()), (before.digest(), before.snapshot()));
     }
     fn item(s: &KvStore, i: &str) -> Option<(Vec<u8>, u64)> {
         s.get(b"p", i.as_bytes()).map(|(v, ver)| (v.to_vec(), ver))
@@ -617,13 +563,7 @@ mod tests {
         let mut s = KvStore::new();
         assert_eq!(s.execute(&get("p", "a")), R::NotFound);
         assert_eq!(s.execute(&put("p", "a", "x")), R::Written { version: 1 });
-        assert_eq!(
-            s.execute(&get("p", "a")),
-            R::Value {
-                value: b("x"),
-                version: 1
-            }
-        );
+        assert_eq!(s.execute(&get("p", "a")), R::Value { value: b("x"), version: 1 });
         assert_eq!(s.execute(&put("p", "a", "y")), R::Written { version: 2 });
         assert_eq!(item(&s, "a"), Some((b"y".to_vec(), 2)));
         assert_eq!(s.len(), 1);
@@ -656,20 +596,8 @@ mod tests {
     #[test]
     fn increment_semantics_and_errors() {
         let mut s = KvStore::new();
-        assert_eq!(
-            s.execute(&incr("p", "n", 5)),
-            R::Incremented {
-                value: 5,
-                version: 1
-            }
-        );
-        assert_eq!(
-            s.execute(&incr("p", "n", -7)),
-            R::Incremented {
-                value: -2,
-                version: 2
-            }
-        );
+        assert_eq!(s.execute(&incr("p", "n", 5)), R::Incremented { value: 5, version: 1 });
+        assert_eq!(s.execute(&incr("p", "n", -7)), R::Incremented { value: -2, version: 2 });
         assert_eq!(item(&s, "n").map(|(v, _)| v), Some(int(-2)));
         s.execute(&put("p", "s", "short"));
         assert_no_change(&mut s, &incr("p", "s", 1), err(KvError::NotAnInteger));
@@ -708,25 +636,13 @@ mod tests {
         s.execute(&put("p", "a", "1"));
         let conds = vec![
             C::Exists { item: b("a") },
-            C::ValueEquals {
-                item: b("a"),
-                value: b("1"),
-            },
-            C::ValueEquals {
-                item: b("a"),
-                value: b("2"),
-            },
+            C::ValueEquals { item: b("a"), value: b("1") },
+            C::ValueEquals { item: b("a"), value: b("2") },
             C::Absent { item: b("a") },
         ];
         let op = txn(conds, vec![wput("z", b("v"))]);
         assert_no_change(&mut s, &op, R::ConditionFailed { index: 2 });
-        let absent = txn(
-            vec![C::ValueEquals {
-                item: b("q"),
-                value: b(""),
-            }],
-            vec![],
-        );
+        let absent = txn(vec![C::ValueEquals { item: b("q"), value: b("") }], vec![]);
         assert_no_change(&mut s, &absent, R::ConditionFailed { index: 0 });
         let exists = txn(vec![C::Exists { item: b("q") }], vec![]);
         assert_no_change(&mut s, &exists, R::ConditionFailed { index: 0 });
@@ -746,15 +662,7 @@ mod tests {
     #[test]
     fn version_condition_sees_delete_and_reput() {
         let mut s = KvStore::new();
-        let v_eq = |version| {
-            txn(
-                vec![C::VersionEquals {
-                    item: b("a"),
-                    version,
-                }],
-                vec![],
-            )
-        };
+        let v_eq = |version| txn(vec![C::VersionEquals { item: b("a"), version }], vec![]);
         assert_eq!(s.execute(&v_eq(0)), R::Committed { version: 1 }); // absent = version 0
         s.execute(&put("p", "a", "x")); // version 2
         s.execute(&del("p", "a")); // version 3
@@ -770,53 +678,24 @@ mod tests {
         let (long, ok) = ("k".repeat(MAX_KEY_BYTES + 1), "k".repeat(MAX_KEY_BYTES));
         let big = Bytes::from(vec![0; MAX_VALUE_BYTES + 1]);
         let key_err = err(KvError::KeyTooLarge);
-        for op in [
-            put(&long, "a", "v"),
-            get("p", &long),
-            del("p", &long),
-            incr("p", &long, 1),
-        ] {
+        for op in [put(&long, "a", "v"), get("p", &long), del("p", &long), incr("p", &long, 1)] {
             assert_no_change(&mut s, &op, key_err.clone());
         }
         let op = txn(vec![], vec![Write::Delete { item: b(&long) }]);
         assert_no_change(&mut s, &op, key_err.clone());
-        assert_no_change(
-            &mut s,
-            &txn(vec![C::Absent { item: b(&long) }], vec![]),
-            key_err,
-        );
+        assert_no_change(&mut s, &txn(vec![C::Absent { item: b(&long) }], vec![]), key_err);
         let val_err = err(KvError::ValueTooLarge);
-        let op = KvOp::Put {
-            partition: b("p"),
-            item: b("a"),
-            value: big.clone(),
-        };
+        let op = KvOp::Put { partition: b("p"), item: b("a"), value: big.clone() };
         assert_no_change(&mut s, &op, val_err.clone());
-        assert_no_change(
-            &mut s,
-            &txn(vec![], vec![wput("a", big.clone())]),
-            val_err.clone(),
-        );
-        let cond = C::ValueEquals {
-            item: b("a"),
-            value: big,
-        };
+        assert_no_change(&mut s, &txn(vec![], vec![wput("a", big.clone())]), val_err.clone());
+        let cond = C::ValueEquals { item: b("a"), value: big };
         assert_no_change(&mut s, &txn(vec![cond], vec![]), val_err);
         let n = MAX_TXN_OPS / 2;
-        let many = |extra| {
-            txn(
-                vec![C::Absent { item: b("x") }; n],
-                vec![wincr("x", 1); n + extra],
-            )
-        };
+        let many = |extra| txn(vec![C::Absent { item: b("x") }; n], vec![wincr("x", 1); n + extra]);
         assert_no_change(&mut s, &many(1), err(KvError::TooManyOps));
         assert_eq!(s.execute(&many(0)), R::Committed { version: 1 });
         let value = Bytes::from(vec![0; MAX_VALUE_BYTES]);
-        let op = KvOp::Put {
-            partition: b(&ok),
-            item: b(&ok),
-            value,
-        };
+        let op = KvOp::Put { partition: b(&ok), item: b(&ok), value };
         // Another partition than the txn's: its own first version.
         assert_eq!(s.execute(&op), R::Written { version: 1 });
     }
@@ -827,31 +706,16 @@ mod tests {
         let r = KvResult::decode(&s.apply(&put("p", "a", "x").encode()));
         assert_eq!(r, Ok(R::Written { version: 1 }));
         for garbage in [&b""[..], b"\x00", b"definitely not an rkyv archive"] {
-            assert_no_change(
-                &mut s,
-                &get("p", "a"),
-                R::Value {
-                    value: b("x"),
-                    version: 1,
-                },
-            );
+            assert_no_change(&mut s, &get("p", "a"), R::Value { value: b("x"), version: 1 });
             let before = s.clone();
-            assert_eq!(
-                KvResult::decode(&s.apply(garbage)),
-                Ok(err(KvError::Malformed))
-            );
+            assert_eq!(KvResult::decode(&s.apply(garbage)), Ok(err(KvError::Malformed)));
             assert_eq!(s, before);
         }
     }
 
     #[test]
     fn equal_histories_give_equal_digests_and_snapshots() {
-        let ops = [
-            put("p", "a", "1"),
-            incr("q", "n", 3),
-            del("p", "a"),
-            put("p", "b", "2"),
-        ];
+        let ops = [put("p", "a", "1"), incr("q", "n", 3), del("p", "a"), put("p", "b", "2")];
         let (mut x, mut y) = (KvStore::new(), KvStore::new());
         for op in &ops {
             x.execute(op);
@@ -896,47 +760,25 @@ mod tests {
             (i(), delta()).prop_map(|(item, delta)| Write::Increment { item, delta }),
         ];
         let txn = (vec(cond, 0..4), vec(write, 0..4));
-        (part, i(), value(), delta(), 0..5u8, txn).prop_map(
-            |(partition, item, value, delta, k, t)| match k {
-                0 => KvOp::Get { partition, item },
-                1 => KvOp::Put {
-                    partition,
-                    item,
-                    value,
-                },
-                2 => KvOp::Delete { partition, item },
-                3 => KvOp::Increment {
-                    partition,
-                    item,
-                    delta,
-                },
-                _ => KvOp::Txn {
-                    partition,
-                    conditions: t.0,
-                    writes: t.1,
-                },
-            },
-        )
+        (part, i(), value(), delta(), 0..5u8, txn).prop_map(|(partition, item, value, delta, k, t)| match k {
+            0 => KvOp::Get { partition, item },
+            1 => KvOp::Put { partition, item, value },
+            2 => KvOp::Delete { partition, item },
+            3 => KvOp::Increment { partition, item, delta },
+            _ => KvOp::Txn { partition, conditions: t.0, writes: t.1 },
+        })
     }
     fn small_ops() -> impl Strategy<Value = Vec<KvOp>> {
         vec(op(pick(&["p0", "p1"]), pick(&["a", "b", "c"])), 0..60)
     }
     fn result() -> impl Strategy<Value = KvResult> {
         use KvError::*;
-        let e = [
-            Malformed,
-            KeyTooLarge,
-            ValueTooLarge,
-            TooManyOps,
-            NotAnInteger,
-            Overflow,
-        ];
+        let e = [Malformed, KeyTooLarge, ValueTooLarge, TooManyOps, NotAnInteger, Overflow];
         prop_oneof![
             (any_bytes(32), any::<u64>()).prop_map(|(value, version)| R::Value { value, version }),
             Just(R::NotFound),
             any::<u64>().prop_map(|version| R::Written { version }),
-            (any::<i64>(), any::<u64>())
-                .prop_map(|(value, version)| R::Incremented { value, version }),
+            (any::<i64>(), any::<u64>()).prop_map(|(value, version)| R::Incremented { value, version }),
             any::<bool>().prop_map(|existed| R::Deleted { existed }),
             any::<u64>().prop_map(|version| R::Committed { version }),
             any::<u32>().prop_map(|index| R::ConditionFailed { index }),

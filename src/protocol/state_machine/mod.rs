@@ -86,8 +86,7 @@ const DECODE_ALIGN: usize = 16;
 pub(crate) fn decode_aligned<T>(bytes: &[u8]) -> Result<T, Error>
 where
     T: Archive,
-    T::Archived:
-        for<'a> CheckBytes<HighValidator<'a, Error>> + Deserialize<T, Strategy<Pool, Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, Error>> + Deserialize<T, Strategy<Pool, Error>>,
 {
     if bytes.as_ptr() as usize % DECODE_ALIGN == 0 {
         return rkyv::from_bytes::<T, Error>(bytes);
@@ -106,9 +105,7 @@ pub(crate) fn encode_rkyv<T>(value: &T) -> Bytes
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, Error>>,
 {
-    rkyv::to_bytes::<Error>(value)
-        .map(|v| Bytes::from(v.into_vec()))
-        .unwrap_or_default()
+    rkyv::to_bytes::<Error>(value).map(|v| Bytes::from(v.into_vec())).unwrap_or_default()
 }
 
 #[cfg(test)]
