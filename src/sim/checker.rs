@@ -47,7 +47,7 @@ impl Checker {
             }
             Event::Applied { client_id, seq, slot } => {
                 if !self.applied.entry(node).or_default().insert((client_id, seq)) {
-                    self.violations.push(format!(
+                    self.violation(format!(
                         "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
                     ));
                 }
@@ -59,8 +59,9 @@ impl Checker {
     fn on_accepted(&mut self, acceptor: NodeId, slot: Slot, ballot: Ballot, digest: u64) {
         let (value, voters) = self.votes.entry((slot, ballot)).or_insert((digest, BTreeSet::new()));
         if *value != digest {
-            self.violations.push(format!(
-                "agreement: two values accepted in slot {slot} at ballot {ballot} ({value:016x}, {digest:016x})"
+            let first = *value;
+            self.violation(format!(
+                "agreement: two values accepted in slot {slot} at ballot {ballot} ({first:016x}, {digest:016x})"
             ));
             return;
         }
@@ -72,7 +73,7 @@ impl Checker {
             None => {
                 self.chosen.insert(slot, digest);
             }
-            Some(&earlier) if earlier != digest => self.violations.push(format!(
+            Some(&earlier) if earlier != digest => self.violation(format!(
                 "agreement: slot {slot} chose {earlier:016x} and then {digest:016x} (at ballot {ballot})"
             )),
             Some(_) => {}
@@ -80,18 +81,17 @@ impl Checker {
     }
 
     fn on_executed(&mut self, replica: NodeId, slot: Slot, value: u64, state: u64) {
-        let expected = self.next_to_execute.entry(replica).or_insert(0);
-        if slot != *expected {
-            self.violations.push(format!(
+        let expected = self.next_to_execute.insert(replica, slot + 1).unwrap_or(0);
+        if slot != expected {
+            self.violation(format!(
                 "order: replica {replica} executed slot {slot} while slot {expected} was next"
             ));
         }
-        *expected = slot + 1;
         match self.chosen.get(&slot) {
-            None => self.violations.push(format!(
+            None => self.violation(format!(
                 "agreement: replica {replica} executed slot {slot}, which no quorum chose"
             )),
-            Some(&chosen) if chosen != value => self.violations.push(format!(
+            Some(&chosen) if chosen != value => self.violation(format!(
                 "agreement: replica {replica} executed {value:016x} in slot {slot}, but {chosen:016x} was chosen"
             )),
             Some(_) => {}
@@ -100,10 +100,17 @@ impl Checker {
             None => {
                 self.executed.insert(slot, (value, state));
             }
-            Some(&(v, s)) if (v, s) != (value, state) => self.violations.push(format!(
+            Some(&(v, s)) if (v, s) != (value, state) => self.violation(format!(
                 "divergence: after slot {slot} replica {replica} has state {state:016x}, another replica {s:016x}"
             )),
             Some(_) => {}
+        }
+    }
+
+    /// Records a violation once: later votes or replicas repeating the same finding add nothing.
+    pub fn violation(&mut self, what: String) {
+        if !self.violations.contains(&what) {
+            self.violations.push(what);
         }
     }
 

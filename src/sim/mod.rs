@@ -50,6 +50,12 @@ pub struct SimOptions {
     pub liveness_bound_us: Time,
     /// Steps the linearizability search may take per partition before it says "inconclusive".
     pub linearizability_budget: u64,
+    /// Faults to inject instead of random ones (for scenario tests); each must be undone before the
+    /// fault phase ends. Node ids are those of [`ClusterConfig::f1`].
+    pub scripted_faults: Option<Vec<(Time, Fault)>>,
+    /// The cluster's shape instead of one drawn from the seed: (acceptor groups, proxy leaders,
+    /// batchers, unbatchers).
+    pub shape: Option<(usize, usize, usize, usize)>,
 }
 
 impl SimOptions {
@@ -63,6 +69,8 @@ impl SimOptions {
             requests_after_healing: 3,
             liveness_bound_us: 5_000_000,
             linearizability_budget: 20_000_000,
+            scripted_faults: None,
+            shape: None,
         }
     }
 }
@@ -197,10 +205,15 @@ impl<'t> Simulator<'t> {
     /// seeds cover batching or none, one or two acceptor groups, narrow or wide in-flight windows.
     pub fn new(seed: u64, opts: SimOptions, trace: Option<&'t mut dyn Write>) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let groups = rng.gen_range(1..=2);
-        let proxies = rng.gen_range(1..=2);
-        let batchers = [0, 1, 2][rng.gen_range(0..3)];
-        let cluster = ClusterConfig::f1(groups, proxies, batchers, rng.gen_range(1..=2));
+        // Drawn even when a shape is given, so that the rest of the run draws the same numbers.
+        let drawn = (
+            rng.gen_range(1..=2),
+            rng.gen_range(1..=2),
+            [0, 1, 2][rng.gen_range(0..3)],
+            rng.gen_range(1..=2),
+        );
+        let (groups, proxies, batchers, unbatchers) = opts.shape.unwrap_or(drawn);
+        let cluster = ClusterConfig::f1(groups, proxies, batchers, unbatchers);
         cluster.validate().expect("the simulator builds valid clusters");
         let tunables = Tunables {
             batch_size: rng.gen_range(1..=4),
@@ -280,13 +293,13 @@ impl<'t> Simulator<'t> {
     /// Runs the seed to the end and reports what the checkers found.
     pub fn run(mut self) -> Outcome {
         let crashable: Vec<NodeId> = self.cluster.all_nodes().map(|(id, _)| id).collect();
-        let faults = network::schedule(
-            self.opts.faults,
-            &mut self.rng,
-            &crashable,
-            &crashable,
-            self.opts.fault_phase_us,
-        );
+        let faults = match self.opts.scripted_faults.take() {
+            Some(scripted) => scripted,
+            None => {
+                let phase = self.opts.fault_phase_us;
+                network::schedule(self.opts.faults, &mut self.rng, &crashable, &crashable, phase)
+            }
+        };
         for (at, fault) in faults {
             self.schedule(at, Pending::Fault(fault));
         }
@@ -501,18 +514,18 @@ impl<'t> Simulator<'t> {
 
     fn check_liveness(&mut self) {
         if self.faults_on {
-            self.checker.violations.push("the run ended before the faults did".into());
+            self.checker.violation("the run ended before the faults did".into());
             return;
         }
         for (id, driver) in &self.clients {
             if let Some(index) = driver.outstanding {
                 let (_, seq) = self.history_ids[index];
-                self.checker.violations.push(format!(
+                self.checker.violation(format!(
                     "liveness: client {id} request #{seq} incomplete {}us after the faults stopped",
                     self.opts.liveness_bound_us
                 ));
             } else if driver.after_healing > 0 {
-                self.checker.violations.push(format!(
+                self.checker.violation(format!(
                     "liveness: client {id} still had {} requests to make when time ran out",
                     driver.after_healing
                 ));
@@ -558,7 +571,7 @@ impl<'t> Simulator<'t> {
         if let Some((first, bytes)) = snapshots.first() {
             for (id, other) in &snapshots[1..] {
                 if other != bytes {
-                    self.checker.violations.push(format!(
+                    self.checker.violation(format!(
                         "divergence: replicas {first} and {id} executed {target} slots but their states differ"
                     ));
                 }
@@ -583,7 +596,7 @@ impl<'t> Simulator<'t> {
         ) {
             Verdict::Linearizable => {}
             Verdict::Inconclusive { .. } => self.outcome.inconclusive = true,
-            Verdict::NotLinearizable { longest_prefix, blocked } => self.checker.violations.push(format!(
+            Verdict::NotLinearizable { longest_prefix, blocked } => self.checker.violation(format!(
                 "linearizability: history not linearizable after {} ops; could not place next: {blocked:?}",
                 longest_prefix.len()
             )),
