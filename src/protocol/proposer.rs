@@ -168,6 +168,7 @@ impl Proposer {
         self.reset_election_timer(now);
     }
 
+    #[allow(clippy::too_many_arguments)] // the fields of one Phase1b, passed as they came
     fn on_phase1b(
         &mut self,
         now: Time,

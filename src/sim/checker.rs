@@ -45,12 +45,12 @@ impl Checker {
             Event::Executed { slot, value_digest, state_digest } => {
                 self.on_executed(node, slot, value_digest, state_digest)
             }
-            Event::Applied { client_id, seq, slot } => {
-                if !self.applied.entry(node).or_default().insert((client_id, seq)) {
-                    self.violation(format!(
-                        "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
-                    ));
-                }
+            Event::Applied { client_id, seq, slot }
+                if !self.applied.entry(node).or_default().insert((client_id, seq)) =>
+            {
+                self.violation(format!(
+                    "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
+                ));
             }
             _ => {}
         }
