@@ -466,3 +466,193 @@ impl Role for Proposer {
         RoleKind::Proposer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proposers 1, 2; acceptor groups [3, 4, 5] (even slots) and [6, 7, 8] (odd slots); proxy leader 9;
+    // replicas 10, 11; batcher 12; unbatcher 13.
+    fn config() -> ClusterConfig {
+        ClusterConfig::f1(2, 1, 1, 1)
+    }
+
+    fn b(round: u64, proposer: NodeId) -> Ballot {
+        Ballot { round, proposer }
+    }
+
+    fn batch(tag: &'static [u8]) -> Bytes {
+        Bytes::from_static(tag)
+    }
+
+    /// Proposer 1 with its first election started; returns it with the Phase 1 nonce.
+    fn candidate(tunables: Tunables) -> (Proposer, u64) {
+        let mut p = Proposer::new(1, config(), tunables, 7, 0);
+        let mut out = Out::new(false);
+        p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+        assert_eq!(out.msgs.len(), 6, "Phase1a to every acceptor of every group");
+        let Msg::Phase1a { nonce, .. } = out.msgs[0].1 else { panic!("{:?}", out.msgs[0]) };
+        (p, nonce)
+    }
+
+    fn promise(p: &mut Proposer, acceptor: NodeId, nonce: u64, accepted: Vec<AcceptedEntry>) -> Out {
+        let mut out = Out::new(true);
+        let msg = Msg::Phase1b { ballot: p.ballot(), nonce, trimmed_below: 0, accepted };
+        p.handle_message(0, acceptor, msg, &mut out);
+        out
+    }
+
+    fn proposals(out: &Out) -> Vec<(Slot, Value)> {
+        out.msgs
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Msg::Propose { slot, value, .. } => Some((*slot, value.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn leader(tunables: Tunables) -> Proposer {
+        let (mut p, nonce) = candidate(tunables);
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce, vec![]);
+        }
+        assert!(p.is_leader());
+        p
+    }
+
+    #[test]
+    fn leads_only_after_a_quorum_of_every_group_and_reproposes_the_highest_ballot_value() {
+        let (mut p, nonce) = candidate(Tunables::default());
+        let entry = |slot, ballot, tag| AcceptedEntry { slot, ballot, value: Value::Batch(batch(tag)) };
+        promise(&mut p, 3, nonce, vec![entry(0, b(1, 2), b"old"), entry(4, b(1, 2), b"four")]);
+        promise(&mut p, 4, nonce, vec![entry(0, b(2, 2), b"new")]);
+        assert!(!p.is_leader(), "group 2 has not answered");
+        promise(&mut p, 6, nonce, vec![]);
+        let out = promise(&mut p, 7, nonce, vec![]);
+        assert!(p.is_leader());
+        // Slot 0: the higher ballot's value; slots 1..=3: holes filled with no-ops; slot 4 re-proposed.
+        assert_eq!(
+            proposals(&out),
+            vec![
+                (0, Value::Batch(batch(b"new"))),
+                (1, Value::Noop),
+                (2, Value::Noop),
+                (3, Value::Noop),
+                (4, Value::Batch(batch(b"four")))
+            ]
+        );
+        assert!(out.events.contains(&Event::BecameLeader { ballot: p.ballot() }));
+        // The next new batch goes after everything found.
+        let mut out = Out::new(false);
+        p.handle_message(
+            0,
+            12,
+            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"x") },
+            &mut out,
+        );
+        assert_eq!(proposals(&out), vec![(5, Value::Batch(batch(b"x")))]);
+    }
+
+    #[test]
+    fn a_phase1b_with_another_nonce_does_not_count() {
+        let (mut p, nonce) = candidate(Tunables::default());
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce ^ 1, vec![]);
+        }
+        assert!(!p.is_leader(), "stale answers to an earlier incarnation are ignored");
+    }
+
+    #[test]
+    fn a_candidate_takes_no_new_batch_and_refuses_it_to_the_batcher() {
+        let (mut p, _) = candidate(Tunables::default());
+        let mut out = Out::new(false);
+        let msg = Msg::ClientBatch { origin: 12, forwarded: false, attempt: 1, batch: batch(b"x") };
+        p.handle_message(0, 12, msg, &mut out);
+        assert_eq!(
+            out.msgs,
+            vec![(12, Msg::BatchRefused { leader_hint: None, attempt: 1, batch: batch(b"x") })]
+        );
+    }
+
+    #[test]
+    fn a_follower_forwards_a_batch_to_the_leader_once_and_refuses_a_forwarded_one() {
+        let mut p = Proposer::new(2, config(), Tunables::default(), 7, 0);
+        let mut out = Out::new(false);
+        p.handle_message(0, 1, Msg::Heartbeat { ballot: b(1, 1) }, &mut out);
+        p.handle_message(
+            0,
+            12,
+            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"x") },
+            &mut out,
+        );
+        assert_eq!(
+            out.msgs,
+            vec![(1, Msg::ClientBatch { origin: 12, forwarded: true, attempt: 0, batch: batch(b"x") })]
+        );
+        let mut out = Out::new(false);
+        p.handle_message(
+            0,
+            1,
+            Msg::ClientBatch { origin: 12, forwarded: true, attempt: 0, batch: batch(b"y") },
+            &mut out,
+        );
+        assert_eq!(
+            out.msgs,
+            vec![(12, Msg::BatchRefused { leader_hint: Some(1), attempt: 0, batch: batch(b"y") })]
+        );
+    }
+
+    #[test]
+    fn a_full_window_holds_batches_until_replicas_report_progress() {
+        let mut p = leader(Tunables { max_in_flight_slots: 2, ..Tunables::default() });
+        let mut out = Out::new(false);
+        for tag in [&b"a"[..], b"b", b"c"] {
+            let msg =
+                Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: Bytes::from_static(tag) };
+            p.handle_message(0, 12, msg, &mut out);
+        }
+        assert_eq!(proposals(&out).len(), 2, "the third batch waits");
+        assert_eq!(p.in_flight(), 2);
+        let mut out = Out::new(false);
+        p.handle_message(1, 10, Msg::Executed { watermark: 1 }, &mut out);
+        assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
+    }
+
+    #[test]
+    fn a_deposed_leader_steps_down_and_hands_waiting_batches_to_the_new_leader() {
+        let mut p = leader(Tunables { max_in_flight_slots: 1, ..Tunables::default() });
+        let mut out = Out::new(false);
+        for tag in [&b"a"[..], b"b"] {
+            let msg =
+                Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: Bytes::from_static(tag) };
+            p.handle_message(0, 12, msg, &mut out);
+        }
+        let mut out = Out::new(false);
+        p.handle_message(1, 9, Msg::Preempted { promised: b(5, 2) }, &mut out);
+        assert!(!p.is_leader());
+        assert_eq!(
+            out.msgs,
+            vec![(2, Msg::ClientBatch { origin: 12, forwarded: true, attempt: 0, batch: batch(b"b") })]
+        );
+        assert_eq!(p.ballot(), b(5, 2));
+    }
+
+    #[test]
+    fn a_leader_re_proposes_a_slot_that_was_not_executed_in_time() {
+        let mut p = leader(Tunables::default());
+        let mut out = Out::new(false);
+        p.handle_message(
+            0,
+            12,
+            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"a") },
+            &mut out,
+        );
+        let resend_at = Tunables::default().resend_timeout_us;
+        let mut out = Out::new(false);
+        while p.poll_timeout().is_some_and(|t| t <= resend_at) {
+            p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+        }
+        assert_eq!(proposals(&out), vec![(0, Value::Batch(batch(b"a")))], "the same value, the same slot");
+    }
+}
