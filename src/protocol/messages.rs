@@ -6,7 +6,12 @@
 
 use super::{Ballot, NodeId, Slot};
 use bytes::Bytes;
-use rkyv::rancor::Error as RkyvError;
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::de::Pool;
+use rkyv::rancor::{Error as RkyvError, Strategy};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// One client command: who sent it, its sequence number (for exactly-once), and the encoded operation.
@@ -182,32 +187,52 @@ impl std::fmt::Display for Msg {
 #[error("invalid encoding: {0}")]
 pub struct DecodeError(pub String);
 
-/// Runs `f` on the validated archive in `bytes`. rkyv needs the archive aligned; bytes that arrive
-/// misaligned (a slice of a larger buffer) are copied into an aligned buffer first, aligned ones are not.
+/// The alignment archives are read at. Our archived types need at most 8 (u64); 16 is
+/// `AlignedVec`'s default, so a future field type is covered too.
+const ARCHIVE_ALIGN: usize = 16;
+
+/// Runs `f` on the validated archive in `bytes`. rkyv rejects misaligned archives, and bytes sliced
+/// out of a larger buffer may be misaligned: those are copied into an aligned buffer first; aligned
+/// ones are read in place.
 pub fn with_archived<T, R>(bytes: &[u8], f: impl FnOnce(&T::Archived) -> R) -> Result<R, DecodeError>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>>,
 {
-    let align = std::mem::align_of::<T::Archived>();
-    if (bytes.as_ptr() as usize) % align == 0 {
-        let archived =
-            rkyv::access::<T::Archived, RkyvError>(bytes).map_err(|e| DecodeError(e.to_string()))?;
-        Ok(f(archived))
-    } else {
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        let archived =
-            rkyv::access::<T::Archived, RkyvError>(&aligned).map_err(|e| DecodeError(e.to_string()))?;
-        Ok(f(archived))
+    let read = |aligned: &[u8]| {
+        rkyv::access::<T::Archived, RkyvError>(aligned).map(f).map_err(|e| DecodeError(e.to_string()))
+    };
+    if (bytes.as_ptr() as usize) % ARCHIVE_ALIGN == 0 {
+        return read(bytes);
     }
+    let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    read(&aligned)
+}
+
+/// Validates and deserializes a `T` from bytes of any alignment.
+pub fn decode<T>(bytes: &[u8]) -> Result<T, DecodeError>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, RkyvError>> + Deserialize<T, Strategy<Pool, RkyvError>>,
+{
+    with_archived::<T, _>(bytes, |archived| rkyv::deserialize::<T, RkyvError>(archived))?
+        .map_err(|e| DecodeError(e.to_string()))
+}
+
+/// Serializes `value`. Serializing owned data into memory cannot fail in practice; should it ever,
+/// the result is empty bytes, which decode as an error, because this runs inside `apply`, which
+/// must never panic.
+pub fn encode<T>(value: &T) -> Bytes
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, RkyvError>>,
+{
+    rkyv::to_bytes::<RkyvError>(value).map(|v| Bytes::from(v.into_vec())).unwrap_or_default()
 }
 
 /// Encodes commands into the bytes of a [`Value::Batch`].
 pub fn encode_batch(commands: Vec<Command>) -> Bytes {
-    let batch = CommandBatch { commands };
-    let bytes = rkyv::to_bytes::<RkyvError>(&batch).expect("encoding into memory cannot fail");
-    Bytes::from(bytes.into_vec())
+    encode(&CommandBatch { commands })
 }
 
 #[cfg(test)]
@@ -236,6 +261,17 @@ mod tests {
         let mut shifted = vec![0u8];
         shifted.extend_from_slice(&bytes);
         assert_eq!(read(&shifted[1..]), expected);
+    }
+
+    #[test]
+    fn decode_accepts_input_at_every_alignment() {
+        let encoded = encode(&(7u64, 9i64));
+        for offset in 0..ARCHIVE_ALIGN {
+            let mut buf = AlignedVec::<ARCHIVE_ALIGN>::new();
+            buf.resize(offset, 0);
+            buf.extend_from_slice(&encoded);
+            assert_eq!(decode::<(u64, i64)>(&buf[offset..]), Ok((7, 9)), "offset {offset}");
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
-use super::{decode_aligned, encode_rkyv, StateMachine};
+use super::StateMachine;
+use crate::protocol::messages::{decode, encode};
 
 /// Maximum length of a partition key and of an item key, each.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -202,24 +203,24 @@ impl KvOp {
 
     /// Encodes the op for the log.
     pub fn encode(&self) -> Bytes {
-        encode_rkyv(self)
+        encode(self)
     }
 
     /// Decodes (and validates) op bytes of any alignment.
     pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
-        decode_aligned(bytes).map_err(|_| KvError::Malformed)
+        decode(bytes).map_err(|_| KvError::Malformed)
     }
 }
 
 impl KvResult {
     /// Encodes the result for the client.
     pub fn encode(&self) -> Bytes {
-        encode_rkyv(self)
+        encode(self)
     }
 
     /// Decodes (and validates) result bytes of any alignment.
     pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
-        decode_aligned(bytes).map_err(|_| KvError::Malformed)
+        decode(bytes).map_err(|_| KvError::Malformed)
     }
 }
 

@@ -8,13 +8,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use rkyv::api::high::{HighSerializer, HighValidator};
-use rkyv::bytecheck::CheckBytes;
-use rkyv::de::Pool;
-use rkyv::rancor::{Error, Strategy};
-use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
 
 pub mod kv;
 pub mod noop;
@@ -75,39 +68,6 @@ pub fn new_state_machine(kind: StateMachineKind) -> Box<dyn StateMachine> {
     }
 }
 
-/// Buffer alignment handed to rkyv. Our archived types need at most 8 (u64/i64);
-/// 16 matches `AlignedVec`'s default so any future field type is covered too.
-const DECODE_ALIGN: usize = 16;
-
-/// Validates and deserializes an rkyv archive from bytes of arbitrary alignment.
-///
-/// Network buffers are sliced at arbitrary offsets, and rkyv rejects (rather than
-/// tolerates) misaligned archives, so we copy into an aligned buffer only when needed.
-pub(crate) fn decode_aligned<T>(bytes: &[u8]) -> Result<T, Error>
-where
-    T: Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, Error>> + Deserialize<T, Strategy<Pool, Error>>,
-{
-    if bytes.as_ptr() as usize % DECODE_ALIGN == 0 {
-        return rkyv::from_bytes::<T, Error>(bytes);
-    }
-    let mut aligned = AlignedVec::<DECODE_ALIGN>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, Error>(&aligned)
-}
-
-/// Serializes `value` with rkyv.
-///
-/// Serializing plain owned data into memory cannot fail in practice; should it
-/// ever, we return empty bytes (which decode as malformed) instead of panicking,
-/// because this runs inside `apply`.
-pub(crate) fn encode_rkyv<T>(value: &T) -> Bytes
-where
-    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, Error>>,
-{
-    rkyv::to_bytes::<Error>(value).map(|v| Bytes::from(v.into_vec())).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,17 +86,5 @@ mod tests {
         assert_eq!(kv.digest(), KvStore::new().digest());
         let noop = new_state_machine(StateMachineKind::Noop);
         assert_eq!(noop.snapshot(), 0u64.to_le_bytes().to_vec());
-    }
-
-    #[test]
-    fn decode_aligned_accepts_misaligned_input() {
-        let encoded = encode_rkyv(&(7u64, 9i64));
-        for offset in 0..DECODE_ALIGN {
-            let mut buf = AlignedVec::<DECODE_ALIGN>::new();
-            buf.resize(offset, 0);
-            buf.extend_from_slice(&encoded);
-            let got = decode_aligned::<(u64, i64)>(&buf[offset..]).map_err(|e| e.to_string());
-            assert_eq!(got, Ok((7, 9)));
-        }
     }
 }
