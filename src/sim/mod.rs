@@ -186,6 +186,8 @@ pub struct Simulator<'t> {
     /// (client, seq) of each history entry.
     history_ids: Vec<(u64, u64)>,
     stamp: u64,
+    /// Events processed, bounded by `MAX_STEPS`.
+    steps: u64,
     trace: Option<&'t mut dyn Write>,
     outcome: Outcome,
 }
@@ -199,6 +201,8 @@ fn derive_seed(seed: u64, salt: u64) -> u64 {
 }
 
 const CLIENT_ID_BASE: NodeId = 1000;
+/// A run takes a few thousand events; this many means something re-arms itself without end.
+const MAX_STEPS: u64 = 5_000_000;
 
 impl<'t> Simulator<'t> {
     /// Builds the run of `seed`: the cluster's shape and tunables are drawn from the seed too, so that
@@ -237,6 +241,7 @@ impl<'t> Simulator<'t> {
             history: Vec::new(),
             history_ids: Vec::new(),
             stamp: 0,
+            steps: 0,
             trace,
             outcome: Outcome { seed, ..Outcome::default() },
             opts,
@@ -340,6 +345,12 @@ impl<'t> Simulator<'t> {
     }
 
     fn step(&mut self, at: Time) {
+        self.steps += 1;
+        assert!(
+            self.steps <= MAX_STEPS,
+            "livelock: {MAX_STEPS} events without the run ending (virtual time {}us)",
+            self.now
+        );
         self.now = self.now.max(at);
         let timer = self.next_timer().filter(|&(_, t)| t <= at);
         let message_first = self.queue.peek().is_some_and(|s| timer.is_none_or(|(_, t)| s.0.at < t));
@@ -363,19 +374,14 @@ impl<'t> Simulator<'t> {
     }
 
     fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
-        let Some(node) = self.nodes.get_mut(&to) else {
-            return;
-        };
-        if !node.up {
+        if !self.nodes.get(&to).is_some_and(|n| n.up) {
             self.trace(|| format!("lost {from} -> {to} {msg} (receiver down)"));
             return;
         }
         self.outcome.delivered += 1;
-        if self.trace.is_some() {
-            self.trace(|| format!("{from} -> {to} {msg}"));
-        }
-        let node = self.nodes.get_mut(&to).expect("checked above");
+        self.trace(|| format!("{from} -> {to} {msg}"));
         let mut out = Out::new(true);
+        let node = self.nodes.get_mut(&to).expect("checked above");
         node.member.role().handle_message(self.now, from, msg, &mut out);
         self.dispatch(to, out);
     }
