@@ -44,10 +44,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client whose replies are addressed to node `id`; `first_target` spreads clients over batchers.
-    pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables, first_target: usize) -> Self {
+    /// A client with id `client_id` (see [`super::messages::client_id`]: it names the node that
+    /// receives the replies); `first_target` spreads clients over batchers.
+    pub fn new(client_id: u64, config: ClusterConfig, tunables: &Tunables, first_target: usize) -> Self {
         Client {
-            client_id: u64::from(id),
+            client_id,
             config,
             retry_timeout_us: tunables.client_retry_timeout_us,
             next_seq: 1,
@@ -61,6 +62,11 @@ impl Client {
     /// Whether a request is waiting for its reply.
     pub fn is_busy(&self) -> bool {
         self.outstanding.is_some()
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
     }
 
     /// The leader this client was last told of.
@@ -157,10 +163,10 @@ impl Role for Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::ClientReply;
+    use crate::protocol::messages::{client_id, ClientReply};
 
     fn client(batchers: usize) -> Client {
-        Client::new(100, ClusterConfig::f1(1, 1, batchers, 1), &Tunables::default(), 0)
+        Client::new(client_id(100, 0), ClusterConfig::f1(1, 1, batchers, 1), &Tunables::default(), 0)
     }
 
     #[test]
@@ -188,7 +194,11 @@ mod tests {
         let mut c = client(1);
         let mut out = Out::new(true);
         let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
-        let reply = Msg::ClientReply(ClientReply { client_id: 100, seq, result: Bytes::from_static(b"r") });
+        let reply = Msg::ClientReply(ClientReply {
+            client_id: client_id(100, 0),
+            seq,
+            result: Bytes::from_static(b"r"),
+        });
         c.handle_message(1, 50, reply.clone(), &mut out);
         c.handle_message(2, 50, reply, &mut out);
         let completed = out.events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();

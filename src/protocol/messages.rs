@@ -25,6 +25,17 @@ pub struct Command {
     pub op: Bytes,
 }
 
+/// A client id names the node that receives the client's replies (high 32 bits) and the client
+/// within that node (low 32 bits), so one node can host many closed-loop clients.
+pub fn client_id(node: NodeId, index: u32) -> u64 {
+    (u64::from(node) << 32) | u64::from(index)
+}
+
+/// The node that receives replies for `client_id`.
+pub fn client_node(client_id: u64) -> NodeId {
+    (client_id >> 32) as NodeId
+}
+
 /// The commands of one batch; encoded once into a [`Value::Batch`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CommandBatch {

@@ -2,7 +2,7 @@
 //!
 //! Must never: hold replies back or reorder replies of one client.
 
-use super::messages::Msg;
+use super::messages::{client_node, Msg};
 use super::{NodeId, Out, Role, RoleKind, Time};
 
 /// One unbatcher.
@@ -14,10 +14,7 @@ impl Role for Unbatcher {
         match msg {
             Msg::ReplyBatch { replies } => {
                 for reply in replies {
-                    match NodeId::try_from(reply.client_id) {
-                        Ok(client) => out.send(client, Msg::ClientReply(reply)),
-                        Err(_) => out.dropped("unbatcher: client id out of range"),
-                    }
+                    out.send(client_node(reply.client_id), Msg::ClientReply(reply));
                 }
             }
             _ => out.dropped("unbatcher: unexpected message"),
@@ -38,12 +35,12 @@ impl Role for Unbatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::ClientReply;
+    use crate::protocol::messages::{client_id, ClientReply};
     use bytes::Bytes;
 
     #[test]
     fn each_reply_goes_to_its_client() {
-        let reply = |client_id, seq| ClientReply { client_id, seq, result: Bytes::new() };
+        let reply = |node, seq| ClientReply { client_id: client_id(node, 3), seq, result: Bytes::new() };
         let mut out = Out::new(false);
         Unbatcher.handle_message(
             0,

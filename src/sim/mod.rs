@@ -16,6 +16,7 @@ pub mod workload;
 use crate::protocol::acceptor::Acceptor;
 use crate::protocol::batcher::Batcher;
 use crate::protocol::client::Client;
+use crate::protocol::messages::client_id;
 use crate::protocol::proposer::Proposer;
 use crate::protocol::proxy_leader::ProxyLeader;
 use crate::protocol::replica::Replica;
@@ -254,7 +255,7 @@ impl<'t> Simulator<'t> {
         }
         for i in 0..sim.opts.clients {
             let id = CLIENT_ID_BASE + i as NodeId;
-            let client = Client::new(id, sim.cluster.clone(), &sim.tunables, i);
+            let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
             let member = Member::Client(Box::new(client));
             sim.nodes.insert(id, SimNode { kind: RoleKind::Client, member, up: true, restarts: 0 });
             let workload =
@@ -450,7 +451,7 @@ impl<'t> Simulator<'t> {
         driver.outstanding = Some(self.history.len());
         self.stamp += 1;
         self.history.push(Operation {
-            client: u64::from(id),
+            client: client_id(id, 0),
             op: op.clone(),
             invoked_at: self.stamp,
             returned: None,
@@ -460,7 +461,7 @@ impl<'t> Simulator<'t> {
         };
         let mut out = Out::new(true);
         let seq = client.submit(self.now, op.encode(), &mut out).expect("the driver waits for completion");
-        self.history_ids.push((u64::from(id), seq));
+        self.history_ids.push((client_id(id, 0), seq));
         self.dispatch(id, out);
     }
 

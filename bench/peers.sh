@@ -1,0 +1,463 @@
+#!/usr/bin/env bash
+# bench/peers.sh — autopaxos against two peer key-value stores, on this one machine.
+#
+# What it measures: write throughput (ops/s) and, where the tool reports it, p50/p99 latency of
+#   1. Redis   — `redis-benchmark` SETs (16-byte values, pipeline 40) against one redis-server with
+#                no persistence. This is the UNREPLICATED, single-node upper bound: no consensus,
+#                no fsync, one hop. A replicated store on the same cores should not beat it.
+#   2. etcd    — `etcdctl check perf` against a 3-member etcd cluster (three processes on loopback,
+#                fsync to the local disk). This is a REPLICATED Raft key-value store on the same
+#                machine: the closest off-the-shelf peer to what autopaxos does.
+#   3. autopaxos — `autopaxos local --duration 10s --batch-size 100 --value-size 16
+#                --state-machine kv --json`, whose last stdout line is one JSON object.
+# and reports autopaxos's throughput as a ratio to each peer. All three share the same 2-core box,
+# so every number here is "clients + all replicas on one machine", not a distributed deployment.
+#
+# Caveats that the table also states:
+#   * `etcdctl check perf` is a PASS/FAIL check, not a saturation benchmark: each --load is a
+#     rate-limited open loop (s=150, m=1000, l=8000, xl=15000 writes/s; 50/200/500/1000 clients),
+#     always 60 s, keys 256 B, values 1 KiB, and it prints no percentiles (only slowest request and
+#     stddev). If it reaches >90% of its rate limit it says PASS and the figure is only a lower bound
+#     on etcd's capacity. Default here is --etcd-load xl, the only load that can saturate etcd on
+#     this machine; use --etcd-load s for the stock small check.
+#   * Redis latencies are per request inside a 40-deep pipeline.
+#
+# Usage: bench/peers.sh [--quick] [--skip-etcd] [--etcd-load s|m|l|xl] [--help]
+#   AUTOPAXOS=path  autopaxos binary (default: target/release/autopaxos under the repo root;
+#                   built with `cargo build --release` if missing).
+# Writes bench/results/peers-YYYYMMDD-HHMMSS.json. Exit status: 0 if every part produced its
+# figures, 1 if any part (including autopaxos) failed; peers' figures are reported regardless.
+# Servers listen on 127.0.0.1 only and are all stopped on exit (trap), success or failure.
+
+set -euo pipefail
+
+usage() {
+    sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"
+}
+
+QUICK=0
+SKIP_ETCD=0
+ETCD_LOAD=xl
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --skip-etcd) SKIP_ETCD=1 ;;
+        --etcd-load)
+            [ $# -ge 2 ] || { echo "peers.sh: --etcd-load needs a value" >&2; exit 2; }
+            ETCD_LOAD=$2
+            shift
+            ;;
+        --etcd-load=*) ETCD_LOAD=${1#*=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "peers.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$ETCD_LOAD" in
+    s | m | l | xl) ;;
+    *) echo "peers.sh: --etcd-load must be s, m, l or xl" >&2; exit 2 ;;
+esac
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+AUTOPAXOS=${AUTOPAXOS:-$REPO_ROOT/target/release/autopaxos}
+
+if [ "$QUICK" = 1 ]; then
+    REDIS_N=2000000
+    AP_DURATION=3s
+else
+    REDIS_N=10000000
+    AP_DURATION=10s
+fi
+
+START_EPOCH=$(date +%s)
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULTS_DIR=$REPO_ROOT/bench/results
+RESULT_FILE=$RESULTS_DIR/peers-$STAMP.json
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/autopaxos-peers.XXXXXX")
+
+# ---------------------------------------------------------------- cleanup: every server we start
+PIDS=()
+POLICY_RC_CREATED=0
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    local rc=$? pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Bounded wait, then force.
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$POLICY_RC_CREATED" = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log() { printf '[peers] %s\n' "$*" >&2; }
+
+# Every command whose output feeds a figure, as it was run (shell-quoted).
+CMDS_FILE=$WORK/commands.txt
+: >"$CMDS_FILE"
+record_cmd() {
+    local q
+    printf -v q '%q ' "$@"
+    printf '%s\n' "${q% }" >>"$CMDS_FILE"
+}
+
+# ---------------------------------------------------------------- 1. install what is missing
+SUDO=()
+if [ "$(id -u)" != 0 ]; then SUDO=(sudo); fi
+APT_UPDATED=0
+apt_install() {
+    # Installs Debian packages quietly. The redis-server and etcd-server packages ship init scripts:
+    # a policy-rc.d that denies service starts keeps apt from launching system-wide daemons.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${SUDO[@]}" chmod +x /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        "${SUDO[@]}" apt-get update -qq >/dev/null
+        APT_UPDATED=1
+    fi
+    log "installing: $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    if [ "$POLICY_RC_CREATED" = 1 ]; then
+        "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+}
+
+NEED=()
+command -v redis-server >/dev/null || NEED+=(redis-server)
+command -v redis-benchmark >/dev/null || NEED+=(redis-tools)
+if [ "$SKIP_ETCD" = 0 ]; then
+    command -v etcd >/dev/null || NEED+=(etcd-server)
+    command -v etcdctl >/dev/null || NEED+=(etcd-client)
+fi
+command -v python3 >/dev/null || NEED+=(python3)
+if [ ${#NEED[@]} -gt 0 ]; then apt_install "${NEED[@]}"; fi
+
+# ---------------------------------------------------------------- helpers
+USED_PORTS=" "
+free_port() {
+    # A port nothing listens on right now (the kernel picks), distinct from ones handed out already.
+    local p
+    while :; do
+        p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+        case "$USED_PORTS" in *" $p "*) continue ;; esac
+        USED_PORTS="$USED_PORTS$p "
+        echo "$p"
+        return
+    done
+}
+
+OVERALL_RC=0
+fail_part() {
+    log "FAILED: $*"
+    OVERALL_RC=1
+}
+
+# Figures (empty = unknown); exported to the JSON writer at the end.
+REDIS_OPS="" REDIS_P50_MS="" REDIS_P99_MS="" REDIS_AVG_MS="" REDIS_STATUS="not run" REDIS_RAW=""
+ETCD_OPS="" ETCD_SLOWEST_S="" ETCD_STDDEV_S="" ETCD_VERDICT="" ETCD_STATUS="not run" ETCD_RAW=""
+AP_OPS="" AP_P50_US="" AP_P99_US="" AP_JSON="" AP_STATUS="not run" AP_ERROR=""
+
+# ---------------------------------------------------------------- 2. Redis
+run_redis() {
+    local port dir out
+    port=$(free_port)
+    dir=$WORK/redis
+    mkdir -p "$dir"
+    local server=(redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no
+        --protected-mode yes --daemonize no --dir "$dir" --logfile "$dir/redis.log")
+    record_cmd "${server[@]}"
+    "${server[@]}" &
+    PIDS+=($!)
+    local ok=0
+    for _ in $(seq 1 100); do
+        if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then ok=1; break; fi
+        sleep 0.1
+    done
+    if [ "$ok" = 0 ]; then
+        REDIS_STATUS="redis-server did not answer PING within 10 s"
+        fail_part "$REDIS_STATUS"
+        return
+    fi
+    local bench=(redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 16 -P 40 -n "$REDIS_N" -q --csv)
+    record_cmd timeout 300 "${bench[@]}"
+    log "redis: ${bench[*]}"
+    out=$dir/bench.csv
+    if ! timeout 300 "${bench[@]}" >"$out" 2>"$dir/bench.err"; then
+        REDIS_STATUS="redis-benchmark failed: $(tail -n 3 "$dir/bench.err" "$out" | tr '\n' ' ')"
+        fail_part "$REDIS_STATUS"
+        return
+    fi
+    REDIS_RAW=$(cat "$out")
+    # CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    local parsed
+    if ! parsed=$(python3 - "$out" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+row = next(r for r in rows if r["test"] == "SET")
+print(float(row["rps"]), row.get("p50_latency_ms", ""), row.get("p99_latency_ms", ""), row.get("avg_latency_ms", ""))
+PY
+    ); then
+        REDIS_STATUS="could not parse redis-benchmark output: $REDIS_RAW"
+        fail_part "$REDIS_STATUS"
+        return
+    fi
+    read -r REDIS_OPS REDIS_P50_MS REDIS_P99_MS REDIS_AVG_MS <<<"$parsed"
+    REDIS_STATUS="ok"
+    log "redis: $REDIS_OPS SET/s, p50 ${REDIS_P50_MS} ms, p99 ${REDIS_P99_MS} ms"
+}
+
+# ---------------------------------------------------------------- 3. etcd (3 members)
+run_etcd() {
+    local i cluster="" endpoints="" names=(m1 m2 m3) cports=() pports=()
+    for i in 0 1 2; do
+        cports+=("$(free_port)")
+        pports+=("$(free_port)")
+        cluster+="${cluster:+,}${names[$i]}=http://127.0.0.1:${pports[$i]}"
+        endpoints+="${endpoints:+,}127.0.0.1:${cports[$i]}"
+    done
+    for i in 0 1 2; do
+        local dir=$WORK/etcd/${names[$i]}
+        mkdir -p "$dir"
+        local member=(etcd --name "${names[$i]}" --data-dir "$dir/data"
+            --listen-client-urls "http://127.0.0.1:${cports[$i]}"
+            --advertise-client-urls "http://127.0.0.1:${cports[$i]}"
+            --listen-peer-urls "http://127.0.0.1:${pports[$i]}"
+            --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}"
+            --initial-cluster "$cluster" --initial-cluster-token autopaxos-peers
+            --initial-cluster-state new --logger zap --log-outputs "$dir/etcd.log")
+        record_cmd "${member[@]}"
+        "${member[@]}" >"$dir/stdout.log" 2>&1 &
+        PIDS+=($!)
+    done
+    local health=(etcdctl --endpoints="$endpoints" --dial-timeout=2s --command-timeout=3s endpoint health)
+    record_cmd "${health[@]}"
+    local ok=0 t
+    for t in $(seq 1 30); do
+        if "${health[@]}" >"$WORK/etcd/health.txt" 2>&1; then ok=1; break; fi
+        sleep 1
+    done
+    if [ "$ok" = 0 ]; then
+        ETCD_STATUS="etcd cluster not healthy within 30 s: $(tr '\n' ' ' <"$WORK/etcd/health.txt")"
+        fail_part "$ETCD_STATUS"
+        return
+    fi
+    log "etcd: 3 members healthy after ~${t} s ($endpoints)"
+    local perf=(etcdctl --endpoints="$endpoints" check perf --load="$ETCD_LOAD")
+    record_cmd timeout 180 "${perf[@]}"
+    log "etcd: ${perf[*]}   (always 60 s)"
+    local out=$WORK/etcd/perf.txt prc=0
+    timeout 180 "${perf[@]}" >"$out" 2>&1 || prc=$?
+    # Drop the progress bar (carriage-return redraws) and keep the verdict lines.
+    ETCD_RAW=$(tr '\r' '\n' <"$out" | grep -Ev 'Boo*m|^ *[0-9]+ / [0-9]+' | sed '/^[[:space:]]*$/d' || true)
+    local parsed
+    if ! parsed=$(python3 - "$out" <<'PY'
+import re, sys
+t = open(sys.argv[1], errors="replace").read().replace("\r", "\n")
+m = re.search(r"Throughput (?:is|too low:) (\d+) writes/s", t)
+if not m:
+    sys.exit(1)
+slow = re.search(r"Slowest request took(?: too long:)? ([0-9.]+)s", t)
+sd = re.search(r"Stddev (?:is|too high:) ([0-9.]+)s", t)
+lines = [l.strip() for l in t.splitlines() if l.strip() in ("PASS", "FAIL")]
+print(m.group(1), slow.group(1) if slow else "-", sd.group(1) if sd else "-", lines[-1] if lines else "-")
+PY
+    ); then
+        ETCD_STATUS="check perf produced no throughput figure (exit $prc): $(printf '%s' "$ETCD_RAW" | tail -n 5 | tr '\n' ' ')"
+        fail_part "$ETCD_STATUS"
+        return
+    fi
+    read -r ETCD_OPS ETCD_SLOWEST_S ETCD_STDDEV_S ETCD_VERDICT <<<"$parsed"
+    [ "$ETCD_SLOWEST_S" = "-" ] && ETCD_SLOWEST_S=""
+    [ "$ETCD_STDDEV_S" = "-" ] && ETCD_STDDEV_S=""
+    [ "$ETCD_VERDICT" = "-" ] && ETCD_VERDICT=""
+    ETCD_STATUS="ok"
+    log "etcd: $ETCD_OPS writes/s, slowest ${ETCD_SLOWEST_S}s, stddev ${ETCD_STDDEV_S}s, check perf said ${ETCD_VERDICT:-nothing}"
+}
+
+# ---------------------------------------------------------------- 4. autopaxos
+run_autopaxos() {
+    if [ ! -x "$AUTOPAXOS" ]; then
+        if [ "$AUTOPAXOS" = "$REPO_ROOT/target/release/autopaxos" ]; then
+            log "autopaxos: $AUTOPAXOS missing; cargo build --release"
+            record_cmd cargo build --release --quiet
+            if ! (cd "$REPO_ROOT" && cargo build --release --quiet); then
+                AP_STATUS="cargo build --release failed"
+                AP_ERROR=$AP_STATUS
+                fail_part "autopaxos: $AP_STATUS"
+                return
+            fi
+        else
+            AP_STATUS="AUTOPAXOS=$AUTOPAXOS is not an executable"
+            AP_ERROR=$AP_STATUS
+            fail_part "autopaxos: $AP_STATUS"
+            return
+        fi
+    fi
+    local dur_s=${AP_DURATION%s}
+    local cmd=("$AUTOPAXOS" local --duration "$AP_DURATION" --batch-size 100 --value-size 16
+        --state-machine kv --json)
+    record_cmd timeout "$((dur_s + 120))" "${cmd[@]}"
+    log "autopaxos: ${cmd[*]}"
+    local out=$WORK/autopaxos.out err=$WORK/autopaxos.err arc=0
+    timeout "$((dur_s + 120))" "${cmd[@]}" >"$out" 2>"$err" || arc=$?
+    if [ "$arc" != 0 ]; then
+        AP_ERROR=$(tail -n 5 "$err" "$out" 2>/dev/null | grep -v '^==>' | sed '/^$/d' | tr '\n' ' ')
+        if [ "$arc" = 124 ]; then
+            AP_STATUS="timed out after $((dur_s + 120)) s"
+        else
+            AP_STATUS="exited $arc"
+        fi
+        fail_part "autopaxos run ${AP_STATUS}: ${AP_ERROR}"
+        return
+    fi
+    local last parsed
+    last=$(sed '/^[[:space:]]*$/d' "$out" | tail -n 1)
+    if ! parsed=$(printf '%s' "$last" | python3 -c '
+import json, sys
+o = json.loads(sys.stdin.read())
+missing = [k for k in ("cmds_per_sec", "p50_us", "p99_us", "batch_size", "clients", "duration_s") if k not in o]
+if missing:
+    sys.exit("missing keys: " + ", ".join(missing))
+print(float(o["cmds_per_sec"]), o["p50_us"], o["p99_us"])
+' 2>"$WORK/ap.parse.err"); then
+        AP_STATUS="last stdout line is not the expected JSON object"
+        AP_ERROR="$(tail -n 1 "$WORK/ap.parse.err"); last line: ${last:0:300}"
+        fail_part "autopaxos: $AP_STATUS ($AP_ERROR)"
+        return
+    fi
+    AP_JSON=$last
+    read -r AP_OPS AP_P50_US AP_P99_US <<<"$parsed"
+    AP_STATUS="ok"
+    log "autopaxos: $AP_OPS cmds/s, p50 ${AP_P50_US} us, p99 ${AP_P99_US} us"
+}
+
+run_redis
+if [ "$SKIP_ETCD" = 0 ]; then run_etcd; else ETCD_STATUS="skipped (--skip-etcd)"; fi
+run_autopaxos
+
+# ---------------------------------------------------------------- 5. table + JSON
+ver() { "$@" 2>&1 | head -n 1 || true; }
+END_EPOCH=$(date +%s)
+mkdir -p "$RESULTS_DIR"
+
+export QUICK SKIP_ETCD ETCD_LOAD REDIS_N AP_DURATION STAMP START_EPOCH END_EPOCH RESULT_FILE CMDS_FILE
+export REDIS_OPS REDIS_P50_MS REDIS_P99_MS REDIS_AVG_MS REDIS_STATUS REDIS_RAW
+export ETCD_OPS ETCD_SLOWEST_S ETCD_STDDEV_S ETCD_VERDICT ETCD_STATUS ETCD_RAW
+export AP_OPS AP_P50_US AP_P99_US AP_JSON AP_STATUS AP_ERROR AUTOPAXOS
+V_REDIS=$(ver redis-server --version)
+V_REDIS_BENCH=$(ver redis-benchmark --version)
+V_ETCD="" V_ETCDCTL="" V_AUTOPAXOS="" V_RUSTC=""
+if command -v etcd >/dev/null; then V_ETCD=$(ver etcd --version); fi
+if command -v etcdctl >/dev/null; then V_ETCDCTL=$(ver etcdctl version); fi
+if [ -x "$AUTOPAXOS" ]; then V_AUTOPAXOS=$(ver "$AUTOPAXOS" --version); fi
+if command -v rustc >/dev/null; then V_RUSTC=$(ver rustc --version); fi
+M_NPROC=$(nproc)
+M_MODEL=$(grep -m1 'model name' /proc/cpuinfo | sed 's/^[^:]*: *//' || echo unknown)
+M_KERNEL=$(uname -srm)
+M_TMPFS=$(df -PT "$WORK" | awk 'NR==2 {print $2}')
+export V_REDIS V_REDIS_BENCH V_ETCD V_ETCDCTL V_AUTOPAXOS V_RUSTC M_NPROC M_MODEL M_KERNEL M_TMPFS
+
+python3 - <<'PY'
+import json, os
+e = os.environ
+def num(k):
+    v = e.get(k, "")
+    try:
+        return float(v) if v not in ("", "-") else None
+    except ValueError:
+        return None
+redis, etcd, ap = num("REDIS_OPS"), num("ETCD_OPS"), num("AP_OPS")
+ap_obj = None
+if e.get("AP_JSON"):
+    ap_obj = json.loads(e["AP_JSON"])
+load_limits = {"s": 150, "m": 1000, "l": 8000, "xl": 15000}
+etcd_limit = load_limits[e["ETCD_LOAD"]]
+etcd_capped = etcd is not None and etcd > 0.9 * etcd_limit
+res = {
+    "benchmark": "peers",
+    "timestamp": e["STAMP"],
+    "quick": e["QUICK"] == "1",
+    "runtime_s": int(e["END_EPOCH"]) - int(e["START_EPOCH"]),
+    "machine": {"nproc": int(e["M_NPROC"]), "cpu_model": e["M_MODEL"], "kernel": e["M_KERNEL"],
+                "scratch_fs": e["M_TMPFS"]},
+    "versions": {"redis-server": e["V_REDIS"], "redis-benchmark": e["V_REDIS_BENCH"],
+                 "etcd": e["V_ETCD"] or None, "etcdctl": e["V_ETCDCTL"] or None,
+                 "autopaxos": e["V_AUTOPAXOS"] or None, "rustc": e["V_RUSTC"] or None},
+    "commands": [l for l in open(e["CMDS_FILE"]).read().splitlines() if l],
+    "redis": {"status": e["REDIS_STATUS"], "ops_per_sec": redis,
+              "p50_ms": num("REDIS_P50_MS"), "p99_ms": num("REDIS_P99_MS"), "avg_ms": num("REDIS_AVG_MS"),
+              "requests": int(e["REDIS_N"]), "value_bytes": 16, "pipeline": 40, "clients": 50,
+              "raw_csv": e["REDIS_RAW"] or None},
+    "etcd": {"status": e["ETCD_STATUS"], "members": 3, "load": e["ETCD_LOAD"],
+             "load_rate_limit_writes_per_sec": etcd_limit,
+             "throughput_is_lower_bound": etcd_capped,
+             "writes_per_sec": etcd, "slowest_s": num("ETCD_SLOWEST_S"), "stddev_s": num("ETCD_STDDEV_S"),
+             "p50": None, "p99": None, "key_bytes": 256, "value_bytes": 1024, "duration_s": 60,
+             "check_perf_verdict": e["ETCD_VERDICT"] or None, "raw_output": e["ETCD_RAW"] or None},
+    "autopaxos": {"status": e["AP_STATUS"], "binary": e["AUTOPAXOS"], "duration": e["AP_DURATION"],
+                  "cmds_per_sec": ap, "p50_us": num("AP_P50_US"), "p99_us": num("AP_P99_US"),
+                  "error": e["AP_ERROR"] or None, "json": ap_obj},
+    "ratios": {"autopaxos_over_redis": ap / redis if ap and redis else None,
+               "autopaxos_over_etcd": ap / etcd if ap and etcd else None},
+}
+with open(e["RESULT_FILE"], "w") as f:
+    json.dump(res, f, indent=2)
+    f.write("\n")
+
+def fmt_ops(v):
+    return f"{v:,.0f}" if v is not None else "-"
+def fmt_us(v):
+    return f"{v:,.0f} us" if v is not None else "-"
+rows = []
+rows.append(("redis (1 node, no persistence)", fmt_ops(redis),
+             fmt_us(num("REDIS_P50_MS") * 1000 if num("REDIS_P50_MS") is not None else None),
+             fmt_us(num("REDIS_P99_MS") * 1000 if num("REDIS_P99_MS") is not None else None),
+             "SET 16 B, -P 40" if redis is not None else e["REDIS_STATUS"]))
+if e["SKIP_ETCD"] == "1":
+    rows.append(("etcd (3 members, Raft)", "-", "-", "-", "skipped"))
+else:
+    note = e["ETCD_STATUS"]
+    if etcd is not None:
+        note = (f"check perf --load={e['ETCD_LOAD']}: {e['ETCD_VERDICT'] or '?'}; put 1 KiB; "
+                f"slowest {e['ETCD_SLOWEST_S'] or '?'} s, stddev {e['ETCD_STDDEV_S'] or '?'} s")
+        if etcd_capped:
+            note += f"; RATE-LIMITED at {etcd_limit}/s (lower bound)"
+    rows.append(("etcd (3 members, Raft)", (">= " if etcd_capped else "") + fmt_ops(etcd), "n/a", "n/a", note))
+ap_note = "kv, batch 100, 16 B" if ap is not None else f"FAILED: {e['AP_STATUS']}"
+rows.append(("autopaxos local", fmt_ops(ap), fmt_us(num("AP_P50_US")), fmt_us(num("AP_P99_US")), ap_note))
+hdr = ("system", "ops/s", "p50", "p99", "notes")
+w = [max(len(r[i]) for r in rows + [hdr]) for i in range(4)]
+line = lambda r: "  ".join([r[0].ljust(w[0]), r[1].rjust(w[1]), r[2].rjust(w[2]), r[3].rjust(w[3]), r[4]])
+print()
+print(line(hdr))
+print(line(tuple("-" * x for x in w) + ("-----",)))
+for r in rows:
+    print(line(r))
+print()
+rr, re_ = res["ratios"]["autopaxos_over_redis"], res["ratios"]["autopaxos_over_etcd"]
+print("autopaxos / redis: " + (f"{rr:.3f}x" if rr is not None else "n/a"))
+print("autopaxos / etcd:  " + (f"{re_:.3f}x" if re_ is not None else "n/a")
+      + (" (etcd figure is a lower bound)" if re_ is not None and etcd_capped else ""))
+if ap is None:
+    print(f"\nautopaxos did not produce a result: {e['AP_STATUS']}: {e['AP_ERROR']}")
+print(f"\nresults: {e['RESULT_FILE']}  (run time {res['runtime_s']} s)")
+PY
+
+exit "$OVERALL_RC"
