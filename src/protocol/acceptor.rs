@@ -87,9 +87,8 @@ impl Acceptor {
             self.promised_nonce = None;
         }
         if slot >= self.trimmed_below {
-            let digest = value.digest();
+            out.event(|| Event::Accepted { slot, ballot, value_digest: value.digest() });
             self.accepted.insert(slot, (ballot, value));
-            out.event(|| Event::Accepted { slot, ballot, value_digest: digest });
         }
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
         // ballot we may accept carries the chosen value, so acknowledging it is safe.
