@@ -18,8 +18,9 @@
 #     rate-limited open loop (s=150, m=1000, l=8000, xl=15000 writes/s; 50/200/500/1000 clients),
 #     always 60 s, keys 256 B, values 1 KiB, and it prints no percentiles (only slowest request and
 #     stddev). If it reaches >90% of its rate limit it says PASS and the figure is only a lower bound
-#     on etcd's capacity. Default here is --etcd-load xl, the only load that can saturate etcd on
-#     this machine; use --etcd-load s for the stock small check.
+#     on etcd's capacity. On this 2-core machine s and m PASS (150 and ~1000 writes/s, i.e. capped)
+#     while l and xl saturate etcd (~3.7-3.9k writes/s, FAIL). Default here is --etcd-load xl so
+#     the figure is etcd's capacity; --etcd-load s is the stock (small, 150 writes/s) check.
 #   * Redis latencies are per request inside a 40-deep pipeline.
 #
 # Usage: bench/peers.sh [--quick] [--skip-etcd] [--etcd-load s|m|l|xl] [--help]
@@ -71,6 +72,7 @@ else
 fi
 
 START_EPOCH=$(date +%s)
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS_DIR=$REPO_ROOT/bench/results
 RESULT_FILE=$RESULTS_DIR/peers-$STAMP.json
@@ -78,10 +80,12 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/autopaxos-peers.XXXXXX")
 
 # ---------------------------------------------------------------- cleanup: every server we start
 PIDS=()
+CHILD=""
 POLICY_RC_CREATED=0
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$? pid
+    if [ -n "$CHILD" ]; then kill -TERM "$CHILD" 2>/dev/null || true; fi
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -110,9 +114,12 @@ log() { printf '[peers] %s\n' "$*" >&2; }
 CMDS_FILE=$WORK/commands.txt
 : >"$CMDS_FILE"
 record_cmd() {
-    local q
-    printf -v q '%q ' "$@"
-    printf '%s\n' "${q% }" >>"$CMDS_FILE"
+    local a q line=""
+    for a in "$@"; do
+        if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then q=$a; else printf -v q '%q' "$a"; fi
+        line+="${line:+ }$q"
+    done
+    printf '%s\n' "$line" >>"$CMDS_FILE"
 }
 
 # ---------------------------------------------------------------- 1. install what is missing
@@ -132,7 +139,12 @@ apt_install() {
         APT_UPDATED=1
     fi
     log "installing: $*"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "$@" >"$WORK/apt.log" 2>&1; then
+        cat "$WORK/apt.log" >&2
+        log "apt-get install $* failed"
+        exit 1
+    fi
     if [ "$POLICY_RC_CREATED" = 1 ]; then
         "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
         POLICY_RC_CREATED=0
@@ -161,6 +173,18 @@ free_port() {
         echo "$p"
         return
     done
+}
+
+# Run a bounded load command in the background and wait for it, so that a signal to this script
+# is handled at once (bash defers traps while a foreground child runs) and the EXIT trap can stop it.
+run_waited() {
+    local out=$1 err=$2 rc=0
+    shift 2
+    if [ "$out" = "$err" ]; then "$@" >"$out" 2>&1 & else "$@" >"$out" 2>"$err" & fi
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
 }
 
 OVERALL_RC=0
@@ -199,7 +223,7 @@ run_redis() {
     record_cmd timeout 300 "${bench[@]}"
     log "redis: ${bench[*]}"
     out=$dir/bench.csv
-    if ! timeout 300 "${bench[@]}" >"$out" 2>"$dir/bench.err"; then
+    if ! run_waited "$out" "$dir/bench.err" timeout 300 "${bench[@]}"; then
         REDIS_STATUS="redis-benchmark failed: $(tail -n 3 "$dir/bench.err" "$out" | tr '\n' ' ')"
         fail_part "$REDIS_STATUS"
         return
@@ -225,6 +249,12 @@ PY
 
 # ---------------------------------------------------------------- 3. etcd (3 members)
 run_etcd() {
+    # --election-timeout 5000 (default 1000) only raises etcd's server-side request timeout
+    # (5 s + 2 x election timeout = 15 s instead of 7 s). etcdctl 3.4's check perf deletes all of its
+    # keys (~230k x 1 KiB after an l/xl run) in ONE request before it prints any figure; on this
+    # machine that delete_range takes ~6.5 s to apply, so with the default it sometimes times out
+    # and the run yields nothing. No member fails during the run, so elections never happen and the
+    # steady-state write path is unchanged.
     local i cluster="" endpoints="" names=(m1 m2 m3) cports=() pports=()
     for i in 0 1 2; do
         cports+=("$(free_port)")
@@ -241,7 +271,8 @@ run_etcd() {
             --listen-peer-urls "http://127.0.0.1:${pports[$i]}"
             --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}"
             --initial-cluster "$cluster" --initial-cluster-token autopaxos-peers
-            --initial-cluster-state new --logger zap --log-outputs "$dir/etcd.log")
+            --initial-cluster-state new --heartbeat-interval 100 --election-timeout 5000
+            --logger zap --log-outputs "$dir/etcd.log")
         record_cmd "${member[@]}"
         "${member[@]}" >"$dir/stdout.log" 2>&1 &
         PIDS+=($!)
@@ -263,7 +294,7 @@ run_etcd() {
     record_cmd timeout 180 "${perf[@]}"
     log "etcd: ${perf[*]}   (always 60 s)"
     local out=$WORK/etcd/perf.txt prc=0
-    timeout 180 "${perf[@]}" >"$out" 2>&1 || prc=$?
+    run_waited "$out" "$out" timeout 180 "${perf[@]}" || prc=$?
     # Drop the progress bar (carriage-return redraws) and keep the verdict lines.
     ETCD_RAW=$(tr '\r' '\n' <"$out" | grep -Ev 'Boo*m|^ *[0-9]+ / [0-9]+' | sed '/^[[:space:]]*$/d' || true)
     local parsed
@@ -279,8 +310,10 @@ lines = [l.strip() for l in t.splitlines() if l.strip() in ("PASS", "FAIL")]
 print(m.group(1), slow.group(1) if slow else "-", sd.group(1) if sd else "-", lines[-1] if lines else "-")
 PY
     ); then
-        ETCD_STATUS="check perf produced no throughput figure (exit $prc): $(printf '%s' "$ETCD_RAW" | tail -n 5 | tr '\n' ' ')"
+        ETCD_STATUS="check perf produced no throughput figure (exit $prc): $(printf '%s' "$ETCD_RAW" | tail -n 1)"
         fail_part "$ETCD_STATUS"
+        log "etcd: last warnings from the members' logs:"
+        grep -h '"level":"warn"' "$WORK"/etcd/m?/etcd.log | tail -n 4 | cut -c1-300 >&2 || true
         return
     fi
     read -r ETCD_OPS ETCD_SLOWEST_S ETCD_STDDEV_S ETCD_VERDICT <<<"$parsed"
@@ -316,7 +349,7 @@ run_autopaxos() {
     record_cmd timeout "$((dur_s + 120))" "${cmd[@]}"
     log "autopaxos: ${cmd[*]}"
     local out=$WORK/autopaxos.out err=$WORK/autopaxos.err arc=0
-    timeout "$((dur_s + 120))" "${cmd[@]}" >"$out" 2>"$err" || arc=$?
+    run_waited "$out" "$err" timeout "$((dur_s + 120))" "${cmd[@]}" || arc=$?
     if [ "$arc" != 0 ]; then
         AP_ERROR=$(tail -n 5 "$err" "$out" 2>/dev/null | grep -v '^==>' | sed '/^$/d' | tr '\n' ' ')
         if [ "$arc" = 124 ]; then
@@ -354,7 +387,6 @@ run_autopaxos
 
 # ---------------------------------------------------------------- 5. table + JSON
 ver() { "$@" 2>&1 | head -n 1 || true; }
-END_EPOCH=$(date +%s)
 mkdir -p "$RESULTS_DIR"
 
 export QUICK SKIP_ETCD ETCD_LOAD REDIS_N AP_DURATION STAMP START_EPOCH END_EPOCH RESULT_FILE CMDS_FILE
@@ -372,6 +404,9 @@ M_NPROC=$(nproc)
 M_MODEL=$(grep -m1 'model name' /proc/cpuinfo | sed 's/^[^:]*: *//' || echo unknown)
 M_KERNEL=$(uname -srm)
 M_TMPFS=$(df -PT "$WORK" | awk 'NR==2 {print $2}')
+END_EPOCH=$(date +%s)
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+export LOADAVG_START LOADAVG_END
 export V_REDIS V_REDIS_BENCH V_ETCD V_ETCDCTL V_AUTOPAXOS V_RUSTC M_NPROC M_MODEL M_KERNEL M_TMPFS
 
 python3 - <<'PY'
@@ -396,7 +431,9 @@ res = {
     "quick": e["QUICK"] == "1",
     "runtime_s": int(e["END_EPOCH"]) - int(e["START_EPOCH"]),
     "machine": {"nproc": int(e["M_NPROC"]), "cpu_model": e["M_MODEL"], "kernel": e["M_KERNEL"],
-                "scratch_fs": e["M_TMPFS"]},
+                "scratch_fs": e["M_TMPFS"],
+                "loadavg_1_5_15_start": [float(x) for x in e["LOADAVG_START"].split()],
+                "loadavg_1_5_15_end": [float(x) for x in e["LOADAVG_END"].split()]},
     "versions": {"redis-server": e["V_REDIS"], "redis-benchmark": e["V_REDIS_BENCH"],
                  "etcd": e["V_ETCD"] or None, "etcdctl": e["V_ETCDCTL"] or None,
                  "autopaxos": e["V_AUTOPAXOS"] or None, "rustc": e["V_RUSTC"] or None},
@@ -456,7 +493,12 @@ print("autopaxos / redis: " + (f"{rr:.3f}x" if rr is not None else "n/a"))
 print("autopaxos / etcd:  " + (f"{re_:.3f}x" if re_ is not None else "n/a")
       + (" (etcd figure is a lower bound)" if re_ is not None and etcd_capped else ""))
 if ap is None:
-    print(f"\nautopaxos did not produce a result: {e['AP_STATUS']}: {e['AP_ERROR']}")
+    detail = e["AP_ERROR"] if e["AP_ERROR"] and e["AP_ERROR"] != e["AP_STATUS"] else ""
+    print(f"\nautopaxos did not produce a result: {e['AP_STATUS']}" + (f": {detail}" if detail else ""))
+busy = float(e["LOADAVG_START"].split()[0])
+if busy > 0.5 * int(e["M_NPROC"]):
+    print(f"\nWARNING: load average was {busy} on {e['M_NPROC']} cores when this started: "
+          "something else was running, so every figure above is depressed by contention.")
 print(f"\nresults: {e['RESULT_FILE']}  (run time {res['runtime_s']} s)")
 PY
 

@@ -6,4 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod protocol;
+pub mod runtime;
 pub mod sim;
+pub mod wire;

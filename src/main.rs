@@ -1,15 +1,28 @@
 //! The `autopaxos` command line: parse, then hand off. No protocol logic lives here.
 
+use autopaxos::protocol::state_machine::StateMachineKind;
+use autopaxos::protocol::{NodeId, RoleKind, Tunables};
+use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
+use autopaxos::runtime::load::{LoadControl, Workload};
+use autopaxos::runtime::local::{client_pool, cluster_node, run_local, thousands, LocalOptions};
+use autopaxos::runtime::{allowed_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan};
 use autopaxos::sim::network::FaultLevel;
 use autopaxos::sim::{run_seed, run_seeds, SimOptions};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Compartmentalized MultiPaxos that scales by role.
+///
+/// One binary hosts every role. Start a whole cluster on this machine with `autopaxos local`, or
+/// each role from a cluster file (`autopaxos config --example` prints one).
 #[derive(Parser)]
-#[command(name = "autopaxos", version, about, long_about = None)]
+#[command(name = "autopaxos", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +30,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole f=1 cluster and closed-loop clients in this process over loopback TCP, then print
+    /// throughput and latency.
+    Local(LocalArgs),
+    /// Drive an external cluster (from a cluster file) with closed-loop clients.
+    Client(ClientArgs),
+    /// Run proposer node(s) from a cluster file.
+    Proposer(RoleArgs),
+    /// Run acceptor node(s) from a cluster file.
+    Acceptor(RoleArgs),
+    /// Run proxy-leader node(s) from a cluster file.
+    ProxyLeader(RoleArgs),
+    /// Run replica node(s) from a cluster file.
+    Replica(RoleArgs),
+    /// Run batcher node(s) from a cluster file.
+    Batcher(RoleArgs),
+    /// Run unbatcher node(s) from a cluster file.
+    Unbatcher(RoleArgs),
+    /// Cluster files.
+    Config(ConfigArgs),
     /// Run the deterministic simulator over many seeds (or replay one) and check safety and liveness.
     ///
     /// Each seed builds a small cluster (2 proposers, 1-2 acceptor groups of 3, proxy leaders,
@@ -27,7 +59,99 @@ enum Command {
     Sim(SimArgs),
 }
 
-#[derive(clap::Args)]
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 10s or 500ms: {e}"))
+}
+
+/// Settings shared by every command that runs nodes.
+#[derive(Args, Clone)]
+struct NodeFlags {
+    /// Commands per batch at batchers.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
+    batch_size: usize,
+    /// Frames one connection handles before yielding to the others (the original's
+    /// MAX_READS_PER_SOCKET_PER_POLL).
+    #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
+    read_budget: usize,
+    /// Cores to run on, e.g. 0-3,6 (default: every core this process may use).
+    #[arg(long, value_parser = parse_cores)]
+    cores: Option<Vec<usize>>,
+    /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only).
+    #[arg(long, default_value = "kv")]
+    state_machine: StateMachineKind,
+}
+
+#[derive(Args)]
+struct LocalArgs {
+    /// How long to measure, after a warm-up of 1 s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Closed-loop clients (each keeps one request outstanding).
+    #[arg(long, default_value_t = 512)]
+    clients: u32,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Print one JSON object as the last line of output.
+    #[arg(long)]
+    json: bool,
+    /// Serve Prometheus metrics here while running (off by default for `local`).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The cluster file.
+    #[arg(long)]
+    config: PathBuf,
+    /// This client node's id (replies are routed to it); must not be a cluster node's id.
+    #[arg(long, default_value_t = 5000)]
+    node: NodeId,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// How long to measure, after a warm-up of 1 s.
+    duration: Duration,
+    /// Closed-loop clients.
+    #[arg(long, default_value_t = 64)]
+    clients: u32,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Print one JSON object as the last line of output.
+    #[arg(long)]
+    json: bool,
+    /// Serve Prometheus metrics here.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    flags: NodeFlags,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// The cluster file (see `autopaxos config --example`).
+    #[arg(long)]
+    config: PathBuf,
+    /// The node(s) to run, by id; several ids (e.g. 3,4,5) run one node per core.
+    #[arg(long, value_delimiter = ',', required = true)]
+    node: Vec<NodeId>,
+    /// Serve Prometheus metrics here.
+    #[arg(long, default_value = "0.0.0.0:16000")]
+    metrics_addr: SocketAddr,
+    #[command(flatten)]
+    flags: NodeFlags,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Print a commented example cluster file.
+    #[arg(long, required = true)]
+    example: bool,
+}
+
+#[derive(Args)]
 struct SimArgs {
     /// How many seeds to run.
     #[arg(long, default_value_t = 100, conflicts_with = "seed")]
@@ -51,9 +175,181 @@ struct SimArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Sim(args) => sim(args),
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Sim(args) => return sim(args),
+        Command::Config(_) => {
+            print!("{EXAMPLE}");
+            Ok(())
+        }
+        Command::Local(args) => local(args),
+        Command::Client(args) => client(args),
+        Command::Proposer(a) => role(RoleKind::Proposer, a),
+        Command::Acceptor(a) => role(RoleKind::Acceptor, a),
+        Command::ProxyLeader(a) => role(RoleKind::ProxyLeader, a),
+        Command::Replica(a) => role(RoleKind::Replica, a),
+        Command::Batcher(a) => role(RoleKind::Batcher, a),
+        Command::Unbatcher(a) => role(RoleKind::Unbatcher, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
+    let t = Tunables { batch_size: flags.batch_size, ..base };
+    t.validate().map_err(|e| e.to_string())?;
+    if flags.read_budget == 0 {
+        return Err("--read-budget must be at least 1".into());
+    }
+    Ok(t)
+}
+
+fn local(args: LocalArgs) -> Result<(), String> {
+    if let Some(addr) = args.metrics_addr {
+        metrics::install_exporter(addr)?;
+    }
+    let opts = LocalOptions {
+        duration: args.duration,
+        warmup: Duration::from_secs(1),
+        tunables: tunables(&args.node, Tunables::default())?,
+        clients: args.clients,
+        workload: Workload { value_size: args.value_size, state_machine: args.node.state_machine },
+        read_budget: args.node.read_budget,
+        cores: args.node.cores.clone().unwrap_or_default(),
+        progress: true,
+    };
+    eprintln!(
+        "autopaxos local: f=1 cluster (2 proposers, 3 acceptors, 1 batcher, 1 proxy leader, 2 replicas, 1 unbatcher) \
+         + {} clients on cores {:?}, loopback TCP; warm-up 1s, measuring {:?}",
+        opts.clients,
+        if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() },
+        opts.duration
+    );
+    let report = run_local(opts)?;
+    println!("{}", report.summary());
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("serializable"));
+    }
+    Ok(())
+}
+
+fn client(args: ClientArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    if file.role_of(args.node).is_some() {
+        return Err(format!("--node {} is a cluster node's id; pick another for the client", args.node));
+    }
+    if let Some(addr) = args.metrics_addr {
+        metrics::install_exporter(addr)?;
+    }
+    let tunables = tunables(&args.flags, file.tunables.clone())?;
+    let control = Arc::new(LoadControl::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = args.flags.cores.clone().unwrap_or_else(allowed_cores);
+    let workload = Workload { value_size: args.value_size, state_machine: args.flags.state_machine };
+    let pool = client_pool(args.node, args.clients, file.config.clone(), tunables, workload, control.clone());
+    let plan = ProcessPlan {
+        cluster_id: file.cluster_id.clone(),
+        cores: vec![(cores[0], vec![pool])],
+        addresses: file.addresses.clone(),
+        read_budget: args.flags.read_budget,
+        stop: stop.clone(),
+    };
+    let running = start(plan, Instant::now())?;
+    std::thread::sleep(Duration::from_secs(1));
+    control.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut last = (t0, 0u64);
+    while t0.elapsed() < args.duration {
+        std::thread::sleep(Duration::from_secs(1).min(args.duration.saturating_sub(t0.elapsed())));
+        let done = control.completed_measured.load(Ordering::Relaxed);
+        let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "{:>6.1}s {:>12} cmds/s {:>10} done",
+            t0.elapsed().as_secs_f64(),
+            thousands(rate as u64),
+            done
+        );
+        last = (Instant::now(), done);
+    }
+    control.measuring.store(false, Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let completed = control.completed_measured.load(Ordering::Relaxed);
+    control.stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let h = running.join();
+    let rate = completed as f64 / window;
+    println!(
+        "{} cmds/s ({completed} commands in {window:.1}s, {} clients); latency p50 {} us p99 {} us max {} us",
+        thousands(rate as u64),
+        args.clients,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max()
+    );
+    if args.json {
+        let json = serde_json::json!({
+            "cmds_per_sec": rate, "completed": completed, "p50_us": h.value_at_quantile(0.5),
+            "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "clients": args.clients,
+            "duration_s": window, "retries": control.retries.load(Ordering::Relaxed),
+        });
+        println!("{json}");
+    }
+    if completed == 0 {
+        return Err("no command completed: is the cluster up?".into());
+    }
+    Ok(())
+}
+
+fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let tunables = tunables(&args.flags, file.tunables.clone())?;
+    let cores = args.flags.cores.clone().unwrap_or_else(allowed_cores);
+    let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
+    for (i, &id) in args.node.iter().enumerate() {
+        match file.role_of(id) {
+            Some(k) if k == kind => {}
+            Some(other) => {
+                return Err(format!(
+                    "node {id} is a {} in {}, not a {}",
+                    other.name(),
+                    args.config.display(),
+                    kind.name()
+                ))
+            }
+            None => return Err(format!("node {id} is not in {}", args.config.display())),
+        }
+        let addr = file.addresses[&id];
+        let launch =
+            cluster_node(id, kind, addr, file.config.clone(), tunables.clone(), args.flags.state_machine);
+        per_core[i % cores.len()].1.push(launch);
+        tracing::info!(node = id, role = kind.name(), %addr, core = cores[i % cores.len()], "starting");
+    }
+    per_core.retain(|(_, launches)| !launches.is_empty());
+    if let Err(e) = metrics::install_exporter(args.metrics_addr) {
+        tracing::warn!("{e}; continuing without metrics");
+    }
+    let plan = ProcessPlan {
+        cluster_id: file.cluster_id.clone(),
+        cores: per_core,
+        addresses: file.addresses.clone(),
+        read_budget: args.flags.read_budget,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let running = start(plan, Instant::now())?;
+    tracing::info!(metrics = %args.metrics_addr, "serving");
+    running.join();
+    Ok(())
 }
 
 fn sim(args: SimArgs) -> ExitCode {

@@ -36,7 +36,7 @@ pub type NodeId = u32;
 pub type Slot = u64;
 
 /// The face every role shows its driver.
-pub trait Role: Send {
+pub trait Role {
     /// Handles one message from `from`. Stale or unexpected input is dropped (and counted), never a panic.
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out);
     /// Called when `now` has reached the time last returned by [`Role::poll_timeout`]. Spurious calls are no-ops.

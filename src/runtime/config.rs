@@ -1,0 +1,293 @@
+//! The cluster file (TOML): the cluster's id and f, every node's id, role and address, and protocol
+//! settings. Loaded and validated once at start-up; a bad file is refused with the field named.
+
+use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A cluster file that cannot be used. Each variant names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The TOML is malformed or a field has the wrong type (toml names line and field).
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// A node's role is not one of the known roles.
+    #[error("node {id}: unknown role '{role}' (expected one of: proposer, acceptor, proxy-leader, replica, batcher, unbatcher)")]
+    UnknownRole { id: NodeId, role: String },
+    /// An acceptor without its `group`, or another role with one.
+    #[error("node {id}: {why}")]
+    Group { id: NodeId, why: &'static str },
+    /// Acceptor groups must be numbered 0..G without gaps.
+    #[error("acceptor groups must be numbered 0..{count} without gaps; group {missing} is empty")]
+    GroupGap { count: usize, missing: usize },
+    /// Two nodes share an address.
+    #[error("nodes {a} and {b} both use address {address}")]
+    DuplicateAddress { a: NodeId, b: NodeId, address: SocketAddr },
+    /// The membership or a setting breaks a protocol rule.
+    #[error("{0}")]
+    Invalid(#[from] crate::protocol::ConfigError),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    id: String,
+    f: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNode {
+    id: NodeId,
+    role: String,
+    address: SocketAddr,
+    group: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    batch_size: Option<usize>,
+    flush_interval_us: Option<u64>,
+    heartbeat_interval_us: Option<u64>,
+    election_timeout_us: Option<u64>,
+    max_in_flight_slots: Option<usize>,
+    resend_timeout_us: Option<u64>,
+    client_retry_timeout_us: Option<u64>,
+    replica_report_interval_us: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    cluster: FileCluster,
+    #[serde(default)]
+    settings: FileSettings,
+    #[serde(rename = "node")]
+    nodes: Vec<FileNode>,
+}
+
+/// A loaded, validated cluster file.
+#[derive(Debug, Clone)]
+pub struct ClusterFile {
+    /// Names the cluster; nodes of another cluster are refused at the handshake.
+    pub cluster_id: String,
+    /// Who plays which role.
+    pub config: ClusterConfig,
+    /// Protocol settings (file values over defaults).
+    pub tunables: Tunables,
+    /// Where each node listens.
+    pub addresses: BTreeMap<NodeId, SocketAddr>,
+}
+
+/// Parses a role name as used on the command line and in cluster files.
+pub fn parse_role(name: &str) -> Option<RoleKind> {
+    [
+        RoleKind::Client,
+        RoleKind::Batcher,
+        RoleKind::Proposer,
+        RoleKind::ProxyLeader,
+        RoleKind::Acceptor,
+        RoleKind::Replica,
+        RoleKind::Unbatcher,
+    ]
+    .into_iter()
+    .find(|k| k.name() == name)
+}
+
+impl ClusterFile {
+    /// Reads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigFileError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates cluster-file text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigFileError> {
+        let file: File = toml::from_str(text)
+            .map_err(|e| ConfigFileError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        let mut config = ClusterConfig {
+            f: file.cluster.f,
+            proposers: vec![],
+            acceptor_groups: vec![],
+            proxy_leaders: vec![],
+            replicas: vec![],
+            batchers: vec![],
+            unbatchers: vec![],
+        };
+        let mut addresses = BTreeMap::new();
+        let mut by_address: BTreeMap<SocketAddr, NodeId> = BTreeMap::new();
+        let mut nodes = file.nodes;
+        nodes.sort_by_key(|n| n.id);
+        for node in nodes {
+            let role = parse_role(&node.role).filter(|r| *r != RoleKind::Client);
+            let Some(role) = role else {
+                return Err(ConfigFileError::UnknownRole { id: node.id, role: node.role });
+            };
+            match (role, node.group) {
+                (RoleKind::Acceptor, None) => {
+                    return Err(ConfigFileError::Group { id: node.id, why: "an acceptor needs `group = N`" })
+                }
+                (RoleKind::Acceptor, Some(g)) => {
+                    if config.acceptor_groups.len() <= g {
+                        config.acceptor_groups.resize(g + 1, Vec::new());
+                    }
+                    config.acceptor_groups[g].push(node.id);
+                }
+                (_, Some(_)) => {
+                    return Err(ConfigFileError::Group { id: node.id, why: "only acceptors have a group" })
+                }
+                (RoleKind::Proposer, None) => config.proposers.push(node.id),
+                (RoleKind::ProxyLeader, None) => config.proxy_leaders.push(node.id),
+                (RoleKind::Replica, None) => config.replicas.push(node.id),
+                (RoleKind::Batcher, None) => config.batchers.push(node.id),
+                (RoleKind::Unbatcher, None) => config.unbatchers.push(node.id),
+                (RoleKind::Client, None) => unreachable!("filtered above"),
+            }
+            if let Some(&other) = by_address.get(&node.address) {
+                return Err(ConfigFileError::DuplicateAddress {
+                    a: other,
+                    b: node.id,
+                    address: node.address,
+                });
+            }
+            by_address.insert(node.address, node.id);
+            addresses.insert(node.id, node.address);
+        }
+        if let Some(missing) = config.acceptor_groups.iter().position(Vec::is_empty) {
+            return Err(ConfigFileError::GroupGap { count: config.acceptor_groups.len(), missing });
+        }
+        config.validate()?;
+        let s = file.settings;
+        let d = Tunables::default();
+        let tunables = Tunables {
+            batch_size: s.batch_size.unwrap_or(d.batch_size),
+            flush_interval_us: s.flush_interval_us.unwrap_or(d.flush_interval_us),
+            heartbeat_interval_us: s.heartbeat_interval_us.unwrap_or(d.heartbeat_interval_us),
+            election_timeout_us: s.election_timeout_us.unwrap_or(d.election_timeout_us),
+            max_in_flight_slots: s.max_in_flight_slots.unwrap_or(d.max_in_flight_slots),
+            resend_timeout_us: s.resend_timeout_us.unwrap_or(d.resend_timeout_us),
+            client_retry_timeout_us: s.client_retry_timeout_us.unwrap_or(d.client_retry_timeout_us),
+            replica_report_interval_us: s.replica_report_interval_us.unwrap_or(d.replica_report_interval_us),
+        };
+        tunables.validate()?;
+        Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses })
+    }
+
+    /// The role of a configured node.
+    pub fn role_of(&self, id: NodeId) -> Option<RoleKind> {
+        self.config.all_nodes().find(|&(n, _)| n == id).map(|(_, k)| k)
+    }
+}
+
+/// A commented example: an f=1 cluster on loopback, one node per role (`autopaxos config --example`).
+pub const EXAMPLE: &str = r#"# autopaxos cluster file. Start each node with
+#   autopaxos <role> --config cluster.toml --node <id>
+# in any order; nodes that are not up yet are retried with backoff.
+
+[cluster]
+id = "demo"        # nodes refuse connections from other clusters
+f = 1              # failures tolerated: f+1 proposers, 2f+1 acceptors per group, f+1 replicas
+
+[settings]         # all optional; these are the defaults
+batch_size = 100                 # commands per batch (env fallback BATCH_SIZE, flag --batch-size)
+flush_interval_us = 1000         # a partial batch leaves after this long
+heartbeat_interval_us = 20000    # leader heartbeat period
+election_timeout_us = 150000     # followers run after this long (plus up to as much jitter)
+max_in_flight_slots = 1000       # leader's window of unexecuted slots (backpressure)
+resend_timeout_us = 50000        # re-propose / resend Phase2a after this long
+client_retry_timeout_us = 200000 # clients resend an unanswered request after this long
+replica_report_interval_us = 10000
+
+[[node]]
+id = 1
+role = "proposer"
+address = "127.0.0.1:7001"
+
+[[node]]
+id = 2
+role = "proposer"
+address = "127.0.0.1:7002"
+
+[[node]]
+id = 3
+role = "acceptor"
+group = 0          # slot s belongs to group s mod (number of groups)
+address = "127.0.0.1:7003"
+
+[[node]]
+id = 4
+role = "acceptor"
+group = 0
+address = "127.0.0.1:7004"
+
+[[node]]
+id = 5
+role = "acceptor"
+group = 0
+address = "127.0.0.1:7005"
+
+[[node]]
+id = 6
+role = "proxy-leader"
+address = "127.0.0.1:7006"
+
+[[node]]
+id = 7
+role = "replica"
+address = "127.0.0.1:7007"
+
+[[node]]
+id = 8
+role = "replica"
+address = "127.0.0.1:7008"
+
+[[node]]
+id = 9
+role = "batcher"
+address = "127.0.0.1:7009"
+
+[[node]]
+id = 10
+role = "unbatcher"
+address = "127.0.0.1:7010"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_is_a_valid_f1_cluster() {
+        let file = ClusterFile::parse(EXAMPLE, "example").unwrap();
+        assert_eq!(file.cluster_id, "demo");
+        assert_eq!(file.config, ClusterConfig::f1(1, 1, 1, 1));
+        assert_eq!(file.tunables, Tunables::default());
+        assert_eq!(file.addresses.len(), 10);
+        assert_eq!(file.role_of(6), Some(RoleKind::ProxyLeader));
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let bad = |from: &str, to: &str| {
+            let text = EXAMPLE.replacen(from, to, 1);
+            ClusterFile::parse(&text, "c.toml").unwrap_err().to_string()
+        };
+        assert!(bad("role = \"proposer\"", "role = \"leader\"").contains("unknown role 'leader'"));
+        assert!(bad("group = 0          #", "#").contains("an acceptor needs `group = N`"));
+        assert!(bad("127.0.0.1:7002", "127.0.0.1:7001").contains("both use address"));
+        assert!(bad("batch_size = 100", "batch_size = 0").contains("batch_size"));
+        assert!(bad("f = 1", "f = \"one\"").contains("c.toml"));
+        assert!(bad("address = \"127.0.0.1:7008\"", "address = \"nowhere\"").contains("c.toml"));
+        assert!(bad("[settings]", "[settings]\nbatch_sise = 3").contains("batch_sise"));
+        let no_replica = EXAMPLE.replacen("role = \"replica\"", "role = \"batcher\"", 1);
+        let err = ClusterFile::parse(&no_replica, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("replicas: need at least 2"), "{err}");
+    }
+}

@@ -1,0 +1,276 @@
+//! `autopaxos local`: a whole f=1 cluster (2 proposers, one group of 3 acceptors, 1 batcher, 1 proxy
+//! leader, 2 replicas, 1 unbatcher) and closed-loop clients in one process, spread over the cores it
+//! may use, still talking over loopback TCP so that what is measured is what is deployed.
+
+use super::load::{ClientPool, LoadControl, Workload};
+use super::{allowed_cores, start, NodeLaunch, ProcessPlan};
+use crate::protocol::acceptor::Acceptor;
+use crate::protocol::batcher::Batcher;
+use crate::protocol::proposer::Proposer;
+use crate::protocol::proxy_leader::ProxyLeader;
+use crate::protocol::replica::Replica;
+use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
+use crate::protocol::unbatcher::Unbatcher;
+use crate::protocol::{ClusterConfig, NodeId, Role, RoleKind, Tunables};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of one `local` run.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// How long to measure (after the warm-up).
+    pub duration: Duration,
+    /// Excluded from the figures: election and connection set-up.
+    pub warmup: Duration,
+    /// Protocol settings (batch size among them).
+    pub tunables: Tunables,
+    /// Closed-loop clients in all.
+    pub clients: u32,
+    /// What the clients send.
+    pub workload: Workload,
+    /// Frames per connection before yielding.
+    pub read_budget: usize,
+    /// Cores to use (default: those this process may use).
+    pub cores: Vec<usize>,
+    /// Print a live progress line on stderr.
+    pub progress: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LocalReport {
+    /// Commands completed per second of the measurement window.
+    pub cmds_per_sec: f64,
+    /// Latency percentiles, microseconds.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Slowest request.
+    pub max_us: u64,
+    /// Commands completed in the window.
+    pub completed: u64,
+    /// Requests resent after a timeout (whole run).
+    pub retries: u64,
+    /// Commands per batch.
+    pub batch_size: usize,
+    /// Closed-loop clients.
+    pub clients: u32,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// `kv` or `noop`.
+    pub state_machine: String,
+    /// Frames per connection before yielding.
+    pub read_budget: usize,
+    /// Measurement window, seconds.
+    pub duration_s: f64,
+    /// Cores used.
+    pub cores: Vec<usize>,
+}
+
+/// Node ids of client pools: one per core, after the cluster's ids.
+const CLIENT_NODE_BASE: NodeId = 1000;
+
+fn build_role(
+    id: NodeId,
+    kind: RoleKind,
+    config: &ClusterConfig,
+    t: &Tunables,
+    sm: StateMachineKind,
+    now: u64,
+) -> Box<dyn Role> {
+    let config = config.clone();
+    match kind {
+        RoleKind::Proposer => Box::new(Proposer::new(id, config, t.clone(), u64::from(id), now)),
+        RoleKind::Acceptor => Box::new(Acceptor::new(id, config)),
+        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(config, t)),
+        RoleKind::Replica => Box::new(Replica::new(id, config, t, new_state_machine(sm), now)),
+        RoleKind::Batcher => Box::new(Batcher::new(id, config, t)),
+        RoleKind::Unbatcher => Box::new(Unbatcher),
+        RoleKind::Client => unreachable!("client pools are built separately"),
+    }
+}
+
+/// Builds the launch of a cluster node (used by `local` and by roles started from a cluster file).
+pub fn cluster_node(
+    id: NodeId,
+    kind: RoleKind,
+    listen: SocketAddr,
+    config: ClusterConfig,
+    tunables: Tunables,
+    sm: StateMachineKind,
+) -> NodeLaunch {
+    NodeLaunch {
+        id,
+        listen: Some(listen),
+        build: Box::new(move |ctx| build_role(id, kind, &config, &tunables, sm, ctx.now)),
+        dial_at_start: Vec::new(),
+    }
+}
+
+/// Builds the launch of a client pool of `count` clients.
+pub fn client_pool(
+    id: NodeId,
+    count: u32,
+    config: ClusterConfig,
+    tunables: Tunables,
+    workload: Workload,
+    control: Arc<LoadControl>,
+) -> NodeLaunch {
+    // Replies come from unbatchers and leader hints from proposers: reach them first, so they can
+    // answer over these connections (a client has no address of its own).
+    let dial_at_start = config.unbatchers.iter().chain(&config.proposers).copied().collect();
+    NodeLaunch {
+        id,
+        listen: None,
+        dial_at_start,
+        build: Box::new(move |ctx| {
+            Box::new(ClientPool::new(id, count, config, &tunables, workload, control, ctx.latencies.clone()))
+        }),
+    }
+}
+
+/// Runs the cluster under load and reports throughput and latency.
+pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
+    opts.tunables.validate().map_err(|e| e.to_string())?;
+    let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
+    let config = ClusterConfig::f1(1, 1, 1, 1);
+    let control = Arc::new(LoadControl::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+
+    let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
+    for (i, (id, kind)) in config.all_nodes().enumerate() {
+        let launch = cluster_node(
+            id,
+            kind,
+            loopback,
+            config.clone(),
+            opts.tunables.clone(),
+            opts.workload.state_machine,
+        );
+        per_core[i % cores.len()].1.push(launch);
+    }
+    let per_pool = opts.clients.div_ceil(cores.len() as u32).max(1);
+    let mut remaining = opts.clients.max(1);
+    for (i, (_, launches)) in per_core.iter_mut().enumerate() {
+        let count = per_pool.min(remaining);
+        if count == 0 {
+            break;
+        }
+        remaining -= count;
+        let id = CLIENT_NODE_BASE + i as NodeId;
+        launches.push(client_pool(
+            id,
+            count,
+            config.clone(),
+            opts.tunables.clone(),
+            opts.workload,
+            control.clone(),
+        ));
+    }
+    let plan = ProcessPlan {
+        cluster_id: "local".into(),
+        cores: per_core,
+        addresses: Default::default(),
+        read_budget: opts.read_budget,
+        stop: stop.clone(),
+    };
+    let epoch = Instant::now();
+    let running = start(plan, epoch)?;
+
+    std::thread::sleep(opts.warmup);
+    let window_start = Instant::now();
+    control.measuring.store(true, Ordering::Relaxed);
+    let mut last = (Instant::now(), control.completed.load(Ordering::Relaxed));
+    while window_start.elapsed() < opts.duration {
+        std::thread::sleep(
+            Duration::from_millis(250).min(opts.duration.saturating_sub(window_start.elapsed())),
+        );
+        if opts.progress && last.0.elapsed() >= Duration::from_secs(1) {
+            let done = control.completed.load(Ordering::Relaxed);
+            let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            eprint!(
+                "\r{:>5.1}s / {:.0}s  {:>12} cmds/s   {:>10} done",
+                window_start.elapsed().as_secs_f64(),
+                opts.duration.as_secs_f64(),
+                thousands(rate as u64),
+                thousands(done)
+            );
+            let _ = std::io::stderr().flush();
+            last = (Instant::now(), done);
+        }
+    }
+    control.measuring.store(false, Ordering::Relaxed);
+    let window = window_start.elapsed().as_secs_f64();
+    let completed = control.completed_measured.load(Ordering::Relaxed);
+    control.stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    if opts.progress {
+        eprintln!();
+    }
+    let latencies = running.join();
+    if completed == 0 {
+        return Err("no command completed: the cluster did not serve (see the log above)".into());
+    }
+    Ok(LocalReport {
+        cmds_per_sec: completed as f64 / window,
+        p50_us: latencies.value_at_quantile(0.5),
+        p90_us: latencies.value_at_quantile(0.9),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+        max_us: latencies.max(),
+        completed,
+        retries: control.retries.load(Ordering::Relaxed),
+        batch_size: opts.tunables.batch_size,
+        clients: opts.clients,
+        value_size: opts.workload.value_size,
+        state_machine: opts.workload.state_machine.to_string(),
+        read_budget: opts.read_budget,
+        duration_s: window,
+        cores,
+    })
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl LocalReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} cmds/s  ({} commands in {:.1}s; batch size {}, {} clients, {}-byte values, {} state machine, cores {:?})\n\
+             latency  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} retries)",
+            thousands(self.cmds_per_sec as u64),
+            thousands(self.completed),
+            self.duration_s,
+            self.batch_size,
+            self.clients,
+            self.value_size,
+            self.state_machine,
+            self.cores,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.retries
+        )
+    }
+}

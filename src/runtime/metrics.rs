@@ -1,0 +1,130 @@
+//! Prometheus metrics: the `metrics` facade everywhere, `metrics-exporter-prometheus` serving
+//! `/metrics`. Each node resolves its handles once ([`NodeMetrics::new`]), so the hot path increments
+//! atomics and never looks a name up in the registry. Labels: `role`, `node`.
+
+use crate::protocol::{Event, NodeId, RoleKind};
+use metrics::{counter, gauge, Counter, Gauge};
+use std::net::SocketAddr;
+
+/// One node's metric handles.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    role: &'static str,
+    node: String,
+    /// Frames received.
+    pub frames_in: Counter,
+    /// Frames sent.
+    pub frames_out: Counter,
+    /// Bytes received.
+    pub bytes_in: Counter,
+    /// Bytes sent.
+    pub bytes_out: Counter,
+    /// Connections opened (either direction).
+    pub connections: Counter,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Peers dialled again after a failed or lost connection.
+    pub reconnects: Counter,
+    /// Messages that could not be routed (no address, queue full).
+    pub unroutable: Counter,
+    elections: Counter,
+    slots_executed: Counter,
+    commands_applied: Counter,
+    commands_completed: Counter,
+    accepted: Counter,
+}
+
+impl NodeMetrics {
+    /// Registers (or finds) every handle of node `id` playing `role`.
+    pub fn new(role: RoleKind, id: NodeId) -> Self {
+        let role = role.name();
+        let node = id.to_string();
+        let c = |name: &'static str| counter!(name, "role" => role, "node" => node.clone());
+        NodeMetrics {
+            frames_in: c("autopaxos_frames_in_total"),
+            frames_out: c("autopaxos_frames_out_total"),
+            bytes_in: c("autopaxos_bytes_in_total"),
+            bytes_out: c("autopaxos_bytes_out_total"),
+            connections: c("autopaxos_connections_total"),
+            connections_open: gauge!("autopaxos_connections_open", "role" => role, "node" => node.clone()),
+            reconnects: c("autopaxos_reconnects_total"),
+            unroutable: c("autopaxos_unroutable_messages_total"),
+            elections: c("autopaxos_elections_won_total"),
+            slots_executed: c("autopaxos_slots_executed_total"),
+            commands_applied: c("autopaxos_commands_applied_total"),
+            commands_completed: c("autopaxos_commands_completed_total"),
+            accepted: c("autopaxos_phase2_accepted_total"),
+            role,
+            node,
+        }
+    }
+
+    /// Counts a bad frame or handshake that closed a connection, by reason.
+    pub fn bad_frame(&self, reason: &'static str) {
+        counter!("autopaxos_bad_frames_total", "role" => self.role, "node" => self.node.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Turns a role's event into counters.
+    pub fn event(&self, event: &crate::protocol::Event) {
+        match event {
+            Event::Accepted { .. } => self.accepted.increment(1),
+            Event::Executed { .. } => self.slots_executed.increment(1),
+            Event::Applied { .. } => self.commands_applied.increment(1),
+            Event::Completed { .. } => self.commands_completed.increment(1),
+            Event::BecameLeader { .. } => self.elections.increment(1),
+            Event::Dropped { reason } => {
+                let (role, node) = (self.role, self.node.clone());
+                counter!("autopaxos_dropped_messages_total", "role" => role, "node" => node, "reason" => *reason)
+                    .increment(1)
+            }
+        }
+    }
+}
+
+/// Describes every metric once, so the exposition carries HELP lines.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!("autopaxos_frames_in_total", Unit::Count, "Frames received by the node.");
+    describe_counter!("autopaxos_frames_out_total", Unit::Count, "Frames sent by the node.");
+    describe_counter!("autopaxos_bytes_in_total", Unit::Bytes, "Bytes received by the node.");
+    describe_counter!("autopaxos_bytes_out_total", Unit::Bytes, "Bytes sent by the node.");
+    describe_counter!("autopaxos_connections_total", Unit::Count, "Connections opened, either direction.");
+    describe_gauge!("autopaxos_connections_open", Unit::Count, "Connections open now.");
+    describe_counter!("autopaxos_reconnects_total", Unit::Count, "Peers dialled again after a failure.");
+    describe_counter!(
+        "autopaxos_unroutable_messages_total",
+        Unit::Count,
+        "Messages with no route to their peer."
+    );
+    describe_counter!(
+        "autopaxos_bad_frames_total",
+        Unit::Count,
+        "Connections closed for a bad frame or handshake."
+    );
+    describe_counter!("autopaxos_dropped_messages_total", Unit::Count, "Messages a role dropped on purpose.");
+    describe_counter!("autopaxos_elections_won_total", Unit::Count, "Times this proposer became leader.");
+    describe_counter!("autopaxos_slots_executed_total", Unit::Count, "Log slots executed by this replica.");
+    describe_counter!(
+        "autopaxos_commands_applied_total",
+        Unit::Count,
+        "Commands applied to the state machine."
+    );
+    describe_counter!("autopaxos_commands_completed_total", Unit::Count, "Client commands completed.");
+    describe_counter!(
+        "autopaxos_phase2_accepted_total",
+        Unit::Count,
+        "Phase 2 proposals this acceptor accepted."
+    );
+}
+
+/// Starts the Prometheus exporter on `addr` (its own thread and small runtime, away from the
+/// executors). Call once per process, before nodes create their handles.
+pub fn install_exporter(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}

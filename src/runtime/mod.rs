@@ -1,0 +1,216 @@
+//! The glommio shell around the protocol core: one executor per core, pinned; nodes on an executor
+//! share nothing with other cores on the hot path; connections, read budgets, timers, metrics.
+//! The runtime moves bytes and keeps time. Every protocol decision is the role's (`src/protocol/`).
+
+pub mod config;
+pub mod conn;
+pub mod load;
+pub mod local;
+pub mod metrics;
+pub mod node;
+
+use crate::protocol::{NodeId, Role, Time};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use node::{Host, NodeSettings};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a node's builder gets from the executor it runs on.
+pub struct ExecutorContext {
+    /// The node's clock reading at start-up.
+    pub now: Time,
+    /// This executor's client latency histogram (shared by its client pools).
+    pub latencies: Rc<RefCell<Histogram<u64>>>,
+}
+
+/// Builds a node's role on its executor (roles are not `Send`-bound; they are made where they live).
+pub type BuildRole = Box<dyn FnOnce(&ExecutorContext) -> Box<dyn Role> + Send>;
+
+/// One node to run.
+pub struct NodeLaunch {
+    /// Its id.
+    pub id: NodeId,
+    /// Where it listens; port 0 picks a free port. `None`: it only dials (a client pool).
+    pub listen: Option<SocketAddr>,
+    /// How to build its role.
+    pub build: BuildRole,
+    /// Peers to connect to at once. A node without a listen address must reach first every peer
+    /// that will message it (a client: the unbatchers and proposers), which then answer over it.
+    pub dial_at_start: Vec<NodeId>,
+}
+
+/// Everything one process runs.
+pub struct ProcessPlan {
+    /// Nodes of other clusters are refused.
+    pub cluster_id: String,
+    /// The nodes of each core, by core id.
+    pub cores: Vec<(usize, Vec<NodeLaunch>)>,
+    /// Addresses of nodes in other processes (and of ours, if fixed).
+    pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// Frames per connection before yielding.
+    pub read_budget: usize,
+    /// Set to make every executor return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A started process: its executors and the address of every node.
+pub struct Running {
+    handles: Vec<glommio::ExecutorJoinHandle<Histogram<u64>>>,
+    /// Where each node listens (ports chosen at bind time included).
+    pub addresses: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl Running {
+    /// Waits for every executor to return (after `stop` is set) and merges their latency histograms.
+    pub fn join(self) -> Histogram<u64> {
+        let mut merged = load::new_histogram();
+        for handle in self.handles {
+            match handle.join() {
+                Ok(h) => merged.add(h).expect("histograms share bounds"),
+                Err(e) => tracing::error!("an executor failed: {e}"),
+            }
+        }
+        merged
+    }
+}
+
+/// The cores this process may run on: its affinity mask (so `taskset -c 1 autopaxos ...` lands on
+/// core 1), not every online core.
+pub fn allowed_cores() -> Vec<usize> {
+    let mut cores: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    cores.sort_unstable();
+    if cores.is_empty() {
+        cores.push(0);
+    }
+    cores
+}
+
+/// Parses a core list such as `0-3,6`.
+pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("invalid core list '{list}': '{part}' is not a core or a range like 0-3");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("invalid core list '{list}': no cores"));
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    Ok(cores)
+}
+
+/// Starts one pinned executor per core of `plan`. Returns once every node listens and knows every
+/// other node's address; nodes then dial each other on their own.
+pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
+    let book = Arc::new(Mutex::new(plan.addresses));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let barrier = Arc::new(Barrier::new(plan.cores.len() + 1));
+    let mut handles = Vec::new();
+    for (core, launches) in plan.cores {
+        let (book, errors, barrier, stop) =
+            (book.clone(), errors.clone(), barrier.clone(), plan.stop.clone());
+        let (cluster_id, read_budget) = (plan.cluster_id.clone(), plan.read_budget);
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+            .name(&format!("autopaxos-core{core}"))
+            // We do no direct file I/O; keep locked memory far below the default memlock limit.
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                // Phase 1: bind, publish addresses. Phase 2 (after the barrier): start the nodes.
+                let mut listeners = Vec::new();
+                for launch in &launches {
+                    let listener = launch.listen.and_then(|addr| match TcpListener::bind(addr) {
+                        Ok(l) => {
+                            let bound = l.local_addr().unwrap_or(addr);
+                            book.lock().expect("not poisoned").insert(launch.id, bound);
+                            Some(l)
+                        }
+                        Err(e) => {
+                            errors
+                                .lock()
+                                .expect("not poisoned")
+                                .push(format!("node {}: cannot listen on {addr}: {e}", launch.id));
+                            None
+                        }
+                    });
+                    listeners.push(listener);
+                }
+                barrier.wait();
+                barrier.wait();
+                let latencies = Rc::new(RefCell::new(load::new_histogram()));
+                if stop.load(Ordering::Relaxed) {
+                    return latencies.borrow().clone();
+                }
+                let settings = NodeSettings {
+                    cluster_id: cluster_id.into(),
+                    addresses: Rc::new(book.lock().expect("not poisoned").clone()),
+                    read_budget,
+                };
+                let context = ExecutorContext {
+                    now: epoch.elapsed().as_micros() as Time,
+                    latencies: latencies.clone(),
+                };
+                for (launch, listener) in launches.into_iter().zip(listeners) {
+                    let role = (launch.build)(&context);
+                    let host = Host::start(launch.id, role, settings.clone(), epoch);
+                    for &peer in &launch.dial_at_start {
+                        host.connect(peer);
+                    }
+                    if let Some(listener) = listener {
+                        glommio::spawn_local(conn::accept_loop(host, listener)).detach();
+                    }
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                let merged = latencies.borrow().clone();
+                merged
+            })
+            .map_err(|e| format!("cannot start an executor on core {core}: {e}"))?;
+        handles.push(handle);
+    }
+    barrier.wait();
+    let failed = std::mem::take(&mut *errors.lock().expect("not poisoned"));
+    if !failed.is_empty() {
+        plan.stop.store(true, Ordering::Relaxed);
+    }
+    barrier.wait();
+    let running = Running { handles, addresses: book.lock().expect("not poisoned").clone() };
+    if !failed.is_empty() {
+        running.join();
+        return Err(failed.join("\n"));
+    }
+    Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists_parse_ranges_and_refuse_nonsense() {
+        assert_eq!(parse_cores("0-3,6"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cores("1"), Ok(vec![1]));
+        assert_eq!(parse_cores("2,1,2"), Ok(vec![1, 2]));
+        for bad in ["", "a", "3-1", "1-x", ","] {
+            assert!(parse_cores(bad).is_err(), "{bad}");
+        }
+    }
+}

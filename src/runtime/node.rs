@@ -1,0 +1,207 @@
+//! Hosting one role on one executor: the runtime's half of the sans-IO contract. It keeps time,
+//! calls `handle_message` / `handle_timeout` exactly as the simulator does, and routes what the role
+//! sends to per-peer queues that connection tasks write out. It makes no protocol decision.
+//!
+//! Must never: hold a `RefCell` borrow across an `.await`; block the executor.
+
+use super::conn;
+use super::metrics::NodeMetrics;
+use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
+use crate::wire::FrameWriter;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Bytes queued for one peer before further messages to it are dropped (the protocol retries what
+/// is lost; an unbounded queue to a dead peer would not be bounded).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// The send side of one peer: frames waiting for the connection task, and its wake-up.
+pub struct Peer {
+    /// Frames queued during this turn; the connection task takes them all at once.
+    pub writer: RefCell<FrameWriter>,
+    wake: LocalSender<()>,
+}
+
+impl Peer {
+    /// A peer queue and the receiver its connection task waits on.
+    pub fn new() -> (Rc<Peer>, LocalReceiver<()>) {
+        // Capacity 1: a pending wake-up already means "there is something to write".
+        let (wake, wake_rx) = local_channel::new_bounded(1);
+        (Rc::new(Peer { writer: RefCell::new(FrameWriter::default()), wake }), wake_rx)
+    }
+
+    fn notify(&self) {
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// Settings every node of a process shares.
+#[derive(Clone)]
+pub struct NodeSettings {
+    /// Nodes of other clusters are refused at the handshake.
+    pub cluster_id: Rc<str>,
+    /// Where every configured node listens.
+    pub addresses: Rc<BTreeMap<NodeId, SocketAddr>>,
+    /// Frames one connection handles before yielding to the others.
+    pub read_budget: usize,
+}
+
+/// One node: a role, its clock, its peers.
+pub struct Host {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's role.
+    pub kind: RoleKind,
+    /// Shared settings.
+    pub settings: NodeSettings,
+    /// Metric handles, resolved once.
+    pub metrics: NodeMetrics,
+    role: RefCell<Box<dyn Role>>,
+    out: RefCell<Out>,
+    epoch: Instant,
+    peers: RefCell<BTreeMap<NodeId, Rc<Peer>>>,
+    timer_target: Cell<Option<Time>>,
+    timer_wake: LocalSender<()>,
+}
+
+impl Host {
+    /// Hosts `role` and starts its timer task on the current executor.
+    pub fn start(id: NodeId, role: Box<dyn Role>, settings: NodeSettings, epoch: Instant) -> Rc<Host> {
+        let kind = role.kind();
+        let (timer_wake, timer_rx) = local_channel::new_bounded(1);
+        let host = Rc::new(Host {
+            id,
+            kind,
+            settings,
+            metrics: NodeMetrics::new(kind, id),
+            role: RefCell::new(role),
+            // Events feed the metrics; they are cheap once digests are computed lazily.
+            out: RefCell::new(Out::new(true)),
+            epoch,
+            peers: RefCell::new(BTreeMap::new()),
+            timer_target: Cell::new(None),
+            timer_wake,
+        });
+        glommio::spawn_local(timer_loop(host.clone(), timer_rx)).detach();
+        host
+    }
+
+    /// Microseconds since the process's epoch: the `now` every role call gets.
+    pub fn now(&self) -> Time {
+        self.epoch.elapsed().as_micros() as Time
+    }
+
+    /// Hands one message to the role and routes what it sends.
+    pub fn deliver(self: &Rc<Self>, from: NodeId, msg: Msg) {
+        let now = self.now();
+        let mut out = self.out.borrow_mut();
+        self.role.borrow_mut().handle_message(now, from, msg, &mut out);
+        self.flush(&mut out);
+    }
+
+    fn on_timeout(self: &Rc<Self>) {
+        let now = self.now();
+        let mut out = self.out.borrow_mut();
+        self.role.borrow_mut().handle_timeout(now, &mut out);
+        self.flush(&mut out);
+    }
+
+    fn flush(self: &Rc<Self>, out: &mut Out) {
+        for (to, msg) in out.msgs.drain(..) {
+            self.route(to, &msg);
+        }
+        for event in out.events.drain(..) {
+            self.metrics.event(&event);
+        }
+        // Wake the timer task only if the role now wants to be called earlier than it sleeps.
+        if let Some(at) = self.role.borrow().poll_timeout() {
+            if self.timer_target.get().is_none_or(|current| at < current) {
+                let _ = self.timer_wake.try_send(());
+            }
+        }
+    }
+
+    /// The send queue of `to`, dialling it first if there is none yet and its address is known.
+    pub fn connect(self: &Rc<Self>, to: NodeId) -> Option<Rc<Peer>> {
+        if let Some(peer) = self.peers.borrow().get(&to) {
+            return Some(peer.clone());
+        }
+        let addr = *self.settings.addresses.get(&to)?;
+        let (peer, wake_rx) = Peer::new();
+        self.peers.borrow_mut().insert(to, peer.clone());
+        glommio::spawn_local(conn::dial_loop(self.clone(), to, addr, peer.clone(), wake_rx)).detach();
+        Some(peer)
+    }
+
+    /// Queues `msg` for `to`, dialling `to` first if this is the first message to it.
+    fn route(self: &Rc<Self>, to: NodeId, msg: &Msg) {
+        let Some(peer) = self.connect(to) else {
+            self.metrics.unroutable.increment(1);
+            return;
+        };
+        let mut writer = peer.writer.borrow_mut();
+        if writer.len_bytes() > MAX_QUEUED_BYTES {
+            self.metrics.unroutable.increment(1);
+            return;
+        }
+        if let Err(e) = writer.push_msg(msg) {
+            // Cannot happen for messages the roles build (bounded sizes); count it, never panic.
+            tracing::error!(node = self.id, peer = to, "cannot encode {}: {e}", msg.name());
+            self.metrics.unroutable.increment(1);
+            return;
+        }
+        drop(writer);
+        self.metrics.frames_out.increment(1);
+        peer.notify();
+    }
+
+    /// Routes messages for `id` over an accepted connection (a peer with no listen address, such as
+    /// a client). Returns false if `id` already has a route.
+    pub fn adopt_peer(&self, id: NodeId, peer: Rc<Peer>) -> bool {
+        let mut peers = self.peers.borrow_mut();
+        if peers.contains_key(&id) {
+            return false;
+        }
+        peers.insert(id, peer);
+        true
+    }
+
+    /// Forgets a route adopted by [`Host::adopt_peer`] when its connection closes.
+    pub fn forget_peer(&self, id: NodeId, peer: &Rc<Peer>) {
+        let mut peers = self.peers.borrow_mut();
+        if peers.get(&id).is_some_and(|p| Rc::ptr_eq(p, peer)) {
+            peers.remove(&id);
+        }
+    }
+}
+
+async fn timer_loop(host: Rc<Host>, wake: LocalReceiver<()>) {
+    loop {
+        let target = host.role.borrow().poll_timeout();
+        host.timer_target.set(target);
+        match target {
+            None => {
+                if wake.recv().await.is_none() {
+                    return;
+                }
+            }
+            Some(at) => {
+                let now = host.now();
+                if at > now {
+                    let nap = glommio::timer::sleep(Duration::from_micros(at - now));
+                    futures_lite::future::or(nap, async {
+                        let _ = wake.recv().await;
+                    })
+                    .await;
+                }
+                if host.now() >= at {
+                    host.on_timeout();
+                }
+            }
+        }
+    }
+}

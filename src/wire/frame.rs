@@ -1,0 +1,724 @@
+//! Frames: [`FrameWriter`] turns messages into segments for one vectored write, [`FrameReader`] turns
+//! received bytes back into validated messages (layout in the [module docs](super)).
+//!
+//! Must never: panic on any received bytes, buffer a frame body whose header already exceeds a limit,
+//! or copy a batch (above [`INLINE_PAYLOAD_MAX`]) on either side: a written payload is the caller's
+//! `Bytes` handle, a read payload is a view into the receive buffer.
+
+use super::{
+    Handshake, WireError, FRAME_ALIGN, HEADER_LEN, INLINE_PAYLOAD_MAX, MAGIC, MAX_META_BYTES,
+    MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READ_CHUNK,
+};
+use crate::protocol::messages::decode;
+use crate::protocol::{Msg, Value};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rkyv::api::high::to_bytes_in;
+use rkyv::rancor::Error as RkyvError;
+use rkyv::ser::{Positional, Writer};
+
+const KIND_HANDSHAKE: u8 = 1;
+const KIND_MSG: u8 = 2;
+
+/// One validated frame from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The peer's introduction; check it with [`Handshake::check`].
+    Handshake(Handshake),
+    /// A protocol message, its batch (if any) a view into the receive buffer.
+    Msg(Msg),
+}
+
+/// `len` rounded up to [`FRAME_ALIGN`]; callers pass lengths already bounded by the limits.
+fn padded(len: usize) -> usize {
+    (len + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// The variant's large payload, for `&Msg` and `&mut Msg` alike. No wildcard on purpose: a new variant
+/// does not compile until someone decides whether it has a payload.
+macro_rules! payload_of {
+    ($msg:expr) => {
+        match $msg {
+            Msg::ClientBatch { batch, .. } | Msg::BatchRefused { batch, .. } => Some(batch),
+            Msg::Propose { value: Value::Batch(b), .. }
+            | Msg::Phase2a { value: Value::Batch(b), .. }
+            | Msg::Chosen { value: Value::Batch(b), .. } => Some(b),
+            Msg::Propose { value: Value::Noop, .. }
+            | Msg::Phase2a { value: Value::Noop, .. }
+            | Msg::Chosen { value: Value::Noop, .. }
+            | Msg::ClientRequest(_)
+            | Msg::ClientReply(_)
+            | Msg::NotLeader { .. }
+            | Msg::Heartbeat { .. }
+            | Msg::Phase1a { .. }
+            | Msg::Phase1b { .. }
+            | Msg::Nack { .. }
+            | Msg::Phase2b { .. }
+            | Msg::Preempted { .. }
+            | Msg::Executed { .. }
+            | Msg::CatchUp { .. }
+            | Msg::Trim { .. }
+            | Msg::ReplyBatch { .. } => None,
+        }
+    };
+}
+
+/// Splits `msg` into its meta (the message with an empty payload field) and its payload, if the variant
+/// has one. Cheap: the variants with a payload are a few scalars and a `Bytes` handle.
+pub fn take_payload(msg: &Msg) -> (Msg, Option<Bytes>) {
+    let mut meta = msg.clone();
+    let payload = payload_of!(&mut meta).map(std::mem::take);
+    (meta, payload)
+}
+
+/// Puts `payload` back into the payload field of `msg`; an error if the variant has none.
+pub fn put_payload(msg: &mut Msg, payload: Bytes) -> Result<(), WireError> {
+    let kind = msg.name();
+    let slot = payload_of!(msg).ok_or(WireError::UnexpectedPayload { kind })?;
+    *slot = payload;
+    Ok(())
+}
+
+/// The fixed header, lengths already checked against the limits.
+struct Header {
+    kind: u8,
+    meta_len: usize,
+    payload_len: usize,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+        h[2] = PROTOCOL_VERSION;
+        h[3] = self.kind;
+        // Bytes 4..8 are the flags, all zero. The casts are lossless: the limits fit u32 (asserted in mod.rs).
+        h[8..12].copy_from_slice(&(self.meta_len as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&(self.payload_len as u32).to_le_bytes());
+        h
+    }
+
+    /// Validates everything the header alone can tell, so a bad frame is refused before its body arrives.
+    fn parse(h: [u8; HEADER_LEN]) -> Result<Header, WireError> {
+        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let magic = u16::from_le_bytes([h[0], h[1]]);
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if h[2] != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion(h[2]));
+        }
+        let kind = h[3];
+        if kind != KIND_HANDSHAKE && kind != KIND_MSG {
+            return Err(WireError::UnknownKind(kind));
+        }
+        if word(4) != 0 {
+            return Err(WireError::UnknownFlags(word(4)));
+        }
+        let (meta_len, payload_len) = (word(8) as usize, word(12) as usize);
+        if meta_len > MAX_META_BYTES {
+            return Err(WireError::MetaTooLarge { len: meta_len, max: MAX_META_BYTES });
+        }
+        if payload_len > MAX_PAYLOAD_BYTES {
+            return Err(WireError::PayloadTooLarge { len: payload_len, max: MAX_PAYLOAD_BYTES });
+        }
+        if kind == KIND_HANDSHAKE && payload_len > 0 {
+            return Err(WireError::UnexpectedPayload { kind: "Handshake" });
+        }
+        Ok(Header { kind, meta_len, payload_len })
+    }
+
+    fn payload_at(&self) -> usize {
+        HEADER_LEN + padded(self.meta_len)
+    }
+
+    fn frame_len(&self) -> usize {
+        self.payload_at() + padded(self.payload_len)
+    }
+}
+
+/// Lets rkyv serialize straight into the writer's chunk. Positions are relative to the meta's start,
+/// because that is what rkyv aligns against, and where the reader will find the archive.
+struct MetaWriter<'a> {
+    buf: &'a mut BytesMut,
+    base: usize,
+}
+
+impl Positional for MetaWriter<'_> {
+    fn pos(&self) -> usize {
+        self.buf.len() - self.base
+    }
+}
+
+impl<E> Writer<E> for MetaWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Outgoing frames of one connection during one executor turn, as segments for one vectored write:
+/// small parts (headers, metas, padding, small payloads) share one contiguous chunk; each larger payload
+/// is its own segment, the caller's `Bytes` itself, so a fan-out to N peers shares one buffer.
+#[derive(Debug, Default)]
+pub struct FrameWriter {
+    /// Finished segments, in stream order.
+    segments: Vec<Bytes>,
+    /// The contiguous bytes after the last segment.
+    chunk: BytesMut,
+    /// Bytes queued in `segments` and `chunk`; always a multiple of `FRAME_ALIGN`.
+    len: usize,
+}
+
+enum Meta<'a> {
+    Handshake(&'a Handshake),
+    Msg(&'a Msg),
+}
+
+impl FrameWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `msg`. On error (a message over a limit) nothing is queued: sending it would only make the
+    /// peer close the connection, and resending would do so again.
+    pub fn push_msg(&mut self, msg: &Msg) -> Result<(), WireError> {
+        match payload_of!(msg) {
+            Some(p) if !p.is_empty() => {
+                let (meta, payload) = take_payload(msg);
+                self.push(Meta::Msg(&meta), payload.as_ref())
+            }
+            // No payload, or an empty one: the message is its own meta, serialized without a clone.
+            _ => self.push(Meta::Msg(msg), None),
+        }
+    }
+
+    /// Queues a handshake frame.
+    pub fn push_handshake(&mut self, h: &Handshake) -> Result<(), WireError> {
+        self.push(Meta::Handshake(h), None)
+    }
+
+    fn push(&mut self, meta: Meta<'_>, payload: Option<&Bytes>) -> Result<(), WireError> {
+        let payload_len = payload.map_or(0, Bytes::len);
+        if payload_len > MAX_PAYLOAD_BYTES {
+            return Err(WireError::PayloadTooLarge { len: payload_len, max: MAX_PAYLOAD_BYTES });
+        }
+        let start = self.chunk.len();
+        self.chunk.put_bytes(0, HEADER_LEN); // filled in once the meta's length is known
+        let base = self.chunk.len();
+        let writer = MetaWriter { buf: &mut self.chunk, base };
+        let (kind, encoded) = match meta {
+            Meta::Handshake(h) => (KIND_HANDSHAKE, to_bytes_in::<_, RkyvError>(h, writer).map(drop)),
+            Meta::Msg(m) => (KIND_MSG, to_bytes_in::<_, RkyvError>(m, writer).map(drop)),
+        };
+        let meta_len = self.chunk.len() - base;
+        let refused = match encoded {
+            Err(e) => Some(WireError::Unencodable(e.to_string())),
+            Ok(()) if meta_len > MAX_META_BYTES => {
+                Some(WireError::MetaTooLarge { len: meta_len, max: MAX_META_BYTES })
+            }
+            Ok(()) => None,
+        };
+        if let Some(e) = refused {
+            self.chunk.truncate(start);
+            return Err(e);
+        }
+        let header = Header { kind, meta_len, payload_len };
+        self.chunk[start..base].copy_from_slice(&header.encode());
+        self.chunk.put_bytes(0, padded(meta_len) - meta_len);
+        if let Some(p) = payload.filter(|p| !p.is_empty()) {
+            if p.len() <= INLINE_PAYLOAD_MAX {
+                self.chunk.extend_from_slice(p);
+            } else {
+                self.flush_chunk();
+                self.segments.push(p.clone());
+            }
+            self.chunk.put_bytes(0, padded(p.len()) - p.len());
+        }
+        self.len += header.frame_len();
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self) {
+        if !self.chunk.is_empty() {
+            // `split` keeps the rest of the allocation for the next small parts.
+            self.segments.push(self.chunk.split().freeze());
+        }
+    }
+
+    /// The queued bytes as segments in stream order, for one vectored write; leaves the writer empty.
+    /// (A writev takes at most `IOV_MAX` segments: write longer lists in several calls.)
+    pub fn take_segments(&mut self) -> Vec<Bytes> {
+        self.flush_chunk();
+        self.len = 0;
+        std::mem::take(&mut self.segments)
+    }
+
+    /// How many bytes are queued.
+    pub fn len_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Encodes one message as the segments of its frame (for tests and one-off sends).
+pub fn encode_frame(msg: &Msg) -> Result<Vec<Bytes>, WireError> {
+    let mut w = FrameWriter::new();
+    w.push_msg(msg)?;
+    Ok(w.take_segments())
+}
+
+/// The receive side of one connection: the socket reads into [`FrameReader::read_buf`], commits with
+/// [`FrameReader::advance`], and [`FrameReader::next_frame`] yields validated frames.
+///
+/// After an error nothing is consumed and every later call returns the same error: close the connection.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// `[0, filled)`: received, not yet consumed; `[filled, len)`: zeroed room handed out by `read_buf`.
+    buf: BytesMut,
+    filled: usize,
+    /// The length of the frame at the front once its header is in, so `read_buf` can offer room for
+    /// all of it at once instead of growing (and copying) the buffer chunk by chunk.
+    need: usize,
+    misaligned_metas: u64,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room to read into: at least [`READ_CHUNK`] bytes, and the rest of a large frame once its header
+    /// is in. Zeroed, because safe code cannot hand out uninitialised memory.
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        let want = self.filled + READ_CHUNK.max(self.need.saturating_sub(self.filled));
+        if self.buf.len() < want {
+            if self.buf.capacity() < want {
+                // Growing moves the bytes: carry only the received ones, not stale spare room.
+                self.buf.truncate(self.filled);
+            }
+            self.buf.resize(want, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// Commits `n` bytes that the socket wrote at the start of [`FrameReader::read_buf`].
+    pub fn advance(&mut self, n: usize) {
+        assert!(n <= self.buf.len() - self.filled, "advance({n}) beyond the room read_buf offered");
+        self.filled += n;
+    }
+
+    /// Received bytes not yet returned as frames: non-zero when the peer closes mid-frame.
+    pub fn buffered(&self) -> usize {
+        self.filled
+    }
+
+    /// How many metas were not 16-aligned in the receive buffer and had to be copied to be read.
+    pub fn misaligned_metas(&self) -> u64 {
+        self.misaligned_metas
+    }
+
+    /// The next whole frame, `Ok(None)` if the buffered bytes do not hold one yet, or why the stream is bad.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        if self.filled < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&self.buf[..HEADER_LEN]);
+        let header = Header::parse(head)?;
+        let total = header.frame_len();
+        if self.filled < total {
+            self.need = total;
+            return Ok(None);
+        }
+        self.need = 0;
+        let meta = &self.buf[HEADER_LEN..HEADER_LEN + header.meta_len];
+        if meta.as_ptr() as usize % FRAME_ALIGN != 0 {
+            self.misaligned_metas += 1;
+        }
+        let frame = if header.kind == KIND_HANDSHAKE {
+            Frame::Handshake(decode::<Handshake>(meta)?)
+        } else {
+            let mut msg = decode::<Msg>(meta)?;
+            let kind = msg.name();
+            match payload_of!(&mut msg) {
+                // One encoding per message: a batch travels in the payload, never inside the meta.
+                Some(slot) if !slot.is_empty() => return Err(WireError::InlinePayload { kind }),
+                None if header.payload_len > 0 => return Err(WireError::UnexpectedPayload { kind }),
+                Some(slot) if header.payload_len > 0 => {
+                    // Zero copy: the frame leaves the buffer as shared bytes; the payload is a view of them.
+                    let at = header.payload_at();
+                    *slot = self.buf.split_to(total).freeze().slice(at..at + header.payload_len);
+                    self.filled -= total;
+                    return Ok(Some(Frame::Msg(msg)));
+                }
+                _ => {}
+            }
+            Frame::Msg(msg)
+        };
+        self.buf.advance(total);
+        self.filled -= total;
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::{encode_batch, AcceptedEntry, ClientReply, Command};
+    use crate::protocol::{Ballot, RoleKind};
+    use proptest::prelude::*;
+
+    const B: Ballot = Ballot { round: 3, proposer: 2 };
+
+    /// Opaque batch bytes: the wire never looks inside a payload.
+    fn batch(len: usize) -> Bytes {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>().into()
+    }
+
+    fn cmd(seq: u64) -> Command {
+        Command { client_id: 9, seq, op: Bytes::from_static(b"put k v") }
+    }
+
+    /// At least one message of every variant; those with a payload with a large, a small, an empty and a
+    /// no-op one.
+    fn samples() -> Vec<Msg> {
+        let big = batch(4096);
+        let real = encode_batch(vec![cmd(1), cmd(2)]);
+        let reply = ClientReply { client_id: 9, seq: 1, result: Bytes::from_static(b"ok") };
+        let entry = AcceptedEntry { slot: 4, ballot: B, value: Value::Batch(batch(40)) };
+        vec![
+            Msg::ClientRequest(cmd(1)),
+            Msg::ClientReply(reply.clone()),
+            Msg::NotLeader { leader_hint: Some(2) },
+            Msg::ClientBatch { origin: 5, forwarded: true, attempt: 1, batch: big.clone() },
+            Msg::ClientBatch { origin: 5, forwarded: false, attempt: 0, batch: Bytes::new() },
+            Msg::BatchRefused { leader_hint: None, attempt: 2, batch: batch(100) },
+            Msg::Heartbeat { ballot: B },
+            Msg::Phase1a { ballot: B, nonce: 77, from_slot: 3 },
+            Msg::Phase1b { ballot: B, nonce: 77, trimmed_below: 2, accepted: vec![entry] },
+            Msg::Nack { promised: B },
+            Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real) },
+            Msg::Propose { ballot: B, slot: 9, value: Value::Noop },
+            Msg::Phase2a { ballot: B, slot: 8, value: Value::Batch(big.clone()) },
+            Msg::Phase2a { ballot: B, slot: 10, value: Value::Noop },
+            Msg::Phase2b { ballot: B, slot: 8 },
+            Msg::Preempted { promised: B },
+            Msg::Chosen { slot: 8, value: Value::Batch(batch(INLINE_PAYLOAD_MAX + 1)) },
+            Msg::Chosen { slot: 9, value: Value::Noop },
+            Msg::Executed { watermark: 9 },
+            Msg::CatchUp { from_slot: 4 },
+            Msg::Trim { below: 4 },
+            Msg::ReplyBatch { replies: vec![reply.clone(), reply] },
+        ]
+    }
+
+    fn hello() -> Handshake {
+        Handshake::new("prod", 7, RoleKind::Acceptor)
+    }
+
+    /// The frames `samples()` and a handshake make, and the bytes of them back to back.
+    fn stream() -> (Vec<Frame>, Vec<u8>) {
+        let mut w = FrameWriter::new();
+        w.push_handshake(&hello()).unwrap();
+        let mut frames = vec![Frame::Handshake(hello())];
+        for m in samples() {
+            w.push_msg(&m).unwrap();
+            frames.push(Frame::Msg(m));
+        }
+        let len = w.len_bytes();
+        let bytes = w.take_segments().concat();
+        assert_eq!((bytes.len(), len % FRAME_ALIGN, w.is_empty()), (len, 0, true));
+        (frames, bytes)
+    }
+
+    /// Copies `bytes` into the reader as the socket would.
+    fn feed(r: &mut FrameReader, bytes: &[u8]) {
+        r.read_buf()[..bytes.len()].copy_from_slice(bytes);
+        r.advance(bytes.len());
+    }
+
+    /// Feeds `bytes` in pieces cut at `cuts`, draining frames after each piece.
+    fn read_in_pieces(bytes: &[u8], cuts: &[usize]) -> Result<Vec<Frame>, WireError> {
+        let mut r = FrameReader::new();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        for end in cuts.iter().copied().chain([bytes.len()]) {
+            let end = end.clamp(at, bytes.len());
+            feed(&mut r, &bytes[at..end]);
+            at = end;
+            while let Some(f) = r.next_frame()? {
+                frames.push(f);
+            }
+        }
+        assert_eq!(r.buffered(), 0, "a whole stream leaves nothing behind");
+        Ok(frames)
+    }
+
+    /// A frame assembled by hand, to say what no honest writer would.
+    fn raw(kind: u8, flags: u32, meta: &[u8], payload: &[u8]) -> Vec<u8> {
+        let header = Header { kind, meta_len: meta.len(), payload_len: payload.len() };
+        let mut out = header.encode().to_vec();
+        out[4..8].copy_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(meta);
+        out.resize(header.payload_at(), 0);
+        out.extend_from_slice(payload);
+        out.resize(header.frame_len(), 0);
+        out
+    }
+
+    fn first_frame(bytes: &[u8]) -> Result<Option<Frame>, WireError> {
+        let mut r = FrameReader::new();
+        feed(&mut r, bytes);
+        r.next_frame()
+    }
+
+    #[test]
+    fn every_variant_round_trips_in_one_read() {
+        let variant = |m: &Msg| match m {
+            Msg::ClientRequest(_) => 0,
+            Msg::ClientReply(_) => 1,
+            Msg::NotLeader { .. } => 2,
+            Msg::ClientBatch { .. } => 3,
+            Msg::BatchRefused { .. } => 4,
+            Msg::Heartbeat { .. } => 5,
+            Msg::Phase1a { .. } => 6,
+            Msg::Phase1b { .. } => 7,
+            Msg::Nack { .. } => 8,
+            Msg::Propose { .. } => 9,
+            Msg::Phase2a { .. } => 10,
+            Msg::Phase2b { .. } => 11,
+            Msg::Preempted { .. } => 12,
+            Msg::Chosen { .. } => 13,
+            Msg::Executed { .. } => 14,
+            Msg::CatchUp { .. } => 15,
+            Msg::Trim { .. } => 16,
+            Msg::ReplyBatch { .. } => 17,
+        };
+        let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
+        assert_eq!(covered.len(), 18, "samples() covers every Msg variant");
+        let (frames, bytes) = stream();
+        assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
+    }
+
+    #[test]
+    fn byte_by_byte_gives_the_same_frames_and_none_until_each_is_whole() {
+        let (frames, bytes) = stream();
+        let cuts: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(read_in_pieces(&bytes, &cuts), Ok(frames));
+    }
+
+    #[test]
+    fn a_truncated_frame_is_none_and_stays_buffered() {
+        let bytes = encode_frame(&samples()[3]).unwrap().concat();
+        let mut r = FrameReader::new();
+        feed(&mut r, &bytes[..bytes.len() - 1]);
+        assert_eq!(r.next_frame(), Ok(None));
+        assert_eq!(r.buffered(), bytes.len() - 1);
+        feed(&mut r, &bytes[bytes.len() - 1..]);
+        assert_eq!(r.next_frame(), Ok(Some(Frame::Msg(samples()[3].clone()))));
+    }
+
+    #[test]
+    fn a_received_payload_is_a_view_of_the_receive_buffer() {
+        let bytes = encode_frame(&samples()[3]).unwrap().concat();
+        let mut r = FrameReader::new();
+        let room = r.read_buf();
+        let region = room.as_ptr_range();
+        room[..bytes.len()].copy_from_slice(&bytes);
+        r.advance(bytes.len());
+        let Some(Frame::Msg(Msg::ClientBatch { batch, .. })) = r.next_frame().unwrap() else { panic!() };
+        assert_eq!(batch, batch_of(&samples()[3]));
+        assert!(region.contains(&batch.as_ptr()) && region.contains(&batch[batch.len() - 1..].as_ptr()));
+    }
+
+    fn batch_of(m: &Msg) -> Bytes {
+        take_payload(m).1.unwrap()
+    }
+
+    #[test]
+    fn a_fan_out_shares_one_payload_buffer() {
+        let big = batch(4096);
+        let msg = Msg::Phase2a { ballot: B, slot: 1, value: Value::Batch(big.clone()) };
+        for _ in 0..3 {
+            let mut w = FrameWriter::new();
+            w.push_msg(&Msg::Heartbeat { ballot: B }).unwrap();
+            w.push_msg(&msg).unwrap();
+            w.push_msg(&Msg::Heartbeat { ballot: B }).unwrap();
+            let segments = w.take_segments();
+            assert_eq!(segments.len(), 3, "chunk, payload, chunk");
+            assert_eq!((segments[1].as_ptr(), segments[1].len()), (big.as_ptr(), big.len()));
+        }
+    }
+
+    #[test]
+    fn a_received_batch_is_forwarded_as_the_same_bytes() {
+        let propose = Msg::Propose { ballot: B, slot: 1, value: Value::Batch(batch(4096)) };
+        let mut r = FrameReader::new();
+        feed(&mut r, &encode_frame(&propose).unwrap().concat());
+        let Some(Frame::Msg(Msg::Propose { value, .. })) = r.next_frame().unwrap() else { panic!() };
+        let Value::Batch(received) = value.clone() else { panic!() };
+        let segments = encode_frame(&Msg::Phase2a { ballot: B, slot: 1, value }).unwrap();
+        assert_eq!(segments[1].as_ptr(), received.as_ptr());
+    }
+
+    #[test]
+    fn a_small_payload_is_copied_into_the_chunk() {
+        let msg = Msg::ClientBatch { origin: 1, forwarded: false, attempt: 0, batch: batch(64) };
+        assert_eq!(encode_frame(&msg).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_misaligned_receive_buffer_is_read_through_a_copy() {
+        let (frames, bytes) = stream();
+        let mut r = FrameReader::new();
+        // Start the buffer one byte into its allocation, so that no meta is aligned.
+        r.buf.put_u8(0);
+        r.buf.advance(1);
+        feed(&mut r, &bytes);
+        let got: Vec<Frame> = std::iter::from_fn(|| r.next_frame().unwrap()).collect();
+        assert_eq!(got, frames);
+        assert_eq!(r.misaligned_metas(), frames.len() as u64);
+    }
+
+    #[test]
+    fn take_and_put_payload_are_inverse_and_put_refuses_a_variant_without_a_slot() {
+        for m in samples() {
+            let (mut meta, payload) = take_payload(&m);
+            if let Some(p) = payload {
+                assert!(payload_of!(&meta).is_some_and(Bytes::is_empty));
+                put_payload(&mut meta, p).unwrap();
+            }
+            assert_eq!(meta, m);
+        }
+        let mut noop = Msg::Chosen { slot: 1, value: Value::Noop };
+        assert_eq!(put_payload(&mut noop, batch(1)), Err(WireError::UnexpectedPayload { kind: "Chosen" }));
+    }
+
+    #[test]
+    fn the_writer_refuses_a_message_over_the_limits_and_queues_nothing() {
+        let huge = ClientReply { client_id: 1, seq: 1, result: batch(MAX_META_BYTES) };
+        let mut w = FrameWriter::new();
+        let err = w.push_msg(&Msg::ReplyBatch { replies: vec![huge] }).unwrap_err();
+        assert!(matches!(err, WireError::MetaTooLarge { max: MAX_META_BYTES, .. }), "{err}");
+        let too_big = Bytes::from(vec![0; MAX_PAYLOAD_BYTES + 1]);
+        let err = w.push_msg(&Msg::ClientBatch { origin: 1, forwarded: false, attempt: 0, batch: too_big });
+        assert_eq!(
+            err,
+            Err(WireError::PayloadTooLarge { len: MAX_PAYLOAD_BYTES + 1, max: MAX_PAYLOAD_BYTES })
+        );
+        assert!(w.is_empty() && w.take_segments().is_empty());
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_as_soon_as_its_header_is_in() {
+        let mut meta_huge = raw(KIND_MSG, 0, &[], &[]);
+        meta_huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = FrameReader::new();
+        feed(&mut r, &meta_huge[..HEADER_LEN - 1]);
+        assert_eq!(r.next_frame(), Ok(None));
+        feed(&mut r, &meta_huge[HEADER_LEN - 1..HEADER_LEN]);
+        let err = WireError::MetaTooLarge { len: u32::MAX as usize, max: MAX_META_BYTES };
+        assert_eq!(r.next_frame(), Err(err.clone()));
+        assert_eq!(r.next_frame(), Err(err), "the error sticks");
+        assert!(r.read_buf().len() < 2 * READ_CHUNK, "nothing was reserved for the body");
+
+        let mut payload_huge = raw(KIND_MSG, 0, &[], &[]);
+        payload_huge[12..16].copy_from_slice(&((MAX_PAYLOAD_BYTES + 16) as u32).to_le_bytes());
+        let err = WireError::PayloadTooLarge { len: MAX_PAYLOAD_BYTES + 16, max: MAX_PAYLOAD_BYTES };
+        assert_eq!(first_frame(&payload_huge[..HEADER_LEN]), Err(err));
+    }
+
+    #[test]
+    fn a_bad_header_field_is_named() {
+        let good = encode_frame(&Msg::Trim { below: 3 }).unwrap().concat();
+        let with = |at: usize, byte: u8| {
+            let mut b = good.clone();
+            b[at] = byte;
+            first_frame(&b)
+        };
+        assert_eq!(with(0, b'X'), Err(WireError::BadMagic(0x5058)));
+        assert_eq!(with(2, 2), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(with(3, 9), Err(WireError::UnknownKind(9)));
+        assert_eq!(with(7, 0x80), Err(WireError::UnknownFlags(0x8000_0000)));
+    }
+
+    #[test]
+    fn garbage_meta_is_invalid_meta() {
+        for meta in [&[][..], &[0xff; 3], &[0xab; 64]] {
+            for kind in [KIND_MSG, KIND_HANDSHAKE] {
+                let err = first_frame(&raw(kind, 0, meta, &[])).unwrap_err();
+                assert!(matches!(err, WireError::InvalidMeta(_)), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_where_none_belongs_is_refused() {
+        let meta = |m: &Msg| rkyv::to_bytes::<RkyvError>(m).unwrap();
+        let heartbeat = meta(&Msg::Heartbeat { ballot: B });
+        let err = first_frame(&raw(KIND_MSG, 0, &heartbeat, b"extra"));
+        assert_eq!(err, Err(WireError::UnexpectedPayload { kind: "Heartbeat" }));
+        let noop = meta(&Msg::Phase2a { ballot: B, slot: 1, value: Value::Noop });
+        let err = first_frame(&raw(KIND_MSG, 0, &noop, b"extra"));
+        assert_eq!(err, Err(WireError::UnexpectedPayload { kind: "Phase2a" }));
+        let hello = rkyv::to_bytes::<RkyvError>(&hello()).unwrap();
+        let err = first_frame(&raw(KIND_HANDSHAKE, 0, &hello, b"x")[..HEADER_LEN]);
+        assert_eq!(err, Err(WireError::UnexpectedPayload { kind: "Handshake" }));
+        let inline = meta(&Msg::Chosen { slot: 1, value: Value::Batch(batch(8)) });
+        let err = first_frame(&raw(KIND_MSG, 0, &inline, &[]));
+        assert_eq!(err, Err(WireError::InlinePayload { kind: "Chosen" }));
+    }
+
+    /// Drains `r` until it wants more bytes or reports an error; must not panic.
+    fn drain(r: &mut FrameReader) -> Result<(), WireError> {
+        while r.next_frame()?.is_some() {}
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_frames(mut cuts in prop::collection::vec(0usize..11_000, 0..40)) {
+            let (frames, bytes) = stream();
+            cuts.sort_unstable();
+            prop_assert_eq!(read_in_pieces(&bytes, &cuts), Ok(frames));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8)) {
+            let mut r = FrameReader::new();
+            for c in &chunks {
+                feed(&mut r, c);
+                if drain(&mut r).is_err() {
+                    break;
+                }
+            }
+        }
+
+        #[test]
+        fn a_valid_header_over_arbitrary_bytes_never_panics(
+            kind in 1u8..=2,
+            meta in prop::collection::vec(any::<u8>(), 0..200),
+            payload in prop::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let mut r = FrameReader::new();
+            feed(&mut r, &raw(kind, 0, &meta, &payload));
+            let _ = drain(&mut r);
+        }
+
+        #[test]
+        fn a_corrupted_valid_frame_never_panics(at in 0usize..4_000, byte in any::<u8>()) {
+            let (_, mut bytes) = stream();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let mut r = FrameReader::new();
+            feed(&mut r, &bytes);
+            let _ = drain(&mut r);
+        }
+    }
+}

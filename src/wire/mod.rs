@@ -1,0 +1,118 @@
+//! The wire codec: how a [`Msg`](crate::protocol::Msg) or a [`Handshake`] becomes frames on a TCP
+//! stream and back, validated before use.
+//!
+//! **Sans-IO, like `src/protocol/`:** no sockets, no async, no clock. The runtime reads bytes into a
+//! [`FrameReader`] and writes the segments of a [`FrameWriter`]; the simulator needs neither.
+//! **Never panics on input:** every malformed byte sequence from a peer is a [`WireError`], for which the
+//! caller closes that one connection with a logged reason. **Never copies a batch:** a batch travels as the
+//! same reference-counted bytes from the receive buffer to every destination it is forwarded to.
+//!
+//! A frame, every length a multiple of [`FRAME_ALIGN`] so that, in a buffer of back-to-back frames whose
+//! start is aligned, every meta is aligned for rkyv to read in place:
+//!
+//! ```text
+//! offset 0   magic u16 LE = 0x5041 ("AP" on the wire) | version u8 | kind u8 (1 handshake, 2 msg)
+//!        4   flags u32 LE (reserved: 0)
+//!        8   meta_len u32 LE      (≤ MAX_META_BYTES)
+//!       12   payload_len u32 LE   (≤ MAX_PAYLOAD_BYTES)
+//!       16   meta: rkyv archive of a Handshake, or of a Msg with its large payload taken out
+//!            zero padding to a multiple of 16
+//!            payload: the raw bytes of that large payload (a batch), or nothing
+//!            zero padding to a multiple of 16
+//! ```
+
+pub mod frame;
+pub mod handshake;
+
+pub use frame::{encode_frame, put_payload, take_payload, Frame, FrameReader, FrameWriter};
+pub use handshake::{Handshake, HandshakeError};
+
+use crate::protocol::messages::ArchivedMsg;
+use handshake::ArchivedHandshake;
+
+/// Frame lengths and offsets are multiples of this; it must cover rkyv's alignment of every meta type.
+pub const FRAME_ALIGN: usize = 16;
+/// The fixed frame header: magic, version, kind, flags, meta_len, payload_len.
+pub const HEADER_LEN: usize = 16;
+/// The first two bytes of every frame, `b"AP"` read as a little-endian `u16`.
+pub const MAGIC: u16 = 0x5041;
+/// The version of the frame format and of the protocol; a peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The largest meta accepted or sent. Metas are small (a batch travels as the payload); this bounds what
+/// a peer can make us buffer and validate before anything is known about the frame.
+pub const MAX_META_BYTES: usize = 1 << 20;
+/// The largest payload (one batch) accepted or sent.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+/// The largest possible frame: both limits are aligned, so it has no padding.
+pub const MAX_FRAME_BYTES: usize = HEADER_LEN + MAX_META_BYTES + MAX_PAYLOAD_BYTES;
+/// The least spare room [`FrameReader::read_buf`] offers, so one read syscall can take many frames.
+pub const READ_CHUNK: usize = 64 << 10;
+/// Payloads up to this size are copied next to their header instead of becoming their own segment:
+/// below it a memcpy is cheaper than an iovec entry, and it keeps a writev of many tiny frames under IOV_MAX.
+pub const INLINE_PAYLOAD_MAX: usize = 512;
+
+const _: () = assert!(FRAME_ALIGN.is_power_of_two());
+const _: () = assert!(HEADER_LEN % FRAME_ALIGN == 0);
+const _: () = assert!(FRAME_ALIGN >= std::mem::align_of::<ArchivedMsg>());
+const _: () = assert!(FRAME_ALIGN >= std::mem::align_of::<ArchivedHandshake>());
+const _: () = assert!(MAX_META_BYTES % FRAME_ALIGN == 0 && MAX_PAYLOAD_BYTES % FRAME_ALIGN == 0);
+// Lengths travel as u32, and header arithmetic on them must not overflow a 32-bit usize.
+const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize && usize::BITS >= 32);
+const _: () = assert!(READ_CHUNK >= HEADER_LEN && INLINE_PAYLOAD_MAX < MAX_PAYLOAD_BYTES);
+
+/// Why bytes from a peer (or a message to send) are not a valid frame. Each one ends that connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame does not start with [`MAGIC`]: the peer is not autopaxos, or the stream lost sync.
+    #[error("bad magic 0x{0:04x} (expected 0x5041 \"AP\"): not an autopaxos stream or lost sync")]
+    BadMagic(u16),
+    /// The peer speaks another frame/protocol version.
+    #[error("unsupported version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The header's kind byte names no known frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// Reserved flag bits are set; a newer peer may mean something by them that we cannot honour.
+    #[error("unknown flags 0x{0:08x}")]
+    UnknownFlags(u32),
+    /// The meta is over the limit.
+    #[error("meta of {len} bytes exceeds the limit of {max}")]
+    MetaTooLarge {
+        /// The meta's length.
+        len: usize,
+        /// [`MAX_META_BYTES`].
+        max: usize,
+    },
+    /// The payload is over the limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// [`MAX_PAYLOAD_BYTES`].
+        max: usize,
+    },
+    /// The meta failed rkyv validation (bytecheck) or deserialization.
+    #[error("invalid meta: {0}")]
+    InvalidMeta(String),
+    /// A payload came with (or was put into) a frame or message that has no payload slot.
+    #[error("{kind} carries no payload, but one was given")]
+    UnexpectedPayload {
+        /// The message name, or "Handshake".
+        kind: &'static str,
+    },
+    /// The meta carries its batch inline instead of in the payload: not how any sender encodes it.
+    #[error("{kind} carries its batch inside the meta; it belongs in the payload")]
+    InlinePayload {
+        /// The message name.
+        kind: &'static str,
+    },
+    /// Serializing an outgoing meta failed (cannot happen for in-memory values short of a 2 GiB archive).
+    #[error("cannot encode meta: {0}")]
+    Unencodable(String),
+}
+
+impl From<crate::protocol::messages::DecodeError> for WireError {
+    fn from(e: crate::protocol::messages::DecodeError) -> Self {
+        WireError::InvalidMeta(e.0)
+    }
+}
