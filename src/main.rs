@@ -59,6 +59,14 @@ enum Command {
     Sim(SimArgs),
 }
 
+/// A core list as one argument (`0-3,6`); a newtype so clap takes it as one value, not many.
+#[derive(Clone, Debug)]
+struct Cores(Vec<usize>);
+
+fn parse_core_list(s: &str) -> Result<Cores, String> {
+    parse_cores(s).map(Cores)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 10s or 500ms: {e}"))
 }
@@ -74,8 +82,8 @@ struct NodeFlags {
     #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
     read_budget: usize,
     /// Cores to run on, e.g. 0-3,6 (default: every core this process may use).
-    #[arg(long, value_parser = parse_cores)]
-    cores: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_core_list)]
+    cores: Option<Cores>,
     /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only).
     #[arg(long, default_value = "kv")]
     state_machine: StateMachineKind,
@@ -125,6 +133,10 @@ struct ClientArgs {
     /// Serve Prometheus metrics here.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Write distinct keys, then read every acknowledged write back and compare; exit status 1 if
+    /// any is missing or different (kv only).
+    #[arg(long)]
+    verify: bool,
     #[command(flatten)]
     flags: NodeFlags,
 }
@@ -224,9 +236,13 @@ fn local(args: LocalArgs) -> Result<(), String> {
         warmup: Duration::from_secs(1),
         tunables: tunables(&args.node, Tunables::default())?,
         clients: args.clients,
-        workload: Workload { value_size: args.value_size, state_machine: args.node.state_machine },
+        workload: Workload {
+            value_size: args.value_size,
+            state_machine: args.node.state_machine,
+            verify: false,
+        },
         read_budget: args.node.read_budget,
-        cores: args.node.cores.clone().unwrap_or_default(),
+        cores: args.node.cores.clone().map(|c| c.0).unwrap_or_default(),
         progress: true,
     };
     eprintln!(
@@ -255,8 +271,15 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let tunables = tunables(&args.flags, file.tunables.clone())?;
     let control = Arc::new(LoadControl::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let cores = args.flags.cores.clone().unwrap_or_else(allowed_cores);
-    let workload = Workload { value_size: args.value_size, state_machine: args.flags.state_machine };
+    let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
+    if args.verify && args.flags.state_machine != StateMachineKind::Kv {
+        return Err("--verify needs the kv state machine".into());
+    }
+    let workload = Workload {
+        value_size: args.value_size,
+        state_machine: args.flags.state_machine,
+        verify: args.verify,
+    };
     let pool = client_pool(args.node, args.clients, file.config.clone(), tunables, workload, control.clone());
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
@@ -264,6 +287,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
         addresses: file.addresses.clone(),
         read_budget: args.flags.read_budget,
         stop: stop.clone(),
+        spin_before_park: Duration::ZERO,
     };
     let running = start(plan, Instant::now())?;
     std::thread::sleep(Duration::from_secs(1));
@@ -286,8 +310,26 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let window = t0.elapsed().as_secs_f64();
     let completed = control.completed_measured.load(Ordering::Relaxed);
     control.stop.store(true, Ordering::Relaxed);
+    if args.verify {
+        // Every client reads back what it was acknowledged; bounded, in case the cluster is down.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while control.verify_done.load(Ordering::Relaxed) < u64::from(args.clients)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let h = running.join();
+    let verify_failed = if args.verify {
+        let (verified, lost) =
+            (control.verified.load(Ordering::Relaxed), control.lost.load(Ordering::Relaxed));
+        let finished = control.verify_done.load(Ordering::Relaxed);
+        println!("verify: {verified} acknowledged writes read back intact, {lost} lost ({finished}/{} clients finished reading back)", args.clients);
+        lost > 0 || finished < u64::from(args.clients)
+    } else {
+        false
+    };
     let rate = completed as f64 / window;
     println!(
         "{} cmds/s ({completed} commands in {window:.1}s, {} clients); latency p50 {} us p99 {} us max {} us",
@@ -308,13 +350,16 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if completed == 0 {
         return Err("no command completed: is the cluster up?".into());
     }
+    if verify_failed {
+        return Err("verification failed: an acknowledged write was lost or could not be read back".into());
+    }
     Ok(())
 }
 
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let tunables = tunables(&args.flags, file.tunables.clone())?;
-    let cores = args.flags.cores.clone().unwrap_or_else(allowed_cores);
+    let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, &id) in args.node.iter().enumerate() {
         match file.role_of(id) {
@@ -345,6 +390,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         addresses: file.addresses.clone(),
         read_budget: args.flags.read_budget,
         stop: Arc::new(AtomicBool::new(false)),
+        spin_before_park: Duration::ZERO,
     };
     let running = start(plan, Instant::now())?;
     tracing::info!(metrics = %args.metrics_addr, "serving");

@@ -5,7 +5,7 @@
 
 use crate::protocol::client::Client;
 use crate::protocol::messages::client_id;
-use crate::protocol::state_machine::kv::KvOp;
+use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
 use bytes::Bytes;
@@ -31,6 +31,9 @@ pub struct Workload {
     pub value_size: usize,
     /// Which state machine the cluster runs (decides the operation encoding).
     pub state_machine: StateMachineKind,
+    /// Write distinct keys, remember every acknowledged write, and once stopped read each one back
+    /// and compare (kv only). Proves that no acknowledged write was lost.
+    pub verify: bool,
 }
 
 /// Counters shared by every pool of a process (across cores), read by the progress line.
@@ -46,6 +49,12 @@ pub struct LoadControl {
     pub completed_measured: AtomicU64,
     /// Requests resent after a timeout.
     pub retries: AtomicU64,
+    /// Verify mode: acknowledged writes read back with the value written.
+    pub verified: AtomicU64,
+    /// Verify mode: acknowledged writes read back missing or with another value.
+    pub lost: AtomicU64,
+    /// Verify mode: clients that have read back all their acknowledged writes.
+    pub verify_done: AtomicU64,
 }
 
 /// A new empty latency histogram (microseconds, 1 µs to 100 s, 3 significant digits).
@@ -64,6 +73,31 @@ pub struct ClientPool {
     rng: ChaCha8Rng,
     control: Arc<LoadControl>,
     latencies: Rc<RefCell<Histogram<u64>>>,
+    /// Verify mode, per client: acknowledged writes (seq), the op in flight, and read-back progress.
+    verify: Vec<VerifyState>,
+}
+
+#[derive(Debug, Default)]
+struct VerifyState {
+    next_seq: u64,
+    acked: Vec<u64>,
+    in_flight: Option<Pending>,
+    read_back: usize,
+    done: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Write(u64),
+    Read(u64),
+}
+
+fn verify_key(client_id: u64, seq: u64) -> (Bytes, Bytes, Bytes) {
+    (
+        Bytes::from(format!("verify-{client_id}")),
+        Bytes::copy_from_slice(&seq.to_le_bytes()),
+        Bytes::from(format!("c{client_id}s{seq}")),
+    )
 }
 
 impl ClientPool {
@@ -93,6 +127,7 @@ impl ClientPool {
             rng,
             control,
             latencies,
+            verify: (0..count).map(|_| VerifyState::default()).collect(),
         }
     }
 
@@ -110,6 +145,9 @@ impl ClientPool {
     }
 
     fn submit(&mut self, index: usize, now: Time, out: &mut Out) {
+        if self.workload.verify {
+            return self.submit_verified(index, now, out);
+        }
         if self.control.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -118,11 +156,69 @@ impl ClientPool {
         self.clients[index].submit(now, op, out).expect("a client is resubmitted only once idle");
     }
 
+    /// Verify mode: a distinct write while running; once stopped, read back each acknowledged write.
+    fn submit_verified(&mut self, index: usize, now: Time, out: &mut Out) {
+        let client_id = self.clients[index].client_id();
+        let state = &mut self.verify[index];
+        let op = if !self.control.stop.load(Ordering::Relaxed) {
+            state.next_seq += 1;
+            let seq = state.next_seq;
+            let (partition, item, value) = verify_key(client_id, seq);
+            state.in_flight = Some(Pending::Write(seq));
+            KvOp::Put { partition, item, value }
+        } else if let Some(&seq) = state.acked.get(state.read_back) {
+            let (partition, item, _) = verify_key(client_id, seq);
+            state.in_flight = Some(Pending::Read(seq));
+            KvOp::Get { partition, item }
+        } else {
+            if !state.done {
+                state.done = true;
+                self.control.verify_done.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        self.sent_at[index] = now;
+        self.clients[index].submit(now, op.encode(), out).expect("a client is resubmitted only once idle");
+    }
+
+    fn check_verified(&mut self, index: usize, result: &[u8]) {
+        let client_id = self.clients[index].client_id();
+        let state = &mut self.verify[index];
+        let result = KvResult::decode(result);
+        match state.in_flight.take() {
+            Some(Pending::Write(seq)) => {
+                if matches!(result, Ok(KvResult::Written { .. })) {
+                    state.acked.push(seq);
+                }
+            }
+            Some(Pending::Read(seq)) => {
+                state.read_back += 1;
+                let (_, _, expected) = verify_key(client_id, seq);
+                match result {
+                    Ok(KvResult::Value { value, .. }) if value == expected => {
+                        self.control.verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        tracing::error!(client_id, seq, "acknowledged write lost: read back {other:?}");
+                        self.control.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
     /// Handles the completions a client call just recorded, and starts each client's next request.
     fn after_client_call(&mut self, index: usize, events_before: usize, now: Time, out: &mut Out) {
-        let completed = out.events[events_before..].iter().any(|e| matches!(e, Event::Completed { .. }));
-        if !completed {
+        let completed = out.events[events_before..].iter().find_map(|e| match e {
+            Event::Completed { result, .. } => Some(result.clone()),
+            _ => None,
+        });
+        let Some(result) = completed else {
             return;
+        };
+        if self.workload.verify {
+            self.check_verified(index, &result);
         }
         self.control.completed.fetch_add(1, Ordering::Relaxed);
         if self.control.measuring.load(Ordering::Relaxed) {

@@ -181,6 +181,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         addresses: Default::default(),
         read_budget: opts.read_budget,
         stop: stop.clone(),
+        spin_before_park: Duration::from_micros(500),
     };
     let epoch = Instant::now();
     let running = start(plan, epoch)?;
