@@ -1,5 +1,6 @@
 //! Keeps the rule of `src/protocol/mod.rs`: the protocol core performs no I/O, reads no clock, draws
-//! no OS randomness and never iterates a randomly seeded hash map. A mention of any of these in the
+//! no OS randomness and uses no randomly seeded hash map (std's `RandomState`). Fixed-seed maps
+//! (`FxHashMap`) are allowed for lookups. A mention of any of these in the
 //! folder fails the build's tests, so the simulator keeps driving exactly what runs in production.
 
 use std::path::Path;
@@ -19,8 +20,11 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("UdpSocket", "sockets"),
     ("std::fs", "files"),
     ("std::thread", "threads"),
-    ("HashMap", "a randomly seeded map (use BTreeMap)"),
-    ("HashSet", "a randomly seeded set (use BTreeSet)"),
+    ("std::collections::HashMap", "a randomly seeded map (use BTreeMap or FxHashMap)"),
+    ("std::collections::HashSet", "a randomly seeded set (use BTreeSet or FxHashSet)"),
+    ("collections::{HashMap", "a randomly seeded map (use BTreeMap or FxHashMap)"),
+    ("RandomState", "a randomly seeded hasher"),
+    ("DefaultHasher", "std's hasher, which is not guaranteed stable"),
 ];
 
 fn rust_files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {

@@ -110,7 +110,11 @@ impl Batcher {
 impl Role for Batcher {
     fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::ClientRequest(command) => self.on_request(now, command, out),
+            Msg::ClientRequests(commands) => {
+                for command in commands {
+                    self.on_request(now, command, out);
+                }
+            }
             Msg::BatchRefused { leader_hint, attempt, batch } => {
                 self.on_refused(leader_hint, attempt, batch, out)
             }
@@ -141,7 +145,7 @@ mod tests {
     use super::*;
 
     fn cmd(seq: u64) -> Msg {
-        Msg::ClientRequest(Command { client_id: 100, seq, op: Bytes::new() })
+        Msg::ClientRequests(vec![Command { client_id: 100, seq, op: Bytes::new() }])
     }
 
     fn batcher(batch_size: usize) -> Batcher {

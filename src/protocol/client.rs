@@ -5,7 +5,7 @@
 //! Must never: reuse a sequence number for a different operation; report a request complete twice.
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{Command, Msg};
+use super::messages::{ClientReply, Command, Msg};
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
@@ -100,8 +100,18 @@ impl Client {
             return;
         };
         o.attempts += 1;
-        out.send(target, Msg::ClientRequest(o.command.clone()));
+        out.send(target, Msg::ClientRequests(vec![o.command.clone()]));
         self.timers.set(Timer::Retry as usize, now + self.retry_timeout_us);
+    }
+
+    /// Takes one reply addressed to this client (a node hosting many clients hands each its own).
+    pub fn handle_reply(&mut self, reply: ClientReply, out: &mut Out) {
+        if reply.client_id == self.client_id {
+            self.on_reply(reply.seq, reply.result, out);
+        } else {
+            out.dropped("client: reply for another client");
+        }
+        self.check_invariants();
     }
 
     fn on_reply(&mut self, seq: u64, result: Bytes, out: &mut Out) {
@@ -126,8 +136,10 @@ impl Client {
 impl Role for Client {
     fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::ClientReply(reply) if reply.client_id == self.client_id => {
-                self.on_reply(reply.seq, reply.result, out)
+            Msg::ClientReplies(replies) => {
+                for reply in replies {
+                    self.handle_reply(reply, out);
+                }
             }
             Msg::NotLeader { leader_hint } => {
                 self.leader_hint = leader_hint;
@@ -163,7 +175,7 @@ impl Role for Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{client_id, ClientReply};
+    use crate::protocol::messages::client_id;
 
     fn client(batchers: usize) -> Client {
         Client::new(client_id(100, 0), ClusterConfig::f1(1, 1, batchers, 1), &Tunables::default(), 0)
@@ -181,7 +193,7 @@ mod tests {
             .msgs
             .iter()
             .map(|(to, m)| match m {
-                Msg::ClientRequest(cmd) => (*to, cmd.seq),
+                Msg::ClientRequests(cmds) => (*to, cmds[0].seq),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -194,11 +206,11 @@ mod tests {
         let mut c = client(1);
         let mut out = Out::new(true);
         let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
-        let reply = Msg::ClientReply(ClientReply {
+        let reply = Msg::ClientReplies(vec![ClientReply {
             client_id: client_id(100, 0),
             seq,
             result: Bytes::from_static(b"r"),
-        });
+        }]);
         c.handle_message(1, 50, reply.clone(), &mut out);
         c.handle_message(2, 50, reply, &mut out);
         let completed = out.events.iter().filter(|e| matches!(e, Event::Completed { .. })).count();

@@ -87,10 +87,11 @@ pub struct AcceptedEntry {
 /// Every message of the protocol. The comment on each says who sends it to whom.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// client → batcher (or → proposer when there are no batchers).
-    ClientRequest(Command),
-    /// unbatcher → client.
-    ClientReply(ClientReply),
+    /// client → batcher (or → proposer when there are no batchers). A node hosting many clients
+    /// sends the requests its clients made in one turn together.
+    ClientRequests(Vec<Command>),
+    /// unbatcher → client node: the replies of one slot for the clients that node hosts.
+    ClientReplies(Vec<ClientReply>),
     /// proposer → client: the request went to a non-leader; try `leader_hint`.
     NotLeader { leader_hint: Option<NodeId> },
     /// batcher → proposer; a non-leader forwards it once (`forwarded`) or refuses it to `origin`.
@@ -132,8 +133,8 @@ impl Msg {
     /// A short name for traces and counters.
     pub fn name(&self) -> &'static str {
         match self {
-            Msg::ClientRequest(_) => "ClientRequest",
-            Msg::ClientReply(_) => "ClientReply",
+            Msg::ClientRequests(_) => "ClientRequests",
+            Msg::ClientReplies(_) => "ClientReplies",
             Msg::NotLeader { .. } => "NotLeader",
             Msg::ClientBatch { .. } => "ClientBatch",
             Msg::BatchRefused { .. } => "BatchRefused",
@@ -159,8 +160,14 @@ impl std::fmt::Display for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = self.name();
         match self {
-            Msg::ClientRequest(c) => write!(f, "{name} c{}#{}", c.client_id, c.seq),
-            Msg::ClientReply(r) => write!(f, "{name} c{}#{}", r.client_id, r.seq),
+            Msg::ClientRequests(cs) => match cs.as_slice() {
+                [c] => write!(f, "{name} c{:x}#{}", c.client_id, c.seq),
+                _ => write!(f, "{name} n={}", cs.len()),
+            },
+            Msg::ClientReplies(rs) => match rs.as_slice() {
+                [r] => write!(f, "{name} c{:x}#{}", r.client_id, r.seq),
+                _ => write!(f, "{name} n={}", rs.len()),
+            },
             Msg::NotLeader { leader_hint } => write!(f, "{name} hint={leader_hint:?}"),
             Msg::ClientBatch { origin, forwarded, attempt, batch } => write!(
                 f,

@@ -427,9 +427,9 @@ impl Role for Proposer {
             Msg::ClientBatch { origin, forwarded, attempt, batch } => {
                 self.on_batch(now, origin, forwarded, attempt, batch, out)
             }
-            Msg::ClientRequest(command) => {
+            Msg::ClientRequests(commands) => {
                 if self.is_leader() {
-                    self.on_batch(now, from, true, 0, encode_batch(vec![command]), out);
+                    self.on_batch(now, from, true, 0, encode_batch(commands), out);
                 } else {
                     out.send(from, Msg::NotLeader { leader_hint: self.leader_hint });
                 }

@@ -38,20 +38,10 @@ pub struct Replica {
     log: BTreeMap<Slot, Value>,
     /// Per client: its last executed sequence number and the reply to it.
     client_table: BTreeMap<u64, (u64, Bytes)>,
-    /// XOR of the hashes of the client table's entries, so the state digest covers it in O(1).
-    client_table_digest: u64,
     /// What other replicas last said they executed.
     peer_watermarks: BTreeMap<NodeId, Slot>,
     executed_at_last_report: Slot,
     timers: Timers<1>,
-}
-
-fn client_entry_hash(client_id: u64, seq: u64, reply: &[u8]) -> u64 {
-    let mut buf = [0u8; 24];
-    buf[..8].copy_from_slice(&client_id.to_le_bytes());
-    buf[8..16].copy_from_slice(&seq.to_le_bytes());
-    buf[16..].copy_from_slice(&super::digest(reply).to_le_bytes());
-    super::digest(&buf)
 }
 
 impl Replica {
@@ -80,7 +70,6 @@ impl Replica {
             chosen: BTreeMap::new(),
             log: BTreeMap::new(),
             client_table: BTreeMap::new(),
-            client_table_digest: 0,
             peer_watermarks: BTreeMap::new(),
             executed_at_last_report: 0,
             timers,
@@ -92,12 +81,16 @@ impl Replica {
         self.executed
     }
 
-    /// Digest of the state machine and the client table.
+    /// Digest of the state machine and the client table. Walks the client table: for checkers.
     pub fn state_digest(&self) -> u64 {
-        let mut buf = [0u8; 16];
-        buf[..8].copy_from_slice(&self.state_machine.digest().to_le_bytes());
-        buf[8..].copy_from_slice(&self.client_table_digest.to_le_bytes());
-        super::digest(&buf)
+        let mut bytes = Vec::with_capacity(8 + 24 * self.client_table.len());
+        bytes.extend_from_slice(&self.state_machine.digest().to_le_bytes());
+        for (client, (seq, reply)) in &self.client_table {
+            bytes.extend_from_slice(&client.to_le_bytes());
+            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&super::digest(reply).to_le_bytes());
+        }
+        super::digest(&bytes)
     }
 
     /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
@@ -162,7 +155,6 @@ impl Replica {
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
         let state_machine = &mut self.state_machine;
         let table = &mut self.client_table;
-        let table_digest = &mut self.client_table_digest;
         let executed = with_archived::<CommandBatch, _>(bytes, |batch| {
             let mut replies = Vec::with_capacity(batch.commands.len());
             for command in batch.commands.iter() {
@@ -172,12 +164,8 @@ impl Replica {
                     Some((last, reply)) if *last == seq => reply.clone(),
                     // Older than the last: the client has moved on and waits for nothing.
                     Some((last, _)) if *last > seq => continue,
-                    previous => {
-                        if let Some((last, reply)) = previous {
-                            *table_digest ^= client_entry_hash(client_id, *last, reply);
-                        }
+                    _ => {
                         let result = state_machine.apply(command.op.as_slice());
-                        *table_digest ^= client_entry_hash(client_id, seq, &result);
                         table.insert(client_id, (seq, result.clone()));
                         out.event(|| Event::Applied { client_id, seq, slot });
                         result

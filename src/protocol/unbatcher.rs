@@ -1,8 +1,9 @@
 //! Unbatcher: splits a replica's reply batch and sends each reply to its client. Stateless.
+//! Replies for clients hosted by one node travel together, in one message to that node.
 //!
 //! Must never: hold replies back or reorder replies of one client.
 
-use super::messages::{client_node, Msg};
+use super::messages::{client_node, ClientReply, Msg};
 use super::{NodeId, Out, Role, RoleKind, Time};
 
 /// One unbatcher.
@@ -13,8 +14,16 @@ impl Role for Unbatcher {
     fn handle_message(&mut self, _now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::ReplyBatch { replies } => {
+                let mut by_node: Vec<(NodeId, Vec<ClientReply>)> = Vec::new();
                 for reply in replies {
-                    out.send(client_node(reply.client_id), Msg::ClientReply(reply));
+                    let node = client_node(reply.client_id);
+                    match by_node.iter_mut().find(|(n, _)| *n == node) {
+                        Some((_, group)) => group.push(reply),
+                        None => by_node.push((node, vec![reply])),
+                    }
+                }
+                for (node, replies) in by_node {
+                    out.send(node, Msg::ClientReplies(replies));
                 }
             }
             _ => out.dropped("unbatcher: unexpected message"),
@@ -35,11 +44,11 @@ impl Role for Unbatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{client_id, ClientReply};
+    use crate::protocol::messages::client_id;
     use bytes::Bytes;
 
     #[test]
-    fn each_reply_goes_to_its_client() {
+    fn each_reply_goes_to_its_client_node_once_per_node_in_order() {
         let reply = |node, seq| ClientReply { client_id: client_id(node, 3), seq, result: Bytes::new() };
         let mut out = Out::new(false);
         Unbatcher.handle_message(
@@ -48,7 +57,14 @@ mod tests {
             Msg::ReplyBatch { replies: vec![reply(100, 1), reply(101, 1), reply(100, 2)] },
             &mut out,
         );
-        let sent: Vec<_> = out.msgs.iter().map(|(to, _)| *to).collect();
-        assert_eq!(sent, vec![100, 101, 100]);
+        let sent: Vec<(NodeId, Vec<u64>)> = out
+            .msgs
+            .iter()
+            .map(|(to, m)| match m {
+                Msg::ClientReplies(rs) => (*to, rs.iter().map(|r| r.seq).collect()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, vec![(100, vec![1, 2]), (101, vec![1])]);
     }
 }

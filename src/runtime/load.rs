@@ -7,7 +7,7 @@ use crate::protocol::client::Client;
 use crate::protocol::messages::client_id;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
-use crate::protocol::{ClusterConfig, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
+use crate::protocol::{ClusterConfig, Command, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -232,16 +232,19 @@ impl ClientPool {
 
 impl Role for ClientPool {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        let first_new = out.msgs.len();
         match msg {
-            Msg::ClientReply(ref reply) => {
-                let index = (reply.client_id & 0xffff_ffff) as usize;
-                if index >= self.clients.len() {
-                    out.dropped("client pool: reply for an unknown client");
-                    return;
+            Msg::ClientReplies(replies) => {
+                for reply in replies {
+                    let index = (reply.client_id & 0xffff_ffff) as usize;
+                    if index >= self.clients.len() {
+                        out.dropped("client pool: reply for an unknown client");
+                        continue;
+                    }
+                    let before = out.events.len();
+                    self.clients[index].handle_reply(reply, out);
+                    self.after_client_call(index, before, now, out);
                 }
-                let before = out.events.len();
-                self.clients[index].handle_message(now, from, msg, out);
-                self.after_client_call(index, before, now, out);
             }
             // A refusal names no client: every client hears the hint.
             Msg::NotLeader { .. } => {
@@ -251,12 +254,47 @@ impl Role for ClientPool {
             }
             _ => out.dropped("client pool: unexpected message"),
         }
+        merge_requests(out, first_new);
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         if now < self.next_tick {
             return;
         }
+        let first_new = out.msgs.len();
+        self.tick(now, out);
+        merge_requests(out, first_new);
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next_tick)
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Client
+    }
+}
+
+/// The requests the pool's clients queued since `first_new` leave as one message per destination,
+/// so a batcher handles one frame per turn of this node instead of one per command.
+fn merge_requests(out: &mut Out, first_new: usize) {
+    let mut merged: Vec<(NodeId, Vec<Command>)> = Vec::new();
+    let mut others = Vec::new();
+    for (to, msg) in out.msgs.drain(first_new..) {
+        match msg {
+            Msg::ClientRequests(commands) => match merged.iter_mut().find(|(n, _)| *n == to) {
+                Some((_, all)) => all.extend(commands),
+                None => merged.push((to, commands)),
+            },
+            other => others.push((to, other)),
+        }
+    }
+    out.msgs.extend(others);
+    out.msgs.extend(merged.into_iter().map(|(to, commands)| (to, Msg::ClientRequests(commands))));
+}
+
+impl ClientPool {
+    fn tick(&mut self, now: Time, out: &mut Out) {
         self.next_tick = now + TICK_US;
         if !self.started {
             self.started = true;
@@ -271,13 +309,5 @@ impl Role for ClientPool {
                 self.clients[index].handle_timeout(now, out);
             }
         }
-    }
-
-    fn poll_timeout(&self) -> Option<Time> {
-        Some(self.next_tick)
-    }
-
-    fn kind(&self) -> RoleKind {
-        RoleKind::Client
     }
 }

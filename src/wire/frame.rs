@@ -45,8 +45,8 @@ macro_rules! payload_of {
             Msg::Propose { value: Value::Noop, .. }
             | Msg::Phase2a { value: Value::Noop, .. }
             | Msg::Chosen { value: Value::Noop, .. }
-            | Msg::ClientRequest(_)
-            | Msg::ClientReply(_)
+            | Msg::ClientRequests(_)
+            | Msg::ClientReplies(_)
             | Msg::NotLeader { .. }
             | Msg::Heartbeat { .. }
             | Msg::Phase1a { .. }
@@ -393,8 +393,8 @@ mod tests {
         let reply = ClientReply { client_id: 9, seq: 1, result: Bytes::from_static(b"ok") };
         let entry = AcceptedEntry { slot: 4, ballot: B, value: Value::Batch(batch(40)) };
         vec![
-            Msg::ClientRequest(cmd(1)),
-            Msg::ClientReply(reply.clone()),
+            Msg::ClientRequests(vec![cmd(1), cmd(2)]),
+            Msg::ClientReplies(vec![reply.clone()]),
             Msg::NotLeader { leader_hint: Some(2) },
             Msg::ClientBatch { origin: 5, forwarded: true, attempt: 1, batch: big.clone() },
             Msg::ClientBatch { origin: 5, forwarded: false, attempt: 0, batch: Bytes::new() },
@@ -481,8 +481,8 @@ mod tests {
     #[test]
     fn every_variant_round_trips_in_one_read() {
         let variant = |m: &Msg| match m {
-            Msg::ClientRequest(_) => 0,
-            Msg::ClientReply(_) => 1,
+            Msg::ClientRequests(_) => 0,
+            Msg::ClientReplies(_) => 1,
             Msg::NotLeader { .. } => 2,
             Msg::ClientBatch { .. } => 3,
             Msg::BatchRefused { .. } => 4,

@@ -19,7 +19,8 @@ pub use noop::NoopStateMachine;
 pub trait StateMachine: Send {
     /// Applies one encoded operation and returns the encoded result. Never panics; deterministic.
     fn apply(&mut self, op: &[u8]) -> Bytes;
-    /// Digest of the whole state, maintained incrementally (O(1) to read). Equal states have equal digests.
+    /// Digest of the whole state: equal states have equal digests. It may walk the whole state; it is
+    /// for checkers and reports, never the hot path (keeping it up to date per write cost ~5%).
     fn digest(&self) -> u64;
     /// Canonical byte image of the whole state: equal states give byte-identical snapshots.
     fn snapshot(&self) -> Vec<u8>;
