@@ -5,8 +5,8 @@
 //! (a proposer that lost its memory in a crash comes back with the same ballot: sim seed 9511);
 //! answer for a slot of another group.
 
-use super::config::ClusterConfig;
-use super::messages::{AcceptedEntry, Msg, Value};
+use super::config::{ClusterConfig, Tunables};
+use super::messages::{AcceptedEntry, Msg, Phase1bReply, Value};
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use std::collections::BTreeMap;
 
@@ -23,11 +23,13 @@ pub struct Acceptor {
     accepted: BTreeMap<Slot, (Ballot, Value)>,
     /// Every slot below this is chosen and executed by all replicas; its entry is gone.
     trimmed_below: Slot,
+    /// Bytes of accepted values per Phase1b page.
+    page_bytes: usize,
 }
 
 impl Acceptor {
     /// A fresh acceptor; `id` must be a member of one of `config`'s groups.
-    pub fn new(id: NodeId, config: ClusterConfig) -> Self {
+    pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
         let group = config
             .acceptor_groups
             .iter()
@@ -41,6 +43,7 @@ impl Acceptor {
             promised_nonce: None,
             accepted: BTreeMap::new(),
             trimmed_below: 0,
+            page_bytes: tunables.phase1b_page_bytes,
         }
     }
 
@@ -65,12 +68,23 @@ impl Acceptor {
         self.promised = ballot;
         self.promised_nonce = Some(nonce);
         let start = from_slot.max(self.trimmed_below);
-        let accepted = self
-            .accepted
-            .range(start..)
-            .map(|(&slot, (b, v))| AcceptedEntry { slot, ballot: *b, value: v.clone() })
-            .collect();
-        out.send(from, Msg::Phase1b { ballot, nonce, trimmed_below: self.trimmed_below, accepted });
+        // One page: at least one entry, then until the page size is reached.
+        let mut accepted = Vec::new();
+        let (mut bytes, mut more_from) = (0, None);
+        for (&slot, (b, v)) in self.accepted.range(start..) {
+            if !accepted.is_empty() && bytes >= self.page_bytes {
+                more_from = Some(slot);
+                break;
+            }
+            bytes += 64
+                + match v {
+                    Value::Batch(batch) => batch.len(),
+                    Value::Noop => 0,
+                };
+            accepted.push(AcceptedEntry { slot, ballot: *b, value: v.clone() });
+        }
+        let reply = Phase1bReply { ballot, nonce, trimmed_below: self.trimmed_below, accepted, more_from };
+        out.send(from, Msg::Phase1b(reply));
     }
 
     fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
@@ -150,7 +164,7 @@ mod tests {
 
     fn acceptor() -> Acceptor {
         // Groups: [3,4,5] owns even slots, [6,7,8] odd ones.
-        Acceptor::new(3, ClusterConfig::f1(2, 1, 1, 1))
+        Acceptor::new(3, ClusterConfig::f1(2, 1, 1, 1), &Tunables::default())
     }
 
     fn call(a: &mut Acceptor, msg: Msg) -> Vec<(NodeId, Msg)> {
@@ -177,7 +191,7 @@ mod tests {
             call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot, value: Value::Noop });
         }
         let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 2), nonce: 1, from_slot: 2 });
-        let Msg::Phase1b { accepted, .. } = &reply[0].1 else { panic!("{reply:?}") };
+        let Msg::Phase1b(Phase1bReply { accepted, .. }) = &reply[0].1 else { panic!("{reply:?}") };
         assert_eq!(accepted.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![2, 4]);
         // A lower ballot's Phase1a is refused with the promise.
         let reply = call(&mut a, Msg::Phase1a { ballot: b(1, 9), nonce: 1, from_slot: 0 });
@@ -188,7 +202,7 @@ mod tests {
     fn a_ballot_is_promised_to_one_phase1_only() {
         let mut a = acceptor();
         let first = call(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 7, from_slot: 0 });
-        assert!(matches!(first[0].1, Msg::Phase1b { nonce: 7, .. }));
+        assert!(matches!(first[0].1, Msg::Phase1b(Phase1bReply { nonce: 7, .. })));
         // The same Phase 1 retransmitted is answered again...
         let again = call(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 7, from_slot: 0 });
         assert_eq!(again, first);
@@ -206,8 +220,29 @@ mod tests {
         call(&mut a, Msg::Trim { below: 3 });
         assert_eq!(a.accepted_len(), 1);
         let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 1), nonce: 1, from_slot: 0 });
-        let Msg::Phase1b { trimmed_below, accepted, .. } = &reply[0].1 else { panic!() };
+        let Msg::Phase1b(Phase1bReply { trimmed_below, accepted, .. }) = &reply[0].1 else { panic!() };
         assert_eq!((*trimmed_below, accepted.len()), (3, 1));
+    }
+
+    #[test]
+    fn a_long_log_is_reported_in_pages_that_say_where_the_next_starts() {
+        let tunables = Tunables { phase1b_page_bytes: 100, ..Tunables::default() };
+        let mut a = Acceptor::new(3, ClusterConfig::f1(2, 1, 1, 1), &tunables);
+        for slot in (0..10).map(|s| s * 2) {
+            call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot, value: Value::Noop });
+        }
+        let mut from_slot = 0;
+        let mut pages = Vec::new();
+        loop {
+            let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 1), nonce: 5, from_slot });
+            let Msg::Phase1b(page) = &reply[0].1 else { panic!("{reply:?}") };
+            pages.push(page.accepted.iter().map(|e| e.slot).collect::<Vec<_>>());
+            match page.more_from {
+                Some(next) => from_slot = next,
+                None => break,
+            }
+        }
+        assert_eq!(pages, vec![vec![0, 2], vec![4, 6], vec![8, 10], vec![12, 14], vec![16, 18]]);
     }
 
     #[test]

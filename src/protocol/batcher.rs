@@ -4,7 +4,7 @@
 //! Must never: decode or reorder commands once batched; hold more than one batch of commands.
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{encode_batch, Command, Msg};
+use super::messages::{encode_batch, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::timers::Timers;
 use super::{Ballot, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
@@ -25,6 +25,9 @@ pub struct Batcher {
     batch_size: usize,
     flush_interval_us: Time,
     pending: Vec<Command>,
+    /// Bytes of operations in `pending`: a batch also leaves once it is this big, so that it fits
+    /// a frame, and an acceptor's Phase1b page, whatever the values' size.
+    pending_bytes: usize,
     /// The leader as last announced by a heartbeat or a refusal, with the ballot that announced it.
     leader_hint: Option<NodeId>,
     leader_ballot: Ballot,
@@ -42,6 +45,7 @@ impl Batcher {
             batch_size: tunables.batch_size,
             flush_interval_us: tunables.flush_interval_us,
             pending: Vec::with_capacity(tunables.batch_size),
+            pending_bytes: 0,
             leader_hint: None,
             leader_ballot: Ballot::ZERO,
             next_proposer: 0,
@@ -64,13 +68,15 @@ impl Batcher {
             return;
         }
         let commands = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch_size));
+        self.pending_bytes = 0;
         let batch = encode_batch(commands);
         out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
     }
 
     fn on_request(&mut self, now: Time, command: Command, out: &mut Out) {
+        self.pending_bytes += command.op.len() + 32;
         self.pending.push(command);
-        if self.pending.len() >= self.batch_size {
+        if self.pending.len() >= self.batch_size || self.pending_bytes >= MAX_AGGREGATE_BYTES {
             self.flush(out);
         } else if !self.timers.is_set(Timer::Flush as usize) {
             self.timers.set(Timer::Flush as usize, now + self.flush_interval_us);
@@ -163,6 +169,18 @@ mod tests {
         assert_eq!(out.msgs.len(), 1);
         assert!(matches!(out.msgs[0], (1, Msg::ClientBatch { origin: 9, attempt: 0, .. })));
         assert_eq!(b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_batch_also_leaves_once_its_bytes_reach_the_limit() {
+        let mut b = batcher(1000);
+        let mut out = Out::new(false);
+        let big = Bytes::from(vec![7u8; MAX_AGGREGATE_BYTES / 3]);
+        for seq in 1..=3 {
+            let msg = Msg::ClientRequests(vec![Command { client_id: 100, seq, op: big.clone() }]);
+            b.handle_message(0, 100, msg, &mut out);
+        }
+        assert_eq!(out.msgs.len(), 1, "three thirds of the limit make a batch");
     }
 
     #[test]

@@ -178,6 +178,8 @@ pub struct Tunables {
     pub client_retry_timeout_us: Time,
     /// Replicas report their executed watermark this often.
     pub replica_report_interval_us: Time,
+    /// An acceptor's Phase1b carries at most about this many bytes of accepted values per page.
+    pub phase1b_page_bytes: usize,
 }
 
 impl Default for Tunables {
@@ -191,6 +193,7 @@ impl Default for Tunables {
             resend_timeout_us: 50_000,
             client_retry_timeout_us: 200_000,
             replica_report_interval_us: 10_000,
+            phase1b_page_bytes: 256 * 1024,
         }
     }
 }
@@ -209,6 +212,9 @@ impl Tunables {
         }
         if self.max_in_flight_slots == 0 || self.max_in_flight_slots > MAX_IN_FLIGHT_SLOTS {
             return bad("max_in_flight_slots", "must be between 1 and 100000");
+        }
+        if self.phase1b_page_bytes == 0 || self.phase1b_page_bytes > 512 * 1024 {
+            return bad("phase1b_page_bytes", "must be between 1 and 524288 (a page must fit a frame)");
         }
         if self.heartbeat_interval_us == 0 {
             return bad("heartbeat_interval_us", "must be positive");

@@ -84,6 +84,47 @@ pub struct AcceptedEntry {
     pub value: Value,
 }
 
+/// An acceptor's answer to a Phase1a: a promise, and what it accepted. Reports are paged by bytes
+/// (a long untrimmed log would not fit one frame); the promise counts once the last page is in.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Phase1bReply {
+    /// The ballot promised.
+    pub ballot: Ballot,
+    /// Echoes the Phase1a's nonce.
+    pub nonce: u64,
+    /// Slots below this are forgotten: chosen and executed by every replica.
+    pub trimmed_below: Slot,
+    /// Accepted values of this page, in slot order.
+    pub accepted: Vec<AcceptedEntry>,
+    /// `Some(s)`: more accepted values from slot `s` on; ask again from there. `None`: complete.
+    pub more_from: Option<Slot>,
+}
+
+/// Messages that gather many items (reply batches, a node's client requests) are split so that
+/// each stays well under the wire's frame limits.
+pub const MAX_AGGREGATE_BYTES: usize = 256 * 1024;
+
+/// Splits `items` into runs of at most `max` bytes (as `size` counts them), in order; an item larger
+/// than `max` travels alone.
+pub fn chunk_by_bytes<T>(items: Vec<T>, size: impl Fn(&T) -> usize, max: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        if !current.is_empty() && bytes + n > max {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += n;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
 /// Every message of the protocol. The comment on each says who sends it to whom.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -105,8 +146,7 @@ pub enum Msg {
     /// restarted proposer that comes back with the same ballot.
     Phase1a { ballot: Ballot, nonce: u64, from_slot: Slot },
     /// acceptor → proposer: promised `ballot`; `trimmed_below` slots are forgotten (chosen and executed).
-    /// It echoes the Phase1a's `nonce`.
-    Phase1b { ballot: Ballot, nonce: u64, trimmed_below: Slot, accepted: Vec<AcceptedEntry> },
+    Phase1b(Phase1bReply),
     /// acceptor → proposer or proxy leader: refused, I promised `promised`.
     Nack { promised: Ballot },
     /// leader → proxy leader: get `value` chosen in `slot` at `ballot`.
@@ -140,7 +180,7 @@ impl Msg {
             Msg::BatchRefused { .. } => "BatchRefused",
             Msg::Heartbeat { .. } => "Heartbeat",
             Msg::Phase1a { .. } => "Phase1a",
-            Msg::Phase1b { .. } => "Phase1b",
+            Msg::Phase1b(_) => "Phase1b",
             Msg::Nack { .. } => "Nack",
             Msg::Propose { .. } => "Propose",
             Msg::Phase2a { .. } => "Phase2a",
@@ -181,9 +221,9 @@ impl std::fmt::Display for Msg {
             Msg::Phase1a { ballot, nonce, from_slot } => {
                 write!(f, "{name} b={ballot} nonce={nonce:x} from={from_slot}")
             }
-            Msg::Phase1b { ballot, nonce, trimmed_below, accepted } => {
-                let n = accepted.len();
-                write!(f, "{name} b={ballot} nonce={nonce:x} trimmed<{trimmed_below} entries={n}")
+            Msg::Phase1b(r) => {
+                let (b, nonce, trimmed, n) = (r.ballot, r.nonce, r.trimmed_below, r.accepted.len());
+                write!(f, "{name} b={b} nonce={nonce:x} trimmed<{trimmed} entries={n} more={:?}", r.more_from)
             }
             Msg::Nack { promised } => write!(f, "{name} promised={promised}"),
             Msg::Propose { ballot, slot, value } | Msg::Phase2a { ballot, slot, value } => {
@@ -290,6 +330,13 @@ mod tests {
             buf.extend_from_slice(&encoded);
             assert_eq!(decode::<(u64, i64)>(&buf[offset..]), Ok((7, 9)), "offset {offset}");
         }
+    }
+
+    #[test]
+    fn chunks_keep_order_and_stay_under_the_limit() {
+        let chunks = chunk_by_bytes(vec![3, 3, 3, 9, 1, 1], |&n| n, 6);
+        assert_eq!(chunks, vec![vec![3, 3], vec![3], vec![9], vec![1, 1]]);
+        assert!(chunk_by_bytes(Vec::<u8>::new(), |_| 1, 6).is_empty());
     }
 
     #[test]

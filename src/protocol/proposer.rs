@@ -8,7 +8,7 @@
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it.
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{encode_batch, AcceptedEntry, Msg, Value};
+use super::messages::{encode_batch, Msg, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::Bytes;
@@ -168,17 +168,8 @@ impl Proposer {
         self.reset_election_timer(now);
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of one Phase1b, passed as they came
-    fn on_phase1b(
-        &mut self,
-        now: Time,
-        from: NodeId,
-        ballot: Ballot,
-        nonce: u64,
-        trimmed_below: Slot,
-        accepted: Vec<AcceptedEntry>,
-        out: &mut Out,
-    ) {
+    fn on_phase1b(&mut self, now: Time, from: NodeId, reply: Phase1bReply, out: &mut Out) {
+        let Phase1bReply { ballot, nonce, trimmed_below, accepted, more_from } = reply;
         let State::Candidate(phase1) = &mut self.state else {
             return;
         };
@@ -189,7 +180,6 @@ impl Proposer {
             out.dropped("proposer: phase1b from a node that is not an acceptor");
             return;
         };
-        phase1.promised[group].insert(from);
         phase1.max_trimmed = phase1.max_trimmed.max(trimmed_below);
         for entry in accepted {
             if entry.slot < phase1.start || self.config.group_of(entry.slot) != group {
@@ -202,6 +192,13 @@ impl Proposer {
                 }
             }
         }
+        // A paged report: ask for the rest (the same ballot and nonce is answered as a
+        // retransmission); the promise counts once the report is complete.
+        if let Some(next) = more_from {
+            out.send(from, Msg::Phase1a { ballot, nonce, from_slot: next });
+            return;
+        }
+        phase1.promised[group].insert(from);
         let quorum = self.config.quorum();
         if phase1.promised.iter().all(|p| p.len() >= quorum) {
             self.become_leader(now, out);
@@ -435,9 +432,7 @@ impl Role for Proposer {
                 }
             }
             Msg::Heartbeat { ballot } => self.on_heartbeat(now, from, ballot, out),
-            Msg::Phase1b { ballot, nonce, trimmed_below, accepted } => {
-                self.on_phase1b(now, from, ballot, nonce, trimmed_below, accepted, out)
-            }
+            Msg::Phase1b(reply) => self.on_phase1b(now, from, reply, out),
             Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
             Msg::Executed { watermark } => self.on_executed(now, from, watermark, out),
             _ => out.dropped("proposer: unexpected message"),
@@ -470,6 +465,7 @@ impl Role for Proposer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::messages::AcceptedEntry;
 
     // Proposers 1, 2; acceptor groups [3, 4, 5] (even slots) and [6, 7, 8] (odd slots); proxy leader 9;
     // replicas 10, 11; batcher 12; unbatcher 13.
@@ -497,7 +493,13 @@ mod tests {
 
     fn promise(p: &mut Proposer, acceptor: NodeId, nonce: u64, accepted: Vec<AcceptedEntry>) -> Out {
         let mut out = Out::new(true);
-        let msg = Msg::Phase1b { ballot: p.ballot(), nonce, trimmed_below: 0, accepted };
+        let msg = Msg::Phase1b(Phase1bReply {
+            ballot: p.ballot(),
+            nonce,
+            trimmed_below: 0,
+            accepted,
+            more_from: None,
+        });
         p.handle_message(0, acceptor, msg, &mut out);
         out
     }

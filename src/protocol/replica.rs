@@ -6,7 +6,9 @@
 //! stop execution (every replica reads the same bytes, so treating it as empty is deterministic).
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{with_archived, ClientReply, CommandBatch, Msg, Value};
+use super::messages::{
+    chunk_by_bytes, with_archived, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
+};
 use super::state_machine::StateMachine;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -134,7 +136,9 @@ impl Replica {
                 let unbatchers = &self.config.unbatchers;
                 let unbatcher =
                     unbatchers[(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
-                out.send(unbatcher, Msg::ReplyBatch { replies });
+                for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
+                    out.send(unbatcher, Msg::ReplyBatch { replies });
+                }
             }
             self.executed += 1;
             // Digests only when someone records events: hashing a batch costs on the hot path.

@@ -3,7 +3,7 @@
 //!
 //! Must never: hold replies back or reorder replies of one client.
 
-use super::messages::{client_node, ClientReply, Msg};
+use super::messages::{chunk_by_bytes, client_node, ClientReply, Msg, MAX_AGGREGATE_BYTES};
 use super::{NodeId, Out, Role, RoleKind, Time};
 
 /// One unbatcher.
@@ -23,7 +23,9 @@ impl Role for Unbatcher {
                     }
                 }
                 for (node, replies) in by_node {
-                    out.send(node, Msg::ClientReplies(replies));
+                    for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
+                        out.send(node, Msg::ClientReplies(replies));
+                    }
                 }
             }
             _ => out.dropped("unbatcher: unexpected message"),

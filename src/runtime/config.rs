@@ -60,6 +60,7 @@ struct FileSettings {
     resend_timeout_us: Option<u64>,
     client_retry_timeout_us: Option<u64>,
     replica_report_interval_us: Option<u64>,
+    phase1b_page_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +176,7 @@ impl ClusterFile {
             resend_timeout_us: s.resend_timeout_us.unwrap_or(d.resend_timeout_us),
             client_retry_timeout_us: s.client_retry_timeout_us.unwrap_or(d.client_retry_timeout_us),
             replica_report_interval_us: s.replica_report_interval_us.unwrap_or(d.replica_report_interval_us),
+            phase1b_page_bytes: s.phase1b_page_bytes.unwrap_or(d.phase1b_page_bytes),
         };
         tunables.validate()?;
         Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses })
@@ -204,6 +206,7 @@ max_in_flight_slots = 1000       # leader's window of unexecuted slots (backpres
 resend_timeout_us = 50000        # re-propose / resend Phase2a after this long
 client_retry_timeout_us = 200000 # clients resend an unanswered request after this long
 replica_report_interval_us = 10000
+phase1b_page_bytes = 262144       # an acceptor reports its log to a new leader in pages this big
 
 [[node]]
 id = 1

@@ -4,7 +4,7 @@
 //! (retries and leader hints are the protocol `Client`'s).
 
 use crate::protocol::client::Client;
-use crate::protocol::messages::client_id;
+use crate::protocol::messages::{chunk_by_bytes, client_id, MAX_AGGREGATE_BYTES};
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, Command, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
@@ -290,7 +290,11 @@ fn merge_requests(out: &mut Out, first_new: usize) {
         }
     }
     out.msgs.extend(others);
-    out.msgs.extend(merged.into_iter().map(|(to, commands)| (to, Msg::ClientRequests(commands))));
+    for (to, commands) in merged {
+        for commands in chunk_by_bytes(commands, |c| c.op.len() + 32, MAX_AGGREGATE_BYTES) {
+            out.msgs.push((to, Msg::ClientRequests(commands)));
+        }
+    }
 }
 
 impl ClientPool {

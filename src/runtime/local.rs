@@ -88,7 +88,7 @@ fn build_role(
     let config = config.clone();
     match kind {
         RoleKind::Proposer => Box::new(Proposer::new(id, config, t.clone(), u64::from(id), now)),
-        RoleKind::Acceptor => Box::new(Acceptor::new(id, config)),
+        RoleKind::Acceptor => Box::new(Acceptor::new(id, config, t)),
         RoleKind::ProxyLeader => Box::new(ProxyLeader::new(config, t)),
         RoleKind::Replica => Box::new(Replica::new(id, config, t, new_state_machine(sm), now)),
         RoleKind::Batcher => Box::new(Batcher::new(id, config, t)),

@@ -220,9 +220,17 @@ impl<'t> Simulator<'t> {
         let (groups, proxies, batchers, unbatchers) = opts.shape.unwrap_or(drawn);
         let cluster = ClusterConfig::f1(groups, proxies, batchers, unbatchers);
         cluster.validate().expect("the simulator builds valid clusters");
+        // Drawn from its own stream so that adding it did not change what older seeds mean: tiny
+        // pages make every election page through the acceptors' logs.
+        let mut pages = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a9e));
         let tunables = Tunables {
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
+            phase1b_page_bytes: if pages.gen_bool(0.5) {
+                200
+            } else {
+                Tunables::default().phase1b_page_bytes
+            },
             ..Tunables::default()
         };
         let mut sim = Simulator {
@@ -273,7 +281,7 @@ impl<'t> Simulator<'t> {
                 let seed = derive_seed(self.seed, (u64::from(id) << 32) | restarts);
                 Member::Other(Box::new(Proposer::new(id, config, tunables.clone(), seed, self.now)))
             }
-            RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config))),
+            RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config, tunables))),
             RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(config, tunables))),
             RoleKind::Batcher => Member::Other(Box::new(Batcher::new(id, config, tunables))),
             RoleKind::Unbatcher => Member::Other(Box::new(Unbatcher)),

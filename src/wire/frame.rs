@@ -50,7 +50,7 @@ macro_rules! payload_of {
             | Msg::NotLeader { .. }
             | Msg::Heartbeat { .. }
             | Msg::Phase1a { .. }
-            | Msg::Phase1b { .. }
+            | Msg::Phase1b(_)
             | Msg::Nack { .. }
             | Msg::Phase2b { .. }
             | Msg::Preempted { .. }
@@ -401,7 +401,13 @@ mod tests {
             Msg::BatchRefused { leader_hint: None, attempt: 2, batch: batch(100) },
             Msg::Heartbeat { ballot: B },
             Msg::Phase1a { ballot: B, nonce: 77, from_slot: 3 },
-            Msg::Phase1b { ballot: B, nonce: 77, trimmed_below: 2, accepted: vec![entry] },
+            Msg::Phase1b(crate::protocol::messages::Phase1bReply {
+                ballot: B,
+                nonce: 77,
+                trimmed_below: 2,
+                accepted: vec![entry],
+                more_from: Some(9),
+            }),
             Msg::Nack { promised: B },
             Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real) },
             Msg::Propose { ballot: B, slot: 9, value: Value::Noop },
@@ -488,7 +494,7 @@ mod tests {
             Msg::BatchRefused { .. } => 4,
             Msg::Heartbeat { .. } => 5,
             Msg::Phase1a { .. } => 6,
-            Msg::Phase1b { .. } => 7,
+            Msg::Phase1b(_) => 7,
             Msg::Nack { .. } => 8,
             Msg::Propose { .. } => 9,
             Msg::Phase2a { .. } => 10,
