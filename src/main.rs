@@ -74,9 +74,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Settings shared by every command that runs nodes.
 #[derive(Args, Clone)]
 struct NodeFlags {
-    /// Commands per batch at batchers.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
-    batch_size: usize,
+    /// Commands per batch at batchers (default: the cluster file's `batch_size`, else 100).
+    #[arg(long, env = "BATCH_SIZE")]
+    batch_size: Option<usize>,
     /// Frames one connection handles before yielding to the others (the original's
     /// MAX_READS_PER_SOCKET_PER_POLL).
     #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
@@ -219,7 +219,7 @@ fn main() -> ExitCode {
 }
 
 fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
-    let t = Tunables { batch_size: flags.batch_size, ..base };
+    let t = Tunables { batch_size: flags.batch_size.unwrap_or(base.batch_size), ..base };
     t.validate().map_err(|e| e.to_string())?;
     if flags.read_budget == 0 {
         return Err("--read-budget must be at least 1".into());
