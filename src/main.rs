@@ -189,6 +189,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -262,6 +263,12 @@ fn local(args: LocalArgs) -> Result<(), String> {
 
 fn client(args: ClientArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    if args.clients == 0 || args.clients > autopaxos::runtime::load::MAX_CLIENTS_PER_POOL {
+        return Err(format!(
+            "--clients must be between 1 and {}",
+            autopaxos::runtime::load::MAX_CLIENTS_PER_POOL
+        ));
+    }
     if file.role_of(args.node).is_some() {
         return Err(format!("--node {} is a cluster node's id; pick another for the client", args.node));
     }
@@ -381,9 +388,13 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         tracing::info!(node = id, role = kind.name(), %addr, core = cores[i % cores.len()], "starting");
     }
     per_core.retain(|(_, launches)| !launches.is_empty());
-    if let Err(e) = metrics::install_exporter(args.metrics_addr) {
-        tracing::warn!("{e}; continuing without metrics");
-    }
+    let metrics_note = match metrics::install_exporter(args.metrics_addr) {
+        Ok(()) => format!("metrics on http://{}/metrics", args.metrics_addr),
+        Err(e) => {
+            tracing::warn!("{e}; continuing without metrics");
+            "no metrics".to_string()
+        }
+    };
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
         cores: per_core,
@@ -393,7 +404,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         spin_before_park: Duration::ZERO,
     };
     let running = start(plan, Instant::now())?;
-    tracing::info!(metrics = %args.metrics_addr, "serving");
+    tracing::info!("serving; {metrics_note}");
     running.join();
     Ok(())
 }

@@ -101,7 +101,8 @@ impl Acceptor {
             self.promised_nonce = None;
         }
         if slot >= self.trimmed_below {
-            out.event(|| Event::Accepted { slot, ballot, value_digest: value.digest() });
+            let value_digest = out.digest(|| value.digest());
+            out.event(|| Event::Accepted { slot, ballot, value_digest });
             self.accepted.insert(slot, (ballot, value));
         }
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a

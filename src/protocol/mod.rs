@@ -53,10 +53,11 @@ pub trait Role {
 /// production node pays nothing for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// An acceptor accepted `value_digest` in `slot` at `ballot`.
-    Accepted { slot: Slot, ballot: Ballot, value_digest: u64 },
-    /// A replica executed `slot`; `state_digest` is its state machine digest (with its client table) after it.
-    Executed { slot: Slot, value_digest: u64, state_digest: u64 },
+    /// An acceptor accepted a value (with its digest, if digests are recorded) in `slot` at `ballot`.
+    Accepted { slot: Slot, ballot: Ballot, value_digest: Option<u64> },
+    /// A replica executed `slot`; with digests recorded, the value's digest and the digest of its
+    /// whole state (state machine and client table) after it.
+    Executed { slot: Slot, value_digest: Option<u64>, state_digest: Option<u64> },
     /// A replica applied a command to its state machine (not answered from the client table).
     Applied { client_id: u64, seq: u64, slot: Slot },
     /// A client received the first reply to its request `seq`.
@@ -76,12 +77,24 @@ pub struct Out {
     pub events: Vec<Event>,
     /// Whether roles should record [`Event`]s.
     pub record_events: bool,
+    /// Whether events carry digests. A state digest walks the whole state, so only checkers ask.
+    pub record_digests: bool,
 }
 
 impl Out {
-    /// An empty output buffer; `record_events` turns on event recording.
-    pub fn new(record_events: bool) -> Self {
-        Out { msgs: Vec::new(), events: Vec::new(), record_events }
+    /// An empty output buffer; `record` turns on event recording with digests (simulator, tests).
+    pub fn new(record: bool) -> Self {
+        Out { msgs: Vec::new(), events: Vec::new(), record_events: record, record_digests: record }
+    }
+
+    /// An output buffer that records events without digests: enough to count them (the runtime).
+    pub fn counting() -> Self {
+        Out { msgs: Vec::new(), events: Vec::new(), record_events: true, record_digests: false }
+    }
+
+    /// `compute()` if digests are recorded.
+    pub fn digest(&self, compute: impl FnOnce() -> u64) -> Option<u64> {
+        self.record_digests.then(compute)
     }
 
     /// Queues `msg` for `to`.

@@ -62,6 +62,9 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
 }
 
+/// Clients one pool may host: the low 16 bits of a client id's index.
+pub const MAX_CLIENTS_PER_POOL: u32 = 1 << 16;
+
 /// Many closed-loop clients on one node.
 pub struct ClientPool {
     clients: Vec<Client>,
@@ -101,9 +104,13 @@ fn verify_key(client_id: u64, seq: u64) -> (Bytes, Bytes, Bytes) {
 }
 
 impl ClientPool {
-    /// `count` clients with ids `client_id(node, 0..count)`, starting on the first tick.
+    /// `count` clients with ids `client_id(node, incarnation << 16 | i)`, starting on the first tick.
+    /// A fresh `incarnation` per run keeps a restarted pool from reusing the (client id, sequence
+    /// number) pairs of an earlier run, which the replicas' client tables remember.
+    #[allow(clippy::too_many_arguments)] // the pool's whole configuration, passed once at start
     pub fn new(
         node: NodeId,
+        incarnation: u16,
         count: u32,
         config: ClusterConfig,
         tunables: &Tunables,
@@ -111,8 +118,10 @@ impl ClientPool {
         control: Arc<LoadControl>,
         latencies: Rc<RefCell<Histogram<u64>>>,
     ) -> Self {
+        assert!(count <= MAX_CLIENTS_PER_POOL, "at most {MAX_CLIENTS_PER_POOL} clients per pool");
+        let prefix = u32::from(incarnation) << 16;
         let clients = (0..count)
-            .map(|i| Client::new(client_id(node, i), config.clone(), tunables, i as usize))
+            .map(|i| Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize))
             .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(u64::from(node));
         // One buffer of random bytes; each value is a slice of it (no allocation per request).
@@ -236,7 +245,7 @@ impl Role for ClientPool {
         match msg {
             Msg::ClientReplies(replies) => {
                 for reply in replies {
-                    let index = (reply.client_id & 0xffff_ffff) as usize;
+                    let index = (reply.client_id & 0xffff) as usize;
                     if index >= self.clients.len() {
                         out.dropped("client pool: reply for an unknown client");
                         continue;

@@ -114,6 +114,13 @@ pub fn cluster_node(
     }
 }
 
+/// A number that differs between runs of this process (for client-id incarnations).
+fn incarnation() -> u16 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16)) as u16
+}
+
 /// Builds the launch of a client pool of `count` clients.
 pub fn client_pool(
     id: NodeId,
@@ -123,6 +130,7 @@ pub fn client_pool(
     workload: Workload,
     control: Arc<LoadControl>,
 ) -> NodeLaunch {
+    let incarnation = incarnation();
     // Replies come from unbatchers and leader hints from proposers: reach them first, so they can
     // answer over these connections (a client has no address of its own).
     let dial_at_start = config.unbatchers.iter().chain(&config.proposers).copied().collect();
@@ -131,7 +139,16 @@ pub fn client_pool(
         listen: None,
         dial_at_start,
         build: Box::new(move |ctx| {
-            Box::new(ClientPool::new(id, count, config, &tunables, workload, control, ctx.latencies.clone()))
+            Box::new(ClientPool::new(
+                id,
+                incarnation,
+                count,
+                config,
+                &tunables,
+                workload,
+                control,
+                ctx.latencies.clone(),
+            ))
         }),
     }
 }
@@ -158,6 +175,14 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         per_core[i % cores.len()].1.push(launch);
     }
     let per_pool = opts.clients.div_ceil(cores.len() as u32).max(1);
+    if per_pool > super::load::MAX_CLIENTS_PER_POOL {
+        return Err(format!(
+            "--clients {} is more than {} per core on {} cores",
+            opts.clients,
+            super::load::MAX_CLIENTS_PER_POOL,
+            cores.len()
+        ));
+    }
     let mut remaining = opts.clients.max(1);
     for (i, (_, launches)) in per_core.iter_mut().enumerate() {
         let count = per_pool.min(remaining);

@@ -79,8 +79,8 @@ impl Host {
             settings,
             metrics: NodeMetrics::new(kind, id),
             role: RefCell::new(role),
-            // Events feed the metrics; they are cheap once digests are computed lazily.
-            out: RefCell::new(Out::new(true)),
+            // Events feed the metrics; digests (which walk the whole state) are for checkers only.
+            out: RefCell::new(Out::counting()),
             epoch,
             peers: RefCell::new(BTreeMap::new()),
             timer_target: Cell::new(None),

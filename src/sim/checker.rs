@@ -39,10 +39,15 @@ impl Checker {
     /// Watches one event of `node`.
     pub fn observe(&mut self, node: NodeId, event: &Event) {
         match *event {
-            Event::Accepted { slot, ballot, value_digest } => {
+            Event::Accepted { value_digest: None, .. }
+            | Event::Executed { value_digest: None, .. }
+            | Event::Executed { state_digest: None, .. } => {
+                self.violation("checker: an event without digests (record_digests is off)".into())
+            }
+            Event::Accepted { slot, ballot, value_digest: Some(value_digest) } => {
                 self.on_accepted(node, slot, ballot, value_digest)
             }
-            Event::Executed { slot, value_digest, state_digest } => {
+            Event::Executed { slot, value_digest: Some(value_digest), state_digest: Some(state_digest) } => {
                 self.on_executed(node, slot, value_digest, state_digest)
             }
             Event::Applied { client_id, seq, slot }
@@ -133,7 +138,7 @@ mod tests {
     const B2: Ballot = Ballot { round: 2, proposer: 2 };
 
     fn accepted(c: &mut Checker, acceptor: NodeId, slot: Slot, ballot: Ballot, d: u64) {
-        c.observe(acceptor, &Event::Accepted { slot, ballot, value_digest: d });
+        c.observe(acceptor, &Event::Accepted { slot, ballot, value_digest: Some(d) });
     }
 
     #[test]
@@ -163,12 +168,12 @@ mod tests {
             accepted(&mut c, 3, slot, B1, slot);
             accepted(&mut c, 4, slot, B1, slot);
         }
-        c.observe(7, &Event::Executed { slot: 0, value_digest: 0, state_digest: 10 });
-        c.observe(8, &Event::Executed { slot: 1, value_digest: 1, state_digest: 11 });
+        c.observe(7, &Event::Executed { slot: 0, value_digest: Some(0), state_digest: Some(10) });
+        c.observe(8, &Event::Executed { slot: 1, value_digest: Some(1), state_digest: Some(11) });
         assert!(c.violations[0].starts_with("order"));
-        c.observe(7, &Event::Executed { slot: 1, value_digest: 1, state_digest: 99 });
+        c.observe(7, &Event::Executed { slot: 1, value_digest: Some(1), state_digest: Some(99) });
         assert!(c.violations[1].starts_with("divergence"));
-        c.observe(7, &Event::Executed { slot: 2, value_digest: 5, state_digest: 0 });
+        c.observe(7, &Event::Executed { slot: 2, value_digest: Some(5), state_digest: Some(0) });
         assert!(c.violations[2].contains("no quorum chose"));
     }
 

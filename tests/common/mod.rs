@@ -1,0 +1,528 @@
+//! Helpers for tests that run a real cluster: one `autopaxos` process per node on loopback, a cluster
+//! file with free ports in a temp dir, a tiny `/metrics` scraper, and guards that kill every child
+//! (SIGKILL, then wait) when a test ends, panicking or not.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Whole-cluster tests start ~11 processes on a 2-core machine: they must not overlap.
+static CLUSTER_LOCK: Mutex<()> = Mutex::new(());
+
+/// Takes the cluster lock; a test that panicked while holding it does not block the others.
+pub fn serialize() -> MutexGuard<'static, ()> {
+    CLUSTER_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_autopaxos");
+
+/// Ports that are free now: all bound at once (so they differ), then released for the nodes.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+}
+
+/// A unique, empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let unique = format!(
+        "autopaxos-it-{tag}-{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    );
+    let dir = std::env::temp_dir().join(unique);
+    fs::create_dir_all(&dir).expect("create the temp dir");
+    dir
+}
+
+/// A directory removed (with its contents) when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(temp_dir(tag))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The last `lines` lines of a file (or why it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// A child process that is SIGKILLed and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `BIN args...` with stdout and stderr going to `<dir>/<name>.{out,err}`.
+    pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        let child = Command::new(BIN)
+            .args(args)
+            .env("NO_COLOR", "1") // plain log files (tracing-subscriber colours even when not a tty)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).expect("create the stdout file"))
+            .stderr(fs::File::create(&stderr).expect("create the stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} for {name}: {e}"));
+        Proc { name: name.to_string(), child, stdout, stderr, status: None }
+    }
+
+    /// SIGKILL (Rust's `Child::kill` on Unix) and reap; harmless if it already exited.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.status = Some(status);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Waits at most `limit` for the process to exit; kills it and panics if it does not.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.is_running() {
+                return self.status.expect("exited");
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "{} did not exit within {limit:?}; stderr tail:\n{}",
+                    self.name,
+                    tail(&self.stderr, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stdout).unwrap_or_default()).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One configured node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: u32,
+    /// As on the command line and in the cluster file: `proposer`, `proxy-leader`, ...
+    pub role: &'static str,
+    pub group: Option<usize>,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl NodeSpec {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
+    }
+}
+
+/// The f=1 shape of `autopaxos config --example`: proposers 1-2, acceptors 3-5 (group 0), proxy
+/// leader 6, replicas 7-8, batcher 9, unbatcher 10.
+pub const F1_ROLES: [(u32, &str, Option<usize>); 10] = [
+    (1, "proposer", None),
+    (2, "proposer", None),
+    (3, "acceptor", Some(0)),
+    (4, "acceptor", Some(0)),
+    (5, "acceptor", Some(0)),
+    (6, "proxy-leader", None),
+    (7, "replica", None),
+    (8, "replica", None),
+    (9, "batcher", None),
+    (10, "unbatcher", None),
+];
+
+/// A cluster of one process per node, in its own temp dir. Dropping it kills every process it
+/// started (nodes and clients), prints their log tails if the test is panicking, and removes the dir.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub cluster_id: String,
+    pub nodes: Vec<NodeSpec>,
+    /// Node processes by node id (None: not started or removed).
+    procs: Vec<(u32, Proc)>,
+    /// Other processes (clients): killed and reported like the nodes.
+    pub extra: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Writes the cluster file for the f=1 example shape with free ports; starts nothing.
+    pub fn configure(tag: &str) -> Cluster {
+        let dir = temp_dir(tag);
+        let ports = free_ports(2 * F1_ROLES.len());
+        let nodes: Vec<NodeSpec> = F1_ROLES
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, role, group))| NodeSpec {
+                id,
+                role,
+                group,
+                port: ports[2 * i],
+                metrics_port: ports[2 * i + 1],
+            })
+            .collect();
+        let cluster_id = format!("it-{tag}");
+        let mut toml = format!(
+            "# written by tests/common/mod.rs\n[cluster]\nid = \"{cluster_id}\"\nf = 1\n\n[settings]\n"
+        );
+        for node in &nodes {
+            toml.push_str(&format!("\n[[node]]\nid = {}\nrole = \"{}\"\n", node.id, node.role));
+            if let Some(g) = node.group {
+                toml.push_str(&format!("group = {g}\n"));
+            }
+            toml.push_str(&format!("address = \"{}\"\n", node.addr()));
+        }
+        let config = dir.join("cluster.toml");
+        fs::write(&config, toml).expect("write the cluster file");
+        Cluster { dir, config, cluster_id, nodes, procs: Vec::new(), extra: Vec::new() }
+    }
+
+    pub fn node(&self, id: u32) -> &NodeSpec {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Starts node `id` as its own process, on core 0 or 1 alternately (fewer if the machine has fewer).
+    pub fn start_node(&mut self, id: u32) {
+        let node = self.node(id).clone();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
+        let core = (id as usize + 1) % cores;
+        let args: Vec<String> = vec![
+            node.role.into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "--node".into(),
+            id.to_string(),
+            "--cores".into(),
+            core.to_string(),
+            "--metrics-addr".into(),
+            node.metrics_addr().to_string(),
+        ];
+        let proc = Proc::spawn(&self.dir, &format!("node{id}-{}", node.role), &args);
+        self.procs.push((id, proc));
+    }
+
+    /// Starts the given nodes and waits until each one's metrics endpoint answers.
+    pub fn start_nodes(&mut self, ids: &[u32]) {
+        for &id in ids {
+            self.start_node(id);
+        }
+        for &id in ids {
+            self.wait_metrics(id, Duration::from_secs(15));
+        }
+    }
+
+    /// Starts the whole cluster: everything but the proposers first, then proposer 1 and right after
+    /// it proposer 2. Proposer 1 runs for leader after one heartbeat interval, proposer 2 only after a
+    /// full election timeout, so with the acceptors already up proposer 1 wins the first election.
+    /// Returns once every node's metrics endpoint answers and a proposer has won (the tests check which).
+    pub fn start(tag: &str) -> Cluster {
+        let mut cluster = Cluster::configure(tag);
+        cluster.start_nodes(&[3, 4, 5, 6, 7, 8, 9, 10]);
+        cluster.start_nodes(&[1, 2]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while cluster.elections_won(1) + cluster.elections_won(2) < 1.0 {
+            assert!(Instant::now() < deadline, "no proposer won an election within 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `autopaxos_elections_won_total` of proposer `id`.
+    pub fn elections_won(&self, id: u32) -> f64 {
+        let node = id.to_string();
+        self.metric(id, "autopaxos_elections_won_total", &[("role", "proposer"), ("node", &node)])
+    }
+
+    pub fn proc_mut(&mut self, id: u32) -> &mut Proc {
+        &mut self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| *n == id)
+            .unwrap_or_else(|| panic!("node {id} not started"))
+            .1
+    }
+
+    /// SIGKILLs node `id` (its process stays in the list, for its logs).
+    pub fn kill_node(&mut self, id: u32) {
+        self.proc_mut(id).kill();
+    }
+
+    /// Waits until node `id`'s `/metrics` answers 200; panics with its log tail if it does not in time
+    /// or if its process exits.
+    pub fn wait_metrics(&mut self, id: u32, limit: Duration) {
+        let addr = self.node(id).metrics_addr();
+        let deadline = Instant::now() + limit;
+        loop {
+            if scrape(addr).is_ok() {
+                return;
+            }
+            let proc = self.proc_mut(id);
+            if !proc.is_running() {
+                panic!("node {id} exited while starting; stderr:\n{}", tail(&proc.stderr, 30));
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id}'s metrics at {addr} did not answer within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Scrapes node `id`'s `/metrics`.
+    pub fn metrics(&self, id: u32) -> String {
+        let addr = self.node(id).metrics_addr();
+        scrape(addr).unwrap_or_else(|e| panic!("scrape node {id} at {addr}: {e}"))
+    }
+
+    /// The sum of `name`'s samples on node `id` whose labels include `labels` (0 if none).
+    pub fn metric(&self, id: u32, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics(id), name, labels)
+    }
+
+    /// Polls node `id`'s metric until `ok(value)`; returns the value, or panics after `limit`.
+    pub fn wait_for_metric(
+        &self,
+        id: u32,
+        name: &str,
+        labels: &[(&str, &str)],
+        limit: Duration,
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.metric(id, name, labels);
+            if ok(value) {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id}: {name}{labels:?} is still {value} after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `autopaxos client --config <file> <args...>` as a process of this cluster.
+    pub fn spawn_client(&mut self, name: &str, args: &[&str]) -> usize {
+        let mut all = vec!["client".to_string(), "--config".into(), self.config.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.extra.push(Proc::spawn(&self.dir, name, &all));
+        self.extra.len() - 1
+    }
+
+    /// Runs a client to completion (bounded by `limit`); returns (success, stdout, stderr).
+    pub fn run_client(&mut self, name: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
+        let index = self.spawn_client(name, args);
+        let proc = &mut self.extra[index];
+        let status = proc.wait(limit);
+        (status.success(), proc.stdout_text(), proc.stderr_text())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, proc) in &mut self.procs {
+            proc.kill();
+        }
+        for proc in &mut self.extra {
+            proc.kill();
+        }
+        if std::thread::panicking() {
+            for proc in self.procs.iter().map(|(_, p)| p).chain(&self.extra) {
+                eprintln!("----- {} stdout (tail) -----\n{}", proc.name, tail(&proc.stdout, 10));
+                eprintln!("----- {} stderr (tail) -----\n{}", proc.name, tail(&proc.stderr, 25));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET /metrics` over a plain TCP stream (HTTP/1.1, `Connection: close`); the body on a 200.
+pub fn scrape(addr: SocketAddr) -> io::Result<String> {
+    http_get(addr, "/metrics")
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let _ = stream.shutdown(Shutdown::Both);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no end of headers in {} bytes", raw.len())))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200") {
+        return Err(io::Error::other(format!("HTTP status: {status}")));
+    }
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked {
+        dechunk(body)
+    } else {
+        Ok(body.to_string())
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> io::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, rest) =
+            body.split_once("\r\n").ok_or_else(|| io::Error::other("truncated chunked body"))?;
+        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|e| io::Error::other(format!("bad chunk size '{size_line}': {e}")))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size {
+            return Err(io::Error::other("truncated chunk"));
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+}
+
+/// One sample of the text exposition: name, labels (in order), value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses one line of the text exposition; None for comments, blanks, nonsense.
+pub fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = line[..name_end].to_string();
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        // label="value",... with \" \\ \n escapes in values.
+        let mut chars = inner.char_indices().peekable();
+        let mut end = None;
+        loop {
+            while chars.peek().is_some_and(|&(_, c)| c == ',' || c == ' ') {
+                chars.next();
+            }
+            match chars.peek() {
+                Some(&(i, '}')) => {
+                    end = Some(i);
+                    break;
+                }
+                None => break,
+                _ => {}
+            }
+            let mut key = String::new();
+            for (_, c) in chars.by_ref() {
+                if c == '=' {
+                    break;
+                }
+                key.push(c);
+            }
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return None;
+            }
+            let mut value = String::new();
+            let mut escaped = false;
+            for (_, c) in chars.by_ref() {
+                match (escaped, c) {
+                    (true, 'n') => {
+                        value.push('\n');
+                        escaped = false;
+                    }
+                    (true, c) => {
+                        value.push(c);
+                        escaped = false;
+                    }
+                    (false, '\\') => escaped = true,
+                    (false, '"') => break,
+                    (false, c) => value.push(c),
+                }
+            }
+            labels.push((key.trim().to_string(), value));
+        }
+        rest = &inner[end? + 1..];
+    }
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some((name, labels, value))
+}
+
+/// The sum of every sample of `name` whose labels include all of `want` (0 if there is none).
+pub fn metric_sum(exposition: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(parse_sample)
+        .filter(|(n, labels, _)| {
+            n == name && want.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, value)| value)
+        .sum::<f64>()
+        + 0.0 // an empty f64 sum is -0.0
+}
+
+/// Whether the exposition has at least one sample of `name` with labels including `want`.
+pub fn has_metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> bool {
+    exposition.lines().filter_map(parse_sample).any(|(n, labels, _)| {
+        n == name && want.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    })
+}
