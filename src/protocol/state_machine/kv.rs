@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
 use super::StateMachine;
@@ -241,7 +242,7 @@ impl Condition {
             Self::Exists { .. } => entry.is_some(),
             Self::Absent { .. } => entry.is_none(),
             Self::VersionEquals { version, .. } => entry.map_or(0, |e| e.version) == *version,
-            Self::ValueEquals { value, .. } => entry.is_some_and(|e| e.value == *value),
+            Self::ValueEquals { value, .. } => entry.is_some_and(|e| e.value[..] == value[..]),
         }
     }
 }
@@ -255,9 +256,13 @@ impl Write {
     }
 }
 
+/// Keys and values as stored: up to 24 bytes inline, so that a lookup compares bytes in the bucket
+/// instead of following a pointer into a cache miss, and a small write allocates nothing.
+type Small = SmallVec<[u8; 24]>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    value: Bytes,
+    value: Small,
     version: u64,
 }
 
@@ -267,7 +272,7 @@ struct Partition {
     /// Version of the partition's latest write; the next write takes `counter + 1`.
     /// Kept after the last item is deleted, so versions never repeat (no ABA).
     counter: u64,
-    items: FxHashMap<Bytes, Entry>,
+    items: FxHashMap<Small, Entry>,
 }
 
 /// The key-value store. Hash maps with a fixed-seed hasher (FxHash): one probe per lookup, where
@@ -277,7 +282,7 @@ struct Partition {
 /// allocating a key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    data: FxHashMap<Bytes, Partition>,
+    data: FxHashMap<Small, Partition>,
 
     len: usize,
 }
@@ -316,7 +321,7 @@ impl KvStore {
         validate(op)?;
         Ok(match op {
             KvOp::Get { partition, item } => match self.entry(partition, item) {
-                Some(e) => KvResult::Value { value: e.value.clone(), version: e.version },
+                Some(e) => KvResult::Value { value: Bytes::copy_from_slice(&e.value), version: e.version },
                 None => KvResult::NotFound,
             },
             KvOp::Put { partition, item, value } => {
@@ -332,13 +337,13 @@ impl KvStore {
                 KvResult::Deleted { existed }
             }
             KvOp::Increment { partition, item, delta } => {
-                let value = add(self.entry(partition, item).map(|e| &e.value), *delta)?;
+                let value = add(self.entry(partition, item).map(|e| &e.value[..]), *delta)?;
                 let version = self.commit(partition, [(item.clone(), Some(int_bytes(value)))])?;
                 KvResult::Incremented { value, version }
             }
             KvOp::Txn { partition, conditions, writes } => {
                 let part = self.data.get(&partition[..]);
-                let lookup = |item: &Bytes| part.and_then(|m| m.items.get(item));
+                let lookup = |item: &Bytes| part.and_then(|m| m.items.get(&item[..]));
                 if let Some(index) = conditions.iter().position(|c| !c.holds(lookup(c.item()))) {
                     // `validate` bounds the count by MAX_TXN_OPS, so this cannot truncate.
                     return Ok(KvResult::ConditionFailed { index: index as u32 });
@@ -351,8 +356,8 @@ impl KvStore {
                         Write::Delete { .. } => None,
                         Write::Increment { item, delta } => {
                             let current = match staged.get(item) {
-                                Some(s) => s.as_ref(),
-                                None => lookup(item).map(|e| &e.value),
+                                Some(s) => s.as_deref(),
+                                None => lookup(item).map(|e| &e.value[..]),
                             };
                             Some(int_bytes(add(current, *delta)?))
                         }
@@ -372,25 +377,26 @@ impl KvStore {
     /// Applies writes (None = delete) under one fresh version and returns it.
     fn commit(
         &mut self,
-        partition: &Bytes,
+        partition: &[u8],
         writes: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
     ) -> Result<u64, KvError> {
         // Look the partition up by reference: cloning its key on every write costs a refcount
         // promotion and a drop; only a new partition needs an owned key.
         if !self.data.contains_key(&partition[..]) {
-            self.data.insert(partition.clone(), Partition::default());
+            self.data.insert(Small::from_slice(partition), Partition::default());
         }
-        let part = self.data.get_mut(&partition[..]).expect("inserted above");
+        let part = self.data.get_mut(partition).expect("inserted above");
         let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
         for (item, value) in writes {
             match value {
                 Some(value) => {
-                    if part.items.insert(item, Entry { value, version }).is_none() {
+                    let entry = Entry { value: Small::from_slice(&value), version };
+                    if part.items.insert(Small::from_slice(&item), entry).is_none() {
                         self.len += 1;
                     }
                 }
                 None => {
-                    if part.items.remove(&item).is_some() {
+                    if part.items.remove(&item[..]).is_some() {
                         self.len -= 1;
                     }
                 }
@@ -400,8 +406,8 @@ impl KvStore {
         Ok(version)
     }
 
-    fn entries(&self) -> impl Iterator<Item = (&Bytes, &Bytes, &Entry)> {
-        self.data.iter().flat_map(|(p, m)| m.items.iter().map(move |(i, e)| (p, i, e)))
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], &Entry)> {
+        self.data.iter().flat_map(|(p, m)| m.items.iter().map(move |(i, e)| (&p[..], &i[..], e)))
     }
 }
 
@@ -479,7 +485,7 @@ fn limit(bytes: &[u8], max: usize, err: KvError) -> Result<(), KvError> {
 }
 
 /// Adds `delta` to an optional 8-byte little-endian i64 (absent = 0), checked.
-fn add(current: Option<&Bytes>, delta: i64) -> Result<i64, KvError> {
+fn add(current: Option<&[u8]>, delta: i64) -> Result<i64, KvError> {
     let base = match current {
         None => 0,
         Some(v) => i64::from_le_bytes(v[..].try_into().map_err(|_| KvError::NotAnInteger)?),
