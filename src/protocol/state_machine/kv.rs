@@ -382,7 +382,7 @@ impl KvStore {
     ) -> Result<u64, KvError> {
         // Look the partition up by reference: cloning its key on every write costs a refcount
         // promotion and a drop; only a new partition needs an owned key.
-        if !self.data.contains_key(&partition[..]) {
+        if !self.data.contains_key(partition) {
             self.data.insert(Small::from_slice(partition), Partition::default());
         }
         let part = self.data.get_mut(partition).expect("inserted above");
