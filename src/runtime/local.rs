@@ -222,8 +222,10 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         if opts.progress && last.0.elapsed() >= Duration::from_secs(1) {
             let done = control.completed.load(Ordering::Relaxed);
             let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            // On a terminal the line updates in place; in a log, one line per second.
+            let start = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\r" } else { "\n" };
             eprint!(
-                "\r{:>5.1}s / {:.0}s  {:>12} cmds/s   {:>10} done",
+                "{start}{:>5.1}s / {:.0}s  {:>12} cmds/s   {:>10} done",
                 window_start.elapsed().as_secs_f64(),
                 opts.duration.as_secs_f64(),
                 thousands(rate as u64),
