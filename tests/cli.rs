@@ -33,3 +33,58 @@ fn bad_arguments_get_a_clear_error_and_exit_status_2() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("error:"), "{args:?}");
     }
 }
+
+fn last_json_line(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn local_serves_a_cluster_under_load_and_reports_json_as_its_last_line() {
+    let out = autopaxos(&["local", "--duration", "1s", "--clients", "64", "--batch-size", "10", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = last_json_line(&out);
+    for field in ["cmds_per_sec", "p50_us", "p99_us", "batch_size", "clients", "duration_s"] {
+        assert!(report.get(field).is_some(), "{field} missing from {report}");
+    }
+    assert!(report["cmds_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["batch_size"], 10);
+    assert_eq!(report["clients"], 64);
+}
+
+#[test]
+fn executors_land_on_the_cores_the_process_may_use_not_every_online_core() {
+    if Command::new("taskset").arg("--version").output().is_err() {
+        eprintln!("taskset not installed; skipping");
+        return;
+    }
+    let out = Command::new("taskset")
+        .args(["-c", "1", env!("CARGO_BIN_EXE_autopaxos"), "local", "--duration", "1s", "--clients", "16", "--json"])
+        .output()
+        .expect("taskset runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_json_line(&out)["cores"], serde_json::json!([1]));
+}
+
+#[test]
+fn config_example_prints_a_cluster_file_that_loads() {
+    let out = autopaxos(&["config", "--example"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let file = autopaxos::runtime::config::ClusterFile::parse(&text, "example").expect("the example loads");
+    assert_eq!(file.addresses.len(), 10);
+}
+
+#[test]
+fn a_role_refuses_a_node_of_another_role_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("autopaxos-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, autopaxos::runtime::config::EXAMPLE).unwrap();
+    let out = autopaxos(&["acceptor", "--config", path.to_str().unwrap(), "--node", "1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node 1 is a proposer"), "{stderr}");
+}
