@@ -60,7 +60,17 @@ fn executors_land_on_the_cores_the_process_may_use_not_every_online_core() {
         return;
     }
     let out = Command::new("taskset")
-        .args(["-c", "1", env!("CARGO_BIN_EXE_autopaxos"), "local", "--duration", "1s", "--clients", "16", "--json"])
+        .args([
+            "-c",
+            "1",
+            env!("CARGO_BIN_EXE_autopaxos"),
+            "local",
+            "--duration",
+            "1s",
+            "--clients",
+            "16",
+            "--json",
+        ])
         .output()
         .expect("taskset runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

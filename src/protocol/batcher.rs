@@ -9,8 +9,11 @@ use super::timers::Timers;
 use super::{Ballot, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 
-/// How many times one batch is sent before the batcher gives it up to the clients' own retries.
+/// How many times one batch is sent before the batcher parks it until a leader is known.
 pub const MAX_BATCH_ATTEMPTS: u8 = 4;
+/// Batches parked while no leader is known (an election is running); beyond it they are dropped,
+/// counted, and left to the clients' own retries.
+pub const MAX_PARKED_BATCHES: usize = 64;
 
 #[repr(usize)]
 enum Timer {
@@ -33,6 +36,8 @@ pub struct Batcher {
     leader_ballot: Ballot,
     /// Used round-robin when no leader is known.
     next_proposer: usize,
+    /// Batches every proposer refused (no leader yet), resent when a heartbeat names the leader.
+    parked: Vec<Bytes>,
     timers: Timers<1>,
 }
 
@@ -49,6 +54,7 @@ impl Batcher {
             leader_hint: None,
             leader_ballot: Ballot::ZERO,
             next_proposer: 0,
+            parked: Vec::new(),
             timers: Timers::default(),
         }
     }
@@ -93,23 +99,35 @@ impl Batcher {
         }
         let attempt = attempt.saturating_add(1);
         if attempt >= MAX_BATCH_ATTEMPTS {
-            // Not silent: the event is counted, and every client in the batch retries on its own timer.
-            out.dropped("batcher: batch refused too many times");
+            // No proposer leads yet (an election is running): wait for a heartbeat rather than
+            // leave every client in the batch to its retry timer.
+            if self.parked.len() < MAX_PARKED_BATCHES {
+                self.parked.push(batch);
+            } else {
+                out.dropped("batcher: batch refused too many times and parking is full");
+            }
             return;
         }
         out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt, batch });
     }
 
-    fn on_heartbeat(&mut self, ballot: Ballot) {
+    fn on_heartbeat(&mut self, ballot: Ballot, out: &mut Out) {
         if ballot >= self.leader_ballot {
             self.leader_ballot = ballot;
             self.leader_hint = Some(ballot.proposer);
+            for batch in self.parked.drain(..) {
+                out.send(
+                    ballot.proposer,
+                    Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch },
+                );
+            }
         }
     }
 
     fn check_invariants(&self) {
         assert!(self.pending.len() < self.batch_size, "a full batch is sent at once");
         assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
+        assert!(self.parked.len() <= MAX_PARKED_BATCHES);
     }
 }
 
@@ -124,7 +142,7 @@ impl Role for Batcher {
             Msg::BatchRefused { leader_hint, attempt, batch } => {
                 self.on_refused(leader_hint, attempt, batch, out)
             }
-            Msg::Heartbeat { ballot } => self.on_heartbeat(ballot),
+            Msg::Heartbeat { ballot } => self.on_heartbeat(ballot, out),
             _ => out.dropped("batcher: unexpected message"),
         }
         self.check_invariants();
@@ -211,13 +229,27 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_refused_too_often_is_given_up_not_bounced_forever() {
+    fn a_batch_refused_by_every_proposer_waits_for_a_leader_instead_of_bouncing() {
         let mut b = batcher(1);
         let mut out = Out::new(true);
+        let batch = Bytes::from_static(b"parked");
         let refusal =
-            Msg::BatchRefused { leader_hint: None, attempt: MAX_BATCH_ATTEMPTS - 1, batch: Bytes::new() };
+            Msg::BatchRefused { leader_hint: None, attempt: MAX_BATCH_ATTEMPTS - 1, batch: batch.clone() };
         b.handle_message(0, 2, refusal, &mut out);
-        assert!(out.msgs.is_empty());
-        assert_eq!(out.events.len(), 1);
+        assert!(out.msgs.is_empty(), "not bounced again while no one leads");
+        b.handle_message(0, 2, Msg::Heartbeat { ballot: Ballot { round: 1, proposer: 2 } }, &mut out);
+        assert_eq!(out.msgs, vec![(2, Msg::ClientBatch { origin: 9, forwarded: false, attempt: 0, batch })]);
+    }
+
+    #[test]
+    fn parking_is_bounded() {
+        let mut b = batcher(1);
+        let mut out = Out::new(true);
+        for _ in 0..=MAX_PARKED_BATCHES {
+            let refusal =
+                Msg::BatchRefused { leader_hint: None, attempt: MAX_BATCH_ATTEMPTS - 1, batch: Bytes::new() };
+            b.handle_message(0, 2, refusal, &mut out);
+        }
+        assert_eq!(out.events.len(), 1, "the one over the bound is dropped and counted");
     }
 }
