@@ -94,8 +94,9 @@ struct NodeFlags {
     state_machine: StateMachineKind,
 }
 
+/// How clients load the cluster; shared by `local` and `client`.
 #[derive(Args)]
-struct LocalArgs {
+struct LoadFlags {
     /// How long to measure, after a warm-up of 1 s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -109,9 +110,15 @@ struct LocalArgs {
     /// Print one JSON object as the last line of output.
     #[arg(long)]
     json: bool,
-    /// Serve Prometheus metrics here while running (off by default for `local`).
+    /// Serve Prometheus metrics here while running (off by default).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct LocalArgs {
+    #[command(flatten)]
+    load: LoadFlags,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -124,25 +131,12 @@ struct ClientArgs {
     /// This client node's id (replies are routed to it); must not be a cluster node's id.
     #[arg(long, default_value_t = 5000)]
     node: NodeId,
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    /// How long to measure, after a warm-up of 1 s.
-    duration: Duration,
-    /// Closed-loop clients.
-    #[arg(long, default_value_t = 64)]
-    clients: u32,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 16)]
-    value_size: usize,
-    /// Print one JSON object as the last line of output.
-    #[arg(long)]
-    json: bool,
-    /// Serve Prometheus metrics here.
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
     /// Write distinct keys, then read every acknowledged write back and compare; exit status 1 if
     /// any is missing or different (kv only).
     #[arg(long)]
     verify: bool,
+    #[command(flatten)]
+    load: LoadFlags,
     #[command(flatten)]
     flags: NodeFlags,
 }
@@ -235,16 +229,17 @@ fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
 }
 
 fn local(args: LocalArgs) -> Result<(), String> {
-    if let Some(addr) = args.metrics_addr {
+    let load = &args.load;
+    if let Some(addr) = load.metrics_addr {
         metrics::install_exporter(addr)?;
     }
     let opts = LocalOptions {
-        duration: args.duration,
+        duration: load.duration,
         warmup: Duration::from_secs(1),
         tunables: tunables(&args.node, Tunables::default())?,
-        clients: args.clients,
+        clients: load.clients,
         workload: Workload {
-            value_size: args.value_size,
+            value_size: load.value_size,
             state_machine: args.node.state_machine,
             verify: false,
         },
@@ -261,15 +256,16 @@ fn local(args: LocalArgs) -> Result<(), String> {
     );
     let report = run_local(opts)?;
     println!("{}", report.summary());
-    if args.json {
+    if load.json {
         println!("{}", serde_json::to_string(&report).expect("serializable"));
     }
     Ok(())
 }
 
 fn client(args: ClientArgs) -> Result<(), String> {
+    let load = &args.load;
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
-    if args.clients == 0 || args.clients > autopaxos::runtime::load::MAX_CLIENTS_PER_POOL {
+    if load.clients == 0 || load.clients > autopaxos::runtime::load::MAX_CLIENTS_PER_POOL {
         return Err(format!(
             "--clients must be between 1 and {}",
             autopaxos::runtime::load::MAX_CLIENTS_PER_POOL
@@ -278,7 +274,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if file.role_of(args.node).is_some() {
         return Err(format!("--node {} is a cluster node's id; pick another for the client", args.node));
     }
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = load.metrics_addr {
         metrics::install_exporter(addr)?;
     }
     let tunables = tunables(&args.flags, file.tunables.clone())?;
@@ -289,11 +285,11 @@ fn client(args: ClientArgs) -> Result<(), String> {
         return Err("--verify needs the kv state machine".into());
     }
     let workload = Workload {
-        value_size: args.value_size,
+        value_size: load.value_size,
         state_machine: args.flags.state_machine,
         verify: args.verify,
     };
-    let pool = client_pool(args.node, args.clients, file.config.clone(), tunables, workload, control.clone());
+    let pool = client_pool(args.node, load.clients, file.config.clone(), tunables, workload, control.clone());
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
         cores: vec![(cores[0], vec![pool])],
@@ -307,8 +303,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
     control.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut last = (t0, 0u64);
-    while t0.elapsed() < args.duration {
-        std::thread::sleep(Duration::from_secs(1).min(args.duration.saturating_sub(t0.elapsed())));
+    while t0.elapsed() < load.duration {
+        std::thread::sleep(Duration::from_secs(1).min(load.duration.saturating_sub(t0.elapsed())));
         let done = control.completed_measured.load(Ordering::Relaxed);
         let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
@@ -326,7 +322,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if args.verify {
         // Every client reads back what it was acknowledged; bounded, in case the cluster is down.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while control.verify_done.load(Ordering::Relaxed) < u64::from(args.clients)
+        while control.verify_done.load(Ordering::Relaxed) < u64::from(load.clients)
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
@@ -338,8 +334,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
         let (verified, lost) =
             (control.verified.load(Ordering::Relaxed), control.lost.load(Ordering::Relaxed));
         let finished = control.verify_done.load(Ordering::Relaxed);
-        println!("verify: {verified} acknowledged writes read back intact, {lost} lost ({finished}/{} clients finished reading back)", args.clients);
-        lost > 0 || finished < u64::from(args.clients)
+        println!("verify: {verified} acknowledged writes read back intact, {lost} lost ({finished}/{} clients finished reading back)", load.clients);
+        lost > 0 || finished < u64::from(load.clients)
     } else {
         false
     };
@@ -347,15 +343,15 @@ fn client(args: ClientArgs) -> Result<(), String> {
     println!(
         "{} cmds/s ({completed} commands in {window:.1}s, {} clients); latency p50 {} us p99 {} us max {} us",
         thousands(rate as u64),
-        args.clients,
+        load.clients,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.max()
     );
-    if args.json {
+    if load.json {
         let json = serde_json::json!({
             "cmds_per_sec": rate, "completed": completed, "p50_us": h.value_at_quantile(0.5),
-            "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "clients": args.clients,
+            "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "clients": load.clients,
             "duration_s": window, "retries": control.retries.load(Ordering::Relaxed),
         });
         println!("{json}");

@@ -23,6 +23,22 @@ pub enum RoleKind {
 }
 
 impl RoleKind {
+    /// Every role; `every_role_is_listed_once` fails to compile when a role is added without it.
+    pub const ALL: [RoleKind; 7] = [
+        RoleKind::Client,
+        RoleKind::Batcher,
+        RoleKind::Proposer,
+        RoleKind::ProxyLeader,
+        RoleKind::Acceptor,
+        RoleKind::Replica,
+        RoleKind::Unbatcher,
+    ];
+
+    /// The role named `name` (as [`RoleKind::name`] spells it).
+    pub fn from_name(name: &str) -> Option<RoleKind> {
+        RoleKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The role's name as used on the command line and in metrics labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -239,6 +255,23 @@ impl Tunables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_role_is_listed_once_and_names_round_trip() {
+        // Exhaustive on purpose: a new RoleKind stops this compiling until ALL has it too.
+        let index = |r: RoleKind| match r {
+            RoleKind::Client => 0,
+            RoleKind::Batcher => 1,
+            RoleKind::Proposer => 2,
+            RoleKind::ProxyLeader => 3,
+            RoleKind::Acceptor => 4,
+            RoleKind::Replica => 5,
+            RoleKind::Unbatcher => 6,
+        };
+        assert!(RoleKind::ALL.iter().enumerate().all(|(i, &r)| index(r) == i));
+        assert!(RoleKind::ALL.iter().all(|&r| RoleKind::from_name(r.name()) == Some(r)));
+        assert_eq!(RoleKind::from_name("leader"), None);
+    }
 
     #[test]
     fn f1_cluster_is_valid_and_ids_are_unique() {

@@ -86,21 +86,6 @@ pub struct ClusterFile {
     pub addresses: BTreeMap<NodeId, SocketAddr>,
 }
 
-/// Parses a role name as used on the command line and in cluster files.
-pub fn parse_role(name: &str) -> Option<RoleKind> {
-    [
-        RoleKind::Client,
-        RoleKind::Batcher,
-        RoleKind::Proposer,
-        RoleKind::ProxyLeader,
-        RoleKind::Acceptor,
-        RoleKind::Replica,
-        RoleKind::Unbatcher,
-    ]
-    .into_iter()
-    .find(|k| k.name() == name)
-}
-
 impl ClusterFile {
     /// Reads and validates a cluster file.
     pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
@@ -127,7 +112,7 @@ impl ClusterFile {
         let mut nodes = file.nodes;
         nodes.sort_by_key(|n| n.id);
         for node in nodes {
-            let role = parse_role(&node.role).filter(|r| *r != RoleKind::Client);
+            let role = RoleKind::from_name(&node.role).filter(|r| *r != RoleKind::Client);
             let Some(role) = role else {
                 return Err(ConfigFileError::UnknownRole { id: node.id, role: node.role });
             };
