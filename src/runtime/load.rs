@@ -217,6 +217,23 @@ impl ClientPool {
         }
     }
 
+    fn tick(&mut self, now: Time, out: &mut Out) {
+        self.next_tick = now + TICK_US;
+        if !self.started {
+            self.started = true;
+            for index in 0..self.clients.len() {
+                self.submit(index, now, out);
+            }
+            return;
+        }
+        for index in 0..self.clients.len() {
+            if self.clients[index].poll_timeout().is_some_and(|at| at <= now) {
+                self.control.retries.fetch_add(1, Ordering::Relaxed);
+                self.clients[index].handle_timeout(now, out);
+            }
+        }
+    }
+
     /// Handles the completions a client call just recorded, and starts each client's next request.
     fn after_client_call(&mut self, index: usize, events_before: usize, now: Time, out: &mut Out) {
         let completed = out.events[events_before..].iter().find_map(|e| match e {
@@ -302,25 +319,6 @@ fn merge_requests(out: &mut Out, first_new: usize) {
     for (to, commands) in merged {
         for commands in chunk_by_bytes(commands, |c| c.op.len() + 32, MAX_AGGREGATE_BYTES) {
             out.msgs.push((to, Msg::ClientRequests(commands)));
-        }
-    }
-}
-
-impl ClientPool {
-    fn tick(&mut self, now: Time, out: &mut Out) {
-        self.next_tick = now + TICK_US;
-        if !self.started {
-            self.started = true;
-            for index in 0..self.clients.len() {
-                self.submit(index, now, out);
-            }
-            return;
-        }
-        for index in 0..self.clients.len() {
-            if self.clients[index].poll_timeout().is_some_and(|at| at <= now) {
-                self.control.retries.fetch_add(1, Ordering::Relaxed);
-                self.clients[index].handle_timeout(now, out);
-            }
         }
     }
 }
