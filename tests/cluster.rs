@@ -214,25 +214,25 @@ fn garbage_sent_to_any_node_closes_only_that_connection_and_the_node_keeps_servi
     assert!(still_open.is_empty(), "connections not closed within 5 s:\n{}", still_open.join("\n"));
     drop(open);
 
-    // The garbage, the oversized header and the foreign handshake are bad frames (reasons bad_magic,
-    // too_large, handshake). The truncated frame is not: the node is still waiting for the rest of
-    // it when our write side closes, so it sees a plain EOF (conn.rs: Closed::Eof has no reason).
+    // All four are bad frames: bad_magic (garbage), truncated (closed mid-frame), too_large (the
+    // oversized header) and handshake (the foreign cluster).
     for (i, &id) in ids.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let grew = loop {
             let grew = bad_frames(&cluster, id, None) - before[i];
-            if grew >= 3.0 || Instant::now() >= deadline {
+            if grew >= 4.0 || Instant::now() >= deadline {
                 break grew;
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let by_reason: Vec<String> = ["bad_magic", "too_large", "handshake", "invalid_meta", "invalid_frame"]
-            .iter()
-            .map(|r| format!("{r}={}", bad_frames(&cluster, id, Some(r))))
-            .collect();
+        let by_reason: Vec<String> =
+            ["bad_magic", "truncated", "too_large", "handshake", "invalid_meta", "invalid_frame"]
+                .iter()
+                .map(|r| format!("{r}={}", bad_frames(&cluster, id, Some(r))))
+                .collect();
         eprintln!("node {id}: autopaxos_bad_frames_total +{grew} ({})", by_reason.join(" "));
-        assert!(grew >= 3.0, "node {id}: bad_frames_total grew by {grew}, expected >= 3");
-        for reason in ["bad_magic", "too_large", "handshake"] {
+        assert!(grew >= 4.0, "node {id}: bad_frames_total grew by {grew}, expected >= 4");
+        for reason in ["bad_magic", "truncated", "too_large", "handshake"] {
             assert!(bad_frames(&cluster, id, Some(reason)) >= 1.0, "node {id}: no {reason} counted");
         }
     }

@@ -25,6 +25,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 enum Closed {
     #[error("peer closed the connection")]
     Eof,
+    #[error("peer closed the connection in the middle of a frame ({0} bytes buffered)")]
+    Truncated(usize),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad frame: {0}")]
@@ -41,6 +43,7 @@ impl Closed {
         match self {
             Closed::Eof | Closed::Io(_) => None,
             Closed::Wire(e) => Some(wire_label(e)),
+            Closed::Truncated(_) => Some("truncated"),
             Closed::Handshake(_) => Some("handshake"),
             Closed::HandshakeTimeout => Some("handshake_timeout"),
         }
@@ -55,6 +58,14 @@ fn wire_label(e: &WireError) -> &'static str {
         WireError::MetaTooLarge { .. } | WireError::PayloadTooLarge { .. } => "too_large",
         WireError::InvalidMeta(_) => "invalid_meta",
         _ => "invalid_frame",
+    }
+}
+
+/// A close between frames is ordinary; one in the middle of a frame is a bad frame.
+fn closed_at_eof(reader: &FrameReader) -> Closed {
+    match reader.buffered() {
+        0 => Closed::Eof,
+        n => Closed::Truncated(n),
     }
 }
 
@@ -213,7 +224,7 @@ async fn read_handshake(
         }
         let n = rd.read(reader.read_buf()).await?;
         if n == 0 {
-            return Err(Closed::Eof);
+            return Err(closed_at_eof(reader));
         }
         reader.advance(n);
     }
@@ -245,7 +256,7 @@ async fn read_frames(
         }
         let n = rd.read(reader.read_buf()).await?;
         if n == 0 {
-            return Err(Closed::Eof);
+            return Err(closed_at_eof(&reader));
         }
         host.metrics.bytes_in.increment(n as u64);
         reader.advance(n);
