@@ -62,6 +62,26 @@ enum Command {
     /// replicas execute in order and agree on state, exactly-once, acknowledged writes are durable,
     /// and the client history is linearizable. Exit status 1 if any seed fails.
     Sim(SimArgs),
+    /// Measure one role (or all) over a grid of batch sizes and read budgets, and recommend a setting.
+    ///
+    /// Runs the per-role benchmark once per point, the role on one core and its mocks on the others,
+    /// and writes <out>/<role>.csv (every figure of every point) and <out>/<role>.svg (throughput by
+    /// batch size, one line per read budget). The recommendation is the smallest batch size within 5%
+    /// of the best throughput (smaller batches wait less to fill), ties to the lower p99. `tune all`
+    /// also writes <out>/capacities.toml, which `plan` reads.
+    Tune(TuneArgs),
+    /// Measure one role's maximum throughput: the real role on its own core, built-in mocks that
+    /// speak its protocol on both sides on another core, and the wire ceiling in the same run.
+    Bench(BenchArgs),
+    /// Size a cluster for a target load from measured per-role capacities.
+    ///
+    /// Prints, per role, the nodes (one per core) and instances (one node per vCPU; roles are not
+    /// mixed on an instance) that the target needs, each role's utilisation, which role is the
+    /// bottleneck, and the fault-tolerance minimums that apply whatever the load (f+1 proposers,
+    /// groups of 2f+1 acceptors, f+1 replicas, one of each other role). Batchers, proxy leaders,
+    /// unbatchers and acceptor groups scale out; the proposer and the replica do not, so a target
+    /// above one of them is reported as unreachable, with the maximum. Exit status 1 on bad input.
+    Plan(PlanArgs),
 }
 
 /// A core list as one argument (`0-3,6`); a newtype so clap takes it as one value, not many.
@@ -185,6 +205,62 @@ struct SimArgs {
     threads: Option<usize>,
 }
 
+#[derive(Args)]
+struct TuneArgs {
+    /// The role to measure (batcher, proposer, proxy-leader, acceptor, replica, unbatcher), or all.
+    #[arg(value_parser = autopaxos::bench::tune::parse_target)]
+    role: autopaxos::bench::tune::Target,
+    /// Batch sizes to try, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = autopaxos::bench::tune::parse_positive,
+        default_value = "1,10,40,100,400"
+    )]
+    batch_size: Vec<usize>,
+    /// Read budgets to try (frames one connection handles before yielding), comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = autopaxos::bench::tune::parse_positive,
+        default_value = "1,10,100,1000"
+    )]
+    read_budget: Vec<usize>,
+    /// How long each point measures, after the benchmark's warm-up.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Bytes per command value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Folder for <role>.csv, <role>.svg and, with all, capacities.toml (created if missing).
+    #[arg(long, default_value = "tuning")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Commands per second the cluster must sustain.
+    #[arg(long)]
+    target_cmds: u64,
+    /// Per-role capacities, as written by `autopaxos tune all`.
+    #[arg(long, default_value = "tuning/capacities.toml")]
+    capacities: PathBuf,
+    /// Fraction of each node's measured capacity kept spare, at least 0 and below 1.
+    #[arg(long, default_value_t = 0.3)]
+    headroom: f64,
+    /// EC2 instance type to pack nodes onto (c5.large to c5.24xlarge); one node per vCPU.
+    #[arg(long, default_value = "c5.xlarge")]
+    instance_type: String,
+    /// Failures tolerated.
+    #[arg(long, default_value_t = 1)]
+    f: usize,
+    /// Print one JSON object as the last line of output.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -197,6 +273,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Sim(args) => return sim(args),
+        Command::Bench(args) => bench(args),
         Command::Config(_) => {
             print!("{EXAMPLE}");
             Ok(())
@@ -209,6 +286,8 @@ fn main() -> ExitCode {
         Command::Replica(a) => role(RoleKind::Replica, a),
         Command::Batcher(a) => role(RoleKind::Batcher, a),
         Command::Unbatcher(a) => role(RoleKind::Unbatcher, a),
+        Command::Tune(args) => tune(args),
+        Command::Plan(args) => plan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -409,6 +488,120 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
     tracing::info!("serving; {metrics_note}");
     running.join();
     Ok(())
+}
+
+fn tune(args: TuneArgs) -> Result<(), String> {
+    use autopaxos::bench::tune::{run, Grid, Progress, TuneOptions};
+    let opts = TuneOptions {
+        target: args.role,
+        grid: Grid::new(args.batch_size, args.read_budget)?,
+        duration: args.duration,
+        value_size: args.value_size,
+        out: args.out,
+    };
+    let mut progress = Progress::stderr(opts.points());
+    run(&opts, autopaxos::bench::run_bench, &mut progress, &mut std::io::stdout()).map(|_| ())
+}
+
+fn plan(args: PlanArgs) -> Result<(), String> {
+    use autopaxos::bench::plan::{load_capacities, PlanRequest};
+    let caps = load_capacities(&args.capacities).map_err(|e| e.to_string())?;
+    let request = PlanRequest {
+        target_cmds: args.target_cmds,
+        headroom: args.headroom,
+        instance_type: args.instance_type,
+        f: args.f,
+        capacities_file: args.capacities.display().to_string(),
+    };
+    let plan = autopaxos::bench::plan::plan(&caps, &request).map_err(|e| e.to_string())?;
+    println!("{}", plan.render());
+    if args.json {
+        println!("{}", serde_json::to_string(&plan).expect("serializable"));
+    }
+    Ok(())
+}
+
+fn parse_bench_role(s: &str) -> Result<RoleKind, String> {
+    RoleKind::from_name(s)
+        .filter(|r| autopaxos::bench::BENCH_ROLES.contains(r))
+        .ok_or_else(|| format!("'{s}' is not a role bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher)"))
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    if args.batch_size == 0 || args.read_budget == 0 {
+        return Err("--batch-size and --read-budget must be at least 1".into());
+    }
+    let opts = autopaxos::bench::BenchOptions {
+        role: args.role,
+        duration: args.duration,
+        batch_size: args.batch_size,
+        read_budget: args.read_budget,
+        value_size: args.value_size,
+        cores_under_test: args.cores_under_test.map(|c| c.0).unwrap_or_default(),
+        mock_cores: args.mock_cores.map(|c| c.0).unwrap_or_default(),
+    };
+    eprintln!(
+        "bench {}: measuring the role for {:?}, then the wire ceiling for as long",
+        args.role.name(),
+        args.duration
+    );
+    let r = autopaxos::bench::run_bench(&opts)?;
+    println!(
+        "{}: {} msgs/s ({} cmds/s, {:.1} MB/s in); time through the role p50 {} us, p99 {} us",
+        r.role,
+        thousands(r.msgs_per_sec as u64),
+        thousands(r.cmds_per_sec as u64),
+        r.bytes_per_sec / 1e6,
+        r.p50_us,
+        r.p99_us
+    );
+    println!(
+        "wire ceiling (the same mocks and frames, no role between): {} msgs/s; the role reaches {:.2} of it",
+        thousands(r.wire_ceiling_msgs_per_sec as u64),
+        r.ratio_to_ceiling
+    );
+    println!(
+        "busy: role core {:.0}%, mock core {:.0}%; batch size {}, read budget {}",
+        r.role_busy * 100.0,
+        r.mock_busy * 100.0,
+        r.batch_size,
+        r.read_budget
+    );
+    if r.mock_saturated {
+        println!("warning: the mocks' core was saturated: the role may do more than this (the figure is a lower bound)");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&r).expect("serializable"));
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica or unbatcher.
+    #[arg(value_parser = parse_bench_role)]
+    role: RoleKind,
+    /// How long to measure the role (and then the ceiling), after a 0.5 s warm-up each.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Commands per batch.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
+    batch_size: usize,
+    /// Frames one connection handles before yielding.
+    #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
+    read_budget: usize,
+    /// Bytes per command value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Core(s) for the role under test (default: the first core this process may use).
+    #[arg(long, value_parser = parse_core_list)]
+    cores_under_test: Option<Cores>,
+    /// Core(s) for the mocks (default: the next core this process may use).
+    #[arg(long, value_parser = parse_core_list)]
+    mock_cores: Option<Cores>,
+    /// Print one JSON object as the last line of output.
+    #[arg(long)]
+    json: bool,
 }
 
 fn sim(args: SimArgs) -> ExitCode {

@@ -4,6 +4,12 @@
 //! sizes a cluster from the capacities it measured.
 
 pub mod capacities;
+pub mod mock;
+pub mod plan;
+pub mod run;
+pub mod tune;
+
+pub use run::run_bench;
 
 use crate::protocol::RoleKind;
 use serde::{Deserialize, Serialize};

@@ -404,7 +404,10 @@ impl Proposer {
             State::Candidate(p) => {
                 assert_eq!(self.ballot.proposer, self.id, "a candidate runs with its own ballot");
                 assert!(self.timers.is_set(Timer::Election as usize));
-                assert!(p.found.keys().all(|&s| s >= p.start));
+                assert!(
+                    p.found.keys().next().is_none_or(|&s| s >= p.start),
+                    "found slots start at the phase 1 start"
+                );
             }
             State::Leader(l) => {
                 assert_eq!(self.ballot.proposer, self.id, "a leader leads with its own ballot");

@@ -167,7 +167,9 @@ async fn serve_inner(
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let mut hello = crate::wire::FrameWriter::default();
     hello.push_handshake(&our_handshake(host))?;
-    write_segments(&mut wr, hello.take_segments(), &mut Vec::new()).await?;
+    let mut greeting = Vec::new();
+    hello.drain_into(&mut greeting);
+    wr.write_all(&greeting).await?;
 
     let mut reader = FrameReader::default();
     let theirs = futures_lite::future::or(read_handshake(&mut rd, &mut reader), async {
@@ -269,12 +271,15 @@ async fn write_loop(
     peer: &Rc<Peer>,
     wake: &LocalReceiver<()>,
 ) -> Result<(), Closed> {
+    // glommio 0.9's sockets have no vectored write: the turn's frames are gathered into this one
+    // buffer (reused, so its allocation is kept) and leave in one write.
     let mut scratch = Vec::new();
     loop {
         // Frames queued while disconnected (or during this turn) go out together.
-        let segments = peer.writer.borrow_mut().take_segments();
-        if !segments.is_empty() {
-            let bytes = write_segments(wr, segments, &mut scratch).await?;
+        scratch.clear();
+        let bytes = peer.writer.borrow_mut().drain_into(&mut scratch);
+        if bytes > 0 {
+            wr.write_all(&scratch).await?;
             host.metrics.bytes_out.increment(bytes as u64);
             continue;
         }
@@ -282,24 +287,4 @@ async fn write_loop(
             return Ok(());
         }
     }
-}
-
-/// Writes queued segments in one write. glommio 0.9's sockets have no vectored write, so the
-/// segments (headers and shared payloads) are gathered into one buffer first: one copy into the
-/// send path instead of one system call per segment.
-async fn write_segments(
-    wr: &mut (impl futures_lite::AsyncWrite + Unpin),
-    segments: Vec<bytes::Bytes>,
-    scratch: &mut Vec<u8>,
-) -> Result<usize, Closed> {
-    if let [only] = segments.as_slice() {
-        wr.write_all(only).await?;
-        return Ok(only.len());
-    }
-    scratch.clear();
-    for segment in &segments {
-        scratch.extend_from_slice(segment);
-    }
-    wr.write_all(scratch).await?;
-    Ok(scratch.len())
 }

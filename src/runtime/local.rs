@@ -77,7 +77,8 @@ pub struct LocalReport {
 /// Node ids of client pools: one per core, after the cluster's ids.
 const CLIENT_NODE_BASE: NodeId = 1000;
 
-fn build_role(
+/// Builds the real role for node `id` (used by `local`, roles from a cluster file, and `bench`).
+pub fn build_role(
     id: NodeId,
     kind: RoleKind,
     config: &ClusterConfig,

@@ -161,11 +161,13 @@ impl<E> Writer<E> for MetaWriter<'_> {
 /// is its own segment, the caller's `Bytes` itself, so a fan-out to N peers shares one buffer.
 #[derive(Debug, Default)]
 pub struct FrameWriter {
-    /// Finished segments, in stream order.
-    segments: Vec<Bytes>,
-    /// The contiguous bytes after the last segment.
+    /// Headers, metas, padding and small payloads, in stream order.
     chunk: BytesMut,
-    /// Bytes queued in `segments` and `chunk`; always a multiple of `FRAME_ALIGN`.
+    /// Large payloads, each with the position in `chunk` it goes before, in stream order. Kept out of
+    /// `chunk` (shared, not copied) and without splitting it, so that `chunk` is never frozen
+    /// mid-turn and its allocation is reused from one flush to the next.
+    payloads: Vec<(usize, Bytes)>,
+    /// Bytes queued in all; always a multiple of `FRAME_ALIGN`.
     len: usize,
 }
 
@@ -230,8 +232,7 @@ impl FrameWriter {
             if p.len() <= INLINE_PAYLOAD_MAX {
                 self.chunk.extend_from_slice(p);
             } else {
-                self.flush_chunk();
-                self.segments.push(p.clone());
+                self.payloads.push((self.chunk.len(), p.clone()));
             }
             self.chunk.put_bytes(0, padded(p.len()) - p.len());
         }
@@ -239,19 +240,41 @@ impl FrameWriter {
         Ok(())
     }
 
-    fn flush_chunk(&mut self) {
-        if !self.chunk.is_empty() {
-            // `split` keeps the rest of the allocation for the next small parts.
-            self.segments.push(self.chunk.split().freeze());
-        }
-    }
-
     /// The queued bytes as segments in stream order, for one vectored write; leaves the writer empty.
     /// (A writev takes at most `IOV_MAX` segments: write longer lists in several calls.)
     pub fn take_segments(&mut self) -> Vec<Bytes> {
-        self.flush_chunk();
+        let chunk = self.chunk.split().freeze();
+        let mut segments = Vec::with_capacity(2 * self.payloads.len() + 1);
+        let mut at = 0;
+        for (pos, payload) in self.payloads.drain(..) {
+            if pos > at {
+                segments.push(chunk.slice(at..pos));
+            }
+            segments.push(payload);
+            at = pos;
+        }
+        if at < chunk.len() {
+            segments.push(chunk.slice(at..));
+        }
         self.len = 0;
-        std::mem::take(&mut self.segments)
+        segments
+    }
+
+    /// Appends the queued bytes, in stream order, to `out` and leaves the writer empty with its buffer
+    /// kept for reuse. For a socket without vectored writes this is the cheap path: one copy into the
+    /// caller's send buffer, and no allocation per flush (freezing the chunk would force one).
+    pub fn drain_into(&mut self, out: &mut Vec<u8>) -> usize {
+        let before = out.len();
+        let mut at = 0;
+        for (pos, payload) in self.payloads.drain(..) {
+            out.extend_from_slice(&self.chunk[at..pos]);
+            out.extend_from_slice(&payload);
+            at = pos;
+        }
+        out.extend_from_slice(&self.chunk[at..]);
+        self.chunk.clear();
+        self.len = 0;
+        out.len() - before
     }
 
     /// How many bytes are queued.
@@ -482,6 +505,20 @@ mod tests {
         let mut r = FrameReader::new();
         feed(&mut r, bytes);
         r.next_frame()
+    }
+
+    #[test]
+    fn drain_into_gives_the_same_bytes_as_the_segments_and_keeps_its_buffer() {
+        let (mut a, mut b) = (FrameWriter::new(), FrameWriter::new());
+        for m in samples() {
+            a.push_msg(&m).unwrap();
+            b.push_msg(&m).unwrap();
+        }
+        let segments: Vec<u8> = a.take_segments().iter().flat_map(|s| s.iter().copied()).collect();
+        let mut drained = Vec::new();
+        assert_eq!(b.drain_into(&mut drained), segments.len());
+        assert_eq!(drained, segments);
+        assert!(b.is_empty() && b.chunk.capacity() > 0, "the chunk's allocation is kept for the next turn");
     }
 
     #[test]
