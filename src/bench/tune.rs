@@ -1030,10 +1030,13 @@ mod tests {
     fn the_legend_goes_to_the_corner_the_lines_leave_empty() {
         let rising = vec![vec![(0.0, 0.1), (0.5, 0.7), (1.0, 0.9)], vec![(0.0, 0.05), (1.0, 0.8)]];
         assert_eq!(emptiest_corner(&rising, 3), Corner::UpperLeft);
-        // High everywhere at the left, falling at the right: the lower left is the free corner.
+        // High at the left, falling steeply at the right: the upper right is the free corner.
         let falling =
             vec![vec![(0.0, 0.9), (0.5, 0.9), (1.0, 0.05)], vec![(0.0, 0.5), (0.6, 0.8), (1.0, 0.02)]];
-        assert_eq!(emptiest_corner(&falling, 3), Corner::LowerLeft);
+        assert_eq!(emptiest_corner(&falling, 3), Corner::UpperRight);
+        // Flat at the top, and another line low at the right: only the lower left is free.
+        let low_right = vec![vec![(0.0, 0.95), (1.0, 0.95)], vec![(0.8, 0.05), (1.0, 0.02)]];
+        assert_eq!(emptiest_corner(&low_right, 3), Corner::LowerLeft);
         // Like the acceptor's real sweep: low at both ends, a peak in the middle near the top.
         let peak = vec![vec![(0.0, 0.02), (0.5, 0.6), (0.8, 0.9), (1.0, 0.07)]];
         assert_eq!(emptiest_corner(&peak, 2), Corner::UpperLeft);

@@ -358,7 +358,22 @@ impl Proposer {
         self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
 
+    /// Keeps the resend timer armed while slots are in flight, in O(1): a proposal made now is
+    /// younger than any already in flight, so an armed timer is never late for it. Only when the
+    /// window was empty does a new deadline start; the timer's handler rescans (once per period).
     fn arm_resend(&mut self, now: Time) {
+        let State::Leader(l) = &self.state else {
+            return;
+        };
+        if l.in_flight.is_empty() {
+            self.timers.cancel(Timer::Resend as usize);
+        } else if !self.timers.is_set(Timer::Resend as usize) {
+            self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
+        }
+    }
+
+    /// Re-arms the resend timer at the oldest in-flight proposal's deadline (walks the window).
+    fn rearm_resend_at_oldest(&mut self, now: Time) {
         let State::Leader(l) = &self.state else {
             return;
         };
@@ -392,7 +407,7 @@ impl Proposer {
                 for (slot, value) in due {
                     self.propose(now, slot, value, out);
                 }
-                self.arm_resend(now);
+                self.rearm_resend_at_oldest(now);
             }
             State::Follower => {}
         }
