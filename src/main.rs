@@ -73,6 +73,12 @@ enum Command {
     /// Measure one role's maximum throughput: the real role on its own core, built-in mocks that
     /// speak its protocol on both sides on another core, and the wire ceiling in the same run.
     Bench(BenchArgs),
+    /// Run the mocks that feed a role (its upstream) on their own, open-loop at --rate, against a
+    /// role started elsewhere from the same cluster file (`config --example`'s shape).
+    MockUpstream(MockArgs),
+    /// Run the mocks that receive a role's output (its downstream) on their own and report what
+    /// arrives each second.
+    MockDownstream(MockArgs),
     /// Size a cluster for a target load from measured per-role capacities.
     ///
     /// Prints, per role, the nodes (one per core) and instances (one node per vCPU; roles are not
@@ -274,6 +280,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => return sim(args),
         Command::Bench(args) => bench(args),
+        Command::MockUpstream(args) => mock_side(args, true),
+        Command::MockDownstream(args) => mock_side(args, false),
         Command::Config(_) => {
             print!("{EXAMPLE}");
             Ok(())
@@ -573,6 +581,116 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     if args.json {
         println!("{}", serde_json::to_string(&r).expect("serializable"));
     }
+    Ok(())
+}
+
+#[derive(Args)]
+struct MockArgs {
+    /// The role the mocks surround: batcher, proposer, proxy-leader, acceptor, replica or unbatcher.
+    #[arg(value_parser = parse_bench_role)]
+    role: RoleKind,
+    /// The cluster file (the shape of `autopaxos config --example`: nodes 1-10).
+    #[arg(long)]
+    config: PathBuf,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Upstream only: messages per second sent into the role, open-loop.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Commands per batch in what the upstream sends.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
+    batch_size: usize,
+    /// Bytes per command value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Cores to run on (default: the first core this process may use).
+    #[arg(long, value_parser = parse_core_list)]
+    cores: Option<Cores>,
+}
+
+/// Runs one side of a role's mocks as a process of its own (the original's `mock_component`).
+fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
+    use autopaxos::bench::mock::{MockNode, Part, World, CLIENT_NODE};
+    use autopaxos::bench::run::{part_of, target_id};
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    if file.config != autopaxos::protocol::ClusterConfig::f1(1, 1, 1, 1) {
+        return Err(format!(
+            "{}: the mocks need the cluster of `autopaxos config --example` (nodes 1-10)",
+            args.config.display()
+        ));
+    }
+    if args.batch_size == 0 || args.rate == 0 {
+        return Err("--batch-size and --rate must be at least 1".into());
+    }
+    let role = args.role;
+    let target = target_id(role);
+    let measuring = Arc::new(AtomicBool::new(true));
+    let world = Arc::new(std::sync::Mutex::new(World::new(
+        role,
+        args.batch_size,
+        args.value_size,
+        u64::MAX,
+        measuring,
+    )));
+    let mut launches = Vec::new();
+    let ids: Vec<NodeId> =
+        file.config.all_nodes().map(|(id, _)| id).chain([CLIENT_NODE]).filter(|&id| id != target).collect();
+    for id in ids {
+        let part = part_of(role, id);
+        let mine = matches!(part, Part::Source | Part::Acceptor | Part::Watermark) == upstream;
+        if !mine {
+            continue;
+        }
+        let world = world.clone();
+        let rate = args.rate;
+        let listen = file.addresses.get(&id).copied();
+        launches.push(NodeLaunch {
+            id,
+            listen,
+            // The client mock has no address: it reaches the role first so replies can come back.
+            dial_at_start: if listen.is_none() { vec![target] } else { Vec::new() },
+            build: Box::new(move |_| {
+                let node = MockNode::new(id, part, target, world);
+                Box::new(if part == Part::Source { node.open_loop(rate) } else { node })
+            }),
+        });
+    }
+    let names: Vec<String> = launches.iter().map(|l| l.id.to_string()).collect();
+    eprintln!(
+        "mock-{} for {} (node {target}): mock nodes {}",
+        if upstream { "upstream" } else { "downstream" },
+        role.name(),
+        names.join(", ")
+    );
+    let core = args.cores.map_or_else(|| allowed_cores()[0], |c| c.0[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = ProcessPlan {
+        cluster_id: file.cluster_id.clone(),
+        cores: vec![(core, launches)],
+        addresses: file.addresses.clone(),
+        read_budget: 100,
+        stop: stop.clone(),
+        spin_before_park: Duration::ZERO,
+    };
+    let running = start(plan, Instant::now())?;
+    let t0 = Instant::now();
+    let mut last = 0u64;
+    while t0.elapsed() < args.duration {
+        std::thread::sleep(Duration::from_secs(1).min(args.duration.saturating_sub(t0.elapsed())));
+        let w = world.lock().expect("not poisoned");
+        let (count, what) =
+            if upstream { (w.sent, "sent into the role") } else { (w.done, "came out of the role") };
+        println!(
+            "{:>6.1}s {:>12} msgs/s {what} ({} in all)",
+            t0.elapsed().as_secs_f64(),
+            thousands(count - last),
+            count
+        );
+        last = count;
+    }
+    stop.store(true, Ordering::Relaxed);
+    running.join();
     Ok(())
 }
 

@@ -177,13 +177,33 @@ pub struct MockNode {
     leader_known: bool,
     /// The acceptor bench trims the acceptor's log as it goes.
     trimmed: u64,
+    /// Standalone (`mock-upstream`): no observer shares this process to credit the window, so the
+    /// source sends open-loop at this many messages per second instead.
+    rate: Option<u64>,
+    rate_started: Option<Time>,
 }
 
 impl MockNode {
     /// A mock playing `part` as node `id`; `target` is the node under test.
     pub fn new(id: NodeId, part: Part, target: NodeId, world: Arc<Mutex<World>>) -> Self {
         let next_tick = matches!(part, Part::Source | Part::Watermark).then_some(0);
-        MockNode { id, part, target, world, next_tick, leader_known: false, trimmed: 0 }
+        MockNode {
+            id,
+            part,
+            target,
+            world,
+            next_tick,
+            leader_known: false,
+            trimmed: 0,
+            rate: None,
+            rate_started: None,
+        }
+    }
+
+    /// A standalone source that sends `per_second` messages open-loop (see [`MockNode::rate`]).
+    pub fn open_loop(mut self, per_second: u64) -> Self {
+        self.rate = Some(per_second.max(1));
+        self
     }
 
     fn fill_window(&mut self, now: Time, out: &mut Out) {
@@ -192,7 +212,15 @@ impl MockNode {
             return;
         }
         let mut w = self.world.lock().expect("not poisoned");
-        while w.sent - w.done.min(w.sent) < w.window {
+        // Open loop: what the rate allows by now, whatever came back.
+        let allowed = match self.rate {
+            Some(rate) => {
+                let started = *self.rate_started.get_or_insert(now);
+                (now - started) * rate / 1_000_000 + 1
+            }
+            None => u64::MAX,
+        };
+        while w.sent < allowed && (self.rate.is_some() || w.sent - w.done.min(w.sent) < w.window) {
             let n = w.sent;
             let msg = w.input(n, self.id);
             w.sent_at[n as usize % RING] = now;

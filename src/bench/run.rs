@@ -21,7 +21,7 @@ const SATURATED: f64 = 0.9;
 const WINDOW_MSGS: u64 = 1024;
 
 /// The node id the role under test plays in the bench cluster (the cluster of `ClusterConfig::f1(1, 1, 1, 1)`).
-fn target_id(role: RoleKind) -> NodeId {
+pub fn target_id(role: RoleKind) -> NodeId {
     match role {
         RoleKind::Proposer => 1,
         RoleKind::Acceptor => 3,
@@ -34,7 +34,7 @@ fn target_id(role: RoleKind) -> NodeId {
 }
 
 /// What each other node does when `role` is under test.
-fn part_of(role: RoleKind, id: NodeId) -> Part {
+pub fn part_of(role: RoleKind, id: NodeId) -> Part {
     match (role, id) {
         (RoleKind::Batcher, 1) => Part::Source,
         (RoleKind::Proposer, 9) => Part::Source,

@@ -405,6 +405,9 @@ pub fn svg(
     // Padding on a log axis keeps the end points off the frame, and keeps a one-batch-size sweep from
     // being an empty range.
     let (x_min, x_max) = if x_min.is_finite() { (x_min / 1.5, x_max * 1.5) } else { (1.0, 10.0) };
+    let mut ticks: Vec<f64> = xs().collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
     let y_max = lines.values().flatten().map(|p| p.1).fold(0.0, f64::max);
     let y_max = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
 
@@ -418,13 +421,11 @@ pub fn svg(
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(96)
-            .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..y_max)
+            // Ticks at the batch sizes swept rather than plotters' decades, so every point has its label.
+            .build_cartesian_2d((x_min..x_max).log_scale().with_key_points(ticks), 0.0..y_max)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
-            // A log axis's fine mesh crowds into a grey band at the top of each decade; the labelled
-            // lines are enough.
-            .light_line_style(TRANSPARENT)
             .x_desc("batch size (commands per batch, log scale)")
             .y_desc("throughput (cmds/s)")
             .x_label_formatter(&|x| format!("{}", x.round() as u64))
