@@ -91,8 +91,8 @@ impl Grid {
             values.dedup();
         }
         if let Some(&big) = batch_sizes.iter().find(|&&b| b > MAX_BATCH_SIZE) {
-            // Checked here, not mid-sweep: the protocol refuses such batches, and finding out after an
-            // hour of measuring would waste the hour.
+            // Checked here, not at the first point that uses it: the protocol refuses such batches,
+            // and finding out minutes into `tune all` would waste those minutes.
             return Err(format!("--batch-size: {big} is more than the protocol's maximum, {MAX_BATCH_SIZE}"));
         }
         Ok(Grid { batch_sizes, read_budgets })
@@ -157,7 +157,7 @@ impl<'a> Progress<'a> {
     }
 
     // Write errors are ignored throughout: progress is a courtesy, and a closed stderr must not abort
-    // an hour-long sweep whose results go to files.
+    // a long sweep whose results go to files.
 
     /// A point is about to be measured.
     fn start(&mut self, role: RoleKind, batch_size: usize, read_budget: usize) {
@@ -208,10 +208,11 @@ impl<'a> Progress<'a> {
         let _ = writeln!(self.out, "{clear}{line}");
     }
 
-    /// A measurement failed; leave the terminal on a fresh line for the error.
+    /// A measurement failed: clear the bar so the error is printed on a clean line.
     fn abandon(&mut self) {
         if self.redraw {
-            let _ = writeln!(self.out);
+            let _ = write!(self.out, "\r\x1b[2K");
+            let _ = self.out.flush();
         }
     }
 }
@@ -282,9 +283,9 @@ impl Recommendation {
             )
         };
         format!(
-            "{}: recommended batch size {}, read budget {}: {} cmds/s, p99 {} us ({against}){}. Rule: the \
-             smallest batch size within {:.0}% of the best throughput (smaller batches wait less to fill), ties \
-             to the lower p99.",
+            "{}: recommended batch size {}, read budget {}: {} cmds/s, p99 {} us ({against}){}. Rule: \
+             the smallest batch size within {:.0}% of the best throughput (smaller batches wait less to \
+             fill), ties to the lower p99.",
             c.role,
             c.batch_size,
             c.read_budget,
@@ -300,7 +301,7 @@ impl Recommendation {
 ///
 /// The rule: find the highest `cmds_per_sec`; of the points within [`WITHIN_BEST`] (5%) of it, take
 /// those with the smallest batch size, because a smaller batch fills sooner and so adds less latency
-/// for a throughput cost within measurement noise; of those, the lowest `p99_us`; then the higher
+/// for a throughput cost too small to matter; of those, the lowest `p99_us`; then the higher
 /// throughput, then the smaller read budget, so the choice never depends on the order of `reports`.
 /// Points whose throughput is not a finite number are ignored; `None` if no point is left.
 pub fn recommend(reports: &[BenchReport]) -> Option<Recommendation> {
@@ -426,6 +427,8 @@ pub fn svg(
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
+            // The fine mesh between labels is a grey haze at this size; the labelled lines are enough.
+            .light_line_style(TRANSPARENT)
             .x_desc("batch size (commands per batch, log scale)")
             .y_desc("throughput (cmds/s)")
             .x_label_formatter(&|x| format!("{}", x.round() as u64))
