@@ -266,6 +266,24 @@ struct Entry {
     version: u64,
 }
 
+/// A reusable aligned buffer. Not state: equal for every store, empty when cloned.
+#[derive(Debug, Default)]
+struct Scratch(rkyv::util::AlignedVec<16>);
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Scratch {}
+
 /// One partition: its items and its version counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Partition {
@@ -283,6 +301,8 @@ struct Partition {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
     data: FxHashMap<Small, Partition>,
+    /// An aligned buffer reused to read each operation in place (not part of the state).
+    scratch: Scratch,
 
     len: usize,
 }
@@ -325,14 +345,14 @@ impl KvStore {
                 None => KvResult::NotFound,
             },
             KvOp::Put { partition, item, value } => {
-                let version = self.commit(partition, [(item.clone(), Some(value.clone()))])?;
+                let version = self.commit(partition, [(item, Some(value))])?;
                 KvResult::Written { version }
             }
             KvOp::Delete { partition, item } => {
                 // Deleting nothing changes nothing, so it must not consume a version.
                 let existed = self.entry(partition, item).is_some();
                 if existed {
-                    self.commit(partition, [(item.clone(), None)])?;
+                    self.commit(partition, [(item, None::<&[u8]>)])?;
                 }
                 KvResult::Deleted { existed }
             }
@@ -378,7 +398,7 @@ impl KvStore {
     fn commit(
         &mut self,
         partition: &[u8],
-        writes: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
+        writes: impl IntoIterator<Item = (impl AsRef<[u8]>, Option<impl AsRef<[u8]>>)>,
     ) -> Result<u64, KvError> {
         // Look the partition up by reference: cloning its key on every write costs a refcount
         // promotion and a drop; only a new partition needs an owned key.
@@ -390,13 +410,13 @@ impl KvStore {
         for (item, value) in writes {
             match value {
                 Some(value) => {
-                    let entry = Entry { value: Small::from_slice(&value), version };
-                    if part.items.insert(Small::from_slice(&item), entry).is_none() {
+                    let entry = Entry { value: Small::from_slice(value.as_ref()), version };
+                    if part.items.insert(Small::from_slice(item.as_ref()), entry).is_none() {
                         self.len += 1;
                     }
                 }
                 None => {
-                    if part.items.remove(&item[..]).is_some() {
+                    if part.items.remove(item.as_ref()).is_some() {
                         self.len -= 1;
                     }
                 }
@@ -411,13 +431,47 @@ impl KvStore {
     }
 }
 
-impl StateMachine for KvStore {
-    fn apply(&mut self, op: &[u8]) -> Bytes {
-        match KvOp::decode(op) {
-            Ok(op) => self.execute(&op),
+impl KvStore {
+    /// The hot path: a put read straight from its archive (validated, no copy of keys or values into
+    /// fresh buffers), with the same limits and results as [`KvStore::execute`].
+    fn put_archived(&mut self, partition: &[u8], item: &[u8], value: &[u8]) -> KvResult {
+        if partition.len() > MAX_KEY_BYTES || item.len() > MAX_KEY_BYTES {
+            return KvResult::Error(KvError::KeyTooLarge);
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return KvResult::Error(KvError::ValueTooLarge);
+        }
+        match self.commit(partition, [(item, Some(value))]) {
+            Ok(version) => KvResult::Written { version },
             Err(e) => KvResult::Error(e),
         }
-        .encode()
+    }
+}
+
+impl StateMachine for KvStore {
+    fn apply(&mut self, op: &[u8]) -> Bytes {
+        // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
+        // and read puts in place; everything else takes the typed path.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.0.clear();
+        scratch.0.extend_from_slice(op);
+        let fast =
+            rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(&scratch.0).map(|archived| match archived {
+                ArchivedKvOp::Put { partition, item, value } => {
+                    Some(self.put_archived(partition.as_slice(), item.as_slice(), value.as_slice()))
+                }
+                _ => None,
+            });
+        let result = match fast {
+            Ok(Some(result)) => result,
+            Ok(None) => match KvOp::decode(op) {
+                Ok(op) => self.execute(&op),
+                Err(e) => KvResult::Error(e),
+            },
+            Err(_) => KvResult::Error(KvError::Malformed),
+        };
+        self.scratch = scratch;
+        result.encode()
     }
 
     fn digest(&self) -> u64 {
