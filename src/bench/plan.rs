@@ -18,15 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The roles a plan sizes, in the order a batch travels through them.
-pub const PLAN_ROLES: [RoleKind; 6] = [
-    RoleKind::Batcher,
-    RoleKind::Proposer,
-    RoleKind::ProxyLeader,
-    RoleKind::Acceptor,
-    RoleKind::Replica,
-    RoleKind::Unbatcher,
-];
+/// The roles a plan sizes, in the order a batch travels through them: the roles `bench` measures.
+pub const PLAN_ROLES: [RoleKind; 6] = super::BENCH_ROLES;
 
 /// EC2 instance types a plan can pack nodes onto, with their vCPUs (one node per vCPU).
 pub const INSTANCE_TYPES: [(&str, u64); 8] = [
