@@ -547,6 +547,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         value_size: args.value_size,
         cores_under_test: args.cores_under_test.map(|c| c.0).unwrap_or_default(),
         mock_cores: args.mock_cores.map(|c| c.0).unwrap_or_default(),
+        state_machine: args.state_machine,
     };
     eprintln!(
         "bench {}: measuring the role for {:?}, then the wire ceiling for as long",
@@ -720,6 +721,9 @@ struct BenchArgs {
     /// Print one JSON object as the last line of output.
     #[arg(long)]
     json: bool,
+    /// The replica's state machine: kv, or noop to measure ordering without execution.
+    #[arg(long, default_value = "kv")]
+    state_machine: StateMachineKind,
 }
 
 fn sim(args: SimArgs) -> ExitCode {

@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub cores_under_test: Vec<usize>,
     /// Cores for the mocks (default: the other allowed cores, or the same one if there is only one).
     pub mock_cores: Vec<usize>,
+    /// The replicated state machine a replica under test runs (kv unless told otherwise).
+    pub state_machine: crate::protocol::state_machine::StateMachineKind,
 }
 
 /// What one benchmark run measured. `--json` prints it as one object.

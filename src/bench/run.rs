@@ -4,7 +4,6 @@
 
 use super::mock::{Echo, MockNode, Part, World, CLIENT_NODE};
 use super::{BenchOptions, BenchReport};
-use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use crate::runtime::local::build_role;
 use crate::runtime::{allowed_cores, start, NodeLaunch, ProcessPlan};
@@ -115,6 +114,7 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
         Arc::new(Mutex::new(World::new(role, opts.batch_size, opts.value_size, window, measuring.clone())));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
     let target = target_id(role);
+    let state_machine = opts.state_machine;
 
     let subject = {
         let (config, tunables, world) = (config.clone(), tunables.clone(), world.clone());
@@ -126,7 +126,7 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
                 if echo {
                     Box::new(Echo::new(role, config, world))
                 } else {
-                    build_role(target, role, &config, &tunables, StateMachineKind::Kv, ctx.now)
+                    build_role(target, role, &config, &tunables, state_machine, ctx.now)
                 }
             }),
         }

@@ -635,6 +635,7 @@ impl TuneOptions {
             value_size: self.value_size,
             cores_under_test: under_test,
             mock_cores: mocks,
+            state_machine: crate::protocol::state_machine::StateMachineKind::Kv,
         }
     }
 }
