@@ -252,7 +252,7 @@ impl Role for MockNode {
                 let (seq, count) = first_seq(&batch);
                 let mut w = self.world.lock().expect("not poisoned");
                 w.record(seq, now, count);
-                w.done += count - 1; // the batcher's unit is one request: credit every command
+                w.done += count.saturating_sub(1); // the batcher's unit is one request: credit every command
                 drop(w);
                 self.fill_window(now, out);
             }
