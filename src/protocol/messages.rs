@@ -288,6 +288,18 @@ where
     rkyv::to_bytes::<RkyvError>(value).map(|v| Bytes::from(v.into_vec())).unwrap_or_default()
 }
 
+/// Appends `value`'s archive to `out`, serialized in `scratch` (reused, so a warm call allocates
+/// nothing). Appends nothing should serializing fail, which decodes as an error, like [`encode`].
+pub fn encode_append<T>(value: &T, scratch: &mut AlignedVec, out: &mut Vec<u8>)
+where
+    T: for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>,
+{
+    scratch.clear();
+    if rkyv::api::high::to_bytes_in::<_, RkyvError>(value, &mut *scratch).is_ok() {
+        out.extend_from_slice(scratch);
+    }
+}
+
 /// Encodes commands into the bytes of a [`Value::Batch`].
 pub fn encode_batch(commands: Vec<Command>) -> Bytes {
     encode(&CommandBatch { commands })

@@ -13,12 +13,39 @@ use super::state_machine::StateMachine;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 /// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
 pub const MAX_CHOSEN_BUFFER: usize = 200_000;
+/// Room reserved per command in a batch's results buffer: a write's result fits.
+const TYPICAL_RESULT_BYTES: usize = 16;
 /// Slots one catch-up answer carries at most.
 pub const MAX_CATCHUP_SLOTS: u64 = 1_000;
+
+/// A client's last executed command and the reply to it.
+struct ClientEntry {
+    seq: u64,
+    reply: ReplySlot,
+}
+
+/// Where a reply's bytes are.
+#[derive(Clone)]
+enum ReplySlot {
+    /// `[start, end)` of the results buffer of the batch being executed (only while it executes).
+    InBatch(usize, usize),
+    /// Kept bytes: a slice of an earlier batch's results.
+    Stored(Bytes),
+}
+
+impl ReplySlot {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReplySlot::Stored(bytes) => bytes,
+            ReplySlot::InBatch(..) => unreachable!("a batch's replies are stored before it returns"),
+        }
+    }
+}
 
 #[repr(usize)]
 enum Timer {
@@ -38,8 +65,9 @@ pub struct Replica {
     chosen: BTreeMap<Slot, Value>,
     /// Executed values, kept until every replica has executed them, to teach a lagging peer.
     log: BTreeMap<Slot, Value>,
-    /// Per client: its last executed sequence number and the reply to it.
-    client_table: BTreeMap<u64, (u64, Bytes)>,
+    /// Per client: its last executed sequence number and the reply to it. A hash map: it is probed
+    /// once per command; the checkers' digest and snapshot sort it.
+    client_table: FxHashMap<u64, ClientEntry>,
     /// What other replicas last said they executed.
     peer_watermarks: BTreeMap<NodeId, Slot>,
     executed_at_last_report: Slot,
@@ -71,7 +99,7 @@ impl Replica {
             executed: 0,
             chosen: BTreeMap::new(),
             log: BTreeMap::new(),
-            client_table: BTreeMap::new(),
+            client_table: FxHashMap::default(),
             peer_watermarks: BTreeMap::new(),
             executed_at_last_report: 0,
             timers,
@@ -87,20 +115,27 @@ impl Replica {
     pub fn state_digest(&self) -> u64 {
         let mut bytes = Vec::with_capacity(8 + 24 * self.client_table.len());
         bytes.extend_from_slice(&self.state_machine.digest().to_le_bytes());
-        for (client, (seq, reply)) in &self.client_table {
+        for (client, entry) in self.clients_in_order() {
             bytes.extend_from_slice(&client.to_le_bytes());
-            bytes.extend_from_slice(&seq.to_le_bytes());
-            bytes.extend_from_slice(&super::digest(reply).to_le_bytes());
+            bytes.extend_from_slice(&entry.seq.to_le_bytes());
+            bytes.extend_from_slice(&super::digest(entry.reply.bytes()).to_le_bytes());
         }
         super::digest(&bytes)
+    }
+
+    fn clients_in_order(&self) -> Vec<(u64, &ClientEntry)> {
+        let mut clients: Vec<_> = self.client_table.iter().map(|(&id, entry)| (id, entry)).collect();
+        clients.sort_unstable_by_key(|&(id, _)| id);
+        clients
     }
 
     /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut bytes = self.state_machine.snapshot();
-        for (client, (seq, reply)) in &self.client_table {
+        for (client, entry) in self.clients_in_order() {
+            let reply = entry.reply.bytes();
             bytes.extend_from_slice(&client.to_le_bytes());
-            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&entry.seq.to_le_bytes());
             bytes.extend_from_slice(&(reply.len() as u64).to_le_bytes());
             bytes.extend_from_slice(reply);
         }
@@ -145,7 +180,10 @@ impl Replica {
             let value_digest = out.digest(|| value.digest());
             let state_digest = out.digest(|| self.state_digest());
             out.event(|| Event::Executed { slot, value_digest, state_digest });
-            self.log.insert(slot, value);
+            // Kept to teach a lagging peer; a lone replica has no peer to teach.
+            if self.config.replicas.len() > 1 {
+                self.log.insert(slot, value);
+            }
         }
     }
 
@@ -157,34 +195,57 @@ impl Replica {
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
         let state_machine = &mut self.state_machine;
         let table = &mut self.client_table;
+        // The batch's fresh results go into one buffer; each reply and table entry is a slice of it.
+        let mut results = Vec::new();
         let executed = with_archived::<CommandBatch, _>(bytes, |batch| {
             let mut replies = Vec::with_capacity(batch.commands.len());
+            results.reserve(batch.commands.len() * TYPICAL_RESULT_BYTES);
             for command in batch.commands.iter() {
                 let (client_id, seq) = (command.client_id.to_native(), command.seq.to_native());
                 let result = match table.get(&client_id) {
                     // A retry of the last command: answer from the table, do not apply again.
-                    Some((last, reply)) if *last == seq => reply.clone(),
+                    Some(entry) if entry.seq == seq => entry.reply.clone(),
                     // Older than the last: the client has moved on and waits for nothing (or a
                     // restarted client reuses an id: counted, so that it shows).
-                    Some((last, _)) if *last > seq => {
+                    Some(entry) if entry.seq > seq => {
                         out.dropped("replica: a command older than its client's last");
                         continue;
                     }
                     _ => {
-                        let result = state_machine.apply(command.op.as_slice());
-                        table.insert(client_id, (seq, result.clone()));
+                        let start = results.len();
+                        state_machine.apply_into(command.op.as_slice(), &mut results);
+                        let reply = ReplySlot::InBatch(start, results.len());
+                        table.insert(client_id, ClientEntry { seq, reply: reply.clone() });
                         out.event(|| Event::Applied { client_id, seq, slot });
-                        result
+                        reply
                     }
                 };
-                replies.push(ClientReply { client_id, seq, result });
+                replies.push((client_id, seq, result));
             }
             replies
         });
-        executed.unwrap_or_else(|_| {
+        let Ok(replies) = executed else {
             out.dropped("replica: malformed batch executed as empty");
-            Vec::new()
-        })
+            return Vec::new();
+        };
+        let results = Bytes::from(results);
+        let resolve = |reply: ReplySlot| match reply {
+            ReplySlot::InBatch(start, end) => results.slice(start..end),
+            ReplySlot::Stored(bytes) => bytes,
+        };
+        let mut client_replies = Vec::with_capacity(replies.len());
+        for (client_id, seq, reply) in replies {
+            let result = resolve(reply);
+            // The table entry still refers to this batch unless a later command of the client in the
+            // same batch replaced it (then that command's turn comes later in this loop).
+            if let Some(entry) = table.get_mut(&client_id) {
+                if entry.seq == seq && matches!(entry.reply, ReplySlot::InBatch(..)) {
+                    entry.reply = ReplySlot::Stored(result.clone());
+                }
+            }
+            client_replies.push(ClientReply { client_id, seq, result });
+        }
+        client_replies
     }
 
     fn on_executed(&mut self, from: NodeId, watermark: Slot) {
@@ -335,6 +396,57 @@ mod tests {
         chosen(&mut other, 0, vec![incr(100, 1)]);
         let retry_at_other = chosen(&mut other, 1, vec![incr(100, 1)]);
         assert_eq!(replies(&first), replies(&retry_at_other), "the retry gets the original reply");
+    }
+
+    fn reply_results(out: &Out) -> Vec<(u64, u64, Bytes)> {
+        out.msgs
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Msg::ReplyBatch { replies } => Some(replies.clone()),
+                _ => None,
+            })
+            .flatten()
+            .map(|r| (r.client_id, r.seq, r.result))
+            .collect()
+    }
+
+    #[test]
+    fn a_retry_in_the_same_batch_is_answered_with_the_first_reply() {
+        let mut r = replica(7);
+        let out = chosen(&mut r, 0, vec![incr(100, 1), incr(100, 1), incr(101, 1)]);
+        assert_eq!(applied(&out), vec![(100, 1), (101, 1)]);
+        let replies = reply_results(&out);
+        assert_eq!(replies.len(), 3);
+        assert_eq!(replies[0], replies[1], "the retry gets the original reply");
+        // The table kept that reply for a retry in a later batch (slot 2 is replica 7's to answer).
+        chosen(&mut r, 1, vec![]);
+        let later = chosen(&mut r, 2, vec![incr(100, 1)]);
+        assert!(applied(&later).is_empty());
+        assert_eq!(reply_results(&later), vec![replies[0].clone()]);
+    }
+
+    #[test]
+    fn two_commands_of_one_client_in_a_batch_both_apply_and_the_table_keeps_the_last() {
+        let mut r = replica(7);
+        let out = chosen(&mut r, 0, vec![incr(100, 1), incr(100, 2)]);
+        assert_eq!(applied(&out), vec![(100, 1), (100, 2)]);
+        let replies = reply_results(&out);
+        assert_ne!(replies[0].2, replies[1].2, "each command has its own result");
+        chosen(&mut r, 1, vec![]);
+        let retry = chosen(&mut r, 2, vec![incr(100, 2)]);
+        assert_eq!(reply_results(&retry), vec![replies[1].clone()]);
+    }
+
+    #[test]
+    fn a_lone_replica_keeps_no_log_for_peers_it_does_not_have() {
+        let mut config = ClusterConfig::f1(1, 1, 1, 1);
+        config.replicas.truncate(1);
+        let mut r = Replica::new(7, config, &Tunables::default(), new_state_machine(StateMachineKind::Kv), 0);
+        for slot in 0..100 {
+            chosen(&mut r, slot, vec![incr(100, slot + 1)]);
+        }
+        assert_eq!(r.executed_watermark(), 100);
+        assert!(r.log.is_empty(), "{} executed slots kept with no peer to teach", r.log.len());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
 use super::StateMachine;
-use crate::protocol::messages::{decode, encode};
+use crate::protocol::messages::{decode, encode, encode_append};
 
 /// Maximum length of a partition key and of an item key, each.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -449,7 +449,7 @@ impl KvStore {
 }
 
 impl StateMachine for KvStore {
-    fn apply(&mut self, op: &[u8]) -> Bytes {
+    fn apply_into(&mut self, op: &[u8], out: &mut Vec<u8>) {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
         // and read puts in place; everything else takes the typed path.
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -470,8 +470,8 @@ impl StateMachine for KvStore {
             },
             Err(_) => KvResult::Error(KvError::Malformed),
         };
+        encode_append(&result, &mut scratch.0, out);
         self.scratch = scratch;
-        result.encode()
     }
 
     fn digest(&self) -> u64 {

@@ -17,8 +17,16 @@ pub use noop::NoopStateMachine;
 
 /// A deterministic replicated state machine.
 pub trait StateMachine: Send {
-    /// Applies one encoded operation and returns the encoded result. Never panics; deterministic.
-    fn apply(&mut self, op: &[u8]) -> Bytes;
+    /// Applies one encoded operation and appends its encoded result to `result`, which may already hold
+    /// other results (a replica encodes a whole batch's results into one buffer, one allocation).
+    /// Never panics; deterministic.
+    fn apply_into(&mut self, op: &[u8], result: &mut Vec<u8>);
+    /// Applies one encoded operation and returns the encoded result.
+    fn apply(&mut self, op: &[u8]) -> Bytes {
+        let mut result = Vec::new();
+        self.apply_into(op, &mut result);
+        result.into()
+    }
     /// Digest of the whole state: equal states have equal digests. It may walk the whole state; it is
     /// for checkers and reports, never the hot path (keeping it up to date per write cost ~5%).
     fn digest(&self) -> u64;

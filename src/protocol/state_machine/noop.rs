@@ -4,8 +4,6 @@
 //! count) still lets replicas cross-check that they applied the same number of
 //! ops. It must never panic, look at op bytes, or depend on anything but the count.
 
-use bytes::Bytes;
-
 use super::StateMachine;
 
 /// Counts applied ops; every op returns an empty result.
@@ -27,10 +25,9 @@ impl NoopStateMachine {
 }
 
 impl StateMachine for NoopStateMachine {
-    fn apply(&mut self, _op: &[u8]) -> Bytes {
+    fn apply_into(&mut self, _op: &[u8], _result: &mut Vec<u8>) {
         // Wrapping keeps `apply` panic-free even in debug builds; 2^64 ops won't happen.
         self.applied = self.applied.wrapping_add(1);
-        Bytes::new()
     }
 
     fn digest(&self) -> u64 {
