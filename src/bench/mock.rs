@@ -160,7 +160,8 @@ pub enum Part {
     Acceptor,
     /// Receives the role's output and records it.
     Observer,
-    /// A replica that reports the proposer bench's watermark so the leader's window keeps moving.
+    /// A replica that reports the proposer bench's watermark every poll (100 us), so the leader's
+    /// window of in-flight slots keeps moving and the figure measures the leader, not the reports.
     Watermark,
     /// Accepts whatever comes and does nothing.
     Sink,
@@ -306,7 +307,7 @@ impl Role for MockNode {
             }
             _ => {}
         }
-        self.next_tick = Some(now + if self.part == Part::Watermark { 1_000 } else { POLL_US });
+        self.next_tick = Some(now + POLL_US);
     }
 
     fn poll_timeout(&self) -> Option<Time> {
