@@ -10,7 +10,7 @@ use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::de::Pool;
 use rkyv::rancor::{Error as RkyvError, Strategy};
-use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -288,15 +288,36 @@ where
     rkyv::to_bytes::<RkyvError>(value).map(|v| Bytes::from(v.into_vec())).unwrap_or_default()
 }
 
-/// Appends `value`'s archive to `out`, serialized in `scratch` (reused, so a warm call allocates
-/// nothing). Appends nothing should serializing fail, which decodes as an error, like [`encode`].
-pub fn encode_append<T>(value: &T, scratch: &mut AlignedVec, out: &mut Vec<u8>)
-where
-    T: for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>,
-{
-    scratch.clear();
-    if rkyv::api::high::to_bytes_in::<_, RkyvError>(value, &mut *scratch).is_ok() {
-        out.extend_from_slice(scratch);
+/// Serializes values one after another with a reused aligned buffer and arena: once warm, a value
+/// costs no allocation and no thread-local lookup (a replica encodes one result per command).
+#[derive(Default)]
+pub struct Encoder {
+    buf: AlignedVec,
+    arena: Arena,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("buf_capacity", &self.buf.capacity()).finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Appends `value`'s archive to `out`. Appends nothing should serializing fail, which decodes as
+    /// an error, like [`encode`].
+    pub fn append<T>(&mut self, value: &T, out: &mut Vec<u8>)
+    where
+        T: for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>,
+    {
+        self.buf.clear();
+        let written = rkyv::api::high::to_bytes_in_with_alloc::<_, _, RkyvError>(
+            value,
+            &mut self.buf,
+            self.arena.acquire(),
+        );
+        if written.is_ok() {
+            out.extend_from_slice(&self.buf);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 /// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
@@ -202,20 +203,21 @@ impl Replica {
             results.reserve(batch.commands.len() * TYPICAL_RESULT_BYTES);
             for command in batch.commands.iter() {
                 let (client_id, seq) = (command.client_id.to_native(), command.seq.to_native());
-                let result = match table.get(&client_id) {
+                // One probe of the table per command: the entry is read and, if need be, replaced.
+                let result = match table.entry(client_id) {
                     // A retry of the last command: answer from the table, do not apply again.
-                    Some(entry) if entry.seq == seq => entry.reply.clone(),
+                    Entry::Occupied(last) if last.get().seq == seq => last.get().reply.clone(),
                     // Older than the last: the client has moved on and waits for nothing (or a
                     // restarted client reuses an id: counted, so that it shows).
-                    Some(entry) if entry.seq > seq => {
+                    Entry::Occupied(last) if last.get().seq > seq => {
                         out.dropped("replica: a command older than its client's last");
                         continue;
                     }
-                    _ => {
+                    entry => {
                         let start = results.len();
                         state_machine.apply_into(command.op.as_slice(), &mut results);
                         let reply = ReplySlot::InBatch(start, results.len());
-                        table.insert(client_id, ClientEntry { seq, reply: reply.clone() });
+                        entry.insert_entry(ClientEntry { seq, reply: reply.clone() });
                         out.event(|| Event::Applied { client_id, seq, slot });
                         reply
                     }

@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
 use super::StateMachine;
-use crate::protocol::messages::{decode, encode, encode_append};
+use crate::protocol::messages::{decode, encode, Encoder};
 
 /// Maximum length of a partition key and of an item key, each.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -266,9 +266,13 @@ struct Entry {
     version: u64,
 }
 
-/// A reusable aligned buffer. Not state: equal for every store, empty when cloned.
+/// Reused buffers: an aligned one to read each op in place, and the results' encoder. Not state:
+/// equal for every store, empty when cloned.
 #[derive(Debug, Default)]
-struct Scratch(rkyv::util::AlignedVec<16>);
+struct Scratch {
+    op: rkyv::util::AlignedVec<16>,
+    encoder: Encoder,
+}
 
 impl Clone for Scratch {
     fn clone(&self) -> Self {
@@ -453,10 +457,10 @@ impl StateMachine for KvStore {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
         // and read puts in place; everything else takes the typed path.
         let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.0.clear();
-        scratch.0.extend_from_slice(op);
+        scratch.op.clear();
+        scratch.op.extend_from_slice(op);
         let fast =
-            rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(&scratch.0).map(|archived| match archived {
+            rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(&scratch.op).map(|archived| match archived {
                 ArchivedKvOp::Put { partition, item, value } => {
                     Some(self.put_archived(partition.as_slice(), item.as_slice(), value.as_slice()))
                 }
@@ -470,7 +474,7 @@ impl StateMachine for KvStore {
             },
             Err(_) => KvResult::Error(KvError::Malformed),
         };
-        encode_append(&result, &mut scratch.0, out);
+        scratch.encoder.append(&result, out);
         self.scratch = scratch;
     }
 
