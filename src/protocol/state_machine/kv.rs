@@ -266,13 +266,18 @@ struct Entry {
     version: u64,
 }
 
-/// Reused buffers: an aligned one to read each op in place, and the results' encoder. Not state:
-/// equal for every store, empty when cloned.
+/// Reused buffers: an aligned one to read each op in place, and the results' encoder.
 #[derive(Debug, Default)]
-struct Scratch {
+struct Buffers {
     op: rkyv::util::AlignedVec<16>,
     encoder: Encoder,
 }
+
+/// The store's [`Buffers`]. Not state: equal for every store, empty when cloned. Taken out while an
+/// op runs (so the store can be borrowed beside them): an empty `Option` is free to leave behind,
+/// where fresh buffers would allocate an arena per op.
+#[derive(Debug, Default)]
+struct Scratch(Option<Buffers>);
 
 impl Clone for Scratch {
     fn clone(&self) -> Self {
@@ -305,7 +310,7 @@ struct Partition {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
     data: FxHashMap<Small, Partition>,
-    /// An aligned buffer reused to read each operation in place (not part of the state).
+    /// Buffers reused by every op (not part of the state).
     scratch: Scratch,
 
     len: usize,
@@ -456,7 +461,7 @@ impl StateMachine for KvStore {
     fn apply_into(&mut self, op: &[u8], out: &mut Vec<u8>) {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
         // and read puts in place; everything else takes the typed path.
-        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut scratch = self.scratch.0.take().unwrap_or_default();
         scratch.op.clear();
         scratch.op.extend_from_slice(op);
         let fast =
@@ -475,7 +480,7 @@ impl StateMachine for KvStore {
             Err(_) => KvResult::Error(KvError::Malformed),
         };
         scratch.encoder.append(&result, out);
-        self.scratch = scratch;
+        self.scratch.0 = Some(scratch);
     }
 
     fn digest(&self) -> u64 {
