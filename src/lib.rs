@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod bench;
 pub mod protocol;
 pub mod runtime;

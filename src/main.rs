@@ -88,6 +88,9 @@ enum Command {
     /// unbatchers and acceptor groups scale out; the proposer and the replica do not, so a target
     /// above one of them is reported as unreachable, with the maximum. Exit status 1 on bad input.
     Plan(PlanArgs),
+    /// Size the stateless roles (batchers, proxy leaders, unbatchers) from live /metrics: scale out
+    /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason.
+    Autoscale(autopaxos::autoscale::AutoscaleArgs),
 }
 
 /// A core list as one argument (`0-3,6`); a newtype so clap takes it as one value, not many.
@@ -296,6 +299,7 @@ fn main() -> ExitCode {
         Command::Unbatcher(a) => role(RoleKind::Unbatcher, a),
         Command::Tune(args) => tune(args),
         Command::Plan(args) => plan(args),
+        Command::Autoscale(args) => autopaxos::autoscale::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,255 @@
+//! [`Fleet`] over EC2 (feature `cloud`), through the blocking [`Ec2`] handle of `crate::cloud::ec2`.
+//!
+//! - Nodes: the cluster's instances (tag `autopaxos:cluster`), pending or running, each with its role
+//!   (`autopaxos:role`). An instance's cluster address is its `autopaxos:address` tag, else
+//!   `<private ip>:--node-port`; its metrics address is its `autopaxos:metrics-address` tag, else
+//!   `<private ip>:--node-metrics-port`. Only instances tagged `autopaxos:managed-by = autoscaler` are
+//!   ever terminated.
+//! - Launch: RunInstances from `--ami`, one node per instance with a fresh node id (above every id
+//!   the cluster's `autopaxos:nodes` tags use), tagged with the cluster, role, node id and
+//!   `autopaxos:managed-by = autoscaler` (plus the address tags with `--advertise-address`), and
+//!   user-data in `autopaxos boot`'s format (`crate::boot::UserData`, peers found by tags).
+//! - Terminate: TerminateInstances.
+
+use super::{Fleet, FleetError, Instance};
+use crate::autoscale::AutoscaleArgs;
+use crate::cloud::ec2::{self, Ec2, Ec2Options, LaunchSpec, OnShutdown, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
+use crate::protocol::{NodeId, RoleKind};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Tag marking instances the autoscaler launched (value [`MANAGED_BY_VALUE`]).
+pub const TAG_MANAGED_BY: &str = "autopaxos:managed-by";
+/// The value of [`TAG_MANAGED_BY`].
+pub const MANAGED_BY_VALUE: &str = "autoscaler";
+/// Tag holding a node's cluster address when it is not `<private ip>:<node port>`.
+pub const TAG_ADDRESS: &str = "autopaxos:address";
+/// Tag holding a node's metrics address when it is not `<private ip>:<metrics port>`.
+pub const TAG_METRICS_ADDRESS: &str = "autopaxos:metrics-address";
+
+/// The settings of launched nodes.
+#[derive(Debug, Clone)]
+pub struct LaunchSettings {
+    /// The cluster id.
+    pub cluster: String,
+    /// The baked image.
+    pub ami: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Failures tolerated (for tag discovery at boot).
+    pub f: usize,
+    /// Cluster port of a node.
+    pub node_port: u16,
+    /// Metrics port of a node.
+    pub metrics_port: u16,
+    /// Address tags put on launched instances instead of their private IP (emulators, tests).
+    pub advertise: Option<SocketAddr>,
+    /// Region, passed on in the user-data.
+    pub region: Option<String>,
+    /// Endpoint, passed on in the user-data.
+    pub endpoint_url: Option<String>,
+}
+
+/// `autopaxos boot`'s user-data for a node that finds its peers by tags (see `crate::boot`).
+#[derive(Serialize)]
+struct BootUserData<'a> {
+    cluster: &'a str,
+    role: &'a str,
+    nodes: Vec<NodeId>,
+    metrics_addr: String,
+    discovery: &'a str,
+    f: usize,
+    expected_instances: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_url: Option<&'a str>,
+    base_port: u16,
+}
+
+/// The user-data of a launched node: role, its node id, peers by tags once `expected_instances` of the
+/// cluster's instances are up.
+pub fn user_data(s: &LaunchSettings, role: RoleKind, node: NodeId, expected_instances: usize) -> String {
+    toml::to_string(&BootUserData {
+        cluster: &s.cluster,
+        role: role.name(),
+        nodes: vec![node],
+        metrics_addr: format!("0.0.0.0:{}", s.metrics_port),
+        discovery: "tags",
+        f: s.f,
+        expected_instances,
+        region: s.region.as_deref(),
+        endpoint_url: s.endpoint_url.as_deref(),
+        base_port: s.node_port,
+    })
+    .expect("user-data serializes")
+}
+
+/// The tags of a launched node.
+pub fn tags(s: &LaunchSettings, role: RoleKind, node: NodeId) -> Vec<(String, String)> {
+    let mut t = vec![
+        (TAG_CLUSTER.to_string(), s.cluster.clone()),
+        (TAG_ROLE.to_string(), role.name().to_string()),
+        (TAG_NODES.to_string(), node.to_string()),
+        (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+    ];
+    if let Some(a) = s.advertise {
+        t.push((TAG_ADDRESS.to_string(), a.to_string()));
+        t.push((TAG_METRICS_ADDRESS.to_string(), a.to_string()));
+    }
+    t
+}
+
+/// The highest node id an instance's `autopaxos:nodes` tag names (`7` or `3/0,4/0`).
+fn max_node_id(i: &ec2::Instance) -> Option<NodeId> {
+    i.tags.get(TAG_NODES)?.split(',').filter_map(|e| e.split('/').next()?.trim().parse().ok()).max()
+}
+
+/// A fleet of EC2 instances.
+pub struct Ec2Fleet {
+    ec2: Ec2,
+    settings: LaunchSettings,
+    /// Node ids at or below this are taken (by the cluster's instances or `--nodes-from`).
+    highest_id: NodeId,
+}
+
+impl Ec2Fleet {
+    /// Connects to EC2 as the flags say (region, endpoint, the AWS environment).
+    pub fn connect(args: &AutoscaleArgs, static_ids: &[NodeId]) -> Result<Ec2Fleet, String> {
+        let opts = Ec2Options {
+            region: args.region.clone(),
+            endpoint_url: args.endpoint_url.clone(),
+            call_timeout: Duration::from_secs(20),
+        };
+        let ec2 = Ec2::connect(&opts).map_err(|e| format!("autoscale: {e}"))?;
+        let settings = LaunchSettings {
+            cluster: args.cluster.clone(),
+            ami: args.ami.clone().ok_or("--ami is required to launch instances")?,
+            instance_type: args.instance_type.clone(),
+            f: args.f,
+            node_port: args.node_port,
+            metrics_port: args.node_metrics_port,
+            advertise: args.advertise_address,
+            region: args.region.clone().or_else(|| Some(ec2.region().to_string())),
+            endpoint_url: args.endpoint_url.clone(),
+        };
+        let highest_id = static_ids.iter().copied().max().unwrap_or(0);
+        Ok(Ec2Fleet { ec2, settings, highest_id })
+    }
+
+    fn describe(&self) -> Result<Vec<ec2::Instance>, FleetError> {
+        let all =
+            self.ec2.cluster_instances(&self.settings.cluster).map_err(|e| FleetError(e.to_string()))?;
+        Ok(all.into_iter().filter(|i| i.state == "pending" || i.state == "running").collect())
+    }
+}
+
+fn tag_addr(i: &ec2::Instance, tag: &str, port: u16) -> Option<SocketAddr> {
+    match i.tags.get(tag) {
+        Some(a) => a.parse().ok(),
+        None => i.private_ip.as_ref().and_then(|ip| format!("{ip}:{port}").parse().ok()),
+    }
+}
+
+impl Fleet for Ec2Fleet {
+    fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
+        let mut found: Vec<(Option<NodeId>, Instance)> = self
+            .describe()?
+            .into_iter()
+            .filter_map(|i| {
+                let role = RoleKind::from_name(i.role()).filter(|r| *r != RoleKind::Client)?;
+                let node = Instance {
+                    id: i.id.clone(),
+                    role,
+                    address: tag_addr(&i, TAG_ADDRESS, self.settings.node_port),
+                    metrics_address: tag_addr(&i, TAG_METRICS_ADDRESS, self.settings.metrics_port),
+                    managed: i.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE),
+                };
+                Some((max_node_id(&i), node))
+            })
+            .collect();
+        // Oldest (lowest node id) first, so that a scale in takes the newest.
+        found.sort_by_key(|(id, _)| *id);
+        Ok(found.into_iter().map(|(_, i)| i).collect())
+    }
+
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
+        let existing = self.describe()?;
+        let highest = existing.iter().filter_map(max_node_id).max().unwrap_or(0).max(self.highest_id);
+        let expected = existing.len() + count as usize;
+        let mut ids = Vec::new();
+        // One RunInstances per node: each carries its own node id in its tags and user-data.
+        for k in 1..=count {
+            let node = highest + k;
+            let spec = LaunchSpec {
+                ami: self.settings.ami.clone(),
+                instance_type: self.settings.instance_type.clone(),
+                count: 1,
+                tags: tags(&self.settings, role, node),
+                user_data: user_data(&self.settings, role, node, expected),
+                on_shutdown: OnShutdown::Terminate,
+                key_name: None,
+                subnet_id: None,
+                security_group_ids: Vec::new(),
+            };
+            match self.ec2.run_instances(&spec) {
+                Ok(mut launched) => ids.append(&mut launched),
+                Err(e) => {
+                    return Err(FleetError(format!(
+                        "{e} (launched {} of {count} before: {})",
+                        ids.len(),
+                        ids.join(", ")
+                    )))
+                }
+            }
+            self.highest_id = node;
+        }
+        Ok(ids)
+    }
+
+    fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
+        self.ec2.terminate(ids).map_err(|e| FleetError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LaunchSettings {
+        LaunchSettings {
+            cluster: "demo".into(),
+            ami: "ami-1".into(),
+            instance_type: "c5.large".into(),
+            f: 1,
+            node_port: 7000,
+            metrics_port: 16000,
+            advertise: Some("127.0.0.1:9".parse().unwrap()),
+            region: Some("us-east-1".into()),
+            endpoint_url: Some("http://127.0.0.1:5000".into()),
+        }
+    }
+
+    #[test]
+    fn user_data_is_what_boot_reads() {
+        let text = user_data(&settings(), RoleKind::ProxyLeader, 42, 11);
+        let ud = crate::boot::UserData::parse(&text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(ud.role_kind(), RoleKind::ProxyLeader);
+        assert_eq!(ud.nodes, vec![42]);
+        assert_eq!(ud.cluster, "demo");
+        assert_eq!(ud.expected_instances, Some(11));
+        assert_eq!(ud.base_port, 7000);
+    }
+
+    #[test]
+    fn tags_name_cluster_role_node_manager_and_address() {
+        let t = tags(&settings(), RoleKind::Batcher, 42);
+        let get = |k: &str| t.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get(TAG_CLUSTER), Some("demo"));
+        assert_eq!(get(TAG_ROLE), Some("batcher"));
+        assert_eq!(get(TAG_NODES), Some("42"));
+        assert_eq!(get(TAG_MANAGED_BY), Some("autoscaler"));
+        assert_eq!(get(TAG_ADDRESS), Some("127.0.0.1:9"));
+    }
+}

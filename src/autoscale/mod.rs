@@ -1,0 +1,692 @@
+//! `autopaxos autoscale`: sizes each stateless role (batchers, proxy leaders, unbatchers) from live
+//! metrics. Every `--interval` it finds the nodes (from `--nodes-from FILE` and/or the [`Fleet`]),
+//! scrapes each node's `/metrics` ([`scrape`]), turns counters into a load, asks the [`policy`] what to
+//! do, logs every decision with its reason, and acts through the [`Fleet`]: launch, or drain then
+//! terminate. `--dry-run` wraps the fleet in [`DryRun`], which records what would happen (so later
+//! decisions see the count the earlier ones asked for) without acting.
+//!
+//! The load of a stateless role is the cluster's command rate: every command goes through exactly one
+//! batcher, one proxy leader and one unbatcher, and every replica applies every command, so the rate of
+//! `autopaxos_commands_applied_total` at the most advanced replica is what those roles carry in all. (The
+//! frames counters do not count commands: clients and unbatchers send many commands per frame.)
+
+pub mod policy;
+pub mod scrape;
+
+#[cfg(feature = "cloud")]
+pub mod ec2_fleet;
+
+use crate::bench::plan::load_capacities;
+use crate::protocol::{NodeId, RoleKind};
+use clap::Args;
+use policy::{Action, Decision, Observation, Policy, PolicyConfig, SCALED_ROLES};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The counter the load is derived from (see the module documentation).
+pub const LOAD_COUNTER: &str = "autopaxos_commands_applied_total";
+
+/// A fleet operation that failed; the message says what and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct FleetError(pub String);
+
+/// One node the fleet knows of (an EC2 instance, or a dry run's imagined one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The fleet's id (an EC2 instance id).
+    pub id: String,
+    /// The role it plays.
+    pub role: RoleKind,
+    /// Its cluster address (where peers and a drain connect), if known.
+    pub address: Option<SocketAddr>,
+    /// Where its `/metrics` is served, if known.
+    pub metrics_address: Option<SocketAddr>,
+    /// Launched by the autoscaler (only those are ever terminated by it).
+    pub managed: bool,
+}
+
+/// What draining a node found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drained {
+    /// Nothing listens at its cluster address (or it has none): nothing can be in flight there.
+    NotServing,
+    /// It accepted a connection: it serves, and it was not asked to leave, so it must not be terminated.
+    Serving,
+    /// A dry run: nothing was contacted.
+    DryRun,
+}
+
+/// Where the autoscaler acts: launching and terminating nodes of a role.
+pub trait Fleet {
+    /// The cluster's nodes known to the fleet (every role), running or starting.
+    fn instances(&mut self) -> Result<Vec<Instance>, FleetError>;
+    /// Starts `count` nodes of `role`; returns their ids.
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError>;
+    /// Makes sure nothing is in flight at `node` before it is terminated (see [`drain_node`]).
+    fn drain(&mut self, node: &Instance) -> Result<Drained, FleetError> {
+        drain_node(node.address, Duration::from_secs(1))
+    }
+    /// Stops the nodes `ids`.
+    fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError>;
+}
+
+/// The drain step before a node is terminated. It connects to the node's cluster address with a
+/// `timeout`: "connection refused" means nothing listens there, so the node is not serving and nothing
+/// can be in flight at it ([`Drained::NotServing`]); a node with no known address has never been
+/// reachable by its peers and counts the same. A node that accepts the connection is serving and is
+/// reported as [`Drained::Serving`], which keeps it running. Any other failure (a timeout, an
+/// unreachable host) is an error: whether work is in flight is unknown, so the node is kept too.
+pub fn drain_node(address: Option<SocketAddr>, timeout: Duration) -> Result<Drained, FleetError> {
+    let Some(addr) = address else {
+        tracing::info!("drain: no cluster address known: not serving, nothing in flight");
+        return Ok(Drained::NotServing);
+    };
+    match TcpStream::connect_timeout(&addr, timeout) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(%addr, "drain: connection refused: not serving, nothing in flight");
+            Ok(Drained::NotServing)
+        }
+        Err(e) => Err(FleetError(format!("drain: cannot tell whether {addr} serves: {e}"))),
+        Ok(_) => {
+            tracing::warn!(%addr, "drain: the node serves and cannot be asked to leave: keeping it");
+            Ok(Drained::Serving)
+        }
+    }
+}
+
+/// A dry run over an optional real fleet: lists the real fleet's nodes (if any) plus the ones it
+/// pretended to launch, minus the ones it pretended to terminate; launches, drains and terminations
+/// only change that record, so the next decisions see the count the earlier ones asked for.
+pub struct DryRun {
+    inner: Option<Box<dyn Fleet>>,
+    imagined: Vec<Instance>,
+    gone: BTreeSet<String>,
+    next: u64,
+}
+
+impl DryRun {
+    /// A dry run over `inner` (or over nothing).
+    pub fn new(inner: Option<Box<dyn Fleet>>) -> DryRun {
+        DryRun { inner, imagined: Vec::new(), gone: BTreeSet::new(), next: 1 }
+    }
+}
+
+impl Fleet for DryRun {
+    fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
+        let mut all = match &mut self.inner {
+            Some(f) => f.instances()?,
+            None => Vec::new(),
+        };
+        all.retain(|i| !self.gone.contains(&i.id));
+        all.extend(self.imagined.iter().cloned());
+        Ok(all)
+    }
+
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let id = format!("dry-run-{}-{}", role.name(), self.next);
+            self.next += 1;
+            self.imagined.push(Instance {
+                id: id.clone(),
+                role,
+                address: None,
+                metrics_address: None,
+                managed: true,
+            });
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn drain(&mut self, _node: &Instance) -> Result<Drained, FleetError> {
+        Ok(Drained::DryRun)
+    }
+
+    fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
+        self.imagined.retain(|i| !ids.contains(&i.id));
+        self.gone.extend(ids.iter().cloned());
+        Ok(())
+    }
+}
+
+/// One node of a `--nodes-from` file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StaticNode {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its role's name.
+    pub role: String,
+    /// Its cluster address.
+    pub address: SocketAddr,
+    /// Where its `/metrics` is served; nodes without one are counted but not scraped.
+    pub metrics_address: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+struct NodesFileCluster {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct NodesFile {
+    cluster: Option<NodesFileCluster>,
+    #[serde(rename = "node", default)]
+    nodes: Vec<StaticNode>,
+}
+
+/// Reads a `--nodes-from` file: the cluster file's shape (`[cluster]` and `[[node]]` tables; other
+/// fields and tables are ignored) with a `metrics_address` per node. Checks the roles, and the
+/// cluster id against `cluster` if the file names one.
+pub fn load_nodes(path: &Path, cluster: &str) -> Result<Vec<StaticNode>, String> {
+    let file = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read --nodes-from {file}: {e}"))?;
+    let parsed: NodesFile = toml::from_str(&text).map_err(|e| format!("--nodes-from {file}: {e}"))?;
+    if let Some(c) = parsed.cluster.filter(|c| c.id != cluster) {
+        return Err(format!("--nodes-from {file} describes cluster '{}', not --cluster '{cluster}'", c.id));
+    }
+    for n in &parsed.nodes {
+        if RoleKind::from_name(&n.role).is_none_or(|r| r == RoleKind::Client) {
+            return Err(format!("--nodes-from {file}: node {}: unknown role '{}'", n.id, n.role));
+        }
+    }
+    if parsed.nodes.is_empty() {
+        return Err(format!("--nodes-from {file}: no [[node]] tables"));
+    }
+    Ok(parsed.nodes)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 5s or 500ms: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// `autopaxos autoscale`.
+#[derive(Args, Debug, Clone)]
+pub struct AutoscaleArgs {
+    /// The cluster to size (the `autopaxos:cluster` tag of its instances).
+    #[arg(long)]
+    pub cluster: String,
+    /// Per-role capacities, as written by `autopaxos tune all`.
+    #[arg(long, default_value = "tuning/capacities.toml")]
+    pub capacities: PathBuf,
+    /// How often to scrape and decide.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Log (and with --json print) every decision, but launch, drain and terminate nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Fraction of each node's measured capacity kept spare, at least 0 and below 1.
+    #[arg(long, default_value_t = 0.3)]
+    pub headroom: f64,
+    /// How far below the scale-out threshold (1 - headroom) the utilisation after a scale in must stay,
+    /// as a fraction of that threshold, at least 0 and below 1.
+    #[arg(long, default_value_t = 0.2)]
+    pub band: f64,
+    /// Consecutive intervals a role's target must exceed its node count before it scales out.
+    #[arg(long, default_value_t = 2)]
+    pub scale_out_after: u32,
+    /// Consecutive intervals a role's target must be below its node count before it scales in.
+    #[arg(long, default_value_t = 6)]
+    pub scale_in_after: u32,
+    /// Quiet time per role after any action.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub cooldown: Duration,
+    /// Fewest nodes per scaled role.
+    #[arg(long, default_value_t = 1)]
+    pub min_nodes: u32,
+    /// Most nodes per scaled role.
+    #[arg(long, default_value_t = 64)]
+    pub max_nodes: u32,
+    /// Most nodes one scale in removes.
+    #[arg(long, default_value_t = 1)]
+    pub max_scale_in_step: u32,
+    /// Nodes to watch besides the fleet's: a cluster file's `[[node]]` tables, each with a
+    /// `metrics_address`. Without --ami this is the only source of nodes (local clusters, tests).
+    #[arg(long)]
+    pub nodes_from: Option<PathBuf>,
+    /// Serve the autoscaler's own Prometheus metrics here.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Stop after this many intervals (default: run until killed).
+    #[arg(long)]
+    pub max_intervals: Option<u64>,
+    /// Print every decision as one JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// How long one scrape may take (connect, and each read).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+    /// EC2 API endpoint (default: the AWS environment, e.g. AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// AWS region (default: the AWS environment).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The baked AMI new nodes start from; with it, the autoscaler acts on EC2 (a `cloud` build).
+    #[arg(long)]
+    pub ami: Option<String>,
+    /// Failures the cluster tolerates (written into launched nodes' user-data for tag discovery).
+    #[arg(long, default_value_t = 1)]
+    pub f: usize,
+    /// Instance type of launched nodes.
+    #[arg(long, default_value = "c5.large")]
+    pub instance_type: String,
+    /// Cluster port nodes listen on (a drain connects to private-ip:port when no
+    /// `autopaxos:address` tag says otherwise).
+    #[arg(long, default_value_t = 7000)]
+    pub node_port: u16,
+    /// Port nodes serve /metrics on (scraped at private-ip:port when no `autopaxos:metrics-address`
+    /// tag says otherwise).
+    #[arg(long, default_value_t = 16000)]
+    pub node_metrics_port: u16,
+    /// Tag every launched instance with this `autopaxos:address` and `autopaxos:metrics-address` instead
+    /// of its private IP (for emulators and tests, whose instances have no reachable IP).
+    #[arg(long)]
+    pub advertise_address: Option<SocketAddr>,
+}
+
+impl AutoscaleArgs {
+    /// The policy settings the flags give.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            headroom: self.headroom,
+            band: self.band,
+            scale_out_after: self.scale_out_after,
+            scale_in_after: self.scale_in_after,
+            cooldown: self.cooldown,
+            min_nodes: self.min_nodes,
+            max_nodes: self.max_nodes,
+            max_scale_in_step: self.max_scale_in_step,
+        }
+    }
+}
+
+/// One line of `--json` output: a decision and what was done about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// The interval (0-based).
+    pub interval: u64,
+    /// Whether this is a dry run.
+    pub dry_run: bool,
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Ids launched for it.
+    pub launched: Vec<String>,
+    /// Ids terminated for it.
+    pub terminated: Vec<String>,
+    /// What went wrong acting on it, if anything.
+    pub error: Option<String>,
+}
+
+/// Counter samples from one scrape round: per replica node id, (when scraped, value).
+type Counters = BTreeMap<String, (Instant, f64)>;
+
+/// The command rate from two scrape rounds: the highest per-replica rate among replicas present in both
+/// (a replica that restarted, whose counter went down, is skipped). `None` if no replica qualifies.
+pub fn load_from(prev: &Counters, cur: &Counters) -> Option<f64> {
+    let mut best: Option<f64> = None;
+    for (node, &(t1, v1)) in cur {
+        let Some(&(t0, v0)) = prev.get(node) else { continue };
+        let dt = t1.saturating_duration_since(t0).as_secs_f64();
+        if dt <= 0.0 || v1 < v0 {
+            continue;
+        }
+        let r = (v1 - v0) / dt;
+        best = Some(best.map_or(r, |b: f64| b.max(r)));
+    }
+    best
+}
+
+/// What the loop needs besides the fleet.
+struct Autoscaler {
+    args: AutoscaleArgs,
+    policy: Policy,
+    fleet: Box<dyn Fleet>,
+    statics: Vec<StaticNode>,
+    prev: Counters,
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!("autopaxos_autoscaler_decisions_total", Unit::Count, "Decisions, by role and action.");
+    describe_gauge!("autopaxos_autoscaler_nodes", Unit::Count, "Nodes per role after the last decision.");
+    describe_gauge!("autopaxos_autoscaler_target_nodes", Unit::Count, "Nodes per role the load asks for.");
+    describe_gauge!("autopaxos_autoscaler_load_cmds_per_second", "Commands per second through each role.");
+    describe_gauge!("autopaxos_autoscaler_utilisation_ratio", "Load over the role's measured capacity.");
+    describe_counter!(
+        "autopaxos_autoscaler_errors_total",
+        Unit::Count,
+        "Failed scrapes and fleet operations."
+    );
+    describe_counter!("autopaxos_autoscaler_intervals_total", Unit::Count, "Intervals run.");
+}
+
+fn error_metric(kind: &'static str) {
+    metrics::counter!("autopaxos_autoscaler_errors_total", "kind" => kind).increment(1);
+}
+
+impl Autoscaler {
+    /// Scrapes every known metrics endpoint once; returns the replicas' load counters.
+    fn scrape(&mut self, instances: &[Instance]) -> Counters {
+        let endpoints: BTreeSet<SocketAddr> = self
+            .statics
+            .iter()
+            .filter_map(|n| n.metrics_address)
+            .chain(instances.iter().filter_map(|i| i.metrics_address))
+            .collect();
+        let mut counters = Counters::new();
+        for addr in endpoints {
+            let text = match scrape::fetch(addr, self.args.scrape_timeout) {
+                Ok(t) => t,
+                Err(e) if e.is_refused() => {
+                    tracing::debug!(%addr, "scrape: refused (not serving yet, or stopped)");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("scrape: {e}");
+                    error_metric("scrape");
+                    continue;
+                }
+            };
+            let at = Instant::now();
+            let samples = match scrape::parse(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%addr, "scrape: not Prometheus text: {e}");
+                    error_metric("scrape");
+                    continue;
+                }
+            };
+            for s in samples.iter().filter(|s| s.name == LOAD_COUNTER && s.label("role") == Some("replica")) {
+                if let Some(node) = s.label("node") {
+                    counters.insert(node.to_string(), (at, s.value));
+                }
+            }
+        }
+        counters
+    }
+
+    /// Carries out one acting decision; returns (launched, terminated, error).
+    fn act(&mut self, d: &Decision, instances: &[Instance]) -> (Vec<String>, Vec<String>, Option<String>) {
+        let role = RoleKind::from_name(d.role).expect("the policy names scaled roles");
+        match d.action {
+            Action::Hold => (Vec::new(), Vec::new(), None),
+            Action::ScaleOut { add } => match self.fleet.launch(role, add) {
+                Ok(ids) => {
+                    tracing::info!(role = d.role, ?ids, "launched {add}");
+                    (ids, Vec::new(), None)
+                }
+                Err(e) => {
+                    error_metric("launch");
+                    tracing::error!(role = d.role, "launch failed: {e}");
+                    (Vec::new(), Vec::new(), Some(e.0))
+                }
+            },
+            Action::ScaleIn { remove } => {
+                // The newest managed nodes of the role go first; nodes the autoscaler did not launch
+                // (the initial cluster, --nodes-from) never do.
+                let candidates: Vec<&Instance> = instances
+                    .iter()
+                    .filter(|i| i.role == role && i.managed)
+                    .rev()
+                    .take(remove as usize)
+                    .collect();
+                let mut errors = Vec::new();
+                if candidates.len() < remove as usize {
+                    errors.push(format!(
+                        "only {} autoscaler-launched {} node(s) to remove of {remove}",
+                        candidates.len(),
+                        d.role
+                    ));
+                }
+                let mut ready = Vec::new();
+                for node in candidates {
+                    match self.fleet.drain(node) {
+                        Ok(Drained::Serving) => {
+                            errors.push(format!("{} serves and cannot be asked to leave: kept", node.id))
+                        }
+                        Ok(_) => ready.push(node.id.clone()),
+                        Err(e) => errors.push(format!("{}: {e}", node.id)),
+                    }
+                }
+                if !ready.is_empty() {
+                    match self.fleet.terminate(&ready) {
+                        Ok(()) => tracing::info!(role = d.role, ids = ?ready, "terminated"),
+                        Err(e) => {
+                            errors.push(format!("terminate: {e}"));
+                            ready.clear();
+                        }
+                    }
+                }
+                if !errors.is_empty() {
+                    error_metric("scale-in");
+                    tracing::warn!(role = d.role, "scale in: {}", errors.join("; "));
+                }
+                (Vec::new(), ready, (!errors.is_empty()).then(|| errors.join("; ")))
+            }
+        }
+    }
+
+    /// One interval: discover, scrape, decide, act, report.
+    fn step(&mut self, interval: u64, now: Duration) -> Vec<Record> {
+        metrics::counter!("autopaxos_autoscaler_intervals_total").increment(1);
+        let instances = match self.fleet.instances() {
+            Ok(i) => i,
+            Err(e) => {
+                error_metric("instances");
+                tracing::error!("listing the fleet failed: {e}; skipping this interval");
+                return Vec::new();
+            }
+        };
+        let cur = self.scrape(&instances);
+        let load = load_from(&self.prev, &cur);
+        self.prev = cur;
+        let observations: Vec<Observation> = SCALED_ROLES
+            .iter()
+            .map(|&role| {
+                let fixed = self.statics.iter().filter(|n| n.role == role.name()).count();
+                let fleet = instances.iter().filter(|i| i.role == role).count();
+                Observation { role, load, nodes: (fixed + fleet) as u32 }
+            })
+            .collect();
+        let decisions = self.policy.decide(now, &observations);
+        let mut records = Vec::new();
+        for d in decisions {
+            let (launched, terminated, error) = self.act(&d, &instances);
+            let action = match d.action {
+                Action::Hold => "hold",
+                Action::ScaleOut { .. } => "scale-out",
+                Action::ScaleIn { .. } => "scale-in",
+            };
+            metrics::counter!("autopaxos_autoscaler_decisions_total", "role" => d.role, "action" => action)
+                .increment(1);
+            metrics::gauge!("autopaxos_autoscaler_nodes", "role" => d.role).set(f64::from(d.to));
+            if let Some(t) = d.target {
+                metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(f64::from(t));
+            }
+            if let Some(l) = d.load {
+                metrics::gauge!("autopaxos_autoscaler_load_cmds_per_second", "role" => d.role).set(l);
+            }
+            if let Some(u) = d.utilisation {
+                metrics::gauge!("autopaxos_autoscaler_utilisation_ratio", "role" => d.role).set(u);
+            }
+            let dry = if self.args.dry_run { " (dry run)" } else { "" };
+            if d.acts() {
+                tracing::info!(role = d.role, action, from = d.nodes, to = d.to, "{}{dry}", d.reason);
+            } else {
+                tracing::debug!(role = d.role, "{}", d.reason);
+            }
+            records.push(Record {
+                interval,
+                dry_run: self.args.dry_run,
+                decision: d,
+                launched,
+                terminated,
+                error,
+            });
+        }
+        records
+    }
+}
+
+/// The fleet the flags ask for, or why there is none.
+fn make_fleet(args: &AutoscaleArgs, statics: &[StaticNode]) -> Result<Box<dyn Fleet>, String> {
+    let real: Option<Box<dyn Fleet>> = match &args.ami {
+        None if args.nodes_from.is_some() => None,
+        None => {
+            return Err("--ami is required to act on EC2 (or give --nodes-from FILE --dry-run to watch a \
+                        local cluster)"
+                .into())
+        }
+        Some(_ami) => {
+            #[cfg(feature = "cloud")]
+            {
+                let ids: Vec<NodeId> = statics.iter().map(|n| n.id).collect();
+                Some(Box::new(ec2_fleet::Ec2Fleet::connect(args, &ids)?))
+            }
+            #[cfg(not(feature = "cloud"))]
+            {
+                let _ = statics;
+                return Err("acting on EC2 (--ami) needs a build with the cloud feature: rebuild with \
+                            `cargo build --release --features cloud`, or watch a local cluster with \
+                            --nodes-from FILE --dry-run"
+                    .into());
+            }
+        }
+    };
+    match (real, args.dry_run) {
+        (real, true) => Ok(Box::new(DryRun::new(real))),
+        (Some(real), false) => Ok(real),
+        (None, false) => {
+            Err("--nodes-from without --ami has no fleet to act on: add --dry-run to log decisions \
+                              only, or --ami (in a build with --features cloud) to launch EC2 instances"
+                .into())
+        }
+    }
+}
+
+/// Runs the autoscaler until killed, or for `--max-intervals`.
+pub fn run(args: AutoscaleArgs) -> Result<(), String> {
+    let caps = load_capacities(&args.capacities).map_err(|e| e.to_string())?;
+    let policy = Policy::new(args.policy_config(), &caps, &args.capacities.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let statics = match &args.nodes_from {
+        Some(p) => load_nodes(p, &args.cluster)?,
+        None => Vec::new(),
+    };
+    let fleet = make_fleet(&args, &statics)?;
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        describe_metrics();
+    }
+    tracing::info!(
+        cluster = %args.cluster,
+        interval = ?args.interval,
+        dry_run = args.dry_run,
+        static_nodes = statics.len(),
+        "autoscaler: headroom {}, scale out after {} intervals, scale in after {}, cooldown {:?}, nodes {}..={}",
+        args.headroom,
+        args.scale_out_after,
+        args.scale_in_after,
+        args.cooldown,
+        args.min_nodes,
+        args.max_nodes,
+    );
+    let mut scaler = Autoscaler { args: args.clone(), policy, fleet, statics, prev: Counters::new() };
+    let t0 = Instant::now();
+    let mut interval = 0u64;
+    loop {
+        if args.max_intervals.is_some_and(|n| interval >= n) {
+            return Ok(());
+        }
+        let tick = t0 + args.interval * interval as u32;
+        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for record in scaler.step(interval, t0.elapsed()) {
+            if args.json {
+                println!("{}", serde_json::to_string(&record).expect("serializable"));
+            }
+        }
+        interval += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_is_the_fastest_replica_and_skips_resets_and_newcomers() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let prev: Counters = [("7".into(), (t0, 1000.0)), ("8".into(), (t0, 900.0))].into();
+        let cur: Counters =
+            [("7".into(), (t1, 3000.0)), ("8".into(), (t1, 3100.0)), ("9".into(), (t1, 1e9))].into();
+        assert_eq!(load_from(&prev, &cur), Some(1100.0));
+        let reset: Counters = [("7".into(), (t1, 5.0))].into();
+        assert_eq!(load_from(&prev, &reset), None);
+        assert_eq!(load_from(&Counters::new(), &cur), None);
+    }
+
+    #[test]
+    fn a_dry_run_remembers_what_it_launched_and_terminated() {
+        let mut f = DryRun::new(None);
+        let ids = f.launch(RoleKind::Batcher, 2).unwrap();
+        assert_eq!(ids, vec!["dry-run-batcher-1", "dry-run-batcher-2"]);
+        assert_eq!(f.instances().unwrap().len(), 2);
+        let first = f.instances().unwrap().remove(0);
+        assert_eq!(f.drain(&first).unwrap(), Drained::DryRun);
+        f.terminate(&ids[..1]).unwrap();
+        let left = f.instances().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, "dry-run-batcher-2");
+    }
+
+    #[test]
+    fn drain_treats_refused_as_not_serving_and_a_listener_as_serving() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        assert_eq!(drain_node(Some(open), Duration::from_secs(1)).unwrap(), Drained::Serving);
+        drop(listener);
+        assert_eq!(drain_node(Some(open), Duration::from_secs(1)).unwrap(), Drained::NotServing);
+        assert_eq!(drain_node(None, Duration::from_secs(1)).unwrap(), Drained::NotServing);
+    }
+
+    #[test]
+    fn nodes_files_are_checked() {
+        let dir = std::env::temp_dir().join(format!("autoscale-nodes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nodes.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nid = \"c1\"\nf = 1\n[[node]]\nid = 9\nrole = \"batcher\"\naddress = \"127.0.0.1:1\"\n\
+             metrics_address = \"127.0.0.1:2\"\n[[node]]\nid = 3\nrole = \"acceptor\"\ngroup = 0\n\
+             address = \"127.0.0.1:3\"\n",
+        )
+        .unwrap();
+        let nodes = load_nodes(&path, "c1").unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].metrics_address, Some("127.0.0.1:2".parse().unwrap()));
+        assert!(nodes[1].metrics_address.is_none());
+        let e = load_nodes(&path, "other").unwrap_err();
+        assert!(e.contains("'c1'") && e.contains("'other'"), "{e}");
+        std::fs::write(&path, "[[node]]\nid = 9\nrole = \"chef\"\naddress = \"127.0.0.1:1\"\n").unwrap();
+        assert!(load_nodes(&path, "c1").unwrap_err().contains("unknown role 'chef'"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
