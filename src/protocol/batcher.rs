@@ -4,13 +4,17 @@
 //! Must never: decode or reorder commands once batched; hold more than one batch of commands.
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{encode_batch, Command, Msg, MAX_AGGREGATE_BYTES};
+use super::membership::{earliest, membership_period_us, NodeMembership, View};
+use super::messages::{client_node, encode_batch, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::timers::Timers;
 use super::{Ballot, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
+use std::collections::BTreeSet;
 
 /// How many times one batch is sent before the batcher parks it until a leader is known.
 pub const MAX_BATCH_ATTEMPTS: u8 = 4;
+/// Client nodes a batcher remembers, to pass views on to.
+pub const MAX_CLIENT_NODES: usize = 10_000;
 /// Batches parked while no leader is known (an election is running); beyond it they are dropped,
 /// counted, and left to the clients' own retries.
 pub const MAX_PARKED_BATCHES: usize = 64;
@@ -27,6 +31,7 @@ pub struct Batcher {
     config: ClusterConfig,
     batch_size: usize,
     flush_interval_us: Time,
+    membership_period_us: Time,
     pending: Vec<Command>,
     /// Bytes of operations in `pending`: a batch also leaves once it is this big, so that it fits
     /// a frame, and an acceptor's Phase1b page, whatever the values' size.
@@ -38,17 +43,24 @@ pub struct Batcher {
     next_proposer: usize,
     /// Batches every proposer refused (no leader yet), resent when a heartbeat names the leader.
     parked: Vec<Bytes>,
+    /// Client nodes that sent requests here: they hear the views this batcher gets.
+    client_nodes: BTreeSet<NodeId>,
+    membership: NodeMembership,
     timers: Timers<1>,
 }
 
 impl Batcher {
     /// A batcher that knows no leader yet.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
+        let period = membership_period_us(tunables);
         Batcher {
+            membership: NodeMembership::new(id, RoleKind::Batcher, &config, None, period, 0),
+            client_nodes: BTreeSet::new(),
             id,
             config,
             batch_size: tunables.batch_size,
             flush_interval_us: tunables.flush_interval_us,
+            membership_period_us: period,
             pending: Vec::with_capacity(tunables.batch_size),
             pending_bytes: 0,
             leader_hint: None,
@@ -57,6 +69,19 @@ impl Batcher {
             parked: Vec::new(),
             timers: Timers::default(),
         }
+    }
+
+    /// A batcher that is not in the configuration: it joins the running cluster, announcing that it
+    /// listens at `addr`.
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        let period = self.membership_period_us;
+        self.membership = NodeMembership::new(self.id, RoleKind::Batcher, &self.config, Some(addr), period, now);
+        self
+    }
+
+    /// This node's side of membership.
+    pub fn membership(&self) -> &NodeMembership {
+        &self.membership
     }
 
     /// The leader this batcher sends to, if it knows one.
@@ -124,17 +149,36 @@ impl Batcher {
         }
     }
 
+    /// Passes a view from a proposer on to the client nodes this batcher serves, so that they learn
+    /// which batchers are in service (the leader republishes it, which also repairs a lost one).
+    fn on_view(&mut self, from: NodeId, view: View, out: &mut Out) {
+        if !self.config.proposers.contains(&from) || self.membership.view().is_newer_than(&view) {
+            return;
+        }
+        for &node in &self.client_nodes {
+            out.send(node, Msg::Membership(view.clone()));
+        }
+        self.membership.on_view(view);
+    }
+
     fn check_invariants(&self) {
         assert!(self.pending.len() < self.batch_size, "a full batch is sent at once");
+        assert!(self.client_nodes.len() <= MAX_CLIENT_NODES);
         assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
         assert!(self.parked.len() <= MAX_PARKED_BATCHES);
     }
 }
 
 impl Role for Batcher {
-    fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::ClientRequests(commands) => {
+                self.membership.on_work(now);
+                if let Some(first) = commands.first() {
+                    if self.client_nodes.len() < MAX_CLIENT_NODES {
+                        self.client_nodes.insert(client_node(first.client_id));
+                    }
+                }
                 for command in commands {
                     self.on_request(now, command, out);
                 }
@@ -143,6 +187,8 @@ impl Role for Batcher {
                 self.on_refused(leader_hint, attempt, batch, out)
             }
             Msg::Heartbeat { ballot } => self.on_heartbeat(ballot, out),
+            Msg::Membership(view) => self.on_view(from, view, out),
+            Msg::Leave => self.membership.on_leave(now, from, out),
             _ => out.dropped("batcher: unexpected message"),
         }
         self.check_invariants();
@@ -152,11 +198,13 @@ impl Role for Batcher {
         if self.timers.take_expired(now).count() > 0 {
             self.flush(out);
         }
+        let idle = self.pending.is_empty() && self.parked.is_empty();
+        self.membership.on_timeout(now, idle, out);
         self.check_invariants();
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        earliest(self.timers.next(), self.membership.poll_timeout())
     }
 
     fn kind(&self) -> RoleKind {

@@ -6,6 +6,7 @@
 
 use super::config::{ClusterConfig, Tunables};
 use super::messages::{ClientReply, Command, Msg};
+use super::membership::View;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
@@ -40,6 +41,8 @@ pub struct Client {
     /// Rotates on every retry so that a dead batcher (or proposer) is left behind.
     next_target: usize,
     leader_hint: Option<NodeId>,
+    /// The batchers in service, as the latest view a batcher passed on says.
+    view: View,
     timers: Timers<1>,
 }
 
@@ -49,12 +52,13 @@ impl Client {
     pub fn new(client_id: u64, config: ClusterConfig, tunables: &Tunables, first_target: usize) -> Self {
         Client {
             client_id,
-            config,
+            config: config.clone(),
             retry_timeout_us: tunables.client_retry_timeout_us,
             next_seq: 1,
             outstanding: None,
             next_target: first_target,
             leader_hint: None,
+            view: View::from_config(&config),
             timers: Timers::default(),
         }
     }
@@ -87,9 +91,17 @@ impl Client {
         Ok(seq)
     }
 
+    /// Adopts a newer view of the stateless nodes: requests go to the batchers in service.
+    pub fn on_view(&mut self, view: View) {
+        if view.is_newer_than(&self.view) {
+            self.view = view;
+        }
+    }
+
     fn target(&self) -> NodeId {
-        if !self.config.batchers.is_empty() {
-            return self.config.batchers[self.next_target % self.config.batchers.len()];
+        let batchers = &self.view.batchers;
+        if !batchers.is_empty() {
+            return batchers[self.next_target % batchers.len()];
         }
         self.leader_hint.unwrap_or(self.config.proposers[self.next_target % self.config.proposers.len()])
     }
@@ -141,9 +153,10 @@ impl Role for Client {
                     self.handle_reply(reply, out);
                 }
             }
+            Msg::Membership(view) => self.on_view(view),
             Msg::NotLeader { leader_hint } => {
                 self.leader_hint = leader_hint;
-                if leader_hint.is_some() && self.config.batchers.is_empty() {
+                if leader_hint.is_some() && self.view.batchers.is_empty() {
                     self.send_outstanding(now, out);
                 }
             }
@@ -155,7 +168,7 @@ impl Role for Client {
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         if self.timers.take_expired(now).count() > 0 {
             self.next_target += 1;
-            if self.config.batchers.is_empty() {
+            if self.view.batchers.is_empty() {
                 self.leader_hint = None; // the hinted leader did not answer either
             }
             self.send_outstanding(now, out);

@@ -4,7 +4,8 @@
 //! and travels `proposer → proxy leader → acceptors → replicas` as the same [`Bytes`]: nobody between
 //! the batcher and the replica decodes or re-encodes it. Cloning a `Bytes` shares the buffer.
 
-use super::{Ballot, NodeId, Slot};
+use super::membership::View;
+use super::{Ballot, NodeId, RoleKind, Slot};
 use bytes::Bytes;
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -167,6 +168,18 @@ pub enum Msg {
     Trim { below: Slot },
     /// replica → unbatcher: replies to send on to their clients.
     ReplyBatch { replies: Vec<ClientReply> },
+    /// stateless node not in the configuration → proposers: put me in service as `role`; I listen
+    /// at `addr`. Repeated until a view lists the node.
+    Join { role: RoleKind, addr: String },
+    /// operator or autoscaler → stateless node: drain, then report `Left`.
+    Leave,
+    /// draining node → proposers: take me out of service. Repeated until a view does.
+    Leaving,
+    /// drained node → proposers and whoever asked it to leave: nothing is in flight here any more.
+    Left,
+    /// leader → proposers, replicas and stateless nodes; batcher → its client nodes: the stateless
+    /// nodes in service.
+    Membership(View),
 }
 
 impl Msg {
@@ -191,6 +204,11 @@ impl Msg {
             Msg::CatchUp { .. } => "CatchUp",
             Msg::Trim { .. } => "Trim",
             Msg::ReplyBatch { .. } => "ReplyBatch",
+            Msg::Join { .. } => "Join",
+            Msg::Leave => "Leave",
+            Msg::Leaving => "Leaving",
+            Msg::Left => "Left",
+            Msg::Membership(_) => "Membership",
         }
     }
 }
@@ -236,6 +254,13 @@ impl std::fmt::Display for Msg {
             Msg::CatchUp { from_slot } => write!(f, "{name} from={from_slot}"),
             Msg::Trim { below } => write!(f, "{name} below={below}"),
             Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
+            Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),
+            Msg::Leave | Msg::Leaving | Msg::Left => write!(f, "{name}"),
+            Msg::Membership(v) => write!(
+                f,
+                "{name} b={} seq={} batchers={:?} proxies={:?} unbatchers={:?} leaving={:?}",
+                v.ballot, v.seq, v.batchers, v.proxy_leaders, v.unbatchers, v.leaving
+            ),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod ballot;
 pub mod batcher;
 pub mod client;
 pub mod config;
+pub mod membership;
 pub mod messages;
 pub mod proposer;
 pub mod proxy_leader;
@@ -64,6 +65,8 @@ pub enum Event {
     Completed { seq: u64, result: bytes::Bytes },
     /// A proposer finished Phase 1 and leads with `ballot`.
     BecameLeader { ballot: Ballot },
+    /// A draining stateless node reported `Left`: it holds nothing in flight and may stop.
+    Left,
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }

@@ -8,6 +8,7 @@
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it.
 
 use super::config::{ClusterConfig, Tunables};
+use super::membership::{View, HEARTBEATS_PER_VIEW};
 use super::messages::{encode_batch, Msg, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -19,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Batches a leader holds while its in-flight window is full; beyond it they are dropped and counted
 /// (their clients retry).
 pub const MAX_WAITING_BATCHES: usize = 10_000;
+
 
 #[repr(usize)]
 #[derive(Clone, Copy)]
@@ -81,6 +83,11 @@ pub struct Proposer {
     leader_hint: Option<NodeId>,
     /// What each replica last said it executed.
     replica_watermarks: BTreeMap<NodeId, Slot>,
+    /// The stateless nodes in service. Every proposer applies joins and departures it hears; the
+    /// leader publishes its view, and the others adopt it.
+    view: View,
+    /// Heartbeats since the leader last published its view.
+    heartbeats_since_view: u32,
     timers: Timers<3>,
 }
 
@@ -92,13 +99,15 @@ impl Proposer {
         let first = config.proposers[0] == id;
         let mut p = Proposer {
             id,
-            config,
+            config: config.clone(),
             tunables,
             rng: ChaCha8Rng::seed_from_u64(seed),
             ballot: Ballot::ZERO,
             state: State::Follower,
             leader_hint: None,
             replica_watermarks: BTreeMap::new(),
+            view: View::from_config(&config),
+            heartbeats_since_view: 0,
             timers: Timers::default(),
         };
         if first {
@@ -219,6 +228,10 @@ impl Proposer {
             trimmed_sent: 0,
         });
         self.leader_hint = Some(self.id);
+        // Publish the view under this leadership, so every node adopts it over an older leader's.
+        self.view.ballot = self.ballot;
+        self.view.seq += 1;
+        self.publish_view(out);
         let mut found = phase1.found;
         // Re-propose what may have been chosen, and fill every hole with a no-op, before any new batch.
         for slot in start..end {
@@ -270,7 +283,7 @@ impl Proposer {
 
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
-        let proxies = &self.config.proxy_leaders;
+        let proxies = &self.view.proxy_leaders;
         let proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
         out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone() });
@@ -337,14 +350,64 @@ impl Proposer {
     }
 
     fn send_heartbeats(&self, out: &mut Out) {
-        let others = self.config.proposers.iter().filter(|&&p| p != self.id);
-        for &node in others.chain(&self.config.batchers) {
+        let others = self.config.proposers.iter().filter(|&&p| p != self.id).copied();
+        for node in others.chain(self.view.batchers_to_inform()) {
             out.send(node, Msg::Heartbeat { ballot: self.ballot });
+        }
+    }
+
+    // ---- membership of the stateless roles ----
+
+    /// Applies a change to the view; the leader stamps it as its own and publishes it at once.
+    fn change_view(&mut self, out: &mut Out, change: impl FnOnce(&mut View) -> bool) {
+        if !change(&mut self.view) {
+            return;
+        }
+        if self.is_leader() {
+            self.view.ballot = self.ballot;
+            self.view.seq += 1;
+            self.publish_view(out);
+        }
+    }
+
+    /// Sends the view to everyone who routes work to stateless nodes, and to those nodes.
+    fn publish_view(&mut self, out: &mut Out) {
+        self.heartbeats_since_view = 0;
+        let others = self.config.proposers.iter().filter(|&&p| p != self.id).copied();
+        let targets: BTreeSet<NodeId> =
+            others.chain(self.config.replicas.iter().copied()).chain(self.view.stateless_nodes()).collect();
+        for node in targets {
+            out.send(node, Msg::Membership(self.view.clone()));
+        }
+    }
+
+    fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
+        let configured_stateful = self.config.all_nodes().any(|(id, kind)| {
+            id == from && !matches!(kind, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
+        });
+        if configured_stateful || !matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher) {
+            out.dropped("proposer: a join by a node that cannot join");
+            return;
+        }
+        if self.view.serves(from) && self.is_leader() {
+            // A repeat (our view was lost on its way): answer it.
+            out.send(from, Msg::Membership(self.view.clone()));
+        }
+        self.change_view(out, |v| v.join(from, role, addr));
+    }
+
+    fn on_view(&mut self, from: NodeId, view: View) {
+        if self.config.proposers.contains(&from) && view.is_newer_than(&self.view) {
+            self.view = view;
         }
     }
 
     fn on_heartbeat_timer(&mut self, now: Time, out: &mut Out) {
         self.send_heartbeats(out);
+        self.heartbeats_since_view += 1;
+        if self.is_leader() && self.heartbeats_since_view >= HEARTBEATS_PER_VIEW {
+            self.publish_view(out);
+        }
         let below = self.min_executed();
         let State::Leader(l) = &mut self.state else {
             return;
@@ -426,6 +489,7 @@ impl Proposer {
             }
             State::Leader(l) => {
                 assert_eq!(self.ballot.proposer, self.id, "a leader leads with its own ballot");
+                assert!(!self.view.proxy_leaders.is_empty(), "a leader always has a proxy leader");
                 assert!(self.timers.is_set(Timer::Heartbeat as usize));
                 assert!(!self.timers.is_set(Timer::Election as usize));
                 assert!(l.in_flight.keys().next_back().is_none_or(|&s| s < l.next_slot));
@@ -453,6 +517,10 @@ impl Role for Proposer {
             Msg::Phase1b(reply) => self.on_phase1b(now, from, reply, out),
             Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
             Msg::Executed { watermark } => self.on_executed(now, from, watermark, out),
+            Msg::Join { role, addr } => self.on_join(from, role, addr, out),
+            Msg::Leaving => self.change_view(out, |v| v.start_leaving(from)),
+            Msg::Left => self.change_view(out, |v| v.forget(from)),
+            Msg::Membership(view) => self.on_view(from, view),
             _ => out.dropped("proposer: unexpected message"),
         }
         self.check_invariants();

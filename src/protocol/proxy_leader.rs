@@ -5,6 +5,7 @@
 //! Must never: announce a slot chosen without a quorum at one ballot; grow without bound.
 
 use super::config::{ClusterConfig, Tunables};
+use super::membership::{earliest, membership_period_us, NodeMembership};
 use super::messages::{Msg, Value};
 use super::timers::Timers;
 use super::{Ballot, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -32,23 +33,39 @@ enum Timer {
 }
 
 /// One proxy leader.
-#[derive(Debug, Clone)]
 pub struct ProxyLeader {
     config: ClusterConfig,
     resend_timeout_us: Time,
     in_flight: BTreeMap<Slot, InFlight>,
+    membership: NodeMembership,
     timers: Timers<1>,
 }
 
 impl ProxyLeader {
     /// A proxy leader with nothing in flight.
-    pub fn new(config: ClusterConfig, tunables: &Tunables) -> Self {
+    pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
+        let period = membership_period_us(tunables);
         ProxyLeader {
+            membership: NodeMembership::new(id, RoleKind::ProxyLeader, &config, None, period, 0),
             config,
             resend_timeout_us: tunables.resend_timeout_us,
             in_flight: BTreeMap::new(),
             timers: Timers::default(),
         }
+    }
+
+    /// A proxy leader that is not in the configuration: it joins the running cluster, announcing
+    /// that it listens at `addr`.
+    pub fn joining(mut self, id: NodeId, addr: String, tunables: &Tunables, now: Time) -> Self {
+        let period = membership_period_us(tunables);
+        self.membership =
+            NodeMembership::new(id, RoleKind::ProxyLeader, &self.config, Some(addr), period, now);
+        self
+    }
+
+    /// This node's side of membership.
+    pub fn membership(&self) -> &NodeMembership {
+        &self.membership
     }
 
     /// Slots being driven now.
@@ -164,7 +181,14 @@ impl ProxyLeader {
 impl Role for ProxyLeader {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::Propose { ballot, slot, value } => self.on_propose(now, from, ballot, slot, value, out),
+            Msg::Propose { ballot, slot, value } => {
+                self.membership.on_work(now);
+                self.on_propose(now, from, ballot, slot, value, out)
+            }
+            Msg::Membership(view) if self.config.proposers.contains(&from) => {
+                self.membership.on_view(view);
+            }
+            Msg::Leave => self.membership.on_leave(now, from, out),
             Msg::Phase2b { ballot, slot } => self.on_phase2b(from, ballot, slot, out),
             Msg::Nack { promised } => self.on_nack(promised, out),
             _ => out.dropped("proxy leader: unexpected message"),
@@ -179,11 +203,13 @@ impl Role for ProxyLeader {
                 self.on_resend_timer(now, out);
             }
         }
+        let idle = self.in_flight.is_empty();
+        self.membership.on_timeout(now, idle, out);
         self.check_invariants();
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        earliest(self.timers.next(), self.membership.poll_timeout())
     }
 
     fn kind(&self) -> RoleKind {
@@ -199,7 +225,7 @@ mod tests {
 
     fn setup() -> (ProxyLeader, ClusterConfig) {
         let config = ClusterConfig::f1(1, 1, 1, 1); // proposers 1,2; acceptors 3,4,5; proxy 6; replicas 7,8
-        (ProxyLeader::new(config.clone(), &Tunables::default()), config)
+        (ProxyLeader::new(config.proxy_leaders[0], config.clone(), &Tunables::default()), config)
     }
 
     fn call(p: &mut ProxyLeader, from: NodeId, msg: Msg) -> Vec<(NodeId, Msg)> {

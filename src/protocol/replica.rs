@@ -9,6 +9,7 @@ use super::config::{ClusterConfig, Tunables};
 use super::messages::{
     chunk_by_bytes, with_archived, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
+use super::membership::View;
 use super::state_machine::StateMachine;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -71,6 +72,8 @@ pub struct Replica {
     client_table: FxHashMap<u64, ClientEntry>,
     /// What other replicas last said they executed.
     peer_watermarks: BTreeMap<NodeId, Slot>,
+    /// The stateless nodes in service: replies go to its unbatchers.
+    view: View,
     executed_at_last_report: Slot,
     timers: Timers<1>,
 }
@@ -91,6 +94,7 @@ impl Replica {
             .unwrap_or_else(|| panic!("node {id} is not a replica"));
         let mut timers = Timers::default();
         timers.set(Timer::Report as usize, now + tunables.replica_report_interval_us);
+        let view = View::from_config(&config);
         Replica {
             id,
             index,
@@ -102,6 +106,7 @@ impl Replica {
             log: BTreeMap::new(),
             client_table: FxHashMap::default(),
             peer_watermarks: BTreeMap::new(),
+            view,
             executed_at_last_report: 0,
             timers,
         }
@@ -169,7 +174,7 @@ impl Replica {
                 Value::Batch(bytes) => self.execute_batch(slot, bytes, out),
             };
             if !replies.is_empty() && self.is_designated_replier(slot) {
-                let unbatchers = &self.config.unbatchers;
+                let unbatchers = &self.view.unbatchers;
                 let unbatcher =
                     unbatchers[(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
                 for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
@@ -309,6 +314,11 @@ impl Role for Replica {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark } => self.on_executed(from, watermark),
+            Msg::Membership(view) => {
+                if self.config.proposers.contains(&from) && view.is_newer_than(&self.view) {
+                    self.view = view;
+                }
+            }
             Msg::CatchUp { from_slot } if self.config.replicas.contains(&from) => {
                 self.on_catch_up(from, from_slot, out)
             }

@@ -3,17 +3,48 @@
 //!
 //! Must never: hold replies back or reorder replies of one client.
 
+use super::config::{ClusterConfig, Tunables};
+use super::membership::{membership_period_us, NodeMembership};
 use super::messages::{chunk_by_bytes, client_node, ClientReply, Msg, MAX_AGGREGATE_BYTES};
 use super::{NodeId, Out, Role, RoleKind, Time};
 
-/// One unbatcher.
-#[derive(Debug, Clone, Default)]
-pub struct Unbatcher;
+/// One unbatcher. Its only state is its membership: it passes replies on as they come.
+pub struct Unbatcher {
+    proposers: Vec<NodeId>,
+    membership: NodeMembership,
+}
+
+impl Unbatcher {
+    /// A configured unbatcher.
+    pub fn new(id: NodeId, config: &ClusterConfig, tunables: &Tunables) -> Self {
+        let period = membership_period_us(tunables);
+        let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, None, period, 0);
+        Unbatcher { proposers: config.proposers.clone(), membership }
+    }
+
+    /// An unbatcher that is not in the configuration: it joins the running cluster, announcing that
+    /// it listens at `addr`.
+    pub fn joining(id: NodeId, config: &ClusterConfig, tunables: &Tunables, addr: String, now: Time) -> Self {
+        let period = membership_period_us(tunables);
+        let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, Some(addr), period, now);
+        Unbatcher { proposers: config.proposers.clone(), membership }
+    }
+
+    /// This node's side of membership.
+    pub fn membership(&self) -> &NodeMembership {
+        &self.membership
+    }
+}
 
 impl Role for Unbatcher {
-    fn handle_message(&mut self, _now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
+            Msg::Membership(view) if self.proposers.contains(&from) => {
+                self.membership.on_view(view);
+            }
+            Msg::Leave => self.membership.on_leave(now, from, out),
             Msg::ReplyBatch { replies } => {
+                self.membership.on_work(now);
                 let mut by_node: Vec<(NodeId, Vec<ClientReply>)> = Vec::new();
                 for reply in replies {
                     let node = client_node(reply.client_id);
@@ -32,10 +63,13 @@ impl Role for Unbatcher {
         }
     }
 
-    fn handle_timeout(&mut self, _now: Time, _out: &mut Out) {}
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        // Replies leave as they come: nothing is ever held in flight here.
+        self.membership.on_timeout(now, true, out);
+    }
 
     fn poll_timeout(&self) -> Option<Time> {
-        None
+        self.membership.poll_timeout()
     }
 
     fn kind(&self) -> RoleKind {
@@ -53,7 +87,8 @@ mod tests {
     fn each_reply_goes_to_its_client_node_once_per_node_in_order() {
         let reply = |node, seq| ClientReply { client_id: client_id(node, 3), seq, result: Bytes::new() };
         let mut out = Out::new(false);
-        Unbatcher.handle_message(
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        Unbatcher::new(config.unbatchers[0], &config, &Tunables::default()).handle_message(
             0,
             5,
             Msg::ReplyBatch { replies: vec![reply(100, 1), reply(101, 1), reply(100, 2)] },

@@ -90,10 +90,10 @@ pub fn build_role(
     match kind {
         RoleKind::Proposer => Box::new(Proposer::new(id, config, t.clone(), u64::from(id), now)),
         RoleKind::Acceptor => Box::new(Acceptor::new(id, config, t)),
-        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(config, t)),
+        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, t)),
         RoleKind::Replica => Box::new(Replica::new(id, config, t, new_state_machine(sm), now)),
         RoleKind::Batcher => Box::new(Batcher::new(id, config, t)),
-        RoleKind::Unbatcher => Box::new(Unbatcher),
+        RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, t)),
         RoleKind::Client => unreachable!("client pools are built separately"),
     }
 }

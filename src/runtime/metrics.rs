@@ -73,6 +73,7 @@ impl NodeMetrics {
             Event::Applied { .. } => self.commands_applied.increment(1),
             Event::Completed { .. } => self.commands_completed.increment(1),
             Event::BecameLeader { .. } => self.elections.increment(1),
+            Event::Left => tracing::info!(role = self.role, node = %self.node, "drained and left"),
             Event::Dropped { reason } => {
                 let (role, node) = (self.role, self.node.clone());
                 counter!("autopaxos_dropped_messages_total", "role" => role, "node" => node, "reason" => *reason)

@@ -282,9 +282,9 @@ impl<'t> Simulator<'t> {
                 Member::Other(Box::new(Proposer::new(id, config, tunables.clone(), seed, self.now)))
             }
             RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config, tunables))),
-            RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(config, tunables))),
+            RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(id, config, tunables))),
             RoleKind::Batcher => Member::Other(Box::new(Batcher::new(id, config, tunables))),
-            RoleKind::Unbatcher => Member::Other(Box::new(Unbatcher)),
+            RoleKind::Unbatcher => Member::Other(Box::new(Unbatcher::new(id, &config, tunables))),
             RoleKind::Replica => {
                 let sm = new_state_machine(StateMachineKind::Kv);
                 Member::Replica(Box::new(Replica::new(id, config, tunables, sm, self.now)))

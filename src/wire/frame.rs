@@ -57,7 +57,12 @@ macro_rules! payload_of {
             | Msg::Executed { .. }
             | Msg::CatchUp { .. }
             | Msg::Trim { .. }
-            | Msg::ReplyBatch { .. } => None,
+            | Msg::ReplyBatch { .. }
+            | Msg::Join { .. }
+            | Msg::Leave
+            | Msg::Leaving
+            | Msg::Left
+            | Msg::Membership(_) => None,
         }
     };
 }
@@ -393,6 +398,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::membership::View;
     use crate::protocol::messages::{encode_batch, AcceptedEntry, ClientReply, Command};
     use crate::protocol::{Ballot, RoleKind};
     use proptest::prelude::*;
@@ -444,6 +450,16 @@ mod tests {
             Msg::CatchUp { from_slot: 4 },
             Msg::Trim { below: 4 },
             Msg::ReplyBatch { replies: vec![reply.clone(), reply] },
+            Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
+            Msg::Leave,
+            Msg::Leaving,
+            Msg::Left,
+            Msg::Membership({
+                let mut view = View::from_config(&crate::protocol::ClusterConfig::f1(1, 1, 1, 1));
+                view.join(40, RoleKind::Unbatcher, "10.0.0.9:7000".into());
+                view.start_leaving(40);
+                view
+            }),
         ]
     }
 
@@ -542,9 +558,14 @@ mod tests {
             Msg::CatchUp { .. } => 15,
             Msg::Trim { .. } => 16,
             Msg::ReplyBatch { .. } => 17,
+            Msg::Join { .. } => 18,
+            Msg::Leave => 19,
+            Msg::Leaving => 20,
+            Msg::Left => 21,
+            Msg::Membership(_) => 22,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 18, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 23, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
