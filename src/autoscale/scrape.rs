@@ -45,11 +45,11 @@ pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, ScrapeError>
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: a request in pieces is several segments, and a server that answers after the first one
+    // and closes resets the connection.
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw).map_err(io)?;
     parse_response(&raw).map_err(|why| ScrapeError::Http { addr, why })
@@ -282,9 +282,14 @@ weird{} +Inf\n\
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
+            let mut raw = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).unwrap();
-            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ends with an empty line");
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&raw).into_owned();
             let body = "m{role=\"batcher\",node=\"9\"} 42\n";
             write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
             request
