@@ -75,7 +75,8 @@ impl Batcher {
     /// listens at `addr`.
     pub fn joining(mut self, addr: String, now: Time) -> Self {
         let period = self.membership_period_us;
-        self.membership = NodeMembership::new(self.id, RoleKind::Batcher, &self.config, Some(addr), period, now);
+        self.membership =
+            NodeMembership::new(self.id, RoleKind::Batcher, &self.config, Some(addr), period, now);
         self
     }
 
@@ -152,13 +153,13 @@ impl Batcher {
     /// Passes a view from a proposer on to the client nodes this batcher serves, so that they learn
     /// which batchers are in service (the leader republishes it, which also repairs a lost one).
     fn on_view(&mut self, from: NodeId, view: View, out: &mut Out) {
-        if !self.config.proposers.contains(&from) || self.membership.view().is_newer_than(&view) {
+        if !self.config.proposers.contains(&from) {
             return;
         }
+        self.membership.on_view(&view);
         for &node in &self.client_nodes {
-            out.send(node, Msg::Membership(view.clone()));
+            out.send(node, Msg::Membership(self.membership.view().clone()));
         }
-        self.membership.on_view(view);
     }
 
     fn check_invariants(&self) {

@@ -5,8 +5,8 @@
 //! Must never: reuse a sequence number for a different operation; report a request complete twice.
 
 use super::config::{ClusterConfig, Tunables};
-use super::messages::{ClientReply, Command, Msg};
 use super::membership::View;
+use super::messages::{ClientReply, Command, Msg};
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
@@ -41,8 +41,10 @@ pub struct Client {
     /// Rotates on every retry so that a dead batcher (or proposer) is left behind.
     next_target: usize,
     leader_hint: Option<NodeId>,
-    /// The batchers in service, as the latest view a batcher passed on says.
+    /// The stateless nodes, as the views batchers passed on say.
     view: View,
+    /// The batchers in service in `view`, by id.
+    batchers: Vec<NodeId>,
     timers: Timers<1>,
 }
 
@@ -59,6 +61,7 @@ impl Client {
             next_target: first_target,
             leader_hint: None,
             view: View::from_config(&config),
+            batchers: config.batchers.clone(),
             timers: Timers::default(),
         }
     }
@@ -91,15 +94,15 @@ impl Client {
         Ok(seq)
     }
 
-    /// Adopts a newer view of the stateless nodes: requests go to the batchers in service.
-    pub fn on_view(&mut self, view: View) {
-        if view.is_newer_than(&self.view) {
-            self.view = view;
+    /// Merges a view of the stateless nodes: requests go to the batchers in service.
+    pub fn on_view(&mut self, view: &View) {
+        if self.view.merge(view) {
+            self.batchers = self.view.in_service(RoleKind::Batcher).collect();
         }
     }
 
     fn target(&self) -> NodeId {
-        let batchers = &self.view.batchers;
+        let batchers = &self.batchers;
         if !batchers.is_empty() {
             return batchers[self.next_target % batchers.len()];
         }
@@ -153,10 +156,10 @@ impl Role for Client {
                     self.handle_reply(reply, out);
                 }
             }
-            Msg::Membership(view) => self.on_view(view),
+            Msg::Membership(view) => self.on_view(&view),
             Msg::NotLeader { leader_hint } => {
                 self.leader_hint = leader_hint;
-                if leader_hint.is_some() && self.view.batchers.is_empty() {
+                if leader_hint.is_some() && self.batchers.is_empty() {
                     self.send_outstanding(now, out);
                 }
             }
@@ -168,7 +171,7 @@ impl Role for Client {
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         if self.timers.take_expired(now).count() > 0 {
             self.next_target += 1;
-            if self.view.batchers.is_empty() {
+            if self.batchers.is_empty() {
                 self.leader_hint = None; // the hinted leader did not answer either
             }
             self.send_outstanding(now, out);

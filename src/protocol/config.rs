@@ -5,7 +5,17 @@ use super::{NodeId, Slot, Time};
 
 /// The kinds of node. `Client` is a node too: it has an id, sends and receives.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 #[rkyv(compare(PartialEq), derive(Debug))]
 pub enum RoleKind {

@@ -2,21 +2,20 @@
 //!
 //! The configuration file fixes the proposers, acceptor groups and replicas; stateless nodes can join
 //! and leave a running cluster. A joining node announces itself to every proposer ([`Msg::Join`])
-//! until a view lists it. The leader owns the [`View`]: it adds joiners, moves a node that asks to
-//! leave ([`Msg::Leaving`]) to `leaving` (no new work goes to it) and forgets it once it reports
-//! [`Msg::Left`]. It publishes the view to every node that routes work to stateless nodes: proposers,
-//! replicas (which pick unbatchers), batchers (which pass it on to their clients), and the stateless
-//! nodes themselves (which learn from it that they joined, or that no new work will come).
+//! until a view lists it. Proposers put joiners in service, move a node that asks to leave
+//! ([`Msg::Leaving`]) to leaving (no new work goes to it) and mark it left once it reports
+//! [`Msg::Left`]. The leader publishes its [`View`] to every node that routes work to stateless nodes:
+//! proposers, replicas (which pick unbatchers), batchers (which pass it on to their clients), and the
+//! stateless nodes themselves (which learn from it that they joined, or that no new work will come).
 //!
 //! A node told to leave ([`Msg::Leave`], from an operator or the autoscaler) drains: it keeps serving
 //! whatever still reaches it, and reports [`Msg::Left`] only once the view no longer routes work to
 //! it, it holds nothing in flight, and nothing has arrived for a quiet period. Then it may stop.
 //!
 //! Must never: drop the last node in service of a role (a request to leave waits, and is repeated);
-//! let an older view replace a newer one (views are ordered by the publishing leader's ballot, then
-//! a sequence number); report `Left` while holding work.
+//! lose a node's departure to a stale view (views merge: each node's standing only moves forward);
+//! report `Left` while holding work.
 
-use super::ballot::Ballot;
 use super::config::{ClusterConfig, RoleKind, Tunables};
 use super::messages::Msg;
 use super::{NodeId, Out, Time};
@@ -40,133 +39,206 @@ pub fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
     }
 }
 
-/// The stateless nodes in service, as a leader published them.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct View {
-    /// The ballot of the leader that published it; a later leader's view replaces an earlier one's.
-    pub ballot: Ballot,
-    /// Bumped by the leader on every change.
-    pub seq: u64,
-    /// Batchers that take client requests.
-    pub batchers: Vec<NodeId>,
-    /// Proxy leaders that get new slots.
-    pub proxy_leaders: Vec<NodeId>,
-    /// Unbatchers that get reply batches.
-    pub unbatchers: Vec<NodeId>,
-    /// Draining, with their roles: no new work is routed to them, but they still hear heartbeats
-    /// and views.
-    pub leaving: Vec<(NodeId, RoleKind)>,
-    /// Where nodes that joined at runtime listen ("host:port"), for the runtime to dial.
-    pub addresses: Vec<(NodeId, String)>,
+/// Where a stateless node stands. Only ever moves forward (in service, leaving, left), so that views
+/// merge: whatever order views arrive in, every node ends with the furthest state each node reached.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Work is routed to it.
+    InService,
+    /// Draining: no new work is routed to it, but it still hears heartbeats and views.
+    Leaving,
+    /// Drained and gone. Kept as a tombstone so that a stale view cannot bring it back.
+    Left,
 }
 
+/// One stateless node in a view.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its id; never reused by another machine.
+    pub id: NodeId,
+    /// Its role: batcher, proxy leader or unbatcher.
+    pub role: RoleKind,
+    /// Where it stands.
+    pub standing: Standing,
+    /// Where it listens ("host:port") if it joined at runtime; empty for a configured node.
+    pub addr: String,
+}
+
+/// The stateless nodes and where each stands. Views merge (per node, the furthest standing), so
+/// any node can publish what it knows and no update is lost to a stale view, for instance that of a
+/// leader which restarted without memory (its view is the configuration's): the nodes that know
+/// more answer with their view, and the leader merges it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Sorted by id.
+    members: Vec<Member>,
+}
+
+/// Left nodes remembered; beyond it the oldest (lowest id) tombstones are dropped.
+pub const MAX_TOMBSTONES: usize = 10_000;
+
 impl View {
-    /// The configured stateless nodes, before any leader published a view.
+    /// The configured stateless nodes, all in service.
     pub fn from_config(config: &ClusterConfig) -> View {
-        View {
-            ballot: Ballot::ZERO,
-            seq: 0,
-            batchers: config.batchers.clone(),
-            proxy_leaders: config.proxy_leaders.clone(),
-            unbatchers: config.unbatchers.clone(),
-            leaving: Vec::new(),
-            addresses: Vec::new(),
+        let mut view = View { members: Vec::new() };
+        for (id, role) in config.all_nodes() {
+            if is_stateless(role) {
+                view.members.push(Member { id, role, standing: Standing::InService, addr: String::new() });
+            }
         }
+        view.members.sort_by_key(|m| m.id);
+        view
     }
 
-    /// Whether this view should replace `current`.
-    pub fn is_newer_than(&self, current: &View) -> bool {
-        (self.ballot, self.seq) > (current.ballot, current.seq)
+    /// Every node the view knows of, tombstones included, by id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
     }
 
-    /// The nodes in service of a stateless role (empty for the others).
-    pub fn in_service(&self, role: RoleKind) -> &[NodeId] {
-        match role {
-            RoleKind::Batcher => &self.batchers,
-            RoleKind::ProxyLeader => &self.proxy_leaders,
-            RoleKind::Unbatcher => &self.unbatchers,
-            _ => &[],
-        }
+    fn find(&self, id: NodeId) -> Option<&Member> {
+        self.members.binary_search_by_key(&id, |m| m.id).ok().map(|i| &self.members[i])
     }
 
-    fn in_service_mut(&mut self, role: RoleKind) -> Option<&mut Vec<NodeId>> {
-        match role {
-            RoleKind::Batcher => Some(&mut self.batchers),
-            RoleKind::ProxyLeader => Some(&mut self.proxy_leaders),
-            RoleKind::Unbatcher => Some(&mut self.unbatchers),
-            _ => None,
-        }
-    }
-
-    /// Whether work may be routed to `id`.
-    pub fn serves(&self, id: NodeId) -> bool {
-        self.batchers.contains(&id) || self.proxy_leaders.contains(&id) || self.unbatchers.contains(&id)
-    }
-
-    /// Every stateless node that should hear the view: in service or draining.
-    pub fn stateless_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let draining = self.leaving.iter().map(|&(id, _)| id);
-        self.batchers.iter().chain(&self.proxy_leaders).chain(&self.unbatchers).copied().chain(draining)
-    }
-
-    /// Batchers in service or draining: both need to know the leader.
-    pub fn batchers_to_inform(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let draining = self.leaving.iter().filter(|(_, role)| *role == RoleKind::Batcher).map(|&(id, _)| id);
-        self.batchers.iter().copied().chain(draining)
-    }
-
-    /// Adds `id` to `role`'s nodes in service. Returns whether anything changed.
-    pub fn join(&mut self, id: NodeId, role: RoleKind, addr: String) -> bool {
-        let Some(list) = self.in_service_mut(role) else { return false };
+    /// Merges `other` in: nodes it knows and this view does not, and any further standing. Returns
+    /// whether this view changed. Members whose role cannot join are ignored.
+    pub fn merge(&mut self, other: &View) -> bool {
         let mut changed = false;
-        if !list.contains(&id) {
-            list.push(id);
-            changed = true;
-        }
-        if let Some(at) = self.leaving.iter().position(|&(n, _)| n == id) {
-            self.leaving.remove(at);
-            changed = true;
-        }
-        match self.addresses.iter_mut().find(|(n, _)| *n == id) {
-            Some((_, known)) if *known == addr => {}
-            Some((_, known)) => {
-                *known = addr;
-                changed = true;
+        for theirs in &other.members {
+            if !is_stateless(theirs.role) {
+                continue;
             }
-            None => {
-                self.addresses.push((id, addr));
-                changed = true;
+            match self.members.binary_search_by_key(&theirs.id, |m| m.id) {
+                Ok(i) => {
+                    let mine = &mut self.members[i];
+                    if theirs.standing > mine.standing {
+                        mine.standing = theirs.standing;
+                        changed = true;
+                    }
+                    if mine.addr.is_empty() && !theirs.addr.is_empty() {
+                        mine.addr = theirs.addr.clone();
+                        changed = true;
+                    }
+                }
+                Err(i) => {
+                    self.members.insert(i, theirs.clone());
+                    changed = true;
+                }
             }
+        }
+        if changed {
+            self.bound_tombstones();
         }
         changed
     }
 
-    /// Moves `id` out of service into `leaving`, unless it is the last node of its role in service.
-    /// Returns whether anything changed.
-    pub fn start_leaving(&mut self, id: NodeId) -> bool {
-        for role in [RoleKind::Batcher, RoleKind::ProxyLeader, RoleKind::Unbatcher] {
-            let list = self.in_service_mut(role).expect("a stateless role");
-            if let Some(at) = list.iter().position(|&n| n == id) {
-                if list.len() == 1 {
-                    return false;
-                }
-                list.remove(at);
-                self.leaving.push((id, role));
-                return true;
-            }
-        }
-        false
+    /// Whether this view already holds everything `other` says (merging it would change nothing).
+    pub fn covers(&self, other: &View) -> bool {
+        other.members.iter().filter(|m| is_stateless(m.role)).all(|theirs| {
+            self.find(theirs.id).is_some_and(|mine| {
+                mine.standing >= theirs.standing && (theirs.addr.is_empty() || !mine.addr.is_empty())
+            })
+        })
     }
 
-    /// Forgets `id` once it has drained. Returns whether anything changed.
-    pub fn forget(&mut self, id: NodeId) -> bool {
-        let before = self.leaving.len() + self.addresses.len();
-        self.leaving.retain(|&(n, _)| n != id);
-        if !self.serves(id) {
-            self.addresses.retain(|(n, _)| *n != id);
-        }
-        before != self.leaving.len() + self.addresses.len()
+    fn bound_tombstones(&mut self) {
+        let tombstones = self.members.iter().filter(|m| m.standing == Standing::Left).count();
+        let mut excess = tombstones.saturating_sub(MAX_TOMBSTONES);
+        self.members.retain(|m| {
+            let drop = excess > 0 && m.standing == Standing::Left;
+            excess -= usize::from(drop);
+            !drop
+        });
     }
+
+    /// The nodes of `role` in service, by id.
+    pub fn in_service(&self, role: RoleKind) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(move |m| m.role == role && m.standing == Standing::InService).map(|m| m.id)
+    }
+
+    /// Whether work may be routed to `id`.
+    pub fn serves(&self, id: NodeId) -> bool {
+        self.find(id).is_some_and(|m| m.standing == Standing::InService)
+    }
+
+    /// Every stateless node that should hear the view: in service or draining.
+    pub fn stateless_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|m| m.standing != Standing::Left).map(|m| m.id)
+    }
+
+    /// Batchers in service or draining: both need to know the leader.
+    pub fn batchers_to_inform(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|m| m.role == RoleKind::Batcher && m.standing != Standing::Left)
+            .map(|m| m.id)
+    }
+
+    /// Addresses of nodes that joined at runtime and have not left.
+    pub fn addresses(&self) -> impl Iterator<Item = (NodeId, &str)> + '_ {
+        self.members
+            .iter()
+            .filter(|m| m.standing != Standing::Left && !m.addr.is_empty())
+            .map(|m| (m.id, m.addr.as_str()))
+    }
+
+    /// Puts `id` in service as `role`, listening at `addr`. A node that left stays gone (a new
+    /// machine gets a new id). Returns whether anything changed.
+    pub fn join(&mut self, id: NodeId, role: RoleKind, addr: String) -> bool {
+        if !is_stateless(role) {
+            return false;
+        }
+        let joiner = View { members: vec![Member { id, role, standing: Standing::InService, addr }] };
+        self.merge(&joiner)
+    }
+
+    /// Moves `id` out of service, unless it is the last node of its role in service (it stays, and
+    /// its request is repeated until another node joins). Returns whether anything changed.
+    pub fn start_leaving(&mut self, id: NodeId) -> bool {
+        let Some(me) = self.find(id).filter(|m| m.standing == Standing::InService) else { return false };
+        if self.in_service(me.role).count() <= 1 {
+            return false;
+        }
+        let i = self.members.binary_search_by_key(&id, |m| m.id).expect("found above");
+        self.members[i].standing = Standing::Leaving;
+        true
+    }
+
+    /// Marks `id` as left once it has drained. Returns whether anything changed.
+    pub fn forget(&mut self, id: NodeId) -> bool {
+        match self.members.binary_search_by_key(&id, |m| m.id) {
+            Ok(i) if self.members[i].standing == Standing::Leaving => {
+                self.members[i].standing = Standing::Left;
+                self.bound_tombstones();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for m in &self.members {
+            let mark = match m.standing {
+                Standing::InService => "",
+                Standing::Leaving => "~",
+                Standing::Left => "-",
+            };
+            let role = match m.role {
+                RoleKind::Batcher => "b",
+                RoleKind::ProxyLeader => "p",
+                _ => "u",
+            };
+            write!(f, "{}{mark}{role}{}", if first { "" } else { " " }, m.id)?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+fn is_stateless(role: RoleKind) -> bool {
+    matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
 }
 
 #[derive(Debug, Clone)]
@@ -236,20 +308,18 @@ impl NodeMembership {
         self.draining.is_some()
     }
 
-    /// Adopts `view` if it is newer. Returns whether it was adopted.
-    pub fn on_view(&mut self, view: View) -> bool {
-        if !view.is_newer_than(&self.view) {
-            return false;
-        }
-        // A node that joined at runtime announces itself again should a new leader's view miss it.
+    /// Merges `view` into this node's. Returns whether anything changed.
+    pub fn on_view(&mut self, view: &View) -> bool {
+        let changed = self.view.merge(view);
+        // A node that joined at runtime announces itself until its view says it serves (a view
+        // from a leader that never heard of it does not).
         if self.join_addr.is_some() && self.draining.is_none() {
-            self.announcing = !view.serves(self.id);
+            self.announcing = !self.view.serves(self.id) || !view.serves(self.id);
             if self.announcing && self.next_at.is_none() {
                 self.next_at = Some(0);
             }
         }
-        self.view = view;
-        true
+        changed
     }
 
     /// Work arrived (a request, a proposal, replies): a draining node's quiet period starts again.
@@ -330,35 +400,43 @@ mod tests {
     #[test]
     fn the_last_node_of_a_role_in_service_cannot_leave() {
         let mut view = View::from_config(&config());
-        let proxies = view.proxy_leaders.clone();
+        let proxies: Vec<NodeId> = view.in_service(RoleKind::ProxyLeader).collect();
         assert!(view.start_leaving(proxies[0]));
         assert!(!view.start_leaving(proxies[1]), "the last proxy leader stays");
-        assert_eq!(view.proxy_leaders, vec![proxies[1]]);
-        assert_eq!(view.leaving, vec![(proxies[0], RoleKind::ProxyLeader)]);
+        assert_eq!(view.in_service(RoleKind::ProxyLeader).collect::<Vec<_>>(), vec![proxies[1]]);
         assert!(view.forget(proxies[0]));
-        assert!(view.leaving.is_empty());
+        assert!(!view.serves(proxies[0]) && !view.stateless_nodes().any(|n| n == proxies[0]));
     }
 
     #[test]
-    fn a_join_is_idempotent_and_records_the_address() {
+    fn a_join_is_idempotent_records_the_address_and_a_left_node_stays_gone() {
         let mut view = View::from_config(&config());
         assert!(view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()));
         assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()));
-        assert!(view.unbatchers.contains(&77));
-        assert_eq!(view.addresses, vec![(77, "127.0.0.1:9".to_string())]);
+        assert!(view.in_service(RoleKind::Unbatcher).any(|n| n == 77));
+        assert_eq!(view.addresses().collect::<Vec<_>>(), vec![(77, "127.0.0.1:9")]);
         assert!(!view.join(78, RoleKind::Replica, "x".into()), "stateful roles do not join");
+        assert!(view.start_leaving(77) && view.forget(77));
+        assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()), "left for good");
+        assert!(!view.serves(77));
     }
 
     #[test]
-    fn views_order_by_ballot_then_sequence() {
-        let old = View::from_config(&config());
-        let mut newer = old.clone();
-        newer.seq = 1;
-        assert!(newer.is_newer_than(&old));
-        let mut later_leader = old.clone();
-        later_leader.ballot = Ballot { round: 2, proposer: 1 };
-        assert!(later_leader.is_newer_than(&newer));
-        assert!(!old.is_newer_than(&newer));
+    fn views_merge_to_the_furthest_standing_whatever_the_order() {
+        let base = View::from_config(&config());
+        let proxy = base.in_service(RoleKind::ProxyLeader).next().unwrap();
+        let mut joined = base.clone();
+        joined.join(77, RoleKind::Batcher, "127.0.0.1:9".into());
+        let mut left = base.clone();
+        left.start_leaving(proxy);
+        left.forget(proxy);
+        // A restarted leader knows only the configuration; merging either way gives the same view.
+        let (mut a, mut b) = (base.clone(), left.clone());
+        assert!(a.merge(&joined) && a.merge(&left));
+        assert!(b.merge(&joined) && !b.merge(&base));
+        assert_eq!(a, b);
+        assert!(!a.serves(proxy) && a.serves(77));
+        assert!(a.covers(&base) && a.covers(&left) && !base.covers(&a));
     }
 
     #[test]
@@ -370,9 +448,8 @@ mod tests {
         assert_eq!(out.msgs.len(), c.proposers.len());
         assert!(matches!(out.msgs[0].1, Msg::Join { role: RoleKind::Batcher, .. }));
         let mut view = View::from_config(&c);
-        view.seq = 1;
         view.join(50, RoleKind::Batcher, "127.0.0.1:5".into());
-        assert!(m.on_view(view));
+        assert!(m.on_view(&view));
         let mut out = Out::new(false);
         m.on_timeout(1_000, true, &mut out);
         assert!(out.msgs.is_empty(), "joined: no more announcements");
@@ -391,9 +468,8 @@ mod tests {
         m.on_timeout(1_000, true, &mut out);
         assert!(out.msgs.iter().all(|(_, msg)| *msg == Msg::Leaving));
         let mut view = View::from_config(&c);
-        view.seq = 1;
         assert!(view.start_leaving(me));
-        m.on_view(view);
+        m.on_view(&view);
         let mut out = Out::new(true);
         m.on_timeout(2_000, false, &mut out);
         assert!(out.msgs.is_empty() && !m.has_left(), "work in flight: not yet");

@@ -256,11 +256,7 @@ impl std::fmt::Display for Msg {
             Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
             Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),
             Msg::Leave | Msg::Leaving | Msg::Left => write!(f, "{name}"),
-            Msg::Membership(v) => write!(
-                f,
-                "{name} b={} seq={} batchers={:?} proxies={:?} unbatchers={:?} leaving={:?}",
-                v.ballot, v.seq, v.batchers, v.proxy_leaders, v.unbatchers, v.leaving
-            ),
+            Msg::Membership(v) => write!(f, "{name} {v}"),
         }
     }
 }

@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// (their clients retry).
 pub const MAX_WAITING_BATCHES: usize = 10_000;
 
-
 #[repr(usize)]
 #[derive(Clone, Copy)]
 enum Timer {
@@ -86,6 +85,8 @@ pub struct Proposer {
     /// The stateless nodes in service. Every proposer applies joins and departures it hears; the
     /// leader publishes its view, and the others adopt it.
     view: View,
+    /// The proxy leaders in service in `view`, by id (never empty: the last one cannot leave).
+    proxy_leaders: Vec<NodeId>,
     /// Heartbeats since the leader last published its view.
     heartbeats_since_view: u32,
     timers: Timers<3>,
@@ -107,6 +108,7 @@ impl Proposer {
             leader_hint: None,
             replica_watermarks: BTreeMap::new(),
             view: View::from_config(&config),
+            proxy_leaders: config.proxy_leaders.clone(),
             heartbeats_since_view: 0,
             timers: Timers::default(),
         };
@@ -228,9 +230,7 @@ impl Proposer {
             trimmed_sent: 0,
         });
         self.leader_hint = Some(self.id);
-        // Publish the view under this leadership, so every node adopts it over an older leader's.
-        self.view.ballot = self.ballot;
-        self.view.seq += 1;
+        // Publish the view at once: nodes that know more answer with theirs, which we merge.
         self.publish_view(out);
         let mut found = phase1.found;
         // Re-propose what may have been chosen, and fill every hole with a no-op, before any new batch.
@@ -283,7 +283,7 @@ impl Proposer {
 
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
-        let proxies = &self.view.proxy_leaders;
+        let proxies = &self.proxy_leaders;
         let proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
         out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone() });
@@ -358,14 +358,16 @@ impl Proposer {
 
     // ---- membership of the stateless roles ----
 
-    /// Applies a change to the view; the leader stamps it as its own and publishes it at once.
+    /// Applies a change to the view; the leader publishes a changed view at once.
     fn change_view(&mut self, out: &mut Out, change: impl FnOnce(&mut View) -> bool) {
         if !change(&mut self.view) {
             return;
         }
+        let proxies: Vec<NodeId> = self.view.in_service(RoleKind::ProxyLeader).collect();
+        if !proxies.is_empty() {
+            self.proxy_leaders = proxies;
+        }
         if self.is_leader() {
-            self.view.ballot = self.ballot;
-            self.view.seq += 1;
             self.publish_view(out);
         }
     }
@@ -385,7 +387,9 @@ impl Proposer {
         let configured_stateful = self.config.all_nodes().any(|(id, kind)| {
             id == from && !matches!(kind, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
         });
-        if configured_stateful || !matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher) {
+        if configured_stateful
+            || !matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
+        {
             out.dropped("proposer: a join by a node that cannot join");
             return;
         }
@@ -396,9 +400,16 @@ impl Proposer {
         self.change_view(out, |v| v.join(from, role, addr));
     }
 
-    fn on_view(&mut self, from: NodeId, view: View) {
-        if self.config.proposers.contains(&from) && view.is_newer_than(&self.view) {
-            self.view = view;
+    /// A view from another proposer (the leader's) or a replica (answering a stale one of ours).
+    fn on_view(&mut self, from: NodeId, view: View, out: &mut Out) {
+        if !self.config.proposers.contains(&from) && !self.config.replicas.contains(&from) {
+            out.dropped("proposer: a view from a node that publishes none");
+            return;
+        }
+        self.change_view(out, |v| v.merge(&view));
+        if self.config.proposers.contains(&from) && !view.covers(&self.view) {
+            // Its sender (a leader that restarted without memory, say) knows less: teach it.
+            out.send(from, Msg::Membership(self.view.clone()));
         }
     }
 
@@ -489,7 +500,7 @@ impl Proposer {
             }
             State::Leader(l) => {
                 assert_eq!(self.ballot.proposer, self.id, "a leader leads with its own ballot");
-                assert!(!self.view.proxy_leaders.is_empty(), "a leader always has a proxy leader");
+                assert!(!self.proxy_leaders.is_empty(), "a leader always has a proxy leader");
                 assert!(self.timers.is_set(Timer::Heartbeat as usize));
                 assert!(!self.timers.is_set(Timer::Election as usize));
                 assert!(l.in_flight.keys().next_back().is_none_or(|&s| s < l.next_slot));
@@ -520,7 +531,7 @@ impl Role for Proposer {
             Msg::Join { role, addr } => self.on_join(from, role, addr, out),
             Msg::Leaving => self.change_view(out, |v| v.start_leaving(from)),
             Msg::Left => self.change_view(out, |v| v.forget(from)),
-            Msg::Membership(view) => self.on_view(from, view),
+            Msg::Membership(view) => self.on_view(from, view, out),
             _ => out.dropped("proposer: unexpected message"),
         }
         self.check_invariants();

@@ -186,7 +186,7 @@ impl Role for ProxyLeader {
                 self.on_propose(now, from, ballot, slot, value, out)
             }
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
-                self.membership.on_view(view);
+                self.membership.on_view(&view);
             }
             Msg::Leave => self.membership.on_leave(now, from, out),
             Msg::Phase2b { ballot, slot } => self.on_phase2b(from, ballot, slot, out),

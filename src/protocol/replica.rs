@@ -6,10 +6,10 @@
 //! stop execution (every replica reads the same bytes, so treating it as empty is deterministic).
 
 use super::config::{ClusterConfig, Tunables};
+use super::membership::View;
 use super::messages::{
     chunk_by_bytes, with_archived, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
-use super::membership::View;
 use super::state_machine::StateMachine;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -72,8 +72,10 @@ pub struct Replica {
     client_table: FxHashMap<u64, ClientEntry>,
     /// What other replicas last said they executed.
     peer_watermarks: BTreeMap<NodeId, Slot>,
-    /// The stateless nodes in service: replies go to its unbatchers.
+    /// The stateless nodes, as views from the proposers say.
     view: View,
+    /// The unbatchers in service in `view`, by id: replies go to them.
+    unbatchers: Vec<NodeId>,
     executed_at_last_report: Slot,
     timers: Timers<1>,
 }
@@ -95,6 +97,7 @@ impl Replica {
         let mut timers = Timers::default();
         timers.set(Timer::Report as usize, now + tunables.replica_report_interval_us);
         let view = View::from_config(&config);
+        let unbatchers = config.unbatchers.clone();
         Replica {
             id,
             index,
@@ -107,6 +110,7 @@ impl Replica {
             client_table: FxHashMap::default(),
             peer_watermarks: BTreeMap::new(),
             view,
+            unbatchers,
             executed_at_last_report: 0,
             timers,
         }
@@ -174,7 +178,7 @@ impl Replica {
                 Value::Batch(bytes) => self.execute_batch(slot, bytes, out),
             };
             if !replies.is_empty() && self.is_designated_replier(slot) {
-                let unbatchers = &self.view.unbatchers;
+                let unbatchers = &self.unbatchers;
                 let unbatcher =
                     unbatchers[(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
                 for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
@@ -314,9 +318,14 @@ impl Role for Replica {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark } => self.on_executed(from, watermark),
-            Msg::Membership(view) => {
-                if self.config.proposers.contains(&from) && view.is_newer_than(&self.view) {
-                    self.view = view;
+            Msg::Membership(view) if self.config.proposers.contains(&from) => {
+                if self.view.merge(&view) {
+                    self.unbatchers = self.view.in_service(RoleKind::Unbatcher).collect();
+                }
+                if !view.covers(&self.view) {
+                    // A leader that restarted without memory publishes the configuration's view:
+                    // teach it what we know, so that nodes that left stay gone.
+                    out.send(from, Msg::Membership(self.view.clone()));
                 }
             }
             Msg::CatchUp { from_slot } if self.config.replicas.contains(&from) => {

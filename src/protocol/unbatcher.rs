@@ -40,7 +40,7 @@ impl Role for Unbatcher {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::Membership(view) if self.proposers.contains(&from) => {
-                self.membership.on_view(view);
+                self.membership.on_view(&view);
             }
             Msg::Leave => self.membership.on_leave(now, from, out),
             Msg::ReplyBatch { replies } => {

@@ -57,6 +57,9 @@ pub struct SimOptions {
     /// The cluster's shape instead of one drawn from the seed: (acceptor groups, proxy leaders,
     /// batchers, unbatchers).
     pub shape: Option<(usize, usize, usize, usize)>,
+    /// Membership churn during the fault phase: stateless nodes join the running cluster, and others
+    /// are told to leave (drain, report `Left`, then stop for good). Every leave must complete.
+    pub churn: bool,
 }
 
 impl SimOptions {
@@ -72,6 +75,7 @@ impl SimOptions {
             linearizability_budget: 20_000_000,
             scripted_faults: None,
             shape: None,
+            churn: false,
         }
     }
 }
@@ -95,6 +99,13 @@ pub struct Outcome {
     pub chosen_slots: usize,
     /// Virtual time at the end of the run.
     pub end_us: Time,
+    /// Stateless nodes that joined the running cluster.
+    pub joined: usize,
+    /// Stateless nodes that drained and left.
+    pub left: usize,
+    /// Messages that reached a node after it had left (sent before the sender learned; lost, as
+    /// they would be on a stopped machine, and recovered by the protocol's resends).
+    pub after_left: u64,
 }
 
 enum Member {
@@ -126,6 +137,10 @@ struct SimNode {
     member: Member,
     up: bool,
     restarts: u64,
+    /// Joined the running cluster (not in the configuration): rebuilt as a joiner after a crash.
+    joined: bool,
+    /// Drained and left: stopped for good.
+    left: bool,
 }
 
 struct ClientDriver {
@@ -138,10 +153,18 @@ struct ClientDriver {
 }
 
 enum Pending {
-    Deliver { from: NodeId, to: NodeId, msg: Msg },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: Msg,
+    },
     Fault(Fault),
     ClientWake(NodeId),
     EndFaults,
+    /// A new stateless node of this role starts and joins.
+    Join(RoleKind),
+    /// The operator asks this node to leave (again, until it reports `Left`).
+    Leave(NodeId),
 }
 
 struct Scheduled {
@@ -191,6 +214,8 @@ pub struct Simulator<'t> {
     steps: u64,
     trace: Option<&'t mut dyn Write>,
     outcome: Outcome,
+    /// Nodes the operator asked to leave.
+    leaves_asked: std::collections::BTreeSet<NodeId>,
 }
 
 /// Derives an independent seed for one purpose from the run's seed (splitmix64).
@@ -202,6 +227,12 @@ fn derive_seed(seed: u64, salt: u64) -> u64 {
 }
 
 const CLIENT_ID_BASE: NodeId = 1000;
+/// Ids of nodes that join the running cluster.
+const JOINED_ID_BASE: NodeId = 500;
+/// The operator (or autoscaler) that asks nodes to leave.
+const OPERATOR: NodeId = 900;
+/// How often the operator repeats a request to leave that has not completed.
+const LEAVE_RETRY_US: Time = 300_000;
 /// A run takes a few thousand events; this many means something re-arms itself without end.
 const MAX_STEPS: u64 = 5_000_000;
 
@@ -253,19 +284,23 @@ impl<'t> Simulator<'t> {
             steps: 0,
             trace,
             outcome: Outcome { seed, ..Outcome::default() },
+            leaves_asked: Default::default(),
             opts,
         };
         sim.checker = Checker::new(sim.cluster.quorum());
         let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
         for (id, kind) in ids {
-            let member = sim.build(id, kind, 0);
-            sim.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0 });
+            let member = sim.build(id, kind, 0, false);
+            sim.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0, joined: false, left: false });
         }
         for i in 0..sim.opts.clients {
             let id = CLIENT_ID_BASE + i as NodeId;
             let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
             let member = Member::Client(Box::new(client));
-            sim.nodes.insert(id, SimNode { kind: RoleKind::Client, member, up: true, restarts: 0 });
+            sim.nodes.insert(
+                id,
+                SimNode { kind: RoleKind::Client, member, up: true, restarts: 0, joined: false, left: false },
+            );
             let workload =
                 Workload::new(u64::from(id), ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))));
             let after_healing = sim.opts.requests_after_healing;
@@ -274,8 +309,19 @@ impl<'t> Simulator<'t> {
         sim
     }
 
-    fn build(&self, id: NodeId, kind: RoleKind, restarts: u64) -> Member {
+    fn build(&self, id: NodeId, kind: RoleKind, restarts: u64, joined: bool) -> Member {
         let (config, tunables) = (self.cluster.clone(), &self.tunables);
+        if joined {
+            let (addr, now) = (format!("sim:{id}"), self.now);
+            return Member::Other(match kind {
+                RoleKind::Batcher => Box::new(Batcher::new(id, config, tunables).joining(addr, now)),
+                RoleKind::ProxyLeader => {
+                    Box::new(ProxyLeader::new(id, config, tunables).joining(id, addr, tunables, now))
+                }
+                RoleKind::Unbatcher => Box::new(Unbatcher::joining(id, &config, tunables, addr, now)),
+                other => unreachable!("a {} cannot join", other.name()),
+            });
+        }
         match kind {
             RoleKind::Proposer => {
                 let seed = derive_seed(self.seed, (u64::from(id) << 32) | restarts);
@@ -317,6 +363,9 @@ impl<'t> Simulator<'t> {
         for (at, fault) in faults {
             self.schedule(at, Pending::Fault(fault));
         }
+        if self.opts.churn {
+            self.schedule_churn();
+        }
         self.schedule(self.opts.fault_phase_us, Pending::EndFaults);
         let clients: Vec<NodeId> = self.clients.keys().copied().collect();
         for id in clients {
@@ -325,7 +374,7 @@ impl<'t> Simulator<'t> {
         }
         let deadline = self.opts.fault_phase_us + self.opts.liveness_bound_us;
         while let Some(at) = self.next_due() {
-            if at > deadline || (!self.faults_on && self.all_clients_done()) {
+            if at > deadline || (!self.faults_on && self.all_clients_done() && self.all_leaves_done()) {
                 break;
             }
             self.step(at);
@@ -379,10 +428,75 @@ impl<'t> Simulator<'t> {
             Pending::Fault(_) => {}
             Pending::ClientWake(id) => self.client_next(id),
             Pending::EndFaults => self.end_faults(),
+            Pending::Join(kind) => self.join(kind),
+            Pending::Leave(id) => self.ask_to_leave(id),
+        }
+    }
+
+    /// Draws, from its own stream (older seeds keep their meaning), two nodes that join and two that
+    /// are told to leave during the fault phase. At least one node of each stateless role is never
+    /// asked to leave: the last one in service could not.
+    fn schedule_churn(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0xc4u64 << 8));
+        let phase = self.opts.fault_phase_us;
+        let roles = [RoleKind::Batcher, RoleKind::ProxyLeader, RoleKind::Unbatcher];
+        for _ in 0..2 {
+            let kind = roles[rng.gen_range(0..roles.len())];
+            self.schedule(rng.gen_range(0..phase / 2), Pending::Join(kind));
+        }
+        let mut candidates: Vec<NodeId> = Vec::new();
+        for kind in roles {
+            let nodes: Vec<NodeId> =
+                self.nodes.iter().filter(|(_, n)| n.kind == kind).map(|(&id, _)| id).collect();
+            candidates.extend(nodes.iter().skip(1));
+        }
+        for _ in 0..2 {
+            if candidates.is_empty() {
+                break;
+            }
+            let id = candidates.swap_remove(rng.gen_range(0..candidates.len()));
+            self.schedule(rng.gen_range(0..phase), Pending::Leave(id));
+        }
+    }
+
+    fn join(&mut self, kind: RoleKind) {
+        let id = JOINED_ID_BASE + self.outcome.joined as NodeId;
+        self.outcome.joined += 1;
+        self.trace(|| format!("{id} starts as a {} and joins", kind.name()));
+        let member = self.build(id, kind, 0, true);
+        self.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0, joined: true, left: false });
+    }
+
+    fn ask_to_leave(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get(&id) else { return };
+        if node.left {
+            return;
+        }
+        self.trace(|| format!("operator asks {id} to leave"));
+        self.send(OPERATOR, id, Msg::Leave);
+        self.leaves_asked.insert(id);
+        // Repeated until the node reports `Left`, as the autoscaler does: a crash loses the request.
+        self.schedule(self.now + LEAVE_RETRY_US, Pending::Leave(id));
+    }
+
+    /// A drained node stops for good: its machine is terminated.
+    fn on_left(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if !node.left {
+                node.left = true;
+                node.up = false;
+                self.outcome.left += 1;
+            }
         }
     }
 
     fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        if to == OPERATOR {
+            return; // the operator only asks; the sim watches `Left` events
+        }
+        if self.nodes.get(&to).is_some_and(|n| n.left) {
+            self.outcome.after_left += 1;
+        }
         if !self.nodes.get(&to).is_some_and(|n| n.up) {
             self.trace(|| format!("lost {from} -> {to} {msg} (receiver down)"));
             return;
@@ -417,6 +531,7 @@ impl<'t> Simulator<'t> {
             self.checker.observe(from, &event);
             match event {
                 Event::Completed { seq, result } => self.on_completed(from, seq, result),
+                Event::Left => self.on_left(from),
                 Event::BecameLeader { ballot } => {
                     self.outcome.elections += 1;
                     self.trace(|| format!("{from} leads with ballot {ballot}"));
@@ -498,7 +613,11 @@ impl<'t> Simulator<'t> {
         let (kind, restarts) = (node.kind, node.restarts + 1);
         // Acceptors and replicas model durable storage: they come back with their state.
         let durable = matches!(kind, RoleKind::Acceptor | RoleKind::Replica);
-        let member = if durable { None } else { Some(self.build(id, kind, restarts)) };
+        if node.left {
+            return; // it left the cluster: its machine is gone
+        }
+        let joined = node.joined;
+        let member = if durable { None } else { Some(self.build(id, kind, restarts, joined)) };
         let node = self.nodes.get_mut(&id).expect("checked above");
         if let Some(member) = member {
             node.member = member;
@@ -523,6 +642,10 @@ impl<'t> Simulator<'t> {
         }
     }
 
+    fn all_leaves_done(&self) -> bool {
+        self.leaves_asked.iter().all(|id| self.nodes.get(id).is_some_and(|n| n.left))
+    }
+
     fn all_clients_done(&self) -> bool {
         self.clients.values().all(|d| d.outstanding.is_none() && d.after_healing == 0)
     }
@@ -531,6 +654,14 @@ impl<'t> Simulator<'t> {
         if self.faults_on {
             self.checker.violation("the run ended before the faults did".into());
             return;
+        }
+        for &id in &self.leaves_asked {
+            if !self.nodes.get(&id).is_some_and(|n| n.left) {
+                self.checker.violation(format!(
+                    "liveness: node {id} was asked to leave and had not drained {}us after the faults stopped",
+                    self.opts.liveness_bound_us
+                ));
+            }
         }
         for (id, driver) in &self.clients {
             if let Some(index) = driver.outstanding {
@@ -652,6 +783,10 @@ pub struct Summary {
     pub completed: u64,
     /// Elections over all seeds.
     pub elections: u64,
+    /// Stateless nodes that joined, over all seeds (with churn).
+    pub joined: u64,
+    /// Stateless nodes that drained and left, over all seeds (with churn).
+    pub left: u64,
 }
 
 /// Runs seeds `start..start+count` on `threads` threads; `on_failure` sees each failing outcome as it
@@ -682,6 +817,8 @@ pub fn run_seeds(
                 s.seeds += 1;
                 s.completed += outcome.completed as u64;
                 s.elections += outcome.elections;
+                s.joined += outcome.joined as u64;
+                s.left += outcome.left as u64;
                 s.inconclusive += u64::from(outcome.inconclusive);
                 if !outcome.violations.is_empty() {
                     s.failures.push(outcome);
