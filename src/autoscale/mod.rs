@@ -492,6 +492,17 @@ impl Autoscaler {
         let cur = self.scrape(&instances);
         let load = load_from(&self.prev, &cur);
         self.prev = cur;
+        self.decide_and_act(interval, now, &instances, load)
+    }
+
+    /// Decides on `load` with the node counts of `instances` and the static nodes, and acts.
+    fn decide_and_act(
+        &mut self,
+        interval: u64,
+        now: Duration,
+        instances: &[Instance],
+        load: Option<f64>,
+    ) -> Vec<Record> {
         let observations: Vec<Observation> = SCALED_ROLES
             .iter()
             .map(|&role| {
@@ -503,7 +514,7 @@ impl Autoscaler {
         let decisions = self.policy.decide(now, &observations);
         let mut records = Vec::new();
         for d in decisions {
-            let (launched, terminated, error) = self.act(&d, &instances);
+            let (launched, terminated, error) = self.act(&d, instances);
             let action = match d.action {
                 Action::Hold => "hold",
                 Action::ScaleOut { .. } => "scale-out",
@@ -629,6 +640,124 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// A fleet in memory that records what was asked of it; `serving` ids answer a drain as serving.
+    #[derive(Default)]
+    struct FakeFleet {
+        nodes: Vec<Instance>,
+        serving: Vec<String>,
+        terminated: Vec<String>,
+        next: u32,
+    }
+
+    impl Fleet for FakeFleet {
+        fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
+            Ok(self.nodes.clone())
+        }
+        fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
+            let ids: Vec<String> = (0..count).map(|k| format!("i-{}", self.next + k)).collect();
+            self.next += count;
+            for id in &ids {
+                self.nodes.push(node(id, role, true));
+            }
+            Ok(ids)
+        }
+        fn drain(&mut self, n: &Instance) -> Result<Drained, FleetError> {
+            Ok(if self.serving.contains(&n.id) { Drained::Serving } else { Drained::NotServing })
+        }
+        fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
+            self.nodes.retain(|n| !ids.contains(&n.id));
+            self.terminated.extend(ids.iter().cloned());
+            Ok(())
+        }
+    }
+
+    fn node(id: &str, role: RoleKind, managed: bool) -> Instance {
+        Instance { id: id.into(), role, address: None, metrics_address: None, managed }
+    }
+
+    fn scaler(fleet: FakeFleet) -> Autoscaler {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: AutoscaleArgs,
+        }
+        let args = Cli::parse_from([
+            "autoscale",
+            "--cluster",
+            "c",
+            "--scale-in-after",
+            "2",
+            "--cooldown",
+            "1s",
+            "--max-scale-in-step",
+            "5",
+        ])
+        .args;
+        let caps: crate::bench::capacities::Capacities = toml::from_str(
+            "[machine]\ncores = 1\ncpu = \"t\"\nkernel = \"t\"\nmeasured = \"t\"\n\
+             [roles.batcher]\ncmds_per_sec_per_core = 10000.0\nmsgs_per_sec_per_core = 1.0\nbatch_size = 1\nread_budget = 1\n\
+             [roles.proxy-leader]\ncmds_per_sec_per_core = 10000.0\nmsgs_per_sec_per_core = 1.0\nbatch_size = 1\nread_budget = 1\n\
+             [roles.unbatcher]\ncmds_per_sec_per_core = 10000.0\nmsgs_per_sec_per_core = 1.0\nbatch_size = 1\nread_budget = 1\n",
+        )
+        .unwrap();
+        let policy = Policy::new(args.policy_config(), &caps, "test").unwrap();
+        Autoscaler { args, policy, fleet: Box::new(fleet), statics: Vec::new(), prev: Counters::new() }
+    }
+
+    /// Runs `load` for `intervals` intervals of 1 s from `start`; returns the acting records.
+    fn run_for(s: &mut Autoscaler, start: u64, intervals: u64, load: f64) -> Vec<Record> {
+        let mut acted = Vec::new();
+        for i in start..start + intervals {
+            let instances = s.fleet.instances().unwrap();
+            let recs = s.decide_and_act(i, Duration::from_secs(i), &instances, Some(load));
+            acted.extend(recs.into_iter().filter(|r| r.decision.acts()));
+        }
+        acted
+    }
+
+    #[test]
+    fn scale_in_takes_only_launched_nodes_newest_first_and_keeps_serving_ones() {
+        // Two batchers the autoscaler did not launch, two it did (i-1 newer than i-0), one still serving.
+        let mut fleet = FakeFleet { next: 2, serving: vec!["i-1".into()], ..FakeFleet::default() };
+        fleet.nodes = vec![
+            node("initial-a", RoleKind::Batcher, false),
+            node("i-0", RoleKind::Batcher, true),
+            node("initial-b", RoleKind::Batcher, false),
+            node("i-1", RoleKind::Batcher, true),
+            node("p", RoleKind::ProxyLeader, false),
+            node("u", RoleKind::Unbatcher, false),
+        ];
+        let mut s = scaler(fleet);
+        // 100 cmds/s: the batchers' target is 1 of 4; scale in by up to 5 (the step) but only i-0 and
+        // i-1 may go, and i-1 serves: it is kept, i-0 is drained and terminated.
+        let acted = run_for(&mut s, 0, 2, 100.0);
+        assert_eq!(acted.len(), 1, "{acted:?}");
+        let r = &acted[0];
+        assert_eq!(r.decision.role, "batcher");
+        assert_eq!(r.decision.action, Action::ScaleIn { remove: 3 });
+        assert_eq!(r.terminated, vec!["i-0".to_string()]);
+        let error = r.error.as_deref().unwrap_or("");
+        assert!(error.contains("only 2 autoscaler-launched") && error.contains("i-1 serves"), "{error}");
+        let left: Vec<String> = s.fleet.instances().unwrap().into_iter().map(|i| i.id).collect();
+        assert_eq!(left, vec!["initial-a", "initial-b", "i-1", "p", "u"]);
+    }
+
+    #[test]
+    fn scale_out_launches_through_the_fleet_and_the_count_follows() {
+        let mut fleet = FakeFleet::default();
+        for (id, role) in [("b", RoleKind::Batcher), ("p", RoleKind::ProxyLeader), ("u", RoleKind::Unbatcher)]
+        {
+            fleet.nodes.push(node(id, role, false));
+        }
+        let mut s = scaler(fleet);
+        // 20,000 cmds/s over usable 7,000: 3 nodes of each role, after 2 intervals.
+        let acted = run_for(&mut s, 0, 4, 20_000.0);
+        assert_eq!(acted.len(), 3, "{acted:?}");
+        assert!(acted.iter().all(|r| r.launched.len() == 2 && r.decision.to == 3 && r.error.is_none()));
+        assert_eq!(s.fleet.instances().unwrap().len(), 9);
+    }
 
     #[test]
     fn load_is_the_fastest_replica_and_skips_resets_and_newcomers() {
