@@ -136,7 +136,16 @@ fn check_rise_and_fall(recs: &[Value], started: Instant, high_start: Instant, co
         let acts = actions(recs, role);
         let summary: Vec<String> = acts
             .iter()
-            .map(|r| format!("{}@{:.1}s {}->{}", kind(r), r["at_secs"], r["nodes"], r["to"]))
+            .map(|r| {
+                format!(
+                    "{}@{:.1}s {}->{} (load {:.0} cmds/s)",
+                    kind(r),
+                    r["at_secs"].as_f64().unwrap_or(-1.0),
+                    r["nodes"],
+                    r["to"],
+                    r["load"].as_f64().unwrap_or(-1.0)
+                )
+            })
             .collect();
         eprintln!("{role}: {}", summary.join(", "));
         assert!(!acts.is_empty(), "{role}: no action at all\n{context}");
@@ -149,6 +158,7 @@ fn check_rise_and_fall(recs: &[Value], started: Instant, high_start: Instant, co
             first["at_secs"]
         );
         let reason = first["reason"].as_str().unwrap_or("");
+        eprintln!("{role}: scale-out reason: {reason}");
         assert!(reason.contains("cmds/s") && reason.contains("scale out 1 ->"), "{role}: reason: {reason}");
         assert!(first["utilisation"].as_f64().unwrap_or(0.0) > 0.7, "{role}: {first}");
         // No flapping: every later action scales in, and the count only goes down after the peak.

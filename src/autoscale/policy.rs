@@ -294,8 +294,7 @@ impl Policy {
         decision.target = Some(target);
         let measured = format!(
             "{name}: load {} cmds/s on {} of {} cmds/s measured capacity each = {} utilisation \
-             (scale out above {}, scale in below {}); target {} (usable {} cmds/s per node at {} headroom, \
-             within {}..={})",
+             (scale out above {}, scale in below {}); target {} (usable {} cmds/s per node at {} headroom{})",
             rate(load),
             nodes(n),
             rate(capacity),
@@ -305,8 +304,11 @@ impl Policy {
             nodes(target),
             rate(usable),
             pct(c.headroom),
-            c.min_nodes,
-            c.max_nodes,
+            if raw_target == target {
+                String::new()
+            } else {
+                format!("; the load needs {raw_target}, held within {}..={}", c.min_nodes, c.max_nodes)
+            },
         );
         let cooling = !cooling_left.is_zero();
         let cooldown_note =
@@ -545,6 +547,7 @@ mod tests {
         let (counts, acted) = drive(c, 2, &[1e9, 1e9]);
         assert_eq!(counts, vec![2, 3]);
         assert_eq!(acted[0].target, Some(3));
+        assert!(acted[0].reason.contains("the load needs 142858, held within 2..=3"), "{}", acted[0].reason);
     }
 
     #[test]
