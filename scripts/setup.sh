@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
-# Installs the system packages the test suite needs, if they are missing:
+# Installs what the test suite needs, if it is missing:
+#   moto's server (PyPI `moto[server]`, pinned), the EC2 API emulator tests/cloud.rs runs on loopback;
 #   promtool  (Debian package `prometheus`), used by tests/cluster.rs to lint the /metrics exposition.
-# Idempotent: does nothing (not even `apt-get update`) when everything is already there.
+# Idempotent: does nothing (not even `apt-get update` or a pip call) when everything is already there.
 # Runs as root, non-interactively (CI, a fresh Debian machine); uses sudo if not root and sudo exists.
 # While installing, /usr/sbin/policy-rc.d answers 101 so the package does not start a Prometheus
 # server; whatever policy-rc.d was there before is put back afterwards, even on failure.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
+
+# --- moto (EC2 emulator for tests/cloud.rs) ---
+MOTO_VERSION=5.2.1
+if python3 -c 'import moto.server' >/dev/null 2>&1; then
+    echo "setup: moto server already installed ($(python3 -c 'import moto; print(moto.__version__)'))"
+else
+    command -v python3 >/dev/null 2>&1 || { echo "setup: python3 is needed for moto's server" >&2; exit 1; }
+    echo "setup: installing moto[server]==${MOTO_VERSION}"
+    # pip may be missing (a bare Debian): bring it in with ensurepip, else apt's python3-pip.
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m ensurepip --upgrade >/dev/null 2>&1 || {
+            apt_prefix=()
+            [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && apt_prefix=(sudo)
+            "${apt_prefix[@]}" apt-get update -q && "${apt_prefix[@]}" apt-get install -y -q --no-install-recommends python3-pip
+        }
+    fi
+    # Debian's system Python refuses global installs (PEP 668) unless told; a pyenv/venv Python does not need it.
+    python3 -m pip install -q "moto[server]==${MOTO_VERSION}" \
+        || python3 -m pip install -q --break-system-packages "moto[server]==${MOTO_VERSION}"
+    python3 -c 'import moto.server' || { echo "setup: moto still not importable" >&2; exit 1; }
+    echo "setup: moto[server] ${MOTO_VERSION} installed"
+fi
+
+# --- promtool ---
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

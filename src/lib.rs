@@ -7,6 +7,9 @@
 
 pub mod autoscale;
 pub mod bench;
+pub mod boot;
+#[cfg(feature = "cloud")]
+pub mod cloud;
 pub mod protocol;
 pub mod runtime;
 pub mod sim;

@@ -4,7 +4,7 @@ use autopaxos::protocol::state_machine::StateMachineKind;
 use autopaxos::protocol::{NodeId, RoleKind, Tunables};
 use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
 use autopaxos::runtime::load::{LoadControl, Workload};
-use autopaxos::runtime::local::{client_pool, cluster_node, run_local, thousands, LocalOptions};
+use autopaxos::runtime::local::{client_pool, run_local, thousands, LocalOptions};
 use autopaxos::runtime::{allowed_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan};
 use autopaxos::sim::network::FaultLevel;
 use autopaxos::sim::{run_seed, run_seeds, SimOptions};
@@ -91,6 +91,20 @@ enum Command {
     /// Size the stateless roles (batchers, proxy leaders, unbatchers) from live /metrics: scale out
     /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason.
     Autoscale(autopaxos::autoscale::AutoscaleArgs),
+    /// Start the role this machine was launched for, from its user-data (IMDSv2) or --user-data FILE.
+    Boot(autopaxos::boot::BootArgs),
+    /// Bake an AMI that boots any role (needs the `cloud` feature).
+    #[cfg(feature = "cloud")]
+    Ami(autopaxos::cloud::bake::AmiArgs),
+    /// Bake an AMI that boots any role (needs the `cloud` feature).
+    #[cfg(not(feature = "cloud"))]
+    Ami(autopaxos::boot::NotBuilt),
+    /// Launch, list and terminate a cluster on EC2 (needs the `cloud` feature).
+    #[cfg(feature = "cloud")]
+    Cloud(autopaxos::cloud::cluster::CloudArgs),
+    /// Launch, list and terminate a cluster on EC2 (needs the `cloud` feature).
+    #[cfg(not(feature = "cloud"))]
+    Cloud(autopaxos::boot::NotBuilt),
 }
 
 /// A core list as one argument (`0-3,6`); a newtype so clap takes it as one value, not many.
@@ -300,6 +314,15 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune(args),
         Command::Plan(args) => plan(args),
         Command::Autoscale(args) => autopaxos::autoscale::run(args),
+        Command::Boot(args) => autopaxos::boot::run(args),
+        #[cfg(feature = "cloud")]
+        Command::Ami(args) => autopaxos::cloud::bake::run(args),
+        #[cfg(not(feature = "cloud"))]
+        Command::Ami(args) => args.refuse("ami"),
+        #[cfg(feature = "cloud")]
+        Command::Cloud(args) => autopaxos::cloud::cluster::run(args),
+        #[cfg(not(feature = "cloud"))]
+        Command::Cloud(args) => args.refuse("cloud"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -459,47 +482,17 @@ fn client(args: ClientArgs) -> Result<(), String> {
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let tunables = tunables(&args.flags, file.tunables.clone())?;
-    let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
-    let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
-    for (i, &id) in args.node.iter().enumerate() {
-        match file.role_of(id) {
-            Some(k) if k == kind => {}
-            Some(other) => {
-                return Err(format!(
-                    "node {id} is a {} in {}, not a {}",
-                    other.name(),
-                    args.config.display(),
-                    kind.name()
-                ))
-            }
-            None => return Err(format!("node {id} is not in {}", args.config.display())),
-        }
-        let addr = file.addresses[&id];
-        let launch =
-            cluster_node(id, kind, addr, file.config.clone(), tunables.clone(), args.flags.state_machine);
-        per_core[i % cores.len()].1.push(launch);
-        tracing::info!(node = id, role = kind.name(), %addr, core = cores[i % cores.len()], "starting");
-    }
-    per_core.retain(|(_, launches)| !launches.is_empty());
-    let metrics_note = match metrics::install_exporter(args.metrics_addr) {
-        Ok(()) => format!("metrics on http://{}/metrics", args.metrics_addr),
-        Err(e) => {
-            tracing::warn!("{e}; continuing without metrics");
-            "no metrics".to_string()
-        }
-    };
-    let plan = ProcessPlan {
-        cluster_id: file.cluster_id.clone(),
-        cores: per_core,
-        addresses: file.addresses.clone(),
+    autopaxos::boot::run_nodes(autopaxos::boot::ServeOptions {
+        file,
+        origin: args.config.display().to_string(),
+        kind,
+        nodes: args.node,
+        tunables,
         read_budget: args.flags.read_budget,
-        stop: Arc::new(AtomicBool::new(false)),
-        spin_before_park: Duration::ZERO,
-    };
-    let running = start(plan, Instant::now())?;
-    tracing::info!("serving; {metrics_note}");
-    running.join();
-    Ok(())
+        cores: args.flags.cores.map(|c| c.0).unwrap_or_default(),
+        state_machine: args.flags.state_machine,
+        metrics_addr: args.metrics_addr,
+    })
 }
 
 fn tune(args: TuneArgs) -> Result<(), String> {
