@@ -619,13 +619,13 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
     );
     let mut scaler = Autoscaler { args: args.clone(), policy, fleet, statics, prev: Counters::new() };
     let t0 = Instant::now();
+    let mut next = t0;
     let mut interval = 0u64;
     loop {
         if args.max_intervals.is_some_and(|n| interval >= n) {
             return Ok(());
         }
-        let tick = t0 + args.interval * interval as u32;
-        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         for record in scaler.step(interval, t0.elapsed()) {
@@ -634,6 +634,19 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
             }
         }
         interval += 1;
+        next += args.interval;
+        // A step that overran (slow scrapes or EC2 calls) skips the ticks it missed rather than running
+        // them back to back, which would measure rates over a few milliseconds.
+        let now = Instant::now();
+        if next < now {
+            tracing::warn!(
+                "interval {} took {:.1?}, longer than --interval {:?}; skipping the missed ticks",
+                interval - 1,
+                now.duration_since(next - args.interval),
+                args.interval
+            );
+            next = now + args.interval;
+        }
     }
 }
 
