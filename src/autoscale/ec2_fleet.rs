@@ -243,6 +243,25 @@ mod tests {
     }
 
     #[test]
+    fn addresses_come_from_tags_else_the_private_ip_and_node_ids_from_the_nodes_tag() {
+        let mut i = ec2::Instance {
+            id: "i-1".into(),
+            state: "running".into(),
+            instance_type: "c5.large".into(),
+            private_ip: Some("10.0.0.5".into()),
+            tags: [(TAG_NODES.to_string(), "3/0,4/0".to_string())].into(),
+        };
+        assert_eq!(max_node_id(&i), Some(4));
+        assert_eq!(tag_addr(&i, TAG_ADDRESS, 7000), Some("10.0.0.5:7000".parse().unwrap()));
+        i.tags.insert(TAG_ADDRESS.into(), "127.0.0.1:9".into());
+        assert_eq!(tag_addr(&i, TAG_ADDRESS, 7000), Some("127.0.0.1:9".parse().unwrap()));
+        i.private_ip = None;
+        assert_eq!(tag_addr(&i, TAG_METRICS_ADDRESS, 16000), None);
+        i.tags.insert(TAG_NODES.into(), "builder".into());
+        assert_eq!(max_node_id(&i), None);
+    }
+
+    #[test]
     fn tags_name_cluster_role_node_manager_and_address() {
         let t = tags(&settings(), RoleKind::Batcher, 42);
         let get = |k: &str| t.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
