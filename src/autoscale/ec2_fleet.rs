@@ -106,6 +106,12 @@ fn max_node_id(i: &ec2::Instance) -> Option<NodeId> {
     i.tags.get(TAG_NODES)?.split(',').filter_map(|e| e.split('/').next()?.trim().parse().ok()).max()
 }
 
+/// How many nodes an instance runs: the entries of its `autopaxos:nodes` tag, at least 1.
+fn node_count(i: &ec2::Instance) -> u32 {
+    let n = i.tags.get(TAG_NODES).map_or(0, |t| t.split(',').filter(|e| !e.trim().is_empty()).count());
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
 /// A fleet of EC2 instances.
 pub struct Ec2Fleet {
     ec2: Ec2,
@@ -165,6 +171,7 @@ impl Fleet for Ec2Fleet {
                     address: tag_addr(&i, TAG_ADDRESS, self.settings.node_port),
                     metrics_address: tag_addr(&i, TAG_METRICS_ADDRESS, self.settings.metrics_port),
                     managed: i.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE),
+                    nodes: node_count(&i),
                 };
                 Some((max_node_id(&i), node))
             })
@@ -252,6 +259,7 @@ mod tests {
             tags: [(TAG_NODES.to_string(), "3/0,4/0".to_string())].into(),
         };
         assert_eq!(max_node_id(&i), Some(4));
+        assert_eq!(node_count(&i), 2);
         assert_eq!(tag_addr(&i, TAG_ADDRESS, 7000), Some("10.0.0.5:7000".parse().unwrap()));
         i.tags.insert(TAG_ADDRESS.into(), "127.0.0.1:9".into());
         assert_eq!(tag_addr(&i, TAG_ADDRESS, 7000), Some("127.0.0.1:9".parse().unwrap()));
@@ -259,6 +267,8 @@ mod tests {
         assert_eq!(tag_addr(&i, TAG_METRICS_ADDRESS, 16000), None);
         i.tags.insert(TAG_NODES.into(), "builder".into());
         assert_eq!(max_node_id(&i), None);
+        i.tags.remove(TAG_NODES);
+        assert_eq!(node_count(&i), 1);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Instance {
     pub metrics_address: Option<SocketAddr>,
     /// Launched by the autoscaler (only those are ever terminated by it).
     pub managed: bool,
+    /// Nodes it runs (one per core; an instance of `cloud up` may run several, a launched one runs one).
+    pub nodes: u32,
 }
 
 /// What draining a node found.
@@ -138,6 +140,7 @@ impl Fleet for DryRun {
                 address: None,
                 metrics_address: None,
                 managed: true,
+                nodes: 1,
             });
             ids.push(id);
         }
@@ -507,8 +510,8 @@ impl Autoscaler {
             .iter()
             .map(|&role| {
                 let fixed = self.statics.iter().filter(|n| n.role == role.name()).count();
-                let fleet = instances.iter().filter(|i| i.role == role).count();
-                Observation { role, load, nodes: (fixed + fleet) as u32 }
+                let fleet: u32 = instances.iter().filter(|i| i.role == role).map(|i| i.nodes).sum();
+                Observation { role, load, nodes: fixed as u32 + fleet }
             })
             .collect();
         let decisions = self.policy.decide(now, &observations);
@@ -687,7 +690,7 @@ mod tests {
     }
 
     fn node(id: &str, role: RoleKind, managed: bool) -> Instance {
-        Instance { id: id.into(), role, address: None, metrics_address: None, managed }
+        Instance { id: id.into(), role, address: None, metrics_address: None, managed, nodes: 1 }
     }
 
     fn scaler(fleet: FakeFleet) -> Autoscaler {
@@ -770,6 +773,20 @@ mod tests {
         assert_eq!(acted.len(), 3, "{acted:?}");
         assert!(acted.iter().all(|r| r.launched.len() == 2 && r.decision.to == 3 && r.error.is_none()));
         assert_eq!(s.fleet.instances().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn an_instance_running_several_nodes_counts_them_all() {
+        let mut fleet = FakeFleet::default();
+        fleet.nodes.push(Instance { nodes: 4, ..node("b", RoleKind::Batcher, false) });
+        let mut s = scaler(fleet);
+        // 20,000 cmds/s needs 3 nodes; the one instance runs 4: no scale out (and nothing to scale in).
+        let instances = s.fleet.instances().unwrap();
+        s.decide_and_act(0, Duration::ZERO, &instances, Some(20_000.0));
+        let recs = s.decide_and_act(1, Duration::from_secs(1), &instances, Some(20_000.0));
+        let batcher = recs.iter().find(|r| r.decision.role == "batcher").unwrap();
+        assert_eq!(batcher.decision.nodes, 4);
+        assert!(!batcher.decision.acts(), "{:?}", batcher.decision);
     }
 
     #[test]
