@@ -589,6 +589,12 @@ mod tests {
     }
 
     #[test]
+    fn commands_not_built_say_how_to_get_them() {
+        let e = NotBuilt { args: vec!["up".into()] }.refuse("cloud").unwrap_err();
+        assert!(e.contains("`autopaxos cloud`") && e.contains("--features cloud"), "{e}");
+    }
+
+    #[test]
     fn imds_client_fetches_user_data_with_a_token() {
         let (addr, server) = fake_imds(Some("cluster = \"demo\"\n"));
         let imds = Imds { addr, timeout: Duration::from_secs(2) };

@@ -42,6 +42,12 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `n` distinct free ports: all are held until all are picked, so none is handed out twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
 /// A moto server on loopback, killed when dropped (also when the test panics).
 struct Moto {
     child: Child,
@@ -307,8 +313,8 @@ fn unreachable_endpoint_and_missing_credentials_fail_fast_and_clearly() {
 /// `autopaxos boot --user-data FILE` starts the node and it serves; prints process start to serving.
 #[test]
 fn boot_from_a_user_data_file_serves_quickly() {
-    let port = free_port();
-    let metrics = free_port();
+    let ports = free_ports(12);
+    let (port, metrics) = (ports[0], ports[1]);
     let mut cluster = format!(
         "[cluster]\nid = \"b1\"\nf = 1\n[[node]]\nid = 9\nrole = \"batcher\"\naddress = \"127.0.0.1:{port}\"\n"
     );
@@ -323,10 +329,9 @@ fn boot_from_a_user_data_file_serves_quickly() {
         (8, "replica", ""),
         (10, "unbatcher", ""),
     ];
-    for (id, role, extra) in others {
+    for ((id, role, extra), p) in others.into_iter().zip(&ports[2..]) {
         cluster.push_str(&format!(
-            "[[node]]\nid = {id}\nrole = \"{role}\"\naddress = \"127.0.0.1:{}\"\n{extra}",
-            free_port()
+            "[[node]]\nid = {id}\nrole = \"{role}\"\naddress = \"127.0.0.1:{p}\"\n{extra}"
         ));
     }
     let ud = temp_file(
@@ -374,4 +379,98 @@ fn boot_from_a_user_data_file_serves_quickly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A minimal IMDSv2 on loopback: answers PUT /latest/api/token with a token, then GET /latest/user-data
+/// carrying that token with `user_data`; anything else gets 401. Serves two connections.
+fn fake_imds(user_data: String) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&b[..n]);
+            }
+            let req = String::from_utf8(req).unwrap();
+            let reply = if req.starts_with("PUT /latest/api/token ") {
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ntoken".to_string()
+            } else if req.starts_with("GET /latest/user-data ")
+                && req.contains("X-aws-ec2-metadata-token: token\r\n")
+            {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{user_data}", user_data.len())
+            } else {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+            };
+            s.write_all(reply.as_bytes()).unwrap();
+            seen.push(req.lines().next().unwrap_or_default().to_string());
+        }
+        seen
+    });
+    (addr, h)
+}
+
+/// `autopaxos boot` with no --user-data asks the metadata service (here a loopback stand-in, never
+/// 169.254.169.254) with an IMDSv2 token and starts the role it names.
+#[test]
+fn boot_reads_its_user_data_from_imds_v2_and_serves() {
+    let ports = free_ports(11);
+    let port = ports[0];
+    let mut cluster = format!(
+        "[cluster]\nid = \"b2\"\nf = 1\n[[node]]\nid = 6\nrole = \"proxy-leader\"\naddress = \"127.0.0.1:{port}\"\n"
+    );
+    for ((id, role, extra), p) in [
+        (1, "proposer", ""),
+        (2, "proposer", ""),
+        (3, "acceptor", "group = 0\n"),
+        (4, "acceptor", "group = 0\n"),
+        (5, "acceptor", "group = 0\n"),
+        (7, "replica", ""),
+        (8, "replica", ""),
+        (9, "batcher", ""),
+        (10, "unbatcher", ""),
+    ]
+    .into_iter()
+    .zip(&ports[1..10])
+    {
+        cluster.push_str(&format!(
+            "[[node]]\nid = {id}\nrole = \"{role}\"\naddress = \"127.0.0.1:{}\"\n{extra}",
+            p
+        ));
+    }
+    let ud = format!(
+        "cluster = \"b2\"\nrole = \"proxy-leader\"\nnodes = [6]\nmetrics_addr = \"127.0.0.1:{}\"\n\
+         cluster_file = '''\n{cluster}'''\n",
+        ports[10]
+    );
+    let (imds, server) = fake_imds(ud);
+    let mut child = Command::new(BIN)
+        .args(["boot", "--imds-addr", &imds.to_string(), "--imds-timeout", "2s", "--cores", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let t0 = Instant::now();
+    let served = loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || t0.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(served, "boot from IMDS did not serve: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.join().unwrap(), ["PUT /latest/api/token HTTP/1.1", "GET /latest/user-data HTTP/1.1"]);
 }
