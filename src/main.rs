@@ -91,6 +91,11 @@ enum Command {
     /// Size the stateless roles (batchers, proxy leaders, unbatchers) from live /metrics: scale out
     /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason.
     Autoscale(autopaxos::autoscale::AutoscaleArgs),
+    /// Ask a batcher, proxy leader or unbatcher to drain and leave the cluster; waits until it has.
+    ///
+    /// The node stops taking new work, finishes what it holds, reports that it left, and exits. The
+    /// last node of a role in service cannot leave until another joins. Exit status 1 on timeout.
+    Leave(LeaveArgs),
     /// Start the role this machine was launched for, from its user-data (IMDSv2) or --user-data FILE.
     Boot(autopaxos::boot::BootArgs),
     /// Bake an AMI that boots any role (needs the `cloud` feature).
@@ -195,8 +200,35 @@ struct RoleArgs {
     /// Serve Prometheus metrics here.
     #[arg(long, default_value = "0.0.0.0:16000")]
     metrics_addr: SocketAddr,
+    /// Join the running cluster: the node (batcher, proxy leader or unbatcher) is not in the cluster
+    /// file; it announces itself to the proposers and serves until told to leave (`autopaxos leave`).
+    #[arg(long, requires = "listen")]
+    join: bool,
+    /// With --join: where this node listens.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// With --join: where the others reach this node, if not at --listen (e.g. when listening on
+    /// 0.0.0.0).
+    #[arg(long, requires = "join")]
+    advertise: Option<SocketAddr>,
     #[command(flatten)]
     flags: NodeFlags,
+}
+
+#[derive(Args)]
+struct LeaveArgs {
+    /// The cluster file (its cluster id; the node's address if it is configured there).
+    #[arg(long)]
+    config: PathBuf,
+    /// The node to drain.
+    #[arg(long)]
+    node: NodeId,
+    /// Its address, for a node that joined at runtime (not in the file).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// How long to wait for it to drain.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -223,6 +255,10 @@ struct SimArgs {
     /// How hostile the network and nodes are.
     #[arg(long, value_enum, default_value_t = FaultLevel::Heavy)]
     faults: FaultLevel,
+    /// Membership churn: stateless nodes join the running cluster and others drain and leave,
+    /// during the faults; every leave must complete.
+    #[arg(long)]
+    churn: bool,
     /// Worker threads (default: the cores this process may use).
     #[arg(long)]
     threads: Option<usize>,
@@ -315,6 +351,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args),
         Command::Autoscale(args) => autopaxos::autoscale::run(args),
         Command::Boot(args) => autopaxos::boot::run(args),
+        Command::Leave(args) => leave(args),
         #[cfg(feature = "cloud")]
         Command::Ami(args) => autopaxos::cloud::bake::run(args),
         #[cfg(not(feature = "cloud"))]
@@ -482,6 +519,28 @@ fn client(args: ClientArgs) -> Result<(), String> {
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let tunables = tunables(&args.flags, file.tunables.clone())?;
+    if args.join {
+        let [id] = args.node[..] else {
+            return Err(format!("--join starts one node; got {} ids", args.node.len()));
+        };
+        let core = args.flags.cores.map_or_else(allowed_cores, |c| c.0)[0];
+        return autopaxos::runtime::admin::serve_joining(autopaxos::runtime::admin::JoinOptions {
+            file,
+            kind,
+            id,
+            listen: args.listen.expect("clap requires --listen with --join"),
+            advertise: args.advertise,
+            tunables,
+            read_budget: args.flags.read_budget,
+            core,
+            metrics_addr: args.metrics_addr,
+        });
+    }
+    if args.listen.is_some() {
+        return Err(
+            "--listen is only for --join: a configured node listens at its address in the file".into()
+        );
+    }
     autopaxos::boot::run_nodes(autopaxos::boot::ServeOptions {
         file,
         origin: args.config.display().to_string(),
@@ -493,6 +552,23 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         state_machine: args.flags.state_machine,
         metrics_addr: args.metrics_addr,
     })
+}
+
+fn leave(args: LeaveArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let addr = match (args.addr, file.addresses.get(&args.node)) {
+        (Some(addr), _) => addr,
+        (None, Some(&addr)) => addr,
+        (None, None) => {
+            return Err(format!("node {} is not in {}: give its --addr", args.node, args.config.display()))
+        }
+    };
+    // An id no cluster node uses: the admin connection is a client of the node for its answer.
+    let admin_id = 4_000_000_000 + std::process::id() % 100_000_000;
+    let started = Instant::now();
+    autopaxos::runtime::admin::request_leave(&file.cluster_id, addr, admin_id, args.timeout)?;
+    println!("node {} at {addr} drained and left in {:.2?}", args.node, started.elapsed());
+    Ok(())
 }
 
 fn tune(args: TuneArgs) -> Result<(), String> {
@@ -724,7 +800,7 @@ struct BenchArgs {
 }
 
 fn sim(args: SimArgs) -> ExitCode {
-    let opts = SimOptions::new(args.faults);
+    let opts = SimOptions { churn: args.churn, ..SimOptions::new(args.faults) };
     if let Some(seed) = args.seed {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
@@ -745,6 +821,12 @@ fn sim(args: SimArgs) -> ExitCode {
             outcome.end_us as f64 / 1e6,
             if outcome.inconclusive { ", linearizability inconclusive" } else { "" }
         );
+        if args.churn {
+            println!(
+                "seed {seed}: {} nodes joined, {} drained and left, {} messages reached a node after it left",
+                outcome.joined, outcome.left, outcome.after_left
+            );
+        }
         println!("1 seeds, {} violations", usize::from(!outcome.violations.is_empty()));
         return if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
@@ -764,6 +846,9 @@ fn sim(args: SimArgs) -> ExitCode {
         summary.inconclusive,
         started.elapsed().as_secs_f64()
     );
+    if args.churn {
+        eprintln!("churn: {} nodes joined, {} drained and left", summary.joined, summary.left);
+    }
     println!("{} seeds, {} violations", summary.seeds, summary.failures.len());
     if summary.failures.is_empty() {
         ExitCode::SUCCESS

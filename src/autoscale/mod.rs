@@ -57,8 +57,10 @@ pub struct Instance {
 pub enum Drained {
     /// Nothing listens at its cluster address (or it has none): nothing can be in flight there.
     NotServing,
-    /// It accepted a connection: it serves, and it was not asked to leave, so it must not be terminated.
+    /// It serves and did not drain, so it must not be terminated.
     Serving,
+    /// It was asked to leave, drained (nothing in flight) and reported that it left.
+    Left,
     /// A dry run: nothing was contacted.
     DryRun,
 }
@@ -69,34 +71,45 @@ pub trait Fleet {
     fn instances(&mut self) -> Result<Vec<Instance>, FleetError>;
     /// Starts `count` nodes of `role`; returns their ids.
     fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError>;
-    /// Makes sure nothing is in flight at `node` before it is terminated (see [`drain_node`]).
-    fn drain(&mut self, node: &Instance) -> Result<Drained, FleetError> {
-        drain_node(node.address, Duration::from_secs(1))
+    /// Makes sure nothing is in flight at `node` of cluster `cluster_id` before it is terminated
+    /// (see [`drain_node`]).
+    fn drain(&mut self, cluster_id: &str, node: &Instance, timeout: Duration) -> Result<Drained, FleetError> {
+        drain_node(cluster_id, node.address, timeout)
     }
     /// Stops the nodes `ids`.
     fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError>;
 }
 
-/// The drain step before a node is terminated. It connects to the node's cluster address with a
-/// `timeout`: "connection refused" means nothing listens there, so the node is not serving and nothing
-/// can be in flight at it ([`Drained::NotServing`]); a node with no known address has never been
-/// reachable by its peers and counts the same. A node that accepts the connection is serving and is
-/// reported as [`Drained::Serving`], which keeps it running. Any other failure (a timeout, an
-/// unreachable host) is an error: whether work is in flight is unknown, so the node is kept too.
-pub fn drain_node(address: Option<SocketAddr>, timeout: Duration) -> Result<Drained, FleetError> {
+/// The drain step before a node is terminated. It connects to the node's cluster address:
+/// "connection refused" means nothing listens there, so the node is not serving and nothing can be in
+/// flight at it ([`Drained::NotServing`]); a node with no known address has never been reachable by
+/// its peers and counts the same. A node that answers is asked to leave (`Msg::Leave`, as
+/// `autopaxos leave` does): it stops taking new work, finishes what it holds and reports `Left`
+/// ([`Drained::Left`]). Any failure (it does not drain within `timeout`, an unreachable host) is an
+/// error: whether work is in flight is unknown, so the node is kept.
+pub fn drain_node(
+    cluster_id: &str,
+    address: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<Drained, FleetError> {
     let Some(addr) = address else {
         tracing::info!("drain: no cluster address known: not serving, nothing in flight");
         return Ok(Drained::NotServing);
     };
-    match TcpStream::connect_timeout(&addr, timeout) {
+    match TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(2))) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             tracing::info!(%addr, "drain: connection refused: not serving, nothing in flight");
             Ok(Drained::NotServing)
         }
         Err(e) => Err(FleetError(format!("drain: cannot tell whether {addr} serves: {e}"))),
-        Ok(_) => {
-            tracing::warn!(%addr, "drain: the node serves and cannot be asked to leave: keeping it");
-            Ok(Drained::Serving)
+        Ok(probe) => {
+            drop(probe);
+            // An id no cluster node uses: the node answers `Left` over this connection.
+            let admin_id = 4_100_000_000 + std::process::id() % 100_000_000;
+            crate::runtime::admin::request_leave(cluster_id, addr, admin_id, timeout)
+                .map_err(|e| FleetError(format!("drain: {e}")))?;
+            tracing::info!(%addr, "drain: the node drained and left");
+            Ok(Drained::Left)
         }
     }
 }
@@ -147,7 +160,12 @@ impl Fleet for DryRun {
         Ok(ids)
     }
 
-    fn drain(&mut self, _node: &Instance) -> Result<Drained, FleetError> {
+    fn drain(
+        &mut self,
+        _cluster_id: &str,
+        _node: &Instance,
+        _timeout: Duration,
+    ) -> Result<Drained, FleetError> {
         Ok(Drained::DryRun)
     }
 
@@ -228,6 +246,10 @@ pub struct AutoscaleArgs {
     /// Log (and with --json print) every decision, but launch, drain and terminate nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How long a node being removed may take to drain (finish its in-flight work) before the
+    /// autoscaler gives up on removing it this time.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
     /// Fraction of each node's measured capacity kept spare, at least 0 and below 1.
     #[arg(long, default_value_t = 0.3)]
     pub headroom: f64,
@@ -455,9 +477,9 @@ impl Autoscaler {
                 }
                 let mut ready = Vec::new();
                 for node in candidates {
-                    match self.fleet.drain(node) {
+                    match self.fleet.drain(&self.args.cluster, node, self.args.drain_timeout) {
                         Ok(Drained::Serving) => {
-                            errors.push(format!("{} serves and cannot be asked to leave: kept", node.id))
+                            errors.push(format!("{} serves and did not drain: kept", node.id))
                         }
                         Ok(_) => ready.push(node.id.clone()),
                         Err(e) => errors.push(format!("{}: {e}", node.id)),
@@ -679,7 +701,12 @@ mod tests {
             }
             Ok(ids)
         }
-        fn drain(&mut self, n: &Instance) -> Result<Drained, FleetError> {
+        fn drain(
+            &mut self,
+            _cluster_id: &str,
+            n: &Instance,
+            _timeout: Duration,
+        ) -> Result<Drained, FleetError> {
             Ok(if self.serving.contains(&n.id) { Drained::Serving } else { Drained::NotServing })
         }
         fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
@@ -809,7 +836,7 @@ mod tests {
         assert_eq!(ids, vec!["dry-run-batcher-1", "dry-run-batcher-2"]);
         assert_eq!(f.instances().unwrap().len(), 2);
         let first = f.instances().unwrap().remove(0);
-        assert_eq!(f.drain(&first).unwrap(), Drained::DryRun);
+        assert_eq!(f.drain("c", &first, Duration::from_secs(1)).unwrap(), Drained::DryRun);
         f.terminate(&ids[..1]).unwrap();
         let left = f.instances().unwrap();
         assert_eq!(left.len(), 1);
@@ -817,13 +844,14 @@ mod tests {
     }
 
     #[test]
-    fn drain_treats_refused_as_not_serving_and_a_listener_as_serving() {
+    fn drain_treats_refused_as_not_serving_and_keeps_a_listener_that_does_not_drain() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap();
-        assert_eq!(drain_node(Some(open), Duration::from_secs(1)).unwrap(), Drained::Serving);
+        // Something listens but never reports leaving: an error, so the node is kept.
+        assert!(drain_node("c", Some(open), Duration::from_millis(300)).is_err());
         drop(listener);
-        assert_eq!(drain_node(Some(open), Duration::from_secs(1)).unwrap(), Drained::NotServing);
-        assert_eq!(drain_node(None, Duration::from_secs(1)).unwrap(), Drained::NotServing);
+        assert_eq!(drain_node("c", Some(open), Duration::from_secs(1)).unwrap(), Drained::NotServing);
+        assert_eq!(drain_node("c", None, Duration::from_secs(1)).unwrap(), Drained::NotServing);
     }
 
     #[test]

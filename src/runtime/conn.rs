@@ -192,7 +192,7 @@ async fn serve_inner(
     // messages to it as well.
     let adopted = match outbound {
         Some(_) => None,
-        None if !host.settings.addresses.contains_key(&peer_id) => {
+        None if !host.settings.addresses.borrow().contains_key(&peer_id) => {
             let (peer, wake) = Peer::new();
             host.adopt_peer(peer_id, peer.clone()).then_some((peer, wake))
         }

@@ -280,6 +280,12 @@ impl Role for ClientPool {
                     client.handle_message(now, from, msg.clone(), out);
                 }
             }
+            // Which batchers are in service: every client sends to them from now on.
+            Msg::Membership(view) => {
+                for client in &mut self.clients {
+                    client.on_view(&view);
+                }
+            }
             _ => out.dropped("client pool: unexpected message"),
         }
         merge_requests(out, first_new);

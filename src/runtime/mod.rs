@@ -2,6 +2,7 @@
 //! share nothing with other cores on the hot path; connections, read budgets, timers, metrics.
 //! The runtime moves bytes and keeps time. Every protocol decision is the role's (`src/protocol/`).
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod load;
@@ -125,6 +126,7 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
 /// other node's address; nodes then dial each other on their own.
 pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
     let book = Arc::new(Mutex::new(plan.addresses));
+    let alone = plan.cores.iter().map(|(_, launches)| launches.len()).sum::<usize>() == 1;
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let barrier = Arc::new(Barrier::new(plan.cores.len() + 1));
     let mut handles = Vec::new();
@@ -165,8 +167,9 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                 }
                 let settings = NodeSettings {
                     cluster_id: cluster_id.into(),
-                    addresses: Rc::new(book.lock().expect("not poisoned").clone()),
+                    addresses: Rc::new(RefCell::new(book.lock().expect("not poisoned").clone())),
                     read_budget,
+                    stop_when_left: alone.then(|| stop.clone()),
                 };
                 let context = ExecutorContext {
                     now: epoch.elapsed().as_micros() as Time,

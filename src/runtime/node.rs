@@ -13,6 +13,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes queued for one peer before further messages to it are dropped (the protocol retries what
@@ -44,8 +46,11 @@ impl Peer {
 pub struct NodeSettings {
     /// Nodes of other clusters are refused at the handshake.
     pub cluster_id: Rc<str>,
-    /// Where every configured node listens.
-    pub addresses: Rc<BTreeMap<NodeId, SocketAddr>>,
+    /// Where every configured node listens, and nodes that joined at runtime as views and joins
+    /// reveal them (a configured address is never replaced).
+    pub addresses: Rc<RefCell<BTreeMap<NodeId, SocketAddr>>>,
+    /// Set when a node that is alone in its process drains and leaves: the process then exits.
+    pub stop_when_left: Option<Arc<AtomicBool>>,
     /// Frames one connection handles before yielding to the others.
     pub read_budget: usize,
 }
@@ -98,9 +103,49 @@ impl Host {
     /// Hands one message to the role and routes what it sends.
     pub fn deliver(self: &Rc<Self>, from: NodeId, msg: Msg) {
         let now = self.now();
+        if matches!(msg, Msg::Join { .. } | Msg::Membership(_)) {
+            self.learn_addresses(from, &msg);
+        }
         let mut out = self.out.borrow_mut();
         self.role.borrow_mut().handle_message(now, from, msg, &mut out);
         self.flush(&mut out);
+    }
+
+    /// Records where nodes that joined at runtime listen, and dials them at once: a node without a
+    /// listen address (a client pool) can only get replies from an unbatcher over its own connection.
+    fn learn_addresses(self: &Rc<Self>, from: NodeId, msg: &Msg) {
+        let found: Vec<(NodeId, &str)> = match msg {
+            Msg::Join { addr, .. } => vec![(from, addr.as_str())],
+            Msg::Membership(view) => view.addresses().collect(),
+            _ => return,
+        };
+        let mut learned = Vec::new();
+        let mut book = self.settings.addresses.borrow_mut();
+        for (id, addr) in found {
+            if id == self.id || book.contains_key(&id) {
+                continue;
+            }
+            match addr.parse::<SocketAddr>() {
+                Ok(parsed) => {
+                    tracing::info!(node = self.id, peer = id, %parsed, "learned the address of a node that joined");
+                    book.insert(id, parsed);
+                    learned.push(id);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        node = self.id,
+                        peer = id,
+                        addr,
+                        "ignoring an address that is not ip:port"
+                    );
+                    self.metrics.bad_frame("bad address in a join or view");
+                }
+            }
+        }
+        drop(book);
+        for id in learned {
+            self.connect(id);
+        }
     }
 
     fn on_timeout(self: &Rc<Self>) {
@@ -116,6 +161,9 @@ impl Host {
         }
         for event in out.events.drain(..) {
             self.metrics.event(&event);
+            if matches!(event, crate::protocol::Event::Left) {
+                self.on_left();
+            }
         }
         // Wake the timer task only if the role now wants to be called earlier than it sleeps.
         if let Some(at) = self.role.borrow().poll_timeout() {
@@ -125,12 +173,27 @@ impl Host {
         }
     }
 
+    /// The role drained and reported `Left`. A node alone in its process stops the process once its
+    /// last messages (the `Left` reports) had a moment to go out.
+    fn on_left(self: &Rc<Self>) {
+        let Some(stop) = self.settings.stop_when_left.clone() else {
+            tracing::info!(node = self.id, "drained and left; the process keeps serving its other nodes");
+            return;
+        };
+        tracing::info!(node = self.id, "drained and left; stopping");
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+        .detach();
+    }
+
     /// The send queue of `to`, dialling it first if there is none yet and its address is known.
     pub fn connect(self: &Rc<Self>, to: NodeId) -> Option<Rc<Peer>> {
         if let Some(peer) = self.peers.borrow().get(&to) {
             return Some(peer.clone());
         }
-        let addr = *self.settings.addresses.get(&to)?;
+        let addr = *self.settings.addresses.borrow().get(&to)?;
         let (peer, wake_rx) = Peer::new();
         self.peers.borrow_mut().insert(to, peer.clone());
         glommio::spawn_local(conn::dial_loop(self.clone(), to, addr, peer.clone(), wake_rx)).detach();

@@ -1,0 +1,132 @@
+//! Membership on loopback with real processes: stateless nodes join a running cluster under load and
+//! take work; others drain and leave while the load runs, and no acknowledged write is lost.
+
+mod common;
+
+use common::{metric_sum, scrape, Cluster, Proc};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().find(|l| l.starts_with("verify:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let intact = words.get(1)?.parse().ok()?;
+    let lost_at = words.iter().position(|w| *w == "lost")?;
+    let lost = words.get(lost_at.checked_sub(1)?)?.parse().ok()?;
+    Some((intact, lost))
+}
+
+struct Joiner {
+    id: u32,
+    role: &'static str,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    proc: Proc,
+}
+
+fn frames_out(j: &Joiner) -> f64 {
+    scrape(j.metrics).map_or(0.0, |text| metric_sum(&text, "autopaxos_frames_out_total", &[]))
+}
+
+fn leave(cluster: &Cluster, node: u32, addr: Option<SocketAddr>) -> (bool, String) {
+    let mut args = vec![
+        "leave".to_string(),
+        "--config".into(),
+        cluster.config.display().to_string(),
+        "--node".into(),
+        node.to_string(),
+        "--timeout".into(),
+        "30s".into(),
+    ];
+    if let Some(addr) = addr {
+        args.extend(["--addr".to_string(), addr.to_string()]);
+    }
+    let mut proc = Proc::spawn(&cluster.dir, &format!("leave{node}"), &args);
+    let status = proc.wait(Duration::from_secs(45));
+    (status.success(), format!("{}{}", proc.stdout_text(), proc.stderr_text()))
+}
+
+#[test]
+fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_write() {
+    let _serial = common::serialize();
+    let mut cluster = Cluster::start("membership");
+    let ports = common::free_ports(6);
+    let mut joiners: Vec<Joiner> = Vec::new();
+    for (i, (id, role)) in [(11, "unbatcher"), (12, "proxy-leader"), (13, "batcher")].into_iter().enumerate()
+    {
+        let addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+        let args: Vec<String> = [
+            role,
+            "--config",
+            &cluster.config.display().to_string(),
+            "--node",
+            &id.to_string(),
+            "--join",
+            "--listen",
+            &addr.to_string(),
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--cores",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc::spawn(&cluster.dir, &format!("join{id}-{role}"), &args);
+        joiners.push(Joiner { id, role, addr, metrics, proc });
+    }
+
+    let client = cluster.spawn_client(
+        "client",
+        &["--duration", "8s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
+    );
+    // Every joined node takes work: well beyond its few announcements per second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for j in &mut joiners {
+        loop {
+            let sent = frames_out(j);
+            if sent > 200.0 {
+                eprintln!("joined {} {} has sent {sent} frames", j.role, j.id);
+                break;
+            }
+            assert!(j.proc.is_running(), "joined {} {} exited:\n{}", j.role, j.id, j.proc.stderr_text());
+            assert!(Instant::now() < deadline, "joined {} {} took no work ({sent} frames out)", j.role, j.id);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // Under the same load, the configured batcher and the joined proxy leader drain and leave.
+    let started = Instant::now();
+    let (ok, said) = leave(&cluster, 9, None);
+    assert!(ok, "batcher 9 did not leave: {said}");
+    let proxy = joiners.iter().find(|j| j.id == 12).expect("joined");
+    let (ok, said) = leave(&cluster, 12, Some(proxy.addr));
+    assert!(ok, "proxy leader 12 did not leave: {said}");
+    eprintln!("batcher 9 and proxy leader 12 drained and left in {:.2?}", started.elapsed());
+    // A node that left exits by itself.
+    let status = joiners.iter_mut().find(|j| j.id == 12).expect("joined").proc.wait(Duration::from_secs(10));
+    assert!(status.success(), "the proxy leader that left exited with {status}");
+    let status = cluster.proc_mut(9).wait(Duration::from_secs(10));
+    assert!(status.success(), "the batcher that left exited with {status}");
+
+    let proc = &mut cluster.extra[client];
+    let status = proc.wait(Duration::from_secs(90));
+    let stdout = proc.stdout_text();
+    let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
+    assert!(status.success(), "the client failed ({status}):\n{context}");
+    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
+    assert!(intact > 0, "nothing was read back:\n{context}");
+
+    // The last proxy leader in service (6, now that 12 left) cannot leave: the request times out.
+    let mut args: Vec<String> = ["leave", "--config", &cluster.config.display().to_string(), "--node", "6"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--timeout".to_string(), "2s".to_string()]);
+    let mut refused = Proc::spawn(&cluster.dir, "leave6", &args);
+    let status = refused.wait(Duration::from_secs(20));
+    assert!(!status.success(), "the last proxy leader left:\n{}", refused.stdout_text());
+    assert!(refused.stderr_text().contains("had not drained"), "{}", refused.stderr_text());
+}
