@@ -37,15 +37,6 @@ fn progress_lines(stderr: &str) -> Vec<Progress> {
 }
 
 /// `verify: N acknowledged writes read back intact, M lost (...)` → (N, M).
-fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
-    let line = stdout.lines().find(|l| l.starts_with("verify:"))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let intact = words.get(1)?.parse().ok()?;
-    let lost_at = words.iter().position(|w| *w == "lost")?;
-    let lost = words.get(lost_at.checked_sub(1)?)?.parse().ok()?;
-    Some((intact, lost))
-}
-
 #[test]
 fn the_leader_is_killed_under_load_and_the_cluster_carries_on_without_losing_an_acknowledged_write() {
     let _serial = common::serialize();
@@ -78,7 +69,7 @@ fn the_leader_is_killed_under_load_and_the_cluster_carries_on_without_losing_an_
     let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
     let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
     assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
     assert!(cluster.elections_won(2) >= 1.0, "proposer 2 took over");
@@ -252,7 +243,7 @@ fn garbage_sent_to_any_node_closes_only_that_connection_and_the_node_keeps_servi
         Duration::from_secs(60),
     );
     assert!(ok, "the client failed after the garbage:\n{stdout}\n{stderr}");
-    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{stdout}"));
+    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{stdout}"));
     assert!(lost == 0 && intact > 0, "{stdout}");
 }
 

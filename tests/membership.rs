@@ -7,15 +7,6 @@ use common::{metric_sum, scrape, Cluster, Proc};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
-    let line = stdout.lines().find(|l| l.starts_with("verify:"))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let intact = words.get(1)?.parse().ok()?;
-    let lost_at = words.iter().position(|w| *w == "lost")?;
-    let lost = words.get(lost_at.checked_sub(1)?)?.parse().ok()?;
-    Some((intact, lost))
-}
-
 struct Joiner {
     id: u32,
     role: &'static str,
@@ -115,7 +106,7 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
     let stdout = proc.stdout_text();
     let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
     assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
 

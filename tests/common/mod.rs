@@ -526,3 +526,13 @@ pub fn has_metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> bool {
         n == name && want.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
     })
 }
+
+/// `client --verify`'s counts from its stdout: (writes read back intact, writes lost).
+pub fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().find(|l| l.starts_with("verify:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let intact = words.get(1)?.parse().ok()?;
+    let lost_at = words.iter().position(|w| *w == "lost")?;
+    let lost = words.get(lost_at.checked_sub(1)?)?.parse().ok()?;
+    Some((intact, lost))
+}
