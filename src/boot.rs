@@ -171,6 +171,13 @@ pub struct UserData {
     /// Node k of an instance listens on `base_port + k` (`discovery = "tags"`).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
+    /// The node (one batcher, proxy leader or unbatcher) joins the running cluster rather than
+    /// being one of its configured nodes: how the autoscaler adds nodes.
+    #[serde(default)]
+    pub join: bool,
+    /// With `join`: where the others reach it; default: this instance's private address (from the
+    /// metadata service) and `base_port`.
+    pub advertise: Option<SocketAddr>,
 }
 
 fn default_metrics_addr() -> SocketAddr {
@@ -250,6 +257,23 @@ impl UserData {
         if ud.read_budget == 0 {
             return Err(field("read_budget", "must be at least 1".into()));
         }
+        if ud.join {
+            let stateless = [RoleKind::Batcher, RoleKind::ProxyLeader, RoleKind::Unbatcher];
+            if !stateless.contains(&ud.role_kind()) {
+                return Err(field(
+                    "join",
+                    format!(
+                        "a {} cannot join a running cluster (only batchers, proxy leaders, unbatchers)",
+                        ud.role
+                    ),
+                ));
+            }
+            if ud.nodes.len() != 1 {
+                return Err(field("nodes", format!("join starts one node; got {}", ud.nodes.len())));
+            }
+        } else if ud.advertise.is_some() {
+            return Err(field("advertise", "only with join = true".into()));
+        }
         if ud.batch_size == Some(0) {
             return Err(field("batch_size", "must be at least 1".into()));
         }
@@ -319,6 +343,20 @@ pub struct Imds {
 impl Imds {
     /// Fetches the user-data: PUT `/latest/api/token`, then GET `/latest/user-data` with the token.
     pub fn user_data(&self) -> Result<String, BootError> {
+        self.get("/latest/user-data", "this instance has no user-data (launch it with autopaxos user-data)")
+    }
+
+    /// This instance's private IPv4 address.
+    pub fn local_ipv4(&self) -> Result<std::net::IpAddr, BootError> {
+        let text = self.get("/latest/meta-data/local-ipv4", "this instance has no private IPv4 address")?;
+        text.trim().parse().map_err(|_| BootError::Imds {
+            addr: self.addr.to_string(),
+            why: format!("local-ipv4 '{}' is not an address", text.trim()),
+        })
+    }
+
+    /// GET `path` with a fresh session token (IMDSv2).
+    fn get(&self, path: &str, when_missing: &str) -> Result<String, BootError> {
         let err = |why: String| BootError::Imds { addr: self.addr.to_string(), why };
         let (status, token) = self
             .request("PUT", "/latest/api/token", &[("X-aws-ec2-metadata-token-ttl-seconds", "60")])
@@ -328,12 +366,12 @@ impl Imds {
         }
         let token = String::from_utf8(token).map_err(|_| err("the token is not UTF-8".into()))?;
         let (status, body) = self
-            .request("GET", "/latest/user-data", &[("X-aws-ec2-metadata-token", token.trim())])
-            .map_err(|e| err(format!("GET /latest/user-data: {e}")))?;
+            .request("GET", path, &[("X-aws-ec2-metadata-token", token.trim())])
+            .map_err(|e| err(format!("GET {path}: {e}")))?;
         match status {
-            200 => String::from_utf8(body).map_err(|_| err("the user-data is not UTF-8".into())),
-            404 => Err(err("this instance has no user-data (launch it with autopaxos user-data)".into())),
-            s => Err(err(format!("GET /latest/user-data answered HTTP {s}"))),
+            200 => String::from_utf8(body).map_err(|_| err(format!("{path} is not UTF-8"))),
+            404 => Err(err(when_missing.into())),
+            s => Err(err(format!("GET {path} answered HTTP {s}"))),
         }
     }
 
@@ -439,6 +477,9 @@ pub fn run(args: BootArgs) -> Result<(), String> {
     let tunables =
         Tunables { batch_size: ud.batch_size.unwrap_or(file.tunables.batch_size), ..file.tunables.clone() };
     tunables.validate().map_err(|e| e.to_string())?;
+    if ud.join {
+        return boot_joining(&args, &ud, file, tunables);
+    }
     let opts = ServeOptions {
         file,
         origin: file_origin,
@@ -460,6 +501,37 @@ pub fn run(args: BootArgs) -> Result<(), String> {
     );
     running.join();
     Ok(())
+}
+
+/// Starts the one stateless node of `ud` so that it joins the running cluster of `file`. Tag discovery
+/// lists this instance too: its node is taken out of the file, since it is not a configured node.
+fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tunables) -> Result<(), String> {
+    let [id] = ud.nodes[..] else {
+        return Err(format!("user-data: nodes: join starts one node; got {}", ud.nodes.len()));
+    };
+    let listen = SocketAddr::from(([0, 0, 0, 0], ud.base_port));
+    let advertise = match (ud.advertise, &args.user_data) {
+        (Some(a), _) => a,
+        (None, None) => {
+            let imds = Imds { addr: args.imds_addr, timeout: args.imds_timeout };
+            SocketAddr::new(imds.local_ipv4().map_err(|e| e.to_string())?, ud.base_port)
+        }
+        (None, Some(_)) => return Err("user-data: advertise: required with join outside EC2".into()),
+    };
+    let listen =
+        if advertise.ip().is_loopback() { SocketAddr::new(advertise.ip(), ud.base_port) } else { listen };
+    let cores = args.cores.clone().map(|c| c.0).unwrap_or_else(allowed_cores);
+    crate::runtime::admin::serve_joining(crate::runtime::admin::JoinOptions {
+        file: crate::runtime::admin::without_node(file, id),
+        kind: ud.role_kind(),
+        id,
+        listen,
+        advertise: Some(advertise),
+        tunables,
+        read_budget: ud.read_budget,
+        core: cores[0],
+        metrics_addr: ud.metrics_addr,
+    })
 }
 
 #[cfg(feature = "cloud")]
@@ -523,6 +595,30 @@ mod tests {
         assert_eq!(ud.batch_size, Some(40));
         assert_eq!(ud.metrics_addr, default_metrics_addr());
         assert_eq!(ud.discovery, Discovery::File);
+    }
+
+    #[test]
+    fn joining_user_data_parses_and_only_a_stateless_node_can_join() {
+        let ud = UserData::parse(&with_file("join = true\nadvertise = \"10.1.2.3:7000\"\n"), "t").unwrap();
+        assert!(ud.join);
+        assert_eq!(ud.advertise, Some("10.1.2.3:7000".parse().unwrap()));
+        let e = UserData::parse(&with_file("join = true\n").replace("\"batcher\"", "\"replica\""), "t");
+        assert!(e.unwrap_err().to_string().contains("`join`"));
+        let e = UserData::parse(&with_file("join = true\n").replace("[9]", "[9, 11]"), "t");
+        assert!(e.unwrap_err().to_string().contains("`nodes`"));
+        let e = UserData::parse(&with_file("advertise = \"10.1.2.3:7000\"\n"), "t");
+        assert!(e.unwrap_err().to_string().contains("`advertise`"));
+    }
+
+    #[test]
+    fn a_joining_node_is_taken_out_of_a_discovered_cluster_file() {
+        let ud = UserData::parse(&with_file(""), "t").unwrap();
+        let file = ClusterFile::parse(ud.cluster_file.as_deref().unwrap(), "t").unwrap();
+        let batcher = file.config.batchers[0];
+        let without = crate::runtime::admin::without_node(file.clone(), batcher);
+        assert!(!without.config.batchers.contains(&batcher));
+        assert!(!without.addresses.contains_key(&batcher));
+        assert_eq!(without.addresses.len(), file.addresses.len() - 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Membership on loopback with real processes: stateless nodes join a running cluster under load and
-//! take work; others drain and leave while the load runs, and no acknowledged write is lost.
+//! Membership on loopback with real processes: stateless nodes join a running cluster under load (one
+//! of them booted from user-data, as the autoscaler launches nodes) and take work; others drain and
+//! leave while the load runs, and no acknowledged write is lost.
 
 mod common;
 
@@ -47,23 +48,40 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
     {
         let addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
         let metrics = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
-        let args: Vec<String> = [
-            role,
-            "--config",
-            &cluster.config.display().to_string(),
-            "--node",
-            &id.to_string(),
-            "--join",
-            "--listen",
-            &addr.to_string(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--cores",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args: Vec<String> = if role == "batcher" {
+            // The batcher boots from user-data as an autoscaled instance would (`join = true`).
+            let user_data = cluster.dir.join("user-data-13.toml");
+            let file = std::fs::read_to_string(&cluster.config).expect("cluster file");
+            let text = format!(
+                "cluster = \"{}\"\nrole = \"batcher\"\nnodes = [{id}]\njoin = true\nadvertise = \"{addr}\"\n\
+                 base_port = {}\nmetrics_addr = \"{metrics}\"\ncluster_file = '''\n{file}'''\n",
+                cluster.cluster_id,
+                addr.port()
+            );
+            std::fs::write(&user_data, text).expect("write user-data");
+            ["boot", "--user-data", &user_data.display().to_string(), "--cores", "1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            [
+                role,
+                "--config",
+                &cluster.config.display().to_string(),
+                "--node",
+                &id.to_string(),
+                "--join",
+                "--listen",
+                &addr.to_string(),
+                "--metrics-addr",
+                &metrics.to_string(),
+                "--cores",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
         let proc = Proc::spawn(&cluster.dir, &format!("join{id}-{role}"), &args);
         joiners.push(Joiner { id, role, addr, metrics, proc });
     }
@@ -106,7 +124,8 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
     let stdout = proc.stdout_text();
     let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
     assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) =
+        common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
 

@@ -66,6 +66,11 @@ struct BootUserData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     endpoint_url: Option<&'a str>,
     base_port: u16,
+    /// The node joins the running cluster (it is not one of its configured nodes).
+    join: bool,
+    /// Where the others reach it (tests: a loopback address); else boot asks the metadata service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
 }
 
 /// The user-data of a launched node: role, its node id, peers by tags once `expected_instances` of the
@@ -82,6 +87,8 @@ pub fn user_data(s: &LaunchSettings, role: RoleKind, node: NodeId, expected_inst
         region: s.region.as_deref(),
         endpoint_url: s.endpoint_url.as_deref(),
         base_port: s.node_port,
+        join: true,
+        advertise: s.advertise.map(|a| a.to_string()),
     })
     .expect("user-data serializes")
 }

@@ -36,6 +36,16 @@ pub struct JoinOptions {
     pub metrics_addr: SocketAddr,
 }
 
+/// `file` without node `id`: a joining node may be listed by tag discovery, which sees every instance.
+pub fn without_node(mut file: ClusterFile, id: NodeId) -> ClusterFile {
+    let config = &mut file.config;
+    for list in [&mut config.batchers, &mut config.proxy_leaders, &mut config.unbatchers] {
+        list.retain(|&n| n != id);
+    }
+    file.addresses.remove(&id);
+    file
+}
+
 /// The joining role, built where it will run.
 pub fn joining_role(
     id: NodeId,
