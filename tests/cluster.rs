@@ -69,7 +69,8 @@ fn the_leader_is_killed_under_load_and_the_cluster_carries_on_without_losing_an_
     let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
     let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
     assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) =
+        common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
     assert!(cluster.elections_won(2) >= 1.0, "proposer 2 took over");
@@ -243,7 +244,8 @@ fn garbage_sent_to_any_node_closes_only_that_connection_and_the_node_keeps_servi
         Duration::from_secs(60),
     );
     assert!(ok, "the client failed after the garbage:\n{stdout}\n{stderr}");
-    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{stdout}"));
+    let (intact, lost) =
+        common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{stdout}"));
     assert!(lost == 0 && intact > 0, "{stdout}");
 }
 
