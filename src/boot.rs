@@ -258,8 +258,7 @@ impl UserData {
             return Err(field("read_budget", "must be at least 1".into()));
         }
         if ud.join {
-            let stateless = [RoleKind::Batcher, RoleKind::ProxyLeader, RoleKind::Unbatcher];
-            if !stateless.contains(&ud.role_kind()) {
+            if !crate::protocol::membership::is_stateless(ud.role_kind()) {
                 return Err(field(
                     "join",
                     format!(

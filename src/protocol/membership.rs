@@ -237,7 +237,8 @@ impl std::fmt::Display for View {
     }
 }
 
-fn is_stateless(role: RoleKind) -> bool {
+/// Whether nodes of `role` can join and leave a running cluster.
+pub fn is_stateless(role: RoleKind) -> bool {
     matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
 }
 

@@ -8,7 +8,7 @@
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it.
 
 use super::config::{ClusterConfig, Tunables};
-use super::membership::{View, HEARTBEATS_PER_VIEW};
+use super::membership::{is_stateless, View, HEARTBEATS_PER_VIEW};
 use super::messages::{encode_batch, Msg, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -82,8 +82,8 @@ pub struct Proposer {
     leader_hint: Option<NodeId>,
     /// What each replica last said it executed.
     replica_watermarks: BTreeMap<NodeId, Slot>,
-    /// The stateless nodes in service. Every proposer applies joins and departures it hears; the
-    /// leader publishes its view, and the others adopt it.
+    /// The stateless nodes and where each stands. Every proposer applies the joins and departures it
+    /// hears and merges the views it gets; the leader publishes its view.
     view: View,
     /// The proxy leaders in service in `view`, by id (never empty: the last one cannot leave).
     proxy_leaders: Vec<NodeId>,
@@ -384,12 +384,8 @@ impl Proposer {
     }
 
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
-        let configured_stateful = self.config.all_nodes().any(|(id, kind)| {
-            id == from && !matches!(kind, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
-        });
-        if configured_stateful
-            || !matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
-        {
+        let configured_stateful = self.config.all_nodes().any(|(id, kind)| id == from && !is_stateless(kind));
+        if configured_stateful || !is_stateless(role) {
             out.dropped("proposer: a join by a node that cannot join");
             return;
         }

@@ -320,7 +320,12 @@ impl Role for Replica {
             Msg::Executed { watermark } => self.on_executed(from, watermark),
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
                 if self.view.merge(&view) {
-                    self.unbatchers = self.view.in_service(RoleKind::Unbatcher).collect();
+                    // Two unbatchers leaving at once through different proposers can leave none in
+                    // service: keep sending to the last ones known until one joins.
+                    let unbatchers: Vec<NodeId> = self.view.in_service(RoleKind::Unbatcher).collect();
+                    if !unbatchers.is_empty() {
+                        self.unbatchers = unbatchers;
+                    }
                 }
                 if !view.covers(&self.view) {
                     // A leader that restarted without memory publishes the configuration's view:
@@ -456,6 +461,34 @@ mod tests {
         chosen(&mut r, 1, vec![]);
         let retry = chosen(&mut r, 2, vec![incr(100, 2)]);
         assert_eq!(reply_results(&retry), vec![replies[1].clone()]);
+    }
+
+    #[test]
+    fn replies_go_to_unbatchers_in_service_and_never_to_none() {
+        let config = ClusterConfig::f1(1, 1, 1, 2);
+        let (u0, u1, proposer) = (config.unbatchers[0], config.unbatchers[1], config.proposers[0]);
+        let mut r = Replica::new(
+            config.replicas[0],
+            config.clone(),
+            &Tunables::default(),
+            new_state_machine(StateMachineKind::Kv),
+            0,
+        );
+        let leaving = |id| {
+            let mut view = View::from_config(&config);
+            assert!(view.start_leaving(id));
+            view
+        };
+        r.handle_message(0, proposer, Msg::Membership(leaving(u0)), &mut Out::new(false));
+        let out = chosen(&mut r, 0, vec![incr(100, 1)]);
+        assert!(out.msgs.iter().all(|(to, m)| !matches!(m, Msg::ReplyBatch { .. }) || *to == u1));
+        // Through another proposer the other one left too: none is in service, so keep the last.
+        r.handle_message(0, proposer, Msg::Membership(leaving(u1)), &mut Out::new(false));
+        chosen(&mut r, 1, vec![]);
+        let out = chosen(&mut r, 2, vec![incr(100, 2)]);
+        let to: Vec<NodeId> =
+            out.msgs.iter().filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. })).map(|(to, _)| *to).collect();
+        assert_eq!(to, vec![u1]);
     }
 
     #[test]
