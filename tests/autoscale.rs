@@ -263,8 +263,6 @@ fn without_a_fleet_it_must_be_a_dry_run_and_without_cloud_it_says_how_to_get_one
 mod cloud {
     use super::*;
     use autopaxos::cloud::ec2::{Ec2, Ec2Options, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
 
     /// An AMI in moto's bundled list.
     const AMI: &str = "ami-1e749f67";
@@ -278,39 +276,6 @@ mod cloud {
         ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/autopaxos-test"),
     ];
 
-    /// moto's EC2 server on a free loopback port; killed when dropped.
-    struct Moto {
-        child: Child,
-        url: String,
-    }
-
-    impl Moto {
-        fn start() -> Moto {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let child = Command::new("python3")
-                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 -m moto.server (run scripts/setup.sh to install moto[server])");
-            let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                assert!(Instant::now() < deadline, "moto did not start on {addr} within 30s");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            moto
-        }
-    }
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     #[test]
     fn against_moto_it_launches_tagged_instances_under_load_and_terminates_them_after() {
         let _serial = common::serialize();
@@ -320,7 +285,7 @@ mod cloud {
         for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"] {
             std::env::remove_var(k);
         }
-        let moto = Moto::start();
+        let moto = common::Moto::start(&[]);
         let mut cluster = Cluster::start("autoscale-ec2");
         let caps = write_capacities(&cluster.dir);
         let nodes = write_nodes(&cluster);

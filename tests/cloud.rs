@@ -4,8 +4,11 @@
 
 #![cfg(feature = "cloud")]
 
+mod common;
+
 use autopaxos::boot::UserData;
 use autopaxos::cloud::ec2::{Ec2, Ec2Options, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
+use common::{free_ports, Moto};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -38,58 +41,20 @@ fn env_pairs() -> [(&'static str, &'static str); 4] {
     ]
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// moto with AMI validation on, for this process's fake AWS environment.
+fn start_moto() -> Moto {
+    aws_env();
+    Moto::start(&[("MOTO_ENABLE_AMI_VALIDATION", "true")])
 }
 
-/// `n` distinct free ports: all are held until all are picked, so none is handed out twice.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-/// A moto server on loopback, killed when dropped (also when the test panics).
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        aws_env();
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (run scripts/setup.sh to install moto[server])");
-        let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on {addr} within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    fn ec2(&self) -> Ec2 {
-        Ec2::connect(&Ec2Options {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some(self.url.clone()),
-            call_timeout: Duration::from_secs(10),
-        })
-        .expect("connect to moto")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An EC2 handle on `moto`.
+fn ec2(moto: &Moto) -> Ec2 {
+    Ec2::connect(&Ec2Options {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto.url.clone()),
+        call_timeout: Duration::from_secs(10),
+    })
+    .expect("connect to moto")
 }
 
 /// Runs the binary with the fake AWS environment.
@@ -112,8 +77,8 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 
 #[test]
 fn bake_launches_a_stop_on_shutdown_builder_images_it_and_terminates_it() {
-    let moto = Moto::start();
-    let ec2 = moto.ec2();
+    let moto = start_moto();
+    let ec2 = ec2(&moto);
     let url = "http://127.0.0.1:9/autopaxos-x86_64";
     let mut bake = Command::new(BIN)
         .args(["ami", "bake", "--base-ami", KNOWN_AMI, "--binary-url", url, "--instance-type", "c5.xlarge"])
@@ -176,7 +141,7 @@ fn bake_launches_a_stop_on_shutdown_builder_images_it_and_terminates_it() {
 
 #[test]
 fn bake_from_an_unknown_ami_fails_clearly() {
-    let moto = Moto::start();
+    let moto = start_moto();
     let t = Instant::now();
     let out = cli(&[
         "ami",
@@ -198,8 +163,8 @@ fn bake_from_an_unknown_ami_fails_clearly() {
 
 #[test]
 fn cloud_up_status_down_by_tags_with_per_node_user_data() {
-    let moto = Moto::start();
-    let ec2 = moto.ec2();
+    let moto = start_moto();
+    let ec2 = ec2(&moto);
     let config = temp_file(
         "cloud.toml",
         &format!(
@@ -286,7 +251,7 @@ fn malformed_cloud_toml_names_the_field() {
 
 #[test]
 fn unreachable_endpoint_and_missing_credentials_fail_fast_and_clearly() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", free_ports(1)[0]);
     let t = Instant::now();
     let out = cli(&["cloud", "status", "--cluster", "t", "--region", "us-east-1", "--endpoint-url", &closed]);
     let (_, stderr) = text(&out);

@@ -536,3 +536,39 @@ pub fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
     let lost = words.get(lost_at.checked_sub(1)?)?.parse().ok()?;
     Some((intact, lost))
 }
+
+/// moto's EC2 server (`python3 -m moto.server`, installed by `scripts/setup.sh`) on a free loopback
+/// port, with `env` set for the server; killed when dropped, also when a test panics.
+pub struct Moto {
+    child: std::process::Child,
+    /// Its endpoint URL.
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start(env: &[(&str, &str)]) -> Moto {
+        let port = free_ports(1)[0];
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (run scripts/setup.sh to install moto[server])");
+        let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start on {addr} within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
