@@ -294,7 +294,7 @@ impl NodeMembership {
         }
     }
 
-    /// The latest view this node adopted.
+    /// What this node knows of the stateless nodes (every view it got, merged).
     pub fn view(&self) -> &View {
         &self.view
     }
