@@ -525,7 +525,11 @@ impl Role for Proposer {
             Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
             Msg::Executed { watermark } => self.on_executed(now, from, watermark, out),
             Msg::Join { role, addr } => self.on_join(from, role, addr, out),
-            Msg::Leaving => self.change_view(out, |v| v.start_leaving(from)),
+            // Only the leader admits departures, one at a time, so two nodes leaving at once cannot
+            // take the last one of a role out of service; the node repeats its request until a view
+            // from the leader says it is leaving.
+            Msg::Leaving if self.is_leader() => self.change_view(out, |v| v.start_leaving(from)),
+            Msg::Leaving => {}
             Msg::Left => self.change_view(out, |v| v.forget(from)),
             Msg::Membership(view) => self.on_view(from, view, out),
             _ => out.dropped("proposer: unexpected message"),
