@@ -31,7 +31,6 @@ pub struct Batcher {
     config: ClusterConfig,
     batch_size: usize,
     flush_interval_us: Time,
-    membership_period_us: Time,
     pending: Vec<Command>,
     /// Bytes of operations in `pending`: a batch also leaves once it is this big, so that it fits
     /// a frame, and an acceptor's Phase1b page, whatever the values' size.
@@ -52,15 +51,13 @@ pub struct Batcher {
 impl Batcher {
     /// A batcher that knows no leader yet.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
-        let period = membership_period_us(tunables);
         Batcher {
-            membership: NodeMembership::new(id, RoleKind::Batcher, &config, None, period, 0),
+            membership: NodeMembership::new(id, RoleKind::Batcher, &config, membership_period_us(tunables)),
             client_nodes: BTreeSet::new(),
             id,
             config,
             batch_size: tunables.batch_size,
             flush_interval_us: tunables.flush_interval_us,
-            membership_period_us: period,
             pending: Vec::with_capacity(tunables.batch_size),
             pending_bytes: 0,
             leader_hint: None,
@@ -74,9 +71,7 @@ impl Batcher {
     /// A batcher that is not in the configuration: it joins the running cluster, announcing that it
     /// listens at `addr`.
     pub fn joining(mut self, addr: String, now: Time) -> Self {
-        let period = self.membership_period_us;
-        self.membership =
-            NodeMembership::new(self.id, RoleKind::Batcher, &self.config, Some(addr), period, now);
+        self.membership.join(addr, now);
         self
     }
 

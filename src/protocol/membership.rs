@@ -268,30 +268,29 @@ pub struct NodeMembership {
 }
 
 impl NodeMembership {
-    /// A node of `role`. With `join_addr`, it is not in the configuration and joins a running
-    /// cluster; without, it is a configured node. `period_us` paces announcements and the drain's
-    /// quiet period (two periods).
-    pub fn new(
-        id: NodeId,
-        role: RoleKind,
-        config: &ClusterConfig,
-        join_addr: Option<String>,
-        period_us: Time,
-        now: Time,
-    ) -> Self {
-        let joining = join_addr.is_some();
+    /// A configured node of `role`. `period_us` paces announcements and the drain's quiet period
+    /// (two periods).
+    pub fn new(id: NodeId, role: RoleKind, config: &ClusterConfig, period_us: Time) -> Self {
         NodeMembership {
             id,
             role,
             proposers: config.proposers.clone(),
             view: View::from_config(config),
-            join_addr,
-            announcing: joining,
+            join_addr: None,
+            announcing: false,
             draining: None,
             left: false,
             period_us,
-            next_at: joining.then_some(now),
+            next_at: None,
         }
+    }
+
+    /// Makes this a node that is not in the configuration: from `now` on it announces to the
+    /// proposers that it listens at `addr`, until a view lists it.
+    pub fn join(&mut self, addr: String, now: Time) {
+        self.join_addr = Some(addr);
+        self.announcing = true;
+        self.next_at = Some(now);
     }
 
     /// What this node knows of the stateless nodes (every view it got, merged).
@@ -443,7 +442,8 @@ mod tests {
     #[test]
     fn a_joining_node_announces_until_a_view_lists_it() {
         let c = config();
-        let mut m = NodeMembership::new(50, RoleKind::Batcher, &c, Some("127.0.0.1:5".into()), 1_000, 0);
+        let mut m = NodeMembership::new(50, RoleKind::Batcher, &c, 1_000);
+        m.join("127.0.0.1:5".into(), 0);
         let mut out = Out::new(false);
         m.on_timeout(0, true, &mut out);
         assert_eq!(out.msgs.len(), c.proposers.len());
@@ -460,7 +460,7 @@ mod tests {
     fn a_draining_node_reports_left_only_when_out_of_service_idle_and_quiet() {
         let c = config();
         let me = c.proxy_leaders[0];
-        let mut m = NodeMembership::new(me, RoleKind::ProxyLeader, &c, None, 1_000, 0);
+        let mut m = NodeMembership::new(me, RoleKind::ProxyLeader, &c, 1_000);
         let mut out = Out::new(true);
         m.on_leave(0, 9_999, &mut out);
         assert_eq!(out.msgs.iter().filter(|(_, msg)| *msg == Msg::Leaving).count(), c.proposers.len());

@@ -46,7 +46,7 @@ impl ProxyLeader {
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
         let period = membership_period_us(tunables);
         ProxyLeader {
-            membership: NodeMembership::new(id, RoleKind::ProxyLeader, &config, None, period, 0),
+            membership: NodeMembership::new(id, RoleKind::ProxyLeader, &config, period),
             config,
             resend_timeout_us: tunables.resend_timeout_us,
             in_flight: BTreeMap::new(),
@@ -56,10 +56,8 @@ impl ProxyLeader {
 
     /// A proxy leader that is not in the configuration: it joins the running cluster, announcing
     /// that it listens at `addr`.
-    pub fn joining(mut self, id: NodeId, addr: String, tunables: &Tunables, now: Time) -> Self {
-        let period = membership_period_us(tunables);
-        self.membership =
-            NodeMembership::new(id, RoleKind::ProxyLeader, &self.config, Some(addr), period, now);
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        self.membership.join(addr, now);
         self
     }
 

@@ -18,16 +18,15 @@ impl Unbatcher {
     /// A configured unbatcher.
     pub fn new(id: NodeId, config: &ClusterConfig, tunables: &Tunables) -> Self {
         let period = membership_period_us(tunables);
-        let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, None, period, 0);
+        let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, period);
         Unbatcher { proposers: config.proposers.clone(), membership }
     }
 
     /// An unbatcher that is not in the configuration: it joins the running cluster, announcing that
     /// it listens at `addr`.
-    pub fn joining(id: NodeId, config: &ClusterConfig, tunables: &Tunables, addr: String, now: Time) -> Self {
-        let period = membership_period_us(tunables);
-        let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, Some(addr), period, now);
-        Unbatcher { proposers: config.proposers.clone(), membership }
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        self.membership.join(addr, now);
+        self
     }
 
     /// This node's side of membership.

@@ -58,10 +58,8 @@ pub fn joining_role(
     let (config, addr) = (file.config.clone(), advertise.to_string());
     Ok(match kind {
         RoleKind::Batcher => Box::new(Batcher::new(id, config, tunables).joining(addr, now)),
-        RoleKind::ProxyLeader => {
-            Box::new(ProxyLeader::new(id, config, tunables).joining(id, addr, tunables, now))
-        }
-        RoleKind::Unbatcher => Box::new(Unbatcher::joining(id, &config, tunables, addr, now)),
+        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, tunables).joining(addr, now)),
+        RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, tunables).joining(addr, now)),
         other => {
             return Err(format!(
                 "a {} cannot join a running cluster: only batchers, proxy leaders and unbatchers can \

@@ -315,10 +315,8 @@ impl<'t> Simulator<'t> {
             let (addr, now) = (format!("sim:{id}"), self.now);
             return Member::Other(match kind {
                 RoleKind::Batcher => Box::new(Batcher::new(id, config, tunables).joining(addr, now)),
-                RoleKind::ProxyLeader => {
-                    Box::new(ProxyLeader::new(id, config, tunables).joining(id, addr, tunables, now))
-                }
-                RoleKind::Unbatcher => Box::new(Unbatcher::joining(id, &config, tunables, addr, now)),
+                RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, tunables).joining(addr, now)),
+                RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, tunables).joining(addr, now)),
                 other => unreachable!("a {} cannot join", other.name()),
             });
         }
