@@ -326,7 +326,7 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     /// Appends `value`'s archive to `out`. Appends nothing should serializing fail, which decodes as
     /// an error, like [`encode`].
-    pub fn append<T>(&mut self, value: &T, out: &mut Vec<u8>)
+    pub fn append<T>(&mut self, value: &T, out: &mut bytes::BytesMut)
     where
         T: for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, RkyvError>>,
     {

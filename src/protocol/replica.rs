@@ -13,7 +13,7 @@ use super::messages::{
 use super::state_machine::StateMachine;
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
@@ -28,25 +28,7 @@ pub const MAX_CATCHUP_SLOTS: u64 = 1_000;
 /// A client's last executed command and the reply to it.
 struct ClientEntry {
     seq: u64,
-    reply: ReplySlot,
-}
-
-/// Where a reply's bytes are.
-#[derive(Clone)]
-enum ReplySlot {
-    /// `[start, end)` of the results buffer of the batch being executed (only while it executes).
-    InBatch(usize, usize),
-    /// Kept bytes: a slice of an earlier batch's results.
-    Stored(Bytes),
-}
-
-impl ReplySlot {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            ReplySlot::Stored(bytes) => bytes,
-            ReplySlot::InBatch(..) => unreachable!("a batch's replies are stored before it returns"),
-        }
-    }
+    reply: Bytes,
 }
 
 #[repr(usize)]
@@ -128,7 +110,7 @@ impl Replica {
         for (client, entry) in self.clients_in_order() {
             bytes.extend_from_slice(&client.to_le_bytes());
             bytes.extend_from_slice(&entry.seq.to_le_bytes());
-            bytes.extend_from_slice(&super::digest(entry.reply.bytes()).to_le_bytes());
+            bytes.extend_from_slice(&super::digest(&entry.reply).to_le_bytes());
         }
         super::digest(&bytes)
     }
@@ -143,7 +125,7 @@ impl Replica {
     pub fn snapshot(&self) -> Vec<u8> {
         let mut bytes = self.state_machine.snapshot();
         for (client, entry) in self.clients_in_order() {
-            let reply = entry.reply.bytes();
+            let reply = &entry.reply;
             bytes.extend_from_slice(&client.to_le_bytes());
             bytes.extend_from_slice(&entry.seq.to_le_bytes());
             bytes.extend_from_slice(&(reply.len() as u64).to_le_bytes());
@@ -205,8 +187,9 @@ impl Replica {
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
         let state_machine = &mut self.state_machine;
         let table = &mut self.client_table;
-        // The batch's fresh results go into one buffer; each reply and table entry is a slice of it.
-        let mut results = Vec::new();
+        // The batch's results are written into one buffer, and each split off as its own `Bytes`:
+        // the reply and the client table share it, with no allocation per command.
+        let mut results = BytesMut::new();
         let executed = with_archived::<CommandBatch, _>(bytes, |batch| {
             let mut replies = Vec::with_capacity(batch.commands.len());
             results.reserve(batch.commands.len() * TYPICAL_RESULT_BYTES);
@@ -223,40 +206,21 @@ impl Replica {
                         continue;
                     }
                     entry => {
-                        let start = results.len();
                         state_machine.apply_into(command.op.as_slice(), &mut results);
-                        let reply = ReplySlot::InBatch(start, results.len());
+                        let reply = results.split().freeze();
                         entry.insert_entry(ClientEntry { seq, reply: reply.clone() });
                         out.event(|| Event::Applied { client_id, seq, slot });
                         reply
                     }
                 };
-                replies.push((client_id, seq, result));
+                replies.push(ClientReply { client_id, seq, result });
             }
             replies
         });
-        let Ok(replies) = executed else {
+        executed.unwrap_or_else(|_| {
             out.dropped("replica: malformed batch executed as empty");
-            return Vec::new();
-        };
-        let results = Bytes::from(results);
-        let resolve = |reply: ReplySlot| match reply {
-            ReplySlot::InBatch(start, end) => results.slice(start..end),
-            ReplySlot::Stored(bytes) => bytes,
-        };
-        let mut client_replies = Vec::with_capacity(replies.len());
-        for (client_id, seq, reply) in replies {
-            let result = resolve(reply);
-            // The table entry still refers to this batch unless a later command of the client in the
-            // same batch replaced it (then that command's turn comes later in this loop).
-            if let Some(entry) = table.get_mut(&client_id) {
-                if entry.seq == seq && matches!(entry.reply, ReplySlot::InBatch(..)) {
-                    entry.reply = ReplySlot::Stored(result.clone());
-                }
-            }
-            client_replies.push(ClientReply { client_id, seq, result });
-        }
-        client_replies
+            Vec::new()
+        })
     }
 
     fn on_executed(&mut self, from: NodeId, watermark: Slot) {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rkyv::{Archive, Deserialize, Serialize};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -458,7 +458,7 @@ impl KvStore {
 }
 
 impl StateMachine for KvStore {
-    fn apply_into(&mut self, op: &[u8], out: &mut Vec<u8>) {
+    fn apply_into(&mut self, op: &[u8], out: &mut BytesMut) {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
         // and read puts in place; everything else takes the typed path.
         let mut scratch = self.scratch.0.take().unwrap_or_default();

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 pub mod kv;
 pub mod noop;
@@ -20,12 +20,12 @@ pub trait StateMachine: Send {
     /// Applies one encoded operation and appends its encoded result to `result`, which may already hold
     /// other results (a replica encodes a whole batch's results into one buffer, one allocation).
     /// Never panics; deterministic.
-    fn apply_into(&mut self, op: &[u8], result: &mut Vec<u8>);
+    fn apply_into(&mut self, op: &[u8], result: &mut BytesMut);
     /// Applies one encoded operation and returns the encoded result.
     fn apply(&mut self, op: &[u8]) -> Bytes {
-        let mut result = Vec::new();
+        let mut result = BytesMut::new();
         self.apply_into(op, &mut result);
-        result.into()
+        result.freeze()
     }
     /// Digest of the whole state: equal states have equal digests. It may walk the whole state; it is
     /// for checkers and reports, never the hot path (keeping it up to date per write cost ~5%).

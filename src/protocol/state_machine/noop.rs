@@ -25,7 +25,7 @@ impl NoopStateMachine {
 }
 
 impl StateMachine for NoopStateMachine {
-    fn apply_into(&mut self, _op: &[u8], _result: &mut Vec<u8>) {
+    fn apply_into(&mut self, _op: &[u8], _result: &mut bytes::BytesMut) {
         // Wrapping keeps `apply` panic-free even in debug builds; 2^64 ops won't happen.
         self.applied = self.applied.wrapping_add(1);
     }
