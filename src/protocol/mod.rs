@@ -17,6 +17,7 @@ pub mod ballot;
 pub mod batcher;
 pub mod client;
 pub mod config;
+pub mod durable;
 pub mod membership;
 pub mod messages;
 pub mod proposer;
