@@ -13,4 +13,5 @@ pub mod cloud;
 pub mod protocol;
 pub mod runtime;
 pub mod sim;
+pub mod storage;
 pub mod wire;

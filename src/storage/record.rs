@@ -1,0 +1,442 @@
+//! The byte format of the write-ahead log: how a [`Record`] is framed on disk, and how a log's bytes
+//! are read back, telling a torn tail (a crash mid-write: cut it off) from corruption in the middle
+//! (refuse to start).
+//!
+//! PURE: this file does no I/O, reads no clock and allocates no file; it works on `&[u8]` and
+//! [`Bytes`], so the deterministic simulator can model a disk as a byte vector with it. It must never
+//! copy a value's batch bytes on the read path (they come back as slices of the input).
+//!
+//! # Layout (little-endian, written by hand)
+//!
+//! ```text
+//! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body)
+//! offset 8  len       u32   body length in bytes
+//! offset 12 kind      u8    1 Promise, 2 Accept, 3 Trim, 4 Executed, 5 Snapshot (0 never: a zero
+//!                           header is the clean end of the log)
+//! offset 13 pad       [u8; 3] zero
+//! offset 16 body      len bytes (per kind, below)
+//!           pad       zero bytes up to the next multiple of 8 (every record starts 8-aligned)
+//! ```
+//!
+//! Bodies: Promise `round u64, proposer u32, has_nonce u8, pad 3, nonce u64` (24 bytes); Accept
+//! `slot u64, round u64, proposer u32, value tag u8, pad 3, batch bytes`; Trim `below u64`; Executed
+//! `slot u64, value tag u8, pad 7, batch bytes`; Snapshot `slot u64, bytes`. Value tag 0 is `Noop`
+//! (no bytes follow), 1 is `Batch` (the rest of the body, as it is). Batch bytes therefore start
+//! 8-aligned in the file too.
+
+use crate::protocol::durable::Record;
+use crate::protocol::messages::Value;
+use crate::protocol::Ballot;
+use bytes::Bytes;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Bytes of a record header; records start at multiples of [`ALIGN`].
+pub const HEADER_LEN: usize = 16;
+/// Every record starts at a multiple of this.
+pub const ALIGN: usize = 8;
+/// The largest body a record may carry (the length field is a u32).
+pub const BODY_MAX: usize = u32::MAX as usize;
+
+const _: () = assert!(HEADER_LEN % ALIGN == 0);
+
+const KIND_PROMISE: u8 = 1;
+const KIND_ACCEPT: u8 = 2;
+const KIND_TRIM: u8 = 3;
+const KIND_EXECUTED: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
+
+const VALUE_NOOP: u8 = 0;
+const VALUE_BATCH: u8 = 1;
+
+/// The log's bytes are damaged somewhere other than a torn tail: a restart must refuse rather than
+/// silently forget votes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt at byte offset {offset}: {reason}")]
+pub struct Corrupt {
+    /// Byte offset (within the scanned bytes) of the first damaged record.
+    pub offset: usize,
+    /// What was wrong there.
+    pub reason: String,
+}
+
+/// What [`scan`] found in a log's bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Every intact record, in order.
+    pub records: Vec<Record>,
+    /// The end offset (padding included) of each record in `records`: `ends[i]` is where record
+    /// `i + 1` starts. Tests use it to cut a log in the middle of a record.
+    pub ends: Vec<usize>,
+    /// Bytes from the start that hold intact records: a repair truncates the file to this length.
+    pub valid_len: usize,
+    /// Bytes after `valid_len` that are not all zero (a torn write a repair drops); zero when the
+    /// log simply ends, possibly followed by zero padding.
+    pub torn_bytes: usize,
+}
+
+/// The framed size of a record whose body is `body_len` bytes, padding included.
+pub fn framed_len(body_len: usize) -> usize {
+    align_up(HEADER_LEN + body_len)
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// The body length `encode` will write for `record` (lets a writer size its buffer up front).
+pub fn body_len(record: &Record) -> usize {
+    match record {
+        Record::Promise { .. } => 24,
+        Record::Accept { value, .. } => 24 + value_len(value),
+        Record::Trim { .. } => 8,
+        Record::Executed { value, .. } => 16 + value_len(value),
+        Record::Snapshot { bytes, .. } => 8 + bytes.len(),
+    }
+}
+
+fn value_len(value: &Value) -> usize {
+    match value {
+        Value::Noop => 0,
+        Value::Batch(b) => b.len(),
+    }
+}
+
+fn value_tag(value: &Value) -> u8 {
+    match value {
+        Value::Noop => VALUE_NOOP,
+        Value::Batch(_) => VALUE_BATCH,
+    }
+}
+
+fn value_bytes(value: &Value) -> &[u8] {
+    match value {
+        Value::Noop => &[],
+        Value::Batch(b) => b,
+    }
+}
+
+/// Appends one framed record to `out` (which may already hold records; it must be 8-aligned in
+/// length, as it is when it holds only records). Panics if the body exceeds [`BODY_MAX`]: a batch
+/// that large is a bug upstream (batches are bounded far below it).
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    assert!(out.len() % ALIGN == 0, "records must start 8-aligned (out.len() = {})", out.len());
+    let body_len = body_len(record);
+    assert!(body_len <= BODY_MAX, "record body of {body_len} bytes exceeds the u32 length field");
+    let start = out.len();
+    out.reserve(framed_len(body_len));
+    out.extend_from_slice(&[0u8; 8]); // checksum, filled in below
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let kind = match record {
+        Record::Promise { .. } => KIND_PROMISE,
+        Record::Accept { .. } => KIND_ACCEPT,
+        Record::Trim { .. } => KIND_TRIM,
+        Record::Executed { .. } => KIND_EXECUTED,
+        Record::Snapshot { .. } => KIND_SNAPSHOT,
+    };
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    match record {
+        Record::Promise { ballot, nonce } => {
+            put_ballot(out, ballot);
+            out.extend_from_slice(&[nonce.is_some() as u8, 0, 0, 0]);
+            out.extend_from_slice(&nonce.unwrap_or(0).to_le_bytes());
+        }
+        Record::Accept { slot, ballot, value } => {
+            out.extend_from_slice(&slot.to_le_bytes());
+            put_ballot(out, ballot);
+            out.extend_from_slice(&[value_tag(value), 0, 0, 0]);
+            out.extend_from_slice(value_bytes(value));
+        }
+        Record::Trim { below } => out.extend_from_slice(&below.to_le_bytes()),
+        Record::Executed { slot, value } => {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&[value_tag(value), 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(value_bytes(value));
+        }
+        Record::Snapshot { slot, bytes } => {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+    debug_assert_eq!(out.len(), start + HEADER_LEN + body_len);
+    let sum = xxh3_64(&out[start + 8..]);
+    out[start..start + 8].copy_from_slice(&sum.to_le_bytes());
+    out.resize(start + framed_len(body_len), 0);
+}
+
+fn put_ballot(out: &mut Vec<u8>, ballot: &Ballot) {
+    out.extend_from_slice(&ballot.round.to_le_bytes());
+    out.extend_from_slice(&ballot.proposer.to_le_bytes());
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Why the bytes at an offset are not a record, or the record and its framed end.
+enum Probe {
+    /// A zero header, or fewer bytes than a header: where a clean log ends.
+    End,
+    /// Something that is not an intact record.
+    Bad(&'static str),
+    /// An intact record ending (padding included) at the given offset.
+    Ok(Record, usize),
+}
+
+/// Decodes the record at `off` (8-aligned) if it is intact.
+fn probe(bytes: &Bytes, off: usize) -> Probe {
+    let b = &bytes[..];
+    if b.len() - off < HEADER_LEN {
+        return if b[off..].iter().all(|&x| x == 0) { Probe::End } else { Probe::Bad("short header") };
+    }
+    let header = &b[off..off + HEADER_LEN];
+    if header.iter().all(|&x| x == 0) {
+        return Probe::End;
+    }
+    let len = u32_at(header, 8) as usize;
+    let kind = header[12];
+    if !(KIND_PROMISE..=KIND_SNAPSHOT).contains(&kind) || header[13..16] != [0, 0, 0] {
+        return Probe::Bad("bad record header");
+    }
+    let body_start = off + HEADER_LEN;
+    if len > b.len() - body_start {
+        return Probe::Bad("record length runs past the end");
+    }
+    if xxh3_64(&b[off + 8..body_start + len]) != u64_at(header, 0) {
+        return Probe::Bad("checksum mismatch");
+    }
+    let end = (off + framed_len(len)).min(b.len());
+    match decode_body(bytes, kind, body_start, len) {
+        Some(record) => Probe::Ok(record, end),
+        // A checksummed body that does not parse was written by a different format: not a tear.
+        None => Probe::Bad("record body does not match its kind"),
+    }
+}
+
+fn decode_value(bytes: &Bytes, tag: u8, from: usize, to: usize) -> Option<Value> {
+    match tag {
+        VALUE_NOOP if from == to => Some(Value::Noop),
+        VALUE_BATCH => Some(Value::Batch(bytes.slice(from..to))),
+        _ => None,
+    }
+}
+
+fn decode_body(bytes: &Bytes, kind: u8, at: usize, len: usize) -> Option<Record> {
+    let b = &bytes[at..at + len];
+    let end = at + len;
+    let ballot = |o: usize| Ballot { round: u64_at(b, o), proposer: u32_at(b, o + 8) };
+    Some(match kind {
+        KIND_PROMISE if len == 24 => {
+            let nonce = match b[12] {
+                0 => None,
+                1 => Some(u64_at(b, 16)),
+                _ => return None,
+            };
+            Record::Promise { ballot: ballot(0), nonce }
+        }
+        KIND_ACCEPT if len >= 24 => Record::Accept {
+            slot: u64_at(b, 0),
+            ballot: ballot(8),
+            value: decode_value(bytes, b[20], at + 24, end)?,
+        },
+        KIND_TRIM if len == 8 => Record::Trim { below: u64_at(b, 0) },
+        KIND_EXECUTED if len >= 16 => {
+            Record::Executed { slot: u64_at(b, 0), value: decode_value(bytes, b[8], at + 16, end)? }
+        }
+        KIND_SNAPSHOT if len >= 8 => Record::Snapshot { slot: u64_at(b, 0), bytes: bytes.slice(at + 8..end) },
+        _ => return None,
+    })
+}
+
+/// Reads every record of a log's bytes in order. Batch values and snapshot bytes are slices of
+/// `bytes` (no copy).
+///
+/// The first offset that does not hold an intact record ends the log. If an intact record can still
+/// be found at any later 8-aligned offset, the damage is in the middle: `Err(Corrupt)` naming the
+/// offset. Otherwise it is the end: a clean one if the rest is zero (padding, or a zero header), a
+/// torn tail if not (`torn_bytes` says how much a repair drops).
+pub fn scan(bytes: &Bytes) -> Result<Scan, Corrupt> {
+    let mut scan = Scan::default();
+    let mut off = 0;
+    let reason = loop {
+        if off >= bytes.len() {
+            scan.valid_len = bytes.len();
+            return Ok(scan);
+        }
+        match probe(bytes, off) {
+            Probe::Ok(record, end) => {
+                scan.records.push(record);
+                scan.ends.push(end);
+                off = end;
+            }
+            Probe::End => break None,
+            Probe::Bad(reason) => break Some(reason),
+        }
+    };
+    scan.valid_len = off;
+    // Is anything intact after the damage? Then the damage is not a tail.
+    let mut later = off + ALIGN;
+    while later < bytes.len() {
+        if let Probe::Ok(..) = probe(bytes, later) {
+            return Err(Corrupt {
+                offset: off,
+                reason: format!(
+                    "{} (an intact record follows at offset {later})",
+                    reason.unwrap_or("zero bytes")
+                ),
+            });
+        }
+        later += ALIGN;
+    }
+    scan.torn_bytes = if bytes[off..].iter().all(|&x| x == 0) { 0 } else { bytes.len() - off };
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::Promise { ballot: Ballot { round: 3, proposer: 1 }, nonce: Some(77) },
+            Record::Promise { ballot: Ballot { round: 4, proposer: 2 }, nonce: None },
+            Record::Accept {
+                slot: 9,
+                ballot: Ballot { round: 4, proposer: 2 },
+                value: Value::Batch(Bytes::from_static(b"hello")),
+            },
+            Record::Accept { slot: 10, ballot: Ballot { round: 4, proposer: 2 }, value: Value::Noop },
+            Record::Trim { below: 5 },
+            Record::Executed { slot: 9, value: Value::Batch(Bytes::from(vec![7u8; 300])) },
+            Record::Executed { slot: 10, value: Value::Noop },
+            Record::Snapshot { slot: 11, bytes: Bytes::from_static(b"state") },
+        ]
+    }
+
+    fn log_of(records: &[Record]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            encode(r, &mut out);
+        }
+        out
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Noop),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|v| Value::Batch(Bytes::from(v))),
+        ]
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let ballot = (any::<u64>(), any::<u32>()).prop_map(|(round, proposer)| Ballot { round, proposer });
+        prop_oneof![
+            (ballot.clone(), any::<Option<u64>>())
+                .prop_map(|(ballot, nonce)| Record::Promise { ballot, nonce }),
+            (any::<u64>(), ballot, arb_value()).prop_map(|(slot, ballot, value)| Record::Accept {
+                slot,
+                ballot,
+                value
+            }),
+            any::<u64>().prop_map(|below| Record::Trim { below }),
+            (any::<u64>(), arb_value()).prop_map(|(slot, value)| Record::Executed { slot, value }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(slot, b)| Record::Snapshot { slot, bytes: Bytes::from(b) }),
+        ]
+    }
+
+    #[test]
+    fn records_round_trip_and_batches_are_slices_of_the_input() {
+        let records = sample();
+        let bytes = Bytes::from(log_of(&records));
+        let scan = scan(&bytes).unwrap();
+        assert_eq!(scan.records, records);
+        assert_eq!(scan.valid_len, bytes.len());
+        assert_eq!(scan.torn_bytes, 0);
+        assert!(scan.ends.iter().all(|e| e % ALIGN == 0));
+        let Record::Accept { value: Value::Batch(b), .. } = &scan.records[2] else { panic!() };
+        let inside = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        assert!(inside.contains(&(b.as_ptr() as usize)), "batch was copied");
+    }
+
+    #[test]
+    fn zero_padding_after_the_log_is_a_clean_end() {
+        let mut log = log_of(&sample());
+        let n = log.len();
+        log.resize(n + 4096, 0);
+        let scan = scan(&Bytes::from(log)).unwrap();
+        assert_eq!(scan.records, sample());
+        assert_eq!((scan.valid_len, scan.torn_bytes), (n, 0));
+    }
+
+    #[test]
+    fn a_zeroed_record_in_the_middle_is_corruption() {
+        let mut log = log_of(&sample());
+        let ends = scan(&Bytes::from(log.clone())).unwrap().ends;
+        log[ends[1]..ends[2]].fill(0);
+        let err = scan(&Bytes::from(log)).unwrap_err();
+        assert_eq!(err.offset, ends[1]);
+    }
+
+    #[test]
+    fn garbage_after_the_last_record_is_a_torn_tail() {
+        let mut log = log_of(&sample());
+        let n = log.len();
+        log.extend_from_slice(&[0xAB; 100]);
+        let scan = scan(&Bytes::from(log)).unwrap();
+        assert_eq!(scan.records, sample());
+        assert_eq!((scan.valid_len, scan.torn_bytes), (n, 100));
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_list_round_trips(records in proptest::collection::vec(arb_record(), 0..20)) {
+            let scan = scan(&Bytes::from(log_of(&records))).unwrap();
+            prop_assert_eq!(scan.records, records);
+            prop_assert_eq!(scan.torn_bytes, 0);
+        }
+
+        #[test]
+        fn any_prefix_is_a_clean_or_torn_tail_never_corruption(
+            records in proptest::collection::vec(arb_record(), 1..12),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let log = log_of(&records);
+            let cut = cut.index(log.len() + 1);
+            let scan = scan(&Bytes::from(log[..cut].to_vec())).unwrap();
+            // Exactly the records that end by the cut survive.
+            // (A record whose zero padding is cut off is still whole.)
+            let full = super::scan(&Bytes::from(log.clone())).unwrap();
+            let starts = std::iter::once(0).chain(full.ends.iter().copied());
+            let whole = starts
+                .zip(&records)
+                .filter(|(start, r)| start + HEADER_LEN + body_len(r) <= cut)
+                .count();
+            prop_assert_eq!(&scan.records[..], &records[..whole]);
+            prop_assert_eq!(scan.valid_len + scan.torn_bytes <= cut, true);
+        }
+
+        #[test]
+        fn a_flipped_byte_in_a_non_last_record_is_corruption_at_that_record(
+            records in proptest::collection::vec(arb_record(), 2..12),
+            which in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut log = log_of(&records);
+            let ends = super::scan(&Bytes::from(log.clone())).unwrap().ends;
+            let i = which.index(records.len() - 1);
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            // Flip a byte of the header or body, not of the zero padding (which no one reads).
+            let framed = HEADER_LEN + body_len(&records[i]);
+            let pos = start + at.index(framed);
+            log[pos] ^= 1 << bit;
+            let err = super::scan(&Bytes::from(log)).unwrap_err();
+            prop_assert_eq!(err.offset, start);
+        }
+    }
+}

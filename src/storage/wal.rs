@@ -1,0 +1,673 @@
+//! The append path: records go into log segments with glommio direct I/O (`O_DIRECT` writes through
+//! io_uring, `fdatasync` through io_uring), and snapshots into files of their own.
+//!
+//! The caller does group commit: any number of [`Wal::append`]s, then one [`Wal::sync`], then it
+//! releases the messages that waited for those records. Nothing appended is durable before `sync`
+//! returns `Ok`. This file must never report a sync it has not completed, and never write into a
+//! segment left by an earlier process (every start begins a new segment after the recovered ones, so
+//! a file's padded or torn end is never appended to).
+//!
+//! # Why not `DmaStreamWriter`
+//!
+//! glommio's `DmaStreamWriter::sync` pads the partial last buffer and writes the WHOLE buffer
+//! (128 KiB by default) at its aligned position, then rewrites it on the next flush; the padding is
+//! whatever the DMA buffer held (pool memory is neither zeroed nor fresh: it can hold an older
+//! buffer's records). Stale records in that padding could look like intact records after a torn
+//! tail and turn a harmless crash into "corruption in the middle". So this file drives `DmaFile`
+//! itself: one DMA buffer holds the unwritten tail starting at a block boundary; a full buffer is
+//! written behind (up to `write_behind` at once); `sync` writes only the blocks that hold data, the
+//! last one padded with ZEROS (which [`scan`](super::record::scan) reads as the clean end), then
+//! fdatasyncs. The partial last block is kept and rewritten, longer, by the next write: the rewrite
+//! puts the same bytes over the synced prefix, so a torn rewrite cannot damage synced records on a
+//! disk that writes sectors atomically.
+//!
+//! # Disk bound
+//!
+//! A segment is closed (written, synced) once it exceeds `segment_bytes`; the next one begins with
+//! the sticky records (the last `Promise` and `Trim`) so no older segment is needed for them. After
+//! a `Trim { below }` is durable, every closed segment whose highest slot is below `below` (or that
+//! holds no slot at all) is deleted. The disk holds the live records (slots at or above the trim
+//! point), rounded out to whole segments: about two segments beyond the live records in steady
+//! state (the current one and the one the trim point is in), plus the newest snapshot.
+//!
+//! # Memory
+//!
+//! DMA buffers come from glommio's per-executor `io_memory` pool (registered with io_uring for
+//! fixed-buffer writes); when the pool is exhausted glommio falls back to an ordinary aligned heap
+//! allocation (plain writes, no failure). A Wal uses `(write_behind + 1) * buffer_bytes` (1.25 MiB
+//! by default) plus 1 MiB while writing a snapshot.
+
+use super::dir::{parse_snapshot_name, segment_name, snapshot_name, SegmentInfo, StorageError};
+use super::record::encode;
+use super::snapshot::snapshot_header;
+use crate::protocol::durable::Record;
+use crate::protocol::Slot;
+use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions};
+use glommio::task::JoinHandle;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Direct I/O alignment we write at: offsets and lengths are multiples of it (4 KiB covers every
+/// device glommio reports; 512-byte devices accept it too).
+const BLOCK: usize = 4096;
+/// Size of the chunks a snapshot is written in.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Tunables of the write-ahead log.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// A segment is closed and a new one begun once it holds more than this many bytes.
+    pub segment_bytes: u64,
+    /// Bytes of one write buffer (a multiple of 4 KiB); a full buffer is written at once.
+    pub buffer_bytes: usize,
+    /// Full buffers in flight before `append` waits for the oldest.
+    pub write_behind: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_bytes: 64 << 20, buffer_bytes: 256 << 10, write_behind: 4 }
+    }
+}
+
+/// Counters the runtime exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// fdatasyncs completed (log segments and snapshots).
+    pub syncs: u64,
+    /// Records appended (snapshots included, sticky re-writes not).
+    pub records: u64,
+    /// Bytes written to the log and to snapshot files (framing included, block padding not).
+    pub bytes: u64,
+    /// Segments deleted after a trim.
+    pub segments_deleted: u64,
+}
+
+type WriteTask = JoinHandle<glommio::Result<usize, ()>>;
+
+/// One process's write-ahead log in a data directory. Lives on one glommio executor.
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// The segment being written.
+    file: Rc<DmaFile>,
+    sequence: u64,
+    /// Holds the file's bytes from `buf_start` (block-aligned) on; `buf_len` of them are data.
+    buf: DmaBuffer,
+    buf_start: u64,
+    buf_len: usize,
+    /// Full-buffer writes issued and not yet awaited, with their expected lengths.
+    in_flight: VecDeque<(WriteTask, usize)>,
+    /// Highest slot in the current segment.
+    max_slot: Option<Slot>,
+    /// Closed segments still on disk, oldest first.
+    closed: Vec<SegmentInfo>,
+    /// Segments to delete once the trim that condemned them is durable.
+    condemned: Vec<u64>,
+    /// The last Promise and Trim appended (or recovered).
+    promise: Option<Record>,
+    trim: Option<Slot>,
+    scratch: Vec<u8>,
+    stats: WalStats,
+}
+
+fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> StorageError + '_ {
+    move |e| StorageError::io(path, e)
+}
+
+impl Wal {
+    /// Starts a new segment `next_sequence` in `dir` (after the recovered ones, whose
+    /// [`SegmentInfo`] come from the recovery report), begins it with the `sticky` records (the
+    /// last recovered `Promise` and `Trim`), syncs it and the directory, and deletes old segments
+    /// the recovered trim point already covers. Runs on the executor.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        next_sequence: u64,
+        old_segments: Vec<SegmentInfo>,
+        sticky: &[Record],
+        options: WalOptions,
+    ) -> Result<Wal, StorageError> {
+        assert!(options.buffer_bytes >= BLOCK && options.buffer_bytes % BLOCK == 0, "{options:?}");
+        assert!(options.write_behind >= 1, "{options:?}");
+        assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
+        let dir = dir.as_ref().to_path_buf();
+        let (file, buf) = Self::create_segment(&dir, next_sequence, options.buffer_bytes).await?;
+        let mut wal = Wal {
+            dir,
+            options,
+            file,
+            sequence: next_sequence,
+            buf,
+            buf_start: 0,
+            buf_len: 0,
+            in_flight: VecDeque::new(),
+            max_slot: None,
+            closed: old_segments,
+            condemned: Vec::new(),
+            promise: None,
+            trim: None,
+            scratch: Vec::new(),
+            stats: WalStats::default(),
+        };
+        for r in sticky {
+            match r {
+                Record::Promise { .. } => wal.promise = Some(r.clone()),
+                Record::Trim { below } => wal.trim = Some(*below),
+                other => panic!("not a sticky record: {other:?}"),
+            }
+        }
+        wal.write_sticky().await?;
+        if let Some(below) = wal.trim {
+            wal.condemn_below(below);
+        }
+        wal.sync().await?;
+        Ok(wal)
+    }
+
+    /// Creates segment `sequence`, makes its directory entry durable, and gives a zeroed buffer.
+    async fn create_segment(
+        dir: &Path,
+        sequence: u64,
+        buffer_bytes: usize,
+    ) -> Result<(Rc<DmaFile>, DmaBuffer), StorageError> {
+        let path = dir.join(segment_name(sequence));
+        let file =
+            OpenOptions::new().write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
+        // Without this a synced record could sit in a file whose name a crash forgets.
+        sync_dir(dir).await?;
+        let buf = zeroed(&file, buffer_bytes);
+        Ok((Rc::new(file), buf))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(segment_name(self.sequence))
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
+    /// The sequence number of the segment being written.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Closed segments still on disk (tests and metrics).
+    pub fn closed_segments(&self) -> &[SegmentInfo] {
+        &self.closed
+    }
+
+    /// Appends `records` in order. Not durable until [`sync`](Self::sync). A `Snapshot` record is
+    /// written to a file of its own, completely (synced, renamed, directory synced) before any record
+    /// after it is written. May close the segment and start the next when it grows past
+    /// `segment_bytes`.
+    pub async fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
+        for r in records {
+            self.stats.records += 1;
+            match r {
+                Record::Snapshot { slot, bytes } => {
+                    self.write_snapshot(*slot, bytes).await?;
+                    continue;
+                }
+                Record::Promise { .. } => self.promise = Some(r.clone()),
+                Record::Trim { below } => {
+                    self.trim = Some(*below);
+                    self.condemn_below(*below);
+                }
+                Record::Accept { .. } | Record::Executed { .. } => {}
+            }
+            self.max_slot = self.max_slot.max(r.slot());
+            self.push_record(r).await?;
+        }
+        if self.segment_len() > self.options.segment_bytes {
+            self.rotate().await?;
+        }
+        Ok(())
+    }
+
+    fn segment_len(&self) -> u64 {
+        self.buf_start + self.buf_len as u64
+    }
+
+    async fn push_record(&mut self, r: &Record) -> Result<(), StorageError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        encode(r, &mut scratch);
+        self.stats.bytes += scratch.len() as u64;
+        let res = self.push_bytes(&scratch).await;
+        self.scratch = scratch;
+        res
+    }
+
+    async fn push_bytes(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
+        while !data.is_empty() {
+            let n = (self.buf.len() - self.buf_len).min(data.len());
+            self.buf.as_bytes_mut()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
+            self.buf_len += n;
+            data = &data[n..];
+            if self.buf_len == self.buf.len() {
+                self.write_full_buffer().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues the write of a full buffer without waiting for it (unless `write_behind` are
+    /// already in flight), and starts a fresh one after it.
+    async fn write_full_buffer(&mut self) -> Result<(), StorageError> {
+        while self.in_flight.len() >= self.options.write_behind {
+            self.await_oldest_write().await?;
+        }
+        let full = std::mem::replace(&mut self.buf, zeroed(&self.file, self.options.buffer_bytes));
+        let len = full.len();
+        let (file, pos) = (self.file.clone(), self.buf_start);
+        let task = glommio::spawn_local(async move { file.write_at(full, pos).await }).detach();
+        self.in_flight.push_back((task, len));
+        self.buf_start += len as u64;
+        self.buf_len = 0;
+        Ok(())
+    }
+
+    async fn await_oldest_write(&mut self) -> Result<(), StorageError> {
+        let Some((task, len)) = self.in_flight.pop_front() else { return Ok(()) };
+        let path = self.path();
+        match task.await {
+            Some(Ok(n)) if n == len => Ok(()),
+            Some(Ok(n)) => Err(StorageError::io(&path, short_write(n, len))),
+            Some(Err(e)) => Err(StorageError::io(&path, e)),
+            None => Err(StorageError::io(&path, std::io::Error::other("write task was cancelled"))),
+        }
+    }
+
+    /// Makes everything appended so far durable: waits for the writes in flight, writes the partial
+    /// last buffer (zero-padded to a block), fdatasyncs the segment. Then deletes the segments a
+    /// now-durable trim condemned.
+    pub async fn sync(&mut self) -> Result<(), StorageError> {
+        while !self.in_flight.is_empty() {
+            self.await_oldest_write().await?;
+        }
+        let path = self.path();
+        if self.buf_len > 0 {
+            // Write the blocks holding data, from a copy: write_at consumes its buffer, and the
+            // partial last block stays in ours to be completed and rewritten later.
+            let blocks = self.buf_len.div_ceil(BLOCK) * BLOCK;
+            let mut out = self.file.alloc_dma_buffer(blocks);
+            out.as_bytes_mut().copy_from_slice(&self.buf.as_bytes()[..blocks]);
+            let n = self.file.write_at(out, self.buf_start).await.map_err(io(&path))?;
+            if n != blocks {
+                return Err(StorageError::io(&path, short_write(n, blocks)));
+            }
+            // Keep only the partial last block, at the start of the buffer.
+            let whole = self.buf_len / BLOCK * BLOCK;
+            if whole > 0 {
+                let tail = self.buf_len - whole;
+                let b = self.buf.as_bytes_mut();
+                b.copy_within(whole..self.buf_len, 0);
+                b[tail..self.buf_len].fill(0);
+                self.buf_start += whole as u64;
+                self.buf_len = tail;
+            }
+        }
+        self.file.fdatasync().await.map_err(io(&path))?;
+        self.stats.syncs += 1;
+        self.delete_condemned().await
+    }
+
+    /// Marks for deletion every closed segment wholly below `below`.
+    fn condemn_below(&mut self, below: Slot) {
+        let condemned = &mut self.condemned;
+        self.closed.retain(|s| {
+            let dead = s.max_slot.is_none_or(|m| m < below);
+            if dead {
+                condemned.push(s.sequence);
+            }
+            !dead
+        });
+    }
+
+    async fn delete_condemned(&mut self) -> Result<(), StorageError> {
+        for seq in std::mem::take(&mut self.condemned) {
+            let p = self.dir.join(segment_name(seq));
+            match glommio::io::remove(&p).await.map_err(std::io::Error::from) {
+                Ok(()) => self.stats.segments_deleted += 1,
+                // Already gone (an earlier attempt): the goal is met.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io(&p, e)),
+            }
+        }
+        // No directory sync: a deleted segment that reappears after a crash only replays records
+        // that later sticky records and trims override.
+        Ok(())
+    }
+
+    /// Closes the current segment (synced whole) and begins the next with the sticky records.
+    async fn rotate(&mut self) -> Result<(), StorageError> {
+        self.sync().await?;
+        let (file, buf) =
+            Self::create_segment(&self.dir, self.sequence + 1, self.options.buffer_bytes).await?;
+        let old = std::mem::replace(&mut self.file, file);
+        self.buf = buf;
+        self.buf_start = 0;
+        self.buf_len = 0;
+        let info = SegmentInfo { sequence: self.sequence, max_slot: self.max_slot.take() };
+        self.sequence += 1;
+        if let Ok(f) = Rc::try_unwrap(old) {
+            let path = self.dir.join(segment_name(info.sequence));
+            f.close().await.map_err(io(&path))?;
+        }
+        self.closed.push(info);
+        // A segment with no slots is dead as soon as a later one carries the sticky records.
+        self.write_sticky().await?;
+        if let Some(below) = self.trim {
+            self.condemn_below(below);
+        }
+        Ok(())
+    }
+
+    async fn write_sticky(&mut self) -> Result<(), StorageError> {
+        if let Some(p) = self.promise.clone() {
+            self.push_record(&p).await?;
+        }
+        if let Some(below) = self.trim {
+            self.push_record(&Record::Trim { below }).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `snapshot-<slot>.snap` atomically: `.tmp`, fdatasync, rename, directory fsync; then
+    /// deletes older snapshots.
+    async fn write_snapshot(&mut self, slot: Slot, state: &[u8]) -> Result<(), StorageError> {
+        let name = snapshot_name(slot);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let fin = self.dir.join(&name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&tmp)
+            .await
+            .map_err(io(&tmp))?;
+        let header = snapshot_header(slot, state);
+        let total = header.len() + state.len();
+        let mut pos = 0usize;
+        // Stream header+state in block-aligned chunks; the last chunk is zero-padded and the file
+        // truncated to its exact length afterwards (decode_snapshot checks the length).
+        while pos < total {
+            let n = SNAPSHOT_CHUNK.min(total - pos);
+            let padded = n.div_ceil(BLOCK) * BLOCK;
+            let mut buf = zeroed(&file, padded);
+            let b = buf.as_bytes_mut();
+            for (i, byte) in b[..n].iter_mut().enumerate() {
+                let at = pos + i;
+                *byte = if at < header.len() { header[at] } else { state[at - header.len()] };
+            }
+            let w = file.write_at(buf, pos as u64).await.map_err(io(&tmp))?;
+            if w != padded {
+                return Err(StorageError::io(&tmp, short_write(w, padded)));
+            }
+            pos += n;
+        }
+        file.truncate(total as u64).await.map_err(io(&tmp))?;
+        file.fdatasync().await.map_err(io(&tmp))?;
+        file.close().await.map_err(io(&tmp))?;
+        glommio::io::rename(&tmp, &fin).await.map_err(io(&fin))?;
+        sync_dir(&self.dir).await?;
+        self.stats.syncs += 1;
+        self.stats.bytes += total as u64;
+        // Older snapshots are superseded only now that the new one is durable under its name.
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        for entry in entries.flatten() {
+            let n = entry.file_name();
+            if n.to_str().and_then(parse_snapshot_name).is_some_and(|s| s < slot) {
+                let p = entry.path();
+                glommio::io::remove(&p).await.map_err(io(&p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs everything and closes the current segment.
+    pub async fn close(mut self) -> Result<(), StorageError> {
+        self.sync().await?;
+        let path = self.path();
+        if let Ok(f) = Rc::try_unwrap(self.file) {
+            f.close().await.map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn zeroed(file: &DmaFile, len: usize) -> DmaBuffer {
+    let mut b = file.alloc_dma_buffer(len);
+    // Pool memory holds whatever an earlier buffer left; padding must read as the clean end.
+    b.as_bytes_mut().fill(0);
+    b
+}
+
+fn short_write(n: usize, want: usize) -> std::io::Error {
+    std::io::Error::other(format!("short write: {n} of {want} bytes"))
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let d = Directory::open(dir).await.map_err(io(dir))?;
+    d.sync().await.map_err(io(dir))?;
+    d.close().await.map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::Value;
+    use crate::protocol::Ballot;
+    use crate::storage::dir::DataDir;
+    use crate::storage::record::scan;
+    use bytes::Bytes;
+    use glommio::LocalExecutorBuilder;
+
+    /// A scratch directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let p = std::env::temp_dir().join(format!("autopaxos-{name}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Runs `f` on a fresh executor configured like the runtime's (1 MiB io_memory).
+    fn on_executor<T: 'static, F: std::future::Future<Output = T> + 'static>(
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T
+    where
+        T: Send,
+    {
+        LocalExecutorBuilder::default().io_memory(1 << 20).spawn(f).unwrap().join().unwrap()
+    }
+
+    const B: Ballot = Ballot { round: 2, proposer: 1 };
+
+    fn accept(slot: Slot, len: usize) -> Record {
+        Record::Accept { slot, ballot: B, value: Value::Batch(Bytes::from(vec![slot as u8; len])) }
+    }
+
+    /// One process's run: recover, open a Wal after it, append each group and sync it.
+    fn run_once(dir: &Path, groups: Vec<Vec<Record>>, options: WalOptions) -> (Vec<Record>, WalStats) {
+        let data = DataDir::open(dir).unwrap();
+        let (recovered, report) = data.recover().unwrap();
+        let path = dir.to_path_buf();
+        let stats = on_executor(move || async move {
+            let mut wal =
+                Wal::open(&path, report.next_sequence, report.old_segments, &report.sticky, options)
+                    .await
+                    .unwrap();
+            for g in groups {
+                wal.append(&g).await.unwrap();
+                wal.sync().await.unwrap();
+            }
+            let stats = wal.stats();
+            wal.close().await.unwrap();
+            stats
+        });
+        (recovered.records, stats)
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn appended_and_synced_records_come_back_after_a_reopen() {
+        let t = TempDir::new("roundtrip");
+        let promise = Record::Promise { ballot: B, nonce: Some(5) };
+        let first = vec![promise.clone(), accept(0, 100), accept(1, 5000), Record::Trim { below: 0 }];
+        let (before, stats) = run_once(&t.0, vec![first.clone(), vec![accept(2, 10)]], WalOptions::default());
+        assert!(before.is_empty());
+        assert_eq!(stats.records, 5);
+        assert!(stats.syncs >= 2);
+        let (after, _) = run_once(&t.0, vec![vec![accept(3, 1)]], WalOptions::default());
+        let mut want = first.clone();
+        want.push(accept(2, 10));
+        assert_eq!(after, want);
+        // The third start sees the second run's sticky copies and its append too.
+        let (third, _) = run_once(&t.0, vec![], WalOptions::default());
+        let mut want2 = want.clone();
+        want2.extend([promise, Record::Trim { below: 0 }, accept(3, 1)]);
+        assert_eq!(third, want2);
+    }
+
+    #[test]
+    fn a_tail_torn_mid_record_is_cut_off_and_reported() {
+        let t = TempDir::new("torn");
+        let recs = vec![accept(0, 10), accept(1, 300), accept(2, 300)];
+        run_once(&t.0, vec![recs.clone()], WalOptions::default());
+        let seg = segments(&t.0).pop().unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        let cut = ends[1] + 100; // inside the third record
+        std::fs::write(&seg, &bytes[..cut]).unwrap();
+        let data = DataDir::open(&t.0).unwrap();
+        let (recovered, report) = data.recover().unwrap();
+        assert_eq!(recovered.records, recs[..2]);
+        assert_eq!(report.torn_bytes_dropped, 100);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), ends[1] as u64);
+        assert!(report.to_string().contains("torn tail dropped: 100 bytes"), "{report}");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_middle_record_refuses_naming_file_and_offset() {
+        let t = TempDir::new("corrupt");
+        run_once(&t.0, vec![vec![accept(0, 10), accept(1, 300), accept(2, 300)]], WalOptions::default());
+        let seg = segments(&t.0).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        bytes[ends[0] + 40] ^= 0x01;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == ends[0] as u64),
+            "{msg}"
+        );
+        assert!(msg.contains(&seg.display().to_string()) && msg.contains("refusing to start"), "{msg}");
+    }
+
+    #[test]
+    fn rotation_and_trims_keep_the_disk_bounded_and_keep_promise_and_trim() {
+        let t = TempDir::new("rotate");
+        let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
+        let promise = Record::Promise { ballot: B, nonce: None };
+        let mut groups = vec![vec![promise.clone()]];
+        for slot in 0..400u64 {
+            let mut g = vec![accept(slot, 200)];
+            if slot % 20 == 19 {
+                g.push(Record::Trim { below: slot - 10 });
+            }
+            groups.push(g);
+        }
+        let (_, stats) = run_once(&t.0, groups, options.clone());
+        assert!(stats.segments_deleted >= 8, "{stats:?}");
+        let segs = segments(&t.0);
+        let on_disk: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+        // Live records (about 30 slots * ~240 bytes) plus about two segments.
+        assert!(on_disk < 3 * options.segment_bytes + 8192, "{on_disk} bytes in {segs:?}");
+        let data = DataDir::open(&t.0).unwrap();
+        let (recovered, _) = data.recover().unwrap();
+        assert!(recovered.records.contains(&promise), "the promise was lost with a deleted segment");
+        assert!(recovered.records.contains(&Record::Trim { below: 389 }));
+        for slot in 389..400 {
+            assert!(recovered.records.contains(&accept(slot, 200)), "live slot {slot} lost");
+        }
+    }
+
+    #[test]
+    fn a_second_data_dir_on_the_same_path_is_refused() {
+        let t = TempDir::new("lock");
+        let first = DataDir::open(&t.0).unwrap();
+        let err = DataDir::open(&t.0).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("in use by another process") && msg.contains("LOCK"), "{msg}");
+        drop(first);
+        DataDir::open(&t.0).unwrap();
+    }
+
+    #[test]
+    fn a_leftover_snapshot_tmp_is_ignored_and_removed() {
+        let t = TempDir::new("tmp");
+        let tmp = t.0.join(format!("{}.tmp", snapshot_name(7)));
+        std::fs::write(&tmp, b"half a snapshot").unwrap();
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert!(recovered.is_empty() && report.snapshot_slot.is_none());
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_big_snapshot_round_trips_and_replaces_the_older_one() {
+        let t = TempDir::new("snapshot");
+        let state: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        let snap = |slot, s: &[u8]| Record::Snapshot { slot, bytes: Bytes::from(s.to_vec()) };
+        let groups = vec![
+            vec![snap(5, b"small"), Record::Trim { below: 5 }],
+            vec![accept(6, 10), snap(9, &state), Record::Trim { below: 9 }, accept(9, 10)],
+        ];
+        run_once(&t.0, groups, WalOptions::default());
+        assert!(!t.0.join(snapshot_name(5)).exists(), "older snapshot kept");
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        let (slot, bytes) = recovered.snapshot.unwrap();
+        assert_eq!((slot, report.snapshot_slot), (9, Some(9)));
+        assert!(bytes[..] == state[..]);
+        assert_eq!(recovered.records.last(), Some(&accept(9, 10)));
+        assert!(!recovered.records.iter().any(|r| matches!(r, Record::Snapshot { .. })));
+    }
+
+    #[test]
+    fn the_disk_measure_returns_sane_numbers() {
+        let t = TempDir::new("measure");
+        let p = t.0.clone();
+        let r = on_executor(move || async move {
+            crate::storage::measure::measure_disk_for(&p, std::time::Duration::from_millis(100))
+                .await
+                .unwrap()
+        });
+        assert!(r.fdatasync_4k_per_sec > 0.0 && r.sync_4k_mean_us > 0.0 && r.sync_write_1m_mb_per_sec > 0.0);
+        assert_eq!(std::fs::read_dir(&t.0).unwrap().count(), 0, "scratch file left behind");
+    }
+}
