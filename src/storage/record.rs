@@ -37,7 +37,7 @@ pub const ALIGN: usize = 8;
 /// The largest body a record may carry (the length field is a u32).
 pub const BODY_MAX: usize = u32::MAX as usize;
 
-const _: () = assert!(HEADER_LEN % ALIGN == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(ALIGN));
 
 const KIND_PROMISE: u8 = 1;
 const KIND_ACCEPT: u8 = 2;
@@ -119,7 +119,7 @@ fn value_bytes(value: &Value) -> &[u8] {
 /// length, as it is when it holds only records). Panics if the body exceeds [`BODY_MAX`]: a batch
 /// that large is a bug upstream (batches are bounded far below it).
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
-    assert!(out.len() % ALIGN == 0, "records must start 8-aligned (out.len() = {})", out.len());
+    assert!(out.len().is_multiple_of(ALIGN), "records must start 8-aligned (out.len() = {})", out.len());
     let body_len = body_len(record);
     assert!(body_len <= BODY_MAX, "record body of {body_len} bytes exceeds the u32 length field");
     let start = out.len();

@@ -128,7 +128,7 @@ impl Wal {
         sticky: &[Record],
         options: WalOptions,
     ) -> Result<Wal, StorageError> {
-        assert!(options.buffer_bytes >= BLOCK && options.buffer_bytes % BLOCK == 0, "{options:?}");
+        assert!(options.buffer_bytes >= BLOCK && options.buffer_bytes.is_multiple_of(BLOCK), "{options:?}");
         assert!(options.write_behind >= 1, "{options:?}");
         assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
         let dir = dir.as_ref().to_path_buf();
@@ -284,6 +284,10 @@ impl Wal {
     /// Makes everything appended so far durable: waits for the writes in flight, writes the partial
     /// last buffer (zero-padded to a block), fdatasyncs the segment. Then deletes the segments a
     /// now-durable trim condemned.
+    ///
+    /// After any error from `append` or `sync` the Wal must not be used again: a failed fdatasync
+    /// may have dropped dirty pages, so the only safe course is to stop the node and let recovery
+    /// read what is really on disk.
     pub async fn sync(&mut self) -> Result<(), StorageError> {
         while !self.in_flight.is_empty() {
             self.await_oldest_write().await?;
@@ -486,11 +490,10 @@ mod tests {
     }
 
     /// Runs `f` on a fresh executor configured like the runtime's (1 MiB io_memory).
-    fn on_executor<T: 'static, F: std::future::Future<Output = T> + 'static>(
-        f: impl FnOnce() -> F + Send + 'static,
-    ) -> T
+    fn on_executor<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
     where
-        T: Send,
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
     {
         LocalExecutorBuilder::default().io_memory(1 << 20).spawn(f).unwrap().join().unwrap()
     }
