@@ -621,6 +621,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_bigger_than_the_buffer_spans_buffers_and_the_zero_padding_is_a_clean_end() {
+        let t = TempDir::new("big");
+        let options = WalOptions { buffer_bytes: 8 << 10, ..WalOptions::default() };
+        let recs = vec![accept(0, 3), accept(1, 50_000), accept(2, 7)];
+        run_once(&t.0, vec![recs[..2].to_vec(), recs[2..].to_vec()], options);
+        let seg = segments(&t.0).pop().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len() % BLOCK as u64, 0, "block padding expected");
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert_eq!(recovered.records, recs);
+        assert_eq!(report.torn_bytes_dropped, 0);
+    }
+
+    #[test]
     fn a_second_data_dir_on_the_same_path_is_refused() {
         let t = TempDir::new("lock");
         let first = DataDir::open(&t.0).unwrap();
