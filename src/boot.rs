@@ -32,7 +32,8 @@
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{NodeId, RoleKind, Tunables};
 use crate::runtime::config::ClusterFile;
-use crate::runtime::local::cluster_node;
+use crate::runtime::launch::{node_launch, StorageChoice};
+use crate::runtime::local::cluster_spec;
 use crate::runtime::{allowed_cores, metrics, start, NodeLaunch, ProcessPlan, Running};
 use clap::Args;
 use serde::Deserialize;
@@ -66,6 +67,8 @@ pub struct ServeOptions {
     pub state_machine: StateMachineKind,
     /// Where to serve Prometheus metrics.
     pub metrics_addr: SocketAddr,
+    /// Where acceptors and replicas keep their state.
+    pub storage: StorageChoice,
 }
 
 /// Starts the nodes of `opts` and returns once every node listens; the second value says where the
@@ -88,8 +91,8 @@ pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
             None => return Err(format!("node {id} is not in {}", opts.origin)),
         }
         let addr = opts.file.addresses[&id];
-        let launch =
-            cluster_node(id, kind, addr, opts.file.config.clone(), opts.tunables.clone(), opts.state_machine);
+        let spec = cluster_spec(id, kind, &opts.file.config, &opts.tunables, opts.state_machine);
+        let launch = node_launch(spec, Some(addr), &opts.storage, Vec::new())?;
         per_core[i % cores.len()].1.push(launch);
         tracing::info!(node = id, role = kind.name(), %addr, core = cores[i % cores.len()], "starting");
     }
@@ -479,6 +482,7 @@ pub fn run(args: BootArgs) -> Result<(), String> {
     if ud.join {
         return boot_joining(&args, &ud, file, tunables);
     }
+    let file_data_dir = file.data_dir.clone();
     let opts = ServeOptions {
         file,
         origin: file_origin,
@@ -489,6 +493,7 @@ pub fn run(args: BootArgs) -> Result<(), String> {
         cores: args.cores.clone().map(|c| c.0).unwrap_or_default(),
         state_machine: ud.state_machine_kind(),
         metrics_addr: ud.metrics_addr,
+        storage: StorageChoice::from_flags(false, None, file_data_dir),
     };
     let (running, metrics_note) = start_nodes(opts)?;
     tracing::info!(

@@ -3,6 +3,7 @@
 use autopaxos::protocol::state_machine::StateMachineKind;
 use autopaxos::protocol::{NodeId, RoleKind, Tunables};
 use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
+use autopaxos::runtime::launch::StorageChoice;
 use autopaxos::runtime::load::{LoadControl, Workload};
 use autopaxos::runtime::local::{client_pool, run_local, thousands, LocalOptions};
 use autopaxos::runtime::{allowed_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan};
@@ -140,6 +141,15 @@ struct NodeFlags {
     /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only).
     #[arg(long, default_value = "kv")]
     state_machine: StateMachineKind,
+    /// Where acceptors and replicas keep their state: each node in DIR/node-<id>, created if
+    /// missing (default: the cluster file's data_dir, else ./autopaxos-data; for `local`, a
+    /// temporary directory removed at exit).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep acceptors' and replicas' state in memory only, as benchmarks may: NOT crash-safe (a
+    /// restarted acceptor forgets its votes).
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
 }
 
 /// How clients load the cluster; shared by `local` and `client`.
@@ -397,6 +407,11 @@ fn local(args: LocalArgs) -> Result<(), String> {
         read_budget: args.node.read_budget,
         cores: args.node.cores.clone().map(|c| c.0).unwrap_or_default(),
         progress: true,
+        storage: match (args.node.in_memory, args.node.data_dir.clone()) {
+            (true, _) => Some(StorageChoice::InMemory),
+            (false, Some(dir)) => Some(StorageChoice::Under(dir)),
+            (false, None) => None,
+        },
     };
     eprintln!(
         "autopaxos local: f=1 cluster (2 proposers, 3 acceptors, 1 batcher, 1 proxy leader, 2 replicas, 1 unbatcher) \
@@ -541,6 +556,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
             "--listen is only for --join: a configured node listens at its address in the file".into()
         );
     }
+    let storage = StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
     autopaxos::boot::run_nodes(autopaxos::boot::ServeOptions {
         file,
         origin: args.config.display().to_string(),
@@ -551,6 +567,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         cores: args.flags.cores.map(|c| c.0).unwrap_or_default(),
         state_machine: args.flags.state_machine,
         metrics_addr: args.metrics_addr,
+        storage,
     })
 }
 
@@ -603,17 +620,62 @@ fn plan(args: PlanArgs) -> Result<(), String> {
 }
 
 fn parse_bench_role(s: &str) -> Result<RoleKind, String> {
+    match parse_bench_target(s)? {
+        BenchTarget::Role(role) => Ok(role),
+        BenchTarget::Disk => Err("the mocks surround a role, not the disk".into()),
+    }
+}
+
+/// What `bench` measures: a role, or the disk under the data directory.
+#[derive(Clone, Copy, Debug)]
+enum BenchTarget {
+    Role(RoleKind),
+    Disk,
+}
+
+fn parse_bench_target(s: &str) -> Result<BenchTarget, String> {
+    if s == "disk" {
+        return Ok(BenchTarget::Disk);
+    }
     RoleKind::from_name(s)
         .filter(|r| autopaxos::bench::BENCH_ROLES.contains(r))
-        .ok_or_else(|| format!("'{s}' is not a role bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher)"))
+        .map(BenchTarget::Role)
+        .ok_or_else(|| format!("'{s}' is not something bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher, disk)"))
+}
+
+/// `bench disk`: synced small writes per second and synced large-write bandwidth in `--data-dir`.
+fn bench_disk(args: &BenchArgs) -> Result<(), String> {
+    let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    eprintln!("bench disk: 4 KiB and 1 MiB direct writes, each followed by fdatasync, in {}", dir.display());
+    let report = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move { autopaxos::storage::measure::measure_disk(&dir).await })
+        .map_err(|e| format!("cannot start an executor: {e}"))?
+        .join()
+        .map_err(|e| format!("the executor failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    println!("{report}");
+    if args.json {
+        let json = serde_json::json!({
+            "fdatasync_4k_per_sec": report.fdatasync_4k_per_sec,
+            "sync_4k_mean_us": report.sync_4k_mean_us,
+            "sync_write_1m_mb_per_sec": report.sync_write_1m_mb_per_sec,
+        });
+        println!("{json}");
+    }
+    Ok(())
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
+    let role = match args.role {
+        BenchTarget::Disk => return bench_disk(&args),
+        BenchTarget::Role(role) => role,
+    };
     if args.batch_size == 0 || args.read_budget == 0 {
         return Err("--batch-size and --read-budget must be at least 1".into());
     }
     let opts = autopaxos::bench::BenchOptions {
-        role: args.role,
+        role,
         duration: args.duration,
         batch_size: args.batch_size,
         read_budget: args.read_budget,
@@ -621,11 +683,17 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         cores_under_test: args.cores_under_test.map(|c| c.0).unwrap_or_default(),
         mock_cores: args.mock_cores.map(|c| c.0).unwrap_or_default(),
         state_machine: args.state_machine,
+        in_memory: args.in_memory,
     };
     eprintln!(
-        "bench {}: measuring the role for {:?}, then the wire ceiling for as long",
-        args.role.name(),
-        args.duration
+        "bench {}: measuring the role for {:?}, then the wire ceiling for as long{}",
+        role.name(),
+        args.duration,
+        match role {
+            RoleKind::Acceptor | RoleKind::Replica if args.in_memory => " (in memory: not crash-safe)",
+            RoleKind::Acceptor | RoleKind::Replica => " (durable: its log in a temporary directory)",
+            _ => "",
+        }
     );
     let r = autopaxos::bench::run_bench(&opts)?;
     println!(
@@ -724,9 +792,10 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
             listen,
             // The client mock has no address: it reaches the role first so replies can come back.
             dial_at_start: if listen.is_none() { vec![target] } else { Vec::new() },
+            disk: None,
             build: Box::new(move |_| {
                 let node = MockNode::new(id, part, target, world);
-                Box::new(if part == Part::Source { node.open_loop(rate) } else { node })
+                Ok(Box::new(if part == Part::Source { node.open_loop(rate) } else { node }))
             }),
         });
     }
@@ -770,9 +839,10 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica or unbatcher.
-    #[arg(value_parser = parse_bench_role)]
-    role: RoleKind,
+    /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica or unbatcher; or
+    /// `disk`, the device under --data-dir (fdatasync rate of 4 KiB writes, synced 1 MiB bandwidth).
+    #[arg(value_parser = parse_bench_target)]
+    role: BenchTarget,
     /// How long to measure the role (and then the ceiling), after a 0.5 s warm-up each.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -797,6 +867,13 @@ struct BenchArgs {
     /// The replica's state machine: kv, or noop to measure ordering without execution.
     #[arg(long, default_value = "kv")]
     state_machine: StateMachineKind,
+    /// An acceptor or replica under test keeps its state in memory (default: on disk, in a
+    /// temporary directory removed after the run).
+    #[arg(long)]
+    in_memory: bool,
+    /// `bench disk`: the directory whose device to measure (default: the current one).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn sim(args: SimArgs) -> ExitCode {
@@ -827,7 +904,15 @@ fn sim(args: SimArgs) -> ExitCode {
                 outcome.joined, outcome.left, outcome.after_left
             );
         }
-        println!("1 seeds, {} violations", usize::from(!outcome.violations.is_empty()));
+        println!(
+            "1 seeds, {} violations (f={}; crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {})",
+            usize::from(!outcome.violations.is_empty()),
+            outcome.f,
+            outcome.crashes,
+            outcome.torn_writes,
+            outcome.lost_writes,
+            outcome.corrupt_detected
+        );
         return if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -849,7 +934,17 @@ fn sim(args: SimArgs) -> ExitCode {
     if args.churn {
         eprintln!("churn: {} nodes joined, {} drained and left", summary.joined, summary.left);
     }
-    println!("{} seeds, {} violations", summary.seeds, summary.failures.len());
+    let [f1, f2, f3] = summary.seeds_by_f;
+    eprintln!("seeds by f: f=1 {f1}, f=2 {f2}, f=3 {f3}");
+    println!(
+        "{} seeds, {} violations (crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {})",
+        summary.seeds,
+        summary.failures.len(),
+        summary.crashes,
+        summary.torn_writes,
+        summary.lost_writes,
+        summary.corrupt_detected
+    );
     if summary.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

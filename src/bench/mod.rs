@@ -44,6 +44,9 @@ pub struct BenchOptions {
     pub mock_cores: Vec<usize>,
     /// The replicated state machine a replica under test runs (kv unless told otherwise).
     pub state_machine: crate::protocol::state_machine::StateMachineKind,
+    /// An acceptor or replica under test keeps its state in memory instead of on disk (in a
+    /// scratch directory removed after the run).
+    pub in_memory: bool,
 }
 
 /// What one benchmark run measured. `--json` prints it as one object.

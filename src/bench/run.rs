@@ -5,7 +5,8 @@
 use super::mock::{Echo, MockNode, Part, World, CLIENT_NODE};
 use super::{BenchOptions, BenchReport};
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
-use crate::runtime::local::build_role;
+use crate::runtime::launch::{node_launch, ScratchDir, StorageChoice};
+use crate::runtime::local::cluster_spec;
 use crate::runtime::{allowed_cores, start, NodeLaunch, ProcessPlan};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,20 +119,24 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
     let target = target_id(role);
     let state_machine = opts.state_machine;
 
-    let subject = {
-        let (config, tunables, world) = (config.clone(), tunables.clone(), world.clone());
+    let scratch = ScratchDir::new("autopaxos-bench");
+    let subject = if echo {
+        let (config, world) = (config.clone(), world.clone());
         NodeLaunch {
             id: target,
             listen: Some(loopback),
             dial_at_start: Vec::new(),
-            build: Box::new(move |ctx| {
-                if echo {
-                    Box::new(Echo::new(role, config, world))
-                } else {
-                    build_role(target, role, &config, &tunables, state_machine, ctx.now)
-                }
-            }),
+            disk: None,
+            build: Box::new(move |_| Ok(Box::new(Echo::new(role, config, world)))),
         }
+    } else {
+        let storage = if opts.in_memory {
+            StorageChoice::InMemory
+        } else {
+            StorageChoice::Under(scratch.path().to_path_buf())
+        };
+        let spec = cluster_spec(target, role, &config, &tunables, state_machine);
+        node_launch(spec, Some(loopback), &storage, Vec::new())?
     };
     let mut mocks = Vec::new();
     let ids: Vec<NodeId> =
@@ -143,7 +148,8 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
             id,
             listen: Some(loopback),
             dial_at_start: Vec::new(),
-            build: Box::new(move |_| Box::new(MockNode::new(id, part, target, world))),
+            disk: None,
+            build: Box::new(move |_| Ok(Box::new(MockNode::new(id, part, target, world)))),
         });
     }
     let cores = if role_core == mock_core {

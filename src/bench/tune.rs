@@ -636,6 +636,7 @@ impl TuneOptions {
             cores_under_test: under_test,
             mock_cores: mocks,
             state_machine: crate::protocol::state_machine::StateMachineKind::Kv,
+            in_memory: false,
         }
     }
 }

@@ -1,11 +1,15 @@
 //! Acceptor: one voter of one acceptor group. Holds the promised ballot and, per slot of its group, the
-//! highest-ballot value it accepted. Its state is durable (the simulator keeps it across crashes).
+//! highest-ballot value it accepted. All of that is durable: every change is queued as a [`Record`]
+//! and every Phase1b and Phase2b waits for the records before it (`Out::send_after_persist`), so a
+//! vote never leaves before it is on disk. A restart rebuilds the acceptor from its records alone
+//! ([`Acceptor::recover`]).
 //!
 //! Must never: accept or promise below its promise; promise one ballot to two different Phase 1 runs
 //! (a proposer that lost its memory in a crash comes back with the same ballot: sim seed 9511);
-//! answer for a slot of another group.
+//! answer for a slot of another group; send a vote before the record that backs it.
 
 use super::config::{ClusterConfig, Tunables};
+use super::durable::{Record, Recovered, Storage};
 use super::messages::{AcceptedEntry, Msg, Phase1bReply, Value};
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use std::collections::BTreeMap;
@@ -28,10 +32,12 @@ pub struct Acceptor {
     /// The highest ballot ever accepted: the invariant "nothing accepted above the promise" checks
     /// this in O(1) after every message instead of walking the whole log.
     max_accepted: Ballot,
+    /// Durable (records queued, votes held for them) or in memory (benchmarks only).
+    storage: Storage,
 }
 
 impl Acceptor {
-    /// A fresh acceptor; `id` must be a member of one of `config`'s groups.
+    /// A fresh acceptor with nothing on disk; `id` must be a member of one of `config`'s groups.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
         let group = config
             .acceptor_groups
@@ -48,6 +54,70 @@ impl Acceptor {
             trimmed_below: 0,
             page_bytes: tunables.phase1b_page_bytes,
             max_accepted: Ballot::ZERO,
+            storage: Storage::Durable,
+        }
+    }
+
+    /// The acceptor its disk describes: `recovered`'s records applied in order, exactly as they were
+    /// applied when queued. With `Storage::InMemory` nothing was kept and nothing will be.
+    pub fn recover(
+        id: NodeId,
+        config: ClusterConfig,
+        tunables: &Tunables,
+        storage: Storage,
+        recovered: Recovered,
+    ) -> Self {
+        let mut acceptor = Acceptor::new(id, config, tunables);
+        acceptor.storage = storage;
+        for record in recovered.records {
+            match record {
+                Record::Promise { ballot, nonce } => {
+                    acceptor.promised = ballot;
+                    acceptor.promised_nonce = nonce;
+                }
+                Record::Accept { slot, ballot, value } => acceptor.accept(slot, ballot, value),
+                Record::Trim { below } => acceptor.trim(below),
+                Record::Executed { .. } | Record::Snapshot { .. } => {
+                    panic!("acceptor {id}: a replica's record in its log: is the data dir another node's?")
+                }
+            }
+        }
+        acceptor.check_invariants();
+        acceptor
+    }
+
+    /// Queues `record` if this acceptor is durable.
+    fn persist(&self, out: &mut Out, record: impl FnOnce() -> Record) {
+        if self.storage == Storage::Durable {
+            out.persist(record());
+        }
+    }
+
+    /// Sends a vote: after its records are durable, or at once in memory.
+    fn vote(&self, out: &mut Out, to: NodeId, msg: Msg) {
+        match self.storage {
+            Storage::Durable => out.send_after_persist(to, msg),
+            Storage::InMemory => out.send(to, msg),
+        }
+    }
+
+    /// Raises the promise to `ballot` if it is higher (a Phase2a's ballot promises too), and records
+    /// the value. The same code runs live and in recovery, so both give the same state.
+    fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.promised_nonce = None;
+        }
+        if slot >= self.trimmed_below {
+            self.accepted.insert(slot, (ballot, value));
+            self.max_accepted = self.max_accepted.max(ballot);
+        }
+    }
+
+    fn trim(&mut self, below: Slot) {
+        if below > self.trimmed_below {
+            self.trimmed_below = below;
+            self.accepted = self.accepted.split_off(&below);
         }
     }
 
@@ -69,8 +139,11 @@ impl Acceptor {
             out.send(from, Msg::Nack { promised: self.promised });
             return;
         }
-        self.promised = ballot;
-        self.promised_nonce = Some(nonce);
+        if !retransmission {
+            self.promised = ballot;
+            self.promised_nonce = Some(nonce);
+            self.persist(out, || Record::Promise { ballot, nonce: Some(nonce) });
+        }
         let start = from_slot.max(self.trimmed_below);
         // One page: at least one entry, then until the page size is reached.
         let mut accepted = Vec::new();
@@ -88,7 +161,8 @@ impl Acceptor {
             accepted.push(AcceptedEntry { slot, ballot: *b, value: v.clone() });
         }
         let reply = Phase1bReply { ballot, nonce, trimmed_below: self.trimmed_below, accepted, more_from };
-        out.send(from, Msg::Phase1b(reply));
+        // Even a retransmission waits: what it reports may not be durable yet.
+        self.vote(out, from, Msg::Phase1b(reply));
     }
 
     fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
@@ -101,24 +175,25 @@ impl Acceptor {
             return;
         }
         if ballot > self.promised {
-            self.promised = ballot;
-            self.promised_nonce = None;
+            // Its own record, not only implied by the Accept: storage carries the last Promise
+            // forward when it deletes old segments, and the Accept's segment may be deleted.
+            self.persist(out, || Record::Promise { ballot, nonce: None });
         }
         if slot >= self.trimmed_below {
             let value_digest = out.digest(|| value.digest());
             out.event(|| Event::Accepted { slot, ballot, value_digest });
-            self.accepted.insert(slot, (ballot, value));
-            self.max_accepted = self.max_accepted.max(ballot);
+            self.persist(out, || Record::Accept { slot, ballot, value: value.clone() });
         }
+        self.accept(slot, ballot, value);
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
         // ballot we may accept carries the chosen value, so acknowledging it is safe.
-        out.send(from, Msg::Phase2b { ballot, slot });
+        self.vote(out, from, Msg::Phase2b { ballot, slot });
     }
 
-    fn on_trim(&mut self, below: Slot) {
+    fn on_trim(&mut self, below: Slot, out: &mut Out) {
         if below > self.trimmed_below {
-            self.trimmed_below = below;
-            self.accepted = self.accepted.split_off(&below);
+            self.persist(out, || Record::Trim { below });
+            self.trim(below);
         }
     }
 
@@ -144,7 +219,7 @@ impl Role for Acceptor {
         match msg {
             Msg::Phase1a { ballot, nonce, from_slot } => self.on_phase1a(from, ballot, nonce, from_slot, out),
             Msg::Phase2a { ballot, slot, value } => self.on_phase2a(from, ballot, slot, value, out),
-            Msg::Trim { below } => self.on_trim(below),
+            Msg::Trim { below } => self.on_trim(below, out),
             _ => out.dropped("acceptor: unexpected message"),
         }
         self.check_invariants();
@@ -177,7 +252,49 @@ mod tests {
     fn call(a: &mut Acceptor, msg: Msg) -> Vec<(NodeId, Msg)> {
         let mut out = Out::new(true);
         a.handle_message(0, 1, msg, &mut out);
-        out.msgs
+        assert!(out.msgs.is_empty() || out.after_persist.is_empty(), "a vote or a refusal, not both");
+        out.msgs.into_iter().chain(out.after_persist).collect()
+    }
+
+    #[test]
+    fn votes_wait_for_their_records_and_a_restart_rebuilds_the_same_acceptor() {
+        let mut a = acceptor();
+        let mut log = Vec::new();
+        let mut call_logged = |a: &mut Acceptor, msg| {
+            let mut out = Out::new(false);
+            a.handle_message(0, 1, msg, &mut out);
+            assert!(out.msgs.is_empty(), "votes never go out before their records: {:?}", out.msgs);
+            log.extend(out.persist);
+            out.after_persist
+        };
+        let votes = call_logged(&mut a, Msg::Phase1a { ballot: b(1, 1), nonce: 9, from_slot: 0 });
+        assert!(matches!(votes[..], [(1, Msg::Phase1b(_))]));
+        for slot in [0, 2, 4] {
+            let value = Value::Batch(bytes::Bytes::from(vec![slot as u8; 3]));
+            call_logged(&mut a, Msg::Phase2a { ballot: b(2, 1), slot, value });
+        }
+        call_logged(&mut a, Msg::Trim { below: 1 });
+        let restarted = Acceptor::recover(
+            3,
+            ClusterConfig::f1(2, 1, 1, 1),
+            &Tunables::default(),
+            Storage::Durable,
+            Recovered { snapshot: None, records: log },
+        );
+        assert_eq!((restarted.promised, restarted.promised_nonce), (a.promised, a.promised_nonce));
+        assert_eq!(restarted.accepted, a.accepted);
+        assert_eq!(restarted.trimmed_below, a.trimmed_below);
+    }
+
+    #[test]
+    fn in_memory_acceptors_keep_nothing_and_vote_at_once() {
+        let config = ClusterConfig::f1(2, 1, 1, 1);
+        let mut a =
+            Acceptor::recover(3, config, &Tunables::default(), Storage::InMemory, Recovered::default());
+        let mut out = Out::new(false);
+        a.handle_message(0, 1, Msg::Phase2a { ballot: b(1, 1), slot: 0, value: Value::Noop }, &mut out);
+        assert!(out.persist.is_empty() && out.after_persist.is_empty());
+        assert_eq!(out.msgs, vec![(1, Msg::Phase2b { ballot: b(1, 1), slot: 0 })]);
     }
 
     #[test]

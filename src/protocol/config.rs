@@ -170,6 +170,12 @@ impl ClusterConfig {
     /// numbers of proxy leaders, batchers and unbatchers, 2 replicas. Used by tests, the simulator
     /// and `autopaxos local`.
     pub fn f1(groups: usize, proxy_leaders: usize, batchers: usize, unbatchers: usize) -> Self {
+        Self::with_f(1, groups, proxy_leaders, batchers, unbatchers)
+    }
+
+    /// As [`ClusterConfig::f1`] for any `f`: f+1 proposers, `groups` groups of 2f+1 acceptors, f+1
+    /// replicas, ids from 1 in that order, then proxy leaders, batchers and unbatchers.
+    pub fn with_f(f: usize, groups: usize, proxy_leaders: usize, batchers: usize, unbatchers: usize) -> Self {
         let mut next = 1;
         let mut take = |n: usize| -> Vec<NodeId> {
             let ids = (next..next + n as NodeId).collect();
@@ -177,11 +183,11 @@ impl ClusterConfig {
             ids
         };
         ClusterConfig {
-            f: 1,
-            proposers: take(2),
-            acceptor_groups: (0..groups).map(|_| take(3)).collect(),
+            f,
+            proposers: take(f + 1),
+            acceptor_groups: (0..groups).map(|_| take(2 * f + 1)).collect(),
             proxy_leaders: take(proxy_leaders),
-            replicas: take(2),
+            replicas: take(f + 1),
             batchers: take(batchers),
             unbatchers: take(unbatchers),
         }
@@ -209,6 +215,9 @@ pub struct Tunables {
     pub replica_report_interval_us: Time,
     /// An acceptor's Phase1b carries at most about this many bytes of accepted values per page.
     pub phase1b_page_bytes: usize,
+    /// A durable replica snapshots its whole state every this many executed slots; the executed
+    /// values since the last snapshot are its log (replayed at restart, so this bounds replay time).
+    pub replica_snapshot_interval_slots: u64,
 }
 
 impl Default for Tunables {
@@ -223,6 +232,7 @@ impl Default for Tunables {
             client_retry_timeout_us: 200_000,
             replica_report_interval_us: 10_000,
             phase1b_page_bytes: 256 * 1024,
+            replica_snapshot_interval_slots: 20_000,
         }
     }
 }
@@ -244,6 +254,9 @@ impl Tunables {
         }
         if self.phase1b_page_bytes == 0 || self.phase1b_page_bytes > 512 * 1024 {
             return bad("phase1b_page_bytes", "must be between 1 and 524288 (a page must fit a frame)");
+        }
+        if self.replica_snapshot_interval_slots == 0 {
+            return bad("replica_snapshot_interval_slots", "must be positive");
         }
         if self.heartbeat_interval_us == 0 {
             return bad("heartbeat_interval_us", "must be positive");

@@ -15,6 +15,7 @@
 pub mod acceptor;
 pub mod ballot;
 pub mod batcher;
+pub mod birth;
 pub mod client;
 pub mod config;
 pub mod durable;
@@ -48,6 +49,10 @@ pub trait Role {
     fn poll_timeout(&self) -> Option<Time>;
     /// Which role this is.
     fn kind(&self) -> RoleKind;
+    /// The replica, if this role is one: drivers read its watermark and state for metrics and checks.
+    fn as_replica(&self) -> Option<&replica::Replica> {
+        None
+    }
 }
 
 /// Something a role reports that is not a message: what the simulator's checkers observe and the
@@ -68,15 +73,28 @@ pub enum Event {
     BecameLeader { ballot: Ballot },
     /// A draining stateless node reported `Left`: it holds nothing in flight and may stop.
     Left,
+    /// A replica has made no progress for a while although a peer is ahead of it: no peer keeps the
+    /// slots it needs (it must be taught by snapshot, which it cannot be yet). Repeated while stuck.
+    Stalled { executed: Slot, peer_executed: Slot },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }
 
-/// What a role produced during one call: messages to send and (optionally) events.
+/// What a role produced during one call: messages to send now, writes to make durable, messages that
+/// wait for those writes, and (optionally) events.
+///
+/// The order rule (see [`durable`]): a driver sends a message of `after_persist` only once every
+/// record queued in `persist` up to then is durable. Roles put every message that depends on their
+/// durable state there (Phase1b, Phase2b, a replica's executed watermark), so no driver can send a
+/// vote early by forgetting a sync: it would have to reach into `after_persist` to do so.
 #[derive(Debug, Default)]
 pub struct Out {
-    /// Messages to send, in order, as `(destination, message)`.
+    /// Messages that may go now, in order, as `(destination, message)`.
     pub msgs: Vec<(NodeId, Msg)>,
+    /// Writes to make durable (written and synced), in order.
+    pub persist: Vec<durable::Record>,
+    /// Messages that may go only once every record of `persist` queued before them is durable.
+    pub after_persist: Vec<(NodeId, Msg)>,
     /// Events, filled only when `record_events` is true.
     pub events: Vec<Event>,
     /// Whether roles should record [`Event`]s.
@@ -88,12 +106,12 @@ pub struct Out {
 impl Out {
     /// An empty output buffer; `record` turns on event recording with digests (simulator, tests).
     pub fn new(record: bool) -> Self {
-        Out { msgs: Vec::new(), events: Vec::new(), record_events: record, record_digests: record }
+        Out { record_events: record, record_digests: record, ..Out::default() }
     }
 
     /// An output buffer that records events without digests: enough to count them (the runtime).
     pub fn counting() -> Self {
-        Out { msgs: Vec::new(), events: Vec::new(), record_events: true, record_digests: false }
+        Out { record_events: true, record_digests: false, ..Out::default() }
     }
 
     /// `compute()` if digests are recorded.
@@ -104,6 +122,16 @@ impl Out {
     /// Queues `msg` for `to`.
     pub fn send(&mut self, to: NodeId, msg: Msg) {
         self.msgs.push((to, msg));
+    }
+
+    /// Queues a write to make durable before any message queued after it with [`Out::send_after_persist`].
+    pub fn persist(&mut self, record: durable::Record) {
+        self.persist.push(record);
+    }
+
+    /// Queues `msg` for `to`, to leave once every record queued so far is durable.
+    pub fn send_after_persist(&mut self, to: NodeId, msg: Msg) {
+        self.after_persist.push((to, msg));
     }
 
     /// Records an event if recording is on. Takes a closure so that building the event costs nothing otherwise.

@@ -4,6 +4,15 @@
 //! chosen, re-propose the highest-ballot value found per slot, fill holes with no-ops, and only then
 //! take new batches. A proposer's memory is lost in a crash; everything it needs is re-learned.
 //!
+//! Why a proposer needs no disk: safety rests on the acceptors' durable promises and votes alone,
+//! and a new leader re-learns from them in Phase 1 everything that may have been chosen. The one
+//! thing a restart could break is "one ballot, one Phase 1": a proposer that comes back without
+//! memory runs again with a ballot of its previous life, and if acceptors took its Phase1a for a
+//! retransmission of the old one, its new life could propose a second value in a slot at the same
+//! ballot. Each Phase 1 carries a nonce drawn from the incarnation's seed, which the driver draws
+//! fresh at every start (`birth::RoleSpec::seed`), so acceptors refuse the new life's Phase 1 and it
+//! moves to a higher ballot.
+//!
 //! Must never: propose two values for one slot at one ballot; take new batches before Phase 1 is done;
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it.
 

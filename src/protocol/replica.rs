@@ -2,15 +2,23 @@
 //! (client id, sequence number), and sends each slot's replies to an unbatcher. Reports its executed
 //! watermark to proposers (who trim and re-propose) and to other replicas (who teach a lagging one).
 //!
+//! Durable state: every executed slot's value is queued as a [`Record::Executed`], and every
+//! `replica_snapshot_interval_slots` slots the whole state (state machine and client table) as a
+//! [`Record::Snapshot`]. The watermark report waits for those records (`Out::send_after_persist`), so
+//! no one trims what this replica could not rebuild after a crash: a restart loads the snapshot and
+//! replays the executed values after it ([`Replica::recover`]), then catches up from its peers.
+//!
 //! Must never: execute a slot before every lower slot; apply a command twice; let a malformed batch
-//! stop execution (every replica reads the same bytes, so treating it as empty is deterministic).
+//! stop execution (every replica reads the same bytes, so treating it as empty is deterministic);
+//! report a watermark its disk could not give back.
 
 use super::config::{ClusterConfig, Tunables};
+use super::durable::{Record, Recovered, Storage};
 use super::membership::View;
 use super::messages::{
     chunk_by_bytes, with_archived, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
-use super::state_machine::StateMachine;
+use super::state_machine::{SnapshotError, SnapshotReader, StateMachine};
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::{Bytes, BytesMut};
@@ -24,6 +32,8 @@ pub const MAX_CHOSEN_BUFFER: usize = 200_000;
 const TYPICAL_RESULT_BYTES: usize = 16;
 /// Slots one catch-up answer carries at most.
 pub const MAX_CATCHUP_SLOTS: u64 = 1_000;
+/// Report periods without progress, with a peer ahead, after which a replica says it is stalled.
+pub const STALLED_AFTER_REPORTS: u32 = 100;
 
 /// A client's last executed command and the reply to it.
 struct ClientEntry {
@@ -60,6 +70,16 @@ pub struct Replica {
     unbatchers: Vec<NodeId>,
     executed_at_last_report: Slot,
     timers: Timers<1>,
+    /// Durable (records queued, the watermark report held for them) or in memory (benchmarks).
+    storage: Storage,
+    /// A snapshot is taken every this many slots (durable only).
+    snapshot_interval: Slot,
+    /// The slot of the newest snapshot queued: a restart replays from here.
+    snapshot_slot: Slot,
+    /// Records of slots below this were declared unneeded (`Record::Trim`).
+    persisted_trim: Slot,
+    /// Report periods in a row without progress while a peer was ahead.
+    stuck_reports: u32,
 }
 
 impl Replica {
@@ -95,6 +115,105 @@ impl Replica {
             unbatchers,
             executed_at_last_report: 0,
             timers,
+            storage: Storage::Durable,
+            snapshot_interval: tunables.replica_snapshot_interval_slots,
+            snapshot_slot: 0,
+            persisted_trim: 0,
+            stuck_reports: 0,
+        }
+    }
+
+    /// The replica its disk describes: the snapshot's state, then every executed value after it
+    /// replayed in order (replies are not sent again: a client still waiting retries and is
+    /// answered from the client table). Values below the snapshot are kept to teach lagging peers.
+    pub fn recover(
+        id: NodeId,
+        config: ClusterConfig,
+        tunables: &Tunables,
+        state_machine: Box<dyn StateMachine>,
+        storage: Storage,
+        recovered: Recovered,
+        now: Time,
+    ) -> Result<Self, SnapshotError> {
+        let mut r = Replica::new(id, config, tunables, state_machine, now);
+        if let Some((slot, bytes)) = &recovered.snapshot {
+            r.restore(bytes)?;
+            r.executed = *slot;
+            r.snapshot_slot = *slot;
+            r.executed_at_last_report = *slot;
+        }
+        // Replayed in memory: these records are on disk already, and their replies were sent.
+        r.storage = Storage::InMemory;
+        let mut discard = Out::new(false);
+        for record in recovered.records {
+            match record {
+                Record::Executed { slot, value } if slot < r.executed => {
+                    if r.config.replicas.len() > 1 {
+                        r.log.insert(slot, value);
+                    }
+                }
+                Record::Executed { slot, value } => r.on_chosen(slot, value, &mut discard),
+                Record::Trim { below } => {
+                    r.persisted_trim = r.persisted_trim.max(below);
+                    r.log = r.log.split_off(&below);
+                }
+                other => panic!(
+                    "replica {id}: an acceptor's record in its log ({other:?}): another node's data dir?"
+                ),
+            }
+            discard.msgs.clear();
+            discard.events.clear();
+        }
+        r.storage = storage;
+        r.check_invariants();
+        Ok(r)
+    }
+
+    /// The durable image of the whole state: the state machine's snapshot, length first, then the
+    /// client table (as [`Replica::snapshot`] lays it out).
+    fn durable_snapshot(&self) -> Vec<u8> {
+        let state_machine = self.state_machine.snapshot();
+        let mut bytes = Vec::with_capacity(8 + state_machine.len() + 32 * self.client_table.len());
+        bytes.extend_from_slice(&(state_machine.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&state_machine);
+        self.encode_client_table(&mut bytes);
+        bytes
+    }
+
+    /// Replaces the state machine and client table with those of a durable snapshot.
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let mut reader = SnapshotReader::new(bytes);
+        self.state_machine.restore(reader.field()?)?;
+        self.client_table.clear();
+        while !reader.rest().is_empty() {
+            let client = reader.u64()?;
+            let seq = reader.u64()?;
+            let reply = Bytes::copy_from_slice(reader.field()?);
+            if self.client_table.insert(client, ClientEntry { seq, reply }).is_some() {
+                return Err(SnapshotError("a client twice in the client table"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a snapshot when one is due, and the trim point of the records it makes unneeded.
+    fn maybe_snapshot(&mut self, out: &mut Out) {
+        if self.storage != Storage::Durable || self.executed < self.snapshot_slot + self.snapshot_interval {
+            return;
+        }
+        let slot = self.executed;
+        out.persist(Record::Snapshot { slot, bytes: Bytes::from(self.durable_snapshot()) });
+        self.snapshot_slot = slot;
+        self.persist_trim(out);
+    }
+
+    /// Records below both the snapshot and the oldest slot kept to teach peers are unneeded.
+    fn persist_trim(&mut self, out: &mut Out) {
+        let teach_from = self.log.keys().next().copied().unwrap_or(self.executed);
+        let below = self.snapshot_slot.min(teach_from);
+        if self.storage == Storage::Durable && below > self.persisted_trim {
+            self.persisted_trim = below;
+            out.persist(Record::Trim { below });
         }
     }
 
@@ -124,6 +243,11 @@ impl Replica {
     /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut bytes = self.state_machine.snapshot();
+        self.encode_client_table(&mut bytes);
+        bytes
+    }
+
+    fn encode_client_table(&self, bytes: &mut Vec<u8>) {
         for (client, entry) in self.clients_in_order() {
             let reply = &entry.reply;
             bytes.extend_from_slice(&client.to_le_bytes());
@@ -131,7 +255,6 @@ impl Replica {
             bytes.extend_from_slice(&(reply.len() as u64).to_le_bytes());
             bytes.extend_from_slice(reply);
         }
-        bytes
     }
 
     fn on_chosen(&mut self, slot: Slot, value: Value, out: &mut Out) {
@@ -167,6 +290,9 @@ impl Replica {
                     out.send(unbatcher, Msg::ReplyBatch { replies });
                 }
             }
+            if self.storage == Storage::Durable {
+                out.persist(Record::Executed { slot, value: value.clone() });
+            }
             self.executed += 1;
             // Digests only for checkers: a state digest walks the whole state.
             let value_digest = out.digest(|| value.digest());
@@ -177,6 +303,7 @@ impl Replica {
                 self.log.insert(slot, value);
             }
         }
+        self.maybe_snapshot(out);
     }
 
     /// One replica per slot answers the clients, so reply traffic does not grow with f.
@@ -223,7 +350,7 @@ impl Replica {
         })
     }
 
-    fn on_executed(&mut self, from: NodeId, watermark: Slot) {
+    fn on_executed(&mut self, from: NodeId, watermark: Slot, out: &mut Out) {
         if !self.config.replicas.contains(&from) || from == self.id {
             return;
         }
@@ -233,10 +360,15 @@ impl Replica {
         if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
             let lowest = self.peer_watermarks.values().copied().min().unwrap_or(0).min(self.executed);
             self.log = self.log.split_off(&lowest);
+            self.persist_trim(out);
         }
     }
 
     fn on_catch_up(&mut self, from: NodeId, from_slot: Slot, out: &mut Out) {
+        if from_slot < self.executed && self.log.keys().next().is_none_or(|&first| first > from_slot) {
+            out.dropped("replica: asked to teach slots it no longer keeps (the learner needs a snapshot)");
+            return;
+        }
         let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
         for (&slot, value) in self.log.range(from_slot..end) {
             out.send(from, Msg::Chosen { slot, value: value.clone() });
@@ -244,21 +376,31 @@ impl Replica {
     }
 
     fn on_report_timer(&mut self, now: Time, out: &mut Out) {
+        // Held until every executed value below the watermark is durable: proposers and acceptors
+        // trim below it, so it must be a position this replica can rebuild after a crash.
         let watermark = self.executed;
-        for &proposer in &self.config.proposers {
-            out.send(proposer, Msg::Executed { watermark });
-        }
-        for &peer in self.config.replicas.iter().filter(|&&r| r != self.id) {
-            out.send(peer, Msg::Executed { watermark });
+        let peers = self.config.replicas.iter().filter(|&&r| r != self.id);
+        for &to in self.config.proposers.iter().chain(peers) {
+            match self.storage {
+                Storage::Durable => out.send_after_persist(to, Msg::Executed { watermark }),
+                Storage::InMemory => out.send(to, Msg::Executed { watermark }),
+            }
         }
         // Stuck behind a peer since the last report: a Chosen was lost on its way here. Ask the
         // peer that is furthest ahead to teach us.
         if self.executed == self.executed_at_last_report {
             let ahead =
                 self.peer_watermarks.iter().filter(|(_, &w)| w > self.executed).max_by_key(|(_, &w)| w);
-            if let Some((&peer, _)) = ahead {
+            if let Some((&peer, &peer_executed)) = ahead {
                 out.send(peer, Msg::CatchUp { from_slot: self.executed });
+                self.stuck_reports += 1;
+                if self.stuck_reports % STALLED_AFTER_REPORTS == 0 {
+                    let executed = self.executed;
+                    out.event(|| Event::Stalled { executed, peer_executed });
+                }
             }
+        } else {
+            self.stuck_reports = 0;
         }
         self.executed_at_last_report = self.executed;
         self.timers.set(Timer::Report as usize, now + self.report_interval_us);
@@ -281,7 +423,7 @@ impl Role for Replica {
     fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
-            Msg::Executed { watermark } => self.on_executed(from, watermark),
+            Msg::Executed { watermark } => self.on_executed(from, watermark, out),
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
                 if self.view.merge(&view) {
                     // Two unbatchers leaving at once through different proposers can leave none in
@@ -318,6 +460,10 @@ impl Role for Replica {
 
     fn kind(&self) -> RoleKind {
         RoleKind::Replica
+    }
+
+    fn as_replica(&self) -> Option<&Replica> {
+        Some(self)
     }
 }
 

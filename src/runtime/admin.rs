@@ -2,11 +2,12 @@
 //! to drain and leave (what an operator, or the autoscaler before it terminates a machine, does).
 
 use super::config::ClusterFile;
-use super::{metrics, start, NodeLaunch, ProcessPlan};
-use crate::protocol::batcher::Batcher;
-use crate::protocol::proxy_leader::ProxyLeader;
-use crate::protocol::unbatcher::Unbatcher;
-use crate::protocol::{Msg, NodeId, Role, RoleKind, Tunables};
+use super::launch::{node_launch, StorageChoice};
+use super::local::cluster_spec;
+use super::{metrics, start, ProcessPlan};
+use crate::protocol::birth::RoleSpec;
+use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
 use crate::wire::{Frame, FrameReader, FrameWriter, Handshake};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -46,28 +47,18 @@ pub fn without_node(mut file: ClusterFile, id: NodeId) -> ClusterFile {
     file
 }
 
-/// The joining role, built where it will run.
-pub fn joining_role(
+/// The spec of a stateless node joining the running cluster of `file`, reachable at `advertise`.
+pub fn joining_spec(
     id: NodeId,
     kind: RoleKind,
     file: &ClusterFile,
     tunables: &Tunables,
     advertise: SocketAddr,
-    now: u64,
-) -> Result<Box<dyn Role>, String> {
-    let (config, addr) = (file.config.clone(), advertise.to_string());
-    Ok(match kind {
-        RoleKind::Batcher => Box::new(Batcher::new(id, config, tunables).joining(addr, now)),
-        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, tunables).joining(addr, now)),
-        RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, tunables).joining(addr, now)),
-        other => {
-            return Err(format!(
-                "a {} cannot join a running cluster: only batchers, proxy leaders and unbatchers can \
-                 (proposers, acceptors and replicas are fixed by the cluster file)",
-                other.name()
-            ))
-        }
-    })
+) -> RoleSpec {
+    RoleSpec {
+        joining: Some(advertise.to_string()),
+        ..cluster_spec(id, kind, &file.config, tunables, StateMachineKind::Kv)
+    }
 }
 
 /// Runs one stateless node that joins the running cluster of `opts.file`, until it is told to
@@ -83,17 +74,8 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
             "the others cannot reach {advertise}: give --advertise with this machine's address and the port"
         ));
     }
-    // Fail here, with the reason, rather than on the executor.
-    joining_role(id, kind, &file, &tunables, advertise, 0)?;
-    let build_file = file.clone();
-    let launch = NodeLaunch {
-        id,
-        listen: Some(listen),
-        build: Box::new(move |ctx| {
-            joining_role(id, kind, &build_file, &tunables, advertise, ctx.now).expect("checked above")
-        }),
-        dial_at_start: file.config.proposers.clone(),
-    };
+    let spec = joining_spec(id, kind, &file, &tunables, advertise);
+    let launch = node_launch(spec, Some(listen), &StorageChoice::InMemory, file.config.proposers.clone())?;
     if let Err(e) = metrics::install_exporter(metrics_addr) {
         tracing::warn!("{e}; continuing without metrics");
     }

@@ -5,7 +5,7 @@ use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A cluster file that cannot be used. Each variant names the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,8 @@ struct FileSettings {
     client_retry_timeout_us: Option<u64>,
     replica_report_interval_us: Option<u64>,
     phase1b_page_bytes: Option<usize>,
+    replica_snapshot_interval_slots: Option<u64>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,9 @@ pub struct ClusterFile {
     pub tunables: Tunables,
     /// Where each node listens.
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// `[settings] data_dir`: where acceptors and replicas keep their state (`<data_dir>/node-<id>`);
+    /// `None`: `./autopaxos-data`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ClusterFile {
@@ -151,6 +156,7 @@ impl ClusterFile {
         }
         config.validate()?;
         let s = file.settings;
+        let data_dir = s.data_dir.clone();
         let d = Tunables::default();
         let tunables = Tunables {
             batch_size: s.batch_size.unwrap_or(d.batch_size),
@@ -162,9 +168,12 @@ impl ClusterFile {
             client_retry_timeout_us: s.client_retry_timeout_us.unwrap_or(d.client_retry_timeout_us),
             replica_report_interval_us: s.replica_report_interval_us.unwrap_or(d.replica_report_interval_us),
             phase1b_page_bytes: s.phase1b_page_bytes.unwrap_or(d.phase1b_page_bytes),
+            replica_snapshot_interval_slots: s
+                .replica_snapshot_interval_slots
+                .unwrap_or(d.replica_snapshot_interval_slots),
         };
         tunables.validate()?;
-        Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses })
+        Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses, data_dir })
     }
 
     /// The role of a configured node.
@@ -192,6 +201,8 @@ resend_timeout_us = 50000        # re-propose / resend Phase2a after this long
 client_retry_timeout_us = 200000 # clients resend an unanswered request after this long
 replica_report_interval_us = 10000
 phase1b_page_bytes = 262144       # an acceptor reports its log to a new leader in pages this big
+replica_snapshot_interval_slots = 20000  # a replica snapshots its state this often (bounds replay)
+# data_dir = "./autopaxos-data"  # acceptors and replicas keep their state in <data_dir>/node-<id>
 
 [[node]]
 id = 1

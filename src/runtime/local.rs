@@ -2,16 +2,13 @@
 //! leader, 2 replicas, 1 unbatcher) and closed-loop clients in one process, spread over the cores it
 //! may use, still talking over loopback TCP so that what is measured is what is deployed.
 
+use super::launch::{node_launch, ScratchDir, StorageChoice};
 use super::load::{ClientPool, LoadControl, Workload};
 use super::{allowed_cores, start, NodeLaunch, ProcessPlan};
-use crate::protocol::acceptor::Acceptor;
-use crate::protocol::batcher::Batcher;
-use crate::protocol::proposer::Proposer;
-use crate::protocol::proxy_leader::ProxyLeader;
-use crate::protocol::replica::Replica;
-use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
-use crate::protocol::unbatcher::Unbatcher;
-use crate::protocol::{ClusterConfig, NodeId, Role, RoleKind, Tunables};
+use crate::protocol::birth::RoleSpec;
+use crate::protocol::durable::Storage;
+use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +34,9 @@ pub struct LocalOptions {
     pub cores: Vec<usize>,
     /// Print a live progress line on stderr.
     pub progress: bool,
+    /// Where acceptors and replicas keep their state; `None`: a temporary directory removed at the
+    /// end of the run.
+    pub storage: Option<StorageChoice>,
 }
 
 /// What a run measured.
@@ -72,54 +72,40 @@ pub struct LocalReport {
     pub duration_s: f64,
     /// Cores used.
     pub cores: Vec<usize>,
+    /// Whether acceptors and replicas kept their state on disk.
+    pub durable: bool,
+    /// Syncs of the acceptors' logs per second, per acceptor (durable runs).
+    pub acceptor_fsyncs_per_sec: f64,
+    /// Records made durable per acceptor sync (the group commit's size).
+    pub acceptor_records_per_fsync: f64,
 }
 
 /// Node ids of client pools: one per core, after the cluster's ids.
 const CLIENT_NODE_BASE: NodeId = 1000;
 
-/// Builds the real role for node `id` (used by `local`, roles from a cluster file, and `bench`).
-pub fn build_role(
+/// The spec of configured node `id` (its seed is drawn when it is launched).
+pub fn cluster_spec(
     id: NodeId,
     kind: RoleKind,
     config: &ClusterConfig,
-    t: &Tunables,
-    sm: StateMachineKind,
-    now: u64,
-) -> Box<dyn Role> {
-    let config = config.clone();
-    match kind {
-        RoleKind::Proposer => Box::new(Proposer::new(id, config, t.clone(), u64::from(id), now)),
-        RoleKind::Acceptor => Box::new(Acceptor::new(id, config, t)),
-        RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, t)),
-        RoleKind::Replica => Box::new(Replica::new(id, config, t, new_state_machine(sm), now)),
-        RoleKind::Batcher => Box::new(Batcher::new(id, config, t)),
-        RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, t)),
-        RoleKind::Client => unreachable!("client pools are built separately"),
-    }
-}
-
-/// Builds the launch of a cluster node (used by `local` and by roles started from a cluster file).
-pub fn cluster_node(
-    id: NodeId,
-    kind: RoleKind,
-    listen: SocketAddr,
-    config: ClusterConfig,
-    tunables: Tunables,
-    sm: StateMachineKind,
-) -> NodeLaunch {
-    NodeLaunch {
+    tunables: &Tunables,
+    state_machine: StateMachineKind,
+) -> RoleSpec {
+    RoleSpec {
         id,
-        listen: Some(listen),
-        build: Box::new(move |ctx| build_role(id, kind, &config, &tunables, sm, ctx.now)),
-        dial_at_start: Vec::new(),
+        kind,
+        config: config.clone(),
+        tunables: tunables.clone(),
+        state_machine,
+        joining: None,
+        seed: 0,
+        storage: Storage::Durable,
     }
 }
 
 /// A number that differs between runs of this process (for client-id incarnations).
 fn incarnation() -> u16 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    (nanos ^ std::process::id().rotate_left(16)) as u16
+    super::incarnation_seed() as u16
 }
 
 /// Builds the launch of a client pool of `count` clients.
@@ -139,8 +125,9 @@ pub fn client_pool(
         id,
         listen: None,
         dial_at_start,
+        disk: None,
         build: Box::new(move |ctx| {
-            Box::new(ClientPool::new(
+            Ok(Box::new(ClientPool::new(
                 id,
                 incarnation,
                 count,
@@ -149,7 +136,7 @@ pub fn client_pool(
                 workload,
                 control,
                 ctx.latencies.clone(),
-            ))
+            )))
         }),
     }
 }
@@ -163,16 +150,13 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
 
+    // Durable by default, in a directory of this run's own that goes when the run does.
+    let scratch = ScratchDir::new("autopaxos-local");
+    let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, (id, kind)) in config.all_nodes().enumerate() {
-        let launch = cluster_node(
-            id,
-            kind,
-            loopback,
-            config.clone(),
-            opts.tunables.clone(),
-            opts.workload.state_machine,
-        );
+        let spec = cluster_spec(id, kind, &config, &opts.tunables, opts.workload.state_machine);
+        let launch = node_launch(spec, Some(loopback), &storage, Vec::new())?;
         per_core[i % cores.len()].1.push(launch);
     }
     let per_pool = opts.clients.div_ceil(cores.len() as u32).max(1);
@@ -215,6 +199,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     std::thread::sleep(opts.warmup);
     let window_start = Instant::now();
     control.measuring.store(true, Ordering::Relaxed);
+    let syncs_before = super::launch::ACCEPTOR_SYNCS.snapshot();
     let mut last = (Instant::now(), control.completed.load(Ordering::Relaxed));
     while window_start.elapsed() < opts.duration {
         std::thread::sleep(
@@ -237,6 +222,13 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         }
     }
     control.measuring.store(false, Ordering::Relaxed);
+    let syncs = super::launch::ACCEPTOR_SYNCS.snapshot();
+    let acceptors = config.all_acceptors().count() as f64;
+    let (sync_count, records) = (syncs.0 - syncs_before.0, syncs.1 - syncs_before.1);
+    let acceptor_syncs = (
+        sync_count as f64 / acceptors,
+        if sync_count == 0 { 0.0 } else { records as f64 / sync_count as f64 },
+    );
     let window = window_start.elapsed().as_secs_f64();
     let completed = control.completed_measured.load(Ordering::Relaxed);
     control.stop.store(true, Ordering::Relaxed);
@@ -264,6 +256,9 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         read_budget: opts.read_budget,
         duration_s: window,
         cores,
+        durable: storage != StorageChoice::InMemory,
+        acceptor_fsyncs_per_sec: acceptor_syncs.0 / window,
+        acceptor_records_per_fsync: acceptor_syncs.1,
     })
 }
 
@@ -283,9 +278,18 @@ pub fn thousands(n: u64) -> String {
 impl LocalReport {
     /// The human summary.
     pub fn summary(&self) -> String {
+        let storage = if self.durable {
+            format!(
+                "durable: {:.0} fsyncs/s per acceptor, {:.1} records per fsync",
+                self.acceptor_fsyncs_per_sec, self.acceptor_records_per_fsync
+            )
+        } else {
+            "in memory (not crash-safe)".to_string()
+        };
         format!(
             "{} cmds/s  ({} commands in {:.1}s; batch size {}, {} clients, {}-byte values, {} state machine, cores {:?})\n\
-             latency  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} retries)",
+             latency  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} retries)\n\
+             storage  {storage}",
             thousands(self.cmds_per_sec as u64),
             thousands(self.completed),
             self.duration_s,

@@ -32,6 +32,12 @@ pub struct NodeMetrics {
     commands_applied: Counter,
     commands_completed: Counter,
     accepted: Counter,
+    fsyncs: Counter,
+    records_persisted: Counter,
+    /// Replicas: every slot below this is executed.
+    pub executed_watermark: Gauge,
+    /// Replicas: the low 53 bits of the state digest, refreshed once the watermark stands still.
+    pub state_digest: Gauge,
 }
 
 impl NodeMetrics {
@@ -54,6 +60,10 @@ impl NodeMetrics {
             commands_applied: c("autopaxos_commands_applied_total"),
             commands_completed: c("autopaxos_commands_completed_total"),
             accepted: c("autopaxos_phase2_accepted_total"),
+            fsyncs: c("autopaxos_fsyncs_total"),
+            records_persisted: c("autopaxos_records_persisted_total"),
+            executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
+            state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
             role,
             node,
         }
@@ -65,6 +75,12 @@ impl NodeMetrics {
             .increment(1);
     }
 
+    /// Counts one sync of the log that made `records` records durable.
+    pub fn persisted(&self, records: usize) {
+        self.fsyncs.increment(1);
+        self.records_persisted.increment(records as u64);
+    }
+
     /// Turns a role's event into counters.
     pub fn event(&self, event: &crate::protocol::Event) {
         match event {
@@ -74,6 +90,17 @@ impl NodeMetrics {
             Event::Completed { .. } => self.commands_completed.increment(1),
             Event::BecameLeader { .. } => self.elections.increment(1),
             Event::Left => tracing::info!(role = self.role, node = %self.node, "drained and left"),
+            Event::Stalled { executed, peer_executed } => {
+                tracing::warn!(
+                    node = %self.node,
+                    executed,
+                    peer_executed,
+                    "this replica is behind a peer and not catching up: no peer keeps the slots it needs \
+                     (teaching by snapshot is not supported yet; see autopaxos_replica_stalled_total)"
+                );
+                counter!("autopaxos_replica_stalled_total", "role" => self.role, "node" => self.node.clone())
+                    .increment(1);
+            }
             Event::Dropped { reason } => {
                 let (role, node) = (self.role, self.node.clone());
                 counter!("autopaxos_dropped_messages_total", "role" => role, "node" => node, "reason" => *reason)
@@ -112,6 +139,27 @@ fn describe() {
         "Commands applied to the state machine."
     );
     describe_counter!("autopaxos_commands_completed_total", Unit::Count, "Client commands completed.");
+    describe_counter!("autopaxos_fsyncs_total", Unit::Count, "Syncs of this node's write-ahead log.");
+    describe_counter!(
+        "autopaxos_records_persisted_total",
+        Unit::Count,
+        "Records made durable in this node's write-ahead log (per sync: the group commit's size)."
+    );
+    describe_counter!(
+        "autopaxos_replica_stalled_total",
+        Unit::Count,
+        "Replica: periods of about a second it spent behind a peer without catching up."
+    );
+    describe_gauge!(
+        "autopaxos_executed_watermark",
+        Unit::Count,
+        "Replica: every slot below this is executed."
+    );
+    describe_gauge!(
+        "autopaxos_state_digest",
+        Unit::Count,
+        "Replica: low 53 bits of the digest of its state, updated once the watermark stands still."
+    );
     describe_counter!(
         "autopaxos_phase2_accepted_total",
         Unit::Count,

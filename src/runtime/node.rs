@@ -2,10 +2,17 @@
 //! calls `handle_message` / `handle_timeout` exactly as the simulator does, and routes what the role
 //! sends to per-peer queues that connection tasks write out. It makes no protocol decision.
 //!
-//! Must never: hold a `RefCell` borrow across an `.await`; block the executor.
+//! A durable node also runs a persistence task: the records its role queues (`Out::persist`) are
+//! appended to its write-ahead log, and the messages that wait for them (`Out::after_persist`) are
+//! routed only once one `fdatasync` covers them. Whatever arrives while a sync is in flight is
+//! covered by the next one (group commit).
+//!
+//! Must never: hold a `RefCell` borrow across an `.await`; block the executor; send a message of
+//! `after_persist` before the sync that covers the records queued before it.
 
 use super::conn;
 use super::metrics::NodeMetrics;
+use crate::protocol::durable::Record;
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
 use crate::wire::FrameWriter;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -71,13 +78,30 @@ pub struct Host {
     peers: RefCell<BTreeMap<NodeId, Rc<Peer>>>,
     timer_target: Cell<Option<Time>>,
     timer_wake: LocalSender<()>,
+    /// Durable nodes: what waits for the next sync, and the persistence task's wake-up.
+    persistence: Option<(RefCell<Unsynced>, LocalSender<()>)>,
+}
+
+/// Records not yet handed to the log, and the messages that wait for them.
+#[derive(Default)]
+struct Unsynced {
+    records: Vec<Record>,
+    held: Vec<(NodeId, Msg)>,
 }
 
 impl Host {
-    /// Hosts `role` and starts its timer task on the current executor.
-    pub fn start(id: NodeId, role: Box<dyn Role>, settings: NodeSettings, epoch: Instant) -> Rc<Host> {
+    /// Hosts `role` and starts its timer task on the current executor; with a `disk`, also the
+    /// persistence task that appends its records to the log there.
+    pub fn start(
+        id: NodeId,
+        role: Box<dyn Role>,
+        settings: NodeSettings,
+        epoch: Instant,
+        disk: Option<super::launch::NodeDisk>,
+    ) -> Rc<Host> {
         let kind = role.kind();
         let (timer_wake, timer_rx) = local_channel::new_bounded(1);
+        let (persist_wake, persist_rx) = local_channel::new_bounded(1);
         let host = Rc::new(Host {
             id,
             kind,
@@ -90,8 +114,15 @@ impl Host {
             peers: RefCell::new(BTreeMap::new()),
             timer_target: Cell::new(None),
             timer_wake,
+            persistence: disk.is_some().then(|| (RefCell::new(Unsynced::default()), persist_wake)),
         });
         glommio::spawn_local(timer_loop(host.clone(), timer_rx)).detach();
+        if let Some(disk) = disk {
+            glommio::spawn_local(persist_loop(host.clone(), disk, persist_rx)).detach();
+        }
+        if kind == RoleKind::Replica {
+            glommio::spawn_local(replica_status_loop(host.clone())).detach();
+        }
         host
     }
 
@@ -158,6 +189,23 @@ impl Host {
     fn flush(self: &Rc<Self>, out: &mut Out) {
         for (to, msg) in out.msgs.drain(..) {
             self.route(to, &msg);
+        }
+        match &self.persistence {
+            Some((unsynced, wake)) if !out.persist.is_empty() || !out.after_persist.is_empty() => {
+                let mut unsynced = unsynced.borrow_mut();
+                unsynced.records.append(&mut out.persist);
+                unsynced.held.append(&mut out.after_persist);
+                let _ = wake.try_send(());
+            }
+            Some(_) => {}
+            // In memory: nothing is kept, so nothing is waited for (roles built `InMemory` queue
+            // nothing here anyway).
+            None => {
+                out.persist.clear();
+                for (to, msg) in out.after_persist.drain(..) {
+                    self.route(to, &msg);
+                }
+            }
         }
         for event in out.events.drain(..) {
             self.metrics.event(&event);
@@ -239,6 +287,56 @@ impl Host {
         if peers.get(&id).is_some_and(|p| Rc::ptr_eq(p, peer)) {
             peers.remove(&id);
         }
+    }
+}
+
+/// Appends what the role queued to the log, syncs, then routes the messages that waited for it; one
+/// sync covers everything queued since the last one started.
+async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: LocalReceiver<()>) {
+    let Some((unsynced, _)) = &host.persistence else { unreachable!("started only for durable nodes") };
+    let mut wal = match disk.open_wal().await {
+        Ok(wal) => wal,
+        Err(e) => super::launch::fatal_storage_error(host.id, &e),
+    };
+    while wake.recv().await.is_some() {
+        let Unsynced { records, held } = std::mem::take(&mut *unsynced.borrow_mut());
+        if !records.is_empty() {
+            let result = match wal.append(&records).await {
+                Ok(()) => wal.sync().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                super::launch::fatal_storage_error(host.id, &e);
+            }
+            host.metrics.persisted(records.len());
+            if host.kind == RoleKind::Acceptor {
+                super::launch::ACCEPTOR_SYNCS.add(records.len());
+            }
+        }
+        for (to, msg) in held {
+            host.route(to, &msg);
+        }
+    }
+}
+
+/// Exports a replica's executed watermark, and the digest of its state once the watermark has stood
+/// still for a period (a digest walks the whole state: never while it is moving), so that an operator
+/// or a test can compare replicas.
+async fn replica_status_loop(host: Rc<Host>) {
+    let mut digested_at = None;
+    let mut last = None;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        let role = host.role.borrow();
+        let Some(replica) = role.as_replica() else { return };
+        let watermark = replica.executed_watermark();
+        host.metrics.executed_watermark.set(watermark as f64);
+        if last == Some(watermark) && digested_at != Some(watermark) {
+            // 53 bits: exact in a Prometheus sample (a float).
+            host.metrics.state_digest.set((replica.state_digest() & ((1 << 53) - 1)) as f64);
+            digested_at = Some(watermark);
+        }
+        last = Some(watermark);
     }
 }
 

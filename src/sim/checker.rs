@@ -24,8 +24,8 @@ pub struct Checker {
     executed: BTreeMap<Slot, (u64, u64)>,
     /// replica → the next slot it must execute.
     next_to_execute: BTreeMap<NodeId, Slot>,
-    /// replica → commands it applied.
-    applied: BTreeMap<NodeId, BTreeSet<(u64, u64)>>,
+    /// replica → commands it applied, with the slot each was applied in.
+    applied: BTreeMap<NodeId, BTreeMap<(u64, u64), Slot>>,
     /// What went wrong, in order.
     pub violations: Vec<String>,
 }
@@ -51,7 +51,7 @@ impl Checker {
                 self.on_executed(node, slot, value_digest, state_digest)
             }
             Event::Applied { client_id, seq, slot }
-                if !self.applied.entry(node).or_default().insert((client_id, seq)) =>
+                if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() =>
             {
                 self.violation(format!(
                     "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
@@ -121,7 +121,17 @@ impl Checker {
 
     /// Whether some replica applied (client, seq).
     pub fn was_applied(&self, client_id: u64, seq: u64) -> bool {
-        self.applied.values().any(|set| set.contains(&(client_id, seq)))
+        self.applied.values().any(|set| set.contains_key(&(client_id, seq)))
+    }
+
+    /// A replica restarted from its disk with every slot below `executed` executed: what it did
+    /// above that was lost with its memory and will be done again (in the same order, to the same
+    /// state, which the checks above verify).
+    pub fn replica_restarted(&mut self, replica: NodeId, executed: Slot) {
+        self.next_to_execute.insert(replica, executed);
+        if let Some(applied) = self.applied.get_mut(&replica) {
+            applied.retain(|_, &mut slot| slot < executed);
+        }
     }
 
     /// The number of slots known chosen.

@@ -1,30 +1,32 @@
 //! The deterministic simulator: drives the very same role structs as the runtime, over a virtual
 //! network with virtual time and one seeded generator, so that a seed replays a whole cluster run
 //! exactly (TigerBeetle's VOPR is the model). Faults: per-link delay, loss, duplication and
-//! reordering; partitions, one-way included; crashes and restarts (proposers, proxy leaders, batchers
-//! and unbatchers lose their memory; acceptors and replicas keep theirs, as durable storage would).
+//! reordering; partitions, one-way included; crashes and restarts. A crash loses a node's memory,
+//! whatever its role; acceptors and replicas have a simulated disk (`disk`) that keeps only what a
+//! sync covered (plus, maybe, a torn prefix of what was written after), and a restart rebuilds the
+//! role from that disk alone, through the same birthplace as the runtime (`protocol::birth`). Disk
+//! faults: crashes between write and sync, torn tail writes, and a rare corrupted record that the
+//! restarting node must detect (it then stays down, as a real node refuses to start).
 //! Checkers watch every event (`checker`), the client history is checked for linearizability at the
 //! end (`linearizability`), and after the faults stop every request must complete in bounded time.
 //!
 //! Must never: read the clock or OS randomness; iterate a randomly seeded hash map.
 
 pub mod checker;
+pub mod disk;
 pub mod linearizability;
 pub mod network;
 pub mod workload;
 
-use crate::protocol::acceptor::Acceptor;
-use crate::protocol::batcher::Batcher;
+use crate::protocol::birth::{self, RoleSpec};
 use crate::protocol::client::Client;
+use crate::protocol::durable::{Recovered, Storage};
 use crate::protocol::messages::client_id;
-use crate::protocol::proposer::Proposer;
-use crate::protocol::proxy_leader::ProxyLeader;
-use crate::protocol::replica::Replica;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
-use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
-use crate::protocol::unbatcher::Unbatcher;
+use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
 use checker::Checker;
+use disk::SimDisk;
 use linearizability::{check_partitioned, Operation, Verdict};
 use network::{Fault, FaultLevel, LinkModel, Partitions};
 use rand::{Rng, SeedableRng};
@@ -60,6 +62,9 @@ pub struct SimOptions {
     /// Membership churn during the fault phase: stateless nodes join the running cluster, and others
     /// are told to leave (drain, report `Left`, then stop for good). Every leave must complete.
     pub churn: bool,
+    /// Failures tolerated; `None`: drawn from the seed (1, 2 or 3; always 1 with scripted faults,
+    /// whose node ids are those of [`ClusterConfig::f1`]).
+    pub f: Option<usize>,
 }
 
 impl SimOptions {
@@ -76,6 +81,7 @@ impl SimOptions {
             scripted_faults: None,
             shape: None,
             churn: false,
+            f: None,
         }
     }
 }
@@ -106,28 +112,35 @@ pub struct Outcome {
     /// Messages that reached a node after it had left (sent before the sender learned; lost, as
     /// they would be on a stopped machine, and recovered by the protocol's resends).
     pub after_left: u64,
+    /// Failures tolerated in this run.
+    pub f: usize,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Crashes that left a partly written record at the end of a log.
+    pub torn_writes: u64,
+    /// Writes issued and lost in a crash before any sync covered them.
+    pub lost_writes: u64,
+    /// Corrupted records that a restarting node detected (it then refused to start).
+    pub corrupt_detected: u64,
 }
 
 enum Member {
     Client(Box<Client>),
-    Replica(Box<Replica>),
-    Other(Box<dyn Role>),
+    Node(Box<dyn Role>),
 }
 
 impl Member {
     fn role(&mut self) -> &mut dyn Role {
         match self {
             Member::Client(c) => c.as_mut(),
-            Member::Replica(r) => r.as_mut(),
-            Member::Other(o) => o.as_mut(),
+            Member::Node(o) => o.as_mut(),
         }
     }
 
     fn role_ref(&self) -> &dyn Role {
         match self {
             Member::Client(c) => c.as_ref(),
-            Member::Replica(r) => r.as_ref(),
-            Member::Other(o) => o.as_ref(),
+            Member::Node(o) => o.as_ref(),
         }
     }
 }
@@ -141,6 +154,44 @@ struct SimNode {
     joined: bool,
     /// Drained and left: stopped for good.
     left: bool,
+    /// Acceptors and replicas: the disk the role is rebuilt from after a crash.
+    disk: Option<SimDisk>,
+    /// Messages waiting for the next sync (`Out::after_persist`), and the votes the checker counts
+    /// only once they are durable.
+    held: Vec<(NodeId, Msg)>,
+    held_events: Vec<Event>,
+    /// The sync in flight: how many writes, held messages and held events it covers.
+    sync: Option<(usize, usize, usize)>,
+    /// Bumped by every crash, so that a sync that was in flight then completes into nothing.
+    incarnation: u64,
+    /// Refused to start on a corrupted log: down for good.
+    dead: bool,
+    /// Its disk holds a corrupted record (it will refuse to start).
+    corrupted: bool,
+    /// A crash is due as soon as the node next writes (a crash between write and sync).
+    crash_on_write: bool,
+}
+
+impl SimNode {
+    fn new(kind: RoleKind, member: Member, joined: bool) -> Self {
+        let disk = matches!(kind, RoleKind::Acceptor | RoleKind::Replica).then(SimDisk::default);
+        SimNode {
+            kind,
+            member,
+            up: true,
+            restarts: 0,
+            joined,
+            left: false,
+            disk,
+            held: Vec::new(),
+            held_events: Vec::new(),
+            sync: None,
+            incarnation: 0,
+            dead: false,
+            corrupted: false,
+            crash_on_write: false,
+        }
+    }
 }
 
 struct ClientDriver {
@@ -165,6 +216,11 @@ enum Pending {
     Join(RoleKind),
     /// The operator asks this node to leave (again, until it reports `Left`).
     Leave(NodeId),
+    /// A sync of `node`'s disk completes (if the node has not crashed since it began).
+    Synced {
+        node: NodeId,
+        incarnation: u64,
+    },
 }
 
 struct Scheduled {
@@ -216,6 +272,10 @@ pub struct Simulator<'t> {
     outcome: Outcome,
     /// Nodes the operator asked to leave.
     leaves_asked: std::collections::BTreeSet<NodeId>,
+    /// Disk timing and faults, from a stream of their own.
+    disk_rng: ChaCha8Rng,
+    /// Chance that a crash of an acceptor also corrupts a record of its log (0 for most seeds).
+    corruption_rate: f64,
 }
 
 /// Derives an independent seed for one purpose from the run's seed (splitmix64).
@@ -249,7 +309,14 @@ impl<'t> Simulator<'t> {
             rng.gen_range(1..=2),
         );
         let (groups, proxies, batchers, unbatchers) = opts.shape.unwrap_or(drawn);
-        let cluster = ClusterConfig::f1(groups, proxies, batchers, unbatchers);
+        // Drawn from their own streams, so that adding them did not change what the draws above mean.
+        let mut shape = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xf));
+        let drawn_f = [1, 1, 2, 3][shape.gen_range(0..4)];
+        let f = if opts.scripted_faults.is_some() { 1 } else { opts.f.unwrap_or(drawn_f) };
+        let mut disk_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xd15c));
+        let corruption_rate = if disk_rng.gen_bool(0.3) { 0.2 } else { 0.0 };
+        let snapshot_interval = [3, 16, 20_000][disk_rng.gen_range(0..3)];
+        let cluster = ClusterConfig::with_f(f, groups, proxies, batchers, unbatchers);
         cluster.validate().expect("the simulator builds valid clusters");
         // Drawn from its own stream so that adding it did not change what older seeds mean: tiny
         // pages make every election page through the acceptors' logs.
@@ -262,6 +329,7 @@ impl<'t> Simulator<'t> {
             } else {
                 Tunables::default().phase1b_page_bytes
             },
+            replica_snapshot_interval_slots: snapshot_interval,
             ..Tunables::default()
         };
         let mut sim = Simulator {
@@ -283,24 +351,23 @@ impl<'t> Simulator<'t> {
             stamp: 0,
             steps: 0,
             trace,
-            outcome: Outcome { seed, ..Outcome::default() },
+            outcome: Outcome { seed, f, ..Outcome::default() },
             leaves_asked: Default::default(),
+            disk_rng,
+            corruption_rate,
             opts,
         };
         sim.checker = Checker::new(sim.cluster.quorum());
         let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
         for (id, kind) in ids {
-            let member = sim.build(id, kind, 0, false);
-            sim.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0, joined: false, left: false });
+            let member = sim.build(id, kind, 0, false, Recovered::default());
+            sim.nodes.insert(id, SimNode::new(kind, member, false));
         }
         for i in 0..sim.opts.clients {
             let id = CLIENT_ID_BASE + i as NodeId;
             let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
             let member = Member::Client(Box::new(client));
-            sim.nodes.insert(
-                id,
-                SimNode { kind: RoleKind::Client, member, up: true, restarts: 0, joined: false, left: false },
-            );
+            sim.nodes.insert(id, SimNode::new(RoleKind::Client, member, false));
             let workload =
                 Workload::new(u64::from(id), ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))));
             let after_healing = sim.opts.requests_after_healing;
@@ -309,32 +376,20 @@ impl<'t> Simulator<'t> {
         sim
     }
 
-    fn build(&self, id: NodeId, kind: RoleKind, restarts: u64, joined: bool) -> Member {
-        let (config, tunables) = (self.cluster.clone(), &self.tunables);
-        if joined {
-            let (addr, now) = (format!("sim:{id}"), self.now);
-            return Member::Other(match kind {
-                RoleKind::Batcher => Box::new(Batcher::new(id, config, tunables).joining(addr, now)),
-                RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, tunables).joining(addr, now)),
-                RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, tunables).joining(addr, now)),
-                other => unreachable!("a {} cannot join", other.name()),
-            });
-        }
-        match kind {
-            RoleKind::Proposer => {
-                let seed = derive_seed(self.seed, (u64::from(id) << 32) | restarts);
-                Member::Other(Box::new(Proposer::new(id, config, tunables.clone(), seed, self.now)))
-            }
-            RoleKind::Acceptor => Member::Other(Box::new(Acceptor::new(id, config, tunables))),
-            RoleKind::ProxyLeader => Member::Other(Box::new(ProxyLeader::new(id, config, tunables))),
-            RoleKind::Batcher => Member::Other(Box::new(Batcher::new(id, config, tunables))),
-            RoleKind::Unbatcher => Member::Other(Box::new(Unbatcher::new(id, &config, tunables))),
-            RoleKind::Replica => {
-                let sm = new_state_machine(StateMachineKind::Kv);
-                Member::Replica(Box::new(Replica::new(id, config, tunables, sm, self.now)))
-            }
-            RoleKind::Client => unreachable!("clients are built by the simulator directly"),
-        }
+    /// Builds node `id` as the runtime would: through the birthplace, with a seed of its own for
+    /// this incarnation, from what its disk recovered.
+    fn build(&self, id: NodeId, kind: RoleKind, restarts: u64, joined: bool, recovered: Recovered) -> Member {
+        let spec = RoleSpec {
+            id,
+            kind,
+            config: self.cluster.clone(),
+            tunables: self.tunables.clone(),
+            state_machine: StateMachineKind::Kv,
+            joining: joined.then(|| format!("sim:{id}")),
+            seed: derive_seed(self.seed, (u64::from(id) << 32) | restarts),
+            storage: Storage::Durable,
+        };
+        Member::Node(birth::build(spec, recovered, self.now).unwrap_or_else(|e| panic!("node {id}: {e}")))
     }
 
     fn schedule(&mut self, at: Time, what: Pending) {
@@ -428,6 +483,7 @@ impl<'t> Simulator<'t> {
             Pending::EndFaults => self.end_faults(),
             Pending::Join(kind) => self.join(kind),
             Pending::Leave(id) => self.ask_to_leave(id),
+            Pending::Synced { node, incarnation } => self.synced(node, incarnation),
         }
     }
 
@@ -461,8 +517,8 @@ impl<'t> Simulator<'t> {
         let id = JOINED_ID_BASE + self.outcome.joined as NodeId;
         self.outcome.joined += 1;
         self.trace(|| format!("{id} starts as a {} and joins", kind.name()));
-        let member = self.build(id, kind, 0, true);
-        self.nodes.insert(id, SimNode { kind, member, up: true, restarts: 0, joined: true, left: false });
+        let member = self.build(id, kind, 0, true, Recovered::default());
+        self.nodes.insert(id, SimNode::new(kind, member, true));
     }
 
     fn ask_to_leave(&mut self, id: NodeId) {
@@ -522,10 +578,76 @@ impl<'t> Simulator<'t> {
     }
 
     fn dispatch(&mut self, from: NodeId, out: Out) {
-        for (to, msg) in out.msgs {
+        let Out { msgs, persist, after_persist, events, .. } = out;
+        for (to, msg) in msgs {
             self.send(from, to, msg);
         }
-        for event in out.events {
+        let node = self.nodes.get_mut(&from).expect("only nodes dispatch");
+        let mut now_events = Vec::new();
+        match node.disk.as_mut() {
+            Some(disk) => {
+                disk.write(&persist);
+                let crash_now = node.crash_on_write && !persist.is_empty();
+                node.held.extend(after_persist);
+                // A vote counts once it is durable, when its Phase2b may leave.
+                for event in events {
+                    match event {
+                        Event::Accepted { .. } => node.held_events.push(event),
+                        other => now_events.push(other),
+                    }
+                }
+                if crash_now {
+                    self.observe(from, now_events);
+                    self.trace(|| format!("{from} crashes right after writing"));
+                    return self.crash(from);
+                }
+                self.start_sync(from);
+            }
+            None => {
+                assert!(persist.is_empty(), "node {from} has no disk but asked to persist");
+                for (to, msg) in after_persist {
+                    self.send(from, to, msg);
+                }
+                now_events = events;
+            }
+        }
+        self.observe(from, now_events);
+    }
+
+    /// Starts a sync of `id`'s disk if anything waits for one and none is in flight: it covers what
+    /// was written and held until now (group commit), and completes after the disk's latency.
+    fn start_sync(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(disk) = node.disk.as_ref() else { return };
+        let waiting = (disk.unsynced(), node.held.len(), node.held_events.len());
+        if node.sync.is_some() || waiting == (0, 0, 0) {
+            return;
+        }
+        node.sync = Some(waiting);
+        let incarnation = node.incarnation;
+        let latency = self.disk_rng.gen_range(100..3_000);
+        self.schedule(self.now + latency, Pending::Synced { node: id, incarnation });
+    }
+
+    fn synced(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !node.up || node.incarnation != incarnation {
+            return; // it crashed while the sync was in flight
+        }
+        let (writes, held, events) = node.sync.take().expect("a sync was in flight");
+        node.disk.as_mut().expect("durable node").synced(writes);
+        let released: Vec<(NodeId, Msg)> = node.held.drain(..held).collect();
+        let votes: Vec<Event> = node.held_events.drain(..events).collect();
+        self.trace(|| format!("{id} synced {writes} writes; releases {} messages", released.len()));
+        for (to, msg) in released {
+            self.send(id, to, msg);
+        }
+        self.observe(id, votes);
+        self.start_sync(id);
+    }
+
+    fn observe(&mut self, from: NodeId, events: Vec<Event>) {
+        for event in events {
             self.checker.observe(from, &event);
             match event {
                 Event::Completed { seq, result } => self.on_completed(from, seq, result),
@@ -589,44 +711,101 @@ impl<'t> Simulator<'t> {
     fn apply_fault(&mut self, fault: Fault) {
         self.trace(|| format!("fault {fault:?}"));
         match fault {
+            // Half the crashes of a durable node that has nothing unsynced wait for its next write,
+            // so that crashes between write and sync are common, as they would be under load.
+            Fault::Crash(id) if self.arm_crash_on_write(id) => {}
             Fault::Crash(id) => self.crash(id),
             Fault::Restart(id) => self.restart(id),
             Fault::Block(..) | Fault::Unblock(..) => self.partitions.apply(&fault),
         }
     }
 
+    /// The node's machine stops: its memory is gone, and its disk keeps what a real one would.
     fn crash(&mut self, id: NodeId) {
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.up = false;
+        let Some(node) = self.nodes.get(&id) else { return };
+        if !node.up {
+            return;
+        }
+        // At most f acceptors of a group stay down for good, so that a quorum can always come back.
+        let corrupt = node.kind == RoleKind::Acceptor
+            && self.disk_rng.gen_bool(self.corruption_rate)
+            && self.dead_in_group(id) < self.cluster.f;
+        let node = self.nodes.get_mut(&id).expect("checked above");
+        node.up = false;
+        node.crash_on_write = false;
+        node.incarnation += 1;
+        node.sync = None;
+        node.held.clear();
+        node.held_events.clear();
+        self.outcome.crashes += 1;
+        if let Some(disk) = node.disk.as_mut() {
+            let damage = disk.crash(&mut self.disk_rng, corrupt);
+            self.outcome.torn_writes += u64::from(damage.torn);
+            self.outcome.lost_writes += damage.lost as u64;
+            node.corrupted |= damage.corrupted;
+            let what = format!("{damage:?}");
+            self.trace(|| format!("{id} crashes; its disk: {what}"));
         }
     }
 
+    fn arm_crash_on_write(&mut self, id: NodeId) -> bool {
+        let Some(node) = self.nodes.get_mut(&id) else { return false };
+        let idle_disk = node.disk.as_ref().is_some_and(|d| d.unsynced() == 0);
+        if node.up && idle_disk && self.disk_rng.gen_bool(0.5) {
+            node.crash_on_write = true;
+            return true;
+        }
+        false
+    }
+
+    /// Acceptors of `id`'s group whose disk holds a corrupted record (they refuse to start).
+    fn dead_in_group(&self, id: NodeId) -> usize {
+        let group = self.cluster.acceptor_groups.iter().find(|g| g.contains(&id)).expect("an acceptor");
+        group.iter().filter(|a| self.nodes.get(a).is_some_and(|n| n.corrupted)).count()
+    }
+
+    /// The node's machine comes back: its role is rebuilt from its disk alone (stateless roles from
+    /// nothing), or, if the disk is corrupt, it refuses to start and stays down.
     fn restart(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get(&id) else {
+        let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
         if node.up {
+            node.crash_on_write = false; // its crash never came: the window has passed
             return;
         }
-        let (kind, restarts) = (node.kind, node.restarts + 1);
-        // Acceptors and replicas model durable storage: they come back with their state.
-        let durable = matches!(kind, RoleKind::Acceptor | RoleKind::Replica);
-        if node.left {
-            return; // it left the cluster: its machine is gone
+        if node.left || node.dead {
+            return; // gone for good (left the cluster, or refused to start)
         }
-        let joined = node.joined;
-        let member = if durable { None } else { Some(self.build(id, kind, restarts, joined)) };
+        let (kind, restarts, joined) = (node.kind, node.restarts + 1, node.joined);
+        let recovered = match node.disk.as_mut().map(SimDisk::recover) {
+            None => Recovered::default(),
+            Some(Ok(recovered)) => recovered,
+            Some(Err(corrupt)) => {
+                node.dead = true;
+                self.outcome.corrupt_detected += 1;
+                self.trace(|| format!("{id} refuses to start: its log is {corrupt}"));
+                return;
+            }
+        };
+        let member = self.build(id, kind, restarts, joined, recovered);
         let node = self.nodes.get_mut(&id).expect("checked above");
-        if let Some(member) = member {
-            node.member = member;
-        }
+        node.member = member;
         node.up = true;
         node.restarts = restarts;
+        if let Some(replica) = node.member.role_ref().as_replica() {
+            let executed = replica.executed_watermark();
+            self.checker.replica_restarted(id, executed);
+            self.trace(|| format!("{id} restarts from its disk at slot {executed}"));
+        }
     }
 
     fn end_faults(&mut self) {
         self.trace(|| "faults end: healing partitions, restarting nodes, healthy links".into());
         self.faults_on = false;
+        for node in self.nodes.values_mut() {
+            node.crash_on_write = false;
+        }
         self.link = LinkModel::HEALTHY;
         self.partitions.clear();
         let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| !n.up).map(|(&id, _)| id).collect();
@@ -680,10 +859,8 @@ impl<'t> Simulator<'t> {
     fn replica_watermarks(&self) -> Vec<(NodeId, u64)> {
         self.nodes
             .iter()
-            .filter_map(|(&id, n)| match &n.member {
-                Member::Replica(r) => Some((id, r.executed_watermark())),
-                _ => None,
-            })
+            .filter(|(_, n)| !n.dead)
+            .filter_map(|(&id, n)| n.member.role_ref().as_replica().map(|r| (id, r.executed_watermark())))
             .collect()
     }
 
@@ -707,8 +884,8 @@ impl<'t> Simulator<'t> {
         let snapshots: Vec<(NodeId, Vec<u8>)> = self
             .nodes
             .iter()
-            .filter_map(|(&id, n)| match &n.member {
-                Member::Replica(r) if r.executed_watermark() == target => Some((id, r.snapshot())),
+            .filter_map(|(&id, n)| match n.member.role_ref().as_replica() {
+                Some(r) if r.executed_watermark() == target => Some((id, r.snapshot())),
                 _ => None,
             })
             .collect();
@@ -785,6 +962,16 @@ pub struct Summary {
     pub joined: u64,
     /// Stateless nodes that drained and left, over all seeds (with churn).
     pub left: u64,
+    /// Node crashes, over all seeds.
+    pub crashes: u64,
+    /// Crashes that left a torn record at the end of a log.
+    pub torn_writes: u64,
+    /// Writes lost in crashes before a sync covered them.
+    pub lost_writes: u64,
+    /// Corrupted records detected by restarting nodes.
+    pub corrupt_detected: u64,
+    /// Seeds run with f = 1, 2 and 3.
+    pub seeds_by_f: [u64; 3],
 }
 
 /// Runs seeds `start..start+count` on `threads` threads; `on_failure` sees each failing outcome as it
@@ -817,6 +1004,13 @@ pub fn run_seeds(
                 s.elections += outcome.elections;
                 s.joined += outcome.joined as u64;
                 s.left += outcome.left as u64;
+                s.crashes += outcome.crashes;
+                s.torn_writes += outcome.torn_writes;
+                s.lost_writes += outcome.lost_writes;
+                s.corrupt_detected += outcome.corrupt_detected;
+                if (1..=3).contains(&outcome.f) {
+                    s.seeds_by_f[outcome.f - 1] += 1;
+                }
                 s.inconclusive += u64::from(outcome.inconclusive);
                 if !outcome.violations.is_empty() {
                     s.failures.push(outcome);

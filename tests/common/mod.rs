@@ -81,12 +81,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `BIN args...` with stdout and stderr going to `<dir>/<name>.{out,err}`.
+    /// Starts `BIN args...` in `dir` (where a node's default data dir, `./autopaxos-data`, lands),
+    /// with stdout and stderr going to `<dir>/<name>.{out,err}`.
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
         let child = Command::new(BIN)
             .args(args)
+            .current_dir(dir)
             .env("NO_COLOR", "1") // plain log files (tracing-subscriber colours even when not a tty)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("create the stdout file"))

@@ -32,6 +32,52 @@ pub trait StateMachine: Send {
     fn digest(&self) -> u64;
     /// Canonical byte image of the whole state: equal states give byte-identical snapshots.
     fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with the one `snapshot` (from [`StateMachine::snapshot`]) describes.
+    /// Bytes that are not such an image are an error (the state is then unspecified), never a panic.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+}
+
+/// A snapshot that cannot be restored: truncated or inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot is not a valid state image: {0}")]
+pub struct SnapshotError(pub &'static str);
+
+/// Reads little-endian fields off a snapshot, refusing to run past its end.
+pub(crate) struct SnapshotReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> SnapshotReader<'a> {
+    /// A reader at the start of `bytes`.
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        SnapshotReader { bytes }
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if n > self.bytes.len() {
+            return Err(SnapshotError("truncated"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// The next little-endian u64.
+    pub(crate) fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// A length-prefixed field.
+    pub(crate) fn field(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let len = self.u64()?;
+        self.take(usize::try_from(len).map_err(|_| SnapshotError("length out of range"))?)
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.bytes
+    }
 }
 
 /// Which state machine a replica runs.

@@ -37,6 +37,12 @@ impl StateMachine for NoopStateMachine {
     fn snapshot(&self) -> Vec<u8> {
         self.applied.to_le_bytes().to_vec()
     }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), super::SnapshotError> {
+        let bytes: [u8; 8] = snapshot.try_into().map_err(|_| super::SnapshotError("noop: not 8 bytes"))?;
+        self.applied = u64::from_le_bytes(bytes);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,180 @@
+//! From a node's spec to a running node: the runtime's side of the one birthplace
+//! (`protocol::birth`). For a stateful node it opens and locks the data directory and recovers what
+//! the disk kept *before* any executor starts, so a locked or damaged directory is one clear error
+//! and an exit; the role is then built from that state on its executor, where its write-ahead log
+//! continues. Roles from a cluster file, `local`, `boot`, joining nodes and `bench` all come here.
+//!
+//! Must never: start a stateful node on a data dir another process holds; start one on a log it
+//! could not read back whole.
+
+use super::{incarnation_seed, NodeLaunch};
+use crate::protocol::birth::{self, RoleSpec};
+use crate::protocol::durable::{Recovered, Storage};
+use crate::protocol::membership::is_stateless;
+use crate::protocol::{NodeId, RoleKind};
+use crate::storage::dir::{DataDir, RecoveryReport, StorageError};
+use crate::storage::wal::{Wal, WalOptions};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where stateful nodes keep their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageChoice {
+    /// Nowhere: a crash loses every vote. For benchmarks; each node logs a warning.
+    InMemory,
+    /// In `<base>/node-<id>`, one directory per node.
+    Under(PathBuf),
+}
+
+impl StorageChoice {
+    /// `--in-memory` wins; then `--data-dir`; then the cluster file's `data_dir`; then
+    /// `./autopaxos-data`.
+    pub fn from_flags(in_memory: bool, data_dir: Option<PathBuf>, file_data_dir: Option<PathBuf>) -> Self {
+        if in_memory {
+            return StorageChoice::InMemory;
+        }
+        StorageChoice::Under(data_dir.or(file_data_dir).unwrap_or_else(|| PathBuf::from("./autopaxos-data")))
+    }
+}
+
+/// The data directory of node `id` under `base`.
+pub fn node_dir(base: &Path, id: NodeId) -> PathBuf {
+    base.join(format!("node-{id}"))
+}
+
+/// Whether a role keeps state that must survive it.
+pub fn is_stateful(kind: RoleKind) -> bool {
+    matches!(kind, RoleKind::Acceptor | RoleKind::Replica)
+}
+
+/// A stateful node's data directory, locked, with what recovery found; moved to the node's executor.
+pub struct NodeDisk {
+    dir: DataDir,
+    report: RecoveryReport,
+}
+
+impl NodeDisk {
+    /// Opens the write-ahead log where recovery left it (a new segment after the recovered ones).
+    pub async fn open_wal(&self) -> Result<Wal, StorageError> {
+        let report = &self.report;
+        Wal::open(
+            self.dir.path(),
+            report.next_sequence,
+            report.old_segments.clone(),
+            &report.sticky,
+            WalOptions::default(),
+        )
+        .await
+    }
+}
+
+/// A directory of this process's own under the system's temporary directory, removed when dropped
+/// (however the run ends): where `local` and `bench` keep durable state by default.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A fresh path `<tmp>/<prefix>-<pid>-<random>` (created by whoever writes into it).
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}-{}-{:x}", std::process::id(), incarnation_seed());
+        ScratchDir(std::env::temp_dir().join(name))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Syncs of acceptor logs in this process, and the records they made durable: `local` reports the
+/// group commit's rate and size from them.
+pub static ACCEPTOR_SYNCS: SyncCounter = SyncCounter::new();
+
+/// A process-wide count of syncs and the records they covered.
+pub struct SyncCounter {
+    syncs: AtomicU64,
+    records: AtomicU64,
+}
+
+impl SyncCounter {
+    const fn new() -> Self {
+        SyncCounter { syncs: AtomicU64::new(0), records: AtomicU64::new(0) }
+    }
+
+    /// Counts one sync that covered `records` records.
+    pub fn add(&self, records: usize) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// (syncs, records) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.syncs.load(Ordering::Relaxed), self.records.load(Ordering::Relaxed))
+    }
+}
+
+/// A node that cannot write its log must not go on voting: it stops the process, loudly.
+pub fn fatal_storage_error(node: NodeId, error: &StorageError) -> ! {
+    tracing::error!(node, "cannot persist: {error}; stopping rather than vote without a durable log");
+    eprintln!("autopaxos: node {node}: cannot persist: {error}");
+    std::process::exit(74) // EX_IOERR
+}
+
+/// The launch of the node `spec` describes, listening at `listen`. A stateful node's directory is
+/// opened, locked and recovered now (on this thread); its seed is drawn fresh for this incarnation.
+pub fn node_launch(
+    mut spec: RoleSpec,
+    listen: Option<SocketAddr>,
+    storage: &StorageChoice,
+    dial_at_start: Vec<NodeId>,
+) -> Result<NodeLaunch, String> {
+    let id = spec.id;
+    spec.seed = incarnation_seed();
+    let (recovered, disk) = match storage {
+        _ if !is_stateful(spec.kind) || spec.joining.is_some() => (Recovered::default(), None),
+        StorageChoice::InMemory => {
+            tracing::warn!(
+                node = id,
+                role = spec.kind.name(),
+                "--in-memory: this node keeps its state in memory only; it is NOT crash-safe"
+            );
+            spec.storage = Storage::InMemory;
+            (Recovered::default(), None)
+        }
+        StorageChoice::Under(base) => {
+            spec.storage = Storage::Durable;
+            let path = node_dir(base, id);
+            let dir = DataDir::open(&path).map_err(|e| format!("node {id}: {e}"))?;
+            let (recovered, report) = dir.recover().map_err(|e| format!("node {id}: {e}"))?;
+            if report.torn_bytes_dropped > 0 {
+                tracing::warn!(
+                    node = id,
+                    bytes = report.torn_bytes_dropped,
+                    "the log ended in a torn write (a crash mid-write); cut it off"
+                );
+            }
+            tracing::info!(node = id, dir = %path.display(), "{report}");
+            (recovered, Some(NodeDisk { dir, report }))
+        }
+    };
+    // Refuse what cannot be built here, with the reason, not on the executor.
+    if spec.joining.is_some() && !is_stateless(spec.kind) {
+        return Err(birth::BirthError::CannotJoin(spec.kind.name()).to_string());
+    }
+    if spec.joining.is_none() && !spec.config.all_nodes().any(|node| node == (id, spec.kind)) {
+        return Err(birth::BirthError::NotInConfig { id, role: spec.kind.name() }.to_string());
+    }
+    Ok(NodeLaunch {
+        id,
+        listen,
+        build: Box::new(move |ctx| birth::build(spec, recovered, ctx.now).map_err(|e| e.to_string())),
+        dial_at_start,
+        disk,
+    })
+}
