@@ -29,6 +29,7 @@
 //! base_port = 7000                 # optional: node k on an instance listens on base_port + k
 //! ```
 
+use crate::duration::parse_duration;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{NodeId, RoleKind, Tunables};
 use crate::runtime::config::ClusterFile;
@@ -326,8 +327,7 @@ impl UserData {
         }
         ud.state_machine.parse::<StateMachineKind>().map_err(|e| field("state_machine", e.to_string()))?;
         if let Some(t) = &ud.discovery_timeout {
-            humantime::parse_duration(t)
-                .map_err(|e| field("discovery_timeout", format!("'{t}' is not a duration like 5m: {e}")))?;
+            parse_duration(t).map_err(|e| field("discovery_timeout", e.to_string()))?;
         }
         match ud.discovery {
             Discovery::File => {
@@ -373,7 +373,7 @@ impl UserData {
     pub fn discovery_timeout(&self) -> Duration {
         self.discovery_timeout
             .as_deref()
-            .and_then(|t| humantime::parse_duration(t).ok())
+            .and_then(|t| parse_duration(t).ok())
             .unwrap_or(Duration::from_secs(300))
     }
 }
@@ -491,10 +491,6 @@ pub struct CoreList(pub Vec<usize>);
 
 fn parse_core_list(s: &str) -> Result<CoreList, String> {
     crate::runtime::parse_cores(s).map(CoreList)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 2s: {e}"))
 }
 
 /// Reads the user-data, finds the peers and runs this machine's nodes until stopped.
