@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(ud.base_port, 7000);
         assert!(ud.join);
         assert_eq!(ud.advertise, Some("127.0.0.1:9".parse().unwrap()));
-        assert_eq!(ud.metrics_addr, "0.0.0.0:16000".parse().unwrap());
+        assert_eq!(ud.metrics_addr, SocketAddr::from(([0, 0, 0, 0], 16000)));
         assert_eq!(ud.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
     }
 
