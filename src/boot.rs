@@ -29,6 +29,7 @@
 //! base_port = 7000                 # optional: node k on an instance listens on base_port + k
 //! ```
 
+use crate::duration::parse_duration;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{NodeId, RoleKind, Tunables};
 use crate::runtime::config::ClusterFile;
@@ -36,7 +37,7 @@ use crate::runtime::launch::{node_launch, StorageChoice};
 use crate::runtime::local::cluster_spec;
 use crate::runtime::{allowed_cores, metrics, start, NodeLaunch, ProcessPlan, Running};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -125,7 +126,7 @@ pub fn run_nodes(opts: ServeOptions) -> Result<(), String> {
 }
 
 /// Where peers come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Discovery {
     /// The cluster file in the user-data.
@@ -136,7 +137,11 @@ pub enum Discovery {
 }
 
 /// A node's user-data (TOML). See the module documentation for an example.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// The one definition of the format: boot parses it ([`UserData::parse`]) and whoever launches
+/// instances (`cloud up`, the autoscaler's EC2 fleet) builds one and writes it with
+/// [`UserData::to_toml`], so writer and reader cannot drift apart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserData {
     /// Cluster id.
@@ -155,21 +160,28 @@ pub struct UserData {
     #[serde(default = "default_state_machine")]
     pub state_machine: String,
     /// Overrides the cluster's batch size.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Where peers come from.
     #[serde(default)]
     pub discovery: Discovery,
     /// The cluster file's text (`discovery = "file"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_file: Option<String>,
     /// Failures tolerated (`discovery = "tags"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub f: Option<usize>,
     /// Instances to wait for (`discovery = "tags"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_instances: Option<usize>,
     /// AWS region (`discovery = "tags"`; else the AWS environment).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// EC2 endpoint (`discovery = "tags"`; else the AWS environment).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
     /// How long to wait for the expected instances, e.g. `5m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery_timeout: Option<String>,
     /// Node k of an instance listens on `base_port + k` (`discovery = "tags"`).
     #[serde(default = "default_base_port")]
@@ -180,6 +192,7 @@ pub struct UserData {
     pub join: bool,
     /// With `join`: where the others reach it; default: this instance's private address (from the
     /// metadata service) and `base_port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
 }
 
@@ -231,6 +244,42 @@ pub enum BootError {
 }
 
 impl UserData {
+    /// The user-data of an instance that runs `nodes` of `role` and finds its peers by tags once
+    /// `expected_instances` of the cluster's instances are up; every optional field at its default
+    /// (the caller sets region, endpoint, ports, `join` … on the value).
+    pub fn by_tags(
+        cluster: &str,
+        role: RoleKind,
+        nodes: Vec<NodeId>,
+        f: usize,
+        expected_instances: usize,
+    ) -> Self {
+        UserData {
+            cluster: cluster.to_string(),
+            role: role.name().to_string(),
+            nodes,
+            metrics_addr: default_metrics_addr(),
+            read_budget: default_read_budget(),
+            state_machine: default_state_machine(),
+            batch_size: None,
+            discovery: Discovery::Tags,
+            cluster_file: None,
+            f: Some(f),
+            expected_instances: Some(expected_instances),
+            region: None,
+            endpoint_url: None,
+            discovery_timeout: None,
+            base_port: default_base_port(),
+            join: false,
+            advertise: None,
+        }
+    }
+
+    /// The TOML text boot reads back with [`UserData::parse`] (fields left `None` are omitted).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("user-data is plain values and always serializes")
+    }
+
     /// Parses and checks user-data text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, BootError> {
         let ud: UserData = toml::from_str(text).map_err(|e| BootError::Parse {
@@ -281,8 +330,7 @@ impl UserData {
         }
         ud.state_machine.parse::<StateMachineKind>().map_err(|e| field("state_machine", e.to_string()))?;
         if let Some(t) = &ud.discovery_timeout {
-            humantime::parse_duration(t)
-                .map_err(|e| field("discovery_timeout", format!("'{t}' is not a duration like 5m: {e}")))?;
+            parse_duration(t).map_err(|e| field("discovery_timeout", e.to_string()))?;
         }
         match ud.discovery {
             Discovery::File => {
@@ -328,7 +376,7 @@ impl UserData {
     pub fn discovery_timeout(&self) -> Duration {
         self.discovery_timeout
             .as_deref()
-            .and_then(|t| humantime::parse_duration(t).ok())
+            .and_then(|t| parse_duration(t).ok())
             .unwrap_or(Duration::from_secs(300))
     }
 }
@@ -446,10 +494,6 @@ pub struct CoreList(pub Vec<usize>);
 
 fn parse_core_list(s: &str) -> Result<CoreList, String> {
     crate::runtime::parse_cores(s).map(CoreList)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 2s: {e}"))
 }
 
 /// Reads the user-data, finds the peers and runs this machine's nodes until stopped.
@@ -599,6 +643,22 @@ mod tests {
         assert_eq!(ud.batch_size, Some(40));
         assert_eq!(ud.metrics_addr, default_metrics_addr());
         assert_eq!(ud.discovery, Discovery::File);
+    }
+
+    #[test]
+    fn user_data_written_by_to_toml_parses_back_to_the_same_values() {
+        let mut ud = UserData::by_tags("demo", RoleKind::Acceptor, vec![3, 4], 1, 9);
+        ud.region = Some("us-east-1".into());
+        ud.batch_size = Some(40);
+        ud.discovery_timeout = Some("90s".into());
+        let text = ud.to_toml();
+        assert!(!text.contains("cluster_file") && !text.contains("advertise"), "None is omitted:\n{text}");
+        let back = UserData::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(back.discovery, Discovery::Tags);
+        assert_eq!(back.role_kind(), RoleKind::Acceptor);
+        assert_eq!((back.f, back.expected_instances), (Some(1), Some(9)));
+        assert_eq!(back.discovery_timeout(), Duration::from_secs(90));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `autopaxos` command line: parse, then hand off. No protocol logic lives here.
 
+use autopaxos::duration::parse_duration;
 use autopaxos::protocol::state_machine::StateMachineKind;
 use autopaxos::protocol::{NodeId, RoleKind, Tunables};
 use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
@@ -119,10 +120,6 @@ struct Cores(Vec<usize>);
 
 fn parse_core_list(s: &str) -> Result<Cores, String> {
     parse_cores(s).map(Cores)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 10s or 500ms: {e}"))
 }
 
 /// Settings shared by every command that runs nodes.

@@ -13,9 +13,9 @@
 
 use super::{Fleet, FleetError, Instance};
 use crate::autoscale::AutoscaleArgs;
+use crate::boot::UserData;
 use crate::cloud::ec2::{self, Ec2, Ec2Options, LaunchSpec, OnShutdown, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
 use crate::protocol::{NodeId, RoleKind};
-use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,46 +51,18 @@ pub struct LaunchSettings {
     pub endpoint_url: Option<String>,
 }
 
-/// `autopaxos boot`'s user-data for a node that finds its peers by tags (see `crate::boot`).
-#[derive(Serialize)]
-struct BootUserData<'a> {
-    cluster: &'a str,
-    role: &'a str,
-    nodes: Vec<NodeId>,
-    metrics_addr: String,
-    discovery: &'a str,
-    f: usize,
-    expected_instances: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    region: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    endpoint_url: Option<&'a str>,
-    base_port: u16,
-    /// The node joins the running cluster (it is not one of its configured nodes).
-    join: bool,
-    /// Where the others reach it (tests: a loopback address); else boot asks the metadata service.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advertise: Option<String>,
-}
-
 /// The user-data of a launched node: role, its node id, peers by tags once `expected_instances` of the
 /// cluster's instances are up.
 pub fn user_data(s: &LaunchSettings, role: RoleKind, node: NodeId, expected_instances: usize) -> String {
-    toml::to_string(&BootUserData {
-        cluster: &s.cluster,
-        role: role.name(),
-        nodes: vec![node],
-        metrics_addr: format!("0.0.0.0:{}", s.metrics_port),
-        discovery: "tags",
-        f: s.f,
-        expected_instances,
-        region: s.region.as_deref(),
-        endpoint_url: s.endpoint_url.as_deref(),
-        base_port: s.node_port,
-        join: true,
-        advertise: s.advertise.map(|a| a.to_string()),
-    })
-    .expect("user-data serializes")
+    let mut ud = UserData::by_tags(&s.cluster, role, vec![node], s.f, expected_instances);
+    ud.metrics_addr = SocketAddr::from(([0, 0, 0, 0], s.metrics_port));
+    ud.region = s.region.clone();
+    ud.endpoint_url = s.endpoint_url.clone();
+    ud.base_port = s.node_port;
+    // A launched node is never one of the configured nodes: it joins the running cluster.
+    ud.join = true;
+    ud.advertise = s.advertise;
+    ud.to_toml()
 }
 
 /// The tags of a launched node.
@@ -254,6 +226,10 @@ mod tests {
         assert_eq!(ud.cluster, "demo");
         assert_eq!(ud.expected_instances, Some(11));
         assert_eq!(ud.base_port, 7000);
+        assert!(ud.join);
+        assert_eq!(ud.advertise, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(ud.metrics_addr, SocketAddr::from(([0, 0, 0, 0], 16000)));
+        assert_eq!(ud.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod scrape;
 pub mod ec2_fleet;
 
 use crate::bench::plan::load_capacities;
+use crate::duration::parse_nonzero_duration;
 use crate::protocol::{NodeId, RoleKind};
 use clap::Args;
 use policy::{Action, Decision, Observation, Policy, PolicyConfig, SCALED_ROLES};
@@ -222,15 +223,6 @@ pub fn load_nodes(path: &Path, cluster: &str) -> Result<Vec<StaticNode>, String>
     Ok(parsed.nodes)
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d =
-        humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 5s or 500ms: {e}"))?;
-    if d.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(d)
-}
-
 /// `autopaxos autoscale`.
 #[derive(Args, Debug, Clone)]
 pub struct AutoscaleArgs {
@@ -241,14 +233,14 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value = "tuning/capacities.toml")]
     pub capacities: PathBuf,
     /// How often to scrape and decide.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_nonzero_duration)]
     pub interval: Duration,
     /// Log (and with --json print) every decision, but launch, drain and terminate nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// How long a node being removed may take to drain (finish its in-flight work) before the
     /// autoscaler gives up on removing it this time.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_nonzero_duration)]
     pub drain_timeout: Duration,
     /// Fraction of each node's measured capacity kept spare, at least 0 and below 1.
     #[arg(long, default_value_t = 0.3)]
@@ -264,7 +256,7 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value_t = 6)]
     pub scale_in_after: u32,
     /// Quiet time per role after any action.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_nonzero_duration)]
     pub cooldown: Duration,
     /// Fewest nodes per scaled role.
     #[arg(long, default_value_t = 1)]
@@ -289,7 +281,7 @@ pub struct AutoscaleArgs {
     #[arg(long)]
     pub json: bool,
     /// How long one scrape may take (connect, and each read).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_nonzero_duration)]
     pub scrape_timeout: Duration,
     /// EC2 API endpoint (default: the AWS environment, e.g. AWS_ENDPOINT_URL).
     #[arg(long)]

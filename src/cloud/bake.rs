@@ -7,7 +7,8 @@
 //! and prints the AMI id. Every wait is bounded by `--timeout`; on failure the builder is terminated.
 
 use super::ec2::{CloudError, Ec2, LaunchSpec, OnShutdown, TAG_ROLE};
-use super::{parse_duration, AwsFlags};
+use super::AwsFlags;
+use crate::duration::parse_duration;
 use clap::{Args, Subcommand};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

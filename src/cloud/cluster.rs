@@ -32,7 +32,7 @@ use crate::boot::UserData;
 use crate::protocol::{NodeId, RoleKind};
 use crate::runtime::config::ClusterFile;
 use clap::{ArgGroup, Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -258,24 +258,6 @@ impl CloudConfig {
     }
 }
 
-/// The user-data `cloud up` gives one instance (read by `autopaxos boot`).
-#[derive(Debug, Serialize)]
-struct TagsUserData<'a> {
-    cluster: &'a str,
-    role: &'a str,
-    nodes: Vec<NodeId>,
-    discovery: &'a str,
-    f: usize,
-    expected_instances: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    region: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    endpoint_url: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_size: Option<usize>,
-    base_port: u16,
-}
-
 /// The user-data of one instance of a cluster that finds its peers by tags.
 pub fn user_data_for(
     config: &CloudConfig,
@@ -284,19 +266,13 @@ pub fn user_data_for(
     region: &str,
     endpoint_url: Option<&str>,
 ) -> String {
-    toml::to_string(&TagsUserData {
-        cluster: &config.cluster,
-        role: layout.role.name(),
-        nodes: layout.nodes.iter().map(|(id, _)| *id).collect(),
-        discovery: "tags",
-        f: config.f,
-        expected_instances,
-        region: Some(region),
-        endpoint_url,
-        batch_size: config.batch_size,
-        base_port: config.base_port,
-    })
-    .expect("user-data serializes")
+    let nodes = layout.nodes.iter().map(|(id, _)| *id).collect();
+    let mut ud = UserData::by_tags(&config.cluster, layout.role, nodes, config.f, expected_instances);
+    ud.region = Some(region.to_string());
+    ud.endpoint_url = endpoint_url.map(str::to_string);
+    ud.batch_size = config.batch_size;
+    ud.base_port = config.base_port;
+    ud.to_toml()
 }
 
 /// The cluster file (TOML text) the tagged instances of a cluster make: every instance's nodes at

@@ -6,6 +6,7 @@ pub mod bake;
 pub mod cluster;
 pub mod ec2;
 
+use crate::duration::parse_duration;
 use clap::Args;
 use std::time::Duration;
 
@@ -33,9 +34,4 @@ impl AwsFlags {
             call_timeout: self.call_timeout,
         }
     }
-}
-
-/// Parses a duration like `20m` or `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 20m or 5s: {e}"))
 }

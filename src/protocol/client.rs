@@ -119,25 +119,40 @@ impl Client {
         self.timers.set(Timer::Retry as usize, now + self.retry_timeout_us);
     }
 
-    /// Takes one reply addressed to this client (a node hosting many clients hands each its own).
-    pub fn handle_reply(&mut self, reply: ClientReply, out: &mut Out) {
-        if reply.client_id == self.client_id {
-            self.on_reply(reply.seq, reply.result, out);
-        } else {
+    /// Takes one reply addressed to this client (a node hosting many clients hands each its own);
+    /// returns the result if it completed the outstanding request. The result is handed over, not
+    /// copied: the `Completed` event only names the request.
+    pub fn handle_reply(&mut self, reply: ClientReply, out: &mut Out) -> Option<Bytes> {
+        let completed = if reply.client_id != self.client_id {
             out.dropped("client: reply for another client");
-        }
+            None
+        } else {
+            match &self.outstanding {
+                Some(o) if o.command.seq == reply.seq => {
+                    self.outstanding = None;
+                    self.timers.cancel(Timer::Retry as usize);
+                    let (client_id, seq) = (self.client_id, reply.seq);
+                    out.event(|| Event::Completed { client_id, seq });
+                    Some(reply.result)
+                }
+                _ => {
+                    out.dropped("client: reply to no outstanding request (a duplicate)");
+                    None
+                }
+            }
+        };
         self.check_invariants();
+        completed
     }
 
-    fn on_reply(&mut self, seq: u64, result: Bytes, out: &mut Out) {
-        match &self.outstanding {
-            Some(o) if o.command.seq == seq => {
-                self.outstanding = None;
-                self.timers.cancel(Timer::Retry as usize);
-                out.event(|| Event::Completed { seq, result });
-            }
-            _ => out.dropped("client: reply to no outstanding request (a duplicate)"),
+    /// A proposer refused a request because it does not lead: remember its hint, and without
+    /// batchers resend the outstanding request to the hinted leader at once.
+    pub fn on_not_leader(&mut self, now: Time, leader_hint: Option<NodeId>, out: &mut Out) {
+        self.leader_hint = leader_hint;
+        if leader_hint.is_some() && self.batchers.is_empty() {
+            self.send_outstanding(now, out);
         }
+        self.check_invariants();
     }
 
     fn check_invariants(&self) {
@@ -151,18 +166,14 @@ impl Client {
 impl Role for Client {
     fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
+            // The result is dropped here: a host that wants it calls `handle_reply` (see `ClientMux`).
             Msg::ClientReplies(replies) => {
                 for reply in replies {
                     self.handle_reply(reply, out);
                 }
             }
             Msg::Membership(view) => self.on_view(&view),
-            Msg::NotLeader { leader_hint } => {
-                self.leader_hint = leader_hint;
-                if leader_hint.is_some() && self.batchers.is_empty() {
-                    self.send_outstanding(now, out);
-                }
-            }
+            Msg::NotLeader { leader_hint } => self.on_not_leader(now, leader_hint, out),
             _ => out.dropped("client: unexpected message"),
         }
         self.check_invariants();

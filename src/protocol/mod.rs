@@ -17,6 +17,7 @@ pub mod ballot;
 pub mod batcher;
 pub mod birth;
 pub mod client;
+pub mod client_mux;
 pub mod config;
 pub mod durable;
 pub mod membership;
@@ -67,8 +68,9 @@ pub enum Event {
     Executed { slot: Slot, value_digest: Option<u64>, state_digest: Option<u64> },
     /// A replica applied a command to its state machine (not answered from the client table).
     Applied { client_id: u64, seq: u64, slot: Slot },
-    /// A client received the first reply to its request `seq`.
-    Completed { seq: u64, result: bytes::Bytes },
+    /// A client received the first reply to its request `seq` (the result goes to the client's host,
+    /// not here: copying it per command would cost the hot path).
+    Completed { client_id: u64, seq: u64 },
     /// A proposer finished Phase 1 and leads with `ballot`.
     BecameLeader { ballot: Ballot },
     /// A draining stateless node reported `Left`: it holds nothing in flight and may stop.

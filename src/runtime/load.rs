@@ -1,13 +1,14 @@
-//! The closed-loop load generator: one node hosting many protocol [`Client`]s (each with one request
-//! outstanding), a KV (or opaque, for `noop`) workload, and latency recorded in an HDR histogram.
-//! It is a role like any other, so the runtime hosts it the same way; it makes no protocol decision
-//! (retries and leader hints are the protocol `Client`'s).
+//! The closed-loop load generator: a KV (or opaque, for `noop`) workload for the clients of one
+//! [`ClientMux`] (each with one request outstanding), latency recorded in an HDR histogram, and the
+//! verify mode's read-back. It is a role like any other, so the runtime hosts it the same way.
+//!
+//! Must never: make a protocol decision (routing, retries, leader hints and merging requests are the
+//! mux's and its clients'); allocate or copy per command beyond building the operation itself.
 
-use crate::protocol::client::Client;
-use crate::protocol::messages::{chunk_by_bytes, client_id, MAX_AGGREGATE_BYTES};
+use crate::protocol::client_mux::{self, ClientMux, Completion};
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
-use crate::protocol::{ClusterConfig, Command, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
+use crate::protocol::{ClusterConfig, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -17,8 +18,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// How often the pool looks for clients whose retry timer is due.
-const TICK_US: Time = 10_000;
 /// Distinct keys the workload writes to.
 const KEYS: u64 = 100_000;
 /// Partitions the keys are spread over.
@@ -63,14 +62,20 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Clients one pool may host: the low 16 bits of a client id's index.
-pub const MAX_CLIENTS_PER_POOL: u32 = 1 << 16;
+pub const MAX_CLIENTS_PER_POOL: u32 = client_mux::MAX_CLIENTS;
 
-/// Many closed-loop clients on one node.
+/// Many closed-loop clients on one node: the protocol side (routing, retries, one message per
+/// batcher) is the [`ClientMux`]'s; the pool decides only what each client sends next and measures.
 pub struct ClientPool {
-    clients: Vec<Client>,
+    mux: ClientMux,
+    load: Load,
+}
+
+/// The load-generation half of the pool, apart from the mux so that the mux's completion callback
+/// can borrow it while the mux is borrowed too.
+struct Load {
     sent_at: Vec<Time>,
     started: bool,
-    next_tick: Time,
     workload: Workload,
     values: Bytes,
     rng: ChaCha8Rng,
@@ -104,9 +109,9 @@ fn verify_key(client_id: u64, seq: u64) -> (Bytes, Bytes, Bytes) {
 }
 
 impl ClientPool {
-    /// `count` clients with ids `client_id(node, incarnation << 16 | i)`, starting on the first tick.
-    /// A fresh `incarnation` per run keeps a restarted pool from reusing the (client id, sequence
-    /// number) pairs of an earlier run, which the replicas' client tables remember.
+    /// `count` clients with ids `client_id(node, incarnation << 16 | i)`, starting on the first
+    /// timeout. A fresh `incarnation` per run keeps a restarted pool from reusing the (client id,
+    /// sequence number) pairs of an earlier run, which the replicas' client tables remember.
     #[allow(clippy::too_many_arguments)] // the pool's whole configuration, passed once at start
     pub fn new(
         node: NodeId,
@@ -119,27 +124,25 @@ impl ClientPool {
         latencies: Rc<RefCell<Histogram<u64>>>,
     ) -> Self {
         assert!(count <= MAX_CLIENTS_PER_POOL, "at most {MAX_CLIENTS_PER_POOL} clients per pool");
-        let prefix = u32::from(incarnation) << 16;
-        let clients = (0..count)
-            .map(|i| Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize))
-            .collect();
+        let mux = ClientMux::new(node, incarnation, count, &config, tunables);
         let mut rng = ChaCha8Rng::seed_from_u64(u64::from(node));
         // One buffer of random bytes; each value is a slice of it (no allocation per request).
         let values: Vec<u8> = (0..workload.value_size + 4096).map(|_| rng.gen()).collect();
-        ClientPool {
-            clients,
+        let load = Load {
             sent_at: vec![0; count as usize],
             started: false,
-            next_tick: 0,
             workload,
             values: Bytes::from(values),
             rng,
             control,
             latencies,
             verify: (0..count).map(|_| VerifyState::default()).collect(),
-        }
+        };
+        ClientPool { mux, load }
     }
+}
 
+impl Load {
     fn next_op(&mut self) -> Bytes {
         let offset = self.rng.gen_range(0..4096);
         let value = self.values.slice(offset..offset + self.workload.value_size);
@@ -153,21 +156,21 @@ impl ClientPool {
         }
     }
 
-    fn submit(&mut self, index: usize, now: Time, out: &mut Out) {
-        if self.workload.verify {
-            return self.submit_verified(index, now, out);
-        }
-        if self.control.stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let op = self.next_op();
+    /// What client `index` sends next, if anything.
+    fn next_request(&mut self, index: usize, client_id: u64, now: Time) -> Option<Bytes> {
+        let op = if self.workload.verify {
+            self.next_verified(index, client_id)?
+        } else if self.control.stop.load(Ordering::Relaxed) {
+            return None;
+        } else {
+            self.next_op()
+        };
         self.sent_at[index] = now;
-        self.clients[index].submit(now, op, out).expect("a client is resubmitted only once idle");
+        Some(op)
     }
 
     /// Verify mode: a distinct write while running; once stopped, read back each acknowledged write.
-    fn submit_verified(&mut self, index: usize, now: Time, out: &mut Out) {
-        let client_id = self.clients[index].client_id();
+    fn next_verified(&mut self, index: usize, client_id: u64) -> Option<Bytes> {
         let state = &mut self.verify[index];
         let op = if !self.control.stop.load(Ordering::Relaxed) {
             state.next_seq += 1;
@@ -184,14 +187,12 @@ impl ClientPool {
                 state.done = true;
                 self.control.verify_done.fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            return None;
         };
-        self.sent_at[index] = now;
-        self.clients[index].submit(now, op.encode(), out).expect("a client is resubmitted only once idle");
+        Some(op.encode())
     }
 
-    fn check_verified(&mut self, index: usize, result: &[u8]) {
-        let client_id = self.clients[index].client_id();
+    fn check_verified(&mut self, index: usize, client_id: u64, result: &[u8]) {
         let state = &mut self.verify[index];
         let result = KvResult::decode(result);
         match state.in_flight.take() {
@@ -217,116 +218,48 @@ impl ClientPool {
         }
     }
 
-    fn tick(&mut self, now: Time, out: &mut Out) {
-        self.next_tick = now + TICK_US;
-        if !self.started {
-            self.started = true;
-            for index in 0..self.clients.len() {
-                self.submit(index, now, out);
-            }
-            return;
-        }
-        for index in 0..self.clients.len() {
-            if self.clients[index].poll_timeout().is_some_and(|at| at <= now) {
-                self.control.retries.fetch_add(1, Ordering::Relaxed);
-                self.clients[index].handle_timeout(now, out);
-            }
-        }
-    }
-
-    /// Handles the completions a client call just recorded, and starts each client's next request.
-    fn after_client_call(&mut self, index: usize, events_before: usize, now: Time, out: &mut Out) {
-        // Only verify mode reads the result: elsewhere, cloning it per command would cost a
-        // reference-count promotion on the hot path for nothing.
-        let Some(at) = out.events[events_before..].iter().position(|e| matches!(e, Event::Completed { .. }))
-        else {
-            return;
-        };
+    /// Counts and measures a completion, and says what that client sends next.
+    fn on_completed(&mut self, done: Completion, now: Time) -> Option<Bytes> {
         if self.workload.verify {
-            if let Event::Completed { result, .. } = &out.events[events_before + at] {
-                let result = result.clone();
-                self.check_verified(index, &result);
-            }
+            self.check_verified(done.client, done.client_id, &done.result);
         }
         self.control.completed.fetch_add(1, Ordering::Relaxed);
         if self.control.measuring.load(Ordering::Relaxed) {
             self.control.completed_measured.fetch_add(1, Ordering::Relaxed);
-            let latency = now.saturating_sub(self.sent_at[index]).max(1);
+            let latency = now.saturating_sub(self.sent_at[done.client]).max(1);
             let _ = self.latencies.borrow_mut().record(latency);
         }
-        self.submit(index, now, out);
+        self.next_request(done.client, done.client_id, now)
     }
 }
 
 impl Role for ClientPool {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
-        let first_new = out.msgs.len();
-        match msg {
-            Msg::ClientReplies(replies) => {
-                for reply in replies {
-                    let index = (reply.client_id & 0xffff) as usize;
-                    if index >= self.clients.len() {
-                        out.dropped("client pool: reply for an unknown client");
-                        continue;
-                    }
-                    let before = out.events.len();
-                    self.clients[index].handle_reply(reply, out);
-                    self.after_client_call(index, before, now, out);
-                }
-            }
-            // A refusal names no client: every client hears the hint.
-            Msg::NotLeader { .. } => {
-                for client in &mut self.clients {
-                    client.handle_message(now, from, msg.clone(), out);
-                }
-            }
-            // Which batchers are in service: every client sends to them from now on.
-            Msg::Membership(view) => {
-                for client in &mut self.clients {
-                    client.on_view(&view);
-                }
-            }
-            _ => out.dropped("client pool: unexpected message"),
-        }
-        merge_requests(out, first_new);
+        let load = &mut self.load;
+        self.mux.handle_message_with(now, from, msg, out, |done| load.on_completed(done, now));
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
-        if now < self.next_tick {
+        if !self.load.started {
+            self.load.started = true;
+            let load = &mut self.load;
+            self.mux.submit_each(now, out, |index, client_id| load.next_request(index, client_id, now));
             return;
         }
-        let first_new = out.msgs.len();
-        self.tick(now, out);
-        merge_requests(out, first_new);
+        let before = self.mux.retries();
+        self.mux.handle_timeout(now, out);
+        self.load.control.retries.fetch_add(self.mux.retries() - before, Ordering::Relaxed);
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        Some(self.next_tick)
+        if self.load.started {
+            self.mux.poll_timeout()
+        } else {
+            Some(0) // start at once
+        }
     }
 
     fn kind(&self) -> RoleKind {
         RoleKind::Client
-    }
-}
-
-/// The requests the pool's clients queued since `first_new` leave as one message per destination,
-/// so a batcher handles one frame per turn of this node instead of one per command.
-fn merge_requests(out: &mut Out, first_new: usize) {
-    let mut merged: Vec<(NodeId, Vec<Command>)> = Vec::new();
-    let mut others = Vec::new();
-    for (to, msg) in out.msgs.drain(first_new..) {
-        match msg {
-            Msg::ClientRequests(commands) => match merged.iter_mut().find(|(n, _)| *n == to) {
-                Some((_, all)) => all.extend(commands),
-                None => merged.push((to, commands)),
-            },
-            other => others.push((to, other)),
-        }
-    }
-    out.msgs.extend(others);
-    for (to, commands) in merged {
-        for commands in chunk_by_bytes(commands, |c| c.op.len() + 32, MAX_AGGREGATE_BYTES) {
-            out.msgs.push((to, Msg::ClientRequests(commands)));
-        }
     }
 }

@@ -20,6 +20,7 @@ pub mod workload;
 
 use crate::protocol::birth::{self, RoleSpec};
 use crate::protocol::client::Client;
+use crate::protocol::client_mux::ClientMux;
 use crate::protocol::durable::{Recovered, Storage};
 use crate::protocol::messages::client_id;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
@@ -125,7 +126,7 @@ pub struct Outcome {
 }
 
 enum Member {
-    Client(Box<Client>),
+    Client(Box<ClientMux>),
     Node(Box<dyn Role>),
 }
 
@@ -365,8 +366,9 @@ impl<'t> Simulator<'t> {
         }
         for i in 0..sim.opts.clients {
             let id = CLIENT_ID_BASE + i as NodeId;
+            // One client per node, hosted the way the runtime hosts its clients.
             let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
-            let member = Member::Client(Box::new(client));
+            let member = Member::Client(Box::new(ClientMux::from_clients(vec![client])));
             sim.nodes.insert(id, SimNode::new(RoleKind::Client, member, false));
             let workload =
                 Workload::new(u64::from(id), ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))));
@@ -650,7 +652,6 @@ impl<'t> Simulator<'t> {
         for event in events {
             self.checker.observe(from, &event);
             match event {
-                Event::Completed { seq, result } => self.on_completed(from, seq, result),
                 Event::Left => self.on_left(from),
                 Event::BecameLeader { ballot } => {
                     self.outcome.elections += 1;
@@ -658,6 +659,16 @@ impl<'t> Simulator<'t> {
                 }
                 _ => {}
             }
+        }
+        self.take_completions(from);
+    }
+
+    /// Hands what a client node's mux completed to that client's driver.
+    fn take_completions(&mut self, id: NodeId) {
+        let Some(SimNode { member: Member::Client(mux), .. }) = self.nodes.get_mut(&id) else { return };
+        let done: Vec<_> = mux.drain_completed().collect();
+        for c in done {
+            self.on_completed(id, c.seq, c.result);
         }
     }
 
@@ -699,11 +710,11 @@ impl<'t> Simulator<'t> {
             invoked_at: self.stamp,
             returned: None,
         });
-        let Member::Client(client) = &mut self.nodes.get_mut(&id).expect("client node").member else {
+        let Member::Client(mux) = &mut self.nodes.get_mut(&id).expect("client node").member else {
             unreachable!("client ids hold clients")
         };
         let mut out = Out::new(true);
-        let seq = client.submit(self.now, op.encode(), &mut out).expect("the driver waits for completion");
+        let seq = mux.submit(0, self.now, op.encode(), &mut out).expect("the driver waits for completion");
         self.history_ids.push((client_id(id, 0), seq));
         self.dispatch(id, out);
     }
