@@ -207,6 +207,11 @@ pub struct Cluster {
 impl Cluster {
     /// Writes the cluster file for the f=1 example shape with free ports; starts nothing.
     pub fn configure(tag: &str) -> Cluster {
+        Cluster::configure_with(tag, |_| String::new())
+    }
+
+    /// `configure`, with `settings(cluster dir)` (TOML lines) added under `[settings]`.
+    pub fn configure_with(tag: &str, settings: impl Fn(&Path) -> String) -> Cluster {
         let dir = temp_dir(tag);
         let ports = free_ports(2 * F1_ROLES.len());
         let nodes: Vec<NodeSpec> = F1_ROLES
@@ -222,7 +227,8 @@ impl Cluster {
             .collect();
         let cluster_id = format!("it-{tag}");
         let mut toml = format!(
-            "# written by tests/common/mod.rs\n[cluster]\nid = \"{cluster_id}\"\nf = 1\n\n[settings]\n"
+            "# written by tests/common/mod.rs\n[cluster]\nid = \"{cluster_id}\"\nf = 1\n\n[settings]\n{}",
+            settings(&dir)
         );
         for node in &nodes {
             toml.push_str(&format!("\n[[node]]\nid = {}\nrole = \"{}\"\n", node.id, node.role));
@@ -275,7 +281,12 @@ impl Cluster {
     /// full election timeout, so with the acceptors already up proposer 1 wins the first election.
     /// Returns once every node's metrics endpoint answers and a proposer has won (the tests check which).
     pub fn start(tag: &str) -> Cluster {
-        let mut cluster = Cluster::configure(tag);
+        Cluster::start_with(tag, |_| String::new())
+    }
+
+    /// `start`, with `settings(cluster dir)` (TOML lines) added under `[settings]` of the cluster file.
+    pub fn start_with(tag: &str, settings: impl Fn(&Path) -> String) -> Cluster {
+        let mut cluster = Cluster::configure_with(tag, settings);
         cluster.start_nodes(&[3, 4, 5, 6, 7, 8, 9, 10]);
         cluster.start_nodes(&[1, 2]);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -364,6 +375,57 @@ impl Cluster {
         let mut all = vec!["client".to_string(), "--config".into(), self.config.display().to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         self.extra.push(Proc::spawn(&self.dir, name, &all));
+        self.extra.len() - 1
+    }
+
+    /// Where node `id` keeps its state: the default data dir (`./autopaxos-data`) under the cluster dir,
+    /// which is the nodes' working directory.
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        self.dir.join("autopaxos-data").join(format!("node-{id}"))
+    }
+
+    /// The command line `start_node` uses for node `id`, with metrics served at `metrics_addr`.
+    pub fn node_args(&self, id: u32, metrics_addr: SocketAddr) -> Vec<String> {
+        let node = self.node(id);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
+        let core = (id as usize + 1) % cores;
+        vec![
+            node.role.into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "--node".into(),
+            id.to_string(),
+            "--cores".into(),
+            core.to_string(),
+            "--metrics-addr".into(),
+            metrics_addr.to_string(),
+        ]
+    }
+
+    /// Starts node `id` again (same command line, same working directory, so the same data dir)
+    /// after its process was killed. The old process moves to `extra` (its logs are still reported
+    /// if the test panics); the new one logs to `node<id>-<role>-run<n>.{out,err}` and becomes the
+    /// node's process for `proc_mut`, `kill_node` and `wait_metrics`. Does not wait for it.
+    pub fn restart_node(&mut self, id: u32) {
+        let at =
+            self.procs.iter().position(|(n, _)| *n == id).unwrap_or_else(|| panic!("node {id} not started"));
+        let (_, mut old) = self.procs.remove(at);
+        assert!(!old.is_running(), "restart_node({id}): the old process is still running");
+        self.extra.push(old);
+        let role = self.node(id).role;
+        let prefix = format!("node{id}-{role}");
+        let runs = self.extra.iter().filter(|p| p.name.starts_with(&prefix)).count();
+        let args = self.node_args(id, self.node(id).metrics_addr());
+        let proc = Proc::spawn(&self.dir, &format!("{prefix}-run{}", runs + 1), &args);
+        self.procs.push((id, proc));
+    }
+
+    /// Starts another process for node `id` (same command line and working directory) serving its
+    /// metrics at `metrics_addr`; it is kept in `extra` (killed and reported like a client).
+    /// Returns its index there.
+    pub fn spawn_node_copy(&mut self, id: u32, name: &str, metrics_addr: SocketAddr) -> usize {
+        let args = self.node_args(id, metrics_addr);
+        self.extra.push(Proc::spawn(&self.dir, name, &args));
         self.extra.len() - 1
     }
 
