@@ -39,10 +39,11 @@ fn rates(progress: &[Progress]) -> String {
     progress.iter().map(|p| format!("{:.0}", p.rate)).collect::<Vec<_>>().join(", ")
 }
 
-/// The f=1 cluster of `Cluster::start`, with the data dir given in the cluster file as an ABSOLUTE
-/// path to where the default would put it (`<cluster dir>/autopaxos-data`). The default itself,
-/// `./autopaxos-data`, is relative, and durable nodes on a relative data dir die at their first sync
-/// (see the last test): these tests use the absolute form to test what a restart recovers.
+/// The f=1 cluster of `Cluster::start`, with the data dir given in the cluster file (`[settings]
+/// data_dir`) as an ABSOLUTE path to where the default would put it (`<cluster dir>/autopaxos-data`),
+/// so these tests exercise the cluster file's setting. The default itself, `./autopaxos-data`
+/// (relative to the node's working directory), has a test of its own, the last one: at commit
+/// 11f39f2 durable nodes on a relative data dir died at their first sync (EBADF from glommio).
 fn start_cluster(tag: &str) -> Cluster {
     Cluster::start_with(tag, |dir| format!("data_dir = \"{}\"\n", dir.join("autopaxos-data").display()))
 }
