@@ -159,7 +159,7 @@ pub fn node_launch(
                     "the log ended in a torn write (a crash mid-write); cut it off"
                 );
             }
-            tracing::info!(node = id, dir = %path.display(), "{report}");
+            tracing::info!(node = id, dir = %dir.path().display(), "{report}");
             (recovered, Some(NodeDisk { dir, report }))
         }
     };

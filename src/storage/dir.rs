@@ -153,6 +153,9 @@ impl DataDir {
     pub fn open(path: impl AsRef<Path>) -> Result<DataDir, StorageError> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
+        // Absolute from here on: glommio opens a relative directory path relative to no directory
+        // (EBADF), and logs and errors name the place unambiguously.
+        let path = std::fs::canonicalize(&path).map_err(|e| StorageError::io(&path, e))?;
         let lock_path = path.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)

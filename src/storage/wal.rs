@@ -173,7 +173,9 @@ impl Wal {
     ) -> Result<(Rc<DmaFile>, DmaBuffer), StorageError> {
         let path = dir.join(segment_name(sequence));
         let file =
-            OpenOptions::new().write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
+            // Readable too: glommio probes the device's iopoll support with a read on first open
+            // (write-only, the probe fails with EBADF and logs an error).
+            OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
         // Without this a synced record could sit in a file whose name a crash forgets.
         sync_dir(dir).await?;
         let buf = zeroed(&file, buffer_bytes);
@@ -387,6 +389,7 @@ impl Wal {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let fin = self.dir.join(&name);
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
