@@ -6,6 +6,7 @@
 pub mod capacities;
 pub mod mock;
 pub mod plan;
+pub mod recovery;
 pub mod run;
 pub mod tune;
 

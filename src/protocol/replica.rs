@@ -170,8 +170,9 @@ impl Replica {
     }
 
     /// The durable image of the whole state: the state machine's snapshot, length first, then the
-    /// client table (as [`Replica::snapshot`] lays it out).
-    fn durable_snapshot(&self) -> Vec<u8> {
+    /// client table (as [`Replica::snapshot`] lays it out). What a [`Record::Snapshot`] carries and
+    /// [`Replica::recover`] restores; public so that `bench recovery` can write a real snapshot file.
+    pub fn durable_snapshot(&self) -> Vec<u8> {
         let state_machine = self.state_machine.snapshot();
         let mut bytes = Vec::with_capacity(8 + state_machine.len() + 32 * self.client_table.len());
         bytes.extend_from_slice(&(state_machine.len() as u64).to_le_bytes());
