@@ -635,6 +635,49 @@ mod tests {
         assert_eq!(r.executed_watermark(), 1);
     }
 
+    /// What a durable replica's disk would hold after `out`: the newest snapshot and every record.
+    fn keep_on_disk(disk: &mut Recovered, out: &mut Out) {
+        for record in out.persist.drain(..) {
+            match record {
+                Record::Snapshot { slot, bytes } => disk.snapshot = Some((slot, bytes)),
+                other => disk.records.push(other),
+            }
+        }
+    }
+
+    #[test]
+    fn a_restarted_replica_is_rebuilt_from_its_snapshot_and_the_values_after_it() {
+        let tunables = Tunables { replica_snapshot_interval_slots: 16, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
+        let mut disk = Recovered::default();
+        for slot in 0..40 {
+            let mut out = chosen(&mut r, slot, vec![incr(100 + slot % 3, slot + 1)]);
+            keep_on_disk(&mut disk, &mut out);
+        }
+        assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(32), "snapshots at 16 and 32");
+        let restarted =
+            Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0).unwrap();
+        assert_eq!(restarted.executed_watermark(), 40);
+        assert_eq!(restarted.snapshot(), r.snapshot(), "same state machine and client table");
+        // A snapshot that is not one is refused, not trusted.
+        let mut damaged = disk;
+        damaged.snapshot = Some((32, Bytes::from_static(&[1, 2, 3])));
+        assert!(Replica::recover(7, config, &tunables, new_sm(), Storage::Durable, damaged, 0).is_err());
+    }
+
+    #[test]
+    fn a_durable_replica_reports_its_watermark_only_after_its_records() {
+        let mut r = replica(7);
+        chosen(&mut r, 0, vec![incr(100, 1)]);
+        let mut out = Out::new(false);
+        let at = r.poll_timeout().unwrap();
+        r.handle_timeout(at, &mut out);
+        assert!(out.msgs.iter().all(|(_, m)| !matches!(m, Msg::Executed { .. })), "{:?}", out.msgs);
+        assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { watermark: 1 })));
+    }
+
     #[test]
     fn a_stuck_replica_asks_a_peer_that_is_ahead_to_teach_it() {
         let (mut behind, mut ahead) = (replica(7), replica(8));
