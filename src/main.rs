@@ -619,25 +619,29 @@ fn plan(args: PlanArgs) -> Result<(), String> {
 fn parse_bench_role(s: &str) -> Result<RoleKind, String> {
     match parse_bench_target(s)? {
         BenchTarget::Role(role) => Ok(role),
-        BenchTarget::Disk => Err("the mocks surround a role, not the disk".into()),
+        BenchTarget::Disk | BenchTarget::Recovery => Err(format!("the mocks surround a role, not '{s}'")),
     }
 }
 
-/// What `bench` measures: a role, or the disk under the data directory.
+/// What `bench` measures: a role, the disk under the data directory, or how long stateful nodes
+/// take to recover a large log or snapshot.
 #[derive(Clone, Copy, Debug)]
 enum BenchTarget {
     Role(RoleKind),
     Disk,
+    Recovery,
 }
 
 fn parse_bench_target(s: &str) -> Result<BenchTarget, String> {
-    if s == "disk" {
-        return Ok(BenchTarget::Disk);
+    match s {
+        "disk" => return Ok(BenchTarget::Disk),
+        "recovery" => return Ok(BenchTarget::Recovery),
+        _ => {}
     }
     RoleKind::from_name(s)
         .filter(|r| autopaxos::bench::BENCH_ROLES.contains(r))
         .map(BenchTarget::Role)
-        .ok_or_else(|| format!("'{s}' is not something bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher, disk)"))
+        .ok_or_else(|| format!("'{s}' is not something bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher, disk, recovery)"))
 }
 
 /// `bench disk`: synced small writes per second and synced large-write bandwidth in `--data-dir`.
@@ -663,9 +667,42 @@ fn bench_disk(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `bench recovery`: an acceptor with a `--bytes` log and a replica with a `--bytes` snapshot, each
+/// timed from process start to serving.
+fn bench_recovery(args: &BenchArgs) -> Result<(), String> {
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let opts = autopaxos::bench::recovery::RecoveryBenchOptions {
+        bytes: args.bytes,
+        dir: args.data_dir.clone(),
+        binary,
+    };
+    let report = autopaxos::bench::recovery::run_recovery_bench(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("serializable"));
+    }
+    Ok(())
+}
+
+/// A size such as `1GiB`, `512MiB`, `64KiB` or a plain number of bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match &s[digits.len()..] {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use B, KiB, MiB or GiB)")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size like 1GiB or 512MiB"))?;
+    n.checked_mul(unit)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("'{s}' is not a positive size that fits 64 bits"))
+}
+
 fn bench(args: BenchArgs) -> Result<(), String> {
     let role = match args.role {
         BenchTarget::Disk => return bench_disk(&args),
+        BenchTarget::Recovery => return bench_recovery(&args),
         BenchTarget::Role(role) => role,
     };
     if args.batch_size == 0 || args.read_budget == 0 {
@@ -837,7 +874,9 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
 #[derive(Args)]
 struct BenchArgs {
     /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica or unbatcher; or
-    /// `disk`, the device under --data-dir (fdatasync rate of 4 KiB writes, synced 1 MiB bandwidth).
+    /// `disk`, the device under --data-dir (fdatasync rate of 4 KiB writes, synced 1 MiB bandwidth);
+    /// or `recovery`, an acceptor with a --bytes log and a replica with a --bytes snapshot, each
+    /// timed from process start to serving.
     #[arg(value_parser = parse_bench_target)]
     role: BenchTarget,
     /// How long to measure the role (and then the ceiling), after a 0.5 s warm-up each.
@@ -869,8 +908,12 @@ struct BenchArgs {
     #[arg(long)]
     in_memory: bool,
     /// `bench disk`: the directory whose device to measure (default: the current one).
+    /// `bench recovery`: where to write the nodes' data (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// `bench recovery`: the size of the acceptor's log and of the replica's state, e.g. 1GiB.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    bytes: u64,
 }
 
 fn sim(args: SimArgs) -> ExitCode {
