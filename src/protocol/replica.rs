@@ -658,7 +658,8 @@ mod tests {
         }
         assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(32), "snapshots at 16 and 32");
         let restarted =
-            Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0).unwrap();
+            Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0)
+                .unwrap();
         assert_eq!(restarted.executed_watermark(), 40);
         assert_eq!(restarted.snapshot(), r.snapshot(), "same state machine and client table");
         // A snapshot that is not one is refused, not trusted.

@@ -40,8 +40,14 @@ pub async fn measure_disk(dir: &Path) -> Result<DiskReport, StorageError> {
 pub async fn measure_disk_for(dir: &Path, per_phase: Duration) -> Result<DiskReport, StorageError> {
     let path = dir.join(format!("bench-disk-{}.tmp", std::process::id()));
     let io = |e: glommio::GlommioError<()>| StorageError::io(&path, e);
-    let file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&path).await.map_err(io)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .map_err(io)?;
     let result = async {
         let (n4k, t4k) = run(&file, 4096, per_phase).await.map_err(io)?;
         let (n1m, t1m) = run(&file, 1 << 20, per_phase).await.map_err(io)?;
