@@ -33,6 +33,7 @@ pub struct NodeMetrics {
     commands_completed: Counter,
     accepted: Counter,
     fsyncs: Counter,
+    fsync_micros: Counter,
     records_persisted: Counter,
     /// Replicas: every slot below this is executed.
     pub executed_watermark: Gauge,
@@ -61,6 +62,7 @@ impl NodeMetrics {
             commands_completed: c("autopaxos_commands_completed_total"),
             accepted: c("autopaxos_phase2_accepted_total"),
             fsyncs: c("autopaxos_fsyncs_total"),
+            fsync_micros: c("autopaxos_fsync_microseconds_total"),
             records_persisted: c("autopaxos_records_persisted_total"),
             executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
             state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
@@ -75,9 +77,10 @@ impl NodeMetrics {
             .increment(1);
     }
 
-    /// Counts one sync of the log that made `records` records durable.
-    pub fn persisted(&self, records: usize) {
+    /// Counts one sync of the log that made `records` records durable and took `took`.
+    pub fn persisted(&self, records: usize, took: std::time::Duration) {
         self.fsyncs.increment(1);
+        self.fsync_micros.increment(took.as_micros() as u64);
         self.records_persisted.increment(records as u64);
     }
 
@@ -140,6 +143,11 @@ fn describe() {
     );
     describe_counter!("autopaxos_commands_completed_total", Unit::Count, "Client commands completed.");
     describe_counter!("autopaxos_fsyncs_total", Unit::Count, "Syncs of this node's write-ahead log.");
+    describe_counter!(
+        "autopaxos_fsync_microseconds_total",
+        Unit::Microseconds,
+        "Time spent in syncs of the write-ahead log (divide by autopaxos_fsyncs_total for the mean)."
+    );
     describe_counter!(
         "autopaxos_records_persisted_total",
         Unit::Count,

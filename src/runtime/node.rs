@@ -298,20 +298,27 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
         Ok(wal) => wal,
         Err(e) => super::launch::fatal_storage_error(host.id, &e),
     };
+    let mut unsynced_records = 0;
     while wake.recv().await.is_some() {
         let Unsynced { records, held } = std::mem::take(&mut *unsynced.borrow_mut());
         if !records.is_empty() {
-            let result = match wal.append(&records).await {
-                Ok(()) => wal.sync().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
+            if let Err(e) = wal.append(&records).await {
                 super::launch::fatal_storage_error(host.id, &e);
             }
-            host.metrics.persisted(records.len());
-            if host.kind == RoleKind::Acceptor {
-                super::launch::ACCEPTOR_SYNCS.add(records.len());
+            unsynced_records += records.len();
+        }
+        // Sync only when a message waits for it: an acceptor's votes always do; a replica's
+        // executed values wait for its next watermark report, so they share one sync per report.
+        if !held.is_empty() && unsynced_records > 0 {
+            let started = Instant::now();
+            if let Err(e) = wal.sync().await {
+                super::launch::fatal_storage_error(host.id, &e);
             }
+            host.metrics.persisted(unsynced_records, started.elapsed());
+            if host.kind == RoleKind::Acceptor {
+                super::launch::ACCEPTOR_SYNCS.add(unsynced_records);
+            }
+            unsynced_records = 0;
         }
         for (to, msg) in held {
             host.route(to, &msg);
