@@ -395,7 +395,7 @@ impl Replica {
             if let Some((&peer, &peer_executed)) = ahead {
                 out.send(peer, Msg::CatchUp { from_slot: self.executed });
                 self.stuck_reports += 1;
-                if self.stuck_reports % STALLED_AFTER_REPORTS == 0 {
+                if self.stuck_reports.is_multiple_of(STALLED_AFTER_REPORTS) {
                     let executed = self.executed;
                     out.event(|| Event::Stalled { executed, peer_executed });
                 }
