@@ -3,7 +3,7 @@
 //! atomics and never looks a name up in the registry. Labels: `role`, `node`.
 
 use crate::protocol::{Event, NodeId, RoleKind};
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::net::SocketAddr;
 
 /// One node's metric handles.
@@ -33,7 +33,7 @@ pub struct NodeMetrics {
     commands_completed: Counter,
     accepted: Counter,
     fsyncs: Counter,
-    fsync_micros: Counter,
+    fsync_seconds: Histogram,
     records_persisted: Counter,
     /// Replicas: every slot below this is executed.
     pub executed_watermark: Gauge,
@@ -62,7 +62,7 @@ impl NodeMetrics {
             commands_completed: c("autopaxos_commands_completed_total"),
             accepted: c("autopaxos_phase2_accepted_total"),
             fsyncs: c("autopaxos_fsyncs_total"),
-            fsync_micros: c("autopaxos_fsync_microseconds_total"),
+            fsync_seconds: histogram!("autopaxos_fsync_seconds", "role" => role, "node" => node.clone()),
             records_persisted: c("autopaxos_records_persisted_total"),
             executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
             state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
@@ -80,7 +80,7 @@ impl NodeMetrics {
     /// Counts one sync of the log that made `records` records durable and took `took`.
     pub fn persisted(&self, records: usize, took: std::time::Duration) {
         self.fsyncs.increment(1);
-        self.fsync_micros.increment(took.as_micros() as u64);
+        self.fsync_seconds.record(took.as_secs_f64());
         self.records_persisted.increment(records as u64);
     }
 
@@ -143,10 +143,10 @@ fn describe() {
     );
     describe_counter!("autopaxos_commands_completed_total", Unit::Count, "Client commands completed.");
     describe_counter!("autopaxos_fsyncs_total", Unit::Count, "Syncs of this node's write-ahead log.");
-    describe_counter!(
-        "autopaxos_fsync_microseconds_total",
-        Unit::Microseconds,
-        "Time spent in syncs of the write-ahead log (divide by autopaxos_fsyncs_total for the mean)."
+    metrics::describe_histogram!(
+        "autopaxos_fsync_seconds",
+        Unit::Seconds,
+        "Time one sync of the write-ahead log took (writes of what it covers, then fdatasync)."
     );
     describe_counter!(
         "autopaxos_records_persisted_total",
