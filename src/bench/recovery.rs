@@ -19,6 +19,8 @@
 //! cache the disk) and **warm** (right after, the files now cached). The process is killed after
 //! each start. Must never: leave a node process running, or touch node directories it did not make.
 
+use super::capacities::Machine;
+use super::tune::this_machine;
 use crate::protocol::config::{ClusterConfig, Tunables};
 use crate::protocol::durable::Record;
 use crate::protocol::messages::{client_id, encode_batch, Command, Msg, Value};
@@ -30,6 +32,7 @@ use crate::runtime::launch::{node_dir, ScratchDir};
 use crate::storage::dir::{segment_name, snapshot_name};
 use crate::storage::record::encode;
 use crate::storage::snapshot::snapshot_header;
+use crate::storage::wal::WalOptions;
 use crate::wire::{Frame, FrameReader};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -44,8 +47,6 @@ use std::time::{Duration, Instant};
 pub const ACCEPTOR_NODE: NodeId = 3;
 /// The replica the benchmark starts.
 pub const REPLICA_NODE: NodeId = 7;
-/// Segment size the write-ahead log cuts at (`WalOptions::default().segment_bytes`).
-const SEGMENT_BYTES: usize = 64 << 20;
 /// Direct I/O block: the write-ahead log pads a closed segment with zeros to a multiple of it.
 const BLOCK: usize = 4096;
 /// Commands per batch in the acceptor's log (the default batch size).
@@ -78,45 +79,16 @@ pub struct RecoveryBenchOptions {
     pub binary: PathBuf,
 }
 
-/// The machine a benchmark ran on.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Machine {
-    /// Cores this process may use.
-    pub cores: usize,
-    /// `/proc/cpuinfo`'s model name.
-    pub cpu_model: String,
-    /// Physical memory, bytes (`/proc/meminfo`).
-    pub memory_bytes: u64,
-    /// The kernel release.
-    pub kernel: String,
-}
-
-impl Machine {
-    /// The machine this process runs on (fields it cannot read are empty or zero).
-    pub fn current() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map_or_else(String::new, |(_, v)| v.trim().to_string());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_bytes = meminfo
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024);
-        Machine {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model,
-            memory_bytes,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        }
-    }
+/// Physical memory of this machine, bytes (`/proc/meminfo`; 0 if it cannot be read): the replica's
+/// state is built in memory, so the report says how much there was.
+fn memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// One start of a node on its data, timed from spawning the process.
@@ -172,8 +144,10 @@ pub struct NodeRecovery {
 /// What `bench recovery` measured. `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecoveryBenchReport {
-    /// The machine.
+    /// The machine (as `tune` records it).
     pub machine: Machine,
+    /// Its physical memory, bytes.
+    pub memory_bytes: u64,
     /// The target size asked for, bytes.
     pub target_bytes: u64,
     /// The acceptor with a log of about `target_bytes`.
@@ -189,8 +163,8 @@ impl std::fmt::Display for RecoveryBenchReport {
             f,
             "recovery: {} cores, {}, {:.1} GiB RAM, Linux {}",
             m.cores,
-            m.cpu_model,
-            m.memory_bytes as f64 / GIB,
+            m.cpu,
+            self.memory_bytes as f64 / GIB,
             m.kernel
         )?;
         for node in [&self.acceptor, &self.replica] {
@@ -333,8 +307,13 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
         let _ = std::fs::remove_file(&config);
     }
 
-    let report =
-        RecoveryBenchReport { machine: Machine::current(), target_bytes: opts.bytes, acceptor, replica };
+    let report = RecoveryBenchReport {
+        machine: this_machine(),
+        memory_bytes: memory_bytes(),
+        target_bytes: opts.bytes,
+        acceptor,
+        replica,
+    };
     print!("{report}");
     Ok(report)
 }
@@ -451,7 +430,8 @@ fn filler(seed: u64, len: usize) -> Vec<u8> {
 /// write-ahead log cuts them (closed once past 64 MiB, padded with zeros to a 4 KiB block, each new
 /// one beginning with the promise again). No `Trim`: recovery keeps every value. Synced.
 pub fn write_acceptor_log(dir: &Path, target: u64) -> Result<AcceptorLog, String> {
-    write_acceptor_log_in(dir, target, SEGMENT_BYTES)
+    // Segments as large as the write-ahead log cuts them.
+    write_acceptor_log_in(dir, target, WalOptions::default().segment_bytes as usize)
 }
 
 fn write_acceptor_log_in(dir: &Path, target: u64, segment_bytes: usize) -> Result<AcceptorLog, String> {

@@ -93,14 +93,6 @@ impl Acceptor {
         }
     }
 
-    /// Sends a vote: after its records are durable, or at once in memory.
-    fn vote(&self, out: &mut Out, to: NodeId, msg: Msg) {
-        match self.storage {
-            Storage::Durable => out.send_after_persist(to, msg),
-            Storage::InMemory => out.send(to, msg),
-        }
-    }
-
     /// Raises the promise to `ballot` if it is higher (a Phase2a's ballot promises too), and records
     /// the value. The same code runs live and in recovery, so both give the same state.
     fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) {
@@ -162,7 +154,7 @@ impl Acceptor {
         }
         let reply = Phase1bReply { ballot, nonce, trimmed_below: self.trimmed_below, accepted, more_from };
         // Even a retransmission waits: what it reports may not be durable yet.
-        self.vote(out, from, Msg::Phase1b(reply));
+        self.storage.send(out, from, Msg::Phase1b(reply));
     }
 
     fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
@@ -187,7 +179,7 @@ impl Acceptor {
         self.accept(slot, ballot, value);
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
         // ballot we may accept carries the chosen value, so acknowledging it is safe.
-        self.vote(out, from, Msg::Phase2b { ballot, slot });
+        self.storage.send(out, from, Msg::Phase2b { ballot, slot });
     }
 
     fn on_trim(&mut self, below: Slot, out: &mut Out) {

@@ -62,26 +62,31 @@ pub enum BirthError {
     BadSnapshot { id: NodeId, why: String },
 }
 
+/// Whether `spec` describes a role that can be built: a joiner must be a stateless role, any other
+/// node must be in the configuration as its role. Drivers call it before they touch a node's disk.
+pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
+    let (id, kind) = (spec.id, spec.kind);
+    match &spec.joining {
+        _ if kind == RoleKind::Client => Err(BirthError::Client),
+        Some(_) if !is_stateless(kind) => Err(BirthError::CannotJoin(kind.name())),
+        Some(_) => Ok(()),
+        None if spec.config.all_nodes().any(|node| node == (id, kind)) => Ok(()),
+        None => Err(BirthError::NotInConfig { id, role: kind.name() }),
+    }
+}
+
 /// Builds the role `spec` describes, as its disk left it (`recovered` is empty for stateless roles
 /// and for a node's first start).
 pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn Role>, BirthError> {
+    check(&spec)?;
     let RoleSpec { id, kind, config, tunables, state_machine, joining, seed, storage } = spec;
     if let Some(addr) = joining {
         return Ok(match kind {
             RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables).joining(addr, now)),
             RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, &tunables).joining(addr, now)),
             RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, &tunables).joining(addr, now)),
-            other => {
-                debug_assert!(!is_stateless(other) || other == RoleKind::Client);
-                return Err(BirthError::CannotJoin(other.name()));
-            }
+            _ => unreachable!("check refuses other joiners"),
         });
-    }
-    if kind == RoleKind::Client {
-        return Err(BirthError::Client);
-    }
-    if !config.all_nodes().any(|node| node == (id, kind)) {
-        return Err(BirthError::NotInConfig { id, role: kind.name() });
     }
     Ok(match kind {
         RoleKind::Proposer => Box::new(Proposer::new(id, config, tunables, seed, now)),
@@ -95,7 +100,7 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
         RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, &tunables)),
         RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables)),
         RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, &tunables)),
-        RoleKind::Client => unreachable!("refused above"),
+        RoleKind::Client => unreachable!("check refuses clients"),
     })
 }
 
@@ -103,7 +108,6 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
 /// lives, gets its first Phase 1 of the second life refused rather than answered as a
 /// retransmission of the first. Drivers test their own seeding with it.
 pub fn restarted_proposer_is_refused(mut seed: impl FnMut() -> u64) -> bool {
-    use super::durable::Recovered;
     use super::messages::Msg;
     use super::Out;
     let config = ClusterConfig::f1(1, 1, 1, 1);

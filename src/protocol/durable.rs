@@ -12,8 +12,13 @@
 //! role folds its records back into state) lives with the role (`Acceptor::recover`,
 //! `Replica::recover`).
 
-use super::messages::Value;
-use super::{Ballot, Slot};
+use super::messages::{Msg, Value};
+use super::{Ballot, NodeId, Out, RoleKind, Slot};
+
+/// Whether a role keeps state that must survive it (and so has a disk): acceptors and replicas.
+pub fn keeps_state(kind: RoleKind) -> bool {
+    matches!(kind, RoleKind::Acceptor | RoleKind::Replica)
+}
 
 /// One write a stateful role asks for. Records are applied in the order they were queued; a later
 /// record of the same slot overrides an earlier one.
@@ -55,6 +60,17 @@ pub enum Storage {
     Durable,
     /// Nothing is persisted; not crash-safe.
     InMemory,
+}
+
+impl Storage {
+    /// Sends `msg`, which depends on this role's durable state: after the records queued before
+    /// it are durable, or at once in memory.
+    pub fn send(self, out: &mut Out, to: NodeId, msg: Msg) {
+        match self {
+            Storage::Durable => out.send_after_persist(to, msg),
+            Storage::InMemory => out.send(to, msg),
+        }
+    }
 }
 
 /// What a stateful role's disk held when its process started, in the order it was written.

@@ -382,10 +382,7 @@ impl Replica {
         let watermark = self.executed;
         let peers = self.config.replicas.iter().filter(|&&r| r != self.id);
         for &to in self.config.proposers.iter().chain(peers) {
-            match self.storage {
-                Storage::Durable => out.send_after_persist(to, Msg::Executed { watermark }),
-                Storage::InMemory => out.send(to, Msg::Executed { watermark }),
-            }
+            self.storage.send(out, to, Msg::Executed { watermark });
         }
         // Stuck behind a peer since the last report: a Chosen was lost on its way here. Ask the
         // peer that is furthest ahead to teach us.

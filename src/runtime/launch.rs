@@ -9,9 +9,8 @@
 
 use super::{incarnation_seed, NodeLaunch};
 use crate::protocol::birth::{self, RoleSpec};
-use crate::protocol::durable::{Recovered, Storage};
-use crate::protocol::membership::is_stateless;
-use crate::protocol::{NodeId, RoleKind};
+use crate::protocol::durable::{keeps_state, Recovered, Storage};
+use crate::protocol::NodeId;
 use crate::storage::dir::{DataDir, RecoveryReport, StorageError};
 use crate::storage::wal::{Wal, WalOptions};
 use std::net::SocketAddr;
@@ -41,11 +40,6 @@ impl StorageChoice {
 /// The data directory of node `id` under `base`.
 pub fn node_dir(base: &Path, id: NodeId) -> PathBuf {
     base.join(format!("node-{id}"))
-}
-
-/// Whether a role keeps state that must survive it.
-pub fn is_stateful(kind: RoleKind) -> bool {
-    matches!(kind, RoleKind::Acceptor | RoleKind::Replica)
 }
 
 /// A stateful node's data directory, locked, with what recovery found; moved to the node's executor.
@@ -135,9 +129,11 @@ pub fn node_launch(
     dial_at_start: Vec<NodeId>,
 ) -> Result<NodeLaunch, String> {
     let id = spec.id;
+    // Refuse what cannot be built here, with the reason, before touching a disk.
+    birth::check(&spec).map_err(|e| e.to_string())?;
     spec.seed = incarnation_seed();
     let (recovered, disk) = match storage {
-        _ if !is_stateful(spec.kind) || spec.joining.is_some() => (Recovered::default(), None),
+        _ if !keeps_state(spec.kind) || spec.joining.is_some() => (Recovered::default(), None),
         StorageChoice::InMemory => {
             tracing::warn!(
                 node = id,
@@ -163,13 +159,6 @@ pub fn node_launch(
             (recovered, Some(NodeDisk { dir, report }))
         }
     };
-    // Refuse what cannot be built here, with the reason, not on the executor.
-    if spec.joining.is_some() && !is_stateless(spec.kind) {
-        return Err(birth::BirthError::CannotJoin(spec.kind.name()).to_string());
-    }
-    if spec.joining.is_none() && !spec.config.all_nodes().any(|node| node == (id, spec.kind)) {
-        return Err(birth::BirthError::NotInConfig { id, role: spec.kind.name() }.to_string());
-    }
     Ok(NodeLaunch {
         id,
         listen,

@@ -21,7 +21,7 @@ pub mod workload;
 use crate::protocol::birth::{self, RoleSpec};
 use crate::protocol::client::Client;
 use crate::protocol::client_mux::ClientMux;
-use crate::protocol::durable::{Recovered, Storage};
+use crate::protocol::durable::{keeps_state, Recovered, Storage};
 use crate::protocol::messages::client_id;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
@@ -175,7 +175,7 @@ struct SimNode {
 
 impl SimNode {
     fn new(kind: RoleKind, member: Member, joined: bool) -> Self {
-        let disk = matches!(kind, RoleKind::Acceptor | RoleKind::Replica).then(SimDisk::default);
+        let disk = keeps_state(kind).then(SimDisk::default);
         SimNode {
             kind,
             member,
