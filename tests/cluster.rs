@@ -6,35 +6,11 @@ mod common;
 
 use autopaxos::protocol::RoleKind;
 use autopaxos::wire::{FrameWriter, Handshake};
-use common::{metric_sum, Cluster};
+use common::{metric_sum, progress_lines, Cluster, Progress};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One per-second progress line of `autopaxos client` (stderr): `   3.0s       12,345 cmds/s   ...`.
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    /// Seconds since measuring started, at the end of the interval.
-    at: f64,
-    /// Commands completed per second over the interval.
-    rate: f64,
-}
-
-fn progress_lines(stderr: &str) -> Vec<Progress> {
-    stderr
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.len() < 3 || words[2] != "cmds/s" {
-                return None;
-            }
-            let at = words[0].strip_suffix('s')?.parse().ok()?;
-            let rate = words[1].replace(',', "").parse().ok()?;
-            Some(Progress { at, rate })
-        })
-        .collect()
-}
 
 /// `verify: N acknowledged writes read back intact, M lost (...)` → (N, M).
 #[test]

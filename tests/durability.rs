@@ -8,32 +8,10 @@
 
 mod common;
 
-use common::{metric_sum, scrape, tail, Cluster};
+use common::{metric_sum, progress_lines, scrape, tail, Cluster, Progress};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// One per-second progress line of `autopaxos client` (stderr): `   3.0s       12,345 cmds/s   ...`.
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    /// Commands completed per second over the interval.
-    rate: f64,
-}
-
-fn progress_lines(stderr: &str) -> Vec<Progress> {
-    stderr
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.len() < 3 || words[2] != "cmds/s" {
-                return None;
-            }
-            words[0].strip_suffix('s')?.parse::<f64>().ok()?;
-            let rate = words[1].replace(',', "").parse().ok()?;
-            Some(Progress { rate })
-        })
-        .collect()
-}
 
 fn rates(progress: &[Progress]) -> String {
     progress.iter().map(|p| format!("{:.0}", p.rate)).collect::<Vec<_>>().join(", ")

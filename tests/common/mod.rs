@@ -249,19 +249,7 @@ impl Cluster {
     /// Starts node `id` as its own process, on core 0 or 1 alternately (fewer if the machine has fewer).
     pub fn start_node(&mut self, id: u32) {
         let node = self.node(id).clone();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
-        let core = (id as usize + 1) % cores;
-        let args: Vec<String> = vec![
-            node.role.into(),
-            "--config".into(),
-            self.config.display().to_string(),
-            "--node".into(),
-            id.to_string(),
-            "--cores".into(),
-            core.to_string(),
-            "--metrics-addr".into(),
-            node.metrics_addr().to_string(),
-        ];
+        let args = self.node_args(id, node.metrics_addr());
         let proc = Proc::spawn(&self.dir, &format!("node{id}-{}", node.role), &args);
         self.procs.push((id, proc));
     }
@@ -635,4 +623,29 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One per-second progress line of `autopaxos client` (stderr): `   3.0s       12,345 cmds/s   ...`.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Seconds since measuring started, at the end of the interval.
+    pub at: f64,
+    /// Commands completed per second over the interval.
+    pub rate: f64,
+}
+
+/// Every progress line in a client's stderr, in order.
+pub fn progress_lines(stderr: &str) -> Vec<Progress> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.len() < 3 || words[2] != "cmds/s" {
+                return None;
+            }
+            let at = words[0].strip_suffix('s')?.parse().ok()?;
+            let rate = words[1].replace(',', "").parse().ok()?;
+            Some(Progress { at, rate })
+        })
+        .collect()
 }
