@@ -92,8 +92,9 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
         "client",
         &["--duration", "8s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
     );
-    // Every joined node takes work: it carries commands, about a hundred times the bytes an idle joined node sends in ten
-    // seconds (192 measured). Bytes, not frames: on a slow disk fewer, fuller batches carry the load.
+    // Every joined node takes work: it carries commands, about a hundred times the bytes an idle
+    // joined node sends in ten seconds (192 measured). Bytes, not frames: on a slow disk fewer,
+    // fuller batches carry the load.
     let deadline = Instant::now() + Duration::from_secs(30);
     for j in &mut joiners {
         loop {
