@@ -14,10 +14,11 @@ use super::conn;
 use super::metrics::NodeMetrics;
 use crate::protocol::durable::Record;
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
+use crate::storage::wal::{PendingSync, Wal};
 use crate::wire::FrameWriter;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,39 +291,98 @@ impl Host {
     }
 }
 
-/// Appends what the role queued to the log, syncs, then routes the messages that waited for it; one
-/// sync covers everything queued since the last one started.
+/// Syncs a durable node keeps in flight at once before it waits for the oldest.
+const SYNCS_IN_FLIGHT: usize = 4;
+
+/// One sync in flight and what waits for it.
+struct InFlight {
+    sync: PendingSync,
+    held: Vec<(NodeId, Msg)>,
+    records: usize,
+    started: Instant,
+}
+
+/// Appends what the role queued to the log, starts a sync, and routes the messages that waited for
+/// it once it completes. Syncs pipeline (up to [`SYNCS_IN_FLIGHT`]): records that arrive while a
+/// sync is in flight start their own at once instead of waiting for it to finish, so a vote waits
+/// for one sync, not one and a half on average. Messages leave in the order their syncs started.
 async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: LocalReceiver<()>) {
     let Some((unsynced, _)) = &host.persistence else { unreachable!("started only for durable nodes") };
     let mut wal = match disk.open_wal().await {
         Ok(wal) => wal,
         Err(e) => super::launch::fatal_storage_error(host.id, &e),
     };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut unsynced_records = 0;
-    while wake.recv().await.is_some() {
-        let Unsynced { records, held } = std::mem::take(&mut *unsynced.borrow_mut());
+    loop {
+        // The oldest sync completing comes first: under load new work is almost always ready.
+        let work = match in_flight.front_mut() {
+            Some(oldest) => {
+                let synced = async { Err(oldest.sync.wait().await) };
+                futures_lite::future::or(synced, async { Ok(wake.recv().await) }).await
+            }
+            None => Ok(wake.recv().await),
+        };
+        match work {
+            Err(result) => {
+                let done = in_flight.pop_front().expect("the oldest sync");
+                if let Err(e) = result {
+                    super::launch::fatal_storage_error(host.id, &e);
+                }
+                release(&host, &mut wal, done).await;
+                continue;
+            }
+            Ok(None) => return,
+            Ok(Some(())) => {}
+        }
+        let Unsynced { records, mut held } = std::mem::take(&mut *unsynced.borrow_mut());
         if !records.is_empty() {
             if let Err(e) = wal.append(&records).await {
                 super::launch::fatal_storage_error(host.id, &e);
             }
             unsynced_records += records.len();
         }
-        // Sync only when a message waits for it: an acceptor's votes always do; a replica's
-        // executed values wait for its next watermark report, so they share one sync per report.
-        if !held.is_empty() && unsynced_records > 0 {
-            let started = Instant::now();
-            if let Err(e) = wal.sync().await {
+        if held.is_empty() {
+            // Nothing waits (a replica's executed values wait for its next watermark report, so
+            // they share one sync per report): keep appending.
+            continue;
+        }
+        if unsynced_records == 0 {
+            // Everything these wait for is durable, or in a sync already under way.
+            match in_flight.back_mut() {
+                Some(newest) => newest.held.append(&mut held),
+                None => held.into_iter().for_each(|(to, msg)| host.route(to, &msg)),
+            }
+            continue;
+        }
+        if in_flight.len() >= SYNCS_IN_FLIGHT {
+            let mut oldest = in_flight.pop_front().expect("syncs in flight");
+            if let Err(e) = oldest.sync.wait().await {
                 super::launch::fatal_storage_error(host.id, &e);
             }
-            host.metrics.persisted(unsynced_records, started.elapsed());
-            if host.kind == RoleKind::Acceptor {
-                super::launch::ACCEPTOR_SYNCS.add(unsynced_records);
-            }
-            unsynced_records = 0;
+            release(&host, &mut wal, oldest).await;
         }
-        for (to, msg) in held {
-            host.route(to, &msg);
+        let started = Instant::now();
+        match wal.start_sync().await {
+            Ok(sync) => in_flight.push_back(InFlight { sync, held, records: unsynced_records, started }),
+            Err(e) => super::launch::fatal_storage_error(host.id, &e),
         }
+        unsynced_records = 0;
+    }
+}
+
+/// A sync completed: count it, route the messages that waited for it, then let the log delete what
+/// a now-durable trim condemned.
+async fn release(host: &Rc<Host>, wal: &mut Wal, done: InFlight) {
+    host.metrics.persisted(done.records, done.started.elapsed());
+    if host.kind == RoleKind::Acceptor {
+        super::launch::ACCEPTOR_SYNCS.add(done.records);
+    }
+    for (to, msg) in done.held {
+        host.route(to, &msg);
+    }
+    if let Err(e) = wal.finish_sync(done.sync).await {
+        super::launch::fatal_storage_error(host.id, &e);
     }
 }
 

@@ -1,9 +1,11 @@
 //! The append path: records go into log segments with glommio direct I/O (`O_DIRECT` writes through
 //! io_uring, `fdatasync` through io_uring), and snapshots into files of their own.
 //!
-//! The caller does group commit: any number of [`Wal::append`]s, then one [`Wal::sync`], then it
-//! releases the messages that waited for those records. Nothing appended is durable before `sync`
-//! returns `Ok`. This file must never report a sync it has not completed, and never write into a
+//! The caller does group commit: any number of [`Wal::append`]s, then one sync, then it releases
+//! the messages that waited for those records. A sync can be split in two so that syncs pipeline:
+//! [`Wal::start_sync`] writes out and starts the fdatasync, [`PendingSync::wait`] waits for it while
+//! the caller appends more and starts the next, [`Wal::finish_sync`] retires it in order. Nothing
+//! appended is durable before the sync started after it has completed `Ok`. This file must never report a sync it has not completed, and never write into a
 //! segment left by an earlier process (every start begins a new segment after the recovered ones, so
 //! a file's padded or torn end is never appended to).
 //!
@@ -85,6 +87,31 @@ pub struct WalStats {
 }
 
 type WriteTask = JoinHandle<glommio::Result<usize, ()>>;
+
+/// An fdatasync in flight, from [`Wal::start_sync`].
+pub struct PendingSync {
+    /// `None` once [`wait`](Self::wait) has seen it complete.
+    task: Option<JoinHandle<glommio::Result<(), ()>>>,
+    path: PathBuf,
+    /// Segments condemned by trims appended before this sync: deleted once it completes.
+    condemned: Vec<u64>,
+}
+
+impl PendingSync {
+    /// Waits until the fdatasync completes: `Ok` means every record appended before
+    /// [`Wal::start_sync`] is durable. Needs no access to the [`Wal`], so a caller can wait for it
+    /// while appending more; then hand it to [`Wal::finish_sync`].
+    pub async fn wait(&mut self) -> Result<(), StorageError> {
+        let Some(task) = self.task.as_mut() else { return Ok(()) };
+        let result = match task.await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(StorageError::io(&self.path, e)),
+            None => Err(StorageError::io(&self.path, std::io::Error::other("sync task was cancelled"))),
+        };
+        self.task = None;
+        result
+    }
+}
 
 /// One process's write-ahead log in a data directory. Lives on one glommio executor.
 pub struct Wal {
@@ -283,14 +310,26 @@ impl Wal {
         }
     }
 
-    /// Makes everything appended so far durable: waits for the writes in flight, writes the partial
-    /// last buffer (zero-padded to a block), fdatasyncs the segment. Then deletes the segments a
-    /// now-durable trim condemned.
+    /// Makes everything appended so far durable: [`start_sync`](Self::start_sync) then
+    /// [`finish_sync`](Self::finish_sync).
     ///
-    /// After any error from `append` or `sync` the Wal must not be used again: a failed fdatasync
+    /// After any error from `append` or a sync the Wal must not be used again: a failed fdatasync
     /// may have dropped dirty pages, so the only safe course is to stop the node and let recovery
     /// read what is really on disk.
     pub async fn sync(&mut self) -> Result<(), StorageError> {
+        let pending = self.start_sync().await?;
+        self.finish_sync(pending).await
+    }
+
+    /// Writes out everything appended so far (waits for the writes in flight, writes the partial
+    /// last buffer zero-padded to a block) and starts an fdatasync of the segment without waiting
+    /// for it. The records appended so far are durable once [`PendingSync::wait`] returns `Ok`.
+    ///
+    /// Syncs pipeline: more records may be appended, and another sync started, while this one is in
+    /// flight. That is safe because every write is complete before the next write or fdatasync is
+    /// issued, so a later fdatasync covers everything an earlier one does, and no two writes of the
+    /// same block are ever in flight together.
+    pub async fn start_sync(&mut self) -> Result<PendingSync, StorageError> {
         while !self.in_flight.is_empty() {
             self.await_oldest_write().await?;
         }
@@ -316,9 +355,18 @@ impl Wal {
                 self.buf_len = tail;
             }
         }
-        self.file.fdatasync().await.map_err(io(&path))?;
+        let file = self.file.clone();
+        let task = glommio::spawn_local(async move { file.fdatasync().await }).detach();
+        Ok(PendingSync { task: Some(task), path, condemned: std::mem::take(&mut self.condemned) })
+    }
+
+    /// Counts a sync that [`PendingSync::wait`] reported durable, then deletes the segments that a
+    /// trim appended before it condemned (that trim is durable now). Call in the order the syncs
+    /// were started.
+    pub async fn finish_sync(&mut self, mut pending: PendingSync) -> Result<(), StorageError> {
+        pending.wait().await?;
         self.stats.syncs += 1;
-        self.delete_condemned().await
+        self.delete_segments(std::mem::take(&mut pending.condemned)).await
     }
 
     /// Marks for deletion every closed segment wholly below `below`.
@@ -333,8 +381,8 @@ impl Wal {
         });
     }
 
-    async fn delete_condemned(&mut self) -> Result<(), StorageError> {
-        for seq in std::mem::take(&mut self.condemned) {
+    async fn delete_segments(&mut self, sequences: Vec<u64>) -> Result<(), StorageError> {
+        for seq in sequences {
             let p = self.dir.join(segment_name(seq));
             match glommio::io::remove(&p).await.map_err(std::io::Error::from) {
                 Ok(()) => self.stats.segments_deleted += 1,
@@ -621,6 +669,54 @@ mod tests {
         for slot in 389..400 {
             assert!(recovered.records.contains(&accept(slot, 200)), "live slot {slot} lost");
         }
+    }
+
+    #[test]
+    fn pipelined_syncs_each_cover_what_was_appended_before_them_and_deletion_waits_for_the_trim() {
+        let t = TempDir::new("pipelined");
+        let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
+        let path = t.0.clone();
+        let data = DataDir::open(&t.0).unwrap();
+        let (_, report) = data.recover().unwrap();
+        let seen = on_executor(move || async move {
+            let read_segment = |seq: u64| {
+                let bytes = std::fs::read(path.join(segment_name(seq))).unwrap();
+                scan(&Bytes::from(bytes)).unwrap().records
+            };
+            let mut wal = Wal::open(&path, report.next_sequence, vec![], &[], options).await.unwrap();
+            // Fill past one segment so the first is closed; a trim then condemns it.
+            for slot in 0..40 {
+                wal.append(&[accept(slot, 200)]).await.unwrap();
+            }
+            let first = wal.closed_segments()[0].sequence;
+            wal.append(&[Record::Trim { below: 100 }]).await.unwrap();
+            // Sync A is in flight while records are appended and sync B started: each write lands
+            // after the previous one completed, so B's rewrite of the shared partial block keeps A's
+            // records and adds its own.
+            let mut a = wal.start_sync().await.unwrap();
+            wal.append(&[accept(100, 10)]).await.unwrap();
+            let mut b = wal.start_sync().await.unwrap();
+            wal.append(&[accept(101, 10)]).await.unwrap();
+            a.wait().await.unwrap();
+            b.wait().await.unwrap();
+            let current = read_segment(wal.sequence());
+            // The condemned segment goes only when the sync that carried the trim is finished.
+            let before_finish = path.join(segment_name(first)).exists();
+            wal.finish_sync(a).await.unwrap();
+            let after_finish = path.join(segment_name(first)).exists();
+            wal.finish_sync(b).await.unwrap();
+            wal.close().await.unwrap();
+            (current, before_finish, after_finish)
+        });
+        let (current, before_finish, after_finish) = seen;
+        drop(data);
+        assert!(current.contains(&Record::Trim { below: 100 }), "{current:?}");
+        assert!(current.contains(&accept(100, 10)), "B's record was written: {current:?}");
+        assert!(!current.contains(&accept(101, 10)), "appended after B started, so not written yet");
+        assert!(before_finish, "a segment was deleted before the trim's sync was finished");
+        assert!(!after_finish, "the condemned segment outlived the sync that made its trim durable");
+        let (recovered, _) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert!(recovered.records.ends_with(&[accept(100, 10), accept(101, 10)]), "{:?}", recovered.records);
     }
 
     #[test]
