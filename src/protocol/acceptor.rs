@@ -182,6 +182,23 @@ impl Acceptor {
         self.storage.send(out, from, Msg::Phase2b { ballot, slot });
     }
 
+    /// A replica that no peer can teach reads a slot from the acceptors of its group. The answer
+    /// waits for the disk like a vote: the replica counts it toward a quorum, so it must be a vote
+    /// that survives a crash.
+    fn on_read_slot(&mut self, from: NodeId, slot: Slot, out: &mut Out) {
+        if !self.config.replicas.contains(&from) || self.config.group_of(slot) != self.group {
+            out.dropped("acceptor: a slot read from a non-replica or for another group");
+            return;
+        }
+        let accepted = self.accepted.get(&slot).map(|(ballot, value)| AcceptedEntry {
+            slot,
+            ballot: *ballot,
+            value: value.clone(),
+        });
+        let trimmed = slot < self.trimmed_below;
+        self.storage.send(out, from, Msg::SlotRead { slot, accepted, trimmed });
+    }
+
     fn on_trim(&mut self, below: Slot, out: &mut Out) {
         if below > self.trimmed_below {
             self.persist(out, || Record::Trim { below });
@@ -212,6 +229,7 @@ impl Role for Acceptor {
             Msg::Phase1a { ballot, nonce, from_slot } => self.on_phase1a(from, ballot, nonce, from_slot, out),
             Msg::Phase2a { ballot, slot, value } => self.on_phase2a(from, ballot, slot, value, out),
             Msg::Trim { below } => self.on_trim(below, out),
+            Msg::ReadSlot { slot } => self.on_read_slot(from, slot, out),
             _ => out.dropped("acceptor: unexpected message"),
         }
         self.check_invariants();

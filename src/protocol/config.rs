@@ -218,6 +218,22 @@ pub struct Tunables {
     /// A durable replica snapshots its whole state every this many executed slots; the executed
     /// values since the last snapshot are its log (replayed at restart, so this bounds replay time).
     pub replica_snapshot_interval_slots: u64,
+    /// Executed slots a replica keeps to teach a lagging peer by log segment, and the leader lets
+    /// acceptors keep, at most; beyond it they trim even if a replica is behind (it then learns by
+    /// snapshot).
+    pub teach_retention_slots: u64,
+    /// ...and at most this many bytes of values (replicas).
+    pub teach_retention_bytes: u64,
+    /// A teacher ships the missing log segment when its values weigh at most this percentage of
+    /// the state; otherwise a snapshot of the state.
+    pub teach_log_max_percent_of_state: u64,
+    /// Bytes of one snapshot chunk.
+    pub teach_chunk_bytes: u64,
+    /// Snapshot chunks a learner has asked for and not yet received, at most (flow control).
+    pub teach_window_chunks: u64,
+    /// A replica that has not reported its watermark for this long is taken for down: the leader's
+    /// trim point follows the replicas that are up.
+    pub replica_down_after_us: Time,
 }
 
 impl Default for Tunables {
@@ -233,6 +249,13 @@ impl Default for Tunables {
             replica_report_interval_us: 10_000,
             phase1b_page_bytes: 256 * 1024,
             replica_snapshot_interval_slots: 20_000,
+            // About 500 MB of batches of 100 small commands: fits a c5.xlarge (8 GiB) with room.
+            teach_retention_slots: 100_000,
+            teach_retention_bytes: 512 << 20,
+            teach_log_max_percent_of_state: 50,
+            teach_chunk_bytes: 256 << 10,
+            teach_window_chunks: 4,
+            replica_down_after_us: 2_000_000,
         }
     }
 }
@@ -264,7 +287,14 @@ impl Tunables {
         if self.election_timeout_us < 2 * self.heartbeat_interval_us {
             return bad("election_timeout_us", "must be at least twice heartbeat_interval_us");
         }
+        if self.teach_chunk_bytes == 0 || self.teach_chunk_bytes > 1 << 20 {
+            return bad("teach_chunk_bytes", "must be between 1 and 1048576 (a chunk must fit a frame)");
+        }
         for (field, v) in [
+            ("teach_retention_slots", self.teach_retention_slots),
+            ("teach_retention_bytes", self.teach_retention_bytes),
+            ("teach_window_chunks", self.teach_window_chunks),
+            ("replica_down_after_us", self.replica_down_after_us),
             ("flush_interval_us", self.flush_interval_us),
             ("resend_timeout_us", self.resend_timeout_us),
             ("client_retry_timeout_us", self.client_retry_timeout_us),

@@ -54,6 +54,14 @@ pub enum Value {
 }
 
 impl Value {
+    /// Bytes the value holds (0 for a no-op).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Value::Noop => 0,
+            Value::Batch(b) => b.len(),
+        }
+    }
+
     /// A stable digest of the value, for checkers and traces.
     pub fn digest(&self) -> u64 {
         match self {
@@ -164,6 +172,19 @@ pub enum Msg {
     Executed { watermark: Slot },
     /// replica → replica: please send me the chosen values from `from_slot` on.
     CatchUp { from_slot: Slot },
+    /// replica → replica, answering a `CatchUp` that a snapshot serves better (the slots are no
+    /// longer kept, or weigh more than the state): my state at `slot`, `len` bytes with digest
+    /// `digest`, is ready to fetch.
+    SnapshotOffer { slot: Slot, len: u64, digest: u64 },
+    /// replica → replica: send the chunk of your snapshot at `slot` that starts at `offset`.
+    SnapshotFetch { slot: Slot, offset: u64 },
+    /// replica → replica: bytes of the snapshot at `slot` from `offset` on.
+    SnapshotChunk { slot: Slot, offset: u64, bytes: Bytes },
+    /// replica → acceptors of the slot's group: what did you accept in `slot`? For a slot no peer
+    /// replica can teach.
+    ReadSlot { slot: Slot },
+    /// acceptor → replica, once durable: what it accepted in `slot` (`None`: nothing, or `trimmed`).
+    SlotRead { slot: Slot, accepted: Option<AcceptedEntry>, trimmed: bool },
     /// leader → acceptors: every replica executed everything below `below`; forget it.
     Trim { below: Slot },
     /// replica → unbatcher: replies to send on to their clients.
@@ -202,6 +223,11 @@ impl Msg {
             Msg::Chosen { .. } => "Chosen",
             Msg::Executed { .. } => "Executed",
             Msg::CatchUp { .. } => "CatchUp",
+            Msg::SnapshotOffer { .. } => "SnapshotOffer",
+            Msg::SnapshotFetch { .. } => "SnapshotFetch",
+            Msg::SnapshotChunk { .. } => "SnapshotChunk",
+            Msg::ReadSlot { .. } => "ReadSlot",
+            Msg::SlotRead { .. } => "SlotRead",
             Msg::Trim { .. } => "Trim",
             Msg::ReplyBatch { .. } => "ReplyBatch",
             Msg::Join { .. } => "Join",
@@ -252,6 +278,18 @@ impl std::fmt::Display for Msg {
             Msg::Chosen { slot, value } => write!(f, "{name} s={slot} v={:016x}", value.digest()),
             Msg::Executed { watermark } => write!(f, "{name} w={watermark}"),
             Msg::CatchUp { from_slot } => write!(f, "{name} from={from_slot}"),
+            Msg::SnapshotOffer { slot, len, digest } => {
+                write!(f, "{name} s={slot} len={len} digest={digest:016x}")
+            }
+            Msg::SnapshotFetch { slot, offset } => write!(f, "{name} s={slot} at={offset}"),
+            Msg::SnapshotChunk { slot, offset, bytes } => {
+                write!(f, "{name} s={slot} at={offset} len={}", bytes.len())
+            }
+            Msg::ReadSlot { slot } => write!(f, "{name} s={slot}"),
+            Msg::SlotRead { slot, accepted, trimmed } => match accepted {
+                Some(e) => write!(f, "{name} s={slot} b={} v={:016x}", e.ballot, e.value.digest()),
+                None => write!(f, "{name} s={slot} none trimmed={trimmed}"),
+            },
             Msg::Trim { below } => write!(f, "{name} below={below}"),
             Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
             Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),

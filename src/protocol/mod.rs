@@ -75,9 +75,12 @@ pub enum Event {
     BecameLeader { ballot: Ballot },
     /// A draining stateless node reported `Left`: it holds nothing in flight and may stop.
     Left,
-    /// A replica has made no progress for a while although a peer is ahead of it: no peer keeps the
-    /// slots it needs (it must be taught by snapshot, which it cannot be yet). Repeated while stuck.
+    /// A replica has made no progress for a while although a peer is ahead of it (its teachers do
+    /// not answer, or cannot). Repeated while stuck.
     Stalled { executed: Slot, peer_executed: Slot },
+    /// A replica installed a snapshot a peer taught it: every slot below `slot` is executed, and its
+    /// whole state has `state_digest` (with digests recorded).
+    Installed { slot: Slot, state_digest: Option<u64> },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }

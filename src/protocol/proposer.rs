@@ -89,8 +89,9 @@ pub struct Proposer {
     ballot: Ballot,
     state: State,
     leader_hint: Option<NodeId>,
-    /// What each replica last said it executed.
+    /// What each replica last said it executed, and when it last said so.
     replica_watermarks: BTreeMap<NodeId, Slot>,
+    replica_heard_at: BTreeMap<NodeId, Time>,
     /// The stateless nodes and where each stands. Every proposer applies the joins and departures it
     /// hears and merges the views it gets; the leader publishes its view.
     view: View,
@@ -116,6 +117,7 @@ impl Proposer {
             state: State::Follower,
             leader_hint: None,
             replica_watermarks: BTreeMap::new(),
+            replica_heard_at: BTreeMap::new(),
             view: View::from_config(&config),
             proxy_leaders: config.proxy_leaders.clone(),
             heartbeats_since_view: 0,
@@ -158,12 +160,23 @@ impl Proposer {
         self.replica_watermarks.values().copied().max().unwrap_or(0)
     }
 
-    /// Slots below this are executed by every replica; 0 until every replica has reported.
-    fn min_executed(&self) -> Slot {
-        if self.replica_watermarks.len() < self.config.replicas.len() {
-            return 0;
-        }
-        self.replica_watermarks.values().copied().min().unwrap_or(0)
+    /// Acceptors may forget the slots below this. Every replica that is up (reported within
+    /// `replica_down_after_us`) has executed them, so a silent replica does not hold the logs back
+    /// for ever; and however far a replica lags, the acceptors keep at most `teach_retention_slots`
+    /// behind the furthest one. A replica below the point learns from a peer replica (by log
+    /// segment or snapshot), never from the acceptors. Safe at any point up to `max_executed`:
+    /// those slots are chosen, and a new leader starts above them.
+    fn trim_point(&self, now: Time) -> Slot {
+        let furthest = self.max_executed();
+        let down_after = self.tunables.replica_down_after_us;
+        let slowest_up = self
+            .replica_watermarks
+            .iter()
+            .filter(|(r, _)| self.replica_heard_at.get(r).is_some_and(|&at| now <= at + down_after))
+            .map(|(_, &w)| w)
+            .min()
+            .unwrap_or(0);
+        slowest_up.max(furthest.saturating_sub(self.tunables.teach_retention_slots)).min(furthest)
     }
 
     // ---- elections ----
@@ -336,6 +349,7 @@ impl Proposer {
         }
         let known = self.replica_watermarks.entry(from).or_insert(0);
         *known = (*known).max(watermark);
+        self.replica_heard_at.insert(from, now);
         let executed = self.max_executed();
         let State::Leader(l) = &mut self.state else {
             return;
@@ -424,7 +438,7 @@ impl Proposer {
         if self.is_leader() && self.heartbeats_since_view >= HEARTBEATS_PER_VIEW {
             self.publish_view(out);
         }
-        let below = self.min_executed();
+        let below = self.trim_point(now);
         let State::Leader(l) = &mut self.state else {
             return;
         };

@@ -8,15 +8,33 @@
 //! no one trims what this replica could not rebuild after a crash: a restart loads the snapshot and
 //! replays the executed values after it ([`Replica::recover`]), then catches up from its peers.
 //!
+//! Teaching (Physalia's three modes, outside the consensus protocol):
+//! - **Log segment:** a replica stuck behind a peer sends it `CatchUp`; the peer answers with the
+//!   chosen values it still keeps (up to `teach_retention_slots` and `teach_retention_bytes` of
+//!   them), when they weigh at most `teach_log_max_percent_of_state` percent of its state.
+//! - **Bulk snapshot:** otherwise (the slots are gone, or the state is smaller) the peer serialises
+//!   its state at its watermark once, offers it (`SnapshotOffer`: slot, length, digest), and the
+//!   learner pulls it in `teach_chunk_bytes` chunks with at most `teach_window_chunks` asked for at
+//!   a time, so the teacher sends nothing it was not asked for and its execution never waits. The
+//!   learner checks the digest, installs the state in one step (and on disk as a snapshot), and
+//!   carries on by log segment from there. The teacher is whichever peer is ahead (they take turns,
+//!   not only the furthest); a learner whose teacher goes quiet mid-transfer asks another and
+//!   starts that image again (two teachers' images differ unless their watermarks do not).
+//! - **Per-slot recovery:** a replica stuck on a slot that no peer replica is ahead of (a `Chosen`
+//!   lost to every replica) reads the slot from its acceptor group (`ReadSlot`), and executes a
+//!   value only once f+1 acceptors report it at one ballot: a value is chosen exactly when a quorum
+//!   accepted it at one ballot. It never takes a value on one acceptor's word and never invents one.
+//!
 //! Must never: execute a slot before every lower slot; apply a command twice; let a malformed batch
 //! stop execution (every replica reads the same bytes, so treating it as empty is deterministic);
-//! report a watermark its disk could not give back.
+//! report a watermark its disk could not give back; install a state whose digest is not the one
+//! offered.
 
 use super::config::{ClusterConfig, Tunables};
 use super::durable::{Record, Recovered, Storage};
 use super::membership::View;
 use super::messages::{
-    chunk_by_bytes, with_archived, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
+    chunk_by_bytes, with_archived, AcceptedEntry, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
 use super::state_machine::{SnapshotError, SnapshotReader, StateMachine};
 use super::timers::Timers;
@@ -34,6 +52,14 @@ const TYPICAL_RESULT_BYTES: usize = 16;
 pub const MAX_CATCHUP_SLOTS: u64 = 1_000;
 /// Report periods without progress, with a peer ahead, after which a replica says it is stalled.
 pub const STALLED_AFTER_REPORTS: u32 = 100;
+/// Report periods without a new chunk after which a learner asks another teacher.
+const TEACHER_QUIET_REPORTS: u32 = 20;
+/// A teacher drops the image it serialised once no learner fetched from it for this long.
+const TEACH_IMAGE_IDLE_US: Time = 10_000_000;
+/// Slots a replica reads from the acceptors at once when no peer can teach it.
+const SLOTS_READ_AT_ONCE: u64 = 16;
+/// A snapshot offered larger than this is refused (a learner must hold it in memory).
+const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 
 /// A client's last executed command and the reply to it.
 struct ClientEntry {
@@ -44,6 +70,30 @@ struct ClientEntry {
 #[repr(usize)]
 enum Timer {
     Report,
+}
+
+/// Teacher side: this replica's state at `slot`, serialised once for the learners that fetch it.
+struct TeachImage {
+    slot: Slot,
+    bytes: Bytes,
+    digest: u64,
+    last_fetch: Time,
+}
+
+/// Learner side: a snapshot being fetched.
+struct Learning {
+    teacher: NodeId,
+    slot: Slot,
+    len: u64,
+    digest: u64,
+    /// The image so far, contiguous from offset 0.
+    bytes: Vec<u8>,
+    /// Chunks that arrived ahead of `bytes`, by offset (at most a window's worth).
+    ahead: BTreeMap<u64, Bytes>,
+    /// A fetch was sent for every chunk that starts below this.
+    asked_to: u64,
+    /// Report periods in a row with no new byte.
+    quiet_reports: u32,
 }
 
 /// One replica.
@@ -80,6 +130,18 @@ pub struct Replica {
     persisted_trim: Slot,
     /// Report periods in a row without progress while a peer was ahead.
     stuck_reports: u32,
+    /// Teaching settings (see the module doc).
+    tunables: Tunables,
+    /// Bytes of the values in `log`.
+    log_bytes: u64,
+    /// The image this replica teaches from, while learners fetch it.
+    teaching: Option<TeachImage>,
+    /// The snapshot this replica is learning, if any.
+    learning: Option<Learning>,
+    /// Per-slot recovery: the acceptors' answers so far, by slot.
+    slot_reads: BTreeMap<Slot, BTreeMap<NodeId, Option<(super::Ballot, Value)>>>,
+    /// Peers asked in turn to teach (any peer ahead, not only the furthest).
+    next_teacher: usize,
 }
 
 impl Replica {
@@ -120,6 +182,12 @@ impl Replica {
             snapshot_slot: 0,
             persisted_trim: 0,
             stuck_reports: 0,
+            tunables: tunables.clone(),
+            log_bytes: 0,
+            teaching: None,
+            learning: None,
+            slot_reads: BTreeMap::new(),
+            next_teacher: 0,
         }
     }
 
@@ -147,15 +215,11 @@ impl Replica {
         let mut discard = Out::new(false);
         for record in recovered.records {
             match record {
-                Record::Executed { slot, value } if slot < r.executed => {
-                    if r.config.replicas.len() > 1 {
-                        r.log.insert(slot, value);
-                    }
-                }
+                Record::Executed { slot, value } if slot < r.executed => r.keep_to_teach(slot, value),
                 Record::Executed { slot, value } => r.on_chosen(slot, value, &mut discard),
                 Record::Trim { below } => {
                     r.persisted_trim = r.persisted_trim.max(below);
-                    r.log = r.log.split_off(&below);
+                    r.forget_log_below(below);
                 }
                 other => panic!(
                     "replica {id}: an acceptor's record in its log ({other:?}): another node's data dir?"
@@ -181,19 +245,22 @@ impl Replica {
         bytes
     }
 
-    /// Replaces the state machine and client table with those of a durable snapshot.
+    /// Replaces the state machine and client table with those of a durable snapshot. The client
+    /// table is parsed first, so damaged bytes leave it as it was.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         let mut reader = SnapshotReader::new(bytes);
-        self.state_machine.restore(reader.field()?)?;
-        self.client_table.clear();
+        let state_machine = reader.field()?;
+        let mut table = FxHashMap::default();
         while !reader.rest().is_empty() {
             let client = reader.u64()?;
             let seq = reader.u64()?;
             let reply = Bytes::copy_from_slice(reader.field()?);
-            if self.client_table.insert(client, ClientEntry { seq, reply }).is_some() {
+            if table.insert(client, ClientEntry { seq, reply }).is_some() {
                 return Err(SnapshotError("a client twice in the client table"));
             }
         }
+        self.state_machine.restore(state_machine)?;
+        self.client_table = table;
         Ok(())
     }
 
@@ -221,6 +288,43 @@ impl Replica {
     /// Every slot below this is executed.
     pub fn executed_watermark(&self) -> Slot {
         self.executed
+    }
+
+    /// Keeps an executed value to teach lagging peers, within the retention budget: beyond it the
+    /// oldest go (a peer that needs them learns by snapshot). A lone replica keeps nothing.
+    fn keep_to_teach(&mut self, slot: Slot, value: Value) {
+        if self.config.replicas.len() < 2 {
+            return;
+        }
+        self.log_bytes += value.byte_len() as u64;
+        self.log.insert(slot, value);
+        while self.log.len() as u64 > self.tunables.teach_retention_slots
+            || self.log_bytes > self.tunables.teach_retention_bytes
+        {
+            let Some((_, oldest)) = self.log.pop_first() else { break };
+            self.log_bytes -= oldest.byte_len() as u64;
+        }
+    }
+
+    fn forget_log_below(&mut self, below: Slot) {
+        let kept = self.log.split_off(&below);
+        let forgotten = std::mem::replace(&mut self.log, kept);
+        self.log_bytes -= forgotten.values().map(|v| v.byte_len() as u64).sum::<u64>();
+    }
+
+    /// About how many bytes a snapshot of this replica's state weighs.
+    fn approx_state_bytes(&self) -> u64 {
+        self.state_machine.approx_bytes() + 24 * self.client_table.len() as u64
+    }
+
+    /// Bytes of executed values this replica keeps to teach (a gauge for operators and tests).
+    pub fn teach_log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Whether this replica is fetching a snapshot from a peer.
+    pub fn is_learning(&self) -> bool {
+        self.learning.is_some()
     }
 
     /// Digest of the state machine and the client table. Walks the client table: for checkers.
@@ -299,10 +403,7 @@ impl Replica {
             let value_digest = out.digest(|| value.digest());
             let state_digest = out.digest(|| self.state_digest());
             out.event(|| Event::Executed { slot, value_digest, state_digest });
-            // Kept to teach a lagging peer; a lone replica has no peer to teach.
-            if self.config.replicas.len() > 1 {
-                self.log.insert(slot, value);
-            }
+            self.keep_to_teach(slot, value);
         }
         self.maybe_snapshot(out);
     }
@@ -360,19 +461,196 @@ impl Replica {
         // Keep the log only for slots some replica may still ask for.
         if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
             let lowest = self.peer_watermarks.values().copied().min().unwrap_or(0).min(self.executed);
-            self.log = self.log.split_off(&lowest);
+            self.forget_log_below(lowest);
             self.persist_trim(out);
         }
     }
 
-    fn on_catch_up(&mut self, from: NodeId, from_slot: Slot, out: &mut Out) {
-        if from_slot < self.executed && self.log.keys().next().is_none_or(|&first| first > from_slot) {
-            out.dropped("replica: asked to teach slots it no longer keeps (the learner needs a snapshot)");
+    /// A peer is behind: teach it by log segment when that is cheap, else offer a snapshot.
+    fn on_catch_up(&mut self, now: Time, from: NodeId, from_slot: Slot, out: &mut Out) {
+        if from_slot >= self.executed {
+            return; // not behind this replica
+        }
+        let keeps = self.log.keys().next().is_some_and(|&first| first <= from_slot);
+        if keeps && self.segment_is_cheaper(from_slot) {
+            let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
+            for (&slot, value) in self.log.range(from_slot..end) {
+                out.send(from, Msg::Chosen { slot, value: value.clone() });
+            }
             return;
         }
-        let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
-        for (&slot, value) in self.log.range(from_slot..end) {
-            out.send(from, Msg::Chosen { slot, value: value.clone() });
+        let image = match self.teaching.take() {
+            Some(image) if image.slot > from_slot => image,
+            _ => {
+                // Serialised once, then served in slices (`Bytes::slice` copies nothing).
+                let bytes = Bytes::from(self.durable_snapshot());
+                let digest = super::digest(&bytes);
+                TeachImage { slot: self.executed, bytes, digest, last_fetch: now }
+            }
+        };
+        let offer =
+            Msg::SnapshotOffer { slot: image.slot, len: image.bytes.len() as u64, digest: image.digest };
+        self.teaching = Some(TeachImage { last_fetch: now, ..image });
+        out.send(from, offer);
+    }
+
+    /// Whether the values from `from_slot` to the watermark weigh at most the configured share of
+    /// the state (stops counting as soon as they do not).
+    fn segment_is_cheaper(&self, from_slot: Slot) -> bool {
+        let budget = self.approx_state_bytes() * self.tunables.teach_log_max_percent_of_state / 100;
+        let mut bytes = 0u64;
+        for value in self.log.range(from_slot..).map(|(_, v)| v) {
+            bytes += value.byte_len() as u64;
+            if bytes > budget {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn on_snapshot_fetch(&mut self, now: Time, from: NodeId, slot: Slot, offset: u64, out: &mut Out) {
+        let Some(image) = self.teaching.as_mut().filter(|i| i.slot == slot) else {
+            out.dropped("replica: a fetch of a snapshot this replica no longer holds");
+            return;
+        };
+        let len = image.bytes.len() as u64;
+        if offset >= len {
+            out.dropped("replica: a fetch beyond the end of the snapshot");
+            return;
+        }
+        image.last_fetch = now;
+        let end = offset.saturating_add(self.tunables.teach_chunk_bytes).min(len);
+        let bytes = image.bytes.slice(offset as usize..end as usize);
+        out.send(from, Msg::SnapshotChunk { slot, offset, bytes });
+    }
+
+    fn on_snapshot_offer(&mut self, from: NodeId, slot: Slot, len: u64, digest: u64, out: &mut Out) {
+        if slot <= self.executed {
+            return; // already past it
+        }
+        if len > MAX_SNAPSHOT_BYTES {
+            out.dropped("replica: a snapshot offered larger than a learner may hold");
+            return;
+        }
+        if let Some(l) = &self.learning {
+            if l.quiet_reports == 0 || (l.teacher, l.slot) == (from, slot) {
+                return; // the transfer under way is moving, or this is its offer again
+            }
+        }
+        let learning = Learning {
+            teacher: from,
+            slot,
+            len,
+            digest,
+            bytes: Vec::new(),
+            ahead: BTreeMap::new(),
+            asked_to: 0,
+            quiet_reports: 0,
+        };
+        self.learning = Some(learning);
+        self.fetch_window(out);
+    }
+
+    /// Asks for chunks until a window's worth is outstanding beyond what arrived in order.
+    fn fetch_window(&mut self, out: &mut Out) {
+        let (chunk, window) = (self.tunables.teach_chunk_bytes, self.tunables.teach_window_chunks);
+        let Some(l) = self.learning.as_mut() else { return };
+        let limit = (l.bytes.len() as u64).saturating_add(chunk * window).min(l.len);
+        while l.asked_to < limit {
+            out.send(l.teacher, Msg::SnapshotFetch { slot: l.slot, offset: l.asked_to });
+            l.asked_to += chunk;
+        }
+    }
+
+    fn on_snapshot_chunk(&mut self, from: NodeId, slot: Slot, offset: u64, bytes: Bytes, out: &mut Out) {
+        let window_bytes = self.tunables.teach_chunk_bytes * self.tunables.teach_window_chunks;
+        let Some(l) = self.learning.as_mut().filter(|l| (l.teacher, l.slot) == (from, slot)) else {
+            out.dropped("replica: a snapshot chunk of no transfer under way");
+            return;
+        };
+        let have = l.bytes.len() as u64;
+        let end = offset.saturating_add(bytes.len() as u64);
+        if bytes.is_empty() || end > l.len || offset < have || offset > have + window_bytes {
+            out.dropped("replica: a snapshot chunk out of place (duplicate, stale or beyond the window)");
+            return;
+        }
+        l.ahead.insert(offset, bytes);
+        while let Some(next) = l.ahead.remove(&(l.bytes.len() as u64)) {
+            l.bytes.extend_from_slice(&next);
+            l.quiet_reports = 0;
+        }
+        // Chunks that overlap what arrived in order (another teacher's chunk size) are of no use.
+        let have = l.bytes.len() as u64;
+        l.ahead.retain(|&at, _| at > have);
+        if have < l.len {
+            self.fetch_window(out);
+            return;
+        }
+        let l = self.learning.take().expect("checked above");
+        if super::digest(&l.bytes) != l.digest {
+            out.dropped("replica: a taught snapshot failed its digest check; asking again");
+            return;
+        }
+        self.install(l.slot, Bytes::from(l.bytes), out);
+    }
+
+    /// Replaces this replica's state with a taught snapshot at `slot` (all of it, in this call),
+    /// and keeps it on disk as its newest snapshot before its watermark is reported.
+    fn install(&mut self, slot: Slot, bytes: Bytes, out: &mut Out) {
+        if slot <= self.executed {
+            return;
+        }
+        if self.restore(&bytes).is_err() {
+            // The digest matched, so the teacher produced bytes we cannot read: a bug, not noise.
+            out.dropped("replica: a taught snapshot with the right digest did not restore");
+            return;
+        }
+        self.executed = slot;
+        self.chosen = self.chosen.split_off(&slot);
+        self.forget_log_below(slot);
+        self.slot_reads = self.slot_reads.split_off(&slot);
+        if self.storage == Storage::Durable {
+            out.persist(Record::Snapshot { slot, bytes });
+            self.snapshot_slot = slot;
+            self.persist_trim(out);
+        }
+        let state_digest = out.digest(|| self.state_digest());
+        out.event(|| Event::Installed { slot, state_digest });
+        self.execute_ready(out);
+    }
+
+    /// Reads the next missing slots from their acceptor groups: no peer replica can teach them.
+    fn read_from_acceptors(&mut self, out: &mut Out) {
+        let end = self.chosen.keys().next().copied().unwrap_or(self.executed + 1);
+        for slot in self.executed..end.min(self.executed + SLOTS_READ_AT_ONCE) {
+            self.slot_reads.entry(slot).or_default();
+            for &acceptor in &self.config.acceptor_groups[self.config.group_of(slot)] {
+                out.send(acceptor, Msg::ReadSlot { slot });
+            }
+        }
+    }
+
+    /// An acceptor's answer to a slot read: once f+1 of the group report one ballot, that ballot's
+    /// value is the chosen one.
+    fn on_slot_read(&mut self, from: NodeId, slot: Slot, accepted: Option<AcceptedEntry>, out: &mut Out) {
+        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
+        if !group.contains(&from) || accepted.as_ref().is_some_and(|e| e.slot != slot) {
+            out.dropped("replica: a slot read from an acceptor not of the slot's group");
+            return;
+        }
+        let Some(answers) = self.slot_reads.get_mut(&slot) else {
+            return; // not asked, or learned since
+        };
+        answers.insert(from, accepted.map(|e| (e.ballot, e.value)));
+        let quorum = self.config.quorum();
+        let mut by_ballot: BTreeMap<super::Ballot, (usize, &Value)> = BTreeMap::new();
+        for (ballot, value) in answers.values().flatten() {
+            by_ballot.entry(*ballot).or_insert((0, value)).0 += 1;
+        }
+        let chosen = by_ballot.into_values().find(|(n, _)| *n >= quorum).map(|(_, v)| v.clone());
+        if let Some(value) = chosen {
+            self.slot_reads.remove(&slot);
+            self.on_chosen(slot, value, out);
         }
     }
 
@@ -384,24 +662,57 @@ impl Replica {
         for &to in self.config.proposers.iter().chain(peers) {
             self.storage.send(out, to, Msg::Executed { watermark });
         }
-        // Stuck behind a peer since the last report: a Chosen was lost on its way here. Ask the
-        // peer that is furthest ahead to teach us.
-        if self.executed == self.executed_at_last_report {
-            let ahead =
-                self.peer_watermarks.iter().filter(|(_, &w)| w > self.executed).max_by_key(|(_, &w)| w);
-            if let Some((&peer, &peer_executed)) = ahead {
-                out.send(peer, Msg::CatchUp { from_slot: self.executed });
-                self.stuck_reports += 1;
-                if self.stuck_reports.is_multiple_of(STALLED_AFTER_REPORTS) {
-                    let executed = self.executed;
-                    out.event(|| Event::Stalled { executed, peer_executed });
-                }
-            }
+        self.teaching = self.teaching.take().filter(|i| now < i.last_fetch + TEACH_IMAGE_IDLE_US);
+        if self.learning.is_some() {
+            self.on_learning_report(out);
+        } else if self.executed == self.executed_at_last_report {
+            self.on_stuck_report(out);
         } else {
             self.stuck_reports = 0;
         }
         self.executed_at_last_report = self.executed;
         self.timers.set(Timer::Report as usize, now + self.report_interval_us);
+    }
+
+    /// Stuck since the last report. A peer ahead teaches us (peers take turns, so a dead or slow
+    /// one is not asked for ever); with none ahead, but later slots chosen, a slot was lost to every
+    /// replica: read it from the acceptors.
+    fn on_stuck_report(&mut self, out: &mut Out) {
+        let ahead: Vec<(NodeId, Slot)> =
+            self.peer_watermarks.iter().filter(|(_, &w)| w > self.executed).map(|(&p, &w)| (p, w)).collect();
+        if ahead.is_empty() {
+            if !self.chosen.is_empty() {
+                self.read_from_acceptors(out);
+            }
+            return;
+        }
+        self.next_teacher = self.next_teacher.wrapping_add(1);
+        let (peer, _) = ahead[self.next_teacher % ahead.len()];
+        out.send(peer, Msg::CatchUp { from_slot: self.executed });
+        self.stuck_reports += 1;
+        if self.stuck_reports.is_multiple_of(STALLED_AFTER_REPORTS) {
+            let executed = self.executed;
+            let peer_executed = ahead.iter().map(|&(_, w)| w).max().unwrap_or(executed);
+            out.event(|| Event::Stalled { executed, peer_executed });
+        }
+    }
+
+    /// A transfer is under way: ask again for what has not come (lost chunks), and after a long
+    /// silence give the teacher up and ask another peer.
+    fn on_learning_report(&mut self, out: &mut Out) {
+        let Some(l) = self.learning.as_mut() else { return };
+        l.quiet_reports += 1;
+        if l.quiet_reports >= TEACHER_QUIET_REPORTS {
+            self.learning = None;
+            self.on_stuck_report(out);
+            return;
+        }
+        if l.quiet_reports >= 3 {
+            // Chunks were lost: ask for the window again from the first missing byte.
+            l.asked_to = l.bytes.len() as u64;
+            l.ahead.clear();
+            self.fetch_window(out);
+        }
     }
 
     fn check_invariants(&self) {
@@ -412,13 +723,14 @@ impl Replica {
             self.executed
         );
         assert!(self.log.keys().next_back().is_none_or(|&s| s < self.executed));
+        assert!(self.log.len() as u64 <= self.tunables.teach_retention_slots.max(1));
         assert!(self.chosen.len() <= MAX_CHOSEN_BUFFER);
         assert!(self.timers.is_set(Timer::Report as usize));
     }
 }
 
 impl Role for Replica {
-    fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark } => self.on_executed(from, watermark, out),
@@ -438,8 +750,18 @@ impl Role for Replica {
                 }
             }
             Msg::CatchUp { from_slot } if self.config.replicas.contains(&from) => {
-                self.on_catch_up(from, from_slot, out)
+                self.on_catch_up(now, from, from_slot, out)
             }
+            Msg::SnapshotFetch { slot, offset } if self.config.replicas.contains(&from) => {
+                self.on_snapshot_fetch(now, from, slot, offset, out)
+            }
+            Msg::SnapshotOffer { slot, len, digest } if self.config.replicas.contains(&from) => {
+                self.on_snapshot_offer(from, slot, len, digest, out)
+            }
+            Msg::SnapshotChunk { slot, offset, bytes } if self.config.replicas.contains(&from) => {
+                self.on_snapshot_chunk(from, slot, offset, bytes, out)
+            }
+            Msg::SlotRead { slot, accepted, .. } => self.on_slot_read(from, slot, accepted, out),
             _ => out.dropped("replica: unexpected message"),
         }
         self.check_invariants();
@@ -676,6 +998,43 @@ mod tests {
         assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { watermark: 1 })));
     }
 
+    /// Delivers messages between two replicas (ids 7 and 8) until none are left, as a lossless
+    /// network would; `drop` may lose some. Returns the names of what was delivered, in order.
+    fn exchange(
+        a: &mut Replica,
+        b: &mut Replica,
+        first: Vec<(NodeId, NodeId, Msg)>,
+        mut drop: impl FnMut(&Msg) -> bool,
+    ) -> Vec<&'static str> {
+        let mut queue: std::collections::VecDeque<(NodeId, NodeId, Msg)> = first.into();
+        let mut seen = Vec::new();
+        while let Some((from, to, msg)) = queue.pop_front() {
+            if drop(&msg) {
+                continue;
+            }
+            seen.push(msg.name());
+            let mut out = Out::new(true);
+            let target = if to == a.id { &mut *a } else { &mut *b };
+            target.handle_message(0, from, msg, &mut out);
+            for (next_to, m) in out.msgs.into_iter().chain(out.after_persist) {
+                if next_to == 7 || next_to == 8 {
+                    queue.push_back((to, next_to, m));
+                }
+            }
+        }
+        seen
+    }
+
+    fn put(client_id: u64, seq: u64, item: &str, value_len: usize) -> Command {
+        let op = KvOp::Put {
+            partition: "p".into(),
+            item: Bytes::copy_from_slice(item.as_bytes()),
+            value: vec![b'v'; value_len].into(),
+        }
+        .encode();
+        Command { client_id, seq, op }
+    }
+
     #[test]
     fn a_stuck_replica_asks_a_peer_that_is_ahead_to_teach_it() {
         let (mut behind, mut ahead) = (replica(7), replica(8));
@@ -688,12 +1047,248 @@ mod tests {
         behind.handle_timeout(at, &mut out);
         let catch_up = out.msgs.iter().find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0 }));
         let (_, msg) = catch_up.expect("asks the peer that is ahead").clone();
-        let mut taught = Out::new(false);
-        ahead.handle_message(at, 7, msg, &mut taught);
-        for (_, msg) in taught.msgs {
-            behind.handle_message(at, 8, msg, &mut Out::new(false));
-        }
+        exchange(&mut behind, &mut ahead, vec![(7, 8, msg)], |_| false);
         assert_eq!(behind.executed_watermark(), 3);
         assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn a_short_gap_in_a_big_state_is_taught_by_log_segment() {
+        let (mut behind, mut ahead) = (replica(7), replica(8));
+        // A big state (100 items of 1 KiB) both have, then 3 small slots only one has.
+        for slot in 0..10 {
+            let batch: Vec<Command> =
+                (0..10).map(|i| put(100 + i, slot + 1, &format!("k{slot}-{i}"), 1024)).collect();
+            chosen(&mut ahead, slot, batch.clone());
+            chosen(&mut behind, slot, batch);
+        }
+        for slot in 10..13 {
+            chosen(&mut ahead, slot, vec![incr(200, slot)]);
+        }
+        let seen = exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 10 })], |_| false);
+        assert!(seen.contains(&"Chosen") && !seen.contains(&"SnapshotOffer"), "{seen:?}");
+        assert_eq!(behind.executed_watermark(), 13);
+        assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn slots_the_teacher_no_longer_keeps_are_taught_by_a_snapshot_in_chunks_then_the_log_follows() {
+        let tunables = Tunables {
+            teach_retention_slots: 5,
+            teach_chunk_bytes: 512,
+            teach_window_chunks: 2,
+            ..Tunables::default()
+        };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new =
+            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let (mut behind, mut ahead) = (new(7), new(8));
+        for slot in 0..40 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
+        }
+        assert_eq!(ahead.log.len(), 5, "the retention budget bounds what a teacher keeps");
+        let seen = exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 0 })], |_| false);
+        assert!(seen.contains(&"SnapshotOffer"), "{seen:?}");
+        let chunks = seen.iter().filter(|&&m| m == "SnapshotChunk").count();
+        assert!(chunks > 4, "the state went in many 512-byte chunks, not one message: {chunks}");
+        assert_eq!(behind.executed_watermark(), 40);
+        assert_eq!(behind.state_digest(), ahead.state_digest());
+        // Durable: the installed state is kept as a snapshot, then a trim of what it replaces.
+        // (checked on the next test's disk) The learner goes on by log from the snapshot's slot.
+        for slot in 40..43 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, "more", 10)]);
+        }
+        exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 40 })], |_| false);
+        assert_eq!(behind.executed_watermark(), 43);
+        assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn lost_chunks_are_asked_again_and_a_quiet_teacher_is_replaced() {
+        let tunables = Tunables { teach_chunk_bytes: 256, teach_window_chunks: 2, ..Tunables::default() };
+        let config = ClusterConfig::with_f(2, 1, 1, 1, 1); // replicas 11, 12, 13
+        let ids = config.replicas.clone();
+        let new =
+            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let mut learner = new(ids[0]);
+        let mut teachers: Vec<Replica> = vec![new(ids[1]), new(ids[2])];
+        for t in &mut teachers {
+            for slot in 0..20 {
+                let batch = vec![put(100, slot + 1, &format!("k{slot}"), 100)];
+                let mut out = Out::new(false);
+                t.handle_message(
+                    0,
+                    6,
+                    Msg::Chosen { slot, value: Value::Batch(encode_batch(batch)) },
+                    &mut out,
+                );
+            }
+        }
+        for &t in &ids[1..] {
+            learner.handle_message(0, t, Msg::Executed { watermark: 20 }, &mut Out::new(false));
+        }
+        // Report periods: the learner asks a teacher; that teacher answers the offer and then dies.
+        let mut now = 0;
+        let mut dead: Option<NodeId> = None;
+        for _ in 0..200 {
+            now = learner.poll_timeout().unwrap();
+            let mut out = Out::new(true);
+            learner.handle_timeout(now, &mut out);
+            let mut queue: Vec<(NodeId, NodeId, Msg)> =
+                out.msgs.into_iter().map(|(to, m)| (learner.id, to, m)).collect();
+            while let Some((from, to, msg)) = queue.pop() {
+                if Some(to) == dead || Some(from) == dead {
+                    continue;
+                }
+                let mut out = Out::new(true);
+                if to == learner.id {
+                    learner.handle_message(now, from, msg, &mut out);
+                } else if let Some(t) = teachers.iter_mut().find(|t| t.id == to) {
+                    let fetch = matches!(msg, Msg::SnapshotFetch { .. });
+                    t.handle_message(now, from, msg, &mut out);
+                    // The first teacher to serve a chunk dies right after.
+                    if fetch && dead.is_none() {
+                        dead = Some(to);
+                    }
+                }
+                queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
+            }
+            if learner.executed_watermark() == 20 {
+                break;
+            }
+        }
+        let dead = dead.expect("a teacher served a chunk and died");
+        assert_eq!(learner.executed_watermark(), 20, "learned from the other teacher by {now}us");
+        let survivor = teachers.iter().find(|t| t.id != dead).unwrap();
+        assert_eq!(learner.state_digest(), survivor.state_digest());
+    }
+
+    #[test]
+    fn a_snapshot_whose_digest_does_not_match_is_never_installed() {
+        let (mut behind, mut ahead) = (replica(7), replica(8));
+        for slot in 0..5 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
+        }
+        let mut chunked = false;
+        exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 0 })], |m| {
+            if let Msg::SnapshotChunk { .. } = m {
+                chunked = true;
+            }
+            false
+        });
+        assert!(chunked, "the state goes in chunks");
+        // Again, with a value's byte changed in every chunk: nothing is installed.
+        let mut fresh = replica(7);
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0 })];
+        while let Some((from, to, msg)) = queue.pop() {
+            let msg = match msg {
+                Msg::SnapshotChunk { slot, offset, bytes } => {
+                    // A byte of a value changes: the image still parses, only the digest tells.
+                    let mut b = bytes.to_vec();
+                    if let Some(at) = b.windows(8).position(|w| w == b"vvvvvvvv") {
+                        b[at] = b'w';
+                    }
+                    Msg::SnapshotChunk { slot, offset, bytes: Bytes::from(b) }
+                }
+                m => m,
+            };
+            let mut out = Out::new(true);
+            let target = if to == 7 { &mut fresh } else { &mut ahead };
+            target.handle_message(0, from, msg, &mut out);
+            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
+        }
+        assert_eq!(fresh.executed_watermark(), 0, "a state with the wrong digest was installed");
+        assert!(fresh.learning.is_none(), "the transfer is dropped, to be asked again");
+    }
+
+    #[test]
+    fn a_slot_lost_to_every_replica_is_read_from_a_quorum_of_acceptors_never_from_one() {
+        let mut r = replica(7);
+        chosen(&mut r, 1, vec![incr(100, 2)]);
+        // Stuck at slot 0 with slot 1 chosen and no peer ahead: it reads slot 0 from the acceptors.
+        let mut out = Out::new(false);
+        let at = r.poll_timeout().unwrap();
+        r.handle_timeout(at, &mut out);
+        let mut out = Out::new(false);
+        r.handle_timeout(r.poll_timeout().unwrap(), &mut out);
+        let reads: Vec<NodeId> = out
+            .msgs
+            .iter()
+            .filter(|(_, m)| matches!(m, Msg::ReadSlot { slot: 0 }))
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(reads, vec![3, 4, 5], "asks every acceptor of slot 0's group");
+        let value = |n| Value::Batch(encode_batch(vec![incr(100, n)]));
+        let entry = |ballot, v| Some(AcceptedEntry { slot: 0, ballot, value: v });
+        let (b1, b2) = (
+            crate::protocol::Ballot { round: 1, proposer: 1 },
+            crate::protocol::Ballot { round: 2, proposer: 2 },
+        );
+        // One acceptor alone says b2 (a minority accept of a failed leader): not enough.
+        r.handle_message(
+            0,
+            3,
+            Msg::SlotRead { slot: 0, accepted: entry(b2, value(9)), trimmed: false },
+            &mut Out::new(false),
+        );
+        r.handle_message(
+            0,
+            4,
+            Msg::SlotRead { slot: 0, accepted: entry(b1, value(1)), trimmed: false },
+            &mut Out::new(false),
+        );
+        assert_eq!(r.executed_watermark(), 0, "no ballot has a quorum yet");
+        r.handle_message(
+            0,
+            5,
+            Msg::SlotRead { slot: 0, accepted: entry(b1, value(1)), trimmed: false },
+            &mut Out::new(false),
+        );
+        assert_eq!(r.executed_watermark(), 2, "b1 has f+1 = 2 acceptors: its value is the chosen one");
+        // An acceptor of another group, or a stranger, is not heard.
+        r.handle_message(
+            0,
+            99,
+            Msg::SlotRead { slot: 2, accepted: None, trimmed: false },
+            &mut Out::new(false),
+        );
+    }
+
+    #[test]
+    fn a_taught_snapshot_is_kept_on_disk_and_a_restart_comes_back_at_its_slot() {
+        let tunables = Tunables { teach_retention_slots: 3, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new =
+            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let (mut behind, mut ahead) = (new(7), new(8));
+        for slot in 0..10 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
+        }
+        let mut disk = Recovered::default();
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0 })];
+        while let Some((from, to, msg)) = queue.pop() {
+            let mut out = Out::new(true);
+            if to == 7 {
+                behind.handle_message(0, from, msg, &mut out);
+                keep_on_disk(&mut disk, &mut out);
+            } else {
+                ahead.handle_message(0, from, msg, &mut out);
+            }
+            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
+        }
+        assert_eq!(behind.executed_watermark(), 10);
+        assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(10));
+        let restarted = Replica::recover(
+            7,
+            config.clone(),
+            &tunables,
+            new_state_machine(StateMachineKind::Kv),
+            Storage::Durable,
+            disk,
+            0,
+        )
+        .unwrap();
+        assert_eq!(restarted.executed_watermark(), 10);
+        assert_eq!(restarted.snapshot(), ahead.snapshot());
     }
 }

@@ -62,6 +62,12 @@ struct FileSettings {
     replica_report_interval_us: Option<u64>,
     phase1b_page_bytes: Option<usize>,
     replica_snapshot_interval_slots: Option<u64>,
+    teach_retention_slots: Option<u64>,
+    teach_retention_bytes: Option<u64>,
+    teach_log_max_percent_of_state: Option<u64>,
+    teach_chunk_bytes: Option<u64>,
+    teach_window_chunks: Option<u64>,
+    replica_down_after_us: Option<u64>,
     data_dir: Option<PathBuf>,
 }
 
@@ -171,6 +177,14 @@ impl ClusterFile {
             replica_snapshot_interval_slots: s
                 .replica_snapshot_interval_slots
                 .unwrap_or(d.replica_snapshot_interval_slots),
+            teach_retention_slots: s.teach_retention_slots.unwrap_or(d.teach_retention_slots),
+            teach_retention_bytes: s.teach_retention_bytes.unwrap_or(d.teach_retention_bytes),
+            teach_log_max_percent_of_state: s
+                .teach_log_max_percent_of_state
+                .unwrap_or(d.teach_log_max_percent_of_state),
+            teach_chunk_bytes: s.teach_chunk_bytes.unwrap_or(d.teach_chunk_bytes),
+            teach_window_chunks: s.teach_window_chunks.unwrap_or(d.teach_window_chunks),
+            replica_down_after_us: s.replica_down_after_us.unwrap_or(d.replica_down_after_us),
         };
         tunables.validate()?;
         Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses, data_dir })
@@ -202,6 +216,12 @@ client_retry_timeout_us = 200000 # clients resend an unanswered request after th
 replica_report_interval_us = 10000
 phase1b_page_bytes = 262144       # an acceptor reports its log to a new leader in pages this big
 replica_snapshot_interval_slots = 20000  # a replica snapshots its state this often (bounds replay)
+teach_retention_slots = 100000   # executed slots kept to teach a lagging replica by log segment
+teach_retention_bytes = 536870912  # ...and bytes of them (replicas); beyond, it learns by snapshot
+teach_log_max_percent_of_state = 50  # ship a log segment up to this % of the state, else a snapshot
+teach_chunk_bytes = 262144       # snapshot transfer: bytes per chunk
+teach_window_chunks = 4          # snapshot transfer: chunks in flight per learner
+replica_down_after_us = 2000000  # a silent replica no longer holds back the trim point
 # data_dir = "./autopaxos-data"  # acceptors and replicas keep their state in <data_dir>/node-<id>
 
 [[node]]

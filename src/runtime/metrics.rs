@@ -98,10 +98,15 @@ impl NodeMetrics {
                     node = %self.node,
                     executed,
                     peer_executed,
-                    "this replica is behind a peer and not catching up: no peer keeps the slots it needs \
-                     (teaching by snapshot is not supported yet; see autopaxos_replica_stalled_total)"
+                    "this replica is behind a peer and not catching up: its teachers do not answer \
+                     (see autopaxos_replica_stalled_total)"
                 );
                 counter!("autopaxos_replica_stalled_total", "role" => self.role, "node" => self.node.clone())
+                    .increment(1);
+            }
+            Event::Installed { slot, .. } => {
+                tracing::info!(node = %self.node, slot, "installed a snapshot a peer taught; carrying on from it");
+                counter!("autopaxos_snapshots_installed_total", "role" => self.role, "node" => self.node.clone())
                     .increment(1);
             }
             Event::Dropped { reason } => {
@@ -157,6 +162,11 @@ fn describe() {
         "autopaxos_replica_stalled_total",
         Unit::Count,
         "Replica: periods of about a second it spent behind a peer without catching up."
+    );
+    describe_counter!(
+        "autopaxos_snapshots_installed_total",
+        Unit::Count,
+        "Replica: snapshots of a peer's state it was taught and installed."
     );
     describe_gauge!(
         "autopaxos_executed_watermark",

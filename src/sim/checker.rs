@@ -4,6 +4,8 @@
 //!   from the proxy leaders);
 //! - replicas execute every slot in order, only chosen values, and agree on the state after each slot
 //!   (so their logs are prefixes of one another and digests agree at equal watermarks);
+//! - a replica that installs a snapshot taught by a peer has the state some replica had after the
+//!   slot before it, and goes on from there;
 //! - exactly once: no replica applies a command twice;
 //! - (at the end) every acknowledged command is in the log.
 //!
@@ -26,6 +28,9 @@ pub struct Checker {
     next_to_execute: BTreeMap<NodeId, Slot>,
     /// replica → commands it applied, with the slot each was applied in.
     applied: BTreeMap<NodeId, BTreeMap<(u64, u64), Slot>>,
+    /// Commands some replica applied in a slot, ever (a replica that learns a snapshot never applies
+    /// the commands it holds, and one whose disk is wiped forgets what it applied).
+    applied_anywhere: BTreeSet<(u64, u64)>,
     /// What went wrong, in order.
     pub violations: Vec<String>,
 }
@@ -41,7 +46,8 @@ impl Checker {
         match *event {
             Event::Accepted { value_digest: None, .. }
             | Event::Executed { value_digest: None, .. }
-            | Event::Executed { state_digest: None, .. } => {
+            | Event::Executed { state_digest: None, .. }
+            | Event::Installed { state_digest: None, .. } => {
                 self.violation("checker: an event without digests (record_digests is off)".into())
             }
             Event::Accepted { slot, ballot, value_digest: Some(value_digest) } => {
@@ -50,12 +56,16 @@ impl Checker {
             Event::Executed { slot, value_digest: Some(value_digest), state_digest: Some(state_digest) } => {
                 self.on_executed(node, slot, value_digest, state_digest)
             }
-            Event::Applied { client_id, seq, slot }
-                if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() =>
-            {
-                self.violation(format!(
-                    "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
-                ));
+            Event::Installed { slot, state_digest: Some(state_digest) } => {
+                self.on_installed(node, slot, state_digest)
+            }
+            Event::Applied { client_id, seq, slot } => {
+                self.applied_anywhere.insert((client_id, seq));
+                if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() {
+                    self.violation(format!(
+                        "exactly-once: replica {node} applied command c{client_id}#{seq} a second time (slot {slot})"
+                    ));
+                }
             }
             _ => {}
         }
@@ -112,6 +122,27 @@ impl Checker {
         }
     }
 
+    /// A replica installed a peer's snapshot covering every slot below `slot`: its state must be the
+    /// one replicas had after slot `slot - 1`, and it executes `slot` next.
+    fn on_installed(&mut self, replica: NodeId, slot: Slot, state: u64) {
+        let expected = self.next_to_execute.get(&replica).copied().unwrap_or(0);
+        if slot <= expected {
+            self.violation(format!(
+                "order: replica {replica} installed a snapshot at slot {slot}, not above its next slot {expected}"
+            ));
+        }
+        self.next_to_execute.insert(replica, slot);
+        match slot.checked_sub(1).and_then(|last| self.executed.get(&last)) {
+            None => self.violation(format!(
+                "teaching: replica {replica} installed a state at slot {slot} that no replica executed"
+            )),
+            Some(&(_, s)) if s != state => self.violation(format!(
+                "teaching: replica {replica} installed state {state:016x} at slot {slot}; replicas had {s:016x} there"
+            )),
+            Some(_) => {}
+        }
+    }
+
     /// Records a violation once: later votes or replicas repeating the same finding add nothing.
     pub fn violation(&mut self, what: String) {
         if !self.violations.contains(&what) {
@@ -121,7 +152,7 @@ impl Checker {
 
     /// Whether some replica applied (client, seq).
     pub fn was_applied(&self, client_id: u64, seq: u64) -> bool {
-        self.applied.values().any(|set| set.contains_key(&(client_id, seq)))
+        self.applied_anywhere.contains(&(client_id, seq))
     }
 
     /// A replica restarted from its disk with every slot below `executed` executed: what it did

@@ -21,7 +21,7 @@ pub mod workload;
 use crate::protocol::birth::{self, RoleSpec};
 use crate::protocol::client::Client;
 use crate::protocol::client_mux::ClientMux;
-use crate::protocol::durable::{keeps_state, Recovered, Storage};
+use crate::protocol::durable::{keeps_state, Record, Recovered, Storage};
 use crate::protocol::messages::client_id;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
@@ -123,6 +123,16 @@ pub struct Outcome {
     pub lost_writes: u64,
     /// Corrupted records that a restarting node detected (it then refused to start).
     pub corrupt_detected: u64,
+    /// Replicas restarted with an empty disk (a replacement machine, a wiped disk).
+    pub wiped: u64,
+    /// Snapshots that replicas were taught and installed.
+    pub installed: u64,
+    /// Replicas that crashed right after sending a snapshot chunk, mid-transfer.
+    pub teachers_crashed: u64,
+    /// Snapshot chunks that a byte flip damaged on their way.
+    pub chunks_corrupted: u64,
+    /// Slots replicas read from their acceptor group (no peer replica could teach them).
+    pub slot_reads: u64,
 }
 
 enum Member {
@@ -277,6 +287,12 @@ pub struct Simulator<'t> {
     disk_rng: ChaCha8Rng,
     /// Chance that a crash of an acceptor also corrupts a record of its log (0 for most seeds).
     corruption_rate: f64,
+    /// Teaching faults, from their own stream: wiped replica disks, teachers crashing mid-transfer.
+    teach_rng: ChaCha8Rng,
+    /// Chance that a restarting replica finds its disk empty (0 for most seeds).
+    wipe_rate: f64,
+    /// Heavy faults, not scripted: teaching's faults are on.
+    teach_faults_on: bool,
 }
 
 /// Derives an independent seed for one purpose from the run's seed (splitmix64).
@@ -322,7 +338,19 @@ impl<'t> Simulator<'t> {
         // Drawn from its own stream so that adding it did not change what older seeds mean: tiny
         // pages make every election page through the acceptors' logs.
         let mut pages = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a9e));
+        // Teaching, from its own stream: small retention budgets and chunks make replicas that were
+        // down or wiped learn by snapshot, in many chunks, within a short run.
+        let mut teach_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x7eac));
+        let wipe_rate = if teach_rng.gen_bool(0.3) { 0.5 } else { 0.0 };
+        let teach_retention_slots = [4, 30, 100_000][teach_rng.gen_range(0..3)];
+        let teach_chunk_bytes = [64, 1024, 256 << 10][teach_rng.gen_range(0..3)];
+        let teach_window_chunks = [1, 4][teach_rng.gen_range(0..2)];
+        let replica_down_after_us = [300_000, 2_000_000][teach_rng.gen_range(0..2)];
         let tunables = Tunables {
+            teach_retention_slots,
+            teach_chunk_bytes,
+            teach_window_chunks,
+            replica_down_after_us,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
             phase1b_page_bytes: if pages.gen_bool(0.5) {
@@ -356,6 +384,9 @@ impl<'t> Simulator<'t> {
             leaves_asked: Default::default(),
             disk_rng,
             corruption_rate,
+            teach_rng,
+            wipe_rate,
+            teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
             opts,
         };
         sim.checker = Checker::new(sim.cluster.quorum());
@@ -565,9 +596,21 @@ impl<'t> Simulator<'t> {
         self.dispatch(to, out);
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+    fn send(&mut self, from: NodeId, to: NodeId, mut msg: Msg) {
         if self.partitions.blocks(from, to) {
             return;
+        }
+        match &mut msg {
+            Msg::ReadSlot { .. } => self.outcome.slot_reads += 1,
+            // A damaged chunk (a byte of it flipped): only the learner's digest check can tell.
+            Msg::SnapshotChunk { bytes, .. } if self.teach_faults() && self.teach_rng.gen_bool(0.05) => {
+                let mut damaged = bytes.to_vec();
+                let at = self.teach_rng.gen_range(0..damaged.len());
+                damaged[at] ^= 1 << self.teach_rng.gen_range(0..8);
+                *bytes = bytes::Bytes::from(damaged);
+                self.outcome.chunks_corrupted += 1;
+            }
+            _ => {}
         }
         let delays = self.link.deliveries(&mut self.rng);
         if let Some((&last, rest)) = delays.split_last() {
@@ -581,8 +624,18 @@ impl<'t> Simulator<'t> {
 
     fn dispatch(&mut self, from: NodeId, out: Out) {
         let Out { msgs, persist, after_persist, events, .. } = out;
+        let chunk_sent = msgs.iter().any(|(_, m)| matches!(m, Msg::SnapshotChunk { .. }));
         for (to, msg) in msgs {
             self.send(from, to, msg);
+        }
+        if chunk_sent && self.teach_faults() && self.teach_rng.gen_bool(0.1) {
+            // A teacher dies mid-transfer; its machine comes back a little later.
+            self.outcome.teachers_crashed += 1;
+            self.trace(|| format!("{from} crashes right after sending a snapshot chunk"));
+            self.crash(from);
+            let back = self.now + self.teach_rng.gen_range(50_000..500_000);
+            self.schedule(back, Pending::Fault(Fault::Restart(from)));
+            return;
         }
         let node = self.nodes.get_mut(&from).expect("only nodes dispatch");
         let mut now_events = Vec::new();
@@ -653,6 +706,10 @@ impl<'t> Simulator<'t> {
             self.checker.observe(from, &event);
             match event {
                 Event::Left => self.on_left(from),
+                Event::Installed { slot, .. } => {
+                    self.outcome.installed += 1;
+                    self.trace(|| format!("{from} installs a taught snapshot at slot {slot}"));
+                }
                 Event::BecameLeader { ballot } => {
                     self.outcome.elections += 1;
                     self.trace(|| format!("{from} leads with ballot {ballot}"));
@@ -759,6 +816,42 @@ impl<'t> Simulator<'t> {
         }
     }
 
+    /// Teaching's own faults (wiped disks, damaged chunks, teachers crashing mid-transfer) join
+    /// heavy faults while they last; scripted scenarios get only the faults they script.
+    fn teach_faults(&self) -> bool {
+        self.faults_on && self.teach_faults_on
+    }
+
+    /// Whether wiping replica `id`'s disk loses nothing: another replica that is up has executed
+    /// at least what that disk holds. (Wiping every copy of the state is data loss, not a fault the
+    /// protocol can mask.)
+    fn can_wipe(&self, id: NodeId) -> bool {
+        let Some(Ok(recovered)) = self.nodes.get(&id).and_then(|n| n.disk.clone()).map(|mut d| d.recover())
+        else {
+            return false;
+        };
+        let on_disk = match recovered.snapshot {
+            Some((slot, _)) => slot,
+            None => 0,
+        }
+        .max(
+            recovered
+                .records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Executed { slot, .. } => Some(slot + 1),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0),
+        );
+        self.nodes.iter().any(|(&other, n)| {
+            other != id
+                && n.up
+                && n.member.role_ref().as_replica().is_some_and(|r| r.executed_watermark() >= on_disk)
+        })
+    }
+
     fn arm_crash_on_write(&mut self, id: NodeId) -> bool {
         let Some(node) = self.nodes.get_mut(&id) else { return false };
         let idle_disk = node.disk.as_ref().is_some_and(|d| d.unsynced() == 0);
@@ -789,6 +882,17 @@ impl<'t> Simulator<'t> {
             return; // gone for good (left the cluster, or refused to start)
         }
         let (kind, restarts, joined) = (node.kind, node.restarts + 1, node.joined);
+        if kind == RoleKind::Replica
+            && self.teach_faults()
+            && self.teach_rng.gen_bool(self.wipe_rate)
+            && self.can_wipe(id)
+        {
+            let node = self.nodes.get_mut(&id).expect("checked above");
+            node.disk = Some(SimDisk::default());
+            self.outcome.wiped += 1;
+            self.trace(|| format!("{id} restarts on a wiped disk"));
+        }
+        let node = self.nodes.get_mut(&id).expect("checked above");
         let recovered = match node.disk.as_mut().map(SimDisk::recover) {
             None => Recovered::default(),
             Some(Ok(recovered)) => recovered,
@@ -799,6 +903,17 @@ impl<'t> Simulator<'t> {
                 return;
             }
         };
+        if kind == RoleKind::Acceptor {
+            // A vote whose record reached the disk before the crash (in a torn prefix, say) is a
+            // vote even though its event was lost with the unsynced rest: the acceptor acts on it.
+            for record in &recovered.records {
+                if let Record::Accept { slot, ballot, value } = record {
+                    let event =
+                        Event::Accepted { slot: *slot, ballot: *ballot, value_digest: Some(value.digest()) };
+                    self.checker.observe(id, &event);
+                }
+            }
+        }
         let member = self.build(id, kind, restarts, joined, recovered);
         let node = self.nodes.get_mut(&id).expect("checked above");
         node.member = member;
@@ -981,6 +1096,16 @@ pub struct Summary {
     pub lost_writes: u64,
     /// Corrupted records detected by restarting nodes.
     pub corrupt_detected: u64,
+    /// Replicas restarted with a wiped disk.
+    pub wiped: u64,
+    /// Snapshots taught and installed.
+    pub installed: u64,
+    /// Teachers that crashed mid-transfer.
+    pub teachers_crashed: u64,
+    /// Snapshot chunks damaged on their way.
+    pub chunks_corrupted: u64,
+    /// Slots read from acceptor groups.
+    pub slot_reads: u64,
     /// Seeds run with f = 1, 2 and 3.
     pub seeds_by_f: [u64; 3],
 }
@@ -1019,6 +1144,11 @@ pub fn run_seeds(
                 s.torn_writes += outcome.torn_writes;
                 s.lost_writes += outcome.lost_writes;
                 s.corrupt_detected += outcome.corrupt_detected;
+                s.wiped += outcome.wiped;
+                s.installed += outcome.installed;
+                s.teachers_crashed += outcome.teachers_crashed;
+                s.chunks_corrupted += outcome.chunks_corrupted;
+                s.slot_reads += outcome.slot_reads;
                 if (1..=3).contains(&outcome.f) {
                     s.seeds_by_f[outcome.f - 1] += 1;
                 }

@@ -38,7 +38,9 @@ fn padded(len: usize) -> usize {
 macro_rules! payload_of {
     ($msg:expr) => {
         match $msg {
-            Msg::ClientBatch { batch, .. } | Msg::BatchRefused { batch, .. } => Some(batch),
+            Msg::ClientBatch { batch, .. }
+            | Msg::BatchRefused { batch, .. }
+            | Msg::SnapshotChunk { bytes: batch, .. } => Some(batch),
             Msg::Propose { value: Value::Batch(b), .. }
             | Msg::Phase2a { value: Value::Batch(b), .. }
             | Msg::Chosen { value: Value::Batch(b), .. } => Some(b),
@@ -56,6 +58,10 @@ macro_rules! payload_of {
             | Msg::Preempted { .. }
             | Msg::Executed { .. }
             | Msg::CatchUp { .. }
+            | Msg::SnapshotOffer { .. }
+            | Msg::SnapshotFetch { .. }
+            | Msg::ReadSlot { .. }
+            | Msg::SlotRead { .. }
             | Msg::Trim { .. }
             | Msg::ReplyBatch { .. }
             | Msg::Join { .. }
@@ -448,6 +454,20 @@ mod tests {
             Msg::Chosen { slot: 9, value: Value::Noop },
             Msg::Executed { watermark: 9 },
             Msg::CatchUp { from_slot: 4 },
+            Msg::SnapshotOffer { slot: 40, len: 1 << 20, digest: 0xfeed },
+            Msg::SnapshotFetch { slot: 40, offset: 1 << 18 },
+            Msg::SnapshotChunk { slot: 40, offset: 1 << 18, bytes: batch(INLINE_PAYLOAD_MAX + 7) },
+            Msg::ReadSlot { slot: 12 },
+            Msg::SlotRead {
+                slot: 12,
+                accepted: Some(crate::protocol::messages::AcceptedEntry {
+                    slot: 12,
+                    ballot: B,
+                    value: Value::Batch(batch(30)),
+                }),
+                trimmed: false,
+            },
+            Msg::SlotRead { slot: 13, accepted: None, trimmed: true },
             Msg::Trim { below: 4 },
             Msg::ReplyBatch { replies: vec![reply.clone(), reply] },
             Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
@@ -564,9 +584,14 @@ mod tests {
             Msg::Leaving => 20,
             Msg::Left => 21,
             Msg::Membership(_) => 22,
+            Msg::SnapshotOffer { .. } => 23,
+            Msg::SnapshotFetch { .. } => 24,
+            Msg::SnapshotChunk { .. } => 25,
+            Msg::ReadSlot { .. } => 26,
+            Msg::SlotRead { .. } => 27,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 23, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 28, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }

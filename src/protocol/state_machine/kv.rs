@@ -314,6 +314,8 @@ pub struct KvStore {
     scratch: Scratch,
 
     len: usize,
+    /// Bytes of keys and values held: what a snapshot will about weigh.
+    bytes: u64,
 }
 
 impl KvStore {
@@ -413,6 +415,7 @@ impl KvStore {
         // promotion and a drop; only a new partition needs an owned key.
         if !self.data.contains_key(partition) {
             self.data.insert(Small::from_slice(partition), Partition::default());
+            self.bytes += partition.len() as u64;
         }
         let part = self.data.get_mut(partition).expect("inserted above");
         let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
@@ -420,13 +423,19 @@ impl KvStore {
             match value {
                 Some(value) => {
                     let entry = Entry { value: Small::from_slice(value.as_ref()), version };
-                    if part.items.insert(Small::from_slice(item.as_ref()), entry).is_none() {
-                        self.len += 1;
+                    self.bytes += value.as_ref().len() as u64;
+                    match part.items.insert(Small::from_slice(item.as_ref()), entry) {
+                        Some(old) => self.bytes -= old.value.len() as u64,
+                        None => {
+                            self.len += 1;
+                            self.bytes += item.as_ref().len() as u64;
+                        }
                     }
                 }
                 None => {
-                    if part.items.remove(item.as_ref()).is_some() {
+                    if let Some(old) = part.items.remove(item.as_ref()) {
                         self.len -= 1;
+                        self.bytes -= (item.as_ref().len() + old.value.len()) as u64;
                     }
                 }
             }
@@ -509,13 +518,18 @@ impl StateMachine for KvStore {
         out
     }
 
+    fn approx_bytes(&self) -> u64 {
+        self.bytes
+    }
+
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), super::SnapshotError> {
         use super::SnapshotError as E;
         let mut r = super::SnapshotReader::new(snapshot);
         let mut data = FxHashMap::default();
-        let mut len = 0;
+        let (mut len, mut bytes) = (0, 0u64);
         for _ in 0..r.u64()? {
             let partition = Small::from_slice(r.field()?);
+            bytes += partition.len() as u64;
             let counter = r.u64()?;
             let mut items = FxHashMap::default();
             for _ in 0..r.u64()? {
@@ -525,6 +539,7 @@ impl StateMachine for KvStore {
                 let item = Small::from_slice(r.field()?);
                 let value = Small::from_slice(r.field()?);
                 let version = r.u64()?;
+                bytes += (item.len() + value.len()) as u64;
                 if items.insert(item, Entry { value, version }).is_some() {
                     return Err(E("kv: an item twice"));
                 }
@@ -539,6 +554,7 @@ impl StateMachine for KvStore {
         }
         self.data = data;
         self.len = len;
+        self.bytes = bytes;
         Ok(())
     }
 }
@@ -940,6 +956,9 @@ mod tests {
                 s.execute(op);
                 prop_assert_eq!(s.digest(), recompute_digest(&s));
                 prop_assert_eq!(s.len(), s.entries().count());
+                let held: usize = s.data.keys().map(|p| p.len()).sum::<usize>()
+                    + s.entries().map(|(_, i, e)| i.len() + e.value.len()).sum::<usize>();
+                prop_assert_eq!(s.approx_bytes(), held as u64);
             }
         }
 
@@ -954,6 +973,7 @@ mod tests {
             prop_assert_eq!(restored.snapshot(), s.snapshot());
             prop_assert_eq!(restored.digest(), s.digest());
             prop_assert_eq!(restored.len(), s.len());
+            prop_assert_eq!(restored.approx_bytes(), s.approx_bytes());
         }
 
         #[test]

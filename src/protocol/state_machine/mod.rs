@@ -35,6 +35,8 @@ pub trait StateMachine: Send {
     /// Replaces the whole state with the one `snapshot` (from [`StateMachine::snapshot`]) describes.
     /// Bytes that are not such an image are an error (the state is then unspecified), never a panic.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+    /// About how many bytes the state holds (a snapshot weighs about this plus framing); cheap.
+    fn approx_bytes(&self) -> u64;
 }
 
 /// A snapshot that cannot be restored: truncated or inconsistent.

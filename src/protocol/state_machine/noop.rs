@@ -43,6 +43,10 @@ impl StateMachine for NoopStateMachine {
         self.applied = u64::from_le_bytes(bytes);
         Ok(())
     }
+
+    fn approx_bytes(&self) -> u64 {
+        8
+    }
 }
 
 #[cfg(test)]
