@@ -114,6 +114,11 @@ pub struct Replica {
     client_table: FxHashMap<u64, ClientEntry>,
     /// What other replicas last said they executed.
     peer_watermarks: BTreeMap<NodeId, Slot>,
+    /// When each peer replica last reported: a silent one is taken for down, and its slots'
+    /// replies are sent by the others.
+    peer_heard_at: BTreeMap<NodeId, Time>,
+    /// The time of the call being handled.
+    now: Time,
     /// The stateless nodes, as views from the proposers say.
     view: View,
     /// The unbatchers in service in `view`, by id: replies go to them.
@@ -173,6 +178,8 @@ impl Replica {
             log: BTreeMap::new(),
             client_table: FxHashMap::default(),
             peer_watermarks: BTreeMap::new(),
+            peer_heard_at: BTreeMap::new(),
+            now,
             view,
             unbatchers,
             executed_at_last_report: 0,
@@ -408,9 +415,18 @@ impl Replica {
         self.maybe_snapshot(out);
     }
 
-    /// One replica per slot answers the clients, so reply traffic does not grow with f.
+    /// One replica per slot answers the clients, so reply traffic does not grow with f...
+    /// ...unless that replica is down (silent for `replica_down_after_us`): then every other replica
+    /// answers its slots too, so a dead replica does not leave half the clients to time out. A client
+    /// takes the first reply to a request and ignores the rest.
     fn is_designated_replier(&self, slot: Slot) -> bool {
-        slot % self.config.replicas.len() as u64 == self.index as u64
+        let designated = (slot % self.config.replicas.len() as u64) as usize;
+        if designated == self.index {
+            return true;
+        }
+        let peer = self.config.replicas[designated];
+        let heard_at = self.peer_heard_at.get(&peer).copied().unwrap_or(0);
+        self.now > heard_at + self.tunables.replica_down_after_us
     }
 
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
@@ -456,6 +472,7 @@ impl Replica {
         if !self.config.replicas.contains(&from) || from == self.id {
             return;
         }
+        self.peer_heard_at.insert(from, self.now);
         let known = self.peer_watermarks.entry(from).or_insert(0);
         *known = (*known).max(watermark);
         // Keep the log only for slots some replica may still ask for.
@@ -731,6 +748,7 @@ impl Replica {
 
 impl Role for Replica {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        self.now = now;
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark } => self.on_executed(from, watermark, out),
@@ -768,6 +786,7 @@ impl Role for Replica {
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        self.now = now;
         if self.timers.take_expired(now).count() > 0 {
             self.on_report_timer(now, out);
         }
@@ -931,6 +950,23 @@ mod tests {
         }
         assert_eq!(r.executed_watermark(), 100);
         assert!(r.log.is_empty(), "{} executed slots kept with no peer to teach", r.log.len());
+    }
+
+    #[test]
+    fn a_replica_answers_the_slots_of_a_peer_that_went_silent() {
+        let mut r = replica(7);
+        let down_after = Tunables::default().replica_down_after_us;
+        let replies_at = |r: &mut Replica, now: Time, slot: Slot| {
+            let mut out = Out::new(false);
+            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
+            r.handle_message(now, 6, Msg::Chosen { slot, value }, &mut out);
+            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
+        };
+        r.handle_message(10, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        assert!(replies_at(&mut r, 0, 0), "slot 0 is replica 7's own");
+        assert!(!replies_at(&mut r, 20, 1), "slot 1 is replica 8's, and 8 reported just now");
+        chosen(&mut r, 2, vec![]);
+        assert!(replies_at(&mut r, 10 + down_after + 1, 3), "8 has been silent too long: 7 answers for it");
     }
 
     #[test]

@@ -632,6 +632,8 @@ pub struct Progress {
     pub at: f64,
     /// Commands completed per second over the interval.
     pub rate: f64,
+    /// Commands completed since measuring started.
+    pub done: u64,
 }
 
 /// Every progress line in a client's stderr, in order.
@@ -645,7 +647,157 @@ pub fn progress_lines(stderr: &str) -> Vec<Progress> {
             }
             let at = words[0].strip_suffix('s')?.parse().ok()?;
             let rate = words[1].replace(',', "").parse().ok()?;
-            Some(Progress { at, rate })
+            let done = words.get(3).and_then(|w| w.replace(',', "").parse().ok()).unwrap_or(0);
+            Some(Progress { at, rate, done })
         })
         .collect()
 }
+
+// ---- verifying loads and replica agreement (durability and teaching tests) ----
+
+/// A verifying client of `seconds` measured seconds (after its 1 s warm-up), 32 closed-loop clients.
+pub fn spawn_verifying_client(cluster: &mut Cluster, name: &str, seconds: u32) -> usize {
+    let duration = format!("{seconds}s");
+    cluster.spawn_client(
+        name,
+        &["--duration", &duration, "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
+    )
+}
+
+/// Waits until the client has printed at least `lines` progress lines of which the ones after the
+/// first `after` include one with a rate above zero; panics (with the client's stderr) if it exits
+/// first or `limit` passes. Returns the progress so far.
+pub fn wait_progress(cluster: &mut Cluster, client: usize, after: usize, limit: Duration) -> Vec<Progress> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let proc = &mut cluster.extra[client];
+        let progress = progress_lines(&proc.stderr_text());
+        if progress.iter().skip(after).any(|p| p.rate > 0.0) {
+            return progress;
+        }
+        assert!(
+            proc.is_running(),
+            "the client exited before a progress line with commands after line {after}:\n{}",
+            tail(&proc.stderr, 40)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no progress line with commands after line {after} within {limit:?}:\n{}",
+            tail(&proc.stderr, 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The client's result: writes read back intact and lost, and its per-second progress.
+pub struct Verified {
+    pub intact: u64,
+    pub lost: u64,
+    pub progress: Vec<Progress>,
+}
+
+/// Waits (bounded) for the verifying client to finish; asserts it succeeded, lost nothing and read
+/// something back.
+pub fn finish_client(cluster: &mut Cluster, client: usize) -> Verified {
+    let proc = &mut cluster.extra[client];
+    let status = proc.wait(Duration::from_secs(90));
+    let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
+    let context = format!("client stdout:\n{stdout}\nclient stderr (tail):\n{}", tail(&proc.stderr, 40));
+    assert!(status.success(), "the verifying client failed ({status}):\n{context}");
+    let (intact, lost) =
+        verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    assert_eq!(lost, 0, "acknowledged writes were lost:\n{context}");
+    assert!(intact > 0, "nothing was read back:\n{context}");
+    Verified { intact, lost, progress: progress_lines(&stderr) }
+}
+
+pub const REPLICAS: [u32; 2] = [7, 8];
+
+/// (executed watermark, state digest) of replica `id`, or why its metrics cannot be read.
+pub fn replica_status(cluster: &Cluster, id: u32) -> Result<(f64, f64), String> {
+    let node = id.to_string();
+    let labels = [("role", "replica"), ("node", node.as_str())];
+    let text = scrape(cluster.node(id).metrics_addr()).map_err(|e| format!("scrape replica {id}: {e}"))?;
+    Ok((
+        metric_sum(&text, "autopaxos_executed_watermark", &labels),
+        metric_sum(&text, "autopaxos_state_digest", &labels),
+    ))
+}
+
+/// What both replicas settled on, and how long that took.
+pub struct Agreement {
+    pub watermark: u64,
+    pub digest: u64,
+    pub settled_in: Duration,
+}
+
+/// Polls both replicas until they report the same non-zero executed watermark and the same non-zero
+/// state digest, unchanged for a full second (the digest is refreshed ~250 ms after the watermark
+/// stops, so a second of stillness means both digests are of that watermark). Panics after `limit`
+/// with what each replica last said and the tails of their logs.
+pub fn replicas_agree(cluster: &mut Cluster, limit: Duration) -> Agreement {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut stable: Option<(Instant, [f64; 4])> = None;
+    let mut history: Vec<String> = Vec::new();
+    loop {
+        let seen = match (replica_status(cluster, REPLICAS[0]), replica_status(cluster, REPLICAS[1])) {
+            (Ok(a), Ok(b)) => {
+                let now = [a.0, a.1, b.0, b.1];
+                let agree = a.0 == b.0 && a.0 > 0.0 && a.1 == b.1 && a.1 != 0.0;
+                if agree {
+                    match stable {
+                        Some((since, values)) if values == now => {
+                            if since.elapsed() >= Duration::from_secs(1) {
+                                return Agreement {
+                                    watermark: a.0 as u64,
+                                    digest: a.1 as u64,
+                                    settled_in: started.elapsed(),
+                                };
+                            }
+                        }
+                        _ => stable = Some((Instant::now(), now)),
+                    }
+                } else {
+                    stable = None;
+                }
+                format!(
+                    "replica 7: watermark {} digest {}; replica 8: watermark {} digest {}",
+                    a.0, a.1 as u64, b.0, b.1 as u64
+                )
+            }
+            (a, b) => {
+                stable = None;
+                format!("replica 7: {a:?}; replica 8: {b:?}")
+            }
+        };
+        if history.last() != Some(&seen) {
+            history.push(seen);
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = REPLICAS
+                .iter()
+                .map(|&id| {
+                    let proc = cluster.proc_mut(id);
+                    format!("--- replica {id} stderr (tail) ---\n{}", tail(&proc.stderr, 30))
+                })
+                .collect();
+            let shown = &history[history.len().saturating_sub(20)..];
+            panic!(
+                "the replicas did not settle on the same watermark and digest within {limit:?}; \
+                 what they said (last {} changes):\n{}\n{}",
+                shown.len(),
+                shown.join("\n"),
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A counter of node `id`'s current process (0 if its metrics cannot be read).
+pub fn counter(cluster: &Cluster, id: u32, name: &str) -> f64 {
+    let node = id.to_string();
+    scrape(cluster.node(id).metrics_addr()).map_or(0.0, |text| metric_sum(&text, name, &[("node", &node)]))
+}
+
