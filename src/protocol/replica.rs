@@ -416,8 +416,9 @@ impl Replica {
     }
 
     /// One replica per slot answers the clients, so reply traffic does not grow with f...
-    /// ...unless that replica is down (silent for `replica_down_after_us`): then every other replica
-    /// answers its slots too, so a dead replica does not leave half the clients to time out. A client
+    /// ...unless that replica is down (silent for `replica_down_after_us`) or far behind (more than
+    /// the leader's window below this slot: it is learning): then every other replica answers its
+    /// slots too, so a dead or lagging replica does not leave half the clients to time out. A client
     /// takes the first reply to a request and ignores the rest.
     fn is_designated_replier(&self, slot: Slot) -> bool {
         let designated = (slot % self.config.replicas.len() as u64) as usize;
@@ -426,7 +427,10 @@ impl Replica {
         }
         let peer = self.config.replicas[designated];
         let heard_at = self.peer_heard_at.get(&peer).copied().unwrap_or(0);
-        self.now > heard_at + self.tunables.replica_down_after_us
+        let behind = self.peer_watermarks.get(&peer).copied().unwrap_or(0)
+            + (self.tunables.max_in_flight_slots as u64)
+            < slot;
+        behind || self.now > heard_at + self.tunables.replica_down_after_us
     }
 
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
@@ -967,6 +971,15 @@ mod tests {
         assert!(!replies_at(&mut r, 20, 1), "slot 1 is replica 8's, and 8 reported just now");
         chosen(&mut r, 2, vec![]);
         assert!(replies_at(&mut r, 10 + down_after + 1, 3), "8 has been silent too long: 7 answers for it");
+        // 8 reports again, but from far behind (it is learning): 7 answers for it too.
+        let now = 20 + down_after;
+        r.handle_message(now, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        let window = Tunables::default().max_in_flight_slots as u64;
+        let slot = window + 3; // replica 8's (odd), more than a window above 8's watermark
+        for below in 4..slot {
+            r.handle_message(now, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
+        }
+        assert!(replies_at(&mut r, now, slot), "8 is more than a window behind: 7 answers for it");
     }
 
     #[test]
