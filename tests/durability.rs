@@ -10,8 +10,7 @@ mod common;
 
 use common::{
     counter, finish_client, progress_lines, replica_status, replicas_agree, spawn_verifying_client, tail,
-    wait_progress, Cluster,
-    Progress,
+    wait_progress, Cluster, Progress,
 };
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    counter, finish_client, progress_lines, replica_status, replicas_agree, spawn_verifying_client, wait_progress,
-    Cluster,
+    counter, finish_client, progress_lines, replica_status, replicas_agree, spawn_verifying_client,
+    wait_progress, Cluster,
 };
 use std::fs;
 use std::process::Command;

@@ -18,8 +18,9 @@
 //!   a time, so the teacher sends nothing it was not asked for and its execution never waits. The
 //!   learner checks the digest, installs the state in one step (and on disk as a snapshot), and
 //!   carries on by log segment from there. The teacher is whichever peer is ahead (they take turns,
-//!   not only the furthest); a learner whose teacher goes quiet mid-transfer asks another and
-//!   starts that image again (two teachers' images differ unless their watermarks do not).
+//!   not only the furthest); a learner whose teacher goes quiet mid-transfer asks another, and
+//!   resumes where it was if that one offers the same image (replicas at the same slot serialise
+//!   the same bytes), else starts the new one.
 //! - **Per-slot recovery:** a replica stuck on a slot that no peer replica is ahead of (a `Chosen`
 //!   lost to every replica) reads the slot from its acceptor group (`ReadSlot`), and executes a
 //!   value only once f+1 acceptors report it at one ballot: a value is chosen exactly when a quorum
@@ -553,9 +554,21 @@ impl Replica {
             out.dropped("replica: a snapshot offered larger than a learner may hold");
             return;
         }
-        if let Some(l) = &self.learning {
-            if l.quiet_reports == 0 || (l.teacher, l.slot) == (from, slot) {
-                return; // the transfer under way is moving, or this is its offer again
+        if let Some(l) = self.learning.as_mut() {
+            if (l.slot, l.len, l.digest) == (slot, len, digest) {
+                // The same image (replicas at the same slot serialise the same bytes): if its
+                // teacher went quiet, resume from this one where the transfer was.
+                if l.teacher != from && l.quiet_reports > 0 {
+                    l.teacher = from;
+                    l.quiet_reports = 0;
+                    l.asked_to = l.bytes.len() as u64;
+                    l.ahead.clear();
+                    self.fetch_window(out);
+                }
+                return;
+            }
+            if l.quiet_reports == 0 {
+                return; // a transfer of another image is moving
             }
         }
         let learning = Learning {
@@ -723,8 +736,9 @@ impl Replica {
     fn on_learning_report(&mut self, out: &mut Out) {
         let Some(l) = self.learning.as_mut() else { return };
         l.quiet_reports += 1;
-        if l.quiet_reports >= TEACHER_QUIET_REPORTS {
-            self.learning = None;
+        if l.quiet_reports % TEACHER_QUIET_REPORTS == 0 {
+            // Ask a peer (the next in turn) to teach: the same image resumes where it was, another
+            // replaces it.
             self.on_stuck_report(out);
             return;
         }
@@ -1153,7 +1167,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_chunks_are_asked_again_and_a_quiet_teacher_is_replaced() {
+    fn lost_chunks_are_asked_again_and_a_quiet_teachers_transfer_resumes_from_another() {
         let tunables = Tunables { teach_chunk_bytes: 256, teach_window_chunks: 2, ..Tunables::default() };
         let config = ClusterConfig::with_f(2, 1, 1, 1, 1); // replicas 11, 12, 13
         let ids = config.replicas.clone();
@@ -1176,17 +1190,20 @@ mod tests {
         for &t in &ids[1..] {
             learner.handle_message(0, t, Msg::Executed { watermark: 20 }, &mut Out::new(false));
         }
-        // Report periods: the learner asks a teacher; that teacher answers the offer and then dies.
+        // Report periods: the learner asks a teacher, which serves three chunks and then dies (the
+        // chunks it sent still arrive). Both teachers are at slot 20, so their images are the same
+        // bytes: the other resumes the transfer where it was.
         let mut now = 0;
         let mut dead: Option<NodeId> = None;
-        for _ in 0..200 {
+        let mut served: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for _ in 0..400 {
             now = learner.poll_timeout().unwrap();
             let mut out = Out::new(true);
             learner.handle_timeout(now, &mut out);
-            let mut queue: Vec<(NodeId, NodeId, Msg)> =
+            let mut queue: std::collections::VecDeque<(NodeId, NodeId, Msg)> =
                 out.msgs.into_iter().map(|(to, m)| (learner.id, to, m)).collect();
-            while let Some((from, to, msg)) = queue.pop() {
-                if Some(to) == dead || Some(from) == dead {
+            while let Some((from, to, msg)) = queue.pop_front() {
+                if Some(to) == dead {
                     continue;
                 }
                 let mut out = Out::new(true);
@@ -1195,9 +1212,12 @@ mod tests {
                 } else if let Some(t) = teachers.iter_mut().find(|t| t.id == to) {
                     let fetch = matches!(msg, Msg::SnapshotFetch { .. });
                     t.handle_message(now, from, msg, &mut out);
-                    // The first teacher to serve a chunk dies right after.
-                    if fetch && dead.is_none() {
-                        dead = Some(to);
+                    if fetch {
+                        let n = served.entry(to).or_default();
+                        *n += 1;
+                        if *n == 3 && dead.is_none() {
+                            dead = Some(to);
+                        }
                     }
                 }
                 queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
@@ -1206,10 +1226,16 @@ mod tests {
                 break;
             }
         }
-        let dead = dead.expect("a teacher served a chunk and died");
+        let dead = dead.expect("a teacher served three chunks and died");
         assert_eq!(learner.executed_watermark(), 20, "learned from the other teacher by {now}us");
         let survivor = teachers.iter().find(|t| t.id != dead).unwrap();
         assert_eq!(learner.state_digest(), survivor.state_digest());
+        let image = survivor.durable_snapshot().len().div_ceil(256);
+        let from_survivor = served.get(&survivor.id).copied().unwrap_or(0);
+        assert!(
+            from_survivor < image,
+            "resumed, not restarted: {from_survivor} of {image} chunks from the survivor"
+        );
     }
 
     #[test]

@@ -704,8 +704,7 @@ pub fn finish_client(cluster: &mut Cluster, client: usize) -> Verified {
     let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
     let context = format!("client stdout:\n{stdout}\nclient stderr (tail):\n{}", tail(&proc.stderr, 40));
     assert!(status.success(), "the verifying client failed ({status}):\n{context}");
-    let (intact, lost) =
-        verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "acknowledged writes were lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
     Verified { intact, lost, progress: progress_lines(&stderr) }
@@ -800,4 +799,3 @@ pub fn counter(cluster: &Cluster, id: u32, name: &str) -> f64 {
     let node = id.to_string();
     scrape(cluster.node(id).metrics_addr()).map_or(0.0, |text| metric_sum(&text, name, &[("node", &node)]))
 }
-
