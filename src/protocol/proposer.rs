@@ -741,6 +741,36 @@ mod tests {
         assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
     }
 
+    /// The trim point the leader sends acceptors at its next heartbeat after `now`, if any.
+    fn trim_sent(p: &mut Proposer, now: Time) -> Option<Slot> {
+        let at = p.poll_timeout().unwrap().max(now);
+        let mut out = Out::new(false);
+        p.handle_timeout(at, &mut out);
+        out.msgs.iter().find_map(|(_, m)| match m {
+            Msg::Trim { below } => Some(*below),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_trim_point_follows_the_replicas_that_are_up_and_never_lags_beyond_the_budget() {
+        let tunables = Tunables { teach_retention_slots: 1_000, ..Tunables::default() };
+        let down_after = tunables.replica_down_after_us;
+        let (r1, r2) = (config().replicas[0], config().replicas[1]);
+        let mut p = leader(tunables);
+        p.handle_message(10, r1, Msg::Executed { watermark: 50 }, &mut Out::new(false));
+        p.handle_message(10, r2, Msg::Executed { watermark: 20 }, &mut Out::new(false));
+        assert_eq!(trim_sent(&mut p, 20), Some(20), "the slowest replica that is up");
+        // r2 goes silent; r1 carries on: r2 no longer holds the acceptors' logs back.
+        let later = 10 + down_after + 1;
+        p.handle_message(later, r1, Msg::Executed { watermark: 60 }, &mut Out::new(false));
+        assert_eq!(trim_sent(&mut p, later), Some(60));
+        // r2 is back but far behind: the acceptors keep at most the budget behind the furthest.
+        p.handle_message(later, r2, Msg::Executed { watermark: 30 }, &mut Out::new(false));
+        p.handle_message(later, r1, Msg::Executed { watermark: 5_000 }, &mut Out::new(false));
+        assert_eq!(trim_sent(&mut p, later), Some(4_000));
+    }
+
     #[test]
     fn a_deposed_leader_steps_down_and_hands_waiting_batches_to_the_new_leader() {
         let mut p = leader(Tunables { max_in_flight_slots: 1, ..Tunables::default() });
