@@ -15,8 +15,10 @@
 //! - **Bulk snapshot:** otherwise (the slots are gone, or the state is smaller) the peer serialises
 //!   its state at its watermark once, offers it (`SnapshotOffer`: slot, length, digest), and the
 //!   learner pulls it in `teach_chunk_bytes` chunks with at most `teach_window_chunks` asked for at
-//!   a time, so the teacher sends nothing it was not asked for and its execution never waits. The
-//!   learner checks the digest, installs the state in one step (and on disk as a snapshot), and
+//!   a time, so the teacher sends nothing it was not asked for. (Building the image takes one turn
+//!   of the teacher's executor, about a second per GB: it executes nothing meanwhile. Serving the
+//!   newest durable snapshot file from the runtime instead is the next step.) The learner checks
+//!   the digest, installs the state in one step (and on disk as a snapshot), and
 //!   carries on by log segment from there. The teacher is whichever peer is ahead (they take turns,
 //!   not only the furthest); a learner whose teacher goes quiet mid-transfer asks another, and
 //!   resumes where it was if that one offers the same image (replicas at the same slot serialise
@@ -323,16 +325,6 @@ impl Replica {
     /// About how many bytes a snapshot of this replica's state weighs.
     fn approx_state_bytes(&self) -> u64 {
         self.state_machine.approx_bytes() + 24 * self.client_table.len() as u64
-    }
-
-    /// Bytes of executed values this replica keeps to teach (a gauge for operators and tests).
-    pub fn teach_log_bytes(&self) -> u64 {
-        self.log_bytes
-    }
-
-    /// Whether this replica is fetching a snapshot from a peer.
-    pub fn is_learning(&self) -> bool {
-        self.learning.is_some()
     }
 
     /// Digest of the state machine and the client table. Walks the client table: for checkers.
