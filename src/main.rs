@@ -945,20 +945,10 @@ fn sim(args: SimArgs) -> ExitCode {
             );
         }
         println!(
-            "1 seeds, {} violations (f={}; crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, \
-             disks wiped {}, snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, \
-             slots read from acceptors {})",
+            "1 seeds, {} violations (f={}; {})",
             usize::from(!outcome.violations.is_empty()),
             outcome.f,
-            outcome.crashes,
-            outcome.torn_writes,
-            outcome.lost_writes,
-            outcome.corrupt_detected,
-            outcome.wiped,
-            outcome.installed,
-            outcome.teachers_crashed,
-            outcome.chunks_corrupted,
-            outcome.slot_reads
+            outcome.faults
         );
         return if outcome.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
@@ -983,22 +973,7 @@ fn sim(args: SimArgs) -> ExitCode {
     }
     let [f1, f2, f3] = summary.seeds_by_f;
     eprintln!("seeds by f: f=1 {f1}, f=2 {f2}, f=3 {f3}");
-    println!(
-        "{} seeds, {} violations (crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, \
-         disks wiped {}, snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, \
-         slots read from acceptors {})",
-        summary.seeds,
-        summary.failures.len(),
-        summary.crashes,
-        summary.torn_writes,
-        summary.lost_writes,
-        summary.corrupt_detected,
-        summary.wiped,
-        summary.installed,
-        summary.teachers_crashed,
-        summary.chunks_corrupted,
-        summary.slot_reads
-    );
+    println!("{} seeds, {} violations ({})", summary.seeds, summary.failures.len(), summary.faults);
     if summary.failures.is_empty() {
         ExitCode::SUCCESS
     } else {

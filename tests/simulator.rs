@@ -26,21 +26,24 @@ fn ten_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() {
     eprintln!(
         "10000 heavy seeds: crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, \
          seeds by f {:?}",
-        summary.crashes, summary.torn_writes, summary.lost_writes, summary.corrupt_detected, summary.seeds_by_f
+        summary.faults.crashes, summary.faults.torn_writes, summary.faults.lost_writes, summary.faults.corrupt_detected, summary.seeds_by_f
     );
-    assert!(summary.torn_writes > 1_000 && summary.lost_writes > 1_000, "{summary:?}");
-    assert!(summary.corrupt_detected > 100, "{summary:?}");
+    assert!(summary.faults.torn_writes > 1_000 && summary.faults.lost_writes > 1_000, "{summary:?}");
+    assert!(summary.faults.corrupt_detected > 100, "{summary:?}");
     assert!(summary.seeds_by_f.iter().all(|&n| n > 1_000), "{:?}", summary.seeds_by_f);
     // So did teaching's: wiped disks, snapshots taught in chunks (some damaged on the way, some of
     // whose teachers crashed mid-transfer), and slots read from the acceptors.
     eprintln!(
         "teaching: disks wiped {}, snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, \
          slots read from acceptors {}",
-        summary.wiped, summary.installed, summary.teachers_crashed, summary.chunks_corrupted, summary.slot_reads
+        summary.faults.wiped, summary.faults.installed, summary.faults.teachers_crashed, summary.faults.chunks_corrupted, summary.faults.slot_reads
     );
-    assert!(summary.wiped > 1_000 && summary.installed > 10_000, "{summary:?}");
-    assert!(summary.teachers_crashed > 1_000 && summary.chunks_corrupted > 1_000, "{summary:?}");
-    assert!(summary.slot_reads > 1_000, "{summary:?}");
+    assert!(summary.faults.wiped > 1_000 && summary.faults.installed > 10_000, "{summary:?}");
+    assert!(
+        summary.faults.teachers_crashed > 1_000 && summary.faults.chunks_corrupted > 1_000,
+        "{summary:?}"
+    );
+    assert!(summary.faults.slot_reads > 1_000, "{summary:?}");
 }
 
 #[test]

@@ -115,6 +115,13 @@ pub struct Outcome {
     pub after_left: u64,
     /// Failures tolerated in this run.
     pub f: usize,
+    /// The faults this run injected, and what teaching did about them.
+    pub faults: FaultCounts,
+}
+
+/// What the faults of a run (or of many) came to: the disk's, and teaching's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
     /// Node crashes.
     pub crashes: u64,
     /// Crashes that left a partly written record at the end of a log.
@@ -133,6 +140,41 @@ pub struct Outcome {
     pub chunks_corrupted: u64,
     /// Slots replicas read from their acceptor group (no peer replica could teach them).
     pub slot_reads: u64,
+}
+
+impl FaultCounts {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &FaultCounts) {
+        self.crashes += other.crashes;
+        self.torn_writes += other.torn_writes;
+        self.lost_writes += other.lost_writes;
+        self.corrupt_detected += other.corrupt_detected;
+        self.wiped += other.wiped;
+        self.installed += other.installed;
+        self.teachers_crashed += other.teachers_crashed;
+        self.chunks_corrupted += other.chunks_corrupted;
+        self.slot_reads += other.slot_reads;
+    }
+}
+
+/// The form of `sim`'s summary line: `crashes …, torn writes …, …, slots read from acceptors …`.
+impl std::fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
+             snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}",
+            self.crashes,
+            self.torn_writes,
+            self.lost_writes,
+            self.corrupt_detected,
+            self.wiped,
+            self.installed,
+            self.teachers_crashed,
+            self.chunks_corrupted,
+            self.slot_reads
+        )
+    }
 }
 
 enum Member {
@@ -601,14 +643,14 @@ impl<'t> Simulator<'t> {
             return;
         }
         match &mut msg {
-            Msg::ReadSlot { .. } => self.outcome.slot_reads += 1,
+            Msg::ReadSlot { .. } => self.outcome.faults.slot_reads += 1,
             // A damaged chunk (a byte of it flipped): only the learner's digest check can tell.
             Msg::SnapshotChunk { bytes, .. } if self.teach_faults() && self.teach_rng.gen_bool(0.05) => {
                 let mut damaged = bytes.to_vec();
                 let at = self.teach_rng.gen_range(0..damaged.len());
                 damaged[at] ^= 1 << self.teach_rng.gen_range(0..8);
                 *bytes = bytes::Bytes::from(damaged);
-                self.outcome.chunks_corrupted += 1;
+                self.outcome.faults.chunks_corrupted += 1;
             }
             _ => {}
         }
@@ -630,7 +672,7 @@ impl<'t> Simulator<'t> {
         }
         if chunk_sent && self.teach_faults() && self.teach_rng.gen_bool(0.1) {
             // A teacher dies mid-transfer; its machine comes back a little later.
-            self.outcome.teachers_crashed += 1;
+            self.outcome.faults.teachers_crashed += 1;
             self.trace(|| format!("{from} crashes right after sending a snapshot chunk"));
             self.crash(from);
             let back = self.now + self.teach_rng.gen_range(50_000..500_000);
@@ -707,7 +749,7 @@ impl<'t> Simulator<'t> {
             match event {
                 Event::Left => self.on_left(from),
                 Event::Installed { slot, .. } => {
-                    self.outcome.installed += 1;
+                    self.outcome.faults.installed += 1;
                     self.trace(|| format!("{from} installs a taught snapshot at slot {slot}"));
                 }
                 Event::BecameLeader { ballot } => {
@@ -805,11 +847,11 @@ impl<'t> Simulator<'t> {
         node.sync = None;
         node.held.clear();
         node.held_events.clear();
-        self.outcome.crashes += 1;
+        self.outcome.faults.crashes += 1;
         if let Some(disk) = node.disk.as_mut() {
             let damage = disk.crash(&mut self.disk_rng, corrupt);
-            self.outcome.torn_writes += u64::from(damage.torn);
-            self.outcome.lost_writes += damage.lost as u64;
+            self.outcome.faults.torn_writes += u64::from(damage.torn);
+            self.outcome.faults.lost_writes += damage.lost as u64;
             node.corrupted |= damage.corrupted;
             let what = format!("{damage:?}");
             self.trace(|| format!("{id} crashes; its disk: {what}"));
@@ -889,7 +931,7 @@ impl<'t> Simulator<'t> {
         {
             let node = self.nodes.get_mut(&id).expect("checked above");
             node.disk = Some(SimDisk::default());
-            self.outcome.wiped += 1;
+            self.outcome.faults.wiped += 1;
             self.trace(|| format!("{id} restarts on a wiped disk"));
         }
         let node = self.nodes.get_mut(&id).expect("checked above");
@@ -898,7 +940,7 @@ impl<'t> Simulator<'t> {
             Some(Ok(recovered)) => recovered,
             Some(Err(corrupt)) => {
                 node.dead = true;
-                self.outcome.corrupt_detected += 1;
+                self.outcome.faults.corrupt_detected += 1;
                 self.trace(|| format!("{id} refuses to start: its log is {corrupt}"));
                 return;
             }
@@ -1088,24 +1130,8 @@ pub struct Summary {
     pub joined: u64,
     /// Stateless nodes that drained and left, over all seeds (with churn).
     pub left: u64,
-    /// Node crashes, over all seeds.
-    pub crashes: u64,
-    /// Crashes that left a torn record at the end of a log.
-    pub torn_writes: u64,
-    /// Writes lost in crashes before a sync covered them.
-    pub lost_writes: u64,
-    /// Corrupted records detected by restarting nodes.
-    pub corrupt_detected: u64,
-    /// Replicas restarted with a wiped disk.
-    pub wiped: u64,
-    /// Snapshots taught and installed.
-    pub installed: u64,
-    /// Teachers that crashed mid-transfer.
-    pub teachers_crashed: u64,
-    /// Snapshot chunks damaged on their way.
-    pub chunks_corrupted: u64,
-    /// Slots read from acceptor groups.
-    pub slot_reads: u64,
+    /// Fault counts, over all seeds.
+    pub faults: FaultCounts,
     /// Seeds run with f = 1, 2 and 3.
     pub seeds_by_f: [u64; 3],
 }
@@ -1140,15 +1166,7 @@ pub fn run_seeds(
                 s.elections += outcome.elections;
                 s.joined += outcome.joined as u64;
                 s.left += outcome.left as u64;
-                s.crashes += outcome.crashes;
-                s.torn_writes += outcome.torn_writes;
-                s.lost_writes += outcome.lost_writes;
-                s.corrupt_detected += outcome.corrupt_detected;
-                s.wiped += outcome.wiped;
-                s.installed += outcome.installed;
-                s.teachers_crashed += outcome.teachers_crashed;
-                s.chunks_corrupted += outcome.chunks_corrupted;
-                s.slot_reads += outcome.slot_reads;
+                s.faults.add(&outcome.faults);
                 if (1..=3).contains(&outcome.f) {
                     s.seeds_by_f[outcome.f - 1] += 1;
                 }
