@@ -247,11 +247,13 @@ impl Replica {
     /// client table (as [`Replica::snapshot`] lays it out). What a [`Record::Snapshot`] carries and
     /// [`Replica::recover`] restores; public so that `bench recovery` can write a real snapshot file.
     pub fn durable_snapshot(&self) -> Vec<u8> {
-        let state_machine = self.state_machine.snapshot();
-        let mut bytes = Vec::with_capacity(8 + state_machine.len() + 32 * self.client_table.len());
-        bytes.extend_from_slice(&(state_machine.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&state_machine);
-        self.encode_client_table(&mut bytes);
+        // One buffer of the image's size, written once.
+        let clients = self.clients_in_order();
+        let state_machine_len = self.state_machine.snapshot_len();
+        let mut bytes = Vec::with_capacity(8 + state_machine_len + client_table_len(&clients));
+        bytes.extend_from_slice(&(state_machine_len as u64).to_le_bytes());
+        self.state_machine.snapshot_into(&mut bytes);
+        encode_client_table(&clients, &mut bytes);
         bytes
     }
 
@@ -347,19 +349,11 @@ impl Replica {
 
     /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = self.state_machine.snapshot();
-        self.encode_client_table(&mut bytes);
+        let clients = self.clients_in_order();
+        let mut bytes = Vec::with_capacity(self.state_machine.snapshot_len() + client_table_len(&clients));
+        self.state_machine.snapshot_into(&mut bytes);
+        encode_client_table(&clients, &mut bytes);
         bytes
-    }
-
-    fn encode_client_table(&self, bytes: &mut Vec<u8>) {
-        for (client, entry) in self.clients_in_order() {
-            let reply = &entry.reply;
-            bytes.extend_from_slice(&client.to_le_bytes());
-            bytes.extend_from_slice(&entry.seq.to_le_bytes());
-            bytes.extend_from_slice(&(reply.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(reply);
-        }
     }
 
     fn on_chosen(&mut self, slot: Slot, value: Value, out: &mut Out) {
@@ -568,7 +562,7 @@ impl Replica {
             slot,
             len,
             digest,
-            bytes: Vec::new(),
+            bytes: Vec::with_capacity(len as usize), // at most MAX_SNAPSHOT_BYTES, checked above
             ahead: BTreeMap::new(),
             asked_to: 0,
             quiet_reports: 0,
@@ -813,6 +807,20 @@ impl Role for Replica {
 
     fn as_replica(&self) -> Option<&Replica> {
         Some(self)
+    }
+}
+
+/// Bytes the client table takes in a snapshot: id, sequence number and length-prefixed reply.
+fn client_table_len(clients: &[(u64, &ClientEntry)]) -> usize {
+    clients.iter().map(|(_, entry)| 24 + entry.reply.len()).sum()
+}
+
+fn encode_client_table(clients: &[(u64, &ClientEntry)], bytes: &mut Vec<u8>) {
+    for (client, entry) in clients {
+        bytes.extend_from_slice(&client.to_le_bytes());
+        bytes.extend_from_slice(&entry.seq.to_le_bytes());
+        bytes.extend_from_slice(&(entry.reply.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&entry.reply);
     }
 }
 

@@ -498,8 +498,16 @@ impl StateMachine for KvStore {
         self.data.iter().fold(entries, |acc, (p, part)| acc ^ counter_hash(p, part.counter))
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+    fn snapshot_len(&self) -> usize {
+        // A partition's header is its length-prefixed key, counter and item count; an item's frame
+        // repeats the partition key beside its own key and value, each length-prefixed, then a
+        // version (`frame_entry`). `bytes` holds each key and value once.
+        let framing: usize = self.data.iter().map(|(p, part)| 24 + part.items.len() * (32 + p.len())).sum();
+        8 + framing + self.bytes as usize
+    }
+
+    fn snapshot_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
         // Sorted: the snapshot is canonical whatever order the maps hold their keys in.
         let mut partitions: Vec<_> = self.data.iter().collect();
@@ -515,7 +523,7 @@ impl StateMachine for KvStore {
                 frame_entry(p, i, e, &mut |b| out.extend_from_slice(b));
             }
         }
-        out
+        debug_assert_eq!(out.len() - start, self.snapshot_len(), "snapshot_len is the image's length");
     }
 
     fn approx_bytes(&self) -> u64 {

@@ -31,7 +31,17 @@ pub trait StateMachine: Send {
     /// for checkers and reports, never the hot path (keeping it up to date per write cost ~5%).
     fn digest(&self) -> u64;
     /// Canonical byte image of the whole state: equal states give byte-identical snapshots.
-    fn snapshot(&self) -> Vec<u8>;
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.snapshot_len());
+        self.snapshot_into(&mut out);
+        out
+    }
+    /// Appends [`StateMachine::snapshot`]'s image to `out`. Callers reserve
+    /// [`StateMachine::snapshot_len`] first: a state of a GB is then one allocation and one pass,
+    /// not a growing buffer copied over and over.
+    fn snapshot_into(&self, out: &mut Vec<u8>);
+    /// The exact length of [`StateMachine::snapshot`]'s image, without building it.
+    fn snapshot_len(&self) -> usize;
     /// Replaces the whole state with the one `snapshot` (from [`StateMachine::snapshot`]) describes.
     /// Bytes that are not such an image are an error (the state is then unspecified), never a panic.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;

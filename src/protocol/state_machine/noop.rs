@@ -34,8 +34,12 @@ impl StateMachine for NoopStateMachine {
         self.applied
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.applied.to_le_bytes().to_vec()
+    fn snapshot_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.applied.to_le_bytes());
+    }
+
+    fn snapshot_len(&self) -> usize {
+        8
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), super::SnapshotError> {
