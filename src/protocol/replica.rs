@@ -464,8 +464,10 @@ impl Replica {
             return;
         }
         self.peer_heard_at.insert(from, self.now);
-        let known = self.peer_watermarks.entry(from).or_insert(0);
-        *known = (*known).max(watermark);
+        // The latest report, not the highest: a peer restarted on a wiped disk is back at 0, and
+        // must count as behind (so this replica answers its slots' clients while it learns). A
+        // report overtaken by an older one only makes it look behind for one period.
+        self.peer_watermarks.insert(from, watermark);
         // Keep the log only for slots some replica may still ask for.
         if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
             let lowest = self.peer_watermarks.values().copied().min().unwrap_or(0).min(self.executed);
@@ -994,6 +996,27 @@ mod tests {
             r.handle_message(now, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
         }
         assert!(replies_at(&mut r, now, slot), "8 is more than a window behind: 7 answers for it");
+    }
+
+    #[test]
+    fn a_replica_answers_the_slots_of_a_peer_restarted_on_a_wiped_disk() {
+        let mut r = replica(7);
+        let replies_at = |r: &mut Replica, slot: Slot| {
+            let mut out = Out::new(false);
+            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
+            r.handle_message(5, 6, Msg::Chosen { slot, value }, &mut out);
+            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
+        };
+        let slot = Tunables::default().max_in_flight_slots as u64 + 3; // replica 8's (odd)
+        for below in 0..slot {
+            r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
+        }
+        r.handle_message(5, 8, Msg::Executed { watermark: slot }, &mut Out::new(false));
+        assert!(!replies_at(&mut r, slot), "8 is up and level with 7: its slots are its own");
+        r.handle_message(5, 6, Msg::Chosen { slot: slot + 1, value: Value::Noop }, &mut Out::new(false));
+        // 8 comes back on an empty disk: a report of 0 after one of `slot`.
+        r.handle_message(5, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        assert!(replies_at(&mut r, slot + 2), "8 starts again from nothing: 7 answers for it");
     }
 
     #[test]
