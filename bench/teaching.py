@@ -22,6 +22,7 @@ import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("AUTOPAXOS", os.path.join(ROOT, "target/release/autopaxos"))
+KEEP = False  # --keep: leave each cluster's directory (configs, logs) behind
 ROLES = [(1, "proposer", None), (2, "proposer", None), (3, "acceptor", 0), (4, "acceptor", 0),
          (5, "acceptor", 0), (6, "proxy-leader", None), (7, "replica", None), (8, "replica", None),
          (9, "batcher", None), (10, "unbatcher", None)]
@@ -118,7 +119,10 @@ class Cluster:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if KEEP:
+            print(f"kept {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def progress(path):
@@ -159,14 +163,28 @@ def main():
     ap.add_argument("--down", type=int, default=60, help="seconds replica 7 stays down under load")
     ap.add_argument("--big-value", type=int, default=10_240, help="value bytes of the large state")
     ap.add_argument("--fill", type=int, default=25, help="seconds of writes that build the large state")
+    ap.add_argument("--only", choices=["down", "segment", "wiped"], help="run one of the three parts")
+    ap.add_argument("--keep", action="store_true", help="keep each cluster's directory (logs) and print it")
     args = ap.parse_args()
+    global KEEP
+    KEEP = args.keep
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     machine = f"{os.cpu_count()} cores, {cpu}, Linux {os.uname().release}"
     result = {"machine": machine, "command": " ".join(sys.argv), "down_s": args.down}
 
-    # ---- 1: memory with a replica down (and how it comes back) ----
+    if args.only in (None, "down"):
+        part_down(args, result)
+    if args.only in (None, "segment"):
+        part_segment(args, result)
+    if args.only in (None, "wiped"):
+        part_wiped(args, result)
+    save(result)
+
+
+def part_down(args, result):
+    """1: memory with a replica down, and how it comes back."""
     # A 64 MiB teaching budget (the default, 512 MiB, fits a c5.xlarge) so that the surviving
     # replica reaches its plateau within the minute.
     c = Cluster("teach_retention_bytes = 67108864\n")
@@ -200,7 +218,10 @@ def main():
     finally:
         c.stop()
 
-    # ---- 2: catch-up by log segment, and what it costs the load ----
+
+
+def part_segment(args, result):
+    """2: catch-up by log segment, and what it costs the load."""
     # Ship segments whatever their size: this workload's state (100,000 keys of 16 bytes) is far
     # smaller than a few seconds of log, so the default rule would send a snapshot.
     c = Cluster("teach_log_max_percent_of_state = 100000\n")
@@ -232,7 +253,10 @@ def main():
     finally:
         c.stop()
 
-    # ---- 3: a wiped replica with a large state, taught by snapshot under load ----
+
+
+def part_wiped(args, result):
+    """3: a wiped replica with a large state, taught by snapshot under load."""
     c = Cluster()
     try:
         start_all(c)
@@ -276,6 +300,8 @@ def main():
     finally:
         c.stop()
 
+
+def save(result):
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     path = os.path.join(ROOT, "bench/results", time.strftime("teaching-%Y%m%d-%H%M%S.json", time.gmtime()))
     json.dump(result, open(path, "w"), indent=2)
