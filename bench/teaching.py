@@ -163,6 +163,8 @@ def main():
     ap.add_argument("--down", type=int, default=60, help="seconds replica 7 stays down under load")
     ap.add_argument("--big-value", type=int, default=10_240, help="value bytes of the large state")
     ap.add_argument("--fill", type=int, default=25, help="seconds of writes that build the large state")
+    ap.add_argument("--segment-rate", type=int, default=0,
+                    help="part 2 again with teach_max_slots_per_sec at this rate (0: only unpaced)")
     ap.add_argument("--only", choices=["down", "segment", "wiped"], help="run one of the three parts")
     ap.add_argument("--keep", action="store_true", help="keep each cluster's directory (logs) and print it")
     args = ap.parse_args()
@@ -177,7 +179,9 @@ def main():
     if args.only in (None, "down"):
         part_down(args, result)
     if args.only in (None, "segment"):
-        part_segment(args, result)
+        result["log_segment"] = part_segment(0)
+        if args.segment_rate:
+            result["log_segment_paced"] = part_segment(args.segment_rate)
     if args.only in (None, "wiped"):
         part_wiped(args, result)
     save(result)
@@ -220,39 +224,48 @@ def part_down(args, result):
 
 
 
-def part_segment(args, result):
-    """2: catch-up by log segment, and what it costs the load."""
+def part_segment(rate):
+    """2: catch-up by log segment (paced at `rate` slots/s, or not if 0), and what it costs the load."""
     # Ship segments whatever their size: this workload's state (100,000 keys of 16 bytes) is far
     # smaller than a few seconds of log, so the default rule would send a snapshot.
-    c = Cluster("teach_log_max_percent_of_state = 100000\n")
+    c = Cluster(f"teach_log_max_percent_of_state = 100000\nteach_max_slots_per_sec = {rate}\n")
     try:
         start_all(c)
-        load, load_err = c.client(40)
+        load, load_err = c.client(90)
         load_start = time.time()
         time.sleep(10)
+        all_up = rate_between(load_err, time.time() - 8, time.time(), load_start)
         c.kill(7)
         killed_at = c.watermark(8)
         time.sleep(10)
         peer = c.watermark(8)
-        before = rate_between(load_err, time.time() - 8, time.time(), load_start)
+        while_down = rate_between(load_err, time.time() - 8, time.time(), load_start)
         c.start(7)
         c.wait_serving(7)
         t1 = time.time()
         seg_s = wait_caught_up(c, peer)
+        # Level: within a leader's window (1,000 slots) of the live watermark, which kept moving.
+        while c.watermark(7) < c.watermark(8) - 1_000:
+            if time.time() - t1 > 60:
+                raise SystemExit("replica 7 not level with 8 after 60 s")
+            time.sleep(0.02)
         t2 = time.time()
         time.sleep(2)
         during = rate_between(load_err, t1, max(t2, t1 + 1), load_start)
-        result["log_segment"] = {
+        load.kill()
+        drop = lambda base: None if not base or during is None else round(1 - during / base, 3)
+        return {
+            "teach_max_slots_per_sec": rate,
             "slots_behind": peer - killed_at, "catch_up_s": round(seg_s, 3),
             "slots_per_s": round((peer - killed_at) / seg_s),
+            "level_with_live_watermark_s": round(t2 - t1, 3),
             "snapshots_installed": c.metric(7, "autopaxos_snapshots_installed_total"),
-            "load_cmds_per_s_before": before, "load_cmds_per_s_during": during,
-            "throughput_drop": None if not before or during is None else round(1 - during / before, 3),
+            "load_cmds_per_s_all_replicas_up": all_up, "load_cmds_per_s_replica_7_down": while_down,
+            "load_cmds_per_s_while_learning": during,
+            "throughput_drop_vs_all_up": drop(all_up), "throughput_drop_vs_7_down": drop(while_down),
         }
-        load.communicate(timeout=100)
     finally:
         c.stop()
-
 
 
 def part_wiped(args, result):

@@ -231,6 +231,10 @@ pub struct Tunables {
     pub teach_chunk_bytes: u64,
     /// Snapshot chunks a learner has asked for and not yet received, at most (flow control).
     pub teach_window_chunks: u64,
+    /// A learner asks for log segments at most this many slots per second; 0: as fast as it
+    /// applies them. Catching up costs a replica about as much CPU per slot as executing; where
+    /// nodes share cores, a cap keeps it from starving the live load (and makes it slower).
+    pub teach_max_slots_per_sec: u64,
     /// A replica that has not reported its watermark for this long is taken for down: the leader's
     /// trim point follows the replicas that are up.
     pub replica_down_after_us: Time,
@@ -255,6 +259,7 @@ impl Default for Tunables {
             teach_log_max_percent_of_state: 50,
             teach_chunk_bytes: 256 << 10,
             teach_window_chunks: 4,
+            teach_max_slots_per_sec: 0,
             replica_down_after_us: 2_000_000,
         }
     }

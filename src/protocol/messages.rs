@@ -170,8 +170,9 @@ pub enum Msg {
     Chosen { slot: Slot, value: Value },
     /// replica → proposers and other replicas: every slot below `watermark` is executed here.
     Executed { watermark: Slot },
-    /// replica → replica: please send me the chosen values from `from_slot` on.
-    CatchUp { from_slot: Slot },
+    /// replica → replica: please send me the chosen values from `from_slot` on, at most
+    /// `max_slots` of them (a learner paces itself by asking for fewer).
+    CatchUp { from_slot: Slot, max_slots: u64 },
     /// replica → replica, answering a `CatchUp` that a snapshot serves better (the slots are no
     /// longer kept, or weigh more than the state): my state at `slot`, `len` bytes with digest
     /// `digest`, is ready to fetch.
@@ -277,7 +278,7 @@ impl std::fmt::Display for Msg {
             Msg::Preempted { promised } => write!(f, "{name} promised={promised}"),
             Msg::Chosen { slot, value } => write!(f, "{name} s={slot} v={:016x}", value.digest()),
             Msg::Executed { watermark } => write!(f, "{name} w={watermark}"),
-            Msg::CatchUp { from_slot } => write!(f, "{name} from={from_slot}"),
+            Msg::CatchUp { from_slot, max_slots } => write!(f, "{name} from={from_slot} max={max_slots}"),
             Msg::SnapshotOffer { slot, len, digest } => {
                 write!(f, "{name} s={slot} len={len} digest={digest:016x}")
             }

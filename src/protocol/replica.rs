@@ -138,6 +138,8 @@ pub struct Replica {
     persisted_trim: Slot,
     /// Report periods in a row without progress while a peer was ahead.
     stuck_reports: u32,
+    /// When this replica last asked a peer for a log segment (paces `teach_max_slots_per_sec`).
+    asked_segment_at: Time,
     /// Teaching settings (see the module doc).
     tunables: Tunables,
     /// Bytes of the values in `log`.
@@ -192,6 +194,7 @@ impl Replica {
             snapshot_slot: 0,
             persisted_trim: 0,
             stuck_reports: 0,
+            asked_segment_at: 0,
             tunables: tunables.clone(),
             log_bytes: 0,
             teaching: None,
@@ -407,16 +410,23 @@ impl Replica {
     /// the leader's window below this slot: it is learning): then every other replica answers its
     /// slots too, so a dead or lagging replica does not leave half the clients to time out. A client
     /// takes the first reply to a request and ignores the rest.
+    ///
+    /// A replica catching up answers no slot that a peer executed more than a window ago: that
+    /// peer answered it if this one looked down or behind, and otherwise its clients have long
+    /// since retried (`client_retry_timeout_us`; a retry is answered from the client table).
+    /// Sending those replies anyway doubled the unbatchers' and clients' work while it caught up.
     fn is_designated_replier(&self, slot: Slot) -> bool {
+        let window = self.tunables.max_in_flight_slots as u64;
+        if self.peer_watermarks.values().any(|&w| w > slot.saturating_add(window)) {
+            return false;
+        }
         let designated = (slot % self.config.replicas.len() as u64) as usize;
         if designated == self.index {
             return true;
         }
         let peer = self.config.replicas[designated];
         let heard_at = self.peer_heard_at.get(&peer).copied().unwrap_or(0);
-        let behind = self.peer_watermarks.get(&peer).copied().unwrap_or(0)
-            + (self.tunables.max_in_flight_slots as u64)
-            < slot;
+        let behind = self.peer_watermarks.get(&peer).copied().unwrap_or(0) + window < slot;
         behind || self.now > heard_at + self.tunables.replica_down_after_us
     }
 
@@ -477,13 +487,13 @@ impl Replica {
     }
 
     /// A peer is behind: teach it by log segment when that is cheap, else offer a snapshot.
-    fn on_catch_up(&mut self, now: Time, from: NodeId, from_slot: Slot, out: &mut Out) {
+    fn on_catch_up(&mut self, now: Time, from: NodeId, from_slot: Slot, max_slots: u64, out: &mut Out) {
         if from_slot >= self.executed {
             return; // not behind this replica
         }
         let keeps = self.log.keys().next().is_some_and(|&first| first <= from_slot);
         if keeps && self.segment_is_cheaper(from_slot) {
-            let end = from_slot.saturating_add(MAX_CATCHUP_SLOTS);
+            let end = from_slot.saturating_add(max_slots.min(MAX_CATCHUP_SLOTS));
             for (&slot, value) in self.log.range(from_slot..end) {
                 out.send(from, Msg::Chosen { slot, value: value.clone() });
             }
@@ -710,7 +720,15 @@ impl Replica {
         }
         self.next_teacher = self.next_teacher.wrapping_add(1);
         let (peer, _) = ahead[self.next_teacher % ahead.len()];
-        out.send(peer, Msg::CatchUp { from_slot: self.executed });
+        let max_slots = match self.tunables.teach_max_slots_per_sec {
+            0 => MAX_CATCHUP_SLOTS,
+            // What the cap allows since the last ask (asks come only when the last segment is
+            // applied, so the rate stays under the cap).
+            rate => (rate.saturating_mul(self.now - self.asked_segment_at) / 1_000_000)
+                .clamp(1, MAX_CATCHUP_SLOTS),
+        };
+        self.asked_segment_at = self.now;
+        out.send(peer, Msg::CatchUp { from_slot: self.executed, max_slots });
         self.stuck_reports += 1;
         if self.stuck_reports.is_multiple_of(STALLED_AFTER_REPORTS) {
             let executed = self.executed;
@@ -773,8 +791,8 @@ impl Role for Replica {
                     out.send(from, Msg::Membership(self.view.clone()));
                 }
             }
-            Msg::CatchUp { from_slot } if self.config.replicas.contains(&from) => {
-                self.on_catch_up(now, from, from_slot, out)
+            Msg::CatchUp { from_slot, max_slots } if self.config.replicas.contains(&from) => {
+                self.on_catch_up(now, from, from_slot, max_slots, out)
             }
             Msg::SnapshotFetch { slot, offset } if self.config.replicas.contains(&from) => {
                 self.on_snapshot_fetch(now, from, slot, offset, out)
@@ -1020,6 +1038,24 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_catching_up_does_not_answer_slots_a_peer_executed_a_window_ago() {
+        let mut r = replica(7);
+        let window = Tunables::default().max_in_flight_slots as u64;
+        let replies_at = |r: &mut Replica, slot: Slot| {
+            let mut out = Out::new(false);
+            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
+            r.handle_message(5, 6, Msg::Chosen { slot, value }, &mut out);
+            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
+        };
+        r.handle_message(5, 8, Msg::Executed { watermark: 2 * window + 10 }, &mut Out::new(false));
+        assert!(!replies_at(&mut r, 0), "slot 0 is 7's own, but 8 passed it more than a window ago");
+        for below in 1..window + 10 {
+            r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
+        }
+        assert!(replies_at(&mut r, window + 10), "7's own slot, within a window of 8's watermark");
+    }
+
+    #[test]
     fn replicas_fed_the_same_log_have_identical_state() {
         let (mut a, mut b) = (replica(7), replica(8));
         for slot in 0..5 {
@@ -1131,10 +1167,53 @@ mod tests {
         behind.handle_message(0, 8, Msg::Executed { watermark: 3 }, &mut out);
         let at = behind.poll_timeout().unwrap();
         behind.handle_timeout(at, &mut out);
-        let catch_up = out.msgs.iter().find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0 }));
+        let catch_up =
+            out.msgs.iter().find(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { from_slot: 0, .. }));
         let (_, msg) = catch_up.expect("asks the peer that is ahead").clone();
         exchange(&mut behind, &mut ahead, vec![(7, 8, msg)], |_| false);
         assert_eq!(behind.executed_watermark(), 3);
+        assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn a_paced_learner_asks_for_what_its_rate_allows_and_the_teacher_sends_no_more() {
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        // A log far bigger than the state is still shipped as a log here.
+        let tunables = Tunables {
+            teach_max_slots_per_sec: 1_000,
+            teach_log_max_percent_of_state: 1 << 20,
+            ..Tunables::default()
+        };
+        let sm = || new_state_machine(StateMachineKind::Kv);
+        let mut behind = Replica::new(7, config.clone(), &tunables, sm(), 0);
+        let mut ahead = Replica::new(8, config, &tunables, sm(), 0);
+        for slot in 0..100 {
+            chosen(&mut ahead, slot, vec![incr(100, slot + 1)]);
+        }
+        behind.handle_message(0, 8, Msg::Executed { watermark: 100 }, &mut Out::new(false));
+        let mut asks = Vec::new();
+        while behind.executed_watermark() < 100 {
+            let mut out = Out::new(false);
+            let at = behind.poll_timeout().unwrap();
+            assert!(at < 1_000_000, "100 slots at 1,000 a second take about 0.1 s, not {at} us");
+            behind.handle_timeout(at, &mut out);
+            for (_, msg) in
+                out.msgs.into_iter().filter(|(to, m)| *to == 8 && matches!(m, Msg::CatchUp { .. }))
+            {
+                let Msg::CatchUp { max_slots, .. } = msg else { unreachable!() };
+                asks.push((at, max_slots));
+                let before = behind.executed_watermark();
+                let seen = exchange(&mut behind, &mut ahead, vec![(7, 8, msg)], |_| false);
+                assert!(!seen.contains(&"SnapshotOffer"), "{seen:?}");
+                assert_eq!(
+                    behind.executed_watermark() - before,
+                    max_slots.min(100 - before),
+                    "no more than asked"
+                );
+            }
+        }
+        // Asked every other report (10 ms): 20 slots each at 1,000 slots/s, the first from time 0.
+        assert!(asks.iter().skip(1).all(|&(_, n)| n == 20), "{asks:?}");
         assert_eq!(behind.snapshot(), ahead.snapshot());
     }
 
@@ -1151,7 +1230,12 @@ mod tests {
         for slot in 10..13 {
             chosen(&mut ahead, slot, vec![incr(200, slot)]);
         }
-        let seen = exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 10 })], |_| false);
+        let seen = exchange(
+            &mut behind,
+            &mut ahead,
+            vec![(7, 8, Msg::CatchUp { from_slot: 10, max_slots: MAX_CATCHUP_SLOTS })],
+            |_| false,
+        );
         assert!(seen.contains(&"Chosen") && !seen.contains(&"SnapshotOffer"), "{seen:?}");
         assert_eq!(behind.executed_watermark(), 13);
         assert_eq!(behind.snapshot(), ahead.snapshot());
@@ -1173,7 +1257,12 @@ mod tests {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
         }
         assert_eq!(ahead.log.len(), 5, "the retention budget bounds what a teacher keeps");
-        let seen = exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 0 })], |_| false);
+        let seen = exchange(
+            &mut behind,
+            &mut ahead,
+            vec![(7, 8, Msg::CatchUp { from_slot: 0, max_slots: MAX_CATCHUP_SLOTS })],
+            |_| false,
+        );
         assert!(seen.contains(&"SnapshotOffer"), "{seen:?}");
         let chunks = seen.iter().filter(|&&m| m == "SnapshotChunk").count();
         assert!(chunks > 4, "the state went in many 512-byte chunks, not one message: {chunks}");
@@ -1184,7 +1273,12 @@ mod tests {
         for slot in 40..43 {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, "more", 10)]);
         }
-        exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 40 })], |_| false);
+        exchange(
+            &mut behind,
+            &mut ahead,
+            vec![(7, 8, Msg::CatchUp { from_slot: 40, max_slots: MAX_CATCHUP_SLOTS })],
+            |_| false,
+        );
         assert_eq!(behind.executed_watermark(), 43);
         assert_eq!(behind.snapshot(), ahead.snapshot());
     }
@@ -1268,16 +1362,21 @@ mod tests {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
         }
         let mut chunked = false;
-        exchange(&mut behind, &mut ahead, vec![(7, 8, Msg::CatchUp { from_slot: 0 })], |m| {
-            if let Msg::SnapshotChunk { .. } = m {
-                chunked = true;
-            }
-            false
-        });
+        exchange(
+            &mut behind,
+            &mut ahead,
+            vec![(7, 8, Msg::CatchUp { from_slot: 0, max_slots: MAX_CATCHUP_SLOTS })],
+            |m| {
+                if let Msg::SnapshotChunk { .. } = m {
+                    chunked = true;
+                }
+                false
+            },
+        );
         assert!(chunked, "the state goes in chunks");
         // Again, with a value's byte changed in every chunk: nothing is installed.
         let mut fresh = replica(7);
-        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0 })];
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0, max_slots: MAX_CATCHUP_SLOTS })];
         while let Some((from, to, msg)) = queue.pop() {
             let msg = match msg {
                 Msg::SnapshotChunk { slot, offset, bytes } => {
@@ -1363,7 +1462,7 @@ mod tests {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
         }
         let mut disk = Recovered::default();
-        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0 })];
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0, max_slots: MAX_CATCHUP_SLOTS })];
         while let Some((from, to, msg)) = queue.pop() {
             let mut out = Out::new(true);
             if to == 7 {

@@ -388,11 +388,15 @@ impl<'t> Simulator<'t> {
         let teach_chunk_bytes = [64, 1024, 256 << 10][teach_rng.gen_range(0..3)];
         let teach_window_chunks = [1, 4][teach_rng.gen_range(0..2)];
         let replica_down_after_us = [300_000, 2_000_000][teach_rng.gen_range(0..2)];
+        // Paced learners (a stream of its own again, so older seeds keep their other draws).
+        let mut pace_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9ace));
+        let teach_max_slots_per_sec = [0, 0, 100, 2_000][pace_rng.gen_range(0..4)];
         let tunables = Tunables {
             teach_retention_slots,
             teach_chunk_bytes,
             teach_window_chunks,
             replica_down_after_us,
+            teach_max_slots_per_sec,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
             phase1b_page_bytes: if pages.gen_bool(0.5) {

@@ -453,7 +453,7 @@ mod tests {
             Msg::Chosen { slot: 8, value: Value::Batch(batch(INLINE_PAYLOAD_MAX + 1)) },
             Msg::Chosen { slot: 9, value: Value::Noop },
             Msg::Executed { watermark: 9 },
-            Msg::CatchUp { from_slot: 4 },
+            Msg::CatchUp { from_slot: 4, max_slots: 1_000 },
             Msg::SnapshotOffer { slot: 40, len: 1 << 20, digest: 0xfeed },
             Msg::SnapshotFetch { slot: 40, offset: 1 << 18 },
             Msg::SnapshotChunk { slot: 40, offset: 1 << 18, bytes: batch(INLINE_PAYLOAD_MAX + 7) },
