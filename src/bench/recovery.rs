@@ -135,6 +135,10 @@ pub struct NodeRecovery {
     pub snapshot_slot: Option<Slot>,
     /// Seconds spent generating the files (building the state, encoding, writing, syncing).
     pub generate_s: f64,
+    /// Replica: seconds to build its durable image in memory from the live state. A replica's
+    /// executor does nothing else meanwhile: at each periodic snapshot, and when it makes an
+    /// image to teach a peer.
+    pub image_build_s: Option<f64>,
     /// The command that started the node (paths as on this run).
     pub command: String,
     /// Cold start (page cache evicted), if eviction worked, then warm start.
@@ -171,10 +175,11 @@ impl std::fmt::Display for RecoveryBenchReport {
             let what = match (node.records, node.state_bytes) {
                 (Some(r), _) => format!("{r} records in {} segments", node.files),
                 (_, Some(s)) => format!(
-                    "{:.2} GiB state, {} keys, snapshot at slot {}",
+                    "{:.2} GiB state, {} keys, snapshot at slot {}, its image built in {:.2} s",
                     s as f64 / GIB,
                     node.keys.unwrap_or(0),
-                    node.snapshot_slot.unwrap_or(0)
+                    node.snapshot_slot.unwrap_or(0),
+                    node.image_build_s.unwrap_or(0.0)
                 ),
                 _ => String::new(),
             };
@@ -259,6 +264,7 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
                 keys: None,
                 snapshot_slot: None,
                 generate_s,
+                image_build_s: None,
                 command,
                 starts,
             })
@@ -279,10 +285,12 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
         let generate_s = started.elapsed().as_secs_f64();
         let result = snap.and_then(|snap| {
             eprintln!(
-                "bench recovery: {} keys, {} of state, snapshot at slot {} in {generate_s:.1} s",
+                "bench recovery: {} keys, {} of state, snapshot at slot {} in {generate_s:.1} s \
+                 (its image built in memory in {:.2} s)",
                 snap.keys,
                 show_bytes(snap.state_bytes),
-                snap.slot
+                snap.slot,
+                snap.image_build_s
             );
             let (command, starts) = measure_starts(opts, "replica", REPLICA_NODE, &config, &base)?;
             Ok(NodeRecovery {
@@ -296,6 +304,7 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
                 keys: Some(snap.keys),
                 snapshot_slot: Some(snap.slot),
                 generate_s,
+                image_build_s: Some(snap.image_build_s),
                 command,
                 starts,
             })
@@ -465,7 +474,7 @@ fn write_acceptor_log_in(dir: &Path, target: u64, segment_bytes: usize) -> Resul
 }
 
 /// What [`write_replica_snapshot`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaSnapshot {
     /// The slot the snapshot was taken at (slots below it executed).
     pub slot: Slot,
@@ -477,6 +486,8 @@ pub struct ReplicaSnapshot {
     pub bytes_on_disk: u64,
     /// The state's digest (`Replica::state_digest`), to check a restore against.
     pub digest: u64,
+    /// Seconds `Replica::durable_snapshot` took.
+    pub image_build_s: f64,
 }
 
 /// Bytes one key adds to a KV snapshot: partition, item and value each length-framed, a version.
@@ -526,7 +537,9 @@ pub fn write_replica_snapshot(dir: &Path, target: u64) -> Result<ReplicaSnapshot
         }
     }
     let digest = replica.state_digest();
+    let started = std::time::Instant::now();
     let state = replica.durable_snapshot();
+    let image_build_s = started.elapsed().as_secs_f64();
     drop(replica);
     let header = snapshot_header(slot, &state);
     let path = dir.join(snapshot_name(slot));
@@ -538,6 +551,7 @@ pub fn write_replica_snapshot(dir: &Path, target: u64) -> Result<ReplicaSnapshot
         keys,
         bytes_on_disk: (header.len() + state.len()) as u64,
         digest,
+        image_build_s,
     })
 }
 
