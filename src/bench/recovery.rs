@@ -135,10 +135,16 @@ pub struct NodeRecovery {
     pub snapshot_slot: Option<Slot>,
     /// Seconds spent generating the files (building the state, encoding, writing, syncing).
     pub generate_s: f64,
-    /// Replica: seconds to build its durable image in memory from the live state. A replica's
-    /// executor does nothing else meanwhile: at each periodic snapshot, and when it makes an
-    /// image to teach a peer.
+    /// Replica: seconds to build its durable image in memory at once (what `bench recovery`
+    /// writes, and what a replica did in one turn before images were built in slices).
     pub image_build_s: Option<f64>,
+    /// Replica: the longest turn of building the same image as a replica does, frozen then in
+    /// slices of the default `snapshot_slice_bytes`: the longest it stops executing for it.
+    pub image_longest_turn_ms: Option<f64>,
+    /// Replica: the sliced build's turns...
+    pub image_turns: Option<u64>,
+    /// ...and their time in all.
+    pub image_sliced_s: Option<f64>,
     /// The command that started the node (paths as on this run).
     pub command: String,
     /// Cold start (page cache evicted), if eviction worked, then warm start.
@@ -175,11 +181,15 @@ impl std::fmt::Display for RecoveryBenchReport {
             let what = match (node.records, node.state_bytes) {
                 (Some(r), _) => format!("{r} records in {} segments", node.files),
                 (_, Some(s)) => format!(
-                    "{:.2} GiB state, {} keys, snapshot at slot {}, its image built in {:.2} s",
+                    "{:.2} GiB state, {} keys, snapshot at slot {}; its image built at once in {:.2} s, \
+                     or in {} turns of at most {:.1} ms ({:.2} s in all)",
                     s as f64 / GIB,
                     node.keys.unwrap_or(0),
                     node.snapshot_slot.unwrap_or(0),
-                    node.image_build_s.unwrap_or(0.0)
+                    node.image_build_s.unwrap_or(0.0),
+                    node.image_turns.unwrap_or(0),
+                    node.image_longest_turn_ms.unwrap_or(0.0),
+                    node.image_sliced_s.unwrap_or(0.0)
                 ),
                 _ => String::new(),
             };
@@ -265,6 +275,9 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
                 snapshot_slot: None,
                 generate_s,
                 image_build_s: None,
+                image_longest_turn_ms: None,
+                image_turns: None,
+                image_sliced_s: None,
                 command,
                 starts,
             })
@@ -305,6 +318,9 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
                 snapshot_slot: Some(snap.slot),
                 generate_s,
                 image_build_s: Some(snap.image_build_s),
+                image_longest_turn_ms: Some(snap.longest_turn_s * 1e3),
+                image_turns: Some(snap.turns),
+                image_sliced_s: Some(snap.sliced_s),
                 command,
                 starts,
             })
@@ -488,6 +504,12 @@ pub struct ReplicaSnapshot {
     pub digest: u64,
     /// Seconds `Replica::durable_snapshot` took.
     pub image_build_s: f64,
+    /// The sliced build's longest turn (the freeze, or a slice)...
+    pub longest_turn_s: f64,
+    /// ...its turns...
+    pub turns: u64,
+    /// ...and their time in all.
+    pub sliced_s: f64,
 }
 
 /// Bytes one key adds to a KV snapshot: partition, item and value each length-framed, a version.
@@ -537,10 +559,33 @@ pub fn write_replica_snapshot(dir: &Path, target: u64) -> Result<ReplicaSnapshot
         }
     }
     let digest = replica.state_digest();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let state = replica.durable_snapshot();
     let image_build_s = started.elapsed().as_secs_f64();
-    drop(replica);
+    let slice = Tunables::default().snapshot_slice_bytes as usize;
+    let (mut longest_turn_s, mut turns, mut sliced_s) = (0f64, 0u64, 0f64);
+    let started = Instant::now();
+    let mut frozen = replica.freeze_state_machine();
+    let mut image = Vec::with_capacity(frozen.image_len());
+    let mut turn = started.elapsed().as_secs_f64();
+    loop {
+        longest_turn_s = longest_turn_s.max(turn);
+        sliced_s += turn;
+        turns += 1;
+        let started = Instant::now();
+        let done = frozen.write_next(&mut image, slice);
+        turn = started.elapsed().as_secs_f64();
+        if done {
+            longest_turn_s = longest_turn_s.max(turn);
+            sliced_s += turn;
+            turns += 1;
+            break;
+        }
+    }
+    if image[..] != state[8..8 + image.len()] {
+        return Err("the sliced image differs from the one built at once".into());
+    }
+    drop((replica, image));
     let header = snapshot_header(slot, &state);
     let path = dir.join(snapshot_name(slot));
     write_synced(&path, &[&header, &state])?;
@@ -552,6 +597,9 @@ pub fn write_replica_snapshot(dir: &Path, target: u64) -> Result<ReplicaSnapshot
         bytes_on_disk: (header.len() + state.len()) as u64,
         digest,
         image_build_s,
+        longest_turn_s,
+        turns,
+        sliced_s,
     })
 }
 

@@ -218,6 +218,12 @@ pub struct Tunables {
     /// A durable replica snapshots its whole state every this many executed slots; the executed
     /// values since the last snapshot are its log (replayed at restart, so this bounds replay time).
     pub replica_snapshot_interval_slots: u64,
+    /// A replica writes the image of a snapshot (periodic, or to teach) this many bytes per turn,
+    /// executing between turns: a big state's image never stops execution for long.
+    pub snapshot_slice_bytes: u64,
+    /// ...and waits this long between slices (0: only for what is queued). A pause spreads a
+    /// big image's cost over time; building takes longer.
+    pub snapshot_slice_pause_us: Time,
     /// Executed slots a replica keeps to teach a lagging peer by log segment, and the leader lets
     /// acceptors keep, at most; beyond it they trim even if a replica is behind (it then learns by
     /// snapshot).
@@ -253,6 +259,8 @@ impl Default for Tunables {
             replica_report_interval_us: 10_000,
             phase1b_page_bytes: 256 * 1024,
             replica_snapshot_interval_slots: 20_000,
+            snapshot_slice_bytes: 1 << 20,
+            snapshot_slice_pause_us: 0,
             // About 500 MB of batches of 100 small commands: fits a c5.xlarge (8 GiB) with room.
             teach_retention_slots: 100_000,
             teach_retention_bytes: 512 << 20,
@@ -299,6 +307,7 @@ impl Tunables {
             ("teach_retention_slots", self.teach_retention_slots),
             ("teach_retention_bytes", self.teach_retention_bytes),
             ("teach_window_chunks", self.teach_window_chunks),
+            ("snapshot_slice_bytes", self.snapshot_slice_bytes),
             ("replica_down_after_us", self.replica_down_after_us),
             ("flush_interval_us", self.flush_interval_us),
             ("resend_timeout_us", self.resend_timeout_us),

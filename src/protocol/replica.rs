@@ -4,25 +4,27 @@
 //!
 //! Durable state: every executed slot's value is queued as a [`Record::Executed`], and every
 //! `replica_snapshot_interval_slots` slots the whole state (state machine and client table) as a
-//! [`Record::Snapshot`]. The watermark report waits for those records (`Out::send_after_persist`), so
-//! no one trims what this replica could not rebuild after a crash: a restart loads the snapshot and
-//! replays the executed values after it ([`Replica::recover`]), then catches up from its peers.
+//! [`Record::Snapshot`]. A snapshot's image is built from the state frozen at its slot
+//! ([`StateMachine::freeze`]: a copy of the maps that shares large values), `snapshot_slice_bytes`
+//! per turn, executing between turns, so a big state never stops the replica for long. The
+//! watermark report waits for those records (`Out::send_after_persist`), so no one trims what this
+//! replica could not rebuild after a crash: a restart loads the snapshot and replays the executed
+//! values after it ([`Replica::recover`]), then catches up from its peers.
 //!
 //! Teaching (Physalia's three modes, outside the consensus protocol):
 //! - **Log segment:** a replica stuck behind a peer sends it `CatchUp`; the peer answers with the
 //!   chosen values it still keeps (up to `teach_retention_slots` and `teach_retention_bytes` of
-//!   them), when they weigh at most `teach_log_max_percent_of_state` percent of its state.
-//! - **Bulk snapshot:** otherwise (the slots are gone, or the state is smaller) the peer serialises
-//!   its state at its watermark once, offers it (`SnapshotOffer`: slot, length, digest), and the
-//!   learner pulls it in `teach_chunk_bytes` chunks with at most `teach_window_chunks` asked for at
-//!   a time, so the teacher sends nothing it was not asked for. (Building the image takes one turn
-//!   of the teacher's executor, about a second per GB: it executes nothing meanwhile. Serving the
-//!   newest durable snapshot file from the runtime instead is the next step.) The learner checks
-//!   the digest, installs the state in one step (and on disk as a snapshot), and
-//!   carries on by log segment from there. The teacher is whichever peer is ahead (they take turns,
-//!   not only the furthest); a learner whose teacher goes quiet mid-transfer asks another, and
-//!   resumes where it was if that one offers the same image (replicas at the same slot serialise
-//!   the same bytes), else starts the new one.
+//!   them), when they weigh at most `teach_log_max_percent_of_state` percent of its state. A
+//!   learner asks for at most what `teach_max_slots_per_sec` allows since its last ask (0: no cap).
+//! - **Bulk snapshot:** otherwise (the slots are gone, or the state is smaller) the peer builds an
+//!   image of its state at its watermark once (in slices, as above, executing meanwhile), offers
+//!   it (`SnapshotOffer`: slot, length, digest), and the learner pulls it in `teach_chunk_bytes`
+//!   chunks with at most `teach_window_chunks` asked for at a time, so the teacher sends nothing it
+//!   was not asked for. The learner checks the digest, installs the state in one step (and on disk
+//!   as a snapshot), and carries on by log segment from there. The teacher is whichever peer is
+//!   ahead (they take turns, not only the furthest); a learner whose teacher goes quiet
+//!   mid-transfer asks another, and resumes where it was if that one offers the same image
+//!   (replicas at the same slot build the same bytes), else starts the new one.
 //! - **Per-slot recovery:** a replica stuck on a slot that no peer replica is ahead of (a `Chosen`
 //!   lost to every replica) reads the slot from its acceptor group (`ReadSlot`), and executes a
 //!   value only once f+1 acceptors report it at one ballot: a value is chosen exactly when a quorum
@@ -39,13 +41,13 @@ use super::membership::View;
 use super::messages::{
     chunk_by_bytes, with_archived, AcceptedEntry, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
-use super::state_machine::{SnapshotError, SnapshotReader, StateMachine};
+use super::state_machine::{FrozenState, SnapshotError, SnapshotReader, StateMachine};
 use super::timers::Timers;
 use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
 pub const MAX_CHOSEN_BUFFER: usize = 200_000;
@@ -73,6 +75,23 @@ struct ClientEntry {
 #[repr(usize)]
 enum Timer {
     Report,
+    /// Write the next slice of the image being built.
+    Image,
+}
+
+/// This replica's state at `slot`, frozen and written out as a durable image a slice per turn
+/// (`snapshot_slice_bytes`), so that execution goes on meanwhile.
+struct ImageBuild {
+    slot: Slot,
+    frozen: Box<dyn FrozenState>,
+    /// The image so far: the state machine's length, then its image.
+    bytes: Vec<u8>,
+    /// The client table at `slot`, appended once the state machine's image is written.
+    client_table: Vec<u8>,
+    /// Kept on disk as this replica's snapshot once built.
+    persist: bool,
+    /// Peers to offer it to once built.
+    learners: BTreeSet<NodeId>,
 }
 
 /// Teacher side: this replica's state at `slot`, serialised once for the learners that fetch it.
@@ -81,6 +100,12 @@ struct TeachImage {
     bytes: Bytes,
     digest: u64,
     last_fetch: Time,
+}
+
+impl TeachImage {
+    fn offer(&self) -> Msg {
+        Msg::SnapshotOffer { slot: self.slot, len: self.bytes.len() as u64, digest: self.digest }
+    }
 }
 
 /// Learner side: a snapshot being fetched.
@@ -127,7 +152,9 @@ pub struct Replica {
     /// The unbatchers in service in `view`, by id: replies go to them.
     unbatchers: Vec<NodeId>,
     executed_at_last_report: Slot,
-    timers: Timers<1>,
+    timers: Timers<2>,
+    /// The image being built, if any (one at a time).
+    building: Option<ImageBuild>,
     /// Durable (records queued, the watermark report held for them) or in memory (benchmarks).
     storage: Storage,
     /// A snapshot is taken every this many slots (durable only).
@@ -198,6 +225,7 @@ impl Replica {
             tunables: tunables.clone(),
             log_bytes: 0,
             teaching: None,
+            building: None,
             learning: None,
             slot_reads: BTreeMap::new(),
             next_teacher: 0,
@@ -260,6 +288,11 @@ impl Replica {
         bytes
     }
 
+    /// The state machine frozen as a snapshot builds it (`bench recovery` times its slices).
+    pub fn freeze_state_machine(&self) -> Box<dyn FrozenState> {
+        self.state_machine.freeze()
+    }
+
     /// Replaces the state machine and client table with those of a durable snapshot. The client
     /// table is parsed first, so damaged bytes leave it as it was.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -280,14 +313,64 @@ impl Replica {
     }
 
     /// Queues a snapshot when one is due, and the trim point of the records it makes unneeded.
-    fn maybe_snapshot(&mut self, out: &mut Out) {
+    fn maybe_snapshot(&mut self) {
         if self.storage != Storage::Durable || self.executed < self.snapshot_slot + self.snapshot_interval {
             return;
         }
-        let slot = self.executed;
-        out.persist(Record::Snapshot { slot, bytes: Bytes::from(self.durable_snapshot()) });
-        self.snapshot_slot = slot;
-        self.persist_trim(out);
+        self.build_image(true, None);
+    }
+
+    /// Freezes the state at the watermark and starts writing its image (or, when one is being
+    /// built, adds to what happens once it is done: kept on disk, offered to `learner`).
+    fn build_image(&mut self, persist: bool, learner: Option<(NodeId, Slot)>) {
+        if let Some(b) = self.building.as_mut() {
+            b.persist |= persist;
+            // A learner already at or past the image's slot asks again after it.
+            if let Some((peer, _)) = learner.filter(|&(_, from_slot)| b.slot > from_slot) {
+                b.learners.insert(peer);
+            }
+            return;
+        }
+        let frozen = self.state_machine.freeze();
+        let clients = self.clients_in_order();
+        let mut client_table = Vec::with_capacity(client_table_len(&clients));
+        encode_client_table(&clients, &mut client_table);
+        let mut bytes = Vec::with_capacity(8 + frozen.image_len() + client_table.len());
+        bytes.extend_from_slice(&(frozen.image_len() as u64).to_le_bytes());
+        self.building = Some(ImageBuild {
+            slot: self.executed,
+            frozen,
+            bytes,
+            client_table,
+            persist,
+            learners: learner.map(|(peer, _)| peer).into_iter().collect(),
+        });
+        // The next turn, not this one: messages are handled between slices.
+        self.timers.set(Timer::Image as usize, self.now + 1 + self.tunables.snapshot_slice_pause_us);
+    }
+
+    /// Writes the next slice of the image; once it is whole, keeps it on disk and offers it.
+    fn on_image_timer(&mut self, now: Time, out: &mut Out) {
+        let Some(b) = self.building.as_mut() else { return };
+        if !b.frozen.write_next(&mut b.bytes, self.tunables.snapshot_slice_bytes as usize) {
+            self.timers.set(Timer::Image as usize, now + 1 + self.tunables.snapshot_slice_pause_us);
+            return;
+        }
+        let mut b = self.building.take().expect("checked above");
+        b.bytes.extend_from_slice(&b.client_table);
+        let (slot, bytes) = (b.slot, Bytes::from(b.bytes));
+        if b.persist && self.storage == Storage::Durable && slot > self.snapshot_slot {
+            out.persist(Record::Snapshot { slot, bytes: bytes.clone() });
+            self.snapshot_slot = slot;
+            self.persist_trim(out);
+        }
+        if !b.learners.is_empty() {
+            let image = TeachImage { slot, digest: super::digest(&bytes), bytes, last_fetch: now };
+            for learner in b.learners {
+                out.send(learner, image.offer());
+            }
+            self.teaching = Some(image);
+        }
     }
 
     /// Records below both the snapshot and the oldest slot kept to teach peers are unneeded.
@@ -402,7 +485,7 @@ impl Replica {
             out.event(|| Event::Executed { slot, value_digest, state_digest });
             self.keep_to_teach(slot, value);
         }
-        self.maybe_snapshot(out);
+        self.maybe_snapshot();
     }
 
     /// One replica per slot answers the clients, so reply traffic does not grow with f...
@@ -499,19 +582,15 @@ impl Replica {
             }
             return;
         }
-        let image = match self.teaching.take() {
-            Some(image) if image.slot > from_slot => image,
-            _ => {
-                // Serialised once, then served in slices (`Bytes::slice` copies nothing).
-                let bytes = Bytes::from(self.durable_snapshot());
-                let digest = super::digest(&bytes);
-                TeachImage { slot: self.executed, bytes, digest, last_fetch: now }
+        match self.teaching.as_mut() {
+            // Built once, then served in slices (`Bytes::slice` copies nothing).
+            Some(image) if image.slot > from_slot => {
+                image.last_fetch = now;
+                out.send(from, image.offer());
             }
-        };
-        let offer =
-            Msg::SnapshotOffer { slot: image.slot, len: image.bytes.len() as u64, digest: image.digest };
-        self.teaching = Some(TeachImage { last_fetch: now, ..image });
-        out.send(from, offer);
+            // Offered once built, without stopping execution meanwhile.
+            _ => self.build_image(false, Some((from, from_slot))),
+        }
     }
 
     /// Whether the values from `from_slot` to the watermark weigh at most the configured share of
@@ -638,6 +717,9 @@ impl Replica {
             return;
         }
         self.executed = slot;
+        // An image being built is of the state just replaced.
+        self.building = None;
+        self.timers.cancel(Timer::Image as usize);
         self.chosen = self.chosen.split_off(&slot);
         self.forget_log_below(slot);
         self.slot_reads = self.slot_reads.split_off(&slot);
@@ -811,8 +893,13 @@ impl Role for Replica {
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         self.now = now;
-        if self.timers.take_expired(now).count() > 0 {
-            self.on_report_timer(now, out);
+        let expired: Vec<usize> = self.timers.take_expired(now).collect();
+        for timer in expired {
+            if timer == Timer::Report as usize {
+                self.on_report_timer(now, out);
+            } else {
+                self.on_image_timer(now, out);
+            }
         }
         self.check_invariants();
     }
@@ -1076,6 +1163,14 @@ mod tests {
         assert_eq!(r.executed_watermark(), 1);
     }
 
+    /// Lets an image being built finish: its slices are turns of their own.
+    fn settle(r: &mut Replica, out: &mut Out) {
+        while r.building.is_some() {
+            let at = r.poll_timeout().expect("an image being built has its timer set");
+            r.handle_timeout(at, out);
+        }
+    }
+
     /// What a durable replica's disk would hold after `out`: the newest snapshot and every record.
     fn keep_on_disk(disk: &mut Recovered, out: &mut Out) {
         for record in out.persist.drain(..) {
@@ -1087,6 +1182,38 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_is_built_in_slices_while_execution_goes_on_and_is_the_state_at_its_slot() {
+        let tunables =
+            Tunables { replica_snapshot_interval_slots: 16, snapshot_slice_bytes: 16, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
+        let batch = |slot: Slot| vec![put(100 + slot % 3, slot / 3 + 1, &format!("k{}", slot % 5), 40)];
+        let (mut snapshots, mut slices) = (Vec::new(), 0);
+        for slot in 0..80 {
+            let mut out = chosen(&mut r, slot, batch(slot));
+            if r.building.is_some() {
+                let at = r.poll_timeout().expect("an image being built has its timer set");
+                r.handle_timeout(at, &mut out); // one slice, then the next slot
+                slices += 1;
+            }
+            for record in out.persist {
+                if let Record::Snapshot { slot, bytes } = record {
+                    snapshots.push((slot, bytes));
+                }
+            }
+        }
+        let (slot, bytes) = snapshots.first().cloned().expect("a snapshot was built");
+        assert_eq!(slot, 16);
+        assert!(slices > 10, "{slices} slices: slots executed between them");
+        let mut reference = Replica::new(7, config, &tunables, new_sm(), 0);
+        for s in 0..slot {
+            chosen(&mut reference, s, batch(s));
+        }
+        assert_eq!(&bytes[..], &reference.durable_snapshot()[..], "the state at slot 16, not later");
+    }
+
+    #[test]
     fn a_restarted_replica_is_rebuilt_from_its_snapshot_and_the_values_after_it() {
         let tunables = Tunables { replica_snapshot_interval_slots: 16, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1);
@@ -1095,6 +1222,7 @@ mod tests {
         let mut disk = Recovered::default();
         for slot in 0..40 {
             let mut out = chosen(&mut r, slot, vec![incr(100 + slot % 3, slot + 1)]);
+            settle(&mut r, &mut out);
             keep_on_disk(&mut disk, &mut out);
         }
         assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(32), "snapshots at 16 and 32");
@@ -1130,21 +1258,33 @@ mod tests {
     ) -> Vec<&'static str> {
         let mut queue: std::collections::VecDeque<(NodeId, NodeId, Msg)> = first.into();
         let mut seen = Vec::new();
-        while let Some((from, to, msg)) = queue.pop_front() {
-            if drop(&msg) {
-                continue;
-            }
-            seen.push(msg.name());
-            let mut out = Out::new(true);
-            let target = if to == a.id { &mut *a } else { &mut *b };
-            target.handle_message(0, from, msg, &mut out);
-            for (next_to, m) in out.msgs.into_iter().chain(out.after_persist) {
-                if next_to == 7 || next_to == 8 {
-                    queue.push_back((to, next_to, m));
+        loop {
+            while let Some((from, to, msg)) = queue.pop_front() {
+                if drop(&msg) {
+                    continue;
                 }
+                seen.push(msg.name());
+                let mut out = Out::new(true);
+                let target = if to == a.id { &mut *a } else { &mut *b };
+                target.handle_message(0, from, msg, &mut out);
+                route(to, out, &mut queue);
             }
+            // Images being built: their slices are turns of their own (timers due at once).
+            let Some(builder) = [&mut *a, &mut *b].into_iter().find(|r| r.building.is_some()) else { break };
+            let mut out = Out::new(true);
+            let at = builder.poll_timeout().expect("an image being built has its timer set");
+            builder.handle_timeout(at, &mut out);
+            route(builder.id, out, &mut queue);
         }
         seen
+    }
+
+    fn route(from: NodeId, out: Out, queue: &mut std::collections::VecDeque<(NodeId, NodeId, Msg)>) {
+        for (to, m) in out.msgs.into_iter().chain(out.after_persist) {
+            if to == 7 || to == 8 {
+                queue.push_back((from, to, m));
+            }
+        }
     }
 
     fn put(client_id: u64, seq: u64, item: &str, value_len: usize) -> Command {
@@ -1329,6 +1469,7 @@ mod tests {
                 } else if let Some(t) = teachers.iter_mut().find(|t| t.id == to) {
                     let fetch = matches!(msg, Msg::SnapshotFetch { .. });
                     t.handle_message(now, from, msg, &mut out);
+                    settle(t, &mut out);
                     if fetch {
                         let n = served.entry(to).or_default();
                         *n += 1;
@@ -1470,6 +1611,7 @@ mod tests {
                 keep_on_disk(&mut disk, &mut out);
             } else {
                 ahead.handle_message(0, from, msg, &mut out);
+                settle(&mut ahead, &mut out);
             }
             queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
         }

@@ -428,6 +428,9 @@ async fn timer_loop(host: Rc<Host>, wake: LocalReceiver<()>) {
                 }
                 if host.now() >= at {
                     host.on_timeout();
+                    // A role may set its next timer for the next turn (a replica writing a big
+                    // image a slice at a time): let the connections have that turn first.
+                    glommio::executor().yield_now().await;
                 }
             }
         }

@@ -391,12 +391,18 @@ impl<'t> Simulator<'t> {
         // Paced learners (a stream of its own again, so older seeds keep their other draws).
         let mut pace_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9ace));
         let teach_max_slots_per_sec = [0, 0, 100, 2_000][pace_rng.gen_range(0..4)];
+        // Images of a few bytes per turn, turns apart: snapshots are built while replicas execute
+        // (the simulator's turns take no time, the runtime's do).
+        let snapshot_slice_bytes = [16, 1 << 20][pace_rng.gen_range(0..2)];
+        let snapshot_slice_pause_us = [0, 300][pace_rng.gen_range(0..2)];
         let tunables = Tunables {
             teach_retention_slots,
             teach_chunk_bytes,
             teach_window_chunks,
             replica_down_after_us,
             teach_max_slots_per_sec,
+            snapshot_slice_bytes,
+            snapshot_slice_pause_us,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
             phase1b_page_bytes: if pages.gen_bool(0.5) {

@@ -262,8 +262,36 @@ type Small = SmallVec<[u8; 24]>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    value: Small,
+    value: Stored,
     version: u64,
+}
+
+/// A stored value: up to 24 bytes inline (a small write allocates nothing), longer ones shared, so
+/// that freezing the store for a snapshot ([`KvStore::freeze`]) copies a pointer, not the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stored {
+    Inline(Small),
+    Shared(Bytes),
+}
+
+impl Stored {
+    fn from_slice(value: &[u8]) -> Self {
+        if value.len() <= 24 {
+            Stored::Inline(Small::from_slice(value))
+        } else {
+            Stored::Shared(Bytes::copy_from_slice(value))
+        }
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Stored::Inline(v) => v,
+            Stored::Shared(v) => v,
+        }
+    }
 }
 
 /// Reused buffers: an aligned one to read each op in place, and the results' encoder.
@@ -422,7 +450,7 @@ impl KvStore {
         for (item, value) in writes {
             match value {
                 Some(value) => {
-                    let entry = Entry { value: Small::from_slice(value.as_ref()), version };
+                    let entry = Entry { value: Stored::from_slice(value.as_ref()), version };
                     self.bytes += value.as_ref().len() as u64;
                     match part.items.insert(Small::from_slice(item.as_ref()), entry) {
                         Some(old) => self.bytes -= old.value.len() as u64,
@@ -506,6 +534,21 @@ impl StateMachine for KvStore {
         8 + framing + self.bytes as usize
     }
 
+    fn freeze(&self) -> Box<dyn super::FrozenState> {
+        // A copy of the maps' structure: keys and small values are copied, large values shared.
+        let mut partitions: Vec<_> = self.data.clone().into_iter().collect();
+        partitions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Box::new(FrozenKv {
+            len: self.snapshot_len(),
+            partitions,
+            next: 0,
+            partition: Small::new(),
+            items: Vec::new(),
+            item_at: 0,
+            started: false,
+        })
+    }
+
     fn snapshot_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
@@ -545,7 +588,7 @@ impl StateMachine for KvStore {
                     return Err(E("kv: an item framed under another partition"));
                 }
                 let item = Small::from_slice(r.field()?);
-                let value = Small::from_slice(r.field()?);
+                let value = Stored::from_slice(r.field()?);
                 let version = r.u64()?;
                 bytes += (item.len() + value.len()) as u64;
                 if items.insert(item, Entry { value, version }).is_some() {
@@ -564,6 +607,56 @@ impl StateMachine for KvStore {
         self.len = len;
         self.bytes = bytes;
         Ok(())
+    }
+}
+
+/// A store frozen for a snapshot: the same bytes as [`KvStore::snapshot`], written a partition's
+/// items at a time (each partition's items sorted when it is reached).
+struct FrozenKv {
+    len: usize,
+    /// Sorted by key; each taken when it is reached.
+    partitions: Vec<(Small, Partition)>,
+    next: usize,
+    /// The partition being written, and its items in order.
+    partition: Small,
+    items: Vec<(Small, Entry)>,
+    item_at: usize,
+    started: bool,
+}
+
+impl super::FrozenState for FrozenKv {
+    fn image_len(&self) -> usize {
+        self.len
+    }
+
+    fn write_next(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
+        let target = out.len().saturating_add(budget.max(1));
+        if !self.started {
+            self.started = true;
+            out.extend_from_slice(&(self.partitions.len() as u64).to_le_bytes());
+        }
+        loop {
+            while let Some((item, entry)) = self.items.get(self.item_at) {
+                if out.len() >= target {
+                    return false;
+                }
+                frame_entry(&self.partition, item, entry, &mut |b| out.extend_from_slice(b));
+                self.item_at += 1;
+            }
+            let Some((p, part)) = self.partitions.get_mut(self.next) else { return true };
+            if out.len() >= target {
+                return false;
+            }
+            self.next += 1;
+            self.partition = std::mem::take(p);
+            out.extend_from_slice(&(self.partition.len() as u64).to_le_bytes());
+            out.extend_from_slice(&self.partition);
+            out.extend_from_slice(&part.counter.to_le_bytes());
+            out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
+            self.items = std::mem::take(&mut part.items).into_iter().collect();
+            self.items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.item_at = 0;
+        }
     }
 }
 
@@ -879,7 +972,8 @@ mod tests {
     }
     fn value() -> BoxedStrategy<Bytes> {
         let ints = prop_oneof![any::<i64>(), -3i64..3].prop_map(int_bytes);
-        prop_oneof![any_bytes(10), ints].boxed()
+        // Some longer than 24 bytes: stored shared, not inline.
+        prop_oneof![any_bytes(10), ints, any_bytes(60)].boxed()
     }
     fn delta() -> BoxedStrategy<i64> {
         prop_oneof![4 => -5i64..5, 1 => any::<i64>()].boxed()
@@ -982,6 +1076,29 @@ mod tests {
             prop_assert_eq!(restored.digest(), s.digest());
             prop_assert_eq!(restored.len(), s.len());
             prop_assert_eq!(restored.approx_bytes(), s.approx_bytes());
+        }
+
+        #[test]
+        fn a_frozen_store_writes_the_snapshot_of_when_it_froze_in_slices_of_any_size(
+            before in small_ops(), after in small_ops(), budget in 1usize..200,
+        ) {
+            let mut s = KvStore::new();
+            for op in &before {
+                s.execute(op);
+            }
+            let expected = s.snapshot();
+            let mut frozen = s.freeze();
+            for op in &after {
+                s.execute(op); // the live store moves on; the frozen one must not see it
+            }
+            let mut image = Vec::new();
+            let mut slices = 0;
+            while !frozen.write_next(&mut image, budget) {
+                slices += 1;
+                prop_assert!(slices <= expected.len(), "write_next makes progress");
+            }
+            prop_assert_eq!(frozen.image_len(), expected.len());
+            prop_assert_eq!(image, expected);
         }
 
         #[test]

@@ -42,11 +42,46 @@ pub trait StateMachine: Send {
     fn snapshot_into(&self, out: &mut Vec<u8>);
     /// The exact length of [`StateMachine::snapshot`]'s image, without building it.
     fn snapshot_len(&self) -> usize;
+    /// The state as it is now, to write out as [`StateMachine::snapshot`]'s image in slices while
+    /// the live state moves on. The default builds the whole image here; a big state should
+    /// copy only what makes the later slices independent of it (cheap, shared values).
+    fn freeze(&self) -> Box<dyn FrozenState> {
+        Box::new(Built { image: self.snapshot(), written: false })
+    }
     /// Replaces the whole state with the one `snapshot` (from [`StateMachine::snapshot`]) describes.
     /// Bytes that are not such an image are an error (the state is then unspecified), never a panic.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
     /// About how many bytes the state holds (a snapshot weighs about this plus framing); cheap.
     fn approx_bytes(&self) -> u64;
+}
+
+/// A state frozen by [`StateMachine::freeze`]: its snapshot image, written out a slice at a time.
+pub trait FrozenState: Send {
+    /// The image's exact length.
+    fn image_len(&self) -> usize;
+    /// Appends the next part of the image to `out`: about `budget` bytes (more when one unit, an
+    /// item say, is larger). True once the whole image is written.
+    fn write_next(&mut self, out: &mut Vec<u8>, budget: usize) -> bool;
+}
+
+/// [`StateMachine::freeze`]'s default: the image, built at once.
+struct Built {
+    image: Vec<u8>,
+    written: bool,
+}
+
+impl FrozenState for Built {
+    fn image_len(&self) -> usize {
+        self.image.len()
+    }
+
+    fn write_next(&mut self, out: &mut Vec<u8>, _budget: usize) -> bool {
+        if !self.written {
+            out.extend_from_slice(&self.image);
+            self.written = true;
+        }
+        true
+    }
 }
 
 /// A snapshot that cannot be restored: truncated or inconsistent.
