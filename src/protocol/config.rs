@@ -268,7 +268,7 @@ impl Default for Tunables {
             teach_chunk_bytes: 256 << 10,
             teach_window_chunks: 4,
             teach_max_slots_per_sec: 0,
-            replica_down_after_us: 2_000_000,
+            replica_down_after_us: 500_000,
         }
     }
 }
