@@ -289,7 +289,7 @@ impl Replica {
     }
 
     /// The state machine frozen as a snapshot builds it (`bench recovery` times its slices).
-    pub fn freeze_state_machine(&self) -> Box<dyn FrozenState> {
+    pub fn freeze_state_machine(&mut self) -> Box<dyn FrozenState> {
         self.state_machine.freeze()
     }
 

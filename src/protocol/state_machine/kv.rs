@@ -8,6 +8,7 @@
 //! hashing, clocks, randomness or floats, and leave state untouched on any error.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -321,6 +322,58 @@ impl PartialEq for Scratch {
 
 impl Eq for Scratch {}
 
+/// A partition as the store holds it: its own, or shared with a frozen copy ([`KvStore::freeze`])
+/// until its next write, which takes it back (copying it only if the frozen copy still holds it).
+/// Owned is the common case, and writes to it cost no atomic operation.
+#[derive(Clone, Debug)]
+enum Held {
+    Owned(Partition),
+    Shared(Arc<Partition>),
+}
+
+impl Held {
+    #[inline]
+    fn make_mut(&mut self) -> &mut Partition {
+        if let Held::Shared(shared) = self {
+            let shared = std::mem::take(shared);
+            *self = Held::Owned(Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()));
+        }
+        match self {
+            Held::Owned(part) => part,
+            Held::Shared(_) => unreachable!("taken back above"),
+        }
+    }
+
+    fn share(&mut self) -> Arc<Partition> {
+        if let Held::Owned(part) = self {
+            *self = Held::Shared(Arc::new(std::mem::take(part)));
+        }
+        match self {
+            Held::Shared(shared) => shared.clone(),
+            Held::Owned(_) => unreachable!("shared above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Partition;
+    #[inline]
+    fn deref(&self) -> &Partition {
+        match self {
+            Held::Owned(part) => part,
+            Held::Shared(shared) => shared,
+        }
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Held {}
+
 /// One partition: its items and its version counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Partition {
@@ -337,7 +390,7 @@ struct Partition {
 /// allocating a key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    data: FxHashMap<Small, Partition>,
+    data: FxHashMap<Small, Held>,
     /// Buffers reused by every op (not part of the state).
     scratch: Scratch,
 
@@ -442,10 +495,10 @@ impl KvStore {
         // Look the partition up by reference: cloning its key on every write costs a refcount
         // promotion and a drop; only a new partition needs an owned key.
         if !self.data.contains_key(partition) {
-            self.data.insert(Small::from_slice(partition), Partition::default());
+            self.data.insert(Small::from_slice(partition), Held::Owned(Partition::default()));
             self.bytes += partition.len() as u64;
         }
-        let part = self.data.get_mut(partition).expect("inserted above");
+        let part = self.data.get_mut(partition).expect("inserted above").make_mut();
         let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
         for (item, value) in writes {
             match value {
@@ -534,9 +587,11 @@ impl StateMachine for KvStore {
         8 + framing + self.bytes as usize
     }
 
-    fn freeze(&self) -> Box<dyn super::FrozenState> {
-        // A copy of the maps' structure: keys and small values are copied, large values shared.
-        let mut partitions: Vec<_> = self.data.clone().into_iter().collect();
+    fn freeze(&mut self) -> Box<dyn super::FrozenState> {
+        // The partitions, shared: the live store copies one only if it writes to it before the
+        // image has it.
+        let mut partitions: Vec<_> =
+            self.data.iter_mut().map(|(p, part)| (p.clone(), part.share())).collect();
         partitions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Box::new(FrozenKv {
             len: self.snapshot_len(),
@@ -596,7 +651,7 @@ impl StateMachine for KvStore {
                 }
                 len += 1;
             }
-            if data.insert(partition, Partition { counter, items }).is_some() {
+            if data.insert(partition, Held::Owned(Partition { counter, items })).is_some() {
                 return Err(E("kv: a partition twice"));
             }
         }
@@ -614,8 +669,8 @@ impl StateMachine for KvStore {
 /// items at a time (each partition's items sorted when it is reached).
 struct FrozenKv {
     len: usize,
-    /// Sorted by key; each taken when it is reached.
-    partitions: Vec<(Small, Partition)>,
+    /// Sorted by key; each let go (so the live store need not copy it) once written.
+    partitions: Vec<(Small, Arc<Partition>)>,
     next: usize,
     /// The partition being written, and its items in order.
     partition: Small,
@@ -649,11 +704,14 @@ impl super::FrozenState for FrozenKv {
             }
             self.next += 1;
             self.partition = std::mem::take(p);
+            let part = std::mem::take(part);
             out.extend_from_slice(&(self.partition.len() as u64).to_le_bytes());
             out.extend_from_slice(&self.partition);
             out.extend_from_slice(&part.counter.to_le_bytes());
             out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
-            self.items = std::mem::take(&mut part.items).into_iter().collect();
+            // Taken whole if the live store has let it go (written since), else copied.
+            let items = Arc::try_unwrap(part).map_or_else(|shared| shared.items.clone(), |part| part.items);
+            self.items = items.into_iter().collect();
             self.items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             self.item_at = 0;
         }
@@ -1088,12 +1146,15 @@ mod tests {
             }
             let expected = s.snapshot();
             let mut frozen = s.freeze();
-            for op in &after {
-                s.execute(op); // the live store moves on; the frozen one must not see it
-            }
+            let mut after = after.iter();
             let mut image = Vec::new();
             let mut slices = 0;
+            // The live store moves on between slices (a write takes back a partition the image
+            // has not reached yet, or one it has); the image must not see it.
             while !frozen.write_next(&mut image, budget) {
+                if let Some(op) = after.next() {
+                    s.execute(op);
+                }
                 slices += 1;
                 prop_assert!(slices <= expected.len(), "write_next makes progress");
             }

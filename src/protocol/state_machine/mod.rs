@@ -45,7 +45,7 @@ pub trait StateMachine: Send {
     /// The state as it is now, to write out as [`StateMachine::snapshot`]'s image in slices while
     /// the live state moves on. The default builds the whole image here; a big state should
     /// copy only what makes the later slices independent of it (cheap, shared values).
-    fn freeze(&self) -> Box<dyn FrozenState> {
+    fn freeze(&mut self) -> Box<dyn FrozenState> {
         Box::new(Built { image: self.snapshot(), written: false })
     }
     /// Replaces the whole state with the one `snapshot` (from [`StateMachine::snapshot`]) describes.
