@@ -281,10 +281,11 @@ def part_wiped(args, result):
         load, load_err = c.client(60, clients=256, name="load", verify=True)
         load_start = time.time()
         time.sleep(8)
+        # The seconds before the kill (a killed replica's clients wait for the others to answer).
+        before = rate_between(load_err, time.time() - 6, time.time() - 1, load_start)
         c.kill(7)
         shutil.rmtree(c.data_dir(7), ignore_errors=True)
         peer = c.watermark(8)
-        before = rate_between(load_err, time.time() - 6, time.time(), load_start)
         c.start(7)
         t = time.time()
         c.wait_serving(7)
