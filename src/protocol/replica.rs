@@ -88,6 +88,8 @@ struct ImageBuild {
     bytes: Vec<u8>,
     /// The client table at `slot`, appended once the state machine's image is written.
     client_table: Vec<u8>,
+    /// The digest of `bytes` so far, a slice at a time (one pass over a GB is a long turn too).
+    digest: xxhash_rust::xxh3::Xxh3Default,
     /// Kept on disk as this replica's snapshot once built.
     persist: bool,
     /// Peers to offer it to once built.
@@ -337,11 +339,14 @@ impl Replica {
         encode_client_table(&clients, &mut client_table);
         let mut bytes = Vec::with_capacity(8 + frozen.image_len() + client_table.len());
         bytes.extend_from_slice(&(frozen.image_len() as u64).to_le_bytes());
+        let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
+        digest.update(&bytes);
         self.building = Some(ImageBuild {
             slot: self.executed,
             frozen,
             bytes,
             client_table,
+            digest,
             persist,
             learners: learner.map(|(peer, _)| peer).into_iter().collect(),
         });
@@ -352,20 +357,25 @@ impl Replica {
     /// Writes the next slice of the image; once it is whole, keeps it on disk and offers it.
     fn on_image_timer(&mut self, now: Time, out: &mut Out) {
         let Some(b) = self.building.as_mut() else { return };
-        if !b.frozen.write_next(&mut b.bytes, self.tunables.snapshot_slice_bytes as usize) {
+        let written = b.bytes.len();
+        let done = b.frozen.write_next(&mut b.bytes, self.tunables.snapshot_slice_bytes as usize);
+        b.digest.update(&b.bytes[written..]);
+        if !done {
             self.timers.set(Timer::Image as usize, now + 1 + self.tunables.snapshot_slice_pause_us);
             return;
         }
         let mut b = self.building.take().expect("checked above");
         b.bytes.extend_from_slice(&b.client_table);
-        let (slot, bytes) = (b.slot, Bytes::from(b.bytes));
+        b.digest.update(&b.client_table);
+        let (slot, bytes, digest) = (b.slot, Bytes::from(b.bytes), b.digest.digest());
         if b.persist && self.storage == Storage::Durable && slot > self.snapshot_slot {
             out.persist(Record::Snapshot { slot, bytes: bytes.clone() });
             self.snapshot_slot = slot;
             self.persist_trim(out);
         }
         if !b.learners.is_empty() {
-            let image = TeachImage { slot, digest: super::digest(&bytes), bytes, last_fetch: now };
+            debug_assert_eq!(digest, super::digest(&bytes), "the digest of the image, a slice at a time");
+            let image = TeachImage { slot, digest, bytes, last_fetch: now };
             for learner in b.learners {
                 out.send(learner, image.offer());
             }
