@@ -8,14 +8,17 @@ on loopback, durable, default settings), under `autopaxos client` load, and meas
      load runs; the resident memory (VmRSS) of every other node is sampled every 5 s; then 7 comes
      back on its disk and catches up (by snapshot: it is beyond the teaching budget);
   2. catch-up by log segment: replica 7 is down 10 s, then restarts on its disk; slots learned per
-     second, and the load's throughput while it learns against the seconds before;
+     second, time until it is level with the live watermark, and the load's throughput meanwhile
+     against the seconds with every replica up and with 7 down (again paced at --segment-rate
+     slots/s, `teach_max_slots_per_sec`, when given);
   3. a wiped replica with a large state: --fill seconds of writes of --big-value bytes to the load
      generator's 100,000 keys (about 1 GiB by default), then, under a load, replica 7 is wiped and
      restarted: time from its start to the peer's watermark (serving), to its snapshot on disk, MB/s
-     of snapshot, and the load's throughput during the transfer against the seconds before.
+     of snapshot, and the load's throughput during the transfer against the seconds before the kill.
 
 Writes bench/results/teaching-YYYYMMDD-HHMMSS.json with every figure and the machine, and prints
-a summary. Usage: bench/teaching.py [--down 60] [--big-value 10240] [--fill 25] [--help]
+a summary. Usage: bench/teaching.py [--down 60] [--big-value 10240] [--fill 25]
+[--segment-rate N] [--only down|segment|wiped] [--keep] [--help]
 Run it on a quiet machine (a build in the background makes every sync many times slower).
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request

@@ -242,7 +242,8 @@ pub struct Tunables {
     /// nodes share cores, a cap keeps it from starving the live load (and makes it slower).
     pub teach_max_slots_per_sec: u64,
     /// A replica that has not reported its watermark for this long is taken for down: the leader's
-    /// trim point follows the replicas that are up.
+    /// trim point follows the replicas that are up, and the other replicas answer its slots'
+    /// clients.
     pub replica_down_after_us: Time,
 }
 
