@@ -14,11 +14,12 @@ on loopback, durable, default settings), under `autopaxos client` load, and meas
   3. a wiped replica with a large state: --fill seconds of writes of --big-value bytes to the load
      generator's 100,000 keys (about 1 GiB by default), then, under a load, replica 7 is wiped and
      restarted: time from its start to the peer's watermark (serving), to its snapshot on disk, MB/s
-     of snapshot, and the load's throughput during the transfer against the seconds before the kill.
+     of snapshot, and the load's throughput during the transfer against the seconds before the kill
+     (again paced at --snapshot-rate bytes/s, `teach_max_bytes_per_sec`, when given).
 
 Writes bench/results/teaching-YYYYMMDD-HHMMSS.json with every figure and the machine, and prints
 a summary. Usage: bench/teaching.py [--down 60] [--big-value 10240] [--fill 25]
-[--segment-rate N] [--only down|segment|wiped] [--keep] [--help]
+[--segment-rate N] [--snapshot-rate B] [--only down|segment|wiped] [--keep] [--help]
 Run it on a quiet machine (a build in the background makes every sync many times slower).
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
@@ -168,6 +169,8 @@ def main():
     ap.add_argument("--fill", type=int, default=25, help="seconds of writes that build the large state")
     ap.add_argument("--segment-rate", type=int, default=0,
                     help="part 2 again with teach_max_slots_per_sec at this rate (0: only unpaced)")
+    ap.add_argument("--snapshot-rate", type=int, default=0,
+                    help="part 3 again with teach_max_bytes_per_sec at this rate (0: only unpaced)")
     ap.add_argument("--only", choices=["down", "segment", "wiped"], help="run one of the three parts")
     ap.add_argument("--keep", action="store_true", help="keep each cluster's directory (logs) and print it")
     args = ap.parse_args()
@@ -186,7 +189,9 @@ def main():
         if args.segment_rate:
             result["log_segment_paced"] = part_segment(args.segment_rate)
     if args.only in (None, "wiped"):
-        part_wiped(args, result)
+        result["wiped_large_state"] = part_wiped(args, 0)
+        if args.snapshot_rate:
+            result["wiped_large_state_paced"] = part_wiped(args, args.snapshot_rate)
     save(result)
 
 
@@ -271,9 +276,10 @@ def part_segment(rate):
         c.stop()
 
 
-def part_wiped(args, result):
-    """3: a wiped replica with a large state, taught by snapshot under load."""
-    c = Cluster()
+def part_wiped(args, rate):
+    """3: a wiped replica with a large state, taught by snapshot under load (paced at `rate`
+    bytes/s, or not if 0)."""
+    c = Cluster(f"teach_max_bytes_per_sec = {rate}\n")
     try:
         start_all(c)
         # Random keys among the load generator's 100,000: about keys * value bytes of state once
@@ -303,7 +309,9 @@ def part_wiped(args, result):
             time.sleep(0.05)
         durable = time.time() - t
         size = sum(os.path.getsize(os.path.join(c.data_dir(7), f)) for f in snaps)
-        result["wiped_large_state"] = {
+        load.kill()
+        return {
+            "teach_max_bytes_per_sec": rate,
             "fill": f"{args.fill}s of 256 clients writing {args.big_value}-byte values",
             "snapshot_bytes_on_disk": size,
             "start_to_caught_up_s": round(caught, 3),
@@ -313,7 +321,6 @@ def part_wiped(args, result):
             "load_cmds_per_s_before": before, "load_cmds_per_s_during": during,
             "throughput_drop": None if not before or during is None else round(1 - during / before, 3),
         }
-        load.kill()
     finally:
         c.stop()
 

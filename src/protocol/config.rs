@@ -241,6 +241,9 @@ pub struct Tunables {
     /// applies them. Catching up costs a replica about as much CPU per slot as executing; where
     /// nodes share cores, a cap keeps it from starving the live load (and makes it slower).
     pub teach_max_slots_per_sec: u64,
+    /// ...and snapshot chunks at most this many bytes per second (after a first window); 0: no
+    /// cap. The same trade for a snapshot: the learner's install and the teacher's sends.
+    pub teach_max_bytes_per_sec: u64,
     /// A replica that has not reported its watermark for this long is taken for down: the leader's
     /// trim point follows the replicas that are up, and the other replicas answer its slots'
     /// clients.
@@ -269,6 +272,7 @@ impl Default for Tunables {
             teach_chunk_bytes: 256 << 10,
             teach_window_chunks: 4,
             teach_max_slots_per_sec: 0,
+            teach_max_bytes_per_sec: 0,
             replica_down_after_us: 500_000,
         }
     }

@@ -124,6 +124,8 @@ struct Learning {
     asked_to: u64,
     /// Report periods in a row with no new byte.
     quiet_reports: u32,
+    /// When the transfer began (paces `teach_max_bytes_per_sec`).
+    started_at: Time,
 }
 
 /// One replica.
@@ -667,6 +669,7 @@ impl Replica {
             ahead: BTreeMap::new(),
             asked_to: 0,
             quiet_reports: 0,
+            started_at: self.now,
         };
         self.learning = Some(learning);
         self.fetch_window(out);
@@ -676,7 +679,12 @@ impl Replica {
     fn fetch_window(&mut self, out: &mut Out) {
         let (chunk, window) = (self.tunables.teach_chunk_bytes, self.tunables.teach_window_chunks);
         let Some(l) = self.learning.as_mut() else { return };
-        let limit = (l.bytes.len() as u64).saturating_add(chunk * window).min(l.len);
+        let mut limit = (l.bytes.len() as u64).saturating_add(chunk * window).min(l.len);
+        if let rate @ 1.. = self.tunables.teach_max_bytes_per_sec {
+            // A window at once, then no faster than the rate since the transfer began.
+            let allowed = rate.saturating_mul(self.now.saturating_sub(l.started_at)) / 1_000_000;
+            limit = limit.min(allowed.saturating_add(chunk * window));
+        }
         while l.asked_to < limit {
             out.send(l.teacher, Msg::SnapshotFetch { slot: l.slot, offset: l.asked_to });
             l.asked_to += chunk;
@@ -833,6 +841,13 @@ impl Replica {
     /// silence give the teacher up and ask another peer.
     fn on_learning_report(&mut self, out: &mut Out) {
         let Some(l) = self.learning.as_mut() else { return };
+        if l.bytes.len() as u64 >= l.asked_to && l.asked_to < l.len {
+            // Everything asked for came, and more is due: paced (`teach_max_bytes_per_sec`),
+            // not stalled. Ask for what the rate allows now.
+            l.quiet_reports = 0;
+            self.fetch_window(out);
+            return;
+        }
         l.quiet_reports += 1;
         if l.quiet_reports % TEACHER_QUIET_REPORTS == 0 {
             // Ask a peer (the next in turn) to teach: the same image resumes where it was, another
@@ -1389,6 +1404,42 @@ mod tests {
         assert!(seen.contains(&"Chosen") && !seen.contains(&"SnapshotOffer"), "{seen:?}");
         assert_eq!(behind.executed_watermark(), 13);
         assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn a_paced_learner_fetches_a_snapshot_no_faster_than_its_byte_rate() {
+        // 512-byte chunks, two at a time, at most 51,200 bytes/s (100 chunks a second).
+        let tunables = Tunables {
+            teach_retention_slots: 5,
+            teach_chunk_bytes: 512,
+            teach_window_chunks: 2,
+            teach_max_bytes_per_sec: 51_200,
+            ..Tunables::default()
+        };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new =
+            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let (mut behind, mut ahead) = (new(7), new(8));
+        for slot in 0..40 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
+        }
+        behind.handle_message(0, 8, Msg::Executed { watermark: 40 }, &mut Out::new(false));
+        let mut now = 0;
+        while behind.executed_watermark() < 40 {
+            now = behind.poll_timeout().unwrap();
+            assert!(now < 10_000_000, "taught within 10 s");
+            let mut out = Out::new(true);
+            behind.handle_timeout(now, &mut out);
+            let first: Vec<_> =
+                out.msgs.into_iter().filter(|(to, _)| *to == 8).map(|(to, m)| (7, to, m)).collect();
+            exchange(&mut behind, &mut ahead, first, |_| false);
+        }
+        let len = ahead.durable_snapshot().len() as u64;
+        // The first window goes at once; the rest no faster than the rate.
+        let least = (len - 2 * 512) * 1_000_000 / 51_200;
+        assert!(now >= least, "{len} bytes in {now} us: faster than 51,200 bytes/s (at least {least} us)");
+        assert!(now <= least + 500_000, "{len} bytes in {now} us: the pace, not the quiet-teacher timeouts");
+        assert_eq!(behind.state_digest(), ahead.state_digest());
     }
 
     #[test]

@@ -70,6 +70,7 @@ struct FileSettings {
     teach_chunk_bytes: Option<u64>,
     teach_window_chunks: Option<u64>,
     teach_max_slots_per_sec: Option<u64>,
+    teach_max_bytes_per_sec: Option<u64>,
     replica_down_after_us: Option<u64>,
     data_dir: Option<PathBuf>,
 }
@@ -190,6 +191,7 @@ impl ClusterFile {
             teach_chunk_bytes: s.teach_chunk_bytes.unwrap_or(d.teach_chunk_bytes),
             teach_window_chunks: s.teach_window_chunks.unwrap_or(d.teach_window_chunks),
             teach_max_slots_per_sec: s.teach_max_slots_per_sec.unwrap_or(d.teach_max_slots_per_sec),
+            teach_max_bytes_per_sec: s.teach_max_bytes_per_sec.unwrap_or(d.teach_max_bytes_per_sec),
             replica_down_after_us: s.replica_down_after_us.unwrap_or(d.replica_down_after_us),
         };
         tunables.validate()?;
@@ -230,6 +232,7 @@ teach_log_max_percent_of_state = 50  # ship a log segment up to this % of the st
 teach_chunk_bytes = 262144       # snapshot transfer: bytes per chunk
 teach_window_chunks = 4          # snapshot transfer: chunks in flight per learner
 teach_max_slots_per_sec = 0      # learning by log segment at most this fast (0: unpaced)
+teach_max_bytes_per_sec = 0      # ...and by snapshot at most this many bytes/s (0: unpaced)
 replica_down_after_us = 500000   # a silent replica is down: its slots answered by others, trim passes it
 # data_dir = "./autopaxos-data"  # acceptors and replicas keep their state in <data_dir>/node-<id>
 

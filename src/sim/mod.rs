@@ -395,6 +395,7 @@ impl<'t> Simulator<'t> {
         // (the simulator's turns take no time, the runtime's do).
         let snapshot_slice_bytes = [16, 1 << 20][pace_rng.gen_range(0..2)];
         let snapshot_slice_pause_us = [0, 300][pace_rng.gen_range(0..2)];
+        let teach_max_bytes_per_sec = [0, 0, 20_000, 1 << 20][pace_rng.gen_range(0..4)];
         let tunables = Tunables {
             teach_retention_slots,
             teach_chunk_bytes,
@@ -403,6 +404,7 @@ impl<'t> Simulator<'t> {
             teach_max_slots_per_sec,
             snapshot_slice_bytes,
             snapshot_slice_pause_us,
+            teach_max_bytes_per_sec,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
             phase1b_page_bytes: if pages.gen_bool(0.5) {
