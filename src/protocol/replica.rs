@@ -19,12 +19,13 @@
 //! - **Bulk snapshot:** otherwise (the slots are gone, or the state is smaller) the peer builds an
 //!   image of its state at its watermark once (in slices, as above, executing meanwhile), offers
 //!   it (`SnapshotOffer`: slot, length, digest), and the learner pulls it in `teach_chunk_bytes`
-//!   chunks with at most `teach_window_chunks` asked for at a time, so the teacher sends nothing it
-//!   was not asked for. The learner checks the digest, installs the state in one step (and on disk
-//!   as a snapshot), and carries on by log segment from there. The teacher is whichever peer is
-//!   ahead (they take turns, not only the furthest); a learner whose teacher goes quiet
-//!   mid-transfer asks another, and resumes where it was if that one offers the same image
-//!   (replicas at the same slot build the same bytes), else starts the new one.
+//!   chunks with at most `teach_window_chunks` asked for at a time (and no faster than
+//!   `teach_max_bytes_per_sec`, if set), so the teacher sends nothing it was not asked for. The
+//!   learner checks the digest, installs the state in one step (and on disk as a snapshot), and
+//!   carries on by log segment from there. The teacher is whichever peer is ahead (they take
+//!   turns, not only the furthest); a learner whose teacher goes quiet mid-transfer asks another,
+//!   and resumes where it was if that one offers the same image (replicas at the same slot build
+//!   the same bytes), else starts the new one.
 //! - **Per-slot recovery:** a replica stuck on a slot that no peer replica is ahead of (a `Chosen`
 //!   lost to every replica) reads the slot from its acceptor group (`ReadSlot`), and executes a
 //!   value only once f+1 acceptors report it at one ballot: a value is chosen exactly when a quorum
