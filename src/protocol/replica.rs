@@ -353,8 +353,12 @@ impl Replica {
             persist,
             learners: learner.map(|(peer, _)| peer).into_iter().collect(),
         });
-        // The next turn, not this one: messages are handled between slices.
-        self.timers.set(Timer::Image as usize, self.now + 1 + self.tunables.snapshot_slice_pause_us);
+        self.timers.set(Timer::Image as usize, self.next_slice_at(self.now));
+    }
+
+    /// The next turn, not this one (messages are handled between slices), after any pause.
+    fn next_slice_at(&self, now: Time) -> Time {
+        now.saturating_add(1).saturating_add(self.tunables.snapshot_slice_pause_us)
     }
 
     /// Writes the next slice of the image; once it is whole, keeps it on disk and offers it.
@@ -364,7 +368,7 @@ impl Replica {
         let done = b.frozen.write_next(&mut b.bytes, self.tunables.snapshot_slice_bytes as usize);
         b.digest.update(&b.bytes[written..]);
         if !done {
-            self.timers.set(Timer::Image as usize, now + 1 + self.tunables.snapshot_slice_pause_us);
+            self.timers.set(Timer::Image as usize, self.next_slice_at(now));
             return;
         }
         let mut b = self.building.take().expect("checked above");
