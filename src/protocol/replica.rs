@@ -283,11 +283,8 @@ impl Replica {
     /// client table (as [`Replica::snapshot`] lays it out). What a [`Record::Snapshot`] carries and
     /// [`Replica::recover`] restores; public so that `bench recovery` can write a real snapshot file.
     pub fn durable_snapshot(&self) -> Vec<u8> {
-        // One buffer of the image's size, written once.
         let clients = self.clients_in_order();
-        let state_machine_len = self.state_machine.snapshot_len();
-        let mut bytes = Vec::with_capacity(8 + state_machine_len + client_table_len(&clients));
-        bytes.extend_from_slice(&(state_machine_len as u64).to_le_bytes());
+        let mut bytes = image_buffer(self.state_machine.snapshot_len(), client_table_len(&clients));
         self.state_machine.snapshot_into(&mut bytes);
         encode_client_table(&clients, &mut bytes);
         bytes
@@ -340,8 +337,7 @@ impl Replica {
         let clients = self.clients_in_order();
         let mut client_table = Vec::with_capacity(client_table_len(&clients));
         encode_client_table(&clients, &mut client_table);
-        let mut bytes = Vec::with_capacity(8 + frozen.image_len() + client_table.len());
-        bytes.extend_from_slice(&(frozen.image_len() as u64).to_le_bytes());
+        let bytes = image_buffer(frozen.image_len(), client_table.len());
         let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
         digest.update(&bytes);
         self.building = Some(ImageBuild {
@@ -923,13 +919,15 @@ impl Role for Replica {
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         self.now = now;
-        let expired: Vec<usize> = self.timers.take_expired(now).collect();
-        for timer in expired {
-            if timer == Timer::Report as usize {
-                self.on_report_timer(now, out);
-            } else {
-                self.on_image_timer(now, out);
-            }
+        let mut expired = [false; 2];
+        for timer in self.timers.take_expired(now) {
+            expired[timer] = true;
+        }
+        if expired[Timer::Report as usize] {
+            self.on_report_timer(now, out);
+        }
+        if expired[Timer::Image as usize] {
+            self.on_image_timer(now, out);
         }
         self.check_invariants();
     }
@@ -945,6 +943,14 @@ impl Role for Replica {
     fn as_replica(&self) -> Option<&Replica> {
         Some(self)
     }
+}
+
+/// A durable image's buffer, of its whole size, holding its first field: the state machine's
+/// image length. The state machine's image follows, then the client table.
+fn image_buffer(state_machine_len: usize, client_table_len: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + state_machine_len + client_table_len);
+    bytes.extend_from_slice(&(state_machine_len as u64).to_le_bytes());
+    bytes
 }
 
 /// Bytes the client table takes in a snapshot: id, sequence number and length-prefixed reply.
@@ -982,6 +988,14 @@ mod tests {
         let mut out = Out::new(true);
         r.handle_message(0, 6, Msg::Chosen { slot, value: Value::Batch(encode_batch(commands)) }, &mut out);
         out
+    }
+
+    /// Whether a write to its own key in `slot`, chosen at `now`, gets a reply from `r`.
+    fn replies_at(r: &mut Replica, now: Time, slot: Slot) -> bool {
+        let mut out = Out::new(false);
+        let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
+        r.handle_message(now, 6, Msg::Chosen { slot, value }, &mut out);
+        out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
     }
 
     fn applied(out: &Out) -> Vec<(u64, u64)> {
@@ -1111,12 +1125,6 @@ mod tests {
     fn a_replica_answers_the_slots_of_a_peer_that_went_silent() {
         let mut r = replica(7);
         let down_after = Tunables::default().replica_down_after_us;
-        let replies_at = |r: &mut Replica, now: Time, slot: Slot| {
-            let mut out = Out::new(false);
-            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
-            r.handle_message(now, 6, Msg::Chosen { slot, value }, &mut out);
-            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
-        };
         r.handle_message(10, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
         assert!(replies_at(&mut r, 0, 0), "slot 0 is replica 7's own");
         assert!(!replies_at(&mut r, 20, 1), "slot 1 is replica 8's, and 8 reported just now");
@@ -1136,40 +1144,28 @@ mod tests {
     #[test]
     fn a_replica_answers_the_slots_of_a_peer_restarted_on_a_wiped_disk() {
         let mut r = replica(7);
-        let replies_at = |r: &mut Replica, slot: Slot| {
-            let mut out = Out::new(false);
-            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
-            r.handle_message(5, 6, Msg::Chosen { slot, value }, &mut out);
-            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
-        };
         let slot = Tunables::default().max_in_flight_slots as u64 + 3; // replica 8's (odd)
         for below in 0..slot {
             r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
         }
         r.handle_message(5, 8, Msg::Executed { watermark: slot }, &mut Out::new(false));
-        assert!(!replies_at(&mut r, slot), "8 is up and level with 7: its slots are its own");
+        assert!(!replies_at(&mut r, 5, slot), "8 is up and level with 7: its slots are its own");
         r.handle_message(5, 6, Msg::Chosen { slot: slot + 1, value: Value::Noop }, &mut Out::new(false));
         // 8 comes back on an empty disk: a report of 0 after one of `slot`.
         r.handle_message(5, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
-        assert!(replies_at(&mut r, slot + 2), "8 starts again from nothing: 7 answers for it");
+        assert!(replies_at(&mut r, 5, slot + 2), "8 starts again from nothing: 7 answers for it");
     }
 
     #[test]
     fn a_replica_catching_up_does_not_answer_slots_a_peer_executed_a_window_ago() {
         let mut r = replica(7);
         let window = Tunables::default().max_in_flight_slots as u64;
-        let replies_at = |r: &mut Replica, slot: Slot| {
-            let mut out = Out::new(false);
-            let value = Value::Batch(encode_batch(vec![incr(100 + slot, 1)]));
-            r.handle_message(5, 6, Msg::Chosen { slot, value }, &mut out);
-            out.msgs.iter().any(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
-        };
         r.handle_message(5, 8, Msg::Executed { watermark: 2 * window + 10 }, &mut Out::new(false));
-        assert!(!replies_at(&mut r, 0), "slot 0 is 7's own, but 8 passed it more than a window ago");
+        assert!(!replies_at(&mut r, 5, 0), "slot 0 is 7's own, but 8 passed it more than a window ago");
         for below in 1..window + 10 {
             r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
         }
-        assert!(replies_at(&mut r, window + 10), "7's own slot, within a window of 8's watermark");
+        assert!(replies_at(&mut r, 5, window + 10), "7's own slot, within a window of 8's watermark");
     }
 
     #[test]
@@ -1411,23 +1407,30 @@ mod tests {
         assert_eq!(behind.snapshot(), ahead.snapshot());
     }
 
-    #[test]
-    fn a_paced_learner_fetches_a_snapshot_no_faster_than_its_byte_rate() {
-        // 512-byte chunks, two at a time, at most 51,200 bytes/s (100 chunks a second).
+    /// Replica 8 ahead by 40 slots of 100-byte puts and keeping only 5 of them; replica 7 empty.
+    /// Snapshots go in 512-byte chunks, two at a time, at most `bytes_per_sec` (0: no cap).
+    fn snapshot_teacher_and_learner(bytes_per_sec: u64) -> (Replica, Replica) {
         let tunables = Tunables {
             teach_retention_slots: 5,
             teach_chunk_bytes: 512,
             teach_window_chunks: 2,
-            teach_max_bytes_per_sec: 51_200,
+            teach_max_bytes_per_sec: bytes_per_sec,
             ..Tunables::default()
         };
         let config = ClusterConfig::f1(1, 1, 1, 1);
         let new =
             |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
-        let (mut behind, mut ahead) = (new(7), new(8));
+        let (behind, mut ahead) = (new(7), new(8));
         for slot in 0..40 {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
         }
+        (behind, ahead)
+    }
+
+    #[test]
+    fn a_paced_learner_fetches_a_snapshot_no_faster_than_its_byte_rate() {
+        // 512-byte chunks, two at a time, at most 51,200 bytes/s (100 chunks a second).
+        let (mut behind, mut ahead) = snapshot_teacher_and_learner(51_200);
         behind.handle_message(0, 8, Msg::Executed { watermark: 40 }, &mut Out::new(false));
         let mut now = 0;
         while behind.executed_watermark() < 40 {
@@ -1449,19 +1452,7 @@ mod tests {
 
     #[test]
     fn slots_the_teacher_no_longer_keeps_are_taught_by_a_snapshot_in_chunks_then_the_log_follows() {
-        let tunables = Tunables {
-            teach_retention_slots: 5,
-            teach_chunk_bytes: 512,
-            teach_window_chunks: 2,
-            ..Tunables::default()
-        };
-        let config = ClusterConfig::f1(1, 1, 1, 1);
-        let new =
-            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
-        let (mut behind, mut ahead) = (new(7), new(8));
-        for slot in 0..40 {
-            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
-        }
+        let (mut behind, mut ahead) = snapshot_teacher_and_learner(0);
         assert_eq!(ahead.log.len(), 5, "the retention budget bounds what a teacher keeps");
         let seen = exchange(
             &mut behind,

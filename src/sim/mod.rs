@@ -388,7 +388,7 @@ impl<'t> Simulator<'t> {
         let teach_chunk_bytes = [64, 1024, 256 << 10][teach_rng.gen_range(0..3)];
         let teach_window_chunks = [1, 4][teach_rng.gen_range(0..2)];
         let replica_down_after_us = [300_000, 2_000_000][teach_rng.gen_range(0..2)];
-        // Paced learners (a stream of its own again, so older seeds keep their other draws).
+        // Pacing and image slicing (a stream of its own again, so older seeds keep their draws).
         let mut pace_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9ace));
         let teach_max_slots_per_sec = [0, 0, 100, 2_000][pace_rng.gen_range(0..4)];
         // Images of a few bytes per turn, turns apart: snapshots are built while replicas execute

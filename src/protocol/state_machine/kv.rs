@@ -334,9 +334,11 @@ enum Held {
 impl Held {
     #[inline]
     fn make_mut(&mut self) -> &mut Partition {
-        if let Held::Shared(shared) = self {
-            let shared = std::mem::take(shared);
-            *self = Held::Owned(Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()));
+        if matches!(self, Held::Shared(_)) {
+            // An empty partition allocates nothing: a placeholder for the moment of the swap.
+            if let Held::Shared(shared) = std::mem::replace(self, Held::Owned(Partition::default())) {
+                *self = Held::Owned(Arc::unwrap_or_clone(shared));
+            }
         }
         match self {
             Held::Owned(part) => part,
@@ -595,12 +597,11 @@ impl StateMachine for KvStore {
         partitions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Box::new(FrozenKv {
             len: self.snapshot_len(),
-            partitions,
-            next: 0,
+            count: Some(partitions.len()),
+            partitions: partitions.into_iter(),
             partition: Small::new(),
             items: Vec::new(),
             item_at: 0,
-            started: false,
         })
     }
 
@@ -611,10 +612,7 @@ impl StateMachine for KvStore {
         let mut partitions: Vec<_> = self.data.iter().collect();
         partitions.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (p, part) in partitions {
-            out.extend_from_slice(&(p.len() as u64).to_le_bytes());
-            out.extend_from_slice(p);
-            out.extend_from_slice(&part.counter.to_le_bytes());
-            out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
+            frame_partition_header(p, part, out);
             let mut items: Vec<_> = part.items.iter().collect();
             items.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (i, e) in items {
@@ -669,14 +667,14 @@ impl StateMachine for KvStore {
 /// items at a time (each partition's items sorted when it is reached).
 struct FrozenKv {
     len: usize,
+    /// The partition count, until the image starts with it.
+    count: Option<usize>,
     /// Sorted by key; each let go (so the live store need not copy it) once written.
-    partitions: Vec<(Small, Arc<Partition>)>,
-    next: usize,
+    partitions: std::vec::IntoIter<(Small, Arc<Partition>)>,
     /// The partition being written, and its items in order.
     partition: Small,
     items: Vec<(Small, Entry)>,
     item_at: usize,
-    started: bool,
 }
 
 impl super::FrozenState for FrozenKv {
@@ -686,9 +684,8 @@ impl super::FrozenState for FrozenKv {
 
     fn write_next(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
         let target = out.len().saturating_add(budget.max(1));
-        if !self.started {
-            self.started = true;
-            out.extend_from_slice(&(self.partitions.len() as u64).to_le_bytes());
+        if let Some(count) = self.count.take() {
+            out.extend_from_slice(&(count as u64).to_le_bytes());
         }
         loop {
             while let Some((item, entry)) = self.items.get(self.item_at) {
@@ -698,19 +695,17 @@ impl super::FrozenState for FrozenKv {
                 frame_entry(&self.partition, item, entry, &mut |b| out.extend_from_slice(b));
                 self.item_at += 1;
             }
-            let Some((p, part)) = self.partitions.get_mut(self.next) else { return true };
+            if self.partitions.as_slice().is_empty() {
+                return true;
+            }
             if out.len() >= target {
                 return false;
             }
-            self.next += 1;
-            self.partition = std::mem::take(p);
-            let part = std::mem::take(part);
-            out.extend_from_slice(&(self.partition.len() as u64).to_le_bytes());
-            out.extend_from_slice(&self.partition);
-            out.extend_from_slice(&part.counter.to_le_bytes());
-            out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
+            let (p, part) = self.partitions.next().expect("checked above");
+            frame_partition_header(&p, &part, out);
+            self.partition = p;
             // Taken whole if the live store has let it go (written since), else copied.
-            let items = Arc::try_unwrap(part).map_or_else(|shared| shared.items.clone(), |part| part.items);
+            let items = Arc::unwrap_or_clone(part).items;
             self.items = items.into_iter().collect();
             self.items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             self.item_at = 0;
@@ -770,6 +765,14 @@ fn int_bytes(n: i64) -> Bytes {
 
 /// Length-prefixed framing shared by the digest and the snapshot, so that
 /// ("a", "bc") and ("ab", "c") can never produce the same bytes.
+/// A partition's header in a snapshot: its key, length-prefixed, its counter and its item count.
+fn frame_partition_header(partition: &[u8], part: &Partition, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(partition.len() as u64).to_le_bytes());
+    out.extend_from_slice(partition);
+    out.extend_from_slice(&part.counter.to_le_bytes());
+    out.extend_from_slice(&(part.items.len() as u64).to_le_bytes());
+}
+
 fn frame_entry(partition: &[u8], item: &[u8], e: &Entry, out: &mut impl FnMut(&[u8])) {
     for field in [partition, item, &e.value[..]] {
         out(&(field.len() as u64).to_le_bytes());
