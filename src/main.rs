@@ -266,6 +266,10 @@ struct SimArgs {
     /// during the faults; every leave must complete.
     #[arg(long)]
     churn: bool,
+    /// Frequent changes of acceptor configuration during the faults (3 to 6 per seed; heavy
+    /// faults alone make 0 to 2): groups added and removed, acceptors replaced.
+    #[arg(long)]
+    reconfig: bool,
     /// Worker threads (default: the cores this process may use).
     #[arg(long)]
     threads: Option<usize>,
@@ -808,6 +812,10 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
         args.value_size,
         u64::MAX,
         measuring,
+        autopaxos::protocol::configuration::ConfigHistory::new(
+            &file.config,
+            file.tunables.max_in_flight_slots as u64,
+        ),
     )));
     let mut launches = Vec::new();
     let ids: Vec<NodeId> =
@@ -917,7 +925,7 @@ struct BenchArgs {
 }
 
 fn sim(args: SimArgs) -> ExitCode {
-    let opts = SimOptions { churn: args.churn, ..SimOptions::new(args.faults) };
+    let opts = SimOptions { churn: args.churn, reconfig: args.reconfig, ..SimOptions::new(args.faults) };
     if let Some(seed) = args.seed {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();

@@ -10,6 +10,7 @@ use crate::protocol::messages::{
     client_id, encode_batch, with_archived, ClientReply, Command, CommandBatch, Msg, Phase1bReply, Value,
 };
 use crate::protocol::state_machine::kv::KvOp;
+use crate::protocol::configuration::ConfigHistory;
 use crate::protocol::{Ballot, ClusterConfig, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -46,6 +47,8 @@ pub struct World {
     sent_at: Vec<Time>,
     /// Highest slot the proposer bench's proxy mock saw (for the replica mock's watermark).
     proposed_high: Option<u64>,
+    /// The configurations the replica mock reports with its watermark: the cluster file's.
+    configs: ConfigHistory,
     /// Set by the runner for the measurement window.
     pub measuring: Arc<AtomicBool>,
     /// One encoded KV put of the run's value size.
@@ -64,6 +67,7 @@ impl World {
         value_size: usize,
         window: u64,
         measuring: Arc<AtomicBool>,
+        configs: ConfigHistory,
     ) -> Self {
         let op = KvOp::Put {
             partition: Bytes::from_static(b"bench"),
@@ -87,6 +91,7 @@ impl World {
             latencies: crate::runtime::load::new_histogram(),
             sent_at: vec![0; RING],
             proposed_high: None,
+            configs,
             measuring,
             op,
             batch,
@@ -109,9 +114,12 @@ impl World {
             RoleKind::Proposer => {
                 Msg::ClientBatch { origin: source, forwarded: false, attempt: 0, batch: self.batch.clone() }
             }
-            RoleKind::ProxyLeader => {
-                Msg::Propose { ballot: BALLOT, slot: n, value: Value::Batch(self.batch.clone()) }
-            }
+            RoleKind::ProxyLeader => Msg::Propose {
+                ballot: BALLOT,
+                slot: n,
+                value: Value::Batch(self.batch.clone()),
+                group: self.configs.group_of(n).to_vec(),
+            },
             RoleKind::Acceptor => {
                 Msg::Phase2a { ballot: BALLOT, slot: n, value: Value::Batch(self.batch.clone()) }
             }
@@ -301,8 +309,9 @@ impl Role for MockNode {
         match self.part {
             Part::Source => self.fill_window(now, out),
             Part::Watermark => {
-                if let Some(high) = self.world.lock().expect("not poisoned").proposed_high {
-                    out.send(self.target, Msg::Executed { watermark: high + 1 });
+                let w = self.world.lock().expect("not poisoned");
+                if let Some(high) = w.proposed_high {
+                    out.send(self.target, Msg::Executed { watermark: high + 1, configs: w.configs.clone() });
                 }
             }
             _ => {}
@@ -365,14 +374,15 @@ impl Role for Echo {
             (RoleKind::Proposer, Msg::ClientBatch { batch, .. }) => {
                 let slot = self.next_slot;
                 self.next_slot += 1;
+                let group = self.config.acceptor_groups[0].clone();
                 out.send(
                     self.config.proxy_leaders[0],
-                    Msg::Propose { ballot: BALLOT, slot, value: Value::Batch(batch) },
+                    Msg::Propose { ballot: BALLOT, slot, value: Value::Batch(batch), group },
                 );
             }
-            (RoleKind::ProxyLeader, Msg::Propose { ballot, slot, value }) => {
+            (RoleKind::ProxyLeader, Msg::Propose { ballot, slot, value, group }) => {
                 self.votes[slot as usize % RING] = (slot, 0, Some(value.clone()));
-                for &a in &self.config.acceptor_groups[0] {
+                for &a in &group {
                     out.send(a, Msg::Phase2a { ballot, slot, value: value.clone() });
                 }
             }

@@ -4,6 +4,7 @@
 
 use super::mock::{Echo, MockNode, Part, World, CLIENT_NODE};
 use super::{BenchOptions, BenchReport};
+use crate::protocol::configuration::ConfigHistory;
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use crate::runtime::launch::{node_launch, ScratchDir, StorageChoice};
 use crate::runtime::local::cluster_spec;
@@ -113,8 +114,9 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
     let measuring = Arc::new(AtomicBool::new(false));
     // The batcher's unit is one request (one command); every other role's is one batch.
     let window = if role == RoleKind::Batcher { 64 * opts.batch_size as u64 } else { WINDOW_MSGS };
+    let configs = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
     let world =
-        Arc::new(Mutex::new(World::new(role, opts.batch_size, opts.value_size, window, measuring.clone())));
+        Arc::new(Mutex::new(World::new(role, opts.batch_size, opts.value_size, window, measuring.clone(), configs)));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
     let target = target_id(role);
     let state_machine = opts.state_machine;

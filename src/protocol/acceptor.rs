@@ -1,12 +1,18 @@
-//! Acceptor: one voter of one acceptor group. Holds the promised ballot and, per slot of its group, the
+//! Acceptor: one voter of an acceptor group. Holds the promised ballot and, per slot it was asked about, the
 //! highest-ballot value it accepted. All of that is durable: every change is queued as a [`Record`]
 //! and every Phase1b and Phase2b waits for the records before it (`Out::send_after_persist`), so a
 //! vote never leaves before it is on disk. A restart rebuilds the acceptor from its records alone
 //! ([`Acceptor::recover`]).
 //!
+//! An acceptor votes per slot and keeps no configuration: which group owns a slot is the leader's
+//! business (it routes each slot by the configuration in force at it, see `configuration`), and a
+//! vote counts toward a quorum only where the leader, a replica reading a slot, or the checker
+//! finds the acceptor in that slot's group. An acceptor could not check it anyway: it may not yet
+//! have heard of a change that moved the slot to its group.
+//!
 //! Must never: accept or promise below its promise; promise one ballot to two different Phase 1 runs
 //! (a proposer that lost its memory in a crash comes back with the same ballot: sim seed 9511);
-//! answer for a slot of another group; send a vote before the record that backs it.
+//! send a vote before the record that backs it.
 
 use super::config::{ClusterConfig, Tunables};
 use super::durable::{Record, Recovered, Storage};
@@ -18,12 +24,12 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone)]
 pub struct Acceptor {
     id: NodeId,
-    config: ClusterConfig,
-    group: usize,
+    /// The replicas, the only nodes that read single slots.
+    replicas: Vec<NodeId>,
     promised: Ballot,
     /// The nonce of the Phase 1 that `promised` was promised to; `None` if a Phase2a raised it.
     promised_nonce: Option<u64>,
-    /// Per slot of this group: the ballot and value last accepted.
+    /// Per slot: the ballot and value last accepted.
     accepted: BTreeMap<Slot, (Ballot, Value)>,
     /// Every slot below this is chosen and executed by all replicas; its entry is gone.
     trimmed_below: Slot,
@@ -37,17 +43,12 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// A fresh acceptor with nothing on disk; `id` must be a member of one of `config`'s groups.
+    /// A fresh acceptor with nothing on disk: one of `config`'s groups, or one that a change of
+    /// configuration will bring in.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
-        let group = config
-            .acceptor_groups
-            .iter()
-            .position(|g| g.contains(&id))
-            .unwrap_or_else(|| panic!("acceptor {id} is in no acceptor group"));
         Acceptor {
             id,
-            config,
-            group,
+            replicas: config.replicas,
             promised: Ballot::ZERO,
             promised_nonce: None,
             accepted: BTreeMap::new(),
@@ -145,11 +146,7 @@ impl Acceptor {
                 more_from = Some(slot);
                 break;
             }
-            bytes += 64
-                + match v {
-                    Value::Batch(batch) => batch.len(),
-                    Value::Noop => 0,
-                };
+            bytes += 64 + v.byte_len();
             accepted.push(AcceptedEntry { slot, ballot: *b, value: v.clone() });
         }
         let reply = Phase1bReply { ballot, nonce, trimmed_below: self.trimmed_below, accepted, more_from };
@@ -158,10 +155,6 @@ impl Acceptor {
     }
 
     fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
-        if self.config.group_of(slot) != self.group {
-            out.dropped("phase2a for a slot of another group");
-            return;
-        }
         if ballot < self.promised {
             out.send(from, Msg::Nack { promised: self.promised });
             return;
@@ -186,8 +179,8 @@ impl Acceptor {
     /// waits for the disk like a vote: the replica counts it toward a quorum, so it must be a vote
     /// that survives a crash.
     fn on_read_slot(&mut self, from: NodeId, slot: Slot, out: &mut Out) {
-        if !self.config.replicas.contains(&from) || self.config.group_of(slot) != self.group {
-            out.dropped("acceptor: a slot read from a non-replica or for another group");
+        if !self.replicas.contains(&from) {
+            out.dropped("acceptor: a slot read from a node that is not a replica");
             return;
         }
         let accepted = self.accepted.get(&slot).map(|(ballot, value)| AcceptedEntry {
@@ -377,12 +370,5 @@ mod tests {
             }
         }
         assert_eq!(pages, vec![vec![0, 2], vec![4, 6], vec![8, 10], vec![12, 14], vec![16, 18]]);
-    }
-
-    #[test]
-    fn slots_of_other_groups_are_dropped() {
-        let mut a = acceptor();
-        assert!(call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot: 1, value: Value::Noop }).is_empty());
-        assert_eq!(a.accepted_len(), 0);
     }
 }

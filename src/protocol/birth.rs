@@ -62,13 +62,14 @@ pub enum BirthError {
     BadSnapshot { id: NodeId, why: String },
 }
 
-/// Whether `spec` describes a role that can be built: a joiner must be a stateless role, any other
-/// node must be in the configuration as its role. Drivers call it before they touch a node's disk.
+/// Whether `spec` describes a role that can be built: a joiner must be a stateless role or an
+/// acceptor (which a change of configuration brings in), any other node must be in the
+/// configuration as its role. Drivers call it before they touch a node's disk.
 pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
     let (id, kind) = (spec.id, spec.kind);
     match &spec.joining {
         _ if kind == RoleKind::Client => Err(BirthError::Client),
-        Some(_) if !is_stateless(kind) => Err(BirthError::CannotJoin(kind.name())),
+        Some(_) if !is_stateless(kind) && kind != RoleKind::Acceptor => Err(BirthError::CannotJoin(kind.name())),
         Some(_) => Ok(()),
         None if spec.config.all_nodes().any(|node| node == (id, kind)) => Ok(()),
         None => Err(BirthError::NotInConfig { id, role: kind.name() }),
@@ -85,6 +86,8 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
             RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables).joining(addr, now)),
             RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, &tunables).joining(addr, now)),
             RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, &tunables).joining(addr, now)),
+            // It votes once a change of configuration names it; nothing to announce before.
+            RoleKind::Acceptor => Box::new(Acceptor::recover(id, config, &tunables, storage, recovered)),
             _ => unreachable!("check refuses other joiners"),
         });
     }
@@ -169,9 +172,12 @@ mod tests {
 
     #[test]
     fn stateful_roles_cannot_join_and_strangers_are_refused() {
-        let mut joining = spec(3, RoleKind::Acceptor);
+        let mut joining = spec(7, RoleKind::Replica);
         joining.joining = Some("127.0.0.1:1".into());
-        assert_eq!(build(joining, Recovered::default(), 0).err(), Some(BirthError::CannotJoin("acceptor")));
+        assert_eq!(build(joining, Recovered::default(), 0).err(), Some(BirthError::CannotJoin("replica")));
+        let mut new_acceptor = spec(99, RoleKind::Acceptor);
+        new_acceptor.joining = Some("127.0.0.1:1".into());
+        assert!(build(new_acceptor, Recovered::default(), 0).is_ok(), "a change of configuration brings it in");
         let stranger = spec(99, RoleKind::Replica);
         assert!(matches!(build(stranger, Recovered::default(), 0), Err(BirthError::NotInConfig { .. })));
         let wrong_role = spec(3, RoleKind::Replica);

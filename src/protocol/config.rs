@@ -1,7 +1,7 @@
 //! Who is in the cluster and how the protocol is tuned. Validated once, when loaded: a bad
 //! configuration is refused with the field named, never discovered later as a panic on the hot path.
 
-use super::{NodeId, Slot, Time};
+use super::{NodeId, Time};
 
 /// The kinds of node. `Client` is a node too: it has an id, sends and receives.
 #[derive(
@@ -93,7 +93,8 @@ pub struct ClusterConfig {
     pub f: usize,
     /// The proposers; one of them leads at a time.
     pub proposers: Vec<NodeId>,
-    /// `G` acceptor groups of 2f+1; slot `s` belongs to group `s mod G`.
+    /// `G` acceptor groups of 2f+1: the configuration of epoch 0 (changes go through the log, see
+    /// `configuration`).
     pub acceptor_groups: Vec<Vec<NodeId>>,
     /// Stateless Phase 2 workers.
     pub proxy_leaders: Vec<NodeId>,
@@ -149,11 +150,6 @@ impl ClusterConfig {
             .chain(tag(&self.replicas, RoleKind::Replica))
             .chain(tag(&self.batchers, RoleKind::Batcher))
             .chain(tag(&self.unbatchers, RoleKind::Unbatcher))
-    }
-
-    /// The acceptor group that owns `slot`.
-    pub fn group_of(&self, slot: Slot) -> usize {
-        (slot % self.acceptor_groups.len() as u64) as usize
     }
 
     /// A quorum: f+1 of a group's 2f+1 acceptors.
@@ -353,8 +349,6 @@ mod tests {
         let c = ClusterConfig::f1(2, 2, 1, 1);
         c.validate().unwrap();
         assert_eq!(c.all_nodes().count(), 2 + 6 + 2 + 2 + 1 + 1);
-        assert_eq!(c.group_of(0), 0);
-        assert_eq!(c.group_of(3), 1);
         Tunables::default().validate().unwrap();
     }
 

@@ -4,6 +4,7 @@
 //! and travels `proposer → proxy leader → acceptors → replicas` as the same [`Bytes`]: nobody between
 //! the batcher and the replica decodes or re-encodes it. Cloning a `Bytes` shares the buffer.
 
+use super::configuration::{ConfigHistory, Configuration};
 use super::membership::View;
 use super::{Ballot, NodeId, RoleKind, Slot};
 use bytes::Bytes;
@@ -51,6 +52,9 @@ pub enum Value {
     Noop,
     /// An encoded [`CommandBatch`].
     Batch(Bytes),
+    /// A change of configuration: an encoded [`Configuration`], in force `α` slots after the
+    /// slot that chooses it (see [`super::configuration`]).
+    Reconfig(Bytes),
 }
 
 impl Value {
@@ -58,7 +62,7 @@ impl Value {
     pub fn byte_len(&self) -> usize {
         match self {
             Value::Noop => 0,
-            Value::Batch(b) => b.len(),
+            Value::Batch(b) | Value::Reconfig(b) => b.len(),
         }
     }
 
@@ -67,6 +71,8 @@ impl Value {
         match self {
             Value::Noop => 0,
             Value::Batch(b) => super::digest(b),
+            // Distinct from a batch of the same bytes.
+            Value::Reconfig(b) => super::digest(b) ^ 0x5ec0_f16u64,
         }
     }
 }
@@ -158,8 +164,9 @@ pub enum Msg {
     Phase1b(Phase1bReply),
     /// acceptor → proposer or proxy leader: refused, I promised `promised`.
     Nack { promised: Ballot },
-    /// leader → proxy leader: get `value` chosen in `slot` at `ballot`.
-    Propose { ballot: Ballot, slot: Slot, value: Value },
+    /// leader → proxy leader: get `value` chosen in `slot` at `ballot` by `group`, the acceptors
+    /// that own the slot in the configuration in force at it.
+    Propose { ballot: Ballot, slot: Slot, value: Value, group: Vec<NodeId> },
     /// proxy leader → acceptors of the slot's group.
     Phase2a { ballot: Ballot, slot: Slot, value: Value },
     /// acceptor → proxy leader: accepted `slot` at `ballot`.
@@ -168,8 +175,9 @@ pub enum Msg {
     Preempted { promised: Ballot },
     /// proxy leader → replicas (and replica → replica when teaching): `value` is chosen in `slot`.
     Chosen { slot: Slot, value: Value },
-    /// replica → proposers and other replicas: every slot below `watermark` is executed here.
-    Executed { watermark: Slot },
+    /// replica → proposers and other replicas: every slot below `watermark` is executed here, and
+    /// `configs` are the configurations in force from there on, as the log chose them.
+    Executed { watermark: Slot, configs: ConfigHistory },
     /// replica → replica: please send me the chosen values from `from_slot` on, at most
     /// `max_slots` of them (a learner paces itself by asking for fewer).
     CatchUp { from_slot: Slot, max_slots: u64 },
@@ -202,6 +210,13 @@ pub enum Msg {
     /// leader → proposers, replicas and stateless nodes; batcher → its client nodes: the stateless
     /// nodes in service.
     Membership(View),
+    /// operator → proposers: make `Configuration` the next one (the leader proposes it; the others
+    /// answer `NotLeader`).
+    Reconfigure(Configuration),
+    /// leader → operator: epoch `epoch` is in force from `from_slot` on.
+    Reconfigured { epoch: u64, from_slot: Slot },
+    /// leader → operator: the change to epoch `epoch` is refused, and why.
+    ReconfigureRefused { epoch: u64, reason: String },
 }
 
 impl Msg {
@@ -236,6 +251,9 @@ impl Msg {
             Msg::Leaving => "Leaving",
             Msg::Left => "Left",
             Msg::Membership(_) => "Membership",
+            Msg::Reconfigure(_) => "Reconfigure",
+            Msg::Reconfigured { .. } => "Reconfigured",
+            Msg::ReconfigureRefused { .. } => "ReconfigureRefused",
         }
     }
 }
@@ -271,13 +289,15 @@ impl std::fmt::Display for Msg {
                 write!(f, "{name} b={b} nonce={nonce:x} trimmed<{trimmed} entries={n} more={:?}", r.more_from)
             }
             Msg::Nack { promised } => write!(f, "{name} promised={promised}"),
-            Msg::Propose { ballot, slot, value } | Msg::Phase2a { ballot, slot, value } => {
+            Msg::Propose { ballot, slot, value, .. } | Msg::Phase2a { ballot, slot, value } => {
                 write!(f, "{name} b={ballot} s={slot} v={:016x}", value.digest())
             }
             Msg::Phase2b { ballot, slot } => write!(f, "{name} b={ballot} s={slot}"),
             Msg::Preempted { promised } => write!(f, "{name} promised={promised}"),
             Msg::Chosen { slot, value } => write!(f, "{name} s={slot} v={:016x}", value.digest()),
-            Msg::Executed { watermark } => write!(f, "{name} w={watermark}"),
+            Msg::Executed { watermark, configs } => {
+                write!(f, "{name} w={watermark} epoch={}", configs.latest().config.epoch)
+            }
             Msg::CatchUp { from_slot, max_slots } => write!(f, "{name} from={from_slot} max={max_slots}"),
             Msg::SnapshotOffer { slot, len, digest } => {
                 write!(f, "{name} s={slot} len={len} digest={digest:016x}")
@@ -296,6 +316,9 @@ impl std::fmt::Display for Msg {
             Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),
             Msg::Leave | Msg::Leaving | Msg::Left => write!(f, "{name}"),
             Msg::Membership(v) => write!(f, "{name} {v}"),
+            Msg::Reconfigure(c) => write!(f, "{name} epoch={} groups={:?}", c.epoch, c.acceptor_groups),
+            Msg::Reconfigured { epoch, from_slot } => write!(f, "{name} epoch={epoch} from={from_slot}"),
+            Msg::ReconfigureRefused { epoch, reason } => write!(f, "{name} epoch={epoch}: {reason}"),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod birth;
 pub mod client;
 pub mod client_mux;
 pub mod config;
+pub mod configuration;
 pub mod durable;
 pub mod membership;
 pub mod messages;
@@ -81,6 +82,9 @@ pub enum Event {
     /// A replica installed a snapshot a peer taught it: every slot below `slot` is executed, and its
     /// whole state has `state_digest` (with digests recorded).
     Installed { slot: Slot, state_digest: Option<u64> },
+    /// A replica executed a change of configuration in `slot` (applied or skipped: checkers
+    /// decide for themselves which).
+    ReconfigExecuted { slot: Slot, config: configuration::Configuration },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }

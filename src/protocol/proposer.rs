@@ -13,10 +13,23 @@
 //! fresh at every start (`birth::RoleSpec::seed`), so acceptors refuse the new life's Phase 1 and it
 //! moves to a higher ballot.
 //!
+//! Configurations (see `configuration`): a proposer keeps the history of acceptor configurations
+//! that the replicas report with their watermarks, and routes every slot to the group of the
+//! configuration in force at it. The leader proposes slot `s` only below `w + α`, `w` the highest
+//! watermark reported (with its history): every change that applies to `s` is then known. A
+//! candidate's Phase 1 covers every configuration in force at a slot at or above its start: the
+//! known ones, then those chosen by changes it finds, in slot order, until no new one appears; a
+//! found value counts only from the group that owns its slot. A leader changes the configuration
+//! when an operator asks (`Reconfigure`): one change at a time, validated against the newest, and
+//! once chosen it fills the α slots before it with no-ops when load does not.
+//!
 //! Must never: propose two values for one slot at one ballot; take new batches before Phase 1 is done;
-//! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it.
+//! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it;
+//! route a slot by a change that may not be chosen; lead before Phase 1 covered every configuration
+//! that owns a slot it may propose.
 
 use super::config::{ClusterConfig, Tunables};
+use super::configuration::{validate_change, ConfigHistory, Configuration, ReconfigError};
 use super::membership::{is_stateless, View, HEARTBEATS_PER_VIEW};
 use super::messages::{encode_batch, Msg, Phase1bReply, Value};
 use super::timers::Timers;
@@ -25,6 +38,9 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
+const MAX_ELECTION_BACKOFF: u32 = 3;
 
 /// Batches a leader holds while its in-flight window is full; beyond it they are dropped and counted
 /// (their clients retry).
@@ -48,12 +64,38 @@ struct Phase1 {
     nonce: u64,
     /// Lowest slot not known to be chosen when the election started.
     start: Slot,
-    /// Per acceptor group, the acceptors that promised.
-    promised: Vec<BTreeSet<NodeId>>,
+    /// Acceptors asked to promise.
+    asked: BTreeSet<NodeId>,
+    /// Acceptors that promised and reported everything they accepted.
+    promised: BTreeSet<NodeId>,
+    /// Acceptors part way through a paged report: the slot their next page starts at.
+    next_page: BTreeMap<NodeId, Slot>,
     /// The highest trim point reported: everything below is executed by every replica.
     max_trimmed: Slot,
-    /// Per slot, the highest-ballot value reported.
-    found: BTreeMap<Slot, (Ballot, Value)>,
+    /// Per slot at or above `start`, what each acceptor reported. Which reports count depends on
+    /// the configuration in force at the slot, which changes found below it may decide.
+    reports: BTreeMap<Slot, Vec<(NodeId, Ballot, Value)>>,
+}
+
+/// What Phase 1's reports say so far.
+struct Phase1Outcome {
+    /// The known history, plus the changes found (to be re-proposed, hence chosen if we lead).
+    history: ConfigHistory,
+    /// Per slot, the value to re-propose: the highest-ballot one its group reported.
+    found: BTreeMap<Slot, Value>,
+    /// Whether a quorum of every group of every configuration that owns a slot at or above the
+    /// start has promised.
+    complete: bool,
+}
+
+/// A change of configuration the leader was asked for.
+#[derive(Debug)]
+struct PendingReconfig {
+    config: Configuration,
+    /// Who to tell once it is in force.
+    requester: NodeId,
+    /// The slot it was proposed in, once proposed.
+    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -70,6 +112,8 @@ struct Leadership {
     waiting: VecDeque<(NodeId, Bytes)>,
     next_proxy: usize,
     trimmed_sent: Slot,
+    /// A change of configuration under way, if any (one at a time).
+    reconfig: Option<PendingReconfig>,
 }
 
 #[derive(Debug)]
@@ -83,6 +127,9 @@ enum State {
 pub struct Proposer {
     id: NodeId,
     config: ClusterConfig,
+    /// The acceptor configurations in force from the trim point on, as replicas report them (and,
+    /// while leading, as Phase 1 found them).
+    history: ConfigHistory,
     tunables: Tunables,
     rng: ChaCha8Rng,
     /// The highest ballot seen, own or another's.
@@ -99,6 +146,10 @@ pub struct Proposer {
     proxy_leaders: Vec<NodeId>,
     /// Heartbeats since the leader last published its view.
     heartbeats_since_view: u32,
+    /// Elections of ours that ended without a leader (preempted, or timed out) since we last heard
+    /// one: each doubles the election timeout (up to `MAX_ELECTION_BACKOFF` times), so that two
+    /// candidates whose Phase 1 reads a long log do not preempt each other for ever.
+    failed_elections: u32,
     timers: Timers<3>,
 }
 
@@ -111,6 +162,7 @@ impl Proposer {
         let mut p = Proposer {
             id,
             config: config.clone(),
+            history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
             tunables,
             rng: ChaCha8Rng::seed_from_u64(seed),
             ballot: Ballot::ZERO,
@@ -121,6 +173,7 @@ impl Proposer {
             view: View::from_config(&config),
             proxy_leaders: config.proxy_leaders.clone(),
             heartbeats_since_view: 0,
+            failed_elections: 0,
             timers: Timers::default(),
         };
         if first {
@@ -150,7 +203,7 @@ impl Proposer {
     }
 
     fn reset_election_timer(&mut self, now: Time) {
-        let base = self.tunables.election_timeout_us;
+        let base = self.tunables.election_timeout_us << self.failed_elections.min(MAX_ELECTION_BACKOFF);
         let jitter = self.rng.gen_range(0..=base);
         self.timers.set(Timer::Election as usize, now + base + jitter);
     }
@@ -182,6 +235,9 @@ impl Proposer {
     // ---- elections ----
 
     fn start_phase1(&mut self, now: Time, out: &mut Out) {
+        if matches!(self.state, State::Candidate(_)) {
+            self.failed_elections += 1;
+        }
         self.ballot = Ballot::next_after(self.ballot, self.id);
         self.leader_hint = None;
         let start = self.max_executed();
@@ -189,16 +245,57 @@ impl Proposer {
         self.state = State::Candidate(Phase1 {
             nonce,
             start,
-            promised: vec![BTreeSet::new(); self.config.acceptor_groups.len()],
+            asked: BTreeSet::new(),
+            promised: BTreeSet::new(),
+            next_page: BTreeMap::new(),
             max_trimmed: 0,
-            found: BTreeMap::new(),
+            reports: BTreeMap::new(),
         });
-        for acceptor in self.config.all_acceptors() {
-            out.send(acceptor, Msg::Phase1a { ballot: self.ballot, nonce, from_slot: start });
-        }
+        self.ask_for_promises(out);
         self.timers.cancel(Timer::Heartbeat as usize);
         self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
         self.reset_election_timer(now);
+    }
+
+    /// Sends Phase1a to every acceptor of every configuration Phase 1 must cover that has not been
+    /// asked yet (all of them, at first; then those of changes found or reported meanwhile).
+    fn ask_for_promises(&mut self, out: &mut Out) {
+        let State::Candidate(phase1) = &self.state else { return };
+        let needed = self.phase1_outcome(phase1).history.acceptors_from(phase1.start);
+        let (ballot, nonce, from_slot) = (self.ballot, phase1.nonce, phase1.start);
+        let State::Candidate(phase1) = &mut self.state else { return };
+        for acceptor in needed {
+            if phase1.asked.insert(acceptor) {
+                out.send(acceptor, Msg::Phase1a { ballot, nonce, from_slot });
+            }
+        }
+    }
+
+    /// Reads Phase 1's reports in slot order: each slot's value is the highest-ballot one reported
+    /// by the group that owns it, in the configuration that the history (and the changes found
+    /// below the slot) puts in force there.
+    fn phase1_outcome(&self, phase1: &Phase1) -> Phase1Outcome {
+        let mut history = self.history.clone();
+        let mut found = BTreeMap::new();
+        for (&slot, reports) in phase1.reports.range(phase1.start..) {
+            let group = history.group_of(slot);
+            let best = reports.iter().filter(|(a, _, _)| group.contains(a)).max_by_key(|(_, b, _)| *b);
+            let Some((_, _, value)) = best else { continue };
+            if let Value::Reconfig(bytes) = value {
+                if let Some(config) = Configuration::decode(bytes) {
+                    history.on_chosen(slot, &config);
+                }
+            }
+            found.insert(slot, value.clone());
+        }
+        let quorum = history.quorum();
+        let complete = history.from(phase1.start).iter().all(|e| {
+            e.config
+                .acceptor_groups
+                .iter()
+                .all(|g| g.iter().filter(|a| phase1.promised.contains(a)).count() >= quorum)
+        });
+        Phase1Outcome { history, found, complete }
     }
 
     fn on_phase1b(&mut self, now: Time, from: NodeId, reply: Phase1bReply, out: &mut Out) {
@@ -209,32 +306,49 @@ impl Proposer {
         if ballot != self.ballot || nonce != phase1.nonce {
             return; // An answer to an earlier election of ours.
         }
-        let Some(group) = self.config.acceptor_groups.iter().position(|g| g.contains(&from)) else {
-            out.dropped("proposer: phase1b from a node that is not an acceptor");
+        if !phase1.asked.contains(&from) {
+            out.dropped("proposer: phase1b from a node not asked");
             return;
-        };
+        }
         phase1.max_trimmed = phase1.max_trimmed.max(trimmed_below);
-        for entry in accepted {
-            if entry.slot < phase1.start || self.config.group_of(entry.slot) != group {
-                continue;
-            }
-            match phase1.found.get(&entry.slot) {
-                Some((b, _)) if *b >= entry.ballot => {}
-                _ => {
-                    phase1.found.insert(entry.slot, (entry.ballot, entry.value));
-                }
+        for entry in accepted.into_iter().filter(|e| e.slot >= phase1.start) {
+            let reports = phase1.reports.entry(entry.slot).or_default();
+            if !reports.iter().any(|(a, _, _)| *a == from) {
+                reports.push((from, entry.ballot, entry.value));
             }
         }
         // A paged report: ask for the rest (the same ballot and nonce is answered as a
-        // retransmission); the promise counts once the report is complete.
+        // retransmission); the promise counts once the report is complete. A page that does not
+        // move the report forward is a duplicate (a resend's answer): following it too would
+        // page through the log twice.
         if let Some(next) = more_from {
-            out.send(from, Msg::Phase1a { ballot, nonce, from_slot: next });
+            let resume = phase1.next_page.entry(from).or_insert(phase1.start);
+            if next > *resume {
+                *resume = next;
+                out.send(from, Msg::Phase1a { ballot, nonce, from_slot: next });
+                // Reports coming in: Phase 1 is not stuck, however long the log it reads.
+                self.reset_election_timer(now);
+            }
             return;
         }
-        phase1.promised[group].insert(from);
-        let quorum = self.config.quorum();
-        if phase1.promised.iter().all(|p| p.len() >= quorum) {
+        phase1.next_page.remove(&from);
+        phase1.promised.insert(from);
+        self.try_to_lead(now, out);
+    }
+
+    /// Leads if Phase 1 covers every configuration its reports and the replicas put in force;
+    /// otherwise asks the acceptors of configurations it has just learned of.
+    fn try_to_lead(&mut self, now: Time, out: &mut Out) {
+        let State::Candidate(phase1) = &self.state else { return };
+        // Slots below the acceptors' trim point are chosen, but unless a replica reported them
+        // (with its history) a change among them is unknown: wait for the report.
+        if phase1.max_trimmed > self.max_executed() {
+            return;
+        }
+        if self.phase1_outcome(phase1).complete {
             self.become_leader(now, out);
+        } else {
+            self.ask_for_promises(out);
         }
     }
 
@@ -242,22 +356,26 @@ impl Proposer {
         let State::Candidate(phase1) = std::mem::replace(&mut self.state, State::Follower) else {
             unreachable!("only a candidate becomes leader")
         };
+        let Phase1Outcome { history, mut found, complete } = self.phase1_outcome(&phase1);
+        assert!(complete, "a leader's Phase 1 covers every configuration in force above its start");
+        self.history = history;
         let start = phase1.start.max(phase1.max_trimmed);
-        let end = phase1.found.keys().next_back().map_or(start, |&s| (s + 1).max(start));
+        let end = found.keys().next_back().map_or(start, |&s| (s + 1).max(start));
         self.state = State::Leader(Leadership {
             next_slot: end,
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
             next_proxy: 0,
             trimmed_sent: 0,
+            reconfig: None,
         });
         self.leader_hint = Some(self.id);
+        self.failed_elections = 0;
         // Publish the view at once: nodes that know more answer with theirs, which we merge.
         self.publish_view(out);
-        let mut found = phase1.found;
         // Re-propose what may have been chosen, and fill every hole with a no-op, before any new batch.
         for slot in start..end {
-            let value = found.remove(&slot).map_or(Value::Noop, |(_, v)| v);
+            let value = found.remove(&slot).unwrap_or(Value::Noop);
             self.propose(now, slot, value, out);
         }
         self.timers.cancel(Timer::Election as usize);
@@ -275,13 +393,22 @@ impl Proposer {
         }
         self.ballot = ballot;
         self.leader_hint = Some(ballot.proposer);
+        self.step_down(now, out);
+    }
+
+    /// Stops leading or running: batches still waiting go to the leader hinted, if any.
+    fn step_down(&mut self, now: Time, out: &mut Out) {
+        if matches!(self.state, State::Candidate(_)) {
+            self.failed_elections += 1;
+        }
         if let State::Leader(leadership) = std::mem::replace(&mut self.state, State::Follower) {
-            // Batches still waiting go to the new leader rather than being lost.
-            for (origin, batch) in leadership.waiting {
-                out.send(ballot.proposer, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch });
+            if let Some(leader) = self.leader_hint.filter(|&l| l != self.id) {
+                // Batches still waiting go to the new leader rather than being lost.
+                for (origin, batch) in leadership.waiting {
+                    out.send(leader, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch });
+                }
             }
         }
-        self.state = State::Follower;
         self.timers.cancel(Timer::Heartbeat as usize);
         self.timers.cancel(Timer::Resend as usize);
         self.reset_election_timer(now);
@@ -297,19 +424,61 @@ impl Proposer {
         self.observe_ballot(now, ballot, out);
         if ballot.proposer != self.id {
             self.leader_hint = Some(ballot.proposer);
+            self.failed_elections = 0;
             self.reset_election_timer(now);
         }
     }
 
     // ---- the leader's work ----
 
+    /// Hands `value` to a proxy leader for `slot`, naming the group that owns the slot.
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
         let proxies = &self.proxy_leaders;
         let proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
-        out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone() });
+        let group = self.history.group_of(slot).to_vec();
+        out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone(), group });
         l.in_flight.insert(slot, InFlight { value, proposed_at: now });
+    }
+
+    /// New slots the leader may propose now: within its in-flight window, and below `w + α` for
+    /// the highest watermark `w` reported, so that every change that applies to them is known.
+    fn room(&self) -> usize {
+        let State::Leader(l) = &self.state else { return 0 };
+        let window = self.tunables.max_in_flight_slots.saturating_sub(l.in_flight.len());
+        let known = (self.max_executed() + self.history.alpha()).saturating_sub(l.next_slot);
+        window.min(usize::try_from(known).unwrap_or(usize::MAX))
+    }
+
+    /// Proposes what waits, as far as there is room: no-ops up to a chosen change's first slot
+    /// (so that it is in force without waiting for load), then a change asked for, then batches
+    /// in arrival order.
+    fn admit(&mut self, now: Time, out: &mut Out) {
+        let in_force_from = self.history.latest().from_slot;
+        while self.room() > 0 && self.next_slot() < in_force_from {
+            let slot = self.take_next_slot();
+            self.propose(now, slot, Value::Noop, out);
+        }
+        self.answer_reconfigured(out);
+        let State::Leader(l) = &mut self.state else { return };
+        let unproposed = l.reconfig.as_ref().filter(|r| r.slot.is_none()).map(|r| r.config.encode());
+        if let Some(bytes) = unproposed.filter(|_| self.room() > 0) {
+            let slot = self.take_next_slot();
+            if let State::Leader(Leadership { reconfig: Some(r), .. }) = &mut self.state {
+                r.slot = Some(slot);
+            }
+            self.propose(now, slot, Value::Reconfig(bytes), out);
+        }
+        let room = self.room();
+        let State::Leader(l) = &mut self.state else { return };
+        let admitted: Vec<Bytes> =
+            (0..room).map_while(|_| l.waiting.pop_front().map(|(_, batch)| batch)).collect();
+        for batch in admitted {
+            let slot = self.take_next_slot();
+            self.propose(now, slot, Value::Batch(batch), out);
+        }
+        self.arm_resend(now);
     }
 
     fn on_batch(
@@ -321,9 +490,10 @@ impl Proposer {
         batch: Bytes,
         out: &mut Out,
     ) {
+        let room = self.room();
         match &mut self.state {
             State::Leader(l) => {
-                if l.in_flight.len() < self.tunables.max_in_flight_slots && l.waiting.is_empty() {
+                if room > 0 && l.waiting.is_empty() {
                     let slot = self.take_next_slot();
                     self.propose(now, slot, Value::Batch(batch), out);
                     self.arm_resend(now);
@@ -342,7 +512,7 @@ impl Proposer {
         }
     }
 
-    fn on_executed(&mut self, now: Time, from: NodeId, watermark: Slot, out: &mut Out) {
+    fn on_executed(&mut self, now: Time, from: NodeId, watermark: Slot, configs: ConfigHistory, out: &mut Out) {
         if !self.config.replicas.contains(&from) {
             out.dropped("proposer: watermark from a node that is not a replica");
             return;
@@ -350,20 +520,92 @@ impl Proposer {
         let known = self.replica_watermarks.entry(from).or_insert(0);
         *known = (*known).max(watermark);
         self.replica_heard_at.insert(from, now);
+        if self.history.merge(&configs, watermark).is_err() && self.is_leader() {
+            // A change found in Phase 1 and taken for chosen was not: someone else leads.
+            out.dropped("proposer: a replica's configurations contradict the leader's");
+            self.step_down(now, out);
+            return;
+        }
+        match self.state {
+            State::Candidate(_) => return self.try_to_lead(now, out),
+            // Configurations that own no slot a new Phase 1 could start from are forgotten (the
+            // leader forgets them as it trims, once their acceptors heard of it).
+            State::Follower => return self.history.forget_below(self.trim_point(now)),
+            State::Leader(_) => {}
+        }
         let executed = self.max_executed();
         let State::Leader(l) = &mut self.state else {
             return;
         };
         l.in_flight = l.in_flight.split_off(&executed);
-        // Room in the window: admit waiting batches in arrival order.
-        let room = self.tunables.max_in_flight_slots.saturating_sub(l.in_flight.len());
-        let admitted: Vec<Bytes> =
-            (0..room).map_while(|_| l.waiting.pop_front().map(|(_, batch)| batch)).collect();
-        for batch in admitted {
-            let slot = self.take_next_slot();
-            self.propose(now, slot, Value::Batch(batch), out);
+        // A change proposed in a slot now executed that did not become the newest configuration
+        // (another value was chosen there): propose it again.
+        let latest_epoch = self.history.latest().config.epoch;
+        if let Some(r) = l.reconfig.as_mut() {
+            if r.slot.is_some_and(|s| s < executed) && r.config.epoch > latest_epoch {
+                r.slot = None;
+            }
         }
-        self.arm_resend(now);
+        self.admit(now, out);
+    }
+
+    // ---- changes of configuration ----
+
+    fn on_reconfigure(&mut self, now: Time, from: NodeId, config: Configuration, out: &mut Out) {
+        let State::Leader(l) = &mut self.state else {
+            out.send(from, Msg::NotLeader { leader_hint: self.leader_hint });
+            return;
+        };
+        let latest = self.history.latest();
+        if latest.config == config {
+            // Chosen already (a retry, or another operator's): answer once it is in force.
+            l.reconfig = Some(PendingReconfig { config, requester: from, slot: l.reconfig.as_ref().and_then(|r| r.slot) });
+            self.answer_reconfigured(out);
+            return;
+        }
+        if let Some(pending) = l.reconfig.as_mut() {
+            if pending.config == config {
+                pending.requester = from; // a retry: the change is under way
+            } else {
+                let reason = format!("the change to epoch {} is under way; retry after it", pending.config.epoch);
+                out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason });
+            }
+            return;
+        }
+        let taken = config.acceptors().find(|&id| {
+            self.config.all_nodes().any(|(node, role)| node == id && role != RoleKind::Acceptor)
+                || self.view.members().iter().any(|m| m.id == id)
+        });
+        let check = match taken {
+            Some(id) => Err(ReconfigError::TakenId(id)),
+            None => validate_change(&latest.config, &config, self.history.f()),
+        };
+        if let Err(why) = check {
+            out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason: why.to_string() });
+            return;
+        }
+        l.reconfig = Some(PendingReconfig { config, requester: from, slot: None });
+        self.admit(now, out);
+    }
+
+    /// Tells the operator once the change it asked for is the newest configuration and the
+    /// leader proposes in it.
+    fn answer_reconfigured(&mut self, out: &mut Out) {
+        let latest = self.history.latest();
+        let (epoch, from_slot) = (latest.config.epoch, latest.from_slot);
+        let State::Leader(l) = &mut self.state else { return };
+        if l.next_slot < from_slot || l.reconfig.as_ref().is_none_or(|r| r.config.epoch != epoch) {
+            return;
+        }
+        let done = l.reconfig.take().expect("checked above");
+        out.send(done.requester, Msg::Reconfigured { epoch, from_slot });
+    }
+
+    fn next_slot(&self) -> Slot {
+        match &self.state {
+            State::Leader(l) => l.next_slot,
+            _ => 0,
+        }
     }
 
     fn take_next_slot(&mut self) -> Slot {
@@ -443,10 +685,13 @@ impl Proposer {
             return;
         };
         if below > l.trimmed_sent {
-            l.trimmed_sent = below;
-            for acceptor in self.config.all_acceptors() {
+            // Every configuration that owned a slot above the last trim point hears it, so the
+            // acceptors of one that is done with forget its slots too.
+            for acceptor in self.history.acceptors_from(l.trimmed_sent) {
                 out.send(acceptor, Msg::Trim { below });
             }
+            l.trimmed_sent = below;
+            self.history.forget_below(below);
         }
         self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
@@ -482,10 +727,9 @@ impl Proposer {
         match &mut self.state {
             State::Candidate(phase1) => {
                 let (ballot, nonce, start) = (self.ballot, phase1.nonce, phase1.start);
-                for (group, members) in self.config.acceptor_groups.iter().enumerate() {
-                    for &a in members.iter().filter(|a| !phase1.promised[group].contains(a)) {
-                        out.send(a, Msg::Phase1a { ballot, nonce, from_slot: start });
-                    }
+                for &a in phase1.asked.iter().filter(|a| !phase1.promised.contains(a)) {
+                    let from_slot = phase1.next_page.get(&a).copied().unwrap_or(start);
+                    out.send(a, Msg::Phase1a { ballot, nonce, from_slot });
                 }
                 self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
             }
@@ -513,9 +757,10 @@ impl Proposer {
                 assert_eq!(self.ballot.proposer, self.id, "a candidate runs with its own ballot");
                 assert!(self.timers.is_set(Timer::Election as usize));
                 assert!(
-                    p.found.keys().next().is_none_or(|&s| s >= p.start),
-                    "found slots start at the phase 1 start"
+                    p.reports.keys().next().is_none_or(|&s| s >= p.start),
+                    "reported slots start at the phase 1 start"
                 );
+                assert!(p.promised.is_subset(&p.asked));
             }
             State::Leader(l) => {
                 assert_eq!(self.ballot.proposer, self.id, "a leader leads with its own ballot");
@@ -546,7 +791,8 @@ impl Role for Proposer {
             Msg::Heartbeat { ballot } => self.on_heartbeat(now, from, ballot, out),
             Msg::Phase1b(reply) => self.on_phase1b(now, from, reply, out),
             Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
-            Msg::Executed { watermark } => self.on_executed(now, from, watermark, out),
+            Msg::Executed { watermark, configs } => self.on_executed(now, from, watermark, configs, out),
+            Msg::Reconfigure(config) => self.on_reconfigure(now, from, config, out),
             Msg::Join { role, addr } => self.on_join(from, role, addr, out),
             // Only the leader admits departures, one at a time, so two nodes leaving at once cannot
             // take the last one of a role out of service; the node repeats its request until a view
@@ -585,6 +831,15 @@ impl Role for Proposer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica's watermark report with the cluster file's configuration.
+    fn executed(watermark: Slot) -> Msg {
+        let configs = crate::protocol::configuration::ConfigHistory::new(
+            &config(),
+            Tunables::default().max_in_flight_slots as u64,
+        );
+        Msg::Executed { watermark, configs }
+    }
     use crate::protocol::messages::AcceptedEntry;
 
     // Proposers 1, 2; acceptor groups [3, 4, 5] (even slots) and [6, 7, 8] (odd slots); proxy leader 9;
@@ -737,7 +992,7 @@ mod tests {
         assert_eq!(proposals(&out).len(), 2, "the third batch waits");
         assert_eq!(p.in_flight(), 2);
         let mut out = Out::new(false);
-        p.handle_message(1, 10, Msg::Executed { watermark: 1 }, &mut out);
+        p.handle_message(1, 10, executed(1), &mut out);
         assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
     }
 
@@ -758,16 +1013,16 @@ mod tests {
         let down_after = tunables.replica_down_after_us;
         let (r1, r2) = (config().replicas[0], config().replicas[1]);
         let mut p = leader(tunables);
-        p.handle_message(10, r1, Msg::Executed { watermark: 50 }, &mut Out::new(false));
-        p.handle_message(10, r2, Msg::Executed { watermark: 20 }, &mut Out::new(false));
+        p.handle_message(10, r1, executed(50), &mut Out::new(false));
+        p.handle_message(10, r2, executed(20), &mut Out::new(false));
         assert_eq!(trim_sent(&mut p, 20), Some(20), "the slowest replica that is up");
         // r2 goes silent; r1 carries on: r2 no longer holds the acceptors' logs back.
         let later = 10 + down_after + 1;
-        p.handle_message(later, r1, Msg::Executed { watermark: 60 }, &mut Out::new(false));
+        p.handle_message(later, r1, executed(60), &mut Out::new(false));
         assert_eq!(trim_sent(&mut p, later), Some(60));
         // r2 is back but far behind: the acceptors keep at most the budget behind the furthest.
-        p.handle_message(later, r2, Msg::Executed { watermark: 30 }, &mut Out::new(false));
-        p.handle_message(later, r1, Msg::Executed { watermark: 5_000 }, &mut Out::new(false));
+        p.handle_message(later, r2, executed(30), &mut Out::new(false));
+        p.handle_message(later, r1, executed(5_000), &mut Out::new(false));
         assert_eq!(trim_sent(&mut p, later), Some(4_000));
     }
 

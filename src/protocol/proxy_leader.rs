@@ -1,5 +1,7 @@
-//! Proxy leader: runs Phase 2 for the leader. Sends Phase2a for a slot to that slot's acceptor group,
-//! collects f+1 Phase2b at the proposal's ballot, then tells every replica the slot is chosen.
+//! Proxy leader: runs Phase 2 for the leader. Sends Phase2a for a slot to that slot's acceptor group
+//! (the leader names it with the proposal: the group of the configuration in force at the slot),
+//! collects a majority of it (f+1 of 2f+1) at the proposal's ballot, then tells every replica the
+//! slot is chosen.
 //! Holds only in-flight slots; losing them in a crash costs liveness (the leader re-proposes), never safety.
 //!
 //! Must never: announce a slot chosen without a quorum at one ballot; grow without bound.
@@ -21,7 +23,9 @@ struct InFlight {
     ballot: Ballot,
     value: Value,
     proposer: NodeId,
-    /// Acceptors that answered Phase2b at `ballot`; at most 2f+1 entries.
+    /// The acceptors that own the slot.
+    group: Vec<NodeId>,
+    /// Acceptors of `group` that answered Phase2b at `ballot`.
     acks: Vec<NodeId>,
     sent_at: Time,
     resends: u32,
@@ -72,8 +76,7 @@ impl ProxyLeader {
     }
 
     fn send_phase2a(&self, slot: Slot, entry: &InFlight, out: &mut Out) {
-        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
-        for &acceptor in group.iter().filter(|a| !entry.acks.contains(a)) {
+        for &acceptor in entry.group.iter().filter(|a| !entry.acks.contains(a)) {
             let value = entry.value.clone();
             out.send(acceptor, Msg::Phase2a { ballot: entry.ballot, slot, value });
         }
@@ -86,8 +89,13 @@ impl ProxyLeader {
         ballot: Ballot,
         slot: Slot,
         value: Value,
+        group: Vec<NodeId>,
         out: &mut Out,
     ) {
+        if group.is_empty() || group.len() % 2 == 0 {
+            out.dropped("proxy leader: a proposal whose group is not 2f+1 acceptors");
+            return;
+        }
         if let Some(existing) = self.in_flight.get(&slot) {
             if existing.ballot > ballot {
                 out.dropped("proxy leader: proposal below a ballot already in flight");
@@ -97,7 +105,7 @@ impl ProxyLeader {
             out.dropped("proxy leader: in-flight limit reached");
             return;
         }
-        let entry = InFlight { ballot, value, proposer: from, acks: Vec::new(), sent_at: now, resends: 0 };
+        let entry = InFlight { ballot, value, proposer: from, group, acks: Vec::new(), sent_at: now, resends: 0 };
         self.send_phase2a(slot, &entry, out);
         self.in_flight.insert(slot, entry);
         if !self.timers.is_set(Timer::Resend as usize) {
@@ -106,22 +114,22 @@ impl ProxyLeader {
     }
 
     fn on_phase2b(&mut self, from: NodeId, ballot: Ballot, slot: Slot, out: &mut Out) {
-        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
         let Some(entry) = self.in_flight.get_mut(&slot) else {
             return; // Already chosen, or given up: a late or duplicate vote.
         };
-        if entry.ballot != ballot || !group.contains(&from) {
+        if entry.ballot != ballot || !entry.group.contains(&from) {
             out.dropped("proxy leader: phase2b for another ballot or from outside the group");
             return;
         }
         if !entry.acks.contains(&from) {
             entry.acks.push(from);
         }
-        if entry.acks.len() >= self.config.quorum() {
+        let quorum = entry.group.len() / 2 + 1;
+        if entry.acks.len() >= quorum {
             // A slot with a quorum is announced and forgotten at once (checked here, where acks
             // grow, rather than by walking every slot after each message).
             let entry = self.in_flight.remove(&slot).expect("present above");
-            assert_eq!(entry.acks.len(), self.config.quorum(), "slot {slot}: announced exactly at quorum");
+            assert_eq!(entry.acks.len(), quorum, "slot {slot}: announced exactly at quorum");
             let (last, rest) = self.config.replicas.split_last().expect("validated: replicas exist");
             for &replica in rest {
                 out.send(replica, Msg::Chosen { slot, value: entry.value.clone() });
@@ -179,9 +187,9 @@ impl ProxyLeader {
 impl Role for ProxyLeader {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::Propose { ballot, slot, value } => {
+            Msg::Propose { ballot, slot, value, group } => {
                 self.membership.on_work(now);
-                self.on_propose(now, from, ballot, slot, value, out)
+                self.on_propose(now, from, ballot, slot, value, group, out)
             }
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
                 self.membership.on_view(&view);
@@ -235,7 +243,7 @@ mod tests {
     #[test]
     fn phase2a_to_the_group_then_chosen_to_every_replica_after_f_plus_1_votes() {
         let (mut p, _) = setup();
-        let sent = call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        let sent = call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
         assert_eq!(sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
         assert!(
@@ -257,7 +265,7 @@ mod tests {
     #[test]
     fn votes_at_another_ballot_do_not_count() {
         let (mut p, _) = setup();
-        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
         let other = Ballot { round: 0, proposer: 2 };
         call(&mut p, 3, Msg::Phase2b { ballot: other, slot: 0 });
         assert!(call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
@@ -266,7 +274,7 @@ mod tests {
     #[test]
     fn a_nack_is_reported_to_the_deposed_proposer() {
         let (mut p, _) = setup();
-        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
         let higher = Ballot { round: 2, proposer: 2 };
         let sent = call(&mut p, 3, Msg::Nack { promised: higher });
         assert_eq!(sent, vec![(1, Msg::Preempted { promised: higher })]);
@@ -277,7 +285,7 @@ mod tests {
     fn unanswered_phase2a_is_resent_then_given_up() {
         let (mut p, _) = setup();
         let t = Tunables::default().resend_timeout_us;
-        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop });
+        call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
         call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 });
         let mut now = 0;
         for _ in 0..MAX_PHASE2A_RESENDS {

@@ -31,12 +31,19 @@
 //!   value only once f+1 acceptors report it at one ballot: a value is chosen exactly when a quorum
 //!   accepted it at one ballot. It never takes a value on one acceptor's word and never invents one.
 //!
+//! Configurations: a replica executes a change of acceptor configuration (`Value::Reconfig`) like
+//! any slot, into its [`ConfigHistory`], which is part of its state (digest, snapshots) and goes
+//! with every watermark report: the proposers route slots by what replicas executed. The history
+//! forgets, after every slot, the configurations that own no slot at or above the watermark, so
+//! replicas at one slot hold the same history.
+//!
 //! Must never: execute a slot before every lower slot; apply a command twice; let a malformed batch
 //! stop execution (every replica reads the same bytes, so treating it as empty is deterministic);
 //! report a watermark its disk could not give back; install a state whose digest is not the one
 //! offered.
 
 use super::config::{ClusterConfig, Tunables};
+use super::configuration::{ConfigHistory, Configuration};
 use super::durable::{Record, Recovered, Storage};
 use super::membership::View;
 use super::messages::{
@@ -87,7 +94,8 @@ struct ImageBuild {
     frozen: Box<dyn FrozenState>,
     /// The image so far: the state machine's length, then its image.
     bytes: Vec<u8>,
-    /// The client table at `slot`, appended once the state machine's image is written.
+    /// The configuration history and client table at `slot`, appended once the state machine's
+    /// image is written.
     client_table: Vec<u8>,
     /// The digest of `bytes` so far, a slice at a time (one pass over a GB is a long turn too).
     digest: xxhash_rust::xxh3::Xxh3Default,
@@ -134,6 +142,8 @@ pub struct Replica {
     id: NodeId,
     index: usize,
     config: ClusterConfig,
+    /// The acceptor configurations in force from the watermark on, as the log chose them.
+    history: ConfigHistory,
     report_interval_us: Time,
     state_machine: Box<dyn StateMachine>,
     /// Every slot below this is executed.
@@ -207,6 +217,7 @@ impl Replica {
         Replica {
             id,
             index,
+            history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
             config,
             report_interval_us: tunables.replica_report_interval_us,
             state_machine,
@@ -283,11 +294,23 @@ impl Replica {
     /// client table (as [`Replica::snapshot`] lays it out). What a [`Record::Snapshot`] carries and
     /// [`Replica::recover`] restores; public so that `bench recovery` can write a real snapshot file.
     pub fn durable_snapshot(&self) -> Vec<u8> {
-        let clients = self.clients_in_order();
-        let mut bytes = image_buffer(self.state_machine.snapshot_len(), client_table_len(&clients));
+        let tail = self.image_tail();
+        let mut bytes = image_buffer(self.state_machine.snapshot_len(), tail.len());
         self.state_machine.snapshot_into(&mut bytes);
-        encode_client_table(&clients, &mut bytes);
+        bytes.extend_from_slice(&tail);
         bytes
+    }
+
+    /// What an image holds after the state machine's: the configuration history (length first),
+    /// then the client table.
+    fn image_tail(&self) -> Vec<u8> {
+        let clients = self.clients_in_order();
+        let history = self.history.to_bytes();
+        let mut tail = Vec::with_capacity(8 + history.len() + client_table_len(&clients));
+        tail.extend_from_slice(&(history.len() as u64).to_le_bytes());
+        tail.extend_from_slice(&history);
+        encode_client_table(&clients, &mut tail);
+        tail
     }
 
     /// The state machine frozen as a snapshot builds it (`bench recovery` times its slices).
@@ -300,6 +323,8 @@ impl Replica {
     fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         let mut reader = SnapshotReader::new(bytes);
         let state_machine = reader.field()?;
+        let history = ConfigHistory::from_bytes(reader.field()?)
+            .ok_or(SnapshotError("the configuration history does not read back"))?;
         let mut table = FxHashMap::default();
         while !reader.rest().is_empty() {
             let client = reader.u64()?;
@@ -311,6 +336,7 @@ impl Replica {
         }
         self.state_machine.restore(state_machine)?;
         self.client_table = table;
+        self.history = history;
         Ok(())
     }
 
@@ -334,9 +360,7 @@ impl Replica {
             return;
         }
         let frozen = self.state_machine.freeze();
-        let clients = self.clients_in_order();
-        let mut client_table = Vec::with_capacity(client_table_len(&clients));
-        encode_client_table(&clients, &mut client_table);
+        let client_table = self.image_tail();
         let bytes = image_buffer(frozen.image_len(), client_table.len());
         let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
         digest.update(&bytes);
@@ -430,8 +454,9 @@ impl Replica {
 
     /// Digest of the state machine and the client table. Walks the client table: for checkers.
     pub fn state_digest(&self) -> u64 {
-        let mut bytes = Vec::with_capacity(8 + 24 * self.client_table.len());
+        let mut bytes = Vec::with_capacity(16 + 24 * self.client_table.len());
         bytes.extend_from_slice(&self.state_machine.digest().to_le_bytes());
+        bytes.extend_from_slice(&self.history.digest().to_le_bytes());
         for (client, entry) in self.clients_in_order() {
             bytes.extend_from_slice(&client.to_le_bytes());
             bytes.extend_from_slice(&entry.seq.to_le_bytes());
@@ -446,13 +471,19 @@ impl Replica {
         clients
     }
 
-    /// Canonical bytes of the whole replicated state: state machine, then client table in id order.
+    /// Canonical bytes of the whole replicated state: state machine, then configuration history
+    /// and client table in id order.
     pub fn snapshot(&self) -> Vec<u8> {
-        let clients = self.clients_in_order();
-        let mut bytes = Vec::with_capacity(self.state_machine.snapshot_len() + client_table_len(&clients));
+        let tail = self.image_tail();
+        let mut bytes = Vec::with_capacity(self.state_machine.snapshot_len() + tail.len());
         self.state_machine.snapshot_into(&mut bytes);
-        encode_client_table(&clients, &mut bytes);
+        bytes.extend_from_slice(&tail);
         bytes
+    }
+
+    /// The acceptor configurations in force from the watermark on.
+    pub fn configs(&self) -> &ConfigHistory {
+        &self.history
     }
 
     fn on_chosen(&mut self, slot: Slot, value: Value, out: &mut Out) {
@@ -479,6 +510,10 @@ impl Replica {
             let replies = match &value {
                 Value::Noop => Vec::new(),
                 Value::Batch(bytes) => self.execute_batch(slot, bytes, out),
+                Value::Reconfig(bytes) => {
+                    self.execute_reconfig(slot, bytes, out);
+                    Vec::new()
+                }
             };
             if !replies.is_empty() && self.is_designated_replier(slot) {
                 let unbatchers = &self.unbatchers;
@@ -492,6 +527,7 @@ impl Replica {
                 out.persist(Record::Executed { slot, value: value.clone() });
             }
             self.executed += 1;
+            self.history.forget_below(self.executed);
             // Digests only for checkers: a state digest walks the whole state.
             let value_digest = out.digest(|| value.digest());
             let state_digest = out.digest(|| self.state_digest());
@@ -524,6 +560,19 @@ impl Replica {
         let heard_at = self.peer_heard_at.get(&peer).copied().unwrap_or(0);
         let behind = self.peer_watermarks.get(&peer).copied().unwrap_or(0) + window < slot;
         behind || self.now > heard_at + self.tunables.replica_down_after_us
+    }
+
+    /// A change of configuration: the next one if it is the next epoch and keeps the rules,
+    /// otherwise skipped (every replica decides alike, from the same bytes and history).
+    fn execute_reconfig(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) {
+        let Some(config) = Configuration::decode(bytes) else {
+            out.dropped("replica: a change of configuration that does not decode, skipped");
+            return;
+        };
+        out.event(|| Event::ReconfigExecuted { slot, config: config.clone() });
+        if !self.history.on_chosen(slot, &config) {
+            out.dropped("replica: a change of configuration out of turn or against the rules, skipped");
+        }
     }
 
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
@@ -757,7 +806,7 @@ impl Replica {
         let end = self.chosen.keys().next().copied().unwrap_or(self.executed + 1);
         for slot in self.executed..end.min(self.executed + SLOTS_READ_AT_ONCE) {
             self.slot_reads.entry(slot).or_default();
-            for &acceptor in &self.config.acceptor_groups[self.config.group_of(slot)] {
+            for &acceptor in self.history.group_of(slot) {
                 out.send(acceptor, Msg::ReadSlot { slot });
             }
         }
@@ -766,8 +815,7 @@ impl Replica {
     /// An acceptor's answer to a slot read: once f+1 of the group report one ballot, that ballot's
     /// value is the chosen one.
     fn on_slot_read(&mut self, from: NodeId, slot: Slot, accepted: Option<AcceptedEntry>, out: &mut Out) {
-        let group = &self.config.acceptor_groups[self.config.group_of(slot)];
-        if !group.contains(&from) || accepted.as_ref().is_some_and(|e| e.slot != slot) {
+        if !self.history.group_of(slot).contains(&from) || accepted.as_ref().is_some_and(|e| e.slot != slot) {
             out.dropped("replica: a slot read from an acceptor not of the slot's group");
             return;
         }
@@ -775,7 +823,7 @@ impl Replica {
             return; // not asked, or learned since
         };
         answers.insert(from, accepted.map(|e| (e.ballot, e.value)));
-        let quorum = self.config.quorum();
+        let quorum = self.history.quorum();
         let mut by_ballot: BTreeMap<super::Ballot, (usize, &Value)> = BTreeMap::new();
         for (ballot, value) in answers.values().flatten() {
             by_ballot.entry(*ballot).or_insert((0, value)).0 += 1;
@@ -793,7 +841,7 @@ impl Replica {
         let watermark = self.executed;
         let peers = self.config.replicas.iter().filter(|&&r| r != self.id);
         for &to in self.config.proposers.iter().chain(peers) {
-            self.storage.send(out, to, Msg::Executed { watermark });
+            self.storage.send(out, to, Msg::Executed { watermark, configs: self.history.clone() });
         }
         self.teaching = self.teaching.take().filter(|i| now < i.last_fetch + TEACH_IMAGE_IDLE_US);
         if self.learning.is_some() {
@@ -883,7 +931,7 @@ impl Role for Replica {
         self.now = now;
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
-            Msg::Executed { watermark } => self.on_executed(from, watermark, out),
+            Msg::Executed { watermark, .. } => self.on_executed(from, watermark, out),
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
                 if self.view.merge(&view) {
                     // Two unbatchers leaving at once through different proposers can leave none in
@@ -970,6 +1018,15 @@ fn encode_client_table(clients: &[(u64, &ClientEntry)], bytes: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica's watermark report with the cluster file's configuration.
+    fn executed(watermark: Slot) -> Msg {
+        let configs = crate::protocol::configuration::ConfigHistory::new(
+            &ClusterConfig::f1(1, 1, 1, 1),
+            Tunables::default().max_in_flight_slots as u64,
+        );
+        Msg::Executed { watermark, configs }
+    }
     use crate::protocol::messages::{encode_batch, Command};
     use crate::protocol::state_machine::kv::KvOp;
     use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
@@ -1125,14 +1182,14 @@ mod tests {
     fn a_replica_answers_the_slots_of_a_peer_that_went_silent() {
         let mut r = replica(7);
         let down_after = Tunables::default().replica_down_after_us;
-        r.handle_message(10, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        r.handle_message(10, 8, executed(0), &mut Out::new(false));
         assert!(replies_at(&mut r, 0, 0), "slot 0 is replica 7's own");
         assert!(!replies_at(&mut r, 20, 1), "slot 1 is replica 8's, and 8 reported just now");
         chosen(&mut r, 2, vec![]);
         assert!(replies_at(&mut r, 10 + down_after + 1, 3), "8 has been silent too long: 7 answers for it");
         // 8 reports again, but from far behind (it is learning): 7 answers for it too.
         let now = 20 + down_after;
-        r.handle_message(now, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        r.handle_message(now, 8, executed(0), &mut Out::new(false));
         let window = Tunables::default().max_in_flight_slots as u64;
         let slot = window + 3; // replica 8's (odd), more than a window above 8's watermark
         for below in 4..slot {
@@ -1148,11 +1205,11 @@ mod tests {
         for below in 0..slot {
             r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
         }
-        r.handle_message(5, 8, Msg::Executed { watermark: slot }, &mut Out::new(false));
+        r.handle_message(5, 8, executed(slot), &mut Out::new(false));
         assert!(!replies_at(&mut r, 5, slot), "8 is up and level with 7: its slots are its own");
         r.handle_message(5, 6, Msg::Chosen { slot: slot + 1, value: Value::Noop }, &mut Out::new(false));
         // 8 comes back on an empty disk: a report of 0 after one of `slot`.
-        r.handle_message(5, 8, Msg::Executed { watermark: 0 }, &mut Out::new(false));
+        r.handle_message(5, 8, executed(0), &mut Out::new(false));
         assert!(replies_at(&mut r, 5, slot + 2), "8 starts again from nothing: 7 answers for it");
     }
 
@@ -1160,7 +1217,7 @@ mod tests {
     fn a_replica_catching_up_does_not_answer_slots_a_peer_executed_a_window_ago() {
         let mut r = replica(7);
         let window = Tunables::default().max_in_flight_slots as u64;
-        r.handle_message(5, 8, Msg::Executed { watermark: 2 * window + 10 }, &mut Out::new(false));
+        r.handle_message(5, 8, executed(2 * window + 10), &mut Out::new(false));
         assert!(!replies_at(&mut r, 5, 0), "slot 0 is 7's own, but 8 passed it more than a window ago");
         for below in 1..window + 10 {
             r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
@@ -1271,7 +1328,7 @@ mod tests {
         let at = r.poll_timeout().unwrap();
         r.handle_timeout(at, &mut out);
         assert!(out.msgs.iter().all(|(_, m)| !matches!(m, Msg::Executed { .. })), "{:?}", out.msgs);
-        assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { watermark: 1 })));
+        assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { watermark: 1, .. })));
     }
 
     /// Delivers messages between two replicas (ids 7 and 8) until none are left, as a lossless
@@ -1330,7 +1387,7 @@ mod tests {
             chosen(&mut ahead, slot, vec![incr(100, slot + 1)]);
         }
         let mut out = Out::new(false);
-        behind.handle_message(0, 8, Msg::Executed { watermark: 3 }, &mut out);
+        behind.handle_message(0, 8, executed(3), &mut out);
         let at = behind.poll_timeout().unwrap();
         behind.handle_timeout(at, &mut out);
         let catch_up =
@@ -1356,7 +1413,7 @@ mod tests {
         for slot in 0..100 {
             chosen(&mut ahead, slot, vec![incr(100, slot + 1)]);
         }
-        behind.handle_message(0, 8, Msg::Executed { watermark: 100 }, &mut Out::new(false));
+        behind.handle_message(0, 8, executed(100), &mut Out::new(false));
         let mut asks = Vec::new();
         while behind.executed_watermark() < 100 {
             let mut out = Out::new(false);
@@ -1431,7 +1488,7 @@ mod tests {
     fn a_paced_learner_fetches_a_snapshot_no_faster_than_its_byte_rate() {
         // 512-byte chunks, two at a time, at most 51,200 bytes/s (100 chunks a second).
         let (mut behind, mut ahead) = snapshot_teacher_and_learner(51_200);
-        behind.handle_message(0, 8, Msg::Executed { watermark: 40 }, &mut Out::new(false));
+        behind.handle_message(0, 8, executed(40), &mut Out::new(false));
         let mut now = 0;
         while behind.executed_watermark() < 40 {
             now = behind.poll_timeout().unwrap();
@@ -1502,7 +1559,7 @@ mod tests {
             }
         }
         for &t in &ids[1..] {
-            learner.handle_message(0, t, Msg::Executed { watermark: 20 }, &mut Out::new(false));
+            learner.handle_message(0, t, executed(20), &mut Out::new(false));
         }
         // Report periods: the learner asks a teacher, which serves three chunks and then dies (the
         // chunks it sent still arrive). Both teachers are at slot 20, so their images are the same

@@ -5,6 +5,7 @@ use super::config::ClusterFile;
 use super::launch::{node_launch, StorageChoice};
 use super::local::cluster_spec;
 use super::{metrics, start, ProcessPlan};
+use crate::protocol::membership::is_stateless;
 use crate::protocol::birth::RoleSpec;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
@@ -67,6 +68,14 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
     let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr } = opts;
     if file.addresses.contains_key(&id) {
         return Err(format!("node {id} is in the cluster file: start it without --join"));
+    }
+    if !is_stateless(kind) {
+        // The protocol brings acceptors in through a change of configuration, but a running
+        // cluster cannot yet reach a new acceptor's address, nor would it keep its votes on disk.
+        return Err(format!(
+            "{} --join: only batchers, proxy leaders and unbatchers can join a running cluster yet",
+            kind.name()
+        ));
     }
     let advertise = advertise.unwrap_or(listen);
     if advertise.ip().is_unspecified() || advertise.port() == 0 {

@@ -109,6 +109,15 @@ impl NodeMetrics {
                 counter!("autopaxos_snapshots_installed_total", "role" => self.role, "node" => self.node.clone())
                     .increment(1);
             }
+            Event::ReconfigExecuted { slot, config } => {
+                tracing::info!(
+                    node = %self.node,
+                    slot,
+                    epoch = config.epoch,
+                    groups = ?config.acceptor_groups,
+                    "executed a change of acceptor configuration"
+                );
+            }
             Event::Dropped { reason } => {
                 let (role, node) = (self.role, self.node.clone());
                 counter!("autopaxos_dropped_messages_total", "role" => role, "node" => node, "reason" => *reason)

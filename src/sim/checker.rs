@@ -1,7 +1,11 @@
 //! Safety checkers that watch every event of a simulated run:
 //! - agreement: at most one value is chosen per slot (a value is chosen when f+1 acceptors of the
 //!   slot's group accepted it at one ballot — computed from the acceptors' own reports, not trusted
-//!   from the proxy leaders);
+//!   from the proxy leaders). The slot's group is the one of the configuration in force at the
+//!   slot, which the checker works out for itself from the changes replicas execute: a change
+//!   chosen at slot i owns the slots from i + α on (its own arithmetic, not the nodes'). Votes from
+//!   acceptors of any other group do not count;
+//! - the final configuration: every replica ends with the one the log says;
 //! - replicas execute every slot in order, only chosen values, and agree on the state after each slot
 //!   (so their logs are prefixes of one another and digests agree at equal watermarks);
 //! - a replica that installs a snapshot taught by a peer has the state some replica had after the
@@ -11,13 +15,21 @@
 //!
 //! Linearizability of the client history is checked at the end by `linearizability`.
 
+use crate::protocol::configuration::{validate_change, Configuration};
 use crate::protocol::{Ballot, Event, NodeId, Slot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Accumulates violations; empty means every check held so far.
 #[derive(Debug, Default)]
 pub struct Checker {
+    f: usize,
     quorum: usize,
+    /// A change chosen at slot i is in force from i + alpha.
+    alpha: u64,
+    /// Every configuration the log chose, with the first slot it owns, oldest first.
+    configs: Vec<(Slot, Configuration)>,
+    /// Slots whose change of configuration was seen executed.
+    reconfig_slots: BTreeSet<Slot>,
     /// (slot, ballot) → the value accepted at that ballot, and by whom.
     votes: BTreeMap<(Slot, Ballot), (u64, BTreeSet<NodeId>)>,
     /// slot → the chosen value's digest.
@@ -36,9 +48,40 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker for a cluster whose quorums have `quorum` acceptors.
-    pub fn new(quorum: usize) -> Self {
-        Checker { quorum, ..Checker::default() }
+    /// A checker for a cluster that tolerates `f` failures, starting with `groups`, whose changes
+    /// of configuration are in force `alpha` slots after the slot that chose them.
+    pub fn new(f: usize, groups: Vec<Vec<NodeId>>, alpha: u64) -> Self {
+        let first = Configuration { epoch: 0, acceptor_groups: groups };
+        Checker { f, quorum: f + 1, alpha, configs: vec![(0, first)], ..Checker::default() }
+    }
+
+    /// The configuration in force at `slot`, as the log says.
+    fn config_at(&self, slot: Slot) -> &Configuration {
+        let i = self.configs.partition_point(|(from, _)| *from <= slot).saturating_sub(1);
+        &self.configs[i].1
+    }
+
+    /// The newest configuration the log chose.
+    pub fn latest_config(&self) -> &Configuration {
+        &self.configs.last().expect("never empty").1
+    }
+
+    /// Every acceptor group of every configuration the log chose.
+    pub fn all_groups(&self) -> impl Iterator<Item = &Vec<NodeId>> + '_ {
+        self.configs.iter().flat_map(|(_, c)| c.acceptor_groups.iter())
+    }
+
+    /// The values chosen in `slot`: accepted at one ballot by a quorum of the group that owns the
+    /// slot in the configuration in force at it.
+    fn chosen_in(&self, slot: Slot) -> BTreeSet<u64> {
+        let config = self.config_at(slot);
+        let group = config.group_of(slot);
+        self.votes
+            .range((slot, Ballot::ZERO)..)
+            .take_while(|((s, _), _)| *s == slot)
+            .filter(|(_, (_, voters))| voters.iter().filter(|a| group.contains(a)).count() >= self.quorum)
+            .map(|(_, (digest, _))| *digest)
+            .collect()
     }
 
     /// Watches one event of `node`.
@@ -59,6 +102,7 @@ impl Checker {
             Event::Installed { slot, state_digest: Some(state_digest) } => {
                 self.on_installed(node, slot, state_digest)
             }
+            Event::ReconfigExecuted { slot, ref config } => self.on_reconfig_executed(slot, config),
             Event::Applied { client_id, seq, slot } => {
                 self.applied_anywhere.insert((client_id, seq));
                 if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() {
@@ -81,7 +125,7 @@ impl Checker {
             return;
         }
         voters.insert(acceptor);
-        if voters.len() < self.quorum {
+        if !self.chosen_in(slot).contains(&digest) {
             return;
         }
         match self.chosen.get(&slot) {
@@ -95,6 +139,40 @@ impl Checker {
         }
     }
 
+    /// A replica executed a change of configuration in `slot`: the next epoch, if it keeps the
+    /// rules, owns the slots from `slot + alpha` on. Changes are first executed in slot order (by
+    /// the replica furthest ahead), so each is seen after every change below it.
+    fn on_reconfig_executed(&mut self, slot: Slot, config: &Configuration) {
+        if !self.reconfig_slots.insert(slot) {
+            return;
+        }
+        let latest = self.latest_config();
+        if validate_change(latest, config, self.f).is_ok() {
+            self.configs.push((slot + self.alpha, config.clone()));
+        }
+    }
+
+    /// At the end: no slot chose two values, counted in the configuration in force at it now
+    /// that every change is known, and every replica's configuration is the log's.
+    pub fn check_at_end(&mut self, replica_configs: &[(NodeId, Configuration)]) {
+        let slots: BTreeSet<Slot> = self.votes.keys().map(|&(s, _)| s).collect();
+        for slot in slots {
+            let chosen = self.chosen_in(slot);
+            if chosen.len() > 1 {
+                self.violation(format!("agreement: slot {slot} chose {} values: {chosen:x?}", chosen.len()));
+            }
+        }
+        let latest = self.latest_config().clone();
+        for (replica, config) in replica_configs {
+            if *config != latest {
+                self.violation(format!(
+                    "configuration: replica {replica} ends with epoch {} {:?}, the log says epoch {} {:?}",
+                    config.epoch, config.acceptor_groups, latest.epoch, latest.acceptor_groups
+                ));
+            }
+        }
+    }
+
     fn on_executed(&mut self, replica: NodeId, slot: Slot, value: u64, state: u64) {
         let expected = self.next_to_execute.insert(replica, slot + 1).unwrap_or(0);
         if slot != expected {
@@ -102,14 +180,15 @@ impl Checker {
                 "order: replica {replica} executed slot {slot} while slot {expected} was next"
             ));
         }
-        match self.chosen.get(&slot) {
-            None => self.violation(format!(
-                "agreement: replica {replica} executed slot {slot}, which no quorum chose"
-            )),
-            Some(&chosen) if chosen != value => self.violation(format!(
-                "agreement: replica {replica} executed {value:016x} in slot {slot}, but {chosen:016x} was chosen"
-            )),
-            Some(_) => {}
+        let chosen = self.chosen_in(slot);
+        if chosen.is_empty() {
+            self.violation(format!(
+                "agreement: replica {replica} executed slot {slot}, which no quorum of its group chose"
+            ));
+        } else if !chosen.contains(&value) {
+            self.violation(format!(
+                "agreement: replica {replica} executed {value:016x} in slot {slot}, but {chosen:x?} was chosen"
+            ));
         }
         match self.executed.get(&slot) {
             None => {
@@ -184,7 +263,7 @@ mod tests {
 
     #[test]
     fn two_values_chosen_in_one_slot_is_caught() {
-        let mut c = Checker::new(2);
+        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
         accepted(&mut c, 3, 0, B1, 0xa);
         accepted(&mut c, 4, 0, B1, 0xa);
         assert!(c.violations.is_empty());
@@ -195,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_same_value_chosen_again_at_a_higher_ballot_is_fine() {
-        let mut c = Checker::new(2);
+        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
         for (a, b) in [(3, B1), (4, B1), (4, B2), (5, B2)] {
             accepted(&mut c, a, 0, b, 0xa);
         }
@@ -204,7 +283,7 @@ mod tests {
 
     #[test]
     fn out_of_order_unchosen_or_divergent_execution_is_caught() {
-        let mut c = Checker::new(2);
+        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
         for slot in 0..2 {
             accepted(&mut c, 3, slot, B1, slot);
             accepted(&mut c, 4, slot, B1, slot);
@@ -215,12 +294,37 @@ mod tests {
         c.observe(7, &Event::Executed { slot: 1, value_digest: Some(1), state_digest: Some(99) });
         assert!(c.violations[1].starts_with("divergence"));
         c.observe(7, &Event::Executed { slot: 2, value_digest: Some(5), state_digest: Some(0) });
-        assert!(c.violations[2].contains("no quorum chose"));
+        assert!(c.violations[2].contains("no quorum of its group chose"));
+    }
+
+    #[test]
+    fn votes_count_only_in_the_group_of_the_configuration_in_force_at_the_slot() {
+        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
+        let change = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
+        c.observe(7, &Event::ReconfigExecuted { slot: 0, config: change });
+        // Slot 5 is below 0 + alpha: still the old group's. Votes of the new one do not choose it.
+        accepted(&mut c, 20, 5, B1, 0xa);
+        accepted(&mut c, 21, 5, B1, 0xa);
+        assert_eq!(c.chosen_slots(), 0);
+        accepted(&mut c, 3, 5, B1, 0xa);
+        accepted(&mut c, 4, 5, B1, 0xa);
+        assert_eq!(c.chosen_slots(), 1);
+        // Slot 10 is the new group's.
+        accepted(&mut c, 3, 10, B1, 0xb);
+        accepted(&mut c, 4, 10, B1, 0xb);
+        assert_eq!(c.chosen_slots(), 1);
+        accepted(&mut c, 20, 10, B2, 0xc);
+        accepted(&mut c, 22, 10, B2, 0xc);
+        assert_eq!(c.chosen_slots(), 2);
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+        let stale = Configuration { epoch: 0, acceptor_groups: vec![vec![3, 4, 5]] };
+        c.check_at_end(&[(7, stale)]);
+        assert!(c.violations[0].starts_with("configuration"), "{:?}", c.violations);
     }
 
     #[test]
     fn a_command_applied_twice_is_caught() {
-        let mut c = Checker::new(2);
+        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
         c.observe(7, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
         c.observe(8, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
         assert!(c.violations.is_empty(), "once per replica is right");

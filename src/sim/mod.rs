@@ -21,6 +21,7 @@ pub mod workload;
 use crate::protocol::birth::{self, RoleSpec};
 use crate::protocol::client::Client;
 use crate::protocol::client_mux::ClientMux;
+use crate::protocol::configuration::Configuration;
 use crate::protocol::durable::{keeps_state, Record, Recovered, Storage};
 use crate::protocol::messages::client_id;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
@@ -66,6 +67,9 @@ pub struct SimOptions {
     /// Failures tolerated; `None`: drawn from the seed (1, 2 or 3; always 1 with scripted faults,
     /// whose node ids are those of [`ClusterConfig::f1`]).
     pub f: Option<usize>,
+    /// Frequent changes of acceptor configuration (heavy faults make a few anyway): groups added
+    /// and removed, acceptors replaced, by an operator who waits for each to be chosen.
+    pub reconfig: bool,
 }
 
 impl SimOptions {
@@ -83,6 +87,7 @@ impl SimOptions {
             shape: None,
             churn: false,
             f: None,
+            reconfig: false,
         }
     }
 }
@@ -140,6 +145,10 @@ pub struct FaultCounts {
     pub chunks_corrupted: u64,
     /// Slots replicas read from their acceptor group (no peer replica could teach them).
     pub slot_reads: u64,
+    /// Changes of acceptor configuration the operator asked for and the log chose.
+    pub reconfigs: u64,
+    /// Acceptors crashed while a change that adds or removes them was under way.
+    pub reconfig_crashes: u64,
 }
 
 impl FaultCounts {
@@ -154,6 +163,8 @@ impl FaultCounts {
         self.teachers_crashed += other.teachers_crashed;
         self.chunks_corrupted += other.chunks_corrupted;
         self.slot_reads += other.slot_reads;
+        self.reconfigs += other.reconfigs;
+        self.reconfig_crashes += other.reconfig_crashes;
     }
 }
 
@@ -163,7 +174,8 @@ impl std::fmt::Display for FaultCounts {
         write!(
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
-             snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}",
+             snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
+             configurations changed {}, acceptors crashed mid-change {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -172,7 +184,9 @@ impl std::fmt::Display for FaultCounts {
             self.installed,
             self.teachers_crashed,
             self.chunks_corrupted,
-            self.slot_reads
+            self.slot_reads,
+            self.reconfigs,
+            self.reconfig_crashes
         )
     }
 }
@@ -269,6 +283,8 @@ enum Pending {
     Join(RoleKind),
     /// The operator asks this node to leave (again, until it reports `Left`).
     Leave(NodeId),
+    /// The operator starts the next change of configuration, or repeats the one under way.
+    Reconfigure,
     /// A sync of `node`'s disk completes (if the node has not crashed since it began).
     Synced {
         node: NodeId,
@@ -335,6 +351,12 @@ pub struct Simulator<'t> {
     wipe_rate: f64,
     /// Heavy faults, not scripted: teaching's faults are on.
     teach_faults_on: bool,
+    /// Changes of configuration: their own stream, the ones still to make, the one under way.
+    reconfig_rng: ChaCha8Rng,
+    reconfigs_left: u32,
+    reconfig_target: Option<Configuration>,
+    /// Acceptors brought in by changes so far.
+    new_acceptors: NodeId,
 }
 
 /// Derives an independent seed for one purpose from the run's seed (splitmix64).
@@ -350,6 +372,10 @@ const CLIENT_ID_BASE: NodeId = 1000;
 const JOINED_ID_BASE: NodeId = 500;
 /// The operator (or autoscaler) that asks nodes to leave.
 const OPERATOR: NodeId = 900;
+/// Ids of acceptors that changes of configuration bring in.
+const NEW_ACCEPTOR_ID_BASE: NodeId = 600;
+/// How often the operator repeats a change of configuration that is not yet chosen.
+const RECONFIG_RETRY_US: Time = 300_000;
 /// How often the operator repeats a request to leave that has not completed.
 const LEAVE_RETRY_US: Time = 300_000;
 /// A run takes a few thousand events; this many means something re-arms itself without end.
@@ -396,6 +422,15 @@ impl<'t> Simulator<'t> {
         let snapshot_slice_bytes = [16, 1 << 20][pace_rng.gen_range(0..2)];
         let snapshot_slice_pause_us = [0, 300][pace_rng.gen_range(0..2)];
         let teach_max_bytes_per_sec = [0, 0, 20_000, 1 << 20][pace_rng.gen_range(0..4)];
+        // Changes of configuration (their own stream): a few under heavy faults, many with
+        // `--reconfig`.
+        let mut reconfig_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xc0f1));
+        let heavy = opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none();
+        let reconfigs_left = match (opts.reconfig, heavy) {
+            (true, _) => reconfig_rng.gen_range(3..=6),
+            (false, true) => [0, 0, 1, 2][reconfig_rng.gen_range(0..4)],
+            (false, false) => 0,
+        };
         let tunables = Tunables {
             teach_retention_slots,
             teach_chunk_bytes,
@@ -428,7 +463,7 @@ impl<'t> Simulator<'t> {
             link: LinkModel::for_level(opts.faults),
             partitions: Partitions::default(),
             faults_on: true,
-            checker: Checker::new(2),
+            checker: Checker::default(),
             history: Vec::new(),
             history_ids: Vec::new(),
             stamp: 0,
@@ -441,9 +476,17 @@ impl<'t> Simulator<'t> {
             teach_rng,
             wipe_rate,
             teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
+            reconfig_rng,
+            reconfigs_left,
+            reconfig_target: None,
+            new_acceptors: 0,
             opts,
         };
-        sim.checker = Checker::new(sim.cluster.quorum());
+        sim.checker = Checker::new(
+            sim.cluster.f,
+            sim.cluster.acceptor_groups.clone(),
+            sim.tunables.max_in_flight_slots as u64,
+        );
         let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
         for (id, kind) in ids {
             let member = sim.build(id, kind, 0, false, Recovered::default());
@@ -506,6 +549,10 @@ impl<'t> Simulator<'t> {
         if self.opts.churn {
             self.schedule_churn();
         }
+        if self.reconfigs_left > 0 {
+            let at = self.reconfig_rng.gen_range(0..self.opts.fault_phase_us / 2);
+            self.schedule(at, Pending::Reconfigure);
+        }
         self.schedule(self.opts.fault_phase_us, Pending::EndFaults);
         let clients: Vec<NodeId> = self.clients.keys().copied().collect();
         for id in clients {
@@ -514,7 +561,8 @@ impl<'t> Simulator<'t> {
         }
         let deadline = self.opts.fault_phase_us + self.opts.liveness_bound_us;
         while let Some(at) = self.next_due() {
-            if at > deadline || (!self.faults_on && self.all_clients_done() && self.all_leaves_done()) {
+            let done = self.all_clients_done() && self.all_leaves_done() && self.reconfig_target.is_none();
+            if at > deadline || (!self.faults_on && done) {
                 break;
             }
             self.step(at);
@@ -570,6 +618,7 @@ impl<'t> Simulator<'t> {
             Pending::EndFaults => self.end_faults(),
             Pending::Join(kind) => self.join(kind),
             Pending::Leave(id) => self.ask_to_leave(id),
+            Pending::Reconfigure => self.reconfigure(),
             Pending::Synced { node, incarnation } => self.synced(node, incarnation),
         }
     }
@@ -598,6 +647,89 @@ impl<'t> Simulator<'t> {
             let id = candidates.swap_remove(rng.gen_range(0..candidates.len()));
             self.schedule(rng.gen_range(0..phase), Pending::Leave(id));
         }
+    }
+
+    /// The operator's side of changing the configuration: one change at a time, drawn from the
+    /// log's newest configuration (add a group, remove one, replace an acceptor), sent to every
+    /// proposer and repeated until the log chose it. Sometimes an acceptor it adds or removes
+    /// crashes meanwhile.
+    fn reconfigure(&mut self) {
+        if let Some(target) = &self.reconfig_target {
+            if self.checker.latest_config().epoch >= target.epoch {
+                self.trace(|| "the change of configuration is chosen".into());
+                self.reconfig_target = None;
+                self.outcome.faults.reconfigs += 1;
+                if self.reconfigs_left > 0 && self.faults_on {
+                    let pause = self.reconfig_rng.gen_range(0..self.opts.fault_phase_us / 4);
+                    self.schedule(self.now + pause, Pending::Reconfigure);
+                }
+                return;
+            }
+            let target = target.clone();
+            self.ask_for_change(target);
+            return;
+        }
+        if self.reconfigs_left == 0 || !self.faults_on {
+            return;
+        }
+        self.reconfigs_left -= 1;
+        let latest = self.checker.latest_config().clone();
+        let f = self.cluster.f;
+        let mut groups = latest.acceptor_groups.clone();
+        let kinds: Vec<u8> = [(0, groups.len() < 3), (1, groups.len() > 1), (2, true)]
+            .into_iter()
+            .filter_map(|(k, allowed)| allowed.then_some(k))
+            .collect();
+        let kind = kinds[self.reconfig_rng.gen_range(0..kinds.len())];
+        let mut touched: Vec<NodeId> = Vec::new();
+        match kind {
+            0 => {
+                let group: Vec<NodeId> = (0..2 * f + 1).map(|_| self.new_acceptor()).collect();
+                touched.extend(&group);
+                groups.push(group);
+            }
+            1 => {
+                let gone = groups.remove(self.reconfig_rng.gen_range(0..groups.len()));
+                touched.extend(gone);
+            }
+            _ => {
+                let g = self.reconfig_rng.gen_range(0..groups.len());
+                let m = self.reconfig_rng.gen_range(0..groups[g].len());
+                let new = self.new_acceptor();
+                touched.push(std::mem::replace(&mut groups[g][m], new));
+                touched.push(new);
+            }
+        }
+        let target = Configuration { epoch: latest.epoch + 1, acceptor_groups: groups };
+        self.trace(|| format!("operator changes the configuration to {target:?}"));
+        if self.faults_on && self.reconfig_rng.gen_bool(0.3) {
+            let victim = touched[self.reconfig_rng.gen_range(0..touched.len())];
+            let back = self.now + self.reconfig_rng.gen_range(20_000..400_000);
+            self.outcome.faults.reconfig_crashes += 1;
+            let crash_at = self.now + self.reconfig_rng.gen_range(0..100_000);
+            self.schedule(crash_at, Pending::Fault(Fault::Crash(victim)));
+            self.schedule(back, Pending::Fault(Fault::Restart(victim)));
+        }
+        self.reconfig_target = Some(target.clone());
+        self.ask_for_change(target);
+    }
+
+    /// Sends the change to every proposer (the leader makes it; the others say who leads), and
+    /// looks again later.
+    fn ask_for_change(&mut self, target: Configuration) {
+        for p in self.cluster.proposers.clone() {
+            self.send(OPERATOR, p, Msg::Reconfigure(target.clone()));
+        }
+        self.schedule(self.now + RECONFIG_RETRY_US, Pending::Reconfigure);
+    }
+
+    /// Starts an acceptor that a change of configuration will bring in.
+    fn new_acceptor(&mut self) -> NodeId {
+        let id = NEW_ACCEPTOR_ID_BASE + self.new_acceptors;
+        self.new_acceptors += 1;
+        let member = self.build(id, RoleKind::Acceptor, 0, true, Recovered::default());
+        self.nodes.insert(id, SimNode::new(RoleKind::Acceptor, member, true));
+        id
     }
 
     fn join(&mut self, kind: RoleKind) {
@@ -916,10 +1048,15 @@ impl<'t> Simulator<'t> {
         false
     }
 
-    /// Acceptors of `id`'s group whose disk holds a corrupted record (they refuse to start).
+    /// The most acceptors whose disk holds a corrupted record (they refuse to start) in any group
+    /// of any configuration that `id` is a member of.
     fn dead_in_group(&self, id: NodeId) -> usize {
-        let group = self.cluster.acceptor_groups.iter().find(|g| g.contains(&id)).expect("an acceptor");
-        group.iter().filter(|a| self.nodes.get(a).is_some_and(|n| n.corrupted)).count()
+        self.checker
+            .all_groups()
+            .filter(|g| g.contains(&id))
+            .map(|g| g.iter().filter(|a| self.nodes.get(a).is_some_and(|n| n.corrupted)).count())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The node's machine comes back: its role is rebuilt from its disk alone (stateless roles from
@@ -1020,6 +1157,12 @@ impl<'t> Simulator<'t> {
                 ));
             }
         }
+        if let Some(target) = &self.reconfig_target {
+            self.checker.violation(format!(
+                "liveness: the change to epoch {} was not chosen {}us after the faults stopped",
+                target.epoch, self.opts.liveness_bound_us
+            ));
+        }
         for (id, driver) in &self.clients {
             if let Some(index) = driver.outstanding {
                 let (_, seq) = self.history_ids[index];
@@ -1081,6 +1224,13 @@ impl<'t> Simulator<'t> {
     }
 
     fn finish(mut self) -> Outcome {
+        let replica_configs: Vec<(NodeId, Configuration)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.dead)
+            .filter_map(|(&id, n)| n.member.role_ref().as_replica().map(|r| (id, r.configs().latest().config.clone())))
+            .collect();
+        self.checker.check_at_end(&replica_configs);
         for (op, &(client, seq)) in self.history.iter().zip(&self.history_ids) {
             if op.returned.is_some() && !self.checker.was_applied(client, seq) {
                 self.checker

@@ -47,6 +47,7 @@ const KIND_SNAPSHOT: u8 = 5;
 
 const VALUE_NOOP: u8 = 0;
 const VALUE_BATCH: u8 = 1;
+const VALUE_RECONFIG: u8 = 2;
 
 /// The log's bytes are damaged somewhere other than a torn tail: a restart must refuse rather than
 /// silently forget votes.
@@ -97,7 +98,7 @@ pub fn body_len(record: &Record) -> usize {
 fn value_len(value: &Value) -> usize {
     match value {
         Value::Noop => 0,
-        Value::Batch(b) => b.len(),
+        Value::Batch(b) | Value::Reconfig(b) => b.len(),
     }
 }
 
@@ -105,13 +106,14 @@ fn value_tag(value: &Value) -> u8 {
     match value {
         Value::Noop => VALUE_NOOP,
         Value::Batch(_) => VALUE_BATCH,
+        Value::Reconfig(_) => VALUE_RECONFIG,
     }
 }
 
 fn value_bytes(value: &Value) -> &[u8] {
     match value {
         Value::Noop => &[],
-        Value::Batch(b) => b,
+        Value::Batch(b) | Value::Reconfig(b) => b,
     }
 }
 
@@ -220,6 +222,7 @@ fn decode_value(bytes: &Bytes, tag: u8, from: usize, to: usize) -> Option<Value>
     match tag {
         VALUE_NOOP if from == to => Some(Value::Noop),
         VALUE_BATCH => Some(Value::Batch(bytes.slice(from..to))),
+        VALUE_RECONFIG => Some(Value::Reconfig(bytes.slice(from..to))),
         _ => None,
     }
 }
@@ -329,6 +332,7 @@ mod tests {
         prop_oneof![
             Just(Value::Noop),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|v| Value::Batch(Bytes::from(v))),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|v| Value::Reconfig(Bytes::from(v))),
         ]
     }
 

@@ -41,9 +41,9 @@ macro_rules! payload_of {
             Msg::ClientBatch { batch, .. }
             | Msg::BatchRefused { batch, .. }
             | Msg::SnapshotChunk { bytes: batch, .. } => Some(batch),
-            Msg::Propose { value: Value::Batch(b), .. }
-            | Msg::Phase2a { value: Value::Batch(b), .. }
-            | Msg::Chosen { value: Value::Batch(b), .. } => Some(b),
+            Msg::Propose { value: Value::Batch(b) | Value::Reconfig(b), .. }
+            | Msg::Phase2a { value: Value::Batch(b) | Value::Reconfig(b), .. }
+            | Msg::Chosen { value: Value::Batch(b) | Value::Reconfig(b), .. } => Some(b),
             Msg::Propose { value: Value::Noop, .. }
             | Msg::Phase2a { value: Value::Noop, .. }
             | Msg::Chosen { value: Value::Noop, .. }
@@ -57,6 +57,9 @@ macro_rules! payload_of {
             | Msg::Phase2b { .. }
             | Msg::Preempted { .. }
             | Msg::Executed { .. }
+            | Msg::Reconfigure(_)
+            | Msg::Reconfigured { .. }
+            | Msg::ReconfigureRefused { .. }
             | Msg::CatchUp { .. }
             | Msg::SnapshotOffer { .. }
             | Msg::SnapshotFetch { .. }
@@ -427,6 +430,11 @@ mod tests {
         let real = encode_batch(vec![cmd(1), cmd(2)]);
         let reply = ClientReply { client_id: 9, seq: 1, result: Bytes::from_static(b"ok") };
         let entry = AcceptedEntry { slot: 4, ballot: B, value: Value::Batch(batch(40)) };
+        let cluster = crate::protocol::ClusterConfig::f1(1, 1, 1, 1);
+        let mut history = crate::protocol::configuration::ConfigHistory::new(&cluster, 1_000);
+        let reconfig =
+            crate::protocol::configuration::Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
+        history.on_chosen(11, &reconfig);
         vec![
             Msg::ClientRequests(vec![cmd(1), cmd(2)]),
             Msg::ClientReplies(vec![reply.clone()]),
@@ -444,15 +452,19 @@ mod tests {
                 more_from: Some(9),
             }),
             Msg::Nack { promised: B },
-            Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real) },
-            Msg::Propose { ballot: B, slot: 9, value: Value::Noop },
+            Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real), group: vec![3, 4, 5] },
+            Msg::Propose { ballot: B, slot: 9, value: Value::Noop, group: vec![3, 4, 5] },
+            Msg::Propose { ballot: B, slot: 11, value: Value::Reconfig(reconfig.encode()), group: vec![3, 4, 5] },
             Msg::Phase2a { ballot: B, slot: 8, value: Value::Batch(big.clone()) },
             Msg::Phase2a { ballot: B, slot: 10, value: Value::Noop },
             Msg::Phase2b { ballot: B, slot: 8 },
             Msg::Preempted { promised: B },
             Msg::Chosen { slot: 8, value: Value::Batch(batch(INLINE_PAYLOAD_MAX + 1)) },
             Msg::Chosen { slot: 9, value: Value::Noop },
-            Msg::Executed { watermark: 9 },
+            Msg::Executed { watermark: 9, configs: history },
+            Msg::Reconfigure(reconfig.clone()),
+            Msg::Reconfigured { epoch: 1, from_slot: 1_011 },
+            Msg::ReconfigureRefused { epoch: 1, reason: "no".into() },
             Msg::CatchUp { from_slot: 4, max_slots: 1_000 },
             Msg::SnapshotOffer { slot: 40, len: 1 << 20, digest: 0xfeed },
             Msg::SnapshotFetch { slot: 40, offset: 1 << 18 },
@@ -589,9 +601,12 @@ mod tests {
             Msg::SnapshotChunk { .. } => 25,
             Msg::ReadSlot { .. } => 26,
             Msg::SlotRead { .. } => 27,
+            Msg::Reconfigure(_) => 28,
+            Msg::Reconfigured { .. } => 29,
+            Msg::ReconfigureRefused { .. } => 30,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 28, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 31, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
@@ -648,7 +663,7 @@ mod tests {
 
     #[test]
     fn a_received_batch_is_forwarded_as_the_same_bytes() {
-        let propose = Msg::Propose { ballot: B, slot: 1, value: Value::Batch(batch(4096)) };
+        let propose = Msg::Propose { ballot: B, slot: 1, value: Value::Batch(batch(4096)), group: vec![3, 4, 5] };
         let mut r = FrameReader::new();
         feed(&mut r, &encode_frame(&propose).unwrap().concat());
         let Some(Frame::Msg(Msg::Propose { value, .. })) = r.next_frame().unwrap() else { panic!() };
