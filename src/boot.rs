@@ -569,6 +569,7 @@ fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tun
     let listen =
         if advertise.ip().is_loopback() { SocketAddr::new(advertise.ip(), ud.base_port) } else { listen };
     let cores = args.cores.clone().map(|c| c.0).unwrap_or_else(allowed_cores);
+    let data_dir = file.data_dir.clone();
     crate::runtime::admin::serve_joining(crate::runtime::admin::JoinOptions {
         file: crate::runtime::admin::without_node(file, id),
         kind: ud.role_kind(),
@@ -579,6 +580,7 @@ fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tun
         read_budget: ud.read_budget,
         core: cores[0],
         metrics_addr: ud.metrics_addr,
+        storage: StorageChoice::from_flags(false, None, data_dir),
     })
 }
 

@@ -98,6 +98,20 @@ enum Command {
     /// The node stops taking new work, finishes what it holds, reports that it left, and exits. The
     /// last node of a role in service cannot leave until another joins. Exit status 1 on timeout.
     Leave(LeaveArgs),
+    /// Show the cluster: the acceptor configuration in force, the leader and its ballot, and every
+    /// node's role, address, state (up, joining, leaving, learning, unreachable), executed
+    /// watermark, lag and state digest (replicas). Exit status 1 if a node is unreachable.
+    Status(StatusArgs),
+    /// Change the acceptor groups of a running cluster to those of another cluster file: add or
+    /// remove groups, replace acceptors.
+    ///
+    /// The change goes through the log: chosen in slot i, it is in force from slot i + α (α: the
+    /// leader's window, `max_in_flight_slots`); slots below keep the old groups. Start each new
+    /// acceptor first with `acceptor --config <the cluster file> --node <id> --join --listen
+    /// <addr>`; acceptors removed leave by themselves once every slot they held is trimmed.
+    /// Everything but the acceptor groups must be the same in both files. Prints the slot the
+    /// change took effect at and how long it took; exit status 1 on refusal or timeout.
+    Reconfigure(ReconfigureArgs),
     /// Start the role this machine was launched for, from its user-data (IMDSv2) or --user-data FILE.
     Boot(autopaxos::boot::BootArgs),
     /// Bake an AMI that boots any role (needs the `cloud` feature).
@@ -239,6 +253,32 @@ struct LeaveArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    /// The cluster file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for each node's answer.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct ReconfigureArgs {
+    /// The cluster file the cluster runs from.
+    #[arg(long)]
+    config: PathBuf,
+    /// A cluster file with the new acceptor groups (their new members' addresses included).
+    #[arg(long)]
+    to: PathBuf,
+    /// How long to wait for the change to be in force.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct ConfigArgs {
     /// Print a commented example cluster file.
     #[arg(long, required = true)]
@@ -363,6 +403,8 @@ fn main() -> ExitCode {
         Command::Autoscale(args) => autopaxos::autoscale::run(args),
         Command::Boot(args) => autopaxos::boot::run(args),
         Command::Leave(args) => leave(args),
+        Command::Status(args) => status(args),
+        Command::Reconfigure(args) => reconfigure(args),
         #[cfg(feature = "cloud")]
         Command::Ami(args) => autopaxos::cloud::bake::run(args),
         #[cfg(not(feature = "cloud"))]
@@ -540,6 +582,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
             return Err(format!("--join starts one node; got {} ids", args.node.len()));
         };
         let core = args.flags.cores.map_or_else(allowed_cores, |c| c.0)[0];
+        let storage = StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
         return autopaxos::runtime::admin::serve_joining(autopaxos::runtime::admin::JoinOptions {
             file,
             kind,
@@ -550,6 +593,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
             read_budget: args.flags.read_budget,
             core,
             metrics_addr: args.metrics_addr,
+            storage,
         });
     }
     if args.listen.is_some() {
@@ -570,6 +614,51 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         metrics_addr: args.metrics_addr,
         storage,
     })
+}
+
+fn status(args: StatusArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let status = autopaxos::runtime::operator::gather(&file, args.timeout);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status.to_json()).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", status.render());
+    }
+    let unreachable: Vec<String> =
+        status.nodes.iter().filter(|n| n.status.is_err()).map(|n| n.id.to_string()).collect();
+    if unreachable.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unreachable: node {}", unreachable.join(", ")))
+    }
+}
+
+fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let to = ClusterFile::load(&args.to).map_err(|e| e.to_string())?;
+    let same = |a: &autopaxos::protocol::ClusterConfig, b: &autopaxos::protocol::ClusterConfig| {
+        (a.f, &a.proposers, &a.proxy_leaders, &a.replicas, &a.batchers, &a.unbatchers)
+            == (b.f, &b.proposers, &b.proxy_leaders, &b.replicas, &b.batchers, &b.unbatchers)
+    };
+    if to.cluster_id != file.cluster_id {
+        return Err(format!("{}: another cluster ({})", args.to.display(), to.cluster_id));
+    }
+    if !same(&file.config, &to.config) {
+        return Err(format!(
+            "{}: only the acceptor groups may change (f, proposers, proxy leaders, replicas, batchers \
+             and unbatchers must be as in {})",
+            args.to.display(),
+            args.config.display()
+        ));
+    }
+    let done = autopaxos::runtime::operator::reconfigure(&file, to.config.acceptor_groups, args.timeout)?;
+    println!(
+        "epoch {} in force from slot {}, {:.1} ms after it was asked for",
+        done.epoch,
+        done.from_slot,
+        done.took.as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 fn leave(args: LeaveArgs) -> Result<(), String> {

@@ -15,6 +15,7 @@
 //! send a vote before the record that backs it.
 
 use super::config::{ClusterConfig, Tunables};
+use super::membership::{membership_period_us, NodeMembership};
 use super::durable::{Record, Recovered, Storage};
 use super::messages::{AcceptedEntry, Msg, Phase1bReply, Value};
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -40,14 +41,25 @@ pub struct Acceptor {
     max_accepted: Ballot,
     /// Durable (records queued, votes held for them) or in memory (benchmarks only).
     storage: Storage,
+    /// Announcing itself (an acceptor new to the cluster, until a view lists it), and told to
+    /// leave by the leader once no configuration names it.
+    membership: NodeMembership,
+    /// The proposers: only they may tell it to leave.
+    proposers: Vec<NodeId>,
+    /// Told to leave: it has reported `Left` and votes no more.
+    left: bool,
 }
 
 impl Acceptor {
     /// A fresh acceptor with nothing on disk: one of `config`'s groups, or one that a change of
     /// configuration will bring in.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: &Tunables) -> Self {
+        let period = membership_period_us(tunables);
         Acceptor {
             id,
+            membership: NodeMembership::new(id, RoleKind::Acceptor, &config, period),
+            proposers: config.proposers.clone(),
+            left: false,
             replicas: config.replicas,
             promised: Ballot::ZERO,
             promised_nonce: None,
@@ -85,6 +97,27 @@ impl Acceptor {
         }
         acceptor.check_invariants();
         acceptor
+    }
+
+    /// An acceptor new to the cluster (a change of configuration will name it): from `now` on it
+    /// announces to the proposers that it listens at `addr`, until a view lists it.
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        self.membership.join(addr, now);
+        self
+    }
+
+    /// The leader says no configuration names this acceptor and every slot it held is trimmed:
+    /// it reports `Left` (the runtime then stops it).
+    fn on_leave(&mut self, from: NodeId, out: &mut Out) {
+        if !self.proposers.contains(&from) {
+            out.dropped("acceptor: only the leader removes an acceptor, by a change of configuration");
+            return;
+        }
+        if !self.left {
+            self.left = true;
+            out.event(|| Event::Left);
+        }
+        out.send(from, Msg::Left);
     }
 
     /// Queues `record` if this acceptor is durable.
@@ -218,7 +251,15 @@ impl Acceptor {
 
 impl Role for Acceptor {
     fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        if self.left && !matches!(msg, Msg::Leave) {
+            out.dropped("acceptor: removed from the configuration; votes no more");
+            return;
+        }
         match msg {
+            Msg::Membership(view) if self.proposers.contains(&from) => {
+                self.membership.on_view(&view);
+            }
+            Msg::Leave => self.on_leave(from, out),
             Msg::Phase1a { ballot, nonce, from_slot } => self.on_phase1a(from, ballot, nonce, from_slot, out),
             Msg::Phase2a { ballot, slot, value } => self.on_phase2a(from, ballot, slot, value, out),
             Msg::Trim { below } => self.on_trim(below, out),
@@ -228,14 +269,26 @@ impl Role for Acceptor {
         self.check_invariants();
     }
 
-    fn handle_timeout(&mut self, _now: Time, _out: &mut Out) {}
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        if !self.left {
+            self.membership.on_timeout(now, true, out);
+        }
+    }
 
     fn poll_timeout(&self) -> Option<Time> {
-        None
+        self.membership.poll_timeout().filter(|_| !self.left)
     }
 
     fn kind(&self) -> RoleKind {
         RoleKind::Acceptor
+    }
+
+    fn status(&self) -> crate::protocol::messages::NodeStatus {
+        let mut status = self.membership.status(RoleKind::Acceptor);
+        if self.left {
+            status.state = crate::protocol::messages::NodeState::Leaving;
+        }
+        status
     }
 }
 

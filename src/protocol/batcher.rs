@@ -206,6 +206,10 @@ impl Role for Batcher {
     fn kind(&self) -> RoleKind {
         RoleKind::Batcher
     }
+
+    fn status(&self) -> crate::protocol::messages::NodeStatus {
+        self.membership.status(RoleKind::Batcher)
+    }
 }
 
 #[cfg(test)]

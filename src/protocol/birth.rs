@@ -86,8 +86,10 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
             RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables).joining(addr, now)),
             RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, &tunables).joining(addr, now)),
             RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, &tunables).joining(addr, now)),
-            // It votes once a change of configuration names it; nothing to announce before.
-            RoleKind::Acceptor => Box::new(Acceptor::recover(id, config, &tunables, storage, recovered)),
+            // It announces where it listens; it votes once a change of configuration names it.
+            RoleKind::Acceptor => {
+                Box::new(Acceptor::recover(id, config, &tunables, storage, recovered).joining(addr, now))
+            }
             _ => unreachable!("check refuses other joiners"),
         });
     }

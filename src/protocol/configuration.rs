@@ -82,9 +82,12 @@ pub enum ReconfigError {
     /// The groups break a rule of the cluster file (group size, unique ids).
     #[error("{0}")]
     Invalid(ConfigError),
-    /// An acceptor id that the cluster file gives another role.
-    #[error("node {0} is not an acceptor in the cluster file and cannot become one")]
+    /// An acceptor id that the cluster file gives another role, or one that left.
+    #[error("node {0} is another role's, or an acceptor that was removed (a new acceptor needs a new id)")]
     TakenId(NodeId),
+    /// A new acceptor that has not announced itself: the cluster could not reach it.
+    #[error("acceptor {0} has not joined: start it with --join first")]
+    NotJoined(NodeId),
 }
 
 /// Checks `new` as the successor of `current` for a cluster that tolerates `f` failures: the next

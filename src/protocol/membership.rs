@@ -8,6 +8,11 @@
 //! proposers, replicas (which pick unbatchers), batchers (which pass it on to their clients), and the
 //! stateless nodes themselves (which learn from it that they joined, or that no new work will come).
 //!
+//! Acceptors new to the cluster announce themselves the same way, so that views carry their
+//! addresses before a change of configuration names them; they are not routed to as stateless
+//! nodes are, and they leave when the leader tells them that no configuration it keeps names
+//! them any more (`View::retire_acceptor`).
+//!
 //! A node told to leave ([`Msg::Leave`], from an operator or the autoscaler) drains: it keeps serving
 //! whatever still reaches it, and reports [`Msg::Left`] only once the view no longer routes work to
 //! it, it holds nothing in flight, and nothing has arrived for a quiet period. Then it may stop.
@@ -17,7 +22,7 @@
 //! report `Left` while holding work.
 
 use super::config::{ClusterConfig, RoleKind, Tunables};
-use super::messages::Msg;
+use super::messages::{Msg, NodeState, NodeStatus};
 use super::{NodeId, Out, Time};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -74,6 +79,10 @@ pub struct View {
     members: Vec<Member>,
 }
 
+/// An acceptor that joined and is listed reminds the proposers of its address every this many
+/// membership periods.
+pub const ACCEPTOR_REMINDER_PERIODS: Time = 10;
+
 /// Left nodes remembered; beyond it the oldest (lowest id) tombstones are dropped.
 pub const MAX_TOMBSTONES: usize = 10_000;
 
@@ -104,7 +113,7 @@ impl View {
     pub fn merge(&mut self, other: &View) -> bool {
         let mut changed = false;
         for theirs in &other.members {
-            if !is_stateless(theirs.role) {
+            if !can_join(theirs.role) {
                 continue;
             }
             match self.members.binary_search_by_key(&theirs.id, |m| m.id) {
@@ -133,7 +142,7 @@ impl View {
 
     /// Whether this view already holds everything `other` says (merging it would change nothing).
     pub fn covers(&self, other: &View) -> bool {
-        other.members.iter().filter(|m| is_stateless(m.role)).all(|theirs| {
+        other.members.iter().filter(|m| can_join(m.role)).all(|theirs| {
             self.find(theirs.id).is_some_and(|mine| {
                 mine.standing >= theirs.standing && (theirs.addr.is_empty() || !mine.addr.is_empty())
             })
@@ -184,7 +193,7 @@ impl View {
     /// Puts `id` in service as `role`, listening at `addr`. A node that left stays gone (a new
     /// machine gets a new id). Returns whether anything changed.
     pub fn join(&mut self, id: NodeId, role: RoleKind, addr: String) -> bool {
-        if !is_stateless(role) {
+        if !can_join(role) {
             return false;
         }
         let joiner = View { members: vec![Member { id, role, standing: Standing::InService, addr }] };
@@ -201,6 +210,14 @@ impl View {
         let i = self.members.binary_search_by_key(&id, |m| m.id).expect("found above");
         self.members[i].standing = Standing::Leaving;
         true
+    }
+
+    /// Marks acceptor `id` as gone: a change of configuration removed it and every slot it held is
+    /// trimmed (a configured acceptor gets a tombstone too, so that views say it left). Returns
+    /// whether anything changed.
+    pub fn retire_acceptor(&mut self, id: NodeId) -> bool {
+        let gone = Member { id, role: RoleKind::Acceptor, standing: Standing::Left, addr: String::new() };
+        self.merge(&View { members: vec![gone] })
     }
 
     /// Marks `id` as left once it has drained. Returns whether anything changed.
@@ -228,6 +245,7 @@ impl std::fmt::Display for View {
             let role = match m.role {
                 RoleKind::Batcher => "b",
                 RoleKind::ProxyLeader => "p",
+                RoleKind::Acceptor => "a",
                 _ => "u",
             };
             write!(f, "{}{mark}{role}{}", if first { "" } else { " " }, m.id)?;
@@ -240,6 +258,13 @@ impl std::fmt::Display for View {
 /// Whether nodes of `role` can join and leave a running cluster.
 pub fn is_stateless(role: RoleKind) -> bool {
     matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
+}
+
+/// Whether nodes of `role` announce themselves to a running cluster: the stateless roles, and
+/// acceptors that a change of configuration will bring in (views carry their addresses; they
+/// vote only once a configuration names them, and leave when one removes them).
+pub fn can_join(role: RoleKind) -> bool {
+    is_stateless(role) || role == RoleKind::Acceptor
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +333,16 @@ impl NodeMembership {
         self.draining.is_some()
     }
 
+    /// What `autopaxos status` shows of a node of `role` that stands where this one does.
+    pub fn status(&self, role: RoleKind) -> NodeStatus {
+        let state = match () {
+            _ if self.draining.is_some() || self.left => NodeState::Leaving,
+            _ if self.announcing => NodeState::Joining,
+            _ => NodeState::Up,
+        };
+        NodeStatus { state, ..NodeStatus::basic(role) }
+    }
+
     /// Merges `view` into this node's. Returns whether anything changed.
     pub fn on_view(&mut self, view: &View) -> bool {
         let changed = self.view.merge(view);
@@ -360,11 +395,15 @@ impl NodeMembership {
             return;
         }
         self.next_at = None;
-        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing) {
+        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || self.role == RoleKind::Acceptor) {
             for &p in &self.proposers {
                 out.send(p, Msg::Join { role: self.role, addr: addr.clone() });
             }
-            self.next_at = Some(now + self.period_us);
+            // An acceptor that joined keeps reminding the proposers, less often, as long as it
+            // runs: a leader that restarted without memory, and never had a view that lists it,
+            // learns of it in time to route a configuration that names it.
+            let periods = if self.announcing { 1 } else { ACCEPTOR_REMINDER_PERIODS };
+            self.next_at = Some(now + periods * self.period_us);
             return;
         }
         let Some(d) = &self.draining else { return };

@@ -4,7 +4,7 @@
 //! and travels `proposer → proxy leader → acceptors → replicas` as the same [`Bytes`]: nobody between
 //! the batcher and the replica decodes or re-encodes it. Cloning a `Bytes` shares the buffer.
 
-use super::configuration::{ConfigHistory, Configuration};
+use super::configuration::{ConfigHistory, Configuration, InForce};
 use super::membership::View;
 use super::{Ballot, NodeId, RoleKind, Slot};
 use bytes::Bytes;
@@ -115,6 +115,59 @@ pub struct Phase1bReply {
     pub more_from: Option<Slot>,
 }
 
+/// Where a node stands, as `autopaxos status` shows it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Serving.
+    Up,
+    /// Announcing itself to a running cluster, not yet in service.
+    Joining,
+    /// Draining, or removed by a change of configuration.
+    Leaving,
+    /// A replica being taught a snapshot.
+    Learning,
+}
+
+/// One node's answer to `StatusRequest`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Its role.
+    pub role: RoleKind,
+    /// Where it stands.
+    pub state: NodeState,
+    /// Proposers: the highest ballot seen, and whether this one leads with it.
+    pub ballot: Option<Ballot>,
+    /// Proposers: whether this one leads.
+    pub leading: bool,
+    /// Replicas: every slot below it is executed. Proposers: the highest watermark reported.
+    pub executed: Option<Slot>,
+    /// Replicas: the digest of the state, computed when the replica was last idle, with the
+    /// watermark it was computed at.
+    pub digest: Option<(Slot, u64)>,
+    /// Proposers and replicas: the newest acceptor configuration known, and the slot it owns
+    /// slots from.
+    pub configuration: Option<InForce>,
+    /// Proposers: the nodes that joined at runtime (id, role, address), so that `status` can ask
+    /// them too.
+    pub joined: Vec<(NodeId, RoleKind, String)>,
+}
+
+impl NodeStatus {
+    /// What any role can say of itself: its kind, up.
+    pub fn basic(role: RoleKind) -> Self {
+        NodeStatus {
+            role,
+            state: NodeState::Up,
+            ballot: None,
+            leading: false,
+            executed: None,
+            digest: None,
+            configuration: None,
+            joined: Vec::new(),
+        }
+    }
+}
+
 /// Messages that gather many items (reply batches, a node's client requests) are split so that
 /// each stays well under the wire's frame limits.
 pub const MAX_AGGREGATE_BYTES: usize = 256 * 1024;
@@ -217,6 +270,10 @@ pub enum Msg {
     Reconfigured { epoch: u64, from_slot: Slot },
     /// leader → operator: the change to epoch `epoch` is refused, and why.
     ReconfigureRefused { epoch: u64, reason: String },
+    /// operator → any node: how are you? (answered by the node's host, not its role's protocol)
+    StatusRequest,
+    /// node → operator: the answer.
+    Status(NodeStatus),
 }
 
 impl Msg {
@@ -254,6 +311,8 @@ impl Msg {
             Msg::Reconfigure(_) => "Reconfigure",
             Msg::Reconfigured { .. } => "Reconfigured",
             Msg::ReconfigureRefused { .. } => "ReconfigureRefused",
+            Msg::StatusRequest => "StatusRequest",
+            Msg::Status(_) => "Status",
         }
     }
 }
@@ -319,6 +378,8 @@ impl std::fmt::Display for Msg {
             Msg::Reconfigure(c) => write!(f, "{name} epoch={} groups={:?}", c.epoch, c.acceptor_groups),
             Msg::Reconfigured { epoch, from_slot } => write!(f, "{name} epoch={epoch} from={from_slot}"),
             Msg::ReconfigureRefused { epoch, reason } => write!(f, "{name} epoch={epoch}: {reason}"),
+            Msg::StatusRequest => write!(f, "{name}"),
+            Msg::Status(s) => write!(f, "{name} {} {:?}", s.role.name(), s.state),
         }
     }
 }

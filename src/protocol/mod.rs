@@ -55,6 +55,11 @@ pub trait Role {
     fn as_replica(&self) -> Option<&replica::Replica> {
         None
     }
+    /// What `autopaxos status` shows of this node (the host adds what it knows, such as a
+    /// replica's last state digest).
+    fn status(&self) -> messages::NodeStatus {
+        messages::NodeStatus::basic(self.kind())
+    }
 }
 
 /// Something a role reports that is not a message: what the simulator's checkers observe and the

@@ -30,14 +30,17 @@
 
 use super::config::{ClusterConfig, Tunables};
 use super::configuration::{validate_change, ConfigHistory, Configuration, ReconfigError};
-use super::membership::{is_stateless, View, HEARTBEATS_PER_VIEW};
-use super::messages::{encode_batch, Msg, Phase1bReply, Value};
+use super::membership::{can_join, Standing, View, HEARTBEATS_PER_VIEW};
+use super::messages::{encode_batch, Msg, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Removed acceptors a leader keeps telling to leave at once, at most.
+const MAX_RETIRING: usize = 64;
 
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
 const MAX_ELECTION_BACKOFF: u32 = 3;
@@ -146,6 +149,8 @@ pub struct Proposer {
     proxy_leaders: Vec<NodeId>,
     /// Heartbeats since the leader last published its view.
     heartbeats_since_view: u32,
+    /// Removed acceptors told to leave that have not yet said they did.
+    retired: BTreeSet<NodeId>,
     /// Elections of ours that ended without a leader (preempted, or timed out) since we last heard
     /// one: each doubles the election timeout (up to `MAX_ELECTION_BACKOFF` times), so that two
     /// candidates whose Phase 1 reads a long log do not preempt each other for ever.
@@ -174,6 +179,7 @@ impl Proposer {
             proxy_leaders: config.proxy_leaders.clone(),
             heartbeats_since_view: 0,
             failed_elections: 0,
+            retired: BTreeSet::new(),
             timers: Timers::default(),
         };
         if first {
@@ -339,12 +345,20 @@ impl Proposer {
     /// Leads if Phase 1 covers every configuration its reports and the replicas put in force;
     /// otherwise asks the acceptors of configurations it has just learned of.
     fn try_to_lead(&mut self, now: Time, out: &mut Out) {
-        let State::Candidate(phase1) = &self.state else { return };
+        let max_executed = self.max_executed();
+        let State::Candidate(phase1) = &mut self.state else { return };
         // Slots below the acceptors' trim point are chosen, but unless a replica reported them
         // (with its history) a change among them is unknown: wait for the report.
-        if phase1.max_trimmed > self.max_executed() {
+        if phase1.max_trimmed > max_executed {
             return;
         }
+        // Every slot below the trim point is chosen and executed: Phase 1 need not cover the
+        // configurations that owned only those (their acceptors may be gone).
+        if phase1.max_trimmed > phase1.start {
+            phase1.start = phase1.max_trimmed;
+            phase1.reports = phase1.reports.split_off(&phase1.start);
+        }
+        let State::Candidate(phase1) = &self.state else { return };
         if self.phase1_outcome(phase1).complete {
             self.become_leader(now, out);
         } else {
@@ -461,8 +475,13 @@ impl Proposer {
             self.propose(now, slot, Value::Noop, out);
         }
         self.answer_reconfigured(out);
+        let latest_epoch = self.history.latest().config.epoch;
         let State::Leader(l) = &mut self.state else { return };
-        let unproposed = l.reconfig.as_ref().filter(|r| r.slot.is_none()).map(|r| r.config.encode());
+        let unproposed = l
+            .reconfig
+            .as_ref()
+            .filter(|r| r.slot.is_none() && r.config.epoch > latest_epoch)
+            .map(|r| r.config.encode());
         if let Some(bytes) = unproposed.filter(|_| self.room() > 0) {
             let slot = self.take_next_slot();
             if let State::Leader(Leadership { reconfig: Some(r), .. }) = &mut self.state {
@@ -559,7 +578,7 @@ impl Proposer {
         let latest = self.history.latest();
         if latest.config == config {
             // Chosen already (a retry, or another operator's): answer once it is in force.
-            l.reconfig = Some(PendingReconfig { config, requester: from, slot: l.reconfig.as_ref().and_then(|r| r.slot) });
+            l.reconfig = Some(PendingReconfig { config, requester: from, slot: None });
             self.answer_reconfigured(out);
             return;
         }
@@ -572,13 +591,17 @@ impl Proposer {
             }
             return;
         }
+        let configured = |id| self.config.all_nodes().find(|&(node, _)| node == id).map(|(_, role)| role);
+        let viewed = |id| self.view.members().iter().find(|m| m.id == id);
         let taken = config.acceptors().find(|&id| {
-            self.config.all_nodes().any(|(node, role)| node == id && role != RoleKind::Acceptor)
-                || self.view.members().iter().any(|m| m.id == id)
+            configured(id).is_some_and(|role| role != RoleKind::Acceptor)
+                || viewed(id).is_some_and(|m| m.role != RoleKind::Acceptor || m.standing == Standing::Left)
         });
-        let check = match taken {
-            Some(id) => Err(ReconfigError::TakenId(id)),
-            None => validate_change(&latest.config, &config, self.history.f()),
+        let unknown = config.acceptors().find(|&id| configured(id).is_none() && viewed(id).is_none());
+        let check = match (taken, unknown) {
+            (Some(id), _) => Err(ReconfigError::TakenId(id)),
+            (None, Some(id)) => Err(ReconfigError::NotJoined(id)),
+            (None, None) => validate_change(&latest.config, &config, self.history.f()),
         };
         if let Err(why) = check {
             out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason: why.to_string() });
@@ -638,8 +661,20 @@ impl Proposer {
     }
 
     /// Sends the view to everyone who routes work to stateless nodes, and to those nodes.
+    /// Tells a removed acceptor to leave (again at each view, until it says it has), and marks it
+    /// gone in the view.
+    fn retire(&mut self, acceptor: NodeId, out: &mut Out) {
+        if self.retired.len() < MAX_RETIRING && self.retired.insert(acceptor) {
+            out.send(acceptor, Msg::Leave);
+        }
+        self.change_view(out, |v| v.retire_acceptor(acceptor));
+    }
+
     fn publish_view(&mut self, out: &mut Out) {
         self.heartbeats_since_view = 0;
+        for &acceptor in &self.retired {
+            out.send(acceptor, Msg::Leave);
+        }
         let others = self.config.proposers.iter().filter(|&&p| p != self.id).copied();
         let targets: BTreeSet<NodeId> =
             others.chain(self.config.replicas.iter().copied()).chain(self.view.stateless_nodes()).collect();
@@ -649,8 +684,8 @@ impl Proposer {
     }
 
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
-        let configured_stateful = self.config.all_nodes().any(|(id, kind)| id == from && !is_stateless(kind));
-        if configured_stateful || !is_stateless(role) {
+        let configured = self.config.all_nodes().any(|(id, kind)| id == from && (kind == RoleKind::Acceptor || !can_join(kind)));
+        if configured || !can_join(role) {
             out.dropped("proposer: a join by a node that cannot join");
             return;
         }
@@ -687,11 +722,17 @@ impl Proposer {
         if below > l.trimmed_sent {
             // Every configuration that owned a slot above the last trim point hears it, so the
             // acceptors of one that is done with forget its slots too.
-            for acceptor in self.history.acceptors_from(l.trimmed_sent) {
+            let before = self.history.acceptors_from(l.trimmed_sent);
+            for &acceptor in &before {
                 out.send(acceptor, Msg::Trim { below });
             }
             l.trimmed_sent = below;
             self.history.forget_below(below);
+            // Acceptors that no configuration kept names any more hold nothing anyone needs.
+            let after = self.history.acceptors_from(below);
+            for gone in before.difference(&after) {
+                self.retire(*gone, out);
+            }
         }
         self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
@@ -799,7 +840,10 @@ impl Role for Proposer {
             // from the leader says it is leaving.
             Msg::Leaving if self.is_leader() => self.change_view(out, |v| v.start_leaving(from)),
             Msg::Leaving => {}
-            Msg::Left => self.change_view(out, |v| v.forget(from)),
+            Msg::Left => {
+                self.retired.remove(&from);
+                self.change_view(out, |v| v.forget(from))
+            }
             Msg::Membership(view) => self.on_view(from, view, out),
             _ => out.dropped("proposer: unexpected message"),
         }
@@ -825,6 +869,24 @@ impl Role for Proposer {
 
     fn kind(&self) -> RoleKind {
         RoleKind::Proposer
+    }
+
+    fn status(&self) -> NodeStatus {
+        let joined = self
+            .view
+            .members()
+            .iter()
+            .filter(|m| m.standing != Standing::Left && !m.addr.is_empty())
+            .map(|m| (m.id, m.role, m.addr.clone()))
+            .collect();
+        NodeStatus {
+            ballot: Some(self.ballot),
+            leading: self.is_leader(),
+            executed: Some(self.max_executed()),
+            configuration: Some(self.history.latest().clone()),
+            joined,
+            ..NodeStatus::basic(RoleKind::Proposer)
+        }
     }
 }
 
@@ -1061,5 +1123,118 @@ mod tests {
             p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
         }
         assert_eq!(proposals(&out), vec![(0, Value::Batch(batch(b"a")))], "the same value, the same slot");
+    }
+
+    fn change(epoch: u64, groups: Vec<Vec<NodeId>>) -> Configuration {
+        Configuration { epoch, acceptor_groups: groups }
+    }
+
+    /// The proposals in `out` as (slot, group).
+    fn routed(out: &Out) -> Vec<(Slot, Vec<NodeId>)> {
+        out.msgs
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Msg::Propose { slot, group, .. } => Some((*slot, group.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What a replica with every slot below `watermark` executed reports, `history` being its
+    /// configurations.
+    fn executed_with(watermark: Slot, history: &ConfigHistory) -> Msg {
+        Msg::Executed { watermark, configs: history.clone() }
+    }
+
+    #[test]
+    fn a_change_found_in_phase1_extends_it_to_the_new_groups_and_each_slot_goes_to_the_group_in_force() {
+        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
+        let (mut p, nonce) = candidate(tunables);
+        let one_group = change(1, vec![vec![20, 21, 22]]);
+        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(one_group.encode()) };
+        let out = promise(&mut p, 3, nonce, vec![found]);
+        let asked: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
+        assert_eq!(asked, vec![20, 21, 22], "Phase 1 reaches the new configuration's acceptors at once");
+        promise(&mut p, 4, nonce, vec![]);
+        promise(&mut p, 6, nonce, vec![]);
+        promise(&mut p, 7, nonce, vec![]);
+        assert!(!p.is_leader(), "the change found in slot 0 puts new groups in force from slot 4");
+        promise(&mut p, 20, nonce, vec![]);
+        let out = promise(&mut p, 21, nonce, vec![]);
+        assert!(p.is_leader());
+        assert_eq!(proposals(&out), vec![(0, Value::Reconfig(one_group.encode()))], "the change is re-proposed");
+        // New batches: slots 1..=3 under the old groups; slot 4 waits until a replica reports
+        // slot 0 executed (with its history): until then the change might not be chosen.
+        let mut out = Out::new(false);
+        for tag in [&b"a"[..], b"b", b"c", b"d"] {
+            let msg =
+                Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: Bytes::from_static(tag) };
+            p.handle_message(0, 12, msg, &mut out);
+        }
+        assert_eq!(routed(&out), vec![(1, vec![6, 7, 8]), (2, vec![3, 4, 5]), (3, vec![6, 7, 8])]);
+        let mut history = ConfigHistory::new(&config(), 4);
+        history.on_chosen(0, &one_group);
+        let mut out = Out::new(false);
+        p.handle_message(1, 10, executed_with(1, &history), &mut out);
+        assert_eq!(routed(&out), vec![(4, vec![20, 21, 22])]);
+        // A replica past slot 0 that knows no such change: slot 0 chose something else, so the
+        // leader's history was wrong and it gives up leading.
+        let mut p = leader(Tunables { max_in_flight_slots: 4, ..Tunables::default() });
+        let mut out = Out::new(false);
+        p.handle_message(0, 1_000, Msg::Reconfigure(one_group.clone()), &mut out);
+        p.handle_message(1, 10, executed_with(1, &ConfigHistory::new(&config(), 4)), &mut Out::new(false));
+        assert!(p.is_leader(), "a change of its own is taken from the replicas, never assumed");
+    }
+
+    #[test]
+    fn a_leader_whose_history_a_replica_contradicts_steps_down() {
+        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
+        let (mut p, nonce) = candidate(tunables);
+        let one_group = change(1, vec![vec![20, 21, 22]]);
+        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(one_group.encode()) };
+        for (a, entries) in [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])] {
+            promise(&mut p, a, nonce, entries);
+        }
+        assert!(p.is_leader());
+        let unchanged = ConfigHistory::new(&config(), 4);
+        p.handle_message(1, 10, executed_with(1, &unchanged), &mut Out::new(false));
+        assert!(!p.is_leader());
+    }
+
+    #[test]
+    fn a_change_is_refused_with_the_rule_it_breaks_or_proposed_filled_up_to_and_answered() {
+        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
+        let mut follower = Proposer::new(2, config(), tunables.clone(), 7, 0);
+        let ask = |p: &mut Proposer, c: Configuration| {
+            let mut out = Out::new(false);
+            p.handle_message(0, 1_000, Msg::Reconfigure(c), &mut out);
+            out.msgs
+        };
+        assert_eq!(ask(&mut follower, change(1, vec![vec![3, 4, 5]])), vec![(1_000, Msg::NotLeader { leader_hint: None })]);
+        let mut p = leader(tunables);
+        let refusal = |msgs: Vec<(NodeId, Msg)>| match &msgs[..] {
+            [(1_000, Msg::ReconfigureRefused { reason, .. })] => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(refusal(ask(&mut p, change(2, vec![vec![3, 4, 5]]))).contains("must have epoch 1"));
+        assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4]]))).contains("need exactly 3"));
+        assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4, 9]]))).contains("node 9 is another role's"));
+        assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4, 20]]))).contains("acceptor 20 has not joined"));
+        assert!(refusal(ask(&mut p, change(1, config().acceptor_groups))).contains("same acceptor groups"));
+        let one_group = change(1, vec![vec![3, 4, 5]]);
+        let out = ask(&mut p, one_group.clone());
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0].1, Msg::Propose { slot: 0, value: Value::Reconfig(_), .. }));
+        assert!(refusal(ask(&mut p, change(1, vec![vec![6, 7, 8]]))).contains("under way"));
+        // Chosen and executed in slot 0: in force from slot 4. The leader fills slots 1..=3 with
+        // no-ops rather than wait for load, then answers.
+        let mut history = ConfigHistory::new(&config(), 4);
+        history.on_chosen(0, &one_group);
+        let mut out = Out::new(false);
+        p.handle_message(1, 10, executed_with(1, &history), &mut out);
+        assert_eq!(proposals(&out), vec![(1, Value::Noop), (2, Value::Noop), (3, Value::Noop)]);
+        assert_eq!(out.msgs.last().unwrap(), &(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 }));
+        // Asked again (the answer was lost): answered again.
+        assert_eq!(ask(&mut p, one_group), vec![(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 })]);
     }
 }

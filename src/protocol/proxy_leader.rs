@@ -221,6 +221,10 @@ impl Role for ProxyLeader {
     fn kind(&self) -> RoleKind {
         RoleKind::ProxyLeader
     }
+
+    fn status(&self) -> crate::protocol::messages::NodeStatus {
+        self.membership.status(RoleKind::ProxyLeader)
+    }
 }
 
 #[cfg(test)]

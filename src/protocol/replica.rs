@@ -991,6 +991,19 @@ impl Role for Replica {
     fn as_replica(&self) -> Option<&Replica> {
         Some(self)
     }
+
+    fn status(&self) -> super::messages::NodeStatus {
+        let state = match self.learning {
+            Some(_) => super::messages::NodeState::Learning,
+            None => super::messages::NodeState::Up,
+        };
+        super::messages::NodeStatus {
+            state,
+            executed: Some(self.executed),
+            configuration: Some(self.history.latest().clone()),
+            ..super::messages::NodeStatus::basic(RoleKind::Replica)
+        }
+    }
 }
 
 /// A durable image's buffer, of its whole size, holding its first field: the state machine's
@@ -1318,6 +1331,49 @@ mod tests {
         let mut damaged = disk;
         damaged.snapshot = Some((32, Bytes::from_static(&[1, 2, 3])));
         assert!(Replica::recover(7, config, &tunables, new_sm(), Storage::Durable, damaged, 0).is_err());
+    }
+
+    #[test]
+    fn a_change_of_configuration_is_executed_into_the_history_reported_and_kept_across_a_restart() {
+        let tunables =
+            Tunables { replica_snapshot_interval_slots: 4, max_in_flight_slots: 10, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1); // one group [3, 4, 5]
+        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
+        let unchanged = Replica::new(8, config.clone(), &tunables, new_sm(), 0);
+        let mut disk = Recovered::default();
+        let two_groups = Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]] };
+        let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]] };
+        let values = [Value::Noop, Value::Reconfig(two_groups.encode()), Value::Reconfig(skipped.encode())];
+        for (slot, value) in values.into_iter().enumerate() {
+            let mut out = Out::new(true);
+            r.handle_message(0, 6, Msg::Chosen { slot: slot as Slot, value }, &mut out);
+            settle(&mut r, &mut out);
+            keep_on_disk(&mut disk, &mut out);
+        }
+        assert_eq!(r.configs().latest().config, two_groups, "epoch 5 is not the next: skipped");
+        assert_eq!((r.configs().latest().from_slot, r.configs().latest().chosen_at), (11, Some(1)));
+        assert_eq!(r.configs().group_of(9), &[3, 4, 5], "one group before slot 11");
+        assert_eq!(r.configs().group_of(10), &[3, 4, 5]);
+        assert_eq!(r.configs().group_of(11), &[20, 21, 22], "two from slot 11: odd slots to the new one");
+        assert_eq!(r.configs().group_of(12), &[3, 4, 5]);
+        assert_ne!(r.state_digest(), unchanged.state_digest(), "the history is part of the state");
+        // Reported with the watermark.
+        let mut out = Out::new(false);
+        r.handle_timeout(r.poll_timeout().unwrap(), &mut out);
+        assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { configs, .. } if configs == r.configs())));
+        // From the log alone, then from a snapshot and the log after it.
+        let replayed = Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0);
+        assert_eq!(replayed.unwrap().configs(), r.configs());
+        for slot in 3..8 {
+            let mut out = chosen(&mut r, slot, vec![incr(100, slot)]);
+            settle(&mut r, &mut out);
+            keep_on_disk(&mut disk, &mut out);
+        }
+        assert!(disk.snapshot.is_some());
+        let restarted = Replica::recover(7, config, &tunables, new_sm(), Storage::Durable, disk, 0).unwrap();
+        assert_eq!(restarted.configs(), r.configs());
+        assert_eq!(restarted.snapshot(), r.snapshot());
     }
 
     #[test]

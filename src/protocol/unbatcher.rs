@@ -74,6 +74,10 @@ impl Role for Unbatcher {
     fn kind(&self) -> RoleKind {
         RoleKind::Unbatcher
     }
+
+    fn status(&self) -> crate::protocol::messages::NodeStatus {
+        self.membership.status(RoleKind::Unbatcher)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use super::config::ClusterFile;
 use super::launch::{node_launch, StorageChoice};
 use super::local::cluster_spec;
 use super::{metrics, start, ProcessPlan};
-use crate::protocol::membership::is_stateless;
+use crate::protocol::membership::can_join;
 use crate::protocol::birth::RoleSpec;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
@@ -16,11 +16,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A stateless node to start outside the cluster file, joining the running cluster.
+/// A node to start outside the cluster file, joining the running cluster: a stateless one, or an
+/// acceptor that a change of configuration will bring in.
 pub struct JoinOptions {
     /// The cluster file: its proposers are announced to, its other nodes dialled.
     pub file: ClusterFile,
-    /// Batcher, proxy leader or unbatcher.
+    /// Batcher, proxy leader, unbatcher or acceptor.
     pub kind: RoleKind,
     /// This node's id: unused by the file and by any node that ever joined.
     pub id: NodeId,
@@ -36,6 +37,8 @@ pub struct JoinOptions {
     pub core: usize,
     /// Prometheus endpoint.
     pub metrics_addr: SocketAddr,
+    /// Where an acceptor keeps its log (stateless nodes keep nothing).
+    pub storage: StorageChoice,
 }
 
 /// `file` without node `id`: a joining node may be listed by tag discovery, which sees every instance.
@@ -65,15 +68,14 @@ pub fn joining_spec(
 /// Runs one stateless node that joins the running cluster of `opts.file`, until it is told to
 /// leave and has drained (then the process exits).
 pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
-    let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr } = opts;
+    let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr, storage } = opts;
     if file.addresses.contains_key(&id) {
         return Err(format!("node {id} is in the cluster file: start it without --join"));
     }
-    if !is_stateless(kind) {
-        // The protocol brings acceptors in through a change of configuration, but a running
-        // cluster cannot yet reach a new acceptor's address, nor would it keep its votes on disk.
+    if !can_join(kind) {
         return Err(format!(
-            "{} --join: only batchers, proxy leaders and unbatchers can join a running cluster yet",
+            "{} --join: only batchers, proxy leaders, unbatchers and acceptors join a running cluster \
+             (a replica or proposer is replaced by a cluster file that names it)",
             kind.name()
         ));
     }
@@ -84,7 +86,7 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
         ));
     }
     let spec = joining_spec(id, kind, &file, &tunables, advertise);
-    let launch = node_launch(spec, Some(listen), &StorageChoice::InMemory, file.config.proposers.clone())?;
+    let launch = node_launch(spec, Some(listen), &storage, file.config.proposers.clone())?;
     if let Err(e) = metrics::install_exporter(metrics_addr) {
         tracing::warn!("{e}; continuing without metrics");
     }
@@ -112,44 +114,86 @@ pub fn request_leave(
     admin_id: NodeId,
     timeout: Duration,
 ) -> Result<(), String> {
+    converse(cluster_id, addr, admin_id, &Msg::Leave, timeout, |m| matches!(m, Msg::Left).then_some(()))
+        .map_err(|e| match e {
+            ConverseError::TimedOut => format!(
+                "the node at {addr} had not drained after {}",
+                humantime::format_duration(timeout)
+            ),
+            ConverseError::Closed => format!("the node at {addr} closed the connection before it reported leaving"),
+            ConverseError::Other(e) => e,
+        })
+}
+
+/// Why a conversation with a node ended without the answer looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConverseError {
+    /// No answer in time.
+    TimedOut,
+    /// The node closed the connection.
+    Closed,
+    /// It could not be reached, or spoke nonsense (the message says which).
+    Other(String),
+}
+
+impl std::fmt::Display for ConverseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConverseError::TimedOut => write!(f, "no answer in time"),
+            ConverseError::Closed => write!(f, "closed the connection"),
+            ConverseError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Connects to the node at `addr` as the operator `admin_id` (an id no cluster node uses), sends
+/// `msg`, and reads until `answer` picks a message out of what comes back, or `timeout` passes.
+pub fn converse<R>(
+    cluster_id: &str,
+    addr: SocketAddr,
+    admin_id: NodeId,
+    msg: &Msg,
+    timeout: Duration,
+    mut answer: impl FnMut(Msg) -> Option<R>,
+) -> Result<R, ConverseError> {
+    let other = ConverseError::Other;
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
-        .map_err(|e| format!("cannot reach the node at {addr}: {e}"))?;
+        .map_err(|e| other(format!("cannot reach the node at {addr}: {e}")))?;
     let mut writer = FrameWriter::new();
     let hello = Handshake::new(cluster_id, admin_id, RoleKind::Client);
-    writer.push_handshake(&hello).map_err(|e| e.to_string())?;
-    writer.push_msg(&Msg::Leave).map_err(|e| e.to_string())?;
+    writer.push_handshake(&hello).map_err(|e| other(e.to_string()))?;
+    writer.push_msg(msg).map_err(|e| other(e.to_string()))?;
     let mut bytes = Vec::new();
     writer.drain_into(&mut bytes);
-    stream.write_all(&bytes).map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    stream.write_all(&bytes).map_err(|e| other(format!("cannot send to {addr}: {e}")))?;
     let mut reader = FrameReader::new();
     let mut handshaken = false;
     loop {
-        while let Some(frame) = reader.next_frame().map_err(|e| format!("bad frame from {addr}: {e}"))? {
+        while let Some(frame) = reader.next_frame().map_err(|e| other(format!("bad frame from {addr}: {e}")))? {
             match frame {
                 Frame::Handshake(theirs) => {
-                    theirs.check(cluster_id).map_err(|e| format!("{addr}: {e}"))?;
+                    theirs.check(cluster_id).map_err(|e| other(format!("{addr}: {e}")))?;
                     handshaken = true;
                 }
-                Frame::Msg(Msg::Left) if handshaken => return Ok(()),
+                Frame::Msg(m) if handshaken => {
+                    if let Some(r) = answer(m) {
+                        return Ok(r);
+                    }
+                }
                 Frame::Msg(_) => {}
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "the node at {addr} had not drained after {}",
-                humantime::format_duration(timeout)
-            ));
+            return Err(ConverseError::TimedOut);
         }
-        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(left)).map_err(|e| other(e.to_string()))?;
         match stream.read(reader.read_buf()) {
-            Ok(0) => {
-                return Err(format!("the node at {addr} closed the connection before it reported leaving"))
-            }
+            Ok(0) => return Err(ConverseError::Closed),
             Ok(n) => reader.advance(n),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(format!("reading from {addr}: {e}")),
+            Err(e) => return Err(other(format!("reading from {addr}: {e}"))),
         }
     }
 }

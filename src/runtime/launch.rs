@@ -133,7 +133,7 @@ pub fn node_launch(
     birth::check(&spec).map_err(|e| e.to_string())?;
     spec.seed = incarnation_seed();
     let (recovered, disk) = match storage {
-        _ if !keeps_state(spec.kind) || spec.joining.is_some() => (Recovered::default(), None),
+        _ if !keeps_state(spec.kind) => (Recovered::default(), None),
         StorageChoice::InMemory => {
             tracing::warn!(
                 node = id,

@@ -10,6 +10,7 @@ pub mod load;
 pub mod local;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 
 use crate::protocol::{NodeId, Role, Time};
 use glommio::net::TcpListener;

@@ -13,7 +13,7 @@
 use super::conn;
 use super::metrics::NodeMetrics;
 use crate::protocol::durable::Record;
-use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
+use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Slot, Time};
 use crate::storage::wal::{PendingSync, Wal};
 use crate::wire::FrameWriter;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -81,6 +81,8 @@ pub struct Host {
     timer_wake: LocalSender<()>,
     /// Durable nodes: what waits for the next sync, and the persistence task's wake-up.
     persistence: Option<(RefCell<Unsynced>, LocalSender<()>)>,
+    /// Replicas: the state digest last computed while idle, and the watermark it is of.
+    last_digest: Cell<Option<(Slot, u64)>>,
 }
 
 /// Records not yet handed to the log, and the messages that wait for them.
@@ -116,6 +118,7 @@ impl Host {
             timer_target: Cell::new(None),
             timer_wake,
             persistence: disk.is_some().then(|| (RefCell::new(Unsynced::default()), persist_wake)),
+            last_digest: Cell::new(None),
         });
         glommio::spawn_local(timer_loop(host.clone(), timer_rx)).detach();
         if let Some(disk) = disk {
@@ -134,6 +137,13 @@ impl Host {
 
     /// Hands one message to the role and routes what it sends.
     pub fn deliver(self: &Rc<Self>, from: NodeId, msg: Msg) {
+        if let Msg::StatusRequest = msg {
+            // An operator's question about this node, not the protocol's: answered here.
+            let mut status = self.role.borrow().status();
+            status.digest = self.last_digest.get();
+            self.route(from, &Msg::Status(status));
+            return;
+        }
         let now = self.now();
         if matches!(msg, Msg::Join { .. } | Msg::Membership(_)) {
             self.learn_addresses(from, &msg);
@@ -400,7 +410,9 @@ async fn replica_status_loop(host: Rc<Host>) {
         host.metrics.executed_watermark.set(watermark as f64);
         if last == Some(watermark) && digested_at != Some(watermark) {
             // 53 bits: exact in a Prometheus sample (a float).
-            host.metrics.state_digest.set((replica.state_digest() & ((1 << 53) - 1)) as f64);
+            let digest = replica.state_digest();
+            host.metrics.state_digest.set((digest & ((1 << 53) - 1)) as f64);
+            host.last_digest.set(Some((watermark, digest)));
             digested_at = Some(watermark);
         }
         last = Some(watermark);

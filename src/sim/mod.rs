@@ -765,7 +765,9 @@ impl<'t> Simulator<'t> {
 
     fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         if to == OPERATOR {
-            return; // the operator only asks; the sim watches `Left` events
+            // The operator only asks; the simulator watches `Left` events and the log.
+            self.trace(|| format!("{from} -> operator {msg}"));
+            return;
         }
         if self.nodes.get(&to).is_some_and(|n| n.left) {
             self.outcome.after_left += 1;

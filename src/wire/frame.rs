@@ -60,6 +60,8 @@ macro_rules! payload_of {
             | Msg::Reconfigure(_)
             | Msg::Reconfigured { .. }
             | Msg::ReconfigureRefused { .. }
+            | Msg::StatusRequest
+            | Msg::Status(_)
             | Msg::CatchUp { .. }
             | Msg::SnapshotOffer { .. }
             | Msg::SnapshotFetch { .. }
@@ -461,10 +463,17 @@ mod tests {
             Msg::Preempted { promised: B },
             Msg::Chosen { slot: 8, value: Value::Batch(batch(INLINE_PAYLOAD_MAX + 1)) },
             Msg::Chosen { slot: 9, value: Value::Noop },
-            Msg::Executed { watermark: 9, configs: history },
+            Msg::Executed { watermark: 9, configs: history.clone() },
             Msg::Reconfigure(reconfig.clone()),
             Msg::Reconfigured { epoch: 1, from_slot: 1_011 },
             Msg::ReconfigureRefused { epoch: 1, reason: "no".into() },
+            Msg::StatusRequest,
+            Msg::Status(crate::protocol::messages::NodeStatus {
+                configuration: Some(history.latest().clone()),
+                joined: vec![(500, crate::protocol::RoleKind::Batcher, "127.0.0.1:9".into())],
+                digest: Some((3, 4)),
+                ..crate::protocol::messages::NodeStatus::basic(crate::protocol::RoleKind::Proposer)
+            }),
             Msg::CatchUp { from_slot: 4, max_slots: 1_000 },
             Msg::SnapshotOffer { slot: 40, len: 1 << 20, digest: 0xfeed },
             Msg::SnapshotFetch { slot: 40, offset: 1 << 18 },
@@ -604,9 +613,11 @@ mod tests {
             Msg::Reconfigure(_) => 28,
             Msg::Reconfigured { .. } => 29,
             Msg::ReconfigureRefused { .. } => 30,
+            Msg::StatusRequest => 31,
+            Msg::Status(_) => 32,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 31, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 33, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }

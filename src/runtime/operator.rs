@@ -1,0 +1,314 @@
+//! The operator's commands against a running cluster: `status` asks every node how it stands (in
+//! parallel, each with a short timeout, so a dead node shows as unreachable rather than stalling
+//! the rest), and `reconfigure` asks the leader for a change of acceptor configuration and waits
+//! until it is in force.
+
+use super::admin::{converse, ConverseError};
+use super::config::ClusterFile;
+use crate::protocol::configuration::{validate_change, Configuration, InForce};
+use crate::protocol::messages::{NodeState, NodeStatus};
+use crate::protocol::{Ballot, Msg, NodeId, RoleKind, Slot};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// An id no cluster node uses: the operator's connection is a client of the node it asks.
+pub fn admin_id() -> NodeId {
+    4_000_000_000 + std::process::id() % 100_000_000
+}
+
+/// One node as `status` found it.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    /// Its id.
+    pub id: NodeId,
+    /// Its role, as the cluster file (or the proposer that saw it join) says.
+    pub role: RoleKind,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its answer, or why there was none.
+    pub status: Result<NodeStatus, String>,
+}
+
+/// The whole cluster as `status` found it.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// Every node asked, by id.
+    pub nodes: Vec<NodeReport>,
+}
+
+impl ClusterStatus {
+    /// The newest acceptor configuration any proposer or replica knows.
+    pub fn configuration(&self) -> Option<&InForce> {
+        self.answers().filter_map(|(_, s)| s.configuration.as_ref()).max_by_key(|c| c.config.epoch)
+    }
+
+    /// The proposer that leads, with its ballot (the highest, should two think they lead).
+    pub fn leader(&self) -> Option<(NodeId, Ballot)> {
+        self.answers()
+            .filter(|(_, s)| s.leading)
+            .filter_map(|(id, s)| s.ballot.map(|b| (id, b)))
+            .max_by_key(|&(_, b)| b)
+    }
+
+    /// The highest watermark a replica reports.
+    pub fn max_executed(&self) -> Option<Slot> {
+        self.answers().filter(|(_, s)| s.role == RoleKind::Replica).filter_map(|(_, s)| s.executed).max()
+    }
+
+    fn answers(&self) -> impl Iterator<Item = (NodeId, &NodeStatus)> + '_ {
+        self.nodes.iter().filter_map(|n| n.status.as_ref().ok().map(|s| (n.id, s)))
+    }
+
+    /// A node's state as the table shows it.
+    fn state(&self, node: &NodeReport) -> &'static str {
+        match &node.status {
+            Err(_) => "unreachable",
+            Ok(s) => match s.state {
+                NodeState::Up => "up",
+                NodeState::Joining => "joining",
+                NodeState::Leaving => "leaving",
+                NodeState::Learning => "learning",
+            },
+        }
+    }
+
+    /// How far a replica is behind the furthest one.
+    fn lag(&self, status: &NodeStatus) -> Option<Slot> {
+        let executed = status.executed.filter(|_| status.role == RoleKind::Replica)?;
+        Some(self.max_executed()?.saturating_sub(executed))
+    }
+
+    /// The report as text: the configuration in force, the leader, then one line per node.
+    pub fn render(&self) -> String {
+        let mut out = format!("cluster {}\n", self.cluster_id);
+        match self.configuration() {
+            Some(c) => {
+                let groups: Vec<String> = c
+                    .config
+                    .acceptor_groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| format!("group {i} {g:?}"))
+                    .collect();
+                out += &format!(
+                    "configuration: epoch {} (from slot {}): {}\n",
+                    c.config.epoch,
+                    c.from_slot,
+                    groups.join(", ")
+                );
+            }
+            None => out += "configuration: unknown (no proposer or replica answered)\n",
+        }
+        match self.leader() {
+            Some((id, ballot)) => out += &format!("leader: node {id}, ballot {ballot}\n"),
+            None => out += "leader: none\n",
+        }
+        out += &format!("{:>6}  {:<12}  {:<21}  {:<11}  {:>10}  {:>6}  digest\n", "node", "role", "address", "state", "executed", "lag");
+        for n in &self.nodes {
+            let (executed, lag, digest) = match &n.status {
+                Ok(s) => (
+                    s.executed.map_or("-".into(), |e| e.to_string()),
+                    self.lag(s).map_or("-".into(), |l| l.to_string()),
+                    s.digest.map_or("-".into(), |(at, d)| format!("{d:016x} @{at}")),
+                ),
+                Err(_) => ("-".into(), "-".into(), "-".into()),
+            };
+            let leads = matches!(&n.status, Ok(s) if s.leading);
+            let state = format!("{}{}", self.state(n), if leads { " leader" } else { "" });
+            out += &format!(
+                "{:>6}  {:<12}  {:<21}  {:<11}  {:>10}  {:>6}  {digest}\n",
+                n.id,
+                n.role.name(),
+                n.addr,
+                state,
+                executed,
+                lag
+            );
+        }
+        out
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let nodes: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::json!({
+                    "node": n.id,
+                    "role": n.role.name(),
+                    "address": n.addr.to_string(),
+                    "state": self.state(n),
+                });
+                match &n.status {
+                    Ok(s) => {
+                        v["leading"] = s.leading.into();
+                        if let Some(b) = s.ballot {
+                            v["ballot"] = b.to_string().into();
+                        }
+                        if let Some(e) = s.executed {
+                            v["executed"] = e.into();
+                        }
+                        if let Some(l) = self.lag(s) {
+                            v["lag"] = l.into();
+                        }
+                        if let Some((at, d)) = s.digest {
+                            v["digest"] = format!("{d:016x}").into();
+                            v["digest_at"] = at.into();
+                        }
+                        if let Some(c) = &s.configuration {
+                            v["epoch"] = c.config.epoch.into();
+                        }
+                    }
+                    Err(why) => v["error"] = why.clone().into(),
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "cluster": self.cluster_id,
+            "configuration": self.configuration().map(|c| serde_json::json!({
+                "epoch": c.config.epoch,
+                "from_slot": c.from_slot,
+                "acceptor_groups": c.config.acceptor_groups,
+            })),
+            "leader": self.leader().map(|(id, b)| serde_json::json!({"node": id, "ballot": b.to_string()})),
+            "nodes": nodes,
+        })
+    }
+}
+
+/// Asks one node how it stands.
+pub fn node_status(file: &ClusterFile, addr: SocketAddr, timeout: Duration) -> Result<NodeStatus, String> {
+    let answer = |m| match m {
+        Msg::Status(s) => Some(s),
+        _ => None,
+    };
+    converse(&file.cluster_id, addr, admin_id(), &Msg::StatusRequest, timeout, answer).map_err(|e| e.to_string())
+}
+
+/// Asks every node of the file, then every node the proposers saw join, how it stands.
+pub fn gather(file: &ClusterFile, timeout: Duration) -> ClusterStatus {
+    let configured: Vec<(NodeId, RoleKind, SocketAddr)> = file
+        .config
+        .all_nodes()
+        .filter_map(|(id, role)| file.addresses.get(&id).map(|&addr| (id, role, addr)))
+        .collect();
+    let mut nodes = ask_all(file, &configured, timeout);
+    let mut joined: Vec<(NodeId, RoleKind, SocketAddr)> = Vec::new();
+    for n in &nodes {
+        for (id, role, addr) in n.status.iter().flat_map(|s| s.joined.iter()) {
+            let known = nodes.iter().any(|k| k.id == *id) || joined.iter().any(|j| j.0 == *id);
+            if let (false, Ok(addr)) = (known, addr.parse::<SocketAddr>()) {
+                joined.push((*id, *role, addr));
+            }
+        }
+    }
+    nodes.extend(ask_all(file, &joined, timeout));
+    nodes.sort_by_key(|n| n.id);
+    ClusterStatus { cluster_id: file.cluster_id.clone(), nodes }
+}
+
+fn ask_all(file: &ClusterFile, nodes: &[(NodeId, RoleKind, SocketAddr)], timeout: Duration) -> Vec<NodeReport> {
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = nodes
+            .iter()
+            .map(|&(id, role, addr)| {
+                let ask = scope.spawn(move || node_status(file, addr, timeout));
+                (id, role, addr, ask)
+            })
+            .collect();
+        asks.into_iter()
+            .map(|(id, role, addr, ask)| {
+                let status = ask.join().unwrap_or_else(|_| Err("the query panicked".into()));
+                NodeReport { id, role, addr, status }
+            })
+            .collect()
+    })
+}
+
+/// A proposer's answer to a change of configuration.
+enum Answer {
+    /// In force from this slot.
+    InForce(Slot),
+    /// Refused, and why.
+    Refused(String),
+    /// Not the leader; maybe it knows who is.
+    NotLeader(Option<NodeId>),
+}
+
+/// What a change of configuration came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// The epoch now in force.
+    pub epoch: u64,
+    /// The first slot it owns.
+    pub from_slot: Slot,
+    /// From asking to in force.
+    pub took: Duration,
+}
+
+/// Makes `groups` the acceptor groups: reads the configuration in force, checks the change against
+/// it (saying which rule a bad one breaks), asks the leader to propose it (following `NotLeader`
+/// hints), and waits until the leader says it is in force. The new acceptors must have joined
+/// (`acceptor --join`) first.
+pub fn reconfigure(file: &ClusterFile, groups: Vec<Vec<NodeId>>, timeout: Duration) -> Result<Reconfigured, String> {
+    let started = Instant::now();
+    let status = gather(file, Duration::from_secs(2));
+    let current = status
+        .configuration()
+        .ok_or("no proposer or replica answered: cannot tell the configuration in force")?
+        .config
+        .clone();
+    if current.acceptor_groups == groups {
+        return Err(format!("epoch {}: those acceptor groups are already in force", current.epoch));
+    }
+    let target = Configuration { epoch: current.epoch + 1, acceptor_groups: groups };
+    validate_change(&current, &target, file.config.f).map_err(|e| format!("refused: {e}"))?;
+    let proposers: Vec<NodeId> = file.config.proposers.clone();
+    let mut next = status.leader().map(|(id, _)| id).unwrap_or(proposers[0]);
+    let mut last_error = String::from("no proposer answered");
+    while started.elapsed() < timeout {
+        let Some(&addr) = file.addresses.get(&next) else {
+            return Err(format!("proposer {next} has no address in the cluster file"));
+        };
+        let wait = timeout.saturating_sub(started.elapsed()).min(Duration::from_secs(10));
+        let answer = |m| match m {
+            Msg::Reconfigured { epoch, from_slot } if epoch == target.epoch => Some(Answer::InForce(from_slot)),
+            Msg::ReconfigureRefused { reason, .. } => Some(Answer::Refused(reason)),
+            Msg::NotLeader { leader_hint } => Some(Answer::NotLeader(leader_hint)),
+            _ => None,
+        };
+        match converse(&file.cluster_id, addr, admin_id(), &Msg::Reconfigure(target.clone()), wait, answer) {
+            Ok(Answer::InForce(from_slot)) => {
+                return Ok(Reconfigured { epoch: target.epoch, from_slot, took: started.elapsed() })
+            }
+            Ok(Answer::Refused(reason)) => return Err(format!("refused by proposer {next}: {reason}")),
+            Ok(Answer::NotLeader(hint)) => {
+                last_error = format!("proposer {next} does not lead");
+                next = match hint {
+                    Some(leader) if leader != next => leader,
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let i = proposers.iter().position(|&p| p == next).unwrap_or(0);
+                        proposers[(i + 1) % proposers.len()]
+                    }
+                };
+            }
+            Err(ConverseError::TimedOut) => last_error = format!("proposer {next} did not answer in time"),
+            Err(e) => {
+                last_error = format!("proposer {next}: {e}");
+                let i = proposers.iter().position(|&p| p == next).unwrap_or(0);
+                next = proposers[(i + 1) % proposers.len()];
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Err(format!(
+        "the change to epoch {} was not in force after {} ({last_error})",
+        target.epoch,
+        humantime::format_duration(timeout)
+    ))
+}
