@@ -5,7 +5,7 @@ use autopaxos::protocol::state_machine::StateMachineKind;
 use autopaxos::protocol::{NodeId, RoleKind, Tunables};
 use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
 use autopaxos::runtime::launch::StorageChoice;
-use autopaxos::runtime::load::{LoadControl, Workload};
+use autopaxos::runtime::load::{LoadControl, Timeline, Workload};
 use autopaxos::runtime::local::{client_pool, run_local, thousands, LocalOptions};
 use autopaxos::runtime::{allowed_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan};
 use autopaxos::sim::network::FaultLevel;
@@ -204,6 +204,10 @@ struct ClientArgs {
     /// any is missing or different (kv only).
     #[arg(long)]
     verify: bool,
+    /// Also report throughput and p50/p99 latency per window of this many milliseconds (in the
+    /// --json object, as `timeline`, each window with its start in Unix milliseconds).
+    #[arg(long)]
+    timeline_ms: Option<u64>,
     #[command(flatten)]
     load: LoadFlags,
     #[command(flatten)]
@@ -221,8 +225,10 @@ struct RoleArgs {
     /// Serve Prometheus metrics here.
     #[arg(long, default_value = "0.0.0.0:16000")]
     metrics_addr: SocketAddr,
-    /// Join the running cluster: the node (batcher, proxy leader or unbatcher) is not in the cluster
-    /// file; it announces itself to the proposers and serves until told to leave (`autopaxos leave`).
+    /// Join the running cluster: the node (batcher, proxy leader, unbatcher or acceptor) is not in
+    /// the cluster file; it announces itself to the proposers and serves until told to leave
+    /// (`autopaxos leave` for a stateless node; an acceptor leaves once `autopaxos reconfigure`
+    /// removed it and every slot it held is trimmed). An acceptor keeps its log in --data-dir.
     #[arg(long, requires = "listen")]
     join: bool,
     /// With --join: where this node listens.
@@ -487,7 +493,11 @@ fn client(args: ClientArgs) -> Result<(), String> {
         metrics::install_exporter(addr)?;
     }
     let tunables = tunables(&args.flags, file.tunables.clone())?;
-    let control = Arc::new(LoadControl::default());
+    if args.timeline_ms == Some(0) {
+        return Err("--timeline-ms must be at least 1".into());
+    }
+    let timeline = args.timeline_ms.map(|ms| std::sync::Mutex::new(Timeline::new(ms * 1_000)));
+    let control = Arc::new(LoadControl { timeline, ..LoadControl::default() });
     let stop = Arc::new(AtomicBool::new(false));
     let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
     if args.verify && args.flags.state_machine != StateMachineKind::Kv {
@@ -507,7 +517,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
         stop: stop.clone(),
         spin_before_park: Duration::ZERO,
     };
-    let running = start(plan, Instant::now())?;
+    let (epoch, epoch_unix) = (Instant::now(), std::time::SystemTime::now());
+    let running = start(plan, epoch)?;
     std::thread::sleep(Duration::from_secs(1));
     control.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -558,11 +569,28 @@ fn client(args: ClientArgs) -> Result<(), String> {
         h.max()
     );
     if load.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "cmds_per_sec": rate, "completed": completed, "p50_us": h.value_at_quantile(0.5),
             "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "clients": load.clients,
             "duration_s": window, "retries": control.retries.load(Ordering::Relaxed),
         });
+        if let (Some(timeline), Some(ms)) = (&control.timeline, args.timeline_ms) {
+            let epoch_ms = epoch_unix.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let windows: Vec<serde_json::Value> = timeline
+                .lock()
+                .expect("not poisoned")
+                .windows()
+                .into_iter()
+                .map(|(start_us, n, p50, p99)| {
+                    serde_json::json!({
+                        "unix_ms": epoch_ms + start_us / 1_000,
+                        "cmds_per_sec": n as f64 * 1_000.0 / ms as f64,
+                        "p50_us": p50, "p99_us": p99,
+                    })
+                })
+                .collect();
+            json["timeline"] = windows.into();
+        }
         println!("{json}");
     }
     if completed == 0 {

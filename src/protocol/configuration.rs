@@ -2,12 +2,21 @@
 //!
 //! A [`Configuration`] names the acceptor groups; slot `s` of a configuration with `G` groups
 //! belongs to group `s mod G`. The cluster file gives epoch 0, in force from slot 0. A change is a
-//! value in the log ([`Value::Reconfig`](super::messages::Value::Reconfig)): chosen at slot `i`, it
-//! is in force from slot `i + α`, where α is the leader's in-flight window
-//! (`Tunables::max_in_flight_slots`). This is Lampson's approach, as Physalia uses it: a leader
-//! proposes slot `s` only once every slot up to `s − α` is executed, so when it routes slot `s`
-//! every change that can apply to `s` is already chosen, and known to it from the replicas'
-//! reports. No slot is ever routed by a change that might not be chosen.
+//! value in the log ([`Value::Reconfig`](super::messages::Value::Reconfig), a [`Change`]): chosen
+//! at slot `i`, it is in force from the slot `e` it names, `i < e ≤ i + α`, where α is the
+//! leader's in-flight window (`Tunables::max_in_flight_slots`). This is Lampson's approach, as
+//! Physalia uses it, with the leader choosing how far ahead within α: `e` just past the slots it
+//! expects to propose while the change is chosen (about twice what it has in flight), not always
+//! the whole window. With a fixed `i + α`, a change chosen under light load waited for α slots,
+//! or the leader filled them with α no-ops at once, a burst that cost a loaded cluster half its
+//! throughput for 100 ms (`bench/reconfiguration.py`); now it fills a few.
+//!
+//! Why it is safe: a leader proposes no slot at or above a change's `e` until the change is
+//! executed and reported by a replica (`Proposer::room`), so no slot is ever routed by a change
+//! that might not be chosen. Every slot below `e` that an earlier leader could have proposed is
+//! below `i`: the leader that proposes the change at `i` has finished Phase 1 and proposes it
+//! after every slot that Phase 1 found, and a leader that takes over finds the change (if it may
+//! have been chosen) in its own Phase 1, with its `e`, before it proposes anything.
 //!
 //! Who keeps a history: replicas (they execute changes; the history is part of their state,
 //! their snapshots and their watermark reports), proposers (they merge what replicas report, and
@@ -16,9 +25,10 @@
 //! proposal; acceptors vote per slot and need none.
 //!
 //! Why not Matchmaker Paxos: it needs a separate set of matchmakers, and a leader that changes
-//! configuration runs Phase 1 on the new one at once. The α window needs no new role and reuses
-//! the replicas' reports; its cost is that a change is in force α slots after it is chosen, which
-//! the leader shortens by filling those slots with no-ops when load is light.
+//! configuration runs Phase 1 on the new one at once. The window needs no new role and reuses the
+//! replicas' reports; its cost is a short pause: the leader proposes nothing at or above `e` until
+//! the change is chosen and reported, and fills the slots up to `e` with no-ops when load does
+//! not.
 //!
 //! Must never: apply a change out of epoch order, or one that breaks the rules (`validate_change`)
 //! — every replica and checker skips such a value the same way; route a slot by a configuration
@@ -58,7 +68,20 @@ impl Configuration {
         self.acceptor_groups.iter().flatten().copied()
     }
 
-    /// The bytes of a change to this configuration, as the log carries them.
+}
+
+/// A change of configuration as the log carries it: the configuration, and the first slot it
+/// owns (named by the leader that proposed it).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The next configuration.
+    pub config: Configuration,
+    /// The first slot it owns: above the slot that chooses it, at most α above.
+    pub from_slot: Slot,
+}
+
+impl Change {
+    /// The bytes of the change, as the log carries them.
     pub fn encode(&self) -> Bytes {
         encode(self)
     }
@@ -66,7 +89,7 @@ impl Configuration {
     /// A change read back from the log; `None` for bytes that are not one (every replica reads
     /// the same bytes, so every replica skips them alike).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        decode::<Configuration>(bytes).ok()
+        decode::<Change>(bytes).ok()
     }
 }
 
@@ -201,16 +224,18 @@ impl ConfigHistory {
         self.from(slot).iter().flat_map(|e| e.config.acceptors()).collect()
     }
 
-    /// Applies the change chosen at `slot`, if it is the next epoch and valid: in force from
-    /// `slot + alpha`. Returns whether it applied. Replicas call this for every change they
-    /// execute, in slot order; a change that does not apply is skipped by all alike.
-    pub fn on_chosen(&mut self, slot: Slot, config: &Configuration) -> bool {
-        let from_slot = slot.saturating_add(self.alpha);
+    /// Applies the change chosen at `slot`, if it is the next epoch, keeps the rules, and names a
+    /// first slot above `slot`, at most `alpha` above, and above the newest configuration's.
+    /// Returns whether it applied. Replicas call this for every change they execute, in slot
+    /// order; a change that does not apply is skipped by all alike.
+    pub fn on_chosen(&mut self, slot: Slot, change: &Change) -> bool {
+        let Change { config, from_slot } = change;
         let latest = self.latest();
-        if validate_change(&latest.config, config, self.f()).is_err() || from_slot <= latest.from_slot {
+        let in_reach = *from_slot > slot && *from_slot <= slot.saturating_add(self.alpha);
+        if validate_change(&latest.config, config, self.f()).is_err() || !in_reach || *from_slot <= latest.from_slot {
             return false;
         }
-        self.entries.push(InForce { config: config.clone(), from_slot, chosen_at: Some(slot) });
+        self.entries.push(InForce { config: config.clone(), from_slot: *from_slot, chosen_at: Some(slot) });
         true
     }
 
@@ -296,12 +321,23 @@ mod tests {
         Configuration { epoch: h.latest().config.epoch + 1, acceptor_groups: groups }
     }
 
+    /// `config`, chosen at `slot`, in force `ahead` slots later.
+    fn change(config: Configuration, slot: Slot, ahead: u64) -> (Slot, Change) {
+        (slot, Change { config, from_slot: slot + ahead })
+    }
+
+    fn apply(h: &mut ConfigHistory, (slot, change): (Slot, Change)) -> bool {
+        h.on_chosen(slot, &change)
+    }
+
     #[test]
-    fn a_change_chosen_at_i_is_in_force_from_i_plus_alpha_and_slots_below_keep_the_old_groups() {
+    fn a_change_chosen_at_i_is_in_force_from_the_slot_it_names_and_slots_below_keep_the_old_groups() {
         let mut h = ConfigHistory::new(&cluster(), 10);
         assert_eq!(h.group_of(5), &[6, 7, 8]);
         let one_group = next(&h, vec![vec![20, 21, 22]]);
-        assert!(h.on_chosen(100, &one_group));
+        assert!(!apply(&mut h, change(one_group.clone(), 100, 0)), "not above its own slot");
+        assert!(!apply(&mut h, change(one_group.clone(), 100, 11)), "not beyond alpha");
+        assert!(apply(&mut h, change(one_group, 100, 10)));
         assert_eq!(h.group_of(109), &[6, 7, 8], "slot i + alpha - 1 keeps the old configuration");
         assert_eq!(h.group_of(110), &[20, 21, 22]);
         assert_eq!(h.group_of(111), &[20, 21, 22]);
@@ -318,10 +354,13 @@ mod tests {
     fn a_change_out_of_order_or_against_the_rules_is_skipped() {
         let mut h = ConfigHistory::new(&cluster(), 10);
         let skip_epoch = Configuration { epoch: 2, acceptor_groups: vec![vec![20, 21, 22]] };
-        assert!(!h.on_chosen(1, &skip_epoch));
-        assert!(!h.on_chosen(1, &next(&h, vec![vec![20, 21]])), "a group of 2 with f = 1");
-        assert!(!h.on_chosen(1, &next(&h, vec![vec![20, 21, 22], vec![22, 23, 24]])), "an id twice");
-        assert!(!h.on_chosen(1, &next(&h, cluster().acceptor_groups)), "no change");
+        assert!(!apply(&mut h, change(skip_epoch.clone(), 1, 5)));
+        let pair = change(next(&h, vec![vec![20, 21]]), 1, 5);
+        assert!(!apply(&mut h, pair), "a group of 2 with f = 1");
+        let twice = next(&h, vec![vec![20, 21, 22], vec![22, 23, 24]]);
+        assert!(!apply(&mut h, change(twice, 1, 5)), "an id twice");
+        let same = change(next(&h, cluster().acceptor_groups), 1, 5);
+        assert!(!apply(&mut h, same), "no change");
         assert_eq!(h.entries().len(), 1);
         let err = validate_change(&h.latest().config, &skip_epoch, 1).unwrap_err();
         assert!(err.to_string().contains("epoch 1"), "{err}");
@@ -331,7 +370,7 @@ mod tests {
     fn merging_takes_newer_changes_and_a_contradiction_gives_way_to_the_replica() {
         let base = ConfigHistory::new(&cluster(), 10);
         let mut replica = base.clone();
-        replica.on_chosen(50, &next(&base, vec![vec![20, 21, 22]]));
+        apply(&mut replica, change(next(&base, vec![vec![20, 21, 22]]), 50, 10));
         let mut proposer = base.clone();
         assert_eq!(proposer.merge(&replica, 51), Ok(true));
         assert_eq!(proposer, replica);
@@ -339,7 +378,7 @@ mod tests {
         // A proposer that took a change found in Phase 1 at slot 70 for chosen; a replica past 70
         // knows nothing of it: slot 70 chose something else.
         let mut tentative = replica.clone();
-        tentative.on_chosen(70, &next(&replica, vec![vec![30, 31, 32]]));
+        apply(&mut tentative, change(next(&replica, vec![vec![30, 31, 32]]), 70, 10));
         assert_eq!(tentative.merge(&replica, 60), Ok(false), "not yet executed: no contradiction");
         assert_eq!(tentative.merge(&replica, 71), Err(Contradicted));
         assert_eq!(tentative, replica);
@@ -348,11 +387,12 @@ mod tests {
     #[test]
     fn a_history_round_trips_and_bad_bytes_are_refused() {
         let mut h = ConfigHistory::new(&cluster(), 3);
-        h.on_chosen(7, &next(&h, vec![vec![20, 21, 22]]));
+        let one_group = change(next(&h, vec![vec![20, 21, 22]]), 7, 3);
+        apply(&mut h, one_group);
         assert_eq!(ConfigHistory::from_bytes(&h.to_bytes()), Some(h.clone()));
         assert_eq!(ConfigHistory::from_bytes(b"nonsense"), None);
-        let c = next(&h, vec![vec![1, 2, 3]]);
-        assert_eq!(Configuration::decode(&c.encode()), Some(c));
-        assert_eq!(Configuration::decode(b"x"), None);
+        let (_, c) = change(next(&h, vec![vec![1, 2, 3]]), 20, 2);
+        assert_eq!(Change::decode(&c.encode()), Some(c));
+        assert_eq!(Change::decode(b"x"), None);
     }
 }

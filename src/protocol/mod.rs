@@ -89,7 +89,7 @@ pub enum Event {
     Installed { slot: Slot, state_digest: Option<u64> },
     /// A replica executed a change of configuration in `slot` (applied or skipped: checkers
     /// decide for themselves which).
-    ReconfigExecuted { slot: Slot, config: configuration::Configuration },
+    ReconfigExecuted { slot: Slot, change: configuration::Change },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }

@@ -29,7 +29,7 @@
 //! that owns a slot it may propose.
 
 use super::config::{ClusterConfig, Tunables};
-use super::configuration::{validate_change, ConfigHistory, Configuration, ReconfigError};
+use super::configuration::{validate_change, Change, ConfigHistory, Configuration, ReconfigError};
 use super::membership::{can_join, Standing, View, HEARTBEATS_PER_VIEW};
 use super::messages::{encode_batch, Msg, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
@@ -38,6 +38,10 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A change of configuration is in force this many slots (plus twice the slots in flight) after
+/// the slot that chooses it, at most α.
+const CHANGE_LEAD_SLOTS: u64 = 16;
 
 /// Removed acceptors a leader keeps telling to leave at once, at most.
 const MAX_RETIRING: usize = 64;
@@ -97,8 +101,8 @@ struct PendingReconfig {
     config: Configuration,
     /// Who to tell once it is in force.
     requester: NodeId,
-    /// The slot it was proposed in, once proposed.
-    slot: Option<Slot>,
+    /// Once proposed: the slot it was proposed in, and the first slot it owns.
+    proposed: Option<(Slot, Slot)>,
 }
 
 #[derive(Debug)]
@@ -288,8 +292,8 @@ impl Proposer {
             let best = reports.iter().filter(|(a, _, _)| group.contains(a)).max_by_key(|(_, b, _)| *b);
             let Some((_, _, value)) = best else { continue };
             if let Value::Reconfig(bytes) = value {
-                if let Some(config) = Configuration::decode(bytes) {
-                    history.on_chosen(slot, &config);
+                if let Some(change) = Change::decode(bytes) {
+                    history.on_chosen(slot, &change);
                 }
             }
             found.insert(slot, value.clone());
@@ -456,13 +460,24 @@ impl Proposer {
         l.in_flight.insert(slot, InFlight { value, proposed_at: now });
     }
 
-    /// New slots the leader may propose now: within its in-flight window, and below `w + α` for
-    /// the highest watermark `w` reported, so that every change that applies to them is known.
+    /// New slots the leader may propose now: within its in-flight window, and below the first
+    /// slot of every change not yet known chosen (its own, proposed; one that Phase 1 found and it
+    /// re-proposes), so that no slot is routed by a change that might not be chosen. (Re-proposals
+    /// of slots Phase 1 found are not new: a value found above a change's first slot, in its new
+    /// groups, was proposed by a leader that knew the change chosen.)
     fn room(&self) -> usize {
         let State::Leader(l) = &self.state else { return 0 };
         let window = self.tunables.max_in_flight_slots.saturating_sub(l.in_flight.len());
-        let known = (self.max_executed() + self.history.alpha()).saturating_sub(l.next_slot);
-        window.min(usize::try_from(known).unwrap_or(usize::MAX))
+        let executed = self.max_executed();
+        let unconfirmed = self
+            .history
+            .entries()
+            .iter()
+            .filter(|e| e.chosen_at.is_some_and(|at| at >= executed))
+            .map(|e| e.from_slot);
+        let pending = l.reconfig.as_ref().and_then(|r| r.proposed).map(|(_, from_slot)| from_slot);
+        let limit = unconfirmed.chain(pending).min().unwrap_or(Slot::MAX);
+        window.min(usize::try_from(limit.saturating_sub(l.next_slot)).unwrap_or(usize::MAX))
     }
 
     /// Proposes what waits, as far as there is room: no-ops up to a chosen change's first slot
@@ -476,18 +491,19 @@ impl Proposer {
         }
         self.answer_reconfigured(out);
         let latest_epoch = self.history.latest().config.epoch;
-        let State::Leader(l) = &mut self.state else { return };
-        let unproposed = l
-            .reconfig
-            .as_ref()
-            .filter(|r| r.slot.is_none() && r.config.epoch > latest_epoch)
-            .map(|r| r.config.encode());
-        if let Some(bytes) = unproposed.filter(|_| self.room() > 0) {
+        let room = self.room();
+        let State::Leader(l) = &self.state else { return };
+        // In force a little ahead: past the slots likely proposed while the change is chosen and
+        // reported, so that load rarely waits for it and few no-ops fill the gap.
+        let ahead = (2 * l.in_flight.len() as u64 + CHANGE_LEAD_SLOTS).min(self.history.alpha());
+        let unproposed = l.reconfig.as_ref().filter(|r| r.proposed.is_none() && r.config.epoch > latest_epoch);
+        if let Some(config) = unproposed.filter(|_| room > 0).map(|r| r.config.clone()) {
             let slot = self.take_next_slot();
+            let change = Change { config, from_slot: slot + ahead.max(1) };
             if let State::Leader(Leadership { reconfig: Some(r), .. }) = &mut self.state {
-                r.slot = Some(slot);
+                r.proposed = Some((slot, change.from_slot));
             }
-            self.propose(now, slot, Value::Reconfig(bytes), out);
+            self.propose(now, slot, Value::Reconfig(change.encode()), out);
         }
         let room = self.room();
         let State::Leader(l) = &mut self.state else { return };
@@ -561,8 +577,8 @@ impl Proposer {
         // (another value was chosen there): propose it again.
         let latest_epoch = self.history.latest().config.epoch;
         if let Some(r) = l.reconfig.as_mut() {
-            if r.slot.is_some_and(|s| s < executed) && r.config.epoch > latest_epoch {
-                r.slot = None;
+            if r.proposed.is_some_and(|(s, _)| s < executed) && r.config.epoch > latest_epoch {
+                r.proposed = None;
             }
         }
         self.admit(now, out);
@@ -578,7 +594,7 @@ impl Proposer {
         let latest = self.history.latest();
         if latest.config == config {
             // Chosen already (a retry, or another operator's): answer once it is in force.
-            l.reconfig = Some(PendingReconfig { config, requester: from, slot: None });
+            l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None });
             self.answer_reconfigured(out);
             return;
         }
@@ -607,7 +623,7 @@ impl Proposer {
             out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason: why.to_string() });
             return;
         }
-        l.reconfig = Some(PendingReconfig { config, requester: from, slot: None });
+        l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None });
         self.admit(now, out);
     }
 
@@ -1151,7 +1167,7 @@ mod tests {
         let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
         let (mut p, nonce) = candidate(tunables);
         let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(one_group.encode()) };
+        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()) };
         let out = promise(&mut p, 3, nonce, vec![found]);
         let asked: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
         assert_eq!(asked, vec![20, 21, 22], "Phase 1 reaches the new configuration's acceptors at once");
@@ -1162,7 +1178,7 @@ mod tests {
         promise(&mut p, 20, nonce, vec![]);
         let out = promise(&mut p, 21, nonce, vec![]);
         assert!(p.is_leader());
-        assert_eq!(proposals(&out), vec![(0, Value::Reconfig(one_group.encode()))], "the change is re-proposed");
+        assert_eq!(proposals(&out), vec![(0, Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()))], "the change is re-proposed");
         // New batches: slots 1..=3 under the old groups; slot 4 waits until a replica reports
         // slot 0 executed (with its history): until then the change might not be chosen.
         let mut out = Out::new(false);
@@ -1173,7 +1189,7 @@ mod tests {
         }
         assert_eq!(routed(&out), vec![(1, vec![6, 7, 8]), (2, vec![3, 4, 5]), (3, vec![6, 7, 8])]);
         let mut history = ConfigHistory::new(&config(), 4);
-        history.on_chosen(0, &one_group);
+        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4 });
         let mut out = Out::new(false);
         p.handle_message(1, 10, executed_with(1, &history), &mut out);
         assert_eq!(routed(&out), vec![(4, vec![20, 21, 22])]);
@@ -1191,7 +1207,7 @@ mod tests {
         let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
         let (mut p, nonce) = candidate(tunables);
         let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(one_group.encode()) };
+        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()) };
         for (a, entries) in [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])] {
             promise(&mut p, a, nonce, entries);
         }
@@ -1229,12 +1245,41 @@ mod tests {
         // Chosen and executed in slot 0: in force from slot 4. The leader fills slots 1..=3 with
         // no-ops rather than wait for load, then answers.
         let mut history = ConfigHistory::new(&config(), 4);
-        history.on_chosen(0, &one_group);
+        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4 });
         let mut out = Out::new(false);
         p.handle_message(1, 10, executed_with(1, &history), &mut out);
         assert_eq!(proposals(&out), vec![(1, Value::Noop), (2, Value::Noop), (3, Value::Noop)]);
         assert_eq!(out.msgs.last().unwrap(), &(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 }));
         // Asked again (the answer was lost): answered again.
         assert_eq!(ask(&mut p, one_group), vec![(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 })]);
+    }
+
+    #[test]
+    fn a_page_that_arrives_twice_is_followed_once_and_a_failed_election_waits_longer() {
+        // Sim seeds 37 and 189 (with changes then in force α slots on, filled with no-ops): a
+        // candidate read a log of a thousand no-ops in tiny pages; each resend of Phase1a started
+        // another pass over the pages, and two candidates preempted each other for ever.
+        let tunables = Tunables { phase1b_page_bytes: 100, ..Tunables::default() };
+        let (mut p, nonce) = candidate(tunables.clone());
+        let page = |more_from| {
+            Msg::Phase1b(Phase1bReply { ballot: b(1, 1), nonce, trimmed_below: 0, accepted: vec![], more_from })
+        };
+        let mut asked = Vec::new();
+        for _ in 0..2 {
+            let mut out = Out::new(false);
+            p.handle_message(0, 3, page(Some(5)), &mut out);
+            asked.extend(out.msgs);
+        }
+        assert_eq!(asked, vec![(3, Msg::Phase1a { ballot: b(1, 1), nonce, from_slot: 5 })], "one pass");
+        // The resend asks from where the report stands, not from the start.
+        let mut out = Out::new(false);
+        let at = p.poll_timeout().unwrap();
+        p.handle_timeout(at, &mut out);
+        assert!(out.msgs.contains(&(3, Msg::Phase1a { ballot: b(1, 1), nonce, from_slot: 5 })), "{:?}", out.msgs);
+        // Preempted: the next election waits at least twice the timeout.
+        p.handle_message(at, 9, Msg::Preempted { promised: b(2, 2) }, &mut Out::new(false));
+        assert!(!p.is_leader());
+        let next = p.poll_timeout().unwrap();
+        assert!(next >= at + 2 * tunables.election_timeout_us, "{next} < {at} + 2 x timeout");
     }
 }

@@ -43,7 +43,7 @@
 //! offered.
 
 use super::config::{ClusterConfig, Tunables};
-use super::configuration::{ConfigHistory, Configuration};
+use super::configuration::{Change, ConfigHistory};
 use super::durable::{Record, Recovered, Storage};
 use super::membership::View;
 use super::messages::{
@@ -565,12 +565,12 @@ impl Replica {
     /// A change of configuration: the next one if it is the next epoch and keeps the rules,
     /// otherwise skipped (every replica decides alike, from the same bytes and history).
     fn execute_reconfig(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) {
-        let Some(config) = Configuration::decode(bytes) else {
+        let Some(change) = Change::decode(bytes) else {
             out.dropped("replica: a change of configuration that does not decode, skipped");
             return;
         };
-        out.event(|| Event::ReconfigExecuted { slot, config: config.clone() });
-        if !self.history.on_chosen(slot, &config) {
+        out.event(|| Event::ReconfigExecuted { slot, change: change.clone() });
+        if !self.history.on_chosen(slot, &change) {
             out.dropped("replica: a change of configuration out of turn or against the rules, skipped");
         }
     }
@@ -1040,6 +1040,7 @@ mod tests {
         );
         Msg::Executed { watermark, configs }
     }
+    use crate::protocol::configuration::Configuration;
     use crate::protocol::messages::{encode_batch, Command};
     use crate::protocol::state_machine::kv::KvOp;
     use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
@@ -1344,7 +1345,8 @@ mod tests {
         let mut disk = Recovered::default();
         let two_groups = Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]] };
         let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]] };
-        let values = [Value::Noop, Value::Reconfig(two_groups.encode()), Value::Reconfig(skipped.encode())];
+        let change = |config: &Configuration, from_slot| Value::Reconfig(Change { config: config.clone(), from_slot }.encode());
+        let values = [Value::Noop, change(&two_groups, 11), change(&skipped, 12)];
         for (slot, value) in values.into_iter().enumerate() {
             let mut out = Out::new(true);
             r.handle_message(0, 6, Msg::Chosen { slot: slot as Slot, value }, &mut out);

@@ -54,6 +54,43 @@ pub struct LoadControl {
     pub lost: AtomicU64,
     /// Verify mode: clients that have read back all their acknowledged writes.
     pub verify_done: AtomicU64,
+    /// With `client --timeline-ms`: completions and latencies per window of time.
+    pub timeline: Option<std::sync::Mutex<Timeline>>,
+}
+
+/// Completions and their latencies per window of `window_us` (by the process's clock), while
+/// measuring: what a throughput-over-time plot needs.
+#[derive(Debug)]
+pub struct Timeline {
+    window_us: Time,
+    windows: std::collections::BTreeMap<u64, Histogram<u64>>,
+}
+
+impl Timeline {
+    /// An empty timeline of `window_us` windows.
+    pub fn new(window_us: Time) -> Self {
+        Timeline { window_us: window_us.max(1), windows: Default::default() }
+    }
+
+    /// A completion at `now` that took `latency_us`.
+    pub fn record(&mut self, now: Time, latency_us: u64) {
+        let window = self.windows.entry(now / self.window_us).or_insert_with(new_histogram);
+        let _ = window.record(latency_us);
+    }
+
+    /// Every window from the first to the last with a completion (empty ones included), as (its
+    /// start in µs by the process's clock, completions, p50 µs, p99 µs).
+    pub fn windows(&self) -> Vec<(Time, u64, u64, u64)> {
+        let (Some(&first), Some(&last)) = (self.windows.keys().next(), self.windows.keys().next_back()) else {
+            return Vec::new();
+        };
+        (first..=last)
+            .map(|w| match self.windows.get(&w) {
+                Some(h) => (w * self.window_us, h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99)),
+                None => (w * self.window_us, 0, 0, 0),
+            })
+            .collect()
+    }
 }
 
 /// A new empty latency histogram (microseconds, 1 µs to 100 s, 3 significant digits).
@@ -228,6 +265,9 @@ impl Load {
             self.control.completed_measured.fetch_add(1, Ordering::Relaxed);
             let latency = now.saturating_sub(self.sent_at[done.client]).max(1);
             let _ = self.latencies.borrow_mut().record(latency);
+            if let Some(timeline) = &self.control.timeline {
+                timeline.lock().expect("not poisoned").record(now, latency);
+            }
         }
         self.next_request(done.client, done.client_id, now)
     }

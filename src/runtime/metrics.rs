@@ -109,12 +109,13 @@ impl NodeMetrics {
                 counter!("autopaxos_snapshots_installed_total", "role" => self.role, "node" => self.node.clone())
                     .increment(1);
             }
-            Event::ReconfigExecuted { slot, config } => {
+            Event::ReconfigExecuted { slot, change } => {
                 tracing::info!(
                     node = %self.node,
                     slot,
-                    epoch = config.epoch,
-                    groups = ?config.acceptor_groups,
+                    epoch = change.config.epoch,
+                    groups = ?change.config.acceptor_groups,
+                    from_slot = change.from_slot,
                     "executed a change of acceptor configuration"
                 );
             }

@@ -2,9 +2,9 @@
 //! - agreement: at most one value is chosen per slot (a value is chosen when f+1 acceptors of the
 //!   slot's group accepted it at one ballot — computed from the acceptors' own reports, not trusted
 //!   from the proxy leaders). The slot's group is the one of the configuration in force at the
-//!   slot, which the checker works out for itself from the changes replicas execute: a change
-//!   chosen at slot i owns the slots from i + α on (its own arithmetic, not the nodes'). Votes from
-//!   acceptors of any other group do not count;
+//!   slot, which the checker works out for itself from the changes replicas execute (a change
+//!   chosen at slot i owns the slots from the one it names, which must be above i and at most α
+//!   above). Votes from acceptors of any other group do not count;
 //! - the final configuration: every replica ends with the one the log says;
 //! - replicas execute every slot in order, only chosen values, and agree on the state after each slot
 //!   (so their logs are prefixes of one another and digests agree at equal watermarks);
@@ -15,7 +15,7 @@
 //!
 //! Linearizability of the client history is checked at the end by `linearizability`.
 
-use crate::protocol::configuration::{validate_change, Configuration};
+use crate::protocol::configuration::{validate_change, Change, Configuration};
 use crate::protocol::{Ballot, Event, NodeId, Slot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -102,7 +102,7 @@ impl Checker {
             Event::Installed { slot, state_digest: Some(state_digest) } => {
                 self.on_installed(node, slot, state_digest)
             }
-            Event::ReconfigExecuted { slot, ref config } => self.on_reconfig_executed(slot, config),
+            Event::ReconfigExecuted { slot, ref change } => self.on_reconfig_executed(slot, change),
             Event::Applied { client_id, seq, slot } => {
                 self.applied_anywhere.insert((client_id, seq));
                 if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() {
@@ -140,15 +140,18 @@ impl Checker {
     }
 
     /// A replica executed a change of configuration in `slot`: the next epoch, if it keeps the
-    /// rules, owns the slots from `slot + alpha` on. Changes are first executed in slot order (by
-    /// the replica furthest ahead), so each is seen after every change below it.
-    fn on_reconfig_executed(&mut self, slot: Slot, config: &Configuration) {
+    /// rules and names a first slot above `slot` (at most alpha above, and above the newest
+    /// configuration's), owns the slots from there on. Changes are first executed in slot order
+    /// (by the replica furthest ahead), so each is seen after every change below it.
+    fn on_reconfig_executed(&mut self, slot: Slot, change: &Change) {
         if !self.reconfig_slots.insert(slot) {
             return;
         }
-        let latest = self.latest_config();
-        if validate_change(latest, config, self.f).is_ok() {
-            self.configs.push((slot + self.alpha, config.clone()));
+        let (latest_from, latest) = self.configs.last().expect("never empty");
+        let from = change.from_slot;
+        let in_reach = from > slot && from <= slot + self.alpha && from > *latest_from;
+        if in_reach && validate_change(latest, &change.config, self.f).is_ok() {
+            self.configs.push((from, change.config.clone()));
         }
     }
 
@@ -300,8 +303,8 @@ mod tests {
     #[test]
     fn votes_count_only_in_the_group_of_the_configuration_in_force_at_the_slot() {
         let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
-        let change = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
-        c.observe(7, &Event::ReconfigExecuted { slot: 0, config: change });
+        let config = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
+        c.observe(7, &Event::ReconfigExecuted { slot: 0, change: Change { config, from_slot: 10 } });
         // Slot 5 is below 0 + alpha: still the old group's. Votes of the new one do not choose it.
         accepted(&mut c, 20, 5, B1, 0xa);
         accepted(&mut c, 21, 5, B1, 0xa);

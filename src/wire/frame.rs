@@ -436,7 +436,8 @@ mod tests {
         let mut history = crate::protocol::configuration::ConfigHistory::new(&cluster, 1_000);
         let reconfig =
             crate::protocol::configuration::Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
-        history.on_chosen(11, &reconfig);
+        let change = crate::protocol::configuration::Change { config: reconfig.clone(), from_slot: 15 };
+        history.on_chosen(11, &change);
         vec![
             Msg::ClientRequests(vec![cmd(1), cmd(2)]),
             Msg::ClientReplies(vec![reply.clone()]),
@@ -456,7 +457,7 @@ mod tests {
             Msg::Nack { promised: B },
             Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real), group: vec![3, 4, 5] },
             Msg::Propose { ballot: B, slot: 9, value: Value::Noop, group: vec![3, 4, 5] },
-            Msg::Propose { ballot: B, slot: 11, value: Value::Reconfig(reconfig.encode()), group: vec![3, 4, 5] },
+            Msg::Propose { ballot: B, slot: 11, value: Value::Reconfig(change.encode()), group: vec![3, 4, 5] },
             Msg::Phase2a { ballot: B, slot: 8, value: Value::Batch(big.clone()) },
             Msg::Phase2a { ballot: B, slot: 10, value: Value::Noop },
             Msg::Phase2b { ballot: B, slot: 8 },
