@@ -575,7 +575,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
             "duration_s": window, "retries": control.retries.load(Ordering::Relaxed),
         });
         if let (Some(timeline), Some(ms)) = (&control.timeline, args.timeline_ms) {
-            let epoch_ms = epoch_unix.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let epoch_ms =
+                epoch_unix.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let windows: Vec<serde_json::Value> = timeline
                 .lock()
                 .expect("not poisoned")
@@ -610,7 +611,8 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
             return Err(format!("--join starts one node; got {} ids", args.node.len()));
         };
         let core = args.flags.cores.map_or_else(allowed_cores, |c| c.0)[0];
-        let storage = StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
+        let storage =
+            StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
         return autopaxos::runtime::admin::serve_joining(autopaxos::runtime::admin::JoinOptions {
             file,
             kind,

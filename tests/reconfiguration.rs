@@ -7,15 +7,25 @@ mod common;
 
 use common::{Cluster, Proc};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Writes a copy of the cluster file whose acceptor groups are `groups`; `joined` gives the
 /// addresses of acceptors that are not in the original file.
-fn cluster_file_with(cluster: &Cluster, name: &str, groups: &[&[u32]], joined: &[(u32, SocketAddr)]) -> PathBuf {
+fn cluster_file_with(
+    cluster: &Cluster,
+    name: &str,
+    groups: &[&[u32]],
+    joined: &[(u32, SocketAddr)],
+) -> PathBuf {
     let mut toml = format!("[cluster]\nid = \"{}\"\nf = 1\n", cluster.cluster_id);
     for node in cluster.nodes.iter().filter(|n| n.role != "acceptor") {
-        toml += &format!("\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n", node.id, node.role, node.addr());
+        toml += &format!(
+            "\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n",
+            node.id,
+            node.role,
+            node.addr()
+        );
     }
     for (g, members) in groups.iter().enumerate() {
         for &id in members.iter() {
@@ -23,7 +33,8 @@ fn cluster_file_with(cluster: &Cluster, name: &str, groups: &[&[u32]], joined: &
                 Some((_, addr)) => *addr,
                 None => cluster.node(id).addr(),
             };
-            toml += &format!("\n[[node]]\nid = {id}\nrole = \"acceptor\"\ngroup = {g}\naddress = \"{addr}\"\n");
+            toml +=
+                &format!("\n[[node]]\nid = {id}\nrole = \"acceptor\"\ngroup = {g}\naddress = \"{addr}\"\n");
         }
     }
     let path = cluster.dir.join(name);
@@ -38,9 +49,10 @@ fn run(cluster: &Cluster, name: &str, args: &[String]) -> (bool, String, String)
     (status.success(), proc.stdout_text(), proc.stderr_text())
 }
 
-fn reconfigure(cluster: &Cluster, to: &PathBuf) -> (bool, String) {
-    let args = ["reconfigure", "--config", &cluster.config.display().to_string(), "--to", &to.display().to_string()]
-        .map(String::from);
+fn reconfigure(cluster: &Cluster, to: &Path) -> (bool, String) {
+    let args =
+        ["reconfigure", "--config", &cluster.config.display().to_string(), "--to", &to.display().to_string()]
+            .map(String::from);
     let name = format!("reconfigure-{}", to.file_stem().unwrap().to_string_lossy());
     let (ok, out, err) = run(cluster, &name, &args);
     (ok, format!("{out}{err}"))
@@ -49,7 +61,8 @@ fn reconfigure(cluster: &Cluster, to: &PathBuf) -> (bool, String) {
 fn status_json(cluster: &Cluster) -> serde_json::Value {
     let args = ["status", "--config", &cluster.config.display().to_string(), "--json"].map(String::from);
     let (_, out, err) = run(cluster, "status", &args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json printed no JSON ({e}):\n{out}\n{err}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}):\n{out}\n{err}"))
 }
 
 fn epoch(status: &serde_json::Value) -> u64 {
@@ -112,8 +125,14 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     let refused = run(
         &cluster,
         "reconfigure-bad",
-        &["reconfigure", "--config", &cluster.config.display().to_string(), "--to", &bad.display().to_string()]
-            .map(String::from),
+        &[
+            "reconfigure",
+            "--config",
+            &cluster.config.display().to_string(),
+            "--to",
+            &bad.display().to_string(),
+        ]
+        .map(String::from),
     );
     assert!(!refused.0, "a group of two was accepted: {refused:?}");
 
@@ -122,7 +141,8 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     let stdout = proc.stdout_text();
     let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
     assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    let (intact, lost) =
+        common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
     assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
     assert!(intact > 0, "nothing was read back:\n{context}");
 

@@ -6,11 +6,11 @@
 //! the role and credits the window. Mocks do the least work that keeps the role's protocol honest
 //! (acceptor mocks answer, replica mocks report watermarks); their own cost is measured and reported.
 
+use crate::protocol::configuration::ConfigHistory;
 use crate::protocol::messages::{
     client_id, encode_batch, with_archived, ClientReply, Command, CommandBatch, Msg, Phase1bReply, Value,
 };
 use crate::protocol::state_machine::kv::KvOp;
-use crate::protocol::configuration::ConfigHistory;
 use crate::protocol::{Ballot, ClusterConfig, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 use hdrhistogram::Histogram;

@@ -115,8 +115,14 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
     // The batcher's unit is one request (one command); every other role's is one batch.
     let window = if role == RoleKind::Batcher { 64 * opts.batch_size as u64 } else { WINDOW_MSGS };
     let configs = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
-    let world =
-        Arc::new(Mutex::new(World::new(role, opts.batch_size, opts.value_size, window, measuring.clone(), configs)));
+    let world = Arc::new(Mutex::new(World::new(
+        role,
+        opts.batch_size,
+        opts.value_size,
+        window,
+        measuring.clone(),
+        configs,
+    )));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
     let target = target_id(role);
     let state_machine = opts.state_machine;

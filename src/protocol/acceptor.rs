@@ -15,8 +15,8 @@
 //! send a vote before the record that backs it.
 
 use super::config::{ClusterConfig, Tunables};
-use super::membership::{membership_period_us, NodeMembership};
 use super::durable::{Record, Recovered, Storage};
+use super::membership::{membership_period_us, NodeMembership};
 use super::messages::{AcceptedEntry, Msg, Phase1bReply, Value};
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use std::collections::BTreeMap;

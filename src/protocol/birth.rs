@@ -69,7 +69,9 @@ pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
     let (id, kind) = (spec.id, spec.kind);
     match &spec.joining {
         _ if kind == RoleKind::Client => Err(BirthError::Client),
-        Some(_) if !is_stateless(kind) && kind != RoleKind::Acceptor => Err(BirthError::CannotJoin(kind.name())),
+        Some(_) if !is_stateless(kind) && kind != RoleKind::Acceptor => {
+            Err(BirthError::CannotJoin(kind.name()))
+        }
         Some(_) => Ok(()),
         None if spec.config.all_nodes().any(|node| node == (id, kind)) => Ok(()),
         None => Err(BirthError::NotInConfig { id, role: kind.name() }),
@@ -179,7 +181,10 @@ mod tests {
         assert_eq!(build(joining, Recovered::default(), 0).err(), Some(BirthError::CannotJoin("replica")));
         let mut new_acceptor = spec(99, RoleKind::Acceptor);
         new_acceptor.joining = Some("127.0.0.1:1".into());
-        assert!(build(new_acceptor, Recovered::default(), 0).is_ok(), "a change of configuration brings it in");
+        assert!(
+            build(new_acceptor, Recovered::default(), 0).is_ok(),
+            "a change of configuration brings it in"
+        );
         let stranger = spec(99, RoleKind::Replica);
         assert!(matches!(build(stranger, Recovered::default(), 0), Err(BirthError::NotInConfig { .. })));
         let wrong_role = spec(3, RoleKind::Replica);

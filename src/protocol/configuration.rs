@@ -67,7 +67,6 @@ impl Configuration {
     pub fn acceptors(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.acceptor_groups.iter().flatten().copied()
     }
-
 }
 
 /// A change of configuration as the log carries it: the configuration, and the first slot it
@@ -121,11 +120,20 @@ pub fn validate_change(current: &Configuration, new: &Configuration, f: usize) -
         return Err(ReconfigError::Epoch { current: current.epoch, expected, got: new.epoch });
     }
     if new.acceptor_groups.is_empty() {
-        return Err(ReconfigError::Invalid(ConfigError::TooFewNodes { role: "acceptor_groups", need: 1, got: 0, f }));
+        return Err(ReconfigError::Invalid(ConfigError::TooFewNodes {
+            role: "acceptor_groups",
+            need: 1,
+            got: 0,
+            f,
+        }));
     }
     for (group, members) in new.acceptor_groups.iter().enumerate() {
         if members.len() != 2 * f + 1 {
-            return Err(ReconfigError::Invalid(ConfigError::GroupSize { group, need: 2 * f + 1, got: members.len() }));
+            return Err(ReconfigError::Invalid(ConfigError::GroupSize {
+                group,
+                need: 2 * f + 1,
+                got: members.len(),
+            }));
         }
     }
     let mut seen = BTreeSet::new();
@@ -232,7 +240,10 @@ impl ConfigHistory {
         let Change { config, from_slot } = change;
         let latest = self.latest();
         let in_reach = *from_slot > slot && *from_slot <= slot.saturating_add(self.alpha);
-        if validate_change(&latest.config, config, self.f()).is_err() || !in_reach || *from_slot <= latest.from_slot {
+        if validate_change(&latest.config, config, self.f()).is_err()
+            || !in_reach
+            || *from_slot <= latest.from_slot
+        {
             return false;
         }
         self.entries.push(InForce { config: config.clone(), from_slot: *from_slot, chosen_at: Some(slot) });
@@ -258,7 +269,11 @@ impl ConfigHistory {
         let mut contradicted = false;
         // Ours beyond what they know, chosen below their watermark: they would know it.
         let their_latest = theirs.latest().config.epoch;
-        if self.entries.iter().any(|e| e.config.epoch > their_latest && e.chosen_at.is_some_and(|s| s < watermark)) {
+        if self
+            .entries
+            .iter()
+            .any(|e| e.config.epoch > their_latest && e.chosen_at.is_some_and(|s| s < watermark))
+        {
             contradicted = true;
         }
         // Epochs both know must agree.
@@ -297,9 +312,10 @@ impl ConfigHistory {
     /// A history read back from a snapshot; `None` if the bytes are not one.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let history = decode::<ConfigHistory>(bytes).ok()?;
-        let ordered = history.entries.windows(2).all(|w| {
-            w[0].from_slot < w[1].from_slot && w[0].config.epoch + 1 == w[1].config.epoch
-        });
+        let ordered = history
+            .entries
+            .windows(2)
+            .all(|w| w[0].from_slot < w[1].from_slot && w[0].config.epoch + 1 == w[1].config.epoch);
         (!history.entries.is_empty() && history.alpha >= 1 && ordered).then_some(history)
     }
 

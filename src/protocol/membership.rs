@@ -395,7 +395,9 @@ impl NodeMembership {
             return;
         }
         self.next_at = None;
-        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || self.role == RoleKind::Acceptor) {
+        if let Some(addr) =
+            self.join_addr.as_ref().filter(|_| self.announcing || self.role == RoleKind::Acceptor)
+        {
             for &p in &self.proposers {
                 out.send(p, Msg::Join { role: self.role, addr: addr.clone() });
             }

@@ -71,8 +71,8 @@ impl Value {
         match self {
             Value::Noop => 0,
             Value::Batch(b) => super::digest(b),
-            // Distinct from a batch of the same bytes.
-            Value::Reconfig(b) => super::digest(b) ^ 0x5ec0_f16u64,
+            // Distinct from a batch of the same bytes ("reconf" in ASCII).
+            Value::Reconfig(b) => super::digest(b) ^ 0x7265_636f_6e66,
         }
     }
 }

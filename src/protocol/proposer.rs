@@ -496,7 +496,8 @@ impl Proposer {
         // In force a little ahead: past the slots likely proposed while the change is chosen and
         // reported, so that load rarely waits for it and few no-ops fill the gap.
         let ahead = (2 * l.in_flight.len() as u64 + CHANGE_LEAD_SLOTS).min(self.history.alpha());
-        let unproposed = l.reconfig.as_ref().filter(|r| r.proposed.is_none() && r.config.epoch > latest_epoch);
+        let unproposed =
+            l.reconfig.as_ref().filter(|r| r.proposed.is_none() && r.config.epoch > latest_epoch);
         if let Some(config) = unproposed.filter(|_| room > 0).map(|r| r.config.clone()) {
             let slot = self.take_next_slot();
             let change = Change { config, from_slot: slot + ahead.max(1) };
@@ -547,7 +548,14 @@ impl Proposer {
         }
     }
 
-    fn on_executed(&mut self, now: Time, from: NodeId, watermark: Slot, configs: ConfigHistory, out: &mut Out) {
+    fn on_executed(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        watermark: Slot,
+        configs: ConfigHistory,
+        out: &mut Out,
+    ) {
         if !self.config.replicas.contains(&from) {
             out.dropped("proposer: watermark from a node that is not a replica");
             return;
@@ -602,7 +610,8 @@ impl Proposer {
             if pending.config == config {
                 pending.requester = from; // a retry: the change is under way
             } else {
-                let reason = format!("the change to epoch {} is under way; retry after it", pending.config.epoch);
+                let reason =
+                    format!("the change to epoch {} is under way; retry after it", pending.config.epoch);
                 out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason });
             }
             return;
@@ -700,7 +709,10 @@ impl Proposer {
     }
 
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
-        let configured = self.config.all_nodes().any(|(id, kind)| id == from && (kind == RoleKind::Acceptor || !can_join(kind)));
+        let configured = self
+            .config
+            .all_nodes()
+            .any(|(id, kind)| id == from && (kind == RoleKind::Acceptor || !can_join(kind)));
         if configured || !can_join(role) {
             out.dropped("proposer: a join by a node that cannot join");
             return;
@@ -1167,7 +1179,11 @@ mod tests {
         let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
         let (mut p, nonce) = candidate(tunables);
         let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()) };
+        let found = AcceptedEntry {
+            slot: 0,
+            ballot: b(1, 2),
+            value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()),
+        };
         let out = promise(&mut p, 3, nonce, vec![found]);
         let asked: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
         assert_eq!(asked, vec![20, 21, 22], "Phase 1 reaches the new configuration's acceptors at once");
@@ -1178,7 +1194,11 @@ mod tests {
         promise(&mut p, 20, nonce, vec![]);
         let out = promise(&mut p, 21, nonce, vec![]);
         assert!(p.is_leader());
-        assert_eq!(proposals(&out), vec![(0, Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()))], "the change is re-proposed");
+        assert_eq!(
+            proposals(&out),
+            vec![(0, Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()))],
+            "the change is re-proposed"
+        );
         // New batches: slots 1..=3 under the old groups; slot 4 waits until a replica reports
         // slot 0 executed (with its history): until then the change might not be chosen.
         let mut out = Out::new(false);
@@ -1207,8 +1227,14 @@ mod tests {
         let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
         let (mut p, nonce) = candidate(tunables);
         let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()) };
-        for (a, entries) in [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])] {
+        let found = AcceptedEntry {
+            slot: 0,
+            ballot: b(1, 2),
+            value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()),
+        };
+        for (a, entries) in
+            [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])]
+        {
             promise(&mut p, a, nonce, entries);
         }
         assert!(p.is_leader());
@@ -1226,7 +1252,10 @@ mod tests {
             p.handle_message(0, 1_000, Msg::Reconfigure(c), &mut out);
             out.msgs
         };
-        assert_eq!(ask(&mut follower, change(1, vec![vec![3, 4, 5]])), vec![(1_000, Msg::NotLeader { leader_hint: None })]);
+        assert_eq!(
+            ask(&mut follower, change(1, vec![vec![3, 4, 5]])),
+            vec![(1_000, Msg::NotLeader { leader_hint: None })]
+        );
         let mut p = leader(tunables);
         let refusal = |msgs: Vec<(NodeId, Msg)>| match &msgs[..] {
             [(1_000, Msg::ReconfigureRefused { reason, .. })] => reason.clone(),
@@ -1262,7 +1291,13 @@ mod tests {
         let tunables = Tunables { phase1b_page_bytes: 100, ..Tunables::default() };
         let (mut p, nonce) = candidate(tunables.clone());
         let page = |more_from| {
-            Msg::Phase1b(Phase1bReply { ballot: b(1, 1), nonce, trimmed_below: 0, accepted: vec![], more_from })
+            Msg::Phase1b(Phase1bReply {
+                ballot: b(1, 1),
+                nonce,
+                trimmed_below: 0,
+                accepted: vec![],
+                more_from,
+            })
         };
         let mut asked = Vec::new();
         for _ in 0..2 {
@@ -1275,7 +1310,11 @@ mod tests {
         let mut out = Out::new(false);
         let at = p.poll_timeout().unwrap();
         p.handle_timeout(at, &mut out);
-        assert!(out.msgs.contains(&(3, Msg::Phase1a { ballot: b(1, 1), nonce, from_slot: 5 })), "{:?}", out.msgs);
+        assert!(
+            out.msgs.contains(&(3, Msg::Phase1a { ballot: b(1, 1), nonce, from_slot: 5 })),
+            "{:?}",
+            out.msgs
+        );
         // Preempted: the next election waits at least twice the timeout.
         p.handle_message(at, 9, Msg::Preempted { promised: b(2, 2) }, &mut Out::new(false));
         assert!(!p.is_leader());

@@ -82,22 +82,14 @@ impl ProxyLeader {
         }
     }
 
-    fn on_propose(
-        &mut self,
-        now: Time,
-        from: NodeId,
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-        group: Vec<NodeId>,
-        out: &mut Out,
-    ) {
-        if group.is_empty() || group.len() % 2 == 0 {
+    /// A proposal for `slot` (from its proposer, with its ballot, value and group): Phase 2 starts.
+    fn on_propose(&mut self, now: Time, slot: Slot, entry: InFlight, out: &mut Out) {
+        if entry.group.is_empty() || entry.group.len().is_multiple_of(2) {
             out.dropped("proxy leader: a proposal whose group is not 2f+1 acceptors");
             return;
         }
         if let Some(existing) = self.in_flight.get(&slot) {
-            if existing.ballot > ballot {
+            if existing.ballot > entry.ballot {
                 out.dropped("proxy leader: proposal below a ballot already in flight");
                 return;
             }
@@ -105,7 +97,6 @@ impl ProxyLeader {
             out.dropped("proxy leader: in-flight limit reached");
             return;
         }
-        let entry = InFlight { ballot, value, proposer: from, group, acks: Vec::new(), sent_at: now, resends: 0 };
         self.send_phase2a(slot, &entry, out);
         self.in_flight.insert(slot, entry);
         if !self.timers.is_set(Timer::Resend as usize) {
@@ -189,7 +180,16 @@ impl Role for ProxyLeader {
         match msg {
             Msg::Propose { ballot, slot, value, group } => {
                 self.membership.on_work(now);
-                self.on_propose(now, from, ballot, slot, value, group, out)
+                let entry = InFlight {
+                    ballot,
+                    value,
+                    proposer: from,
+                    group,
+                    acks: Vec::new(),
+                    sent_at: now,
+                    resends: 0,
+                };
+                self.on_propose(now, slot, entry, out)
             }
             Msg::Membership(view) if self.config.proposers.contains(&from) => {
                 self.membership.on_view(&view);
@@ -247,7 +247,8 @@ mod tests {
     #[test]
     fn phase2a_to_the_group_then_chosen_to_every_replica_after_f_plus_1_votes() {
         let (mut p, _) = setup();
-        let sent = call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
+        let sent =
+            call(&mut p, 1, Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] });
         assert_eq!(sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 }).is_empty());
         assert!(

@@ -1345,7 +1345,9 @@ mod tests {
         let mut disk = Recovered::default();
         let two_groups = Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]] };
         let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]] };
-        let change = |config: &Configuration, from_slot| Value::Reconfig(Change { config: config.clone(), from_slot }.encode());
+        let change = |config: &Configuration, from_slot| {
+            Value::Reconfig(Change { config: config.clone(), from_slot }.encode())
+        };
         let values = [Value::Noop, change(&two_groups, 11), change(&skipped, 12)];
         for (slot, value) in values.into_iter().enumerate() {
             let mut out = Out::new(true);
@@ -1363,9 +1365,13 @@ mod tests {
         // Reported with the watermark.
         let mut out = Out::new(false);
         r.handle_timeout(r.poll_timeout().unwrap(), &mut out);
-        assert!(out.after_persist.iter().any(|(_, m)| matches!(m, Msg::Executed { configs, .. } if configs == r.configs())));
+        assert!(out
+            .after_persist
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::Executed { configs, .. } if configs == r.configs())));
         // From the log alone, then from a snapshot and the log after it.
-        let replayed = Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0);
+        let replayed =
+            Replica::recover(7, config.clone(), &tunables, new_sm(), Storage::Durable, disk.clone(), 0);
         assert_eq!(replayed.unwrap().configs(), r.configs());
         for slot in 3..8 {
             let mut out = chosen(&mut r, slot, vec![incr(100, slot)]);

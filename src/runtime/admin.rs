@@ -5,8 +5,8 @@ use super::config::ClusterFile;
 use super::launch::{node_launch, StorageChoice};
 use super::local::cluster_spec;
 use super::{metrics, start, ProcessPlan};
-use crate::protocol::membership::can_join;
 use crate::protocol::birth::RoleSpec;
+use crate::protocol::membership::can_join;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
 use crate::wire::{Frame, FrameReader, FrameWriter, Handshake};
@@ -68,7 +68,8 @@ pub fn joining_spec(
 /// Runs one stateless node that joins the running cluster of `opts.file`, until it is told to
 /// leave and has drained (then the process exits).
 pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
-    let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr, storage } = opts;
+    let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr, storage } =
+        opts;
     if file.addresses.contains_key(&id) {
         return Err(format!("node {id} is in the cluster file: start it without --join"));
     }
@@ -116,11 +117,12 @@ pub fn request_leave(
 ) -> Result<(), String> {
     converse(cluster_id, addr, admin_id, &Msg::Leave, timeout, |m| matches!(m, Msg::Left).then_some(()))
         .map_err(|e| match e {
-            ConverseError::TimedOut => format!(
-                "the node at {addr} had not drained after {}",
-                humantime::format_duration(timeout)
-            ),
-            ConverseError::Closed => format!("the node at {addr} closed the connection before it reported leaving"),
+            ConverseError::TimedOut => {
+                format!("the node at {addr} had not drained after {}", humantime::format_duration(timeout))
+            }
+            ConverseError::Closed => {
+                format!("the node at {addr} closed the connection before it reported leaving")
+            }
             ConverseError::Other(e) => e,
         })
 }
@@ -170,7 +172,9 @@ pub fn converse<R>(
     let mut reader = FrameReader::new();
     let mut handshaken = false;
     loop {
-        while let Some(frame) = reader.next_frame().map_err(|e| other(format!("bad frame from {addr}: {e}")))? {
+        while let Some(frame) =
+            reader.next_frame().map_err(|e| other(format!("bad frame from {addr}: {e}")))?
+        {
             match frame {
                 Frame::Handshake(theirs) => {
                     theirs.check(cluster_id).map_err(|e| other(format!("{addr}: {e}")))?;

@@ -81,7 +81,8 @@ impl Timeline {
     /// Every window from the first to the last with a completion (empty ones included), as (its
     /// start in µs by the process's clock, completions, p50 µs, p99 µs).
     pub fn windows(&self) -> Vec<(Time, u64, u64, u64)> {
-        let (Some(&first), Some(&last)) = (self.windows.keys().next(), self.windows.keys().next_back()) else {
+        let (Some(&first), Some(&last)) = (self.windows.keys().next(), self.windows.keys().next_back())
+        else {
             return Vec::new();
         };
         (first..=last)

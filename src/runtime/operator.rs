@@ -105,7 +105,10 @@ impl ClusterStatus {
             Some((id, ballot)) => out += &format!("leader: node {id}, ballot {ballot}\n"),
             None => out += "leader: none\n",
         }
-        out += &format!("{:>6}  {:<12}  {:<21}  {:<11}  {:>10}  {:>6}  digest\n", "node", "role", "address", "state", "executed", "lag");
+        out += &format!(
+            "{:>6}  {:<12}  {:<21}  {:<11}  {:>10}  {:>6}  digest\n",
+            "node", "role", "address", "state", "executed", "lag"
+        );
         for n in &self.nodes {
             let (executed, lag, digest) = match &n.status {
                 Ok(s) => (
@@ -186,7 +189,8 @@ pub fn node_status(file: &ClusterFile, addr: SocketAddr, timeout: Duration) -> R
         Msg::Status(s) => Some(s),
         _ => None,
     };
-    converse(&file.cluster_id, addr, admin_id(), &Msg::StatusRequest, timeout, answer).map_err(|e| e.to_string())
+    converse(&file.cluster_id, addr, admin_id(), &Msg::StatusRequest, timeout, answer)
+        .map_err(|e| e.to_string())
 }
 
 /// Asks every node of the file, then every node the proposers saw join, how it stands.
@@ -211,7 +215,11 @@ pub fn gather(file: &ClusterFile, timeout: Duration) -> ClusterStatus {
     ClusterStatus { cluster_id: file.cluster_id.clone(), nodes }
 }
 
-fn ask_all(file: &ClusterFile, nodes: &[(NodeId, RoleKind, SocketAddr)], timeout: Duration) -> Vec<NodeReport> {
+fn ask_all(
+    file: &ClusterFile,
+    nodes: &[(NodeId, RoleKind, SocketAddr)],
+    timeout: Duration,
+) -> Vec<NodeReport> {
     std::thread::scope(|scope| {
         let asks: Vec<_> = nodes
             .iter()
@@ -254,7 +262,11 @@ pub struct Reconfigured {
 /// it (saying which rule a bad one breaks), asks the leader to propose it (following `NotLeader`
 /// hints), and waits until the leader says it is in force. The new acceptors must have joined
 /// (`acceptor --join`) first.
-pub fn reconfigure(file: &ClusterFile, groups: Vec<Vec<NodeId>>, timeout: Duration) -> Result<Reconfigured, String> {
+pub fn reconfigure(
+    file: &ClusterFile,
+    groups: Vec<Vec<NodeId>>,
+    timeout: Duration,
+) -> Result<Reconfigured, String> {
     let started = Instant::now();
     let status = gather(file, Duration::from_secs(2));
     let current = status
@@ -276,7 +288,9 @@ pub fn reconfigure(file: &ClusterFile, groups: Vec<Vec<NodeId>>, timeout: Durati
         };
         let wait = timeout.saturating_sub(started.elapsed()).min(Duration::from_secs(10));
         let answer = |m| match m {
-            Msg::Reconfigured { epoch, from_slot } if epoch == target.epoch => Some(Answer::InForce(from_slot)),
+            Msg::Reconfigured { epoch, from_slot } if epoch == target.epoch => {
+                Some(Answer::InForce(from_slot))
+            }
             Msg::ReconfigureRefused { reason, .. } => Some(Answer::Refused(reason)),
             Msg::NotLeader { leader_hint } => Some(Answer::NotLeader(leader_hint)),
             _ => None,

@@ -1230,7 +1230,9 @@ impl<'t> Simulator<'t> {
             .nodes
             .iter()
             .filter(|(_, n)| !n.dead)
-            .filter_map(|(&id, n)| n.member.role_ref().as_replica().map(|r| (id, r.configs().latest().config.clone())))
+            .filter_map(|(&id, n)| {
+                n.member.role_ref().as_replica().map(|r| (id, r.configs().latest().config.clone()))
+            })
             .collect();
         self.checker.check_at_end(&replica_configs);
         for (op, &(client, seq)) in self.history.iter().zip(&self.history_ids) {

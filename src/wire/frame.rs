@@ -434,8 +434,10 @@ mod tests {
         let entry = AcceptedEntry { slot: 4, ballot: B, value: Value::Batch(batch(40)) };
         let cluster = crate::protocol::ClusterConfig::f1(1, 1, 1, 1);
         let mut history = crate::protocol::configuration::ConfigHistory::new(&cluster, 1_000);
-        let reconfig =
-            crate::protocol::configuration::Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
+        let reconfig = crate::protocol::configuration::Configuration {
+            epoch: 1,
+            acceptor_groups: vec![vec![20, 21, 22]],
+        };
         let change = crate::protocol::configuration::Change { config: reconfig.clone(), from_slot: 15 };
         history.on_chosen(11, &change);
         vec![
@@ -457,7 +459,12 @@ mod tests {
             Msg::Nack { promised: B },
             Msg::Propose { ballot: B, slot: 8, value: Value::Batch(real), group: vec![3, 4, 5] },
             Msg::Propose { ballot: B, slot: 9, value: Value::Noop, group: vec![3, 4, 5] },
-            Msg::Propose { ballot: B, slot: 11, value: Value::Reconfig(change.encode()), group: vec![3, 4, 5] },
+            Msg::Propose {
+                ballot: B,
+                slot: 11,
+                value: Value::Reconfig(change.encode()),
+                group: vec![3, 4, 5],
+            },
             Msg::Phase2a { ballot: B, slot: 8, value: Value::Batch(big.clone()) },
             Msg::Phase2a { ballot: B, slot: 10, value: Value::Noop },
             Msg::Phase2b { ballot: B, slot: 8 },
@@ -675,7 +682,8 @@ mod tests {
 
     #[test]
     fn a_received_batch_is_forwarded_as_the_same_bytes() {
-        let propose = Msg::Propose { ballot: B, slot: 1, value: Value::Batch(batch(4096)), group: vec![3, 4, 5] };
+        let propose =
+            Msg::Propose { ballot: B, slot: 1, value: Value::Batch(batch(4096)), group: vec![3, 4, 5] };
         let mut r = FrameReader::new();
         feed(&mut r, &encode_frame(&propose).unwrap().concat());
         let Some(Frame::Msg(Msg::Propose { value, .. })) = r.next_frame().unwrap() else { panic!() };
