@@ -15,13 +15,13 @@
 //!
 //! Configurations (see `configuration`): a proposer keeps the history of acceptor configurations
 //! that the replicas report with their watermarks, and routes every slot to the group of the
-//! configuration in force at it. The leader proposes slot `s` only below `w + α`, `w` the highest
-//! watermark reported (with its history): every change that applies to `s` is then known. A
-//! candidate's Phase 1 covers every configuration in force at a slot at or above its start: the
-//! known ones, then those chosen by changes it finds, in slot order, until no new one appears; a
-//! found value counts only from the group that owns its slot. A leader changes the configuration
-//! when an operator asks (`Reconfigure`): one change at a time, validated against the newest, and
-//! once chosen it fills the α slots before it with no-ops when load does not.
+//! configuration in force at it. A candidate's Phase 1 covers every configuration in force at a
+//! slot at or above its start: the known ones, then those of changes it finds, in slot order, until
+//! no new one appears; a found value counts only from the group that owns its slot. A leader
+//! changes the configuration when an operator asks (`Reconfigure`): one change at a time, validated
+//! against the newest, in force a little ahead of its slot; it proposes nothing at or beyond that
+//! first slot until a replica reports the change executed (`room`), then fills the gap with no-ops
+//! when load does not.
 //!
 //! Must never: propose two values for one slot at one ballot; take new batches before Phase 1 is done;
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it;
@@ -420,10 +420,15 @@ impl Proposer {
             self.failed_elections += 1;
         }
         if let State::Leader(leadership) = std::mem::replace(&mut self.state, State::Follower) {
-            if let Some(leader) = self.leader_hint.filter(|&l| l != self.id) {
-                // Batches still waiting go to the new leader rather than being lost.
-                for (origin, batch) in leadership.waiting {
-                    out.send(leader, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch });
+            // Batches still waiting go to the new leader rather than being lost, or back to their
+            // batchers (to retry) when no other leader is known.
+            let leader = self.leader_hint.filter(|&l| l != self.id);
+            for (origin, batch) in leadership.waiting {
+                match leader {
+                    Some(leader) => {
+                        out.send(leader, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch })
+                    }
+                    None => out.send(origin, Msg::BatchRefused { leader_hint: None, attempt: 0, batch }),
                 }
             }
         }
