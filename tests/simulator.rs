@@ -99,6 +99,32 @@ fn two_thousand_seeds_with_frequent_changes_of_configuration_and_heavy_faults_ke
     assert!(summary.faults.reconfig_crashes > 1_000, "{summary:?}");
 }
 
+/// Seeds that found bugs with frequent changes of configuration, kept so the bugs stay fixed.
+const RECONFIG_REGRESSION_SEEDS: &[(u64, &str)] = &[
+    (
+        8842,
+        "a candidate started Phase 1 at a stale watermark, then took a history from a replica far \
+         ahead that no longer held the configurations below its watermark, and routed slot 28 by \
+         the newest one: a no-op chosen by the wrong group over a value already chosen",
+    ),
+    (
+        3656,
+        "a leader that never proposed the slots replicas had executed (another leader had) went on \
+         filling no-ops below the configurations it kept",
+    ),
+    (4561, "the same"),
+];
+
+#[test]
+fn reconfig_seeds_that_once_found_bugs_stay_fixed() {
+    for &(seed, bug) in RECONFIG_REGRESSION_SEEDS {
+        let opts = SimOptions { reconfig: true, ..SimOptions::new(FaultLevel::Heavy) };
+        let outcome = run_seed(seed, &opts, None);
+        assert!(outcome.violations.is_empty(), "seed {seed} ({bug}) fails again: {:?}", outcome.violations);
+        assert!(outcome.faults.reconfigs >= 1, "seed {seed} changed its configuration: {outcome:?}");
+    }
+}
+
 /// Churn seeds that found bugs, kept so the bugs stay fixed.
 const CHURN_REGRESSION_SEEDS: &[(u64, &str)] = &[
     (

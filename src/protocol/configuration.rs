@@ -211,8 +211,14 @@ impl ConfigHistory {
         self.entries.partition_point(|e| e.from_slot <= slot).saturating_sub(1)
     }
 
-    /// The configuration in force at `slot` (the oldest kept, for a slot below it: forgotten slots
-    /// are never routed).
+    /// Whether the history knows the configuration in force at `slot`: it forgets those of slots
+    /// below the trim point (or below the watermark of the replica it was learned from).
+    pub fn covers(&self, slot: Slot) -> bool {
+        self.entries[0].from_slot <= slot
+    }
+
+    /// The configuration in force at `slot` (the oldest kept, for a slot it does not cover: such
+    /// slots are never routed, see [`ConfigHistory::covers`]).
     pub fn config_at(&self, slot: Slot) -> &Configuration {
         &self.entries[self.index_at(slot)].config
     }

@@ -356,10 +356,12 @@ impl Proposer {
         if phase1.max_trimmed > max_executed {
             return;
         }
-        // Every slot below the trim point is chosen and executed: Phase 1 need not cover the
-        // configurations that owned only those (their acceptors may be gone).
-        if phase1.max_trimmed > phase1.start {
-            phase1.start = phase1.max_trimmed;
+        // Every slot below the highest watermark reported since the election began is executed,
+        // hence chosen: Phase 1 need not cover the configurations that owned only those (their
+        // acceptors may be gone), and the history may no longer hold them (a replica far ahead
+        // reports only the configurations from its watermark on: sim seed 8842 with --reconfig).
+        if max_executed > phase1.start {
+            phase1.start = max_executed;
             phase1.reports = phase1.reports.split_off(&phase1.start);
         }
         let State::Candidate(phase1) = &self.state else { return };
@@ -457,6 +459,12 @@ impl Proposer {
     /// Hands `value` to a proxy leader for `slot`, naming the group that owns the slot.
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
+        assert!(
+            self.history.covers(slot),
+            "proposer {}: slot {slot} is below every configuration it keeps ({:?})",
+            self.id,
+            self.history.entries().first().map(|e| e.from_slot)
+        );
         let proxies = &self.proxy_leaders;
         let proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
@@ -585,6 +593,12 @@ impl Proposer {
         let State::Leader(l) = &mut self.state else {
             return;
         };
+        if executed > l.next_slot {
+            // Slots this leader never proposed are chosen: a higher ballot leads (and the history
+            // may no longer cover the slots this one would propose next).
+            out.dropped("proposer: replicas executed slots this leader never proposed");
+            return self.step_down(now, out);
+        }
         l.in_flight = l.in_flight.split_off(&executed);
         // A change proposed in a slot now executed that did not become the newest configuration
         // (another value was chosen there): propose it again.
