@@ -113,6 +113,11 @@ const RECONFIG_REGRESSION_SEEDS: &[(u64, &str)] = &[
          filling no-ops below the configurations it kept",
     ),
     (4561, "the same"),
+    (
+        13199,
+        "a deposed leader learned a change from the replicas and proposed in the new groups, which had \
+         promised nothing to the leader that proposed the change: two values chosen in slot 23",
+    ),
 ];
 
 #[test]

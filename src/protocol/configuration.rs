@@ -18,6 +18,14 @@
 //! after every slot that Phase 1 found, and a leader that takes over finds the change (if it may
 //! have been chosen) in its own Phase 1, with its `e`, before it proposes anything.
 //!
+//! The new groups have promised nothing to the leader that proposed the change (its Phase 1 came
+//! before them), so a deposed leader with a lower ballot that learns of the change from the
+//! replicas could get its proposals accepted there (sim seed 13199 with --reconfig: two values
+//! chosen in one slot). A change therefore carries its proposer's ballot, and a proposer that
+//! learns of a change proposed at a higher ballot than its own takes that ballot (a leader steps
+//! down) before it routes anything by it. Any other leader that may route by the change either is
+//! its proposer, or covered the new groups in its own Phase 1 (it found the change, or knew it).
+//!
 //! Who keeps a history: replicas (they execute changes; the history is part of their state,
 //! their snapshots and their watermark reports), proposers (they merge what replicas report, and
 //! route each slot by the configuration in force at it), and the simulator's checker (which builds
@@ -37,7 +45,7 @@
 
 use super::config::{ClusterConfig, ConfigError};
 use super::messages::{decode, encode};
-use super::{NodeId, Slot};
+use super::{Ballot, NodeId, Slot};
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -69,14 +77,16 @@ impl Configuration {
     }
 }
 
-/// A change of configuration as the log carries it: the configuration, and the first slot it
-/// owns (named by the leader that proposed it).
+/// A change of configuration as the log carries it: the configuration, the first slot it owns,
+/// and the ballot of the leader that proposed it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The next configuration.
     pub config: Configuration,
     /// The first slot it owns: above the slot that chooses it, at most α above.
     pub from_slot: Slot,
+    /// The ballot of the leader that proposed it (kept when a later leader proposes it again).
+    pub ballot: Ballot,
 }
 
 impl Change {
@@ -155,6 +165,8 @@ pub struct InForce {
     pub from_slot: Slot,
     /// The slot of the change that chose it (`None` for the cluster file's).
     pub chosen_at: Option<Slot>,
+    /// The ballot of the leader that proposed the change (zero for the cluster file's).
+    pub ballot: Ballot,
 }
 
 /// The configurations in force at or above some slot, oldest first, epochs consecutive.
@@ -178,7 +190,12 @@ impl ConfigHistory {
     /// after the slot that chose them.
     pub fn new(cluster: &ClusterConfig, alpha: u64) -> Self {
         assert!(alpha >= 1, "alpha is the leader's window, at least 1");
-        let first = InForce { config: Configuration::from_cluster(cluster), from_slot: 0, chosen_at: None };
+        let first = InForce {
+            config: Configuration::from_cluster(cluster),
+            from_slot: 0,
+            chosen_at: None,
+            ballot: Ballot::ZERO,
+        };
         ConfigHistory { f: cluster.f as u32, alpha, entries: vec![first] }
     }
 
@@ -243,7 +260,7 @@ impl ConfigHistory {
     /// Returns whether it applied. Replicas call this for every change they execute, in slot
     /// order; a change that does not apply is skipped by all alike.
     pub fn on_chosen(&mut self, slot: Slot, change: &Change) -> bool {
-        let Change { config, from_slot } = change;
+        let Change { config, from_slot, ballot } = change;
         let latest = self.latest();
         let in_reach = *from_slot > slot && *from_slot <= slot.saturating_add(self.alpha);
         if validate_change(&latest.config, config, self.f()).is_err()
@@ -252,7 +269,12 @@ impl ConfigHistory {
         {
             return false;
         }
-        self.entries.push(InForce { config: config.clone(), from_slot: *from_slot, chosen_at: Some(slot) });
+        self.entries.push(InForce {
+            config: config.clone(),
+            from_slot: *from_slot,
+            chosen_at: Some(slot),
+            ballot: *ballot,
+        });
         true
     }
 
@@ -345,7 +367,7 @@ mod tests {
 
     /// `config`, chosen at `slot`, in force `ahead` slots later.
     fn change(config: Configuration, slot: Slot, ahead: u64) -> (Slot, Change) {
-        (slot, Change { config, from_slot: slot + ahead })
+        (slot, Change { config, from_slot: slot + ahead, ballot: Ballot::ZERO })
     }
 
     fn apply(h: &mut ConfigHistory, (slot, change): (Slot, Change)) -> bool {

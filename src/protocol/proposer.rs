@@ -513,7 +513,7 @@ impl Proposer {
             l.reconfig.as_ref().filter(|r| r.proposed.is_none() && r.config.epoch > latest_epoch);
         if let Some(config) = unproposed.filter(|_| room > 0).map(|r| r.config.clone()) {
             let slot = self.take_next_slot();
-            let change = Change { config, from_slot: slot + ahead.max(1) };
+            let change = Change { config, from_slot: slot + ahead.max(1), ballot: self.ballot };
             if let State::Leader(Leadership { reconfig: Some(r), .. }) = &mut self.state {
                 r.proposed = Some((slot, change.from_slot));
             }
@@ -581,6 +581,13 @@ impl Proposer {
             out.dropped("proposer: a replica's configurations contradict the leader's");
             self.step_down(now, out);
             return;
+        }
+        // A change proposed at a higher ballot: its groups promised us nothing, and a leader with
+        // that ballot exists. Take the ballot (a leader or candidate steps down) before routing by it.
+        if let Some(higher) =
+            self.history.entries().iter().map(|e| e.ballot).max().filter(|&b| b > self.ballot)
+        {
+            return self.observe_ballot(now, higher, out);
         }
         match self.state {
             State::Candidate(_) => return self.try_to_lead(now, out),
@@ -1121,7 +1128,13 @@ mod tests {
         let tunables = Tunables { teach_retention_slots: 1_000, ..Tunables::default() };
         let down_after = tunables.replica_down_after_us;
         let (r1, r2) = (config().replicas[0], config().replicas[1]);
-        let mut p = leader(tunables);
+        // A leader whose Phase 1 found slot 5,000: replicas execute only slots it proposed.
+        let (mut p, nonce) = candidate(tunables);
+        let far = AcceptedEntry { slot: 5_000, ballot: b(1, 2), value: Value::Noop };
+        for (a, entries) in [(3, vec![far]), (4, vec![]), (6, vec![]), (7, vec![])] {
+            promise(&mut p, a, nonce, entries);
+        }
+        assert!(p.is_leader());
         p.handle_message(10, r1, executed(50), &mut Out::new(false));
         p.handle_message(10, r2, executed(20), &mut Out::new(false));
         assert_eq!(trim_sent(&mut p, 20), Some(20), "the slowest replica that is up");
@@ -1201,7 +1214,9 @@ mod tests {
         let found = AcceptedEntry {
             slot: 0,
             ballot: b(1, 2),
-            value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()),
+            value: Value::Reconfig(
+                Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode(),
+            ),
         };
         let out = promise(&mut p, 3, nonce, vec![found]);
         let asked: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
@@ -1215,7 +1230,12 @@ mod tests {
         assert!(p.is_leader());
         assert_eq!(
             proposals(&out),
-            vec![(0, Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()))],
+            vec![(
+                0,
+                Value::Reconfig(
+                    Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode()
+                )
+            )],
             "the change is re-proposed"
         );
         // New batches: slots 1..=3 under the old groups; slot 4 waits until a replica reports
@@ -1228,17 +1248,20 @@ mod tests {
         }
         assert_eq!(routed(&out), vec![(1, vec![6, 7, 8]), (2, vec![3, 4, 5]), (3, vec![6, 7, 8])]);
         let mut history = ConfigHistory::new(&config(), 4);
-        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4 });
+        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO });
         let mut out = Out::new(false);
         p.handle_message(1, 10, executed_with(1, &history), &mut out);
         assert_eq!(routed(&out), vec![(4, vec![20, 21, 22])]);
-        // A replica past slot 0 that knows no such change: slot 0 chose something else, so the
-        // leader's history was wrong and it gives up leading.
+        // A change of the leader's own is taken from the replicas, never assumed: slot 0 chose
+        // something else, so the leader proposes it again.
         let mut p = leader(Tunables { max_in_flight_slots: 4, ..Tunables::default() });
         let mut out = Out::new(false);
-        p.handle_message(0, 1_000, Msg::Reconfigure(one_group.clone()), &mut out);
-        p.handle_message(1, 10, executed_with(1, &ConfigHistory::new(&config(), 4)), &mut Out::new(false));
-        assert!(p.is_leader(), "a change of its own is taken from the replicas, never assumed");
+        p.handle_message(0, 1_000, Msg::Reconfigure(change(1, vec![vec![3, 4, 5]])), &mut out);
+        assert!(matches!(proposals(&out)[..], [(0, Value::Reconfig(_))]), "{:?}", out.msgs);
+        let mut out = Out::new(false);
+        p.handle_message(1, 10, executed_with(1, &ConfigHistory::new(&config(), 4)), &mut out);
+        assert!(p.is_leader());
+        assert!(matches!(proposals(&out)[..], [(1, Value::Reconfig(_))]), "proposed again: {:?}", out.msgs);
     }
 
     #[test]
@@ -1249,7 +1272,9 @@ mod tests {
         let found = AcceptedEntry {
             slot: 0,
             ballot: b(1, 2),
-            value: Value::Reconfig(Change { config: one_group.clone(), from_slot: 4 }.encode()),
+            value: Value::Reconfig(
+                Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode(),
+            ),
         };
         for (a, entries) in
             [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])]
@@ -1293,7 +1318,7 @@ mod tests {
         // Chosen and executed in slot 0: in force from slot 4. The leader fills slots 1..=3 with
         // no-ops rather than wait for load, then answers.
         let mut history = ConfigHistory::new(&config(), 4);
-        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4 });
+        history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO });
         let mut out = Out::new(false);
         p.handle_message(1, 10, executed_with(1, &history), &mut out);
         assert_eq!(proposals(&out), vec![(1, Value::Noop), (2, Value::Noop), (3, Value::Noop)]);

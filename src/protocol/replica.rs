@@ -1346,7 +1346,9 @@ mod tests {
         let two_groups = Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]] };
         let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]] };
         let change = |config: &Configuration, from_slot| {
-            Value::Reconfig(Change { config: config.clone(), from_slot }.encode())
+            Value::Reconfig(
+                Change { config: config.clone(), from_slot, ballot: crate::protocol::Ballot::ZERO }.encode(),
+            )
         };
         let values = [Value::Noop, change(&two_groups, 11), change(&skipped, 12)];
         for (slot, value) in values.into_iter().enumerate() {

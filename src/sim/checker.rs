@@ -304,7 +304,13 @@ mod tests {
     fn votes_count_only_in_the_group_of_the_configuration_in_force_at_the_slot() {
         let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
         let config = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
-        c.observe(7, &Event::ReconfigExecuted { slot: 0, change: Change { config, from_slot: 10 } });
+        c.observe(
+            7,
+            &Event::ReconfigExecuted {
+                slot: 0,
+                change: Change { config, from_slot: 10, ballot: Ballot::ZERO },
+            },
+        );
         // Slot 5 is below 0 + alpha: still the old group's. Votes of the new one do not choose it.
         accepted(&mut c, 20, 5, B1, 0xa);
         accepted(&mut c, 21, 5, B1, 0xa);

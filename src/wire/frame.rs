@@ -438,7 +438,8 @@ mod tests {
             epoch: 1,
             acceptor_groups: vec![vec![20, 21, 22]],
         };
-        let change = crate::protocol::configuration::Change { config: reconfig.clone(), from_slot: 15 };
+        let change =
+            crate::protocol::configuration::Change { config: reconfig.clone(), from_slot: 15, ballot: B };
         history.on_chosen(11, &change);
         vec![
             Msg::ClientRequests(vec![cmd(1), cmd(2)]),
