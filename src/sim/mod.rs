@@ -1051,10 +1051,12 @@ impl<'t> Simulator<'t> {
     }
 
     /// The most acceptors whose disk holds a corrupted record (they refuse to start) in any group
-    /// of any configuration that `id` is a member of.
+    /// of any configuration that `id` is a member of (the one under way included).
     fn dead_in_group(&self, id: NodeId) -> usize {
+        let target = self.reconfig_target.iter().flat_map(|c| c.acceptor_groups.iter());
         self.checker
             .all_groups()
+            .chain(target)
             .filter(|g| g.contains(&id))
             .map(|g| g.iter().filter(|a| self.nodes.get(a).is_some_and(|n| n.corrupted)).count())
             .max()
