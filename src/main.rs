@@ -105,8 +105,9 @@ enum Command {
     /// Change the acceptor groups of a running cluster to those of another cluster file: add or
     /// remove groups, replace acceptors.
     ///
-    /// The change goes through the log: chosen in slot i, it is in force from slot i + α (α: the
-    /// leader's window, `max_in_flight_slots`); slots below keep the old groups. Start each new
+    /// The change goes through the log: chosen in slot i, it is in force from a slot the leader
+    /// names, at most α further (α: the leader's window, `max_in_flight_slots`); slots below keep
+    /// the old groups. Start each new
     /// acceptor first with `acceptor --config <the cluster file> --node <id> --join --listen
     /// <addr>`; acceptors removed leave by themselves once every slot they held is trimmed.
     /// Everything but the acceptor groups must be the same in both files. Prints the slot the
@@ -496,7 +497,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if args.timeline_ms == Some(0) {
         return Err("--timeline-ms must be at least 1".into());
     }
-    let timeline = args.timeline_ms.map(|ms| std::sync::Mutex::new(Timeline::new(ms * 1_000)));
+    let timeline = args.timeline_ms.map(|ms| std::sync::Mutex::new(Timeline::new(ms.saturating_mul(1_000))));
     let control = Arc::new(LoadControl { timeline, ..LoadControl::default() });
     let stop = Arc::new(AtomicBool::new(false));
     let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
