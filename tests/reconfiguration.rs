@@ -136,15 +136,7 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     );
     assert!(!refused.0, "a group of two was accepted: {refused:?}");
 
-    let proc = &mut cluster.extra[client];
-    let status = proc.wait(Duration::from_secs(90));
-    let stdout = proc.stdout_text();
-    let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", common::tail(&proc.stderr, 40));
-    assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) =
-        common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
-    assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
-    assert!(intact > 0, "nothing was read back:\n{context}");
+    common::assert_verified(&mut cluster.extra[client]);
 
     // The acceptors no configuration names any more leave by themselves once the log is trimmed
     // past their slots, and their processes exit.

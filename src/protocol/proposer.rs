@@ -1206,18 +1206,19 @@ mod tests {
         Msg::Executed { watermark, configs: history.clone() }
     }
 
+    /// A candidate (window 4) and what acceptor 3 will report: a change to one group [20, 21, 22],
+    /// accepted in slot 0 at an earlier ballot, in force from slot 4.
+    fn candidate_finding_a_change() -> (Proposer, u64, Configuration, AcceptedEntry) {
+        let (p, nonce) = candidate(Tunables { max_in_flight_slots: 4, ..Tunables::default() });
+        let one_group = change(1, vec![vec![20, 21, 22]]);
+        let value = Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode();
+        let found = AcceptedEntry { slot: 0, ballot: b(1, 2), value: Value::Reconfig(value) };
+        (p, nonce, one_group, found)
+    }
+
     #[test]
     fn a_change_found_in_phase1_extends_it_to_the_new_groups_and_each_slot_goes_to_the_group_in_force() {
-        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
-        let (mut p, nonce) = candidate(tunables);
-        let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry {
-            slot: 0,
-            ballot: b(1, 2),
-            value: Value::Reconfig(
-                Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode(),
-            ),
-        };
+        let (mut p, nonce, one_group, found) = candidate_finding_a_change();
         let out = promise(&mut p, 3, nonce, vec![found]);
         let asked: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
         assert_eq!(asked, vec![20, 21, 22], "Phase 1 reaches the new configuration's acceptors at once");
@@ -1266,16 +1267,7 @@ mod tests {
 
     #[test]
     fn a_leader_whose_history_a_replica_contradicts_steps_down() {
-        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
-        let (mut p, nonce) = candidate(tunables);
-        let one_group = change(1, vec![vec![20, 21, 22]]);
-        let found = AcceptedEntry {
-            slot: 0,
-            ballot: b(1, 2),
-            value: Value::Reconfig(
-                Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO }.encode(),
-            ),
-        };
+        let (mut p, nonce, _, found) = candidate_finding_a_change();
         for (a, entries) in
             [(3, vec![found]), (4, vec![]), (6, vec![]), (7, vec![]), (20, vec![]), (21, vec![])]
         {

@@ -579,6 +579,19 @@ pub fn has_metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> bool {
     })
 }
 
+/// Waits for a `client --verify` process to finish and asserts that it succeeded, read back at
+/// least one acknowledged write and lost none. Returns its stdout and stderr.
+pub fn assert_verified(proc: &mut Proc) -> (String, String) {
+    let status = proc.wait(Duration::from_secs(90));
+    let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
+    let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", tail(&proc.stderr, 40));
+    assert!(status.success(), "the client failed ({status}):\n{context}");
+    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
+    assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
+    assert!(intact > 0, "nothing was read back:\n{context}");
+    (stdout, stderr)
+}
+
 /// `client --verify`'s counts from its stdout: (writes read back intact, writes lost).
 pub fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
     let line = stdout.lines().find(|l| l.starts_with("verify:"))?;
