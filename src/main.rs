@@ -98,20 +98,22 @@ enum Command {
     /// The node stops taking new work, finishes what it holds, reports that it left, and exits. The
     /// last node of a role in service cannot leave until another joins. Exit status 1 on timeout.
     Leave(LeaveArgs),
-    /// Show the cluster: the acceptor configuration in force, the leader and its ballot, and every
+    /// Show the cluster: the configuration in force, the leader and its ballot, and every
     /// node's role, address, state (up, joining, leaving, learning, unreachable), executed
     /// watermark, lag and state digest (replicas). Exit status 1 if a node is unreachable.
     Status(StatusArgs),
-    /// Change the acceptor groups of a running cluster to those of another cluster file: add or
-    /// remove groups, replace acceptors.
+    /// Change the stateful roles of a running cluster to those of another cluster file: add or
+    /// remove acceptor groups, replace acceptors, add, remove or replace replicas and proposers
+    /// (the leader included).
     ///
     /// The change goes through the log: chosen in slot i, it is in force from a slot the leader
     /// names, at most α further (α: the leader's window, `max_in_flight_slots`); slots below keep
-    /// the old groups. Start each new
-    /// acceptor first with `acceptor --config <the cluster file> --node <id> --join --listen
-    /// <addr>`; acceptors removed leave by themselves once every slot they held is trimmed.
-    /// Everything but the acceptor groups must be the same in both files. Prints the slot the
-    /// change took effect at and how long it took; exit status 1 on refusal or timeout.
+    /// the old configuration. Start each new node first with `<role> --config <the cluster file>
+    /// --node <id> --join --listen <addr>`; nodes removed leave by themselves once every slot
+    /// their configurations owned is trimmed (a leader removed hands over first). f, proxy
+    /// leaders, batchers and unbatchers must be the same in both files; at least f+1 replicas and
+    /// f+1 proposers stay. Prints the slot the change took effect at and how long it took; exit
+    /// status 1 on refusal or timeout.
     Reconfigure(ReconfigureArgs),
     /// Start the role this machine was launched for, from its user-data (IMDSv2) or --user-data FILE.
     Boot(autopaxos::boot::BootArgs),
@@ -226,10 +228,12 @@ struct RoleArgs {
     /// Serve Prometheus metrics here.
     #[arg(long, default_value = "0.0.0.0:16000")]
     metrics_addr: SocketAddr,
-    /// Join the running cluster: the node (batcher, proxy leader, unbatcher or acceptor) is not in
-    /// the cluster file; it announces itself to the proposers and serves until told to leave
-    /// (`autopaxos leave` for a stateless node; an acceptor leaves once `autopaxos reconfigure`
-    /// removed it and every slot it held is trimmed). An acceptor keeps its log in --data-dir.
+    /// Join the running cluster: the node is not in the cluster file; it announces itself to the
+    /// proposers and serves until told to leave. A batcher, proxy leader or unbatcher serves at
+    /// once and leaves by `autopaxos leave`. An acceptor, replica or proposer serves once
+    /// `autopaxos reconfigure` names it (a new replica is taught the state by its peers), and
+    /// leaves once a change removed it and every slot its configurations owned is trimmed. An
+    /// acceptor or replica keeps its state in --data-dir.
     #[arg(long, requires = "listen")]
     join: bool,
     /// With --join: where this node listens.
@@ -668,21 +672,21 @@ fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let to = ClusterFile::load(&args.to).map_err(|e| e.to_string())?;
     let same = |a: &autopaxos::protocol::ClusterConfig, b: &autopaxos::protocol::ClusterConfig| {
-        (a.f, &a.proposers, &a.proxy_leaders, &a.replicas, &a.batchers, &a.unbatchers)
-            == (b.f, &b.proposers, &b.proxy_leaders, &b.replicas, &b.batchers, &b.unbatchers)
+        (a.f, &a.proxy_leaders, &a.batchers, &a.unbatchers) == (b.f, &b.proxy_leaders, &b.batchers, &b.unbatchers)
     };
     if to.cluster_id != file.cluster_id {
         return Err(format!("{}: another cluster ({})", args.to.display(), to.cluster_id));
     }
     if !same(&file.config, &to.config) {
         return Err(format!(
-            "{}: only the acceptor groups may change (f, proposers, proxy leaders, replicas, batchers \
-             and unbatchers must be as in {})",
+            "{}: only acceptor groups, replicas and proposers change by reconfiguration (f, proxy \
+             leaders, batchers and unbatchers must be as in {}; stateless nodes join and leave)",
             args.to.display(),
             args.config.display()
         ));
     }
-    let done = autopaxos::runtime::operator::reconfigure(&file, to.config.acceptor_groups, args.timeout)?;
+    let target = autopaxos::protocol::configuration::Configuration::from_cluster(&to.config);
+    let done = autopaxos::runtime::operator::reconfigure(&file, target, args.timeout)?;
     println!(
         "epoch {} in force from slot {}, {:.1} ms after it was asked for",
         done.epoch,

@@ -44,8 +44,6 @@ pub struct Acceptor {
     /// Announcing itself (an acceptor new to the cluster, until a view lists it), and told to
     /// leave by the leader once no configuration names it.
     membership: NodeMembership,
-    /// The proposers: only they may tell it to leave.
-    proposers: Vec<NodeId>,
     /// Told to leave: it has reported `Left` and votes no more.
     left: bool,
 }
@@ -58,7 +56,6 @@ impl Acceptor {
         Acceptor {
             id,
             membership: NodeMembership::new(id, RoleKind::Acceptor, &config, period),
-            proposers: config.proposers.clone(),
             left: false,
             replicas: config.replicas,
             promised: Ballot::ZERO,
@@ -109,7 +106,7 @@ impl Acceptor {
     /// The leader says no configuration names this acceptor and every slot it held is trimmed:
     /// it reports `Left` (the runtime then stops it).
     fn on_leave(&mut self, from: NodeId, out: &mut Out) {
-        if !self.proposers.contains(&from) {
+        if !self.membership.is_proposer(from) {
             out.dropped("acceptor: only the leader removes an acceptor, by a change of configuration");
             return;
         }
@@ -212,7 +209,8 @@ impl Acceptor {
     /// waits for the disk like a vote: the replica counts it toward a quorum, so it must be a vote
     /// that survives a crash.
     fn on_read_slot(&mut self, from: NodeId, slot: Slot, out: &mut Out) {
-        if !self.replicas.contains(&from) {
+        let now_replica = self.membership.view().configuration().is_some_and(|c| c.replicas.contains(&from));
+        if !self.replicas.contains(&from) && !now_replica {
             out.dropped("acceptor: a slot read from a node that is not a replica");
             return;
         }
@@ -256,7 +254,7 @@ impl Role for Acceptor {
             return;
         }
         match msg {
-            Msg::Membership(view) if self.proposers.contains(&from) => {
+            Msg::Membership(view) if self.membership.accepts_view_from(from, &view) => {
                 self.membership.on_view(&view);
             }
             Msg::Leave => self.on_leave(from, out),

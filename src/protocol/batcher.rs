@@ -28,7 +28,6 @@ enum Timer {
 #[derive(Debug, Clone)]
 pub struct Batcher {
     id: NodeId,
-    config: ClusterConfig,
     batch_size: usize,
     flush_interval_us: Time,
     pending: Vec<Command>,
@@ -55,7 +54,6 @@ impl Batcher {
             membership: NodeMembership::new(id, RoleKind::Batcher, &config, membership_period_us(tunables)),
             client_nodes: BTreeSet::new(),
             id,
-            config,
             batch_size: tunables.batch_size,
             flush_interval_us: tunables.flush_interval_us,
             pending: Vec::with_capacity(tunables.batch_size),
@@ -86,7 +84,8 @@ impl Batcher {
     }
 
     fn target(&self) -> NodeId {
-        self.leader_hint.unwrap_or(self.config.proposers[self.next_proposer % self.config.proposers.len()])
+        let proposers = self.membership.proposers();
+        self.leader_hint.unwrap_or(proposers[self.next_proposer % proposers.len()])
     }
 
     fn flush(&mut self, out: &mut Out) {
@@ -148,7 +147,7 @@ impl Batcher {
     /// Passes a view from a proposer on to the client nodes this batcher serves, so that they learn
     /// which batchers are in service (the leader republishes it, which also repairs a lost one).
     fn on_view(&mut self, from: NodeId, view: View, out: &mut Out) {
-        if !self.config.proposers.contains(&from) {
+        if !self.membership.accepts_view_from(from, &view) {
             return;
         }
         self.membership.on_view(&view);

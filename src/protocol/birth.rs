@@ -31,8 +31,9 @@ pub struct RoleSpec {
     pub tunables: Tunables,
     /// What a replica executes.
     pub state_machine: StateMachineKind,
-    /// `Some(addr)`: a stateless node that is not in `config` and joins the running cluster,
-    /// announcing that the others reach it at `addr`.
+    /// `Some(addr)`: a node that is not in `config` and joins the running cluster, announcing
+    /// that the others reach it at `addr` (a stateless node serves at once; an acceptor, replica
+    /// or proposer once a change of configuration names it).
     pub joining: Option<String>,
     /// This incarnation's seed: drawn fresh at every start (the OS's entropy in the runtime, the
     /// run's seed stream in the simulator). A proposer draws its Phase 1 nonces from it, so a
@@ -45,12 +46,9 @@ pub struct RoleSpec {
 /// Why a role could not be built. Each says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BirthError {
-    /// Only batchers, proxy leaders and unbatchers can join a running cluster.
-    #[error(
-        "a {0} cannot join a running cluster: only batchers, proxy leaders and unbatchers can \
-         (proposers, acceptors and replicas are fixed by the cluster file)"
-    )]
-    CannotJoin(&'static str),
+    /// A node of the cluster file cannot join: it is in the cluster already.
+    #[error("node {id} is the cluster file's {role}: start it without --join (a new node needs a new id)")]
+    ConfiguredJoiner { id: NodeId, role: &'static str },
     /// The node is not in the configuration as that role.
     #[error("node {id} is not a {role} of the cluster")]
     NotInConfig { id: NodeId, role: &'static str },
@@ -62,15 +60,17 @@ pub enum BirthError {
     BadSnapshot { id: NodeId, why: String },
 }
 
-/// Whether `spec` describes a role that can be built: a joiner must be a stateless role or an
-/// acceptor (which a change of configuration brings in), any other node must be in the
-/// configuration as its role. Drivers call it before they touch a node's disk.
+/// Whether `spec` describes a role that can be built: a joiner must not be a stateful node of the
+/// cluster file, any other node must be in it as its role. Drivers call it before they touch a
+/// node's disk.
 pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
     let (id, kind) = (spec.id, spec.kind);
+    let configured = spec.config.all_nodes().find(|&(node, role)| node == id && !is_stateless(role));
     match &spec.joining {
         _ if kind == RoleKind::Client => Err(BirthError::Client),
-        Some(_) if !is_stateless(kind) && kind != RoleKind::Acceptor => {
-            Err(BirthError::CannotJoin(kind.name()))
+        Some(_) if configured.is_some() => {
+            let role = configured.map_or(kind, |(_, role)| role).name();
+            Err(BirthError::ConfiguredJoiner { id, role })
         }
         Some(_) => Ok(()),
         None if spec.config.all_nodes().any(|node| node == (id, kind)) => Ok(()),
@@ -92,7 +92,16 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
             RoleKind::Acceptor => {
                 Box::new(Acceptor::recover(id, config, &tunables, storage, recovered).joining(addr, now))
             }
-            _ => unreachable!("check refuses other joiners"),
+            // It executes once a change names it, taught by its peers.
+            RoleKind::Replica => {
+                let machine = new_state_machine(state_machine);
+                let replica = Replica::recover(id, config, &tunables, machine, storage, recovered, now)
+                    .map_err(|e| BirthError::BadSnapshot { id, why: e.to_string() })?;
+                Box::new(replica.joining(addr, now))
+            }
+            // It may lead once a change names it.
+            RoleKind::Proposer => Box::new(Proposer::new(id, config, tunables, seed, now).joining(addr, now)),
+            RoleKind::Client => unreachable!("check refuses clients"),
         });
     }
     Ok(match kind {
@@ -175,16 +184,18 @@ mod tests {
     }
 
     #[test]
-    fn stateful_roles_cannot_join_and_strangers_are_refused() {
+    fn configured_nodes_cannot_join_new_ones_can_and_strangers_are_refused() {
         let mut joining = spec(7, RoleKind::Replica);
         joining.joining = Some("127.0.0.1:1".into());
-        assert_eq!(build(joining, Recovered::default(), 0).err(), Some(BirthError::CannotJoin("replica")));
-        let mut new_acceptor = spec(99, RoleKind::Acceptor);
-        new_acceptor.joining = Some("127.0.0.1:1".into());
-        assert!(
-            build(new_acceptor, Recovered::default(), 0).is_ok(),
-            "a change of configuration brings it in"
+        assert_eq!(
+            build(joining, Recovered::default(), 0).err(),
+            Some(BirthError::ConfiguredJoiner { id: 7, role: "replica" })
         );
+        for kind in [RoleKind::Acceptor, RoleKind::Replica, RoleKind::Proposer] {
+            let mut new_node = spec(99, kind);
+            new_node.joining = Some("127.0.0.1:1".into());
+            assert!(build(new_node, Recovered::default(), 0).is_ok(), "a change of configuration brings it in");
+        }
         let stranger = spec(99, RoleKind::Replica);
         assert!(matches!(build(stranger, Recovered::default(), 0), Err(BirthError::NotInConfig { .. })));
         let wrong_role = spec(3, RoleKind::Replica);

@@ -106,7 +106,8 @@ impl Client {
         if !batchers.is_empty() {
             return batchers[self.next_target % batchers.len()];
         }
-        self.leader_hint.unwrap_or(self.config.proposers[self.next_target % self.config.proposers.len()])
+        let proposers = self.view.proposers(&self.config);
+        self.leader_hint.unwrap_or(proposers[self.next_target % proposers.len()])
     }
 
     fn send_outstanding(&mut self, now: Time, out: &mut Out) {

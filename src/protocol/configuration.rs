@@ -43,27 +43,43 @@
 //! that is not the one in force at it; forget a configuration that still owns a slot at or above
 //! the trim point.
 
-use super::config::{ClusterConfig, ConfigError};
+use super::config::{ClusterConfig, ConfigError, RoleKind};
 use super::messages::{decode, encode};
 use super::{Ballot, NodeId, Slot};
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// The acceptor groups of one epoch. Proposers, replicas and stateless roles are still the
-/// cluster file's.
+/// The stateful roles of one epoch: acceptor groups, replicas and proposers. Stateless roles join
+/// and leave through views instead (`membership`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Configuration {
     /// Counts changes: the cluster file's is 0, each change one more.
     pub epoch: u64,
     /// `G` groups of 2f+1 acceptors; slot `s` belongs to group `s mod G`.
     pub acceptor_groups: Vec<Vec<NodeId>>,
+    /// At least f+1: they execute the slots this configuration owns.
+    pub replicas: Vec<NodeId>,
+    /// At least f+1: they may lead once this configuration is the newest.
+    pub proposers: Vec<NodeId>,
 }
 
 impl Configuration {
-    /// The cluster file's acceptor groups, epoch 0.
+    /// The cluster file's stateful roles, epoch 0.
     pub fn from_cluster(cluster: &ClusterConfig) -> Self {
-        Configuration { epoch: 0, acceptor_groups: cluster.acceptor_groups.clone() }
+        Configuration {
+            epoch: 0,
+            acceptor_groups: cluster.acceptor_groups.clone(),
+            replicas: cluster.replicas.clone(),
+            proposers: cluster.proposers.clone(),
+        }
+    }
+
+    /// Every node it names, with its role.
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, RoleKind)> + '_ {
+        let acceptors = self.acceptors().map(|id| (id, RoleKind::Acceptor));
+        let replicas = self.replicas.iter().map(|&id| (id, RoleKind::Replica));
+        acceptors.chain(replicas).chain(self.proposers.iter().map(|&id| (id, RoleKind::Proposer)))
     }
 
     /// The group that owns `slot` in this configuration.
@@ -109,21 +125,22 @@ pub enum ReconfigError {
     #[error("the new configuration must have epoch {expected} (the one in force has {current}), got {got}")]
     Epoch { current: u64, expected: u64, got: u64 },
     /// The change changes nothing.
-    #[error("the new configuration has the same acceptor groups as the one in force")]
+    #[error("the new configuration has the same acceptor groups, replicas and proposers as the one in force")]
     NoChange,
     /// The groups break a rule of the cluster file (group size, unique ids).
     #[error("{0}")]
     Invalid(ConfigError),
-    /// An acceptor id that the cluster file gives another role, or one that left.
-    #[error("node {0} is another role's, or an acceptor that was removed (a new acceptor needs a new id)")]
+    /// An id that the cluster gives another role, or a node that was removed.
+    #[error("node {0} is another role's, or a node that was removed (a new node needs a new id)")]
     TakenId(NodeId),
-    /// A new acceptor that has not announced itself: the cluster could not reach it.
-    #[error("acceptor {0} has not joined: start it with --join first")]
-    NotJoined(NodeId),
+    /// A new node that has not announced itself: the cluster could not reach it.
+    #[error("{role} {id} has not joined: start it with --join first")]
+    NotJoined { id: NodeId, role: &'static str },
 }
 
 /// Checks `new` as the successor of `current` for a cluster that tolerates `f` failures: the next
-/// epoch, at least one group, every group exactly 2f+1 acceptors, no id twice, and a real change.
+/// epoch, at least one group, every group exactly 2f+1 acceptors, at least f+1 replicas and f+1
+/// proposers, no id twice, and a real change.
 pub fn validate_change(current: &Configuration, new: &Configuration, f: usize) -> Result<(), ReconfigError> {
     let expected = current.epoch + 1;
     if new.epoch != expected {
@@ -146,11 +163,17 @@ pub fn validate_change(current: &Configuration, new: &Configuration, f: usize) -
             }));
         }
     }
+    for (role, got) in [("replicas", new.replicas.len()), ("proposers", new.proposers.len())] {
+        if got < f + 1 {
+            return Err(ReconfigError::Invalid(ConfigError::TooFewNodes { role, need: f + 1, got, f }));
+        }
+    }
     let mut seen = BTreeSet::new();
-    if let Some(twice) = new.acceptors().find(|&id| !seen.insert(id)) {
+    if let Some((twice, _)) = new.members().find(|&(id, _)| !seen.insert(id)) {
         return Err(ReconfigError::Invalid(ConfigError::DuplicateId(twice)));
     }
-    if new.acceptor_groups == current.acceptor_groups {
+    let roles = |c: &Configuration| (c.acceptor_groups.clone(), c.replicas.clone(), c.proposers.clone());
+    if roles(new) == roles(current) {
         return Err(ReconfigError::NoChange);
     }
     Ok(())
@@ -253,6 +276,16 @@ impl ConfigHistory {
     /// Every acceptor of a configuration in force at some slot at or above `slot`.
     pub fn acceptors_from(&self, slot: Slot) -> BTreeSet<NodeId> {
         self.from(slot).iter().flat_map(|e| e.config.acceptors()).collect()
+    }
+
+    /// Every node of every role named by a configuration in force at some slot at or above `slot`.
+    pub fn members_from(&self, slot: Slot) -> BTreeSet<NodeId> {
+        self.from(slot).iter().flat_map(|e| e.config.members().map(|(id, _)| id)).collect()
+    }
+
+    /// Whether any configuration kept names `id` as a replica.
+    pub fn names_replica(&self, id: NodeId) -> bool {
+        self.entries.iter().any(|e| e.config.replicas.contains(&id))
     }
 
     /// Applies the change chosen at `slot`, if it is the next epoch, keeps the rules, and names a
@@ -362,7 +395,7 @@ mod tests {
     }
 
     fn next(h: &ConfigHistory, groups: Vec<Vec<NodeId>>) -> Configuration {
-        Configuration { epoch: h.latest().config.epoch + 1, acceptor_groups: groups }
+        Configuration { epoch: h.latest().config.epoch + 1, acceptor_groups: groups, ..h.latest().config.clone() }
     }
 
     /// `config`, chosen at `slot`, in force `ahead` slots later.
@@ -397,7 +430,7 @@ mod tests {
     #[test]
     fn a_change_out_of_order_or_against_the_rules_is_skipped() {
         let mut h = ConfigHistory::new(&cluster(), 10);
-        let skip_epoch = Configuration { epoch: 2, acceptor_groups: vec![vec![20, 21, 22]] };
+        let skip_epoch = Configuration { epoch: 2, ..next(&h, vec![vec![20, 21, 22]]) };
         assert!(!apply(&mut h, change(skip_epoch.clone(), 1, 5)));
         let pair = change(next(&h, vec![vec![20, 21]]), 1, 5);
         assert!(!apply(&mut h, pair), "a group of 2 with f = 1");

@@ -22,6 +22,7 @@
 //! report `Left` while holding work.
 
 use super::config::{ClusterConfig, RoleKind, Tunables};
+use super::configuration::Configuration;
 use super::messages::{Msg, NodeState, NodeStatus};
 use super::{NodeId, Out, Time};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -77,11 +78,14 @@ pub struct Member {
 pub struct View {
     /// Sorted by id.
     members: Vec<Member>,
+    /// The newest configuration of the stateful roles its publisher knew (`None`: the cluster
+    /// file's): nodes that keep no history learn from it who the proposers and replicas are now.
+    configuration: Option<Configuration>,
 }
 
-/// An acceptor that joined and is listed reminds the proposers of its address every this many
-/// membership periods.
-pub const ACCEPTOR_REMINDER_PERIODS: Time = 10;
+/// A stateful node (acceptor, replica, proposer) that joined and is listed reminds the proposers
+/// of its address every this many membership periods.
+pub const STATEFUL_REMINDER_PERIODS: Time = 10;
 
 /// Left nodes remembered; beyond it the oldest (lowest id) tombstones are dropped.
 pub const MAX_TOMBSTONES: usize = 10_000;
@@ -89,7 +93,7 @@ pub const MAX_TOMBSTONES: usize = 10_000;
 impl View {
     /// The configured stateless nodes, all in service.
     pub fn from_config(config: &ClusterConfig) -> View {
-        let mut view = View { members: Vec::new() };
+        let mut view = View { members: Vec::new(), configuration: None };
         for (id, role) in config.all_nodes() {
             if is_stateless(role) {
                 view.members.push(Member { id, role, standing: Standing::InService, addr: String::new() });
@@ -111,7 +115,7 @@ impl View {
     /// Merges `other` in: nodes it knows and this view does not, and any further standing. Returns
     /// whether this view changed. Members whose role cannot join are ignored.
     pub fn merge(&mut self, other: &View) -> bool {
-        let mut changed = false;
+        let mut changed = other.configuration.as_ref().is_some_and(|c| self.learn_configuration(c));
         for theirs in &other.members {
             if !can_join(theirs.role) {
                 continue;
@@ -142,7 +146,8 @@ impl View {
 
     /// Whether this view already holds everything `other` says (merging it would change nothing).
     pub fn covers(&self, other: &View) -> bool {
-        other.members.iter().filter(|m| can_join(m.role)).all(|theirs| {
+        let epoch = |v: &View| v.configuration.as_ref().map_or(0, |c| c.epoch);
+        epoch(self) >= epoch(other) && other.members.iter().filter(|m| can_join(m.role)).all(|theirs| {
             self.find(theirs.id).is_some_and(|mine| {
                 mine.standing >= theirs.standing && (theirs.addr.is_empty() || !mine.addr.is_empty())
             })
@@ -157,6 +162,40 @@ impl View {
             excess -= usize::from(drop);
             !drop
         });
+    }
+
+    /// Takes `config` if it is newer than the one this view carries. Returns whether it was.
+    pub fn learn_configuration(&mut self, config: &Configuration) -> bool {
+        if self.configuration.as_ref().is_some_and(|mine| mine.epoch >= config.epoch) {
+            return false;
+        }
+        self.configuration = Some(config.clone());
+        true
+    }
+
+    /// The newest configuration this view carries, if newer than the cluster file's.
+    pub fn configuration(&self) -> Option<&Configuration> {
+        self.configuration.as_ref()
+    }
+
+    /// The proposers now: the newest configuration's, or the cluster file's.
+    pub fn proposers<'a>(&'a self, file: &'a ClusterConfig) -> &'a [NodeId] {
+        self.configuration.as_ref().map_or(&file.proposers, |c| &c.proposers)
+    }
+
+    /// The replicas now: the newest configuration's, or the cluster file's.
+    pub fn replicas<'a>(&'a self, file: &'a ClusterConfig) -> &'a [NodeId] {
+        self.configuration.as_ref().map_or(&file.replicas, |c| &c.replicas)
+    }
+
+    /// Whether `from` may publish `incoming` to a node that knows `self`: a proposer of the
+    /// cluster file, of the newest configuration this view knows, or of the one `incoming` carries
+    /// (a proposer added by a change this node has not heard of yet). Peers are not authenticated
+    /// yet; this keeps stray traffic out, not an attacker.
+    pub fn accepts_view_from(&self, from: NodeId, incoming: &View, file: &ClusterConfig) -> bool {
+        file.proposers.contains(&from)
+            || self.proposers(file).contains(&from)
+            || incoming.configuration.as_ref().is_some_and(|c| c.proposers.contains(&from))
     }
 
     /// The nodes of `role` in service, by id.
@@ -196,7 +235,8 @@ impl View {
         if !can_join(role) {
             return false;
         }
-        let joiner = View { members: vec![Member { id, role, standing: Standing::InService, addr }] };
+        let joiner =
+            View { members: vec![Member { id, role, standing: Standing::InService, addr }], configuration: None };
         self.merge(&joiner)
     }
 
@@ -212,12 +252,12 @@ impl View {
         true
     }
 
-    /// Marks acceptor `id` as gone: a change of configuration removed it and every slot it held is
-    /// trimmed (a configured acceptor gets a tombstone too, so that views say it left). Returns
-    /// whether anything changed.
-    pub fn retire_acceptor(&mut self, id: NodeId) -> bool {
-        let gone = Member { id, role: RoleKind::Acceptor, standing: Standing::Left, addr: String::new() };
-        self.merge(&View { members: vec![gone] })
+    /// Marks `id`, a node of a stateful `role`, as gone: a change of configuration removed it and
+    /// every slot its configurations owned is trimmed (a configured node gets a tombstone too, so
+    /// that views say it left). Returns whether anything changed.
+    pub fn retire(&mut self, id: NodeId, role: RoleKind) -> bool {
+        let gone = Member { id, role, standing: Standing::Left, addr: String::new() };
+        self.merge(&View { members: vec![gone], configuration: None })
     }
 
     /// Marks `id` as left once it has drained. Returns whether anything changed.
@@ -246,6 +286,8 @@ impl std::fmt::Display for View {
                 RoleKind::Batcher => "b",
                 RoleKind::ProxyLeader => "p",
                 RoleKind::Acceptor => "a",
+                RoleKind::Replica => "r",
+                RoleKind::Proposer => "P",
                 _ => "u",
             };
             write!(f, "{}{mark}{role}{}", if first { "" } else { " " }, m.id)?;
@@ -261,10 +303,11 @@ pub fn is_stateless(role: RoleKind) -> bool {
 }
 
 /// Whether nodes of `role` announce themselves to a running cluster: the stateless roles, and
-/// acceptors that a change of configuration will bring in (views carry their addresses; they
-/// vote only once a configuration names them, and leave when one removes them).
+/// the stateful ones (acceptors, replicas, proposers) that a change of configuration will bring
+/// in: views carry their addresses; they serve only once a configuration names them, and leave
+/// when the leader tells them that no configuration it keeps names them any more.
 pub fn can_join(role: RoleKind) -> bool {
-    is_stateless(role) || role == RoleKind::Acceptor
+    is_stateless(role) || matches!(role, RoleKind::Acceptor | RoleKind::Replica | RoleKind::Proposer)
 }
 
 #[derive(Debug, Clone)]
@@ -376,8 +419,23 @@ impl NodeMembership {
         self.next_at = Some(now + self.period_us);
     }
 
+    /// The proposers now: the newest configuration's that a view carried, or the cluster file's.
+    pub fn proposers(&self) -> &[NodeId] {
+        self.view.configuration().map_or(&self.proposers, |c| &c.proposers)
+    }
+
+    /// Whether `from` is a proposer: of the cluster file, or of the newest configuration known.
+    pub fn is_proposer(&self, from: NodeId) -> bool {
+        self.proposers.contains(&from) || self.proposers().contains(&from)
+    }
+
+    /// Whether `from` may publish `incoming` to this node (see [`View::accepts_view_from`]).
+    pub fn accepts_view_from(&self, from: NodeId, incoming: &View) -> bool {
+        self.is_proposer(from) || incoming.configuration().is_some_and(|c| c.proposers.contains(&from))
+    }
+
     fn ask_to_leave(&self, out: &mut Out) {
-        for &p in &self.proposers {
+        for &p in self.proposers() {
             out.send(p, Msg::Leaving);
         }
     }
@@ -395,16 +453,14 @@ impl NodeMembership {
             return;
         }
         self.next_at = None;
-        if let Some(addr) =
-            self.join_addr.as_ref().filter(|_| self.announcing || self.role == RoleKind::Acceptor)
-        {
-            for &p in &self.proposers {
+        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || !is_stateless(self.role)) {
+            for &p in self.proposers() {
                 out.send(p, Msg::Join { role: self.role, addr: addr.clone() });
             }
-            // An acceptor that joined keeps reminding the proposers, less often, as long as it
-            // runs: a leader that restarted without memory, and never had a view that lists it,
-            // learns of it in time to route a configuration that names it.
-            let periods = if self.announcing { 1 } else { ACCEPTOR_REMINDER_PERIODS };
+            // A stateful node that joined keeps reminding the proposers, less often, as long as
+            // it runs: a leader that restarted without memory, and never had a view that lists
+            // it, learns of it in time to route to it.
+            let periods = if self.announcing { 1 } else { STATEFUL_REMINDER_PERIODS };
             self.next_at = Some(now + periods * self.period_us);
             return;
         }
@@ -416,10 +472,10 @@ impl NodeMembership {
             self.ask_to_leave(out);
         } else if idle && now >= d.last_work_at + 2 * self.period_us {
             let requested_by = d.requested_by;
-            for &p in &self.proposers {
+            for &p in self.proposers() {
                 out.send(p, Msg::Left);
             }
-            if !self.proposers.contains(&requested_by) {
+            if !self.proposers().contains(&requested_by) {
                 out.send(requested_by, Msg::Left);
             }
             self.left = true;
@@ -456,7 +512,7 @@ mod tests {
         assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()));
         assert!(view.in_service(RoleKind::Unbatcher).any(|n| n == 77));
         assert_eq!(view.addresses().collect::<Vec<_>>(), vec![(77, "127.0.0.1:9")]);
-        assert!(!view.join(78, RoleKind::Replica, "x".into()), "stateful roles do not join");
+        assert!(!view.join(78, RoleKind::Client, "x".into()), "clients do not join");
         assert!(view.start_leaving(77) && view.forget(77));
         assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()), "left for good");
         assert!(!view.serves(77));

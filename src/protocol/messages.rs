@@ -254,7 +254,8 @@ pub enum Msg {
     /// stateless node not in the configuration → proposers: put me in service as `role`; I listen
     /// at `addr`. Repeated until a view lists the node.
     Join { role: RoleKind, addr: String },
-    /// operator or autoscaler → stateless node: drain, then report `Left`.
+    /// operator or autoscaler → stateless node: drain, then report `Left`. leader → a node that
+    /// no kept configuration names any more: leave now.
     Leave,
     /// draining node → proposers: take me out of service. Repeated until a view does.
     Leaving,
@@ -263,6 +264,9 @@ pub enum Msg {
     /// leader → proposers, replicas and stateless nodes; batcher → its client nodes: the stateless
     /// nodes in service.
     Membership(View),
+    /// leader removed by a change → the first proposer of the new configuration: run for leader
+    /// now (every slot the old leader led is executed).
+    LeadNow,
     /// operator → proposers: make `Configuration` the next one (the leader proposes it; the others
     /// answer `NotLeader`).
     Reconfigure(Configuration),
@@ -305,6 +309,7 @@ impl Msg {
             Msg::ReplyBatch { .. } => "ReplyBatch",
             Msg::Join { .. } => "Join",
             Msg::Leave => "Leave",
+            Msg::LeadNow => "LeadNow",
             Msg::Leaving => "Leaving",
             Msg::Left => "Left",
             Msg::Membership(_) => "Membership",
@@ -373,7 +378,7 @@ impl std::fmt::Display for Msg {
             Msg::Trim { below } => write!(f, "{name} below={below}"),
             Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
             Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),
-            Msg::Leave | Msg::Leaving | Msg::Left => write!(f, "{name}"),
+            Msg::Leave | Msg::Leaving | Msg::Left | Msg::LeadNow => write!(f, "{name}"),
             Msg::Membership(v) => write!(f, "{name} {v}"),
             Msg::Reconfigure(c) => write!(f, "{name} epoch={} groups={:?}", c.epoch, c.acceptor_groups),
             Msg::Reconfigured { epoch, from_slot } => write!(f, "{name} epoch={epoch} from={from_slot}"),

@@ -23,6 +23,13 @@
 //! first slot until a replica reports the change executed (`room`), then fills the gap with no-ops
 //! when load does not.
 //!
+//! Proposers change too: a configuration names them. A proposer that no configuration names yet
+//! (`--join`) announces its address and never runs for leader; once a change names it, replicas
+//! report to it and it may. A leader that a change removes keeps leading until every slot below
+//! the change's first slot is executed, then steps down and tells the first proposer of the new
+//! configuration to run at once (`LeadNow`), so that load waits one Phase 1, not an election
+//! timeout. The leader tells every node that no kept configuration names any more to leave.
+//!
 //! Must never: propose two values for one slot at one ballot; take new batches before Phase 1 is done;
 //! keep leading after seeing a higher ballot; drop a batch without forwarding, refusing or counting it;
 //! route a slot by a change that may not be chosen; lead before Phase 1 covered every configuration
@@ -30,8 +37,8 @@
 
 use super::config::{ClusterConfig, Tunables};
 use super::configuration::{validate_change, Change, ConfigHistory, Configuration, ReconfigError};
-use super::membership::{can_join, Standing, View, HEARTBEATS_PER_VIEW};
-use super::messages::{encode_batch, Msg, NodeStatus, Phase1bReply, Value};
+use super::membership::{is_stateless, membership_period_us, NodeMembership, Standing, View, HEARTBEATS_PER_VIEW};
+use super::messages::{encode_batch, Msg, NodeState, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use bytes::Bytes;
@@ -43,7 +50,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// the slot that chooses it, at most α.
 const CHANGE_LEAD_SLOTS: u64 = 16;
 
-/// Removed acceptors a leader keeps telling to leave at once, at most.
+/// Removed nodes a leader keeps telling to leave at once, at most.
 const MAX_RETIRING: usize = 64;
 
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
@@ -153,8 +160,15 @@ pub struct Proposer {
     proxy_leaders: Vec<NodeId>,
     /// Heartbeats since the leader last published its view.
     heartbeats_since_view: u32,
-    /// Removed acceptors told to leave that have not yet said they did.
+    /// Removed nodes told to leave that have not yet said they did.
     retired: BTreeSet<NodeId>,
+    /// Every node a configuration it knew of named (the cluster file's included), with its role:
+    /// those that no kept configuration names any more are told to leave.
+    named: BTreeMap<NodeId, RoleKind>,
+    /// A proposer started with `--join`: it announces itself until a view lists it.
+    membership: Option<NodeMembership>,
+    /// Told to leave after a change removed it: it answers nothing any more.
+    left: bool,
     /// Elections of ours that ended without a leader (preempted, or timed out) since we last heard
     /// one: each doubles the election timeout (up to `MAX_ELECTION_BACKOFF` times), so that two
     /// candidates whose Phase 1 reads a long log do not preempt each other for ever.
@@ -166,12 +180,16 @@ impl Proposer {
     /// A follower that has heard from no one. `seed` drives its election jitter. The first configured
     /// proposer runs early so a fresh cluster elects quickly; the others wait a full timeout.
     pub fn new(id: NodeId, config: ClusterConfig, tunables: Tunables, seed: u64, now: Time) -> Self {
-        assert!(config.proposers.contains(&id), "node {id} is not a proposer");
         let first = config.proposers[0] == id;
+        let history = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
+        let named = history.latest().config.members().collect();
         let mut p = Proposer {
             id,
             config: config.clone(),
-            history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
+            history,
+            named,
+            membership: None,
+            left: false,
             tunables,
             rng: ChaCha8Rng::seed_from_u64(seed),
             ballot: Ballot::ZERO,
@@ -192,6 +210,27 @@ impl Proposer {
             p.reset_election_timer(now);
         }
         p
+    }
+
+    /// Makes this a proposer that no configuration names yet: from `now` on it announces to the
+    /// proposers that it listens at `addr`, and runs for leader only once a change names it.
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        assert!(!self.config.proposers.contains(&self.id), "a configured proposer does not join");
+        let period = membership_period_us(&self.tunables);
+        let mut membership = NodeMembership::new(self.id, RoleKind::Proposer, &self.config, period);
+        membership.join(addr, now);
+        self.membership = Some(membership);
+        self
+    }
+
+    /// The proposers of the newest configuration known: they may lead.
+    fn proposers(&self) -> &[NodeId] {
+        &self.history.latest().config.proposers
+    }
+
+    /// The replicas of the newest configuration known: they report, and hear views.
+    fn replicas(&self) -> &[NodeId] {
+        &self.history.latest().config.replicas
     }
 
     /// Whether this proposer is the leader (Phase 1 done, not deposed as far as it knows).
@@ -245,6 +284,13 @@ impl Proposer {
     // ---- elections ----
 
     fn start_phase1(&mut self, now: Time, out: &mut Out) {
+        if !self.proposers().contains(&self.id) {
+            // Not (or no longer) a proposer of the newest configuration: it may not lead.
+            if !matches!(self.state, State::Follower) {
+                self.step_down(now, out);
+            }
+            return self.reset_election_timer(now);
+        }
         if matches!(self.state, State::Candidate(_)) {
             self.failed_elections += 1;
         }
@@ -489,7 +535,10 @@ impl Proposer {
             .filter(|e| e.chosen_at.is_some_and(|at| at >= executed))
             .map(|e| e.from_slot);
         let pending = l.reconfig.as_ref().and_then(|r| r.proposed).map(|(_, from_slot)| from_slot);
-        let limit = unconfirmed.chain(pending).min().unwrap_or(Slot::MAX);
+        // A leader that a change removes leads only the slots before it.
+        let latest = self.history.latest();
+        let removed = (!latest.config.proposers.contains(&self.id)).then_some(latest.from_slot);
+        let limit = unconfirmed.chain(pending).chain(removed).min().unwrap_or(Slot::MAX);
         window.min(usize::try_from(limit.saturating_sub(l.next_slot)).unwrap_or(usize::MAX))
     }
 
@@ -569,18 +618,26 @@ impl Proposer {
         configs: ConfigHistory,
         out: &mut Out,
     ) {
-        if !self.config.replicas.contains(&from) {
+        // A replica of a configuration kept, or of the newest one it reports (added by a change
+        // this proposer has not heard of yet).
+        if !self.history.names_replica(from) && !configs.latest().config.replicas.contains(&from) {
             out.dropped("proposer: watermark from a node that is not a replica");
             return;
         }
-        let known = self.replica_watermarks.entry(from).or_insert(0);
-        *known = (*known).max(watermark);
-        self.replica_heard_at.insert(from, now);
-        if self.history.merge(&configs, watermark).is_err() && self.is_leader() {
+        let merged = self.history.merge(&configs, watermark);
+        if merged.is_err() && self.is_leader() {
             // A change found in Phase 1 and taken for chosen was not: someone else leads.
             out.dropped("proposer: a replica's configurations contradict the leader's");
             self.step_down(now, out);
             return;
+        }
+        if merged != Ok(false) {
+            self.on_new_configuration(&configs.latest().config, out);
+        }
+        if self.replicas().contains(&from) {
+            let known = self.replica_watermarks.entry(from).or_insert(0);
+            *known = (*known).max(watermark);
+            self.replica_heard_at.insert(from, now);
         }
         // A change proposed at a higher ballot: its groups promised us nothing, and a leader with
         // that ballot exists. Take the ballot (a leader or candidate steps down) before routing by it.
@@ -606,6 +663,15 @@ impl Proposer {
             out.dropped("proposer: replicas executed slots this leader never proposed");
             return self.step_down(now, out);
         }
+        let latest = self.history.latest();
+        if !latest.config.proposers.contains(&self.id) && executed >= latest.from_slot {
+            // A change removed this leader and every slot it led before it is executed: hand over.
+            let successor = latest.config.proposers[0];
+            self.leader_hint = None;
+            self.step_down(now, out);
+            out.send(successor, Msg::LeadNow);
+            return;
+        }
         l.in_flight = l.in_flight.split_off(&executed);
         // A change proposed in a slot now executed that did not become the newest configuration
         // (another value was chosen there): propose it again.
@@ -619,6 +685,35 @@ impl Proposer {
     }
 
     // ---- changes of configuration ----
+
+    /// A configuration newer than any this proposer knew, executed by a replica: its nodes are
+    /// remembered (to be told to leave once no kept configuration names them), replicas removed by
+    /// it report no more, and views carry it to the nodes that keep no history.
+    fn on_new_configuration(&mut self, newest: &Configuration, out: &mut Out) {
+        for entry in self.history.entries() {
+            self.named.extend(entry.config.members());
+        }
+        let replicas = self.history.latest().config.replicas.clone();
+        self.replica_watermarks.retain(|r, _| replicas.contains(r));
+        self.replica_heard_at.retain(|r, _| replicas.contains(r));
+        let newest = newest.clone();
+        self.change_view(out, |v| v.learn_configuration(&newest));
+    }
+
+    /// Tells every node that a configuration named and no kept one names any more to leave.
+    fn retire_removed(&mut self, out: &mut Out) {
+        let kept = self.history.members_from(0);
+        let gone: Vec<(NodeId, RoleKind)> = self
+            .named
+            .iter()
+            .filter(|&(id, _)| *id != self.id && !kept.contains(id) && !self.retired.contains(id))
+            .filter(|&(id, _)| !self.view.members().iter().any(|m| m.id == *id && m.standing == Standing::Left))
+            .map(|(&id, &role)| (id, role))
+            .collect();
+        for (id, role) in gone {
+            self.retire(id, role, out);
+        }
+    }
 
     fn on_reconfigure(&mut self, now: Time, from: NodeId, config: Configuration, out: &mut Out) {
         let State::Leader(l) = &mut self.state else {
@@ -644,14 +739,14 @@ impl Proposer {
         }
         let configured = |id| self.config.all_nodes().find(|&(node, _)| node == id).map(|(_, role)| role);
         let viewed = |id| self.view.members().iter().find(|m| m.id == id);
-        let taken = config.acceptors().find(|&id| {
-            configured(id).is_some_and(|role| role != RoleKind::Acceptor)
-                || viewed(id).is_some_and(|m| m.role != RoleKind::Acceptor || m.standing == Standing::Left)
+        let taken = config.members().find(|&(id, role)| {
+            configured(id).is_some_and(|r| r != role)
+                || viewed(id).is_some_and(|m| m.role != role || m.standing == Standing::Left)
         });
-        let unknown = config.acceptors().find(|&id| configured(id).is_none() && viewed(id).is_none());
+        let unknown = config.members().find(|&(id, _)| configured(id).is_none() && viewed(id).is_none());
         let check = match (taken, unknown) {
-            (Some(id), _) => Err(ReconfigError::TakenId(id)),
-            (None, Some(id)) => Err(ReconfigError::NotJoined(id)),
+            (Some((id, _)), _) => Err(ReconfigError::TakenId(id)),
+            (None, Some((id, role))) => Err(ReconfigError::NotJoined { id, role: role.name() }),
             (None, None) => validate_change(&latest.config, &config, self.history.f()),
         };
         if let Err(why) = check {
@@ -689,7 +784,7 @@ impl Proposer {
     }
 
     fn send_heartbeats(&self, out: &mut Out) {
-        let others = self.config.proposers.iter().filter(|&&p| p != self.id).copied();
+        let others = self.proposers().iter().filter(|&&p| p != self.id).copied();
         for node in others.chain(self.view.batchers_to_inform()) {
             out.send(node, Msg::Heartbeat { ballot: self.ballot });
         }
@@ -711,35 +806,42 @@ impl Proposer {
         }
     }
 
-    /// Sends the view to everyone who routes work to stateless nodes, and to those nodes.
-    /// Tells a removed acceptor to leave (again at each view, until it says it has), and marks it
+    /// Tells a removed node to leave (again at each view, until it says it has), and marks it
     /// gone in the view.
-    fn retire(&mut self, acceptor: NodeId, out: &mut Out) {
-        if self.retired.len() < MAX_RETIRING && self.retired.insert(acceptor) {
-            out.send(acceptor, Msg::Leave);
+    fn retire(&mut self, id: NodeId, role: RoleKind, out: &mut Out) {
+        self.change_view(out, |v| v.retire(id, role));
+        if self.retired.len() < MAX_RETIRING && self.retired.insert(id) {
+            // The view first: it carries the configuration that removed the node, which a
+            // removed proposer or replica checks before it leaves.
+            out.send(id, Msg::Membership(self.view.clone()));
+            out.send(id, Msg::Leave);
         }
-        self.change_view(out, |v| v.retire_acceptor(acceptor));
     }
 
+    /// Sends the view to everyone who routes work to stateless nodes, and to those nodes.
     fn publish_view(&mut self, out: &mut Out) {
         self.heartbeats_since_view = 0;
-        for &acceptor in &self.retired {
-            out.send(acceptor, Msg::Leave);
+        for &gone in &self.retired {
+            out.send(gone, Msg::Membership(self.view.clone()));
+            out.send(gone, Msg::Leave);
         }
-        let others = self.config.proposers.iter().filter(|&&p| p != self.id).copied();
-        let targets: BTreeSet<NodeId> =
-            others.chain(self.config.replicas.iter().copied()).chain(self.view.stateless_nodes()).collect();
+        // Acceptors too: they learn from it which proposers may remove them and which replicas
+        // may read a slot.
+        let latest = &self.history.latest().config;
+        let others = latest.proposers.iter().filter(|&&p| p != self.id).copied();
+        let targets: BTreeSet<NodeId> = others
+            .chain(latest.replicas.iter().copied())
+            .chain(latest.acceptors())
+            .chain(self.view.stateless_nodes())
+            .collect();
         for node in targets {
             out.send(node, Msg::Membership(self.view.clone()));
         }
     }
 
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
-        let configured = self
-            .config
-            .all_nodes()
-            .any(|(id, kind)| id == from && (kind == RoleKind::Acceptor || !can_join(kind)));
-        if configured || !can_join(role) {
+        let configured = self.config.all_nodes().any(|(id, kind)| id == from && !is_stateless(kind));
+        if configured || !super::membership::can_join(role) {
             out.dropped("proposer: a join by a node that cannot join");
             return;
         }
@@ -750,14 +852,36 @@ impl Proposer {
         self.change_view(out, |v| v.join(from, role, addr));
     }
 
+    /// The leader tells a proposer that no configuration names any more to leave: it reports
+    /// `Left` (the runtime then stops it).
+    fn on_leave(&mut self, now: Time, from: NodeId, out: &mut Out) {
+        let newest = newest_known(&self.history, &self.view);
+        if !self.config.proposers.contains(&from) && !newest.proposers.contains(&from) {
+            out.dropped("proposer: asked to leave by a node that is not a proposer");
+            return;
+        }
+        if newest.proposers.contains(&self.id) {
+            out.dropped("proposer: asked to leave while the newest configuration it knows names it");
+            return;
+        }
+        self.step_down(now, out);
+        self.left = true;
+        out.send(from, Msg::Left);
+        out.event(|| Event::Left);
+    }
+
     /// A view from another proposer (the leader's) or a replica (answering a stale one of ours).
     fn on_view(&mut self, from: NodeId, view: View, out: &mut Out) {
-        if !self.config.proposers.contains(&from) && !self.config.replicas.contains(&from) {
+        let from_replica = self.history.names_replica(from);
+        if !from_replica && !self.view.accepts_view_from(from, &view, &self.config) {
             out.dropped("proposer: a view from a node that publishes none");
             return;
         }
+        if let Some(m) = self.membership.as_mut() {
+            m.on_view(&view);
+        }
         self.change_view(out, |v| v.merge(&view));
-        if self.config.proposers.contains(&from) && !view.covers(&self.view) {
+        if !from_replica && !view.covers(&self.view) {
             // Its sender (a leader that restarted without memory, say) knows less: teach it.
             out.send(from, Msg::Membership(self.view.clone()));
         }
@@ -782,11 +906,10 @@ impl Proposer {
             }
             l.trimmed_sent = below;
             self.history.forget_below(below);
-            // Acceptors that no configuration kept names any more hold nothing anyone needs.
-            let after = self.history.acceptors_from(below);
-            for gone in before.difference(&after) {
-                self.retire(*gone, out);
-            }
+        }
+        if self.is_leader() {
+            // Nodes that no configuration kept names any more hold nothing anyone needs.
+            self.retire_removed(out);
         }
         self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
@@ -870,8 +993,22 @@ impl Proposer {
     }
 }
 
+/// The newest configuration a node knows: its history's, or a newer one a view carried.
+pub fn newest_known<'a>(history: &'a ConfigHistory, view: &'a View) -> &'a Configuration {
+    match view.configuration() {
+        Some(c) if c.epoch > history.latest().config.epoch => c,
+        _ => &history.latest().config,
+    }
+}
+
 impl Role for Proposer {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        if self.left {
+            if matches!(msg, Msg::Leave) {
+                out.send(from, Msg::Left);
+            }
+            return;
+        }
         match msg {
             Msg::ClientBatch { origin, forwarded, attempt, batch } => {
                 self.on_batch(now, origin, forwarded, attempt, batch, out)
@@ -899,12 +1036,22 @@ impl Role for Proposer {
                 self.change_view(out, |v| v.forget(from))
             }
             Msg::Membership(view) => self.on_view(from, view, out),
+            Msg::Leave => self.on_leave(now, from, out),
+            // The leader before us was removed by a change: run now rather than after a timeout.
+            Msg::LeadNow if matches!(self.state, State::Follower) => self.start_phase1(now, out),
+            Msg::LeadNow => {}
             _ => out.dropped("proposer: unexpected message"),
         }
         self.check_invariants();
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        if self.left {
+            return;
+        }
+        if let Some(m) = self.membership.as_mut() {
+            m.on_timeout(now, true, out);
+        }
         let expired: Vec<usize> = self.timers.take_expired(now).collect();
         for timer in expired {
             match timer {
@@ -918,7 +1065,10 @@ impl Role for Proposer {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        if self.left {
+            return None;
+        }
+        super::membership::earliest(self.timers.next(), self.membership.as_ref().and_then(|m| m.poll_timeout()))
     }
 
     fn kind(&self) -> RoleKind {
@@ -933,7 +1083,13 @@ impl Role for Proposer {
             .filter(|m| m.standing != Standing::Left && !m.addr.is_empty())
             .map(|m| (m.id, m.role, m.addr.clone()))
             .collect();
+        let state = match &self.membership {
+            _ if self.left => NodeState::Leaving,
+            Some(m) if !self.proposers().contains(&self.id) => m.status(RoleKind::Proposer).state,
+            _ => NodeState::Up,
+        };
         NodeStatus {
+            state,
             ballot: Some(self.ballot),
             leading: self.is_leader(),
             executed: Some(self.max_executed()),
@@ -1186,7 +1342,7 @@ mod tests {
     }
 
     fn change(epoch: u64, groups: Vec<Vec<NodeId>>) -> Configuration {
-        Configuration { epoch, acceptor_groups: groups }
+        Configuration { epoch, acceptor_groups: groups, ..Configuration::from_cluster(&config()) }
     }
 
     /// The proposals in `out` as (slot, group).

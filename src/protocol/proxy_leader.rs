@@ -121,7 +121,10 @@ impl ProxyLeader {
             // grow, rather than by walking every slot after each message).
             let entry = self.in_flight.remove(&slot).expect("present above");
             assert_eq!(entry.acks.len(), quorum, "slot {slot}: announced exactly at quorum");
-            let (last, rest) = self.config.replicas.split_last().expect("validated: replicas exist");
+            // The replicas now (the newest configuration a view carried): a replica a change added
+            // that this proxy leader has not heard of yet learns the slot from its peers.
+            let replicas = self.membership.view().replicas(&self.config);
+            let (last, rest) = replicas.split_last().expect("validated: replicas exist");
             for &replica in rest {
                 out.send(replica, Msg::Chosen { slot, value: entry.value.clone() });
             }
@@ -191,7 +194,7 @@ impl Role for ProxyLeader {
                 };
                 self.on_propose(now, slot, entry, out)
             }
-            Msg::Membership(view) if self.config.proposers.contains(&from) => {
+            Msg::Membership(view) if self.membership.accepts_view_from(from, &view) => {
                 self.membership.on_view(&view);
             }
             Msg::Leave => self.membership.on_leave(now, from, out),

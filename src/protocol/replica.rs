@@ -43,9 +43,9 @@
 //! offered.
 
 use super::config::{ClusterConfig, Tunables};
-use super::configuration::{Change, ConfigHistory};
+use super::configuration::{Change, ConfigHistory, Configuration};
 use super::durable::{Record, Recovered, Storage};
-use super::membership::View;
+use super::membership::{membership_period_us, NodeMembership, View};
 use super::messages::{
     chunk_by_bytes, with_archived, AcceptedEntry, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
@@ -140,8 +140,14 @@ struct Learning {
 /// One replica.
 pub struct Replica {
     id: NodeId,
-    index: usize,
     config: ClusterConfig,
+    /// The newest configuration known: its history's, or a newer one that a peer's report or a
+    /// view carried (a replica that a change adds learns its peers from it before it is taught).
+    newest: Configuration,
+    /// A replica started with `--join`: it announces itself until a view lists it.
+    membership: Option<NodeMembership>,
+    /// Told to leave after a change removed it: it answers nothing any more.
+    left: bool,
     /// The acceptor configurations in force from the watermark on, as the log chose them.
     history: ConfigHistory,
     report_interval_us: Time,
@@ -197,7 +203,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica with an empty log; `id` must be one of `config.replicas`.
+    /// A replica with an empty log: one of `config.replicas`, or one that joins (see
+    /// [`Replica::joining`]).
     pub fn new(
         id: NodeId,
         config: ClusterConfig,
@@ -205,18 +212,15 @@ impl Replica {
         state_machine: Box<dyn StateMachine>,
         now: Time,
     ) -> Self {
-        let index = config
-            .replicas
-            .iter()
-            .position(|&r| r == id)
-            .unwrap_or_else(|| panic!("node {id} is not a replica"));
         let mut timers = Timers::default();
         timers.set(Timer::Report as usize, now + tunables.replica_report_interval_us);
         let view = View::from_config(&config);
         let unbatchers = config.unbatchers.clone();
         Replica {
             id,
-            index,
+            newest: Configuration::from_cluster(&config),
+            membership: None,
+            left: false,
             history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
             config,
             report_interval_us: tunables.replica_report_interval_us,
@@ -246,6 +250,34 @@ impl Replica {
             slot_reads: BTreeMap::new(),
             next_teacher: 0,
         }
+    }
+
+    /// Makes this a replica that no configuration names yet: from `now` on it announces to the
+    /// proposers that it listens at `addr`; once a change names it, its peers report to it and it
+    /// is taught (by snapshot: its log is empty).
+    pub fn joining(mut self, addr: String, now: Time) -> Self {
+        let period = membership_period_us(&self.tunables);
+        let mut membership = NodeMembership::new(self.id, RoleKind::Replica, &self.config, period);
+        membership.join(addr, now);
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Takes `config` as the newest known if it is newer.
+    fn learn_newest(&mut self, config: &Configuration) {
+        if config.epoch > self.newest.epoch {
+            self.newest = config.clone();
+        }
+    }
+
+    /// The other replicas now: they report to each other and teach each other.
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.newest.replicas.iter().copied().filter(move |&r| r != self.id)
+    }
+
+    /// Whether `from` is a replica of a configuration this replica keeps or knows to be newest.
+    fn is_replica(&self, from: NodeId) -> bool {
+        from != self.id && (self.history.names_replica(from) || self.newest.replicas.contains(&from))
     }
 
     /// The replica its disk describes: the snapshot's state, then every executed value after it
@@ -336,7 +368,9 @@ impl Replica {
         }
         self.state_machine.restore(state_machine)?;
         self.client_table = table;
+        let newest = history.latest().config.clone();
         self.history = history;
+        self.learn_newest(&newest);
         Ok(())
     }
 
@@ -428,7 +462,7 @@ impl Replica {
     /// Keeps an executed value to teach lagging peers, within the retention budget: beyond it the
     /// oldest go (a peer that needs them learns by snapshot). A lone replica keeps nothing.
     fn keep_to_teach(&mut self, slot: Slot, value: Value) {
-        if self.config.replicas.len() < 2 {
+        if self.peers().next().is_none() {
             return;
         }
         self.log_bytes += value.byte_len() as u64;
@@ -517,8 +551,8 @@ impl Replica {
             };
             if !replies.is_empty() && self.is_designated_replier(slot) {
                 let unbatchers = &self.unbatchers;
-                let unbatcher =
-                    unbatchers[(slot / self.config.replicas.len() as u64) as usize % unbatchers.len()];
+                let replicas = self.history.config_at(slot).replicas.len() as u64;
+                let unbatcher = unbatchers[(slot / replicas) as usize % unbatchers.len()];
                 for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
                     out.send(unbatcher, Msg::ReplyBatch { replies });
                 }
@@ -552,11 +586,12 @@ impl Replica {
         if self.peer_watermarks.values().any(|&w| w > slot.saturating_add(window)) {
             return false;
         }
-        let designated = (slot % self.config.replicas.len() as u64) as usize;
-        if designated == self.index {
+        // The replicas of the configuration in force at the slot take turns.
+        let replicas = &self.history.config_at(slot).replicas;
+        let peer = replicas[(slot % replicas.len() as u64) as usize];
+        if peer == self.id {
             return true;
         }
-        let peer = self.config.replicas[designated];
         let heard_at = self.peer_heard_at.get(&peer).copied().unwrap_or(0);
         let behind = self.peer_watermarks.get(&peer).copied().unwrap_or(0) + window < slot;
         behind || self.now > heard_at + self.tunables.replica_down_after_us
@@ -572,7 +607,9 @@ impl Replica {
         out.event(|| Event::ReconfigExecuted { slot, change: change.clone() });
         if !self.history.on_chosen(slot, &change) {
             out.dropped("replica: a change of configuration out of turn or against the rules, skipped");
+            return;
         }
+        self.learn_newest(&change.config);
     }
 
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
@@ -614,8 +651,13 @@ impl Replica {
         })
     }
 
-    fn on_executed(&mut self, from: NodeId, watermark: Slot, out: &mut Out) {
-        if !self.config.replicas.contains(&from) || from == self.id {
+    fn on_executed(&mut self, from: NodeId, watermark: Slot, configs: &ConfigHistory, out: &mut Out) {
+        // A peer that a change named, which this replica has not executed yet (or, new, has not
+        // been taught): its report says so.
+        if configs.latest().config.replicas.contains(&from) {
+            self.learn_newest(&configs.latest().config);
+        }
+        if !self.is_replica(from) {
             return;
         }
         self.peer_heard_at.insert(from, self.now);
@@ -624,8 +666,9 @@ impl Replica {
         // report overtaken by an older one only makes it look behind for one period.
         self.peer_watermarks.insert(from, watermark);
         // Keep the log only for slots some replica may still ask for.
-        if self.peer_watermarks.len() + 1 == self.config.replicas.len() {
-            let lowest = self.peer_watermarks.values().copied().min().unwrap_or(0).min(self.executed);
+        let peers: Vec<NodeId> = self.peers().collect();
+        if peers.iter().all(|p| self.peer_watermarks.contains_key(p)) {
+            let lowest = peers.iter().map(|p| self.peer_watermarks[p]).min().unwrap_or(0).min(self.executed);
             self.forget_log_below(lowest);
             self.persist_trim(out);
         }
@@ -839,8 +882,8 @@ impl Replica {
         // Held until every executed value below the watermark is durable: proposers and acceptors
         // trim below it, so it must be a position this replica can rebuild after a crash.
         let watermark = self.executed;
-        let peers = self.config.replicas.iter().filter(|&&r| r != self.id);
-        for &to in self.config.proposers.iter().chain(peers) {
+        let targets: Vec<NodeId> = self.newest.proposers.iter().copied().chain(self.peers()).collect();
+        for to in targets {
             self.storage.send(out, to, Msg::Executed { watermark, configs: self.history.clone() });
         }
         self.teaching = self.teaching.take().filter(|i| now < i.last_fetch + TEACH_IMAGE_IDLE_US);
@@ -912,6 +955,23 @@ impl Replica {
         }
     }
 
+    /// The leader tells a replica that no kept configuration names any more to leave: it
+    /// reports `Left` (the runtime then stops it), unless the newest configuration it knows
+    /// still names it.
+    fn on_leave(&mut self, from: NodeId, out: &mut Out) {
+        if !self.config.proposers.contains(&from) && !self.newest.proposers.contains(&from) {
+            out.dropped("replica: asked to leave by a node that is not a proposer");
+            return;
+        }
+        if self.newest.replicas.contains(&self.id) {
+            out.dropped("replica: asked to leave while the newest configuration it knows names it");
+            return;
+        }
+        self.left = true;
+        out.send(from, Msg::Left);
+        out.event(|| Event::Left);
+    }
+
     fn check_invariants(&self) {
         assert!(
             self.chosen.keys().next().is_none_or(|&s| s > self.executed),
@@ -929,10 +989,22 @@ impl Replica {
 impl Role for Replica {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         self.now = now;
+        if self.left {
+            if matches!(msg, Msg::Leave) {
+                out.send(from, Msg::Left);
+            }
+            return;
+        }
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
-            Msg::Executed { watermark, .. } => self.on_executed(from, watermark, out),
-            Msg::Membership(view) if self.config.proposers.contains(&from) => {
+            Msg::Executed { watermark, configs } => self.on_executed(from, watermark, &configs, out),
+            Msg::Membership(view) if self.view.accepts_view_from(from, &view, &self.config) => {
+                if let Some(m) = self.membership.as_mut() {
+                    m.on_view(&view);
+                }
+                if let Some(config) = view.configuration() {
+                    self.learn_newest(config);
+                }
                 if self.view.merge(&view) {
                     // Two unbatchers leaving at once through different proposers can leave none in
                     // service: keep sending to the last ones known until one joins.
@@ -947,19 +1019,20 @@ impl Role for Replica {
                     out.send(from, Msg::Membership(self.view.clone()));
                 }
             }
-            Msg::CatchUp { from_slot, max_slots } if self.config.replicas.contains(&from) => {
+            Msg::CatchUp { from_slot, max_slots } if self.is_replica(from) => {
                 self.on_catch_up(now, from, from_slot, max_slots, out)
             }
-            Msg::SnapshotFetch { slot, offset } if self.config.replicas.contains(&from) => {
+            Msg::SnapshotFetch { slot, offset } if self.is_replica(from) => {
                 self.on_snapshot_fetch(now, from, slot, offset, out)
             }
-            Msg::SnapshotOffer { slot, len, digest } if self.config.replicas.contains(&from) => {
+            Msg::SnapshotOffer { slot, len, digest } if self.is_replica(from) => {
                 self.on_snapshot_offer(from, slot, len, digest, out)
             }
-            Msg::SnapshotChunk { slot, offset, bytes } if self.config.replicas.contains(&from) => {
+            Msg::SnapshotChunk { slot, offset, bytes } if self.is_replica(from) => {
                 self.on_snapshot_chunk(from, slot, offset, bytes, out)
             }
             Msg::SlotRead { slot, accepted, .. } => self.on_slot_read(from, slot, accepted, out),
+            Msg::Leave => self.on_leave(from, out),
             _ => out.dropped("replica: unexpected message"),
         }
         self.check_invariants();
@@ -967,6 +1040,12 @@ impl Role for Replica {
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         self.now = now;
+        if self.left {
+            return;
+        }
+        if let Some(m) = self.membership.as_mut() {
+            m.on_timeout(now, true, out);
+        }
         let mut expired = [false; 2];
         for timer in self.timers.take_expired(now) {
             expired[timer] = true;
@@ -981,7 +1060,10 @@ impl Role for Replica {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        if self.left {
+            return None;
+        }
+        super::membership::earliest(self.timers.next(), self.membership.as_ref().and_then(|m| m.poll_timeout()))
     }
 
     fn kind(&self) -> RoleKind {
@@ -993,9 +1075,11 @@ impl Role for Replica {
     }
 
     fn status(&self) -> super::messages::NodeStatus {
-        let state = match self.learning {
-            Some(_) => super::messages::NodeState::Learning,
-            None => super::messages::NodeState::Up,
+        let state = match (&self.learning, &self.membership) {
+            _ if self.left => super::messages::NodeState::Leaving,
+            (Some(_), _) => super::messages::NodeState::Learning,
+            (None, Some(m)) if !self.newest.replicas.contains(&self.id) => m.status(RoleKind::Replica).state,
+            _ => super::messages::NodeState::Up,
         };
         super::messages::NodeStatus {
             state,
@@ -1343,8 +1427,10 @@ mod tests {
         let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
         let unchanged = Replica::new(8, config.clone(), &tunables, new_sm(), 0);
         let mut disk = Recovered::default();
-        let two_groups = Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]] };
-        let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]] };
+        let base = Configuration::from_cluster(&config);
+        let two_groups =
+            Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]], ..base.clone() };
+        let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]], ..base };
         let change = |config: &Configuration, from_slot| {
             Value::Reconfig(
                 Change { config: config.clone(), from_slot, ballot: crate::protocol::Ballot::ZERO }.encode(),

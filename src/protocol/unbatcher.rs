@@ -10,7 +10,6 @@ use super::{NodeId, Out, Role, RoleKind, Time};
 
 /// One unbatcher. Its only state is its membership: it passes replies on as they come.
 pub struct Unbatcher {
-    proposers: Vec<NodeId>,
     membership: NodeMembership,
 }
 
@@ -19,7 +18,7 @@ impl Unbatcher {
     pub fn new(id: NodeId, config: &ClusterConfig, tunables: &Tunables) -> Self {
         let period = membership_period_us(tunables);
         let membership = NodeMembership::new(id, RoleKind::Unbatcher, config, period);
-        Unbatcher { proposers: config.proposers.clone(), membership }
+        Unbatcher { membership }
     }
 
     /// An unbatcher that is not in the configuration: it joins the running cluster, announcing that
@@ -38,7 +37,7 @@ impl Unbatcher {
 impl Role for Unbatcher {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         match msg {
-            Msg::Membership(view) if self.proposers.contains(&from) => {
+            Msg::Membership(view) if self.membership.accepts_view_from(from, &view) => {
                 self.membership.on_view(&view);
             }
             Msg::Leave => self.membership.on_leave(now, from, out),

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A node to start outside the cluster file, joining the running cluster: a stateless one, or an
-/// acceptor that a change of configuration will bring in.
+/// acceptor, replica or proposer that a change of configuration will bring in.
 pub struct JoinOptions {
     /// The cluster file: its proposers are announced to, its other nodes dialled.
     pub file: ClusterFile,
-    /// Batcher, proxy leader, unbatcher or acceptor.
+    /// Any role but a client.
     pub kind: RoleKind,
     /// This node's id: unused by the file and by any node that ever joined.
     pub id: NodeId,
@@ -37,7 +37,7 @@ pub struct JoinOptions {
     pub core: usize,
     /// Prometheus endpoint.
     pub metrics_addr: SocketAddr,
-    /// Where an acceptor keeps its log (stateless nodes keep nothing).
+    /// Where an acceptor or replica keeps its state (other roles keep nothing).
     pub storage: StorageChoice,
 }
 
@@ -65,8 +65,8 @@ pub fn joining_spec(
     }
 }
 
-/// Runs one stateless node that joins the running cluster of `opts.file`, until it is told to
-/// leave and has drained (then the process exits).
+/// Runs one node that joins the running cluster of `opts.file`, until it is told to leave and has
+/// drained (then the process exits).
 pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
     let JoinOptions { file, kind, id, listen, advertise, tunables, read_budget, core, metrics_addr, storage } =
         opts;
@@ -74,11 +74,7 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
         return Err(format!("node {id} is in the cluster file: start it without --join"));
     }
     if !can_join(kind) {
-        return Err(format!(
-            "{} --join: only batchers, proxy leaders, unbatchers and acceptors join a running cluster \
-             (a replica or proposer is replaced by a cluster file that names it)",
-            kind.name()
-        ));
+        return Err(format!("{} --join: only cluster roles join a running cluster", kind.name()));
     }
     let advertise = advertise.unwrap_or(listen);
     if advertise.ip().is_unspecified() || advertise.port() == 0 {

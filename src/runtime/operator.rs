@@ -93,10 +93,12 @@ impl ClusterStatus {
                     .map(|(i, g)| format!("group {i} {g:?}"))
                     .collect();
                 out += &format!(
-                    "configuration: epoch {} (from slot {}): {}\n",
+                    "configuration: epoch {} (from slot {}): {}; replicas {:?}; proposers {:?}\n",
                     c.config.epoch,
                     c.from_slot,
-                    groups.join(", ")
+                    groups.join(", "),
+                    c.config.replicas,
+                    c.config.proposers
                 );
             }
             None => out += "configuration: unknown (no proposer or replica answered)\n",
@@ -176,6 +178,8 @@ impl ClusterStatus {
                 "epoch": c.config.epoch,
                 "from_slot": c.from_slot,
                 "acceptor_groups": c.config.acceptor_groups,
+                "replicas": c.config.replicas,
+                "proposers": c.config.proposers,
             })),
             "leader": self.leader().map(|(id, b)| serde_json::json!({"node": id, "ballot": b.to_string()})),
             "nodes": nodes,
@@ -258,15 +262,11 @@ pub struct Reconfigured {
     pub took: Duration,
 }
 
-/// Makes `groups` the acceptor groups: reads the configuration in force, checks the change against
-/// it (saying which rule a bad one breaks), asks the leader to propose it (following `NotLeader`
-/// hints), and waits until the leader says it is in force. The new acceptors must have joined
-/// (`acceptor --join`) first.
-pub fn reconfigure(
-    file: &ClusterFile,
-    groups: Vec<Vec<NodeId>>,
-    timeout: Duration,
-) -> Result<Reconfigured, String> {
+/// Makes the acceptor groups, replicas and proposers those of `to` (its epoch is ignored): reads
+/// the configuration in force, checks the change against it (saying which rule a bad one breaks),
+/// asks the leader to propose it (following `NotLeader` hints), and waits until the leader says it
+/// is in force. New nodes must have joined (`--join`) first.
+pub fn reconfigure(file: &ClusterFile, to: Configuration, timeout: Duration) -> Result<Reconfigured, String> {
     let started = Instant::now();
     let status = gather(file, Duration::from_secs(2));
     let current = status
@@ -274,17 +274,26 @@ pub fn reconfigure(
         .ok_or("no proposer or replica answered: cannot tell the configuration in force")?
         .config
         .clone();
-    if current.acceptor_groups == groups {
-        return Err(format!("epoch {}: those acceptor groups are already in force", current.epoch));
+    let target = Configuration { epoch: current.epoch + 1, ..to };
+    let roles = |c: &Configuration| (c.acceptor_groups.clone(), c.replicas.clone(), c.proposers.clone());
+    if roles(&current) == roles(&target) {
+        return Err(format!(
+            "epoch {}: those acceptor groups, replicas and proposers are already in force",
+            current.epoch
+        ));
     }
-    let target = Configuration { epoch: current.epoch + 1, acceptor_groups: groups };
     validate_change(&current, &target, file.config.f).map_err(|e| format!("refused: {e}"))?;
-    let proposers: Vec<NodeId> = file.config.proposers.clone();
+    // The proposers in force (some may have joined since the cluster file was written), where
+    // the status found them.
+    let proposers: Vec<NodeId> = current.proposers.clone();
+    let address = |id: NodeId| {
+        status.nodes.iter().find(|n| n.id == id).map(|n| n.addr).or_else(|| file.addresses.get(&id).copied())
+    };
     let mut next = status.leader().map(|(id, _)| id).unwrap_or(proposers[0]);
     let mut last_error = String::from("no proposer answered");
     while started.elapsed() < timeout {
-        let Some(&addr) = file.addresses.get(&next) else {
-            return Err(format!("proposer {next} has no address in the cluster file"));
+        let Some(addr) = address(next) else {
+            return Err(format!("proposer {next}: no address in the cluster file or the status"));
         };
         let wait = timeout.saturating_sub(started.elapsed()).min(Duration::from_secs(10));
         let answer = |m| match m {

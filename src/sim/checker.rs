@@ -48,10 +48,9 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker for a cluster that tolerates `f` failures, starting with `groups`, whose changes
-    /// of configuration are in force `alpha` slots after the slot that chose them.
-    pub fn new(f: usize, groups: Vec<Vec<NodeId>>, alpha: u64) -> Self {
-        let first = Configuration { epoch: 0, acceptor_groups: groups };
+    /// A checker for a cluster that tolerates `f` failures, starting with `first`, whose changes
+    /// of configuration are in force at most `alpha` slots after the slot that chose them.
+    pub fn new(f: usize, first: Configuration, alpha: u64) -> Self {
         Checker { f, quorum: f + 1, alpha, configs: vec![(0, first)], ..Checker::default() }
     }
 
@@ -257,6 +256,10 @@ impl Checker {
 mod tests {
     use super::*;
 
+    fn first() -> Configuration {
+        Configuration { epoch: 0, acceptor_groups: vec![vec![3, 4, 5]], replicas: vec![7, 8], proposers: vec![1, 2] }
+    }
+
     const B1: Ballot = Ballot { round: 1, proposer: 1 };
     const B2: Ballot = Ballot { round: 2, proposer: 2 };
 
@@ -266,7 +269,7 @@ mod tests {
 
     #[test]
     fn two_values_chosen_in_one_slot_is_caught() {
-        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
+        let mut c = Checker::new(1, first(), 10);
         accepted(&mut c, 3, 0, B1, 0xa);
         accepted(&mut c, 4, 0, B1, 0xa);
         assert!(c.violations.is_empty());
@@ -277,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_same_value_chosen_again_at_a_higher_ballot_is_fine() {
-        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
+        let mut c = Checker::new(1, first(), 10);
         for (a, b) in [(3, B1), (4, B1), (4, B2), (5, B2)] {
             accepted(&mut c, a, 0, b, 0xa);
         }
@@ -286,7 +289,7 @@ mod tests {
 
     #[test]
     fn out_of_order_unchosen_or_divergent_execution_is_caught() {
-        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
+        let mut c = Checker::new(1, first(), 10);
         for slot in 0..2 {
             accepted(&mut c, 3, slot, B1, slot);
             accepted(&mut c, 4, slot, B1, slot);
@@ -302,8 +305,8 @@ mod tests {
 
     #[test]
     fn votes_count_only_in_the_group_of_the_configuration_in_force_at_the_slot() {
-        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
-        let config = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]] };
+        let mut c = Checker::new(1, first(), 10);
+        let config = Configuration { epoch: 1, acceptor_groups: vec![vec![20, 21, 22]], ..first() };
         c.observe(
             7,
             &Event::ReconfigExecuted {
@@ -326,14 +329,14 @@ mod tests {
         accepted(&mut c, 22, 10, B2, 0xc);
         assert_eq!(c.chosen_slots(), 2);
         assert!(c.violations.is_empty(), "{:?}", c.violations);
-        let stale = Configuration { epoch: 0, acceptor_groups: vec![vec![3, 4, 5]] };
+        let stale = first();
         c.check_at_end(&[(7, stale)]);
         assert!(c.violations[0].starts_with("configuration"), "{:?}", c.violations);
     }
 
     #[test]
     fn a_command_applied_twice_is_caught() {
-        let mut c = Checker::new(1, vec![vec![3, 4, 5]], 10);
+        let mut c = Checker::new(1, first(), 10);
         c.observe(7, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
         c.observe(8, &Event::Applied { client_id: 100, seq: 1, slot: 0 });
         assert!(c.violations.is_empty(), "once per replica is right");

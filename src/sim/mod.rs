@@ -484,7 +484,7 @@ impl<'t> Simulator<'t> {
         };
         sim.checker = Checker::new(
             sim.cluster.f,
-            sim.cluster.acceptor_groups.clone(),
+            Configuration::from_cluster(&sim.cluster),
             sim.tunables.max_in_flight_slots as u64,
         );
         let ids: Vec<(NodeId, RoleKind)> = sim.cluster.all_nodes().collect();
@@ -700,7 +700,7 @@ impl<'t> Simulator<'t> {
                 touched.push(new);
             }
         }
-        let target = Configuration { epoch: latest.epoch + 1, acceptor_groups: groups };
+        let target = Configuration { epoch: latest.epoch + 1, acceptor_groups: groups, ..latest.clone() };
         self.trace(|| format!("operator changes the configuration to {target:?}"));
         if self.faults_on && self.reconfig_rng.gen_bool(0.3) {
             let victim = touched[self.reconfig_rng.gen_range(0..touched.len())];

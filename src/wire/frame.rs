@@ -71,6 +71,7 @@ macro_rules! payload_of {
             | Msg::ReplyBatch { .. }
             | Msg::Join { .. }
             | Msg::Leave
+            | Msg::LeadNow
             | Msg::Leaving
             | Msg::Left
             | Msg::Membership(_) => None,
@@ -437,6 +438,7 @@ mod tests {
         let reconfig = crate::protocol::configuration::Configuration {
             epoch: 1,
             acceptor_groups: vec![vec![20, 21, 22]],
+            ..crate::protocol::configuration::Configuration::from_cluster(&cluster)
         };
         let change =
             crate::protocol::configuration::Change { config: reconfig.clone(), from_slot: 15, ballot: B };
@@ -502,6 +504,7 @@ mod tests {
             Msg::ReplyBatch { replies: vec![reply.clone(), reply] },
             Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
             Msg::Leave,
+            Msg::LeadNow,
             Msg::Leaving,
             Msg::Left,
             Msg::Membership({
@@ -624,9 +627,10 @@ mod tests {
             Msg::ReconfigureRefused { .. } => 30,
             Msg::StatusRequest => 31,
             Msg::Status(_) => 32,
+            Msg::LeadNow => 33,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 33, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 34, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
