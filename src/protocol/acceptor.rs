@@ -114,7 +114,12 @@ impl Acceptor {
             self.left = true;
             out.event(|| Event::Left);
         }
-        out.send(from, Msg::Left);
+        // Every proposer hears it, so that a later leader does not tell it again.
+        let told: std::collections::BTreeSet<NodeId> =
+            self.membership.proposers().iter().copied().chain([from]).collect();
+        for to in told {
+            out.send(to, Msg::Left);
+        }
     }
 
     /// Queues `record` if this acceptor is durable.

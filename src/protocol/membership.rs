@@ -252,12 +252,21 @@ impl View {
         true
     }
 
-    /// Marks `id`, a node of a stateful `role`, as gone: a change of configuration removed it and
-    /// every slot its configurations owned is trimmed (a configured node gets a tombstone too, so
-    /// that views say it left). Returns whether anything changed.
-    pub fn retire(&mut self, id: NodeId, role: RoleKind) -> bool {
-        let gone = Member { id, role, standing: Standing::Left, addr: String::new() };
+    /// Marks `id`, a node of a stateful `role`, as leaving: a change of configuration removed it
+    /// (a configured node is listed too). It is told to leave once no configuration kept names
+    /// it, and becomes a tombstone once it says it has ([`View::forget`]). Returns whether
+    /// anything changed.
+    pub fn mark_removed(&mut self, id: NodeId, role: RoleKind) -> bool {
+        let gone = Member { id, role, standing: Standing::Leaving, addr: String::new() };
         self.merge(&View { members: vec![gone], configuration: None })
+    }
+
+    /// Acceptors, replicas and proposers that a change removed and that have not said they left.
+    pub fn removed_stateful(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|m| !is_stateless(m.role) && m.standing == Standing::Leaving)
+            .map(|m| m.id)
     }
 
     /// Marks `id` as left once it has drained. Returns whether anything changed.
@@ -323,7 +332,9 @@ struct Draining {
 pub struct NodeMembership {
     id: NodeId,
     role: RoleKind,
+    /// The cluster file's proposers and replicas: the contacts a joining node starts from.
     proposers: Vec<NodeId>,
+    replicas: Vec<NodeId>,
     view: View,
     /// Where a node that joined at runtime listens; `None` for a configured node.
     join_addr: Option<String>,
@@ -343,6 +354,7 @@ impl NodeMembership {
             id,
             role,
             proposers: config.proposers.clone(),
+            replicas: config.replicas.clone(),
             view: View::from_config(config),
             join_addr: None,
             announcing: false,
@@ -429,9 +441,13 @@ impl NodeMembership {
         self.proposers.contains(&from) || self.proposers().contains(&from)
     }
 
-    /// Whether `from` may publish `incoming` to this node (see [`View::accepts_view_from`]).
+    /// Whether `from` may publish `incoming` to this node (see [`View::accepts_view_from`]); a
+    /// replica of the cluster file may too (it answers a joining node's announcement with the
+    /// view it has, which names the proposers now).
     pub fn accepts_view_from(&self, from: NodeId, incoming: &View) -> bool {
-        self.is_proposer(from) || incoming.configuration().is_some_and(|c| c.proposers.contains(&from))
+        self.is_proposer(from)
+            || self.replicas.contains(&from)
+            || incoming.configuration().is_some_and(|c| c.proposers.contains(&from))
     }
 
     fn ask_to_leave(&self, out: &mut Out) {
@@ -456,6 +472,13 @@ impl NodeMembership {
         if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || !is_stateless(self.role)) {
             for &p in self.proposers() {
                 out.send(p, Msg::Join { role: self.role, addr: addr.clone() });
+            }
+            if self.announcing && self.view.configuration().is_none() {
+                // The cluster file's proposers may all have been replaced since it was written:
+                // its replicas answer with a view that names the proposers now.
+                for &r in &self.replicas {
+                    out.send(r, Msg::Join { role: self.role, addr: addr.clone() });
+                }
             }
             // A stateful node that joined keeps reminding the proposers, less often, as long as
             // it runs: a leader that restarted without memory, and never had a view that lists

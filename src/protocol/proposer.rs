@@ -53,6 +53,9 @@ const CHANGE_LEAD_SLOTS: u64 = 16;
 /// Removed nodes a leader keeps telling to leave at once, at most.
 const MAX_RETIRING: usize = 64;
 
+/// Client nodes sending to proposers directly that a proposer remembers, at most.
+const MAX_DIRECT_CLIENTS: usize = 1024;
+
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
 const MAX_ELECTION_BACKOFF: u32 = 3;
 
@@ -162,13 +165,19 @@ pub struct Proposer {
     heartbeats_since_view: u32,
     /// Removed nodes told to leave that have not yet said they did.
     retired: BTreeSet<NodeId>,
-    /// Every node a configuration it knew of named (the cluster file's included), with its role:
-    /// those that no kept configuration names any more are told to leave.
-    named: BTreeMap<NodeId, RoleKind>,
     /// A proposer started with `--join`: it announces itself until a view lists it.
     membership: Option<NodeMembership>,
     /// Told to leave after a change removed it: it answers nothing any more.
     left: bool,
+    /// Whether a replica has reported since this proposer started: until then it does not know
+    /// the configurations (a proposer restarted without memory, which a change removed, would
+    /// otherwise run with the cluster file's).
+    heard_from_replica: bool,
+    /// The newest configuration whose removed nodes this proposer marked leaving in its view.
+    marked_epoch: u64,
+    /// Client nodes that send to proposers directly (no batcher between): they hear views too,
+    /// so that they learn the proposers a change brings in.
+    direct_clients: BTreeSet<NodeId>,
     /// Elections of ours that ended without a leader (preempted, or timed out) since we last heard
     /// one: each doubles the election timeout (up to `MAX_ELECTION_BACKOFF` times), so that two
     /// candidates whose Phase 1 reads a long log do not preempt each other for ever.
@@ -182,14 +191,15 @@ impl Proposer {
     pub fn new(id: NodeId, config: ClusterConfig, tunables: Tunables, seed: u64, now: Time) -> Self {
         let first = config.proposers[0] == id;
         let history = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
-        let named = history.latest().config.members().collect();
         let mut p = Proposer {
             id,
             config: config.clone(),
             history,
-            named,
             membership: None,
             left: false,
+            heard_from_replica: false,
+            marked_epoch: 0,
+            direct_clients: BTreeSet::new(),
             tunables,
             rng: ChaCha8Rng::seed_from_u64(seed),
             ballot: Ballot::ZERO,
@@ -284,6 +294,11 @@ impl Proposer {
     // ---- elections ----
 
     fn start_phase1(&mut self, now: Time, out: &mut Out) {
+        if !self.heard_from_replica {
+            // It cannot tell which configurations are in force: look again soon.
+            self.timers.set(Timer::Election as usize, now + self.tunables.heartbeat_interval_us);
+            return;
+        }
         if !self.proposers().contains(&self.id) {
             // Not (or no longer) a proposer of the newest configuration: it may not lead.
             if !matches!(self.state, State::Follower) {
@@ -624,6 +639,7 @@ impl Proposer {
             out.dropped("proposer: watermark from a node that is not a replica");
             return;
         }
+        self.heard_from_replica = true;
         let merged = self.history.merge(&configs, watermark);
         if merged.is_err() && self.is_leader() {
             // A change found in Phase 1 and taken for chosen was not: someone else leads.
@@ -631,9 +647,12 @@ impl Proposer {
             self.step_down(now, out);
             return;
         }
-        if merged != Ok(false) {
-            self.on_new_configuration(&configs.latest().config, out);
+        if configs.latest().config.epoch > self.marked_epoch {
+            self.on_new_configuration(&configs, out);
         }
+        let replicas = &self.history.latest().config.replicas;
+        self.replica_watermarks.retain(|r, _| replicas.contains(r));
+        self.replica_heard_at.retain(|r, _| replicas.contains(r));
         if self.replicas().contains(&from) {
             let known = self.replica_watermarks.entry(from).or_insert(0);
             *known = (*known).max(watermark);
@@ -686,32 +705,35 @@ impl Proposer {
 
     // ---- changes of configuration ----
 
-    /// A configuration newer than any this proposer knew, executed by a replica: its nodes are
-    /// remembered (to be told to leave once no kept configuration names them), replicas removed by
-    /// it report no more, and views carry it to the nodes that keep no history.
-    fn on_new_configuration(&mut self, newest: &Configuration, out: &mut Out) {
-        for entry in self.history.entries() {
-            self.named.extend(entry.config.members());
+    /// A replica executed a configuration newer than any this proposer marked removals for (so
+    /// it was chosen): nodes that the cluster file, the view's configuration or any reported one
+    /// named and the newest does not are marked leaving in the view (views reach every proposer,
+    /// so whichever leads tells them to leave once no kept configuration names them), and views
+    /// carry the newest to the nodes that keep no history.
+    fn on_new_configuration(&mut self, reported: &ConfigHistory, out: &mut Out) {
+        let newest = reported.latest().config.clone();
+        self.marked_epoch = newest.epoch;
+        let file = Configuration::from_cluster(&self.config);
+        let viewed = self.view.configuration().cloned();
+        let now_named: BTreeSet<NodeId> = newest.members().map(|(id, _)| id).collect();
+        let earlier = reported.entries().iter().map(|e| &e.config).chain([&file]).chain(viewed.as_ref());
+        let removed: BTreeMap<NodeId, RoleKind> =
+            earlier.flat_map(|c| c.members()).filter(|(id, _)| !now_named.contains(id)).collect();
+        for (id, role) in removed {
+            self.change_view(out, |v| v.mark_removed(id, role));
         }
-        let replicas = self.history.latest().config.replicas.clone();
-        self.replica_watermarks.retain(|r, _| replicas.contains(r));
-        self.replica_heard_at.retain(|r, _| replicas.contains(r));
-        let newest = newest.clone();
         self.change_view(out, |v| v.learn_configuration(&newest));
     }
 
-    /// Tells every node that a configuration named and no kept one names any more to leave.
+    /// Tells every node that a change removed, and that no kept configuration names any more,
+    /// to leave.
     fn retire_removed(&mut self, out: &mut Out) {
         let kept = self.history.members_from(0);
-        let gone: Vec<(NodeId, RoleKind)> = self
-            .named
-            .iter()
-            .filter(|&(id, _)| *id != self.id && !kept.contains(id) && !self.retired.contains(id))
-            .filter(|&(id, _)| !self.view.members().iter().any(|m| m.id == *id && m.standing == Standing::Left))
-            .map(|(&id, &role)| (id, role))
+        let gone: Vec<NodeId> = (self.view.removed_stateful())
+            .filter(|id| *id != self.id && !kept.contains(id) && !self.retired.contains(id))
             .collect();
-        for (id, role) in gone {
-            self.retire(id, role, out);
+        for id in gone {
+            self.retire(id, out);
         }
     }
 
@@ -721,6 +743,15 @@ impl Proposer {
             return;
         };
         let latest = self.history.latest();
+        if !latest.config.proposers.contains(&self.id) {
+            // Removed by the newest change: it hands over once that change is in force.
+            let reason = format!(
+                "the leader is removed by the change to epoch {}; retry once it has handed over",
+                latest.config.epoch
+            );
+            out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason });
+            return;
+        }
         if latest.config == config {
             // Chosen already (a retry, or another operator's): answer once it is in force.
             l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None });
@@ -739,11 +770,15 @@ impl Proposer {
         }
         let configured = |id| self.config.all_nodes().find(|&(node, _)| node == id).map(|(_, role)| role);
         let viewed = |id| self.view.members().iter().find(|m| m.id == id);
-        let taken = config.members().find(|&(id, role)| {
+        // A node new to the configuration (or to its role in it) must be one that joined as that
+        // role, and not one that a change removed.
+        let new_nodes: Vec<(NodeId, RoleKind)> =
+            config.members().filter(|(id, role)| !latest.config.members().any(|m| m == (*id, *role))).collect();
+        let taken = new_nodes.iter().copied().find(|&(id, role)| {
             configured(id).is_some_and(|r| r != role)
-                || viewed(id).is_some_and(|m| m.role != role || m.standing == Standing::Left)
+                || viewed(id).is_some_and(|m| m.role != role || m.standing != Standing::InService)
         });
-        let unknown = config.members().find(|&(id, _)| configured(id).is_none() && viewed(id).is_none());
+        let unknown = new_nodes.iter().copied().find(|&(id, _)| configured(id).is_none() && viewed(id).is_none());
         let check = match (taken, unknown) {
             (Some((id, _)), _) => Err(ReconfigError::TakenId(id)),
             (None, Some((id, role))) => Err(ReconfigError::NotJoined { id, role: role.name() }),
@@ -808,8 +843,7 @@ impl Proposer {
 
     /// Tells a removed node to leave (again at each view, until it says it has), and marks it
     /// gone in the view.
-    fn retire(&mut self, id: NodeId, role: RoleKind, out: &mut Out) {
-        self.change_view(out, |v| v.retire(id, role));
+    fn retire(&mut self, id: NodeId, out: &mut Out) {
         if self.retired.len() < MAX_RETIRING && self.retired.insert(id) {
             // The view first: it carries the configuration that removed the node, which a
             // removed proposer or replica checks before it leaves.
@@ -833,6 +867,7 @@ impl Proposer {
             .chain(latest.replicas.iter().copied())
             .chain(latest.acceptors())
             .chain(self.view.stateless_nodes())
+            .chain(self.direct_clients.iter().copied())
             .collect();
         for node in targets {
             out.send(node, Msg::Membership(self.view.clone()));
@@ -864,9 +899,13 @@ impl Proposer {
             out.dropped("proposer: asked to leave while the newest configuration it knows names it");
             return;
         }
+        let others = newest.proposers.iter().chain(&self.config.proposers).filter(|&&p| p != self.id);
+        let told: BTreeSet<NodeId> = others.copied().chain([from]).collect();
         self.step_down(now, out);
         self.left = true;
-        out.send(from, Msg::Left);
+        for to in told {
+            out.send(to, Msg::Left);
+        }
         out.event(|| Event::Left);
     }
 
@@ -1014,6 +1053,9 @@ impl Role for Proposer {
                 self.on_batch(now, origin, forwarded, attempt, batch, out)
             }
             Msg::ClientRequests(commands) => {
+                if self.direct_clients.len() < MAX_DIRECT_CLIENTS {
+                    self.direct_clients.insert(from);
+                }
                 if self.is_leader() {
                     self.on_batch(now, from, true, 0, encode_batch(commands), out);
                 } else {
@@ -1032,6 +1074,8 @@ impl Role for Proposer {
             Msg::Leaving if self.is_leader() => self.change_view(out, |v| v.start_leaving(from)),
             Msg::Leaving => {}
             Msg::Left => {
+                // A removed node reports to every proposer, so that a later leader does not tell
+                // it again.
                 self.retired.remove(&from);
                 self.change_view(out, |v| v.forget(from))
             }

@@ -144,6 +144,9 @@ pub struct Replica {
     /// The newest configuration known: its history's, or a newer one that a peer's report or a
     /// view carried (a replica that a change adds learns its peers from it before it is taught).
     newest: Configuration,
+    /// The proposers of the configuration before `newest`: a leader that the newest removed
+    /// still hears reports, so that it learns when to hand over.
+    previous_proposers: Vec<NodeId>,
     /// A replica started with `--join`: it announces itself until a view lists it.
     membership: Option<NodeMembership>,
     /// Told to leave after a change removed it: it answers nothing any more.
@@ -219,6 +222,7 @@ impl Replica {
         Replica {
             id,
             newest: Configuration::from_cluster(&config),
+            previous_proposers: Vec::new(),
             membership: None,
             left: false,
             history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
@@ -266,7 +270,9 @@ impl Replica {
     /// Takes `config` as the newest known if it is newer.
     fn learn_newest(&mut self, config: &Configuration) {
         if config.epoch > self.newest.epoch {
-            self.newest = config.clone();
+            let previous = std::mem::replace(&mut self.newest, config.clone());
+            self.previous_proposers = previous.proposers;
+            self.view.learn_configuration(config);
         }
     }
 
@@ -882,7 +888,14 @@ impl Replica {
         // Held until every executed value below the watermark is durable: proposers and acceptors
         // trim below it, so it must be a position this replica can rebuild after a crash.
         let watermark = self.executed;
-        let targets: Vec<NodeId> = self.newest.proposers.iter().copied().chain(self.peers()).collect();
+        // The cluster file's proposers too: one that a change removed and that restarted without
+        // memory learns from the report that it may not lead.
+        let proposers: BTreeSet<NodeId> = (self.newest.proposers.iter())
+            .chain(&self.previous_proposers)
+            .chain(&self.config.proposers)
+            .copied()
+            .collect();
+        let targets: Vec<NodeId> = proposers.into_iter().chain(self.peers()).collect();
         for to in targets {
             self.storage.send(out, to, Msg::Executed { watermark, configs: self.history.clone() });
         }
@@ -968,7 +981,12 @@ impl Replica {
             return;
         }
         self.left = true;
-        out.send(from, Msg::Left);
+        // Every proposer hears it, so that a later leader does not tell it again.
+        let told: BTreeSet<NodeId> =
+            self.newest.proposers.iter().chain(&self.config.proposers).copied().chain([from]).collect();
+        for to in told {
+            out.send(to, Msg::Left);
+        }
         out.event(|| Event::Left);
     }
 
@@ -998,7 +1016,7 @@ impl Role for Replica {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark, configs } => self.on_executed(from, watermark, &configs, out),
-            Msg::Membership(view) if self.view.accepts_view_from(from, &view, &self.config) => {
+            Msg::Membership(view) if self.is_replica(from) || self.view.accepts_view_from(from, &view, &self.config) => {
                 if let Some(m) = self.membership.as_mut() {
                     m.on_view(&view);
                 }
@@ -1033,6 +1051,9 @@ impl Role for Replica {
             }
             Msg::SlotRead { slot, accepted, .. } => self.on_slot_read(from, slot, accepted, out),
             Msg::Leave => self.on_leave(from, out),
+            // A node joining from a cluster file whose proposers may all be gone: tell it who
+            // the proposers are now (the view carries the newest configuration).
+            Msg::Join { .. } => out.send(from, Msg::Membership(self.view.clone())),
             _ => out.dropped("replica: unexpected message"),
         }
         self.check_invariants();

@@ -60,6 +60,14 @@ impl Checker {
         &self.configs[i].1
     }
 
+    /// Nodes that a configuration the log chose named and the newest one does not: removed.
+    pub fn removed_nodes(&self) -> BTreeSet<NodeId> {
+        let latest: BTreeSet<NodeId> = self.latest_config().members().map(|(id, _)| id).collect();
+        (self.configs.iter().flat_map(|(_, c)| c.members().map(|(id, _)| id)))
+            .filter(|id| !latest.contains(id))
+            .collect()
+    }
+
     /// The newest configuration the log chose.
     pub fn latest_config(&self) -> &Configuration {
         &self.configs.last().expect("never empty").1

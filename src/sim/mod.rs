@@ -145,9 +145,15 @@ pub struct FaultCounts {
     pub chunks_corrupted: u64,
     /// Slots replicas read from their acceptor group (no peer replica could teach them).
     pub slot_reads: u64,
-    /// Changes of acceptor configuration the operator asked for and the log chose.
+    /// Changes of configuration the operator asked for and the log chose.
     pub reconfigs: u64,
-    /// Acceptors crashed while a change that adds or removes them was under way.
+    /// ...of which changed the replicas (added, removed or replaced one).
+    pub replica_changes: u64,
+    /// ...of which changed the proposers (added or replaced one)...
+    pub proposer_changes: u64,
+    /// ...of which replaced the leader.
+    pub leaders_replaced: u64,
+    /// Nodes crashed while a change that adds or removes them was under way.
     pub reconfig_crashes: u64,
 }
 
@@ -164,6 +170,9 @@ impl FaultCounts {
         self.chunks_corrupted += other.chunks_corrupted;
         self.slot_reads += other.slot_reads;
         self.reconfigs += other.reconfigs;
+        self.replica_changes += other.replica_changes;
+        self.proposer_changes += other.proposer_changes;
+        self.leaders_replaced += other.leaders_replaced;
         self.reconfig_crashes += other.reconfig_crashes;
     }
 }
@@ -175,7 +184,7 @@ impl std::fmt::Display for FaultCounts {
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
-             configurations changed {}, acceptors crashed mid-change {}",
+             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -186,6 +195,9 @@ impl std::fmt::Display for FaultCounts {
             self.chunks_corrupted,
             self.slot_reads,
             self.reconfigs,
+            self.replica_changes,
+            self.proposer_changes,
+            self.leaders_replaced,
             self.reconfig_crashes
         )
     }
@@ -356,7 +368,9 @@ pub struct Simulator<'t> {
     reconfigs_left: u32,
     reconfig_target: Option<Configuration>,
     /// Acceptors brought in by changes so far.
-    new_acceptors: NodeId,
+    new_nodes: NodeId,
+    /// What the change under way changes.
+    reconfig_kind: ChangeKind,
 }
 
 /// Derives an independent seed for one purpose from the run's seed (splitmix64).
@@ -370,10 +384,19 @@ fn derive_seed(seed: u64, salt: u64) -> u64 {
 const CLIENT_ID_BASE: NodeId = 1000;
 /// Ids of nodes that join the running cluster.
 const JOINED_ID_BASE: NodeId = 500;
+/// What a change of configuration changes, for the summary's counts.
+#[derive(Debug, Clone, Copy)]
+enum ChangeKind {
+    Acceptors,
+    Replicas,
+    /// `leader`: the proposer replaced was leading when the change was asked for.
+    Proposers { leader: bool },
+}
+
 /// The operator (or autoscaler) that asks nodes to leave.
 const OPERATOR: NodeId = 900;
-/// Ids of acceptors that changes of configuration bring in.
-const NEW_ACCEPTOR_ID_BASE: NodeId = 600;
+/// Ids of acceptors, replicas and proposers that changes of configuration bring in.
+const NEW_NODE_ID_BASE: NodeId = 600;
 /// How often the operator repeats a change of configuration that is not yet chosen.
 const RECONFIG_RETRY_US: Time = 300_000;
 /// How often the operator repeats a request to leave that has not completed.
@@ -479,7 +502,8 @@ impl<'t> Simulator<'t> {
             reconfig_rng,
             reconfigs_left,
             reconfig_target: None,
-            new_acceptors: 0,
+            new_nodes: 0,
+            reconfig_kind: ChangeKind::Acceptors,
             opts,
         };
         sim.checker = Checker::new(
@@ -561,7 +585,10 @@ impl<'t> Simulator<'t> {
         }
         let deadline = self.opts.fault_phase_us + self.opts.liveness_bound_us;
         while let Some(at) = self.next_due() {
-            let done = self.all_clients_done() && self.all_leaves_done() && self.reconfig_target.is_none();
+            let done = self.all_clients_done()
+                && self.all_leaves_done()
+                && self.reconfig_target.is_none()
+                && self.all_removed_left();
             if at > deadline || (!self.faults_on && done) {
                 break;
             }
@@ -650,15 +677,23 @@ impl<'t> Simulator<'t> {
     }
 
     /// The operator's side of changing the configuration: one change at a time, drawn from the
-    /// log's newest configuration (add a group, remove one, replace an acceptor), sent to every
-    /// proposer and repeated until the log chose it. Sometimes an acceptor it adds or removes
-    /// crashes meanwhile.
+    /// log's newest configuration (add a group, remove one, replace an acceptor; add, remove or
+    /// replace a replica; add or replace a proposer, often the leader), sent to every proposer and
+    /// repeated until the log chose it. Sometimes a node it adds or removes crashes meanwhile.
     fn reconfigure(&mut self) {
         if let Some(target) = &self.reconfig_target {
             if self.checker.latest_config().epoch >= target.epoch {
                 self.trace(|| "the change of configuration is chosen".into());
                 self.reconfig_target = None;
                 self.outcome.faults.reconfigs += 1;
+                match self.reconfig_kind {
+                    ChangeKind::Replicas => self.outcome.faults.replica_changes += 1,
+                    ChangeKind::Proposers { leader } => {
+                        self.outcome.faults.proposer_changes += 1;
+                        self.outcome.faults.leaders_replaced += u64::from(leader);
+                    }
+                    ChangeKind::Acceptors => {}
+                }
                 if self.reconfigs_left > 0 && self.faults_on {
                     let pause = self.reconfig_rng.gen_range(0..self.opts.fault_phase_us / 4);
                     self.schedule(self.now + pause, Pending::Reconfigure);
@@ -676,15 +711,31 @@ impl<'t> Simulator<'t> {
         let latest = self.checker.latest_config().clone();
         let f = self.cluster.f;
         let mut groups = latest.acceptor_groups.clone();
-        let kinds: Vec<u8> = [(0, groups.len() < 3), (1, groups.len() > 1), (2, true)]
-            .into_iter()
-            .filter_map(|(k, allowed)| allowed.then_some(k))
-            .collect();
+        let mut replicas = latest.replicas.clone();
+        let mut proposers = latest.proposers.clone();
+        let kinds: Vec<u8> = [
+            (0, groups.len() < 3),
+            (1, groups.len() > 1),
+            (2, true),
+            (3, true),
+            (4, replicas.len() < f + 2),
+            (5, replicas.len() > f + 1),
+            (6, true),
+            (7, proposers.len() < f + 2),
+        ]
+        .into_iter()
+        .filter_map(|(k, allowed)| allowed.then_some(k))
+        .collect();
         let kind = kinds[self.reconfig_rng.gen_range(0..kinds.len())];
+        self.reconfig_kind = match kind {
+            0..=2 => ChangeKind::Acceptors,
+            3..=5 => ChangeKind::Replicas,
+            _ => ChangeKind::Proposers { leader: false },
+        };
         let mut touched: Vec<NodeId> = Vec::new();
         match kind {
             0 => {
-                let group: Vec<NodeId> = (0..2 * f + 1).map(|_| self.new_acceptor()).collect();
+                let group: Vec<NodeId> = (0..2 * f + 1).map(|_| self.new_node(RoleKind::Acceptor)).collect();
                 touched.extend(&group);
                 groups.push(group);
             }
@@ -692,15 +743,45 @@ impl<'t> Simulator<'t> {
                 let gone = groups.remove(self.reconfig_rng.gen_range(0..groups.len()));
                 touched.extend(gone);
             }
-            _ => {
+            2 => {
                 let g = self.reconfig_rng.gen_range(0..groups.len());
                 let m = self.reconfig_rng.gen_range(0..groups[g].len());
-                let new = self.new_acceptor();
+                let new = self.new_node(RoleKind::Acceptor);
                 touched.push(std::mem::replace(&mut groups[g][m], new));
                 touched.push(new);
             }
+            3 => {
+                let m = self.reconfig_rng.gen_range(0..replicas.len());
+                let new = self.new_node(RoleKind::Replica);
+                touched.push(std::mem::replace(&mut replicas[m], new));
+                touched.push(new);
+            }
+            4 => {
+                let new = self.new_node(RoleKind::Replica);
+                replicas.push(new);
+                touched.push(new);
+            }
+            5 => touched.push(replicas.remove(self.reconfig_rng.gen_range(0..replicas.len()))),
+            6 => {
+                // Half the time the leader itself: it must hand over.
+                let leading = |n: &SimNode| n.up && n.member.role_ref().status().leading;
+                let leader = proposers.iter().position(|p| self.nodes.get(p).is_some_and(leading));
+                let m = match leader {
+                    Some(m) if self.reconfig_rng.gen_bool(0.5) => m,
+                    _ => self.reconfig_rng.gen_range(0..proposers.len()),
+                };
+                self.reconfig_kind = ChangeKind::Proposers { leader: leader == Some(m) };
+                let new = self.new_node(RoleKind::Proposer);
+                touched.push(std::mem::replace(&mut proposers[m], new));
+                touched.push(new);
+            }
+            _ => {
+                let new = self.new_node(RoleKind::Proposer);
+                proposers.push(new);
+                touched.push(new);
+            }
         }
-        let target = Configuration { epoch: latest.epoch + 1, acceptor_groups: groups, ..latest.clone() };
+        let target = Configuration { epoch: latest.epoch + 1, acceptor_groups: groups, replicas, proposers };
         self.trace(|| format!("operator changes the configuration to {target:?}"));
         if self.faults_on && self.reconfig_rng.gen_bool(0.3) {
             let victim = touched[self.reconfig_rng.gen_range(0..touched.len())];
@@ -717,18 +798,21 @@ impl<'t> Simulator<'t> {
     /// Sends the change to every proposer (the leader makes it; the others say who leads), and
     /// looks again later.
     fn ask_for_change(&mut self, target: Configuration) {
-        for p in self.cluster.proposers.clone() {
+        let mut proposers: std::collections::BTreeSet<NodeId> = self.cluster.proposers.iter().copied().collect();
+        proposers.extend(&self.checker.latest_config().proposers);
+        for p in proposers {
             self.send(OPERATOR, p, Msg::Reconfigure(target.clone()));
         }
         self.schedule(self.now + RECONFIG_RETRY_US, Pending::Reconfigure);
     }
 
-    /// Starts an acceptor that a change of configuration will bring in.
-    fn new_acceptor(&mut self) -> NodeId {
-        let id = NEW_ACCEPTOR_ID_BASE + self.new_acceptors;
-        self.new_acceptors += 1;
-        let member = self.build(id, RoleKind::Acceptor, 0, true, Recovered::default());
-        self.nodes.insert(id, SimNode::new(RoleKind::Acceptor, member, true));
+    /// Starts a node of a stateful role that a change of configuration will bring in.
+    fn new_node(&mut self, kind: RoleKind) -> NodeId {
+        let id = NEW_NODE_ID_BASE + self.new_nodes;
+        self.new_nodes += 1;
+        self.trace(|| format!("{id} starts as a {} and joins, for a change of configuration", kind.name()));
+        let member = self.build(id, kind, 0, true, Recovered::default());
+        self.nodes.insert(id, SimNode::new(kind, member, true));
         id
     }
 
@@ -1033,8 +1117,14 @@ impl<'t> Simulator<'t> {
                 .max()
                 .unwrap_or(0),
         );
+        // Only a replica that no change under way removes counts: a removed one leaves.
+        let staying = |r: &NodeId| {
+            self.checker.latest_config().replicas.contains(r)
+                && self.reconfig_target.as_ref().is_none_or(|t| t.replicas.contains(r))
+        };
         self.nodes.iter().any(|(&other, n)| {
             other != id
+                && staying(&other)
                 && n.up
                 && n.member.role_ref().as_replica().is_some_and(|r| r.executed_watermark() >= on_disk)
         })
@@ -1144,6 +1234,11 @@ impl<'t> Simulator<'t> {
         self.leaves_asked.iter().all(|id| self.nodes.get(id).is_some_and(|n| n.left))
     }
 
+    /// Whether every node that a change of configuration removed (and that can run) has left.
+    fn all_removed_left(&self) -> bool {
+        self.checker.removed_nodes().iter().all(|id| self.nodes.get(id).is_none_or(|n| n.dead || n.left))
+    }
+
     fn all_clients_done(&self) -> bool {
         self.clients.values().all(|d| d.outstanding.is_none() && d.after_healing == 0)
     }
@@ -1157,6 +1252,14 @@ impl<'t> Simulator<'t> {
             if !self.nodes.get(&id).is_some_and(|n| n.left) {
                 self.checker.violation(format!(
                     "liveness: node {id} was asked to leave and had not drained {}us after the faults stopped",
+                    self.opts.liveness_bound_us
+                ));
+            }
+        }
+        for id in self.checker.removed_nodes() {
+            if self.nodes.get(&id).is_some_and(|n| !n.dead && !n.left) {
+                self.checker.violation(format!(
+                    "liveness: node {id}, removed by a change of configuration, had not left {}us after the faults stopped",
                     self.opts.liveness_bound_us
                 ));
             }
@@ -1183,11 +1286,16 @@ impl<'t> Simulator<'t> {
         }
     }
 
+    /// The replicas that the final configuration names and that can run (removed ones leave, and
+    /// need not keep up).
+    fn final_replicas(&self) -> impl Iterator<Item = (NodeId, &SimNode)> + '_ {
+        let named = &self.checker.latest_config().replicas;
+        self.nodes.iter().filter(move |(id, n)| !n.dead && !n.left && named.contains(id)).map(|(&id, n)| (id, n))
+    }
+
     fn replica_watermarks(&self) -> Vec<(NodeId, u64)> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| !n.dead)
-            .filter_map(|(&id, n)| n.member.role_ref().as_replica().map(|r| (id, r.executed_watermark())))
+        self.final_replicas()
+            .filter_map(|(id, n)| n.member.role_ref().as_replica().map(|r| (id, r.executed_watermark())))
             .collect()
     }
 
@@ -1209,9 +1317,8 @@ impl<'t> Simulator<'t> {
             return;
         }
         let snapshots: Vec<(NodeId, Vec<u8>)> = self
-            .nodes
-            .iter()
-            .filter_map(|(&id, n)| match n.member.role_ref().as_replica() {
+            .final_replicas()
+            .filter_map(|(id, n)| match n.member.role_ref().as_replica() {
                 Some(r) if r.executed_watermark() == target => Some((id, r.snapshot())),
                 _ => None,
             })
@@ -1229,10 +1336,8 @@ impl<'t> Simulator<'t> {
 
     fn finish(mut self) -> Outcome {
         let replica_configs: Vec<(NodeId, Configuration)> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.dead)
-            .filter_map(|(&id, n)| {
+            .final_replicas()
+            .filter_map(|(id, n)| {
                 n.member.role_ref().as_replica().map(|r| (id, r.configs().latest().config.clone()))
             })
             .collect();
