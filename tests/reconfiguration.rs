@@ -1,7 +1,8 @@
-//! Changing the acceptor groups of a running cluster on loopback, with real processes, as an
-//! operator does it: new acceptors start with `--join`, `autopaxos reconfigure` adds a group,
-//! replaces an acceptor and removes a group under a verifying load, the acceptors removed leave
-//! by themselves, `autopaxos status` shows each step, and no acknowledged write is lost.
+//! Changing the stateful roles of a running cluster on loopback, with real processes, as an
+//! operator does it: new nodes start with `--join`, `autopaxos reconfigure` adds a group of
+//! acceptors, replaces an acceptor and removes a group, replaces a replica and replaces the
+//! leading proposer, each under a verifying load; the nodes removed leave by themselves,
+//! `autopaxos status` shows each step, and no acknowledged write is lost.
 
 mod common;
 
@@ -10,36 +11,71 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Writes a copy of the cluster file whose acceptor groups are `groups`; `joined` gives the
-/// addresses of acceptors that are not in the original file.
-fn cluster_file_with(
-    cluster: &Cluster,
-    name: &str,
-    groups: &[&[u32]],
-    joined: &[(u32, SocketAddr)],
-) -> PathBuf {
+/// The stateful roles of a cluster file: acceptor groups, replicas, proposers.
+struct Roles<'a> {
+    groups: &'a [&'a [u32]],
+    replicas: &'a [u32],
+    proposers: &'a [u32],
+}
+
+/// The example cluster's own replicas and proposers.
+const FILE_REPLICAS: &[u32] = &[7, 8];
+const FILE_PROPOSERS: &[u32] = &[1, 2];
+
+/// Writes a copy of the cluster file with `roles`; `joined` gives the addresses of nodes that
+/// are not in the original file.
+fn cluster_file_with(cluster: &Cluster, name: &str, roles: Roles, joined: &[(u32, SocketAddr)]) -> PathBuf {
     let mut toml = format!("[cluster]\nid = \"{}\"\nf = 1\n", cluster.cluster_id);
-    for node in cluster.nodes.iter().filter(|n| n.role != "acceptor") {
-        toml += &format!(
-            "\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n",
-            node.id,
-            node.role,
-            node.addr()
-        );
+    let addr = |id: u32| match joined.iter().find(|(j, _)| *j == id) {
+        Some((_, addr)) => *addr,
+        None => cluster.node(id).addr(),
+    };
+    let stateless = cluster.nodes.iter().filter(|n| !matches!(n.role, "acceptor" | "replica" | "proposer"));
+    for node in stateless {
+        toml += &format!("\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n", node.id, node.role, node.addr());
     }
-    for (g, members) in groups.iter().enumerate() {
+    for (role, ids) in [("replica", roles.replicas), ("proposer", roles.proposers)] {
+        for &id in ids {
+            toml += &format!("\n[[node]]\nid = {id}\nrole = \"{role}\"\naddress = \"{}\"\n", addr(id));
+        }
+    }
+    for (g, members) in roles.groups.iter().enumerate() {
         for &id in members.iter() {
-            let addr = match joined.iter().find(|(j, _)| *j == id) {
-                Some((_, addr)) => *addr,
-                None => cluster.node(id).addr(),
-            };
-            toml +=
-                &format!("\n[[node]]\nid = {id}\nrole = \"acceptor\"\ngroup = {g}\naddress = \"{addr}\"\n");
+            toml += &format!(
+                "\n[[node]]\nid = {id}\nrole = \"acceptor\"\ngroup = {g}\naddress = \"{}\"\n",
+                addr(id)
+            );
         }
     }
     let path = cluster.dir.join(name);
     std::fs::write(&path, toml).expect("write a cluster file");
     path
+}
+
+/// Starts node `id` of `role` outside the cluster file (`<role> --join`), listening on a free
+/// port; returns its address.
+fn join(cluster: &mut Cluster, role: &str, id: u32) -> SocketAddr {
+    let ports = common::free_ports(2);
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+    let config = cluster.config.display().to_string();
+    let args = [
+        role,
+        "--config",
+        &config,
+        "--node",
+        &id.to_string(),
+        "--join",
+        "--listen",
+        &addr.to_string(),
+        "--metrics-addr",
+        &metrics.to_string(),
+        "--cores",
+        "1",
+    ]
+    .map(String::from);
+    cluster.extra.push(Proc::spawn(&cluster.dir, &format!("join{id}-{role}"), &args));
+    addr
 }
 
 /// Runs `autopaxos <args>` to completion; returns (success, stdout, stderr).
@@ -73,29 +109,8 @@ fn epoch(status: &serde_json::Value) -> u64 {
 fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_write() {
     let _serial = common::serialize();
     let mut cluster = Cluster::start("reconfig");
-    let ports = common::free_ports(8);
-    let mut joined: Vec<(u32, SocketAddr)> = Vec::new();
-    for (i, id) in [11, 12, 13, 14].into_iter().enumerate() {
-        let addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
-        let args = [
-            "acceptor",
-            "--config",
-            &cluster.config.display().to_string(),
-            "--node",
-            &id.to_string(),
-            "--join",
-            "--listen",
-            &addr.to_string(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--cores",
-            "1",
-        ]
-        .map(String::from);
-        cluster.extra.push(Proc::spawn(&cluster.dir, &format!("join{id}-acceptor"), &args));
-        joined.push((id, addr));
-    }
+    let joined: Vec<(u32, SocketAddr)> =
+        [11, 12, 13, 14].into_iter().map(|id| (id, join(&mut cluster, "acceptor", id))).collect();
     // Before any change: epoch 0, the file's group, a leader, every configured node up.
     let before = status_json(&cluster);
     assert_eq!(epoch(&before), 0, "{before:#}");
@@ -112,7 +127,8 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
         ("remove-group", &[&[11, 12, 13]]),
     ];
     for (i, (name, groups)) in steps.into_iter().enumerate() {
-        let to = cluster_file_with(&cluster, &format!("{name}.toml"), groups, &joined);
+        let roles = Roles { groups, replicas: FILE_REPLICAS, proposers: FILE_PROPOSERS };
+        let to = cluster_file_with(&cluster, &format!("{name}.toml"), roles, &joined);
         let started = Instant::now();
         let (ok, said) = reconfigure(&cluster, &to);
         assert!(ok, "{name} failed: {said}");
@@ -121,7 +137,8 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
         std::thread::sleep(Duration::from_secs(1));
     }
     // A change that breaks a rule is refused, with the rule.
-    let bad = cluster_file_with(&cluster, "bad.toml", &[&[11, 12]], &joined);
+    let roles = Roles { groups: &[&[11, 12]], replicas: FILE_REPLICAS, proposers: FILE_PROPOSERS };
+    let bad = cluster_file_with(&cluster, "bad.toml", roles, &joined);
     let refused = run(
         &cluster,
         "reconfigure-bad",
@@ -145,19 +162,68 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
         assert!(status.success(), "removed acceptor {id} did not leave: {status}");
     }
     // The end: epoch 3, and both replicas at one watermark with one state digest.
+    assert_replicas_agree(&cluster, 3);
+}
+
+/// Waits until the status shows configuration `epoch` and every replica it names at one
+/// watermark with one state digest.
+fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let end = status_json(&cluster);
-        assert_eq!(epoch(&end), 3, "{end:#}");
-        let replicas: Vec<&serde_json::Value> =
-            end["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "replica").collect();
+        let end = status_json(cluster);
+        assert_eq!(epoch(&end), epoch_wanted, "{end:#}");
+        let named: Vec<u64> =
+            end["configuration"]["replicas"].as_array().unwrap().iter().filter_map(|r| r.as_u64()).collect();
+        let replicas: Vec<&serde_json::Value> = (end["nodes"].as_array().unwrap().iter())
+            .filter(|n| n["role"] == "replica" && n["node"].as_u64().is_some_and(|id| named.contains(&id)))
+            .collect();
         let digests: Vec<(Option<u64>, Option<&str>)> =
             replicas.iter().map(|r| (r["digest_at"].as_u64(), r["digest"].as_str())).collect();
-        if digests.len() == 2 && digests[0].0.is_some() && digests[0] == digests[1] {
-            eprintln!("replicas agree: {digests:?}");
-            break;
+        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0]) {
+            eprintln!("replicas {named:?} agree: {digests:?}");
+            return end;
         }
         assert!(Instant::now() < deadline, "replicas' digests differ or are missing: {end:#}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn a_replica_and_the_leading_proposer_are_replaced_under_load_without_losing_a_write() {
+    let _serial = common::serialize();
+    let mut cluster = Cluster::start("replace");
+    let joined = [(21, join(&mut cluster, "replica", 21)), (22, join(&mut cluster, "proposer", 22))];
+    let client = cluster.spawn_client(
+        "client",
+        &["--duration", "14s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let group: &[&[u32]] = &[&[3, 4, 5]];
+
+    // Replica 8 is replaced by replica 21, which starts empty and is taught the state.
+    let roles = Roles { groups: group, replicas: &[7, 21], proposers: FILE_PROPOSERS };
+    let to = cluster_file_with(&cluster, "replace-replica.toml", roles, &joined);
+    let (ok, said) = reconfigure(&cluster, &to);
+    assert!(ok && said.contains("epoch 1 in force from slot"), "replacing replica 8 failed: {said}");
+    eprintln!("replace-replica: {}", said.trim());
+    let status = cluster.proc_mut(8).wait(Duration::from_secs(30));
+    assert!(status.success(), "removed replica 8 did not leave: {status}");
+
+    // The leading proposer is replaced by proposer 22: it hands over, and leaves.
+    let leader = status_json(&cluster)["leader"]["node"].as_u64().expect("a leader") as u32;
+    let other = FILE_PROPOSERS.iter().copied().find(|&p| p != leader).expect("two proposers");
+    let roles = Roles { groups: group, replicas: &[7, 21], proposers: &[other, 22] };
+    let to = cluster_file_with(&cluster, "replace-leader.toml", roles, &joined);
+    let started = Instant::now();
+    let (ok, said) = reconfigure(&cluster, &to);
+    assert!(ok && said.contains("epoch 2 in force from slot"), "replacing leader {leader} failed: {said}");
+    eprintln!("replace-leader {leader}: {} ({:.2?})", said.trim(), started.elapsed());
+    let status = cluster.proc_mut(leader).wait(Duration::from_secs(30));
+    assert!(status.success(), "removed leader {leader} did not leave: {status}");
+
+    common::assert_verified(&mut cluster.extra[client]);
+    let end = assert_replicas_agree(&cluster, 2);
+    let new_leader = end["leader"]["node"].as_u64().expect("a leader after the change") as u32;
+    assert!([other, 22].contains(&new_leader), "leader {new_leader} is not a proposer of epoch 2: {end:#}");
+    assert_eq!(end["configuration"]["proposers"], serde_json::json!([other, 22]), "{end:#}");
 }

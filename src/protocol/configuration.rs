@@ -201,7 +201,14 @@ pub struct ConfigHistory {
     alpha: u64,
     /// Never empty; `from_slot` and `epoch` strictly increase.
     entries: Vec<InForce>,
+    /// Every node a change removed, with its role, sorted (at most `MAX_REMOVED`, the lowest ids
+    /// dropped first). Kept with the history, so that any proposer learns from the replicas whom
+    /// to tell to leave, however many changes it missed.
+    removed: Vec<(NodeId, RoleKind)>,
 }
+
+/// Removed nodes a history remembers.
+pub const MAX_REMOVED: usize = 10_000;
 
 /// A history that contradicts a replica's: a change this proposer took for chosen (found in Phase 1)
 /// was not, or another was. The proposer gives up leading and takes the replica's.
@@ -219,7 +226,7 @@ impl ConfigHistory {
             chosen_at: None,
             ballot: Ballot::ZERO,
         };
-        ConfigHistory { f: cluster.f as u32, alpha, entries: vec![first] }
+        ConfigHistory { f: cluster.f as u32, alpha, entries: vec![first], removed: Vec::new() }
     }
 
     /// The slots between a change's slot and the first slot it owns.
@@ -240,6 +247,19 @@ impl ConfigHistory {
     /// The newest configuration known (in force now, or from a slot not yet reached).
     pub fn latest(&self) -> &InForce {
         self.entries.last().expect("a history is never empty")
+    }
+
+    /// Every node a change removed, with its role.
+    pub fn removed(&self) -> &[(NodeId, RoleKind)] {
+        &self.removed
+    }
+
+    fn note_removed(&mut self, gone: impl IntoIterator<Item = (NodeId, RoleKind)>) {
+        self.removed.extend(gone);
+        self.removed.sort_unstable();
+        self.removed.dedup();
+        let excess = self.removed.len().saturating_sub(MAX_REMOVED);
+        self.removed.drain(..excess);
     }
 
     /// Every configuration kept, oldest first.
@@ -302,12 +322,16 @@ impl ConfigHistory {
         {
             return false;
         }
+        let now_named: BTreeSet<NodeId> = config.members().map(|(id, _)| id).collect();
+        let gone: Vec<(NodeId, RoleKind)> =
+            latest.config.members().filter(|(id, _)| !now_named.contains(id)).collect();
         self.entries.push(InForce {
             config: config.clone(),
             from_slot: *from_slot,
             chosen_at: Some(slot),
             ballot: *ballot,
         });
+        self.note_removed(gone);
         true
     }
 
@@ -347,7 +371,11 @@ impl ConfigHistory {
         }
         if contradicted {
             self.entries.clone_from(&theirs.entries);
+            self.removed.clone_from(&theirs.removed);
             return Err(Contradicted);
+        }
+        if theirs.removed.len() > self.removed.len() || theirs.removed.last() != self.removed.last() {
+            self.note_removed(theirs.removed.iter().copied());
         }
         let our_latest = self.latest().config.epoch;
         let newer: Vec<&InForce> = theirs.entries.iter().filter(|e| e.config.epoch > our_latest).collect();

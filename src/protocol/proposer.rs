@@ -706,20 +706,14 @@ impl Proposer {
     // ---- changes of configuration ----
 
     /// A replica executed a configuration newer than any this proposer marked removals for (so
-    /// it was chosen): nodes that the cluster file, the view's configuration or any reported one
-    /// named and the newest does not are marked leaving in the view (views reach every proposer,
-    /// so whichever leads tells them to leave once no kept configuration names them), and views
-    /// carry the newest to the nodes that keep no history.
+    /// it was chosen): the nodes that changes removed (the replicas' history lists them all) are
+    /// marked leaving in the view (views reach every proposer, so whichever leads tells them to
+    /// leave once no kept configuration names them), and views carry the newest configuration to
+    /// the nodes that keep no history.
     fn on_new_configuration(&mut self, reported: &ConfigHistory, out: &mut Out) {
         let newest = reported.latest().config.clone();
         self.marked_epoch = newest.epoch;
-        let file = Configuration::from_cluster(&self.config);
-        let viewed = self.view.configuration().cloned();
-        let now_named: BTreeSet<NodeId> = newest.members().map(|(id, _)| id).collect();
-        let earlier = reported.entries().iter().map(|e| &e.config).chain([&file]).chain(viewed.as_ref());
-        let removed: BTreeMap<NodeId, RoleKind> =
-            earlier.flat_map(|c| c.members()).filter(|(id, _)| !now_named.contains(id)).collect();
-        for (id, role) in removed {
+        for &(id, role) in reported.removed() {
             self.change_view(out, |v| v.mark_removed(id, role));
         }
         self.change_view(out, |v| v.learn_configuration(&newest));
