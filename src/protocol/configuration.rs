@@ -456,6 +456,29 @@ mod tests {
     }
 
     #[test]
+    fn a_change_keeps_f_plus_1_replicas_and_proposers_and_the_history_remembers_whom_it_removed() {
+        let mut h = ConfigHistory::new(&cluster(), 10);
+        let base = h.latest().config.clone(); // replicas 10, 11; proposers 1, 2
+        let lone = Configuration { epoch: 1, replicas: vec![10], ..base.clone() };
+        let err = validate_change(&base, &lone, 1).unwrap_err();
+        assert!(err.to_string().contains("replicas: need at least 2"), "{err}");
+        let lone = Configuration { epoch: 1, proposers: vec![2], ..base.clone() };
+        assert!(validate_change(&base, &lone, 1).unwrap_err().to_string().contains("proposers: need at least 2"));
+        let clash = Configuration { epoch: 1, replicas: vec![10, 3], ..base.clone() };
+        assert_eq!(validate_change(&base, &clash, 1), Err(ReconfigError::Invalid(ConfigError::DuplicateId(3))));
+        let replaced = Configuration { epoch: 1, replicas: vec![10, 30], proposers: vec![31, 2], ..base };
+        assert!(apply(&mut h, change(replaced.clone(), 4, 5)));
+        assert_eq!(h.removed(), &[(1, RoleKind::Proposer), (11, RoleKind::Replica)]);
+        assert!(h.names_replica(11) && h.names_replica(30), "both configurations are kept");
+        h.forget_below(9);
+        assert!(!h.names_replica(11));
+        assert_eq!(h.removed().len(), 2, "forgetting configurations keeps the list of removed nodes");
+        let mut proposer = ConfigHistory::new(&cluster(), 10);
+        assert_eq!(proposer.merge(&h, 9), Ok(true));
+        assert_eq!(proposer.removed(), h.removed());
+    }
+
+    #[test]
     fn a_change_out_of_order_or_against_the_rules_is_skipped() {
         let mut h = ConfigHistory::new(&cluster(), 10);
         let skip_epoch = Configuration { epoch: 2, ..next(&h, vec![vec![20, 21, 22]]) };

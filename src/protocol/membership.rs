@@ -566,8 +566,11 @@ mod tests {
         m.join("127.0.0.1:5".into(), 0);
         let mut out = Out::new(false);
         m.on_timeout(0, true, &mut out);
-        assert_eq!(out.msgs.len(), c.proposers.len());
-        assert!(matches!(out.msgs[0].1, Msg::Join { role: RoleKind::Batcher, .. }));
+        // To the proposers, and to the replicas (which answer with a view naming the proposers
+        // now, in case the file's were replaced).
+        let to: Vec<NodeId> = out.msgs.iter().map(|(to, _)| *to).collect();
+        assert_eq!(to, c.proposers.iter().chain(&c.replicas).copied().collect::<Vec<_>>());
+        assert!(out.msgs.iter().all(|(_, m)| matches!(m, Msg::Join { role: RoleKind::Batcher, .. })));
         let mut view = View::from_config(&c);
         view.join(50, RoleKind::Batcher, "127.0.0.1:5".into());
         assert!(m.on_view(&view));

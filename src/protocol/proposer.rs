@@ -1170,6 +1170,8 @@ mod tests {
     fn candidate(tunables: Tunables) -> (Proposer, u64) {
         let mut p = Proposer::new(1, config(), tunables, 7, 0);
         let mut out = Out::new(false);
+        p.handle_message(0, 10, executed(0), &mut out);
+        let mut out = Out::new(false);
         p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
         assert_eq!(out.msgs.len(), 6, "Phase1a to every acceptor of every group");
         let Msg::Phase1a { nonce, .. } = out.msgs[0].1 else { panic!("{:?}", out.msgs[0]) };
@@ -1457,6 +1459,64 @@ mod tests {
         p.handle_message(1, 10, executed_with(1, &ConfigHistory::new(&config(), 4)), &mut out);
         assert!(p.is_leader());
         assert!(matches!(proposals(&out)[..], [(1, Value::Reconfig(_))]), "proposed again: {:?}", out.msgs);
+    }
+
+    #[test]
+    fn a_proposer_runs_only_once_a_replica_reported_and_only_while_the_newest_configuration_names_it() {
+        let mut p = Proposer::new(1, config(), Tunables::default(), 7, 0);
+        let mut out = Out::new(false);
+        p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+        assert!(out.msgs.is_empty(), "no report yet: it cannot tell which configurations are in force");
+        // A replica reports a change that replaced proposer 1 by 20.
+        let mut history = ConfigHistory::new(&config(), Tunables::default().max_in_flight_slots as u64);
+        let without_1 = Configuration { proposers: vec![2, 20], ..change(1, config().acceptor_groups) };
+        assert!(history.on_chosen(0, &Change { config: without_1, from_slot: 2, ballot: Ballot::ZERO }));
+        p.handle_message(1, 10, executed_with(3, &history), &mut Out::new(false));
+        for _ in 0..3 {
+            let mut out = Out::new(false);
+            p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+            assert!(!out.msgs.iter().any(|(_, m)| matches!(m, Msg::Phase1a { .. })), "removed: it never runs");
+        }
+        assert!(!p.is_leader());
+        // The leader tells it to leave; it says it has, to every proposer, and answers nothing more.
+        let mut out = Out::new(true);
+        p.handle_message(2, 2, Msg::Leave, &mut out);
+        assert!(out.events.contains(&Event::Left));
+        let told: BTreeSet<NodeId> = out.msgs.iter().filter(|(_, m)| *m == Msg::Left).map(|(to, _)| *to).collect();
+        assert_eq!(told, BTreeSet::from([2, 20]));
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_leader_that_a_change_removes_leads_the_slots_before_it_then_hands_over() {
+        let mut p = leader(Tunables { max_in_flight_slots: 8, ..Tunables::default() });
+        let mut history = ConfigHistory::new(&config(), 8);
+        let without_1 = Configuration { proposers: vec![2, 20], ..change(1, config().acceptor_groups) };
+        assert!(history.on_chosen(0, &Change { config: without_1, from_slot: 3, ballot: Ballot::ZERO }));
+        // The leader proposed slot 0, which chose the change (another leader's, say): it fills
+        // slots 1 and 2 (the old configuration's) with no-ops, and proposes nothing from slot 3
+        // on, where it is not a proposer.
+        let batch_msg = Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"0") };
+        p.handle_message(1, 12, batch_msg, &mut Out::new(false));
+        let mut out = Out::new(false);
+        p.handle_message(1, 10, executed_with(1, &history), &mut out);
+        assert_eq!(proposals(&out), vec![(1, Value::Noop), (2, Value::Noop)]);
+        let mut out = Out::new(false);
+        let batch_msg = Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"x") };
+        p.handle_message(2, 12, batch_msg, &mut out);
+        assert!(proposals(&out).is_empty(), "slot 3 belongs to the next configuration's leader");
+        assert!(p.is_leader(), "slots 1 and 2 are not executed yet");
+        // Every slot it led is executed: it hands over to the first proposer of the new
+        // configuration, which runs at once.
+        let mut out = Out::new(false);
+        p.handle_message(3, 10, executed_with(3, &history), &mut out);
+        assert!(!p.is_leader());
+        assert!(out.msgs.contains(&(2, Msg::LeadNow)), "{:?}", out.msgs);
+        let mut follower = Proposer::new(2, config(), Tunables::default(), 9, 0);
+        follower.handle_message(0, 10, executed_with(3, &history), &mut Out::new(false));
+        let mut out = Out::new(false);
+        follower.handle_message(4, 1, Msg::LeadNow, &mut out);
+        assert!(out.msgs.iter().any(|(_, m)| matches!(m, Msg::Phase1a { .. })), "{:?}", out.msgs);
     }
 
     #[test]

@@ -137,6 +137,9 @@ struct Learning {
     started_at: Time,
 }
 
+/// Removed replicas still running that a replica listens to, at most.
+const MAX_REMOVED_PEERS: usize = 64;
+
 /// One replica.
 pub struct Replica {
     id: NodeId,
@@ -147,6 +150,9 @@ pub struct Replica {
     /// The proposers of the configuration before `newest`: a leader that the newest removed
     /// still hears reports, so that it learns when to hand over.
     previous_proposers: Vec<NodeId>,
+    /// Replicas that a change removed and that still run: they may still teach (the state they
+    /// hold is a prefix of everyone's), until they leave.
+    removed_peers: BTreeSet<NodeId>,
     /// A replica started with `--join`: it announces itself until a view lists it.
     membership: Option<NodeMembership>,
     /// Told to leave after a change removed it: it answers nothing any more.
@@ -223,6 +229,7 @@ impl Replica {
             id,
             newest: Configuration::from_cluster(&config),
             previous_proposers: Vec::new(),
+            removed_peers: BTreeSet::new(),
             membership: None,
             left: false,
             history: ConfigHistory::new(&config, tunables.max_in_flight_slots as u64),
@@ -281,9 +288,13 @@ impl Replica {
         self.newest.replicas.iter().copied().filter(move |&r| r != self.id)
     }
 
-    /// Whether `from` is a replica of a configuration this replica keeps or knows to be newest.
+    /// Whether `from` is a replica of a configuration this replica keeps or knows to be newest,
+    /// or one that a change removed and that still runs.
     fn is_replica(&self, from: NodeId) -> bool {
-        from != self.id && (self.history.names_replica(from) || self.newest.replicas.contains(&from))
+        from != self.id
+            && (self.history.names_replica(from)
+                || self.newest.replicas.contains(&from)
+                || self.removed_peers.contains(&from))
     }
 
     /// The replica its disk describes: the snapshot's state, then every executed value after it
@@ -662,6 +673,9 @@ impl Replica {
         // been taught): its report says so.
         if configs.latest().config.replicas.contains(&from) {
             self.learn_newest(&configs.latest().config);
+        } else if configs.removed().contains(&(from, RoleKind::Replica)) && self.removed_peers.len() < MAX_REMOVED_PEERS {
+            // Removed, but it may hold what no other replica does (the others' disks wiped, say).
+            self.removed_peers.insert(from);
         }
         if !self.is_replica(from) {
             return;
