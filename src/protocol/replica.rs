@@ -1199,6 +1199,43 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_a_change_adds_learns_its_peers_from_their_reports_and_asks_to_be_taught() {
+        let config = ClusterConfig::f1(1, 1, 1, 1); // proposers 1, 2; replicas 7, 8
+        let tunables = Tunables::default();
+        let mut history = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
+        let with_30 = Configuration { epoch: 1, replicas: vec![7, 30], ..Configuration::from_cluster(&config) };
+        assert!(history.on_chosen(2, &Change { config: with_30, from_slot: 4, ballot: super::super::Ballot::ZERO }));
+        let sm = || new_state_machine(StateMachineKind::Kv);
+        let mut new = Replica::new(30, config.clone(), &tunables, sm(), 0).joining("127.0.0.1:9".into(), 0);
+        assert_eq!(new.status().state, super::super::messages::NodeState::Joining);
+        // Replica 8, removed, is not a teacher it knows of yet; replica 7's report names 30.
+        let mut out = Out::new(false);
+        new.handle_message(1, 7, Msg::Executed { watermark: 50, configs: history.clone() }, &mut out);
+        assert!(new.is_replica(7) && new.is_replica(8) && new.peers().eq([7]));
+        // Its next report goes to the proposers and to replica 7, and, stuck at 0 with a peer
+        // ahead, it asks that peer to teach it.
+        let mut out = Out::new(false);
+        new.handle_timeout(new.poll_timeout().unwrap().max(tunables.replica_report_interval_us), &mut out);
+        // (Held until the disk has what the watermark says, like every report.)
+        let to: BTreeSet<NodeId> = (out.after_persist.iter())
+            .filter(|(_, m)| matches!(m, Msg::Executed { .. }))
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(to, BTreeSet::from([1, 2, 7]));
+        assert!(out.msgs.iter().any(|(to, m)| *to == 7 && matches!(m, Msg::CatchUp { from_slot: 0, .. })));
+        // A node joining from a cluster file whose proposers are gone asks a replica, which
+        // answers with its view: the newest configuration, with the proposers now.
+        let mut old = replica(7);
+        let mut out = Out::new(false);
+        old.learn_newest(&history.latest().config);
+        old.handle_message(2, 55, Msg::Join { role: RoleKind::Batcher, addr: "127.0.0.1:1".into() }, &mut out);
+        match &out.msgs[..] {
+            [(55, Msg::Membership(view))] => assert_eq!(view.configuration().map(|c| c.epoch), Some(1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn executes_strictly_in_slot_order() {
         let mut r = replica(7);
         let out = chosen(&mut r, 1, vec![incr(100, 1)]);
