@@ -281,7 +281,8 @@ struct ReconfigureArgs {
     /// The cluster file the cluster runs from.
     #[arg(long)]
     config: PathBuf,
-    /// A cluster file with the new acceptor groups (their new members' addresses included).
+    /// A cluster file with the new acceptor groups, replicas and proposers (new nodes' addresses
+    /// included).
     #[arg(long)]
     to: PathBuf,
     /// How long to wait for the change to be in force.
@@ -317,8 +318,9 @@ struct SimArgs {
     /// during the faults; every leave must complete.
     #[arg(long)]
     churn: bool,
-    /// Frequent changes of acceptor configuration during the faults (3 to 6 per seed; heavy
-    /// faults alone make 0 to 2): groups added and removed, acceptors replaced.
+    /// Frequent changes of configuration during the faults (3 to 6 per seed; heavy faults alone
+    /// make 0 to 2): acceptor groups added and removed, acceptors replaced, replicas added,
+    /// removed and replaced, proposers added and replaced (the leader half the time).
     #[arg(long)]
     reconfig: bool,
     /// Worker threads (default: the cores this process may use).

@@ -309,10 +309,10 @@ impl Role for MockNode {
         match self.part {
             Part::Source => self.fill_window(now, out),
             Part::Watermark => {
+                // From the start (at 0): a proposer runs for leader only once a replica reported.
                 let w = self.world.lock().expect("not poisoned");
-                if let Some(high) = w.proposed_high {
-                    out.send(self.target, Msg::Executed { watermark: high + 1, configs: w.configs.clone() });
-                }
+                let watermark = w.proposed_high.map_or(0, |high| high + 1);
+                out.send(self.target, Msg::Executed { watermark, configs: w.configs.clone() });
             }
             _ => {}
         }

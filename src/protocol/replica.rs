@@ -627,6 +627,9 @@ impl Replica {
             return;
         }
         self.learn_newest(&change.config);
+        // Report at once rather than at the next period: the leader proposes nothing at or beyond
+        // the change's first slot until a replica reports it executed.
+        self.timers.set(Timer::Report as usize, self.now);
     }
 
     fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
