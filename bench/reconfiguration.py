@@ -133,6 +133,12 @@ def main():
             "lowest_ratio_in_the_steady_seconds_before": min(steady) / mean_before,
             "windows_during_changes": len(during),
             "windows_during_changes_below_0_9": sum(w["cmds_per_sec"] < 0.9 * mean_before for w in during),
+            "mean_ratio_during_changes": statistics.mean(w["cmds_per_sec"] for w in during) / mean_before,
+            "steady_ratio_stdev": statistics.pstdev(steady) / mean_before,
+            "lowest_window_after_a_change": min(
+                (w for c in changes for w in windows
+                 if c["asked_unix_ms"] + c["in_force_ms"] + 100 <= w["unix_ms"] < c["asked_unix_ms"] + 1000),
+                key=lambda w: w["cmds_per_sec"]),
             "steady_windows_below_0_9": sum(r < 0.9 * mean_before for r in steady),
             "steady_windows": len(steady),
             "lowest_ratio_in_the_second_after_the_kill":
@@ -154,6 +160,10 @@ def main():
           f"{result['windows_during_changes_below_0_9']} of {result['windows_during_changes']} windows below 0.9")
     print(f"lowest 100 ms window of the steady seconds (no change): {result['lowest_ratio_in_the_steady_seconds_before']:.2f}; "
           f"{result['steady_windows_below_0_9']} of {result['steady_windows']} below 0.9")
+    print(f"mean of the windows during changes: {result['mean_ratio_during_changes']:.2f} of the steady mean "
+          f"(the steady windows' standard deviation: {result['steady_ratio_stdev']:.2f})")
+    print(f"lowest window in the rest of each change's second: "
+          f"{result['lowest_window_after_a_change']['cmds_per_sec'] / result['mean_before_cmds_per_sec']:.2f}")
     print(f"lowest 100 ms window in the second after the kill: {result['lowest_ratio_in_the_second_after_the_kill']:.2f}")
     print(f"in force: median {result['median_in_force_ms']:.1f} ms, max {result['max_in_force_ms']:.1f} ms (goal: median <= 50)")
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
