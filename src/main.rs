@@ -674,7 +674,8 @@ fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let to = ClusterFile::load(&args.to).map_err(|e| e.to_string())?;
     let same = |a: &autopaxos::protocol::ClusterConfig, b: &autopaxos::protocol::ClusterConfig| {
-        (a.f, &a.proxy_leaders, &a.batchers, &a.unbatchers) == (b.f, &b.proxy_leaders, &b.batchers, &b.unbatchers)
+        (a.f, &a.proxy_leaders, &a.batchers, &a.unbatchers)
+            == (b.f, &b.proxy_leaders, &b.batchers, &b.unbatchers)
     };
     if to.cluster_id != file.cluster_id {
         return Err(format!("{}: another cluster ({})", args.to.display(), to.cluster_id));

@@ -32,7 +32,12 @@ fn cluster_file_with(cluster: &Cluster, name: &str, roles: Roles, joined: &[(u32
     };
     let stateless = cluster.nodes.iter().filter(|n| !matches!(n.role, "acceptor" | "replica" | "proposer"));
     for node in stateless {
-        toml += &format!("\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n", node.id, node.role, node.addr());
+        toml += &format!(
+            "\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\n",
+            node.id,
+            node.role,
+            node.addr()
+        );
     }
     for (role, ids) in [("replica", roles.replicas), ("proposer", roles.proposers)] {
         for &id in ids {
@@ -179,7 +184,8 @@ fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json::Va
             .collect();
         let digests: Vec<(Option<u64>, Option<&str>)> =
             replicas.iter().map(|r| (r["digest_at"].as_u64(), r["digest"].as_str())).collect();
-        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0]) {
+        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0])
+        {
             eprintln!("replicas {named:?} agree: {digests:?}");
             return end;
         }

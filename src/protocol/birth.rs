@@ -140,8 +140,14 @@ pub fn restarted_proposer_is_refused(mut seed: impl FnMut() -> u64) -> bool {
     let first_phase1a = |proposer: &mut Box<dyn Role>| {
         let mut out = Out::new(false);
         // A proposer runs only once a replica has told it the configurations.
-        let history = super::configuration::ConfigHistory::new(&config, Tunables::default().max_in_flight_slots as u64);
-        proposer.handle_message(0, config.replicas[0], Msg::Executed { watermark: 0, configs: history }, &mut out);
+        let history =
+            super::configuration::ConfigHistory::new(&config, Tunables::default().max_in_flight_slots as u64);
+        proposer.handle_message(
+            0,
+            config.replicas[0],
+            Msg::Executed { watermark: 0, configs: history },
+            &mut out,
+        );
         let at = proposer.poll_timeout().expect("a follower has an election timer");
         proposer.handle_timeout(at, &mut out);
         out.msgs.into_iter().map(|(_, m)| m).find(|m| matches!(m, Msg::Phase1a { .. })).expect("runs")
@@ -197,7 +203,10 @@ mod tests {
         for kind in [RoleKind::Acceptor, RoleKind::Replica, RoleKind::Proposer] {
             let mut new_node = spec(99, kind);
             new_node.joining = Some("127.0.0.1:1".into());
-            assert!(build(new_node, Recovered::default(), 0).is_ok(), "a change of configuration brings it in");
+            assert!(
+                build(new_node, Recovered::default(), 0).is_ok(),
+                "a change of configuration brings it in"
+            );
         }
         let stranger = spec(99, RoleKind::Replica);
         assert!(matches!(build(stranger, Recovered::default(), 0), Err(BirthError::NotInConfig { .. })));

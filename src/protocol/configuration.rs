@@ -125,7 +125,9 @@ pub enum ReconfigError {
     #[error("the new configuration must have epoch {expected} (the one in force has {current}), got {got}")]
     Epoch { current: u64, expected: u64, got: u64 },
     /// The change changes nothing.
-    #[error("the new configuration has the same acceptor groups, replicas and proposers as the one in force")]
+    #[error(
+        "the new configuration has the same acceptor groups, replicas and proposers as the one in force"
+    )]
     NoChange,
     /// The groups break a rule of the cluster file (group size, unique ids).
     #[error("{0}")]
@@ -423,7 +425,11 @@ mod tests {
     }
 
     fn next(h: &ConfigHistory, groups: Vec<Vec<NodeId>>) -> Configuration {
-        Configuration { epoch: h.latest().config.epoch + 1, acceptor_groups: groups, ..h.latest().config.clone() }
+        Configuration {
+            epoch: h.latest().config.epoch + 1,
+            acceptor_groups: groups,
+            ..h.latest().config.clone()
+        }
     }
 
     /// `config`, chosen at `slot`, in force `ahead` slots later.
@@ -463,9 +469,15 @@ mod tests {
         let err = validate_change(&base, &lone, 1).unwrap_err();
         assert!(err.to_string().contains("replicas: need at least 2"), "{err}");
         let lone = Configuration { epoch: 1, proposers: vec![2], ..base.clone() };
-        assert!(validate_change(&base, &lone, 1).unwrap_err().to_string().contains("proposers: need at least 2"));
+        assert!(validate_change(&base, &lone, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("proposers: need at least 2"));
         let clash = Configuration { epoch: 1, replicas: vec![10, 3], ..base.clone() };
-        assert_eq!(validate_change(&base, &clash, 1), Err(ReconfigError::Invalid(ConfigError::DuplicateId(3))));
+        assert_eq!(
+            validate_change(&base, &clash, 1),
+            Err(ReconfigError::Invalid(ConfigError::DuplicateId(3)))
+        );
         let replaced = Configuration { epoch: 1, replicas: vec![10, 30], proposers: vec![31, 2], ..base };
         assert!(apply(&mut h, change(replaced.clone(), 4, 5)));
         assert_eq!(h.removed(), &[(1, RoleKind::Proposer), (11, RoleKind::Replica)]);

@@ -147,11 +147,12 @@ impl View {
     /// Whether this view already holds everything `other` says (merging it would change nothing).
     pub fn covers(&self, other: &View) -> bool {
         let epoch = |v: &View| v.configuration.as_ref().map_or(0, |c| c.epoch);
-        epoch(self) >= epoch(other) && other.members.iter().filter(|m| can_join(m.role)).all(|theirs| {
-            self.find(theirs.id).is_some_and(|mine| {
-                mine.standing >= theirs.standing && (theirs.addr.is_empty() || !mine.addr.is_empty())
+        epoch(self) >= epoch(other)
+            && other.members.iter().filter(|m| can_join(m.role)).all(|theirs| {
+                self.find(theirs.id).is_some_and(|mine| {
+                    mine.standing >= theirs.standing && (theirs.addr.is_empty() || !mine.addr.is_empty())
+                })
             })
-        })
     }
 
     fn bound_tombstones(&mut self) {
@@ -235,8 +236,10 @@ impl View {
         if !can_join(role) {
             return false;
         }
-        let joiner =
-            View { members: vec![Member { id, role, standing: Standing::InService, addr }], configuration: None };
+        let joiner = View {
+            members: vec![Member { id, role, standing: Standing::InService, addr }],
+            configuration: None,
+        };
         self.merge(&joiner)
     }
 
@@ -263,10 +266,7 @@ impl View {
 
     /// Acceptors, replicas and proposers that a change removed and that have not said they left.
     pub fn removed_stateful(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members
-            .iter()
-            .filter(|m| !is_stateless(m.role) && m.standing == Standing::Leaving)
-            .map(|m| m.id)
+        self.members.iter().filter(|m| !is_stateless(m.role) && m.standing == Standing::Leaving).map(|m| m.id)
     }
 
     /// Marks `id` as left once it has drained. Returns whether anything changed.

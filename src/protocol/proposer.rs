@@ -37,7 +37,9 @@
 
 use super::config::{ClusterConfig, Tunables};
 use super::configuration::{validate_change, Change, ConfigHistory, Configuration, ReconfigError};
-use super::membership::{is_stateless, membership_period_us, NodeMembership, Standing, View, HEARTBEATS_PER_VIEW};
+use super::membership::{
+    can_join, is_stateless, membership_period_us, NodeMembership, Standing, View, HEARTBEATS_PER_VIEW,
+};
 use super::messages::{encode_batch, Msg, NodeState, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
@@ -766,13 +768,16 @@ impl Proposer {
         let viewed = |id| self.view.members().iter().find(|m| m.id == id);
         // A node new to the configuration (or to its role in it) must be one that joined as that
         // role, and not one that a change removed.
-        let new_nodes: Vec<(NodeId, RoleKind)> =
-            config.members().filter(|(id, role)| !latest.config.members().any(|m| m == (*id, *role))).collect();
+        let new_nodes: Vec<(NodeId, RoleKind)> = config
+            .members()
+            .filter(|(id, role)| !latest.config.members().any(|m| m == (*id, *role)))
+            .collect();
         let taken = new_nodes.iter().copied().find(|&(id, role)| {
             configured(id).is_some_and(|r| r != role)
                 || viewed(id).is_some_and(|m| m.role != role || m.standing != Standing::InService)
         });
-        let unknown = new_nodes.iter().copied().find(|&(id, _)| configured(id).is_none() && viewed(id).is_none());
+        let unknown =
+            new_nodes.iter().copied().find(|&(id, _)| configured(id).is_none() && viewed(id).is_none());
         let check = match (taken, unknown) {
             (Some((id, _)), _) => Err(ReconfigError::TakenId(id)),
             (None, Some((id, role))) => Err(ReconfigError::NotJoined { id, role: role.name() }),
@@ -835,8 +840,8 @@ impl Proposer {
         }
     }
 
-    /// Tells a removed node to leave (again at each view, until it says it has), and marks it
-    /// gone in the view.
+    /// Tells a removed node to leave (again at each view, until it says it has; its `Left` makes
+    /// it a tombstone in the view).
     fn retire(&mut self, id: NodeId, out: &mut Out) {
         if self.retired.len() < MAX_RETIRING && self.retired.insert(id) {
             // The view first: it carries the configuration that removed the node, which a
@@ -870,7 +875,7 @@ impl Proposer {
 
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
         let configured = self.config.all_nodes().any(|(id, kind)| id == from && !is_stateless(kind));
-        if configured || !super::membership::can_join(role) {
+        if configured || !can_join(role) {
             out.dropped("proposer: a join by a node that cannot join");
             return;
         }
@@ -1106,7 +1111,10 @@ impl Role for Proposer {
         if self.left {
             return None;
         }
-        super::membership::earliest(self.timers.next(), self.membership.as_ref().and_then(|m| m.poll_timeout()))
+        super::membership::earliest(
+            self.timers.next(),
+            self.membership.as_ref().and_then(|m| m.poll_timeout()),
+        )
     }
 
     fn kind(&self) -> RoleKind {
@@ -1475,14 +1483,18 @@ mod tests {
         for _ in 0..3 {
             let mut out = Out::new(false);
             p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
-            assert!(!out.msgs.iter().any(|(_, m)| matches!(m, Msg::Phase1a { .. })), "removed: it never runs");
+            assert!(
+                !out.msgs.iter().any(|(_, m)| matches!(m, Msg::Phase1a { .. })),
+                "removed: it never runs"
+            );
         }
         assert!(!p.is_leader());
         // The leader tells it to leave; it says it has, to every proposer, and answers nothing more.
         let mut out = Out::new(true);
         p.handle_message(2, 2, Msg::Leave, &mut out);
         assert!(out.events.contains(&Event::Left));
-        let told: BTreeSet<NodeId> = out.msgs.iter().filter(|(_, m)| *m == Msg::Left).map(|(to, _)| *to).collect();
+        let told: BTreeSet<NodeId> =
+            out.msgs.iter().filter(|(_, m)| *m == Msg::Left).map(|(to, _)| *to).collect();
         assert_eq!(told, BTreeSet::from([2, 20]));
         assert_eq!(p.poll_timeout(), None);
     }

@@ -676,7 +676,9 @@ impl Replica {
         // been taught): its report says so.
         if configs.latest().config.replicas.contains(&from) {
             self.learn_newest(&configs.latest().config);
-        } else if configs.removed().contains(&(from, RoleKind::Replica)) && self.removed_peers.len() < MAX_REMOVED_PEERS {
+        } else if configs.removed().contains(&(from, RoleKind::Replica))
+            && self.removed_peers.len() < MAX_REMOVED_PEERS
+        {
             // Removed, but it may hold what no other replica does (the others' disks wiped, say).
             self.removed_peers.insert(from);
         }
@@ -1033,7 +1035,9 @@ impl Role for Replica {
         match msg {
             Msg::Chosen { slot, value } => self.on_chosen(slot, value, out),
             Msg::Executed { watermark, configs } => self.on_executed(from, watermark, &configs, out),
-            Msg::Membership(view) if self.is_replica(from) || self.view.accepts_view_from(from, &view, &self.config) => {
+            Msg::Membership(view)
+                if self.is_replica(from) || self.view.accepts_view_from(from, &view, &self.config) =>
+            {
                 if let Some(m) = self.membership.as_mut() {
                     m.on_view(&view);
                 }
@@ -1101,7 +1105,10 @@ impl Role for Replica {
         if self.left {
             return None;
         }
-        super::membership::earliest(self.timers.next(), self.membership.as_ref().and_then(|m| m.poll_timeout()))
+        super::membership::earliest(
+            self.timers.next(),
+            self.membership.as_ref().and_then(|m| m.poll_timeout()),
+        )
     }
 
     fn kind(&self) -> RoleKind {
@@ -1206,12 +1213,15 @@ mod tests {
         let config = ClusterConfig::f1(1, 1, 1, 1); // proposers 1, 2; replicas 7, 8
         let tunables = Tunables::default();
         let mut history = ConfigHistory::new(&config, tunables.max_in_flight_slots as u64);
-        let with_30 = Configuration { epoch: 1, replicas: vec![7, 30], ..Configuration::from_cluster(&config) };
-        assert!(history.on_chosen(2, &Change { config: with_30, from_slot: 4, ballot: super::super::Ballot::ZERO }));
+        let with_30 =
+            Configuration { epoch: 1, replicas: vec![7, 30], ..Configuration::from_cluster(&config) };
+        assert!(history
+            .on_chosen(2, &Change { config: with_30, from_slot: 4, ballot: super::super::Ballot::ZERO }));
         let sm = || new_state_machine(StateMachineKind::Kv);
         let mut new = Replica::new(30, config.clone(), &tunables, sm(), 0).joining("127.0.0.1:9".into(), 0);
         assert_eq!(new.status().state, super::super::messages::NodeState::Joining);
-        // Replica 8, removed, is not a teacher it knows of yet; replica 7's report names 30.
+        // Replica 7's report names 30: 30 learns its peers from it (8, in the cluster file's
+        // configuration it still keeps, counts until a snapshot brings it the newer history).
         let mut out = Out::new(false);
         new.handle_message(1, 7, Msg::Executed { watermark: 50, configs: history.clone() }, &mut out);
         assert!(new.is_replica(7) && new.is_replica(8) && new.peers().eq([7]));
@@ -1231,7 +1241,12 @@ mod tests {
         let mut old = replica(7);
         let mut out = Out::new(false);
         old.learn_newest(&history.latest().config);
-        old.handle_message(2, 55, Msg::Join { role: RoleKind::Batcher, addr: "127.0.0.1:1".into() }, &mut out);
+        old.handle_message(
+            2,
+            55,
+            Msg::Join { role: RoleKind::Batcher, addr: "127.0.0.1:1".into() },
+            &mut out,
+        );
         match &out.msgs[..] {
             [(55, Msg::Membership(view))] => assert_eq!(view.configuration().map(|c| c.epoch), Some(1)),
             other => panic!("{other:?}"),
@@ -1503,8 +1518,11 @@ mod tests {
         let unchanged = Replica::new(8, config.clone(), &tunables, new_sm(), 0);
         let mut disk = Recovered::default();
         let base = Configuration::from_cluster(&config);
-        let two_groups =
-            Configuration { epoch: 1, acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]], ..base.clone() };
+        let two_groups = Configuration {
+            epoch: 1,
+            acceptor_groups: vec![vec![3, 4, 5], vec![20, 21, 22]],
+            ..base.clone()
+        };
         let skipped = Configuration { epoch: 5, acceptor_groups: vec![vec![30, 31, 32]], ..base };
         let change = |config: &Configuration, from_slot| {
             Value::Reconfig(

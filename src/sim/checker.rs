@@ -265,7 +265,12 @@ mod tests {
     use super::*;
 
     fn first() -> Configuration {
-        Configuration { epoch: 0, acceptor_groups: vec![vec![3, 4, 5]], replicas: vec![7, 8], proposers: vec![1, 2] }
+        Configuration {
+            epoch: 0,
+            acceptor_groups: vec![vec![3, 4, 5]],
+            replicas: vec![7, 8],
+            proposers: vec![1, 2],
+        }
     }
 
     const B1: Ballot = Ballot { round: 1, proposer: 1 };

@@ -390,7 +390,9 @@ enum ChangeKind {
     Acceptors,
     Replicas,
     /// `leader`: the proposer replaced was leading when the change was asked for.
-    Proposers { leader: bool },
+    Proposers {
+        leader: bool,
+    },
 }
 
 /// The operator (or autoscaler) that asks nodes to leave.
@@ -798,7 +800,8 @@ impl<'t> Simulator<'t> {
     /// Sends the change to every proposer (the leader makes it; the others say who leads), and
     /// looks again later.
     fn ask_for_change(&mut self, target: Configuration) {
-        let mut proposers: std::collections::BTreeSet<NodeId> = self.cluster.proposers.iter().copied().collect();
+        let mut proposers: std::collections::BTreeSet<NodeId> =
+            self.cluster.proposers.iter().copied().collect();
         proposers.extend(&self.checker.latest_config().proposers);
         for p in proposers {
             self.send(OPERATOR, p, Msg::Reconfigure(target.clone()));
@@ -1290,7 +1293,10 @@ impl<'t> Simulator<'t> {
     /// need not keep up).
     fn final_replicas(&self) -> impl Iterator<Item = (NodeId, &SimNode)> + '_ {
         let named = &self.checker.latest_config().replicas;
-        self.nodes.iter().filter(move |(id, n)| !n.dead && !n.left && named.contains(id)).map(|(&id, n)| (id, n))
+        self.nodes
+            .iter()
+            .filter(move |(id, n)| !n.dead && !n.left && named.contains(id))
+            .map(|(&id, n)| (id, n))
     }
 
     fn replica_watermarks(&self) -> Vec<(NodeId, u64)> {
