@@ -144,6 +144,11 @@ const RECONFIG_REGRESSION_SEEDS: &[(u64, &str)] = &[
     (434, "a proposer that joined and was removed was never told to leave by a leader that joined later"),
     (1016, "a removed acceptor was never told to leave: every proposer had learned the change in Phase 1"),
     (
+        3832,
+        "a leader that a change removed got no more reports (both replicas, wiped, had been taught \
+         a snapshot past the configuration that named it) and led on; views told it of the change",
+    ),
+    (
         2517,
         "both remaining replicas' disks were wiped while the removed one held the only state; they \
          ignored its reports and never caught up",

@@ -240,6 +240,12 @@ impl Proposer {
         &self.history.latest().config.proposers
     }
 
+    /// Whether the newest configuration known (from the replicas' reports, or a view that carried
+    /// a newer one) names this proposer: only then may it run.
+    fn named_proposer(&self) -> bool {
+        newest_known(&self.history, &self.view).proposers.contains(&self.id)
+    }
+
     /// The replicas of the newest configuration known: they report, and hear views.
     fn replicas(&self) -> &[NodeId] {
         &self.history.latest().config.replicas
@@ -301,7 +307,7 @@ impl Proposer {
             self.timers.set(Timer::Election as usize, now + self.tunables.heartbeat_interval_us);
             return;
         }
-        if !self.proposers().contains(&self.id) {
+        if !self.named_proposer() {
             // Not (or no longer) a proposer of the newest configuration: it may not lead.
             if !matches!(self.state, State::Follower) {
                 self.step_down(now, out);
@@ -926,6 +932,16 @@ impl Proposer {
     }
 
     fn on_heartbeat_timer(&mut self, now: Time, out: &mut Out) {
+        if self.is_leader() && !self.named_proposer() {
+            // A view says a change removed this leader, but no replica reports to it any more (one
+            // taught a snapshot past the configuration that named it, say): hand over now. Safe at
+            // any time; the next leader's Phase 1 finds what this one left in flight.
+            let successor = newest_known(&self.history, &self.view).proposers[0];
+            self.leader_hint = None;
+            self.step_down(now, out);
+            out.send(successor, Msg::LeadNow);
+            return;
+        }
         self.send_heartbeats(out);
         self.heartbeats_since_view += 1;
         if self.is_leader() && self.heartbeats_since_view >= HEARTBEATS_PER_VIEW {
