@@ -66,23 +66,7 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
                 .map(|s| s.to_string())
                 .collect()
         } else {
-            [
-                role,
-                "--config",
-                &cluster.config.display().to_string(),
-                "--node",
-                &id.to_string(),
-                "--join",
-                "--listen",
-                &addr.to_string(),
-                "--metrics-addr",
-                &metrics.to_string(),
-                "--cores",
-                "1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+            cluster.join_args(role, id, addr, metrics)
         };
         let proc = Proc::spawn(&cluster.dir, &format!("join{id}-{role}"), &args);
         joiners.push(Joiner { id, role, addr, metrics, proc });

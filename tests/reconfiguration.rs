@@ -63,22 +63,7 @@ fn join(cluster: &mut Cluster, role: &str, id: u32) -> SocketAddr {
     let ports = common::free_ports(2);
     let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     let metrics = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-    let config = cluster.config.display().to_string();
-    let args = [
-        role,
-        "--config",
-        &config,
-        "--node",
-        &id.to_string(),
-        "--join",
-        "--listen",
-        &addr.to_string(),
-        "--metrics-addr",
-        &metrics.to_string(),
-        "--cores",
-        "1",
-    ]
-    .map(String::from);
+    let args = cluster.join_args(role, id, addr, metrics);
     cluster.extra.push(Proc::spawn(&cluster.dir, &format!("join{id}-{role}"), &args));
     addr
 }
@@ -158,7 +143,7 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     );
     assert!(!refused.0, "a group of two was accepted: {refused:?}");
 
-    common::assert_verified(&mut cluster.extra[client]);
+    common::finish_client(&mut cluster, client);
 
     // The acceptors no configuration names any more leave by themselves once the log is trimmed
     // past their slots, and their processes exit.
@@ -227,7 +212,7 @@ fn a_replica_and_the_leading_proposer_are_replaced_under_load_without_losing_a_w
     let status = cluster.proc_mut(leader).wait(Duration::from_secs(30));
     assert!(status.success(), "removed leader {leader} did not leave: {status}");
 
-    common::assert_verified(&mut cluster.extra[client]);
+    common::finish_client(&mut cluster, client);
     let end = assert_replicas_agree(&cluster, 2);
     let new_leader = end["leader"]["node"].as_u64().expect("a leader after the change") as u32;
     assert!([other, 22].contains(&new_leader), "leader {new_leader} is not a proposer of epoch 2: {end:#}");

@@ -157,12 +157,14 @@ const RECONFIG_REGRESSION_SEEDS: &[(u64, &str)] = &[
 
 #[test]
 fn reconfig_seeds_that_once_found_bugs_stay_fixed() {
-    for &(seed, bug) in RECONFIG_REGRESSION_SEEDS {
-        let opts = SimOptions { reconfig: true, ..SimOptions::new(FaultLevel::Heavy) };
-        let outcome = run_seed(seed, &opts, None);
-        assert!(outcome.violations.is_empty(), "seed {seed} ({bug}) fails again: {:?}", outcome.violations);
-        assert!(outcome.faults.reconfigs >= 1, "seed {seed} changed its configuration: {outcome:?}");
-    }
+    let opts = SimOptions { reconfig: true, ..SimOptions::new(FaultLevel::Heavy) };
+    assert_stay_fixed(RECONFIG_REGRESSION_SEEDS, &opts, |outcome| {
+        assert!(
+            outcome.faults.reconfigs >= 1,
+            "seed {} changed its configuration: {outcome:?}",
+            outcome.seed
+        );
+    });
 }
 
 /// Churn seeds that found bugs, kept so the bugs stay fixed.
@@ -181,19 +183,23 @@ const CHURN_REGRESSION_SEEDS: &[(u64, &str)] = &[
 
 #[test]
 fn churn_seeds_that_once_found_bugs_stay_fixed() {
-    for &(seed, bug) in CHURN_REGRESSION_SEEDS {
-        let opts = SimOptions { churn: true, ..SimOptions::new(FaultLevel::Heavy) };
-        let outcome = run_seed(seed, &opts, None);
-        assert!(outcome.violations.is_empty(), "seed {seed} ({bug}) fails again: {:?}", outcome.violations);
-        assert!(outcome.joined == 2 && outcome.left > 0, "seed {seed} churned: {outcome:?}");
-    }
+    let opts = SimOptions { churn: true, ..SimOptions::new(FaultLevel::Heavy) };
+    assert_stay_fixed(CHURN_REGRESSION_SEEDS, &opts, |outcome| {
+        assert!(outcome.joined == 2 && outcome.left > 0, "seed {} churned: {outcome:?}", outcome.seed);
+    });
 }
 
 #[test]
 fn seeds_that_once_found_bugs_stay_fixed() {
-    for &(seed, bug) in REGRESSION_SEEDS {
-        let outcome = run_seed(seed, &SimOptions::new(FaultLevel::Heavy), None);
+    assert_stay_fixed(REGRESSION_SEEDS, &SimOptions::new(FaultLevel::Heavy), |_| {});
+}
+
+/// Runs each seed with `opts`: no violation, and `ran` checks that it exercised what it is for.
+fn assert_stay_fixed(seeds: &[(u64, &str)], opts: &SimOptions, ran: impl Fn(&Outcome)) {
+    for &(seed, bug) in seeds {
+        let outcome = run_seed(seed, opts, None);
         assert!(outcome.violations.is_empty(), "seed {seed} ({bug}) fails again: {:?}", outcome.violations);
+        ran(&outcome);
     }
 }
 

@@ -16,7 +16,7 @@
 
 use super::config::{ClusterConfig, Tunables};
 use super::durable::{Record, Recovered, Storage};
-use super::membership::{membership_period_us, NodeMembership};
+use super::membership::{membership_period_us, report_left, NodeMembership};
 use super::messages::{AcceptedEntry, Msg, Phase1bReply, Value};
 use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
 use std::collections::BTreeMap;
@@ -114,12 +114,7 @@ impl Acceptor {
             self.left = true;
             out.event(|| Event::Left);
         }
-        // Every proposer hears it, so that a later leader does not tell it again.
-        let told: std::collections::BTreeSet<NodeId> =
-            self.membership.proposers().iter().copied().chain([from]).collect();
-        for to in told {
-            out.send(to, Msg::Left);
-        }
+        report_left(out, self.id, from, self.membership.proposers().iter().copied());
     }
 
     /// Queues `record` if this acceptor is durable.

@@ -306,6 +306,22 @@ impl std::fmt::Display for View {
     }
 }
 
+/// A node that a change of configuration removed reports `Left` to whoever asked it to leave and
+/// to every proposer in `proposers` (once each, never to itself), so that no later leader tells it
+/// again.
+pub fn report_left(
+    out: &mut Out,
+    me: NodeId,
+    requested_by: NodeId,
+    proposers: impl IntoIterator<Item = NodeId>,
+) {
+    let told: std::collections::BTreeSet<NodeId> =
+        proposers.into_iter().chain([requested_by]).filter(|&p| p != me).collect();
+    for to in told {
+        out.send(to, Msg::Left);
+    }
+}
+
 /// Whether nodes of `role` can join and leave a running cluster.
 pub fn is_stateless(role: RoleKind) -> bool {
     matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)

@@ -38,7 +38,8 @@
 use super::config::{ClusterConfig, Tunables};
 use super::configuration::{validate_change, Change, ConfigHistory, Configuration, ReconfigError};
 use super::membership::{
-    can_join, is_stateless, membership_period_us, NodeMembership, Standing, View, HEARTBEATS_PER_VIEW,
+    can_join, is_stateless, membership_period_us, report_left, NodeMembership, Standing, View,
+    HEARTBEATS_PER_VIEW,
 };
 use super::messages::{encode_batch, Msg, NodeState, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
@@ -694,10 +695,7 @@ impl Proposer {
         if !latest.config.proposers.contains(&self.id) && executed >= latest.from_slot {
             // A change removed this leader and every slot it led before it is executed: hand over.
             let successor = latest.config.proposers[0];
-            self.leader_hint = None;
-            self.step_down(now, out);
-            out.send(successor, Msg::LeadNow);
-            return;
+            return self.hand_over(now, successor, out);
         }
         l.in_flight = l.in_flight.split_off(&executed);
         // A change proposed in a slot now executed that did not become the newest configuration
@@ -725,6 +723,14 @@ impl Proposer {
             self.change_view(out, |v| v.mark_removed(id, role));
         }
         self.change_view(out, |v| v.learn_configuration(&newest));
+    }
+
+    /// A leader that a change removed steps down and tells `successor` (a proposer of the new
+    /// configuration) to run at once.
+    fn hand_over(&mut self, now: Time, successor: NodeId, out: &mut Out) {
+        self.leader_hint = None;
+        self.step_down(now, out);
+        out.send(successor, Msg::LeadNow);
     }
 
     /// Tells every node that a change removed, and that no kept configuration names any more,
@@ -904,13 +910,9 @@ impl Proposer {
             out.dropped("proposer: asked to leave while the newest configuration it knows names it");
             return;
         }
-        let others = newest.proposers.iter().chain(&self.config.proposers).filter(|&&p| p != self.id);
-        let told: BTreeSet<NodeId> = others.copied().chain([from]).collect();
+        report_left(out, self.id, from, newest.proposers.iter().chain(&self.config.proposers).copied());
         self.step_down(now, out);
         self.left = true;
-        for to in told {
-            out.send(to, Msg::Left);
-        }
         out.event(|| Event::Left);
     }
 
@@ -937,10 +939,7 @@ impl Proposer {
             // taught a snapshot past the configuration that named it, say): hand over now. Safe at
             // any time; the next leader's Phase 1 finds what this one left in flight.
             let successor = newest_known(&self.history, &self.view).proposers[0];
-            self.leader_hint = None;
-            self.step_down(now, out);
-            out.send(successor, Msg::LeadNow);
-            return;
+            return self.hand_over(now, successor, out);
         }
         self.send_heartbeats(out);
         self.heartbeats_since_view += 1;
@@ -1048,7 +1047,7 @@ impl Proposer {
 }
 
 /// The newest configuration a node knows: its history's, or a newer one a view carried.
-pub fn newest_known<'a>(history: &'a ConfigHistory, view: &'a View) -> &'a Configuration {
+fn newest_known<'a>(history: &'a ConfigHistory, view: &'a View) -> &'a Configuration {
     match view.configuration() {
         Some(c) if c.epoch > history.latest().config.epoch => c,
         _ => &history.latest().config,

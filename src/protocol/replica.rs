@@ -45,7 +45,7 @@
 use super::config::{ClusterConfig, Tunables};
 use super::configuration::{Change, ConfigHistory, Configuration};
 use super::durable::{Record, Recovered, Storage};
-use super::membership::{membership_period_us, NodeMembership, View};
+use super::membership::{membership_period_us, report_left, NodeMembership, View};
 use super::messages::{
     chunk_by_bytes, with_archived, AcceptedEntry, ClientReply, CommandBatch, Msg, Value, MAX_AGGREGATE_BYTES,
 };
@@ -1000,12 +1000,7 @@ impl Replica {
             return;
         }
         self.left = true;
-        // Every proposer hears it, so that a later leader does not tell it again.
-        let told: BTreeSet<NodeId> =
-            self.newest.proposers.iter().chain(&self.config.proposers).copied().chain([from]).collect();
-        for to in told {
-            out.send(to, Msg::Left);
-        }
+        report_left(out, self.id, from, self.newest.proposers.iter().chain(&self.config.proposers).copied());
         out.event(|| Event::Left);
     }
 

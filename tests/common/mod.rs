@@ -242,6 +242,18 @@ impl Cluster {
         Cluster { dir, config, cluster_id, nodes, procs: Vec::new(), extra: Vec::new() }
     }
 
+    /// The command line of node `id` of `role` that is not in the cluster file and joins the
+    /// running cluster (`<role> --join`), listening at `addr`, metrics at `metrics`, on one core.
+    pub fn join_args(&self, role: &str, id: u32, addr: SocketAddr, metrics: SocketAddr) -> Vec<String> {
+        let (config, id, addr, metrics) =
+            (self.config.display().to_string(), id.to_string(), addr.to_string(), metrics.to_string());
+        [role, "--config", &config, "--node", &id, "--join", "--listen", &addr, "--metrics-addr", &metrics]
+            .into_iter()
+            .chain(["--cores", "1"])
+            .map(String::from)
+            .collect()
+    }
+
     pub fn node(&self, id: u32) -> &NodeSpec {
         self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
     }
@@ -577,19 +589,6 @@ pub fn has_metric(exposition: &str, name: &str, want: &[(&str, &str)]) -> bool {
     exposition.lines().filter_map(parse_sample).any(|(n, labels, _)| {
         n == name && want.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
     })
-}
-
-/// Waits for a `client --verify` process to finish and asserts that it succeeded, read back at
-/// least one acknowledged write and lost none. Returns its stdout and stderr.
-pub fn assert_verified(proc: &mut Proc) -> (String, String) {
-    let status = proc.wait(Duration::from_secs(90));
-    let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
-    let context = format!("client stdout:\n{stdout}\nclient stderr:\n{}", tail(&proc.stderr, 40));
-    assert!(status.success(), "the client failed ({status}):\n{context}");
-    let (intact, lost) = verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{context}"));
-    assert_eq!(lost, 0, "an acknowledged write was lost:\n{context}");
-    assert!(intact > 0, "nothing was read back:\n{context}");
-    (stdout, stderr)
 }
 
 /// `client --verify`'s counts from its stdout: (writes read back intact, writes lost).
