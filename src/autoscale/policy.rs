@@ -1,5 +1,5 @@
-//! The autoscaler's decision engine: pure, sans-IO and deterministic. Each interval the loop hands it,
-//! per stateless role, the measured load and the current node count, and the time (a `Duration` since
+//! The autoscaler's sizing engine: pure, sans-IO and deterministic. Each interval the loop hands it,
+//! per scaled role, the measured load and the current node count, and the time (a `Duration` since
 //! the autoscaler started, never read from a clock here); it answers one [`Decision`] per role, each
 //! with a human-readable reason.
 //!
@@ -16,6 +16,10 @@
 //!   of those intervals under the scale-in threshold on the nodes that remain;
 //! - after any action on a role, nothing more for that role until `cooldown` has passed; the streaks
 //!   start again after an action (they measured the old count).
+//!
+//! Acceptors are sized the same way by groups ([`Policy::with_acceptor_groups`]): the load is the
+//! Phase2a messages per second of every group together, one group carries what one acceptor can
+//! (its measured `msgs_per_sec_per_core`), and the count is the groups of the configuration in force.
 //!
 //! Why it does not flap: if the load stays within `[c(1 − a), c(1 + a)]` with `(1 + a)/(1 − a) ≤
 //! 1/(1 − band)`, then after a scale out the peak can never fall under the scale-in threshold on one node
@@ -171,7 +175,7 @@ pub struct Decision {
     pub to: u32,
     /// The load it was decided on (commands per second), if measured.
     pub load: Option<f64>,
-    /// Measured commands per second of one node.
+    /// Measured load one node (one group, for acceptors) carries.
     pub capacity_per_node: f64,
     /// load / (nodes × capacity), if measured.
     pub utilisation: Option<f64>,
@@ -200,12 +204,26 @@ struct RoleState {
     last_action: Option<Duration>,
 }
 
+/// How one scaled role is sized: what one unit (a node, or a group of acceptors) carries, in which
+/// unit of load, and the bounds on its count.
+#[derive(Debug, Clone, PartialEq)]
+struct Scale {
+    /// Measured load one unit carries at 100%.
+    capacity: f64,
+    /// The load's unit, as the reasons print it (`cmds/s`, `Phase2a/s`).
+    load_unit: &'static str,
+    /// What is counted (`node`, `group`).
+    counted: &'static str,
+    min: u32,
+    max: u32,
+}
+
 /// The decision engine. Feed it one [`Policy::decide`] call per interval.
 #[derive(Debug, Clone)]
 pub struct Policy {
     config: PolicyConfig,
-    /// Measured commands per second per core, per scaled role.
-    capacity: BTreeMap<RoleKind, f64>,
+    /// Per scaled role: measured capacity per node (or group), unit and bounds.
+    scale: BTreeMap<RoleKind, Scale>,
     state: BTreeMap<RoleKind, RoleState>,
 }
 
@@ -217,8 +235,8 @@ fn rate(x: f64) -> String {
     thousands(x.round().max(0.0) as u64)
 }
 
-fn nodes(n: u32) -> String {
-    format!("{n} node{}", if n == 1 { "" } else { "s" })
+fn count(n: u32, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 impl Policy {
@@ -237,9 +255,49 @@ impl Policy {
             if !(value.is_finite() && value > 0.0) {
                 return Err(PlanError::BadCapacity { role: name, file: file.to_string(), value }.into());
             }
-            capacity.insert(role, value);
+            let scale = Scale {
+                capacity: value,
+                load_unit: "cmds/s",
+                counted: "node",
+                min: config.min_nodes,
+                max: config.max_nodes,
+            };
+            capacity.insert(role, scale);
         }
-        Ok(Policy { config, capacity, state: BTreeMap::new() })
+        Ok(Policy { config, scale: capacity, state: BTreeMap::new() })
+    }
+
+    /// Also sizes the acceptor groups, between `min` and `max` groups: the load is the Phase2a
+    /// messages per second all groups receive together, and one group carries what one acceptor
+    /// can (`msgs_per_sec_per_core` of the acceptor in `caps`), since every member of a slot's
+    /// group votes on it.
+    pub fn with_acceptor_groups(
+        mut self,
+        caps: &Capacities,
+        file: &str,
+        min: u32,
+        max: u32,
+    ) -> Result<Policy, PolicyError> {
+        let name = RoleKind::Acceptor.name();
+        let cap = caps.roles.get(name).ok_or_else(|| PlanError::MissingRole {
+            role: name,
+            file: file.to_string(),
+            present: caps.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let value = cap.msgs_per_sec_per_core;
+        if !(value.is_finite() && value > 0.0) {
+            return Err(PolicyError::Setting(format!(
+                "{file}: roles.acceptor.msgs_per_sec_per_core must be a positive number (got {value})"
+            )));
+        }
+        if min == 0 || min > max {
+            return Err(PolicyError::Setting(format!(
+                "--min-groups ({min}) must be at least 1 and not exceed --max-groups ({max})"
+            )));
+        }
+        let scale = Scale { capacity: value, load_unit: "Phase2a/s", counted: "group", min, max };
+        self.scale.insert(RoleKind::Acceptor, scale);
+        Ok(self)
     }
 
     /// The configuration in force.
@@ -247,9 +305,9 @@ impl Policy {
         &self.config
     }
 
-    /// A role's measured capacity per node (commands per second), if it is a scaled role.
+    /// A role's measured capacity per node (or per group, for acceptors), if it is a scaled role.
     pub fn capacity(&self, role: RoleKind) -> Option<f64> {
-        self.capacity.get(&role).copied()
+        self.scale.get(&role).map(|s| s.capacity)
     }
 
     /// Decides, for each observed scaled role (others are ignored), what to do at `now`.
@@ -258,7 +316,8 @@ impl Policy {
     }
 
     fn decide_role(&mut self, now: Duration, o: &Observation) -> Option<Decision> {
-        let capacity = *self.capacity.get(&o.role)?;
+        let Scale { capacity, load_unit: unit, counted, min, max } = self.scale.get(&o.role)?.clone();
+        let nodes = |n: u32| count(n, counted);
         let c = &self.config;
         let usable = capacity * (1.0 - c.headroom);
         let (out_t, in_t) = (c.scale_out_threshold(), c.scale_in_threshold());
@@ -289,12 +348,12 @@ impl Policy {
         let util = if n == 0 { f64::INFINITY } else { load / (f64::from(n) * capacity) };
         let raw_target =
             ((load / usable * (1.0 - ROUNDING_SLACK)).ceil() as u64).min(u64::from(u32::MAX)) as u32;
-        let target = raw_target.clamp(c.min_nodes, c.max_nodes);
+        let target = raw_target.clamp(min, max);
         decision.utilisation = util.is_finite().then_some(util);
         decision.target = Some(target);
         let measured = format!(
-            "{name}: load {} cmds/s on {} of {} cmds/s measured capacity each = {} utilisation \
-             (scale out above {}, scale in below {}); target {} (usable {} cmds/s per node at {} headroom{})",
+            "{name}: load {} {unit} on {} of {} {unit} measured capacity each = {} utilisation \
+             (scale out above {}, scale in below {}); target {} (usable {} {unit} per {counted} at {} headroom{})",
             rate(load),
             nodes(n),
             rate(capacity),
@@ -307,7 +366,7 @@ impl Policy {
             if raw_target == target {
                 String::new()
             } else {
-                format!("; the load needs {raw_target}, held within {}..={}", c.min_nodes, c.max_nodes)
+                format!("; the load needs {raw_target}, held within {}..={}", min, max)
             },
         );
         let cooling = !cooling_left.is_zero();
@@ -315,23 +374,19 @@ impl Policy {
             || format!("cooling down for {:.1}s more after the last action", cooling_left.as_secs_f64());
 
         // Outside the bounds: act at once (after the cooldown), whatever the streaks.
-        if n < c.min_nodes || n > c.max_nodes {
+        if n < min || n > max {
             state.above = 0;
             state.below.clear();
-            let (action, to) = if n < c.min_nodes {
-                (Action::ScaleOut { add: c.min_nodes - n }, c.min_nodes)
+            let (action, to) = if n < min {
+                (Action::ScaleOut { add: min - n }, min)
             } else {
-                (Action::ScaleIn { remove: n - c.max_nodes }, c.max_nodes)
+                (Action::ScaleIn { remove: n - max }, max)
             };
             if cooling {
                 decision.reason = format!("{measured}; outside the bounds but {}", cooldown_note());
             } else {
-                decision.reason = format!(
-                    "{measured}; {} is outside {}..={}: {n} -> {to}",
-                    nodes(n),
-                    c.min_nodes,
-                    c.max_nodes
-                );
+                decision.reason =
+                    format!("{measured}; {} is outside {}..={}: {n} -> {to}", nodes(n), min, max);
                 decision.action = action;
                 decision.to = to;
                 state.last_action = Some(now);
@@ -386,13 +441,13 @@ impl Policy {
             return Some(decision);
         }
         let peak = state.below.iter().copied().fold(0.0, f64::max);
-        let most = c.max_scale_in_step.min(n - c.min_nodes);
+        let most = c.max_scale_in_step.min(n - min);
         // The most nodes that can go with the peak staying under the scale-in threshold on the rest.
         let remove = (1..=most).rev().find(|k| peak < in_t * f64::from(n - k) * capacity).unwrap_or(0);
         if remove == 0 {
             let after = if n > 1 { pct(peak / (f64::from(n - 1) * capacity)) } else { "unbounded".into() };
             decision.reason = format!(
-                "{measured}; the peak of the last {} intervals, {} cmds/s, would be {after} of {} fewer, \
+                "{measured}; the peak of the last {} intervals, {} {unit}, would be {after} of {} fewer, \
                  not below the scale-in threshold {}: holding",
                 c.scale_in_after,
                 rate(peak),
@@ -404,7 +459,7 @@ impl Policy {
         } else {
             let to = n - remove;
             decision.reason = format!(
-                "{measured}; below the current count for {} intervals, and their peak {} cmds/s is {} of {}: \
+                "{measured}; below the current count for {} intervals, and their peak {} {unit} is {} of {}: \
                  scale in {n} -> {to}",
                 c.scale_in_after,
                 rate(peak),
@@ -535,6 +590,37 @@ mod tests {
             drive(config(), 1, &[30_000.0, 30_000.0, 60_000.0, 60_000.0, 60_000.0, 60_000.0]);
         assert_eq!(counts, vec![1, 5, 5, 5, 9, 9]);
         assert_eq!(acted.len(), 2);
+    }
+
+    #[test]
+    fn acceptor_groups_are_sized_by_phase2a_within_their_own_bounds() {
+        let at = Duration::from_secs;
+        // One acceptor carries 100 Phase2a/s (usable 70): 250 Phase2a/s needs ⌈3.6⌉ = 4 groups,
+        // held at --max-groups 3; the stateless roles keep their own bounds.
+        let mut p = Policy::new(config(), &caps(), "test")
+            .unwrap()
+            .with_acceptor_groups(&caps(), "test", 1, 3)
+            .unwrap();
+        let obs = [Observation { role: RoleKind::Acceptor, load: Some(250.0), nodes: 1 }];
+        assert!(!p.decide(at(0), &obs)[0].acts());
+        let d = p.decide(at(1), &obs).remove(0);
+        assert_eq!((d.role, d.action, d.to), ("acceptor", Action::ScaleOut { add: 2 }, 3), "{}", d.reason);
+        for needle in ["250 Phase2a/s", "1 group of 100 Phase2a/s", "target 3 groups", "the load needs 4"] {
+            assert!(d.reason.contains(needle), "{needle:?} not in: {}", d.reason);
+        }
+        // Under a light load it goes back down by one group at a time, never below --min-groups.
+        let mut groups = 3;
+        for i in 10..40 {
+            let light = [Observation { role: RoleKind::Acceptor, load: Some(10.0), nodes: groups }];
+            groups = p.decide(at(i), &light)[0].to;
+        }
+        assert_eq!(groups, 1);
+        let bad = Policy::new(config(), &caps(), "test").unwrap().with_acceptor_groups(&caps(), "t", 2, 1);
+        assert!(bad.unwrap_err().to_string().contains("--min-groups"));
+        let mut c = caps();
+        c.roles.get_mut("acceptor").unwrap().msgs_per_sec_per_core = f64::NAN;
+        let bad = Policy::new(config(), &c, "test").unwrap().with_acceptor_groups(&c, "caps.toml", 1, 2);
+        assert!(bad.unwrap_err().to_string().contains("roles.acceptor.msgs_per_sec_per_core"));
     }
 
     #[test]
