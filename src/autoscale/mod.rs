@@ -10,6 +10,7 @@
 //! `autopaxos_commands_applied_total` at the most advanced replica is what those roles carry in all. (The
 //! frames counters do not count commands: clients and unbatchers send many commands per frame.)
 
+pub mod healing;
 pub mod policy;
 pub mod scrape;
 
