@@ -186,8 +186,9 @@ pub struct UserData {
     /// Node k of an instance listens on `base_port + k` (`discovery = "tags"`).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
-    /// The node (one batcher, proxy leader or unbatcher) joins the running cluster rather than
-    /// being one of its configured nodes: how the autoscaler adds nodes.
+    /// The node joins the running cluster rather than being one of its configured nodes: how the
+    /// autoscaler adds nodes. A stateless one serves at once; an acceptor, replica or proposer waits
+    /// until a change of configuration brings it in.
     #[serde(default)]
     pub join: bool,
     /// With `join`: where the others reach it; default: this instance's private address (from the
@@ -310,15 +311,6 @@ impl UserData {
             return Err(field("read_budget", "must be at least 1".into()));
         }
         if ud.join {
-            if !crate::protocol::membership::is_stateless(ud.role_kind()) {
-                return Err(field(
-                    "join",
-                    format!(
-                        "a {} cannot join a running cluster (only batchers, proxy leaders, unbatchers)",
-                        ud.role
-                    ),
-                ));
-            }
             if ud.nodes.len() != 1 {
                 return Err(field("nodes", format!("join starts one node; got {}", ud.nodes.len())));
             }
@@ -486,6 +478,10 @@ pub struct BootArgs {
     /// Cores to run on, e.g. 0-3 (default: every core this process may use).
     #[arg(long, value_parser = parse_core_list)]
     pub cores: Option<CoreList>,
+    /// Exit as soon as the process that started this one exits (how `autopaxos cloud emulate`'s
+    /// "instances" die with it, even when it is killed).
+    #[arg(long)]
+    pub exit_with_parent: bool,
 }
 
 /// A core list as one argument (`0-3,6`).
@@ -499,6 +495,9 @@ fn parse_core_list(s: &str) -> Result<CoreList, String> {
 /// Reads the user-data, finds the peers and runs this machine's nodes until stopped.
 pub fn run(args: BootArgs) -> Result<(), String> {
     let t0 = Instant::now();
+    if args.exit_with_parent {
+        exit_with_parent();
+    }
     let (text, origin) = match &args.user_data {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|e| format!("cannot read user-data {}: {e}", p.display()))?,
@@ -551,7 +550,20 @@ pub fn run(args: BootArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the one stateless node of `ud` so that it joins the running cluster of `file`. Tag discovery
+/// Watches the parent process from a thread; exits this process once it is gone (this process is
+/// then re-parented, so its parent id changes).
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            tracing::info!("the process that started this one ({parent}) is gone: exiting");
+            std::process::exit(0);
+        }
+    });
+}
+
+/// Starts the one node of `ud` so that it joins the running cluster of `file`. Tag discovery
 /// lists this instance too: its node is taken out of the file, since it is not a configured node.
 fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tunables) -> Result<(), String> {
     let [id] = ud.nodes[..] else {
@@ -566,8 +578,9 @@ fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tun
         }
         (None, Some(_)) => return Err("user-data: advertise: required with join outside EC2".into()),
     };
-    let listen =
-        if advertise.ip().is_loopback() { SocketAddr::new(advertise.ip(), ud.base_port) } else { listen };
+    // On loopback (an emulator's instances all run on one machine) nothing forwards: listen where
+    // the others are told to connect.
+    let listen = if advertise.ip().is_loopback() { advertise } else { listen };
     let cores = args.cores.clone().map(|c| c.0).unwrap_or_else(allowed_cores);
     let data_dir = file.data_dir.clone();
     crate::runtime::admin::serve_joining(crate::runtime::admin::JoinOptions {
@@ -664,12 +677,12 @@ mod tests {
     }
 
     #[test]
-    fn joining_user_data_parses_and_only_a_stateless_node_can_join() {
+    fn joining_user_data_parses_for_every_role_and_starts_one_node() {
         let ud = UserData::parse(&with_file("join = true\nadvertise = \"10.1.2.3:7000\"\n"), "t").unwrap();
         assert!(ud.join);
         assert_eq!(ud.advertise, Some("10.1.2.3:7000".parse().unwrap()));
-        let e = UserData::parse(&with_file("join = true\n").replace("\"batcher\"", "\"replica\""), "t");
-        assert!(e.unwrap_err().to_string().contains("`join`"));
+        let replica = UserData::parse(&with_file("join = true\n").replace("\"batcher\"", "\"replica\""), "t");
+        assert_eq!(replica.unwrap().role_kind(), RoleKind::Replica);
         let e = UserData::parse(&with_file("join = true\n").replace("[9]", "[9, 11]"), "t");
         assert!(e.unwrap_err().to_string().contains("`nodes`"));
         let e = UserData::parse(&with_file("advertise = \"10.1.2.3:7000\"\n"), "t");

@@ -19,37 +19,7 @@ use std::time::{Duration, Instant};
 
 /// Every role at 10,000 cmds/s per core (usable 7,000 at 30% headroom).
 fn write_capacities(dir: &Path) -> PathBuf {
-    let mut text =
-        String::from("[machine]\ncores = 2\ncpu = \"test\"\nkernel = \"test\"\nmeasured = \"2026-11-21\"\n");
-    for role in ["acceptor", "batcher", "proposer", "proxy-leader", "replica", "unbatcher"] {
-        text.push_str(&format!(
-            "\n[roles.{role}]\ncmds_per_sec_per_core = 10000.0\nmsgs_per_sec_per_core = 100.0\n\
-             batch_size = 100\nread_budget = 100\n"
-        ));
-    }
-    let path = dir.join("capacities.toml");
-    fs::write(&path, text).expect("write capacities");
-    path
-}
-
-/// The cluster's nodes with their metrics addresses, for `--nodes-from`.
-fn write_nodes(cluster: &Cluster) -> PathBuf {
-    let mut text = format!("[cluster]\nid = \"{}\"\nf = 1\n", cluster.cluster_id);
-    for n in &cluster.nodes {
-        text.push_str(&format!(
-            "\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\nmetrics_address = \"{}\"\n",
-            n.id,
-            n.role,
-            n.addr(),
-            n.metrics_addr()
-        ));
-        if let Some(g) = n.group {
-            text.push_str(&format!("group = {g}\n"));
-        }
-    }
-    let path = cluster.dir.join("nodes.toml");
-    fs::write(&path, text).expect("write nodes file");
-    path
+    common::write_capacities(dir, 10_000.0, 100.0)
 }
 
 /// The autoscaler's flags for a quick run: 500 ms intervals, 1 s cooldown, at most 4 nodes per role.
@@ -182,7 +152,7 @@ fn dry_run_scales_out_under_load_and_back_in_without_flapping() {
     let _serial = common::serialize();
     let mut cluster = Cluster::start("autoscale");
     let caps = write_capacities(&cluster.dir);
-    let nodes = write_nodes(&cluster);
+    let nodes = common::write_nodes_file(&cluster);
 
     // The scraper reads a real node's exposition: the replica's applied-commands counter is there.
     let replica = cluster.node(7).metrics_addr();
@@ -288,7 +258,7 @@ mod cloud {
         let moto = common::Moto::start(&[]);
         let mut cluster = Cluster::start("autoscale-ec2");
         let caps = write_capacities(&cluster.dir);
-        let nodes = write_nodes(&cluster);
+        let nodes = common::write_nodes_file(&cluster);
         // A closed loopback port: launched "nodes" are never serving, so a drain finds nothing in flight.
         let closed = format!("127.0.0.1:{}", common::free_ports(1)[0]);
         let metrics_port = common::free_ports(1)[0];

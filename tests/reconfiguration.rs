@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Cluster, Proc};
+use common::{assert_replicas_agree, epoch, run, status_json, Cluster, Proc};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,13 +68,6 @@ fn join(cluster: &mut Cluster, role: &str, id: u32) -> SocketAddr {
     addr
 }
 
-/// Runs `autopaxos <args>` to completion; returns (success, stdout, stderr).
-fn run(cluster: &Cluster, name: &str, args: &[String]) -> (bool, String, String) {
-    let mut proc = Proc::spawn(&cluster.dir, name, args);
-    let status = proc.wait(Duration::from_secs(90));
-    (status.success(), proc.stdout_text(), proc.stderr_text())
-}
-
 fn reconfigure(cluster: &Cluster, to: &Path) -> (bool, String) {
     let args =
         ["reconfigure", "--config", &cluster.config.display().to_string(), "--to", &to.display().to_string()]
@@ -82,17 +75,6 @@ fn reconfigure(cluster: &Cluster, to: &Path) -> (bool, String) {
     let name = format!("reconfigure-{}", to.file_stem().unwrap().to_string_lossy());
     let (ok, out, err) = run(cluster, &name, &args);
     (ok, format!("{out}{err}"))
-}
-
-fn status_json(cluster: &Cluster) -> serde_json::Value {
-    let args = ["status", "--config", &cluster.config.display().to_string(), "--json"].map(String::from);
-    let (_, out, err) = run(cluster, "status", &args);
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}):\n{out}\n{err}"))
-}
-
-fn epoch(status: &serde_json::Value) -> u64 {
-    status["configuration"]["epoch"].as_u64().expect("a configuration in the status")
 }
 
 #[test]
@@ -153,30 +135,6 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     }
     // The end: epoch 3, and both replicas at one watermark with one state digest.
     assert_replicas_agree(&cluster, 3);
-}
-
-/// Waits until the status shows configuration `epoch` and every replica it names at one
-/// watermark with one state digest.
-fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let end = status_json(cluster);
-        assert_eq!(epoch(&end), epoch_wanted, "{end:#}");
-        let named: Vec<u64> =
-            end["configuration"]["replicas"].as_array().unwrap().iter().filter_map(|r| r.as_u64()).collect();
-        let replicas: Vec<&serde_json::Value> = (end["nodes"].as_array().unwrap().iter())
-            .filter(|n| n["role"] == "replica" && n["node"].as_u64().is_some_and(|id| named.contains(&id)))
-            .collect();
-        let digests: Vec<(Option<u64>, Option<&str>)> =
-            replicas.iter().map(|r| (r["digest_at"].as_u64(), r["digest"].as_str())).collect();
-        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0])
-        {
-            eprintln!("replicas {named:?} agree: {digests:?}");
-            return end;
-        }
-        assert!(Instant::now() < deadline, "replicas' digests differ or are missing: {end:#}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]

@@ -14,8 +14,10 @@
 use super::{Fleet, FleetError, Instance};
 use crate::autoscale::AutoscaleArgs;
 use crate::boot::UserData;
+use crate::cloud::cluster::cluster_file_text;
 use crate::cloud::ec2::{self, Ec2, Ec2Options, LaunchSpec, OnShutdown, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
 use crate::protocol::{NodeId, RoleKind};
+use crate::runtime::config::ClusterFile;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,46 +45,102 @@ pub struct LaunchSettings {
     pub node_port: u16,
     /// Metrics port of a node.
     pub metrics_port: u16,
-    /// Address tags put on launched instances instead of their private IP (emulators, tests).
+    /// Address tags put on launched instances instead of their private IP (emulators, tests); with
+    /// port 0, each launched node gets its own free ports on that host for its cluster and metrics
+    /// addresses (an emulator's instances all run on this machine).
     pub advertise: Option<SocketAddr>,
+    /// The cluster file's text, for a cluster that was not started by `cloud up` (its nodes have no
+    /// tags to be discovered by): launched nodes find their peers in it.
+    pub cluster_file: Option<String>,
     /// Region, passed on in the user-data.
     pub region: Option<String>,
     /// Endpoint, passed on in the user-data.
     pub endpoint_url: Option<String>,
 }
 
-/// The user-data of a launched node: role, its node id, peers by tags once `expected_instances` of the
-/// cluster's instances are up.
-pub fn user_data(s: &LaunchSettings, role: RoleKind, node: NodeId, expected_instances: usize) -> String {
+/// Where a launched node is reached, when that is not its private IP: its cluster and metrics
+/// addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertised {
+    /// Its cluster address.
+    pub address: SocketAddr,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
+}
+
+impl LaunchSettings {
+    /// The addresses of the next launched node, if `advertise` says (see there).
+    pub fn advertised(&self) -> Result<Option<Advertised>, FleetError> {
+        let Some(a) = self.advertise else { return Ok(None) };
+        if a.port() != 0 {
+            return Ok(Some(Advertised { address: a, metrics: a }));
+        }
+        let free = || {
+            std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| FleetError(format!("no free port on {} for a launched node: {e}", a.ip())))
+        };
+        Ok(Some(Advertised { address: free()?, metrics: free()? }))
+    }
+}
+
+/// The user-data of a launched node: role, its node id, and its peers from the cluster file if the
+/// settings carry one, else by tags once `expected_instances` of the cluster's instances are up.
+pub fn user_data(
+    s: &LaunchSettings,
+    role: RoleKind,
+    node: NodeId,
+    expected_instances: usize,
+    advertised: Option<Advertised>,
+) -> String {
     let mut ud = UserData::by_tags(&s.cluster, role, vec![node], s.f, expected_instances);
-    ud.metrics_addr = SocketAddr::from(([0, 0, 0, 0], s.metrics_port));
+    if let Some(text) = &s.cluster_file {
+        ud.discovery = crate::boot::Discovery::File;
+        ud.cluster_file = Some(text.clone());
+        (ud.f, ud.expected_instances) = (None, None);
+    }
+    ud.metrics_addr = match advertised {
+        Some(a) if a.metrics != a.address => a.metrics,
+        _ => SocketAddr::from(([0, 0, 0, 0], s.metrics_port)),
+    };
     ud.region = s.region.clone();
     ud.endpoint_url = s.endpoint_url.clone();
     ud.base_port = s.node_port;
     // A launched node is never one of the configured nodes: it joins the running cluster.
     ud.join = true;
-    ud.advertise = s.advertise;
+    ud.advertise = advertised.map(|a| a.address);
     ud.to_toml()
 }
 
 /// The tags of a launched node.
-pub fn tags(s: &LaunchSettings, role: RoleKind, node: NodeId) -> Vec<(String, String)> {
+pub fn tags(
+    s: &LaunchSettings,
+    role: RoleKind,
+    node: NodeId,
+    advertised: Option<Advertised>,
+) -> Vec<(String, String)> {
     let mut t = vec![
         (TAG_CLUSTER.to_string(), s.cluster.clone()),
         (TAG_ROLE.to_string(), role.name().to_string()),
         (TAG_NODES.to_string(), node.to_string()),
         (TAG_MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
     ];
-    if let Some(a) = s.advertise {
-        t.push((TAG_ADDRESS.to_string(), a.to_string()));
-        t.push((TAG_METRICS_ADDRESS.to_string(), a.to_string()));
+    if let Some(a) = advertised {
+        t.push((TAG_ADDRESS.to_string(), a.address.to_string()));
+        t.push((TAG_METRICS_ADDRESS.to_string(), a.metrics.to_string()));
     }
     t
 }
 
-/// The highest node id an instance's `autopaxos:nodes` tag names (`7` or `3/0,4/0`).
+/// The node ids an instance's `autopaxos:nodes` tag names (`7` or `3/0,4/0`).
+fn node_ids(i: &ec2::Instance) -> Vec<NodeId> {
+    let tag = i.tags.get(TAG_NODES).map_or("", String::as_str);
+    tag.split(',').filter_map(|e| e.split('/').next()?.trim().parse().ok()).collect()
+}
+
+/// The highest node id an instance's `autopaxos:nodes` tag names.
 fn max_node_id(i: &ec2::Instance) -> Option<NodeId> {
-    i.tags.get(TAG_NODES)?.split(',').filter_map(|e| e.split('/').next()?.trim().parse().ok()).max()
+    node_ids(i).into_iter().max()
 }
 
 /// How many nodes an instance runs: the entries of its `autopaxos:nodes` tag, at least 1.
@@ -101,7 +159,12 @@ pub struct Ec2Fleet {
 
 impl Ec2Fleet {
     /// Connects to EC2 as the flags say (region, endpoint, the AWS environment).
-    pub fn connect(args: &AutoscaleArgs, static_ids: &[NodeId]) -> Result<Ec2Fleet, String> {
+    /// `cluster_file` is the text of `--config`, if given.
+    pub fn connect(
+        args: &AutoscaleArgs,
+        static_ids: &[NodeId],
+        cluster_file: Option<&str>,
+    ) -> Result<Ec2Fleet, String> {
         let opts = Ec2Options {
             region: args.region.clone(),
             endpoint_url: args.endpoint_url.clone(),
@@ -118,6 +181,7 @@ impl Ec2Fleet {
             advertise: args.advertise_address,
             region: args.region.clone().or_else(|| Some(ec2.region().to_string())),
             endpoint_url: args.endpoint_url.clone(),
+            cluster_file: cluster_file.map(str::to_string),
         };
         let highest_id = static_ids.iter().copied().max().unwrap_or(0);
         Ok(Ec2Fleet { ec2, settings, highest_id })
@@ -151,6 +215,7 @@ impl Fleet for Ec2Fleet {
                     metrics_address: tag_addr(&i, TAG_METRICS_ADDRESS, self.settings.metrics_port),
                     managed: i.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE),
                     nodes: node_count(&i),
+                    node_ids: node_ids(&i),
                 };
                 Some((max_node_id(&i), node))
             })
@@ -160,42 +225,63 @@ impl Fleet for Ec2Fleet {
         Ok(found.into_iter().map(|(_, i)| i).collect())
     }
 
-    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError> {
         let existing = self.describe()?;
         let highest = existing.iter().filter_map(max_node_id).max().unwrap_or(0).max(self.highest_id);
         let expected = existing.len() + count as usize;
-        let mut ids = Vec::new();
+        let mut launched: Vec<Instance> = Vec::new();
         // One RunInstances per node: each carries its own node id in its tags and user-data.
         for k in 1..=count {
             let node = highest + k;
+            let advertised = self.settings.advertised()?;
             let spec = LaunchSpec {
                 ami: self.settings.ami.clone(),
                 instance_type: self.settings.instance_type.clone(),
                 count: 1,
-                tags: tags(&self.settings, role, node),
-                user_data: user_data(&self.settings, role, node, expected),
+                tags: tags(&self.settings, role, node, advertised),
+                user_data: user_data(&self.settings, role, node, expected, advertised),
                 on_shutdown: OnShutdown::Terminate,
                 key_name: None,
                 subnet_id: None,
                 security_group_ids: Vec::new(),
             };
             match self.ec2.run_instances(&spec) {
-                Ok(mut launched) => ids.append(&mut launched),
+                Ok(ids) => launched.extend(ids.into_iter().map(|id| Instance {
+                    id,
+                    role,
+                    address: advertised.map(|a| a.address),
+                    metrics_address: advertised.map(|a| a.metrics),
+                    managed: true,
+                    nodes: 1,
+                    node_ids: vec![node],
+                })),
                 Err(e) => {
+                    let ids: Vec<&str> = launched.iter().map(|i| i.id.as_str()).collect();
                     return Err(FleetError(format!(
                         "{e} (launched {} of {count} before: {})",
                         ids.len(),
                         ids.join(", ")
-                    )))
+                    )));
                 }
             }
             self.highest_id = node;
         }
-        Ok(ids)
+        Ok(launched)
     }
 
     fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
         self.ec2.terminate(ids).map_err(|e| FleetError(e.to_string()))
+    }
+
+    /// The cluster file `autopaxos boot` would discover by tags: every node at its private IP.
+    fn cluster_file(&mut self) -> Option<Result<ClusterFile, FleetError>> {
+        let s = &self.settings;
+        let made = self.describe().and_then(|found| {
+            let text = cluster_file_text(&s.cluster, s.f, None, s.node_port, &found).map_err(FleetError)?;
+            let origin = format!("the instances tagged {TAG_CLUSTER}={}", s.cluster);
+            ClusterFile::parse(&text, &origin).map_err(|e| FleetError(e.to_string()))
+        });
+        Some(made)
     }
 }
 
@@ -214,12 +300,14 @@ mod tests {
             advertise: Some("127.0.0.1:9".parse().unwrap()),
             region: Some("us-east-1".into()),
             endpoint_url: Some("http://127.0.0.1:5000".into()),
+            cluster_file: None,
         }
     }
 
     #[test]
     fn user_data_is_what_boot_reads() {
-        let text = user_data(&settings(), RoleKind::ProxyLeader, 42, 11);
+        let advertised = settings().advertised().unwrap();
+        let text = user_data(&settings(), RoleKind::ProxyLeader, 42, 11, advertised);
         let ud = crate::boot::UserData::parse(&text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(ud.role_kind(), RoleKind::ProxyLeader);
         assert_eq!(ud.nodes, vec![42]);
@@ -230,6 +318,27 @@ mod tests {
         assert_eq!(ud.advertise, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(ud.metrics_addr, SocketAddr::from(([0, 0, 0, 0], 16000)));
         assert_eq!(ud.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn a_stateful_node_for_a_file_cluster_gets_the_file_and_its_own_loopback_ports() {
+        let file = "[cluster]\nid = \"demo\"\nf = 1\n";
+        let s = LaunchSettings {
+            advertise: Some("127.0.0.1:0".parse().unwrap()),
+            cluster_file: Some(file.into()),
+            ..settings()
+        };
+        let (a, b) = (s.advertised().unwrap().unwrap(), s.advertised().unwrap().unwrap());
+        assert!(a.address.port() != 0 && a.metrics.port() != 0 && a.address != a.metrics, "{a:?}");
+        assert_ne!(a, b, "each launched node has its own ports");
+        let text = user_data(&s, RoleKind::Replica, 42, 11, Some(a));
+        let ud = crate::boot::UserData::parse(&text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(ud.discovery, crate::boot::Discovery::File);
+        assert_eq!(ud.cluster_file.as_deref(), Some(file));
+        assert!(ud.join && ud.role_kind() == RoleKind::Replica);
+        assert_eq!((ud.advertise, ud.metrics_addr), (Some(a.address), a.metrics));
+        let t = tags(&s, RoleKind::Replica, 42, Some(a));
+        assert!(t.contains(&(TAG_METRICS_ADDRESS.to_string(), a.metrics.to_string())), "{t:?}");
     }
 
     #[test]
@@ -256,7 +365,7 @@ mod tests {
 
     #[test]
     fn tags_name_cluster_role_node_manager_and_address() {
-        let t = tags(&settings(), RoleKind::Batcher, 42);
+        let t = tags(&settings(), RoleKind::Batcher, 42, settings().advertised().unwrap());
         let get = |k: &str| t.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         assert_eq!(get(TAG_CLUSTER), Some("demo"));
         assert_eq!(get(TAG_ROLE), Some("batcher"));

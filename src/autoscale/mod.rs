@@ -13,6 +13,7 @@
 pub mod healing;
 pub mod policy;
 pub mod scrape;
+pub mod stateful;
 
 #[cfg(feature = "cloud")]
 pub mod ec2_fleet;
@@ -20,7 +21,9 @@ pub mod ec2_fleet;
 use crate::bench::plan::load_capacities;
 use crate::duration::parse_nonzero_duration;
 use crate::protocol::{NodeId, RoleKind};
+use crate::runtime::config::ClusterFile;
 use clap::Args;
+use healing::HealConfig;
 use policy::{Action, Decision, Observation, Policy, PolicyConfig, SCALED_ROLES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +54,8 @@ pub struct Instance {
     pub managed: bool,
     /// Nodes it runs (one per core; an instance of `cloud up` may run several, a launched one runs one).
     pub nodes: u32,
+    /// Their ids, where known.
+    pub node_ids: Vec<NodeId>,
 }
 
 /// What draining a node found.
@@ -71,8 +76,8 @@ pub enum Drained {
 pub trait Fleet {
     /// The cluster's nodes known to the fleet (every role), running or starting.
     fn instances(&mut self) -> Result<Vec<Instance>, FleetError>;
-    /// Starts `count` nodes of `role`; returns their ids.
-    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError>;
+    /// Starts `count` nodes of `role`, each joining the running cluster; returns them.
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError>;
     /// Makes sure nothing is in flight at `node` of cluster `cluster_id` before it is terminated
     /// (see [`drain_node`]).
     fn drain(&mut self, cluster_id: &str, node: &Instance, timeout: Duration) -> Result<Drained, FleetError> {
@@ -80,6 +85,11 @@ pub trait Fleet {
     }
     /// Stops the nodes `ids`.
     fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError>;
+    /// The cluster file its nodes make (EC2: from their tags), for a cluster with no `--config`;
+    /// `None` if the fleet cannot tell.
+    fn cluster_file(&mut self) -> Option<Result<ClusterFile, FleetError>> {
+        None
+    }
 }
 
 /// The drain step before a node is terminated. It connects to the node's cluster address:
@@ -144,22 +154,23 @@ impl Fleet for DryRun {
         Ok(all)
     }
 
-    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
-        let mut ids = Vec::new();
+    fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError> {
+        let mut launched = Vec::new();
         for _ in 0..count {
             let id = format!("dry-run-{}-{}", role.name(), self.next);
             self.next += 1;
-            self.imagined.push(Instance {
-                id: id.clone(),
+            launched.push(Instance {
+                id,
                 role,
                 address: None,
                 metrics_address: None,
                 managed: true,
                 nodes: 1,
+                node_ids: Vec::new(),
             });
-            ids.push(id);
         }
-        Ok(ids)
+        self.imagined.extend(launched.iter().cloned());
+        Ok(launched)
     }
 
     fn drain(
@@ -175,6 +186,10 @@ impl Fleet for DryRun {
         self.imagined.retain(|i| !ids.contains(&i.id));
         self.gone.extend(ids.iter().cloned());
         Ok(())
+    }
+
+    fn cluster_file(&mut self) -> Option<Result<ClusterFile, FleetError>> {
+        self.inner.as_mut()?.cluster_file()
     }
 }
 
@@ -308,12 +323,52 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value_t = 16000)]
     pub node_metrics_port: u16,
     /// Tag every launched instance with this `autopaxos:address` and `autopaxos:metrics-address` instead
-    /// of its private IP (for emulators and tests, whose instances have no reachable IP).
+    /// of its private IP (for emulators and tests, whose instances have no reachable IP). With port 0,
+    /// each launched node gets free ports of its own on that host (all "instances" run on this machine,
+    /// as under `autopaxos cloud emulate`).
     #[arg(long)]
     pub advertise_address: Option<SocketAddr>,
+    /// The cluster file. With it the autoscaler also manages the stateful roles: it sizes the acceptor
+    /// groups and replaces dead proposers, acceptors and replicas, through changes of configuration;
+    /// the nodes it launches find their peers in this file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A proposer, acceptor or replica unreachable this long without a break is replaced (keep it well
+    /// above a leader election).
+    #[arg(long, default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub replace_after: Duration,
+    /// A replacement (or a new group) not in force this long after it was decided is abandoned: what
+    /// was launched for it is terminated, and a replacement is retried after a backoff.
+    #[arg(long, default_value = "5m", value_parser = parse_nonzero_duration)]
+    pub replacement_timeout: Duration,
+    /// Wait before retrying an abandoned replacement; doubles with each failure, up to 10 minutes.
+    #[arg(long, default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub retry_backoff: Duration,
+    /// Fewest acceptor groups.
+    #[arg(long, default_value_t = 1)]
+    pub min_groups: u32,
+    /// Most acceptor groups.
+    #[arg(long, default_value_t = 16)]
+    pub max_groups: u32,
+    /// With --config: do not replace dead stateful nodes.
+    #[arg(long)]
+    pub no_healing: bool,
+    /// With --config: do not size the acceptor groups.
+    #[arg(long)]
+    pub no_group_sizing: bool,
 }
 
 impl AutoscaleArgs {
+    /// The healing settings the flags give.
+    pub fn heal_config(&self) -> HealConfig {
+        HealConfig {
+            replace_after: self.replace_after,
+            replacement_timeout: self.replacement_timeout,
+            retry_backoff: self.retry_backoff,
+            retry_backoff_max: Duration::from_secs(600).max(self.retry_backoff),
+        }
+    }
+
     /// The policy settings the flags give.
     pub fn policy_config(&self) -> PolicyConfig {
         PolicyConfig {
@@ -347,8 +402,18 @@ pub struct Record {
     pub error: Option<String>,
 }
 
-/// Counter samples from one scrape round: per replica node id, (when scraped, value).
-type Counters = BTreeMap<String, (Instant, f64)>;
+/// One line of `--json` output: a sizing decision, or a step of healing or of a change of groups.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Line {
+    /// A sizing decision (one per scaled role per interval).
+    Decision(Record),
+    /// A step of the stateful side.
+    Step(stateful::Step),
+}
+
+/// Counter samples from one scrape round: per node id, (when scraped, value).
+pub type Counters = BTreeMap<String, (Instant, f64)>;
 
 /// The command rate from two scrape rounds: the highest per-replica rate among replicas present in both
 /// (a replica that restarted, whose counter went down, is skipped). `None` if no replica qualifies.
@@ -373,6 +438,8 @@ struct Autoscaler {
     fleet: Box<dyn Fleet>,
     statics: Vec<StaticNode>,
     prev: Counters,
+    /// The acceptor groups and healing, with `--config`.
+    stateful: Option<stateful::Stateful>,
 }
 
 fn describe_metrics() {
@@ -390,13 +457,14 @@ fn describe_metrics() {
     describe_counter!("autopaxos_autoscaler_intervals_total", Unit::Count, "Intervals run.");
 }
 
-fn error_metric(kind: &'static str) {
+pub(crate) fn error_metric(kind: &'static str) {
     metrics::counter!("autopaxos_autoscaler_errors_total", "kind" => kind).increment(1);
 }
 
 impl Autoscaler {
-    /// Scrapes every known metrics endpoint once; returns the replicas' load counters.
-    fn scrape(&mut self, instances: &[Instance]) -> Counters {
+    /// Scrapes every known metrics endpoint once; returns the replicas' load counters and the
+    /// acceptors' Phase2a counters.
+    fn scrape(&mut self, instances: &[Instance]) -> (Counters, Counters) {
         let endpoints: BTreeSet<SocketAddr> = self
             .statics
             .iter()
@@ -404,6 +472,7 @@ impl Autoscaler {
             .chain(instances.iter().filter_map(|i| i.metrics_address))
             .collect();
         let mut counters = Counters::new();
+        let mut accepted = Counters::new();
         for addr in endpoints {
             let text = match scrape::fetch(addr, self.args.scrape_timeout) {
                 Ok(t) => t,
@@ -426,13 +495,18 @@ impl Autoscaler {
                     continue;
                 }
             };
-            for s in samples.iter().filter(|s| s.name == LOAD_COUNTER && s.label("role") == Some("replica")) {
+            for s in &samples {
+                let into = match (s.name.as_str(), s.label("role")) {
+                    (LOAD_COUNTER, Some("replica")) => &mut counters,
+                    (stateful::ACCEPTED_COUNTER, Some("acceptor")) => &mut accepted,
+                    _ => continue,
+                };
                 if let Some(node) = s.label("node") {
-                    counters.insert(node.to_string(), (at, s.value));
+                    into.insert(node.to_string(), (at, s.value));
                 }
             }
         }
-        counters
+        (counters, accepted)
     }
 
     /// Carries out one acting decision; returns (launched, terminated, error).
@@ -441,7 +515,8 @@ impl Autoscaler {
         match d.action {
             Action::Hold => (Vec::new(), Vec::new(), None),
             Action::ScaleOut { add } => match self.fleet.launch(role, add) {
-                Ok(ids) => {
+                Ok(launched) => {
+                    let ids: Vec<String> = launched.into_iter().map(|i| i.id).collect();
                     tracing::info!(role = d.role, ?ids, "launched {add}");
                     (ids, Vec::new(), None)
                 }
@@ -497,7 +572,7 @@ impl Autoscaler {
     }
 
     /// One interval: discover, scrape, decide, act, report.
-    fn step(&mut self, interval: u64, now: Duration) -> Vec<Record> {
+    fn step(&mut self, interval: u64, now: Duration) -> Vec<Line> {
         metrics::counter!("autopaxos_autoscaler_intervals_total").increment(1);
         let instances = match self.fleet.instances() {
             Ok(i) => i,
@@ -507,10 +582,30 @@ impl Autoscaler {
                 return Vec::new();
             }
         };
-        let cur = self.scrape(&instances);
+        let (cur, accepted) = self.scrape(&instances);
         let load = load_from(&self.prev, &cur);
         self.prev = cur;
-        self.decide_and_act(interval, now, &instances, load)
+        let mut lines: Vec<Line> =
+            self.decide_and_act(interval, now, &instances, load).into_iter().map(Line::Decision).collect();
+        if let Some(stateful) = &mut self.stateful {
+            let sizing = (!self.args.no_group_sizing).then_some(&mut self.policy);
+            let tick = stateful::Tick {
+                interval,
+                now,
+                dry_run: self.args.dry_run,
+                instances: &instances,
+                accepted,
+                fleet: self.fleet.as_mut(),
+                policy: sizing,
+            };
+            let (steps, sizing) = stateful.step(tick);
+            if let Some(record) = sizing {
+                report_decision(&record.decision, self.args.dry_run);
+                lines.push(Line::Decision(record));
+            }
+            lines.extend(steps.into_iter().map(Line::Step));
+        }
+        lines
     }
 
     /// Decides on `load` with the node counts of `instances` and the static nodes, and acts.
@@ -533,29 +628,7 @@ impl Autoscaler {
         let mut records = Vec::new();
         for d in decisions {
             let (launched, terminated, error) = self.act(&d, instances);
-            let action = match d.action {
-                Action::Hold => "hold",
-                Action::ScaleOut { .. } => "scale-out",
-                Action::ScaleIn { .. } => "scale-in",
-            };
-            metrics::counter!("autopaxos_autoscaler_decisions_total", "role" => d.role, "action" => action)
-                .increment(1);
-            metrics::gauge!("autopaxos_autoscaler_nodes", "role" => d.role).set(f64::from(d.to));
-            if let Some(t) = d.target {
-                metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(f64::from(t));
-            }
-            if let Some(l) = d.load {
-                metrics::gauge!("autopaxos_autoscaler_load_cmds_per_second", "role" => d.role).set(l);
-            }
-            if let Some(u) = d.utilisation {
-                metrics::gauge!("autopaxos_autoscaler_utilisation_ratio", "role" => d.role).set(u);
-            }
-            let dry = if self.args.dry_run { " (dry run)" } else { "" };
-            if d.acts() {
-                tracing::info!(role = d.role, action, from = d.nodes, to = d.to, "{}{dry}", d.reason);
-            } else {
-                tracing::debug!(role = d.role, "{}", d.reason);
-            }
+            report_decision(&d, self.args.dry_run);
             records.push(Record {
                 interval,
                 dry_run: self.args.dry_run,
@@ -569,8 +642,39 @@ impl Autoscaler {
     }
 }
 
+/// Counts, exports and logs a sizing decision.
+fn report_decision(d: &Decision, dry_run: bool) {
+    let action = match d.action {
+        Action::Hold => "hold",
+        Action::ScaleOut { .. } => "scale-out",
+        Action::ScaleIn { .. } => "scale-in",
+    };
+    metrics::counter!("autopaxos_autoscaler_decisions_total", "role" => d.role, "action" => action)
+        .increment(1);
+    metrics::gauge!("autopaxos_autoscaler_nodes", "role" => d.role).set(f64::from(d.to));
+    if let Some(t) = d.target {
+        metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(f64::from(t));
+    }
+    if let Some(l) = d.load {
+        metrics::gauge!("autopaxos_autoscaler_load_cmds_per_second", "role" => d.role).set(l);
+    }
+    if let Some(u) = d.utilisation {
+        metrics::gauge!("autopaxos_autoscaler_utilisation_ratio", "role" => d.role).set(u);
+    }
+    let dry = if dry_run { " (dry run)" } else { "" };
+    if d.acts() {
+        tracing::info!(role = d.role, action, from = d.nodes, to = d.to, "{}{dry}", d.reason);
+    } else {
+        tracing::debug!(role = d.role, "{}", d.reason);
+    }
+}
+
 /// The fleet the flags ask for, or why there is none.
-fn make_fleet(args: &AutoscaleArgs, statics: &[StaticNode]) -> Result<Box<dyn Fleet>, String> {
+fn make_fleet(
+    args: &AutoscaleArgs,
+    statics: &[StaticNode],
+    cluster_file: Option<&str>,
+) -> Result<Box<dyn Fleet>, String> {
     let real: Option<Box<dyn Fleet>> = match &args.ami {
         None if args.nodes_from.is_some() => None,
         None => {
@@ -582,11 +686,11 @@ fn make_fleet(args: &AutoscaleArgs, statics: &[StaticNode]) -> Result<Box<dyn Fl
             #[cfg(feature = "cloud")]
             {
                 let ids: Vec<NodeId> = statics.iter().map(|n| n.id).collect();
-                Some(Box::new(ec2_fleet::Ec2Fleet::connect(args, &ids)?))
+                Some(Box::new(ec2_fleet::Ec2Fleet::connect(args, &ids, cluster_file)?))
             }
             #[cfg(not(feature = "cloud"))]
             {
-                let _ = statics;
+                let _ = (statics, cluster_file);
                 return Err("acting on EC2 (--ami) needs a build with the cloud feature: rebuild with \
                             `cargo build --release --features cloud`, or watch a local cluster with \
                             --nodes-from FILE --dry-run"
@@ -608,13 +712,72 @@ fn make_fleet(args: &AutoscaleArgs, statics: &[StaticNode]) -> Result<Box<dyn Fl
 /// Runs the autoscaler until killed, or for `--max-intervals`.
 pub fn run(args: AutoscaleArgs) -> Result<(), String> {
     let caps = load_capacities(&args.capacities).map_err(|e| e.to_string())?;
-    let policy = Policy::new(args.policy_config(), &caps, &args.capacities.display().to_string())
+    let mut policy = Policy::new(args.policy_config(), &caps, &args.capacities.display().to_string())
         .map_err(|e| e.to_string())?;
     let statics = match &args.nodes_from {
         Some(p) => load_nodes(p, &args.cluster)?,
         None => Vec::new(),
     };
-    let fleet = make_fleet(&args, &statics)?;
+    let file = match &args.config {
+        Some(path) => {
+            let file = ClusterFile::load(path).map_err(|e| e.to_string())?;
+            if file.cluster_id != args.cluster {
+                return Err(format!(
+                    "--config {} describes cluster '{}', not --cluster '{}'",
+                    path.display(),
+                    file.cluster_id,
+                    args.cluster
+                ));
+            }
+            Some(file)
+        }
+        None => None,
+    };
+    let file_text = match &args.config {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => None,
+    };
+    let mut fleet = make_fleet(&args, &statics, file_text.as_deref())?;
+    let stateful = if args.no_healing && args.no_group_sizing {
+        None
+    } else {
+        let file = match file {
+            Some(file) => Some(file),
+            None => fleet.cluster_file().transpose().map_err(|e| format!("the cluster's nodes: {e}"))?,
+        };
+        match file {
+            Some(file) => {
+                policy = policy
+                    .with_acceptor_groups(
+                        &caps,
+                        &args.capacities.display().to_string(),
+                        args.min_groups,
+                        args.max_groups,
+                    )
+                    .map_err(|e| e.to_string())?;
+                let heal = (!args.no_healing).then(|| args.heal_config());
+                tracing::info!(
+                    "stateful roles: acceptor groups {}..={}{}; healing {}",
+                    args.min_groups,
+                    args.max_groups,
+                    if args.no_group_sizing { " (not sized: --no-group-sizing)" } else { "" },
+                    match &heal {
+                        Some(h) => format!(
+                            "after {} unreachable, replacements abandoned after {}",
+                            humantime::format_duration(h.replace_after),
+                            humantime::format_duration(h.replacement_timeout)
+                        ),
+                        None => "off (--no-healing)".into(),
+                    }
+                );
+                Some(stateful::Stateful::new(file, heal))
+            }
+            None => {
+                tracing::info!("no --config: sizing the stateless roles only (acceptor groups and healing need the cluster file)");
+                None
+            }
+        }
+    };
     if let Some(addr) = args.metrics_addr {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -635,7 +798,8 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
         args.min_nodes,
         args.max_nodes,
     );
-    let mut scaler = Autoscaler { args: args.clone(), policy, fleet, statics, prev: Counters::new() };
+    let mut scaler =
+        Autoscaler { args: args.clone(), policy, fleet, statics, prev: Counters::new(), stateful };
     let t0 = Instant::now();
     let mut next = t0;
     let mut interval = 0u64;
@@ -686,13 +850,12 @@ mod tests {
         fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
             Ok(self.nodes.clone())
         }
-        fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<String>, FleetError> {
+        fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError> {
             let ids: Vec<String> = (0..count).map(|k| format!("i-{}", self.next + k)).collect();
             self.next += count;
-            for id in &ids {
-                self.nodes.push(node(id, role, true));
-            }
-            Ok(ids)
+            let launched: Vec<Instance> = ids.iter().map(|id| node(id, role, true)).collect();
+            self.nodes.extend(launched.iter().cloned());
+            Ok(launched)
         }
         fn drain(
             &mut self,
@@ -710,7 +873,15 @@ mod tests {
     }
 
     fn node(id: &str, role: RoleKind, managed: bool) -> Instance {
-        Instance { id: id.into(), role, address: None, metrics_address: None, managed, nodes: 1 }
+        Instance {
+            id: id.into(),
+            role,
+            address: None,
+            metrics_address: None,
+            managed,
+            nodes: 1,
+            node_ids: Vec::new(),
+        }
     }
 
     fn scaler(fleet: FakeFleet) -> Autoscaler {
@@ -739,7 +910,14 @@ mod tests {
         )
         .unwrap();
         let policy = Policy::new(args.policy_config(), &caps, "test").unwrap();
-        Autoscaler { args, policy, fleet: Box::new(fleet), statics: Vec::new(), prev: Counters::new() }
+        Autoscaler {
+            args,
+            policy,
+            fleet: Box::new(fleet),
+            statics: Vec::new(),
+            prev: Counters::new(),
+            stateful: None,
+        }
     }
 
     /// Runs `load` for `intervals` intervals of 1 s from `start`; returns the acting records.
@@ -825,7 +1003,7 @@ mod tests {
     #[test]
     fn a_dry_run_remembers_what_it_launched_and_terminated() {
         let mut f = DryRun::new(None);
-        let ids = f.launch(RoleKind::Batcher, 2).unwrap();
+        let ids: Vec<String> = f.launch(RoleKind::Batcher, 2).unwrap().into_iter().map(|i| i.id).collect();
         assert_eq!(ids, vec!["dry-run-batcher-1", "dry-run-batcher-2"]);
         assert_eq!(f.instances().unwrap().len(), 2);
         let first = f.instances().unwrap().remove(0);

@@ -291,6 +291,13 @@ pub fn cluster_file_text(
     for i in instances {
         let Some(nodes) = i.tags.get(TAG_NODES) else { continue };
         let role = i.role();
+        // An acceptor, replica or proposer the autoscaler launched joined through a change of
+        // configuration: it is not one of the file's configured nodes.
+        let managed = i.tags.get(crate::autoscale::ec2_fleet::TAG_MANAGED_BY).is_some();
+        if managed && RoleKind::from_name(role).is_some_and(|r| !crate::protocol::membership::is_stateless(r))
+        {
+            continue;
+        }
         let ip = i.private_ip.as_deref().ok_or_else(|| format!("instance {} has no private IP yet", i.id))?;
         for (k, entry) in nodes.split(',').filter(|e| !e.is_empty()).enumerate() {
             let (id, group) = match entry.split_once('/') {
@@ -378,6 +385,10 @@ enum CloudCommand {
     Status(TargetArgs),
     /// Terminate every instance tagged with the cluster.
     Down(TargetArgs),
+    /// Stand in for EC2 booting instances, on this machine, against an EC2 emulator (moto): run
+    /// each launched instance whose user-data joins at a loopback address as `autopaxos boot`, and
+    /// kill it when the instance is terminated or stopped. For trying the autoscaler without EC2.
+    Emulate(super::emulate::EmulateArgs),
 }
 
 /// `autopaxos cloud up`.
@@ -424,6 +435,7 @@ impl TargetArgs {
 pub fn run(args: CloudArgs) -> Result<(), String> {
     match args.command {
         CloudCommand::Up(a) => up(&a).map(|_| ()),
+        CloudCommand::Emulate(a) => super::emulate::run(a),
         CloudCommand::Status(a) => {
             let (cluster, region) = a.resolve()?;
             let ec2 = Ec2::connect(&a.aws.options(region.as_deref())).map_err(|e| e.to_string())?;

@@ -1,10 +1,12 @@
 //! The EC2 control plane (feature `cloud`): a blocking EC2 handle whose SDK runs on its own thread
 //! ([`ec2`]), AMI baking ([`bake`], `autopaxos ami bake`), and launching, listing and terminating a
-//! cluster by tags plus tag discovery for `autopaxos boot` ([`cluster`], `autopaxos cloud`).
+//! cluster by tags plus tag discovery for `autopaxos boot` ([`cluster`], `autopaxos cloud`), and
+//! running an emulator's instances as local processes ([`emulate`], `autopaxos cloud emulate`).
 
 pub mod bake;
 pub mod cluster;
 pub mod ec2;
+pub mod emulate;
 
 use crate::duration::parse_duration;
 use clap::Args;

@@ -41,13 +41,17 @@ pub struct JoinOptions {
     pub storage: StorageChoice,
 }
 
-/// `file` without node `id`: a joining node may be listed by tag discovery, which sees every instance.
+/// `file` without stateless node `id`: a joining node may be listed by tag discovery, which sees
+/// every instance. (Tag discovery leaves out the stateful nodes the autoscaler launched: they are in
+/// the configuration through the log, not in the file.)
 pub fn without_node(mut file: ClusterFile, id: NodeId) -> ClusterFile {
     let config = &mut file.config;
     for list in [&mut config.batchers, &mut config.proxy_leaders, &mut config.unbatchers] {
         list.retain(|&n| n != id);
     }
-    file.addresses.remove(&id);
+    if file.role_of(id).is_none() {
+        file.addresses.remove(&id);
+    }
     file
 }
 

@@ -199,6 +199,16 @@ pub fn node_status(file: &ClusterFile, addr: SocketAddr, timeout: Duration) -> R
 
 /// Asks every node of the file, then every node the proposers saw join, how it stands.
 pub fn gather(file: &ClusterFile, timeout: Duration) -> ClusterStatus {
+    gather_with(file, &[], timeout)
+}
+
+/// [`gather`], also asking `more` nodes (known from elsewhere, such as the autoscaler's fleet) that
+/// neither the file nor the proposers name.
+pub fn gather_with(
+    file: &ClusterFile,
+    more: &[(NodeId, RoleKind, SocketAddr)],
+    timeout: Duration,
+) -> ClusterStatus {
     let configured: Vec<(NodeId, RoleKind, SocketAddr)> = file
         .config
         .all_nodes()
@@ -212,6 +222,11 @@ pub fn gather(file: &ClusterFile, timeout: Duration) -> ClusterStatus {
             if let (false, Ok(addr)) = (known, addr.parse::<SocketAddr>()) {
                 joined.push((*id, *role, addr));
             }
+        }
+    }
+    for &(id, role, addr) in more {
+        if !nodes.iter().any(|k| k.id == id) && !joined.iter().any(|j| j.0 == id) {
+            joined.push((id, role, addr));
         }
     }
     nodes.extend(ask_all(file, &joined, timeout));
@@ -267,6 +282,16 @@ pub struct Reconfigured {
 /// asks the leader to propose it (following `NotLeader` hints), and waits until the leader says it
 /// is in force. New nodes must have joined (`--join`) first.
 pub fn reconfigure(file: &ClusterFile, to: Configuration, timeout: Duration) -> Result<Reconfigured, String> {
+    reconfigure_by(file, |_| Ok(to.clone()), timeout)
+}
+
+/// [`reconfigure`] to what `change` makes of the configuration in force, read just before the
+/// change is asked for (so that a change computed from a stale reading cannot undo another).
+pub fn reconfigure_by(
+    file: &ClusterFile,
+    change: impl Fn(&Configuration) -> Result<Configuration, String>,
+    timeout: Duration,
+) -> Result<Reconfigured, String> {
     let started = Instant::now();
     let status = gather(file, Duration::from_secs(2));
     let current = status
@@ -274,7 +299,7 @@ pub fn reconfigure(file: &ClusterFile, to: Configuration, timeout: Duration) -> 
         .ok_or("no proposer or replica answered: cannot tell the configuration in force")?
         .config
         .clone();
-    let target = Configuration { epoch: current.epoch + 1, ..to };
+    let target = Configuration { epoch: current.epoch + 1, ..change(&current)? };
     let roles = |c: &Configuration| (c.acceptor_groups.clone(), c.replicas.clone(), c.proposers.clone());
     if roles(&current) == roles(&target) {
         return Err(format!(

@@ -601,6 +601,41 @@ pub fn verify_counts(stdout: &str) -> Option<(u64, u64)> {
     Some((intact, lost))
 }
 
+/// The cluster's nodes with their metrics addresses, for `autoscale --nodes-from`.
+pub fn write_nodes_file(cluster: &Cluster) -> PathBuf {
+    let mut text = format!("[cluster]\nid = \"{}\"\nf = 1\n", cluster.cluster_id);
+    for n in &cluster.nodes {
+        text.push_str(&format!(
+            "\n[[node]]\nid = {}\nrole = \"{}\"\naddress = \"{}\"\nmetrics_address = \"{}\"\n",
+            n.id,
+            n.role,
+            n.addr(),
+            n.metrics_addr()
+        ));
+        if let Some(g) = n.group {
+            text.push_str(&format!("group = {g}\n"));
+        }
+    }
+    let path = cluster.dir.join("nodes.toml");
+    fs::write(&path, text).expect("write nodes file");
+    path
+}
+
+/// A capacities file for the autoscaler: every role at `cmds` commands/s and `msgs` messages/s per core.
+pub fn write_capacities(dir: &Path, cmds: f64, msgs: f64) -> PathBuf {
+    let mut text =
+        String::from("[machine]\ncores = 2\ncpu = \"test\"\nkernel = \"test\"\nmeasured = \"2026-11-21\"\n");
+    for role in ["acceptor", "batcher", "proposer", "proxy-leader", "replica", "unbatcher"] {
+        text.push_str(&format!(
+            "\n[roles.{role}]\ncmds_per_sec_per_core = {cmds:?}\nmsgs_per_sec_per_core = {msgs:?}\n\
+             batch_size = 100\nread_budget = 100\n"
+        ));
+    }
+    let path = dir.join("capacities.toml");
+    fs::write(&path, text).expect("write capacities");
+    path
+}
+
 /// moto's EC2 server (`python3 -m moto.server`, installed by `scripts/setup.sh`) on a free loopback
 /// port, with `env` set for the server; killed when dropped, also when a test panics.
 pub struct Moto {
@@ -810,4 +845,48 @@ pub fn replicas_agree(cluster: &mut Cluster, limit: Duration) -> Agreement {
 pub fn counter(cluster: &Cluster, id: u32, name: &str) -> f64 {
     let node = id.to_string();
     scrape(cluster.node(id).metrics_addr()).map_or(0.0, |text| metric_sum(&text, name, &[("node", &node)]))
+}
+
+// ---- the operator's commands (reconfiguration and healing tests) ----
+
+/// Runs `autopaxos <args>` to completion; returns (success, stdout, stderr).
+pub fn run(cluster: &Cluster, name: &str, args: &[String]) -> (bool, String, String) {
+    let mut proc = Proc::spawn(&cluster.dir, name, args);
+    let status = proc.wait(Duration::from_secs(90));
+    (status.success(), proc.stdout_text(), proc.stderr_text())
+}
+
+pub fn status_json(cluster: &Cluster) -> serde_json::Value {
+    let args = ["status", "--config", &cluster.config.display().to_string(), "--json"].map(String::from);
+    let (_, out, err) = run(cluster, "status", &args);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("status --json printed no JSON ({e}):\n{out}\n{err}"))
+}
+
+pub fn epoch(status: &serde_json::Value) -> u64 {
+    status["configuration"]["epoch"].as_u64().expect("a configuration in the status")
+}
+
+/// Waits until the status shows configuration `epoch` and every replica it names at one
+/// watermark with one state digest.
+pub fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let end = status_json(cluster);
+        assert_eq!(epoch(&end), epoch_wanted, "{end:#}");
+        let named: Vec<u64> =
+            end["configuration"]["replicas"].as_array().unwrap().iter().filter_map(|r| r.as_u64()).collect();
+        let replicas: Vec<&serde_json::Value> = (end["nodes"].as_array().unwrap().iter())
+            .filter(|n| n["role"] == "replica" && n["node"].as_u64().is_some_and(|id| named.contains(&id)))
+            .collect();
+        let digests: Vec<(Option<u64>, Option<&str>)> =
+            replicas.iter().map(|r| (r["digest_at"].as_u64(), r["digest"].as_str())).collect();
+        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0])
+        {
+            eprintln!("replicas {named:?} agree: {digests:?}");
+            return end;
+        }
+        assert!(Instant::now() < deadline, "replicas' digests differ or are missing: {end:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
