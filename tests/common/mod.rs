@@ -868,7 +868,7 @@ pub fn epoch(status: &serde_json::Value) -> u64 {
 }
 
 /// Waits until the status shows configuration `epoch` and every replica it names at one
-/// watermark with one state digest.
+/// watermark (above 0) with one state digest taken at that watermark.
 pub fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -879,10 +879,19 @@ pub fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json
         let replicas: Vec<&serde_json::Value> = (end["nodes"].as_array().unwrap().iter())
             .filter(|n| n["role"] == "replica" && n["node"].as_u64().is_some_and(|id| named.contains(&id)))
             .collect();
-        let digests: Vec<(Option<u64>, Option<&str>)> =
-            replicas.iter().map(|r| (r["digest_at"].as_u64(), r["digest"].as_str())).collect();
-        if digests.len() == named.len() && digests[0].0.is_some() && digests.iter().all(|d| *d == digests[0])
-        {
+        // A digest counts only if taken at the replica's watermark now (one taken earlier, say at
+        // slot 0 when every state is empty, would agree whatever happened since).
+        let digests: Vec<(Option<u64>, Option<&str>)> = replicas
+            .iter()
+            .map(|r| {
+                (
+                    r["digest_at"].as_u64().filter(|&at| Some(at) == r["executed"].as_u64()),
+                    r["digest"].as_str(),
+                )
+            })
+            .collect();
+        let current = digests.iter().all(|d| d.0.is_some_and(|at| at > 0));
+        if digests.len() == named.len() && current && digests.iter().all(|d| *d == digests[0]) {
             eprintln!("replicas {named:?} agree: {digests:?}");
             return end;
         }
