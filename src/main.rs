@@ -274,6 +274,10 @@ struct StatusArgs {
     /// How long to wait for each node's answer.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Also show the autoscaler whose metrics are served here (its --metrics-addr): sizes, acceptor
+    /// groups, replacements under way and done.
+    #[arg(long)]
+    autoscaler: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -656,13 +660,33 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
 fn status(args: StatusArgs) -> Result<(), String> {
     let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
     let status = autopaxos::runtime::operator::gather(&file, args.timeout);
+    let scaler = args.autoscaler.map(|addr| autopaxos::autoscale::AutoscalerView::fetch(addr, args.timeout));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status.to_json()).map_err(|e| e.to_string())?);
+        let mut json = status.to_json();
+        match &scaler {
+            Some(Ok(view)) => json["autoscaler"] = serde_json::to_value(view).map_err(|e| e.to_string())?,
+            Some(Err(e)) => json["autoscaler"] = serde_json::json!({ "error": e }),
+            None => {}
+        }
+        println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
     } else {
         print!("{}", status.render());
+        match &scaler {
+            Some(Ok(view)) => print!("{}", view.render()),
+            Some(Err(e)) => println!("autoscaler: {e}"),
+            None => {}
+        }
     }
-    let unreachable: Vec<String> =
-        status.nodes.iter().filter(|n| n.status.is_err()).map(|n| n.id.to_string()).collect();
+    if let Some(Err(e)) = scaler {
+        return Err(e);
+    }
+    // A node that a change took out of the configuration and that is gone is not a fault.
+    let unreachable: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.status.is_err() && !status.removed(n.id, n.role))
+        .map(|n| n.id.to_string())
+        .collect();
     if unreachable.is_empty() {
         Ok(())
     } else {

@@ -46,6 +46,8 @@ struct Harness {
     moto: Moto,
     /// Where the emulated instances run.
     instances: std::path::PathBuf,
+    /// The autoscaler's metrics address.
+    metrics: String,
     emulator: Proc,
     scaler: Proc,
 }
@@ -104,7 +106,7 @@ impl Harness {
         .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         let scaler = Proc::spawn(&cluster.dir, "autoscaler", &args);
-        Harness { moto, instances, emulator, scaler }
+        Harness { moto, instances, metrics, emulator, scaler }
     }
 
     /// The autoscaler's JSON lines so far.
@@ -228,6 +230,19 @@ fn dead_acceptor_replica_and_leader_are_replaced_under_load_without_losing_a_wri
     let leader_now = end["leader"]["node"].as_u64().expect("a leader at the end");
     assert_ne!(leader_now, u64::from(leader), "{end:#}");
     h.print_and_check_steps();
+    // `status --autoscaler` shows the replacements; the dead nodes, out of the configuration, show as
+    // removed and are not counted as faults.
+    let args = ["status", "--config", &cluster.config.display().to_string(), "--autoscaler", &h.metrics];
+    let (ok, out, err) = common::run(&cluster, "status-autoscaler", &args.map(String::from));
+    eprintln!("{out}");
+    assert!(ok, "status failed: {err}\n{out}");
+    for needle in ["acceptor done 1", "replica done 1", "proposer done 1", "acceptor groups in force: 1"] {
+        assert!(out.contains(needle), "{needle:?} not in status:\n{out}");
+    }
+    for dead in [4, 8, leader] {
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(&dead.to_string()));
+        assert!(line.is_some_and(|l| l.contains("removed")), "node {dead} not shown as removed:\n{out}");
+    }
     // Three instances launched, one per replacement, all running (the dead nodes were local processes
     // with no instance, so nothing was terminated).
     let replaces: Vec<Value> = h.steps().into_iter().filter(|s| s["action"]["kind"] == "replace").collect();

@@ -455,6 +455,129 @@ fn describe_metrics() {
         "Failed scrapes and fleet operations."
     );
     describe_counter!("autopaxos_autoscaler_intervals_total", Unit::Count, "Intervals run.");
+    describe_gauge!("autopaxos_autoscaler_acceptor_groups", Unit::Count, "Acceptor groups in force.");
+    describe_gauge!(
+        "autopaxos_autoscaler_replacements_in_progress",
+        Unit::Count,
+        "Dead proposers, acceptors and replicas being replaced."
+    );
+    describe_gauge!(
+        "autopaxos_autoscaler_unreachable_members",
+        Unit::Count,
+        "Members of the configuration in force that did not answer, not (yet) being replaced."
+    );
+    describe_gauge!(
+        "autopaxos_autoscaler_replacing",
+        "The try number while a node is being replaced, then 0."
+    );
+    describe_counter!(
+        "autopaxos_autoscaler_replacements_total",
+        Unit::Count,
+        "Replacements, by role and outcome (started, done, abandoned, launch-failed)."
+    );
+    describe_gauge!(
+        "autopaxos_autoscaler_last_replacement_seconds",
+        Unit::Seconds,
+        "From deciding the last replacement of a role to the change being in force."
+    );
+    describe_counter!(
+        "autopaxos_autoscaler_steps_total",
+        Unit::Count,
+        "Steps of healing and of changes of acceptor groups, by role and kind."
+    );
+}
+
+/// What `autopaxos status --autoscaler` shows of an autoscaler, read from its `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AutoscalerView {
+    /// Nodes per scaled role after the last decision (acceptors: groups).
+    pub nodes: BTreeMap<String, f64>,
+    /// Nodes per scaled role the load asks for.
+    pub targets: BTreeMap<String, f64>,
+    /// Acceptor groups in force, if it manages them.
+    pub acceptor_groups: Option<f64>,
+    /// Members that did not answer and are not being replaced yet.
+    pub unreachable_members: Option<f64>,
+    /// (role, node, try) of each replacement under way.
+    pub replacing: Vec<(String, String, f64)>,
+    /// Replacements by "role outcome".
+    pub replacements: BTreeMap<String, f64>,
+    /// Seconds the last replacement of each role took.
+    pub last_replacement_seconds: BTreeMap<String, f64>,
+    /// Intervals run.
+    pub intervals: f64,
+    /// Failed scrapes and fleet operations.
+    pub errors: f64,
+}
+
+impl AutoscalerView {
+    /// Reads the autoscaler whose metrics are served at `addr`.
+    pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<AutoscalerView, String> {
+        let text = scrape::fetch(addr, timeout).map_err(|e| format!("the autoscaler at {addr}: {e}"))?;
+        let samples = scrape::parse(&text).map_err(|e| format!("the autoscaler at {addr}: {e}"))?;
+        let mut v = AutoscalerView::default();
+        for s in &samples {
+            let role = s.label("role").unwrap_or("").to_string();
+            match s.name.as_str() {
+                "autopaxos_autoscaler_nodes" => {
+                    v.nodes.insert(role, s.value);
+                }
+                "autopaxos_autoscaler_target_nodes" => {
+                    v.targets.insert(role, s.value);
+                }
+                "autopaxos_autoscaler_acceptor_groups" => v.acceptor_groups = Some(s.value),
+                "autopaxos_autoscaler_unreachable_members" => v.unreachable_members = Some(s.value),
+                "autopaxos_autoscaler_replacing" if s.value > 0.0 => {
+                    v.replacing.push((role, s.label("node").unwrap_or("?").to_string(), s.value))
+                }
+                "autopaxos_autoscaler_replacements_total" => {
+                    let outcome = s.label("outcome").unwrap_or("?");
+                    *v.replacements.entry(format!("{role} {outcome}")).or_default() += s.value;
+                }
+                "autopaxos_autoscaler_last_replacement_seconds" => {
+                    v.last_replacement_seconds.insert(role, s.value);
+                }
+                "autopaxos_autoscaler_intervals_total" => v.intervals = s.value,
+                "autopaxos_autoscaler_errors_total" => v.errors += s.value,
+                _ => {}
+            }
+        }
+        if v.intervals == 0.0 && v.nodes.is_empty() {
+            return Err(format!("{addr} serves no autopaxos_autoscaler_* metrics: is it an autoscaler?"));
+        }
+        Ok(v)
+    }
+
+    /// A few lines for `status`.
+    pub fn render(&self) -> String {
+        let mut out = format!("autoscaler: {} intervals, {} errors\n", self.intervals, self.errors);
+        let sizes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(role, n)| match self.targets.get(role) {
+                Some(t) => format!("{role} {n} (target {t})"),
+                None => format!("{role} {n}"),
+            })
+            .collect();
+        out += &format!("  sizes: {}\n", if sizes.is_empty() { "-".into() } else { sizes.join(", ") });
+        if let Some(g) = self.acceptor_groups {
+            out += &format!("  acceptor groups in force: {g}\n");
+        }
+        if let Some(u) = self.unreachable_members {
+            out += &format!("  members not answering (not yet being replaced): {u}\n");
+        }
+        for (role, node, attempt) in &self.replacing {
+            out += &format!("  replacing {role} {node} (try {attempt})\n");
+        }
+        if !self.replacements.is_empty() {
+            let counts: Vec<String> = self.replacements.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            out += &format!("  replacements: {}\n", counts.join(", "));
+        }
+        for (role, secs) in &self.last_replacement_seconds {
+            out += &format!("  last {role} replacement in force {secs:.1}s after it was decided\n");
+        }
+        out
+    }
 }
 
 pub(crate) fn error_metric(kind: &'static str) {

@@ -118,6 +118,8 @@ pub struct Stateful {
     f: usize,
     /// How long a new group's acceptors may take to answer before they are terminated.
     change_timeout: Duration,
+    /// The replacements last exported as metrics: node -> (role, try).
+    exported: BTreeMap<NodeId, (&'static str, u32)>,
 }
 
 impl Stateful {
@@ -133,6 +135,7 @@ impl Stateful {
             prev_accepted: Counters::new(),
             f,
             change_timeout,
+            exported: BTreeMap::new(),
         }
     }
 
@@ -185,12 +188,27 @@ impl Stateful {
         } else if let (Some(policy), false) = (policy, busy) {
             record = self.size_groups(&mut ctx, policy, &config, &prev);
         }
-        if let Some(h) = &self.healer {
-            metrics::gauge!("autopaxos_autoscaler_replacements_in_progress")
-                .set(h.in_progress().count() as f64);
-            metrics::gauge!("autopaxos_autoscaler_unreachable_members").set(h.unreachable() as f64);
-        }
+        self.export_replacements();
         (ctx.steps, record)
+    }
+
+    /// Exports the replacements under way: `autopaxos_autoscaler_replacing{role, node}` is the try
+    /// number while node `node` is being replaced, 0 after (what `autopaxos status --autoscaler` shows).
+    fn export_replacements(&mut self) {
+        let Some(h) = &self.healer else { return };
+        metrics::gauge!("autopaxos_autoscaler_replacements_in_progress").set(h.in_progress().count() as f64);
+        metrics::gauge!("autopaxos_autoscaler_unreachable_members").set(h.unreachable() as f64);
+        let now: BTreeMap<NodeId, (&'static str, u32)> =
+            h.in_progress().map(|r| (r.old, (r.role, r.attempt))).collect();
+        for (&node, &(role, _)) in self.exported.iter().filter(|(n, _)| !now.contains_key(n)) {
+            metrics::gauge!("autopaxos_autoscaler_replacing", "role" => role, "node" => node.to_string())
+                .set(0.0);
+        }
+        for (&node, &(role, attempt)) in &now {
+            metrics::gauge!("autopaxos_autoscaler_replacing", "role" => role, "node" => node.to_string())
+                .set(f64::from(attempt));
+        }
+        self.exported = now;
     }
 
     /// The configuration's members with what was seen of each.

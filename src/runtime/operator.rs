@@ -52,6 +52,13 @@ impl ClusterStatus {
             .max_by_key(|&(_, b)| b)
     }
 
+    /// Whether node `id` of `role` is a proposer, acceptor or replica that the configuration in
+    /// force no longer names (a change took it out).
+    pub fn removed(&self, id: NodeId, role: RoleKind) -> bool {
+        let stateful = matches!(role, RoleKind::Acceptor | RoleKind::Replica | RoleKind::Proposer);
+        stateful && self.configuration().is_some_and(|c| !c.config.members().any(|(n, _)| n == id))
+    }
+
     /// The highest watermark a replica reports.
     pub fn max_executed(&self) -> Option<Slot> {
         self.answers().filter(|(_, s)| s.role == RoleKind::Replica).filter_map(|(_, s)| s.executed).max()
@@ -64,6 +71,7 @@ impl ClusterStatus {
     /// A node's state as the table shows it.
     fn state(&self, node: &NodeReport) -> &'static str {
         match &node.status {
+            Err(_) if self.removed(node.id, node.role) => "removed",
             Err(_) => "unreachable",
             Ok(s) => match s.state {
                 NodeState::Up => "up",
