@@ -799,10 +799,10 @@ fn make_fleet(
     cluster_file: Option<&str>,
 ) -> Result<Box<dyn Fleet>, String> {
     let real: Option<Box<dyn Fleet>> = match &args.ami {
-        None if args.nodes_from.is_some() => None,
+        None if args.nodes_from.is_some() || args.config.is_some() => None,
         None => {
-            return Err("--ami is required to act on EC2 (or give --nodes-from FILE --dry-run to watch a \
-                        local cluster)"
+            return Err("--ami is required to act on EC2 (or give --nodes-from FILE or --config FILE with \
+                        --dry-run to watch a local cluster)"
                 .into())
         }
         Some(_ami) => {
@@ -825,8 +825,8 @@ fn make_fleet(
         (real, true) => Ok(Box::new(DryRun::new(real))),
         (Some(real), false) => Ok(real),
         (None, false) => {
-            Err("--nodes-from without --ami has no fleet to act on: add --dry-run to log decisions \
-                              only, or --ami (in a build with --features cloud) to launch EC2 instances"
+            Err("--nodes-from or --config without --ami has no fleet to act on: add --dry-run to log \
+                 decisions only, or --ami (in a build with --features cloud) to launch EC2 instances"
                 .into())
         }
     }

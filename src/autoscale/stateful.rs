@@ -21,7 +21,7 @@ use super::{error_metric, Counters, Fleet, Instance, Record};
 use crate::protocol::configuration::Configuration;
 use crate::protocol::{NodeId, RoleKind};
 use crate::runtime::config::ClusterFile;
-use crate::runtime::operator::{gather_with, reconfigure_by, ClusterStatus};
+use crate::runtime::operator::{gather_with, reconfigure_by, ClusterStatus, Reconfigured};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -70,6 +70,33 @@ pub struct StepKind {
     pub kind: &'static str,
 }
 
+/// A change of configuration as a function of the configuration in force.
+pub type Change<'a> = &'a dyn Fn(&Configuration) -> Result<Configuration, String>;
+
+/// The running cluster as the stateful side sees it: how it stands, and changes of configuration.
+/// [`LiveCluster`] asks the real one; the unit tests use one in memory.
+pub trait ClusterOps {
+    /// How every node stands: the file's, those the proposers saw join, and `more`.
+    fn status(&mut self, more: &[(NodeId, RoleKind, SocketAddr)]) -> ClusterStatus;
+    /// Asks the leader for `change` applied to the configuration in force, and waits until it is
+    /// in force (or fails).
+    fn reconfigure(&mut self, change: Change) -> Result<Reconfigured, String>;
+}
+
+/// The cluster of a cluster file, asked over the network (`autopaxos status`'s gather, and
+/// `autopaxos reconfigure`'s change).
+pub struct LiveCluster(pub ClusterFile);
+
+impl ClusterOps for LiveCluster {
+    fn status(&mut self, more: &[(NodeId, RoleKind, SocketAddr)]) -> ClusterStatus {
+        gather_with(&self.0, more, Duration::from_secs(1))
+    }
+
+    fn reconfigure(&mut self, change: Change) -> Result<Reconfigured, String> {
+        reconfigure_by(&self.0, change, RECONFIGURE_TIMEOUT)
+    }
+}
+
 /// A change of acceptor groups under way.
 #[derive(Debug, Clone)]
 enum GroupChange {
@@ -107,7 +134,7 @@ pub struct Tick<'a> {
 
 /// The stateful side's memory between intervals.
 pub struct Stateful {
-    file: ClusterFile,
+    cluster: Box<dyn ClusterOps>,
     healer: Option<Healer>,
     change: Option<GroupChange>,
     /// Every node's instance, from every listing so far: a node whose instance is no longer listed
@@ -126,9 +153,14 @@ impl Stateful {
     /// Manages the stateful roles of the cluster of `file`; heals with `heal` (`None`: no healing).
     pub fn new(file: ClusterFile, heal: Option<HealConfig>) -> Stateful {
         let f = file.config.f;
+        Stateful::with_cluster(Box::new(LiveCluster(file)), f, heal)
+    }
+
+    /// Manages the stateful roles of `cluster`, which tolerates `f` failures.
+    pub fn with_cluster(cluster: Box<dyn ClusterOps>, f: usize, heal: Option<HealConfig>) -> Stateful {
         let change_timeout = heal.as_ref().map_or(Duration::from_secs(300), |h| h.replacement_timeout);
         Stateful {
-            file,
+            cluster,
             healer: heal.map(Healer::new),
             change: None,
             homes: BTreeMap::new(),
@@ -160,7 +192,7 @@ impl Stateful {
             .filter(|i| i.node_ids.len() == 1)
             .filter_map(|i| i.address.map(|a| (i.node_ids[0], i.role, a)))
             .collect();
-        let status = gather_with(&self.file, &more, Duration::from_secs(1));
+        let status = self.cluster.status(&more);
         let Some(config) = status.configuration().map(|c| c.config.clone()) else {
             error_metric("status");
             tracing::warn!("no proposer or replica answered: the configuration in force is unknown; waiting");
@@ -249,7 +281,7 @@ impl Stateful {
             .collect();
         for r in ready {
             let new = r.new_node.expect("filtered");
-            let result = reconfigure_by(&self.file, |current| swap(current, r.old, new), RECONFIGURE_TIMEOUT);
+            let result = self.cluster.reconfigure(&|current| swap(current, r.old, new));
             let took = ctx.now.saturating_sub(r.started);
             match result {
                 Ok(done) => {
@@ -361,11 +393,7 @@ impl Stateful {
                 if ctx.dry_run {
                     return Some(record);
                 }
-                let result = reconfigure_by(
-                    &self.file,
-                    |current| without_groups(current, &members),
-                    RECONFIGURE_TIMEOUT,
-                );
+                let result = self.cluster.reconfigure(&|current| without_groups(current, &members));
                 match result {
                     Ok(done) => {
                         let reason = format!(
@@ -427,15 +455,11 @@ impl Stateful {
                 }
                 let size = 2 * self.f + 1;
                 let new_groups: Vec<Vec<NodeId>> = nodes.chunks(size).map(<[NodeId]>::to_vec).collect();
-                let result = reconfigure_by(
-                    &self.file,
-                    |current| {
-                        let mut next = current.clone();
-                        next.acceptor_groups.extend(new_groups.iter().cloned());
-                        Ok(next)
-                    },
-                    RECONFIGURE_TIMEOUT,
-                );
+                let result = self.cluster.reconfigure(&|current| {
+                    let mut next = current.clone();
+                    next.acceptor_groups.extend(new_groups.iter().cloned());
+                    Ok(next)
+                });
                 match result {
                     Ok(done) => {
                         let reason = format!(
@@ -660,7 +684,206 @@ pub fn group_load(groups: &[Vec<NodeId>], prev: &Counters, cur: &Counters) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autoscale::FleetError;
+    use crate::protocol::configuration::InForce;
+    use crate::protocol::messages::NodeStatus;
+    use crate::protocol::Ballot;
+    use crate::runtime::operator::NodeReport;
+    use std::cell::RefCell;
+    use std::rc::Rc;
     use std::time::Instant;
+
+    /// A cluster and its fleet in memory: the configuration in force, the nodes that do not answer,
+    /// and the instances launched (whose nodes answer only if `launches_serve`).
+    struct World {
+        config: Configuration,
+        down: BTreeSet<NodeId>,
+        launched: Vec<Instance>,
+        terminated: Vec<String>,
+        launches_serve: bool,
+        next_node: NodeId,
+    }
+
+    impl World {
+        fn answers(&self, id: NodeId) -> bool {
+            let launched = self.launched.iter().any(|i| i.node_ids.contains(&id));
+            !self.down.contains(&id) && (!launched || self.launches_serve)
+        }
+    }
+
+    struct FakeCluster(Rc<RefCell<World>>);
+    struct FakeFleet(Rc<RefCell<World>>);
+
+    impl ClusterOps for FakeCluster {
+        fn status(&mut self, more: &[(NodeId, RoleKind, SocketAddr)]) -> ClusterStatus {
+            let w = self.0.borrow();
+            let in_force =
+                InForce { config: w.config.clone(), from_slot: 0, chosen_at: None, ballot: Ballot::ZERO };
+            let mut nodes: Vec<(NodeId, RoleKind)> = w.config.members().collect();
+            nodes.extend(more.iter().map(|&(id, role, _)| (id, role)));
+            let nodes = nodes
+                .into_iter()
+                .map(|(id, role)| {
+                    let status = if w.answers(id) {
+                        Ok(NodeStatus { configuration: Some(in_force.clone()), ..NodeStatus::basic(role) })
+                    } else {
+                        Err("connection refused".into())
+                    };
+                    NodeReport { id, role, addr: "127.0.0.1:1".parse().unwrap(), status }
+                })
+                .collect();
+            ClusterStatus { cluster_id: "c".into(), nodes }
+        }
+
+        fn reconfigure(&mut self, change: Change) -> Result<Reconfigured, String> {
+            let mut w = self.0.borrow_mut();
+            let next = change(&w.config)?;
+            let new = |id: NodeId| !w.config.members().any(|(n, _)| n == id);
+            if let Some((id, _)) = next.members().find(|&(id, _)| new(id) && !w.answers(id)) {
+                return Err(format!("node {id} has not joined"));
+            }
+            let epoch = w.config.epoch + 1;
+            w.config = Configuration { epoch, ..next };
+            Ok(Reconfigured { epoch, from_slot: 100 * epoch, took: Duration::ZERO })
+        }
+    }
+
+    impl Fleet for FakeFleet {
+        fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
+            let w = self.0.borrow();
+            Ok(w.launched.iter().filter(|i| !w.terminated.contains(&i.id)).cloned().collect())
+        }
+        fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError> {
+            let mut w = self.0.borrow_mut();
+            let mut out = Vec::new();
+            for _ in 0..count {
+                let node = w.next_node;
+                w.next_node += 1;
+                out.push(Instance {
+                    id: format!("i-{node}"),
+                    role,
+                    address: Some("127.0.0.1:1".parse().unwrap()),
+                    metrics_address: None,
+                    managed: true,
+                    nodes: 1,
+                    node_ids: vec![node],
+                });
+            }
+            w.launched.extend(out.iter().cloned());
+            Ok(out)
+        }
+        fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError> {
+            self.0.borrow_mut().terminated.extend(ids.iter().cloned());
+            Ok(())
+        }
+    }
+
+    fn world(down: &[NodeId]) -> Rc<RefCell<World>> {
+        Rc::new(RefCell::new(World {
+            config: config(),
+            down: down.iter().copied().collect(),
+            launched: Vec::new(),
+            terminated: Vec::new(),
+            launches_serve: true,
+            next_node: 21,
+        }))
+    }
+
+    fn heal() -> HealConfig {
+        HealConfig {
+            replace_after: Duration::from_secs(2),
+            replacement_timeout: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(3),
+            retry_backoff_max: Duration::from_secs(60),
+        }
+    }
+
+    /// One interval at second `t`; returns its steps as (kind, node, replacement).
+    fn tick(
+        s: &mut Stateful,
+        w: &Rc<RefCell<World>>,
+        t: u64,
+    ) -> Vec<(&'static str, Option<NodeId>, Option<NodeId>)> {
+        let mut fleet = FakeFleet(w.clone());
+        let instances = fleet.instances().unwrap();
+        let tick = Tick {
+            interval: t,
+            now: Duration::from_secs(t),
+            dry_run: false,
+            instances: &instances,
+            accepted: Counters::new(),
+            fleet: &mut fleet,
+            policy: None,
+        };
+        s.step(tick).0.into_iter().map(|st| (st.action.kind, st.node, st.replacement)).collect()
+    }
+
+    #[test]
+    fn dead_nodes_are_replaced_through_the_fleet_one_per_group_at_a_time() {
+        // Two acceptors of group 0 and one of group 1 dead: f = 1, so group 0 may lose only one
+        // member to a replacement at a time.
+        let w = world(&[3, 4, 12]);
+        let mut s = Stateful::with_cluster(Box::new(FakeCluster(w.clone())), 1, Some(heal()));
+        let mut all = Vec::new();
+        for t in 0..12 {
+            all.extend(tick(&mut s, &w, t));
+            let per_group = |g| s.replacements().iter().filter(|r| r.group == Some(g)).count();
+            assert!(per_group(0) <= 1 && per_group(1) <= 1, "at {t}: {:?}", s.replacements());
+        }
+        let launches: Vec<_> = all.iter().filter(|(k, ..)| *k == "replace").collect();
+        assert_eq!(launches.len(), 3, "one launch per dead node: {all:?}");
+        assert_eq!(w.borrow().config.acceptor_groups, vec![vec![21, 23, 5], vec![11, 22, 13]], "{all:?}");
+        assert_eq!(w.borrow().config.epoch, 6);
+        // The dead nodes were not on instances the fleet knows: nothing terminated.
+        assert!(w.borrow().terminated.is_empty());
+    }
+
+    #[test]
+    fn a_replacement_that_never_serves_is_terminated_and_retried_with_backoff() {
+        let w = world(&[8]);
+        w.borrow_mut().launches_serve = false;
+        let mut s = Stateful::with_cluster(Box::new(FakeCluster(w.clone())), 1, Some(heal()));
+        let mut all = Vec::new();
+        for t in 0..=10 {
+            all.extend(tick(&mut s, &w, t).into_iter().map(|st| (t, st)));
+        }
+        // Launched at 2, abandoned (and terminated) at 7, retried after 3 s at 10.
+        let kinds: Vec<(u64, &str)> = all.iter().map(|(t, (k, ..))| (*t, *k)).collect();
+        assert_eq!(kinds, vec![(2, "replace"), (7, "abandon"), (10, "replace")], "{all:?}");
+        assert_eq!(w.borrow().terminated, vec!["i-21".to_string()]);
+        // The second one serves: in, and 8 out.
+        w.borrow_mut().launches_serve = true;
+        assert_eq!(tick(&mut s, &w, 11), vec![("replaced", Some(8), Some(22))]);
+        assert_eq!(w.borrow().config.replicas, vec![7, 22]);
+    }
+
+    #[test]
+    fn a_flapping_node_is_replaced_once_and_an_answer_restarts_its_count() {
+        let w = world(&[]);
+        let mut s = Stateful::with_cluster(Box::new(FakeCluster(w.clone())), 1, Some(heal()));
+        w.borrow_mut().launches_serve = false;
+        let mut launches = 0;
+        for t in 0..30 {
+            // Down for two intervals, up for one: never 2 s without a break until t = 10, then down
+            // for good from 10 to 20, then flapping again while its replacement is under way.
+            let down = if (10..20).contains(&t) { true } else { t % 3 != 0 };
+            let mut world = w.borrow_mut();
+            if down {
+                world.down.insert(4)
+            } else {
+                world.down.remove(&4)
+            };
+            world.launches_serve = t >= 14;
+            drop(world);
+            let steps = tick(&mut s, &w, t);
+            launches += steps.iter().filter(|(k, ..)| *k == "replace").count();
+            if t < 12 {
+                assert!(steps.is_empty(), "at {t}: {steps:?}");
+            }
+        }
+        assert_eq!(launches, 1);
+        assert!(!w.borrow().config.members().any(|(n, _)| n == 4), "{:?}", w.borrow().config);
+    }
 
     fn config() -> Configuration {
         Configuration {

@@ -290,14 +290,14 @@ pub struct Reconfigured {
 /// asks the leader to propose it (following `NotLeader` hints), and waits until the leader says it
 /// is in force. New nodes must have joined (`--join`) first.
 pub fn reconfigure(file: &ClusterFile, to: Configuration, timeout: Duration) -> Result<Reconfigured, String> {
-    reconfigure_by(file, |_| Ok(to.clone()), timeout)
+    reconfigure_by(file, &|_| Ok(to.clone()), timeout)
 }
 
 /// [`reconfigure`] to what `change` makes of the configuration in force, read just before the
 /// change is asked for (so that a change computed from a stale reading cannot undo another).
 pub fn reconfigure_by(
     file: &ClusterFile,
-    change: impl Fn(&Configuration) -> Result<Configuration, String>,
+    change: &dyn Fn(&Configuration) -> Result<Configuration, String>,
     timeout: Duration,
 ) -> Result<Reconfigured, String> {
     let started = Instant::now();
