@@ -322,8 +322,10 @@ mod tests {
 
     #[test]
     fn a_stateful_node_for_a_file_cluster_gets_the_file_and_its_own_loopback_ports() {
-        let file = "[cluster]\nid = \"demo\"\nf = 1\n";
+        let file = crate::runtime::config::EXAMPLE;
+        let id = crate::runtime::config::ClusterFile::parse(file, "example").unwrap().cluster_id;
         let s = LaunchSettings {
+            cluster: id,
             advertise: Some("127.0.0.1:0".parse().unwrap()),
             cluster_file: Some(file.into()),
             ..settings()
