@@ -47,6 +47,10 @@ fn autoscaler_args(cluster: &Cluster, nodes: &Path, caps: &Path, metrics_port: u
         "--json",
         "--metrics-addr",
         &format!("127.0.0.1:{metrics_port}"),
+        // The stateless roles only (tests/healing.rs covers the stateful ones): no cluster file to
+        // make from the fleet's tags at start, so the autoscaler's clock starts with the test's.
+        "--no-healing",
+        "--no-group-sizing",
     ]
     .iter()
     .map(|s| s.to_string())

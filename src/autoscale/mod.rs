@@ -866,7 +866,17 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
     } else {
         let file = match file {
             Some(file) => Some(file),
-            None => fleet.cluster_file().transpose().map_err(|e| format!("the cluster's nodes: {e}"))?,
+            None => match fleet.cluster_file() {
+                Some(Ok(file)) => Some(file),
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "no cluster file can be made from the fleet's instances ({e}): the stateful roles are \
+                         not managed (give --config)"
+                    );
+                    None
+                }
+                None => None,
+            },
         };
         match file {
             Some(file) => {
