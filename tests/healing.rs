@@ -191,7 +191,7 @@ fn dead_acceptor_replica_and_leader_are_replaced_under_load_without_losing_a_wri
     let _serial = common::serialize();
     let mut cluster = Cluster::start("healing");
     let mut h = Harness::start(&cluster, 1e12, &["--replace-after", "3s", "--replacement-timeout", "60s"]);
-    let client = verifying_client(&mut cluster, 30);
+    let client = verifying_client(&mut cluster, 20);
     common::wait_progress(&mut cluster, client, 0, Duration::from_secs(20));
     let started = Instant::now();
 
@@ -283,10 +283,10 @@ fn a_group_is_added_under_high_load_and_removed_when_it_falls_without_losing_a_w
             "--no-healing",
         ],
     );
-    let client = verifying_client(&mut cluster, 30);
+    let client = verifying_client(&mut cluster, 20);
     common::wait_progress(&mut cluster, client, 0, Duration::from_secs(20));
     let high = cluster
-        .spawn_client("high", &["--clients", "1024", "--duration", "8s", "--node", "5001", "--cores", "1"]);
+        .spawn_client("high", &["--clients", "1024", "--duration", "6s", "--node", "5001", "--cores", "1"]);
     let added = h.wait_step("groups-added", None, Duration::from_secs(40));
     let status = status_json(&cluster);
     let groups = status["configuration"]["acceptor_groups"].as_array().cloned().unwrap_or_default();

@@ -6,7 +6,8 @@
 //! killed, as the machine would be. Nothing of this talks to AWS: only to the emulator's endpoint.
 //!
 //! It is how the autoscaler's launch, heal and scale paths are tried end to end without EC2 (the
-//! tests and `bench/healing.py` use it); process start stands in for an instance's boot.
+//! tests and `bench/healing.py` use it); process start stands in for an instance's boot. The
+//! instances share this machine's cores: each runs on one, spread by node id.
 
 use super::ec2::Ec2;
 use super::AwsFlags;
@@ -134,11 +135,19 @@ fn start(ec2: &Ec2, exe: &std::path::Path, args: &EmulateArgs, id: &str) -> Resu
         std::fs::File::create(dir.join(name))
             .map_err(|e| format!("cannot create {name} in {}: {e}", dir.display()))
     };
+    // Each "instance" on one core, spread over this machine's by node id, not all on the first.
+    // (They share the machine with the rest of the cluster, so where one lands moves the cluster's
+    // throughput; on EC2 each is a machine of its own. See bench/README.md, healing.)
+    let cores = crate::runtime::allowed_cores();
+    let node = ud.nodes.first().copied().unwrap_or_default() as usize;
+    let core = cores[node % cores.len().max(1)];
     let mut command = Command::new(exe);
     command
         .arg("boot")
         .arg("--user-data")
         .arg(&file)
+        .arg("--cores")
+        .arg(core.to_string())
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(log("stdout.log")?)
@@ -146,6 +155,6 @@ fn start(ec2: &Ec2, exe: &std::path::Path, args: &EmulateArgs, id: &str) -> Resu
     // The "instance" dies with the emulator, however it stops (killed included).
     command.arg("--exit-with-parent");
     let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let what = format!("{} {} at {address}", ud.role, ud.nodes.first().copied().unwrap_or_default());
+    let what = format!("{} {node} at {address} on core {core}", ud.role);
     Ok(Some(Running { child, what }))
 }
