@@ -254,6 +254,9 @@ fn dead_acceptor_replica_and_leader_are_replaced_under_load_without_losing_a_wri
         .collect();
     let instances = h.ec2().instances(&ids).expect("describe the replacements");
     assert!(instances.iter().all(|i| i.state == "running"), "{instances:?}");
+    // The status checks the fleet reads every interval (an impaired instance counts as gone): moto
+    // answers them, all healthy.
+    assert_eq!(h.ec2().impaired(&ids).expect("DescribeInstanceStatus"), Vec::<String>::new());
     eprintln!(
         "healing: 3 replacements in {:.1}s under load; verified {} writes intact, {} lost",
         episode.as_secs_f64(),

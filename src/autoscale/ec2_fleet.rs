@@ -1,6 +1,7 @@
 //! [`Fleet`] over EC2 (feature `cloud`), through the blocking [`Ec2`] handle of `crate::cloud::ec2`.
 //!
-//! - Nodes: the cluster's instances (tag `autopaxos:cluster`), pending or running, each with its role
+//! - Nodes: the cluster's instances (tag `autopaxos:cluster`), pending or running and not failing
+//!   their status checks (an impaired machine counts as gone), each with its role
 //!   (`autopaxos:role`). An instance's cluster address is its `autopaxos:address` tag, else
 //!   `<private ip>:--node-port`; its metrics address is its `autopaxos:metrics-address` tag, else
 //!   `<private ip>:--node-metrics-port`. Only instances tagged `autopaxos:managed-by = autoscaler` are
@@ -192,6 +193,25 @@ impl Ec2Fleet {
             self.ec2.cluster_instances(&self.settings.cluster).map_err(|e| FleetError(e.to_string()))?;
         Ok(all.into_iter().filter(|i| i.state == "pending" || i.state == "running").collect())
     }
+
+    /// The instances of the cluster that serve or start: pending or running, and not failing their
+    /// status checks (an impaired machine counts as gone: its nodes are replaced).
+    fn serving(&self) -> Result<Vec<ec2::Instance>, FleetError> {
+        let live = self.describe()?;
+        let running: Vec<String> =
+            live.iter().filter(|i| i.state == "running").map(|i| i.id.clone()).collect();
+        let impaired = match self.ec2.impaired(&running) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("status checks of the cluster's instances: {e}; counting them as healthy");
+                Vec::new()
+            }
+        };
+        for id in &impaired {
+            tracing::warn!(instance = %id, "fails its EC2 status checks: counted as gone");
+        }
+        Ok(live.into_iter().filter(|i| !impaired.contains(&i.id)).collect())
+    }
 }
 
 fn tag_addr(i: &ec2::Instance, tag: &str, port: u16) -> Option<SocketAddr> {
@@ -204,7 +224,7 @@ fn tag_addr(i: &ec2::Instance, tag: &str, port: u16) -> Option<SocketAddr> {
 impl Fleet for Ec2Fleet {
     fn instances(&mut self) -> Result<Vec<Instance>, FleetError> {
         let mut found: Vec<(Option<NodeId>, Instance)> = self
-            .describe()?
+            .serving()?
             .into_iter()
             .filter_map(|i| {
                 let role = RoleKind::from_name(i.role()).filter(|r| *r != RoleKind::Client)?;

@@ -379,6 +379,42 @@ impl Ec2 {
         })
     }
 
+    /// Of the running instances `ids`, those whose instance or system status check is impaired
+    /// (DescribeInstanceStatus): EC2 says the machine is failing.
+    pub fn impaired(&self, ids: &[String]) -> Result<Vec<String>, CloudError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        let map = self.sdk_err("DescribeInstanceStatus");
+        self.call("DescribeInstanceStatus", move |c| async move {
+            let mut impaired = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let out = c
+                    .describe_instance_status()
+                    .set_instance_ids(Some(ids.clone()))
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(&map)?;
+                for st in out.instance_statuses() {
+                    let bad = |summary: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                        summary.and_then(|s| s.status()).is_some_and(|s| s.as_str() == "impaired")
+                    };
+                    if bad(st.instance_status()) || bad(st.system_status()) {
+                        impaired.extend(st.instance_id().map(str::to_string));
+                    }
+                }
+                match out.next_token() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(impaired)
+        })
+    }
+
     /// Terminates instances (no-op for an empty list).
     pub fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
         if ids.is_empty() {
