@@ -293,7 +293,7 @@ pub fn cluster_file_text(
         let role = i.role();
         // An acceptor, replica or proposer the autoscaler launched joined through a change of
         // configuration: it is not one of the file's configured nodes.
-        let managed = i.tags.get(crate::autoscale::ec2_fleet::TAG_MANAGED_BY).is_some();
+        let managed = i.tags.contains_key(crate::autoscale::ec2_fleet::TAG_MANAGED_BY);
         if managed && RoleKind::from_name(role).is_some_and(|r| !crate::protocol::membership::is_stateless(r))
         {
             continue;
