@@ -422,7 +422,7 @@ fn an_acceptor_whose_log_is_corrupted_in_the_middle_refuses_to_start_naming_file
         .find(|l| l.contains(&name))
         .map(|l| l.trim().to_string())
         .unwrap_or_else(|| panic!("acceptor 4's error does not name {name}:\n{stderr}"));
-    let untouched = fs::read(&segment).map_or(false, |now| now == bytes);
+    let untouched = fs::read(&segment).is_ok_and(|now| now == bytes);
 
     let verified = finish_client(&mut cluster, client);
     let agreement = replicas_agree(&mut cluster, Duration::from_secs(30));

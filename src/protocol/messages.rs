@@ -409,7 +409,7 @@ where
     let read = |aligned: &[u8]| {
         rkyv::access::<T::Archived, RkyvError>(aligned).map(f).map_err(|e| DecodeError(e.to_string()))
     };
-    if (bytes.as_ptr() as usize) % ARCHIVE_ALIGN == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
         return read(bytes);
     }
     let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());

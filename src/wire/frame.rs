@@ -378,7 +378,7 @@ impl FrameReader {
         }
         self.need = 0;
         let meta = &self.buf[HEADER_LEN..HEADER_LEN + header.meta_len];
-        if meta.as_ptr() as usize % FRAME_ALIGN != 0 {
+        if !(meta.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
             self.misaligned_metas += 1;
         }
         let frame = if header.kind == KIND_HANDSHAKE {

@@ -52,10 +52,11 @@ pub const READ_CHUNK: usize = 64 << 10;
 pub const INLINE_PAYLOAD_MAX: usize = 512;
 
 const _: () = assert!(FRAME_ALIGN.is_power_of_two());
-const _: () = assert!(HEADER_LEN % FRAME_ALIGN == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(FRAME_ALIGN >= std::mem::align_of::<ArchivedMsg>());
 const _: () = assert!(FRAME_ALIGN >= std::mem::align_of::<ArchivedHandshake>());
-const _: () = assert!(MAX_META_BYTES % FRAME_ALIGN == 0 && MAX_PAYLOAD_BYTES % FRAME_ALIGN == 0);
+const _: () =
+    assert!(MAX_META_BYTES.is_multiple_of(FRAME_ALIGN) && MAX_PAYLOAD_BYTES.is_multiple_of(FRAME_ALIGN));
 // Lengths travel as u32, and header arithmetic on them must not overflow a 32-bit usize.
 const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize && usize::BITS >= 32);
 const _: () = assert!(READ_CHUNK >= HEADER_LEN && INLINE_PAYLOAD_MAX < MAX_PAYLOAD_BYTES);
