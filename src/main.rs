@@ -92,7 +92,7 @@ enum Command {
     Plan(PlanArgs),
     /// Size the stateless roles (batchers, proxy leaders, unbatchers) from live /metrics: scale out
     /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason.
-    Autoscale(autopaxos::autoscale::AutoscaleArgs),
+    Autoscale(Box<autopaxos::autoscale::AutoscaleArgs>),
     /// Ask a batcher, proxy leader or unbatcher to drain and leave the cluster; waits until it has.
     ///
     /// The node stops taking new work, finishes what it holds, reports that it left, and exits. The
@@ -417,7 +417,7 @@ fn main() -> ExitCode {
         Command::Unbatcher(a) => role(RoleKind::Unbatcher, a),
         Command::Tune(args) => tune(args),
         Command::Plan(args) => plan(args),
-        Command::Autoscale(args) => autopaxos::autoscale::run(args),
+        Command::Autoscale(args) => autopaxos::autoscale::run(*args),
         Command::Boot(args) => autopaxos::boot::run(args),
         Command::Leave(args) => leave(args),
         Command::Status(args) => status(args),
