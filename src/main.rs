@@ -91,7 +91,9 @@ enum Command {
     /// above one of them is reported as unreachable, with the maximum. Exit status 1 on bad input.
     Plan(PlanArgs),
     /// Size the stateless roles (batchers, proxy leaders, unbatchers) from live /metrics: scale out
-    /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason.
+    /// and in with headroom, hysteresis and a cooldown, logging every decision with its reason. With
+    /// the cluster file (--config, or by tags for a `cloud up` cluster) also size the acceptor groups
+    /// and replace dead proposers, acceptors and replicas through changes of configuration.
     Autoscale(Box<autopaxos::autoscale::AutoscaleArgs>),
     /// Ask a batcher, proxy leader or unbatcher to drain and leave the cluster; waits until it has.
     ///
