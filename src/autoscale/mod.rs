@@ -1,9 +1,9 @@
 //! `autopaxos autoscale`: sizes each stateless role (batchers, proxy leaders, unbatchers) from live
 //! metrics, and, given the cluster file, the acceptor groups, and replaces dead proposers, acceptors
-//! and replicas ([`stateful`]). Every `--interval` it finds the nodes (from `--nodes-from FILE` and/or the [`Fleet`]),
-//! scrapes each node's `/metrics` ([`scrape`]), turns counters into a load, asks the [`policy`] what to
-//! do, logs every decision with its reason, and acts through the [`Fleet`]: launch, or drain then
-//! terminate. `--dry-run` wraps the fleet in [`DryRun`], which records what would happen (so later
+//! and replicas ([`stateful`]). Every `--interval` it finds the nodes (from `--nodes-from FILE`
+//! and/or the [`Fleet`]), scrapes each node's `/metrics` ([`scrape`]), turns counters into a load,
+//! asks the [`policy`] what to do, logs every decision with its reason, and acts through the
+//! [`Fleet`]: launch, or drain then terminate. `--dry-run` wraps the fleet in [`DryRun`], which records what would happen (so later
 //! decisions see the count the earlier ones asked for) without acting.
 //!
 //! The load of a stateless role is the cluster's command rate: every command goes through exactly one
