@@ -236,7 +236,13 @@ fn dead_acceptor_replica_and_leader_are_replaced_under_load_without_losing_a_wri
     let (ok, out, err) = common::run(&cluster, "status-autoscaler", &args.map(String::from));
     eprintln!("{out}");
     assert!(ok, "status failed: {err}\n{out}");
-    for needle in ["acceptor done 1", "replica done 1", "proposer done 1", "acceptor groups in force: 1"] {
+    for needle in [
+        "acceptor done 1",
+        "replica done 1",
+        "proposer done 1",
+        "acceptor groups in force: 1",
+        "acceptor groups 1 (target 1)",
+    ] {
         assert!(out.contains(needle), "{needle:?} not in status:\n{out}");
     }
     for dead in [4, 8, leader] {

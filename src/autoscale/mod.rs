@@ -446,9 +446,16 @@ struct Autoscaler {
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!("autopaxos_autoscaler_decisions_total", Unit::Count, "Decisions, by role and action.");
-    describe_gauge!("autopaxos_autoscaler_nodes", Unit::Count, "Nodes per role after the last decision.");
+    describe_gauge!(
+        "autopaxos_autoscaler_nodes",
+        Unit::Count,
+        "Nodes per role after the last decision (for acceptors: groups)."
+    );
     describe_gauge!("autopaxos_autoscaler_target_nodes", Unit::Count, "Nodes per role the load asks for.");
-    describe_gauge!("autopaxos_autoscaler_load_cmds_per_second", "Commands per second through each role.");
+    describe_gauge!(
+        "autopaxos_autoscaler_load_cmds_per_second",
+        "Commands per second through each role (for acceptors: Phase2a per second over every group)."
+    );
     describe_gauge!("autopaxos_autoscaler_utilisation_ratio", "Load over the role's measured capacity.");
     describe_counter!(
         "autopaxos_autoscaler_errors_total",
@@ -555,9 +562,12 @@ impl AutoscalerView {
         let sizes: Vec<String> = self
             .nodes
             .iter()
-            .map(|(role, n)| match self.targets.get(role) {
-                Some(t) => format!("{role} {n} (target {t})"),
-                None => format!("{role} {n}"),
+            .map(|(role, n)| {
+                let what = if role == "acceptor" { "acceptor groups" } else { role.as_str() };
+                match self.targets.get(role) {
+                    Some(t) => format!("{what} {n} (target {t})"),
+                    None => format!("{what} {n}"),
+                }
             })
             .collect();
         out += &format!("  sizes: {}\n", if sizes.is_empty() { "-".into() } else { sizes.join(", ") });

@@ -5,7 +5,7 @@
 //!   of the role that joins the running cluster, waits until it answers, asks the leader for the
 //!   change that puts it in and the dead node out (read-modify-write on the configuration in force,
 //!   [`reconfigure_by`]), and terminates the dead node's instance once none of its nodes is in the
-//!   configuration (a replica is then taught by its peers, issue 7's path);
+//!   configuration (a new replica is then taught by its peers: issue 10);
 //! - sizes the acceptor groups with the [`Policy`], on the Phase2a messages per second the
 //!   acceptors accept: a scale out launches 2f+1 acceptors per group, waits until each answers and
 //!   reconfigures the groups in; a scale in reconfigures groups out (those the autoscaler launched
