@@ -12,6 +12,7 @@ pub mod boot;
 pub mod cloud;
 pub mod duration;
 pub mod protocol;
+pub mod resp;
 pub mod runtime;
 pub mod sim;
 pub mod storage;
