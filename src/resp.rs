@@ -221,6 +221,21 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// The partition a key belongs to, by Redis Cluster's hash-tag convention: the bytes between the
+/// first `{` and the first `}` after it, if there are any (`{volume-17}.primary` and
+/// `{volume-17}.replica` share `volume-17`); otherwise the whole key (`{}x` and `a{b` are their
+/// own partitions, as in Redis Cluster).
+pub fn partition_of(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -380,6 +395,19 @@ mod tests {
         let expected: &[u8] = b"*7\r\n+OK\r\n-ERR wrong number of arguments for 'get' command\r\n:-3\r\n\
 $4\r\na\r\nb\r\n$-1\r\n*-1\r\n-CROSSSLOT Keys in request don't hash to the same slot  \r\n";
         assert_eq!(r.to_bytes(), expected);
+    }
+
+    #[test]
+    fn hash_tags_name_the_partition_as_in_redis_cluster() {
+        assert_eq!(partition_of(b"{volume-17}.primary"), b"volume-17");
+        assert_eq!(partition_of(b"{volume-17}.replica"), b"volume-17");
+        assert_eq!(partition_of(b"user:{42}:name"), b"42");
+        assert_eq!(partition_of(b"{a}{b}"), b"a", "the first tag");
+        assert_eq!(partition_of(b"plain"), b"plain");
+        assert_eq!(partition_of(b"{}x"), b"{}x", "an empty tag is no tag");
+        assert_eq!(partition_of(b"a{b"), b"a{b");
+        assert_eq!(partition_of(b"a}b{c}"), b"c");
+        assert_eq!(partition_of(b""), b"");
     }
 
     proptest! {
