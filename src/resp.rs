@@ -185,11 +185,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     continue;
                 }
                 if c == b'"' {
-                    // The closing quote must be followed by a space or the end.
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
-                        return None;
-                    }
-                    i += 1;
+                    i = closed(line, i)?;
                     break;
                 }
                 arg.push(c);
@@ -200,10 +196,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     continue;
                 }
                 if c == b'\'' {
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
-                        return None;
-                    }
-                    i += 1;
+                    i = closed(line, i)?;
                     break;
                 }
                 arg.push(c);
@@ -234,6 +227,14 @@ pub fn partition_of(key: &[u8]) -> &[u8] {
         }
     }
     key
+}
+
+/// Past the closing quote at `i`, which must be followed by a space or the end of the line.
+fn closed(line: &[u8], i: usize) -> Option<usize> {
+    match line.get(i + 1) {
+        Some(n) if !n.is_ascii_whitespace() => None,
+        _ => Some(i + 1),
+    }
 }
 
 /// A RESP2 reply.

@@ -241,24 +241,10 @@ mod cloud {
     /// An AMI in moto's bundled list.
     const AMI: &str = "ami-1e749f67";
 
-    const ENV: [(&str, &str); 6] = [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent/autopaxos-test"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/autopaxos-test"),
-    ];
-
     #[test]
     fn against_moto_it_launches_tagged_instances_under_load_and_terminates_them_after() {
         let _serial = common::serialize();
-        for (k, v) in ENV {
-            std::env::set_var(k, v);
-        }
-        for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"] {
-            std::env::remove_var(k);
-        }
+        common::fake_aws_env();
         let moto = common::Moto::start(&[]);
         let mut cluster = Cluster::start("autoscale-ec2");
         let caps = write_capacities(&cluster.dir);

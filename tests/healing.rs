@@ -22,23 +22,6 @@ use std::time::{Duration, Instant};
 /// An AMI in moto's bundled list.
 const AMI: &str = "ami-1e749f67";
 
-/// Fake credentials for the SDK in this process and its children; no instance metadata.
-fn aws_env() {
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent/autopaxos-test"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/autopaxos-test"),
-    ] {
-        std::env::set_var(k, v);
-    }
-    for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"] {
-        std::env::remove_var(k);
-    }
-}
-
 /// moto, the emulator running its instances here, and the autoscaler managing `cluster`'s stateful
 /// roles with `extra` flags. Capacities: `cmds` commands/s for the stateless roles (set high, so they
 /// hold at one node) and `msgs` Phase2a/s for an acceptor.
@@ -54,7 +37,7 @@ struct Harness {
 
 impl Harness {
     fn start(cluster: &Cluster, msgs: f64, extra: &[&str]) -> Harness {
-        aws_env();
+        common::fake_aws_env();
         let moto = Moto::start(&[]);
         let instances = cluster.dir.join("instances");
         let emulator_args = [

@@ -246,11 +246,7 @@ impl Policy {
         let mut capacity = BTreeMap::new();
         for role in SCALED_ROLES {
             let name = role.name();
-            let cap = caps.roles.get(name).ok_or_else(|| PlanError::MissingRole {
-                role: name,
-                file: file.to_string(),
-                present: caps.roles.keys().cloned().collect::<Vec<_>>().join(", "),
-            })?;
+            let cap = caps.role(role, file)?;
             let value = cap.cmds_per_sec_per_core;
             if !(value.is_finite() && value > 0.0) {
                 return Err(PlanError::BadCapacity { role: name, file: file.to_string(), value }.into());
@@ -278,12 +274,7 @@ impl Policy {
         min: u32,
         max: u32,
     ) -> Result<Policy, PolicyError> {
-        let name = RoleKind::Acceptor.name();
-        let cap = caps.roles.get(name).ok_or_else(|| PlanError::MissingRole {
-            role: name,
-            file: file.to_string(),
-            present: caps.roles.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+        let cap = caps.role(RoleKind::Acceptor, file)?;
         let value = cap.msgs_per_sec_per_core;
         if !(value.is_finite() && value > 0.0) {
             return Err(PolicyError::Setting(format!(

@@ -1,6 +1,8 @@
 //! `tuning/capacities.toml`: each role's measured maximum per core at its recommended setting, and the
 //! machine it was measured on. Written by `tune all`, read by `plan`.
 
+use super::plan::PlanError;
+use crate::protocol::RoleKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,4 +39,16 @@ pub struct Capacities {
     pub machine: Machine,
     /// Per role name (`RoleKind::name`).
     pub roles: BTreeMap<String, RoleCapacity>,
+}
+
+impl Capacities {
+    /// The entry of `role`, or an error naming `file` and the roles it does have.
+    pub fn role(&self, role: RoleKind, file: &str) -> Result<&RoleCapacity, PlanError> {
+        let name = role.name();
+        self.roles.get(name).ok_or_else(|| PlanError::MissingRole {
+            role: name,
+            file: file.to_string(),
+            present: self.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
 }

@@ -229,11 +229,7 @@ pub fn plan(caps: &Capacities, req: &PlanRequest) -> Result<Plan, PlanError> {
     let mut ceiling: Option<(f64, RoleKind)> = None;
     for role in PLAN_ROLES {
         let name = role.name();
-        let cap = caps.roles.get(name).ok_or_else(|| PlanError::MissingRole {
-            role: name,
-            file: req.capacities_file.clone(),
-            present: caps.roles.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+        let cap = caps.role(role, &req.capacities_file)?;
         let measured = cap.cmds_per_sec_per_core;
         if !(measured.is_finite() && measured > 0.0) {
             return Err(PlanError::BadCapacity {

@@ -636,6 +636,24 @@ pub fn write_capacities(dir: &Path, cmds: f64, msgs: f64) -> PathBuf {
     path
 }
 
+/// Fake credentials and region for the AWS SDK in this process and its children, no instance
+/// metadata, no profile or endpoint from the environment (tests talk to moto only).
+pub fn fake_aws_env() {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/autopaxos-test"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/autopaxos-test"),
+    ] {
+        std::env::set_var(k, v);
+    }
+    for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"] {
+        std::env::remove_var(k);
+    }
+}
+
 /// moto's EC2 server (`python3 -m moto.server`, installed by `scripts/setup.sh`) on a free loopback
 /// port, with `env` set for the server; killed when dropped, also when a test panics.
 pub struct Moto {
