@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, if it is missing:
 #   moto's server (PyPI `moto[server]`, pinned), the EC2 API emulator tests/cloud.rs runs on loopback;
-#   promtool  (Debian package `prometheus`), used by tests/cluster.rs to lint the /metrics exposition.
+#   redis-py  (PyPI `redis`, pinned), the Python client tests/resp.rs drives the RESP gateway with;
+#   promtool  (Debian package `prometheus`), used by tests/cluster.rs to lint the /metrics exposition;
+#   redis-cli (Debian package `redis-tools`), the command-line client tests/resp.rs drives the gateway with.
 # Idempotent: does nothing (not even `apt-get update` or a pip call) when everything is already there.
 # Runs as root, non-interactively (CI, a fresh Debian machine); uses sudo if not root and sudo exists.
 # While installing, /usr/sbin/policy-rc.d answers 101 so the package does not start a Prometheus
@@ -32,13 +34,25 @@ else
     echo "setup: moto[server] ${MOTO_VERSION} installed"
 fi
 
-# --- promtool ---
+# --- redis-py (tests/resp.rs) ---
+REDIS_PY_VERSION=5.2.1
+if python3 -c 'import redis' >/dev/null 2>&1; then
+    echo "setup: redis-py already installed ($(python3 -c 'import redis; print(redis.__version__)'))"
+else
+    echo "setup: installing redis==${REDIS_PY_VERSION}"
+    python3 -m pip install -q "redis==${REDIS_PY_VERSION}" \
+        || python3 -m pip install -q --break-system-packages "redis==${REDIS_PY_VERSION}"
+    python3 -c 'import redis' || { echo "setup: redis-py still not importable" >&2; exit 1; }
+fi
+
+# --- promtool, redis-cli ---
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "setup: promtool already installed ($(command -v promtool))"
+    echo "setup: promtool and redis-cli already installed"
     exit 0
 fi
 
@@ -75,5 +89,7 @@ echo "setup: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -q
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 
-command -v promtool >/dev/null 2>&1 || { echo "setup: promtool still not on PATH" >&2; exit 1; }
-echo "setup: promtool installed ($(command -v promtool))"
+for tool in promtool redis-cli; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool still not on PATH" >&2; exit 1; }
+done
+echo "setup: installed ${missing[*]}"

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod boot;
 #[cfg(feature = "cloud")]
 pub mod cloud;
+pub mod commands;
 pub mod duration;
 pub mod protocol;
 pub mod resp;

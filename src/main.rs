@@ -171,9 +171,10 @@ struct NodeFlags {
 /// How clients load the cluster; shared by `local` and `client`.
 #[derive(Args)]
 struct LoadFlags {
-    /// How long to measure, after a warm-up of 1 s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    /// How long to measure, after a warm-up of 1 s [default: 10s; with `local --resp-addr`: until
+    /// interrupted].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Closed-loop clients (each keeps one request outstanding); fewer leave the cluster idle
     /// between batches, so throughput is then bound by latency.
     #[arg(long, default_value_t = 2048)]
@@ -189,8 +190,16 @@ struct LoadFlags {
     metrics_addr: Option<SocketAddr>,
 }
 
+/// How long `local` and `client` measure unless told.
+const DEFAULT_LOAD_DURATION: Duration = Duration::from_secs(10);
+
 #[derive(Args)]
 struct LocalArgs {
+    /// Serve the Redis protocol (RESP2) here, from a gateway in front of the local cluster, for as
+    /// long as the run lasts (until Ctrl-C without --duration), instead of running the built-in
+    /// load: `redis-cli -p 6380` then talks to the replicated store.
+    #[arg(long)]
+    resp_addr: Option<SocketAddr>,
     #[command(flatten)]
     load: LoadFlags,
     #[command(flatten)]
@@ -457,7 +466,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
         metrics::install_exporter(addr)?;
     }
     let opts = LocalOptions {
-        duration: load.duration,
+        duration: load.duration.unwrap_or(DEFAULT_LOAD_DURATION),
         warmup: Duration::from_secs(1),
         tunables: tunables(&args.node, Tunables::default())?,
         clients: load.clients,
@@ -475,6 +484,9 @@ fn local(args: LocalArgs) -> Result<(), String> {
             (false, None) => None,
         },
     };
+    if let Some(resp) = args.resp_addr {
+        return autopaxos::runtime::local::serve_local(opts, resp, load.duration);
+    }
     eprintln!(
         "autopaxos local: f=1 cluster (2 proposers, 3 acceptors, 1 batcher, 1 proxy leader, 2 replicas, 1 unbatcher) \
          + {} clients on cores {:?}, loopback TCP; warm-up 1s, measuring {:?}",
@@ -536,8 +548,9 @@ fn client(args: ClientArgs) -> Result<(), String> {
     control.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut last = (t0, 0u64);
-    while t0.elapsed() < load.duration {
-        std::thread::sleep(Duration::from_secs(1).min(load.duration.saturating_sub(t0.elapsed())));
+    let duration = load.duration.unwrap_or(DEFAULT_LOAD_DURATION);
+    while t0.elapsed() < duration {
+        std::thread::sleep(Duration::from_secs(1).min(duration.saturating_sub(t0.elapsed())));
         let done = control.completed_measured.load(Ordering::Relaxed);
         let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
@@ -988,6 +1001,7 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
             // The client mock has no address: it reaches the role first so replies can come back.
             dial_at_start: if listen.is_none() { vec![target] } else { Vec::new() },
             disk: None,
+            resp: None,
             build: Box::new(move |_| {
                 let node = MockNode::new(id, part, target, world);
                 Ok(Box::new(if part == Part::Source { node.open_loop(rate) } else { node }))

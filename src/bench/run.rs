@@ -135,6 +135,7 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
             listen: Some(loopback),
             dial_at_start: Vec::new(),
             disk: None,
+            resp: None,
             build: Box::new(move |_| Ok(Box::new(Echo::new(role, config, world)))),
         }
     } else {
@@ -157,6 +158,7 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
             listen: Some(loopback),
             dial_at_start: Vec::new(),
             disk: None,
+            resp: None,
             build: Box::new(move |_| Ok(Box::new(MockNode::new(id, part, target, world)))),
         });
     }

@@ -21,6 +21,7 @@ pub mod client_mux;
 pub mod config;
 pub mod configuration;
 pub mod durable;
+pub mod gateway;
 pub mod membership;
 pub mod messages;
 pub mod proposer;

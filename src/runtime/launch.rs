@@ -165,5 +165,6 @@ pub fn node_launch(
         build: Box::new(move |ctx| birth::build(spec, recovered, ctx.now).map_err(|e| e.to_string())),
         dial_at_start,
         disk,
+        resp: None,
     })
 }

@@ -2,6 +2,7 @@
 //! leader, 2 replicas, 1 unbatcher) and closed-loop clients in one process, spread over the cores it
 //! may use, still talking over loopback TCP so that what is measured is what is deployed.
 
+use super::gateway::{gateway_launch, GatewaySettings};
 use super::launch::{node_launch, ScratchDir, StorageChoice};
 use super::load::{ClientPool, LoadControl, Workload};
 use super::{allowed_cores, start, NodeLaunch, ProcessPlan};
@@ -38,6 +39,9 @@ pub struct LocalOptions {
     /// end of the run.
     pub storage: Option<StorageChoice>,
 }
+
+/// Node id of the gateway `local --resp-addr` runs.
+pub const LOCAL_GATEWAY_NODE: NodeId = 900;
 
 /// What a run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -126,6 +130,7 @@ pub fn client_pool(
         listen: None,
         dial_at_start,
         disk: None,
+        resp: None,
         build: Box::new(move |ctx| {
             Ok(Box::new(ClientPool::new(
                 id,
@@ -141,25 +146,25 @@ pub fn client_pool(
     }
 }
 
-/// Runs the cluster under load and reports throughput and latency.
-pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
-    opts.tunables.validate().map_err(|e| e.to_string())?;
-    let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
-    let config = ClusterConfig::f1(1, 1, 1, 1);
-    let control = Arc::new(LoadControl::default());
-    let stop = Arc::new(AtomicBool::new(false));
+/// The nodes of the local cluster, spread over `cores`, with `opts.clients` clients (none if 0) and,
+/// with `resp`, a gateway serving RESP there.
+fn local_plan(
+    opts: &LocalOptions,
+    cores: &[usize],
+    config: &ClusterConfig,
+    storage: &StorageChoice,
+    control: &Arc<LoadControl>,
+    stop: &Arc<AtomicBool>,
+    resp: Option<SocketAddr>,
+) -> Result<ProcessPlan, String> {
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-
-    // Durable by default, in a directory of this run's own that goes when the run does.
-    let scratch = ScratchDir::new("autopaxos-local");
-    let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, (id, kind)) in config.all_nodes().enumerate() {
-        let spec = cluster_spec(id, kind, &config, &opts.tunables, opts.workload.state_machine);
-        let launch = node_launch(spec, Some(loopback), &storage, Vec::new())?;
+        let spec = cluster_spec(id, kind, config, &opts.tunables, opts.workload.state_machine);
+        let launch = node_launch(spec, Some(loopback), storage, Vec::new())?;
         per_core[i % cores.len()].1.push(launch);
     }
-    let per_pool = opts.clients.div_ceil(cores.len() as u32).max(1);
+    let per_pool = opts.clients.div_ceil(cores.len() as u32);
     if per_pool > super::load::MAX_CLIENTS_PER_POOL {
         return Err(format!(
             "--clients {} is more than {} per core on {} cores",
@@ -168,7 +173,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
             cores.len()
         ));
     }
-    let mut remaining = opts.clients.max(1);
+    let mut remaining = opts.clients;
     for (i, (_, launches)) in per_core.iter_mut().enumerate() {
         let count = per_pool.min(remaining);
         if count == 0 {
@@ -185,14 +190,77 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
             control.clone(),
         ));
     }
-    let plan = ProcessPlan {
+    if let Some(resp) = resp {
+        let settings = GatewaySettings {
+            max_connections: super::gateway::DEFAULT_MAX_CONNECTIONS,
+            limits: Default::default(),
+            cluster_id: "local".into(),
+            durable: *storage != StorageChoice::InMemory,
+        };
+        let gateway =
+            gateway_launch(LOCAL_GATEWAY_NODE, config.clone(), opts.tunables.clone(), resp, settings);
+        // With the cluster's first node (a proposer): the gateway's core then carries no client pool.
+        per_core[0].1.push(gateway);
+    }
+    Ok(ProcessPlan {
         cluster_id: "local".into(),
         cores: per_core,
         addresses: Default::default(),
         read_budget: opts.read_budget,
         stop: stop.clone(),
         spin_before_park: Duration::from_micros(500),
-    };
+    })
+}
+
+/// `local --resp-addr`: serves RESP from a local cluster at `resp` until `duration` has passed
+/// (`None`: until SIGINT or SIGTERM), then stops every node and removes its scratch directory.
+pub fn serve_local(opts: LocalOptions, resp: SocketAddr, duration: Option<Duration>) -> Result<(), String> {
+    opts.tunables.validate().map_err(|e| e.to_string())?;
+    let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
+    let config = ClusterConfig::f1(1, 1, 1, 1);
+    let control = Arc::new(LoadControl::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, interrupted.clone())
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
+    }
+    let scratch = ScratchDir::new("autopaxos-local");
+    let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
+    let local = LocalOptions { clients: 0, ..opts };
+    let plan = local_plan(&local, &cores, &config, &storage, &control, &stop, Some(resp))?;
+    let running = start(plan, Instant::now())?;
+    let bound = running.resp_addresses.get(&LOCAL_GATEWAY_NODE).copied().unwrap_or(resp);
+    let durability = if storage == StorageChoice::InMemory { "in memory" } else { "durable" };
+    eprintln!(
+        "autopaxos local: serving RESP on {bound} ({durability}); try: redis-cli -p {} SET greeting hello",
+        bound.port()
+    );
+    println!("resp {bound}");
+    let _ = std::io::stdout().flush();
+    let started = Instant::now();
+    while !interrupted.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("autopaxos local: stopping after {:.1}s", started.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    running.join();
+    Ok(())
+}
+
+/// Runs the cluster under load and reports throughput and latency.
+pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
+    opts.tunables.validate().map_err(|e| e.to_string())?;
+    let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
+    let config = ClusterConfig::f1(1, 1, 1, 1);
+    let control = Arc::new(LoadControl::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Durable by default, in a directory of this run's own that goes when the run does.
+    let scratch = ScratchDir::new("autopaxos-local");
+    let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
+    let opts = LocalOptions { clients: opts.clients.max(1), ..opts };
+    let plan = local_plan(&opts, &cores, &config, &storage, &control, &stop, None)?;
     let epoch = Instant::now();
     let running = start(plan, epoch)?;
 

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod gateway;
 pub mod launch;
 pub mod load;
 pub mod local;
@@ -31,6 +32,8 @@ pub struct ExecutorContext {
     pub now: Time,
     /// This executor's client latency histogram (shared by its client pools).
     pub latencies: Rc<RefCell<Histogram<u64>>>,
+    /// A gateway's builder leaves here what its RESP connections share with its role.
+    pub gateway_front: RefCell<Option<Rc<gateway::Front>>>,
 }
 
 /// Builds a node's role on its executor (roles are not `Send`-bound; they are made where they live).
@@ -51,6 +54,8 @@ pub struct NodeLaunch {
     /// A durable node's data directory (locked and recovered); `None` for stateless and in-memory
     /// nodes.
     pub disk: Option<launch::NodeDisk>,
+    /// A gateway's RESP address (port 0 picks a free port).
+    pub resp: Option<SocketAddr>,
 }
 
 /// Everything one process runs.
@@ -76,6 +81,8 @@ pub struct Running {
     handles: Vec<glommio::ExecutorJoinHandle<Histogram<u64>>>,
     /// Where each node listens (ports chosen at bind time included).
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// Where each gateway serves RESP.
+    pub resp_addresses: BTreeMap<NodeId, SocketAddr>,
 }
 
 impl Running {
@@ -139,13 +146,14 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
 /// other node's address; nodes then dial each other on their own.
 pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
     let book = Arc::new(Mutex::new(plan.addresses));
+    let resp_book = Arc::new(Mutex::new(BTreeMap::new()));
     let alone = plan.cores.iter().map(|(_, launches)| launches.len()).sum::<usize>() == 1;
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let barrier = Arc::new(Barrier::new(plan.cores.len() + 1));
     let mut handles = Vec::new();
     for (core, launches) in plan.cores {
-        let (book, errors, barrier, stop) =
-            (book.clone(), errors.clone(), barrier.clone(), plan.stop.clone());
+        let (book, resp_book, errors, barrier, stop) =
+            (book.clone(), resp_book.clone(), errors.clone(), barrier.clone(), plan.stop.clone());
         let (cluster_id, read_budget) = (plan.cluster_id.clone(), plan.read_budget);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("autopaxos-core{core}"))
@@ -161,6 +169,7 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                 let context = ExecutorContext {
                     now: epoch.elapsed().as_micros() as Time,
                     latencies: latencies.clone(),
+                    gateway_front: RefCell::new(None),
                 };
                 let mut ready = Vec::new();
                 for launch in launches {
@@ -178,9 +187,25 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                             None
                         }
                     });
+                    let resp = launch.resp.and_then(|addr| match TcpListener::bind(addr) {
+                        Ok(l) => {
+                            let bound = l.local_addr().unwrap_or(addr);
+                            resp_book.lock().expect("not poisoned").insert(launch.id, bound);
+                            Some(l)
+                        }
+                        Err(e) => {
+                            errors
+                                .lock()
+                                .expect("not poisoned")
+                                .push(format!("node {}: cannot serve RESP on {addr}: {e}", launch.id));
+                            None
+                        }
+                    });
                     match (launch.build)(&context) {
                         Ok(role) => {
-                            ready.push((launch.id, role, launch.dial_at_start, launch.disk, listener))
+                            let front = context.gateway_front.borrow_mut().take();
+                            let resp = resp.zip(front);
+                            ready.push((launch.id, role, launch.dial_at_start, launch.disk, listener, resp))
                         }
                         Err(e) => {
                             errors.lock().expect("not poisoned").push(format!("node {}: {e}", launch.id))
@@ -198,10 +223,13 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                     read_budget,
                     stop_when_left: alone.then(|| stop.clone()),
                 };
-                for (id, role, dial_at_start, disk, listener) in ready {
+                for (id, role, dial_at_start, disk, listener, resp) in ready {
                     let host = Host::start(id, role, settings.clone(), epoch, disk);
                     for &peer in &dial_at_start {
                         host.connect(peer);
+                    }
+                    if let Some((resp, front)) = resp {
+                        glommio::spawn_local(gateway::accept_loop(host.clone(), front, resp)).detach();
                     }
                     if let Some(listener) = listener {
                         glommio::spawn_local(conn::accept_loop(host, listener)).detach();
@@ -222,7 +250,11 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
         plan.stop.store(true, Ordering::Relaxed);
     }
     barrier.wait();
-    let running = Running { handles, addresses: book.lock().expect("not poisoned").clone() };
+    let running = Running {
+        handles,
+        addresses: book.lock().expect("not poisoned").clone(),
+        resp_addresses: resp_book.lock().expect("not poisoned").clone(),
+    };
     if !failed.is_empty() {
         running.join();
         return Err(failed.join("\n"));

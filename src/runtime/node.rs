@@ -153,6 +153,15 @@ impl Host {
         self.flush(&mut out);
     }
 
+    /// Lets a front end act for the role (the gateway's RESP connections submitting requests): `f`
+    /// gets the clock and the role's output, which is routed as the role's own is.
+    pub fn act(self: &Rc<Self>, f: impl FnOnce(Time, &mut Out)) {
+        let now = self.now();
+        let mut out = self.out.borrow_mut();
+        f(now, &mut out);
+        self.flush(&mut out);
+    }
+
     /// Records where nodes that joined at runtime listen, and dials them at once: a node without a
     /// listen address (a client pool) can only get replies from an unbatcher over its own connection.
     fn learn_addresses(self: &Rc<Self>, from: NodeId, msg: &Msg) {

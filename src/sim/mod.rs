@@ -1359,7 +1359,7 @@ impl<'t> Simulator<'t> {
         match check_partitioned(
             &KvModel::default(),
             history,
-            |op| op.partition().to_vec(),
+            |op| op.partition().unwrap_or_default().to_vec(),
             self.opts.linearizability_budget,
         ) {
             Verdict::Linearizable => {}

@@ -25,6 +25,10 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Maximum number of conditions plus writes in one transaction.
 pub const MAX_TXN_OPS: usize = 64;
+/// Maximum number of ops in one [`KvOp::Batch`].
+pub const MAX_BATCH_OPS: usize = 4096;
+/// The longest decimal integer an increment accepts (`-9223372036854775808`).
+const MAX_INT_DIGITS: usize = 20;
 
 /// One operation on the store.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -52,7 +56,8 @@ pub enum KvOp {
         /// Item key within the partition.
         item: Bytes,
     },
-    /// Adds `delta` to an 8-byte little-endian i64 value (absent counts as 0): `Incremented`.
+    /// Adds `delta` to a value that is a decimal i64 as Redis writes one (absent counts as 0):
+    /// `Incremented`, and the new value is stored in decimal.
     Increment {
         /// Partition key.
         partition: Bytes,
@@ -69,6 +74,14 @@ pub enum KvOp {
         conditions: Vec<Condition>,
         /// Applied in order on success; later writes to an item see earlier ones.
         writes: Vec<Write>,
+    },
+    /// Runs ops in order as one command (a gateway's pipeline, or a command that reads and writes,
+    /// like `GETDEL`): they share one log entry, so no other command runs between them, but each
+    /// has its own result and none is undone when a later one fails. `Batched`. Each element is an
+    /// encoded op that is not itself a batch.
+    Batch {
+        /// The encoded ops, in order.
+        ops: Vec<Bytes>,
     },
 }
 
@@ -160,6 +173,11 @@ pub enum KvResult {
         /// so every commit has a unique version.
         version: u64,
     },
+    /// `Batch` ran: each op's encoded result, in order.
+    Batched {
+        /// One encoded [`KvResult`] per op.
+        results: Vec<Bytes>,
+    },
     /// `Txn` not applied because a condition did not hold.
     ConditionFailed {
         /// Index of the first failing condition.
@@ -184,23 +202,28 @@ pub enum KvError {
     /// A transaction has more than [`MAX_TXN_OPS`] conditions plus writes.
     #[error("transaction has more than {MAX_TXN_OPS} conditions plus writes")]
     TooManyOps,
-    /// An increment hit a value that is not exactly 8 bytes.
-    #[error("value is not an 8-byte integer")]
+    /// An increment hit a value that is not a decimal i64.
+    #[error("value is not an integer or out of range")]
     NotAnInteger,
     /// An increment (or the version counter) would overflow.
-    #[error("integer overflow")]
+    #[error("increment or decrement would overflow")]
     Overflow,
+    /// A batch holds another batch, or more than [`MAX_BATCH_OPS`] ops.
+    #[error("a batch holds a batch or more than {MAX_BATCH_OPS} ops")]
+    BadBatch,
 }
 
 impl KvOp {
-    /// The partition this op touches (histories are checked per partition).
-    pub fn partition(&self) -> &[u8] {
+    /// The partition this op touches (histories are checked per partition); `None` for a batch,
+    /// whose ops may touch many.
+    pub fn partition(&self) -> Option<&[u8]> {
         match self {
             Self::Get { partition, .. }
             | Self::Put { partition, .. }
             | Self::Delete { partition, .. }
             | Self::Increment { partition, .. }
-            | Self::Txn { partition, .. } => partition,
+            | Self::Txn { partition, .. } => Some(partition),
+            Self::Batch { .. } => None,
         }
     }
 
@@ -295,11 +318,14 @@ impl std::ops::Deref for Stored {
     }
 }
 
-/// Reused buffers: an aligned one to read each op in place, and the results' encoder.
+/// Reused buffers: aligned ones to read each op (and each op of a batch) in place, the results'
+/// encoder, and a batch's results as they are encoded.
 #[derive(Debug, Default)]
 struct Buffers {
     op: rkyv::util::AlignedVec<16>,
+    inner: rkyv::util::AlignedVec<16>,
     encoder: Encoder,
+    results: BytesMut,
 }
 
 /// The store's [`Buffers`]. Not state: equal for every store, empty when cloned. Taken out while an
@@ -481,6 +507,13 @@ impl KvStore {
                 // A committed txn always takes a fresh version so `Committed` is unique.
                 KvResult::Committed { version: self.commit(partition, staged)? }
             }
+            KvOp::Batch { .. } => {
+                // The typed path (the simulator's model, tests) runs a batch as the log does.
+                let mut scratch = self.scratch.0.take().unwrap_or_default();
+                let result = self.run_top(&op.encode(), &mut scratch);
+                self.scratch.0 = Some(scratch);
+                result
+            }
         })
     }
 
@@ -549,28 +582,56 @@ impl KvStore {
     }
 }
 
-impl StateMachine for KvStore {
-    fn apply_into(&mut self, op: &[u8], out: &mut BytesMut) {
+impl KvStore {
+    /// A top-level op: a batch runs its ops here, read in place from its archive.
+    fn run_top(&mut self, op: &[u8], scratch: &mut Buffers) -> KvResult {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
-        // and read puts in place; everything else takes the typed path.
-        let mut scratch = self.scratch.0.take().unwrap_or_default();
-        scratch.op.clear();
-        scratch.op.extend_from_slice(op);
-        let fast =
-            rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(&scratch.op).map(|archived| match archived {
-                ArchivedKvOp::Put { partition, item, value } => {
-                    Some(self.put_archived(partition.as_slice(), item.as_slice(), value.as_slice()))
+        // and read puts and batches in place; everything else takes the typed path.
+        let Buffers { op: aligned, inner, encoder, results } = scratch;
+        aligned.clear();
+        aligned.extend_from_slice(op);
+        match rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(aligned) {
+            Ok(ArchivedKvOp::Batch { ops }) => {
+                if ops.len() > MAX_BATCH_OPS {
+                    return KvResult::Error(KvError::BadBatch);
                 }
-                _ => None,
-            });
-        let result = match fast {
-            Ok(Some(result)) => result,
-            Ok(None) => match KvOp::decode(op) {
+                let results = ops
+                    .iter()
+                    .map(|op| {
+                        let result = self.run_inner(op.as_slice(), inner);
+                        encoder.append(&result, results);
+                        results.split().freeze()
+                    })
+                    .collect();
+                KvResult::Batched { results }
+            }
+            Ok(_) => self.run_inner(op, inner),
+            Err(_) => KvResult::Error(KvError::Malformed),
+        }
+    }
+
+    /// One op that is not a batch (a batch inside a batch is refused).
+    fn run_inner(&mut self, op: &[u8], aligned: &mut rkyv::util::AlignedVec<16>) -> KvResult {
+        aligned.clear();
+        aligned.extend_from_slice(op);
+        match rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(aligned) {
+            Ok(ArchivedKvOp::Put { partition, item, value }) => {
+                self.put_archived(partition.as_slice(), item.as_slice(), value.as_slice())
+            }
+            Ok(ArchivedKvOp::Batch { .. }) => KvResult::Error(KvError::BadBatch),
+            Ok(_) => match KvOp::decode(op) {
                 Ok(op) => self.execute(&op),
                 Err(e) => KvResult::Error(e),
             },
             Err(_) => KvResult::Error(KvError::Malformed),
-        };
+        }
+    }
+}
+
+impl StateMachine for KvStore {
+    fn apply_into(&mut self, op: &[u8], out: &mut BytesMut) {
+        let mut scratch = self.scratch.0.take().unwrap_or_default();
+        let result = self.run_top(op, &mut scratch);
         scratch.encoder.append(&result, out);
         self.scratch.0 = Some(scratch);
     }
@@ -717,8 +778,12 @@ impl super::FrozenState for FrozenKv {
 fn validate(op: &KvOp) -> Result<(), KvError> {
     let key = |k: &[u8]| limit(k, MAX_KEY_BYTES, KvError::KeyTooLarge);
     let val = |v: &[u8]| limit(v, MAX_VALUE_BYTES, KvError::ValueTooLarge);
-    key(op.partition())?;
+    if let Some(partition) = op.partition() {
+        key(partition)?;
+    }
     match op {
+        // Each op is checked when it runs (and a nested batch refused then).
+        KvOp::Batch { ops } => limit(ops, MAX_BATCH_OPS, KvError::BadBatch),
         KvOp::Get { item, .. } | KvOp::Delete { item, .. } | KvOp::Increment { item, .. } => key(item),
         KvOp::Put { item, value, .. } => key(item).and(val(value)),
         KvOp::Txn { conditions, writes, .. } => {
@@ -742,25 +807,39 @@ fn validate(op: &KvOp) -> Result<(), KvError> {
     }
 }
 
-fn limit(bytes: &[u8], max: usize, err: KvError) -> Result<(), KvError> {
-    if bytes.len() > max {
+fn limit<T>(items: &[T], max: usize, err: KvError) -> Result<(), KvError> {
+    if items.len() > max {
         Err(err)
     } else {
         Ok(())
     }
 }
 
-/// Adds `delta` to an optional 8-byte little-endian i64 (absent = 0), checked.
+/// Adds `delta` to an optional decimal i64 (absent = 0), checked.
 fn add(current: Option<&[u8]>, delta: i64) -> Result<i64, KvError> {
     let base = match current {
         None => 0,
-        Some(v) => i64::from_le_bytes(v[..].try_into().map_err(|_| KvError::NotAnInteger)?),
+        Some(v) => parse_int(v).ok_or(KvError::NotAnInteger)?,
     };
     base.checked_add(delta).ok_or(KvError::Overflow)
 }
 
+/// A decimal i64 exactly as Redis reads one for `INCR`: an optional `-`, digits without a leading
+/// zero (but `0` itself), no sign on zero, no space, in range.
+pub fn parse_int(v: &[u8]) -> Option<i64> {
+    let digits = v.strip_prefix(b"-").unwrap_or(v);
+    let canonical = !digits.is_empty()
+        && v.len() <= MAX_INT_DIGITS
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || v == b"0");
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 fn int_bytes(n: i64) -> Bytes {
-    Bytes::copy_from_slice(&n.to_le_bytes())
+    Bytes::from(n.to_string())
 }
 
 /// Length-prefixed framing shared by the digest and the snapshot, so that
@@ -830,7 +909,7 @@ mod tests {
         Write::Increment { item: b(i), delta }
     }
     fn int(n: i64) -> Vec<u8> {
-        n.to_le_bytes().to_vec()
+        n.to_string().into_bytes()
     }
     fn err(e: KvError) -> KvResult {
         R::Error(e)
@@ -895,6 +974,57 @@ mod tests {
         assert_no_change(&mut s, &incr("p", "s", 1), err(KvError::NotAnInteger));
         s.execute(&incr("p", "big", i64::MAX));
         assert_no_change(&mut s, &incr("p", "big", 1), err(KvError::Overflow));
+    }
+
+    #[test]
+    fn integers_are_decimal_as_redis_reads_them() {
+        for ok in ["0", "-1", "42", "9223372036854775807", "-9223372036854775808"] {
+            assert_eq!(parse_int(ok.as_bytes()), Some(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in ["", "-", "-0", "01", "+1", " 1", "1 ", "1.5", "9223372036854775808", "abc", "00"] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+        let mut s = KvStore::new();
+        s.execute(&put("p", "n", "10"));
+        assert_eq!(s.execute(&incr("p", "n", -11)), R::Incremented { value: -1, version: 2 });
+        assert_eq!(item(&s, "n").map(|(v, _)| v), Some(b"-1".to_vec()));
+        s.execute(&put("p", "z", "007"));
+        assert_no_change(&mut s, &incr("p", "z", 1), err(KvError::NotAnInteger));
+    }
+
+    #[test]
+    fn batch_runs_in_order_each_with_its_result() {
+        let mut s = KvStore::new();
+        let ops = vec![get("p", "a"), put("p", "a", "x"), incr("p", "a", 1), get("p", "a"), del("p", "a")];
+        let batch = KvOp::Batch { ops: ops.iter().map(KvOp::encode).collect() };
+        let results = match s.execute(&batch) {
+            R::Batched { results } => {
+                results.iter().map(|r| KvResult::decode(r).unwrap()).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        // The failed increment is the third op's result alone: the put before it stands.
+        assert_eq!(
+            results,
+            vec![
+                R::NotFound,
+                R::Written { version: 1 },
+                err(KvError::NotAnInteger),
+                R::Value { value: b("x"), version: 1 },
+                R::Deleted { existed: true },
+            ]
+        );
+        // The log's path (archived, in place) gives the same bytes as the typed one.
+        let (mut typed, mut logged) = (KvStore::new(), KvStore::new());
+        assert_eq!(typed.execute(&batch).encode(), logged.apply(&batch.encode()));
+        assert_eq!(typed, logged);
+        // A batch in a batch is refused, alone; garbage inside is that op's error.
+        let nested = KvOp::Batch { ops: vec![batch.encode(), b("junk"), put("p", "b", "y").encode()] };
+        let R::Batched { results } = s.execute(&nested) else { panic!() };
+        let results: Vec<_> = results.iter().map(|r| KvResult::decode(r).unwrap()).collect();
+        assert_eq!(results, vec![err(KvError::BadBatch), err(KvError::Malformed), R::Written { version: 3 }]);
+        let too_many = KvOp::Batch { ops: vec![get("p", "a").encode(); MAX_BATCH_OPS + 1] };
+        assert_no_change(&mut s, &too_many, err(KvError::BadBatch));
     }
 
     #[test]
@@ -1066,7 +1196,7 @@ mod tests {
     }
     fn result() -> impl Strategy<Value = KvResult> {
         use KvError::*;
-        let e = [Malformed, KeyTooLarge, ValueTooLarge, TooManyOps, NotAnInteger, Overflow];
+        let e = [Malformed, KeyTooLarge, ValueTooLarge, TooManyOps, NotAnInteger, Overflow, BadBatch];
         prop_oneof![
             (any_bytes(32), any::<u64>()).prop_map(|(value, version)| R::Value { value, version }),
             Just(R::NotFound),
@@ -1076,6 +1206,7 @@ mod tests {
             any::<u64>().prop_map(|version| R::Committed { version }),
             any::<u32>().prop_map(|index| R::ConditionFailed { index }),
             proptest::sample::select(e.to_vec()).prop_map(R::Error),
+            vec(any_bytes(16), 0..4).prop_map(|results| R::Batched { results }),
         ]
     }
 

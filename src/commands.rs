@@ -1,0 +1,769 @@
+//! The gateway's commands: a parsed RESP request becomes either a reply the gateway gives itself
+//! (`PING`, `HELLO`, `CLIENT SETNAME`, ...) or a few KV ops for the log and the rule that turns
+//! their results into the reply ([`plan`], [`render`]). Sans-IO, like the codec in `crate::resp`.
+//!
+//! Keys map onto the store's (partition, item) by Redis Cluster's hash-tag rule
+//! ([`crate::resp::partition_of`]): `{volume-17}.primary` is item `{volume-17}.primary` of
+//! partition `volume-17`; a key without a tag is the item `""` of its own partition. A command over
+//! many keys must keep them in one partition (else `-CROSSSLOT`, as Redis Cluster answers), and a
+//! transaction (`APX.TXN`) is all or nothing within it, as Physalia's are.
+//!
+//! Errors use Redis's wording where Redis has one, so client libraries map them as they do for
+//! Redis; a command that fails leaves the connection usable.
+
+use crate::protocol::state_machine::kv::{
+    Condition, KvError, KvOp, KvResult, Write, MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
+};
+use crate::resp::{partition_of, Reply};
+use bytes::Bytes;
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The gateway answers at once.
+    Reply(Reply),
+    /// The gateway answers, then closes the connection (`QUIT`).
+    Close(Reply),
+    /// Ops for the log, in order, and how their results become the reply.
+    Cluster(Vec<KvOp>, Render),
+}
+
+/// How the results of a command's ops become its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Render {
+    /// `[Get]`: the value or nil.
+    Value,
+    /// `[Get]`: `[value, version]` or nil (`APX.GETV`).
+    ValueAndVersion,
+    /// `[Get]?` then a put or a transaction (`SET`): `+OK`/nil, or with `GET` the old value.
+    Set {
+        /// The first op read the old value, which is the reply.
+        get: bool,
+    },
+    /// `[Delete]*`: how many existed.
+    Deleted,
+    /// `[Get]*`: how many exist (a key named twice counts twice, as in Redis).
+    Exists,
+    /// `[Increment]`: the new value.
+    Integer,
+    /// `[Get]*`: an array of values and nils.
+    Values,
+    /// `[Txn]` with no conditions: `+OK`.
+    Ok,
+    /// `[Get, Delete]`: the value that was there, or nil.
+    Taken,
+    /// `[Txn]`: `["committed", version]` or `["failed", index of the first condition that did not hold]`.
+    Transaction,
+}
+
+/// What `INFO`, `HELLO` and `CLIENT` report of the gateway and the connection.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// This gateway's node id.
+    pub node: u32,
+    /// The leader the gateway was last told of.
+    pub leader: Option<u32>,
+    /// Whether the cluster keeps its state on disk.
+    pub durable: bool,
+    /// Connections open now.
+    pub connections: usize,
+}
+
+/// Per connection: what `CLIENT` commands set.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The connection's id (`CLIENT ID`).
+    pub id: u64,
+    /// Its name (`CLIENT SETNAME`).
+    pub name: Option<Vec<u8>>,
+}
+
+/// The version `INFO` and `HELLO` report as `redis_version`: the Redis release whose commands and
+/// replies the gateway follows, so that tools which check it accept the gateway.
+const REDIS_VERSION: &str = "7.2.0";
+
+/// The commands the gateway knows, for `COMMAND COUNT` and `COMMAND LIST`.
+const COMMANDS: [&str; 26] = [
+    "apx.getv",
+    "apx.txn",
+    "auth",
+    "client",
+    "command",
+    "config",
+    "decr",
+    "decrby",
+    "del",
+    "echo",
+    "exists",
+    "get",
+    "getdel",
+    "hello",
+    "incr",
+    "incrby",
+    "info",
+    "mget",
+    "mset",
+    "ping",
+    "quit",
+    "readonly",
+    "readwrite",
+    "reset",
+    "select",
+    "set",
+];
+
+fn error(text: impl Into<String>) -> Plan {
+    Plan::Reply(Reply::Error(text.into()))
+}
+
+fn arity(name: &str) -> Plan {
+    error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+fn syntax() -> Plan {
+    error("ERR syntax error")
+}
+
+fn not_integer() -> Plan {
+    error("ERR value is not an integer or out of range")
+}
+
+fn lower(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_lowercase()
+}
+
+fn int_arg(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+/// A key as the store holds it: (partition, item).
+fn key(k: &[u8]) -> (Bytes, Bytes) {
+    let partition = partition_of(k);
+    if partition.len() == k.len() {
+        (Bytes::copy_from_slice(k), Bytes::new())
+    } else {
+        (Bytes::copy_from_slice(partition), Bytes::copy_from_slice(k))
+    }
+}
+
+/// The one partition of `keys`, or the error that refuses them.
+fn one_partition<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Result<Bytes, Plan> {
+    let mut found: Option<&[u8]> = None;
+    for k in keys {
+        if k.len() > MAX_KEY_BYTES {
+            return Err(error(format!("ERR key is longer than the limit of {MAX_KEY_BYTES} bytes")));
+        }
+        let p = partition_of(k);
+        match found {
+            Some(f) if f != p => {
+                return Err(error("CROSSSLOT Keys in request don't hash to the same slot"));
+            }
+            _ => found = Some(p),
+        }
+    }
+    Ok(Bytes::copy_from_slice(found.unwrap_or_default()))
+}
+
+fn check_value(v: &[u8]) -> Result<Bytes, Plan> {
+    if v.len() > MAX_VALUE_BYTES {
+        return Err(error(format!("ERR value is longer than the limit of {MAX_VALUE_BYTES} bytes")));
+    }
+    Ok(Bytes::copy_from_slice(v))
+}
+
+/// The item of `k` (whose partition was checked).
+fn item(k: &[u8]) -> Bytes {
+    key(k).1
+}
+
+/// Plans one request. `args` is never empty (the codec skips empty requests).
+pub fn plan(args: &[Vec<u8>], conn: &mut Connection, ctx: &Context) -> Plan {
+    let Some(first) = args.first() else { return error("ERR empty command") };
+    let name = lower(first);
+    let rest = &args[1..];
+    match name.as_str() {
+        "get" | "getdel" | "apx.getv" | "incr" | "decr" if rest.len() != 1 => return arity(&name),
+        "get" => single(&rest[0], |p, i| (vec![KvOp::Get { partition: p, item: i }], Render::Value)),
+        "apx.getv" => {
+            single(&rest[0], |p, i| (vec![KvOp::Get { partition: p, item: i }], Render::ValueAndVersion))
+        }
+        "getdel" => single(&rest[0], |p, i| {
+            let ops = vec![
+                KvOp::Get { partition: p.clone(), item: i.clone() },
+                KvOp::Delete { partition: p, item: i },
+            ];
+            (ops, Render::Taken)
+        }),
+        "incr" | "decr" => {
+            let delta = if name == "incr" { 1 } else { -1 };
+            single(&rest[0], |p, i| (vec![KvOp::Increment { partition: p, item: i, delta }], Render::Integer))
+        }
+        "incrby" | "decrby" => {
+            if rest.len() != 2 {
+                return arity(&name);
+            }
+            let Some(by) = int_arg(&rest[1]) else { return not_integer() };
+            let delta = if name == "incrby" {
+                by
+            } else {
+                match by.checked_neg() {
+                    Some(d) => d,
+                    None => return error("ERR decrement would overflow"),
+                }
+            };
+            single(&rest[0], |p, i| (vec![KvOp::Increment { partition: p, item: i, delta }], Render::Integer))
+        }
+        "set" => set(rest),
+        "del" | "exists" | "mget" => {
+            if rest.is_empty() {
+                return arity(&name);
+            }
+            let partition = match one_partition(rest.iter().map(|k| &k[..])) {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            let ops = rest
+                .iter()
+                .map(|k| match name.as_str() {
+                    "del" => KvOp::Delete { partition: partition.clone(), item: item(k) },
+                    _ => KvOp::Get { partition: partition.clone(), item: item(k) },
+                })
+                .collect();
+            let render = match name.as_str() {
+                "del" => Render::Deleted,
+                "exists" => Render::Exists,
+                _ => Render::Values,
+            };
+            Plan::Cluster(ops, render)
+        }
+        "mset" => mset(rest),
+        "apx.txn" => transaction(rest),
+        _ => local(&name, rest, conn, ctx),
+    }
+}
+
+/// A command on one key: checks the key, then builds its ops.
+fn single(k: &[u8], build: impl FnOnce(Bytes, Bytes) -> (Vec<KvOp>, Render)) -> Plan {
+    if let Err(e) = one_partition([k]) {
+        return e;
+    }
+    let (p, i) = key(k);
+    let (ops, render) = build(p, i);
+    Plan::Cluster(ops, render)
+}
+
+/// `SET key value [NX | XX | IFEQ comparison] [GET] [KEEPTTL]`.
+fn set(rest: &[Vec<u8>]) -> Plan {
+    if rest.len() < 2 {
+        return arity("set");
+    }
+    let (k, v) = (&rest[0], &rest[1]);
+    if let Err(e) = one_partition([&k[..]]) {
+        return e;
+    }
+    let value = match check_value(v) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let (mut get, mut condition): (bool, Option<Condition>) = (false, None);
+    let (partition, it) = key(k);
+    let mut options = rest[2..].iter();
+    while let Some(option) = options.next() {
+        let new = match lower(option).as_str() {
+            "get" if !get => {
+                get = true;
+                continue;
+            }
+            "keepttl" => continue, // keys never expire here: keeping no TTL is what happens
+            "nx" => Condition::Absent { item: it.clone() },
+            "xx" => Condition::Exists { item: it.clone() },
+            "ifeq" => match options.next() {
+                Some(expected) => match check_value(expected) {
+                    Ok(expected) => Condition::ValueEquals { item: it.clone(), value: expected },
+                    Err(e) => return e,
+                },
+                None => return syntax(),
+            },
+            "ex" | "px" | "exat" | "pxat" => {
+                return error(
+                    "ERR keys do not expire in autopaxos: SET with EX, PX, EXAT or PXAT is not supported",
+                )
+            }
+            _ => return syntax(),
+        };
+        if condition.is_some() {
+            return syntax(); // NX, XX and IFEQ exclude each other
+        }
+        condition = Some(new);
+    }
+    let mut ops = Vec::with_capacity(2);
+    if get {
+        ops.push(KvOp::Get { partition: partition.clone(), item: it.clone() });
+    }
+    ops.push(match condition {
+        None => KvOp::Put { partition, item: it, value },
+        Some(c) => KvOp::Txn { partition, conditions: vec![c], writes: vec![Write::Put { item: it, value }] },
+    });
+    Plan::Cluster(ops, Render::Set { get })
+}
+
+/// `MSET key value [key value ...]`, one partition, all or nothing.
+fn mset(rest: &[Vec<u8>]) -> Plan {
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return arity("mset");
+    }
+    if rest.len() / 2 > MAX_TXN_OPS {
+        return error(format!("ERR MSET takes at most {MAX_TXN_OPS} keys here"));
+    }
+    let partition = match one_partition(rest.iter().step_by(2).map(|k| &k[..])) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut writes = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks(2) {
+        match check_value(&pair[1]) {
+            Ok(value) => writes.push(Write::Put { item: item(&pair[0]), value }),
+            Err(e) => return e,
+        }
+    }
+    Plan::Cluster(vec![KvOp::Txn { partition, conditions: Vec::new(), writes }], Render::Ok)
+}
+
+/// `APX.TXN [IF EXISTS key | IF ABSENT key | IF VERSION key n | IF VALUE key value]...
+/// [SET key value | DEL key | INCRBY key n]...`: conditions first, then writes, all on keys of one
+/// partition; all the writes happen, under one version, if every condition holds.
+fn transaction(rest: &[Vec<u8>]) -> Plan {
+    let usage = || {
+        error(
+            "ERR syntax error: APX.TXN [IF EXISTS key | IF ABSENT key | IF VERSION key n | IF VALUE key value]... \
+             [SET key value | DEL key | INCRBY key n]...",
+        )
+    };
+    let (mut conditions, mut writes, mut keys) = (Vec::new(), Vec::new(), Vec::<&[u8]>::new());
+    let mut args = rest.iter();
+    while let Some(word) = args.next() {
+        let word = lower(word);
+        let mut take = || args.next().map(|a| &a[..]);
+        if word == "if" {
+            if !writes.is_empty() {
+                return error("ERR APX.TXN: conditions come before writes");
+            }
+            let (Some(kind), Some(k)) = (take(), take()) else { return usage() };
+            keys.push(k);
+            let it = item(k);
+            conditions.push(match lower(kind).as_str() {
+                "exists" => Condition::Exists { item: it },
+                "absent" => Condition::Absent { item: it },
+                "version" => match take().and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok()) {
+                    Some(version) => Condition::VersionEquals { item: it, version },
+                    None => return not_integer(),
+                },
+                "value" => match take().map(check_value) {
+                    Some(Ok(value)) => Condition::ValueEquals { item: it, value },
+                    Some(Err(e)) => return e,
+                    None => return usage(),
+                },
+                _ => return usage(),
+            });
+            continue;
+        }
+        let Some(k) = take() else { return usage() };
+        keys.push(k);
+        let it = item(k);
+        writes.push(match word.as_str() {
+            "set" => match take().map(check_value) {
+                Some(Ok(value)) => Write::Put { item: it, value },
+                Some(Err(e)) => return e,
+                None => return usage(),
+            },
+            "del" => Write::Delete { item: it },
+            "incrby" => match take().and_then(int_arg) {
+                Some(delta) => Write::Increment { item: it, delta },
+                None => return not_integer(),
+            },
+            _ => return usage(),
+        });
+    }
+    if keys.is_empty() {
+        return arity("apx.txn");
+    }
+    if conditions.len() + writes.len() > MAX_TXN_OPS {
+        return error(format!("ERR APX.TXN takes at most {MAX_TXN_OPS} conditions and writes"));
+    }
+    let partition = match one_partition(keys) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    Plan::Cluster(vec![KvOp::Txn { partition, conditions, writes }], Render::Transaction)
+}
+
+/// The commands the gateway answers itself.
+fn local(name: &str, rest: &[Vec<u8>], conn: &mut Connection, ctx: &Context) -> Plan {
+    let reply = match (name, rest.len()) {
+        ("ping", 0) => Reply::Simple("PONG".into()),
+        ("ping", 1) => Reply::Bulk(rest[0].clone()),
+        ("echo", 1) => Reply::Bulk(rest[0].clone()),
+        ("quit", _) => return Plan::Close(Reply::ok()),
+        ("select", 1) => match int_arg(&rest[0]) {
+            Some(0) => Reply::ok(),
+            Some(_) => Reply::err("DB index is out of range"),
+            None => return not_integer(),
+        },
+        ("hello", _) => return hello(rest, conn),
+        ("info", _) => Reply::Bulk(info(ctx).into_bytes()),
+        ("command", _) => return command(rest),
+        ("client", n) if n >= 1 => return client(rest, conn),
+        ("config", n) if n >= 2 && lower(&rest[0]) == "get" => config_get(&rest[1..], ctx),
+        ("config", _) => Reply::err("CONFIG is not supported by autopaxos except CONFIG GET"),
+        ("auth", _) => Reply::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ),
+        ("readonly" | "readwrite" | "reset", 0) => {
+            if name == "reset" {
+                *conn = Connection { id: conn.id, name: None };
+                Reply::Simple("RESET".into())
+            } else {
+                Reply::ok()
+            }
+        }
+        ("ping" | "echo" | "select" | "readonly" | "readwrite" | "reset", _) => return arity(name),
+        _ => {
+            let shown: String = rest
+                .iter()
+                .take(3)
+                .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(64)])))
+                .collect();
+            return error(format!(
+                "ERR unknown command '{}', with args beginning with: {shown}",
+                String::from_utf8_lossy(&name.as_bytes()[..name.len().min(64)])
+            ));
+        }
+    };
+    Plan::Reply(reply)
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only; a client asking for 3 is told
+/// `-NOPROTO` and falls back, as clients do with a Redis 6 server.
+fn hello(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
+    let mut args = rest.iter();
+    if let Some(version) = args.next() {
+        match int_arg(version) {
+            Some(2) => {}
+            Some(_) => return error("NOPROTO unsupported protocol version"),
+            None => return error("ERR Protocol version is not an integer or out of range"),
+        }
+    }
+    while let Some(option) = args.next() {
+        match lower(option).as_str() {
+            "setname" => match args.next() {
+                Some(name) => conn.name = Some(name.clone()),
+                None => return syntax(),
+            },
+            "auth" => {
+                return error("ERR AUTH is not supported yet: no password is configured for the default user")
+            }
+            _ => return syntax(),
+        }
+    }
+    let field = |k: &str, v: Reply| [Reply::Bulk(k.into()), v];
+    let map: Vec<Reply> = [
+        field("server", Reply::Bulk(b"autopaxos".to_vec())),
+        field("version", Reply::Bulk(REDIS_VERSION.into())),
+        field("proto", Reply::Integer(2)),
+        field("id", Reply::Integer(conn.id as i64)),
+        field("mode", Reply::Bulk(b"standalone".to_vec())),
+        field("role", Reply::Bulk(b"master".to_vec())),
+        field("modules", Reply::Array(Vec::new())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Plan::Reply(Reply::Array(map))
+}
+
+fn info(ctx: &Context) -> String {
+    let leader = ctx.leader.map_or("unknown".to_string(), |l| l.to_string());
+    format!(
+        "# Server\r\nredis_version:{REDIS_VERSION}\r\nautopaxos_version:{}\r\nredis_mode:standalone\r\n\
+         role:gateway\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Cluster\r\ncluster_id:{}\r\n\
+         gateway_node:{}\r\nleader:{leader}\r\ndurable:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        ctx.connections,
+        ctx.cluster_id,
+        ctx.node,
+        if ctx.durable { "yes" } else { "no" },
+    )
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND DOCS`, `COMMAND INFO`: enough for
+/// `redis-cli` and client libraries to start (an empty `DOCS` means "no hints").
+fn command(rest: &[Vec<u8>]) -> Plan {
+    let reply = match rest.first().map(|s| lower(s)).as_deref() {
+        None | Some("docs") => Reply::Array(Vec::new()),
+        Some("count") => Reply::Integer(COMMANDS.len() as i64),
+        Some("list") => Reply::Array(COMMANDS.iter().map(|c| Reply::Bulk(c.as_bytes().to_vec())).collect()),
+        Some("info") => Reply::Array(rest[1..].iter().map(|_| Reply::NilArray).collect()),
+        Some(other) => Reply::err(format!("unknown subcommand '{other}'. Try COMMAND HELP.")),
+    };
+    Plan::Reply(reply)
+}
+
+/// The `CLIENT` subcommands that tools send on connecting.
+fn client(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
+    let sub = lower(&rest[0]);
+    let reply = match (sub.as_str(), rest.len()) {
+        ("setname", 2) => {
+            if rest[1].iter().any(|b| *b <= b' ' || *b > b'~') {
+                Reply::err("Client names cannot contain spaces, newlines or special characters.")
+            } else {
+                conn.name = (!rest[1].is_empty()).then(|| rest[1].clone());
+                Reply::ok()
+            }
+        }
+        ("getname", 1) => conn.name.clone().map_or(Reply::Nil, Reply::Bulk),
+        ("id", 1) => Reply::Integer(conn.id as i64),
+        ("setinfo", 3) | ("no-evict", 2) | ("no-touch", 2) => Reply::ok(),
+        ("info", 1) | ("list", _) => {
+            let name = conn.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            Reply::Bulk(format!("id={} name={name} db=0 resp=2\n", conn.id).into_bytes())
+        }
+        ("setname" | "getname" | "id" | "setinfo" | "info", _) => {
+            return error(format!("ERR wrong number of arguments for 'client|{sub}' command"))
+        }
+        _ => Reply::err(format!("unknown subcommand '{sub}'. Try CLIENT HELP.")),
+    };
+    Plan::Reply(reply)
+}
+
+/// `CONFIG GET` of what benchmark tools ask for (`save`, `appendonly`): an honest answer about
+/// durability, and nothing for the rest.
+fn config_get(patterns: &[Vec<u8>], ctx: &Context) -> Reply {
+    let known = [("save", ""), ("appendonly", if ctx.durable { "yes" } else { "no" })];
+    let mut out = Vec::new();
+    for (name, value) in known {
+        if patterns.iter().any(|p| lower(p) == name || &p[..] == b"*") {
+            out.push(Reply::Bulk(name.into()));
+            out.push(Reply::Bulk(value.into()));
+        }
+    }
+    Reply::Array(out)
+}
+
+/// The reply to an op that the store refused.
+fn refused(e: &KvError) -> Reply {
+    match e {
+        KvError::KeyTooLarge => Reply::err(format!("key is longer than the limit of {MAX_KEY_BYTES} bytes")),
+        KvError::ValueTooLarge => {
+            Reply::err(format!("value is longer than the limit of {MAX_VALUE_BYTES} bytes"))
+        }
+        KvError::NotAnInteger => Reply::err("value is not an integer or out of range"),
+        KvError::Overflow => Reply::err("increment or decrement would overflow"),
+        other => Reply::err(other),
+    }
+}
+
+/// The reply of a planned command from the results of its ops (as many as it planned).
+pub fn render(render: Render, results: &[KvResult]) -> Reply {
+    // Any refused op answers for the whole command.
+    if let Some(KvResult::Error(e)) = results.iter().find(|r| matches!(r, KvResult::Error(_))) {
+        return refused(e);
+    }
+    let value = |r: &KvResult| match r {
+        KvResult::Value { value, .. } => Reply::Bulk(value.to_vec()),
+        _ => Reply::Nil,
+    };
+    let count =
+        |pred: fn(&KvResult) -> bool| Reply::Integer(results.iter().filter(|r| pred(r)).count() as i64);
+    match (render, results) {
+        (Render::Value | Render::Taken, [first, ..]) => value(first),
+        (Render::ValueAndVersion, [KvResult::Value { value, version }]) => {
+            Reply::Array(vec![Reply::Bulk(value.to_vec()), Reply::Integer(*version as i64)])
+        }
+        (Render::ValueAndVersion, [_]) => Reply::Nil,
+        (Render::Set { get: true }, [old, _]) => value(old),
+        (Render::Set { get: false }, [KvResult::Written { .. } | KvResult::Committed { .. }]) => Reply::ok(),
+        (Render::Set { get: false }, [KvResult::ConditionFailed { .. }]) => Reply::Nil,
+        (Render::Deleted, _) => count(|r| matches!(r, KvResult::Deleted { existed: true })),
+        (Render::Exists, _) => count(|r| matches!(r, KvResult::Value { .. })),
+        (Render::Integer, [KvResult::Incremented { value, .. }]) => Reply::Integer(*value),
+        (Render::Values, _) => Reply::Array(results.iter().map(value).collect()),
+        (Render::Ok, [KvResult::Committed { .. }]) => Reply::ok(),
+        (Render::Transaction, [KvResult::Committed { version }]) => {
+            Reply::Array(vec![Reply::Bulk(b"committed".to_vec()), Reply::Integer(*version as i64)])
+        }
+        (Render::Transaction, [KvResult::ConditionFailed { index }]) => {
+            Reply::Array(vec![Reply::Bulk(b"failed".to_vec()), Reply::Integer(i64::from(*index))])
+        }
+        (render, results) => Reply::err(format!("internal: unexpected results {results:?} for {render:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::state_machine::kv::KvStore;
+
+    fn args(line: &str) -> Vec<Vec<u8>> {
+        crate::resp::split_args(line.as_bytes()).expect("well quoted")
+    }
+
+    /// Runs `line` against `store` as the gateway and the log would.
+    fn run(store: &mut KvStore, line: &str) -> Reply {
+        let mut conn = Connection { id: 7, name: None };
+        match plan(&args(line), &mut conn, &Context::default()) {
+            Plan::Reply(r) | Plan::Close(r) => r,
+            Plan::Cluster(ops, how) => {
+                let results: Vec<_> = ops.iter().map(|op| store.execute(op)).collect();
+                render(how, &results)
+            }
+        }
+    }
+
+    fn bulk(s: &str) -> Reply {
+        Reply::Bulk(s.as_bytes().to_vec())
+    }
+
+    fn err(r: &Reply) -> &str {
+        match r {
+            Reply::Error(e) => e,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn strings_and_counters() {
+        let s = &mut KvStore::new();
+        assert_eq!(run(s, "GET a"), Reply::Nil);
+        assert_eq!(run(s, "SET a 1"), Reply::ok());
+        assert_eq!(run(s, "get a"), bulk("1"));
+        assert_eq!(run(s, "INCR a"), Reply::Integer(2));
+        assert_eq!(run(s, "INCRBY a -10"), Reply::Integer(-8));
+        assert_eq!(run(s, "DECR a"), Reply::Integer(-9));
+        assert_eq!(run(s, "DECRBY a 1"), Reply::Integer(-10));
+        assert_eq!(run(s, "GET a"), bulk("-10"));
+        assert_eq!(err(&run(s, "INCRBY a x")), "ERR value is not an integer or out of range");
+        assert_eq!(err(&run(s, "DECRBY a -9223372036854775808")), "ERR decrement would overflow");
+        run(s, "SET s hello");
+        assert_eq!(err(&run(s, "INCR s")), "ERR value is not an integer or out of range");
+        run(s, "SET big 9223372036854775807");
+        assert_eq!(err(&run(s, "INCR big")), "ERR increment or decrement would overflow");
+        assert_eq!(run(s, "EXISTS a a"), Reply::Integer(2), "a key named twice counts twice");
+        assert_eq!(run(s, "EXISTS nope"), Reply::Integer(0));
+        assert_eq!(run(s, "GETDEL s"), bulk("hello"));
+        assert_eq!(run(s, "GETDEL s"), Reply::Nil);
+        assert_eq!(run(s, "DEL a"), Reply::Integer(1));
+        assert_eq!(run(s, "DEL a"), Reply::Integer(0));
+        assert_eq!(
+            run(s, "APX.GETV big"),
+            Reply::Array(vec![bulk("9223372036854775807"), Reply::Integer(1)])
+        );
+    }
+
+    #[test]
+    fn set_options_follow_redis_and_valkey() {
+        let s = &mut KvStore::new();
+        assert_eq!(run(s, "SET k v1 XX"), Reply::Nil);
+        assert_eq!(run(s, "SET k v1 NX"), Reply::ok());
+        assert_eq!(run(s, "SET k v2 NX"), Reply::Nil);
+        assert_eq!(run(s, "SET k v2 NX GET"), bulk("v1"), "GET returns the old value even when NX fails");
+        assert_eq!(run(s, "SET k v2 XX GET"), bulk("v1"));
+        assert_eq!(run(s, "SET k v3 IFEQ v1"), Reply::Nil);
+        assert_eq!(run(s, "SET k v3 IFEQ v2"), Reply::ok());
+        assert_eq!(run(s, "set k v4 ifeq v3 get"), bulk("v3"));
+        assert_eq!(run(s, "SET absent v IFEQ x"), Reply::Nil, "IFEQ never creates a key");
+        assert_eq!(run(s, "GET absent"), Reply::Nil);
+        assert_eq!(run(s, "SET k v5 GET KEEPTTL"), bulk("v4"));
+        assert_eq!(err(&run(s, "SET k v NX XX")), "ERR syntax error");
+        assert_eq!(err(&run(s, "SET k v IFEQ")), "ERR syntax error");
+        assert_eq!(err(&run(s, "SET k v BOGUS")), "ERR syntax error");
+        assert!(err(&run(s, "SET k v EX 10")).contains("do not expire"));
+        assert_eq!(err(&run(s, "SET k")), "ERR wrong number of arguments for 'set' command");
+    }
+
+    #[test]
+    fn multi_key_commands_stay_in_one_partition() {
+        let s = &mut KvStore::new();
+        assert_eq!(run(s, "MSET {v17}.primary a {v17}.replica b"), Reply::ok());
+        assert_eq!(
+            run(s, "MGET {v17}.primary {v17}.replica {v17}.none"),
+            Reply::Array(vec![bulk("a"), bulk("b"), Reply::Nil])
+        );
+        let crossslot = "CROSSSLOT Keys in request don't hash to the same slot";
+        assert_eq!(err(&run(s, "MGET a b")), crossslot);
+        assert_eq!(err(&run(s, "MSET a 1 b 2")), crossslot);
+        assert_eq!(err(&run(s, "DEL {v17}.primary other")), crossslot);
+        // An untagged key and the tag of the same name share a partition but are different keys.
+        run(s, "SET v17 plain");
+        assert_eq!(run(s, "MGET v17 {v17}.primary"), Reply::Array(vec![bulk("plain"), bulk("a")]));
+        assert_eq!(err(&run(s, "MSET a")), "ERR wrong number of arguments for 'mset' command");
+    }
+
+    #[test]
+    fn transactions_are_all_or_nothing_in_one_partition() {
+        let s = &mut KvStore::new();
+        let committed = |v| Reply::Array(vec![bulk("committed"), Reply::Integer(v)]);
+        let failed = |i| Reply::Array(vec![bulk("failed"), Reply::Integer(i)]);
+        assert_eq!(run(s, "APX.TXN IF ABSENT {c}.lock SET {c}.lock me SET {c}.n 1"), committed(1));
+        assert_eq!(run(s, "APX.TXN IF ABSENT {c}.lock SET {c}.n 2"), failed(0));
+        assert_eq!(run(s, "GET {c}.n"), bulk("1"), "a failed transaction writes nothing");
+        assert_eq!(
+            run(s, "APX.TXN IF VALUE {c}.lock me IF VERSION {c}.n 1 INCRBY {c}.n 5 DEL {c}.lock"),
+            committed(2)
+        );
+        assert_eq!(run(s, "MGET {c}.n {c}.lock"), Reply::Array(vec![bulk("6"), Reply::Nil]));
+        assert_eq!(run(s, "APX.TXN IF EXISTS {c}.n IF VERSION {c}.n 1 SET {c}.x y"), failed(1));
+        assert!(err(&run(s, "APX.TXN SET {c}.a 1 IF EXISTS {c}.a")).contains("conditions come before writes"));
+        assert!(err(&run(s, "APX.TXN IF MAYBE {c}.a")).contains("syntax error"));
+        assert!(err(&run(s, "APX.TXN SET a 1 SET b 2")).starts_with("CROSSSLOT"));
+        assert!(err(&run(s, "APX.TXN IF VERSION {c}.n x")).contains("not an integer"));
+    }
+
+    #[test]
+    fn limits_are_named_and_the_store_is_untouched() {
+        let s = &mut KvStore::new();
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert_eq!(
+            err(&run(s, &format!("SET k {big}"))),
+            format!("ERR value is longer than the limit of {MAX_VALUE_BYTES} bytes")
+        );
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(
+            err(&run(s, &format!("GET {long_key}"))).contains("key is longer than the limit of 1024 bytes")
+        );
+        assert_eq!(run(s, &format!("SET k {}", "x".repeat(MAX_VALUE_BYTES))), Reply::ok());
+        assert!(s.len() == 1);
+    }
+
+    #[test]
+    fn connection_commands_answer_as_redis_does() {
+        let s = &mut KvStore::new();
+        assert_eq!(run(s, "PING"), Reply::Simple("PONG".into()));
+        assert_eq!(run(s, "PING hi"), bulk("hi"));
+        assert_eq!(run(s, "ECHO x"), bulk("x"));
+        assert_eq!(run(s, "SELECT 0"), Reply::ok());
+        assert_eq!(err(&run(s, "SELECT 1")), "ERR DB index is out of range");
+        assert_eq!(err(&run(s, "HELLO 3")), "NOPROTO unsupported protocol version");
+        assert!(matches!(run(s, "HELLO 2"), Reply::Array(fields) if fields.len() == 14));
+        assert_eq!(run(s, "COMMAND DOCS"), Reply::Array(Vec::new()));
+        assert_eq!(run(s, "CLIENT SETINFO LIB-NAME redis-py"), Reply::ok());
+        assert_eq!(run(s, "CLIENT ID"), Reply::Integer(7));
+        assert!(
+            matches!(run(s, "INFO"), Reply::Bulk(b) if String::from_utf8_lossy(&b).contains("role:gateway"))
+        );
+        assert_eq!(
+            err(&run(s, "LPUSH l a b c d")),
+            "ERR unknown command 'lpush', with args beginning with: 'l' 'a' 'b' "
+        );
+        assert_eq!(err(&run(s, "GET")), "ERR wrong number of arguments for 'get' command");
+        let mut conn = Connection::default();
+        assert_eq!(plan(&args("QUIT"), &mut conn, &Context::default()), Plan::Close(Reply::ok()));
+        assert_eq!(
+            plan(&args("CLIENT SETNAME app"), &mut conn, &Context::default()),
+            Plan::Reply(Reply::ok())
+        );
+        assert_eq!(conn.name.as_deref(), Some(&b"app"[..]));
+    }
+}

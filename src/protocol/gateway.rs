@@ -1,0 +1,171 @@
+//! Gateway: the cluster side of the RESP front door (issue 13). A client node whose protocol
+//! clients are *sessions*: each connection an application opens holds one session, with its own
+//! client id, for as long as it lives, so every command it sends carries (client id, sequence
+//! number) and the replicas' client tables make a retried command apply once. A session has one
+//! request outstanding at a time; a connection's pipelined commands travel together as one
+//! `KvOp::Batch`, so they stay in order and cost the log one command.
+//!
+//! The RESP half (parsing, commands, sockets) lives in `crate::commands` and the runtime; this
+//! struct only hands sessions out and takes them back. A session whose connection closed while its
+//! request was in flight is not reused until that request completes (its retries go on), so a new
+//! connection never receives an old connection's reply.
+//!
+//! Must never: give one session to two connections; report a completion for a session that no
+//! connection holds (it is swallowed, and the session freed).
+
+use super::client::SubmitError;
+use super::client_mux::ClientMux;
+use super::config::{ClusterConfig, Tunables};
+use super::{Msg, NodeId, Out, Role, RoleKind, Time};
+use bytes::Bytes;
+
+/// A session's index (the low 16 bits of its client id).
+pub type Session = usize;
+
+/// The sessions of one gateway node.
+#[derive(Debug)]
+pub struct Gateway {
+    mux: ClientMux,
+    /// Per session: whether a connection holds it.
+    held: Vec<bool>,
+    /// Sessions no connection holds and with nothing in flight, the most recently freed last.
+    free: Vec<Session>,
+    /// Completions for held sessions since the last [`Gateway::take_completions`].
+    completions: Vec<(Session, Bytes)>,
+}
+
+impl Gateway {
+    /// `sessions` sessions (at most [`super::client_mux::MAX_CLIENTS`]); see [`ClientMux::new`] for
+    /// `incarnation`.
+    pub fn new(
+        node: NodeId,
+        incarnation: u16,
+        sessions: u32,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+    ) -> Self {
+        let mux = ClientMux::new(node, incarnation, sessions, config, tunables);
+        Gateway {
+            mux,
+            held: vec![false; sessions as usize],
+            // Popped from the back: session 0 first.
+            free: (0..sessions as usize).rev().collect(),
+            completions: Vec::new(),
+        }
+    }
+
+    /// A session for a new connection; `None` when every session is held or busy.
+    pub fn open(&mut self) -> Option<Session> {
+        let session = self.free.pop()?;
+        self.held[session] = true;
+        Some(session)
+    }
+
+    /// The connection holding `session` closed. A request still in flight goes on (it may already be
+    /// chosen) and the session is freed when it completes.
+    pub fn close(&mut self, session: Session) {
+        if !std::mem::replace(&mut self.held[session], false) {
+            return;
+        }
+        if !self.mux.client(session).is_busy() {
+            self.free.push(session);
+        }
+        self.completions.retain(|(s, _)| *s != session);
+    }
+
+    /// Sends `op` for `session`; its result comes back through [`Gateway::take_completions`].
+    pub fn submit(
+        &mut self,
+        session: Session,
+        now: Time,
+        op: Bytes,
+        out: &mut Out,
+    ) -> Result<u64, SubmitError> {
+        debug_assert!(self.held[session], "only a held session submits");
+        self.mux.submit(session, now, op, out)
+    }
+
+    /// The results that arrived for held sessions, in order.
+    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (Session, Bytes)> {
+        self.completions.drain(..)
+    }
+
+    /// The leader some session was last told of.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        (0..self.mux.len()).find_map(|i| self.mux.client(i).leader_hint())
+    }
+
+    /// Sessions held by connections now.
+    pub fn sessions_held(&self) -> usize {
+        self.held.iter().filter(|h| **h).count()
+    }
+
+    /// Requests resent after their retry timeout, since the gateway started.
+    pub fn retries(&self) -> u64 {
+        self.mux.retries()
+    }
+}
+
+impl Role for Gateway {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        self.mux.handle_message(now, from, msg, out);
+        for done in self.mux.drain_completed() {
+            if self.held[done.client] {
+                self.completions.push((done.client, done.result));
+            } else {
+                // Its connection went while it was in flight: now nobody waits for it.
+                self.free.push(done.client);
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        self.mux.handle_timeout(now, out);
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.mux.poll_timeout()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::{ClientReply, Msg};
+
+    fn gateway(sessions: u32) -> Gateway {
+        Gateway::new(50, 0, sessions, &ClusterConfig::f1(1, 1, 1, 1), &Tunables::default())
+    }
+
+    fn reply(g: &mut Gateway, session: Session, seq: u64, result: &'static [u8], out: &mut Out) {
+        let client_id = g.mux.client(session).client_id();
+        let replies = vec![ClientReply { client_id, seq, result: Bytes::from_static(result) }];
+        g.handle_message(10, 7, Msg::ClientReplies(replies), out);
+    }
+
+    #[test]
+    fn a_session_closed_in_flight_is_reused_only_after_its_reply() {
+        let mut out = Out::default();
+        let mut g = gateway(2);
+        let (a, b) = (g.open().unwrap(), g.open().unwrap());
+        assert_eq!(g.open(), None, "two sessions, both held");
+        let seq = g.submit(a, 0, Bytes::from_static(b"op"), &mut out).unwrap();
+        g.close(a);
+        assert_eq!(g.open(), None, "a is still in flight");
+        reply(&mut g, a, seq, b"late", &mut out);
+        assert_eq!(g.take_completions().count(), 0, "nobody waits for a's reply");
+        assert_eq!(g.open(), Some(a));
+        // A held session's reply is handed over once.
+        let seq = g.submit(b, 0, Bytes::from_static(b"op"), &mut out).unwrap();
+        reply(&mut g, b, seq, b"ok", &mut out);
+        reply(&mut g, b, seq, b"ok", &mut out);
+        assert_eq!(g.take_completions().collect::<Vec<_>>(), vec![(b, Bytes::from_static(b"ok"))]);
+        g.close(b);
+        assert_eq!(g.open(), Some(b), "idle at close: free at once");
+        assert_eq!(g.sessions_held(), 2);
+    }
+}

@@ -1,0 +1,472 @@
+//! The RESP front door's sockets (issue 13): accepts Redis-protocol connections on `--resp-addr`
+//! and runs each as a session of the node's [`Gateway`]. Parsing is `crate::resp`'s, the commands
+//! `crate::commands`'; this file moves bytes and keeps each connection within its bounds.
+//!
+//! Per connection, a reader parses requests and queues them (planned), and a driver answers them in
+//! order: requests the gateway answers itself at once, the others by submitting every queued one
+//! as one `KvOp::Batch` (one log command, in order, exactly once under retries) and rendering the
+//! batch's results when it completes. While a batch is in flight the next requests queue behind it,
+//! so a pipelining client fills the next batch. A connection holds at most
+//! [`MAX_QUEUED_REQUESTS`] requests or [`MAX_QUEUED_BYTES`] bytes of them; past that the reader
+//! stops reading until the driver has answered some, so a client that sends without reading its
+//! replies is slowed by TCP, and never holds more memory than that.
+//!
+//! Must never: answer out of order; submit a request twice (a retry is the same request); let a
+//! connection's buffers grow past its bounds.
+
+use super::node::Host;
+use crate::commands::{self, Connection, Context, Plan, Render};
+use crate::protocol::gateway::{Gateway, Session};
+use crate::protocol::state_machine::kv::{KvOp, KvResult};
+use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
+use crate::resp::{self, Limits, Reply};
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Requests one connection may have queued (parsed, not yet answered).
+pub const MAX_QUEUED_REQUESTS: usize = 4096;
+/// Bytes of requests one connection may have queued.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// The largest single request (an `MSET` of many large values, say): a request still incomplete
+/// past this is a protocol error, so a client cannot make the gateway buffer without bound.
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// The most connections one gateway node may serve (half the sessions one node can host).
+pub const MAX_CONNECTIONS: u32 = crate::protocol::client_mux::MAX_CLIENTS / 2;
+/// Connections one gateway serves at once unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Bytes of ops in one batch; one request alone may exceed it.
+const MAX_GROUP_BYTES: usize = 256 << 10;
+/// Ops in one batch. Bounds its results too (a read returns up to a 64 KiB value), which travel in
+/// one reply and which the replicas keep as the session's last reply, for exactly-once.
+const MAX_GROUP_OPS: usize = 128;
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Settings of a gateway node.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Sessions (and so connections) at most; connections beyond are refused with Redis's error.
+    pub max_connections: u32,
+    /// The request limits of the codec.
+    pub limits: Limits,
+    /// What `INFO` reports.
+    pub cluster_id: String,
+    /// Whether the cluster behind keeps its state on disk (`INFO`, `CONFIG GET appendonly`).
+    pub durable: bool,
+}
+
+/// The launch of a gateway node `id`: a client node of the cluster described by `config`, serving
+/// RESP at `resp`.
+pub fn gateway_launch(
+    id: NodeId,
+    config: crate::protocol::ClusterConfig,
+    tunables: crate::protocol::Tunables,
+    resp: std::net::SocketAddr,
+    settings: GatewaySettings,
+) -> super::NodeLaunch {
+    let incarnation = super::incarnation_seed() as u16;
+    // Replies come from unbatchers and leader hints from proposers: reach them first, so they can
+    // answer over these connections (the gateway has no cluster address of its own).
+    let dial_at_start = config.unbatchers.iter().chain(&config.proposers).copied().collect();
+    super::NodeLaunch {
+        id,
+        listen: None,
+        dial_at_start,
+        disk: None,
+        resp: Some(resp),
+        build: Box::new(move |ctx| {
+            if settings.max_connections == 0 || settings.max_connections > MAX_CONNECTIONS {
+                return Err(format!("--max-connections must be between 1 and {MAX_CONNECTIONS}"));
+            }
+            // Twice as many sessions as connections: a session whose connection closed with a request
+            // in flight stays taken until that request completes.
+            let sessions = 2 * settings.max_connections;
+            let gateway = Gateway::new(id, incarnation, sessions, &config, &tunables);
+            let front = Front::new(id, gateway, settings);
+            *ctx.gateway_front.borrow_mut() = Some(front.clone());
+            Ok(Box::new(GatewayRole(front)))
+        }),
+    }
+}
+
+/// What the role and the connections of one gateway node share.
+pub struct Front {
+    node: NodeId,
+    gateway: RefCell<Gateway>,
+    /// Per session: where its connection waits for its batch's result.
+    waiting: RefCell<Vec<Option<LocalSender<Bytes>>>>,
+    settings: GatewaySettings,
+    next_connection: Cell<u64>,
+    open: Cell<usize>,
+}
+
+impl Front {
+    /// The shared half of a gateway node with `settings.max_connections` sessions.
+    pub fn new(node: NodeId, gateway: Gateway, settings: GatewaySettings) -> Rc<Front> {
+        let sessions = 2 * settings.max_connections as usize;
+        Rc::new(Front {
+            node,
+            gateway: RefCell::new(gateway),
+            waiting: RefCell::new((0..sessions).map(|_| None).collect()),
+            settings,
+            next_connection: Cell::new(1),
+            open: Cell::new(0),
+        })
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            cluster_id: self.settings.cluster_id.clone(),
+            node: self.node,
+            leader: self.gateway.borrow().leader_hint(),
+            durable: self.settings.durable,
+            connections: self.open.get(),
+        }
+    }
+}
+
+/// The gateway as its host sees it: the [`Gateway`] role, handing each completion to the connection
+/// that waits for it.
+pub struct GatewayRole(pub Rc<Front>);
+
+impl Role for GatewayRole {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        let mut gateway = self.0.gateway.borrow_mut();
+        gateway.handle_message(now, from, msg, out);
+        let waiting = self.0.waiting.borrow();
+        for (session, result) in gateway.take_completions() {
+            if let Some(tx) = &waiting[session] {
+                let _ = tx.try_send(result);
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        self.0.gateway.borrow_mut().handle_timeout(now, out);
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.0.gateway.borrow().poll_timeout()
+    }
+
+    fn kind(&self) -> RoleKind {
+        RoleKind::Client
+    }
+}
+
+/// Accepts RESP connections for the gateway node `host` forever.
+pub async fn accept_loop(host: Rc<Host>, front: Rc<Front>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (host, front) = (host.clone(), front.clone());
+                glommio::spawn_local(async move {
+                    let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    if let Err(e) = serve(&host, &front, stream).await {
+                        tracing::debug!(node = host.id, "RESP connection from {from} ended: {e}");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(node = host.id, "RESP accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// One queued request.
+enum Pending {
+    /// Answered by the gateway.
+    Reply(Reply),
+    /// Answered, then the connection closes (`QUIT`, a protocol error).
+    Close(Reply),
+    /// Needs the log: its encoded ops and how to render their results.
+    Cluster { ops: Vec<Bytes>, render: Render },
+}
+
+/// A connection's queue, shared by its reader and its driver.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<(Pending, usize)>,
+    bytes: usize,
+    /// Requests at the front whose batch is in flight; 0: none is.
+    in_flight: usize,
+    /// The reader has stopped (end of stream, an error, or a request that closes).
+    reader_done: bool,
+}
+
+impl Queue {
+    fn full(&self) -> bool {
+        self.requests.len() >= MAX_QUEUED_REQUESTS || self.bytes >= MAX_QUEUED_BYTES
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let (pending, bytes) = self.requests.pop_front()?;
+        self.bytes -= bytes;
+        Some(pending)
+    }
+}
+
+async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let session = if front.open.get() < front.settings.max_connections as usize {
+        front.gateway.borrow_mut().open()
+    } else {
+        None
+    };
+    let Some(session) = session else {
+        metrics::counter!("autopaxos_gateway_refused_connections_total", "node" => front.node.to_string())
+            .increment(1);
+        let mut stream = stream;
+        stream.write_all(b"-ERR max number of clients reached\r\n").await?;
+        return Ok(());
+    };
+    let (result_tx, result_rx) = local_channel::new_bounded(1);
+    front.waiting.borrow_mut()[session] = Some(result_tx);
+    front.open.set(front.open.get() + 1);
+    let id = front.next_connection.get();
+    front.next_connection.set(id + 1);
+    metrics::gauge!("autopaxos_gateway_connections", "node" => front.node.to_string()).increment(1.0);
+
+    let queue = RefCell::new(Queue::default());
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    let (room_tx, room_rx) = local_channel::new_bounded(1);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let conn = Connection { id, name: None };
+    let reading = read_requests(front, &mut rd, &queue, conn, &wake_tx, &room_rx);
+    let driving = drive(host, front, session, &mut wr, &queue, &wake_rx, &room_tx, &result_rx);
+    let result = futures_lite::future::or(reading, driving).await;
+
+    front.waiting.borrow_mut()[session] = None;
+    front.gateway.borrow_mut().close(session);
+    front.open.set(front.open.get() - 1);
+    metrics::gauge!("autopaxos_gateway_connections", "node" => front.node.to_string()).decrement(1.0);
+    result
+}
+
+/// Parses requests as they arrive and queues them, planned; stops reading while the queue is full.
+/// Never returns on its own once the stream ends: the driver finishes what is queued.
+async fn read_requests(
+    front: &Front,
+    rd: &mut (impl futures_lite::AsyncRead + Unpin),
+    queue: &RefCell<Queue>,
+    mut conn: Connection,
+    wake: &LocalSender<()>,
+    room: &LocalReceiver<()>,
+) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0;
+    let commands = metrics::counter!("autopaxos_gateway_commands_total", "node" => front.node.to_string());
+    let ended = loop {
+        // Parse everything that has arrived.
+        let mut context = None;
+        let mut parsed = 0u64;
+        let closing = loop {
+            let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
+                Ok(Some(request)) => request,
+                Ok(None) if buf.len() - start > MAX_REQUEST_BYTES => {
+                    let why = format!("Protocol error: a request larger than {MAX_REQUEST_BYTES} bytes");
+                    break Some(Reply::err(why));
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(Reply::err(e)),
+            };
+            start += request.consumed;
+            if request.args.is_empty() {
+                continue;
+            }
+            parsed += 1;
+            let context = context.get_or_insert_with(|| front.context());
+            let pending = match commands::plan(&request.args, &mut conn, context) {
+                Plan::Reply(reply) => Pending::Reply(reply),
+                Plan::Close(reply) => {
+                    queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
+                    break None;
+                }
+                Plan::Cluster(ops, render) => {
+                    Pending::Cluster { ops: ops.iter().map(KvOp::encode).collect(), render }
+                }
+            };
+            let mut q = queue.borrow_mut();
+            q.requests.push_back((pending, request.consumed));
+            q.bytes += request.consumed;
+        };
+        commands.increment(parsed);
+        buf.drain(..start);
+        start = 0;
+        if let Some(reply) = closing {
+            // After a framing error where the next request starts is unknown: answer, then close.
+            metrics::counter!("autopaxos_gateway_protocol_errors_total", "node" => front.node.to_string())
+                .increment(1);
+            queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
+        }
+        if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _))) {
+            break Ok(());
+        }
+        let _ = wake.try_send(());
+        while queue.borrow().full() {
+            if room.recv().await.is_none() {
+                break;
+            }
+        }
+        let len = buf.len();
+        buf.resize(len + READ_CHUNK, 0);
+        match rd.read(&mut buf[len..]).await {
+            Ok(0) => {
+                buf.truncate(len);
+                break Ok(());
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) => break Err(e),
+        }
+    };
+    queue.borrow_mut().reader_done = true;
+    let _ = wake.try_send(());
+    if let Err(e) = ended {
+        return Err(e);
+    }
+    // The driver answers what is queued and then ends the connection.
+    futures_lite::future::pending().await
+}
+
+/// Answers queued requests in order: those the gateway answers at once, and batches for the rest.
+#[allow(clippy::too_many_arguments)] // one connection's whole wiring, passed once
+async fn drive(
+    host: &Rc<Host>,
+    front: &Front,
+    session: Session,
+    wr: &mut (impl futures_lite::AsyncWrite + Unpin),
+    queue: &RefCell<Queue>,
+    wake: &LocalReceiver<()>,
+    room: &LocalSender<()>,
+    results: &LocalReceiver<Bytes>,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    loop {
+        let (closing, submit) = {
+            let mut q = queue.borrow_mut();
+            let closing = answer_ready(&mut q, &mut out);
+            let submit = if closing || q.in_flight > 0 { None } else { next_batch(&mut q) };
+            (closing, submit)
+        };
+        if let Some(op) = submit {
+            host.act(|now, o| {
+                if let Err(e) = front.gateway.borrow_mut().submit(session, now, op, o) {
+                    tracing::error!(node = front.node, "gateway session {session}: {e}");
+                }
+            });
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+            let _ = room.try_send(());
+        }
+        if closing {
+            wr.flush().await?;
+            return Ok(());
+        }
+        {
+            let q = queue.borrow();
+            if q.reader_done && q.requests.is_empty() {
+                wr.flush().await?;
+                return Ok(());
+            }
+        }
+        if queue.borrow().in_flight > 0 {
+            let done = futures_lite::future::or(async { results.recv().await.map(Some) }, async {
+                wake.recv().await;
+                None
+            })
+            .await;
+            if let Some(result) = done.flatten() {
+                complete(&mut queue.borrow_mut(), &result, &mut out);
+            }
+        } else if wake.recv().await.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Encodes the replies at the front that need nothing from the log; true if one closes.
+fn answer_ready(q: &mut Queue, out: &mut Vec<u8>) -> bool {
+    if q.in_flight > 0 {
+        return false;
+    }
+    loop {
+        match q.requests.front() {
+            Some((Pending::Reply(_), _)) => {
+                let Some(Pending::Reply(reply)) = q.pop() else { unreachable!() };
+                reply.encode(out);
+            }
+            Some((Pending::Close(_), _)) => {
+                let Some(Pending::Close(reply)) = q.pop() else { unreachable!() };
+                reply.encode(out);
+                return true;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The batch of the queued requests from the front (up to the first that closes, and within the
+/// batch bounds; the first request always goes), marked in flight.
+fn next_batch(q: &mut Queue) -> Option<Bytes> {
+    let mut ops = Vec::new();
+    let (mut bytes, mut taken) = (0, 0);
+    for (pending, _) in &q.requests {
+        match pending {
+            Pending::Cluster { ops: these, .. } => {
+                let size: usize = these.iter().map(|op| op.len() + 16).sum();
+                if taken > 0 && (bytes + size > MAX_GROUP_BYTES || ops.len() + these.len() > MAX_GROUP_OPS) {
+                    break;
+                }
+                bytes += size;
+                ops.extend(these.iter().cloned());
+            }
+            Pending::Reply(_) => {}
+            Pending::Close(_) => break,
+        }
+        taken += 1;
+    }
+    if ops.is_empty() {
+        return None;
+    }
+    q.in_flight = taken;
+    Some(KvOp::Batch { ops }.encode())
+}
+
+/// The batch in flight completed: renders its requests' replies, in order.
+fn complete(q: &mut Queue, result: &[u8], out: &mut Vec<u8>) {
+    let results: Vec<KvResult> = match KvResult::decode(result) {
+        Ok(KvResult::Batched { results }) => {
+            results.iter().map(|r| KvResult::decode(r).unwrap_or_else(KvResult::Error)).collect()
+        }
+        other => {
+            tracing::error!("a gateway batch came back as {other:?}");
+            Vec::new()
+        }
+    };
+    let mut next = results.into_iter();
+    for _ in 0..std::mem::take(&mut q.in_flight) {
+        let reply = match q.pop() {
+            Some(Pending::Reply(reply)) => reply,
+            Some(Pending::Cluster { ops, render }) => {
+                let mine: Vec<KvResult> = next.by_ref().take(ops.len()).collect();
+                if mine.len() == ops.len() {
+                    commands::render(render, &mine)
+                } else {
+                    Reply::err("internal: the batch returned fewer results than it had ops")
+                }
+            }
+            Some(Pending::Close(_)) | None => unreachable!("a batch stops before a close"),
+        };
+        reply.encode(out);
+    }
+}

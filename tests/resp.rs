@@ -1,0 +1,242 @@
+//! The RESP front door as a user meets it: `autopaxos local --resp-addr` driven by `redis-cli`, by
+//! redis-py (the Python client library, installed by scripts/setup.sh), and by raw sockets for
+//! what those tools cannot do: pipelines sent in one write, framing errors, a client that never
+//! reads its replies, and a stop by SIGTERM.
+
+mod common;
+
+use common::{Proc, TempDir};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `local --resp-addr 127.0.0.1:0`, up and answering `PING`.
+fn serve(dir: &TempDir, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args: Vec<String> =
+        ["local", "--resp-addr", "127.0.0.1:0", "--cores", "0-1"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut proc = Proc::spawn(&dir.0, "local", &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        if let Some(addr) =
+            proc.stdout_text().lines().find_map(|l| l.strip_prefix("resp ")?.trim().parse().ok())
+        {
+            break addr;
+        }
+        assert!(
+            proc.is_running() && Instant::now() < deadline,
+            "no RESP address; stderr:\n{}",
+            proc.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Served once a write goes through the log (a leader is elected).
+    let mut conn = Conn::open(addr);
+    while conn.call(&["SET", "warm", "up"]) != b"+OK\r\n" {
+        assert!(Instant::now() < deadline, "the gateway never served a write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (proc, addr)
+}
+
+struct Conn(TcpStream);
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect to the gateway");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Conn(s)
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.0.write_all(&autopaxos::resp::encode_request(&bytes)).unwrap();
+    }
+
+    /// Reads exactly `n` replies, as raw bytes.
+    fn replies(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut chunk = [0u8; 65536];
+            let got = self.0.read(&mut chunk).expect("read a reply");
+            assert!(got > 0, "the gateway closed the connection after {} replies", out.len());
+            buf.extend_from_slice(&chunk[..got]);
+            while let Some(len) = reply_len(&buf) {
+                out.push(buf.drain(..len).collect());
+            }
+        }
+        out
+    }
+
+    fn call(&mut self, args: &[&str]) -> Vec<u8> {
+        self.send(args);
+        self.replies(1).remove(0)
+    }
+}
+
+/// The length of the first complete reply in `buf` (simple, error, integer, bulk or flat array).
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line = buf.windows(2).position(|w| w == b"\r\n")?;
+    match buf.first()? {
+        b'+' | b'-' | b':' => Some(line + 2),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&buf[1..line]).ok()?.parse().ok()?;
+            let total = if n < 0 { line + 2 } else { line + 2 + n as usize + 2 };
+            (buf.len() >= total).then_some(total)
+        }
+        b'*' => {
+            let n: i64 = std::str::from_utf8(&buf[1..line]).ok()?.parse().ok()?;
+            let mut at = line + 2;
+            for _ in 0..n.max(0) {
+                at += reply_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        _ => panic!("not a reply: {:?}", String::from_utf8_lossy(buf)),
+    }
+}
+
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed by scripts/setup.sh");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn redis_cli_and_redis_py_use_the_replicated_store() {
+    let _serial = common::serialize();
+    let dir = TempDir::new("resp-clients");
+    let (mut local, addr) = serve(&dir, &[]);
+
+    // redis-cli, one command per invocation, as a person types them.
+    assert_eq!(redis_cli(addr, &["PING"]), "PONG");
+    assert_eq!(redis_cli(addr, &["SET", "{vol-17}.primary", "node-a"]), "OK");
+    assert_eq!(redis_cli(addr, &["SET", "{vol-17}.replica", "node-b", "NX"]), "OK");
+    assert_eq!(redis_cli(addr, &["MGET", "{vol-17}.primary", "{vol-17}.replica"]), "node-a\nnode-b");
+    assert_eq!(redis_cli(addr, &["SET", "{vol-17}.primary", "node-c", "IFEQ", "node-a", "GET"]), "node-a");
+    assert_eq!(redis_cli(addr, &["GET", "{vol-17}.primary"]), "node-c");
+    assert_eq!(redis_cli(addr, &["INCRBY", "counter", "5"]), "5");
+    assert_eq!(
+        redis_cli(addr, &["APX.TXN", "IF", "VALUE", "{vol-17}.primary", "node-c", "DEL", "{vol-17}.replica"]),
+        "committed\n4"
+    );
+    assert!(redis_cli(addr, &["MGET", "a", "b"]).starts_with("CROSSSLOT"));
+    assert!(redis_cli(addr, &["INFO"]).contains("role:gateway"));
+    // redis-cli's own pipe mode: many commands in, replies counted.
+    let mut pipe = Command::new("redis-cli")
+        .args(["-p", &addr.port().to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = Vec::new();
+    for i in 0..2000 {
+        input.extend(autopaxos::resp::encode_request(&[b"SET", format!("pipe{i}").as_bytes(), b"x"]));
+    }
+    pipe.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = pipe.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("errors: 0, replies: 2000"), "redis-cli --pipe said: {text}");
+
+    // redis-py: every command, pipelines, errors, sizes.
+    let py = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/redis_py_check.py"))
+        .arg(addr.port().to_string())
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(py.status.success(), "redis-py check failed:\n{said}\n{}", String::from_utf8_lossy(&py.stderr));
+    assert!(said.contains("checks passed"), "{said}");
+
+    // A SIGTERM stops the cluster cleanly.
+    let term = Command::new("kill").args(["-TERM", &local.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    assert!(local.wait(Duration::from_secs(20)).success(), "{}", local.stderr_text());
+}
+
+#[test]
+fn pipelines_errors_and_a_client_that_never_reads() {
+    let _serial = common::serialize();
+    let dir = TempDir::new("resp-edges");
+    let (local, addr) = serve(&dir, &[]);
+
+    // 3000 commands in one write: replies in order, an error in the middle answered in place.
+    let mut c = Conn::open(addr);
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        let key = format!("{{p}}.{i}");
+        batch.extend(autopaxos::resp::encode_request(&[b"SET", key.as_bytes(), i.to_string().as_bytes()]));
+        batch.extend(autopaxos::resp::encode_request(&[b"INCR", b"{p}.n"]));
+        batch.extend(autopaxos::resp::encode_request(&[b"GET", key.as_bytes()]));
+    }
+    batch.extend(autopaxos::resp::encode_request(&[b"NOSUCH"]));
+    batch.extend(b"PING inline\r\n");
+    c.0.write_all(&batch).unwrap();
+    let replies = c.replies(3002);
+    for i in 0..1000 {
+        assert_eq!(replies[3 * i], b"+OK\r\n");
+        assert_eq!(replies[3 * i + 1], format!(":{}\r\n", i + 1).as_bytes());
+        assert_eq!(replies[3 * i + 2], format!("${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
+    }
+    assert!(replies[3000].starts_with(b"-ERR unknown command 'nosuch'"));
+    assert_eq!(replies[3001], b"$6\r\ninline\r\n");
+
+    // Limits: a value over the store's limit is refused and the connection goes on; a bulk over the
+    // codec's limit is a protocol error, answered, then the connection closes (as Redis does).
+    let big = "x".repeat(64 * 1024 + 1);
+    assert!(c.call(&["SET", "big", &big]).starts_with(b"-ERR value is longer than the limit of 65536 bytes"));
+    assert_eq!(c.call(&["PING"]), b"+PONG\r\n");
+    c.0.write_all(b"*2\r\n$3\r\nGET\r\n$99999999\r\n").unwrap();
+    let reply = c.replies(1).remove(0);
+    assert!(
+        reply.starts_with(b"-ERR Protocol error: invalid bulk length"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let mut rest = Vec::new();
+    assert_eq!(c.0.read_to_end(&mut rest).unwrap_or(0), 0, "closed after a protocol error");
+
+    // A client that sends GETs of a 64 KiB value and never reads: the gateway stops reading from it
+    // (so its writes stall) and holds a bounded amount for it, while others are served.
+    let value = "v".repeat(64 * 1024);
+    assert_eq!(Conn::open(addr).call(&["SET", "large", &value]), b"+OK\r\n");
+    let rss_before = rss_kib(local.child.id());
+    let hog = TcpStream::connect(addr).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let request = autopaxos::resp::encode_request(&[b"GET", b"large"]);
+    let mut sent = 0usize;
+    let mut writer = &hog;
+    let offered = 64 << 20;
+    while sent < offered {
+        match writer.write(&request.repeat(1000)) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the write timed out: nobody reads
+        }
+    }
+    assert!(sent < offered, "the gateway read {sent} bytes of requests without answering any");
+    let mut other = Conn::open(addr);
+    let t = Instant::now();
+    assert_eq!(other.call(&["GET", "large"]).len(), format!("${}\r\n", value.len()).len() + value.len() + 2);
+    assert!(t.elapsed() < Duration::from_secs(5), "others are served meanwhile");
+    let grown = rss_kib(local.child.id()).saturating_sub(rss_before);
+    // Replies the hog never read: one batch's worth plus the queue's bound, not 64 MiB x 64 KiB.
+    assert!(grown < 200 * 1024, "the gateway grew {grown} KiB for a client that never reads");
+    eprintln!("a client that never reads: {sent} bytes of requests taken, the process grew {grown} KiB");
+    drop(hog);
+    assert_eq!(other.call(&["PING"]), b"+PONG\r\n");
+}
