@@ -65,8 +65,8 @@ pub struct Context {
     pub node: u32,
     /// The leader the gateway was last told of.
     pub leader: Option<u32>,
-    /// Whether the cluster keeps its state on disk.
-    pub durable: bool,
+    /// Whether the cluster keeps its state on disk, if known.
+    pub durable: Option<bool>,
     /// Connections open now.
     pub connections: usize,
 }
@@ -494,7 +494,11 @@ fn info(ctx: &Context) -> String {
         ctx.connections,
         ctx.cluster_id,
         ctx.node,
-        if ctx.durable { "yes" } else { "no" },
+        match ctx.durable {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        },
     )
 }
 
@@ -541,7 +545,12 @@ fn client(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
 /// `CONFIG GET` of what benchmark tools ask for (`save`, `appendonly`): an honest answer about
 /// durability, and nothing for the rest.
 fn config_get(patterns: &[Vec<u8>], ctx: &Context) -> Reply {
-    let known = [("save", ""), ("appendonly", if ctx.durable { "yes" } else { "no" })];
+    let appendonly = match ctx.durable {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    let known = [("save", ""), ("appendonly", appendonly)];
     let mut out = Vec::new();
     for (name, value) in known {
         if patterns.iter().any(|p| lower(p) == name || &p[..] == b"*") {

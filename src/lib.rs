@@ -12,6 +12,7 @@ pub mod boot;
 pub mod cloud;
 pub mod commands;
 pub mod duration;
+pub mod jepsen;
 pub mod protocol;
 pub mod resp;
 pub mod runtime;

@@ -42,6 +42,14 @@ enum Command {
     Local(LocalArgs),
     /// Drive an external cluster (from a cluster file) with closed-loop clients.
     Client(ClientArgs),
+    /// Jepsen-style fault test: start a cluster of processes on loopback with two RESP gateways, run
+    /// clients that read, write and compare-and-set while killing, pausing and partitioning nodes,
+    /// then check the history for linearizability. Exit status 1 if it is not (or the cluster does
+    /// not serve again once healed).
+    Jepsen(JepsenArgs),
+    /// Serve the Redis protocol (RESP2) for a cluster (from a cluster file): a stateless front door
+    /// that redis-cli, redis-benchmark and Redis client libraries talk to.
+    Gateway(GatewayArgs),
     /// Run proposer node(s) from a cluster file.
     Proposer(RoleArgs),
     /// Run acceptor node(s) from a cluster file.
@@ -224,6 +232,61 @@ struct ClientArgs {
     timeline_ms: Option<u64>,
     #[command(flatten)]
     load: LoadFlags,
+    #[command(flatten)]
+    flags: NodeFlags,
+}
+
+#[derive(Args)]
+struct JepsenArgs {
+    /// How long faults are injected.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// After healing every fault, how long the clients go on; the cluster must serve again in it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    recovery: Duration,
+    /// Faults to inject (mixed when more than one).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
+    nemesis: Vec<autopaxos::jepsen::Nemesis>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u32,
+    /// Keys in use at once (each replaced by a fresh one every --key-period).
+    #[arg(long, default_value_t = 4)]
+    keys: u32,
+    /// How long a set of keys is used.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    key_period: Duration,
+    /// A request unanswered this long is indeterminate.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    op_timeout: Duration,
+    /// Seeds the faults and the operations (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep the run's directory (cluster files, logs, data) here.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Print one JSON object (the report) as the last line of output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// The cluster file.
+    #[arg(long)]
+    config: PathBuf,
+    /// This gateway's node id (replies are routed to it); must not be a cluster node's id.
+    #[arg(long, default_value_t = 6000)]
+    node: NodeId,
+    /// Where to serve RESP (port 0 picks a free port, printed as `resp <addr>` on stdout).
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    resp_addr: SocketAddr,
+    /// Connections served at once; more are refused with Redis's "max number of clients reached".
+    #[arg(long, default_value_t = autopaxos::runtime::gateway::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: u32,
+    /// Serve Prometheus metrics here (off by default).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     flags: NodeFlags,
 }
@@ -420,6 +483,8 @@ fn main() -> ExitCode {
         }
         Command::Local(args) => local(args),
         Command::Client(args) => client(args),
+        Command::Gateway(args) => gateway(args),
+        Command::Jepsen(args) => jepsen(args),
         Command::Proposer(a) => role(RoleKind::Proposer, a),
         Command::Acceptor(a) => role(RoleKind::Acceptor, a),
         Command::ProxyLeader(a) => role(RoleKind::ProxyLeader, a),
@@ -500,6 +565,57 @@ fn local(args: LocalArgs) -> Result<(), String> {
         println!("{}", serde_json::to_string(&report).expect("serializable"));
     }
     Ok(())
+}
+
+fn jepsen(args: JepsenArgs) -> Result<(), String> {
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let report = autopaxos::jepsen::run(autopaxos::jepsen::JepsenOptions {
+        binary,
+        duration: args.duration,
+        recovery: args.recovery,
+        nemeses: args.nemesis,
+        clients: args.clients,
+        keys: args.keys,
+        key_period: args.key_period,
+        op_timeout: args.op_timeout,
+        seed: args.seed.unwrap_or_else(rand::random),
+        keep: args.keep,
+        check_budget: 20_000_000,
+    })?;
+    print!("{}", report.render());
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("serializable"));
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(format!("jepsen: {}", report.verdict))
+    }
+}
+
+fn gateway(args: GatewayArgs) -> Result<(), String> {
+    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    if let Some(addr) = args.metrics_addr {
+        metrics::install_exporter(addr)?;
+    }
+    let tunables = tunables(&args.flags, file.tunables.clone())?;
+    let core = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0)[0];
+    let settings = autopaxos::runtime::gateway::GatewaySettings {
+        max_connections: args.max_connections,
+        limits: Default::default(),
+        cluster_id: file.cluster_id.clone(),
+        // Whether the nodes keep their state on disk is their own flag, which a gateway cannot see.
+        durable: None,
+    };
+    autopaxos::runtime::gateway::serve_gateway(
+        &file,
+        args.node,
+        args.resp_addr,
+        tunables,
+        settings,
+        core,
+        args.flags.read_budget,
+    )
 }
 
 fn client(args: ClientArgs) -> Result<(), String> {

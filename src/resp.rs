@@ -308,6 +308,45 @@ fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Parses the first reply in `buf`, as a client reads it: `Ok(None)` until all of it has arrived;
+/// otherwise the reply and how many bytes it took.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    let Some(end) = line_end(buf, 0) else { return Ok(None) };
+    let text = || String::from_utf8_lossy(&buf[1..end]).into_owned();
+    let reply = match buf[0] {
+        b'+' => Reply::Simple(text()),
+        b'-' => Reply::Error(text()),
+        b':' => Reply::Integer(parse_len(&buf[1..end], "integer")?),
+        b'$' => match parse_len(&buf[1..end], "bulk")? {
+            -1 => Reply::Nil,
+            n if n < 0 => return err("invalid bulk length"),
+            n => {
+                let stop = end + 2 + n as usize;
+                if buf.len() < stop + 2 {
+                    return Ok(None);
+                }
+                return Ok(Some((Reply::Bulk(buf[end + 2..stop].to_vec()), stop + 2)));
+            }
+        },
+        b'*' => match parse_len(&buf[1..end], "multibulk")? {
+            -1 => Reply::NilArray,
+            n if n < 0 => return err("invalid multibulk length"),
+            n => {
+                let mut at = end + 2;
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    let Some((item, used)) = parse_reply(&buf[at..])? else { return Ok(None) };
+                    items.push(item);
+                    at += used;
+                }
+                return Ok(Some((Reply::Array(items), at)));
+            }
+        },
+        other => return err(format!("unexpected reply type '{}'", other as char)),
+    };
+    Ok(Some((reply, end + 2)))
+}
+
 /// The multibulk encoding of a request (what a client library sends).
 pub fn encode_request(args: &[&[u8]]) -> Vec<u8> {
     Reply::Array(args.iter().map(|a| Reply::Bulk(a.to_vec())).collect()).to_bytes()
@@ -317,6 +356,27 @@ pub fn encode_request(args: &[&[u8]]) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn replies_parse_back_whole_and_only_whole() {
+        let replies = vec![
+            Reply::ok(),
+            Reply::err("boom"),
+            Reply::Integer(-7),
+            Reply::Bulk(b"a\r\nb".to_vec()),
+            Reply::Nil,
+            Reply::NilArray,
+            Reply::Array(vec![Reply::Bulk(b"x".to_vec()), Reply::Array(vec![Reply::Integer(1)]), Reply::Nil]),
+        ];
+        for reply in replies {
+            let bytes = reply.to_bytes();
+            for cut in 0..bytes.len() {
+                assert_eq!(parse_reply(&bytes[..cut]), Ok(None), "{reply:?} cut at {cut}");
+            }
+            assert_eq!(parse_reply(&bytes), Ok(Some((reply, bytes.len()))));
+        }
+        assert!(parse_reply(b"?what\r\n").is_err());
+    }
 
     fn parse(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
         parse_request(buf, &Limits::default())

@@ -56,8 +56,9 @@ pub struct GatewaySettings {
     pub limits: Limits,
     /// What `INFO` reports.
     pub cluster_id: String,
-    /// Whether the cluster behind keeps its state on disk (`INFO`, `CONFIG GET appendonly`).
-    pub durable: bool,
+    /// Whether the cluster behind keeps its state on disk (`INFO`, `CONFIG GET appendonly`), if
+    /// known.
+    pub durable: Option<bool>,
 }
 
 /// The launch of a gateway node `id`: a client node of the cluster described by `config`, serving
@@ -92,6 +93,41 @@ pub fn gateway_launch(
             Ok(Box::new(GatewayRole(front)))
         }),
     }
+}
+
+/// `autopaxos gateway`: one gateway node of the cluster in `file`, serving RESP at `resp` until
+/// SIGINT or SIGTERM.
+pub fn serve_gateway(
+    file: &super::config::ClusterFile,
+    id: NodeId,
+    resp: std::net::SocketAddr,
+    tunables: crate::protocol::Tunables,
+    settings: GatewaySettings,
+    core: usize,
+    read_budget: usize,
+) -> Result<(), String> {
+    if file.role_of(id).is_some() {
+        return Err(format!("--node {id} is a cluster node's id; pick another for the gateway"));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let launch = gateway_launch(id, file.config.clone(), tunables, resp, settings);
+    let plan = super::ProcessPlan {
+        cluster_id: file.cluster_id.clone(),
+        cores: vec![(core, vec![launch])],
+        addresses: file.addresses.clone(),
+        read_budget,
+        stop: stop.clone(),
+        spin_before_park: std::time::Duration::ZERO,
+    };
+    let running = super::start(plan, std::time::Instant::now())?;
+    let bound = running.resp_addresses.get(&id).copied().unwrap_or(resp);
+    tracing::info!(node = id, "gateway serving RESP on {bound}");
+    println!("resp {bound}");
+    let served = super::run_until_interrupted(None)?;
+    tracing::info!(node = id, "gateway stopping after {:.1}s", served.as_secs_f64());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    running.join();
+    Ok(())
 }
 
 /// What the role and the connections of one gateway node share.

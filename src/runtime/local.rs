@@ -195,7 +195,7 @@ fn local_plan(
             max_connections: super::gateway::DEFAULT_MAX_CONNECTIONS,
             limits: Default::default(),
             cluster_id: "local".into(),
-            durable: *storage != StorageChoice::InMemory,
+            durable: Some(*storage != StorageChoice::InMemory),
         };
         let gateway =
             gateway_launch(LOCAL_GATEWAY_NODE, config.clone(), opts.tunables.clone(), resp, settings);
@@ -238,11 +238,8 @@ pub fn serve_local(opts: LocalOptions, resp: SocketAddr, duration: Option<Durati
     );
     println!("resp {bound}");
     let _ = std::io::stdout().flush();
-    let started = Instant::now();
-    while !interrupted.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("autopaxos local: stopping after {:.1}s", started.elapsed().as_secs_f64());
+    let served = super::run_until_interrupted(duration)?;
+    eprintln!("autopaxos local: stopping after {:.1}s", served.as_secs_f64());
     stop.store(true, Ordering::Relaxed);
     running.join();
     Ok(())

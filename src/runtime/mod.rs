@@ -106,6 +106,22 @@ pub fn incarnation_seed() -> u64 {
     rand::random()
 }
 
+/// Blocks until `limit` has passed (`None`: forever) or the process gets SIGINT or SIGTERM, and says
+/// how long it waited. Servers started from the command line stop cleanly through it (their scratch
+/// directories are removed, their logs say why they stopped).
+pub fn run_until_interrupted(limit: Option<Duration>) -> Result<Duration, String> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, interrupted.clone())
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
+    }
+    let started = Instant::now();
+    while !interrupted.load(Ordering::Relaxed) && limit.is_none_or(|d| started.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(started.elapsed())
+}
+
 /// The cores this process may run on: its affinity mask (so `taskset -c 1 autopaxos ...` lands on
 /// core 1), not every online core.
 pub fn allowed_cores() -> Vec<usize> {
