@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# bench/peers.sh — autopaxos against two peer key-value stores, on this one machine.
+# bench/peers.sh — autopaxos against its peers, on this one machine, each measured by the same tool.
 #
-# What it measures: write throughput (ops/s) and, where the tool reports it, p50/p99 latency of
-#   1. Redis   — `redis-benchmark` SETs (16-byte values, pipeline 40) against one redis-server with
-#                no persistence. This is the UNREPLICATED, single-node upper bound: no consensus,
-#                no fsync, one hop. A replicated store on the same cores should not beat it.
-#   2. etcd    — `etcdctl check perf` against a 3-member etcd cluster (three processes on loopback,
-#                fsync to the local disk). This is a REPLICATED Raft key-value store on the same
-#                machine: the closest off-the-shelf peer to what autopaxos does.
-#   3. autopaxos — `autopaxos local --duration 10s --batch-size 100 --value-size 16
-#                --state-machine kv --json`, whose last stdout line is one JSON object.
-# and reports autopaxos's throughput as a ratio to each peer. All three share the same 2-core box,
-# so every number here is "clients + all replicas on one machine", not a distributed deployment.
+# What it measures:
+#   1. RESP (bench/resp_peers.py): `redis-benchmark -t set,get -d 16` (50 clients), pipelined
+#      (-P 40) and not, against Redis with no persistence, Redis with `appendonly yes` and
+#      `appendfsync always` (the durable, unreplicated anchor), and autopaxos's RESP gateway in front
+#      of a local f=1 cluster, durable and --in-memory. Ratios: durable gateway / durable Redis (goal
+#      >= 1.0) and durable gateway / Redis with no persistence (goal >= 0.5).
+#   2. etcd — `etcdctl check perf` against a 3-member etcd cluster (three processes on loopback,
+#      fsync to the local disk): a REPLICATED Raft key-value store. Its puts carry 1 KiB values, so
+#      autopaxos is measured with the same value size:
+#   3. autopaxos — `autopaxos local --duration 10s --batch-size 100 --value-size 1024
+#      --state-machine kv --json`, whose last stdout line is one JSON object.
+# All share the same 2-core box, so every number here is "clients + all replicas on one machine",
+# not a distributed deployment.
 #
 # Caveats that the table also states:
 #   * `etcdctl check perf` is a PASS/FAIL check, not a saturation benchmark: each --load is a
 #     rate-limited open loop (s=150, m=1000, l=8000, xl=15000 writes/s; 50/200/500/1000 clients),
 #     always 60 s, keys 256 B, values 1 KiB, and it prints no percentiles (only slowest request and
 #     stddev). If it reaches >90% of its rate limit it says PASS and the figure is only a lower bound
-#     on etcd's capacity. On this 2-core machine s and m PASS (150 and ~1000 writes/s, i.e. capped)
-#     while l and xl saturate etcd (~3.7-4.4k writes/s, FAIL). Default here is --etcd-load xl so
-#     the figure is etcd's capacity; --etcd-load s is the stock (small, 150 writes/s) check.
+#     on etcd's capacity. Default here is --etcd-load xl so the figure is etcd's capacity.
 #   * Redis latencies are per request inside a 40-deep pipeline.
 #
 # Usage: bench/peers.sh [--quick] [--skip-etcd] [--etcd-load s|m|l|xl] [--help]
@@ -64,10 +64,10 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 AUTOPAXOS=${AUTOPAXOS:-$REPO_ROOT/target/release/autopaxos}
 
 if [ "$QUICK" = 1 ]; then
-    REDIS_N=2000000
+    REDIS_N=300000
     AP_DURATION=3s
 else
-    REDIS_N=10000000
+    REDIS_N=2000000
     AP_DURATION=10s
 fi
 
@@ -204,57 +204,32 @@ fail_part() {
 }
 
 # Figures (empty = unknown); exported to the JSON writer at the end.
-REDIS_OPS="" REDIS_P50_MS="" REDIS_P99_MS="" REDIS_AVG_MS="" REDIS_STATUS="not run" REDIS_RAW=""
+# Figures of the RESP part come back as one JSON object (RESP_JSON).
 ETCD_OPS="" ETCD_SLOWEST_S="" ETCD_STDDEV_S="" ETCD_VERDICT="" ETCD_STATUS="not run" ETCD_RAW=""
 AP_OPS="" AP_P50_US="" AP_P99_US="" AP_JSON="" AP_STATUS="not run" AP_ERROR=""
 
-# ---------------------------------------------------------------- 2. Redis
-run_redis() {
-    local port dir out
-    port=$(free_port)
-    dir=$WORK/redis
-    mkdir -p "$dir"
-    local server=(redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no
-        --protected-mode yes --daemonize no --dir "$dir" --logfile "$dir/redis.log")
-    record_cmd "${server[@]}"
-    "${server[@]}" &
-    PIDS+=($!)
-    local ok=0
-    for _ in $(seq 1 100); do
-        if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then ok=1; break; fi
-        sleep 0.1
-    done
-    if [ "$ok" = 0 ]; then
-        REDIS_STATUS="redis-server did not answer PING within 10 s"
-        fail_part "$REDIS_STATUS"
-        return
+# ---------------------------------------------------------------- 2. RESP: Redis and the gateway
+RESP_JSON="" RESP_STATUS="not run"
+run_resp() {
+    local out=$WORK/resp.json
+    local cmd=(python3 "$SCRIPT_DIR/resp_peers.py" --requests "$REDIS_N" --requests-unpipelined "$((REDIS_N / 20))" --out "$out")
+    record_cmd "${cmd[@]}"
+    log "resp: ${cmd[*]}"
+    if AUTOPAXOS="$AUTOPAXOS" run_waited "$WORK/resp.txt" "$WORK/resp.err" "${cmd[@]}"; then
+        RESP_STATUS="ok"
+    else
+        RESP_STATUS="failed: $(tail -n 3 "$WORK/resp.err" | tr '\n' ' ')"
+        fail_part "resp: $RESP_STATUS"
     fi
-    local bench=(redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 16 -P 40 -n "$REDIS_N" -q --csv)
-    record_cmd timeout 300 "${bench[@]}"
-    log "redis: ${bench[*]}"
-    out=$dir/bench.csv
-    if ! run_waited "$out" "$dir/bench.err" timeout 300 "${bench[@]}"; then
-        REDIS_STATUS="redis-benchmark failed: $(tail -n 3 "$dir/bench.err" "$out" | tr '\n' ' ')"
-        fail_part "$REDIS_STATUS"
-        return
-    fi
-    REDIS_RAW=$(cat "$out")
-    # CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    local parsed
-    if ! parsed=$(python3 - "$out" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-row = next(r for r in rows if r["test"] == "SET")
-print(float(row["rps"]), row.get("p50_latency_ms", ""), row.get("p99_latency_ms", ""), row.get("avg_latency_ms", ""))
+    cat "$WORK/resp.txt" >&2
+    if [ -s "$out" ]; then
+        RESP_JSON=$(cat "$out")
+        python3 - "$out" >>"$CMDS_FILE" <<'PY'
+import json, sys
+for c in json.load(open(sys.argv[1]))["commands"]:
+    print(c)
 PY
-    ); then
-        REDIS_STATUS="could not parse redis-benchmark output: $REDIS_RAW"
-        fail_part "$REDIS_STATUS"
-        return
     fi
-    read -r REDIS_OPS REDIS_P50_MS REDIS_P99_MS REDIS_AVG_MS <<<"$parsed"
-    REDIS_STATUS="ok"
-    log "redis: $REDIS_OPS SET/s, p50 ${REDIS_P50_MS} ms, p99 ${REDIS_P99_MS} ms"
 }
 
 # ---------------------------------------------------------------- 3. etcd (3 members)
@@ -354,7 +329,7 @@ run_autopaxos() {
         fi
     fi
     local dur_s=${AP_DURATION%s}
-    local cmd=("$AUTOPAXOS" local --duration "$AP_DURATION" --batch-size 100 --value-size 16
+    local cmd=("$AUTOPAXOS" local --duration "$AP_DURATION" --batch-size 100 --value-size 1024
         --state-machine kv --json)
     record_cmd timeout "$((dur_s + 120))" "${cmd[@]}"
     log "autopaxos: ${cmd[*]}"
@@ -391,16 +366,17 @@ print(float(o["cmds_per_sec"]), o["p50_us"], o["p99_us"])
     log "autopaxos: $AP_OPS cmds/s, p50 ${AP_P50_US} us, p99 ${AP_P99_US} us"
 }
 
-run_redis
-if [ "$SKIP_ETCD" = 0 ]; then run_etcd; else ETCD_STATUS="skipped (--skip-etcd)"; fi
+# autopaxos first: it builds the binary if missing, which the RESP part runs too.
 run_autopaxos
+run_resp
+if [ "$SKIP_ETCD" = 0 ]; then run_etcd; else ETCD_STATUS="skipped (--skip-etcd)"; fi
 
 # ---------------------------------------------------------------- 5. table + JSON
 ver() { "$@" 2>&1 | head -n 1 || true; }
 mkdir -p "$RESULTS_DIR"
 
 export QUICK SKIP_ETCD ETCD_LOAD REDIS_N AP_DURATION STAMP START_EPOCH END_EPOCH RESULT_FILE CMDS_FILE
-export REDIS_OPS REDIS_P50_MS REDIS_P99_MS REDIS_AVG_MS REDIS_STATUS REDIS_RAW
+export RESP_JSON RESP_STATUS
 export ETCD_OPS ETCD_SLOWEST_S ETCD_STDDEV_S ETCD_VERDICT ETCD_STATUS ETCD_RAW
 export AP_OPS AP_P50_US AP_P99_US AP_JSON AP_STATUS AP_ERROR AUTOPAXOS
 V_REDIS=$(ver redis-server --version)
@@ -428,7 +404,8 @@ def num(k):
         return float(v) if v not in ("", "-") else None
     except ValueError:
         return None
-redis, etcd, ap = num("REDIS_OPS"), num("ETCD_OPS"), num("AP_OPS")
+etcd, ap = num("ETCD_OPS"), num("AP_OPS")
+resp = json.loads(e["RESP_JSON"]) if e.get("RESP_JSON") else None
 ap_obj = None
 if e.get("AP_JSON"):
     ap_obj = json.loads(e["AP_JSON"])
@@ -449,10 +426,8 @@ res = {
                  "etcd": e["V_ETCD"] or None, "etcdctl": e["V_ETCDCTL"] or None,
                  "autopaxos": e["V_AUTOPAXOS"] or None, "rustc": e["V_RUSTC"] or None},
     "commands": [l for l in open(e["CMDS_FILE"]).read().splitlines() if l],
-    "redis": {"status": e["REDIS_STATUS"], "ops_per_sec": redis,
-              "p50_ms": num("REDIS_P50_MS"), "p99_ms": num("REDIS_P99_MS"), "avg_ms": num("REDIS_AVG_MS"),
-              "requests": int(e["REDIS_N"]), "value_bytes": 16, "pipeline": 40, "clients": 50,
-              "raw_csv": e["REDIS_RAW"] or None},
+    "resp": {"status": e["RESP_STATUS"], "requests_pipelined": int(e["REDIS_N"]), "value_bytes": 16,
+             "clients": 50, "figures": resp},
     "etcd": {"status": e["ETCD_STATUS"], "members": 3, "load": e["ETCD_LOAD"],
              "load_rate_limit_writes_per_sec": etcd_limit,
              "throughput_is_lower_bound": etcd_capped,
@@ -462,8 +437,8 @@ res = {
     "autopaxos": {"status": e["AP_STATUS"], "binary": e["AUTOPAXOS"], "duration": e["AP_DURATION"],
                   "cmds_per_sec": ap, "p50_us": num("AP_P50_US"), "p99_us": num("AP_P99_US"),
                   "error": e["AP_ERROR"] or None, "json": ap_obj},
-    "ratios": {"autopaxos_over_redis": ap / redis if ap and redis else None,
-               "autopaxos_over_etcd": ap / etcd if ap and etcd else None},
+    "ratios": {"autopaxos_over_etcd_1KiB": ap / etcd if ap and etcd else None,
+               **((resp or {}).get("ratios") or {})},
 }
 with open(e["RESULT_FILE"], "w") as f:
     json.dump(res, f, indent=2)
@@ -474,10 +449,6 @@ def fmt_ops(v):
 def fmt_us(v):
     return f"{v:,.0f} us" if v is not None else "-"
 rows = []
-rows.append(("redis (1 node, no persistence)", fmt_ops(redis),
-             fmt_us(num("REDIS_P50_MS") * 1000 if num("REDIS_P50_MS") is not None else None),
-             fmt_us(num("REDIS_P99_MS") * 1000 if num("REDIS_P99_MS") is not None else None),
-             "SET 16 B, -P 40" if redis is not None else e["REDIS_STATUS"]))
 if e["SKIP_ETCD"] == "1":
     rows.append(("etcd (3 members, Raft)", "-", "-", "-", "skipped"))
 else:
@@ -488,7 +459,7 @@ else:
         if etcd_capped:
             note += f"; RATE-LIMITED at {etcd_limit}/s (lower bound)"
     rows.append(("etcd (3 members, Raft)", (">= " if etcd_capped else "") + fmt_ops(etcd), "n/a", "n/a", note))
-ap_note = "kv, batch 100, 16 B" if ap is not None else f"FAILED: {e['AP_STATUS']}"
+ap_note = "kv, batch 100, 1 KiB values (as etcd's)" if ap is not None else f"FAILED: {e['AP_STATUS']}"
 rows.append(("autopaxos local", fmt_ops(ap), fmt_us(num("AP_P50_US")), fmt_us(num("AP_P99_US")), ap_note))
 hdr = ("system", "ops/s", "p50", "p99", "notes")
 w = [max(len(r[i]) for r in rows + [hdr]) for i in range(4)]
@@ -499,9 +470,8 @@ print(line(tuple("-" * x for x in w) + ("-----",)))
 for r in rows:
     print(line(r))
 print()
-rr, re_ = res["ratios"]["autopaxos_over_redis"], res["ratios"]["autopaxos_over_etcd"]
-print("autopaxos / redis: " + (f"{rr:.3f}x" if rr is not None else "n/a"))
-print("autopaxos / etcd:  " + (f"{re_:.3f}x" if re_ is not None else "n/a")
+re_ = res["ratios"]["autopaxos_over_etcd_1KiB"]
+print("autopaxos / etcd (1 KiB values both):  " + (f"{re_:.3f}x" if re_ is not None else "n/a")
       + (" (etcd figure is a lower bound)" if re_ is not None and etcd_capped else ""))
 if ap is None:
     detail = e["AP_ERROR"] if e["AP_ERROR"] and e["AP_ERROR"] != e["AP_STATUS"] else ""

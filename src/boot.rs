@@ -292,6 +292,12 @@ impl UserData {
             return Err(field("cluster", "must not be empty".into()));
         }
         match RoleKind::from_name(&ud.role) {
+            Some(RoleKind::Gateway) => {
+                return Err(field(
+                    "role",
+                    "a gateway is not booted from user-data yet: start it with `autopaxos gateway --join`".into(),
+                ))
+            }
             Some(RoleKind::Client) | None => {
                 return Err(field(
                     "role",

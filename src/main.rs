@@ -287,6 +287,17 @@ struct GatewayArgs {
     /// Serve Prometheus metrics here (off by default).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Join the running cluster as a member of its views: `status` then shows this gateway, and
+    /// `autopaxos leave` drains it (no new connection; it stops once nothing is in flight). Without
+    /// it the gateway is a plain client node of the cluster.
+    #[arg(long, requires = "listen")]
+    join: bool,
+    /// With --join: where this gateway listens for the cluster's messages (not RESP).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// With --join: where the others reach it, if not at --listen.
+    #[arg(long, requires = "join")]
+    advertise: Option<SocketAddr>,
     #[command(flatten)]
     flags: NodeFlags,
 }
@@ -607,12 +618,20 @@ fn gateway(args: GatewayArgs) -> Result<(), String> {
         // Whether the nodes keep their state on disk is their own flag, which a gateway cannot see.
         durable: None,
     };
+    if args.listen.is_some() && !args.join {
+        return Err("--listen is only for --join".into());
+    }
+    let joining = args.listen.map(|listen| autopaxos::runtime::gateway::Joining {
+        listen,
+        advertise: args.advertise.unwrap_or(listen),
+    });
     autopaxos::runtime::gateway::serve_gateway(
         &file,
         args.node,
         args.resp_addr,
         tunables,
         settings,
+        joining,
         core,
         args.flags.read_budget,
     )

@@ -240,3 +240,66 @@ fn pipelines_errors_and_a_client_that_never_reads() {
     drop(hog);
     assert_eq!(other.call(&["PING"]), b"+PONG\r\n");
 }
+
+#[test]
+fn a_gateway_joins_a_running_cluster_shows_in_status_and_leaves_when_told() {
+    let _serial = common::serialize();
+    let mut cluster = common::Cluster::start("resp-join");
+    let ports = common::free_ports(1);
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let config = cluster.config.display().to_string();
+    let args: Vec<String> = [
+        "gateway",
+        "--config",
+        &config,
+        "--node",
+        "6000",
+        "--resp-addr",
+        "127.0.0.1:0",
+        "--join",
+        "--listen",
+        &listen,
+        "--cores",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let index = cluster.extra.len();
+    cluster.extra.push(Proc::spawn(&cluster.dir, "gateway", &args));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr: SocketAddr = loop {
+        let out = cluster.extra[index].stdout_text();
+        if let Some(a) = out.lines().find_map(|l| l.strip_prefix("resp ")?.trim().parse().ok()) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no RESP address: {}", cluster.extra[index].stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut c = Conn::open(addr);
+    while c.call(&["SET", "{g}.a", "1"]) != b"+OK\r\n" {
+        assert!(Instant::now() < deadline, "the joined gateway never served a write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.call(&["GET", "{g}.a"]), b"$1\r\n1\r\n");
+
+    // `status` lists it (the proposers know it from its join).
+    let shown = loop {
+        let out = Command::new(common::BIN).args(["status", "--config", &config]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.lines().any(|l| l.contains("6000") && l.contains("gateway")) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "status never showed gateway 6000:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{shown}");
+
+    // Told to leave, it drains and its process stops; a new connection is refused meanwhile.
+    let leave = Command::new(common::BIN)
+        .args(["leave", "--config", &config, "--node", "6000", "--addr", &listen, "--timeout", "20s"])
+        .output()
+        .unwrap();
+    assert!(leave.status.success(), "leave: {}", String::from_utf8_lossy(&leave.stderr));
+    let status = cluster.extra[index].wait(Duration::from_secs(20));
+    assert!(status.success(), "the gateway exited with {status}: {}", cluster.extra[index].stderr_text());
+}

@@ -146,7 +146,9 @@ impl World {
                     })
                     .collect(),
             },
-            RoleKind::Client => unreachable!("clients are not benchmarked"),
+            RoleKind::Client | RoleKind::Gateway => {
+                unreachable!("clients and gateways are not benchmarked here")
+            }
         }
     }
 

@@ -30,7 +30,7 @@ pub fn target_id(role: RoleKind) -> NodeId {
         RoleKind::Replica => 7,
         RoleKind::Batcher => 9,
         RoleKind::Unbatcher => 10,
-        RoleKind::Client => unreachable!("clients are not benchmarked"),
+        RoleKind::Client | RoleKind::Gateway => unreachable!("clients and gateways are not benchmarked here"),
     }
 }
 

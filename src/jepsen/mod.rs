@@ -212,12 +212,16 @@ impl Drop for Cluster {
     }
 }
 
-fn free_addresses(n: usize) -> Result<Vec<SocketAddr>, String> {
+/// `n` free ports, held (bound) until the caller drops the listeners: nothing else the harness
+/// binds meanwhile (its proxies) can take one of them.
+fn reserve_addresses(n: usize) -> Result<(Vec<SocketAddr>, Vec<TcpListener>), String> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot find free ports: {e}"))?;
-    listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect()
+    let addrs =
+        listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    Ok((addrs, listeners))
 }
 
 impl Cluster {
@@ -225,8 +229,10 @@ impl Cluster {
         let config = ClusterConfig::f1(1, 1, 1, 1);
         let nodes: Vec<(NodeId, &'static str)> =
             config.all_nodes().map(|(id, kind)| (id, kind.name())).collect();
+        let (node_addrs, held) = reserve_addresses(nodes.len() + GATEWAYS.len())?;
         let listen: BTreeMap<NodeId, SocketAddr> =
-            nodes.iter().map(|n| n.0).zip(free_addresses(nodes.len())?).collect();
+            nodes.iter().map(|n| n.0).zip(node_addrs.iter().copied()).collect();
+        let gateway_addrs = node_addrs[nodes.len()..].to_vec();
         let everyone: Vec<NodeId> = nodes.iter().map(|n| n.0).chain(GATEWAYS).collect();
         let links: Vec<(NodeId, NodeId)> = everyone
             .iter()
@@ -236,7 +242,6 @@ impl Cluster {
         let proxies =
             Proxies::start(&links, &listen).map_err(|e| format!("cannot start the proxies: {e}"))?;
         let data = dir.join("data");
-        let gateway_addrs = free_addresses(GATEWAYS.len())?;
         let mut processes = BTreeMap::new();
         for &me in &everyone {
             // Each process has its own cluster file: itself at its real address, every other node
@@ -301,6 +306,8 @@ impl Cluster {
             proxies,
             gateways: gateway_addrs,
         };
+        // The proxies are bound: the nodes and gateways may take their ports now.
+        drop(held);
         for p in cluster.processes.values_mut() {
             p.spawn(binary)?;
         }
@@ -610,7 +617,12 @@ pub fn run(opts: JepsenOptions) -> Result<JepsenReport, String> {
     let dir = opts.keep.clone().unwrap_or_else(|| scratch.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut cluster = Cluster::start(&dir, &opts.binary)?;
-    wait_until_serving(&cluster, Duration::from_secs(30))?;
+    if let Err(e) = wait_until_serving(&cluster, Duration::from_secs(60)) {
+        // Keep what shows why: the processes' logs.
+        drop(cluster);
+        std::mem::forget(scratch);
+        return Err(e);
+    }
     eprintln!("[jepsen] cluster serving; {} clients, faults for {:?}", opts.clients, opts.duration);
 
     let shared = Arc::new(Shared {

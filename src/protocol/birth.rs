@@ -52,8 +52,9 @@ pub enum BirthError {
     /// The node is not in the configuration as that role.
     #[error("node {id} is not a {role} of the cluster")]
     NotInConfig { id: NodeId, role: &'static str },
-    /// Client nodes are built by the load generator or the simulator, not here.
-    #[error("a client is not a cluster role")]
+    /// Client nodes are built by the load generator or the simulator, gateways by their launcher
+    /// (`runtime::gateway`), not here.
+    #[error("a client or gateway is not a cluster role")]
     Client,
     /// The replica's snapshot could not be restored.
     #[error("node {id}: {why}")]
@@ -67,7 +68,7 @@ pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
     let (id, kind) = (spec.id, spec.kind);
     let configured = spec.config.all_nodes().find(|&(node, role)| node == id && !is_stateless(role));
     match &spec.joining {
-        _ if kind == RoleKind::Client => Err(BirthError::Client),
+        _ if matches!(kind, RoleKind::Client | RoleKind::Gateway) => Err(BirthError::Client),
         Some(_) if configured.is_some() => {
             let role = configured.map_or(kind, |(_, role)| role).name();
             Err(BirthError::ConfiguredJoiner { id, role })
@@ -101,7 +102,7 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
             }
             // It may lead once a change names it.
             RoleKind::Proposer => Box::new(Proposer::new(id, config, tunables, seed, now).joining(addr, now)),
-            RoleKind::Client => unreachable!("check refuses clients"),
+            RoleKind::Client | RoleKind::Gateway => unreachable!("check refuses clients and gateways"),
         });
     }
     Ok(match kind {
@@ -116,7 +117,7 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
         RoleKind::ProxyLeader => Box::new(ProxyLeader::new(id, config, &tunables)),
         RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables)),
         RoleKind::Unbatcher => Box::new(Unbatcher::new(id, &config, &tunables)),
-        RoleKind::Client => unreachable!("check refuses clients"),
+        RoleKind::Client | RoleKind::Gateway => unreachable!("check refuses clients and gateways"),
     })
 }
 

@@ -33,11 +33,14 @@ pub enum RoleKind {
     Replica,
     /// Splits reply batches and sends each reply to its client.
     Unbatcher,
+    /// Serves the Redis protocol to applications: a client node whose clients are its connections.
+    /// Not in cluster files; it joins (or runs as a plain client node).
+    Gateway,
 }
 
 impl RoleKind {
     /// Every role; `every_role_is_listed_once` fails to compile when a role is added without it.
-    pub const ALL: [RoleKind; 7] = [
+    pub const ALL: [RoleKind; 8] = [
         RoleKind::Client,
         RoleKind::Batcher,
         RoleKind::Proposer,
@@ -45,6 +48,7 @@ impl RoleKind {
         RoleKind::Acceptor,
         RoleKind::Replica,
         RoleKind::Unbatcher,
+        RoleKind::Gateway,
     ];
 
     /// The role named `name` (as [`RoleKind::name`] spells it).
@@ -62,6 +66,7 @@ impl RoleKind {
             RoleKind::Acceptor => "acceptor",
             RoleKind::Replica => "replica",
             RoleKind::Unbatcher => "unbatcher",
+            RoleKind::Gateway => "gateway",
         }
     }
 }
@@ -338,6 +343,7 @@ mod tests {
             RoleKind::Acceptor => 4,
             RoleKind::Replica => 5,
             RoleKind::Unbatcher => 6,
+            RoleKind::Gateway => 7,
         };
         assert!(RoleKind::ALL.iter().enumerate().all(|(i, &r)| index(r) == i));
         assert!(RoleKind::ALL.iter().all(|&r| RoleKind::from_name(r.name()) == Some(r)));

@@ -10,12 +10,17 @@
 //! request was in flight is not reused until that request completes (its retries go on), so a new
 //! connection never receives an old connection's reply.
 //!
+//! A gateway may join the running cluster as the stateless roles do (`joining`): it is then in the
+//! views, `status` shows it, and `autopaxos leave` drains it: it takes no new connection, and once
+//! no request of its sessions is in flight it reports `Left` and stops.
+//!
 //! Must never: give one session to two connections; report a completion for a session that no
 //! connection holds (it is swallowed, and the session freed).
 
 use super::client::SubmitError;
 use super::client_mux::ClientMux;
 use super::config::{ClusterConfig, Tunables};
+use super::membership::{earliest, membership_period_us, NodeMembership};
 use super::{Msg, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 
@@ -26,6 +31,8 @@ pub type Session = usize;
 #[derive(Debug)]
 pub struct Gateway {
     mux: ClientMux,
+    /// Its side of membership, if it joined the cluster.
+    membership: Option<NodeMembership>,
     /// Per session: whether a connection holds it.
     held: Vec<bool>,
     /// Sessions no connection holds and with nothing in flight, the most recently freed last.
@@ -47,6 +54,7 @@ impl Gateway {
         let mux = ClientMux::new(node, incarnation, sessions, config, tunables);
         Gateway {
             mux,
+            membership: None,
             held: vec![false; sessions as usize],
             // Popped from the back: session 0 first.
             free: (0..sessions as usize).rev().collect(),
@@ -54,8 +62,34 @@ impl Gateway {
         }
     }
 
-    /// A session for a new connection; `None` when every session is held or busy.
+    /// A gateway that joins the running cluster, announcing that it listens at `addr` (for the
+    /// cluster's messages, not RESP).
+    pub fn joining(
+        mut self,
+        id: NodeId,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+        addr: String,
+        now: Time,
+    ) -> Self {
+        let mut membership =
+            NodeMembership::new(id, RoleKind::Gateway, config, membership_period_us(tunables));
+        membership.join(addr, now);
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Whether it was told to leave: it then takes no new connection.
+    pub fn is_draining(&self) -> bool {
+        self.membership.as_ref().is_some_and(|m| m.is_draining() || m.has_left())
+    }
+
+    /// A session for a new connection; `None` when every session is held or busy, or the gateway
+    /// is leaving.
     pub fn open(&mut self) -> Option<Session> {
+        if self.is_draining() {
+            return None;
+        }
         let session = self.free.pop()?;
         self.held[session] = true;
         Some(session)
@@ -108,6 +142,19 @@ impl Gateway {
 
 impl Role for Gateway {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+        if let Some(membership) = &mut self.membership {
+            match &msg {
+                Msg::Membership(view) if membership.accepts_view_from(from, view) => {
+                    membership.on_view(view);
+                }
+                Msg::Leave => {
+                    membership.on_leave(now, from, out);
+                    return;
+                }
+                Msg::ClientReplies(_) => membership.on_work(now),
+                _ => {}
+            }
+        }
         self.mux.handle_message(now, from, msg, out);
         for done in self.mux.drain_completed() {
             if self.held[done.client] {
@@ -121,14 +168,26 @@ impl Role for Gateway {
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         self.mux.handle_timeout(now, out);
+        if let Some(membership) = &mut self.membership {
+            // Idle: no request of any session in flight (a draining gateway leaves only then).
+            let idle = (0..self.mux.len()).all(|i| !self.mux.client(i).is_busy());
+            membership.on_timeout(now, idle, out);
+        }
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        self.mux.poll_timeout()
+        earliest(self.mux.poll_timeout(), self.membership.as_ref().and_then(NodeMembership::poll_timeout))
     }
 
     fn kind(&self) -> RoleKind {
-        RoleKind::Client
+        RoleKind::Gateway
+    }
+
+    fn status(&self) -> super::messages::NodeStatus {
+        match &self.membership {
+            Some(membership) => membership.status(RoleKind::Gateway),
+            None => super::messages::NodeStatus::basic(RoleKind::Gateway),
+        }
     }
 }
 

@@ -243,11 +243,12 @@ impl View {
         self.merge(&joiner)
     }
 
-    /// Moves `id` out of service, unless it is the last node of its role in service (it stays, and
-    /// its request is repeated until another node joins). Returns whether anything changed.
+    /// Moves `id` out of service, unless it is the last node in service of a role the cluster needs
+    /// (it stays, and its request is repeated until another node joins; the cluster needs no
+    /// gateway, which may always leave). Returns whether anything changed.
     pub fn start_leaving(&mut self, id: NodeId) -> bool {
         let Some(me) = self.find(id).filter(|m| m.standing == Standing::InService) else { return false };
-        if self.in_service(me.role).count() <= 1 {
+        if me.role != RoleKind::Gateway && self.in_service(me.role).count() <= 1 {
             return false;
         }
         let i = self.members.binary_search_by_key(&id, |m| m.id).expect("found above");
@@ -324,7 +325,7 @@ pub fn report_left(
 
 /// Whether nodes of `role` can join and leave a running cluster.
 pub fn is_stateless(role: RoleKind) -> bool {
-    matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher)
+    matches!(role, RoleKind::Batcher | RoleKind::ProxyLeader | RoleKind::Unbatcher | RoleKind::Gateway)
 }
 
 /// Whether nodes of `role` announce themselves to a running cluster: the stateless roles, and
@@ -555,6 +556,9 @@ mod tests {
         assert!(view.start_leaving(77) && view.forget(77));
         assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()), "left for good");
         assert!(!view.serves(77));
+        // The cluster needs no gateway: the only one may leave.
+        assert!(view.join(90, RoleKind::Gateway, "127.0.0.1:10".into()));
+        assert!(view.start_leaving(90));
     }
 
     #[test]

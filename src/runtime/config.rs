@@ -127,7 +127,9 @@ impl ClusterFile {
         let mut nodes = file.nodes;
         nodes.sort_by_key(|n| n.id);
         for node in nodes {
-            let role = RoleKind::from_name(&node.role).filter(|r| *r != RoleKind::Client);
+            // Clients and gateways are not in the cluster file: they reach it from outside.
+            let role = RoleKind::from_name(&node.role)
+                .filter(|r| !matches!(r, RoleKind::Client | RoleKind::Gateway));
             let Some(role) = role else {
                 return Err(ConfigFileError::UnknownRole { id: node.id, role: node.role });
             };
@@ -149,7 +151,7 @@ impl ClusterFile {
                 (RoleKind::Replica, None) => config.replicas.push(node.id),
                 (RoleKind::Batcher, None) => config.batchers.push(node.id),
                 (RoleKind::Unbatcher, None) => config.unbatchers.push(node.id),
-                (RoleKind::Client, None) => unreachable!("filtered above"),
+                (RoleKind::Client | RoleKind::Gateway, None) => unreachable!("filtered above"),
             }
             if let Some(&other) = by_address.get(&node.address) {
                 return Err(ConfigFileError::DuplicateAddress {

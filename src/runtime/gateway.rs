@@ -61,14 +61,24 @@ pub struct GatewaySettings {
     pub durable: Option<bool>,
 }
 
+/// Where a gateway that joins the cluster listens for it, and the address it announces.
+#[derive(Debug, Clone)]
+pub struct Joining {
+    /// Where it listens for the cluster's messages.
+    pub listen: std::net::SocketAddr,
+    /// Where the others reach it (`listen` unless behind a NAT or listening on 0.0.0.0).
+    pub advertise: std::net::SocketAddr,
+}
+
 /// The launch of a gateway node `id`: a client node of the cluster described by `config`, serving
-/// RESP at `resp`.
+/// RESP at `resp`; with `joining`, a member of the cluster's views as well.
 pub fn gateway_launch(
     id: NodeId,
     config: crate::protocol::ClusterConfig,
     tunables: crate::protocol::Tunables,
     resp: std::net::SocketAddr,
     settings: GatewaySettings,
+    joining: Option<Joining>,
 ) -> super::NodeLaunch {
     let incarnation = super::incarnation_seed() as u16;
     // Replies come from unbatchers and leader hints from proposers: reach them first, so they can
@@ -76,7 +86,7 @@ pub fn gateway_launch(
     let dial_at_start = config.unbatchers.iter().chain(&config.proposers).copied().collect();
     super::NodeLaunch {
         id,
-        listen: None,
+        listen: joining.as_ref().map(|j| j.listen),
         dial_at_start,
         disk: None,
         resp: Some(resp),
@@ -87,7 +97,10 @@ pub fn gateway_launch(
             // Twice as many sessions as connections: a session whose connection closed with a request
             // in flight stays taken until that request completes.
             let sessions = 2 * settings.max_connections;
-            let gateway = Gateway::new(id, incarnation, sessions, &config, &tunables);
+            let mut gateway = Gateway::new(id, incarnation, sessions, &config, &tunables);
+            if let Some(j) = joining {
+                gateway = gateway.joining(id, &config, &tunables, j.advertise.to_string(), ctx.now);
+            }
             let front = Front::new(id, gateway, settings);
             *ctx.gateway_front.borrow_mut() = Some(front.clone());
             Ok(Box::new(GatewayRole(front)))
@@ -97,20 +110,31 @@ pub fn gateway_launch(
 
 /// `autopaxos gateway`: one gateway node of the cluster in `file`, serving RESP at `resp` until
 /// SIGINT or SIGTERM.
+#[allow(clippy::too_many_arguments)] // the gateway's whole configuration, passed once at start
 pub fn serve_gateway(
     file: &super::config::ClusterFile,
     id: NodeId,
     resp: std::net::SocketAddr,
     tunables: crate::protocol::Tunables,
     settings: GatewaySettings,
+    joining: Option<Joining>,
     core: usize,
     read_budget: usize,
 ) -> Result<(), String> {
     if file.role_of(id).is_some() {
         return Err(format!("--node {id} is a cluster node's id; pick another for the gateway"));
     }
+    if let Some(j) = &joining {
+        if j.advertise.ip().is_unspecified() || j.advertise.port() == 0 {
+            return Err(format!(
+                "the others cannot reach {}: give --advertise with this machine's address and the port",
+                j.advertise
+            ));
+        }
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let launch = gateway_launch(id, file.config.clone(), tunables, resp, settings);
+    let joined = joining.is_some();
+    let launch = gateway_launch(id, file.config.clone(), tunables, resp, settings, joining);
     let plan = super::ProcessPlan {
         cluster_id: file.cluster_id.clone(),
         cores: vec![(core, vec![launch])],
@@ -121,9 +145,11 @@ pub fn serve_gateway(
     };
     let running = super::start(plan, std::time::Instant::now())?;
     let bound = running.resp_addresses.get(&id).copied().unwrap_or(resp);
-    tracing::info!(node = id, "gateway serving RESP on {bound}");
+    tracing::info!(node = id, joined, "gateway serving RESP on {bound}");
     println!("resp {bound}");
-    let served = super::run_until_interrupted(None)?;
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // A joined gateway that was told to leave stops the process itself (once drained).
+    let served = super::run_until(None, &stop)?;
     tracing::info!(node = id, "gateway stopping after {:.1}s", served.as_secs_f64());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     running.join();
@@ -191,7 +217,11 @@ impl Role for GatewayRole {
     }
 
     fn kind(&self) -> RoleKind {
-        RoleKind::Client
+        RoleKind::Gateway
+    }
+
+    fn status(&self) -> crate::protocol::messages::NodeStatus {
+        self.0.gateway.borrow().status()
     }
 }
 
@@ -260,8 +290,13 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     let Some(session) = session else {
         metrics::counter!("autopaxos_gateway_refused_connections_total", "node" => front.node.to_string())
             .increment(1);
+        let why: &[u8] = if front.gateway.borrow().is_draining() {
+            b"-ERR this gateway is leaving the cluster: connect to another\r\n"
+        } else {
+            b"-ERR max number of clients reached\r\n"
+        };
         let mut stream = stream;
-        stream.write_all(b"-ERR max number of clients reached\r\n").await?;
+        stream.write_all(why).await?;
         return Ok(());
     };
     let (result_tx, result_rx) = local_channel::new_bounded(1);

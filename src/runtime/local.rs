@@ -198,7 +198,7 @@ fn local_plan(
             durable: Some(*storage != StorageChoice::InMemory),
         };
         let gateway =
-            gateway_launch(LOCAL_GATEWAY_NODE, config.clone(), opts.tunables.clone(), resp, settings);
+            gateway_launch(LOCAL_GATEWAY_NODE, config.clone(), opts.tunables.clone(), resp, settings, None);
         // With the cluster's first node (a proposer): the gateway's core then carries no client pool.
         per_core[0].1.push(gateway);
     }

@@ -110,13 +110,21 @@ pub fn incarnation_seed() -> u64 {
 /// how long it waited. Servers started from the command line stop cleanly through it (their scratch
 /// directories are removed, their logs say why they stopped).
 pub fn run_until_interrupted(limit: Option<Duration>) -> Result<Duration, String> {
+    run_until(limit, &Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`run_until_interrupted`], and also returns once `stop` is set (by a node that left).
+pub fn run_until(limit: Option<Duration>, stop: &AtomicBool) -> Result<Duration, String> {
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, interrupted.clone())
             .map_err(|e| format!("cannot catch signals: {e}"))?;
     }
     let started = Instant::now();
-    while !interrupted.load(Ordering::Relaxed) && limit.is_none_or(|d| started.elapsed() < d) {
+    while !interrupted.load(Ordering::Relaxed)
+        && !stop.load(Ordering::Relaxed)
+        && limit.is_none_or(|d| started.elapsed() < d)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(started.elapsed())
