@@ -924,7 +924,9 @@ fn plan(args: PlanArgs) -> Result<(), String> {
 fn parse_bench_role(s: &str) -> Result<RoleKind, String> {
     match parse_bench_target(s)? {
         BenchTarget::Role(role) => Ok(role),
-        BenchTarget::Disk | BenchTarget::Recovery => Err(format!("the mocks surround a role, not '{s}'")),
+        BenchTarget::Disk | BenchTarget::Recovery | BenchTarget::Gateway => {
+            Err(format!("the mocks surround a cluster role, not '{s}'"))
+        }
     }
 }
 
@@ -935,12 +937,14 @@ enum BenchTarget {
     Role(RoleKind),
     Disk,
     Recovery,
+    Gateway,
 }
 
 fn parse_bench_target(s: &str) -> Result<BenchTarget, String> {
     match s {
         "disk" => return Ok(BenchTarget::Disk),
         "recovery" => return Ok(BenchTarget::Recovery),
+        "gateway" => return Ok(BenchTarget::Gateway),
         _ => {}
     }
     RoleKind::from_name(s)
@@ -1004,10 +1008,40 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a positive size that fits 64 bits"))
 }
 
+/// `bench gateway`: the RESP gateway between pipelining clients and a mock cluster.
+fn bench_gateway(args: &BenchArgs) -> Result<(), String> {
+    let cores = allowed_cores();
+    let gateway_core = args.cores_under_test.as_ref().map_or(cores[0], |c| c.0[0]);
+    let other = args.mock_cores.as_ref().map_or(*cores.get(1).unwrap_or(&cores[0]), |c| c.0[0]);
+    let opts = autopaxos::bench::gateway::GatewayBenchOptions {
+        duration: args.duration,
+        connections: args.connections,
+        pipeline: args.pipeline,
+        value_size: args.value_size,
+        cores: (gateway_core, other),
+    };
+    eprintln!(
+        "bench gateway: {} connections x {} pipelined SETs of {} B on core {other}, the gateway on core {gateway_core}, for {:?}",
+        opts.connections, opts.pipeline, opts.value_size, opts.duration
+    );
+    let r = autopaxos::bench::gateway::run(&opts)?;
+    println!(
+        "gateway: {} cmds/s using {:.0}% of its core: {} cmds/s per core",
+        thousands(r.cmds_per_sec as u64),
+        r.gateway_busy * 100.0,
+        thousands(r.cmds_per_sec_per_core as u64)
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    }
+    Ok(())
+}
+
 fn bench(args: BenchArgs) -> Result<(), String> {
     let role = match args.role {
         BenchTarget::Disk => return bench_disk(&args),
         BenchTarget::Recovery => return bench_recovery(&args),
+        BenchTarget::Gateway => return bench_gateway(&args),
         BenchTarget::Role(role) => role,
     };
     if args.batch_size == 0 || args.read_budget == 0 {
@@ -1183,7 +1217,8 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica or unbatcher; or
+    /// The role to measure: batcher, proposer, proxy-leader, acceptor, replica, unbatcher or
+    /// gateway (RESP clients pipelining SETs into it, a mock cluster behind); or
     /// `disk`, the device under --data-dir (fdatasync rate of 4 KiB writes, synced 1 MiB bandwidth);
     /// or `recovery`, an acceptor with a --bytes log and a replica with a --bytes snapshot, each
     /// timed from process start to serving.
@@ -1224,6 +1259,12 @@ struct BenchArgs {
     /// `bench recovery`: the size of the acceptor's log and of the replica's state, e.g. 1GiB.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     bytes: u64,
+    /// `bench gateway`: RESP connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// `bench gateway`: requests each connection keeps outstanding (redis-benchmark's -P).
+    #[arg(long, default_value_t = 40)]
+    pipeline: usize,
 }
 
 fn sim(args: SimArgs) -> ExitCode {

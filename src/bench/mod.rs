@@ -4,6 +4,7 @@
 //! sizes a cluster from the capacities it measured.
 
 pub mod capacities;
+pub mod gateway;
 pub mod mock;
 pub mod plan;
 pub mod recovery;

@@ -9,7 +9,10 @@
 //!   acceptor of a slot's group votes on that slot, so a group carries what one acceptor can;
 //! - the proposer (one leader orders every batch) and the replica (every replica executes every
 //!   command) do not scale out: f+1 nodes whatever the load, and if one node cannot carry the target
-//!   no cluster can, so the plan says the target is unreachable and what the most is.
+//!   no cluster can, so the plan says the target is unreachable and what the most is;
+//! - gateways (the RESP front door) scale out like batchers, when the capacities have a
+//!   `[roles.gateway]` (from `autopaxos bench gateway`); without one they are not sized, and a note
+//!   says so (clients of the native protocol need none).
 
 use super::capacities::Capacities;
 use crate::protocol::RoleKind;
@@ -227,7 +230,9 @@ pub fn plan(caps: &Capacities, req: &PlanRequest) -> Result<Plan, PlanError> {
     let mut acceptor_groups = 1;
     // The ceiling no number of nodes lifts, and which role sets it.
     let mut ceiling: Option<(f64, RoleKind)> = None;
-    for role in PLAN_ROLES {
+    // The gateway first: a command from a RESP client meets it before the batcher.
+    let gateway = caps.roles.contains_key(RoleKind::Gateway.name()).then_some(RoleKind::Gateway);
+    for role in gateway.into_iter().chain(PLAN_ROLES) {
         let name = role.name();
         let cap = caps.role(role, &req.capacities_file)?;
         let measured = cap.cmds_per_sec_per_core;
@@ -285,6 +290,12 @@ pub fn plan(caps: &Capacities, req: &PlanRequest) -> Result<Plan, PlanError> {
     };
     let total_instances = roles.iter().map(|r| r.instances).sum();
     let mut notes = Vec::new();
+    if gateway.is_none() {
+        notes.push(format!(
+            "gateways not sized: {} has no [roles.gateway] (measure one with `autopaxos bench gateway`)",
+            req.capacities_file
+        ));
+    }
     let batch_sizes: std::collections::BTreeSet<usize> =
         PLAN_ROLES.iter().filter_map(|r| caps.roles.get(r.name())).map(|c| c.batch_size).collect();
     if batch_sizes.len() > 1 {
@@ -515,6 +526,26 @@ mod tests {
         assert!(!role(&p, "replica").scales_out && role(&p, "acceptor").scales_out);
         let text = p.render();
         assert!(text.contains("* batcher") && text.contains("reachable"), "{text}");
+    }
+
+    #[test]
+    fn gateways_are_sized_when_measured_and_named_as_missing_when_not() {
+        let mut c = caps([1e6, 1e6, 1e6, 1e6, 1e6, 1e6]);
+        let p = plan(&c, &req(1_000_000, 0.0, "c5.large", 1)).unwrap();
+        assert!(p.roles.iter().all(|r| r.role != "gateway"));
+        assert!(p.notes.iter().any(|n| n.contains("gateways not sized")), "{:?}", p.notes);
+        let gateway = RoleCapacity {
+            cmds_per_sec_per_core: 300_000.0,
+            msgs_per_sec_per_core: 300_000.0,
+            batch_size: 40,
+            read_budget: 100,
+        };
+        c.roles.insert("gateway".into(), gateway);
+        let p = plan(&c, &req(1_000_000, 0.0, "c5.large", 1)).unwrap();
+        assert_eq!(p.roles[0].role, "gateway", "first: a RESP command meets it first");
+        assert_eq!((p.roles[0].nodes, p.roles[0].instances), (4, 2), "1M / 300k per core");
+        assert!((p.roles[0].utilisation - 1e6 / 1.2e6).abs() < 1e-9);
+        assert!(p.notes.iter().all(|n| !n.contains("gateways not sized")));
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn bench_config(role: RoleKind) -> ClusterConfig {
 }
 
 /// CPU seconds (user + system) of this process's threads named `name`, from /proc.
-fn thread_cpu_seconds(name: &str) -> f64 {
+pub fn thread_cpu_seconds(name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     let mut ticks = 0u64;
     for task in tasks.flatten() {
