@@ -173,7 +173,8 @@ fn redis_cli_and_redis_py_use_the_replicated_store() {
 fn pipelines_errors_and_a_client_that_never_reads() {
     let _serial = common::serialize();
     let dir = TempDir::new("resp-edges");
-    let (local, addr) = serve(&dir, &[]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", common::free_ports(1)[0]).parse().unwrap();
+    let (local, addr) = serve(&dir, &["--metrics-addr", &metrics.to_string()]);
 
     // 3000 commands in one write: replies in order, an error in the middle answered in place.
     let mut c = Conn::open(addr);
@@ -195,6 +196,10 @@ fn pipelines_errors_and_a_client_that_never_reads() {
     }
     assert!(replies[3000].starts_with(b"-ERR unknown command 'nosuch'"));
     assert_eq!(replies[3001], b"$6\r\ninline\r\n");
+    let exposition = common::scrape(metrics).expect("metrics");
+    let labels = [("role", "gateway"), ("node", "900")];
+    assert!(common::metric_sum(&exposition, "autopaxos_gateway_commands_total", &labels) >= 3002.0);
+    assert_eq!(common::metric_sum(&exposition, "autopaxos_gateway_connections", &labels), 1.0);
 
     // Limits: a value over the store's limit is refused and the connection goes on; a bulk over the
     // codec's limit is a protocol error, answered, then the connection closes (as Redis does).

@@ -156,9 +156,30 @@ pub fn serve_gateway(
     Ok(())
 }
 
+/// The gateway's metrics (labels `role="gateway"` and its node), resolved once.
+struct GatewayMetrics {
+    commands: metrics::Counter,
+    connections: metrics::Gauge,
+    refused: metrics::Counter,
+    protocol_errors: metrics::Counter,
+}
+
+impl GatewayMetrics {
+    fn new(node: NodeId) -> Self {
+        let labels = [("role", "gateway".to_string()), ("node", node.to_string())];
+        GatewayMetrics {
+            commands: metrics::counter!("autopaxos_gateway_commands_total", &labels),
+            connections: metrics::gauge!("autopaxos_gateway_connections", &labels),
+            refused: metrics::counter!("autopaxos_gateway_refused_connections_total", &labels),
+            protocol_errors: metrics::counter!("autopaxos_gateway_protocol_errors_total", &labels),
+        }
+    }
+}
+
 /// What the role and the connections of one gateway node share.
 pub struct Front {
     node: NodeId,
+    metrics: GatewayMetrics,
     gateway: RefCell<Gateway>,
     /// Per session: where its connection waits for its batch's result.
     waiting: RefCell<Vec<Option<LocalSender<Bytes>>>>,
@@ -173,6 +194,7 @@ impl Front {
         let sessions = 2 * settings.max_connections as usize;
         Rc::new(Front {
             node,
+            metrics: GatewayMetrics::new(node),
             gateway: RefCell::new(gateway),
             waiting: RefCell::new((0..sessions).map(|_| None).collect()),
             settings,
@@ -288,8 +310,7 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
         None
     };
     let Some(session) = session else {
-        metrics::counter!("autopaxos_gateway_refused_connections_total", "node" => front.node.to_string())
-            .increment(1);
+        front.metrics.refused.increment(1);
         let why: &[u8] = if front.gateway.borrow().is_draining() {
             b"-ERR this gateway is leaving the cluster: connect to another\r\n"
         } else {
@@ -304,7 +325,7 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     front.open.set(front.open.get() + 1);
     let id = front.next_connection.get();
     front.next_connection.set(id + 1);
-    metrics::gauge!("autopaxos_gateway_connections", "node" => front.node.to_string()).increment(1.0);
+    front.metrics.connections.increment(1.0);
 
     let queue = RefCell::new(Queue::default());
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
@@ -318,7 +339,7 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     front.waiting.borrow_mut()[session] = None;
     front.gateway.borrow_mut().close(session);
     front.open.set(front.open.get() - 1);
-    metrics::gauge!("autopaxos_gateway_connections", "node" => front.node.to_string()).decrement(1.0);
+    front.metrics.connections.decrement(1.0);
     result
 }
 
@@ -334,7 +355,6 @@ async fn read_requests(
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
-    let commands = metrics::counter!("autopaxos_gateway_commands_total", "node" => front.node.to_string());
     let ended = loop {
         // Parse everything that has arrived.
         let mut context = None;
@@ -369,13 +389,12 @@ async fn read_requests(
             q.requests.push_back((pending, request.consumed));
             q.bytes += request.consumed;
         };
-        commands.increment(parsed);
+        front.metrics.commands.increment(parsed);
         buf.drain(..start);
         start = 0;
         if let Some(reply) = closing {
             // After a framing error where the next request starts is unknown: answer, then close.
-            metrics::counter!("autopaxos_gateway_protocol_errors_total", "node" => front.node.to_string())
-                .increment(1);
+            front.metrics.protocol_errors.increment(1);
             queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
         }
         if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _))) {

@@ -132,6 +132,18 @@ impl NodeMetrics {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!("autopaxos_frames_in_total", Unit::Count, "Frames received by the node.");
+    describe_counter!("autopaxos_gateway_commands_total", Unit::Count, "RESP commands a gateway parsed.");
+    describe_gauge!("autopaxos_gateway_connections", Unit::Count, "RESP connections a gateway serves now.");
+    describe_counter!(
+        "autopaxos_gateway_refused_connections_total",
+        Unit::Count,
+        "RESP connections refused (at --max-connections, or while leaving)."
+    );
+    describe_counter!(
+        "autopaxos_gateway_protocol_errors_total",
+        Unit::Count,
+        "RESP connections closed after a framing error."
+    );
     describe_counter!("autopaxos_frames_out_total", Unit::Count, "Frames sent by the node.");
     describe_counter!("autopaxos_bytes_in_total", Unit::Bytes, "Bytes received by the node.");
     describe_counter!("autopaxos_bytes_out_total", Unit::Bytes, "Bytes sent by the node.");
