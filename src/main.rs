@@ -412,6 +412,10 @@ struct SimArgs {
     /// removed and replaced, proposers added and replaced (the leader half the time).
     #[arg(long)]
     reconfig: bool,
+    /// Clients also send batches of ops on one partition in one command, as the RESP gateway
+    /// sends a pipeline.
+    #[arg(long)]
+    batches: bool,
     /// Worker threads (default: the cores this process may use).
     #[arg(long)]
     threads: Option<usize>,
@@ -1268,7 +1272,12 @@ struct BenchArgs {
 }
 
 fn sim(args: SimArgs) -> ExitCode {
-    let opts = SimOptions { churn: args.churn, reconfig: args.reconfig, ..SimOptions::new(args.faults) };
+    let opts = SimOptions {
+        churn: args.churn,
+        reconfig: args.reconfig,
+        batches: args.batches,
+        ..SimOptions::new(args.faults)
+    };
     if let Some(seed) = args.seed {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();

@@ -286,3 +286,15 @@ fn losing_a_quorum_of_acceptors_stalls_safely_and_recovers_when_they_return() {
     ]);
     assert!(outcome.completed > 0);
 }
+
+#[test]
+fn a_thousand_seeds_with_gateway_batches_and_heavy_faults_keep_every_check() {
+    // Clients also send `Batch` ops (a RESP gateway's pipelines): several ops of one partition in
+    // one command, each with its own result, executed exactly once and in order under crashes.
+    let opts = SimOptions { batches: true, ..SimOptions::new(FaultLevel::Heavy) };
+    let summary = run_seeds(500_000, 1_000, &opts, threads(), &|_| {});
+    let report: Vec<String> =
+        summary.failures.iter().map(|o| format!("seed {}: {}", o.seed, o.violations.join("; "))).collect();
+    assert!(report.is_empty(), "batches: {} failing seeds:\n{}", report.len(), report.join("\n"));
+    assert_eq!(summary.seeds, 1_000);
+}

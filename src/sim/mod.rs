@@ -70,6 +70,8 @@ pub struct SimOptions {
     /// Frequent changes of acceptor configuration (heavy faults make a few anyway): groups added
     /// and removed, acceptors replaced, by an operator who waits for each to be chosen.
     pub reconfig: bool,
+    /// Clients also send `Batch` ops (a RESP gateway's pipelines; see [`Workload::new`]).
+    pub batches: bool,
 }
 
 impl SimOptions {
@@ -88,6 +90,7 @@ impl SimOptions {
             churn: false,
             f: None,
             reconfig: false,
+            batches: false,
         }
     }
 }
@@ -524,8 +527,8 @@ impl<'t> Simulator<'t> {
             let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
             let member = Member::Client(Box::new(ClientMux::from_clients(vec![client])));
             sim.nodes.insert(id, SimNode::new(RoleKind::Client, member, false));
-            let workload =
-                Workload::new(u64::from(id), ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id))));
+            let rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id)));
+            let workload = Workload::new(u64::from(id), rng, sim.opts.batches);
             let after_healing = sim.opts.requests_after_healing;
             sim.clients.insert(id, ClientDriver { workload, issued: 0, after_healing, outstanding: None });
         }
@@ -1359,7 +1362,7 @@ impl<'t> Simulator<'t> {
         match check_partitioned(
             &KvModel::default(),
             history,
-            |op| op.partition().unwrap_or_default().to_vec(),
+            history_partition,
             self.opts.linearizability_budget,
         ) {
             Verdict::Linearizable => {}
@@ -1459,4 +1462,17 @@ pub fn run_seeds(
     let mut summary = summary.into_inner().expect("threads joined");
     summary.failures.sort_by_key(|o| o.seed);
     summary
+}
+
+/// The partition an op of the history belongs to; a batch's is that of its ops (the workload keeps
+/// a batch within one partition, so the history is still checked partition by partition).
+fn history_partition(op: &KvOp) -> Vec<u8> {
+    match op {
+        KvOp::Batch { ops } => ops
+            .first()
+            .and_then(|first| KvOp::decode(first).ok())
+            .and_then(|first| first.partition().map(<[u8]>::to_vec))
+            .unwrap_or_default(),
+        op => op.partition().unwrap_or_default().to_vec(),
+    }
 }

@@ -20,12 +20,16 @@ pub struct Workload {
     client: u64,
     rng: ChaCha8Rng,
     seen_versions: BTreeMap<(&'static str, &'static str), u64>,
+    /// Also send `Batch` ops, as the RESP gateway does with a pipeline.
+    batches: bool,
 }
 
 impl Workload {
-    /// A generator for `client`, drawing from `rng`.
-    pub fn new(client: u64, rng: ChaCha8Rng) -> Self {
-        Workload { client, rng, seen_versions: BTreeMap::new() }
+    /// A generator for `client`, drawing from `rng`; with `batches`, one request in five is a
+    /// `Batch` of two to four ops on one partition (a gateway's pipeline, or `GETDEL`, `SET ... GET`).
+    /// Without, it draws exactly as it always did, so recorded seeds replay unchanged.
+    pub fn new(client: u64, rng: ChaCha8Rng, batches: bool) -> Self {
+        Workload { client, rng, seen_versions: BTreeMap::new(), batches }
     }
 
     fn pick<T: Copy>(&mut self, from: &[T]) -> T {
@@ -36,8 +40,17 @@ impl Workload {
     /// histories unambiguous for the checker.
     pub fn next_op(&mut self, seq: u64) -> KvOp {
         let partition = self.pick(&PARTITIONS);
+        if self.batches && self.rng.gen_bool(0.2) {
+            let n = self.rng.gen_range(2..=4);
+            let ops = (0..n).map(|i| self.op_in(partition, format!("c{}s{seq}.{i}", self.client)).encode());
+            return KvOp::Batch { ops: ops.collect() };
+        }
+        self.op_in(partition, format!("c{}s{}", self.client, seq))
+    }
+
+    /// One op on `partition`, writing `value` if it writes.
+    fn op_in(&mut self, partition: &'static str, value: String) -> KvOp {
         let item = self.pick(&ITEMS);
-        let value = format!("c{}s{}", self.client, seq);
         match self.rng.gen_range(0..100) {
             0..=24 => KvOp::Get { partition: partition.into(), item: item.into() },
             25..=39 => KvOp::Put { partition: partition.into(), item: item.into(), value: value.into() },
@@ -75,6 +88,14 @@ impl Workload {
 
     /// Learns from a result: versions read become the expectations of later conditional writes.
     pub fn observe(&mut self, op: &KvOp, result: &KvResult) {
+        if let (KvOp::Batch { ops }, KvResult::Batched { results }) = (op, result) {
+            for (op, result) in ops.iter().zip(results) {
+                if let (Ok(op), Ok(result)) = (KvOp::decode(op), KvResult::decode(result)) {
+                    self.observe(&op, &result);
+                }
+            }
+            return;
+        }
         if let (KvOp::Get { partition, item }, KvResult::Value { version, .. }) = (op, result) {
             let key = PARTITIONS.iter().find(|p| p.as_bytes() == &partition[..]);
             let item_key = ITEMS.iter().find(|i| i.as_bytes() == &item[..]);
