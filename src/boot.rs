@@ -195,6 +195,10 @@ pub struct UserData {
     /// metadata service) and `base_port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
+    /// A gateway's RESP address (role `gateway`, which always joins); default `0.0.0.0:6380`, or a
+    /// free loopback port when the gateway advertises a loopback address (an emulator's instances).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resp_addr: Option<SocketAddr>,
 }
 
 fn default_metrics_addr() -> SocketAddr {
@@ -273,6 +277,7 @@ impl UserData {
             base_port: default_base_port(),
             join: false,
             advertise: None,
+            resp_addr: None,
         }
     }
 
@@ -292,11 +297,8 @@ impl UserData {
             return Err(field("cluster", "must not be empty".into()));
         }
         match RoleKind::from_name(&ud.role) {
-            Some(RoleKind::Gateway) => {
-                return Err(field(
-                    "role",
-                    "a gateway is not booted from user-data yet: start it with `autopaxos gateway --join`".into(),
-                ))
+            Some(RoleKind::Gateway) if !ud.join => {
+                return Err(field("join", "a gateway joins the running cluster: set join = true".into()))
             }
             Some(RoleKind::Client) | None => {
                 return Err(field(
@@ -588,6 +590,31 @@ fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tun
     // the others are told to connect.
     let listen = if advertise.ip().is_loopback() { advertise } else { listen };
     let cores = args.cores.clone().map(|c| c.0).unwrap_or_else(allowed_cores);
+    if ud.role_kind() == RoleKind::Gateway {
+        let resp = ud.resp_addr.unwrap_or_else(|| {
+            let ip = if advertise.ip().is_loopback() { advertise.ip() } else { [0, 0, 0, 0].into() };
+            SocketAddr::new(ip, if advertise.ip().is_loopback() { 0 } else { 6380 })
+        });
+        if let Err(e) = crate::runtime::metrics::install_exporter(ud.metrics_addr) {
+            tracing::warn!("{e}; continuing without metrics");
+        }
+        let settings = crate::runtime::gateway::GatewaySettings {
+            max_connections: crate::runtime::gateway::DEFAULT_MAX_CONNECTIONS,
+            limits: Default::default(),
+            cluster_id: file.cluster_id.clone(),
+            durable: None,
+        };
+        return crate::runtime::gateway::serve_gateway(
+            &crate::runtime::admin::without_node(file, id),
+            id,
+            resp,
+            tunables,
+            settings,
+            Some(crate::runtime::gateway::Joining { listen, advertise }),
+            cores[0],
+            ud.read_budget,
+        );
+    }
     let data_dir = file.data_dir.clone();
     crate::runtime::admin::serve_joining(crate::runtime::admin::JoinOptions {
         file: crate::runtime::admin::without_node(file, id),
@@ -693,6 +720,19 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("`nodes`"));
         let e = UserData::parse(&with_file("advertise = \"10.1.2.3:7000\"\n"), "t");
         assert!(e.unwrap_err().to_string().contains("`advertise`"));
+    }
+
+    #[test]
+    fn a_gateway_boots_only_to_join() {
+        let gateway =
+            |extra: &str| with_file(extra).replacen("\"batcher\"", "\"gateway\"", 1).replace("[9]", "[6000]");
+        let ud = UserData::parse(&gateway("join = true\nresp_addr = \"0.0.0.0:6379\"\n"), "t").unwrap();
+        assert_eq!(
+            (ud.role_kind(), ud.resp_addr),
+            (RoleKind::Gateway, Some("0.0.0.0:6379".parse().unwrap()))
+        );
+        let e = UserData::parse(&gateway(""), "t").unwrap_err().to_string();
+        assert!(e.contains("join") && e.contains("gateway"), "{e}");
     }
 
     #[test]
