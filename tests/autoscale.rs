@@ -90,7 +90,7 @@ fn wait_back_to_one(proc: &mut Proc, limit: Duration) {
 /// Drives the cluster: 1 client, then 1024, then 1 (each its own process and client node id).
 /// Returns the time the high phase started.
 fn drive_load(cluster: &mut Cluster) -> Instant {
-    let phases: [(&str, &str, &str); 3] = [("1", "3s", "5000"), ("1024", "5s", "5001"), ("1", "3s", "5002")];
+    let phases: [(&str, &str, &str); 3] = [("1", "2s", "5000"), ("1024", "4s", "5001"), ("1", "2s", "5002")];
     let mut high_start = Instant::now();
     for (i, (clients, duration, node)) in phases.iter().enumerate() {
         if i == 1 {

@@ -17,7 +17,7 @@ fn every_role_benchmarks_to_a_well_formed_report_with_real_throughput() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for role in ["batcher", "proposer", "proxy-leader", "acceptor", "replica", "unbatcher"] {
         let out = autopaxos()
-            .args(["bench", role, "--duration", "1s", "--batch-size", "10", "--json"])
+            .args(["bench", role, "--duration", "500ms", "--batch-size", "10", "--json"])
             .output()
             .expect("the binary runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,9 +72,9 @@ fn a_role_sandwiched_between_standalone_mocks_carries_traffic_in_any_launch_orde
         autopaxos().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the binary runs")
     };
     // Downstream first, the role last: launch order must not matter.
-    let downstream = spawn(&["mock-downstream", "proxy-leader", "--config", config, "--duration", "4s"]);
+    let downstream = spawn(&["mock-downstream", "proxy-leader", "--config", config, "--duration", "2s"]);
     let upstream =
-        spawn(&["mock-upstream", "proxy-leader", "--config", config, "--duration", "4s", "--rate", "2000"]);
+        spawn(&["mock-upstream", "proxy-leader", "--config", config, "--duration", "2s", "--rate", "2000"]);
     std::thread::sleep(Duration::from_millis(500));
     let mut role = autopaxos()
         .args(["proxy-leader", "--config", config, "--node", "6", "--metrics-addr", "127.0.0.1:0"])

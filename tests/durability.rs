@@ -116,8 +116,8 @@ fn an_acceptor_killed_under_load_and_restarted_on_its_data_dir_rejoins_and_nothi
     let _serial = common::serialize();
     let began = Instant::now();
     let mut cluster = start_cluster("acceptor-restart");
-    let client = spawn_verifying_client(&mut cluster, "client", 6);
-    wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
+    let client = spawn_verifying_client(&mut cluster, "client", 5);
+    wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
 
     let accepted_before = counter(&cluster, 4, "autopaxos_phase2_accepted_total");
     cluster.kill_node(4);
@@ -164,8 +164,8 @@ fn a_quorum_of_acceptors_killed_at_once_then_the_leader_leaves_the_new_leader_re
     let began = Instant::now();
     let mut cluster = start_cluster("acceptor-quorum");
     assert_eq!(cluster.elections_won(1), 1.0, "proposer 1 runs first, so it leads");
-    let client = spawn_verifying_client(&mut cluster, "client", 10);
-    wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
+    let client = spawn_verifying_client(&mut cluster, "client", 9);
+    wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
 
     cluster.kill_node(3);
     cluster.kill_node(4);
@@ -225,8 +225,8 @@ fn a_replica_killed_under_load_and_restarted_catches_up_with_its_peer() {
     let _serial = common::serialize();
     let began = Instant::now();
     let mut cluster = start_cluster("replica-restart");
-    let client = spawn_verifying_client(&mut cluster, "client", 6);
-    wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
+    let client = spawn_verifying_client(&mut cluster, "client", 5);
+    wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
 
     let (watermark_at_kill, _) = replica_status(&cluster, 7).expect("replica 7 answers before its kill");
     cluster.kill_node(7);
@@ -272,7 +272,7 @@ fn the_leader_killed_and_restarted_before_its_follower_times_out_loses_nothing()
     let began = Instant::now();
     let mut cluster = start_cluster("leader-bounce");
     assert_eq!(cluster.elections_won(1), 1.0, "proposer 1 runs first, so it leads");
-    let client = spawn_verifying_client(&mut cluster, "client", 6);
+    let client = spawn_verifying_client(&mut cluster, "client", 5);
     wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
 
     let killed = Instant::now();
@@ -314,8 +314,8 @@ fn an_acceptor_whose_log_ends_in_a_torn_record_cuts_it_off_with_a_warning_and_se
     let _serial = common::serialize();
     let began = Instant::now();
     let mut cluster = start_cluster("torn-tail");
-    let client = spawn_verifying_client(&mut cluster, "client", 5);
-    wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
+    let client = spawn_verifying_client(&mut cluster, "client", 4);
+    wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
     cluster.kill_node(4);
 
     let segments = wal_segments(&cluster.data_dir(4));
@@ -394,7 +394,7 @@ fn an_acceptor_whose_log_is_corrupted_in_the_middle_refuses_to_start_naming_file
     let _serial = common::serialize();
     let began = Instant::now();
     let mut cluster = start_cluster("corrupt-middle");
-    let client = spawn_verifying_client(&mut cluster, "client", 5);
+    let client = spawn_verifying_client(&mut cluster, "client", 4);
     wait_progress(&mut cluster, client, 1, Duration::from_secs(30));
     cluster.kill_node(4);
 

@@ -174,7 +174,8 @@ fn dead_acceptor_replica_and_leader_are_replaced_under_load_without_losing_a_wri
     let _serial = common::serialize();
     let mut cluster = Cluster::start("healing");
     let mut h = Harness::start(&cluster, 1e12, &["--replace-after", "3s", "--replacement-timeout", "60s"]);
-    let client = verifying_client(&mut cluster, 20);
+    // The three replacements take about 12 s once the load flows (~2 s after this).
+    let client = verifying_client(&mut cluster, 18);
     common::wait_progress(&mut cluster, client, 0, Duration::from_secs(20));
     let started = Instant::now();
 
@@ -275,11 +276,14 @@ fn a_group_is_added_under_high_load_and_removed_when_it_falls_without_losing_a_w
             "--no-healing",
         ],
     );
-    let client = verifying_client(&mut cluster, 20);
+    // The group is added about 4 s and removed about 10 s after this (15 s on a busy machine).
+    let client = verifying_client(&mut cluster, 16);
+    let load_started = Instant::now();
     common::wait_progress(&mut cluster, client, 0, Duration::from_secs(20));
     let high = cluster
-        .spawn_client("high", &["--clients", "1024", "--duration", "6s", "--node", "5001", "--cores", "1"]);
+        .spawn_client("high", &["--clients", "1024", "--duration", "4s", "--node", "5001", "--cores", "1"]);
     let added = h.wait_step("groups-added", None, Duration::from_secs(40));
+    eprintln!("group added {:.1?} after the verifying load started", load_started.elapsed());
     let status = status_json(&cluster);
     let groups = status["configuration"]["acceptor_groups"].as_array().cloned().unwrap_or_default();
     assert_eq!(groups.len(), 2, "{status:#}");
@@ -288,6 +292,7 @@ fn a_group_is_added_under_high_load_and_removed_when_it_falls_without_losing_a_w
     // The load falls back to the verifying client's: the new group is reconfigured out, its acceptors
     // leave by themselves, and their instances are terminated.
     let removed = h.wait_step("groups-removed", None, Duration::from_secs(60));
+    eprintln!("group removed {:.1?} after the verifying load started", load_started.elapsed());
     let launched: Vec<String> =
         added["instances"].as_array().unwrap().iter().filter_map(|v| v.as_str().map(String::from)).collect();
     assert_eq!(launched.len(), 3, "2f+1 acceptors: {added}");
@@ -299,6 +304,7 @@ fn a_group_is_added_under_high_load_and_removed_when_it_falls_without_losing_a_w
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("instances terminated {:.1?} after the verifying load started", load_started.elapsed());
     for i in h.ec2().instances(&launched).expect("describe") {
         assert!(i.state == "terminated" || i.state == "shutting-down", "{} is {}", i.id, i.state);
     }

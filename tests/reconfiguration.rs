@@ -88,9 +88,11 @@ fn acceptor_groups_are_added_replaced_and_removed_under_load_without_losing_a_wr
     assert_eq!(epoch(&before), 0, "{before:#}");
     assert!(before["leader"]["node"].as_u64().is_some(), "{before:#}");
 
+    // The three changes take about 6 s from here (2 s of load first, then each change and 1 s of load
+    // after it); the client runs a few seconds beyond them, and no longer (it reads back every write).
     let client = cluster.spawn_client(
         "client",
-        &["--duration", "12s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
+        &["--duration", "8s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
     );
     std::thread::sleep(Duration::from_secs(2));
     let steps: [(&str, &[&[u32]]); 3] = [
@@ -142,10 +144,13 @@ fn a_replica_and_the_leading_proposer_are_replaced_under_load_without_losing_a_w
     let _serial = common::serialize();
     let mut cluster = Cluster::start("replace");
     let joined = [(21, join(&mut cluster, "replica", 21)), (22, join(&mut cluster, "proposer", 22))];
+    // Both changes and the removed nodes' leaving take about 3 s from here (2 s of load first); the
+    // client runs a few seconds beyond them, and no longer (it reads back every write).
     let client = cluster.spawn_client(
         "client",
-        &["--duration", "14s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
+        &["--duration", "6s", "--clients", "32", "--verify", "--node", "5000", "--cores", "1"],
     );
+    let load_started = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let group: &[&[u32]] = &[&[3, 4, 5]];
 
@@ -157,6 +162,7 @@ fn a_replica_and_the_leading_proposer_are_replaced_under_load_without_losing_a_w
     eprintln!("replace-replica: {}", said.trim());
     let status = cluster.proc_mut(8).wait(Duration::from_secs(30));
     assert!(status.success(), "removed replica 8 did not leave: {status}");
+    eprintln!("replica 8 left {:.2?} after the load started", load_started.elapsed());
 
     // The leading proposer is replaced by proposer 22: it hands over, and leaves.
     let leader = status_json(&cluster)["leader"]["node"].as_u64().expect("a leader") as u32;
@@ -169,6 +175,7 @@ fn a_replica_and_the_leading_proposer_are_replaced_under_load_without_losing_a_w
     eprintln!("replace-leader {leader}: {} ({:.2?})", said.trim(), started.elapsed());
     let status = cluster.proc_mut(leader).wait(Duration::from_secs(30));
     assert!(status.success(), "removed leader {leader} did not leave: {status}");
+    eprintln!("leader {leader} left {:.2?} after the load started", load_started.elapsed());
 
     common::finish_client(&mut cluster, client);
     let end = assert_replicas_agree(&cluster, 2);

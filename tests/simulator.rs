@@ -20,11 +20,14 @@ fn assert_no_violations(faults: FaultLevel, start: u64, count: u64) -> Summary {
 }
 
 #[test]
-fn ten_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() {
-    let summary = assert_no_violations(FaultLevel::Heavy, 0, 10_000);
+fn five_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() {
+    // Seeds 0 to 4,999 (10,000 until the suite had to fit CI's time): the fault counts below clear
+    // the same floors as before. The seeds above that once found bugs (8541, 9511, 9916) still run
+    // in REGRESSION_SEEDS.
+    let summary = assert_no_violations(FaultLevel::Heavy, 0, 5_000);
     // The disk faults really happened, and f really varied: otherwise the run proves less than it says.
     eprintln!(
-        "10000 heavy seeds: crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, \
+        "5000 heavy seeds: crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, \
          seeds by f {:?}",
         summary.faults.crashes, summary.faults.torn_writes, summary.faults.lost_writes, summary.faults.corrupt_detected, summary.seeds_by_f
     );
