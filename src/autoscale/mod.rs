@@ -10,6 +10,8 @@
 //! batcher, one proxy leader and one unbatcher, and every replica applies every command, so the rate of
 //! `autopaxos_commands_applied_total` at the most advanced replica is what those roles carry in all. (The
 //! frames counters do not count commands: clients and unbatchers send many commands per frame.)
+//! Gateways carry only what RESP clients send: their load is the sum of their own command counters,
+//! and they are sized once the cluster has a gateway and the capacities have `[roles.gateway]`.
 
 pub mod healing;
 pub mod policy;
@@ -34,6 +36,8 @@ use std::time::{Duration, Instant};
 
 /// The counter the load is derived from (see the module documentation).
 pub const LOAD_COUNTER: &str = "autopaxos_commands_applied_total";
+/// What a gateway counts: the RESP commands it parsed.
+pub const GATEWAY_COUNTER: &str = "autopaxos_gateway_commands_total";
 
 /// A fleet operation that failed; the message says what and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -416,20 +420,26 @@ pub enum Line {
 /// Counter samples from one scrape round: per node id, (when scraped, value).
 pub type Counters = BTreeMap<String, (Instant, f64)>;
 
+/// Each node's counter rate between two scrape rounds, for the nodes in both (a node seen once is
+/// new; one whose counter went down restarted: skipped this round).
+fn rates<'a>(prev: &'a Counters, cur: &'a Counters) -> impl Iterator<Item = f64> + 'a {
+    cur.iter().filter_map(|(node, &(t1, v1))| {
+        let &(t0, v0) = prev.get(node)?;
+        let dt = t1.saturating_duration_since(t0).as_secs_f64();
+        (dt > 0.0 && v1 >= v0).then(|| (v1 - v0) / dt)
+    })
+}
+
+/// The rate of commands through nodes that share the load (gateways): the sum of their rates.
+/// `None` if no node was seen twice.
+pub fn summed_load(prev: &Counters, cur: &Counters) -> Option<f64> {
+    rates(prev, cur).fold(None, |total, r| Some(total.unwrap_or(0.0) + r))
+}
+
 /// The command rate from two scrape rounds: the highest per-replica rate among replicas present in both
 /// (a replica that restarted, whose counter went down, is skipped). `None` if no replica qualifies.
 pub fn load_from(prev: &Counters, cur: &Counters) -> Option<f64> {
-    let mut best: Option<f64> = None;
-    for (node, &(t1, v1)) in cur {
-        let Some(&(t0, v0)) = prev.get(node) else { continue };
-        let dt = t1.saturating_duration_since(t0).as_secs_f64();
-        if dt <= 0.0 || v1 < v0 {
-            continue;
-        }
-        let r = (v1 - v0) / dt;
-        best = Some(best.map_or(r, |b: f64| b.max(r)));
-    }
-    best
+    rates(prev, cur).reduce(f64::max)
 }
 
 /// What the loop needs besides the fleet.
@@ -439,6 +449,8 @@ struct Autoscaler {
     fleet: Box<dyn Fleet>,
     statics: Vec<StaticNode>,
     prev: Counters,
+    /// The gateways' command counters at the last scrape.
+    prev_gateways: Counters,
     /// The acceptor groups and healing, with `--config`.
     stateful: Option<stateful::Stateful>,
 }
@@ -596,9 +608,9 @@ pub(crate) fn error_metric(kind: &'static str) {
 }
 
 impl Autoscaler {
-    /// Scrapes every known metrics endpoint once; returns the replicas' load counters and the
-    /// acceptors' Phase2a counters.
-    fn scrape(&mut self, instances: &[Instance]) -> (Counters, Counters) {
+    /// Scrapes every known metrics endpoint once; returns the replicas' load counters, the
+    /// acceptors' Phase2a counters and the gateways' command counters.
+    fn scrape(&mut self, instances: &[Instance]) -> (Counters, Counters, Counters) {
         let endpoints: BTreeSet<SocketAddr> = self
             .statics
             .iter()
@@ -607,6 +619,7 @@ impl Autoscaler {
             .collect();
         let mut counters = Counters::new();
         let mut accepted = Counters::new();
+        let mut gateways = Counters::new();
         for addr in endpoints {
             let text = match scrape::fetch(addr, self.args.scrape_timeout) {
                 Ok(t) => t,
@@ -633,6 +646,7 @@ impl Autoscaler {
                 let into = match (s.name.as_str(), s.label("role")) {
                     (LOAD_COUNTER, Some("replica")) => &mut counters,
                     (stateful::ACCEPTED_COUNTER, Some("acceptor")) => &mut accepted,
+                    (GATEWAY_COUNTER, Some("gateway")) => &mut gateways,
                     _ => continue,
                 };
                 if let Some(node) = s.label("node") {
@@ -640,7 +654,7 @@ impl Autoscaler {
                 }
             }
         }
-        (counters, accepted)
+        (counters, accepted, gateways)
     }
 
     /// Carries out one acting decision; returns (launched, terminated, error).
@@ -716,11 +730,16 @@ impl Autoscaler {
                 return Vec::new();
             }
         };
-        let (cur, accepted) = self.scrape(&instances);
+        let (cur, accepted, gateways) = self.scrape(&instances);
         let load = load_from(&self.prev, &cur);
+        let gateway_load = summed_load(&self.prev_gateways, &gateways);
         self.prev = cur;
-        let mut lines: Vec<Line> =
-            self.decide_and_act(interval, now, &instances, load).into_iter().map(Line::Decision).collect();
+        self.prev_gateways = gateways;
+        let mut lines: Vec<Line> = self
+            .decide_and_act(interval, now, &instances, load, gateway_load)
+            .into_iter()
+            .map(Line::Decision)
+            .collect();
         if let Some(stateful) = &mut self.stateful {
             let sizing = (!self.args.no_group_sizing).then_some(&mut self.policy);
             let tick = stateful::Tick {
@@ -749,15 +768,21 @@ impl Autoscaler {
         now: Duration,
         instances: &[Instance],
         load: Option<f64>,
+        gateway_load: Option<f64>,
     ) -> Vec<Record> {
-        let observations: Vec<Observation> = SCALED_ROLES
-            .iter()
-            .map(|&role| {
-                let fixed = self.statics.iter().filter(|n| n.role == role.name()).count();
-                let fleet: u32 = instances.iter().filter(|i| i.role == role).map(|i| i.nodes).sum();
-                Observation { role, load, nodes: fixed as u32 + fleet }
-            })
-            .collect();
+        let count = |role: RoleKind| {
+            let fixed = self.statics.iter().filter(|n| n.role == role.name()).count();
+            let fleet: u32 = instances.iter().filter(|i| i.role == role).map(|i| i.nodes).sum();
+            fixed as u32 + fleet
+        };
+        let mut observations: Vec<Observation> =
+            SCALED_ROLES.iter().map(|&role| Observation { role, load, nodes: count(role) }).collect();
+        // Gateways, once the cluster has one (a cluster whose clients all speak the native protocol
+        // needs none) and their capacity is known: their load is the RESP commands they parse.
+        let gateways = count(RoleKind::Gateway);
+        if gateways > 0 && self.policy.capacity(RoleKind::Gateway).is_some() {
+            observations.push(Observation { role: RoleKind::Gateway, load: gateway_load, nodes: gateways });
+        }
         let decisions = self.policy.decide(now, &observations);
         let mut records = Vec::new();
         for d in decisions {
@@ -942,8 +967,15 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
         args.min_nodes,
         args.max_nodes,
     );
-    let mut scaler =
-        Autoscaler { args: args.clone(), policy, fleet, statics, prev: Counters::new(), stateful };
+    let mut scaler = Autoscaler {
+        args: args.clone(),
+        policy,
+        fleet,
+        statics,
+        prev: Counters::new(),
+        prev_gateways: Counters::new(),
+        stateful,
+    };
     let t0 = Instant::now();
     let mut next = t0;
     let mut interval = 0u64;
@@ -1060,6 +1092,7 @@ mod tests {
             fleet: Box::new(fleet),
             statics: Vec::new(),
             prev: Counters::new(),
+            prev_gateways: Counters::new(),
             stateful: None,
         }
     }
@@ -1069,7 +1102,7 @@ mod tests {
         let mut acted = Vec::new();
         for i in start..start + intervals {
             let instances = s.fleet.instances().unwrap();
-            let recs = s.decide_and_act(i, Duration::from_secs(i), &instances, Some(load));
+            let recs = s.decide_and_act(i, Duration::from_secs(i), &instances, Some(load), None);
             acted.extend(recs.into_iter().filter(|r| r.decision.acts()));
         }
         acted
@@ -1118,14 +1151,72 @@ mod tests {
     }
 
     #[test]
+    fn gateways_are_sized_on_their_own_load_once_there_is_one() {
+        let mut fleet = FakeFleet::default();
+        for (id, role) in [("b", RoleKind::Batcher), ("p", RoleKind::ProxyLeader), ("u", RoleKind::Unbatcher)]
+        {
+            fleet.nodes.push(node(id, role, false));
+        }
+        let mut s = scaler(fleet);
+        let gateway = crate::bench::capacities::RoleCapacity {
+            cmds_per_sec_per_core: 10_000.0,
+            msgs_per_sec_per_core: 10_000.0,
+            batch_size: 1,
+            read_budget: 1,
+        };
+        let mut caps = crate::bench::capacities::Capacities {
+            machine: crate::bench::capacities::Machine {
+                cores: 1,
+                cpu: "t".into(),
+                kernel: "t".into(),
+                measured: "t".into(),
+            },
+            roles: Default::default(),
+        };
+        for role in [RoleKind::Batcher, RoleKind::ProxyLeader, RoleKind::Unbatcher, RoleKind::Gateway] {
+            caps.roles.insert(role.name().into(), gateway.clone());
+        }
+        s.policy = Policy::new(s.args.policy_config(), &caps, "test").unwrap();
+        let decide = |s: &mut Autoscaler, i: u64| {
+            let instances = s.fleet.instances().unwrap();
+            s.decide_and_act(i, Duration::from_secs(i), &instances, Some(1_000.0), Some(20_000.0))
+        };
+        // No gateway yet: none is launched, whatever the gateway load says.
+        assert!(decide(&mut s, 0).iter().all(|r| r.decision.role != "gateway"));
+        s.fleet.launch(RoleKind::Gateway, 1).unwrap();
+        let mut launched = Vec::new();
+        for i in 1..5 {
+            launched.extend(decide(&mut s, i).into_iter().filter(|r| r.decision.role == "gateway"));
+        }
+        // 20,000 cmds/s over usable 7,000 a gateway: 3 gateways; the other roles hold at 1,000.
+        let out: Vec<_> = launched.iter().filter(|r| !r.launched.is_empty()).collect();
+        assert_eq!(out.len(), 1, "{launched:?}");
+        assert_eq!((out[0].launched.len(), out[0].decision.to), (2, 3));
+        let gateways = s.fleet.instances().unwrap().iter().filter(|i| i.role == RoleKind::Gateway).count();
+        assert_eq!(gateways, 3);
+    }
+
+    #[test]
+    fn gateway_load_is_the_sum_over_gateways_seen_twice() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let prev: Counters = [("21".into(), (t0, 1000.0)), ("22".into(), (t0, 500.0))].into();
+        let cur: Counters =
+            [("21".into(), (t1, 2000.0)), ("22".into(), (t1, 700.0)), ("23".into(), (t1, 9.0))].into();
+        assert_eq!(summed_load(&prev, &cur), Some(1200.0));
+        let restarted: Counters = [("21".into(), (t1, 10.0))].into();
+        assert_eq!(summed_load(&prev, &restarted), None);
+    }
+
+    #[test]
     fn an_instance_running_several_nodes_counts_them_all() {
         let mut fleet = FakeFleet::default();
         fleet.nodes.push(Instance { nodes: 4, ..node("b", RoleKind::Batcher, false) });
         let mut s = scaler(fleet);
         // 20,000 cmds/s needs 3 nodes; the one instance runs 4: no scale out (and nothing to scale in).
         let instances = s.fleet.instances().unwrap();
-        s.decide_and_act(0, Duration::ZERO, &instances, Some(20_000.0));
-        let recs = s.decide_and_act(1, Duration::from_secs(1), &instances, Some(20_000.0));
+        s.decide_and_act(0, Duration::ZERO, &instances, Some(20_000.0), None);
+        let recs = s.decide_and_act(1, Duration::from_secs(1), &instances, Some(20_000.0), None);
         let batcher = recs.iter().find(|r| r.decision.role == "batcher").unwrap();
         assert_eq!(batcher.decision.nodes, 4);
         assert!(!batcher.decision.acts(), "{:?}", batcher.decision);

@@ -260,6 +260,22 @@ impl Policy {
             };
             capacity.insert(role, scale);
         }
+        // Gateways are sized too when their capacity was measured (`bench gateway`).
+        if let Some(cap) = caps.roles.get(RoleKind::Gateway.name()) {
+            let value = cap.cmds_per_sec_per_core;
+            if !(value.is_finite() && value > 0.0) {
+                let role = RoleKind::Gateway.name();
+                return Err(PlanError::BadCapacity { role, file: file.to_string(), value }.into());
+            }
+            let scale = Scale {
+                capacity: value,
+                load_unit: "cmds/s",
+                counted: "node",
+                min: config.min_nodes,
+                max: config.max_nodes,
+            };
+            capacity.insert(RoleKind::Gateway, scale);
+        }
         Ok(Policy { config, scale: capacity, state: BTreeMap::new() })
     }
 
