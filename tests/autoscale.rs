@@ -233,6 +233,102 @@ fn without_a_fleet_it_must_be_a_dry_run_and_without_cloud_it_says_how_to_get_one
     }
 }
 
+#[test]
+fn gateways_are_scaled_on_the_resp_load_they_report() {
+    let _serial = common::serialize();
+    let mut cluster = Cluster::start("autoscale-gateway");
+    // A gateway that joined, serving RESP; its metrics are what the autoscaler reads.
+    let ports = common::free_ports(2);
+    let (listen, metrics) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let config = cluster.config.display().to_string();
+    let gateway_args: Vec<String> = [
+        "gateway",
+        "--config",
+        &config,
+        "--node",
+        "6000",
+        "--resp-addr",
+        "127.0.0.1:0",
+        "--join",
+        "--listen",
+        &listen,
+        "--metrics-addr",
+        &metrics,
+        "--cores",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let gateway = cluster.extra.len();
+    cluster.extra.push(Proc::spawn(&cluster.dir, "gateway", &gateway_args));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resp_port = loop {
+        let out = cluster.extra[gateway].stdout_text();
+        if let Some(p) =
+            out.lines().find_map(|l| l.strip_prefix("resp 127.0.0.1:")?.trim().parse::<u16>().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no RESP address: {}", cluster.extra[gateway].stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let nodes = common::write_nodes_file(&cluster);
+    let mut text = fs::read_to_string(&nodes).unwrap();
+    text.push_str(&format!(
+        "\n[[node]]\nid = 6000\nrole = \"gateway\"\naddress = \"{listen}\"\nmetrics_address = \"{metrics}\"\n"
+    ));
+    fs::write(&nodes, text).unwrap();
+    // Gateways at 1,000 cmds/s per core (usable 700): redis-benchmark's load needs several.
+    let caps = write_capacities(&cluster.dir);
+    let mut caps_text = fs::read_to_string(&caps).unwrap();
+    caps_text.push_str(
+        "\n[roles.gateway]\ncmds_per_sec_per_core = 1000.0\nmsgs_per_sec_per_core = 1000.0\nbatch_size = 1\nread_budget = 1\n",
+    );
+    fs::write(&caps, caps_text).unwrap();
+    let mut args = autoscaler_args(&cluster, &nodes, &caps, common::free_ports(1)[0]);
+    args.push("--dry-run".into());
+    let mut scaler = Proc::spawn(&cluster.dir, "autoscaler", &args);
+    let load = std::process::Command::new("timeout")
+        .args([
+            "8",
+            "redis-benchmark",
+            "-p",
+            &resp_port.to_string(),
+            "-t",
+            "set",
+            "-n",
+            "10000000",
+            "-c",
+            "20",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark (redis-tools, installed by scripts/setup.sh)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let recs = records(&scaler);
+        let acts = actions(&recs, "gateway");
+        if acts.iter().any(|r| kind(r) == "scale-out") || Instant::now() >= deadline {
+            break recs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    scaler.kill();
+    let context = format!(
+        "redis-benchmark: {}\nautoscaler stderr:\n{}",
+        String::from_utf8_lossy(&load.stdout).lines().last().unwrap_or_default(),
+        common::tail(&scaler.stderr, 20)
+    );
+    let gateway_records: Vec<&Value> = out.iter().filter(|r| r["role"] == "gateway").collect();
+    assert!(!gateway_records.is_empty(), "no decision about gateways\n{context}");
+    let out_at = actions(&out, "gateway").into_iter().find(|r| kind(r) == "scale-out");
+    let scaled =
+        out_at.unwrap_or_else(|| panic!("gateways never scaled out: {gateway_records:?}\n{context}"));
+    assert!(scaled["load"].as_f64().unwrap_or(0.0) > 700.0, "{scaled}");
+    assert!(scaled["to"].as_u64().unwrap_or(0) > 1, "{scaled}");
+    eprintln!("gateways scaled out: {scaled}");
+}
+
 #[cfg(feature = "cloud")]
 mod cloud {
     use super::*;
