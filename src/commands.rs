@@ -184,7 +184,7 @@ pub fn plan(args: &[Vec<u8>], conn: &mut Connection, ctx: &Context) -> Plan {
     let name = lower(first);
     let rest = &args[1..];
     match name.as_str() {
-        "get" | "getdel" | "apx.getv" | "incr" | "decr" if rest.len() != 1 => return arity(&name),
+        "get" | "getdel" | "apx.getv" | "incr" | "decr" if rest.len() != 1 => arity(&name),
         "get" => single(&rest[0], |p, i| (vec![KvOp::Get { partition: p, item: i }], Render::Value)),
         "apx.getv" => {
             single(&rest[0], |p, i| (vec![KvOp::Get { partition: p, item: i }], Render::ValueAndVersion))
@@ -311,7 +311,7 @@ fn set(rest: &[Vec<u8>]) -> Plan {
 
 /// `MSET key value [key value ...]`, one partition, all or nothing.
 fn mset(rest: &[Vec<u8>]) -> Plan {
-    if rest.is_empty() || rest.len() % 2 != 0 {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return arity("mset");
     }
     if rest.len() / 2 > MAX_TXN_OPS {

@@ -430,10 +430,7 @@ fn client(shared: Arc<Shared>, index: u32) {
         let at = shared.started.elapsed().as_secs_f64();
         let ret = match (&op, &reply) {
             (RegisterOp::Read { .. }, Ok(Reply::Bulk(v))) => {
-                match std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()) {
-                    Some(v) => Some(RegisterRet::Value(Some(v))),
-                    None => None,
-                }
+                std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).map(|v| RegisterRet::Value(Some(v)))
             }
             (RegisterOp::Read { .. }, Ok(Reply::Nil)) => Some(RegisterRet::Value(None)),
             (RegisterOp::Write { .. }, Ok(Reply::Simple(ok))) if ok == "OK" => Some(RegisterRet::Ok),
@@ -486,6 +483,9 @@ fn client(shared: Arc<Shared>, index: u32) {
     }
 }
 
+/// How a fault is undone: given the cluster and the fault log.
+type Undo = Box<dyn FnOnce(&mut Cluster, &mut dyn FnMut(String))>;
+
 /// Injects faults until `until`, logging each; heals what it did before returning.
 fn nemesis(
     cluster: &mut Cluster,
@@ -521,7 +521,7 @@ fn nemesis(
             let other: Vec<Nemesis> = opts.nemeses.iter().copied().filter(|n| *n != chosen[0]).collect();
             chosen.push(other[rng.gen_range(0..other.len())]);
         }
-        let mut undo: Vec<Box<dyn FnOnce(&mut Cluster, &mut dyn FnMut(String))>> = Vec::new();
+        let mut undo: Vec<Undo> = Vec::new();
         for nemesis in chosen {
             match nemesis {
                 Nemesis::Kill => {

@@ -419,9 +419,7 @@ async fn read_requests(
     };
     queue.borrow_mut().reader_done = true;
     let _ = wake.try_send(());
-    if let Err(e) = ended {
-        return Err(e);
-    }
+    ended?;
     // The driver answers what is queued and then ends the connection.
     futures_lite::future::pending().await
 }
@@ -447,11 +445,14 @@ async fn drive(
             (closing, submit)
         };
         if let Some(op) = submit {
-            host.act(|now, o| {
-                if let Err(e) = front.gateway.borrow_mut().submit(session, now, op, o) {
-                    tracing::error!(node = front.node, "gateway session {session}: {e}");
-                }
-            });
+            let mut refused = None;
+            host.act(|now, o| refused = front.gateway.borrow_mut().submit(session, now, op, o).err());
+            if let Some(e) = refused {
+                // Cannot happen (one batch per session at a time), but never leave the client
+                // waiting: its requests get an error each.
+                tracing::error!(node = front.node, "gateway session {session}: {e}");
+                complete(&mut queue.borrow_mut(), &[], &mut out);
+            }
         }
         if !out.is_empty() {
             wr.write_all(&out).await?;
@@ -462,12 +463,14 @@ async fn drive(
             wr.flush().await?;
             return Ok(());
         }
-        {
+        // The borrow ends before the await: the reader, polled meanwhile, borrows the queue too.
+        let finished = {
             let q = queue.borrow();
-            if q.reader_done && q.requests.is_empty() {
-                wr.flush().await?;
-                return Ok(());
-            }
+            q.reader_done && q.requests.is_empty()
+        };
+        if finished {
+            wr.flush().await?;
+            return Ok(());
         }
         if queue.borrow().in_flight > 0 {
             let done = futures_lite::future::or(async { results.recv().await.map(Some) }, async {

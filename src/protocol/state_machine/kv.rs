@@ -995,7 +995,7 @@ mod tests {
     #[test]
     fn batch_runs_in_order_each_with_its_result() {
         let mut s = KvStore::new();
-        let ops = vec![get("p", "a"), put("p", "a", "x"), incr("p", "a", 1), get("p", "a"), del("p", "a")];
+        let ops = [get("p", "a"), put("p", "a", "x"), incr("p", "a", 1), get("p", "a"), del("p", "a")];
         let batch = KvOp::Batch { ops: ops.iter().map(KvOp::encode).collect() };
         let results = match s.execute(&batch) {
             R::Batched { results } => {
