@@ -240,38 +240,8 @@ fn gateways_are_scaled_on_the_resp_load_they_report() {
     // A gateway that joined, serving RESP; its metrics are what the autoscaler reads.
     let ports = common::free_ports(2);
     let (listen, metrics) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
-    let config = cluster.config.display().to_string();
-    let gateway_args: Vec<String> = [
-        "gateway",
-        "--config",
-        &config,
-        "--node",
-        "6000",
-        "--resp-addr",
-        "127.0.0.1:0",
-        "--join",
-        "--listen",
-        &listen,
-        "--metrics-addr",
-        &metrics,
-        "--cores",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let gateway = cluster.extra.len();
-    cluster.extra.push(Proc::spawn(&cluster.dir, "gateway", &gateway_args));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let resp_port = loop {
-        let out = cluster.extra[gateway].stdout_text();
-        if let Some(p) =
-            out.lines().find_map(|l| l.strip_prefix("resp 127.0.0.1:")?.trim().parse::<u16>().ok())
-        {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no RESP address: {}", cluster.extra[gateway].stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (_, resp) = cluster.start_joined_gateway(6000, &listen, Some(&metrics));
+    let resp_port = resp.port();
     let nodes = common::write_nodes_file(&cluster);
     let mut text = fs::read_to_string(&nodes).unwrap();
     text.push_str(&format!(

@@ -18,19 +18,7 @@ fn serve(dir: &TempDir, extra: &[&str]) -> (Proc, SocketAddr) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut proc = Proc::spawn(&dir.0, "local", &args);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        if let Some(addr) =
-            proc.stdout_text().lines().find_map(|l| l.strip_prefix("resp ")?.trim().parse().ok())
-        {
-            break addr;
-        }
-        assert!(
-            proc.is_running() && Instant::now() < deadline,
-            "no RESP address; stderr:\n{}",
-            proc.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = common::wait_resp_addr(&mut proc, Duration::from_secs(20));
     // Served once a write goes through the log (a leader is elected).
     let mut conn = Conn::open(addr);
     while conn.call(&["SET", "warm", "up"]) != b"+OK\r\n" {
@@ -253,33 +241,8 @@ fn a_gateway_joins_a_running_cluster_shows_in_status_and_leaves_when_told() {
     let ports = common::free_ports(1);
     let listen = format!("127.0.0.1:{}", ports[0]);
     let config = cluster.config.display().to_string();
-    let args: Vec<String> = [
-        "gateway",
-        "--config",
-        &config,
-        "--node",
-        "6000",
-        "--resp-addr",
-        "127.0.0.1:0",
-        "--join",
-        "--listen",
-        &listen,
-        "--cores",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let index = cluster.extra.len();
-    cluster.extra.push(Proc::spawn(&cluster.dir, "gateway", &args));
+    let (index, addr) = cluster.start_joined_gateway(6000, &listen, None);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let addr: SocketAddr = loop {
-        let out = cluster.extra[index].stdout_text();
-        if let Some(a) = out.lines().find_map(|l| l.strip_prefix("resp ")?.trim().parse().ok()) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "no RESP address: {}", cluster.extra[index].stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
     let mut c = Conn::open(addr);
     while c.call(&["SET", "{g}.a", "1"]) != b"+OK\r\n" {
         assert!(Instant::now() < deadline, "the joined gateway never served a write");

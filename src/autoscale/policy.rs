@@ -244,7 +244,9 @@ impl Policy {
     pub fn new(config: PolicyConfig, caps: &Capacities, file: &str) -> Result<Policy, PolicyError> {
         config.validate()?;
         let mut capacity = BTreeMap::new();
-        for role in SCALED_ROLES {
+        // Gateways are sized too when their capacity was measured (`bench gateway`).
+        let gateway = caps.roles.contains_key(RoleKind::Gateway.name()).then_some(RoleKind::Gateway);
+        for role in SCALED_ROLES.into_iter().chain(gateway) {
             let name = role.name();
             let cap = caps.role(role, file)?;
             let value = cap.cmds_per_sec_per_core;
@@ -259,22 +261,6 @@ impl Policy {
                 max: config.max_nodes,
             };
             capacity.insert(role, scale);
-        }
-        // Gateways are sized too when their capacity was measured (`bench gateway`).
-        if let Some(cap) = caps.roles.get(RoleKind::Gateway.name()) {
-            let value = cap.cmds_per_sec_per_core;
-            if !(value.is_finite() && value > 0.0) {
-                let role = RoleKind::Gateway.name();
-                return Err(PlanError::BadCapacity { role, file: file.to_string(), value }.into());
-            }
-            let scale = Scale {
-                capacity: value,
-                load_unit: "cmds/s",
-                counted: "node",
-                min: config.min_nodes,
-                max: config.max_nodes,
-            };
-            capacity.insert(RoleKind::Gateway, scale);
         }
         Ok(Policy { config, scale: capacity, state: BTreeMap::new() })
     }

@@ -11,7 +11,7 @@ use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::{ClusterConfig, NodeId, Out, Role, RoleKind, Time, Tunables};
 use crate::resp::{encode_request, parse_reply, Reply};
 use crate::runtime::gateway::{gateway_launch, GatewaySettings};
-use crate::runtime::{start, NodeLaunch, ProcessPlan};
+use crate::runtime::{start, NodeLaunch};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -156,21 +156,8 @@ pub fn run(opts: &GatewayBenchOptions) -> Result<GatewayBenchReport, String> {
         });
     }
     let (gateway_core, other_core) = opts.cores;
-    let cores = if gateway_core == other_core {
-        mocks.push(gateway);
-        vec![(gateway_core, mocks)]
-    } else {
-        vec![(gateway_core, vec![gateway]), (other_core, mocks)]
-    };
     let stop = Arc::new(AtomicBool::new(false));
-    let plan = ProcessPlan {
-        cluster_id: "bench".into(),
-        cores,
-        addresses: Default::default(),
-        read_budget: 100,
-        stop: stop.clone(),
-        spin_before_park: Duration::ZERO, // CPU time must mean work, not spinning
-    };
+    let plan = super::run::bench_plan(gateway, mocks, opts.cores, 100, stop.clone());
     let running = start(plan, Instant::now())?;
     let addr = *running.resp_addresses.get(&gateway_id).ok_or("the gateway did not bind")?;
     let done = Arc::new(AtomicU64::new(0));

@@ -86,6 +86,31 @@ fn executor_name(core: usize) -> String {
     format!("autopaxos-core{core}")
 }
 
+/// A bench process: `subject` on its core and the mocks on theirs (together if it is the same core),
+/// with no spinning before parking, so that CPU time means work.
+pub fn bench_plan(
+    subject: NodeLaunch,
+    mut mocks: Vec<NodeLaunch>,
+    (subject_core, mock_core): (usize, usize),
+    read_budget: usize,
+    stop: Arc<AtomicBool>,
+) -> ProcessPlan {
+    let cores = if subject_core == mock_core {
+        mocks.push(subject);
+        vec![(subject_core, mocks)]
+    } else {
+        vec![(subject_core, vec![subject]), (mock_core, mocks)]
+    };
+    ProcessPlan {
+        cluster_id: "bench".into(),
+        cores,
+        addresses: Default::default(),
+        read_budget,
+        stop,
+        spin_before_park: Duration::ZERO,
+    }
+}
+
 /// One pass: the role itself, or its echo (the ceiling).
 struct Pass {
     msgs_per_sec: f64,
@@ -162,21 +187,8 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
             build: Box::new(move |_| Ok(Box::new(MockNode::new(id, part, target, world)))),
         });
     }
-    let cores = if role_core == mock_core {
-        mocks.push(subject);
-        vec![(role_core, mocks)]
-    } else {
-        vec![(role_core, vec![subject]), (mock_core, mocks)]
-    };
     let stop = Arc::new(AtomicBool::new(false));
-    let plan = ProcessPlan {
-        cluster_id: "bench".into(),
-        cores,
-        addresses: Default::default(),
-        read_budget: opts.read_budget,
-        stop: stop.clone(),
-        spin_before_park: Duration::ZERO, // CPU time must mean work, not spinning
-    };
+    let plan = bench_plan(subject, mocks, (role_core, mock_core), opts.read_budget, stop.clone());
     let running = start(plan, Instant::now())?;
     std::thread::sleep(WARMUP);
     let snapshot = |w: &World| (w.done, w.cmds_done, w.bytes_sent);

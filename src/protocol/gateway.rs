@@ -169,8 +169,9 @@ impl Role for Gateway {
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
         self.mux.handle_timeout(now, out);
         if let Some(membership) = &mut self.membership {
-            // Idle: no request of any session in flight (a draining gateway leaves only then).
-            let idle = (0..self.mux.len()).all(|i| !self.mux.client(i).is_busy());
+            // Idle: no request of any session in flight (a draining gateway leaves only then). The
+            // scan over every session is only worth it once draining, when idleness matters.
+            let idle = membership.is_draining() && (0..self.mux.len()).all(|i| !self.mux.client(i).is_busy());
             membership.on_timeout(now, idle, out);
         }
     }

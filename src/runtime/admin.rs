@@ -81,11 +81,7 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
         return Err(format!("{} --join: only cluster roles join a running cluster", kind.name()));
     }
     let advertise = advertise.unwrap_or(listen);
-    if advertise.ip().is_unspecified() || advertise.port() == 0 {
-        return Err(format!(
-            "the others cannot reach {advertise}: give --advertise with this machine's address and the port"
-        ));
-    }
+    check_advertised(advertise)?;
     let spec = joining_spec(id, kind, &file, &tunables, advertise);
     let launch = node_launch(spec, Some(listen), &storage, file.config.proposers.clone())?;
     if let Err(e) = metrics::install_exporter(metrics_addr) {
@@ -103,6 +99,16 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
     tracing::info!(node = id, role = kind.name(), %listen, %advertise, "joining the cluster");
     running.join();
     tracing::info!(node = id, "left the cluster");
+    Ok(())
+}
+
+/// Refuses an address a joining node cannot be reached at (unspecified, or port 0).
+pub fn check_advertised(advertise: SocketAddr) -> Result<(), String> {
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return Err(format!(
+            "the others cannot reach {advertise}: give --advertise with this machine's address and the port"
+        ));
+    }
     Ok(())
 }
 

@@ -125,12 +125,7 @@ pub fn serve_gateway(
         return Err(format!("--node {id} is a cluster node's id; pick another for the gateway"));
     }
     if let Some(j) = &joining {
-        if j.advertise.ip().is_unspecified() || j.advertise.port() == 0 {
-            return Err(format!(
-                "the others cannot reach {}: give --advertise with this machine's address and the port",
-                j.advertise
-            ));
-        }
+        super::admin::check_advertised(j.advertise)?;
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let joined = joining.is_some();
@@ -357,7 +352,6 @@ async fn read_requests(
     let mut start = 0;
     let ended = loop {
         // Parse everything that has arrived.
-        let mut context = None;
         let mut parsed = 0u64;
         let closing = loop {
             let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
@@ -374,8 +368,7 @@ async fn read_requests(
                 continue;
             }
             parsed += 1;
-            let context = context.get_or_insert_with(|| front.context());
-            let pending = match commands::plan(&request.args, &mut conn, context) {
+            let pending = match commands::plan(&request.args, &mut conn, &|| front.context()) {
                 Plan::Reply(reply) => Pending::Reply(reply),
                 Plan::Close(reply) => {
                     queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));

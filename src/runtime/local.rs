@@ -220,11 +220,6 @@ pub fn serve_local(opts: LocalOptions, resp: SocketAddr, duration: Option<Durati
     let config = ClusterConfig::f1(1, 1, 1, 1);
     let control = Arc::new(LoadControl::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, interrupted.clone())
-            .map_err(|e| format!("cannot catch signals: {e}"))?;
-    }
     let scratch = ScratchDir::new("autopaxos-local");
     let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
     let local = LocalOptions { clients: 0, ..opts };

@@ -204,7 +204,61 @@ pub struct Cluster {
     pub extra: Vec<Proc>,
 }
 
+/// The address a `local --resp-addr` or `gateway` process prints as `resp <addr>`, once it has.
+pub fn wait_resp_addr(proc: &mut Proc, limit: Duration) -> SocketAddr {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(addr) =
+            proc.stdout_text().lines().find_map(|l| l.strip_prefix("resp ")?.trim().parse().ok())
+        {
+            return addr;
+        }
+        assert!(
+            proc.is_running() && Instant::now() < deadline,
+            "{}: no RESP address; stderr:\n{}",
+            proc.name,
+            proc.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Cluster {
+    /// Starts gateway `id` joining this cluster (`gateway --join`), listening for it at `listen`,
+    /// serving RESP on a free loopback port and metrics at `metrics` if given, on core 1. Returns its
+    /// index in `extra` and its RESP address.
+    pub fn start_joined_gateway(
+        &mut self,
+        id: u32,
+        listen: &str,
+        metrics: Option<&str>,
+    ) -> (usize, SocketAddr) {
+        let (config, id) = (self.config.display().to_string(), id.to_string());
+        let mut args: Vec<String> = [
+            "gateway",
+            "--config",
+            &config,
+            "--node",
+            &id,
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--join",
+            "--listen",
+            listen,
+            "--cores",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(m) = metrics {
+            args.extend(["--metrics-addr".to_string(), m.to_string()]);
+        }
+        let index = self.extra.len();
+        self.extra.push(Proc::spawn(&self.dir, &format!("gateway{id}"), &args));
+        let addr = wait_resp_addr(&mut self.extra[index], Duration::from_secs(20));
+        (index, addr)
+    }
+
     /// Writes the cluster file for the f=1 example shape with free ports; starts nothing.
     pub fn configure(tag: &str) -> Cluster {
         Cluster::configure_with(tag, |_| String::new())
