@@ -148,7 +148,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut args = Vec::new();
     let mut i = 0;
     loop {
-        while i < line.len() && line[i].is_ascii_whitespace() {
+        while i < line.len() && separates(line[i]) {
             i += 1;
         }
         if i == line.len() {
@@ -202,7 +202,7 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                 arg.push(c);
             } else {
                 match c {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    c if separates(c) => break,
                     b'"' => in_double = true,
                     b'\'' => in_single = true,
                     _ => arg.push(c),
@@ -232,9 +232,16 @@ pub fn partition_of(key: &[u8]) -> &[u8] {
 /// Past the closing quote at `i`, which must be followed by a space or the end of the line.
 fn closed(line: &[u8], i: usize) -> Option<usize> {
     match line.get(i + 1) {
-        Some(n) if !n.is_ascii_whitespace() => None,
+        Some(&n) if !separates(n) => None,
         _ => Some(i + 1),
     }
+}
+
+/// Whether `c` separates inline arguments: C's `isspace` and NUL. The skipping and the splitting
+/// must agree on it: a byte that ends an argument but is not skipped made the split loop forever,
+/// pushing empty arguments (a NUL in a line from a hostile client exhausted memory).
+fn separates(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0)
 }
 
 /// A RESP2 reply.
@@ -354,6 +361,15 @@ pub fn encode_request(args: &[&[u8]]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_nul_or_any_space_in_an_inline_line_separates_arguments_and_never_loops() {
+        // Regression: a NUL ended an argument but was not skipped, so the split never advanced.
+        assert_eq!(split_args(b"GET\0k"), Some(vec![b"GET".to_vec(), b"k".to_vec()]));
+        assert_eq!(split_args(b"\0\0"), Some(vec![]));
+        assert_eq!(split_args(b"a\x0bb\x0cc"), Some(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]));
+        assert_eq!(split_args(b"\"x\"\0y"), Some(vec![b"x".to_vec(), b"y".to_vec()]));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -156,7 +156,9 @@ pub async fn accept_loop(host: Rc<Host>, listener: TcpListener) {
 /// Counts and (at most once a second per cap) logs a connection closed at once.
 pub fn refuse(host: &Host, refusal: Refusal, from: Option<SocketAddr>) {
     host.metrics.refused(refusal.label());
-    if let Some(suppressed) = host.admission.borrow_mut().may_log(refusal.label()) {
+    // Never hold the admission's borrow into the body (it borrows again).
+    let may_log = host.admission.borrow_mut().may_log(refusal.label());
+    if let Some(suppressed) = may_log {
         let limits = host.admission.borrow().limits().clone();
         tracing::warn!(
             node = host.id,
@@ -184,7 +186,8 @@ fn log_close(host: &Host, which: &str, result: &Result<(), Closed>) {
         Count::Handshake => host.metrics.handshake_refused(reason),
         Count::Refused => host.metrics.refused(reason),
     }
-    if let Some(suppressed) = host.admission.borrow_mut().may_log(reason) {
+    let may_log = host.admission.borrow_mut().may_log(reason);
+    if let Some(suppressed) = may_log {
         tracing::warn!(node = host.id, suppressed, "closed connection {which}: {closed}");
     }
 }
