@@ -1118,6 +1118,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         mock_cores: args.mock_cores.map(|c| c.0).unwrap_or_default(),
         state_machine: args.state_machine,
         in_memory: args.in_memory,
+        authenticate_frames: args.authenticate_frames,
     };
     eprintln!(
         "bench {}: measuring the role for {:?}, then the wire ceiling for as long{}",
@@ -1327,6 +1328,10 @@ struct BenchArgs {
     /// `bench gateway`: requests each connection keeps outstanding (redis-benchmark's -P).
     #[arg(long, default_value_t = 40)]
     pipeline: usize,
+    /// Every connection MACs every frame (what `--authenticate-frames` costs a role: compare with a
+    /// run without it).
+    #[arg(long)]
+    authenticate_frames: bool,
 }
 
 fn sim(args: SimArgs) -> ExitCode {

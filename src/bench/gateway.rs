@@ -155,7 +155,7 @@ pub fn run(opts: &GatewayBenchOptions) -> Result<GatewayBenchReport, String> {
     }
     let (gateway_core, other_core) = opts.cores;
     let stop = Arc::new(AtomicBool::new(false));
-    let plan = super::run::bench_plan(gateway, mocks, opts.cores, 100, stop.clone());
+    let plan = super::run::bench_plan(gateway, mocks, opts.cores, 100, false, stop.clone());
     let running = start(plan, Instant::now())?;
     let addr = *running.resp_addresses.get(&gateway_id).ok_or("the gateway did not bind")?;
     let done = Arc::new(AtomicU64::new(0));

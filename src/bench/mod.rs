@@ -49,6 +49,8 @@ pub struct BenchOptions {
     /// An acceptor or replica under test keeps its state in memory instead of on disk (in a
     /// scratch directory removed after the run).
     pub in_memory: bool,
+    /// Every connection MACs every frame (`--authenticate-frames`), the ceiling's too.
+    pub authenticate_frames: bool,
 }
 
 /// What one benchmark run measured. `--json` prints it as one object.

@@ -93,6 +93,7 @@ pub fn bench_plan(
     mut mocks: Vec<NodeLaunch>,
     (subject_core, mock_core): (usize, usize),
     read_budget: usize,
+    authenticate_frames: bool,
     stop: Arc<AtomicBool>,
 ) -> ProcessPlan {
     let cores = if subject_core == mock_core {
@@ -103,7 +104,10 @@ pub fn bench_plan(
     };
     ProcessPlan {
         cluster_id: "bench".into(),
-        security: crate::runtime::config::Security::private(),
+        security: crate::runtime::config::Security {
+            authenticate_frames,
+            ..crate::runtime::config::Security::private()
+        },
         cores,
         addresses: Default::default(),
         read_budget,
@@ -189,7 +193,8 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let plan = bench_plan(subject, mocks, (role_core, mock_core), opts.read_budget, stop.clone());
+    let plan =
+        bench_plan(subject, mocks, (role_core, mock_core), opts.read_budget, opts.authenticate_frames, stop.clone());
     let running = start(plan, Instant::now())?;
     std::thread::sleep(WARMUP);
     let snapshot = |w: &World| (w.done, w.cmds_done, w.bytes_sent);

@@ -637,6 +637,7 @@ impl TuneOptions {
             mock_cores: mocks,
             state_machine: crate::protocol::state_machine::StateMachineKind::Kv,
             in_memory: false,
+            authenticate_frames: false,
         }
     }
 }
