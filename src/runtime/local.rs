@@ -8,7 +8,7 @@ use super::load::{ClientPool, LoadControl, Workload};
 use super::{allowed_cores, start, NodeLaunch, ProcessPlan};
 use crate::protocol::birth::RoleSpec;
 use crate::protocol::durable::Storage;
-use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::state_machine::{HashKey, StateMachineKind};
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -101,6 +101,8 @@ pub fn cluster_spec(
         config: config.clone(),
         tunables: tunables.clone(),
         state_machine,
+        // Not yet the cluster's key: the lead wires it to one derived from the cluster secret.
+        hash_key: HashKey::UNKEYED,
         joining: None,
         seed: 0,
         storage: Storage::Durable,
