@@ -466,8 +466,8 @@ impl KvStore {
 }
 
 impl<S: BuildHasher + Clone> KvStore<S> {
-    /// An empty store whose maps hash with `hasher`.
-    pub fn with_hasher(hasher: S) -> Self {
+    /// An empty store whose maps hash with `hasher` (a replica's are keyed: [`KvStore::with_key`]).
+    pub(crate) fn with_hasher(hasher: S) -> Self {
         KvStore { data: HashMap::with_hasher(hasher), scratch: Scratch::default(), len: 0, bytes: 0 }
     }
 
@@ -565,14 +565,17 @@ impl<S: BuildHasher + Clone> KvStore<S> {
         partition: &[u8],
         writes: impl IntoIterator<Item = (impl AsRef<[u8]>, Option<impl AsRef<[u8]>>)>,
     ) -> Result<u64, KvError> {
-        // Look the partition up by reference: cloning its key on every write costs a refcount
-        // promotion and a drop; only a new partition needs an owned key.
-        if !self.data.contains_key(partition) {
-            let empty = Partition::empty(self.data.hasher().clone());
-            self.data.insert(Small::from_slice(partition), Held::Owned(empty));
-            self.bytes += partition.len() as u64;
-        }
-        let part = self.data.get_mut(partition).expect("inserted above").make_mut();
+        // Look the partition up by reference, one hash of its key (SipHash is not free): only a
+        // new partition needs an owned key, and a second hash to place it.
+        let held = match self.data.get_mut(partition) {
+            Some(held) => held,
+            None => {
+                let empty = Partition::empty(self.data.hasher().clone());
+                self.bytes += partition.len() as u64;
+                self.data.entry(Small::from_slice(partition)).or_insert(Held::Owned(empty))
+            }
+        };
+        let part = held.make_mut();
         let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
         for (item, value) in writes {
             match value {
