@@ -7,10 +7,11 @@
 //!
 //! The hash is SipHash-1-3 (the `siphasher` crate): a keyed PRF designed against exactly this
 //! attack, the one std's own maps use, with a fixed and documented output, so every replica keyed
-//! alike hashes alike. Faster keyed hashes (ahash, foldhash) claim less: their DoS resistance rests
-//! on properties their authors do not promise to keep across versions, and `hashflood` measured
-//! SipHash's cost on ordinary keys small on the real apply path (bench/README.md), so the
-//! conservative choice stands.
+//! alike hashes alike. Faster keyed hashes claim less: foldhash does not claim to resist an attacker
+//! who can see timings, and ahash's resistance is argued, not proven, and may change between its
+//! versions. What SipHash costs was measured (bench/README.md, `hashflood`): about 40 ns per put of
+//! a fresh key in the apply path alone (ahash and foldhash saved about 25 of those), and nothing
+//! beyond the noise on `bench replica`. Not worth a weaker hash.
 //!
 //! Nothing in the state depends on the maps' iteration order (the digest combines entries with XOR,
 //! the snapshot sorts), so replicas would agree even under different keys; the cluster still gives
