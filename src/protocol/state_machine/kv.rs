@@ -459,7 +459,9 @@ impl KvStore {
     }
 
     /// An empty store for tests: its key is no secret.
+    // No `Default`: outside tests a store must be built from the cluster's key.
     #[cfg(test)]
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Self::with_key(HashKey::from_bytes(*b"kv tests' key..."))
     }
