@@ -42,7 +42,7 @@ class Joiner:
 
 def cluster_file(cluster, name, group, joiners):
     """A copy of the cluster file whose one acceptor group is `group`."""
-    toml = '[cluster]\nid = "bench-teach"\nf = 1\n'
+    toml = '[cluster]\nid = "bench-teach"\nf = 1\nsecret_file = "cluster.secret"\n'
     for id, role, _ in ROLES:
         if role != "acceptor":
             toml += f'\n[[node]]\nid = {id}\nrole = "{role}"\naddress = "127.0.0.1:{cluster.addr[id]}"\n'

@@ -48,7 +48,8 @@ class Cluster:
         ports = free_ports(2 * len(ROLES))
         self.addr = {id: ports[2 * i] for i, (id, _, _) in enumerate(ROLES)}
         self.metrics = {id: ports[2 * i + 1] for i, (id, _, _) in enumerate(ROLES)}
-        toml = f'[cluster]\nid = "bench-teach"\nf = 1\n\n[settings]\n{settings}\n'
+        subprocess.run([BIN, "config", "--new-secret", os.path.join(self.dir, "cluster.secret")], check=True)
+        toml = f'[cluster]\nid = "bench-teach"\nf = 1\nsecret_file = "cluster.secret"\n\n[settings]\n{settings}\n'
         for id, role, group in ROLES:
             toml += f'\n[[node]]\nid = {id}\nrole = "{role}"\n'
             if group is not None:

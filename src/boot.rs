@@ -107,6 +107,7 @@ pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
     };
     let plan = ProcessPlan {
         cluster_id: opts.file.cluster_id.clone(),
+        security: opts.file.security()?,
         cores: per_core,
         addresses: opts.file.addresses.clone(),
         read_budget: opts.read_budget,
@@ -199,6 +200,39 @@ pub struct UserData {
     /// free loopback port when the gateway advertises a loopback address (an emulator's instances).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resp_addr: Option<SocketAddr>,
+    /// The cluster secret itself (the text of its file): how a launched machine learns it. Never in
+    /// a tag; the AMI holds none. (Anyone who can read the instance's user-data, on the machine or
+    /// through `DescribeInstanceAttribute`, can read it: restrict both.) Without it, the cluster
+    /// file's `secret_file` must name a file on the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretText>,
+}
+
+/// A secret in user-data: shown redacted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `file` with the secret that `ud` carries, or else the one its `secret_file` names on this machine.
+fn with_secret(file: ClusterFile, ud: &UserData) -> Result<ClusterFile, String> {
+    match (&ud.secret, file.secret_file.clone()) {
+        (Some(text), _) => Ok(ClusterFile {
+            secret: Some(crate::secret::ClusterSecret::from_bytes(text.0.as_bytes())),
+            ..file
+        }),
+        (None, Some(path)) => file.with_secret_file(&path).map_err(|e| e.to_string()),
+        (None, None) => Err(format!(
+            "user-data: no `secret` and the cluster file names no secret_file: the nodes of cluster '{}' \
+             would not hear this one",
+            ud.cluster
+        )),
+    }
 }
 
 fn default_metrics_addr() -> SocketAddr {
@@ -278,6 +312,7 @@ impl UserData {
             join: false,
             advertise: None,
             resp_addr: None,
+            secret: None,
         }
     }
 
@@ -327,6 +362,13 @@ impl UserData {
         }
         if ud.batch_size == Some(0) {
             return Err(field("batch_size", "must be at least 1".into()));
+        }
+        if let Some(secret) = &ud.secret {
+            let len = secret.0.trim().len();
+            if len < crate::secret::MIN_SECRET_BYTES {
+                let min = crate::secret::MIN_SECRET_BYTES;
+                return Err(field("secret", format!("{len} bytes, fewer than {min}")));
+            }
         }
         ud.state_machine.parse::<StateMachineKind>().map_err(|e| field("state_machine", e.to_string()))?;
         if let Some(t) = &ud.discovery_timeout {
@@ -527,6 +569,7 @@ pub fn run(args: BootArgs) -> Result<(), String> {
             (discover_by_tags(&ud)?, format!("the instances tagged autopaxos:cluster={}", ud.cluster))
         }
     };
+    let file = with_secret(file, &ud)?;
     let tunables =
         Tunables { batch_size: ud.batch_size.unwrap_or(file.tunables.batch_size), ..file.tunables.clone() };
     tunables.validate().map_err(|e| e.to_string())?;
@@ -598,12 +641,7 @@ fn boot_joining(args: &BootArgs, ud: &UserData, file: ClusterFile, tunables: Tun
         if let Err(e) = crate::runtime::metrics::install_exporter(ud.metrics_addr) {
             tracing::warn!("{e}; continuing without metrics");
         }
-        let settings = crate::runtime::gateway::GatewaySettings {
-            max_connections: crate::runtime::gateway::DEFAULT_MAX_CONNECTIONS,
-            limits: Default::default(),
-            cluster_id: file.cluster_id.clone(),
-            durable: None,
-        };
+        let settings = crate::runtime::gateway::GatewaySettings::new(file.cluster_id.clone(), &file.limits);
         return crate::runtime::gateway::serve_gateway(
             &crate::runtime::admin::without_node(file, id),
             id,

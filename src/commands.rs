@@ -71,13 +71,66 @@ pub struct Context {
     pub connections: usize,
 }
 
-/// Per connection: what `CLIENT` commands set.
+/// Per connection: what `CLIENT` commands set, and whether it authenticated.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
     /// The connection's id (`CLIENT ID`).
     pub id: u64,
     /// Its name (`CLIENT SETNAME`).
     pub name: Option<Vec<u8>>,
+    /// The password the gateway requires (Redis's `requirepass`), if any.
+    pub password: Option<Password>,
+    /// Whether the connection gave it (`AUTH`, `HELLO ... AUTH`).
+    pub authenticated: bool,
+}
+
+impl Connection {
+    /// A new connection `id` to a gateway that requires `password` (if any).
+    pub fn new(id: u64, password: Option<Password>) -> Self {
+        Connection { id, name: None, password, authenticated: false }
+    }
+
+    /// Whether the connection may run commands other than `AUTH`, `HELLO` and `QUIT`.
+    pub fn may_run_commands(&self) -> bool {
+        self.authenticated || self.password.is_none()
+    }
+
+    /// `AUTH [user] password`: Redis's default user is the only one.
+    fn authenticate(&mut self, user: &[u8], given: &[u8]) -> Result<(), Plan> {
+        let Some(password) = &self.password else {
+            return Err(error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ));
+        };
+        if user != b"default" || !password.matches(given) {
+            return Err(error("WRONGPASS invalid username-password pair or user is disabled."));
+        }
+        self.authenticated = true;
+        Ok(())
+    }
+}
+
+/// The password a gateway requires, kept as its hash: compared in constant time, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(blake3::Hash);
+
+impl Password {
+    /// The password `text` (without surrounding whitespace, as read from a file).
+    pub fn new(text: &[u8]) -> Password {
+        Password(blake3::hash(text.trim_ascii()))
+    }
+
+    /// Whether `given` is the password (constant time: `blake3::Hash`'s `==`).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        blake3::hash(given) == self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
 }
 
 /// The version `INFO` and `HELLO` report as `redis_version`: the Redis release whose commands and
@@ -185,6 +238,9 @@ pub fn plan(args: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> Context) 
     let Some(first) = args.first() else { return error("ERR empty command") };
     let name = lower(first);
     let rest = &args[1..];
+    if !conn.may_run_commands() && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+        return error("NOAUTH Authentication required.");
+    }
     match name.as_str() {
         "get" | "getdel" | "apx.getv" | "incr" | "decr" if rest.len() != 1 => arity(&name),
         "get" => single(&rest[0], |p, i| (vec![KvOp::Get { partition: p, item: i }], Render::Value)),
@@ -419,13 +475,19 @@ fn local(name: &str, rest: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> 
         ("client", n) if n >= 1 => return client(rest, conn),
         ("config", n) if n >= 2 && lower(&rest[0]) == "get" => config_get(&rest[1..], &ctx()),
         ("config", _) => Reply::err("CONFIG is not supported by autopaxos except CONFIG GET"),
-        ("auth", _) => Reply::err(
-            "AUTH <password> called without any password configured for the default user. \
-             Are you sure your configuration is correct?",
-        ),
+        ("auth", 1) => match conn.authenticate(b"default", &rest[0]) {
+            Ok(()) => Reply::ok(),
+            Err(refused) => return refused,
+        },
+        ("auth", 2) => match conn.authenticate(&rest[0], &rest[1]) {
+            Ok(()) => Reply::ok(),
+            Err(refused) => return refused,
+        },
+        ("auth", _) => return syntax(),
         ("readonly" | "readwrite" | "reset", 0) => {
             if name == "reset" {
-                *conn = Connection { id: conn.id, name: None };
+                // As Redis: a reset connection must authenticate again.
+                *conn = Connection::new(conn.id, conn.password.clone());
                 Reply::Simple("RESET".into())
             } else {
                 Reply::ok()
@@ -464,11 +526,23 @@ fn hello(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
                 Some(name) => conn.name = Some(name.clone()),
                 None => return syntax(),
             },
-            "auth" => {
-                return error("ERR AUTH is not supported yet: no password is configured for the default user")
-            }
+            "auth" => match (args.next(), args.next()) {
+                (Some(user), Some(password)) => {
+                    if let Err(refused) = conn.authenticate(user, password) {
+                        return refused;
+                    }
+                }
+                _ => return syntax(),
+            },
             _ => return syntax(),
         }
+    }
+    if !conn.may_run_commands() {
+        return error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO \
+             <proto> AUTH <user> <pass> option can be used to authenticate the client and select the \
+             RESP protocol version at the same time",
+        );
     }
     let field = |k: &str, v: Reply| [Reply::Bulk(k.into()), v];
     let map: Vec<Reply> = [
@@ -623,7 +697,7 @@ mod tests {
 
     /// Runs `line` against `store` as the gateway and the log would.
     fn run(store: &mut KvStore, line: &str) -> Reply {
-        let mut conn = Connection { id: 7, name: None };
+        let mut conn = Connection::new(7, None);
         match plan(&args(line), &mut conn, &Context::default) {
             Plan::Reply(r) | Plan::Close(r) => r,
             Plan::Cluster(ops, how) => {
@@ -771,6 +845,31 @@ mod tests {
         assert_eq!(err(&run(s, "GET")), "ERR wrong number of arguments for 'get' command");
         let mut conn = Connection::default();
         assert_eq!(plan(&args("QUIT"), &mut conn, &Context::default), Plan::Close(Reply::ok()));
+    }
+
+    #[test]
+    fn with_a_password_only_auth_hello_and_quit_run_until_it_is_given() {
+        let mut conn = Connection::new(1, Some(Password::new(b"s3cret\n")));
+        let run = |conn: &mut Connection, line: &str| plan(&args(line), conn, &Context::default);
+        let err = |text: &str| Plan::Reply(Reply::Error(text.into()));
+        assert_eq!(run(&mut conn, "GET k"), err("NOAUTH Authentication required."));
+        assert_eq!(run(&mut conn, "PING"), err("NOAUTH Authentication required."));
+        assert!(matches!(run(&mut conn, "HELLO 2"), Plan::Reply(Reply::Error(e)) if e.starts_with("NOAUTH")));
+        let wrong = err("WRONGPASS invalid username-password pair or user is disabled.");
+        assert_eq!(run(&mut conn, "AUTH nope"), wrong);
+        assert_eq!(run(&mut conn, "AUTH admin s3cret"), wrong, "only the default user");
+        assert_eq!(run(&mut conn, "AUTH s3cret"), Plan::Reply(Reply::ok()));
+        assert!(matches!(run(&mut conn, "GET k"), Plan::Cluster(..)));
+        assert_eq!(run(&mut conn, "RESET"), Plan::Reply(Reply::Simple("RESET".into())));
+        assert_eq!(run(&mut conn, "PING"), err("NOAUTH Authentication required."), "RESET forgets AUTH");
+        assert!(matches!(run(&mut conn, "HELLO 2 AUTH default s3cret"), Plan::Reply(Reply::Array(_))));
+        assert_eq!(run(&mut conn, "PING"), Plan::Reply(Reply::Simple("PONG".into())));
+        assert_eq!(run(&mut conn, "QUIT"), Plan::Close(Reply::ok()));
+        let mut open = Connection::new(2, None);
+        assert!(
+            matches!(run(&mut open, "AUTH x"), Plan::Reply(Reply::Error(e)) if e.contains("without any password"))
+        );
+        assert_eq!(format!("{:?}", Password::new(b"s3cret")), "Password(<redacted>)");
         assert_eq!(plan(&args("CLIENT SETNAME app"), &mut conn, &Context::default), Plan::Reply(Reply::ok()));
         assert_eq!(conn.name.as_deref(), Some(&b"app"[..]));
     }

@@ -18,6 +18,7 @@ pub mod jepsen;
 pub mod protocol;
 pub mod resp;
 pub mod runtime;
+pub mod secret;
 pub mod sim;
 pub mod storage;
 pub mod wire;

@@ -31,8 +31,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "autopaxos", version, about, long_about)]
 struct Cli {
+    /// The cluster secret, instead of the cluster file's `secret_file` (for every command that reads
+    /// a cluster file).
+    #[arg(long, global = true, env = "AUTOPAXOS_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--secret-file`, once parsed.
+static SECRET_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Loads a cluster file and its secret (`--secret-file` over the file's `secret_file`).
+fn load_file(path: &std::path::Path) -> Result<ClusterFile, String> {
+    let file = ClusterFile::load(path).map_err(|e| e.to_string())?;
+    match SECRET_FILE.get().and_then(Option::as_deref) {
+        Some(secret) => file.with_secret_file(secret).map_err(|e| e.to_string()),
+        None => Ok(file),
+    }
 }
 
 #[derive(Subcommand)]
@@ -174,6 +190,11 @@ struct NodeFlags {
     /// restarted acceptor forgets its votes).
     #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
+    /// Ask every peer to MAC every frame after the handshake (for networks that are not trusted;
+    /// costs CPU). Either end asking is enough; the cluster file's `authenticate_frames` does the
+    /// same for every node.
+    #[arg(long)]
+    authenticate_frames: bool,
 }
 
 /// How clients load the cluster; shared by `local` and `client`.
@@ -208,6 +229,10 @@ struct LocalArgs {
     /// load: `redis-cli -p 6380` then talks to the replicated store.
     #[arg(long)]
     resp_addr: Option<SocketAddr>,
+    /// With --resp-addr: clients must first give the password in FILE (`AUTH <password>`); the file
+    /// must be readable by its owner only.
+    #[arg(long, value_name = "FILE", requires = "resp_addr")]
+    requirepass_file: Option<PathBuf>,
     #[command(flatten)]
     load: LoadFlags,
     #[command(flatten)]
@@ -284,6 +309,10 @@ struct GatewayArgs {
     /// Connections served at once; more are refused with Redis's "max number of clients reached".
     #[arg(long, default_value_t = autopaxos::runtime::gateway::DEFAULT_MAX_CONNECTIONS)]
     max_connections: u32,
+    /// Clients must first give the password in FILE (`AUTH <password>`, Redis's `requirepass`); the
+    /// file must be readable by its owner only.
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
     /// Serve Prometheus metrics here (off by default).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -380,10 +409,16 @@ struct ReconfigureArgs {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("what").required(true))]
 struct ConfigArgs {
-    /// Print a commented example cluster file.
-    #[arg(long, required = true)]
+    /// Print a commented example cluster file (it names `cluster.secret`: create it with
+    /// --new-secret).
+    #[arg(long, group = "what")]
     example: bool,
+    /// Write a new random cluster secret to FILE, readable by its owner only (mode 0600); never
+    /// replaces an existing file. Copy it to every machine of the cluster as securely.
+    #[arg(long, value_name = "FILE", group = "what")]
+    new_secret: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -479,6 +514,7 @@ struct PlanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    SECRET_FILE.set(cli.secret_file.clone()).expect("set once");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -492,10 +528,15 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::MockUpstream(args) => mock_side(args, true),
         Command::MockDownstream(args) => mock_side(args, false),
-        Command::Config(_) => {
-            print!("{EXAMPLE}");
-            Ok(())
-        }
+        Command::Config(args) => match args.new_secret {
+            Some(path) => autopaxos::secret::ClusterSecret::generate(&path)
+                .map(|()| eprintln!("wrote a new cluster secret to {} (mode 0600)", path.display()))
+                .map_err(|e| e.to_string()),
+            None => {
+                print!("{EXAMPLE}");
+                Ok(())
+            }
+        },
         Command::Local(args) => local(args),
         Command::Client(args) => client(args),
         Command::Gateway(args) => gateway(args),
@@ -508,7 +549,10 @@ fn main() -> ExitCode {
         Command::Unbatcher(a) => role(RoleKind::Unbatcher, a),
         Command::Tune(args) => tune(args),
         Command::Plan(args) => plan(args),
-        Command::Autoscale(args) => autopaxos::autoscale::run(*args),
+        Command::Autoscale(mut args) => {
+            args.secret_file = cli.secret_file.clone();
+            autopaxos::autoscale::run(*args)
+        }
         Command::Boot(args) => autopaxos::boot::run(args),
         Command::Leave(args) => leave(args),
         Command::Status(args) => status(args),
@@ -563,6 +607,12 @@ fn local(args: LocalArgs) -> Result<(), String> {
             (false, Some(dir)) => Some(StorageChoice::Under(dir)),
             (false, None) => None,
         },
+        resp_password: args
+            .requirepass_file
+            .as_deref()
+            .map(autopaxos::runtime::gateway::load_password)
+            .transpose()?,
+        authenticate_frames: args.node.authenticate_frames,
     };
     if let Some(resp) = args.resp_addr {
         return autopaxos::runtime::local::serve_local(opts, resp, load.duration);
@@ -609,18 +659,22 @@ fn jepsen(args: JepsenArgs) -> Result<(), String> {
 }
 
 fn gateway(args: GatewayArgs) -> Result<(), String> {
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let mut file = load_file(&args.config)?;
+    file.authenticate_frames |= args.flags.authenticate_frames;
     if let Some(addr) = args.metrics_addr {
         metrics::install_exporter(addr)?;
     }
     let tunables = tunables(&args.flags, file.tunables.clone())?;
     let core = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0)[0];
+    // Whether the nodes keep their state on disk is their own flag, which a gateway cannot see.
     let settings = autopaxos::runtime::gateway::GatewaySettings {
         max_connections: args.max_connections,
-        limits: Default::default(),
-        cluster_id: file.cluster_id.clone(),
-        // Whether the nodes keep their state on disk is their own flag, which a gateway cannot see.
-        durable: None,
+        password: args
+            .requirepass_file
+            .as_deref()
+            .map(autopaxos::runtime::gateway::load_password)
+            .transpose()?,
+        ..autopaxos::runtime::gateway::GatewaySettings::new(file.cluster_id.clone(), &file.limits)
     };
     if args.listen.is_some() && !args.join {
         return Err("--listen is only for --join".into());
@@ -643,7 +697,8 @@ fn gateway(args: GatewayArgs) -> Result<(), String> {
 
 fn client(args: ClientArgs) -> Result<(), String> {
     let load = &args.load;
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let mut file = load_file(&args.config)?;
+    file.authenticate_frames |= args.flags.authenticate_frames;
     if load.clients == 0 || load.clients > autopaxos::runtime::load::MAX_CLIENTS_PER_POOL {
         return Err(format!(
             "--clients must be between 1 and {}",
@@ -675,6 +730,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let pool = client_pool(args.node, load.clients, file.config.clone(), tunables, workload, control.clone());
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
+        security: file.security()?,
         cores: vec![(cores[0], vec![pool])],
         addresses: file.addresses.clone(),
         read_budget: args.flags.read_budget,
@@ -769,7 +825,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
 }
 
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let mut file = load_file(&args.config)?;
+    file.authenticate_frames |= args.flags.authenticate_frames;
     let tunables = tunables(&args.flags, file.tunables.clone())?;
     if args.join {
         let [id] = args.node[..] else {
@@ -812,7 +869,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
 }
 
 fn status(args: StatusArgs) -> Result<(), String> {
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let file = load_file(&args.config)?;
     let status = autopaxos::runtime::operator::gather(&file, args.timeout);
     let scaler = args.autoscaler.map(|addr| autopaxos::autoscale::AutoscalerView::fetch(addr, args.timeout));
     if args.json {
@@ -849,8 +906,8 @@ fn status(args: StatusArgs) -> Result<(), String> {
 }
 
 fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
-    let to = ClusterFile::load(&args.to).map_err(|e| e.to_string())?;
+    let file = load_file(&args.config)?;
+    let to = load_file(&args.to)?;
     let same = |a: &autopaxos::protocol::ClusterConfig, b: &autopaxos::protocol::ClusterConfig| {
         (a.f, &a.proxy_leaders, &a.batchers, &a.unbatchers)
             == (b.f, &b.proxy_leaders, &b.batchers, &b.unbatchers)
@@ -878,7 +935,7 @@ fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
 }
 
 fn leave(args: LeaveArgs) -> Result<(), String> {
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let file = load_file(&args.config)?;
     let addr = match (args.addr, file.addresses.get(&args.node)) {
         (Some(addr), _) => addr,
         (None, Some(&addr)) => addr,
@@ -889,7 +946,7 @@ fn leave(args: LeaveArgs) -> Result<(), String> {
     // An id no cluster node uses: the admin connection is a client of the node for its answer.
     let admin_id = 4_000_000_000 + std::process::id() % 100_000_000;
     let started = Instant::now();
-    autopaxos::runtime::admin::request_leave(&file.cluster_id, addr, admin_id, args.timeout)?;
+    autopaxos::runtime::admin::request_leave(&file.cluster_id, file.secret()?, addr, admin_id, args.timeout)?;
     println!("node {} at {addr} drained and left in {:.2?}", args.node, started.elapsed());
     Ok(())
 }
@@ -1168,7 +1225,7 @@ struct MockArgs {
 fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
     use autopaxos::bench::mock::{MockNode, Part, World, CLIENT_NODE};
     use autopaxos::bench::run::{part_of, target_id};
-    let file = ClusterFile::load(&args.config).map_err(|e| e.to_string())?;
+    let file = load_file(&args.config)?;
     if file.config != autopaxos::protocol::ClusterConfig::f1(1, 1, 1, 1) {
         return Err(format!(
             "{}: the mocks need the cluster of `autopaxos config --example` (nodes 1-10)",
@@ -1228,6 +1285,7 @@ fn mock_side(args: MockArgs, upstream: bool) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
+        security: file.security()?,
         cores: vec![(core, launches)],
         addresses: file.addresses.clone(),
         read_budget: 100,

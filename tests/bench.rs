@@ -67,6 +67,11 @@ fn a_role_sandwiched_between_standalone_mocks_carries_traffic_in_any_launch_orde
     }
     let config = dir.join("cluster.toml");
     std::fs::write(&config, file).unwrap();
+    // The example names `cluster.secret` beside it.
+    let secret = dir.join("cluster.secret");
+    if !secret.exists() {
+        assert!(autopaxos().args(["config", "--new-secret"]).arg(&secret).status().unwrap().success());
+    }
     let config = config.to_str().unwrap();
     let spawn = |args: &[&str]| {
         autopaxos().args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the binary runs")

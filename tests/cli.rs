@@ -96,6 +96,13 @@ fn a_role_refuses_a_node_of_another_role_with_a_clear_error() {
     let path = dir.join("cluster.toml");
     std::fs::write(&path, autopaxos::runtime::config::EXAMPLE).unwrap();
     let out = autopaxos(&["acceptor", "--config", path.to_str().unwrap(), "--node", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.secret") && stderr.contains("No such file"), "{stderr}");
+    let _ = std::fs::remove_file(dir.join("cluster.secret"));
+    assert!(autopaxos(&["config", "--new-secret", dir.join("cluster.secret").to_str().unwrap()])
+        .status
+        .success());
+    let out = autopaxos(&["acceptor", "--config", path.to_str().unwrap(), "--node", "1"]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -67,6 +67,9 @@ fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The cluster secret the boot tests' user-data carries.
+const SECRET: &str = "0123456789abcdef0123456789abcdef-a-test-secret";
+
 fn temp_file(name: &str, contents: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("autopaxos-cloud-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -169,14 +172,20 @@ fn cloud_up_status_down_by_tags_with_per_node_user_data() {
         "cloud.toml",
         &format!(
             "cluster = \"t1\"\nami = \"{KNOWN_AMI}\"\nregion = \"us-east-1\"\nbatch_size = 40\n\
+             secret_file = \"t1.secret\"\n\
              [roles.batcher]\nnodes = 4\ninstances = 2\ninstance_type = \"c5.large\"\n"
         ),
     );
+    let secret_path = config.with_file_name("t1.secret");
+    let _ = std::fs::remove_file(&secret_path);
+    assert!(cli(&["config", "--new-secret", secret_path.to_str().unwrap()]).status.success());
+    let secret = std::fs::read_to_string(&secret_path).unwrap().trim().to_string();
     let config = config.to_str().unwrap();
     let out = cli(&["cloud", "up", "--config", config, "--endpoint-url", &moto.url]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "up failed: {stderr}");
     assert!(stdout.contains("launched 11 instances"), "{stdout}");
+    assert!(!stdout.contains(&secret) && !stderr.contains(&secret), "the secret is never printed");
 
     // Tags and user-data of every instance.
     let list = ec2.cluster_instances("t1").unwrap();
@@ -186,6 +195,12 @@ fn cloud_up_status_down_by_tags_with_per_node_user_data() {
         assert_eq!(i.tags.get(TAG_CLUSTER).map(String::as_str), Some("t1"));
         let ud = UserData::parse(&ec2.user_data(&i.id).unwrap(), &i.id).unwrap();
         assert_eq!(ud.cluster, "t1");
+        assert_eq!(
+            ud.secret.as_ref().map(|s| s.0.as_str()),
+            Some(secret.as_str()),
+            "the secret is in the user-data"
+        );
+        assert!(i.tags.values().all(|v| !v.contains(&secret)), "and in no tag");
         assert_eq!(ud.role, i.role());
         assert_eq!(ud.expected_instances, Some(11));
         assert_eq!(ud.batch_size, Some(40));
@@ -303,7 +318,7 @@ fn boot_from_a_user_data_file_serves_quickly() {
         "user-data.toml",
         &format!(
             "cluster = \"b1\"\nrole = \"batcher\"\nnodes = [9]\nmetrics_addr = \"127.0.0.1:{metrics}\"\n\
-             cluster_file = '''\n{cluster}'''\n"
+             secret = \"{SECRET}\"\ncluster_file = '''\n{cluster}'''\n"
         ),
     );
     struct Kill(Child);
@@ -413,7 +428,7 @@ fn boot_reads_its_user_data_from_imds_v2_and_serves() {
     }
     let ud = format!(
         "cluster = \"b2\"\nrole = \"proxy-leader\"\nnodes = [6]\nmetrics_addr = \"127.0.0.1:{}\"\n\
-         cluster_file = '''\n{cluster}'''\n",
+         secret = \"{SECRET}\"\ncluster_file = '''\n{cluster}'''\n",
         ports[10]
     );
     let (imds, server) = fake_imds(ud);

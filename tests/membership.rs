@@ -100,8 +100,11 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
     assert!(ok, "batcher 9 did not leave: {said}");
     // The proxy leader is drained by the autoscaler's drain step, as before it terminates a machine.
     let proxy = joiners.iter().find(|j| j.id == 12).expect("joined");
-    let drained =
-        autopaxos::autoscale::drain_node(&cluster.cluster_id, Some(proxy.addr), Duration::from_secs(30));
+    let drained = autopaxos::autoscale::drain_node(
+        (&cluster.cluster_id, Some(&cluster.secret())),
+        Some(proxy.addr),
+        Duration::from_secs(30),
+    );
     assert_eq!(drained.expect("proxy leader 12 drains"), autopaxos::autoscale::Drained::Left);
     eprintln!("batcher 9 and proxy leader 12 drained and left in {:.2?}", started.elapsed());
     // A node that left exits by itself.

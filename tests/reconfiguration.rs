@@ -25,7 +25,11 @@ const FILE_PROPOSERS: &[u32] = &[1, 2];
 /// Writes a copy of the cluster file with `roles`; `joined` gives the addresses of nodes that
 /// are not in the original file.
 fn cluster_file_with(cluster: &Cluster, name: &str, roles: Roles, joined: &[(u32, SocketAddr)]) -> PathBuf {
-    let mut toml = format!("[cluster]\nid = \"{}\"\nf = 1\n", cluster.cluster_id);
+    let mut toml = format!(
+        "[cluster]\nid = \"{}\"\nf = 1\nsecret_file = \"{}\"\n",
+        cluster.cluster_id,
+        cluster.dir.join("cluster.secret").display()
+    );
     let addr = |id: u32| match joined.iter().find(|(j, _)| *j == id) {
         Some((_, addr)) => *addr,
         None => cluster.node(id).addr(),

@@ -57,6 +57,8 @@ pub struct LaunchSettings {
     pub region: Option<String>,
     /// Endpoint, passed on in the user-data.
     pub endpoint_url: Option<String>,
+    /// The cluster secret, given to launched nodes in their user-data (never in a tag).
+    pub secret: Option<crate::boot::SecretText>,
 }
 
 /// Where a launched node is reached, when that is not its private IP: its cluster and metrics
@@ -106,6 +108,7 @@ pub fn user_data(
     };
     ud.region = s.region.clone();
     ud.endpoint_url = s.endpoint_url.clone();
+    ud.secret = s.secret.clone();
     ud.base_port = s.node_port;
     // A launched node is never one of the configured nodes: it joins the running cluster.
     ud.join = true;
@@ -183,6 +186,13 @@ impl Ec2Fleet {
             region: args.region.clone().or_else(|| Some(ec2.region().to_string())),
             endpoint_url: args.endpoint_url.clone(),
             cluster_file: cluster_file.map(str::to_string),
+            secret: match &args.secret_file {
+                Some(path) => Some(crate::boot::SecretText(
+                    String::from_utf8(crate::secret::read_secret(path).map_err(|e| e.to_string())?)
+                        .map_err(|_| format!("the cluster secret {} is not text", path.display()))?,
+                )),
+                None => None,
+            },
         };
         let highest_id = static_ids.iter().copied().max().unwrap_or(0);
         Ok(Ec2Fleet { ec2, settings, highest_id })
@@ -321,6 +331,7 @@ mod tests {
             region: Some("us-east-1".into()),
             endpoint_url: Some("http://127.0.0.1:5000".into()),
             cluster_file: None,
+            secret: None,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::bench::plan::load_capacities;
 use crate::duration::parse_nonzero_duration;
 use crate::protocol::{NodeId, RoleKind};
 use crate::runtime::config::ClusterFile;
+use crate::secret::ClusterSecret;
 use clap::Args;
 use healing::HealConfig;
 use policy::{Action, Decision, Observation, Policy, PolicyConfig, SCALED_ROLES};
@@ -85,8 +86,13 @@ pub trait Fleet {
     fn launch(&mut self, role: RoleKind, count: u32) -> Result<Vec<Instance>, FleetError>;
     /// Makes sure nothing is in flight at `node` of cluster `cluster_id` before it is terminated
     /// (see [`drain_node`]).
-    fn drain(&mut self, cluster_id: &str, node: &Instance, timeout: Duration) -> Result<Drained, FleetError> {
-        drain_node(cluster_id, node.address, timeout)
+    fn drain(
+        &mut self,
+        cluster: (&str, Option<&ClusterSecret>),
+        node: &Instance,
+        timeout: Duration,
+    ) -> Result<Drained, FleetError> {
+        drain_node(cluster, node.address, timeout)
     }
     /// Stops the nodes `ids`.
     fn terminate(&mut self, ids: &[String]) -> Result<(), FleetError>;
@@ -105,7 +111,7 @@ pub trait Fleet {
 /// ([`Drained::Left`]). Any failure (it does not drain within `timeout`, an unreachable host) is an
 /// error: whether work is in flight is unknown, so the node is kept.
 pub fn drain_node(
-    cluster_id: &str,
+    (cluster_id, secret): (&str, Option<&ClusterSecret>),
     address: Option<SocketAddr>,
     timeout: Duration,
 ) -> Result<Drained, FleetError> {
@@ -123,7 +129,12 @@ pub fn drain_node(
             drop(probe);
             // An id no cluster node uses: the node answers `Left` over this connection.
             let admin_id = 4_100_000_000 + std::process::id() % 100_000_000;
-            crate::runtime::admin::request_leave(cluster_id, addr, admin_id, timeout)
+            let secret = secret.ok_or_else(|| {
+                FleetError(format!(
+                    "drain: {addr} serves, and without the cluster secret (--secret-file) it cannot be asked to leave"
+                ))
+            })?;
+            crate::runtime::admin::request_leave(cluster_id, secret, addr, admin_id, timeout)
                 .map_err(|e| FleetError(format!("drain: {e}")))?;
             tracing::info!(%addr, "drain: the node drained and left");
             Ok(Drained::Left)
@@ -180,7 +191,7 @@ impl Fleet for DryRun {
 
     fn drain(
         &mut self,
-        _cluster_id: &str,
+        _cluster: (&str, Option<&ClusterSecret>),
         _node: &Instance,
         _timeout: Duration,
     ) -> Result<Drained, FleetError> {
@@ -288,6 +299,11 @@ pub struct AutoscaleArgs {
     /// Most nodes one scale in removes.
     #[arg(long, default_value_t = 1)]
     pub max_scale_in_step: u32,
+    /// The cluster secret (`autopaxos --secret-file`, else the --config file's `secret_file`): needed
+    /// to drain nodes and change the configuration, and carried to launched nodes in their
+    /// user-data (never in a tag).
+    #[arg(skip)]
+    pub secret_file: Option<PathBuf>,
     /// Nodes to watch besides the fleet's: a cluster file's `[[node]]` tables, each with a
     /// `metrics_address`. Without --ami this is the only source of nodes (local clusters, tests).
     #[arg(long)]
@@ -453,6 +469,9 @@ struct Autoscaler {
     prev_gateways: Counters,
     /// The acceptor groups and healing, with `--config`.
     stateful: Option<stateful::Stateful>,
+    /// The cluster secret (`--secret-file`, or the cluster file's): drains and changes of
+    /// configuration prove it to the nodes.
+    secret: Option<ClusterSecret>,
 }
 
 fn describe_metrics() {
@@ -693,7 +712,8 @@ impl Autoscaler {
                 }
                 let mut ready = Vec::new();
                 for node in candidates {
-                    match self.fleet.drain(&self.args.cluster, node, self.args.drain_timeout) {
+                    let cluster = (self.args.cluster.as_str(), self.secret.as_ref());
+                    match self.fleet.drain(cluster, node, self.args.drain_timeout) {
                         Ok(Drained::Serving) => {
                             errors.push(format!("{} serves and did not drain: kept", node.id))
                         }
@@ -869,7 +889,7 @@ fn make_fleet(
 }
 
 /// Runs the autoscaler until killed, or for `--max-intervals`.
-pub fn run(args: AutoscaleArgs) -> Result<(), String> {
+pub fn run(mut args: AutoscaleArgs) -> Result<(), String> {
     let caps = load_capacities(&args.capacities).map_err(|e| e.to_string())?;
     let mut policy = Policy::new(args.policy_config(), &caps, &args.capacities.display().to_string())
         .map_err(|e| e.to_string())?;
@@ -879,7 +899,10 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
     };
     let file = match &args.config {
         Some(path) => {
-            let file = ClusterFile::load(path).map_err(|e| e.to_string())?;
+            let mut file = ClusterFile::load(path).map_err(|e| e.to_string())?;
+            if let Some(secret) = &args.secret_file {
+                file = file.with_secret_file(secret).map_err(|e| e.to_string())?;
+            }
             if file.cluster_id != args.cluster {
                 return Err(format!(
                     "--config {} describes cluster '{}', not --cluster '{}'",
@@ -896,6 +919,17 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?),
         None => None,
     };
+    if args.secret_file.is_none() {
+        args.secret_file = file.as_ref().and_then(|f| f.secret_file.clone());
+    }
+    let secret = match (&args.secret_file, &file) {
+        (Some(path), _) => Some(ClusterSecret::load(path).map_err(|e| e.to_string())?),
+        (None, Some(file)) => file.secret.clone(),
+        (None, None) => None,
+    };
+    if secret.is_none() {
+        tracing::warn!("no cluster secret (--secret-file): nodes that serve cannot be drained, nor the configuration changed");
+    }
     let mut fleet = make_fleet(&args, &statics, file_text.as_deref())?;
     let stateful = if args.no_healing && args.no_group_sizing {
         None
@@ -903,7 +937,7 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
         let file = match file {
             Some(file) => Some(file),
             None => match fleet.cluster_file() {
-                Some(Ok(file)) => Some(file),
+                Some(Ok(file)) => Some(ClusterFile { secret: secret.clone(), ..file }),
                 Some(Err(e)) => {
                     tracing::warn!(
                         "no cluster file can be made from the fleet's instances ({e}): the stateful roles are \
@@ -975,6 +1009,7 @@ pub fn run(args: AutoscaleArgs) -> Result<(), String> {
         prev: Counters::new(),
         prev_gateways: Counters::new(),
         stateful,
+        secret,
     };
     let t0 = Instant::now();
     let mut next = t0;
@@ -1035,7 +1070,7 @@ mod tests {
         }
         fn drain(
             &mut self,
-            _cluster_id: &str,
+            _cluster: (&str, Option<&ClusterSecret>),
             n: &Instance,
             _timeout: Duration,
         ) -> Result<Drained, FleetError> {
@@ -1094,6 +1129,7 @@ mod tests {
             prev: Counters::new(),
             prev_gateways: Counters::new(),
             stateful: None,
+            secret: None,
         }
     }
 
@@ -1242,7 +1278,7 @@ mod tests {
         assert_eq!(ids, vec!["dry-run-batcher-1", "dry-run-batcher-2"]);
         assert_eq!(f.instances().unwrap().len(), 2);
         let first = f.instances().unwrap().remove(0);
-        assert_eq!(f.drain("c", &first, Duration::from_secs(1)).unwrap(), Drained::DryRun);
+        assert_eq!(f.drain(("c", None), &first, Duration::from_secs(1)).unwrap(), Drained::DryRun);
         f.terminate(&ids[..1]).unwrap();
         let left = f.instances().unwrap();
         assert_eq!(left.len(), 1);
@@ -1254,10 +1290,17 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap();
         // Something listens but never reports leaving: an error, so the node is kept.
-        assert!(drain_node("c", Some(open), Duration::from_millis(300)).is_err());
+        assert!(drain_node(("c", Some(&ClusterSecret::random())), Some(open), Duration::from_millis(300))
+            .is_err());
         drop(listener);
-        assert_eq!(drain_node("c", Some(open), Duration::from_secs(1)).unwrap(), Drained::NotServing);
-        assert_eq!(drain_node("c", None, Duration::from_secs(1)).unwrap(), Drained::NotServing);
+        assert_eq!(
+            drain_node(("c", Some(&ClusterSecret::random())), Some(open), Duration::from_secs(1)).unwrap(),
+            Drained::NotServing
+        );
+        assert_eq!(
+            drain_node(("c", Some(&ClusterSecret::random())), None, Duration::from_secs(1)).unwrap(),
+            Drained::NotServing
+        );
     }
 
     #[test]

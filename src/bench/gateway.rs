@@ -137,9 +137,7 @@ pub fn run(opts: &GatewayBenchOptions) -> Result<GatewayBenchReport, String> {
     let gateway_id: NodeId = 900;
     let settings = GatewaySettings {
         max_connections: opts.connections as u32 + 16,
-        limits: Default::default(),
-        cluster_id: "bench".into(),
-        durable: None,
+        ..GatewaySettings::new("bench".into(), &Default::default())
     };
     let gateway = gateway_launch(gateway_id, config.clone(), Tunables::default(), loopback, settings, None);
     let mut mocks = Vec::new();

@@ -243,6 +243,11 @@ pub fn run_recovery_bench(opts: &RecoveryBenchOptions) -> Result<RecoveryBenchRe
         }
     }
     let config = base.join("recovery-cluster.toml");
+    // The example cluster file names `cluster.secret` beside it.
+    let secret = base.join("cluster.secret");
+    if !secret.exists() {
+        crate::secret::ClusterSecret::generate(&secret).map_err(|e| e.to_string())?;
+    }
     write_cluster_file(&opts.binary, &config)?;
 
     let acceptor = {

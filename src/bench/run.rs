@@ -103,6 +103,7 @@ pub fn bench_plan(
     };
     ProcessPlan {
         cluster_id: "bench".into(),
+        security: crate::runtime::config::Security::private(),
         cores,
         addresses: Default::default(),
         read_budget,

@@ -28,7 +28,7 @@
 use super::ec2::{CloudError, Ec2, Instance, LaunchSpec, OnShutdown, TAG_CLUSTER, TAG_NODES, TAG_ROLE};
 use super::AwsFlags;
 use crate::bench::plan::{load_capacities, plan, vcpus, PlanRequest, PLAN_ROLES};
-use crate::boot::UserData;
+use crate::boot::{SecretText, UserData};
 use crate::protocol::{NodeId, RoleKind};
 use crate::runtime::config::ClusterFile;
 use clap::{ArgGroup, Args, Subcommand};
@@ -67,6 +67,9 @@ pub struct CloudConfig {
     /// Per-role settings, by role name.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleSection>,
+    /// The cluster secret (relative to cloud.toml): `up` gives it to every instance in its
+    /// user-data, never in a tag, and prints it nowhere.
+    pub secret_file: Option<PathBuf>,
 }
 
 fn one() -> usize {
@@ -129,7 +132,28 @@ impl CloudConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        if let (Some(secret), Some(dir)) = (&mut config.secret_file, path.parent()) {
+            if secret.is_relative() {
+                *secret = dir.join(&*secret);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The secret `secret_file` holds, as user-data carries it.
+    pub fn secret(&self) -> Result<SecretText, String> {
+        let path = self.secret_file.as_ref().ok_or_else(|| {
+            format!(
+                "cloud config of cluster '{}' names no secret_file: create one with `autopaxos config \
+                 --new-secret cluster.secret` and add `secret_file = \"cluster.secret\"`",
+                self.cluster
+            )
+        })?;
+        let bytes = crate::secret::read_secret(path).map_err(|e| e.to_string())?;
+        String::from_utf8(bytes)
+            .map(SecretText)
+            .map_err(|_| format!("the cluster secret {} is not text: user-data carries text", path.display()))
     }
 
     /// Parses and checks cloud.toml text; errors name `origin` and the field.
@@ -265,9 +289,11 @@ pub fn user_data_for(
     expected_instances: usize,
     region: &str,
     endpoint_url: Option<&str>,
+    secret: &SecretText,
 ) -> String {
     let nodes = layout.nodes.iter().map(|(id, _)| *id).collect();
     let mut ud = UserData::by_tags(&config.cluster, layout.role, nodes, config.f, expected_instances);
+    ud.secret = Some(secret.clone());
     ud.region = Some(region.to_string());
     ud.endpoint_url = endpoint_url.map(str::to_string);
     ud.batch_size = config.batch_size;
@@ -499,11 +525,14 @@ pub fn up(args: &UpArgs) -> Result<Vec<String>, String> {
                 &layout[0],
                 layout.len(),
                 region_hint.as_deref().unwrap_or("<region>"),
-                None
+                None,
+                // Never printed: a placeholder where it goes.
+                &SecretText("<the cluster secret>".into()),
             )
         );
         return Ok(Vec::new());
     }
+    let secret = config.secret()?;
     let ec2 = Ec2::connect(&args.aws.options(config.region.as_deref())).map_err(|e| e.to_string())?;
     let existing = ec2.cluster_instances(&config.cluster).map_err(|e| e.to_string())?;
     if !existing.is_empty() {
@@ -532,6 +561,7 @@ pub fn up(args: &UpArgs) -> Result<Vec<String>, String> {
                 layout.len(),
                 ec2.region(),
                 args.aws.endpoint_url.as_deref(),
+                &secret,
             ),
             on_shutdown: OnShutdown::Terminate,
             key_name: config.key_name.clone(),
@@ -663,8 +693,10 @@ mod tests {
         assert_eq!(file.role_of(l[0].nodes[0].0), Some(l[0].role));
         assert_eq!(file.config.acceptor_groups.len(), 1);
         assert_eq!(file.addresses[&1].to_string(), "10.0.0.1:7000");
-        let ud = user_data_for(&c, &l[4], l.len(), "us-east-1", None);
+        let secret = SecretText("s".repeat(40));
+        let ud = user_data_for(&c, &l[4], l.len(), "us-east-1", None, &secret);
         let parsed = UserData::parse(&ud, "ud").unwrap();
+        assert_eq!(parsed.secret, Some(secret), "the secret travels in the user-data");
         assert_eq!(parsed.nodes, vec![5]);
         assert_eq!(parsed.expected_instances, Some(10));
     }

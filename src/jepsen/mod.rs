@@ -242,12 +242,15 @@ impl Cluster {
         let proxies =
             Proxies::start(&links, &listen).map_err(|e| format!("cannot start the proxies: {e}"))?;
         let data = dir.join("data");
+        let secret = dir.join("cluster.secret");
+        crate::secret::ClusterSecret::generate(&secret).map_err(|e| e.to_string())?;
         let mut processes = BTreeMap::new();
         for &me in &everyone {
             // Each process has its own cluster file: itself at its real address, every other node
             // at the proxy of the link to it.
             let mut file = format!(
-                "[cluster]\nid = \"jepsen\"\nf = 1\n\n[settings]\ndata_dir = \"{}\"\n",
+                "[cluster]\nid = \"jepsen\"\nf = 1\nsecret_file = \"{}\"\n\n[settings]\ndata_dir = \"{}\"\n",
+                secret.display(),
                 data.display()
             );
             for &(id, role) in &nodes {

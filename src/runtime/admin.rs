@@ -9,7 +9,9 @@ use crate::protocol::birth::RoleSpec;
 use crate::protocol::membership::can_join;
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
-use crate::wire::{Frame, FrameReader, FrameWriter, Handshake};
+use crate::secret::ClusterSecret;
+use crate::wire::handshake::{frame_keys, prove, verify, Side};
+use crate::wire::{Frame, FrameReader, FrameSealer, FrameWriter, Handshake, WireError};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::AtomicBool;
@@ -89,6 +91,7 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
     }
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
+        security: file.security()?,
         cores: vec![(core, vec![launch])],
         addresses: file.addresses.clone(),
         read_budget,
@@ -117,20 +120,23 @@ pub fn check_advertised(advertise: SocketAddr) -> Result<(), String> {
 /// not serving: reported as an error, for the caller to judge.
 pub fn request_leave(
     cluster_id: &str,
+    secret: &ClusterSecret,
     addr: SocketAddr,
     admin_id: NodeId,
     timeout: Duration,
 ) -> Result<(), String> {
-    converse(cluster_id, addr, admin_id, &Msg::Leave, timeout, |m| matches!(m, Msg::Left).then_some(()))
-        .map_err(|e| match e {
-            ConverseError::TimedOut => {
-                format!("the node at {addr} had not drained after {}", humantime::format_duration(timeout))
-            }
-            ConverseError::Closed => {
-                format!("the node at {addr} closed the connection before it reported leaving")
-            }
-            ConverseError::Other(e) => e,
-        })
+    converse(cluster_id, secret, addr, admin_id, &Msg::Leave, timeout, |m| {
+        matches!(m, Msg::Left).then_some(())
+    })
+    .map_err(|e| match e {
+        ConverseError::TimedOut => {
+            format!("the node at {addr} had not drained after {}", humantime::format_duration(timeout))
+        }
+        ConverseError::Closed => {
+            format!("the node at {addr} closed the connection before it reported leaving")
+        }
+        ConverseError::Other(e) => e,
+    })
 }
 
 /// Why a conversation with a node ended without the answer looked for.
@@ -154,10 +160,12 @@ impl std::fmt::Display for ConverseError {
     }
 }
 
-/// Connects to the node at `addr` as the operator `admin_id` (an id no cluster node uses), sends
-/// `msg`, and reads until `answer` picks a message out of what comes back, or `timeout` passes.
+/// Connects to the node at `addr` as the operator `admin_id` (an id no cluster node uses), proves
+/// the cluster secret, sends `msg`, and reads until `answer` picks a message out of what comes back,
+/// or `timeout` passes.
 pub fn converse<R>(
     cluster_id: &str,
+    secret: &ClusterSecret,
     addr: SocketAddr,
     admin_id: NodeId,
     msg: &Msg,
@@ -168,42 +176,77 @@ pub fn converse<R>(
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))
         .map_err(|e| other(format!("cannot reach the node at {addr}: {e}")))?;
-    let mut writer = FrameWriter::new();
-    let hello = Handshake::new(cluster_id, admin_id, RoleKind::Client);
-    writer.push_handshake(&hello).map_err(|e| other(e.to_string()))?;
-    writer.push_msg(msg).map_err(|e| other(e.to_string()))?;
-    let mut bytes = Vec::new();
-    writer.drain_into(&mut bytes);
-    stream.write_all(&bytes).map_err(|e| other(format!("cannot send to {addr}: {e}")))?;
+    let send = |stream: &mut TcpStream, push: &dyn Fn(&mut FrameWriter) -> Result<(), WireError>| {
+        let mut writer = FrameWriter::new();
+        push(&mut writer).map_err(|e| other(e.to_string()))?;
+        let mut bytes = Vec::new();
+        writer.drain_into(&mut bytes);
+        stream.write_all(&bytes).map_err(|e| other(format!("cannot send to {addr}: {e}")))
+    };
+    let ours = Handshake::new(cluster_id, admin_id, RoleKind::Client);
+    send(&mut stream, &|w| w.push_handshake(&ours))?;
     let mut reader = FrameReader::new();
-    let mut handshaken = false;
-    loop {
-        while let Some(frame) =
-            reader.next_frame().map_err(|e| other(format!("bad frame from {addr}: {e}")))?
-        {
-            match frame {
-                Frame::Handshake(theirs) => {
-                    theirs.check(cluster_id).map_err(|e| other(format!("{addr}: {e}")))?;
-                    handshaken = true;
-                }
-                Frame::Msg(m) if handshaken => {
-                    if let Some(r) = answer(m) {
-                        return Ok(r);
-                    }
-                }
-                Frame::Msg(_) => {}
+    let read_frame = |stream: &mut TcpStream, reader: &mut FrameReader| -> Result<Frame, ConverseError> {
+        loop {
+            if let Some(frame) =
+                reader.next_frame().map_err(|e| other(format!("bad frame from {addr}: {e}")))?
+            {
+                return Ok(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConverseError::TimedOut);
+            }
+            stream.set_read_timeout(Some(left)).map_err(|e| other(e.to_string()))?;
+            match stream.read(reader.read_buf()) {
+                Ok(0) => return Err(ConverseError::Closed),
+                Ok(n) => reader.advance(n),
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(other(format!("reading from {addr}: {e}"))),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ConverseError::TimedOut);
+    };
+    let theirs = match read_frame(&mut stream, &mut reader)? {
+        Frame::Handshake(theirs) => theirs,
+        _ => return Err(other(format!("{addr}: the first frame is not a handshake"))),
+    };
+    theirs.check(cluster_id).map_err(|e| other(format!("{addr}: {e}")))?;
+    send(&mut stream, &|w| w.push_proof(&prove(secret, Side::Dialer, &ours, &theirs)))?;
+    match read_frame(&mut stream, &mut reader)? {
+        Frame::Proof(proof) => {
+            verify(secret, Side::Dialer, &ours, &theirs, &proof).map_err(|e| other(format!("{addr}: {e}")))?
         }
-        stream.set_read_timeout(Some(left)).map_err(|e| other(e.to_string()))?;
-        match stream.read(reader.read_buf()) {
-            Ok(0) => return Err(ConverseError::Closed),
-            Ok(n) => reader.advance(n),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(other(format!("reading from {addr}: {e}"))),
+        _ => return Err(other(format!("{addr}: the second frame is not a proof"))),
+    }
+    // A node that authenticates its frames gets our message sealed, and seals its answers.
+    let mut sealer = None;
+    if theirs.authenticate_frames {
+        let keys = frame_keys(secret, Side::Dialer, &ours, &theirs);
+        reader.authenticate(keys.receive);
+        sealer = Some(FrameSealer::new(keys.send));
+    }
+    let mut writer = FrameWriter::new();
+    writer.push_msg(msg).map_err(|e| other(e.to_string()))?;
+    let mut plain = Vec::new();
+    writer.drain_into(&mut plain);
+    let bytes = match &mut sealer {
+        Some(sealer) => {
+            let mut sealed = Vec::new();
+            sealer.seal(&plain, &mut sealed);
+            sealed
+        }
+        None => plain,
+    };
+    stream.write_all(&bytes).map_err(|e| other(format!("cannot send to {addr}: {e}")))?;
+    loop {
+        match read_frame(&mut stream, &mut reader)? {
+            Frame::Msg(m) => {
+                if let Some(r) = answer(m) {
+                    return Ok(r);
+                }
+            }
+            _ => return Err(other(format!("{addr}: a second handshake"))),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The cluster file (TOML): the cluster's id and f, every node's id, role and address, and protocol
 //! settings. Loaded and validated once at start-up; a bad file is refused with the field named.
 
+use super::limits::Limits;
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
+use crate::secret::ClusterSecret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +30,9 @@ pub enum ConfigFileError {
     /// Two nodes share an address.
     #[error("nodes {a} and {b} both use address {address}")]
     DuplicateAddress { a: NodeId, b: NodeId, address: SocketAddr },
+    /// The cluster secret cannot be used.
+    #[error("{0}")]
+    Secret(#[from] crate::secret::SecretError),
     /// The membership or a setting breaks a protocol rule.
     #[error("{0}")]
     Invalid(#[from] crate::protocol::ConfigError),
@@ -38,6 +43,9 @@ pub enum ConfigFileError {
 struct FileCluster {
     id: String,
     f: usize,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    authenticate_frames: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +89,8 @@ struct File {
     cluster: FileCluster,
     #[serde(default)]
     settings: FileSettings,
+    #[serde(default)]
+    limits: Limits,
     #[serde(rename = "node")]
     nodes: Vec<FileNode>,
 }
@@ -99,6 +109,33 @@ pub struct ClusterFile {
     /// `[settings] data_dir`: where acceptors and replicas keep their state (`<data_dir>/node-<id>`);
     /// `None`: `./autopaxos-data`.
     pub data_dir: Option<PathBuf>,
+    /// `[cluster] secret_file`: the cluster secret (relative to the cluster file's directory once
+    /// loaded; `--secret-file` replaces it).
+    pub secret_file: Option<PathBuf>,
+    /// The secret `secret_file` holds, loaded (and its mode checked) with the file.
+    pub secret: Option<ClusterSecret>,
+    /// `[cluster] authenticate_frames`: every node asks its peers to MAC every frame.
+    pub authenticate_frames: bool,
+    /// `[limits]`: what peers and clients may take from a node.
+    pub limits: Limits,
+}
+
+/// What a process needs to be heard by the cluster and to protect itself.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// The cluster secret's keys.
+    pub secret: ClusterSecret,
+    /// Ask every peer to MAC every frame.
+    pub authenticate_frames: bool,
+    /// The caps.
+    pub limits: Limits,
+}
+
+impl Security {
+    /// A process that is the whole cluster (`local`, `bench`): a fresh secret no one else knows.
+    pub fn private() -> Security {
+        Security { secret: ClusterSecret::random(), authenticate_frames: false, limits: Limits::default() }
+    }
 }
 
 impl ClusterFile {
@@ -106,7 +143,41 @@ impl ClusterFile {
     pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigFileError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        let file = Self::parse(&text, &path.display().to_string())?;
+        match file.secret_file.clone() {
+            Some(secret) if secret.is_relative() => {
+                file.with_secret_file(&path.parent().unwrap_or(Path::new(".")).join(secret))
+            }
+            Some(secret) => file.with_secret_file(&secret),
+            None => Ok(file),
+        }
+    }
+
+    /// Uses the secret in `path` (`--secret-file`, or the file's own), read now.
+    pub fn with_secret_file(mut self, path: &Path) -> Result<Self, ConfigFileError> {
+        self.secret = Some(ClusterSecret::load(path)?);
+        self.secret_file = Some(path.to_path_buf());
+        Ok(self)
+    }
+
+    /// The cluster secret, or what to do without one.
+    pub fn secret(&self) -> Result<&ClusterSecret, String> {
+        self.secret.as_ref().ok_or_else(|| {
+            format!(
+                "cluster '{}' names no secret: add `secret_file = \"cluster.secret\"` under [cluster] and \
+                 create it with `autopaxos config --new-secret cluster.secret` (or pass --secret-file)",
+                self.cluster_id
+            )
+        })
+    }
+
+    /// The secret, the frame option and the caps, for a process that joins this cluster.
+    pub fn security(&self) -> Result<Security, String> {
+        Ok(Security {
+            secret: self.secret()?.clone(),
+            authenticate_frames: self.authenticate_frames,
+            limits: self.limits.clone(),
+        })
     }
 
     /// Parses and validates cluster-file text; `origin` names it in errors.
@@ -197,7 +268,20 @@ impl ClusterFile {
             replica_down_after_us: s.replica_down_after_us.unwrap_or(d.replica_down_after_us),
         };
         tunables.validate()?;
-        Ok(ClusterFile { cluster_id: file.cluster.id, config, tunables, addresses, data_dir })
+        file.limits
+            .validate()
+            .map_err(|message| ConfigFileError::Parse { path: origin.to_string(), message })?;
+        Ok(ClusterFile {
+            cluster_id: file.cluster.id,
+            config,
+            tunables,
+            addresses,
+            data_dir,
+            secret_file: file.cluster.secret_file,
+            secret: None,
+            authenticate_frames: file.cluster.authenticate_frames,
+            limits: file.limits,
+        })
     }
 
     /// The role of a configured node.
@@ -214,6 +298,9 @@ pub const EXAMPLE: &str = r#"# autopaxos cluster file. Start each node with
 [cluster]
 id = "demo"        # nodes refuse connections from other clusters
 f = 1              # failures tolerated: f+1 proposers, 2f+1 acceptors per group, f+1 replicas
+secret_file = "cluster.secret"  # every node proves it knows this secret (relative to this file);
+                                # create it with `autopaxos config --new-secret cluster.secret`
+# authenticate_frames = false   # MAC every frame too, for networks you do not trust (costs CPU)
 
 [settings]         # all optional; these are the defaults
 batch_size = 100                 # commands per batch (env fallback BATCH_SIZE, flag --batch-size)
@@ -237,6 +324,17 @@ teach_max_slots_per_sec = 0      # learning by log segment at most this fast (0:
 teach_max_bytes_per_sec = 0      # ...and by snapshot at most this many bytes/s (0: unpaced)
 replica_down_after_us = 500000   # a silent replica is down: its slots answered by others, trim passes it
 # data_dir = "./autopaxos-data"  # acceptors and replicas keep their state in <data_dir>/node-<id>
+
+[limits]           # all optional; these are the defaults (per node)
+max_connections = 4096               # peer connections open at once
+max_connections_per_address = 1024   # ...from one IP
+max_handshakes = 256                 # ...still proving the secret
+handshake_timeout_ms = 5000          # a peer must prove the secret within this
+frame_timeout_ms = 10000             # a frame begun must be whole within this (slowloris)
+unauthenticated_frames_per_sec = 2000  # per IP, before its connections authenticate
+max_connection_buffer_bytes = 68157456 # the largest frame a peer may send (64 MiB batch + meta)
+resp_max_clients_per_address = 10000 # gateways: RESP clients from one IP (all: --max-connections)
+resp_request_timeout_ms = 10000      # ...a RESP request begun must be whole within this
 
 [[node]]
 id = 1

@@ -15,7 +15,7 @@
 //! connection's buffers grow past its bounds.
 
 use super::node::Host;
-use crate::commands::{self, Connection, Context, Plan, Render};
+use crate::commands::{self, Connection, Context, Password, Plan, Render};
 use crate::protocol::gateway::{Gateway, Session};
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
@@ -25,8 +25,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Requests one connection may have queued (parsed, not yet answered).
 pub const MAX_QUEUED_REQUESTS: usize = 4096;
@@ -59,6 +61,52 @@ pub struct GatewaySettings {
     /// Whether the cluster behind keeps its state on disk (`INFO`, `CONFIG GET appendonly`), if
     /// known.
     pub durable: Option<bool>,
+    /// The password clients must give first (`AUTH`), if any.
+    pub password: Option<Password>,
+    /// Connections from one address at once.
+    pub max_connections_per_address: usize,
+    /// A request begun must be whole within this long (slowloris); an idle connection may stay.
+    pub request_timeout: Duration,
+}
+
+impl GatewaySettings {
+    /// Settings with the defaults of `limits` for a cluster `cluster_id`.
+    pub fn new(cluster_id: String, limits: &super::limits::Limits) -> Self {
+        GatewaySettings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: Limits::default(),
+            cluster_id,
+            durable: None,
+            password: None,
+            max_connections_per_address: limits.resp_max_clients_per_address,
+            request_timeout: limits.resp_request_timeout(),
+        }
+    }
+}
+
+/// Reads a gateway's password file (`--requirepass-file`), refusing one that group or others can
+/// read, as the cluster secret's.
+pub fn load_password(path: &std::path::Path) -> Result<Password, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the password file {shown}: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the password file {shown} is accessible by group or others (mode {mode:04o}): run `chmod 600 {shown}`"
+            ));
+        }
+    }
+    if meta.len() > 4096 {
+        return Err(format!("the password file {shown} is over 4096 bytes: is it the right file?"));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("cannot read the password file {shown}: {e}"))?;
+    if text.trim_ascii().is_empty() {
+        return Err(format!("the password file {shown} is empty"));
+    }
+    Ok(Password::new(&text))
 }
 
 /// Where a gateway that joins the cluster listens for it, and the address it announces.
@@ -132,6 +180,7 @@ pub fn serve_gateway(
     let launch = gateway_launch(id, file.config.clone(), tunables, resp, settings, joining);
     let plan = super::ProcessPlan {
         cluster_id: file.cluster_id.clone(),
+        security: file.security()?,
         cores: vec![(core, vec![launch])],
         addresses: file.addresses.clone(),
         read_budget,
@@ -157,6 +206,8 @@ struct GatewayMetrics {
     connections: metrics::Gauge,
     refused: metrics::Counter,
     protocol_errors: metrics::Counter,
+    request_timeouts: metrics::Counter,
+    auth_failures: metrics::Counter,
 }
 
 impl GatewayMetrics {
@@ -167,6 +218,8 @@ impl GatewayMetrics {
             connections: metrics::gauge!("autopaxos_gateway_connections", &labels),
             refused: metrics::counter!("autopaxos_gateway_refused_connections_total", &labels),
             protocol_errors: metrics::counter!("autopaxos_gateway_protocol_errors_total", &labels),
+            request_timeouts: metrics::counter!("autopaxos_gateway_request_timeouts_total", &labels),
+            auth_failures: metrics::counter!("autopaxos_gateway_auth_failures_total", &labels),
         }
     }
 }
@@ -181,6 +234,9 @@ pub struct Front {
     settings: GatewaySettings,
     next_connection: Cell<u64>,
     open: Cell<usize>,
+    per_address: RefCell<HashMap<IpAddr, usize>>,
+    /// When a refusal was last logged, and how many since (one line a second at most).
+    refusals_logged: Cell<(Option<Instant>, u64)>,
 }
 
 impl Front {
@@ -195,7 +251,20 @@ impl Front {
             settings,
             next_connection: Cell::new(1),
             open: Cell::new(0),
+            per_address: RefCell::new(HashMap::new()),
+            refusals_logged: Cell::new((None, 0)),
         })
+    }
+
+    /// Logs a refused connection, at most once a second.
+    fn log_refusal(&self, ip: IpAddr, why: &str) {
+        let (last, suppressed) = self.refusals_logged.get();
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            self.refusals_logged.set((last, suppressed + 1));
+            return;
+        }
+        self.refusals_logged.set((Some(Instant::now()), 0));
+        tracing::warn!(node = self.node, %ip, suppressed, "refused a RESP connection: {why}");
     }
 
     fn context(&self) -> Context {
@@ -299,22 +368,31 @@ impl Queue {
 
 async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let session = if front.open.get() < front.settings.max_connections as usize {
-        front.gateway.borrow_mut().open()
+    let ip = stream.peer_addr().map_or(IpAddr::from([0u8; 4]), |a| a.ip());
+    let from_ip = front.per_address.borrow().get(&ip).copied().unwrap_or(0);
+    let session = if front.open.get() >= front.settings.max_connections as usize {
+        Err("max number of clients reached")
+    } else if from_ip >= front.settings.max_connections_per_address {
+        Err("max number of clients from this address reached")
     } else {
-        None
+        front.gateway.borrow_mut().open().ok_or("max number of clients reached")
     };
-    let Some(session) = session else {
-        front.metrics.refused.increment(1);
-        let why: &[u8] = if front.gateway.borrow().is_draining() {
-            b"-ERR this gateway is leaving the cluster: connect to another\r\n"
-        } else {
-            b"-ERR max number of clients reached\r\n"
-        };
-        let mut stream = stream;
-        stream.write_all(why).await?;
-        return Ok(());
+    let session = match session {
+        Ok(session) => session,
+        Err(why) => {
+            front.metrics.refused.increment(1);
+            let why = if front.gateway.borrow().is_draining() {
+                "this gateway is leaving the cluster: connect to another"
+            } else {
+                front.log_refusal(ip, why);
+                why
+            };
+            let mut stream = stream;
+            stream.write_all(format!("-ERR {why}\r\n").as_bytes()).await?;
+            return Ok(());
+        }
     };
+    *front.per_address.borrow_mut().entry(ip).or_default() += 1;
     let (result_tx, result_rx) = local_channel::new_bounded(1);
     front.waiting.borrow_mut()[session] = Some(result_tx);
     front.open.set(front.open.get() + 1);
@@ -326,7 +404,7 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let (room_tx, room_rx) = local_channel::new_bounded(1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
-    let conn = Connection { id, name: None };
+    let conn = Connection::new(id, front.settings.password.clone());
     let reading = read_requests(front, &mut rd, &queue, conn, &wake_tx, &room_rx);
     let driving = drive(host, front, session, &mut wr, &queue, &wake_rx, &room_tx, &result_rx);
     let result = futures_lite::future::or(reading, driving).await;
@@ -334,6 +412,14 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     front.waiting.borrow_mut()[session] = None;
     front.gateway.borrow_mut().close(session);
     front.open.set(front.open.get() - 1);
+    let mut per_address = front.per_address.borrow_mut();
+    if let Some(n) = per_address.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_address.remove(&ip);
+        }
+    }
+    drop(per_address);
     front.metrics.connections.decrement(1.0);
     result
 }
@@ -350,6 +436,8 @@ async fn read_requests(
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
+    // When the request now partly buffered began.
+    let mut partial_since: Option<Instant> = None;
     let ended = loop {
         // Parse everything that has arrived.
         let mut parsed = 0u64;
@@ -361,11 +449,16 @@ async fn read_requests(
                 Err(e) => break Some(Reply::err(e)),
             };
             start += request.consumed;
+            partial_since = None;
             if request.args.is_empty() {
                 continue;
             }
             parsed += 1;
             let pending = match commands::plan(&request.args, &mut conn, &|| front.context()) {
+                Plan::Reply(Reply::Error(e)) if e.starts_with("WRONGPASS") => {
+                    front.metrics.auth_failures.increment(1);
+                    Pending::Reply(Reply::Error(e))
+                }
                 Plan::Reply(reply) => Pending::Reply(reply),
                 Plan::Close(reply) => {
                     queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
@@ -398,13 +491,33 @@ async fn read_requests(
         }
         let len = buf.len();
         buf.resize(len + READ_CHUNK, 0);
-        match rd.read(&mut buf[len..]).await {
+        let read = rd.read(&mut buf[len..]);
+        // A request begun must be whole within the timeout; an idle connection may wait.
+        let read = if len == 0 {
+            partial_since = None;
+            read.await
+        } else {
+            let began = *partial_since.get_or_insert_with(Instant::now);
+            let left = front.settings.request_timeout.saturating_sub(began.elapsed());
+            futures_lite::future::or(read, async {
+                glommio::timer::sleep(left).await;
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "a request begun is not whole in time"))
+            })
+            .await
+        };
+        match read {
             Ok(0) => {
                 buf.truncate(len);
                 break Ok(());
             }
             Ok(n) => buf.truncate(len + n),
-            Err(e) => break Err(e),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    front.metrics.request_timeouts.increment(1);
+                    tracing::debug!(node = front.node, "closing a RESP connection: {e}");
+                }
+                break Err(e);
+            }
         }
     };
     queue.borrow_mut().reader_done = true;

@@ -38,6 +38,10 @@ pub struct LocalOptions {
     /// Where acceptors and replicas keep their state; `None`: a temporary directory removed at the
     /// end of the run.
     pub storage: Option<StorageChoice>,
+    /// With a RESP gateway: the password its clients must give (`AUTH`).
+    pub resp_password: Option<crate::commands::Password>,
+    /// Every node MACs every frame (`--authenticate-frames`).
+    pub authenticate_frames: bool,
 }
 
 /// Node id of the gateway `local --resp-addr` runs.
@@ -194,10 +198,9 @@ fn local_plan(
     }
     if let Some(resp) = resp {
         let settings = GatewaySettings {
-            max_connections: super::gateway::DEFAULT_MAX_CONNECTIONS,
-            limits: Default::default(),
-            cluster_id: "local".into(),
             durable: Some(*storage != StorageChoice::InMemory),
+            password: opts.resp_password.clone(),
+            ..GatewaySettings::new("local".into(), &Default::default())
         };
         let gateway =
             gateway_launch(LOCAL_GATEWAY_NODE, config.clone(), opts.tunables.clone(), resp, settings, None);
@@ -206,6 +209,10 @@ fn local_plan(
     }
     Ok(ProcessPlan {
         cluster_id: "local".into(),
+        security: super::config::Security {
+            authenticate_frames: opts.authenticate_frames,
+            ..super::config::Security::private()
+        },
         cores: per_core,
         addresses: Default::default(),
         read_budget: opts.read_budget,

@@ -77,6 +77,18 @@ impl NodeMetrics {
             .increment(1);
     }
 
+    /// Counts a connection closed at once because a cap was reached, by cap.
+    pub fn refused(&self, reason: &'static str) {
+        counter!("autopaxos_connections_refused_total", "role" => self.role, "node" => self.node.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Counts a peer whose handshake was refused (wrong cluster or secret, replay, timeout...), by reason.
+    pub fn handshake_refused(&self, reason: &'static str) {
+        counter!("autopaxos_handshakes_refused_total", "role" => self.role, "node" => self.node.clone(), "reason" => reason)
+            .increment(1);
+    }
+
     /// Counts one sync of the log that made `records` records durable and took `took`.
     pub fn persisted(&self, records: usize, took: std::time::Duration) {
         self.fsyncs.increment(1);

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conn;
 pub mod gateway;
 pub mod launch;
+pub mod limits;
 pub mod load;
 pub mod local;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub struct NodeLaunch {
 pub struct ProcessPlan {
     /// Nodes of other clusters are refused.
     pub cluster_id: String,
+    /// The secret its nodes prove, the frame option, the caps.
+    pub security: config::Security,
     /// The nodes of each core, by core id.
     pub cores: Vec<(usize, Vec<NodeLaunch>)>,
     /// Addresses of nodes in other processes (and of ours, if fixed).
@@ -178,7 +181,8 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
     for (core, launches) in plan.cores {
         let (book, resp_book, errors, barrier, stop) =
             (book.clone(), resp_book.clone(), errors.clone(), barrier.clone(), plan.stop.clone());
-        let (cluster_id, read_budget) = (plan.cluster_id.clone(), plan.read_budget);
+        let (cluster_id, read_budget, security) =
+            (plan.cluster_id.clone(), plan.read_budget, plan.security.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("autopaxos-core{core}"))
             // DMA buffers of the write-ahead log come from this pool (registered with io_uring): a
@@ -246,6 +250,9 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                     addresses: Rc::new(RefCell::new(book.lock().expect("not poisoned").clone())),
                     read_budget,
                     stop_when_left: alone.then(|| stop.clone()),
+                    secret: security.secret,
+                    authenticate_frames: security.authenticate_frames,
+                    limits: security.limits,
                 };
                 for (id, role, dial_at_start, disk, listener, resp) in ready {
                     let host = Host::start(id, role, settings.clone(), epoch, disk);

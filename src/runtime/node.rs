@@ -11,9 +11,11 @@
 //! `after_persist` before the sync that covers the records queued before it.
 
 use super::conn;
+use super::limits::{Admission, Limits};
 use super::metrics::NodeMetrics;
 use crate::protocol::durable::Record;
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Slot, Time};
+use crate::secret::ClusterSecret;
 use crate::storage::wal::{PendingSync, Wal};
 use crate::wire::FrameWriter;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -61,6 +63,12 @@ pub struct NodeSettings {
     pub stop_when_left: Option<Arc<AtomicBool>>,
     /// Frames one connection handles before yielding to the others.
     pub read_budget: usize,
+    /// What a peer must prove knowledge of.
+    pub secret: ClusterSecret,
+    /// Ask every peer to authenticate every frame (`--authenticate-frames`).
+    pub authenticate_frames: bool,
+    /// Caps on what peers and strangers may take from a node.
+    pub limits: Limits,
 }
 
 /// One node: a role, its clock, its peers.
@@ -73,6 +81,8 @@ pub struct Host {
     pub settings: NodeSettings,
     /// Metric handles, resolved once.
     pub metrics: NodeMetrics,
+    /// What its connections hold of its caps.
+    pub admission: RefCell<Admission>,
     role: RefCell<Box<dyn Role>>,
     out: RefCell<Out>,
     epoch: Instant,
@@ -105,11 +115,13 @@ impl Host {
         let kind = role.kind();
         let (timer_wake, timer_rx) = local_channel::new_bounded(1);
         let (persist_wake, persist_rx) = local_channel::new_bounded(1);
+        let admission = RefCell::new(Admission::new(settings.limits.clone()));
         let host = Rc::new(Host {
             id,
             kind,
             settings,
             metrics: NodeMetrics::new(kind, id),
+            admission,
             role: RefCell::new(role),
             // Events feed the metrics; digests (which walk the whole state) are for checkers only.
             out: RefCell::new(Out::counting()),

@@ -201,7 +201,7 @@ pub fn node_status(file: &ClusterFile, addr: SocketAddr, timeout: Duration) -> R
         Msg::Status(s) => Some(s),
         _ => None,
     };
-    converse(&file.cluster_id, addr, admin_id(), &Msg::StatusRequest, timeout, answer)
+    converse(&file.cluster_id, file.secret()?, addr, admin_id(), &Msg::StatusRequest, timeout, answer)
         .map_err(|e| e.to_string())
 }
 
@@ -337,7 +337,15 @@ pub fn reconfigure_by(
             Msg::NotLeader { leader_hint } => Some(Answer::NotLeader(leader_hint)),
             _ => None,
         };
-        match converse(&file.cluster_id, addr, admin_id(), &Msg::Reconfigure(target.clone()), wait, answer) {
+        match converse(
+            &file.cluster_id,
+            file.secret()?,
+            addr,
+            admin_id(),
+            &Msg::Reconfigure(target.clone()),
+            wait,
+            answer,
+        ) {
             Ok(Answer::InForce(from_slot)) => {
                 return Ok(Reconfigured { epoch: target.epoch, from_slot, took: started.elapsed() })
             }

@@ -5,9 +5,10 @@
 //! or copy a batch (above [`INLINE_PAYLOAD_MAX`]) on either side: a written payload is the caller's
 //! `Bytes` handle, a read payload is a view into the receive buffer.
 
+use super::handshake::PROOF_BYTES;
 use super::{
-    Handshake, WireError, FRAME_ALIGN, HEADER_LEN, INLINE_PAYLOAD_MAX, MAGIC, MAX_META_BYTES,
-    MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READ_CHUNK,
+    Handshake, Proof, WireError, FRAME_ALIGN, HEADER_LEN, INLINE_PAYLOAD_MAX, MAGIC, MAX_FRAME_BYTES,
+    MAX_META_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, READ_CHUNK, TAG_BYTES,
 };
 use crate::protocol::messages::decode;
 use crate::protocol::{Msg, Value};
@@ -18,12 +19,17 @@ use rkyv::ser::{Positional, Writer};
 
 const KIND_HANDSHAKE: u8 = 1;
 const KIND_MSG: u8 = 2;
+const KIND_PROOF: u8 = 3;
+/// Flag bit: a MAC tag follows the frame.
+const FLAG_TAGGED: u32 = 1;
 
 /// One validated frame from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// The peer's introduction; check it with [`Handshake::check`].
     Handshake(Handshake),
+    /// The peer's proof that it knows the cluster secret (`handshake::verify`).
+    Proof(Proof),
     /// A protocol message, its batch (if any) a view into the receive buffer.
     Msg(Msg),
 }
@@ -98,6 +104,7 @@ pub fn put_payload(msg: &mut Msg, payload: Bytes) -> Result<(), WireError> {
 /// The fixed header, lengths already checked against the limits.
 struct Header {
     kind: u8,
+    tagged: bool,
     meta_len: usize,
     payload_len: usize,
 }
@@ -108,14 +115,17 @@ impl Header {
         h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
         h[2] = PROTOCOL_VERSION;
         h[3] = self.kind;
-        // Bytes 4..8 are the flags, all zero. The casts are lossless: the limits fit u32 (asserted in mod.rs).
+        let flags = if self.tagged { FLAG_TAGGED } else { 0 };
+        h[4..8].copy_from_slice(&flags.to_le_bytes());
+        // The casts are lossless: the limits fit u32 (asserted in mod.rs).
         h[8..12].copy_from_slice(&(self.meta_len as u32).to_le_bytes());
         h[12..16].copy_from_slice(&(self.payload_len as u32).to_le_bytes());
         h
     }
 
     /// Validates everything the header alone can tell, so a bad frame is refused before its body arrives.
-    fn parse(h: [u8; HEADER_LEN]) -> Result<Header, WireError> {
+    /// `tagged`: whether the connection authenticates its frames.
+    fn parse(h: [u8; HEADER_LEN], tagged: bool) -> Result<Header, WireError> {
         let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let magic = u16::from_le_bytes([h[0], h[1]]);
         if magic != MAGIC {
@@ -125,11 +135,13 @@ impl Header {
             return Err(WireError::UnsupportedVersion(h[2]));
         }
         let kind = h[3];
-        if kind != KIND_HANDSHAKE && kind != KIND_MSG {
+        if !matches!(kind, KIND_HANDSHAKE | KIND_MSG | KIND_PROOF) {
             return Err(WireError::UnknownKind(kind));
         }
-        if word(4) != 0 {
-            return Err(WireError::UnknownFlags(word(4)));
+        match (word(4), tagged) {
+            (0, false) | (FLAG_TAGGED, true) => {}
+            (0, true) => return Err(WireError::MissingTag),
+            (flags, _) => return Err(WireError::UnknownFlags(flags)),
         }
         let (meta_len, payload_len) = (word(8) as usize, word(12) as usize);
         if meta_len > MAX_META_BYTES {
@@ -141,15 +153,66 @@ impl Header {
         if kind == KIND_HANDSHAKE && payload_len > 0 {
             return Err(WireError::UnexpectedPayload { kind: "Handshake" });
         }
-        Ok(Header { kind, meta_len, payload_len })
+        if kind == KIND_PROOF && (meta_len != PROOF_BYTES || payload_len > 0) {
+            return Err(WireError::BadProofFrame(meta_len + payload_len));
+        }
+        Ok(Header { kind, tagged, meta_len, payload_len })
     }
 
     fn payload_at(&self) -> usize {
         HEADER_LEN + padded(self.meta_len)
     }
 
+    /// The frame's length without its tag.
     fn frame_len(&self) -> usize {
         self.payload_at() + padded(self.payload_len)
+    }
+
+    /// The frame's length on the wire, with its tag if it has one.
+    fn wire_len(&self) -> usize {
+        self.frame_len() + if self.tagged { TAG_BYTES } else { 0 }
+    }
+}
+
+/// The tag of the `counter`-th frame sent under `key` (16 bytes of a keyed BLAKE3).
+fn tag(key: &[u8; 32], counter: u64, frame: &[u8]) -> blake3::Hash {
+    let mut mac = blake3::Hasher::new_keyed(key);
+    mac.update(&counter.to_le_bytes());
+    mac.update(frame);
+    mac.finalize()
+}
+
+/// The send side of an authenticated connection: copies frames, flagged and tagged, into the bytes to
+/// send. Counts frames, so a frame replayed, dropped or reordered on the way fails the receiver's check.
+#[derive(Debug)]
+pub struct FrameSealer {
+    key: [u8; 32],
+    counter: u64,
+}
+
+impl FrameSealer {
+    /// Seals frames with `key` (the connection's send key), counting from zero.
+    pub fn new(key: [u8; 32]) -> Self {
+        FrameSealer { key, counter: 0 }
+    }
+
+    /// Appends the whole untagged frames in `frames` (as a [`FrameWriter`] wrote them) to `out`, each
+    /// flagged and followed by its tag.
+    pub fn seal(&mut self, frames: &[u8], out: &mut Vec<u8>) {
+        let mut at = 0;
+        while at < frames.len() {
+            let mut head = [0u8; HEADER_LEN];
+            head.copy_from_slice(&frames[at..at + HEADER_LEN]);
+            let header = Header::parse(head, false).expect("a frame this node wrote");
+            let len = header.frame_len();
+            let start = out.len();
+            out.extend_from_slice(&Header { tagged: true, ..header }.encode());
+            out.extend_from_slice(&frames[at + HEADER_LEN..at + len]);
+            let tag = tag(&self.key, self.counter, &out[start..]);
+            out.extend_from_slice(&tag.as_bytes()[..TAG_BYTES]);
+            self.counter += 1;
+            at += len;
+        }
     }
 }
 
@@ -190,6 +253,7 @@ pub struct FrameWriter {
 
 enum Meta<'a> {
     Handshake(&'a Handshake),
+    Proof(&'a Proof),
     Msg(&'a Msg),
 }
 
@@ -217,6 +281,11 @@ impl FrameWriter {
         self.push(Meta::Handshake(h), None)
     }
 
+    /// Queues a proof frame.
+    pub fn push_proof(&mut self, proof: &Proof) -> Result<(), WireError> {
+        self.push(Meta::Proof(proof), None)
+    }
+
     fn push(&mut self, meta: Meta<'_>, payload: Option<&Bytes>) -> Result<(), WireError> {
         let payload_len = payload.map_or(0, Bytes::len);
         if payload_len > MAX_PAYLOAD_BYTES {
@@ -229,6 +298,10 @@ impl FrameWriter {
         let (kind, encoded) = match meta {
             Meta::Handshake(h) => (KIND_HANDSHAKE, to_bytes_in::<_, RkyvError>(h, writer).map(drop)),
             Meta::Msg(m) => (KIND_MSG, to_bytes_in::<_, RkyvError>(m, writer).map(drop)),
+            Meta::Proof(p) => {
+                writer.buf.extend_from_slice(&p.0);
+                (KIND_PROOF, Ok(()))
+            }
         };
         let meta_len = self.chunk.len() - base;
         let refused = match encoded {
@@ -242,7 +315,7 @@ impl FrameWriter {
             self.chunk.truncate(start);
             return Err(e);
         }
-        let header = Header { kind, meta_len, payload_len };
+        let header = Header { kind, tagged: false, meta_len, payload_len };
         self.chunk[start..base].copy_from_slice(&header.encode());
         self.chunk.put_bytes(0, padded(meta_len) - meta_len);
         if let Some(p) = payload.filter(|p| !p.is_empty()) {
@@ -325,12 +398,27 @@ pub struct FrameReader {
     /// all of it at once instead of growing (and copying) the buffer chunk by chunk.
     need: usize,
     misaligned_metas: u64,
+    /// The largest frame this connection accepts (`None`: [`MAX_FRAME_BYTES`]).
+    max_frame: Option<usize>,
+    /// An authenticated connection's receive key and the count of frames checked under it.
+    tags: Option<([u8; 32], u64)>,
 }
 
 impl FrameReader {
     /// An empty reader.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Accepts frames of at most `max` bytes from now on (a connection still handshaking accepts a
+    /// few KiB, so a stranger cannot make it buffer a large frame).
+    pub fn limit_frames_to(&mut self, max: usize) {
+        self.max_frame = Some(max.min(MAX_FRAME_BYTES));
+    }
+
+    /// Requires every frame from now on to carry a tag under `key` (the connection's receive key).
+    pub fn authenticate(&mut self, key: [u8; 32]) {
+        self.tags = Some((key, 0));
     }
 
     /// Room to read into: at least [`READ_CHUNK`] bytes, and the rest of a large frame once its header
@@ -370,19 +458,39 @@ impl FrameReader {
         }
         let mut head = [0u8; HEADER_LEN];
         head.copy_from_slice(&self.buf[..HEADER_LEN]);
-        let header = Header::parse(head)?;
-        let total = header.frame_len();
+        let header = Header::parse(head, self.tags.is_some())?;
+        let total = header.wire_len();
+        let max = self.max_frame.unwrap_or(MAX_FRAME_BYTES);
+        if total > max {
+            return Err(WireError::FrameTooLarge { len: total, max });
+        }
         if self.filled < total {
             self.need = total;
             return Ok(None);
         }
         self.need = 0;
+        if let Some((key, counter)) = &mut self.tags {
+            let len = header.frame_len();
+            let expected = tag(key, *counter, &self.buf[..len]);
+            let mut got = [0u8; 32];
+            got[..TAG_BYTES].copy_from_slice(&self.buf[len..total]);
+            got[TAG_BYTES..].copy_from_slice(&expected.as_bytes()[TAG_BYTES..]);
+            // Constant-time comparison (blake3::Hash's `==`), of the 16 bytes sent.
+            if expected != blake3::Hash::from(got) {
+                return Err(WireError::BadTag);
+            }
+            *counter += 1;
+        }
         let meta = &self.buf[HEADER_LEN..HEADER_LEN + header.meta_len];
         if !(meta.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
             self.misaligned_metas += 1;
         }
         let frame = if header.kind == KIND_HANDSHAKE {
             Frame::Handshake(decode::<Handshake>(meta)?)
+        } else if header.kind == KIND_PROOF {
+            let mut proof = [0u8; PROOF_BYTES];
+            proof.copy_from_slice(meta);
+            Frame::Proof(Proof(proof))
         } else {
             let mut msg = decode::<Msg>(meta)?;
             let kind = msg.name();
@@ -518,7 +626,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn hello() -> Handshake {
-        Handshake::new("prod", 7, RoleKind::Acceptor)
+        Handshake { nonce: [7; 32], ..Handshake::new("prod", 7, RoleKind::Acceptor) }
     }
 
     /// The frames `samples()` and a handshake make, and the bytes of them back to back.
@@ -561,7 +669,7 @@ pub(crate) mod tests {
 
     /// A frame assembled by hand, to say what no honest writer would.
     fn raw(kind: u8, flags: u32, meta: &[u8], payload: &[u8]) -> Vec<u8> {
-        let header = Header { kind, meta_len: meta.len(), payload_len: payload.len() };
+        let header = Header { kind, tagged: false, meta_len: meta.len(), payload_len: payload.len() };
         let mut out = header.encode().to_vec();
         out[4..8].copy_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(meta);
@@ -773,9 +881,90 @@ pub(crate) mod tests {
             first_frame(&b)
         };
         assert_eq!(with(0, b'X'), Err(WireError::BadMagic(0x5058)));
-        assert_eq!(with(2, 2), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(with(2, 1), Err(WireError::UnsupportedVersion(1)));
         assert_eq!(with(3, 9), Err(WireError::UnknownKind(9)));
         assert_eq!(with(7, 0x80), Err(WireError::UnknownFlags(0x8000_0000)));
+    }
+
+    #[test]
+    fn a_proof_round_trips_and_a_proof_frame_of_another_size_is_refused() {
+        let mut w = FrameWriter::new();
+        w.push_proof(&Proof([9; PROOF_BYTES])).unwrap();
+        let bytes = w.take_segments().concat();
+        assert_eq!(first_frame(&bytes), Ok(Some(Frame::Proof(Proof([9; PROOF_BYTES])))));
+        assert_eq!(first_frame(&raw(KIND_PROOF, 0, &[1; 16], &[])), Err(WireError::BadProofFrame(16)));
+    }
+
+    /// `frames` sealed under `key`.
+    fn sealed(key: [u8; 32], frames: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        FrameSealer::new(key).seal(frames, &mut out);
+        out
+    }
+
+    #[test]
+    fn sealed_frames_read_back_with_the_key_in_any_chunking() {
+        let (frames, bytes) = stream();
+        let wire = sealed([5; 32], &bytes);
+        assert_eq!(wire.len(), bytes.len() + frames.len() * TAG_BYTES);
+        for cut in [1, 17, 999, wire.len() / 2] {
+            let mut r = FrameReader::new();
+            r.authenticate([5; 32]);
+            let mut got = Vec::new();
+            for piece in wire.chunks(cut) {
+                feed(&mut r, piece);
+                while let Some(f) = r.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, frames);
+        }
+    }
+
+    #[test]
+    fn an_altered_forged_replayed_or_untagged_frame_is_refused() {
+        let (_, bytes) = stream();
+        let wire = sealed([5; 32], &bytes);
+        let read = |key: [u8; 32], wire: &[u8]| {
+            let mut r = FrameReader::new();
+            r.authenticate(key);
+            feed(&mut r, wire);
+            drain(&mut r)
+        };
+        assert_eq!(read([5; 32], &wire), Ok(()));
+        assert_eq!(read([6; 32], &wire), Err(WireError::BadTag), "another key");
+        for at in [3 * HEADER_LEN, wire.len() / 2, wire.len() - 1] {
+            let mut altered = wire.clone();
+            altered[at] ^= 1;
+            assert!(read([5; 32], &altered).is_err(), "a flipped bit at {at}");
+        }
+        // The first frame sent twice: the second copy is checked as frame 1, and fails.
+        let first_len = {
+            let mut r = FrameReader::new();
+            feed(&mut r, &bytes);
+            let before = r.buffered();
+            r.next_frame().unwrap();
+            before - r.buffered() + TAG_BYTES
+        };
+        let mut replayed = wire[..first_len].to_vec();
+        replayed.extend_from_slice(&wire[..first_len]);
+        assert_eq!(read([5; 32], &replayed), Err(WireError::BadTag));
+        assert_eq!(read([5; 32], &bytes), Err(WireError::MissingTag), "untagged");
+        assert_eq!(
+            first_frame(&wire),
+            Err(WireError::UnknownFlags(1)),
+            "tagged to a reader that expects none"
+        );
+    }
+
+    #[test]
+    fn a_reader_limited_for_the_handshake_refuses_a_large_frame_from_its_header() {
+        let big = Msg::ClientBatch { origin: 5, forwarded: true, attempt: 1, batch: batch(64 << 10) };
+        let bytes = encode_frame(&big).unwrap().concat();
+        let mut r = FrameReader::new();
+        r.limit_frames_to(16 << 10);
+        feed(&mut r, &bytes[..HEADER_LEN]);
+        assert!(matches!(r.next_frame(), Err(WireError::FrameTooLarge { max: 16384, .. })));
     }
 
     #[test]

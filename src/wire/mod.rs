@@ -11,21 +11,24 @@
 //! start is aligned, every meta is aligned for rkyv to read in place:
 //!
 //! ```text
-//! offset 0   magic u16 LE = 0x5041 ("AP" on the wire) | version u8 | kind u8 (1 handshake, 2 msg)
-//!        4   flags u32 LE (reserved: 0)
+//! offset 0   magic u16 LE = 0x5041 ("AP" on the wire) | version u8 | kind u8 (1 handshake, 2 msg,
+//!            3 proof)
+//!        4   flags u32 LE: bit 0 = a MAC tag follows the frame (`--authenticate-frames`); others 0
 //!        8   meta_len u32 LE      (≤ MAX_META_BYTES)
 //!       12   payload_len u32 LE   (≤ MAX_PAYLOAD_BYTES)
 //!       16   meta: rkyv archive of a Handshake, or of a Msg with its large payload taken out
 //!            zero padding to a multiple of 16
 //!            payload: the raw bytes of that large payload (a batch), or nothing
 //!            zero padding to a multiple of 16
+//!            tag: 16 bytes, only with flag bit 0: keyed BLAKE3 (the connection's key for this
+//!            direction) of a frame counter (u64 LE) and the frame's bytes above
 //! ```
 
 pub mod frame;
 pub mod handshake;
 
-pub use frame::{encode_frame, put_payload, take_payload, Frame, FrameReader, FrameWriter};
-pub use handshake::{Handshake, HandshakeError};
+pub use frame::{encode_frame, put_payload, take_payload, Frame, FrameReader, FrameSealer, FrameWriter};
+pub use handshake::{Handshake, HandshakeError, Proof};
 
 use crate::protocol::messages::ArchivedMsg;
 use handshake::ArchivedHandshake;
@@ -37,7 +40,7 @@ pub const HEADER_LEN: usize = 16;
 /// The first two bytes of every frame, `b"AP"` read as a little-endian `u16`.
 pub const MAGIC: u16 = 0x5041;
 /// The version of the frame format and of the protocol; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// The largest meta accepted or sent. Metas are small (a batch travels as the payload); this bounds what
 /// a peer can make us buffer and validate before anything is known about the frame.
 pub const MAX_META_BYTES: usize = 1 << 20;
@@ -45,6 +48,9 @@ pub const MAX_META_BYTES: usize = 1 << 20;
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 /// The largest possible frame: both limits are aligned, so it has no padding.
 pub const MAX_FRAME_BYTES: usize = HEADER_LEN + MAX_META_BYTES + MAX_PAYLOAD_BYTES;
+/// Bytes of the MAC tag after an authenticated frame: a multiple of the alignment, so frames after it
+/// stay aligned.
+pub const TAG_BYTES: usize = 16;
 /// The least spare room [`FrameReader::read_buf`] offers, so one read syscall can take many frames.
 pub const READ_CHUNK: usize = 64 << 10;
 /// Payloads up to this size are copied next to their header instead of becoming their own segment:
@@ -59,6 +65,7 @@ const _: () =
     assert!(MAX_META_BYTES.is_multiple_of(FRAME_ALIGN) && MAX_PAYLOAD_BYTES.is_multiple_of(FRAME_ALIGN));
 // Lengths travel as u32, and header arithmetic on them must not overflow a 32-bit usize.
 const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize && usize::BITS >= 32);
+const _: () = assert!(TAG_BYTES.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(READ_CHUNK >= HEADER_LEN && INLINE_PAYLOAD_MAX < MAX_PAYLOAD_BYTES);
 
 /// Why bytes from a peer (or a message to send) are not a valid frame. Each one ends that connection.
@@ -107,6 +114,24 @@ pub enum WireError {
         /// The message name.
         kind: &'static str,
     },
+    /// The frame is larger than this connection buffers (a connection still handshaking buffers
+    /// little).
+    #[error("frame of {len} bytes exceeds this connection's limit of {max}")]
+    FrameTooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The connection's limit.
+        max: usize,
+    },
+    /// A proof frame whose meta is not exactly one proof.
+    #[error("a proof frame of {0} bytes (expected {PROOF_BYTES})", PROOF_BYTES = handshake::PROOF_BYTES)]
+    BadProofFrame(usize),
+    /// The connection authenticates its frames and this one carries no tag.
+    #[error("a frame without the MAC tag this connection requires")]
+    MissingTag,
+    /// The frame's MAC tag does not match: altered, replayed, reordered or forged.
+    #[error("a frame whose MAC tag does not match (altered, replayed or forged)")]
+    BadTag,
     /// Serializing an outgoing meta failed (cannot happen for in-memory values short of a 2 GiB archive).
     #[error("cannot encode meta: {0}")]
     Unencodable(String),

@@ -23,6 +23,13 @@ pub fn serialize() -> MutexGuard<'static, ()> {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_autopaxos");
 
+/// Writes a new cluster secret at `path` as a user would: `autopaxos config --new-secret`.
+pub fn new_secret(path: &Path) {
+    let out =
+        Command::new(BIN).args(["config", "--new-secret"]).arg(path).output().expect("run autopaxos config");
+    assert!(out.status.success(), "config --new-secret: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Ports that are free now: all bound at once (so they differ), then released for the nodes.
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> =
@@ -280,8 +287,9 @@ impl Cluster {
             })
             .collect();
         let cluster_id = format!("it-{tag}");
+        new_secret(&dir.join("cluster.secret"));
         let mut toml = format!(
-            "# written by tests/common/mod.rs\n[cluster]\nid = \"{cluster_id}\"\nf = 1\n\n[settings]\n{}",
+            "# written by tests/common/mod.rs\n[cluster]\nid = \"{cluster_id}\"\nf = 1\nsecret_file = \"cluster.secret\"\n\n[settings]\n{}",
             settings(&dir)
         );
         for node in &nodes {
@@ -308,6 +316,11 @@ impl Cluster {
             .collect()
     }
 
+    pub fn secret(&self) -> autopaxos::secret::ClusterSecret {
+        autopaxos::secret::ClusterSecret::load(&self.dir.join("cluster.secret")).expect("the cluster secret")
+    }
+
+    /// The spec of configured node `id`.
     pub fn node(&self, id: u32) -> &NodeSpec {
         self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
     }
