@@ -18,6 +18,7 @@ use crate::protocol::{Ballot, RoleKind, Value};
 use crate::resp::{self, Limits, Reply};
 use crate::runtime::gateway::READ_CHUNK as GATEWAY_READ_CHUNK;
 use crate::wire::frame::tests::{hello, samples};
+use crate::wire::handshake::{Proof, PROOF_BYTES};
 use crate::wire::{
     Frame, FrameReader, FrameWriter, Handshake, WireError, FRAME_ALIGN, HEADER_LEN, MAX_FRAME_BYTES,
     MAX_META_BYTES, MAX_PAYLOAD_BYTES, READ_CHUNK,
@@ -265,6 +266,7 @@ fn encode_frames(frames: &[Frame]) -> Vec<u8> {
         match f {
             Frame::Handshake(h) => w.push_handshake(h),
             Frame::Msg(m) => w.push_msg(m),
+            Frame::Proof(p) => w.push_proof(p),
         }
         .expect("within the limits");
     }
@@ -289,8 +291,10 @@ fn check_frames(bytes: &[u8], cuts: &[usize]) -> Result<Decoded, TestCaseError> 
 
 /// A few frames built with the real encoders: a sample of every kind, and some with random fields.
 fn valid_frames() -> impl Strategy<Value = Vec<Frame>> {
-    let samples: Vec<Frame> =
-        std::iter::once(Frame::Handshake(hello())).chain(samples().into_iter().map(Frame::Msg)).collect();
+    let samples: Vec<Frame> = [Frame::Handshake(hello()), Frame::Proof(Proof([9; PROOF_BYTES]))]
+        .into_iter()
+        .chain(samples().into_iter().map(Frame::Msg))
+        .collect();
     let ballot = (any::<u64>(), any::<u32>()).prop_map(|(round, proposer)| Ballot { round, proposer });
     let random = prop_oneof![
         (any::<u32>(), any::<bool>(), any::<u8>(), vec(any::<u8>(), 0..2_000)).prop_map(
@@ -561,6 +565,7 @@ fn write_the_seed_corpus() {
     };
     // Frames: one of every kind, all back to back, and edge cases around the header's limits.
     write("frame", "valid-handshake", &encode_frames(&[Frame::Handshake(hello())]));
+    write("frame", "valid-proof", &encode_frames(&[Frame::Proof(Proof([9; PROOF_BYTES]))]));
     let mut all = vec![Frame::Handshake(hello())];
     for (i, m) in samples().into_iter().enumerate() {
         write("frame", &format!("valid-{i:02}-{}", m.name()), &encode_frames(&[Frame::Msg(m.clone())]));
