@@ -76,6 +76,7 @@ pub struct ServeOptions {
 /// metrics are (or that there are none).
 pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
     let kind = opts.kind;
+    let security = opts.file.security()?;
     let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, &id) in opts.nodes.iter().enumerate() {
@@ -92,7 +93,8 @@ pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
             None => return Err(format!("node {id} is not in {}", opts.origin)),
         }
         let addr = opts.file.addresses[&id];
-        let spec = cluster_spec(id, kind, &opts.file.config, &opts.tunables, opts.state_machine);
+        let key = security.secret.kv_hash_key();
+        let spec = cluster_spec(id, kind, &opts.file.config, &opts.tunables, opts.state_machine, key);
         let launch = node_launch(spec, Some(addr), &opts.storage, Vec::new())?;
         per_core[i % cores.len()].1.push(launch);
         tracing::info!(node = id, role = kind.name(), %addr, core = cores[i % cores.len()], "starting");
@@ -107,7 +109,7 @@ pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
     };
     let plan = ProcessPlan {
         cluster_id: opts.file.cluster_id.clone(),
-        security: opts.file.security()?,
+        security,
         cores: per_core,
         addresses: opts.file.addresses.clone(),
         read_budget: opts.read_budget,

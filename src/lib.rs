@@ -12,6 +12,8 @@ pub mod boot;
 pub mod cloud;
 pub mod commands;
 pub mod duration;
+#[cfg(test)]
+mod fuzz;
 pub mod jepsen;
 pub mod protocol;
 pub mod resp;

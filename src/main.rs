@@ -985,7 +985,7 @@ fn plan(args: PlanArgs) -> Result<(), String> {
 fn parse_bench_role(s: &str) -> Result<RoleKind, String> {
     match parse_bench_target(s)? {
         BenchTarget::Role(role) => Ok(role),
-        BenchTarget::Disk | BenchTarget::Recovery | BenchTarget::Gateway => {
+        BenchTarget::Disk | BenchTarget::Recovery | BenchTarget::Gateway | BenchTarget::Hashflood => {
             Err(format!("the mocks surround a cluster role, not '{s}'"))
         }
     }
@@ -999,6 +999,7 @@ enum BenchTarget {
     Disk,
     Recovery,
     Gateway,
+    Hashflood,
 }
 
 fn parse_bench_target(s: &str) -> Result<BenchTarget, String> {
@@ -1006,12 +1007,13 @@ fn parse_bench_target(s: &str) -> Result<BenchTarget, String> {
         "disk" => return Ok(BenchTarget::Disk),
         "recovery" => return Ok(BenchTarget::Recovery),
         "gateway" => return Ok(BenchTarget::Gateway),
+        "hashflood" => return Ok(BenchTarget::Hashflood),
         _ => {}
     }
     RoleKind::from_name(s)
         .filter(|r| autopaxos::bench::BENCH_ROLES.contains(r))
         .map(BenchTarget::Role)
-        .ok_or_else(|| format!("'{s}' is not something bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher, disk, recovery)"))
+        .ok_or_else(|| format!("'{s}' is not something bench measures (batcher, proposer, proxy-leader, acceptor, replica, unbatcher, gateway, disk, recovery, hashflood)"))
 }
 
 /// `bench disk`: synced small writes per second and synced large-write bandwidth in `--data-dir`.
@@ -1098,8 +1100,42 @@ fn bench_gateway(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `bench hashflood`: puts of keys that all collide under the old fixed hash, and of random keys,
+/// through the KV store's apply path with the old and the keyed maps.
+fn bench_hashflood(args: &BenchArgs) -> Result<(), String> {
+    if args.keys == 0 || args.rounds == 0 {
+        return Err("--keys and --rounds must be at least 1".into());
+    }
+    let opts = autopaxos::bench::hashflood::HashfloodOptions {
+        keys: args.keys,
+        value_size: args.value_size,
+        rounds: args.rounds,
+    };
+    eprintln!(
+        "bench hashflood: {} puts of {} B values per case, median of {} rounds",
+        opts.keys, opts.value_size, opts.rounds
+    );
+    let r = autopaxos::bench::hashflood::run(&opts);
+    for c in &r.cases {
+        println!(
+            "{:>7} keys, {:<15}: {:>9.4} s  {:>12} puts/s  (best round {:.4} s, {:.0} ns/put)",
+            c.keys,
+            c.hasher,
+            c.apply_s,
+            thousands(c.ops_per_sec as u64),
+            c.best_s,
+            c.best_s * 1e9 / r.keys as f64
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    }
+    Ok(())
+}
+
 fn bench(args: BenchArgs) -> Result<(), String> {
     let role = match args.role {
+        BenchTarget::Hashflood => return bench_hashflood(&args),
         BenchTarget::Disk => return bench_disk(&args),
         BenchTarget::Recovery => return bench_recovery(&args),
         BenchTarget::Gateway => return bench_gateway(&args),
@@ -1284,7 +1320,8 @@ struct BenchArgs {
     /// gateway (RESP clients pipelining SETs into it, a mock cluster behind); or
     /// `disk`, the device under --data-dir (fdatasync rate of 4 KiB writes, synced 1 MiB bandwidth);
     /// or `recovery`, an acceptor with a --bytes log and a replica with a --bytes snapshot, each
-    /// timed from process start to serving.
+    /// timed from process start to serving; or `hashflood`, --keys puts of keys that collide under
+    /// the KV store's old fixed hash (and of random keys) through its old and its keyed maps.
     #[arg(value_parser = parse_bench_target)]
     role: BenchTarget,
     /// How long to measure the role (and then the ceiling), after a 0.5 s warm-up each.
@@ -1332,6 +1369,12 @@ struct BenchArgs {
     /// run without it).
     #[arg(long)]
     authenticate_frames: bool,
+    /// `bench hashflood`: puts per case.
+    #[arg(long, default_value_t = 30_000)]
+    keys: usize,
+    /// `bench hashflood`: runs of each case (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn sim(args: SimArgs) -> ExitCode {

@@ -20,11 +20,17 @@ pub struct Limits {
     pub max_args: usize,
     /// Bytes of one inline request line.
     pub max_inline: usize,
+    /// Bytes of one whole request (an `MSET` of many large values, say): the other limits allow
+    /// gigabytes, this is what bounds what a connection's buffer holds before a request is whole.
+    pub max_request: usize,
 }
+
+/// The default [`Limits::max_request`].
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk: 1 << 20, max_args: 1 << 16, max_inline: 64 << 10 }
+        Limits { max_bulk: 1 << 20, max_args: 1 << 16, max_inline: 64 << 10, max_request: MAX_REQUEST_BYTES }
     }
 }
 
@@ -58,6 +64,22 @@ fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
 }
 
+/// The longest line after a `*` or `$` (`-9223372036854775808` is 20 bytes). A longer one is refused
+/// whether or not its end has arrived: the same bytes must parse the same however the network
+/// splits them.
+const MAX_LENGTH_LINE: usize = 32;
+
+/// The index of the `\r\n` that ends the length line starting at `from`: `Ok(None)` until it
+/// arrives, an error once it cannot end within [`MAX_LENGTH_LINE`] bytes.
+fn length_line_end(buf: &[u8], from: usize, what: &str) -> Result<Option<usize>, ProtocolError> {
+    let window = &buf[..buf.len().min(from + MAX_LENGTH_LINE + 2)];
+    match line_end(window, from) {
+        Some(end) => Ok(Some(end)),
+        None if window.len() == from + MAX_LENGTH_LINE + 2 => err(format!("invalid {what} length")),
+        None => Ok(None),
+    }
+}
+
 /// Parses the length after a `*` or `$` on a line of its own (`-1` allowed only if `allow_null`).
 fn parse_len(digits: &[u8], what: &str) -> Result<i64, ProtocolError> {
     let text = std::str::from_utf8(digits).map_err(|_| ProtocolError(format!("invalid {what} length")))?;
@@ -65,23 +87,30 @@ fn parse_len(digits: &[u8], what: &str) -> Result<i64, ProtocolError> {
 }
 
 /// Parses the first request in `buf`. `Ok(None)`: it has not fully arrived (read more and call
-/// again with the same bytes and more). Empty inline lines are skipped (counted in `consumed`, with
-/// no arguments), as Redis does.
+/// again with the same bytes and more); never while `buf` holds more than [`Limits::max_request`]
+/// bytes, so a caller that reads in chunks buffers at most that plus one chunk. Empty inline lines
+/// are skipped (counted in `consumed`, with no arguments), as Redis does.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-    match buf.first() {
+    let parsed = match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf, limits),
         Some(_) => parse_inline(buf, limits),
+    };
+    let too_big = match &parsed {
+        Ok(None) => buf.len() > limits.max_request,
+        // A whole request over the cap is refused too: the same bytes must not pass or fail with
+        // how the network happened to split them.
+        Ok(Some(r)) => r.consumed > limits.max_request,
+        Err(_) => false,
+    };
+    if too_big {
+        return err(format!("a request larger than {} bytes", limits.max_request));
     }
+    parsed
 }
 
 fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-    let Some(end) = line_end(buf, 1) else {
-        if buf.len() > 32 {
-            return err("invalid multibulk length");
-        }
-        return Ok(None);
-    };
+    let Some(end) = length_line_end(buf, 1, "multibulk")? else { return Ok(None) };
     let n = parse_len(&buf[1..end], "multibulk")?;
     if n > limits.max_args as i64 {
         return err(format!("invalid multibulk length: {n} arguments, the most is {}", limits.max_args));
@@ -97,12 +126,7 @@ fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Request>, Proto
             Some(b'$') => {}
             Some(&c) => return err(format!("expected '$', got '{}'", c as char)),
         }
-        let Some(end) = line_end(buf, at + 1) else {
-            if buf.len() - at > 32 {
-                return err("invalid bulk length");
-            }
-            return Ok(None);
-        };
+        let Some(end) = length_line_end(buf, at + 1, "bulk")? else { return Ok(None) };
         let len = parse_len(&buf[at + 1..end], "bulk")?;
         if len < 0 {
             return err("invalid bulk length");
@@ -202,6 +226,8 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                 arg.push(c);
             } else {
                 match c {
+                    // The same set the loop above skips: a byte that ends an argument but is not
+                    // skipped would end every argument after it, empty, without end.
                     c if separates(c) => break,
                     b'"' => in_double = true,
                     b'\'' => in_single = true,
@@ -229,19 +255,17 @@ pub fn partition_of(key: &[u8]) -> &[u8] {
     key
 }
 
+/// Whether `c` separates inline arguments: C's `isspace`, as Redis's `sdssplitargs`, and NUL.
+fn separates(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0)
+}
+
 /// Past the closing quote at `i`, which must be followed by a space or the end of the line.
 fn closed(line: &[u8], i: usize) -> Option<usize> {
     match line.get(i + 1) {
         Some(&n) if !separates(n) => None,
         _ => Some(i + 1),
     }
-}
-
-/// Whether `c` separates inline arguments: C's `isspace` and NUL. The skipping and the splitting
-/// must agree on it: a byte that ends an argument but is not skipped made the split loop forever,
-/// pushing empty arguments (a NUL in a line from a hostile client exhausted memory).
-fn separates(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0)
 }
 
 /// A RESP2 reply.
@@ -440,11 +464,16 @@ mod tests {
         assert_eq!(parse(b"\r\n").unwrap().unwrap().args, Vec::<Vec<u8>>::new());
         assert_eq!(parse(b"SET k \"open\r\n").unwrap_err().0, "unbalanced quotes in request");
         assert_eq!(parse(b"SET k \"a\"b\r\n").unwrap_err().0, "unbalanced quotes in request");
+        // A NUL separates, as a space does (it once ended every argument after it, without end).
+        assert_eq!(
+            split_args(b"GET \0k\x0bv\x0c"),
+            Some(vec![b"GET".to_vec(), b"k".to_vec(), b"v".to_vec()])
+        );
     }
 
     #[test]
     fn framing_errors_have_redis_words_and_limits_are_named() {
-        let limits = Limits { max_bulk: 4, max_args: 3, max_inline: 16 };
+        let limits = Limits { max_bulk: 4, max_args: 3, max_inline: 16, max_request: 30 };
         let p = |b: &[u8]| parse_request(b, &limits);
         assert_eq!(p(b"*x\r\n").unwrap_err().to_string(), "Protocol error: invalid multibulk length");
         assert!(p(b"*4\r\n").unwrap_err().0.contains("the most is 3"));
@@ -456,6 +485,11 @@ mod tests {
         assert!(p(b"GET abcde\r\n").unwrap_err().0.contains("longer than 4 bytes"));
         // A length line that never ends is refused rather than buffered for ever.
         assert!(p(&[b'*', b'1'].repeat(20)).is_err());
+        // So is a request past the cap, whole or not.
+        let big = b"*3\r\n$4\r\nabcd\r\n$4\r\nabcd\r\n$4\r\nabcd\r\n";
+        assert_eq!(p(big).unwrap_err().0, "a request larger than 30 bytes");
+        assert_eq!(p(&big[..31]).unwrap_err().0, "a request larger than 30 bytes");
+        assert_eq!(p(&big[..30]), Ok(None));
     }
 
     #[test]

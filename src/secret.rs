@@ -12,6 +12,7 @@
 //! Must never: print or log a secret or a key derived from it (`Debug` is redacted); accept a file
 //! others can read.
 
+use crate::protocol::state_machine::HashKey;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
@@ -86,11 +87,11 @@ impl ClusterSecret {
         &self.handshake
     }
 
-    /// The key of the replicas' hash maps (128 bits are plenty for SipHash-class hashers).
-    pub fn kv_hash_key(&self) -> [u8; 16] {
+    /// The key of the replicas' hash maps (SipHash-1-3 takes 128 bits).
+    pub fn kv_hash_key(&self) -> HashKey {
         let mut key = [0; 16];
         key.copy_from_slice(&self.kv_hash[..16]);
-        key
+        HashKey::from_bytes(key)
     }
 }
 
@@ -178,7 +179,7 @@ mod tests {
     fn keys_differ_by_purpose_whitespace_does_not_count_and_debug_shows_nothing() {
         let s = ClusterSecret::from_bytes(b"  an operator's long secret phrase, 32+ bytes\n");
         assert_eq!(s, ClusterSecret::from_bytes(b"an operator's long secret phrase, 32+ bytes"));
-        assert_ne!(&s.handshake_key()[..16], &s.kv_hash_key()[..]);
+        assert_ne!(HashKey::from_bytes(s.handshake_key()[..16].try_into().unwrap()), s.kv_hash_key());
         assert_eq!(format!("{s:?}"), "ClusterSecret(<redacted>)");
     }
 }

@@ -178,11 +178,7 @@ fn dry_run_scales_out_under_load_and_back_in_without_flapping() {
     let mut args = autoscaler_args(&cluster, &nodes, &caps, metrics_port);
     args.push("--dry-run".into());
     let started = Instant::now();
-    // The cluster secret, which launched nodes get in their user-data.
-        let secret_file = cluster.dir.join("cluster.secret");
-        args.extend(["--secret-file".to_string(), secret_file.display().to_string()]);
-        let secret = std::fs::read_to_string(&secret_file).expect("the secret").trim().to_string();
-        let mut scaler = Proc::spawn(&cluster.dir, "autoscaler", &args);
+    let mut scaler = Proc::spawn(&cluster.dir, "autoscaler", &args);
     let high_start = drive_load(&mut cluster);
     wait_back_to_one(&mut scaler, Duration::from_secs(20));
     let own = common::scrape(format!("127.0.0.1:{metrics_port}").parse().unwrap()).unwrap_or_default();
@@ -338,6 +334,10 @@ mod cloud {
             .map(|s| s.to_string()),
         );
         let started = Instant::now();
+        // The cluster secret, which launched nodes get in their user-data.
+        let secret_file = cluster.dir.join("cluster.secret");
+        args.extend(["--secret-file".to_string(), secret_file.display().to_string()]);
+        let secret = std::fs::read_to_string(&secret_file).expect("the secret").trim().to_string();
         let mut scaler = Proc::spawn(&cluster.dir, "autoscaler", &args);
         let high_start = drive_load(&mut cluster);
 
@@ -381,7 +381,11 @@ mod cloud {
             assert_eq!(ud.role, role, "{text}");
             assert_eq!(ud.cluster, cluster.cluster_id, "{text}");
             assert_eq!(ud.nodes, vec![node], "{text}");
-            assert_eq!(ud.secret.as_ref().map(|s| s.0.as_str()), Some(secret.as_str()), "the secret in the user-data");
+            assert_eq!(
+                ud.secret.as_ref().map(|s| s.0.as_str()),
+                Some(secret.as_str()),
+                "the secret in the user-data"
+            );
             assert!(i.tags.values().all(|v| !v.contains(&secret)), "the secret in a tag: {i:?}");
         }
         assert!(!scaler.stderr_text().contains(&secret), "the autoscaler printed the secret");

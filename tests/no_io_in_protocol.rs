@@ -1,6 +1,7 @@
 //! Keeps the rule of `src/protocol/mod.rs`: the protocol core performs no I/O, reads no clock, draws
 //! no OS randomness and uses no randomly seeded hash map (std's `RandomState`). Fixed-seed maps
-//! (`FxHashMap`) are allowed for lookups. A mention of any of these in the
+//! (`FxHashMap`) and maps keyed by a key handed in at birth (the KV store's `HashKey`, whose hasher
+//! has no `Default`) are allowed for lookups. A mention of any of these in the
 //! folder fails the build's tests, so the simulator keeps driving exactly what runs in production.
 
 use std::path::Path;

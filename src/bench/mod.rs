@@ -5,6 +5,7 @@
 
 pub mod capacities;
 pub mod gateway;
+pub mod hashflood;
 pub mod mock;
 pub mod plan;
 pub mod recovery;

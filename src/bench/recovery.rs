@@ -26,7 +26,7 @@ use crate::protocol::durable::Record;
 use crate::protocol::messages::{client_id, encode_batch, Command, Msg, Value};
 use crate::protocol::replica::Replica;
 use crate::protocol::state_machine::kv::KvOp;
-use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
+use crate::protocol::state_machine::{new_state_machine, HashKey, StateMachineKind};
 use crate::protocol::{Ballot, NodeId, Out, Role, Slot};
 use crate::runtime::launch::{node_dir, ScratchDir};
 use crate::storage::dir::{segment_name, snapshot_name};
@@ -533,8 +533,13 @@ pub fn write_replica_snapshot(dir: &Path, target: u64) -> Result<ReplicaSnapshot
     let mut config = ClusterConfig::f1(1, 1, 1, 1);
     config.replicas = vec![REPLICA_NODE];
     let tunables = Tunables { replica_snapshot_interval_slots: u64::MAX / 4, ..Tunables::default() };
-    let mut replica =
-        Replica::new(REPLICA_NODE, config, &tunables, new_state_machine(StateMachineKind::Kv), 0);
+    let mut replica = Replica::new(
+        REPLICA_NODE,
+        config,
+        &tunables,
+        new_state_machine(StateMachineKind::Kv, HashKey::UNKEYED),
+        0,
+    );
     let pool = Bytes::from(filler(7, 64 << 10));
     let mut estimate = 0u64;
     let mut keys = 0u64;
@@ -925,7 +930,7 @@ mod tests {
             REPLICA_NODE,
             ClusterConfig::f1(1, 1, 1, 1),
             &Tunables::default(),
-            new_state_machine(StateMachineKind::Kv),
+            new_state_machine(StateMachineKind::Kv, HashKey::UNKEYED),
             Storage::Durable,
             recovered,
             0,

@@ -174,7 +174,8 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
         } else {
             StorageChoice::Under(scratch.path().to_path_buf())
         };
-        let spec = cluster_spec(target, role, &config, &tunables, state_machine);
+        let key = crate::secret::ClusterSecret::random().kv_hash_key();
+        let spec = cluster_spec(target, role, &config, &tunables, state_machine, key);
         node_launch(spec, Some(loopback), &storage, Vec::new())?
     };
     let mut mocks = Vec::new();
@@ -193,8 +194,14 @@ fn measure(opts: &BenchOptions, role_core: usize, mock_core: usize, echo: bool) 
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let plan =
-        bench_plan(subject, mocks, (role_core, mock_core), opts.read_budget, opts.authenticate_frames, stop.clone());
+    let plan = bench_plan(
+        subject,
+        mocks,
+        (role_core, mock_core),
+        opts.read_budget,
+        opts.authenticate_frames,
+        stop.clone(),
+    );
     let running = start(plan, Instant::now())?;
     std::thread::sleep(WARMUP);
     let snapshot = |w: &World| (w.done, w.cmds_done, w.bytes_sent);

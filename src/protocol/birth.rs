@@ -14,7 +14,7 @@ use super::membership::is_stateless;
 use super::proposer::Proposer;
 use super::proxy_leader::ProxyLeader;
 use super::replica::Replica;
-use super::state_machine::{new_state_machine, StateMachineKind};
+use super::state_machine::{new_state_machine, HashKey, StateMachineKind};
 use super::unbatcher::Unbatcher;
 use super::{NodeId, Role, RoleKind, Time};
 
@@ -31,6 +31,9 @@ pub struct RoleSpec {
     pub tunables: Tunables,
     /// What a replica executes.
     pub state_machine: StateMachineKind,
+    /// The secret key of a replica's KV maps, the same on every replica of the cluster (derived
+    /// from the cluster secret in the runtime, from the run's seed in the simulator).
+    pub hash_key: HashKey,
     /// `Some(addr)`: a node that is not in `config` and joins the running cluster, announcing
     /// that the others reach it at `addr` (a stateless node serves at once; an acceptor, replica
     /// or proposer once a change of configuration names it).
@@ -83,7 +86,7 @@ pub fn check(spec: &RoleSpec) -> Result<(), BirthError> {
 /// and for a node's first start).
 pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn Role>, BirthError> {
     check(&spec)?;
-    let RoleSpec { id, kind, config, tunables, state_machine, joining, seed, storage } = spec;
+    let RoleSpec { id, kind, config, tunables, state_machine, hash_key, joining, seed, storage } = spec;
     if let Some(addr) = joining {
         return Ok(match kind {
             RoleKind::Batcher => Box::new(Batcher::new(id, config, &tunables).joining(addr, now)),
@@ -95,7 +98,7 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
             }
             // It executes once a change names it, taught by its peers.
             RoleKind::Replica => {
-                let machine = new_state_machine(state_machine);
+                let machine = new_state_machine(state_machine, hash_key);
                 let replica = Replica::recover(id, config, &tunables, machine, storage, recovered, now)
                     .map_err(|e| BirthError::BadSnapshot { id, why: e.to_string() })?;
                 Box::new(replica.joining(addr, now))
@@ -109,7 +112,7 @@ pub fn build(spec: RoleSpec, recovered: Recovered, now: Time) -> Result<Box<dyn 
         RoleKind::Proposer => Box::new(Proposer::new(id, config, tunables, seed, now)),
         RoleKind::Acceptor => Box::new(Acceptor::recover(id, config, &tunables, storage, recovered)),
         RoleKind::Replica => {
-            let machine = new_state_machine(state_machine);
+            let machine = new_state_machine(state_machine, hash_key);
             let replica = Replica::recover(id, config, &tunables, machine, storage, recovered, now)
                 .map_err(|e| BirthError::BadSnapshot { id, why: e.to_string() })?;
             Box::new(replica)
@@ -134,6 +137,7 @@ pub fn restarted_proposer_is_refused(mut seed: impl FnMut() -> u64) -> bool {
         config: config.clone(),
         tunables: Tunables::default(),
         state_machine: StateMachineKind::Kv,
+        hash_key: HashKey::UNKEYED,
         joining: None,
         seed,
         storage: Storage::Durable,
@@ -176,6 +180,7 @@ mod tests {
             config: ClusterConfig::f1(1, 1, 1, 1),
             tunables: Tunables::default(),
             state_machine: StateMachineKind::Kv,
+            hash_key: HashKey::from_bytes([5; 16]),
             joining: None,
             seed: 0,
             storage: Storage::Durable,

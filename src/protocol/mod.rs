@@ -6,7 +6,8 @@
 //! [`Out`] that the driver drains. The runtime (real sockets) and the simulator (virtual network) are the
 //! two drivers; both call the very same structs, so a bug the simulator finds is a bug of the real system.
 //! `tests/no_io_in_protocol.rs` keeps this rule true. Hash maps, where used, have a fixed seed
-//! (`FxHashMap`) and nothing depends on their iteration order.
+//! (`FxHashMap`) or, where clients choose the keys (the KV store), a secret key given at birth
+//! (`HashKey`); nothing depends on their iteration order.
 //!
 //! Every role has the same face ([`Role`]): `handle_message(now, from, msg, out)`,
 //! `handle_timeout(now, out)` and `poll_timeout()`. Roles assert their invariants after every handler

@@ -1167,11 +1167,13 @@ mod tests {
     use crate::protocol::configuration::Configuration;
     use crate::protocol::messages::{encode_batch, Command};
     use crate::protocol::state_machine::kv::KvOp;
-    use crate::protocol::state_machine::{new_state_machine, StateMachineKind};
+    use crate::protocol::state_machine::{new_state_machine, HashKey, StateMachineKind};
+
+    const TEST_KEY: HashKey = HashKey::from_bytes([7; 16]);
 
     fn replica(id: NodeId) -> Replica {
         let config = ClusterConfig::f1(1, 1, 1, 1); // replicas 7, 8; unbatcher 10
-        Replica::new(id, config, &Tunables::default(), new_state_machine(StateMachineKind::Kv), 0)
+        Replica::new(id, config, &Tunables::default(), new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
     }
 
     fn incr(client_id: u64, seq: u64) -> Command {
@@ -1212,7 +1214,7 @@ mod tests {
             Configuration { epoch: 1, replicas: vec![7, 30], ..Configuration::from_cluster(&config) };
         assert!(history
             .on_chosen(2, &Change { config: with_30, from_slot: 4, ballot: super::super::Ballot::ZERO }));
-        let sm = || new_state_machine(StateMachineKind::Kv);
+        let sm = || new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut new = Replica::new(30, config.clone(), &tunables, sm(), 0).joining("127.0.0.1:9".into(), 0);
         assert_eq!(new.status().state, super::super::messages::NodeState::Joining);
         // Replica 7's report names 30: 30 learns its peers from it (8, in the cluster file's
@@ -1329,7 +1331,7 @@ mod tests {
             config.replicas[0],
             config.clone(),
             &Tunables::default(),
-            new_state_machine(StateMachineKind::Kv),
+            new_state_machine(StateMachineKind::Kv, TEST_KEY),
             0,
         );
         let leaving = |id| {
@@ -1353,7 +1355,13 @@ mod tests {
     fn a_lone_replica_keeps_no_log_for_peers_it_does_not_have() {
         let mut config = ClusterConfig::f1(1, 1, 1, 1);
         config.replicas.truncate(1);
-        let mut r = Replica::new(7, config, &Tunables::default(), new_state_machine(StateMachineKind::Kv), 0);
+        let mut r = Replica::new(
+            7,
+            config,
+            &Tunables::default(),
+            new_state_machine(StateMachineKind::Kv, TEST_KEY),
+            0,
+        );
         for slot in 0..100 {
             chosen(&mut r, slot, vec![incr(100, slot + 1)]);
         }
@@ -1452,7 +1460,7 @@ mod tests {
         let tunables =
             Tunables { replica_snapshot_interval_slots: 16, snapshot_slice_bytes: 16, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1);
-        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let new_sm = || new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
         let batch = |slot: Slot| vec![put(100 + slot % 3, slot / 3 + 1, &format!("k{}", slot % 5), 40)];
         let (mut snapshots, mut slices) = (Vec::new(), 0);
@@ -1483,7 +1491,7 @@ mod tests {
     fn a_restarted_replica_is_rebuilt_from_its_snapshot_and_the_values_after_it() {
         let tunables = Tunables { replica_snapshot_interval_slots: 16, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1);
-        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let new_sm = || new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
         let mut disk = Recovered::default();
         for slot in 0..40 {
@@ -1508,7 +1516,7 @@ mod tests {
         let tunables =
             Tunables { replica_snapshot_interval_slots: 4, max_in_flight_slots: 10, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1); // one group [3, 4, 5]
-        let new_sm = || new_state_machine(StateMachineKind::Kv);
+        let new_sm = || new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut r = Replica::new(7, config.clone(), &tunables, new_sm(), 0);
         let unchanged = Replica::new(8, config.clone(), &tunables, new_sm(), 0);
         let mut disk = Recovered::default();
@@ -1647,7 +1655,7 @@ mod tests {
             teach_log_max_percent_of_state: 1 << 20,
             ..Tunables::default()
         };
-        let sm = || new_state_machine(StateMachineKind::Kv);
+        let sm = || new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut behind = Replica::new(7, config.clone(), &tunables, sm(), 0);
         let mut ahead = Replica::new(8, config, &tunables, sm(), 0);
         for slot in 0..100 {
@@ -1715,8 +1723,9 @@ mod tests {
             ..Tunables::default()
         };
         let config = ClusterConfig::f1(1, 1, 1, 1);
-        let new =
-            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let new = |id| {
+            Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
+        };
         let (behind, mut ahead) = (new(7), new(8));
         for slot in 0..40 {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 100)]);
@@ -1782,8 +1791,9 @@ mod tests {
         let tunables = Tunables { teach_chunk_bytes: 256, teach_window_chunks: 2, ..Tunables::default() };
         let config = ClusterConfig::with_f(2, 1, 1, 1, 1); // replicas 11, 12, 13
         let ids = config.replicas.clone();
-        let new =
-            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let new = |id| {
+            Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
+        };
         let mut learner = new(ids[0]);
         let mut teachers: Vec<Replica> = vec![new(ids[1]), new(ids[2])];
         for t in &mut teachers {
@@ -1950,8 +1960,9 @@ mod tests {
     fn a_taught_snapshot_is_kept_on_disk_and_a_restart_comes_back_at_its_slot() {
         let tunables = Tunables { teach_retention_slots: 3, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1);
-        let new =
-            |id| Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv), 0);
+        let new = |id| {
+            Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
+        };
         let (mut behind, mut ahead) = (new(7), new(8));
         for slot in 0..10 {
             chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
@@ -1975,7 +1986,7 @@ mod tests {
             7,
             config.clone(),
             &tunables,
-            new_state_machine(StateMachineKind::Kv),
+            new_state_machine(StateMachineKind::Kv, TEST_KEY),
             Storage::Durable,
             disk,
             0,

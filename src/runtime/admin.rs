@@ -7,7 +7,7 @@ use super::local::cluster_spec;
 use super::{metrics, start, ProcessPlan};
 use crate::protocol::birth::RoleSpec;
 use crate::protocol::membership::can_join;
-use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::state_machine::{HashKey, StateMachineKind};
 use crate::protocol::{Msg, NodeId, RoleKind, Tunables};
 use crate::secret::ClusterSecret;
 use crate::wire::handshake::{frame_keys, prove, verify, Side};
@@ -64,10 +64,11 @@ pub fn joining_spec(
     file: &ClusterFile,
     tunables: &Tunables,
     advertise: SocketAddr,
+    hash_key: HashKey,
 ) -> RoleSpec {
     RoleSpec {
         joining: Some(advertise.to_string()),
-        ..cluster_spec(id, kind, &file.config, tunables, StateMachineKind::Kv)
+        ..cluster_spec(id, kind, &file.config, tunables, StateMachineKind::Kv, hash_key)
     }
 }
 
@@ -84,14 +85,15 @@ pub fn serve_joining(opts: JoinOptions) -> Result<(), String> {
     }
     let advertise = advertise.unwrap_or(listen);
     check_advertised(advertise)?;
-    let spec = joining_spec(id, kind, &file, &tunables, advertise);
+    let security = file.security()?;
+    let spec = joining_spec(id, kind, &file, &tunables, advertise, security.secret.kv_hash_key());
     let launch = node_launch(spec, Some(listen), &storage, file.config.proposers.clone())?;
     if let Err(e) = metrics::install_exporter(metrics_addr) {
         tracing::warn!("{e}; continuing without metrics");
     }
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),
-        security: file.security()?,
+        security,
         cores: vec![(core, vec![launch])],
         addresses: file.addresses.clone(),
         read_budget,

@@ -36,7 +36,7 @@ pub const MAX_QUEUED_REQUESTS: usize = 4096;
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// The largest single request (an `MSET` of many large values, say): a request still incomplete
 /// past this is a protocol error, so a client cannot make the gateway buffer without bound.
-pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+pub use crate::resp::MAX_REQUEST_BYTES;
 /// The most connections one gateway node may serve (half the sessions one node can host).
 pub const MAX_CONNECTIONS: u32 = crate::protocol::client_mux::MAX_CLIENTS / 2;
 /// Connections one gateway serves at once unless told otherwise.
@@ -47,7 +47,7 @@ const MAX_GROUP_BYTES: usize = 256 << 10;
 /// one reply and which the replicas keep as the session's last reply, for exactly-once.
 const MAX_GROUP_OPS: usize = 128;
 /// Bytes read from a socket at once.
-const READ_CHUNK: usize = 64 << 10;
+pub(crate) const READ_CHUNK: usize = 64 << 10;
 
 /// Settings of a gateway node.
 #[derive(Debug, Clone)]
@@ -444,10 +444,7 @@ async fn read_requests(
         let closing = loop {
             let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
                 Ok(Some(request)) => request,
-                Ok(None) if buf.len() - start > MAX_REQUEST_BYTES => {
-                    let why = format!("Protocol error: a request larger than {MAX_REQUEST_BYTES} bytes");
-                    break Some(Reply::err(why));
-                }
+                // Past `limits.max_request` the parser refuses instead, so `buf` stays bounded.
                 Ok(None) => break None,
                 Err(e) => break Some(Reply::err(e)),
             };

@@ -8,7 +8,7 @@ use super::load::{ClientPool, LoadControl, Workload};
 use super::{allowed_cores, start, NodeLaunch, ProcessPlan};
 use crate::protocol::birth::RoleSpec;
 use crate::protocol::durable::Storage;
-use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::state_machine::{HashKey, StateMachineKind};
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -91,13 +91,15 @@ pub struct LocalReport {
 /// Node ids of client pools: one per core, after the cluster's ids.
 const CLIENT_NODE_BASE: NodeId = 1000;
 
-/// The spec of configured node `id` (its seed is drawn when it is launched).
+/// The spec of configured node `id` (its seed is drawn when it is launched); a replica keys its
+/// store's maps with `hash_key` (the cluster secret's).
 pub fn cluster_spec(
     id: NodeId,
     kind: RoleKind,
     config: &ClusterConfig,
     tunables: &Tunables,
     state_machine: StateMachineKind,
+    hash_key: HashKey,
 ) -> RoleSpec {
     RoleSpec {
         id,
@@ -105,6 +107,7 @@ pub fn cluster_spec(
         config: config.clone(),
         tunables: tunables.clone(),
         state_machine,
+        hash_key,
         joining: None,
         seed: 0,
         storage: Storage::Durable,
@@ -162,9 +165,15 @@ fn local_plan(
     resp: Option<SocketAddr>,
 ) -> Result<ProcessPlan, String> {
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    // A secret no one else knows: the cluster is this process.
+    let security = super::config::Security {
+        authenticate_frames: opts.authenticate_frames,
+        ..super::config::Security::private()
+    };
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, (id, kind)) in config.all_nodes().enumerate() {
-        let spec = cluster_spec(id, kind, config, &opts.tunables, opts.workload.state_machine);
+        let key = security.secret.kv_hash_key();
+        let spec = cluster_spec(id, kind, config, &opts.tunables, opts.workload.state_machine, key);
         let launch = node_launch(spec, Some(loopback), storage, Vec::new())?;
         per_core[i % cores.len()].1.push(launch);
     }
@@ -207,10 +216,7 @@ fn local_plan(
     }
     Ok(ProcessPlan {
         cluster_id: "local".into(),
-        security: super::config::Security {
-            authenticate_frames: opts.authenticate_frames,
-            ..super::config::Security::private()
-        },
+        security,
         cores: per_core,
         addresses: Default::default(),
         read_budget: opts.read_budget,

@@ -24,8 +24,8 @@ use crate::protocol::client_mux::ClientMux;
 use crate::protocol::configuration::Configuration;
 use crate::protocol::durable::{keeps_state, Record, Recovered, Storage};
 use crate::protocol::messages::client_id;
-use crate::protocol::state_machine::kv::{KvOp, KvResult};
-use crate::protocol::state_machine::StateMachineKind;
+use crate::protocol::state_machine::kv::{KvOp, KvResult, KvStore};
+use crate::protocol::state_machine::{HashKey, StateMachineKind};
 use crate::protocol::{ClusterConfig, Event, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
 use checker::Checker;
 use disk::SimDisk;
@@ -384,6 +384,14 @@ fn derive_seed(seed: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The run's KV hash key: every replica's, a function of the seed so that a seed replays exactly.
+fn hash_key(seed: u64) -> HashKey {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&derive_seed(seed, 0x4a54_0001).to_le_bytes());
+    bytes[8..].copy_from_slice(&derive_seed(seed, 0x4a54_0002).to_le_bytes());
+    HashKey::from_bytes(bytes)
+}
+
 const CLIENT_ID_BASE: NodeId = 1000;
 /// Ids of nodes that join the running cluster.
 const JOINED_ID_BASE: NodeId = 500;
@@ -544,6 +552,7 @@ impl<'t> Simulator<'t> {
             config: self.cluster.clone(),
             tunables: self.tunables.clone(),
             state_machine: StateMachineKind::Kv,
+            hash_key: hash_key(self.seed),
             joining: joined.then(|| format!("sim:{id}")),
             seed: derive_seed(self.seed, (u64::from(id) << 32) | restarts),
             storage: Storage::Durable,
@@ -1360,7 +1369,7 @@ impl<'t> Simulator<'t> {
         }
         let history = std::mem::take(&mut self.history);
         match check_partitioned(
-            &KvModel::default(),
+            &KvModel(KvStore::with_key(hash_key(self.seed))),
             history,
             history_partition,
             self.opts.linearizability_budget,

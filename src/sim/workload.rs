@@ -107,7 +107,7 @@ impl Workload {
 }
 
 /// The KV store as a sequential specification: the very state machine the replicas run.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KvModel(pub KvStore);
 
 impl SequentialSpec for KvModel {

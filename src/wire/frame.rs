@@ -516,7 +516,7 @@ impl FrameReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::membership::View;
     use crate::protocol::messages::{encode_batch, AcceptedEntry, ClientReply, Command};
@@ -536,7 +536,7 @@ mod tests {
 
     /// At least one message of every variant; those with a payload with a large, a small, an empty and a
     /// no-op one.
-    fn samples() -> Vec<Msg> {
+    pub(crate) fn samples() -> Vec<Msg> {
         let big = batch(4096);
         let real = encode_batch(vec![cmd(1), cmd(2)]);
         let reply = ClientReply { client_id: 9, seq: 1, result: Bytes::from_static(b"ok") };
@@ -625,7 +625,7 @@ mod tests {
         ]
     }
 
-    fn hello() -> Handshake {
+    pub(crate) fn hello() -> Handshake {
         Handshake { nonce: [7; 32], ..Handshake::new("prod", 7, RoleKind::Acceptor) }
     }
 

@@ -4,19 +4,21 @@
 //! span partitions. Versions count per partition (each partition is its own cell, as
 //! in Physalia), so a partition's history is explained by that partition alone: the
 //! simulator checks linearizability partition by partition. This runs on every replica, so `execute`/`apply` must stay a
-//! pure function of (state, op): never panic on any input, never use seeded
-//! hashing, clocks, randomness or floats, and leave state untouched on any error.
+//! pure function of (state, op): never panic on any input, never let a result depend on the maps'
+//! iteration order, never use clocks, randomness or floats, and leave state untouched on any error.
 
+use std::collections::hash_map::HashMap;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use rkyv::{Archive, Deserialize, Serialize};
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
-use super::StateMachine;
+use super::hash_key::KeyedHasher;
+use super::{HashKey, StateMachine};
 use crate::protocol::messages::{decode, encode, Encoder};
 
 /// Maximum length of a partition key and of an item key, each.
@@ -340,29 +342,22 @@ impl Clone for Scratch {
     }
 }
 
-impl PartialEq for Scratch {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Scratch {}
-
 /// A partition as the store holds it: its own, or shared with a frozen copy ([`KvStore::freeze`])
 /// until its next write, which takes it back (copying it only if the frozen copy still holds it).
 /// Owned is the common case, and writes to it cost no atomic operation.
 #[derive(Clone, Debug)]
-enum Held {
-    Owned(Partition),
-    Shared(Arc<Partition>),
+enum Held<S> {
+    Owned(Partition<S>),
+    Shared(Arc<Partition<S>>),
 }
 
-impl Held {
+impl<S: Clone> Held<S> {
     #[inline]
-    fn make_mut(&mut self) -> &mut Partition {
-        if matches!(self, Held::Shared(_)) {
+    fn make_mut(&mut self) -> &mut Partition<S> {
+        if let Held::Shared(shared) = self {
             // An empty partition allocates nothing: a placeholder for the moment of the swap.
-            if let Held::Shared(shared) = std::mem::replace(self, Held::Owned(Partition::default())) {
+            let placeholder = Held::Owned(Partition::empty(shared.items.hasher().clone()));
+            if let Held::Shared(shared) = std::mem::replace(self, placeholder) {
                 *self = Held::Owned(Arc::unwrap_or_clone(shared));
             }
         }
@@ -372,9 +367,10 @@ impl Held {
         }
     }
 
-    fn share(&mut self) -> Arc<Partition> {
+    fn share(&mut self) -> Arc<Partition<S>> {
         if let Held::Owned(part) = self {
-            *self = Held::Shared(Arc::new(std::mem::take(part)));
+            let empty = Partition::empty(part.items.hasher().clone());
+            *self = Held::Shared(Arc::new(std::mem::replace(part, empty)));
         }
         match self {
             Held::Shared(shared) => shared.clone(),
@@ -383,10 +379,10 @@ impl Held {
     }
 }
 
-impl std::ops::Deref for Held {
-    type Target = Partition;
+impl<S> std::ops::Deref for Held<S> {
+    type Target = Partition<S>;
     #[inline]
-    fn deref(&self) -> &Partition {
+    fn deref(&self) -> &Partition<S> {
         match self {
             Held::Owned(part) => part,
             Held::Shared(shared) => shared,
@@ -394,31 +390,51 @@ impl std::ops::Deref for Held {
     }
 }
 
-impl PartialEq for Held {
+impl<S: BuildHasher> PartialEq for Held<S> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl Eq for Held {}
+impl<S: BuildHasher> Eq for Held<S> {}
 
 /// One partition: its items and its version counter.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Partition {
+#[derive(Clone, Debug)]
+struct Partition<S> {
     /// Version of the partition's latest write; the next write takes `counter + 1`.
     /// Kept after the last item is deleted, so versions never repeat (no ABA).
     counter: u64,
-    items: FxHashMap<Small, Entry>,
+    items: HashMap<Small, Entry, S>,
 }
 
-/// The key-value store. Hash maps with a fixed-seed hasher (FxHash): one probe per lookup, where
-/// an ordered map's comparisons each chased a key pointer into a cache miss (28% of a replica's
-/// time at 100k keys). Nothing depends on their iteration order: the snapshot sorts, and the
-/// digest combines entries order-independently. Nested maps allow lookups by `&[u8]` without
-/// allocating a key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KvStore {
-    data: FxHashMap<Small, Held>,
+impl<S> Partition<S> {
+    /// A partition never written; allocates nothing.
+    fn empty(hasher: S) -> Self {
+        Partition { counter: 0, items: HashMap::with_hasher(hasher) }
+    }
+}
+
+// By hand: a derive would ask the hasher for `PartialEq`, which says nothing about the contents.
+impl<S: BuildHasher> PartialEq for Partition<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.counter == other.counter && self.items == other.items
+    }
+}
+
+impl<S: BuildHasher> Eq for Partition<S> {}
+
+/// The key-value store. Hash maps: one probe per lookup, where an ordered map's comparisons each
+/// chased a key pointer into a cache miss (28% of a replica's time at 100k keys). They hash under
+/// a secret key ([`HashKey`], SipHash-1-3, see `hash_key.rs`) so that clients cannot choose keys
+/// that collide. Nothing depends on their iteration order: the snapshot sorts, and the digest
+/// combines entries order-independently. Nested maps allow lookups by `&[u8]` without allocating
+/// a key.
+///
+/// `S` is the maps' hasher: always [`KeyedHasher`] but in `bench hashflood`, which measures the
+/// fixed FxHash the store used before against it.
+#[derive(Clone, Debug)]
+pub struct KvStore<S = KeyedHasher> {
+    data: HashMap<Small, Held<S>, S>,
     /// Buffers reused by every op (not part of the state).
     scratch: Scratch,
 
@@ -427,10 +443,34 @@ pub struct KvStore {
     bytes: u64,
 }
 
+impl<S: BuildHasher> PartialEq for KvStore<S> {
+    fn eq(&self, other: &Self) -> bool {
+        // The buffers are not state, and the key does not change what the store holds.
+        self.data == other.data && self.len == other.len && self.bytes == other.bytes
+    }
+}
+
+impl<S: BuildHasher> Eq for KvStore<S> {}
+
 impl KvStore {
-    /// Creates an empty store.
+    /// An empty store whose maps hash under `key`.
+    pub fn with_key(key: HashKey) -> Self {
+        Self::with_hasher(KeyedHasher::new(key))
+    }
+
+    /// An empty store for tests: its key is no secret.
+    // No `Default`: outside tests a store must be built from the cluster's key.
+    #[cfg(test)]
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self::default()
+        Self::with_key(HashKey::from_bytes(*b"kv tests' key..."))
+    }
+}
+
+impl<S: BuildHasher + Clone> KvStore<S> {
+    /// An empty store whose maps hash with `hasher` (a replica's are keyed: [`KvStore::with_key`]).
+    pub(crate) fn with_hasher(hasher: S) -> Self {
+        KvStore { data: HashMap::with_hasher(hasher), scratch: Scratch::default(), len: 0, bytes: 0 }
     }
 
     /// Number of stored items across all partitions.
@@ -527,13 +567,17 @@ impl KvStore {
         partition: &[u8],
         writes: impl IntoIterator<Item = (impl AsRef<[u8]>, Option<impl AsRef<[u8]>>)>,
     ) -> Result<u64, KvError> {
-        // Look the partition up by reference: cloning its key on every write costs a refcount
-        // promotion and a drop; only a new partition needs an owned key.
-        if !self.data.contains_key(partition) {
-            self.data.insert(Small::from_slice(partition), Held::Owned(Partition::default()));
-            self.bytes += partition.len() as u64;
-        }
-        let part = self.data.get_mut(partition).expect("inserted above").make_mut();
+        // Look the partition up by reference, one hash of its key (SipHash is not free): only a
+        // new partition needs an owned key, and a second hash to place it.
+        let held = match self.data.get_mut(partition) {
+            Some(held) => held,
+            None => {
+                let empty = Partition::empty(self.data.hasher().clone());
+                self.bytes += partition.len() as u64;
+                self.data.entry(Small::from_slice(partition)).or_insert(Held::Owned(empty))
+            }
+        };
+        let part = held.make_mut();
         let version = part.counter.checked_add(1).ok_or(KvError::Overflow)?;
         for (item, value) in writes {
             match value {
@@ -565,7 +609,7 @@ impl KvStore {
     }
 }
 
-impl KvStore {
+impl<S: BuildHasher + Clone> KvStore<S> {
     /// The hot path: a put read straight from its archive (validated, no copy of keys or values into
     /// fresh buffers), with the same limits and results as [`KvStore::execute`].
     fn put_archived(&mut self, partition: &[u8], item: &[u8], value: &[u8]) -> KvResult {
@@ -582,7 +626,7 @@ impl KvStore {
     }
 }
 
-impl KvStore {
+impl<S: BuildHasher + Clone> KvStore<S> {
     /// A top-level op: a batch runs its ops here, read in place from its archive.
     fn run_top(&mut self, op: &[u8], scratch: &mut Buffers) -> KvResult {
         // Ops sit at any alignment inside a batch: copy into a reused aligned buffer (no allocation)
@@ -628,7 +672,7 @@ impl KvStore {
     }
 }
 
-impl StateMachine for KvStore {
+impl<S: BuildHasher + Clone + Send + Sync + 'static> StateMachine for KvStore<S> {
     fn apply_into(&mut self, op: &[u8], out: &mut BytesMut) {
         let mut scratch = self.scratch.0.take().unwrap_or_default();
         let result = self.run_top(op, &mut scratch);
@@ -690,13 +734,14 @@ impl StateMachine for KvStore {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), super::SnapshotError> {
         use super::SnapshotError as E;
         let mut r = super::SnapshotReader::new(snapshot);
-        let mut data = FxHashMap::default();
+        let hasher = self.data.hasher().clone();
+        let mut data = HashMap::with_hasher(hasher.clone());
         let (mut len, mut bytes) = (0, 0u64);
         for _ in 0..r.u64()? {
             let partition = Small::from_slice(r.field()?);
             bytes += partition.len() as u64;
             let counter = r.u64()?;
-            let mut items = FxHashMap::default();
+            let mut items = HashMap::with_hasher(hasher.clone());
             for _ in 0..r.u64()? {
                 if r.field()? != &partition[..] {
                     return Err(E("kv: an item framed under another partition"));
@@ -726,19 +771,19 @@ impl StateMachine for KvStore {
 
 /// A store frozen for a snapshot: the same bytes as [`KvStore::snapshot`], written a partition's
 /// items at a time (each partition's items sorted when it is reached).
-struct FrozenKv {
+struct FrozenKv<S> {
     len: usize,
     /// The partition count, until the image starts with it.
     count: Option<usize>,
     /// Sorted by key; each let go (so the live store need not copy it) once written.
-    partitions: std::vec::IntoIter<(Small, Arc<Partition>)>,
+    partitions: std::vec::IntoIter<(Small, Arc<Partition<S>>)>,
     /// The partition being written, and its items in order.
     partition: Small,
     items: Vec<(Small, Entry)>,
     item_at: usize,
 }
 
-impl super::FrozenState for FrozenKv {
+impl<S: Clone + Send + Sync> super::FrozenState for FrozenKv<S> {
     fn image_len(&self) -> usize {
         self.len
     }
@@ -845,7 +890,7 @@ fn int_bytes(n: i64) -> Bytes {
 /// Length-prefixed framing shared by the digest and the snapshot, so that
 /// ("a", "bc") and ("ab", "c") can never produce the same bytes.
 /// A partition's header in a snapshot: its key, length-prefixed, its counter and its item count.
-fn frame_partition_header(partition: &[u8], part: &Partition, out: &mut Vec<u8>) {
+fn frame_partition_header<S>(partition: &[u8], part: &Partition<S>, out: &mut Vec<u8>) {
     out.extend_from_slice(&(partition.len() as u64).to_le_bytes());
     out.extend_from_slice(partition);
     out.extend_from_slice(&part.counter.to_le_bytes());
@@ -1155,6 +1200,78 @@ mod tests {
         assert_ne!(u.digest(), KvStore::new().digest());
     }
 
+    /// Puts enough keys that two hash keys give the maps different iteration orders.
+    fn many_writes() -> Vec<KvOp> {
+        let mut ops = Vec::new();
+        for i in 0..300 {
+            ops.push(put(&format!("p{}", i % 40), &format!("item-{i}"), &format!("v{i}")));
+            if i % 7 == 0 {
+                ops.push(incr(&format!("p{}", i % 40), "n", i));
+            }
+            if i % 11 == 0 {
+                ops.push(del(&format!("p{}", i % 40), &format!("item-{}", i / 2)));
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn stores_under_one_key_agree_and_restore_each_other() {
+        let key = HashKey::from_bytes(*b"one cluster key!");
+        let (mut x, mut y) = (KvStore::with_key(key), KvStore::with_key(key));
+        for op in many_writes() {
+            assert_eq!(x.apply(&op.encode()), y.apply(&op.encode()));
+        }
+        assert_eq!((x.digest(), x.snapshot()), (y.digest(), y.snapshot()));
+        let mut restored = KvStore::with_key(key);
+        assert_eq!(restored.restore(&x.snapshot()), Ok(()));
+        assert_eq!(restored, x);
+        assert_eq!((restored.digest(), restored.snapshot()), (x.digest(), x.snapshot()));
+        // It goes on taking writes as the original does.
+        let next = put("p3", "after", "v");
+        assert_eq!(restored.apply(&next.encode()), x.apply(&next.encode()));
+        assert_eq!(restored.snapshot(), x.snapshot());
+    }
+
+    #[test]
+    fn the_digest_and_snapshot_do_not_depend_on_the_hash_key() {
+        let keys =
+            [HashKey::UNKEYED, HashKey::from_bytes([1; 16]), HashKey::from_bytes(*b"another key.....")];
+        let stores: Vec<KvStore> = keys
+            .iter()
+            .map(|&key| {
+                let mut s = KvStore::with_key(key);
+                for op in many_writes() {
+                    s.apply(&op.encode());
+                }
+                s
+            })
+            .collect();
+        // The test has teeth: the keys do change the maps' iteration order.
+        let order = |s: &KvStore| s.data.keys().cloned().collect::<Vec<_>>();
+        assert_ne!(order(&stores[0]), order(&stores[1]));
+        assert_ne!(order(&stores[1]), order(&stores[2]));
+        for s in &stores[1..] {
+            assert_eq!(s, &stores[0]);
+            assert_eq!((s.digest(), s.snapshot()), (stores[0].digest(), stores[0].snapshot()));
+            assert_eq!(s.digest(), recompute_digest(s));
+        }
+        // A snapshot taken under one key restores under another.
+        let mut other = KvStore::with_key(keys[2]);
+        assert_eq!(other.restore(&stores[1].snapshot()), Ok(()));
+        assert_eq!(other.snapshot(), stores[1].snapshot());
+        // The digest's hashes are unkeyed and fixed: pinned, so a keyed hash cannot creep in.
+        let e = Entry { value: Stored::from_slice(b"v"), version: 3 };
+        assert_eq!(entry_hash(b"p", b"i", &e), xxhash_rust::xxh3::xxh3_64(&framed(b"p", b"i", &e)));
+        assert_eq!(counter_hash(b"p", 9), xxh3_64_with_seed(b"p", 9));
+    }
+
+    fn framed(p: &[u8], i: &[u8], e: &Entry) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame_entry(p, i, e, &mut |b| out.extend_from_slice(b));
+        out
+    }
+
     fn pick(keys: &'static [&'static str]) -> BoxedStrategy<Bytes> {
         proptest::sample::select(keys).prop_map(b).boxed()
     }
@@ -1254,6 +1371,15 @@ mod tests {
                     + s.entries().map(|(_, i, e)| i.len() + e.value.len()).sum::<usize>();
                 prop_assert_eq!(s.approx_bytes(), held as u64);
             }
+        }
+
+        #[test]
+        fn stores_under_different_keys_hold_the_same_state(ops in small_ops(), k in any::<[u8; 16]>()) {
+            let (mut x, mut y) = (KvStore::new(), KvStore::with_key(HashKey::from_bytes(k)));
+            for op in &ops {
+                prop_assert_eq!(x.apply(&op.encode()), y.apply(&op.encode()));
+            }
+            prop_assert_eq!((x.digest(), x.snapshot()), (y.digest(), y.snapshot()));
         }
 
         #[test]

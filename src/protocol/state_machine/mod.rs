@@ -1,17 +1,21 @@
 //! Replicated state machines driven by the chosen Paxos log.
 //!
 //! Every replica runs the same machine over the same log, so all code here must
-//! be a pure function of (state, op): never do I/O, read a clock, use randomness,
-//! seeded hashing or floats, never use `unsafe`, and never panic on any input.
+//! be a pure function of (state, op): never do I/O, read a clock, use randomness
+//! or floats, never let a result depend on a hash map's iteration order (the KV
+//! store's maps are keyed by a secret, [`HashKey`]), never use `unsafe`, and never
+//! panic on any input.
 
 use std::fmt;
 use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
 
+pub mod hash_key;
 pub mod kv;
 pub mod noop;
 
+pub use hash_key::HashKey;
 pub use kv::KvStore;
 pub use noop::NoopStateMachine;
 
@@ -162,10 +166,10 @@ impl fmt::Display for StateMachineKind {
     }
 }
 
-/// Creates a fresh (empty) state machine of the given kind.
-pub fn new_state_machine(kind: StateMachineKind) -> Box<dyn StateMachine> {
+/// Creates a fresh (empty) state machine of the given kind; a KV store keys its maps with `key`.
+pub fn new_state_machine(kind: StateMachineKind, key: HashKey) -> Box<dyn StateMachine> {
     match kind {
-        StateMachineKind::Kv => Box::new(KvStore::new()),
+        StateMachineKind::Kv => Box::new(KvStore::with_key(key)),
         StateMachineKind::Noop => Box::new(NoopStateMachine::new()),
     }
 }
@@ -184,9 +188,9 @@ mod tests {
 
     #[test]
     fn factory_builds_empty_machines() {
-        let kv = new_state_machine(StateMachineKind::Kv);
+        let kv = new_state_machine(StateMachineKind::Kv, HashKey::from_bytes([3; 16]));
         assert_eq!(kv.digest(), KvStore::new().digest());
-        let noop = new_state_machine(StateMachineKind::Noop);
+        let noop = new_state_machine(StateMachineKind::Noop, HashKey::from_bytes([3; 16]));
         assert_eq!(noop.snapshot(), 0u64.to_le_bytes().to_vec());
     }
 }
