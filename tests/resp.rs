@@ -271,3 +271,49 @@ fn a_gateway_joins_a_running_cluster_shows_in_status_and_leaves_when_told() {
     let status = cluster.extra[index].wait(Duration::from_secs(20));
     assert!(status.success(), "the gateway exited with {status}: {}", cluster.extra[index].stderr_text());
 }
+
+#[test]
+fn with_a_password_file_clients_must_auth_first_and_redis_cli_does_with_dash_a() {
+    let _serial = common::serialize();
+    let dir = TempDir::new("resp-auth");
+    let password = dir.0.join("gateway.password");
+    std::fs::write(&password, "correct horse battery staple\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // A password file others can read is refused, naming the fix.
+    let out = Command::new(common::BIN)
+        .args(["local", "--resp-addr", "127.0.0.1:0", "--requirepass-file"])
+        .arg(&password)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("chmod 600"), "{stderr}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let args: Vec<String> = ["local", "--resp-addr", "127.0.0.1:0", "--cores", "0-1", "--requirepass-file"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([password.display().to_string()])
+        .collect();
+    let mut proc = Proc::spawn(&dir.0, "local", &args);
+    let addr = common::wait_resp_addr(&mut proc, Duration::from_secs(20));
+    let mut conn = Conn::open(addr);
+    assert_eq!(conn.call(&["GET", "k"]), b"-NOAUTH Authentication required.\r\n");
+    assert!(conn.call(&["AUTH", "wrong"]).starts_with(b"-WRONGPASS"));
+    assert_eq!(conn.call(&["AUTH", "correct horse battery staple"]), b"+OK\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while conn.call(&["SET", "k", "v"]) != b"+OK\r\n" {
+        assert!(Instant::now() < deadline, "the gateway never served a write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // redis-cli as a user runs it: without the password refused, with -a served.
+    assert!(redis_cli(addr, &["GET", "k"]).contains("NOAUTH"));
+    let pass = ["-a", "correct horse battery staple", "--no-auth-warning"];
+    assert_eq!(redis_cli(addr, &[&pass[..], &["GET", "k"]].concat()), "v");
+    let metrics = proc.stderr_text();
+    assert!(!metrics.contains("correct horse"), "the password reached the log");
+}

@@ -387,3 +387,38 @@ fn hostile_input_on_every_port_takes_no_node_down_and_loses_nothing_acknowledged
     );
     assert!(during >= 0.8 * base, "under attack the load kept {:.2} of its throughput", during / base);
 }
+
+#[test]
+fn with_authenticated_frames_the_cluster_serves_status_answers_and_an_unsealed_frame_is_refused() {
+    let _serial = serialize();
+    let mut cluster = Cluster::configure("sealed");
+    let text = std::fs::read_to_string(&cluster.config).unwrap();
+    let text = text.replacen(
+        "secret_file = \"cluster.secret\"\n",
+        "secret_file = \"cluster.secret\"\nauthenticate_frames = true\n",
+        1,
+    );
+    std::fs::write(&cluster.config, text).unwrap();
+    cluster.start_nodes(&[3, 4, 5, 6, 7, 8, 9, 10, 1, 2]);
+    let client = spawn_verifying_client(&mut cluster, "load", 4);
+    wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
+
+    // The operator's tool seals its request and checks the answer's tags.
+    let status = status_json(&cluster);
+    assert!(status["nodes"].as_array().is_some_and(|n| n.len() >= 10), "{status}");
+
+    // A peer that proves the secret but sends a frame without a tag is cut off and counted.
+    let before = cluster.metric(3, "autopaxos_bad_frames_total", &[("reason", "bad_tag")]);
+    let (heard, mut d) = Dialer::handshake(
+        cluster.node(3).addr(),
+        &cluster.cluster_id,
+        7_781,
+        RoleKind::Client,
+        &cluster.secret(),
+    );
+    assert!(!heard && d.closed_within(Duration::from_secs(3)), "an unsealed frame must not be heard");
+    counted(&cluster, 3, "autopaxos_bad_frames_total", "bad_tag", before);
+
+    let verified = finish_client(&mut cluster, client);
+    eprintln!("sealed frames: {} writes verified", verified.intact);
+}
