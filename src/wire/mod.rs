@@ -21,7 +21,7 @@
 //!            payload: the raw bytes of that large payload (a batch), or nothing
 //!            zero padding to a multiple of 16
 //!            tag: 16 bytes, only with flag bit 0: keyed BLAKE3 (the connection's key for this
-//!            direction) of a frame counter (u64 LE) and the frame's bytes above
+//!            direction) of the frame's bytes above and a frame counter (u64 LE)
 //! ```
 
 pub mod frame;
