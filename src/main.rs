@@ -1290,8 +1290,9 @@ fn sim(args: SimArgs) -> ExitCode {
             println!("seed {seed}: {v}");
         }
         println!(
-            "seed {seed}: {} requests completed, {} slots chosen, {} elections, {} messages, {:.3}s virtual{}",
+            "seed {seed}: {} requests completed, {} refused busy, {} slots chosen, {} elections, {} messages, {:.3}s virtual{}",
             outcome.completed,
+            outcome.refused,
             outcome.chosen_slots,
             outcome.elections,
             outcome.delivered,
@@ -1319,11 +1320,12 @@ fn sim(args: SimArgs) -> ExitCode {
     };
     let summary = run_seeds(args.start, args.seeds, &opts, threads, &on_failure);
     eprintln!(
-        "{:?} faults, seeds {}..{}: {} requests completed, {} elections, {} inconclusive linearizability checks, {:.1}s wall",
+        "{:?} faults, seeds {}..{}: {} requests completed, {} refused busy, {} elections, {} inconclusive linearizability checks, {:.1}s wall",
         args.faults,
         args.start,
         args.start + args.seeds,
         summary.completed,
+        summary.refused,
         summary.elections,
         summary.inconclusive,
         started.elapsed().as_secs_f64()

@@ -1,15 +1,24 @@
 //! Batcher: gathers client commands into batches (by size or a flush interval) and sends each batch to
 //! the leader it knows of. Refused batches are resent to the hinted leader a bounded number of times.
 //!
-//! Must never: decode or reorder commands once batched; hold more than one batch of commands.
+//! Overload is shed here, at the edge. The leader says when it is full (`LeaderLoad`: its window has
+//! no room and batches queue behind it); the batcher then holds the batches it makes instead of
+//! sending them, up to `Tunables::batcher_max_held_batches`, and sends them when the leader says it
+//! has room again. With the leader full and that many batches held, a new request is answered at
+//! once with `Busy`: it is never batched, so it was never proposed and never will be, and the
+//! client may send the same command again. A command once admitted is never refused: a batch the
+//! leader hands back (`BatchBusy`, its own queue at its bound) is held again, even past the bound.
+//!
+//! Must never: decode or reorder commands once batched; refuse a command it admitted; answer `Busy`
+//! for a command it batched.
 
 use super::config::{ClusterConfig, Tunables};
 use super::membership::{earliest, membership_period_us, NodeMembership, View};
 use super::messages::{client_node, encode_batch, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::timers::Timers;
-use super::{Ballot, NodeId, Out, Role, RoleKind, Time};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 /// How many times one batch is sent before the batcher parks it until a leader is known.
 pub const MAX_BATCH_ATTEMPTS: u8 = 4;
@@ -41,6 +50,12 @@ pub struct Batcher {
     next_proposer: usize,
     /// Batches every proposer refused (no leader yet), resent when a heartbeat names the leader.
     parked: Vec<Bytes>,
+    /// Whether the leader last said it is full (reset when another leader is heard of).
+    leader_full: bool,
+    /// Batches held while the leader is full, oldest first; sent when it has room again.
+    held: VecDeque<Bytes>,
+    /// At this many held batches (and the leader full), new requests are refused with `Busy`.
+    max_held: usize,
     /// Client nodes that sent requests here: they hear the views this batcher gets.
     client_nodes: BTreeSet<NodeId>,
     membership: NodeMembership,
@@ -62,6 +77,9 @@ impl Batcher {
             leader_ballot: Ballot::ZERO,
             next_proposer: 0,
             parked: Vec::new(),
+            leader_full: false,
+            held: VecDeque::new(),
+            max_held: tunables.batcher_max_held_batches,
             timers: Timers::default(),
         }
     }
@@ -96,7 +114,53 @@ impl Batcher {
         let commands = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch_size));
         self.pending_bytes = 0;
         let batch = encode_batch(commands);
-        out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
+        if self.leader_full {
+            self.held.push_back(batch);
+        } else {
+            out.send(
+                self.target(),
+                Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch },
+            );
+        }
+    }
+
+    /// Whether a new request is refused: the leader is full and this batcher holds its bound.
+    pub fn is_shedding(&self) -> bool {
+        self.leader_full && self.held.len() >= self.max_held
+    }
+
+    /// Batches held while the leader is full.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Sends what was held, oldest first, once the leader has room.
+    fn release_held(&mut self, out: &mut Out) {
+        if self.leader_full {
+            return;
+        }
+        let target = self.target();
+        for batch in self.held.drain(..) {
+            out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
+        }
+    }
+
+    /// The leader's word on its load. A newer leader's (or the same leader's) counts.
+    fn on_leader_load(&mut self, ballot: Ballot, full: bool, out: &mut Out) {
+        if ballot < self.leader_ballot {
+            return;
+        }
+        self.leader_ballot = ballot;
+        self.leader_hint = Some(ballot.proposer);
+        self.leader_full = full;
+        self.release_held(out);
+    }
+
+    /// The leader's queue was at its bound: this batch was not proposed. Hold it (first: it is the
+    /// oldest) until the leader has room.
+    fn on_batch_busy(&mut self, batch: Bytes) {
+        self.leader_full = true;
+        self.held.push_front(batch);
     }
 
     fn on_request(&mut self, now: Time, command: Command, out: &mut Out) {
@@ -132,6 +196,11 @@ impl Batcher {
     }
 
     fn on_heartbeat(&mut self, ballot: Ballot, out: &mut Out) {
+        if ballot > self.leader_ballot {
+            // Another leader: its load is unknown until it says; its own bound protects it.
+            self.leader_full = false;
+            self.release_held(out);
+        }
         if ballot >= self.leader_ballot {
             self.leader_ballot = ballot;
             self.leader_hint = Some(ballot.proposer);
@@ -161,6 +230,7 @@ impl Batcher {
         assert!(self.client_nodes.len() <= MAX_CLIENT_NODES);
         assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
         assert!(self.parked.len() <= MAX_PARKED_BATCHES);
+        assert!(self.leader_full || self.held.is_empty(), "held batches leave once the leader has room");
     }
 }
 
@@ -174,10 +244,21 @@ impl Role for Batcher {
                         self.client_nodes.insert(client_node(first.client_id));
                     }
                 }
+                let mut refused = Vec::new();
                 for command in commands {
-                    self.on_request(now, command, out);
+                    if self.is_shedding() {
+                        refused.push((command.client_id, command.seq));
+                    } else {
+                        self.on_request(now, command, out);
+                    }
+                }
+                if !refused.is_empty() {
+                    out.event(|| Event::Shed { commands: refused.len() as u64 });
+                    out.send(from, Msg::Busy(refused));
                 }
             }
+            Msg::LeaderLoad { ballot, full } => self.on_leader_load(ballot, full, out),
+            Msg::BatchBusy { batch } => self.on_batch_busy(batch),
             Msg::BatchRefused { leader_hint, attempt, batch } => {
                 self.on_refused(leader_hint, attempt, batch, out)
             }
@@ -193,7 +274,7 @@ impl Role for Batcher {
         if self.timers.take_expired(now).count() > 0 {
             self.flush(out);
         }
-        let idle = self.pending.is_empty() && self.parked.is_empty();
+        let idle = self.pending.is_empty() && self.parked.is_empty() && self.held.is_empty();
         self.membership.on_timeout(now, idle, out);
         self.check_invariants();
     }

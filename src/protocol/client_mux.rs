@@ -11,7 +11,7 @@
 //! (time comes in as `now`); allocate or clone per reply on the hot path; let a client's retry
 //! deadline go untracked (its request would never be resent).
 
-use super::client::{Client, SubmitError};
+use super::client::{BusyOutcome, Client, SubmitError};
 use super::config::{ClusterConfig, Tunables};
 use super::messages::{chunk_by_bytes, client_id, client_node, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::{NodeId, Out, Role, RoleKind, Time};
@@ -62,6 +62,11 @@ pub struct ClientMux {
     completed: Vec<Completion>,
     /// Requests resent after their retry timeout, since the mux was built.
     retries: u64,
+    /// `Busy` refusals its clients received, since the mux was built.
+    busy: u64,
+    /// Requests refused for good (clients that give up on `Busy`), as (client index, seq), for
+    /// the host to answer; bounded by the clients (one request outstanding each) until drained.
+    refused: Vec<(usize, u64)>,
 }
 
 impl ClientMux {
@@ -99,6 +104,8 @@ impl ClientMux {
             deadlines: VecDeque::new(),
             completed: Vec::new(),
             retries: 0,
+            busy: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -120,6 +127,17 @@ impl ClientMux {
     /// Requests resent after their retry timeout, since the mux was built.
     pub fn retries(&self) -> u64 {
         self.retries
+    }
+
+    /// `Busy` refusals its clients received, since the mux was built.
+    pub fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// Requests refused for good since the last drain, as (client index, seq): only clients that
+    /// give up on `Busy` have them (a gateway's sessions).
+    pub fn drain_refused(&mut self) -> std::vec::Drain<'_, (usize, u64)> {
+        self.refused.drain(..)
     }
 
     /// Client `index` sends a new request carrying `op`; returns its sequence number.
@@ -183,6 +201,20 @@ impl ClientMux {
             Msg::NotLeader { leader_hint } => {
                 for index in 0..self.clients.len() {
                     self.call(index, |c| c.on_not_leader(now, leader_hint, out));
+                }
+            }
+            // Overload: each refused client backs off (or, giving up, is reported to the host).
+            Msg::Busy(refused) => {
+                for (client_id, seq) in refused {
+                    let index = (client_id & INDEX_MASK) as usize;
+                    if index >= self.clients.len() || self.clients[index].client_id() != client_id {
+                        out.dropped("client mux: busy for an unknown client");
+                        continue;
+                    }
+                    self.busy += 1;
+                    if let BusyOutcome::Refused { seq } = self.call(index, |c| c.on_busy(now, seq, out)) {
+                        self.refused.push((index, seq));
+                    }
                 }
             }
             // Which batchers are in service: every client sends to them from now on.
@@ -281,8 +313,10 @@ impl Role for ClientMux {
             if !self.is_live(&d) {
                 continue;
             }
+            let backoff = self.clients[d.client as usize].is_backing_off();
             self.call(d.client as usize, |c| c.handle_timeout(now, out));
-            self.retries += 1;
+            // The end of a `Busy` backoff is not a timeout.
+            self.retries += u64::from(!backoff);
         }
         merge_requests(out, first_new);
         self.after_call();

@@ -14,18 +14,41 @@
 //! views, `status` shows it, and `autopaxos leave` drains it: it takes no new connection, and once
 //! no request of its sessions is in flight it reports `Left` and stops.
 //!
+//! Overload: a session's request refused with `Busy` (sent once, so never executed) is handed back
+//! as [`Answer::Busy`] (the connection answers `-BUSY`), not retried: the application decides. And
+//! while the cluster refuses (a `Busy` within [`BUSY_MEMORY_US`]), the gateway refuses a new request
+//! at once, without sending it, once [`MAX_IN_FLIGHT_SESSIONS`] of its sessions wait on the cluster:
+//! that is its queue for the leader, and it is at its bound.
+//!
 //! Must never: give one session to two connections; report a completion for a session that no
-//! connection holds (it is swallowed, and the session freed).
+//! connection holds (it is swallowed, and the session freed); answer `Busy` for a request that
+//! some copy of may still execute.
 
-use super::client::SubmitError;
+use super::client::{Client, SubmitError};
 use super::client_mux::ClientMux;
 use super::config::{ClusterConfig, Tunables};
 use super::membership::{earliest, membership_period_us, NodeMembership};
+use super::messages::client_id;
 use super::{Msg, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 
 /// A session's index (the low 16 bits of its client id).
 pub type Session = usize;
+
+/// Sessions with a request in flight at once, at most, while the cluster refuses requests: past
+/// it a new request is refused at once (`-BUSY`) rather than sent to be refused.
+pub const MAX_IN_FLIGHT_SESSIONS: usize = 256;
+/// A `Busy` counts as "the cluster refuses" for this long.
+pub const BUSY_MEMORY_US: Time = 100_000;
+
+/// What a session's request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The state machine's result.
+    Done(Bytes),
+    /// Refused: the cluster is overloaded; the request was never executed.
+    Busy,
+}
 
 /// The sessions of one gateway node.
 #[derive(Debug)]
@@ -38,7 +61,13 @@ pub struct Gateway {
     /// Sessions no connection holds and with nothing in flight, the most recently freed last.
     free: Vec<Session>,
     /// Completions for held sessions since the last [`Gateway::take_completions`].
-    completions: Vec<(Session, Bytes)>,
+    completions: Vec<(Session, Answer)>,
+    /// Sessions with a request in flight.
+    in_flight: usize,
+    /// When a request was last refused with `Busy`.
+    last_busy_at: Option<Time>,
+    /// Requests refused with `Busy` (by the cluster, or here at once), since the gateway started.
+    busy: u64,
 }
 
 impl Gateway {
@@ -51,7 +80,15 @@ impl Gateway {
         config: &ClusterConfig,
         tunables: &Tunables,
     ) -> Self {
-        let mux = ClientMux::new(node, incarnation, sessions, config, tunables);
+        assert!(sessions <= super::client_mux::MAX_CLIENTS);
+        let prefix = u32::from(incarnation) << 16;
+        let clients = (0..sessions)
+            .map(|i| {
+                Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize)
+                    .give_up_on_busy()
+            })
+            .collect();
+        let mux = ClientMux::from_clients(clients);
         Gateway {
             mux,
             membership: None,
@@ -59,6 +96,9 @@ impl Gateway {
             // Popped from the back: session 0 first.
             free: (0..sessions as usize).rev().collect(),
             completions: Vec::new(),
+            in_flight: 0,
+            last_busy_at: None,
+            busy: 0,
         }
     }
 
@@ -116,12 +156,42 @@ impl Gateway {
         out: &mut Out,
     ) -> Result<u64, SubmitError> {
         debug_assert!(self.held[session], "only a held session submits");
-        self.mux.submit(session, now, op, out)
+        if self.is_shedding(now) {
+            self.busy += 1;
+            return Err(SubmitError::Overloaded);
+        }
+        let seq = self.mux.submit(session, now, op, out)?;
+        self.in_flight += 1;
+        Ok(seq)
     }
 
-    /// The results that arrived for held sessions, in order.
-    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (Session, Bytes)> {
+    /// Whether a new request is refused at once: the cluster refuses, and this gateway's queue for
+    /// it (its sessions in flight) is at its bound.
+    pub fn is_shedding(&self, now: Time) -> bool {
+        self.in_flight >= MAX_IN_FLIGHT_SESSIONS
+            && self.last_busy_at.is_some_and(|at| now.saturating_sub(at) < BUSY_MEMORY_US)
+    }
+
+    /// Requests refused with `Busy`, since the gateway started.
+    pub fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// The answers that arrived for held sessions, in order.
+    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (Session, Answer)> {
         self.completions.drain(..)
+    }
+
+    /// A session's request ended (answered or refused): hand it to its connection, or free the
+    /// session if that went.
+    fn finish(&mut self, session: Session, answer: Answer) {
+        self.in_flight -= 1;
+        if self.held[session] {
+            self.completions.push((session, answer));
+        } else {
+            // Its connection went while it was in flight: now nobody waits for it.
+            self.free.push(session);
+        }
     }
 
     /// The leader some session was last told of.
@@ -155,14 +225,18 @@ impl Role for Gateway {
                 _ => {}
             }
         }
+        if matches!(msg, Msg::Busy(_)) {
+            self.last_busy_at = Some(now);
+        }
         self.mux.handle_message(now, from, msg, out);
-        for done in self.mux.drain_completed() {
-            if self.held[done.client] {
-                self.completions.push((done.client, done.result));
-            } else {
-                // Its connection went while it was in flight: now nobody waits for it.
-                self.free.push(done.client);
-            }
+        let done: Vec<_> = self.mux.drain_completed().map(|c| (c.client, c.result)).collect();
+        for (session, result) in done {
+            self.finish(session, Answer::Done(result));
+        }
+        let refused: Vec<_> = self.mux.drain_refused().collect();
+        for (session, _seq) in refused {
+            self.busy += 1;
+            self.finish(session, Answer::Busy);
         }
     }
 
@@ -223,7 +297,10 @@ mod tests {
         let seq = g.submit(b, 0, Bytes::from_static(b"op"), &mut out).unwrap();
         reply(&mut g, b, seq, b"ok", &mut out);
         reply(&mut g, b, seq, b"ok", &mut out);
-        assert_eq!(g.take_completions().collect::<Vec<_>>(), vec![(b, Bytes::from_static(b"ok"))]);
+        assert_eq!(
+            g.take_completions().collect::<Vec<_>>(),
+            vec![(b, Answer::Done(Bytes::from_static(b"ok")))]
+        );
         g.close(b);
         assert_eq!(g.open(), Some(b), "idle at close: free at once");
         assert_eq!(g.sessions_held(), 2);

@@ -62,10 +62,6 @@ const MAX_DIRECT_CLIENTS: usize = 1024;
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
 const MAX_ELECTION_BACKOFF: u32 = 3;
 
-/// Batches a leader holds while its in-flight window is full; beyond it they are dropped and counted
-/// (their clients retry).
-pub const MAX_WAITING_BATCHES: usize = 10_000;
-
 #[repr(usize)]
 #[derive(Clone, Copy)]
 enum Timer {
@@ -128,8 +124,12 @@ struct InFlight {
 struct Leadership {
     next_slot: Slot,
     in_flight: BTreeMap<Slot, InFlight>,
-    /// Batches (with the node to refuse or forward them for) waiting for room in the window.
+    /// Batches (with the node to refuse or forward them for) waiting for room in the window, at
+    /// most `Tunables::max_waiting_batches`; at the bound a new one goes back to its batcher
+    /// unproposed (`BatchBusy`).
     waiting: VecDeque<(NodeId, Bytes)>,
+    /// Whether batchers were last told that this leader is full (`LeaderLoad`).
+    reported_full: bool,
     next_proxy: usize,
     trimmed_sent: Slot,
     /// A change of configuration under way, if any (one at a time).
@@ -455,6 +455,7 @@ impl Proposer {
             next_slot: end,
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
+            reported_full: false,
             next_proxy: 0,
             trimmed_sent: 0,
             reconfig: None,
@@ -619,10 +620,12 @@ impl Proposer {
                     let slot = self.take_next_slot();
                     self.propose(now, slot, Value::Batch(batch), out);
                     self.arm_resend(now);
-                } else if l.waiting.len() < MAX_WAITING_BATCHES {
+                } else if l.waiting.len() < self.tunables.max_waiting_batches {
                     l.waiting.push_back((origin, batch));
                 } else {
-                    out.dropped("proposer: waiting queue full");
+                    // Never proposed and not kept: the batcher holds it and sends it again.
+                    out.dropped("proposer: waiting queue full, batch handed back");
+                    out.send(origin, Msg::BatchBusy { batch });
                 }
             }
             _ => match self.leader_hint {
@@ -834,6 +837,35 @@ impl Proposer {
         for node in others.chain(self.view.batchers_to_inform()) {
             out.send(node, Msg::Heartbeat { ballot: self.ballot });
         }
+        // With every heartbeat too, so that a lost change of load is repaired within a period.
+        let full = matches!(&self.state, State::Leader(l) if l.reported_full);
+        for node in self.view.batchers_to_inform() {
+            out.send(node, Msg::LeaderLoad { ballot: self.ballot, full });
+        }
+    }
+
+    /// Whether the leader is full: its window has no room and batches queue behind it. Batchers
+    /// then hold their batches, and refuse new requests once they hold their bound.
+    fn is_full(&self) -> bool {
+        match &self.state {
+            State::Leader(l) => {
+                self.room() == 0 && l.waiting.len() >= self.tunables.leader_full_waiting_batches
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells batchers at once when the leader becomes full or stops being full.
+    fn report_load(&mut self, out: &mut Out) {
+        let full = self.is_full();
+        let State::Leader(l) = &mut self.state else { return };
+        if l.reported_full == full {
+            return;
+        }
+        l.reported_full = full;
+        for node in self.view.batchers_to_inform() {
+            out.send(node, Msg::LeaderLoad { ballot: self.ballot, full });
+        }
     }
 
     // ---- membership of the stateless roles ----
@@ -1039,7 +1071,7 @@ impl Proposer {
                 assert!(self.timers.is_set(Timer::Heartbeat as usize));
                 assert!(!self.timers.is_set(Timer::Election as usize));
                 assert!(l.in_flight.keys().next_back().is_none_or(|&s| s < l.next_slot));
-                assert!(l.waiting.len() <= MAX_WAITING_BATCHES);
+                assert!(l.waiting.len() <= self.tunables.max_waiting_batches);
                 assert_eq!(l.in_flight.is_empty(), !self.timers.is_set(Timer::Resend as usize));
             }
         }
@@ -1070,7 +1102,11 @@ impl Role for Proposer {
                 if self.direct_clients.len() < MAX_DIRECT_CLIENTS {
                     self.direct_clients.insert(from);
                 }
-                if self.is_leader() {
+                if self.is_full() {
+                    // Without batchers the leader is the edge: refuse at once, unbatched.
+                    out.event(|| Event::Shed { commands: commands.len() as u64 });
+                    out.send(from, Msg::Busy(commands.iter().map(|c| (c.client_id, c.seq)).collect()));
+                } else if self.is_leader() {
                     self.on_batch(now, from, true, 0, encode_batch(commands), out);
                 } else {
                     out.send(from, Msg::NotLeader { leader_hint: self.leader_hint });
@@ -1100,6 +1136,7 @@ impl Role for Proposer {
             Msg::LeadNow => {}
             _ => out.dropped("proposer: unexpected message"),
         }
+        self.report_load(out);
         self.check_invariants();
     }
 
@@ -1119,6 +1156,7 @@ impl Role for Proposer {
                 _ => unreachable!("three timers"),
             }
         }
+        self.report_load(out);
         self.check_invariants();
     }
 

@@ -74,7 +74,10 @@ macro_rules! payload_of {
             | Msg::LeadNow
             | Msg::Leaving
             | Msg::Left
-            | Msg::Membership(_) => None,
+            | Msg::Membership(_)
+            | Msg::Busy(_)
+            | Msg::LeaderLoad { .. }
+            | Msg::BatchBusy { .. } => None,
         }
     };
 }
@@ -505,6 +508,9 @@ mod tests {
             Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
             Msg::Leave,
             Msg::LeadNow,
+            Msg::Busy(vec![(9, 1), (9 << 32, 7)]),
+            Msg::LeaderLoad { ballot: B, full: true },
+            Msg::BatchBusy { batch: real.clone() },
             Msg::Leaving,
             Msg::Left,
             Msg::Membership({
@@ -628,9 +634,12 @@ mod tests {
             Msg::StatusRequest => 31,
             Msg::Status(_) => 32,
             Msg::LeadNow => 33,
+            Msg::Busy(_) => 34,
+            Msg::LeaderLoad { .. } => 35,
+            Msg::BatchBusy { .. } => 36,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 34, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 37, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
