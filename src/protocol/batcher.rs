@@ -114,8 +114,10 @@ impl Batcher {
         let commands = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch_size));
         self.pending_bytes = 0;
         let batch = encode_batch(commands);
-        if self.leader_full {
+        if self.leader_full || !self.held.is_empty() {
+            // Behind what is held, in order; some of it leaves now if the leader has room.
             self.held.push_back(batch);
+            self.release_held(out);
         } else {
             out.send(
                 self.target(),
@@ -124,9 +126,10 @@ impl Batcher {
         }
     }
 
-    /// Whether a new request is refused: the leader is full and this batcher holds its bound.
+    /// Whether a new request is refused: the leader is full (or none leads: batches are parked)
+    /// and this batcher holds its bound of batches.
     pub fn is_shedding(&self) -> bool {
-        self.leader_full && self.held.len() >= self.max_held
+        (self.leader_full || !self.parked.is_empty()) && self.held.len() + self.parked.len() >= self.max_held
     }
 
     /// Batches held while the leader is full.
@@ -134,13 +137,16 @@ impl Batcher {
         self.held.len()
     }
 
-    /// Sends what was held, oldest first, once the leader has room.
+    /// Sends what was held, oldest first, once the leader has room: at most the bound at a time
+    /// (batches the leader handed back may have taken it past), so that a leader that just said
+    /// it has room is not flooded past its own bound; the rest leave with the leader's next word.
     fn release_held(&mut self, out: &mut Out) {
         if self.leader_full {
             return;
         }
         let target = self.target();
-        for batch in self.held.drain(..) {
+        let n = self.held.len().min(self.max_held.max(1));
+        for batch in self.held.drain(..n) {
             out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
         }
     }
@@ -230,7 +236,6 @@ impl Batcher {
         assert!(self.client_nodes.len() <= MAX_CLIENT_NODES);
         assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
         assert!(self.parked.len() <= MAX_PARKED_BATCHES);
-        assert!(self.leader_full || self.held.is_empty(), "held batches leave once the leader has room");
     }
 }
 

@@ -34,7 +34,7 @@ struct Outstanding {
 }
 
 /// A refusal with `Busy` is waited out at most this many doublings of the base backoff.
-pub const MAX_BUSY_DOUBLINGS: u32 = 6;
+pub const MAX_BUSY_DOUBLINGS: u32 = 8;
 
 /// What a `Busy` did to the outstanding request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -81,10 +81,40 @@ impl ClientMux {
         config: &ClusterConfig,
         tunables: &Tunables,
     ) -> Self {
+        Self::build(node, incarnation, count, config, tunables, false)
+    }
+
+    /// As [`ClientMux::new`], with clients that give up on a definitive `Busy` (see
+    /// [`Client::give_up_on_busy`]): their refusals wait in [`ClientMux::drain_refused`].
+    pub fn giving_up_on_busy(
+        node: NodeId,
+        incarnation: u16,
+        count: u32,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+    ) -> Self {
+        Self::build(node, incarnation, count, config, tunables, true)
+    }
+
+    fn build(
+        node: NodeId,
+        incarnation: u16,
+        count: u32,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+        give_up: bool,
+    ) -> Self {
         assert!(count <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients per node");
         let prefix = u32::from(incarnation) << 16;
         let clients = (0..count)
-            .map(|i| Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize))
+            .map(|i| {
+                let c = Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize);
+                if give_up {
+                    c.give_up_on_busy()
+                } else {
+                    c
+                }
+            })
             .collect();
         Self::from_clients(clients)
     }
@@ -163,6 +193,22 @@ impl ClientMux {
             if let Some(op) = next(index, self.clients[index].client_id()) {
                 self.call(index, |c| c.submit(now, op, out)).expect("the client was idle");
             }
+        }
+        merge_requests(out, first_new);
+        self.after_call();
+    }
+
+    /// Each `(index, op)` sends a new request for that (idle) client; they leave as one message per
+    /// destination. An open-loop host calls it with the arrivals due.
+    pub fn submit_many(
+        &mut self,
+        now: Time,
+        out: &mut Out,
+        requests: impl IntoIterator<Item = (usize, Bytes)>,
+    ) {
+        let first_new = out.msgs.len();
+        for (index, op) in requests {
+            self.call(index, |c| c.submit(now, op, out)).expect("only idle clients are given work");
         }
         merge_requests(out, first_new);
         self.after_call();

@@ -209,7 +209,8 @@ pub struct Tunables {
     /// Slots the leader may have proposed but not yet seen executed; beyond it, batches wait (backpressure).
     pub max_in_flight_slots: usize,
     /// The leader reports itself full (to batchers, `LeaderLoad`) once its window is full and this
-    /// many batches wait behind it: enough queued to refill the window as slots execute.
+    /// many batches wait behind it (enough queued to refill the window as slots execute), and no
+    /// longer once half of them left.
     pub leader_full_waiting_batches: usize,
     /// Batches the leader holds waiting for room in its window, at most. At the bound it hands a
     /// new batch back to its batcher unproposed (`BatchBusy`), which holds it: nothing admitted is
@@ -220,7 +221,7 @@ pub struct Tunables {
     /// it. Batches the leader hands back are held even past the bound (they hold admitted commands).
     pub batcher_max_held_batches: usize,
     /// A client refused with `Busy` waits this long before it sends again, doubled per refusal in a
-    /// row (up to 64 times), with jitter: a random half of it.
+    /// row (up to 256 times), with jitter: a random half of it.
     pub client_busy_backoff_us: Time,
     /// The leader re-proposes a slot not executed after this long; a proxy leader resends Phase2a after it.
     pub resend_timeout_us: Time,
@@ -273,9 +274,9 @@ impl Default for Tunables {
             heartbeat_interval_us: 20_000,
             election_timeout_us: 150_000,
             max_in_flight_slots: 1_000,
-            leader_full_waiting_batches: 16,
+            leader_full_waiting_batches: 64,
             max_waiting_batches: 1_024,
-            batcher_max_held_batches: 8,
+            batcher_max_held_batches: 16,
             client_busy_backoff_us: 1_000,
             resend_timeout_us: 50_000,
             client_retry_timeout_us: 200_000,

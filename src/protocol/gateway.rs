@@ -24,11 +24,10 @@
 //! connection holds (it is swallowed, and the session freed); answer `Busy` for a request that
 //! some copy of may still execute.
 
-use super::client::{Client, SubmitError};
+use super::client::SubmitError;
 use super::client_mux::ClientMux;
 use super::config::{ClusterConfig, Tunables};
 use super::membership::{earliest, membership_period_us, NodeMembership};
-use super::messages::client_id;
 use super::{Msg, NodeId, Out, Role, RoleKind, Time};
 use bytes::Bytes;
 
@@ -80,15 +79,7 @@ impl Gateway {
         config: &ClusterConfig,
         tunables: &Tunables,
     ) -> Self {
-        assert!(sessions <= super::client_mux::MAX_CLIENTS);
-        let prefix = u32::from(incarnation) << 16;
-        let clients = (0..sessions)
-            .map(|i| {
-                Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize)
-                    .give_up_on_busy()
-            })
-            .collect();
-        let mux = ClientMux::from_clients(clients);
+        let mux = ClientMux::giving_up_on_busy(node, incarnation, sessions, config, tunables);
         Gateway {
             mux,
             membership: None,

@@ -845,12 +845,14 @@ impl Proposer {
     }
 
     /// Whether the leader is full: its window has no room and batches queue behind it. Batchers
-    /// then hold their batches, and refuse new requests once they hold their bound.
+    /// then hold their batches, and refuse new requests once they hold their bound. Once full it
+    /// stays so until half the queue drained (hysteresis): otherwise every executed slot would
+    /// flip it twice, two messages per batcher each time, on the busiest node.
     fn is_full(&self) -> bool {
+        let high = self.tunables.leader_full_waiting_batches;
         match &self.state {
-            State::Leader(l) => {
-                self.room() == 0 && l.waiting.len() >= self.tunables.leader_full_waiting_batches
-            }
+            State::Leader(l) if l.reported_full => l.waiting.len() > high / 2,
+            State::Leader(l) => self.room() == 0 && l.waiting.len() >= high,
             _ => false,
         }
     }
