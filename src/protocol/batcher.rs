@@ -137,16 +137,16 @@ impl Batcher {
         self.held.len()
     }
 
-    /// Sends what was held, oldest first, once the leader has room: at most the bound at a time
-    /// (batches the leader handed back may have taken it past), so that a leader that just said
-    /// it has room is not flooded past its own bound; the rest leave with the leader's next word.
+    /// Sends what was held, oldest first, once the leader has room. All of it: the leader takes
+    /// what its queue holds and hands the rest back (held again until it has room once more), so
+    /// every time it has room the batcher moves forward; releasing less per word of the leader
+    /// would pace the batcher by the leader's heartbeat.
     fn release_held(&mut self, out: &mut Out) {
         if self.leader_full {
             return;
         }
         let target = self.target();
-        let n = self.held.len().min(self.max_held.max(1));
-        for batch in self.held.drain(..n) {
+        for batch in self.held.drain(..) {
             out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
         }
     }
@@ -205,7 +205,6 @@ impl Batcher {
         if ballot > self.leader_ballot {
             // Another leader: its load is unknown until it says; its own bound protects it.
             self.leader_full = false;
-            self.release_held(out);
         }
         if ballot >= self.leader_ballot {
             self.leader_ballot = ballot;
@@ -216,6 +215,7 @@ impl Batcher {
                     Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch },
                 );
             }
+            self.release_held(out);
         }
     }
 
@@ -372,6 +372,110 @@ mod tests {
         assert!(out.msgs.is_empty(), "not bounced again while no one leads");
         b.handle_message(0, 2, Msg::Heartbeat { ballot: Ballot { round: 1, proposer: 2 } }, &mut out);
         assert_eq!(out.msgs, vec![(2, Msg::ClientBatch { origin: 9, forwarded: false, attempt: 0, batch })]);
+    }
+
+    fn requests(seqs: &[u64]) -> Msg {
+        Msg::ClientRequests(
+            seqs.iter().map(|&seq| Command { client_id: 100, seq, op: Bytes::new() }).collect(),
+        )
+    }
+
+    fn load(full: bool) -> Msg {
+        Msg::LeaderLoad { ballot: Ballot { round: 1, proposer: 2 }, full }
+    }
+
+    /// A batcher of batches of one that holds at most one batch while the leader (2) is full.
+    fn holding_one() -> Batcher {
+        let tunables = Tunables { batch_size: 1, batcher_max_held_batches: 1, ..Tunables::default() };
+        let mut b = Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables);
+        b.handle_message(
+            0,
+            2,
+            Msg::Heartbeat { ballot: Ballot { round: 1, proposer: 2 } },
+            &mut Out::new(false),
+        );
+        b
+    }
+
+    #[test]
+    fn at_its_bound_with_the_leader_full_a_new_request_is_refused_at_once_and_below_it_admitted() {
+        let mut b = holding_one();
+        let mut out = Out::new(true);
+        b.handle_message(0, 2, load(true), &mut out);
+        b.handle_message(0, 100, requests(&[1, 2, 3]), &mut out);
+        // 1 is admitted and held (the leader is full); then the bound is reached: 2 and 3 are refused,
+        // in one message to the node that sent them, at once.
+        assert_eq!(out.msgs, vec![(100, Msg::Busy(vec![(100, 2), (100, 3)]))]);
+        assert_eq!(out.events, vec![Event::Shed { commands: 2 }]);
+        assert_eq!((b.held(), b.is_shedding()), (1, true));
+        // The leader has room: what was held goes, and new requests are admitted again.
+        let mut out = Out::new(true);
+        b.handle_message(1, 2, load(false), &mut out);
+        b.handle_message(1, 100, requests(&[4]), &mut out);
+        let sent: Vec<_> = out
+            .msgs
+            .iter()
+            .map(|(to, m)| match m {
+                Msg::ClientBatch { batch, .. } => {
+                    let commands =
+                        crate::protocol::messages::decode::<crate::protocol::messages::CommandBatch>(batch)
+                            .unwrap()
+                            .commands;
+                    (*to, commands.iter().map(|c| c.seq).collect::<Vec<_>>())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, vec![(2, vec![1]), (2, vec![4])], "admitted commands, in order, never refused");
+        assert!(!b.is_shedding());
+    }
+
+    #[test]
+    fn below_its_bound_a_batcher_holds_rather_than_refuses() {
+        let tunables = Tunables { batch_size: 1, batcher_max_held_batches: 3, ..Tunables::default() };
+        let mut b = Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables);
+        let mut out = Out::new(true);
+        b.handle_message(0, 2, load(true), &mut out);
+        b.handle_message(0, 100, requests(&[1, 2, 3]), &mut out);
+        assert!(out.msgs.is_empty(), "all three held: no batch to the full leader, no refusal");
+        assert_eq!(b.held(), 3);
+    }
+
+    #[test]
+    fn a_batch_the_leader_hands_back_is_held_again_even_past_the_bound_and_its_commands_never_refused() {
+        let mut b = holding_one();
+        let mut out = Out::new(true);
+        b.handle_message(0, 100, requests(&[1]), &mut out);
+        let Some((2, Msg::ClientBatch { batch, .. })) = out.msgs.pop() else { panic!("sent to the leader") };
+        b.handle_message(0, 100, requests(&[2]), &mut out);
+        let Some((2, Msg::ClientBatch { batch: second, .. })) = out.msgs.pop() else { panic!("sent") };
+        // The leader's queue was at its bound for both: they come back, and are held, oldest first.
+        b.handle_message(1, 2, Msg::BatchBusy { batch: second.clone() }, &mut out);
+        b.handle_message(1, 2, Msg::BatchBusy { batch: batch.clone() }, &mut out);
+        assert_eq!(b.held(), 2, "past the bound of one: admitted commands are kept");
+        assert!(out.msgs.is_empty(), "no Busy for an admitted command");
+        // Room again: sent back, oldest first.
+        b.handle_message(2, 2, load(false), &mut out);
+        let resent: Vec<_> = out.msgs.iter().map(|(_, m)| m.clone()).collect();
+        assert_eq!(
+            resent,
+            vec![
+                Msg::ClientBatch { origin: 9, forwarded: false, attempt: 0, batch },
+                Msg::ClientBatch { origin: 9, forwarded: false, attempt: 0, batch: second },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_leader_starts_with_room() {
+        let mut b = holding_one();
+        let mut out = Out::new(false);
+        b.handle_message(0, 2, load(true), &mut out);
+        b.handle_message(0, 100, requests(&[1]), &mut out);
+        assert!(out.msgs.is_empty());
+        b.handle_message(1, 1, Msg::Heartbeat { ballot: Ballot { round: 2, proposer: 1 } }, &mut out);
+        assert!(matches!(out.msgs[..], [(1, Msg::ClientBatch { .. })]), "{:?}", out.msgs);
+        assert!(!b.is_shedding());
     }
 
     #[test]

@@ -43,8 +43,10 @@ pub enum BusyOutcome {
     Stale,
     /// The request is sent again after `backoff_us`.
     Retrying { backoff_us: Time },
-    /// A client that gives up on `Busy`: request `seq` is refused for good (never executed).
-    Refused { seq: u64 },
+    /// A client that gives up on `Busy`: request `seq` is refused for good (never executed). A
+    /// host that can wait should keep this client idle for `backoff_us` (refusals in a row double
+    /// it, jittered): a load generator does, an application behind a gateway decides for itself.
+    Refused { seq: u64, backoff_us: Time },
 }
 
 /// Why a request could not be submitted.
@@ -144,7 +146,8 @@ impl Client {
                     out.event(|| Event::Refused { client_id, seq });
                     self.outstanding = None;
                     self.timers.cancel(Timer::Retry as usize);
-                    BusyOutcome::Refused { seq }
+                    self.busy_streak += 1;
+                    BusyOutcome::Refused { seq, backoff_us: self.busy_backoff() }
                 } else {
                     self.busy_streak += 1;
                     let backoff_us = self.busy_backoff();
@@ -356,6 +359,75 @@ mod tests {
         assert_eq!(completed, 1);
         assert!(!c.is_busy());
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    fn busy(c: &Client, seq: u64) -> Msg {
+        Msg::Busy(vec![(c.client_id(), seq)])
+    }
+
+    #[test]
+    fn busy_backs_off_with_jitter_doubling_per_refusal_then_resends_the_same_request() {
+        let base = Tunables::default().client_busy_backoff_us;
+        let mut c = client(2);
+        let mut out = Out::new(true);
+        let seq = c.submit(0, Bytes::from_static(b"op"), &mut out).unwrap();
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for refusal in 1..=3u32 {
+            assert!(matches!(c.on_busy(now, seq, &mut out), BusyOutcome::Retrying { .. }));
+            let at = c.poll_timeout().unwrap();
+            let wait = at - now;
+            let full = base << (refusal - 1);
+            assert!(full / 2 <= wait && wait <= full, "refusal {refusal}: waits {wait} of {full}");
+            assert!(c.is_backing_off());
+            out.msgs.clear();
+            c.handle_timeout(at, &mut out);
+            assert!(matches!(&out.msgs[..], [(_, Msg::ClientRequests(cmds))] if cmds[0].seq == seq));
+            waits.push(wait);
+            now = at;
+        }
+        // The same client id draws the same waits (the simulator replays them); another draws others.
+        let draws = |id| {
+            let mut c = Client::new(id, ClusterConfig::f1(1, 1, 1, 1), &Tunables::default(), 0);
+            let mut out = Out::new(false);
+            let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
+            (0..8)
+                .map(|_| {
+                    c.on_busy(0, seq, &mut out);
+                    c.poll_timeout().unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(client_id(100, 0)), draws(client_id(100, 0)));
+        assert_ne!(draws(client_id(100, 0)), draws(client_id(100, 1)));
+        // Waits are bounded, and a completion ends the streak.
+        let long = draws(client_id(100, 2));
+        assert!(long.iter().all(|&w| w <= base << MAX_BUSY_DOUBLINGS));
+        let reply = ClientReply { client_id: c.client_id(), seq, result: Bytes::new() };
+        c.handle_message(now, 50, Msg::ClientReplies(vec![reply]), &mut out);
+        let next = c.submit(now, Bytes::new(), &mut out).unwrap();
+        c.on_busy(now, next, &mut out);
+        assert!(c.poll_timeout().unwrap() - now <= base, "the streak starts again");
+    }
+
+    #[test]
+    fn a_client_that_gives_up_is_refused_only_when_no_other_copy_was_sent() {
+        let mut c = client(2).give_up_on_busy();
+        let mut out = Out::new(true);
+        let seq = c.submit(0, Bytes::new(), &mut out).unwrap();
+        let at = c.poll_timeout().unwrap();
+        c.handle_timeout(at, &mut out); // a second copy, to the other batcher
+        c.handle_message(at, 12, busy(&c, seq), &mut out);
+        assert!(c.is_busy(), "the first copy may still execute: not refused");
+        assert!(!out.events.iter().any(|e| matches!(e, Event::Refused { .. })));
+        // A request sent once and refused: refused for good.
+        let reply = ClientReply { client_id: c.client_id(), seq, result: Bytes::new() };
+        c.handle_message(at, 50, Msg::ClientReplies(vec![reply]), &mut out);
+        let seq = c.submit(at, Bytes::new(), &mut out).unwrap();
+        assert!(matches!(c.on_busy(at, seq, &mut out), BusyOutcome::Refused { seq: s, .. } if s == seq));
+        assert!(!c.is_busy() && c.poll_timeout().is_none());
+        assert!(out.events.contains(&Event::Refused { client_id: c.client_id(), seq }));
+        assert_eq!(c.on_busy(at, seq, &mut out), BusyOutcome::Stale, "a late duplicate changes nothing");
     }
 
     #[test]

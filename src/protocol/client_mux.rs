@@ -64,9 +64,10 @@ pub struct ClientMux {
     retries: u64,
     /// `Busy` refusals its clients received, since the mux was built.
     busy: u64,
-    /// Requests refused for good (clients that give up on `Busy`), as (client index, seq), for
-    /// the host to answer; bounded by the clients (one request outstanding each) until drained.
-    refused: Vec<(usize, u64)>,
+    /// Requests refused for good (clients that give up on `Busy`), as (client index, the backoff
+    /// it should wait before its next request), for the host to answer; bounded by the clients
+    /// (one request outstanding each) until drained.
+    refused: Vec<(usize, Time)>,
 }
 
 impl ClientMux {
@@ -164,9 +165,10 @@ impl ClientMux {
         self.busy
     }
 
-    /// Requests refused for good since the last drain, as (client index, seq): only clients that
-    /// give up on `Busy` have them (a gateway's sessions).
-    pub fn drain_refused(&mut self) -> std::vec::Drain<'_, (usize, u64)> {
+    /// Requests refused for good since the last drain, as (client index, the backoff it should
+    /// wait before its next request): only clients that give up on `Busy` have them (a gateway's
+    /// sessions, an open-loop load's).
+    pub fn drain_refused(&mut self) -> std::vec::Drain<'_, (usize, Time)> {
         self.refused.drain(..)
     }
 
@@ -258,8 +260,10 @@ impl ClientMux {
                         continue;
                     }
                     self.busy += 1;
-                    if let BusyOutcome::Refused { seq } = self.call(index, |c| c.on_busy(now, seq, out)) {
-                        self.refused.push((index, seq));
+                    if let BusyOutcome::Refused { backoff_us, .. } =
+                        self.call(index, |c| c.on_busy(now, seq, out))
+                    {
+                        self.refused.push((index, backoff_us));
                     }
                 }
             }

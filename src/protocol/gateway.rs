@@ -225,7 +225,7 @@ impl Role for Gateway {
             self.finish(session, Answer::Done(result));
         }
         let refused: Vec<_> = self.mux.drain_refused().collect();
-        for (session, _seq) in refused {
+        for (session, _backoff) in refused {
             self.busy += 1;
             self.finish(session, Answer::Busy);
         }
@@ -270,6 +270,32 @@ mod tests {
         let client_id = g.mux.client(session).client_id();
         let replies = vec![ClientReply { client_id, seq, result: Bytes::from_static(result) }];
         g.handle_message(10, 7, Msg::ClientReplies(replies), out);
+    }
+
+    #[test]
+    fn a_refused_request_is_answered_busy_and_past_its_bound_the_gateway_refuses_at_once() {
+        let mut out = Out::new(true);
+        let mut g = gateway(MAX_IN_FLIGHT_SESSIONS as u32 + 2);
+        let sessions: Vec<Session> = (0..MAX_IN_FLIGHT_SESSIONS + 1).map(|_| g.open().unwrap()).collect();
+        for &s in &sessions[..MAX_IN_FLIGHT_SESSIONS] {
+            g.submit(s, 0, Bytes::from_static(b"op"), &mut out).unwrap();
+        }
+        // Below the bound, or while the cluster has not refused anything, requests go.
+        assert!(!g.is_shedding(0));
+        let first = sessions[0];
+        let refused = Msg::Busy(vec![(g.mux.client(first).client_id(), 1)]);
+        g.handle_message(5, 9, refused, &mut out);
+        assert_eq!(g.take_completions().collect::<Vec<_>>(), vec![(first, Answer::Busy)]);
+        assert_eq!(g.busy(), 1);
+        // The refused session sends again (a new request): the gateway is at its bound once more,
+        // and the cluster refuses: the next request is refused here, at once, unsent.
+        g.submit(first, 6, Bytes::from_static(b"op"), &mut out).unwrap();
+        out.msgs.clear();
+        let last = sessions[MAX_IN_FLIGHT_SESSIONS];
+        assert_eq!(g.submit(last, 7, Bytes::from_static(b"op"), &mut out), Err(SubmitError::Overloaded));
+        assert!(out.msgs.is_empty());
+        // Once the cluster has said nothing for a while, it is tried again.
+        assert!(g.submit(last, 7 + BUSY_MEMORY_US, Bytes::from_static(b"op"), &mut out).is_ok());
     }
 
     #[test]

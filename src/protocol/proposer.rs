@@ -1371,6 +1371,70 @@ mod tests {
         assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
     }
 
+    #[test]
+    fn a_full_leader_tells_its_batchers_and_hands_back_what_its_queue_cannot_hold() {
+        let tunables = Tunables {
+            max_in_flight_slots: 1,
+            leader_full_waiting_batches: 2,
+            max_waiting_batches: 3,
+            ..Tunables::default()
+        };
+        let mut p = leader(tunables);
+        let batcher = config().batchers[0];
+        let send = |p: &mut Proposer, now, msg| {
+            let mut out = Out::new(false);
+            p.handle_message(
+                now,
+                if matches!(msg, Msg::Executed { .. }) { 10 } else { batcher },
+                msg,
+                &mut out,
+            );
+            out.msgs.into_iter().filter(|(_, m)| !matches!(m, Msg::Propose { .. })).collect::<Vec<_>>()
+        };
+        let batch_msg =
+            |tag| Msg::ClientBatch { origin: batcher, forwarded: false, attempt: 0, batch: batch(tag) };
+        assert!(send(&mut p, 0, batch_msg(b"a")).is_empty(), "proposed: the window had room");
+        assert!(send(&mut p, 0, batch_msg(b"b")).is_empty(), "waits: one behind a full window");
+        let full = Msg::LeaderLoad { ballot: p.ballot, full: true };
+        assert_eq!(send(&mut p, 0, batch_msg(b"c")), vec![(batcher, full)], "two wait: full, said at once");
+        assert!(send(&mut p, 0, batch_msg(b"d")).is_empty(), "three wait: the queue's bound");
+        assert_eq!(
+            send(&mut p, 0, batch_msg(b"e")),
+            vec![(batcher, Msg::BatchBusy { batch: batch(b"e") })],
+            "past the bound: handed back, not proposed, not dropped"
+        );
+        // Slots execute: the queue drains; full until half of it left (no flapping).
+        assert!(send(&mut p, 1, executed(1)).is_empty(), "b proposed, two still wait");
+        let room = Msg::LeaderLoad { ballot: p.ballot, full: false };
+        assert_eq!(send(&mut p, 2, executed(2)), vec![(batcher, room)]);
+        assert_eq!(p.in_flight(), 1);
+    }
+
+    #[test]
+    fn without_batchers_a_full_leader_refuses_client_requests_at_once() {
+        let tunables = Tunables {
+            max_in_flight_slots: 1,
+            leader_full_waiting_batches: 1,
+            max_waiting_batches: 2,
+            ..Tunables::default()
+        };
+        let mut p = leader(tunables);
+        let request = |seq| {
+            Msg::ClientRequests(vec![crate::protocol::messages::Command {
+                client_id: 7 << 32,
+                seq,
+                op: Bytes::new(),
+            }])
+        };
+        let mut out = Out::new(false);
+        p.handle_message(0, 7, request(1), &mut out);
+        p.handle_message(0, 7, request(2), &mut out);
+        let mut out = Out::new(true);
+        p.handle_message(0, 7, request(3), &mut out);
+        assert_eq!(out.msgs, vec![(7, Msg::Busy(vec![(7 << 32, 3)]))]);
+        assert_eq!(out.events, vec![Event::Shed { commands: 1 }]);
+    }
+
     /// The trim point the leader sends acceptors at its next heartbeat after `now`, if any.
     fn trim_sent(p: &mut Proposer, now: Time) -> Option<Slot> {
         let at = p.poll_timeout().unwrap().max(now);

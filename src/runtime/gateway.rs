@@ -11,6 +11,12 @@
 //! stops reading until the driver has answered some, so a client that sends without reading its
 //! replies is slowed by TCP, and never holds more memory than that.
 //!
+//! Overload: when the cluster refuses a connection's batch with `Busy` (sent once, so never
+//! executed), or the gateway refuses it at once (its sessions in flight at their bound while the
+//! cluster refuses, see `protocol::gateway`), each request of the batch is answered
+//! [`BUSY_REPLY`] (`-BUSY ...`, as Redis answers when it cannot serve now): the application may
+//! send it again.
+//!
 //! Must never: answer out of order; submit a request twice (a retry is the same request); let a
 //! connection's buffers grow past its bounds.
 

@@ -8,13 +8,18 @@
 //! in flight per client, as ever), and an arrival that finds every client busy is not sent but
 //! counted as refused at the client (`LoadControl::refused_at_client`). An arrival the cluster
 //! refuses with `Busy` is refused too (`refused_busy`; the clients give up on it, as a gateway's
-//! sessions do), not retried: retries would raise the offered load above the schedule. Latency
-//! is that of accepted requests: from the arrival's send to its reply.
+//! sessions do), not retried: retries would raise the offered load above the schedule; and the
+//! refused client backs off (jittered, doubling while refused) before it takes another arrival,
+//! so that arrivals meanwhile are refused here, at no cost to the cluster. And while refusals are
+//! recent (`BUSY_MEMORY_US`), the node keeps no more requests in flight than it had at the last
+//! one, as the gateway does. Latency is that of
+//! accepted requests: from the arrival's send to its reply.
 //!
 //! Must never: make a protocol decision (routing, retries, leader hints and merging requests are the
 //! mux's and its clients'); allocate or copy per command beyond building the operation itself.
 
 use crate::protocol::client_mux::{self, ClientMux, Completion};
+use crate::protocol::gateway::BUSY_MEMORY_US;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
@@ -145,6 +150,12 @@ struct Load {
     verify: Vec<VerifyState>,
     /// Open loop: idle clients, when the schedule began, arrivals issued since, the next tick.
     idle: Vec<usize>,
+    /// Open loop: when the cluster last refused a request, and how many requests this node had in
+    /// flight then (at most): while refusals are recent, arrivals past it are refused here.
+    busy_at: Option<Time>,
+    in_flight_cap: usize,
+    /// Open loop: clients refused with `Busy`, backing off until the time given, earliest first.
+    cooling: std::collections::BinaryHeap<std::cmp::Reverse<(Time, usize)>>,
     open_since: Time,
     arrivals: u64,
     next_tick: Time,
@@ -208,6 +219,9 @@ impl ClientPool {
             latencies,
             verify: (0..count).map(|_| VerifyState::default()).collect(),
             idle: (0..count as usize).rev().collect(),
+            cooling: Default::default(),
+            busy_at: None,
+            in_flight_cap: usize::MAX,
             open_since: 0,
             arrivals: 0,
             next_tick: 0,
@@ -314,6 +328,11 @@ impl Load {
         self.next_request(done.client, done.client_id, now)
     }
 
+    /// Requests in flight (open loop): clients neither idle nor backing off.
+    fn in_flight(&self) -> usize {
+        self.sent_at.len() - self.idle.len() - self.cooling.len()
+    }
+
     /// Open loop: the arrivals due by `now`, each for an idle client (as `(client, op)`); those
     /// that find none are counted and not sent.
     fn arrivals_due(&mut self, now: Time) -> Vec<(usize, Bytes)> {
@@ -321,13 +340,26 @@ impl Load {
         let new = (due as u64).saturating_sub(self.arrivals);
         self.arrivals += new;
         self.next_tick = now + OPEN_LOOP_TICK_US;
+        while let Some(&std::cmp::Reverse((at, index))) = self.cooling.peek() {
+            if at > now {
+                break;
+            }
+            self.cooling.pop();
+            self.idle.push(index);
+        }
         if self.control.stop.load(Ordering::Relaxed) {
             return Vec::new();
         }
         let measuring = self.control.measuring.load(Ordering::Relaxed);
+        if self.busy_at.is_some_and(|at| now.saturating_sub(at) >= BUSY_MEMORY_US) {
+            self.busy_at = None;
+            self.in_flight_cap = usize::MAX;
+        }
         let mut sends = Vec::new();
-        for _ in 0..new {
-            match self.idle.pop() {
+        let room = self.in_flight_cap.saturating_sub(self.in_flight());
+        for i in 0..new {
+            let idle = if (i as usize) < room { self.idle.pop() } else { None };
+            match idle {
                 Some(index) => {
                     self.sent_at[index] = now;
                     sends.push((index, self.next_op()));
@@ -351,8 +383,12 @@ impl Role for ClientPool {
         let busy = self.mux.busy();
         self.mux.handle_message_with(now, from, msg, out, |done| load.on_completed(done, now));
         self.load.control.busy.fetch_add(self.mux.busy() - busy, Ordering::Relaxed);
-        for (index, _) in self.mux.drain_refused() {
-            self.load.idle.push(index);
+        for (index, backoff_us) in self.mux.drain_refused() {
+            // The client backs off (jittered, doubling while refused) before it takes an arrival.
+            self.load.cooling.push(std::cmp::Reverse((now + backoff_us, index)));
+            // And the node sends no more at once than the cluster just took.
+            self.load.busy_at = Some(now);
+            self.load.in_flight_cap = self.load.in_flight_cap.min(self.load.in_flight());
             if self.load.control.measuring.load(Ordering::Relaxed) {
                 self.load.control.refused_busy.fetch_add(1, Ordering::Relaxed);
             }

@@ -510,7 +510,7 @@ mod tests {
             Msg::LeadNow,
             Msg::Busy(vec![(9, 1), (9 << 32, 7)]),
             Msg::LeaderLoad { ballot: B, full: true },
-            Msg::BatchBusy { batch: real.clone() },
+            Msg::BatchBusy { batch: batch(64) },
             Msg::Leaving,
             Msg::Left,
             Msg::Membership({
