@@ -70,6 +70,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          issue 9), a restarted proposer re-ran Phase 1 with its old ballot and nonce and was answered \
          as a retransmission: two values accepted in slot 9 at ballot 1.1",
     ),
+    (
+        1217,
+        "a proposer restarted without memory took the history of replica 11 (removed by a change, \
+         kept from its watermark, slot 28) but not its watermark, ran Phase 1 from slot 9 (the \
+         remaining replicas') and re-proposed slot 9, below every configuration it kept; once it \
+         led from slot 28, it told 11 and the removed acceptors to leave while the others still \
+         had slots 9 to 27 to learn from them (with --batches too)",
+    ),
 ];
 
 #[test]
@@ -195,6 +203,8 @@ fn churn_seeds_that_once_found_bugs_stay_fixed() {
 #[test]
 fn seeds_that_once_found_bugs_stay_fixed() {
     assert_stay_fixed(REGRESSION_SEEDS, &SimOptions::new(FaultLevel::Heavy), |_| {});
+    let batches = SimOptions { batches: true, ..SimOptions::new(FaultLevel::Heavy) };
+    assert_stay_fixed(&[(1217, "the same as without batches")], &batches, |_| {});
 }
 
 /// Runs each seed with `opts`: no violation, and `ran` checks that it exercised what it is for.

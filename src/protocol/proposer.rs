@@ -159,6 +159,11 @@ pub struct Proposer {
     /// What each replica last said it executed, and when it last said so.
     replica_watermarks: BTreeMap<NodeId, Slot>,
     replica_heard_at: BTreeMap<NodeId, Time>,
+    /// The highest watermark any replica reported since this proposer started, a member of the
+    /// newest configuration or not: `replica_watermarks` drops a replica that a change removed,
+    /// but its report may already have cut `history` to its watermark (a replica keeps only the
+    /// configurations from its watermark on), so Phase 1 never starts below this.
+    reported_executed: Slot,
     /// The stateless nodes and where each stands. Every proposer applies the joins and departures it
     /// hears and merges the views it gets; the leader publishes its view.
     view: View,
@@ -209,6 +214,7 @@ impl Proposer {
             state: State::Follower,
             leader_hint: None,
             replica_watermarks: BTreeMap::new(),
+            reported_executed: 0,
             replica_heard_at: BTreeMap::new(),
             view: View::from_config(&config),
             proxy_leaders: config.proxy_leaders.clone(),
@@ -281,6 +287,14 @@ impl Proposer {
         self.replica_watermarks.values().copied().max().unwrap_or(0)
     }
 
+    /// Where Phase 1 may start: every slot below is executed by some replica (a removed one
+    /// too), hence chosen, and `history` covers every slot from here on. Only Phase 1 takes a
+    /// removed replica's word: the leader's work (what it re-proposes, when it trims) follows the
+    /// replicas of the newest configuration, which may still have to learn those slots.
+    fn phase1_floor(&self) -> Slot {
+        self.max_executed().max(self.reported_executed)
+    }
+
     /// Acceptors may forget the slots below this. Every replica that is up (reported within
     /// `replica_down_after_us`) has executed them, so a silent replica does not hold the logs back
     /// for ever; and however far a replica lags, the acceptors keep at most `teach_retention_slots`
@@ -320,7 +334,7 @@ impl Proposer {
         }
         self.ballot = Ballot::next_after(self.ballot, self.id);
         self.leader_hint = None;
-        let start = self.max_executed();
+        let start = self.phase1_floor();
         let nonce = self.rng.gen();
         self.state = State::Candidate(Phase1 {
             nonce,
@@ -419,19 +433,19 @@ impl Proposer {
     /// Leads if Phase 1 covers every configuration its reports and the replicas put in force;
     /// otherwise asks the acceptors of configurations it has just learned of.
     fn try_to_lead(&mut self, now: Time, out: &mut Out) {
-        let max_executed = self.max_executed();
+        let floor = self.phase1_floor();
         let State::Candidate(phase1) = &mut self.state else { return };
         // Slots below the acceptors' trim point are chosen, but unless a replica reported them
         // (with its history) a change among them is unknown: wait for the report.
-        if phase1.max_trimmed > max_executed {
+        if phase1.max_trimmed > floor {
             return;
         }
         // Every slot below the highest watermark reported since the election began is executed,
         // hence chosen: Phase 1 need not cover the configurations that owned only those (their
         // acceptors may be gone), and the history may no longer hold them (a replica far ahead
         // reports only the configurations from its watermark on: sim seed 8842 with --reconfig).
-        if max_executed > phase1.start {
-            phase1.start = max_executed;
+        if floor > phase1.start {
+            phase1.start = floor;
             phase1.reports = phase1.reports.split_off(&phase1.start);
         }
         let State::Candidate(phase1) = &self.state else { return };
@@ -652,6 +666,10 @@ impl Proposer {
             return;
         }
         self.heard_from_replica = true;
+        // Before the merge, which may take its history, kept from its watermark on (sim seed
+        // 1217: a restarted proposer took removed replica 11's, from slot 28, then ran Phase 1
+        // from slot 9, the newest configuration's replicas' watermark, and re-proposed slot 9).
+        self.reported_executed = self.reported_executed.max(watermark);
         let merged = self.history.merge(&configs, watermark);
         if merged.is_err() && self.is_leader() {
             // A change found in Phase 1 and taken for chosen was not: someone else leads.
@@ -737,8 +755,19 @@ impl Proposer {
     }
 
     /// Tells every node that a change removed, and that no kept configuration names any more,
-    /// to leave.
+    /// to leave; but only once every replica of the newest configuration has executed every slot
+    /// below the history kept. The history may start above a replica's watermark (it was taken
+    /// from a replica far ahead, which keeps only the configurations from its own watermark on),
+    /// and a replica below it may still have to learn those slots from a removed replica or from
+    /// a removed group's acceptors: sim seed 1217, where a leader whose history started at slot 28
+    /// retired replica 11 and acceptors 3, 4, 5 while the other replicas stood at slots 9 and 0.
     fn retire_removed(&mut self, out: &mut Out) {
+        let first = self.history.entries()[0].from_slot;
+        let replicas = &self.history.latest().config.replicas;
+        let caught_up = replicas.iter().all(|r| self.replica_watermarks.get(r).is_some_and(|&w| w >= first));
+        if !caught_up {
+            return;
+        }
         let kept = self.history.members_from(0);
         let gone: Vec<NodeId> = (self.view.removed_stateful())
             .filter(|id| *id != self.id && !kept.contains(id) && !self.retired.contains(id))
@@ -1616,6 +1645,61 @@ mod tests {
             out.msgs.iter().filter(|(_, m)| *m == Msg::Left).map(|(to, _)| *to).collect();
         assert_eq!(told, BTreeSet::from([2, 20]));
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_proposer_that_took_a_removed_replicas_history_leads_from_its_watermark_and_keeps_it_until_the_others_catch_up(
+    ) {
+        // Sim seed 1217. A change chosen in slot 1 replaced replica 11 by 14 from slot 4. Replica
+        // 11, which executed up to slot 6, keeps only the configurations from there on; replica
+        // 10 has not executed the change yet.
+        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
+        let file = ConfigHistory::new(&config(), 4);
+        let without_11 = Configuration { replicas: vec![10, 14], ..change(1, config().acceptor_groups) };
+        let mut ahead = file.clone();
+        assert!(ahead.on_chosen(1, &Change { config: without_11, from_slot: 4, ballot: Ballot::ZERO }));
+        ahead.forget_below(6);
+        // A proposer restarted without memory hears 11 first: it takes 11's history, from slot 4.
+        let mut p = Proposer::new(1, config(), tunables, 7, 0);
+        p.handle_message(0, 11, executed_with(6, &ahead), &mut Out::new(false));
+        p.handle_message(0, 10, executed_with(1, &file), &mut Out::new(false));
+        let mut out = Out::new(false);
+        p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+        let starts: BTreeSet<Slot> = (out.msgs.iter())
+            .filter_map(|(_, m)| match m {
+                Msg::Phase1a { from_slot, .. } => Some(*from_slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            BTreeSet::from([6]),
+            "Phase 1 starts at 11's watermark, not at 10's: {:?}",
+            out.msgs
+        );
+        let Some(Msg::Phase1a { nonce, .. }) = out.msgs.first().map(|(_, m)| m.clone()) else {
+            panic!("{:?}", out.msgs)
+        };
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce, vec![]);
+        }
+        assert!(p.is_leader(), "and leads from slot 6, which its history covers");
+        // Replica 10 still has slots 1 to 5 to learn, perhaps from 11 only: 11 is not told to
+        // leave until every replica of the newest configuration is past the history it keeps.
+        let told_to_leave = |p: &mut Proposer, now: &mut Time| {
+            let mut out = Out::new(false);
+            for _ in 0..4 {
+                *now = (*now).max(p.poll_timeout().unwrap());
+                p.handle_timeout(*now, &mut out);
+            }
+            out.msgs.contains(&(11, Msg::Leave))
+        };
+        let mut now = 0;
+        assert!(!told_to_leave(&mut p, &mut now));
+        p.handle_message(now, 10, executed_with(6, &ahead), &mut Out::new(false));
+        assert!(!told_to_leave(&mut p, &mut now), "replica 14 has not reported yet");
+        p.handle_message(now, 14, executed_with(6, &ahead), &mut Out::new(false));
+        assert!(told_to_leave(&mut p, &mut now));
     }
 
     #[test]
