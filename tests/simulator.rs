@@ -190,13 +190,34 @@ const CHURN_REGRESSION_SEEDS: &[(u64, &str)] = &[
         "views ordered by sequence number: a stale leader's view tied a newer one and won on ballot, \
             bringing back a proxy leader that had left (fixed by views that merge)",
     ),
+    (
+        317,
+        "batcher 501 joined under leader 2.2; proposer 1 came back without it in its view and led at \
+         4.1 without ever heartbeating it; a batch it refused while electing stayed parked, and a \
+         batcher with a parked batch shed every new request with Busy for good (overload)",
+    ),
+    (
+        301_967,
+        "batcher 501 joined under leader 1.1; leader 1.2 never heard of it, so never released the \
+         batch it parked during the election; it shed every request with Busy for good (overload)",
+    ),
 ];
+
+/// Churn seeds that found bugs without any node leaving.
+const CHURN_NO_LEAVE_REGRESSION_SEEDS: &[(u64, &str)] = &[(
+    301_408,
+    "batcher 500 joined under leader 1.1; leader 1.2 never heard of it, so never released the batch \
+     it parked during the election; it shed every request with Busy for good (overload)",
+)];
 
 #[test]
 fn churn_seeds_that_once_found_bugs_stay_fixed() {
     let opts = SimOptions { churn: true, ..SimOptions::new(FaultLevel::Heavy) };
     assert_stay_fixed(CHURN_REGRESSION_SEEDS, &opts, |outcome| {
         assert!(outcome.joined == 2 && outcome.left > 0, "seed {} churned: {outcome:?}", outcome.seed);
+    });
+    assert_stay_fixed(CHURN_NO_LEAVE_REGRESSION_SEEDS, &opts, |outcome| {
+        assert!(outcome.joined == 2, "seed {} churned: {outcome:?}", outcome.seed);
     });
 }
 

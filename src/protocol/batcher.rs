@@ -9,6 +9,13 @@
 //! client may send the same command again. A command once admitted is never refused: a batch the
 //! leader hands back (`BatchBusy`, its own queue at its bound) is held again, even past the bound.
 //!
+//! What is held or parked waits for a word from the leader, which may never come: the leader may
+//! have crashed, or be a proposer that restarted without memory or never heard this batcher join
+//! (a stateless node does not remind it), and so never sends it heartbeats. So that the batcher
+//! neither holds those commands nor sheds new ones for ever, having heard no leader for an
+//! election timeout it forgets that the leader was full and sends what it holds and parked again:
+//! a full leader hands it back, a proposer that does not lead refuses it with a hint.
+//!
 //! Must never: decode or reorder commands once batched; refuse a command it admitted; answer `Busy`
 //! for a command it batched.
 
@@ -31,6 +38,8 @@ pub const MAX_PARKED_BATCHES: usize = 64;
 #[repr(usize)]
 enum Timer {
     Flush,
+    /// Held or parked batches and no word from a leader since: see the module doc.
+    Recheck,
 }
 
 /// One batcher.
@@ -56,10 +65,14 @@ pub struct Batcher {
     held: VecDeque<Bytes>,
     /// At this many held batches (and the leader full), new requests are refused with `Busy`.
     max_held: usize,
+    /// When a leader last spoke to this batcher (a heartbeat or its load, at the ballot it knows).
+    heard_leader_at: Time,
+    /// Without a word from a leader for this long, held and parked batches are sent again.
+    recheck_after_us: Time,
     /// Client nodes that sent requests here: they hear the views this batcher gets.
     client_nodes: BTreeSet<NodeId>,
     membership: NodeMembership,
-    timers: Timers<1>,
+    timers: Timers<2>,
 }
 
 impl Batcher {
@@ -80,6 +93,8 @@ impl Batcher {
             leader_full: false,
             held: VecDeque::new(),
             max_held: tunables.batcher_max_held_batches,
+            heard_leader_at: 0,
+            recheck_after_us: tunables.election_timeout_us,
             timers: Timers::default(),
         }
     }
@@ -152,10 +167,11 @@ impl Batcher {
     }
 
     /// The leader's word on its load. A newer leader's (or the same leader's) counts.
-    fn on_leader_load(&mut self, ballot: Ballot, full: bool, out: &mut Out) {
+    fn on_leader_load(&mut self, now: Time, ballot: Ballot, full: bool, out: &mut Out) {
         if ballot < self.leader_ballot {
             return;
         }
+        self.heard_leader_at = now;
         self.leader_ballot = ballot;
         self.leader_hint = Some(ballot.proposer);
         self.leader_full = full;
@@ -201,12 +217,13 @@ impl Batcher {
         out.send(self.target(), Msg::ClientBatch { origin: self.id, forwarded: false, attempt, batch });
     }
 
-    fn on_heartbeat(&mut self, ballot: Ballot, out: &mut Out) {
+    fn on_heartbeat(&mut self, now: Time, ballot: Ballot, out: &mut Out) {
         if ballot > self.leader_ballot {
             // Another leader: its load is unknown until it says; its own bound protects it.
             self.leader_full = false;
         }
         if ballot >= self.leader_ballot {
+            self.heard_leader_at = now;
             self.leader_ballot = ballot;
             self.leader_hint = Some(ballot.proposer);
             for batch in self.parked.drain(..) {
@@ -217,6 +234,32 @@ impl Batcher {
             }
             self.release_held(out);
         }
+    }
+
+    /// Keeps the recheck timer set while anything is held or parked, and only then.
+    fn arm_recheck(&mut self, now: Time) {
+        let waiting = !self.held.is_empty() || !self.parked.is_empty();
+        match (waiting, self.timers.is_set(Timer::Recheck as usize)) {
+            (true, false) => self.timers.set(Timer::Recheck as usize, now + self.recheck_after_us),
+            (false, true) => self.timers.cancel(Timer::Recheck as usize),
+            _ => {}
+        }
+    }
+
+    /// The recheck timer expired. A leader that spoke meanwhile keeps its word (it says it is full,
+    /// or releases what is held when it is not); otherwise nothing may ever release what is held or
+    /// parked, so it is all sent again, oldest first, to the leader hinted (see the module doc).
+    fn on_recheck(&mut self, now: Time, out: &mut Out) {
+        if now < self.heard_leader_at + self.recheck_after_us {
+            self.timers.set(Timer::Recheck as usize, self.heard_leader_at + self.recheck_after_us);
+            return;
+        }
+        self.leader_full = false;
+        let target = self.target();
+        for batch in self.parked.drain(..) {
+            out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
+        }
+        self.release_held(out);
     }
 
     /// Passes a view from a proposer on to the client nodes this batcher serves, so that they learn
@@ -236,6 +279,10 @@ impl Batcher {
         assert!(self.client_nodes.len() <= MAX_CLIENT_NODES);
         assert_eq!(self.pending.is_empty(), !self.timers.is_set(Timer::Flush as usize));
         assert!(self.parked.len() <= MAX_PARKED_BATCHES);
+        assert!(
+            self.held.is_empty() && self.parked.is_empty() || self.timers.is_set(Timer::Recheck as usize),
+            "what is held or parked is rechecked"
+        );
     }
 }
 
@@ -262,23 +309,33 @@ impl Role for Batcher {
                     out.send(from, Msg::Busy(refused));
                 }
             }
-            Msg::LeaderLoad { ballot, full } => self.on_leader_load(ballot, full, out),
+            Msg::LeaderLoad { ballot, full } => self.on_leader_load(now, ballot, full, out),
             Msg::BatchBusy { batch } => self.on_batch_busy(batch),
             Msg::BatchRefused { leader_hint, attempt, batch } => {
                 self.on_refused(leader_hint, attempt, batch, out)
             }
-            Msg::Heartbeat { ballot } => self.on_heartbeat(ballot, out),
+            Msg::Heartbeat { ballot } => self.on_heartbeat(now, ballot, out),
             Msg::Membership(view) => self.on_view(from, view, out),
             Msg::Leave => self.membership.on_leave(now, from, out),
             _ => out.dropped("batcher: unexpected message"),
         }
+        self.arm_recheck(now);
         self.check_invariants();
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
-        if self.timers.take_expired(now).count() > 0 {
+        let (mut flush, mut recheck) = (false, false);
+        for timer in self.timers.take_expired(now) {
+            flush |= timer == Timer::Flush as usize;
+            recheck |= timer == Timer::Recheck as usize;
+        }
+        if flush {
             self.flush(out);
         }
+        if recheck {
+            self.on_recheck(now, out);
+        }
+        self.arm_recheck(now);
         let idle = self.pending.is_empty() && self.parked.is_empty() && self.held.is_empty();
         self.membership.on_timeout(now, idle, out);
         self.check_invariants();
@@ -464,6 +521,43 @@ mod tests {
                 Msg::ClientBatch { origin: 9, forwarded: false, attempt: 0, batch: second },
             ]
         );
+    }
+
+    #[test]
+    fn a_batcher_no_leader_speaks_to_sends_what_it_holds_again_after_an_election_timeout() {
+        let mut b = holding_one();
+        let timeout = Tunables::default().election_timeout_us;
+        let mut out = Out::new(false);
+        b.handle_message(0, 2, load(true), &mut out);
+        b.handle_message(0, 100, requests(&[1]), &mut out);
+        assert!(out.msgs.is_empty() && b.is_shedding());
+        // The leader still speaks, and says it is full: the batch stays held.
+        b.handle_message(timeout / 2, 2, load(true), &mut out);
+        b.handle_timeout(timeout, &mut out);
+        assert!(out.msgs.is_empty() && b.is_shedding());
+        assert_eq!(b.poll_timeout(), Some(timeout / 2 + timeout));
+        // Then no word for an election timeout (it crashed, or a leader that never heard of this
+        // batcher took over): the batch goes again, and new requests are admitted.
+        b.handle_timeout(timeout / 2 + timeout, &mut out);
+        assert!(matches!(out.msgs[..], [(2, Msg::ClientBatch { attempt: 0, .. })]), "{:?}", out.msgs);
+        assert!(!b.is_shedding());
+        assert_eq!(b.poll_timeout(), b.membership().poll_timeout(), "nothing left to recheck");
+    }
+
+    #[test]
+    fn a_batch_parked_during_an_election_is_sent_again_though_no_heartbeat_comes() {
+        let tunables = Tunables { batch_size: 1, batcher_max_held_batches: 1, ..Tunables::default() };
+        let timeout = tunables.election_timeout_us;
+        let mut b = Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables);
+        let mut out = Out::new(false);
+        b.handle_message(0, 100, requests(&[1]), &mut out);
+        let Some((_, Msg::ClientBatch { batch, .. })) = out.msgs.pop() else { panic!("sent") };
+        let refused = Msg::BatchRefused { leader_hint: None, attempt: MAX_BATCH_ATTEMPTS - 1, batch };
+        b.handle_message(1, 1, refused, &mut out);
+        assert!(out.msgs.is_empty() && b.is_shedding(), "parked, at the bound");
+        b.handle_timeout(1 + timeout, &mut out);
+        assert!(matches!(out.msgs[..], [(_, Msg::ClientBatch { attempt: 0, .. })]), "{:?}", out.msgs);
+        assert!(!b.is_shedding());
     }
 
     #[test]
