@@ -171,6 +171,11 @@ struct NodeFlags {
     /// Commands per batch at batchers (default: the cluster file's `batch_size`, else 100).
     #[arg(long, env = "BATCH_SIZE")]
     batch_size: Option<usize>,
+    /// The leader's window: slots proposed and not yet executed, at most (default: the cluster
+    /// file's `max_in_flight_slots`, else 1000). Past it batches queue, then batchers hold them,
+    /// then new requests are refused with Busy.
+    #[arg(long)]
+    max_in_flight_slots: Option<usize>,
     /// Frames one connection handles before yielding to the others (the original's
     /// MAX_READS_PER_SOCKET_PER_POLL).
     #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
@@ -211,6 +216,11 @@ struct LoadFlags {
     /// Bytes per value.
     #[arg(long, default_value_t = 16)]
     value_size: usize,
+    /// Open loop: issue this many requests per second in all, on a schedule, whatever the replies
+    /// do; each goes to an idle client (of --clients), and one that finds every client busy is
+    /// counted as refused at the client. Without it, closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Print one JSON object as the last line of output.
     #[arg(long)]
     json: bool,
@@ -576,7 +586,11 @@ fn main() -> ExitCode {
 }
 
 fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
-    let t = Tunables { batch_size: flags.batch_size.unwrap_or(base.batch_size), ..base };
+    let t = Tunables {
+        batch_size: flags.batch_size.unwrap_or(base.batch_size),
+        max_in_flight_slots: flags.max_in_flight_slots.unwrap_or(base.max_in_flight_slots),
+        ..base
+    };
     t.validate().map_err(|e| e.to_string())?;
     if flags.read_budget == 0 {
         return Err("--read-budget must be at least 1".into());
@@ -598,6 +612,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
             value_size: load.value_size,
             state_machine: args.node.state_machine,
             verify: false,
+            rate_per_sec: load.rate.unwrap_or(0),
         },
         read_budget: args.node.read_budget,
         cores: args.node.cores.clone().map(|c| c.0).unwrap_or_default(),
@@ -722,10 +737,14 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if args.verify && args.flags.state_machine != StateMachineKind::Kv {
         return Err("--verify needs the kv state machine".into());
     }
+    if args.verify && load.rate.is_some() {
+        return Err("--verify runs closed loop: leave out --rate".into());
+    }
     let workload = Workload {
         value_size: load.value_size,
         state_machine: args.flags.state_machine,
         verify: args.verify,
+        rate_per_sec: load.rate.unwrap_or(0),
     };
     let pool = client_pool(args.node, load.clients, file.config.clone(), tunables, workload, control.clone());
     let plan = ProcessPlan {
@@ -782,18 +801,22 @@ fn client(args: ClientArgs) -> Result<(), String> {
     };
     let rate = completed as f64 / window;
     println!(
-        "{} cmds/s ({completed} commands in {window:.1}s, {} clients); latency p50 {} us p99 {} us max {} us",
+        "{} cmds/s ({completed} commands in {window:.1}s, {} clients); latency p50 {} us p99 {} us max {} us; {} busy replies",
         thousands(rate as u64),
         load.clients,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
-        h.max()
+        h.max(),
+        control.busy.load(Ordering::Relaxed)
     );
     if load.json {
         let mut json = serde_json::json!({
             "cmds_per_sec": rate, "completed": completed, "p50_us": h.value_at_quantile(0.5),
             "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "clients": load.clients,
             "duration_s": window, "retries": control.retries.load(Ordering::Relaxed),
+            "busy": control.busy.load(Ordering::Relaxed),
+            "offered": control.offered_measured.load(Ordering::Relaxed),
+            "refused_at_client": control.refused_at_client.load(Ordering::Relaxed),
         });
         if let (Some(timeline), Some(ms)) = (&control.timeline, args.timeline_ms) {
             let epoch_ms =
@@ -1396,8 +1419,9 @@ fn sim(args: SimArgs) -> ExitCode {
             println!("seed {seed}: {v}");
         }
         println!(
-            "seed {seed}: {} requests completed, {} slots chosen, {} elections, {} messages, {:.3}s virtual{}",
+            "seed {seed}: {} requests completed, {} refused busy, {} slots chosen, {} elections, {} messages, {:.3}s virtual{}",
             outcome.completed,
+            outcome.refused,
             outcome.chosen_slots,
             outcome.elections,
             outcome.delivered,
@@ -1425,11 +1449,12 @@ fn sim(args: SimArgs) -> ExitCode {
     };
     let summary = run_seeds(args.start, args.seeds, &opts, threads, &on_failure);
     eprintln!(
-        "{:?} faults, seeds {}..{}: {} requests completed, {} elections, {} inconclusive linearizability checks, {:.1}s wall",
+        "{:?} faults, seeds {}..{}: {} requests completed, {} refused busy, {} elections, {} inconclusive linearizability checks, {:.1}s wall",
         args.faults,
         args.start,
         args.start + args.seeds,
         summary.completed,
+        summary.refused,
         summary.elections,
         summary.inconclusive,
         started.elapsed().as_secs_f64()

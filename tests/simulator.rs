@@ -70,6 +70,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          issue 9), a restarted proposer re-ran Phase 1 with its old ballot and nonce and was answered \
          as a retransmission: two values accepted in slot 9 at ballot 1.1",
     ),
+    (
+        1217,
+        "a proposer restarted without memory took the history of replica 11 (removed by a change, \
+         kept from its watermark, slot 28) but not its watermark, ran Phase 1 from slot 9 (the \
+         remaining replicas') and re-proposed slot 9, below every configuration it kept; once it \
+         led from slot 28, it told 11 and the removed acceptors to leave while the others still \
+         had slots 9 to 27 to learn from them (with --batches too)",
+    ),
 ];
 
 #[test]
@@ -182,7 +190,25 @@ const CHURN_REGRESSION_SEEDS: &[(u64, &str)] = &[
         "views ordered by sequence number: a stale leader's view tied a newer one and won on ballot, \
             bringing back a proxy leader that had left (fixed by views that merge)",
     ),
+    (
+        317,
+        "batcher 501 joined under leader 2.2; proposer 1 came back without it in its view and led at \
+         4.1 without ever heartbeating it; a batch it refused while electing stayed parked, and a \
+         batcher with a parked batch shed every new request with Busy for good (overload)",
+    ),
+    (
+        301_967,
+        "batcher 501 joined under leader 1.1; leader 1.2 never heard of it, so never released the \
+         batch it parked during the election; it shed every request with Busy for good (overload)",
+    ),
 ];
+
+/// Churn seeds that found bugs without any node leaving.
+const CHURN_NO_LEAVE_REGRESSION_SEEDS: &[(u64, &str)] = &[(
+    301_408,
+    "batcher 500 joined under leader 1.1; leader 1.2 never heard of it, so never released the batch \
+     it parked during the election; it shed every request with Busy for good (overload)",
+)];
 
 #[test]
 fn churn_seeds_that_once_found_bugs_stay_fixed() {
@@ -190,11 +216,16 @@ fn churn_seeds_that_once_found_bugs_stay_fixed() {
     assert_stay_fixed(CHURN_REGRESSION_SEEDS, &opts, |outcome| {
         assert!(outcome.joined == 2 && outcome.left > 0, "seed {} churned: {outcome:?}", outcome.seed);
     });
+    assert_stay_fixed(CHURN_NO_LEAVE_REGRESSION_SEEDS, &opts, |outcome| {
+        assert!(outcome.joined == 2, "seed {} churned: {outcome:?}", outcome.seed);
+    });
 }
 
 #[test]
 fn seeds_that_once_found_bugs_stay_fixed() {
     assert_stay_fixed(REGRESSION_SEEDS, &SimOptions::new(FaultLevel::Heavy), |_| {});
+    let batches = SimOptions { batches: true, ..SimOptions::new(FaultLevel::Heavy) };
+    assert_stay_fixed(&[(1217, "the same as without batches")], &batches, |_| {});
 }
 
 /// Runs each seed with `opts`: no violation, and `ran` checks that it exercised what it is for.

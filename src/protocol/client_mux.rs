@@ -11,7 +11,7 @@
 //! (time comes in as `now`); allocate or clone per reply on the hot path; let a client's retry
 //! deadline go untracked (its request would never be resent).
 
-use super::client::{Client, SubmitError};
+use super::client::{BusyOutcome, Client, SubmitError};
 use super::config::{ClusterConfig, Tunables};
 use super::messages::{chunk_by_bytes, client_id, client_node, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::{NodeId, Out, Role, RoleKind, Time};
@@ -62,6 +62,12 @@ pub struct ClientMux {
     completed: Vec<Completion>,
     /// Requests resent after their retry timeout, since the mux was built.
     retries: u64,
+    /// `Busy` refusals its clients received, since the mux was built.
+    busy: u64,
+    /// Requests refused for good (clients that give up on `Busy`), as (client index, the backoff
+    /// it should wait before its next request), for the host to answer; bounded by the clients
+    /// (one request outstanding each) until drained.
+    refused: Vec<(usize, Time)>,
 }
 
 impl ClientMux {
@@ -76,10 +82,40 @@ impl ClientMux {
         config: &ClusterConfig,
         tunables: &Tunables,
     ) -> Self {
+        Self::build(node, incarnation, count, config, tunables, false)
+    }
+
+    /// As [`ClientMux::new`], with clients that give up on a definitive `Busy` (see
+    /// [`Client::give_up_on_busy`]): their refusals wait in [`ClientMux::drain_refused`].
+    pub fn giving_up_on_busy(
+        node: NodeId,
+        incarnation: u16,
+        count: u32,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+    ) -> Self {
+        Self::build(node, incarnation, count, config, tunables, true)
+    }
+
+    fn build(
+        node: NodeId,
+        incarnation: u16,
+        count: u32,
+        config: &ClusterConfig,
+        tunables: &Tunables,
+        give_up: bool,
+    ) -> Self {
         assert!(count <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients per node");
         let prefix = u32::from(incarnation) << 16;
         let clients = (0..count)
-            .map(|i| Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize))
+            .map(|i| {
+                let c = Client::new(client_id(node, prefix | i), config.clone(), tunables, i as usize);
+                if give_up {
+                    c.give_up_on_busy()
+                } else {
+                    c
+                }
+            })
             .collect();
         Self::from_clients(clients)
     }
@@ -99,6 +135,8 @@ impl ClientMux {
             deadlines: VecDeque::new(),
             completed: Vec::new(),
             retries: 0,
+            busy: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -120,6 +158,18 @@ impl ClientMux {
     /// Requests resent after their retry timeout, since the mux was built.
     pub fn retries(&self) -> u64 {
         self.retries
+    }
+
+    /// `Busy` refusals its clients received, since the mux was built.
+    pub fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// Requests refused for good since the last drain, as (client index, the backoff it should
+    /// wait before its next request): only clients that give up on `Busy` have them (a gateway's
+    /// sessions, an open-loop load's).
+    pub fn drain_refused(&mut self) -> std::vec::Drain<'_, (usize, Time)> {
+        self.refused.drain(..)
     }
 
     /// Client `index` sends a new request carrying `op`; returns its sequence number.
@@ -145,6 +195,22 @@ impl ClientMux {
             if let Some(op) = next(index, self.clients[index].client_id()) {
                 self.call(index, |c| c.submit(now, op, out)).expect("the client was idle");
             }
+        }
+        merge_requests(out, first_new);
+        self.after_call();
+    }
+
+    /// Each `(index, op)` sends a new request for that (idle) client; they leave as one message per
+    /// destination. An open-loop host calls it with the arrivals due.
+    pub fn submit_many(
+        &mut self,
+        now: Time,
+        out: &mut Out,
+        requests: impl IntoIterator<Item = (usize, Bytes)>,
+    ) {
+        let first_new = out.msgs.len();
+        for (index, op) in requests {
+            self.call(index, |c| c.submit(now, op, out)).expect("only idle clients are given work");
         }
         merge_requests(out, first_new);
         self.after_call();
@@ -183,6 +249,22 @@ impl ClientMux {
             Msg::NotLeader { leader_hint } => {
                 for index in 0..self.clients.len() {
                     self.call(index, |c| c.on_not_leader(now, leader_hint, out));
+                }
+            }
+            // Overload: each refused client backs off (or, giving up, is reported to the host).
+            Msg::Busy(refused) => {
+                for (client_id, seq) in refused {
+                    let index = (client_id & INDEX_MASK) as usize;
+                    if index >= self.clients.len() || self.clients[index].client_id() != client_id {
+                        out.dropped("client mux: busy for an unknown client");
+                        continue;
+                    }
+                    self.busy += 1;
+                    if let BusyOutcome::Refused { backoff_us, .. } =
+                        self.call(index, |c| c.on_busy(now, seq, out))
+                    {
+                        self.refused.push((index, backoff_us));
+                    }
                 }
             }
             // Which batchers are in service: every client sends to them from now on.
@@ -281,8 +363,10 @@ impl Role for ClientMux {
             if !self.is_live(&d) {
                 continue;
             }
+            let backoff = self.clients[d.client as usize].is_backing_off();
             self.call(d.client as usize, |c| c.handle_timeout(now, out));
-            self.retries += 1;
+            // The end of a `Busy` backoff is not a timeout.
+            self.retries += u64::from(!backoff);
         }
         merge_requests(out, first_new);
         self.after_call();

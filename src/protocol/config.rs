@@ -208,6 +208,21 @@ pub struct Tunables {
     pub election_timeout_us: Time,
     /// Slots the leader may have proposed but not yet seen executed; beyond it, batches wait (backpressure).
     pub max_in_flight_slots: usize,
+    /// The leader reports itself full (to batchers, `LeaderLoad`) once its window is full and this
+    /// many batches wait behind it (enough queued to refill the window as slots execute), and no
+    /// longer once half of them left.
+    pub leader_full_waiting_batches: usize,
+    /// Batches the leader holds waiting for room in its window, at most. At the bound it hands a
+    /// new batch back to its batcher unproposed (`BatchBusy`), which holds it: nothing admitted is
+    /// dropped. Batchers stop sending at `leader_full_waiting_batches`, so this is rarely reached.
+    pub max_waiting_batches: usize,
+    /// Batches a batcher holds while the leader is full, at most. At the bound (and the leader
+    /// full) a new request is refused at once with `Busy`: never batched, so the client may retry
+    /// it. Batches the leader hands back are held even past the bound (they hold admitted commands).
+    pub batcher_max_held_batches: usize,
+    /// A client refused with `Busy` waits this long before it sends again, doubled per refusal in a
+    /// row (up to 256 times), with jitter: a random half of it.
+    pub client_busy_backoff_us: Time,
     /// The leader re-proposes a slot not executed after this long; a proxy leader resends Phase2a after it.
     pub resend_timeout_us: Time,
     /// A client resends an unanswered request (to the next batcher) after this long.
@@ -259,6 +274,10 @@ impl Default for Tunables {
             heartbeat_interval_us: 20_000,
             election_timeout_us: 150_000,
             max_in_flight_slots: 1_000,
+            leader_full_waiting_batches: 64,
+            max_waiting_batches: 1_024,
+            batcher_max_held_batches: 16,
+            client_busy_backoff_us: 1_000,
             resend_timeout_us: 50_000,
             client_retry_timeout_us: 200_000,
             replica_report_interval_us: 10_000,
@@ -283,6 +302,10 @@ impl Default for Tunables {
 pub const MAX_BATCH_SIZE: usize = 10_000;
 /// Upper bound on `max_in_flight_slots`.
 pub const MAX_IN_FLIGHT_SLOTS: usize = 100_000;
+/// Upper bound on `max_waiting_batches` (and so on the batches a leader holds outside its window).
+pub const MAX_WAITING_BATCHES: usize = 100_000;
+/// Upper bound on `batcher_max_held_batches`.
+pub const MAX_HELD_BATCHES: usize = 10_000;
 
 impl Tunables {
     /// Checks every field's range.
@@ -293,6 +316,15 @@ impl Tunables {
         }
         if self.max_in_flight_slots == 0 || self.max_in_flight_slots > MAX_IN_FLIGHT_SLOTS {
             return bad("max_in_flight_slots", "must be between 1 and 100000");
+        }
+        if self.max_waiting_batches == 0 || self.max_waiting_batches > MAX_WAITING_BATCHES {
+            return bad("max_waiting_batches", "must be between 1 and 100000");
+        }
+        if self.leader_full_waiting_batches >= self.max_waiting_batches {
+            return bad("leader_full_waiting_batches", "must be below max_waiting_batches");
+        }
+        if self.batcher_max_held_batches > MAX_HELD_BATCHES {
+            return bad("batcher_max_held_batches", "must be at most 10000");
         }
         if self.phase1b_page_bytes == 0 || self.phase1b_page_bytes > 512 * 1024 {
             return bad("phase1b_page_bytes", "must be between 1 and 524288 (a page must fit a frame)");
@@ -318,6 +350,7 @@ impl Tunables {
             ("flush_interval_us", self.flush_interval_us),
             ("resend_timeout_us", self.resend_timeout_us),
             ("client_retry_timeout_us", self.client_retry_timeout_us),
+            ("client_busy_backoff_us", self.client_busy_backoff_us),
             ("replica_report_interval_us", self.replica_report_interval_us),
         ] {
             if v == 0 {

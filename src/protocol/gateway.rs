@@ -14,8 +14,15 @@
 //! views, `status` shows it, and `autopaxos leave` drains it: it takes no new connection, and once
 //! no request of its sessions is in flight it reports `Left` and stops.
 //!
+//! Overload: a session's request refused with `Busy` (sent once, so never executed) is handed back
+//! as [`Answer::Busy`] (the connection answers `-BUSY`), not retried: the application decides. And
+//! while the cluster refuses (a `Busy` within [`BUSY_MEMORY_US`]), the gateway refuses a new request
+//! at once, without sending it, once [`MAX_IN_FLIGHT_SESSIONS`] of its sessions wait on the cluster:
+//! that is its queue for the leader, and it is at its bound.
+//!
 //! Must never: give one session to two connections; report a completion for a session that no
-//! connection holds (it is swallowed, and the session freed).
+//! connection holds (it is swallowed, and the session freed); answer `Busy` for a request that
+//! some copy of may still execute.
 
 use super::client::SubmitError;
 use super::client_mux::ClientMux;
@@ -26,6 +33,21 @@ use bytes::Bytes;
 
 /// A session's index (the low 16 bits of its client id).
 pub type Session = usize;
+
+/// Sessions with a request in flight at once, at most, while the cluster refuses requests: past
+/// it a new request is refused at once (`-BUSY`) rather than sent to be refused.
+pub const MAX_IN_FLIGHT_SESSIONS: usize = 256;
+/// A `Busy` counts as "the cluster refuses" for this long.
+pub const BUSY_MEMORY_US: Time = 100_000;
+
+/// What a session's request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The state machine's result.
+    Done(Bytes),
+    /// Refused: the cluster is overloaded; the request was never executed.
+    Busy,
+}
 
 /// The sessions of one gateway node.
 #[derive(Debug)]
@@ -38,7 +60,13 @@ pub struct Gateway {
     /// Sessions no connection holds and with nothing in flight, the most recently freed last.
     free: Vec<Session>,
     /// Completions for held sessions since the last [`Gateway::take_completions`].
-    completions: Vec<(Session, Bytes)>,
+    completions: Vec<(Session, Answer)>,
+    /// Sessions with a request in flight.
+    in_flight: usize,
+    /// When a request was last refused with `Busy`.
+    last_busy_at: Option<Time>,
+    /// Requests refused with `Busy` (by the cluster, or here at once), since the gateway started.
+    busy: u64,
 }
 
 impl Gateway {
@@ -51,7 +79,7 @@ impl Gateway {
         config: &ClusterConfig,
         tunables: &Tunables,
     ) -> Self {
-        let mux = ClientMux::new(node, incarnation, sessions, config, tunables);
+        let mux = ClientMux::giving_up_on_busy(node, incarnation, sessions, config, tunables);
         Gateway {
             mux,
             membership: None,
@@ -59,6 +87,9 @@ impl Gateway {
             // Popped from the back: session 0 first.
             free: (0..sessions as usize).rev().collect(),
             completions: Vec::new(),
+            in_flight: 0,
+            last_busy_at: None,
+            busy: 0,
         }
     }
 
@@ -116,12 +147,42 @@ impl Gateway {
         out: &mut Out,
     ) -> Result<u64, SubmitError> {
         debug_assert!(self.held[session], "only a held session submits");
-        self.mux.submit(session, now, op, out)
+        if self.is_shedding(now) {
+            self.busy += 1;
+            return Err(SubmitError::Overloaded);
+        }
+        let seq = self.mux.submit(session, now, op, out)?;
+        self.in_flight += 1;
+        Ok(seq)
     }
 
-    /// The results that arrived for held sessions, in order.
-    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (Session, Bytes)> {
+    /// Whether a new request is refused at once: the cluster refuses, and this gateway's queue for
+    /// it (its sessions in flight) is at its bound.
+    pub fn is_shedding(&self, now: Time) -> bool {
+        self.in_flight >= MAX_IN_FLIGHT_SESSIONS
+            && self.last_busy_at.is_some_and(|at| now.saturating_sub(at) < BUSY_MEMORY_US)
+    }
+
+    /// Requests refused with `Busy`, since the gateway started.
+    pub fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// The answers that arrived for held sessions, in order.
+    pub fn take_completions(&mut self) -> std::vec::Drain<'_, (Session, Answer)> {
         self.completions.drain(..)
+    }
+
+    /// A session's request ended (answered or refused): hand it to its connection, or free the
+    /// session if that went.
+    fn finish(&mut self, session: Session, answer: Answer) {
+        self.in_flight -= 1;
+        if self.held[session] {
+            self.completions.push((session, answer));
+        } else {
+            // Its connection went while it was in flight: now nobody waits for it.
+            self.free.push(session);
+        }
     }
 
     /// The leader some session was last told of.
@@ -155,14 +216,18 @@ impl Role for Gateway {
                 _ => {}
             }
         }
+        if matches!(msg, Msg::Busy(_)) {
+            self.last_busy_at = Some(now);
+        }
         self.mux.handle_message(now, from, msg, out);
-        for done in self.mux.drain_completed() {
-            if self.held[done.client] {
-                self.completions.push((done.client, done.result));
-            } else {
-                // Its connection went while it was in flight: now nobody waits for it.
-                self.free.push(done.client);
-            }
+        let done: Vec<_> = self.mux.drain_completed().map(|c| (c.client, c.result)).collect();
+        for (session, result) in done {
+            self.finish(session, Answer::Done(result));
+        }
+        let refused: Vec<_> = self.mux.drain_refused().collect();
+        for (session, _backoff) in refused {
+            self.busy += 1;
+            self.finish(session, Answer::Busy);
         }
     }
 
@@ -208,6 +273,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_request_is_answered_busy_and_past_its_bound_the_gateway_refuses_at_once() {
+        let mut out = Out::new(true);
+        let mut g = gateway(MAX_IN_FLIGHT_SESSIONS as u32 + 2);
+        let sessions: Vec<Session> = (0..MAX_IN_FLIGHT_SESSIONS + 1).map(|_| g.open().unwrap()).collect();
+        for &s in &sessions[..MAX_IN_FLIGHT_SESSIONS] {
+            g.submit(s, 0, Bytes::from_static(b"op"), &mut out).unwrap();
+        }
+        // Below the bound, or while the cluster has not refused anything, requests go.
+        assert!(!g.is_shedding(0));
+        let first = sessions[0];
+        let refused = Msg::Busy(vec![(g.mux.client(first).client_id(), 1)]);
+        g.handle_message(5, 9, refused, &mut out);
+        assert_eq!(g.take_completions().collect::<Vec<_>>(), vec![(first, Answer::Busy)]);
+        assert_eq!(g.busy(), 1);
+        // The refused session sends again (a new request): the gateway is at its bound once more,
+        // and the cluster refuses: the next request is refused here, at once, unsent.
+        g.submit(first, 6, Bytes::from_static(b"op"), &mut out).unwrap();
+        out.msgs.clear();
+        let last = sessions[MAX_IN_FLIGHT_SESSIONS];
+        assert_eq!(g.submit(last, 7, Bytes::from_static(b"op"), &mut out), Err(SubmitError::Overloaded));
+        assert!(out.msgs.is_empty());
+        // Once the cluster has said nothing for a while, it is tried again.
+        assert!(g.submit(last, 7 + BUSY_MEMORY_US, Bytes::from_static(b"op"), &mut out).is_ok());
+    }
+
+    #[test]
     fn a_session_closed_in_flight_is_reused_only_after_its_reply() {
         let mut out = Out::default();
         let mut g = gateway(2);
@@ -223,7 +314,10 @@ mod tests {
         let seq = g.submit(b, 0, Bytes::from_static(b"op"), &mut out).unwrap();
         reply(&mut g, b, seq, b"ok", &mut out);
         reply(&mut g, b, seq, b"ok", &mut out);
-        assert_eq!(g.take_completions().collect::<Vec<_>>(), vec![(b, Bytes::from_static(b"ok"))]);
+        assert_eq!(
+            g.take_completions().collect::<Vec<_>>(),
+            vec![(b, Answer::Done(Bytes::from_static(b"ok")))]
+        );
         g.close(b);
         assert_eq!(g.open(), Some(b), "idle at close: free at once");
         assert_eq!(g.sessions_held(), 2);

@@ -278,6 +278,16 @@ pub enum Msg {
     StatusRequest,
     /// node → operator: the answer.
     Status(NodeStatus),
+    /// batcher → client node: these requests (client id, sequence number) were refused at once
+    /// because the cluster is overloaded. The copy refused was never batched and never will be:
+    /// the client may send the same command again (after backing off).
+    Busy(Vec<(u64, u64)>),
+    /// leader → batchers: whether its window is full and batches queue behind it (`full`), sent
+    /// when that changes and with every heartbeat (which repairs a lost one).
+    LeaderLoad { ballot: Ballot, full: bool },
+    /// leader → batcher: my queue of waiting batches is at its bound; this batch was not
+    /// proposed (nor kept). Hold it and send it again once I am no longer full.
+    BatchBusy { batch: Bytes },
 }
 
 impl Msg {
@@ -318,6 +328,9 @@ impl Msg {
             Msg::ReconfigureRefused { .. } => "ReconfigureRefused",
             Msg::StatusRequest => "StatusRequest",
             Msg::Status(_) => "Status",
+            Msg::Busy(_) => "Busy",
+            Msg::LeaderLoad { .. } => "LeaderLoad",
+            Msg::BatchBusy { .. } => "BatchBusy",
         }
     }
 }
@@ -385,6 +398,12 @@ impl std::fmt::Display for Msg {
             Msg::ReconfigureRefused { epoch, reason } => write!(f, "{name} epoch={epoch}: {reason}"),
             Msg::StatusRequest => write!(f, "{name}"),
             Msg::Status(s) => write!(f, "{name} {} {:?}", s.role.name(), s.state),
+            Msg::Busy(refused) => match refused.as_slice() {
+                [(client_id, seq)] => write!(f, "{name} c{client_id:x}#{seq}"),
+                _ => write!(f, "{name} n={}", refused.len()),
+            },
+            Msg::LeaderLoad { ballot, full } => write!(f, "{name} b={ballot} full={full}"),
+            Msg::BatchBusy { batch } => write!(f, "{name} batch={:016x}", super::digest(batch)),
         }
     }
 }

@@ -92,6 +92,12 @@ pub enum Event {
     /// A replica executed a change of configuration in `slot` (applied or skipped: checkers
     /// decide for themselves which).
     ReconfigExecuted { slot: Slot, change: configuration::Change },
+    /// A batcher (or a leader without batchers) refused this many requests at once with `Busy`.
+    Shed { commands: u64 },
+    /// A client that gives up on `Busy` (a gateway's session) was refused for request `seq`,
+    /// which it had sent only once: over a network that does not duplicate, that command was never
+    /// proposed and never will be. Checkers hold it to that.
+    Refused { client_id: u64, seq: u64 },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
 }

@@ -62,10 +62,6 @@ const MAX_DIRECT_CLIENTS: usize = 1024;
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
 const MAX_ELECTION_BACKOFF: u32 = 3;
 
-/// Batches a leader holds while its in-flight window is full; beyond it they are dropped and counted
-/// (their clients retry).
-pub const MAX_WAITING_BATCHES: usize = 10_000;
-
 #[repr(usize)]
 #[derive(Clone, Copy)]
 enum Timer {
@@ -128,8 +124,12 @@ struct InFlight {
 struct Leadership {
     next_slot: Slot,
     in_flight: BTreeMap<Slot, InFlight>,
-    /// Batches (with the node to refuse or forward them for) waiting for room in the window.
+    /// Batches (with the node to refuse or forward them for) waiting for room in the window, at
+    /// most `Tunables::max_waiting_batches`; at the bound a new one goes back to its batcher
+    /// unproposed (`BatchBusy`).
     waiting: VecDeque<(NodeId, Bytes)>,
+    /// Whether batchers were last told that this leader is full (`LeaderLoad`).
+    reported_full: bool,
     next_proxy: usize,
     trimmed_sent: Slot,
     /// A change of configuration under way, if any (one at a time).
@@ -159,6 +159,11 @@ pub struct Proposer {
     /// What each replica last said it executed, and when it last said so.
     replica_watermarks: BTreeMap<NodeId, Slot>,
     replica_heard_at: BTreeMap<NodeId, Time>,
+    /// The highest watermark any replica reported since this proposer started, a member of the
+    /// newest configuration or not: `replica_watermarks` drops a replica that a change removed,
+    /// but its report may already have cut `history` to its watermark (a replica keeps only the
+    /// configurations from its watermark on), so Phase 1 never starts below this.
+    reported_executed: Slot,
     /// The stateless nodes and where each stands. Every proposer applies the joins and departures it
     /// hears and merges the views it gets; the leader publishes its view.
     view: View,
@@ -209,6 +214,7 @@ impl Proposer {
             state: State::Follower,
             leader_hint: None,
             replica_watermarks: BTreeMap::new(),
+            reported_executed: 0,
             replica_heard_at: BTreeMap::new(),
             view: View::from_config(&config),
             proxy_leaders: config.proxy_leaders.clone(),
@@ -281,6 +287,14 @@ impl Proposer {
         self.replica_watermarks.values().copied().max().unwrap_or(0)
     }
 
+    /// Where Phase 1 may start: every slot below is executed by some replica (a removed one
+    /// too), hence chosen, and `history` covers every slot from here on. Only Phase 1 takes a
+    /// removed replica's word: the leader's work (what it re-proposes, when it trims) follows the
+    /// replicas of the newest configuration, which may still have to learn those slots.
+    fn phase1_floor(&self) -> Slot {
+        self.max_executed().max(self.reported_executed)
+    }
+
     /// Acceptors may forget the slots below this. Every replica that is up (reported within
     /// `replica_down_after_us`) has executed them, so a silent replica does not hold the logs back
     /// for ever; and however far a replica lags, the acceptors keep at most `teach_retention_slots`
@@ -320,7 +334,7 @@ impl Proposer {
         }
         self.ballot = Ballot::next_after(self.ballot, self.id);
         self.leader_hint = None;
-        let start = self.max_executed();
+        let start = self.phase1_floor();
         let nonce = self.rng.gen();
         self.state = State::Candidate(Phase1 {
             nonce,
@@ -419,19 +433,19 @@ impl Proposer {
     /// Leads if Phase 1 covers every configuration its reports and the replicas put in force;
     /// otherwise asks the acceptors of configurations it has just learned of.
     fn try_to_lead(&mut self, now: Time, out: &mut Out) {
-        let max_executed = self.max_executed();
+        let floor = self.phase1_floor();
         let State::Candidate(phase1) = &mut self.state else { return };
         // Slots below the acceptors' trim point are chosen, but unless a replica reported them
         // (with its history) a change among them is unknown: wait for the report.
-        if phase1.max_trimmed > max_executed {
+        if phase1.max_trimmed > floor {
             return;
         }
         // Every slot below the highest watermark reported since the election began is executed,
         // hence chosen: Phase 1 need not cover the configurations that owned only those (their
         // acceptors may be gone), and the history may no longer hold them (a replica far ahead
         // reports only the configurations from its watermark on: sim seed 8842 with --reconfig).
-        if max_executed > phase1.start {
-            phase1.start = max_executed;
+        if floor > phase1.start {
+            phase1.start = floor;
             phase1.reports = phase1.reports.split_off(&phase1.start);
         }
         let State::Candidate(phase1) = &self.state else { return };
@@ -455,6 +469,7 @@ impl Proposer {
             next_slot: end,
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
+            reported_full: false,
             next_proxy: 0,
             trimmed_sent: 0,
             reconfig: None,
@@ -619,10 +634,12 @@ impl Proposer {
                     let slot = self.take_next_slot();
                     self.propose(now, slot, Value::Batch(batch), out);
                     self.arm_resend(now);
-                } else if l.waiting.len() < MAX_WAITING_BATCHES {
+                } else if l.waiting.len() < self.tunables.max_waiting_batches {
                     l.waiting.push_back((origin, batch));
                 } else {
-                    out.dropped("proposer: waiting queue full");
+                    // Never proposed and not kept: the batcher holds it and sends it again.
+                    out.dropped("proposer: waiting queue full, batch handed back");
+                    out.send(origin, Msg::BatchBusy { batch });
                 }
             }
             _ => match self.leader_hint {
@@ -649,6 +666,10 @@ impl Proposer {
             return;
         }
         self.heard_from_replica = true;
+        // Before the merge, which may take its history, kept from its watermark on (sim seed
+        // 1217: a restarted proposer took removed replica 11's, from slot 28, then ran Phase 1
+        // from slot 9, the newest configuration's replicas' watermark, and re-proposed slot 9).
+        self.reported_executed = self.reported_executed.max(watermark);
         let merged = self.history.merge(&configs, watermark);
         if merged.is_err() && self.is_leader() {
             // A change found in Phase 1 and taken for chosen was not: someone else leads.
@@ -734,8 +755,19 @@ impl Proposer {
     }
 
     /// Tells every node that a change removed, and that no kept configuration names any more,
-    /// to leave.
+    /// to leave; but only once every replica of the newest configuration has executed every slot
+    /// below the history kept. The history may start above a replica's watermark (it was taken
+    /// from a replica far ahead, which keeps only the configurations from its own watermark on),
+    /// and a replica below it may still have to learn those slots from a removed replica or from
+    /// a removed group's acceptors: sim seed 1217, where a leader whose history started at slot 28
+    /// retired replica 11 and acceptors 3, 4, 5 while the other replicas stood at slots 9 and 0.
     fn retire_removed(&mut self, out: &mut Out) {
+        let first = self.history.entries()[0].from_slot;
+        let replicas = &self.history.latest().config.replicas;
+        let caught_up = replicas.iter().all(|r| self.replica_watermarks.get(r).is_some_and(|&w| w >= first));
+        if !caught_up {
+            return;
+        }
         let kept = self.history.members_from(0);
         let gone: Vec<NodeId> = (self.view.removed_stateful())
             .filter(|id| *id != self.id && !kept.contains(id) && !self.retired.contains(id))
@@ -833,6 +865,37 @@ impl Proposer {
         let others = self.proposers().iter().filter(|&&p| p != self.id).copied();
         for node in others.chain(self.view.batchers_to_inform()) {
             out.send(node, Msg::Heartbeat { ballot: self.ballot });
+        }
+        // With every heartbeat too, so that a lost change of load is repaired within a period.
+        let full = matches!(&self.state, State::Leader(l) if l.reported_full);
+        for node in self.view.batchers_to_inform() {
+            out.send(node, Msg::LeaderLoad { ballot: self.ballot, full });
+        }
+    }
+
+    /// Whether the leader is full: its window has no room and batches queue behind it. Batchers
+    /// then hold their batches, and refuse new requests once they hold their bound. Once full it
+    /// stays so until half the queue drained (hysteresis): otherwise every executed slot would
+    /// flip it twice, two messages per batcher each time, on the busiest node.
+    fn is_full(&self) -> bool {
+        let high = self.tunables.leader_full_waiting_batches;
+        match &self.state {
+            State::Leader(l) if l.reported_full => l.waiting.len() > high / 2,
+            State::Leader(l) => self.room() == 0 && l.waiting.len() >= high,
+            _ => false,
+        }
+    }
+
+    /// Tells batchers at once when the leader becomes full or stops being full.
+    fn report_load(&mut self, out: &mut Out) {
+        let full = self.is_full();
+        let State::Leader(l) = &mut self.state else { return };
+        if l.reported_full == full {
+            return;
+        }
+        l.reported_full = full;
+        for node in self.view.batchers_to_inform() {
+            out.send(node, Msg::LeaderLoad { ballot: self.ballot, full });
         }
     }
 
@@ -1039,7 +1102,7 @@ impl Proposer {
                 assert!(self.timers.is_set(Timer::Heartbeat as usize));
                 assert!(!self.timers.is_set(Timer::Election as usize));
                 assert!(l.in_flight.keys().next_back().is_none_or(|&s| s < l.next_slot));
-                assert!(l.waiting.len() <= MAX_WAITING_BATCHES);
+                assert!(l.waiting.len() <= self.tunables.max_waiting_batches);
                 assert_eq!(l.in_flight.is_empty(), !self.timers.is_set(Timer::Resend as usize));
             }
         }
@@ -1070,7 +1133,11 @@ impl Role for Proposer {
                 if self.direct_clients.len() < MAX_DIRECT_CLIENTS {
                     self.direct_clients.insert(from);
                 }
-                if self.is_leader() {
+                if self.is_full() {
+                    // Without batchers the leader is the edge: refuse at once, unbatched.
+                    out.event(|| Event::Shed { commands: commands.len() as u64 });
+                    out.send(from, Msg::Busy(commands.iter().map(|c| (c.client_id, c.seq)).collect()));
+                } else if self.is_leader() {
                     self.on_batch(now, from, true, 0, encode_batch(commands), out);
                 } else {
                     out.send(from, Msg::NotLeader { leader_hint: self.leader_hint });
@@ -1100,6 +1167,7 @@ impl Role for Proposer {
             Msg::LeadNow => {}
             _ => out.dropped("proposer: unexpected message"),
         }
+        self.report_load(out);
         self.check_invariants();
     }
 
@@ -1119,6 +1187,7 @@ impl Role for Proposer {
                 _ => unreachable!("three timers"),
             }
         }
+        self.report_load(out);
         self.check_invariants();
     }
 
@@ -1331,6 +1400,70 @@ mod tests {
         assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
     }
 
+    #[test]
+    fn a_full_leader_tells_its_batchers_and_hands_back_what_its_queue_cannot_hold() {
+        let tunables = Tunables {
+            max_in_flight_slots: 1,
+            leader_full_waiting_batches: 2,
+            max_waiting_batches: 3,
+            ..Tunables::default()
+        };
+        let mut p = leader(tunables);
+        let batcher = config().batchers[0];
+        let send = |p: &mut Proposer, now, msg| {
+            let mut out = Out::new(false);
+            p.handle_message(
+                now,
+                if matches!(msg, Msg::Executed { .. }) { 10 } else { batcher },
+                msg,
+                &mut out,
+            );
+            out.msgs.into_iter().filter(|(_, m)| !matches!(m, Msg::Propose { .. })).collect::<Vec<_>>()
+        };
+        let batch_msg =
+            |tag| Msg::ClientBatch { origin: batcher, forwarded: false, attempt: 0, batch: batch(tag) };
+        assert!(send(&mut p, 0, batch_msg(b"a")).is_empty(), "proposed: the window had room");
+        assert!(send(&mut p, 0, batch_msg(b"b")).is_empty(), "waits: one behind a full window");
+        let full = Msg::LeaderLoad { ballot: p.ballot, full: true };
+        assert_eq!(send(&mut p, 0, batch_msg(b"c")), vec![(batcher, full)], "two wait: full, said at once");
+        assert!(send(&mut p, 0, batch_msg(b"d")).is_empty(), "three wait: the queue's bound");
+        assert_eq!(
+            send(&mut p, 0, batch_msg(b"e")),
+            vec![(batcher, Msg::BatchBusy { batch: batch(b"e") })],
+            "past the bound: handed back, not proposed, not dropped"
+        );
+        // Slots execute: the queue drains; full until half of it left (no flapping).
+        assert!(send(&mut p, 1, executed(1)).is_empty(), "b proposed, two still wait");
+        let room = Msg::LeaderLoad { ballot: p.ballot, full: false };
+        assert_eq!(send(&mut p, 2, executed(2)), vec![(batcher, room)]);
+        assert_eq!(p.in_flight(), 1);
+    }
+
+    #[test]
+    fn without_batchers_a_full_leader_refuses_client_requests_at_once() {
+        let tunables = Tunables {
+            max_in_flight_slots: 1,
+            leader_full_waiting_batches: 1,
+            max_waiting_batches: 2,
+            ..Tunables::default()
+        };
+        let mut p = leader(tunables);
+        let request = |seq| {
+            Msg::ClientRequests(vec![crate::protocol::messages::Command {
+                client_id: 7 << 32,
+                seq,
+                op: Bytes::new(),
+            }])
+        };
+        let mut out = Out::new(false);
+        p.handle_message(0, 7, request(1), &mut out);
+        p.handle_message(0, 7, request(2), &mut out);
+        let mut out = Out::new(true);
+        p.handle_message(0, 7, request(3), &mut out);
+        assert_eq!(out.msgs, vec![(7, Msg::Busy(vec![(7 << 32, 3)]))]);
+        assert_eq!(out.events, vec![Event::Shed { commands: 1 }]);
+    }
+
     /// The trim point the leader sends acceptors at its next heartbeat after `now`, if any.
     fn trim_sent(p: &mut Proposer, now: Time) -> Option<Slot> {
         let at = p.poll_timeout().unwrap().max(now);
@@ -1512,6 +1645,61 @@ mod tests {
             out.msgs.iter().filter(|(_, m)| *m == Msg::Left).map(|(to, _)| *to).collect();
         assert_eq!(told, BTreeSet::from([2, 20]));
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_proposer_that_took_a_removed_replicas_history_leads_from_its_watermark_and_keeps_it_until_the_others_catch_up(
+    ) {
+        // Sim seed 1217. A change chosen in slot 1 replaced replica 11 by 14 from slot 4. Replica
+        // 11, which executed up to slot 6, keeps only the configurations from there on; replica
+        // 10 has not executed the change yet.
+        let tunables = Tunables { max_in_flight_slots: 4, ..Tunables::default() };
+        let file = ConfigHistory::new(&config(), 4);
+        let without_11 = Configuration { replicas: vec![10, 14], ..change(1, config().acceptor_groups) };
+        let mut ahead = file.clone();
+        assert!(ahead.on_chosen(1, &Change { config: without_11, from_slot: 4, ballot: Ballot::ZERO }));
+        ahead.forget_below(6);
+        // A proposer restarted without memory hears 11 first: it takes 11's history, from slot 4.
+        let mut p = Proposer::new(1, config(), tunables, 7, 0);
+        p.handle_message(0, 11, executed_with(6, &ahead), &mut Out::new(false));
+        p.handle_message(0, 10, executed_with(1, &file), &mut Out::new(false));
+        let mut out = Out::new(false);
+        p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
+        let starts: BTreeSet<Slot> = (out.msgs.iter())
+            .filter_map(|(_, m)| match m {
+                Msg::Phase1a { from_slot, .. } => Some(*from_slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            BTreeSet::from([6]),
+            "Phase 1 starts at 11's watermark, not at 10's: {:?}",
+            out.msgs
+        );
+        let Some(Msg::Phase1a { nonce, .. }) = out.msgs.first().map(|(_, m)| m.clone()) else {
+            panic!("{:?}", out.msgs)
+        };
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce, vec![]);
+        }
+        assert!(p.is_leader(), "and leads from slot 6, which its history covers");
+        // Replica 10 still has slots 1 to 5 to learn, perhaps from 11 only: 11 is not told to
+        // leave until every replica of the newest configuration is past the history it keeps.
+        let told_to_leave = |p: &mut Proposer, now: &mut Time| {
+            let mut out = Out::new(false);
+            for _ in 0..4 {
+                *now = (*now).max(p.poll_timeout().unwrap());
+                p.handle_timeout(*now, &mut out);
+            }
+            out.msgs.contains(&(11, Msg::Leave))
+        };
+        let mut now = 0;
+        assert!(!told_to_leave(&mut p, &mut now));
+        p.handle_message(now, 10, executed_with(6, &ahead), &mut Out::new(false));
+        assert!(!told_to_leave(&mut p, &mut now), "replica 14 has not reported yet");
+        p.handle_message(now, 14, executed_with(6, &ahead), &mut Out::new(false));
+        assert!(told_to_leave(&mut p, &mut now));
     }
 
     #[test]

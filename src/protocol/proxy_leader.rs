@@ -14,7 +14,10 @@ use super::{Ballot, NodeId, Out, Role, RoleKind, Slot, Time};
 use std::collections::BTreeMap;
 
 /// Slots a proxy leader drives at once; beyond it, new proposals are dropped (the leader re-proposes).
+/// Not an overload valve: the leader's window (at most `MAX_IN_FLIGHT_SLOTS`) bounds the slots in
+/// flight, so a leader that keeps its window never reaches it.
 pub const MAX_PROXY_IN_FLIGHT: usize = 100_000;
+const _: () = assert!(super::config::MAX_IN_FLIGHT_SLOTS <= MAX_PROXY_IN_FLIGHT);
 /// Phase2a resends before a proxy leader gives a slot up to the leader's own re-proposal.
 pub const MAX_PHASE2A_RESENDS: u32 = 3;
 

@@ -58,7 +58,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
+/// Not an overload valve: the leader's window bounds the slots chosen above the watermarks.
 pub const MAX_CHOSEN_BUFFER: usize = 200_000;
+const _: () = assert!(super::config::MAX_IN_FLIGHT_SLOTS <= MAX_CHOSEN_BUFFER);
 /// Room reserved per command in a batch's results buffer: a write's result fits.
 const TYPICAL_RESULT_BYTES: usize = 16;
 /// Slots one catch-up answer carries at most.

@@ -65,6 +65,10 @@ struct FileSettings {
     heartbeat_interval_us: Option<u64>,
     election_timeout_us: Option<u64>,
     max_in_flight_slots: Option<usize>,
+    leader_full_waiting_batches: Option<usize>,
+    max_waiting_batches: Option<usize>,
+    batcher_max_held_batches: Option<usize>,
+    client_busy_backoff_us: Option<u64>,
     resend_timeout_us: Option<u64>,
     client_retry_timeout_us: Option<u64>,
     replica_report_interval_us: Option<u64>,
@@ -247,6 +251,12 @@ impl ClusterFile {
             heartbeat_interval_us: s.heartbeat_interval_us.unwrap_or(d.heartbeat_interval_us),
             election_timeout_us: s.election_timeout_us.unwrap_or(d.election_timeout_us),
             max_in_flight_slots: s.max_in_flight_slots.unwrap_or(d.max_in_flight_slots),
+            leader_full_waiting_batches: s
+                .leader_full_waiting_batches
+                .unwrap_or(d.leader_full_waiting_batches),
+            max_waiting_batches: s.max_waiting_batches.unwrap_or(d.max_waiting_batches),
+            batcher_max_held_batches: s.batcher_max_held_batches.unwrap_or(d.batcher_max_held_batches),
+            client_busy_backoff_us: s.client_busy_backoff_us.unwrap_or(d.client_busy_backoff_us),
             resend_timeout_us: s.resend_timeout_us.unwrap_or(d.resend_timeout_us),
             client_retry_timeout_us: s.client_retry_timeout_us.unwrap_or(d.client_retry_timeout_us),
             replica_report_interval_us: s.replica_report_interval_us.unwrap_or(d.replica_report_interval_us),
@@ -308,6 +318,10 @@ flush_interval_us = 1000         # a partial batch leaves after this long
 heartbeat_interval_us = 20000    # leader heartbeat period
 election_timeout_us = 150000     # followers run after this long (plus up to as much jitter)
 max_in_flight_slots = 1000       # leader's window of unexecuted slots (backpressure)
+leader_full_waiting_batches = 64 # window full and this many batches waiting: the leader says it is full
+max_waiting_batches = 1024       # batches waiting at the leader, at most (beyond: handed back unproposed)
+batcher_max_held_batches = 16    # batches a batcher holds while the leader is full; then new requests get Busy
+client_busy_backoff_us = 1000    # a client refused with Busy waits this long (doubling, jittered)
 resend_timeout_us = 50000        # re-propose / resend Phase2a after this long
 client_retry_timeout_us = 200000 # clients resend an unanswered request after this long
 replica_report_interval_us = 10000

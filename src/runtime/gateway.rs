@@ -11,12 +11,19 @@
 //! stops reading until the driver has answered some, so a client that sends without reading its
 //! replies is slowed by TCP, and never holds more memory than that.
 //!
+//! Overload: when the cluster refuses a connection's batch with `Busy` (sent once, so never
+//! executed), or the gateway refuses it at once (its sessions in flight at their bound while the
+//! cluster refuses, see `protocol::gateway`), each request of the batch is answered
+//! [`BUSY_REPLY`] (`-BUSY ...`, as Redis answers when it cannot serve now): the application may
+//! send it again.
+//!
 //! Must never: answer out of order; submit a request twice (a retry is the same request); let a
 //! connection's buffers grow past its bounds.
 
 use super::node::Host;
 use crate::commands::{self, Connection, Context, Password, Plan, Render};
-use crate::protocol::gateway::{Gateway, Session};
+use crate::protocol::client::SubmitError;
+use crate::protocol::gateway::{Answer, Gateway, Session};
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
 use crate::resp::{self, Limits, Reply};
@@ -208,6 +215,7 @@ struct GatewayMetrics {
     protocol_errors: metrics::Counter,
     request_timeouts: metrics::Counter,
     auth_failures: metrics::Counter,
+    busy: metrics::Counter,
 }
 
 impl GatewayMetrics {
@@ -220,6 +228,7 @@ impl GatewayMetrics {
             protocol_errors: metrics::counter!("autopaxos_gateway_protocol_errors_total", &labels),
             request_timeouts: metrics::counter!("autopaxos_gateway_request_timeouts_total", &labels),
             auth_failures: metrics::counter!("autopaxos_gateway_auth_failures_total", &labels),
+            busy: metrics::counter!("autopaxos_gateway_busy_replies_total", &labels),
         }
     }
 }
@@ -230,7 +239,7 @@ pub struct Front {
     metrics: GatewayMetrics,
     gateway: RefCell<Gateway>,
     /// Per session: where its connection waits for its batch's result.
-    waiting: RefCell<Vec<Option<LocalSender<Bytes>>>>,
+    waiting: RefCell<Vec<Option<LocalSender<Answer>>>>,
     settings: GatewaySettings,
     next_connection: Cell<u64>,
     open: Cell<usize>,
@@ -537,7 +546,7 @@ async fn drive(
     queue: &RefCell<Queue>,
     wake: &LocalReceiver<()>,
     room: &LocalSender<()>,
-    results: &LocalReceiver<Bytes>,
+    results: &LocalReceiver<Answer>,
 ) -> std::io::Result<()> {
     let mut out = Vec::new();
     loop {
@@ -550,11 +559,15 @@ async fn drive(
         if let Some(op) = submit {
             let mut refused = None;
             host.act(|now, o| refused = front.gateway.borrow_mut().submit(session, now, op, o).err());
-            if let Some(e) = refused {
+            if let Some(SubmitError::Overloaded) = refused {
+                // The cluster refuses and this gateway's queue for it is full: refuse at once.
+                front.metrics.busy.increment(1);
+                complete(&mut queue.borrow_mut(), &Answer::Busy, &mut out);
+            } else if let Some(e) = refused {
                 // Cannot happen (one batch per session at a time), but never leave the client
                 // waiting: its requests get an error each.
                 tracing::error!(node = front.node, "gateway session {session}: {e}");
-                complete(&mut queue.borrow_mut(), &[], &mut out);
+                complete(&mut queue.borrow_mut(), &Answer::Done(Bytes::new()), &mut out);
             }
         }
         if !out.is_empty() {
@@ -581,8 +594,11 @@ async fn drive(
                 None
             })
             .await;
-            if let Some(result) = done.flatten() {
-                complete(&mut queue.borrow_mut(), &result, &mut out);
+            if let Some(answer) = done.flatten() {
+                if answer == Answer::Busy {
+                    front.metrics.busy.increment(1);
+                }
+                complete(&mut queue.borrow_mut(), &answer, &mut out);
             }
         } else if wake.recv().await.is_none() {
             return Ok(());
@@ -638,8 +654,26 @@ fn next_batch(q: &mut Queue) -> Option<Bytes> {
     Some(KvOp::Batch { ops }.encode())
 }
 
-/// The batch in flight completed: renders its requests' replies, in order.
-fn complete(q: &mut Queue, result: &[u8], out: &mut Vec<u8>) {
+/// What a RESP client gets for a request the cluster refused (Redis answers `-BUSY` too when it
+/// cannot serve now); it was never executed, so sending it again is safe.
+pub const BUSY_REPLY: &str = "BUSY the cluster is overloaded: the command was not executed; retry later";
+
+/// The batch in flight completed (or was refused): renders its requests' replies, in order.
+fn complete(q: &mut Queue, answer: &Answer, out: &mut Vec<u8>) {
+    let result = match answer {
+        Answer::Done(result) => result,
+        Answer::Busy => {
+            for _ in 0..std::mem::take(&mut q.in_flight) {
+                let reply = match q.pop() {
+                    Some(Pending::Reply(reply)) => reply,
+                    Some(Pending::Cluster { .. }) => Reply::Error(BUSY_REPLY.into()),
+                    Some(Pending::Close(_)) | None => unreachable!("a batch stops before a close"),
+                };
+                reply.encode(out);
+            }
+            return;
+        }
+    };
     let results: Vec<KvResult> = match KvResult::decode(result) {
         Ok(KvResult::Batched { results }) => {
             results.iter().map(|r| KvResult::decode(r).unwrap_or_else(KvResult::Error)).collect()

@@ -1,11 +1,25 @@
-//! The closed-loop load generator: a KV (or opaque, for `noop`) workload for the clients of one
-//! [`ClientMux`] (each with one request outstanding), latency recorded in an HDR histogram, and the
-//! verify mode's read-back. It is a role like any other, so the runtime hosts it the same way.
+//! The load generator: a KV (or opaque, for `noop`) workload for the clients of one [`ClientMux`]
+//! (each with one request outstanding), latency recorded in an HDR histogram, and the verify mode's
+//! read-back. It is a role like any other, so the runtime hosts it the same way.
+//!
+//! Closed loop by default: each client sends its next request when the last completes. Open loop
+//! with `Workload::rate_per_sec`: requests arrive on a schedule (evenly spaced, checked every
+//! [`OPEN_LOOP_TICK_US`]) whatever the replies do; each arrival goes to an idle client (one request
+//! in flight per client, as ever), and an arrival that finds every client busy is not sent but
+//! counted as refused at the client (`LoadControl::refused_at_client`). An arrival the cluster
+//! refuses with `Busy` is refused too (`refused_busy`; the clients give up on it, as a gateway's
+//! sessions do), not retried: retries would raise the offered load above the schedule; and the
+//! refused client backs off (jittered, doubling while refused) before it takes another arrival,
+//! so that arrivals meanwhile are refused here, at no cost to the cluster. And while refusals are
+//! recent (`BUSY_MEMORY_US`), the node keeps no more requests in flight than it had at the last
+//! one, as the gateway does. Latency is that of
+//! accepted requests: from the arrival's send to its reply.
 //!
 //! Must never: make a protocol decision (routing, retries, leader hints and merging requests are the
 //! mux's and its clients'); allocate or copy per command beyond building the operation itself.
 
 use crate::protocol::client_mux::{self, ClientMux, Completion};
+use crate::protocol::gateway::BUSY_MEMORY_US;
 use crate::protocol::state_machine::kv::{KvOp, KvResult};
 use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, Msg, NodeId, Out, Role, RoleKind, Time, Tunables};
@@ -33,7 +47,12 @@ pub struct Workload {
     /// Write distinct keys, remember every acknowledged write, and once stopped read each one back
     /// and compare (kv only). Proves that no acknowledged write was lost.
     pub verify: bool,
+    /// Open loop: requests per second this pool issues on a schedule (0: closed loop).
+    pub rate_per_sec: u64,
 }
+
+/// An open-loop pool issues the arrivals due this often.
+pub const OPEN_LOOP_TICK_US: Time = 1_000;
 
 /// Counters shared by every pool of a process (across cores), read by the progress line.
 #[derive(Debug, Default)]
@@ -48,6 +67,14 @@ pub struct LoadControl {
     pub completed_measured: AtomicU64,
     /// Requests resent after a timeout.
     pub retries: AtomicU64,
+    /// `Busy` refusals the clients received (each is waited out and retried).
+    pub busy: AtomicU64,
+    /// Open loop: arrivals while measuring.
+    pub offered_measured: AtomicU64,
+    /// Open loop: arrivals while measuring that found every client busy (not sent).
+    pub refused_at_client: AtomicU64,
+    /// Open loop: arrivals while measuring refused by the cluster with `Busy` (never executed).
+    pub refused_busy: AtomicU64,
     /// Verify mode: acknowledged writes read back with the value written.
     pub verified: AtomicU64,
     /// Verify mode: acknowledged writes read back missing or with another value.
@@ -121,6 +148,17 @@ struct Load {
     latencies: Rc<RefCell<Histogram<u64>>>,
     /// Verify mode, per client: acknowledged writes (seq), the op in flight, and read-back progress.
     verify: Vec<VerifyState>,
+    /// Open loop: idle clients, when the schedule began, arrivals issued since, the next tick.
+    idle: Vec<usize>,
+    /// Open loop: when the cluster last refused a request, and how many requests this node had in
+    /// flight then (at most): while refusals are recent, arrivals past it are refused here.
+    busy_at: Option<Time>,
+    in_flight_cap: usize,
+    /// Open loop: clients refused with `Busy`, backing off until the time given, earliest first.
+    cooling: std::collections::BinaryHeap<std::cmp::Reverse<(Time, usize)>>,
+    open_since: Time,
+    arrivals: u64,
+    next_tick: Time,
 }
 
 #[derive(Debug, Default)]
@@ -162,7 +200,12 @@ impl ClientPool {
         latencies: Rc<RefCell<Histogram<u64>>>,
     ) -> Self {
         assert!(count <= MAX_CLIENTS_PER_POOL, "at most {MAX_CLIENTS_PER_POOL} clients per pool");
-        let mux = ClientMux::new(node, incarnation, count, &config, tunables);
+        // Open loop: a refused arrival is refused (counted), not retried: the schedule goes on.
+        let mux = if workload.rate_per_sec > 0 {
+            ClientMux::giving_up_on_busy(node, incarnation, count, &config, tunables)
+        } else {
+            ClientMux::new(node, incarnation, count, &config, tunables)
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(u64::from(node));
         // One buffer of random bytes; each value is a slice of it (no allocation per request).
         let values: Vec<u8> = (0..workload.value_size + 4096).map(|_| rng.gen()).collect();
@@ -175,7 +218,15 @@ impl ClientPool {
             control,
             latencies,
             verify: (0..count).map(|_| VerifyState::default()).collect(),
+            idle: (0..count as usize).rev().collect(),
+            cooling: Default::default(),
+            busy_at: None,
+            in_flight_cap: usize::MAX,
+            open_since: 0,
+            arrivals: 0,
+            next_tick: 0,
         };
+        assert!(!(workload.verify && workload.rate_per_sec > 0), "verify runs closed loop");
         ClientPool { mux, load }
     }
 }
@@ -270,22 +321,94 @@ impl Load {
                 timeline.lock().expect("not poisoned").record(now, latency);
             }
         }
+        if self.workload.rate_per_sec > 0 {
+            self.idle.push(done.client);
+            return None;
+        }
         self.next_request(done.client, done.client_id, now)
+    }
+
+    /// Requests in flight (open loop): clients neither idle nor backing off.
+    fn in_flight(&self) -> usize {
+        self.sent_at.len() - self.idle.len() - self.cooling.len()
+    }
+
+    /// Open loop: the arrivals due by `now`, each for an idle client (as `(client, op)`); those
+    /// that find none are counted and not sent.
+    fn arrivals_due(&mut self, now: Time) -> Vec<(usize, Bytes)> {
+        let due = u128::from(now - self.open_since) * u128::from(self.workload.rate_per_sec) / 1_000_000;
+        let new = (due as u64).saturating_sub(self.arrivals);
+        self.arrivals += new;
+        self.next_tick = now + OPEN_LOOP_TICK_US;
+        while let Some(&std::cmp::Reverse((at, index))) = self.cooling.peek() {
+            if at > now {
+                break;
+            }
+            self.cooling.pop();
+            self.idle.push(index);
+        }
+        if self.control.stop.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let measuring = self.control.measuring.load(Ordering::Relaxed);
+        if self.busy_at.is_some_and(|at| now.saturating_sub(at) >= BUSY_MEMORY_US) {
+            self.busy_at = None;
+            self.in_flight_cap = usize::MAX;
+        }
+        let mut sends = Vec::new();
+        let room = self.in_flight_cap.saturating_sub(self.in_flight());
+        for i in 0..new {
+            let idle = if (i as usize) < room { self.idle.pop() } else { None };
+            match idle {
+                Some(index) => {
+                    self.sent_at[index] = now;
+                    sends.push((index, self.next_op()));
+                }
+                None if measuring => {
+                    self.control.refused_at_client.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
+        }
+        if measuring {
+            self.control.offered_measured.fetch_add(new, Ordering::Relaxed);
+        }
+        sends
     }
 }
 
 impl Role for ClientPool {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         let load = &mut self.load;
+        let busy = self.mux.busy();
         self.mux.handle_message_with(now, from, msg, out, |done| load.on_completed(done, now));
+        self.load.control.busy.fetch_add(self.mux.busy() - busy, Ordering::Relaxed);
+        for (index, backoff_us) in self.mux.drain_refused() {
+            // The client backs off (jittered, doubling while refused) before it takes an arrival.
+            self.load.cooling.push(std::cmp::Reverse((now + backoff_us, index)));
+            // And the node sends no more at once than the cluster just took.
+            self.load.busy_at = Some(now);
+            self.load.in_flight_cap = self.load.in_flight_cap.min(self.load.in_flight());
+            if self.load.control.measuring.load(Ordering::Relaxed) {
+                self.load.control.refused_busy.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn handle_timeout(&mut self, now: Time, out: &mut Out) {
+        let open_loop = self.load.workload.rate_per_sec > 0;
         if !self.load.started {
             self.load.started = true;
-            let load = &mut self.load;
-            self.mux.submit_each(now, out, |index, client_id| load.next_request(index, client_id, now));
-            return;
+            self.load.open_since = now;
+            if !open_loop {
+                let load = &mut self.load;
+                self.mux.submit_each(now, out, |index, client_id| load.next_request(index, client_id, now));
+                return;
+            }
+        }
+        if open_loop && now >= self.load.next_tick {
+            let sends = self.load.arrivals_due(now);
+            self.mux.submit_many(now, out, sends);
         }
         let before = self.mux.retries();
         self.mux.handle_timeout(now, out);
@@ -293,11 +416,11 @@ impl Role for ClientPool {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        if self.load.started {
-            self.mux.poll_timeout()
-        } else {
-            Some(0) // start at once
+        if !self.load.started {
+            return Some(0); // start at once
         }
+        let tick = (self.load.workload.rate_per_sec > 0).then_some(self.load.next_tick);
+        crate::protocol::membership::earliest(self.mux.poll_timeout(), tick)
     }
 
     fn kind(&self) -> RoleKind {

@@ -66,6 +66,16 @@ pub struct LocalReport {
     pub completed: u64,
     /// Requests resent after a timeout (whole run).
     pub retries: u64,
+    /// Open loop: requests offered per second (0: closed loop).
+    pub offered_per_sec: f64,
+    /// `Busy` refusals the clients received per second of the window (each waited out, retried).
+    pub busy_per_sec: f64,
+    /// Open loop: arrivals per second that found every client busy (not sent).
+    pub refused_at_client_per_sec: f64,
+    /// Open loop: arrivals per second the cluster refused with `Busy`.
+    pub refused_busy_per_sec: f64,
+    /// The process's resident memory (VmRSS, KiB), sampled once a second from the warm-up's end.
+    pub rss_kib: Vec<u64>,
     /// Commands per batch.
     pub batch_size: usize,
     /// Closed-loop clients.
@@ -199,7 +209,11 @@ fn local_plan(
             count,
             config.clone(),
             opts.tunables.clone(),
-            opts.workload,
+            // Open loop: each pool issues its share of the rate.
+            Workload {
+                rate_per_sec: opts.workload.rate_per_sec * u64::from(count) / u64::from(opts.clients),
+                ..opts.workload
+            },
             control.clone(),
         ));
     }
@@ -274,7 +288,14 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     control.measuring.store(true, Ordering::Relaxed);
     let syncs_before = super::launch::ACCEPTOR_SYNCS.snapshot();
     let mut last = (Instant::now(), control.completed.load(Ordering::Relaxed));
+    let busy_before = control.busy.load(Ordering::Relaxed);
+    let mut rss_kib = vec![resident_kib()];
+    let mut rss_at = Instant::now();
     while window_start.elapsed() < opts.duration {
+        if rss_at.elapsed() >= Duration::from_secs(1) {
+            rss_kib.push(resident_kib());
+            rss_at += Duration::from_secs(1);
+        }
         std::thread::sleep(
             Duration::from_millis(250).min(opts.duration.saturating_sub(window_start.elapsed())),
         );
@@ -304,6 +325,8 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     );
     let window = window_start.elapsed().as_secs_f64();
     let completed = control.completed_measured.load(Ordering::Relaxed);
+    let busy = control.busy.load(Ordering::Relaxed) - busy_before;
+    rss_kib.push(resident_kib());
     control.stop.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     if opts.progress {
@@ -322,6 +345,11 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         max_us: latencies.max(),
         completed,
         retries: control.retries.load(Ordering::Relaxed),
+        offered_per_sec: control.offered_measured.load(Ordering::Relaxed) as f64 / window,
+        busy_per_sec: busy as f64 / window,
+        refused_at_client_per_sec: control.refused_at_client.load(Ordering::Relaxed) as f64 / window,
+        refused_busy_per_sec: control.refused_busy.load(Ordering::Relaxed) as f64 / window,
+        rss_kib,
         batch_size: opts.tunables.batch_size,
         clients: opts.clients,
         value_size: opts.workload.value_size,
@@ -333,6 +361,17 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         acceptor_fsyncs_per_sec: acceptor_syncs.0 / window,
         acceptor_records_per_fsync: acceptor_syncs.1,
     })
+}
+
+/// This process's resident memory in KiB (VmRSS of /proc/self/status; 0 where there is none).
+pub fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// `1234567` → `1,234,567`.
@@ -359,10 +398,22 @@ impl LocalReport {
         } else {
             "in memory (not crash-safe)".to_string()
         };
+        let overload = if self.offered_per_sec > 0.0 || self.busy_per_sec > 0.0 {
+            format!(
+                "\noverload offered {} cmds/s (open loop), {} busy replies/s ({} arrivals/s refused so), {} arrivals/s refused at the client (every client busy)\nmemory   VmRSS KiB each second: {:?}",
+                thousands(self.offered_per_sec as u64),
+                thousands(self.busy_per_sec as u64),
+                thousands(self.refused_busy_per_sec as u64),
+                thousands(self.refused_at_client_per_sec as u64),
+                self.rss_kib
+            )
+        } else {
+            String::new()
+        };
         format!(
             "{} cmds/s  ({} commands in {:.1}s; batch size {}, {} clients, {}-byte values, {} state machine, cores {:?})\n\
              latency  p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  ({} retries)\n\
-             storage  {storage}",
+             storage  {storage}{overload}",
             thousands(self.cmds_per_sec as u64),
             thousands(self.completed),
             self.duration_s,

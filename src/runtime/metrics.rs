@@ -31,6 +31,8 @@ pub struct NodeMetrics {
     slots_executed: Counter,
     commands_applied: Counter,
     commands_completed: Counter,
+    commands_shed: Counter,
+    requests_refused: Counter,
     accepted: Counter,
     fsyncs: Counter,
     fsync_seconds: Histogram,
@@ -60,6 +62,8 @@ impl NodeMetrics {
             slots_executed: c("autopaxos_slots_executed_total"),
             commands_applied: c("autopaxos_commands_applied_total"),
             commands_completed: c("autopaxos_commands_completed_total"),
+            commands_shed: c("autopaxos_commands_shed_total"),
+            requests_refused: c("autopaxos_busy_refusals_total"),
             accepted: c("autopaxos_phase2_accepted_total"),
             fsyncs: c("autopaxos_fsyncs_total"),
             fsync_seconds: histogram!("autopaxos_fsync_seconds", "role" => role, "node" => node.clone()),
@@ -104,6 +108,8 @@ impl NodeMetrics {
             Event::Applied { .. } => self.commands_applied.increment(1),
             Event::Completed { .. } => self.commands_completed.increment(1),
             Event::BecameLeader { .. } => self.elections.increment(1),
+            Event::Shed { commands } => self.commands_shed.increment(*commands),
+            Event::Refused { .. } => self.requests_refused.increment(1),
             Event::Left => tracing::info!(role = self.role, node = %self.node, "drained and left"),
             Event::Stalled { executed, peer_executed } => {
                 tracing::warn!(
@@ -145,6 +151,16 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!("autopaxos_frames_in_total", Unit::Count, "Frames received by the node.");
     describe_counter!("autopaxos_gateway_commands_total", Unit::Count, "RESP commands a gateway parsed.");
+    describe_counter!(
+        "autopaxos_commands_shed_total",
+        Unit::Count,
+        "Requests a batcher (or a leader without batchers) refused at once with Busy: the cluster was full."
+    );
+    describe_counter!(
+        "autopaxos_busy_refusals_total",
+        Unit::Count,
+        "Requests of this client node refused with Busy for good (sent once, never executed; sent again anew)."
+    );
     describe_gauge!("autopaxos_gateway_connections", Unit::Count, "RESP connections a gateway serves now.");
     describe_counter!(
         "autopaxos_gateway_refused_connections_total",

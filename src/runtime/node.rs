@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes queued for one peer before further messages to it are dropped (the protocol retries what
-/// is lost; an unbounded queue to a dead peer would not be bounded).
+/// is lost; an unbounded queue to a dead peer would not be bounded). Not an overload valve: load
+/// is shed at the edge (batchers, gateways), so a live peer's queue stays far below it; at the
+/// bound, what is dropped is what a dead or stuck peer would not have taken anyway.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// The send side of one peer: frames waiting for the connection task, and its wake-up.

@@ -43,6 +43,10 @@ pub struct Checker {
     /// Commands some replica applied in a slot, ever (a replica that learns a snapshot never applies
     /// the commands it holds, and one whose disk is wiped forgets what it applied).
     applied_anywhere: BTreeSet<(u64, u64)>,
+    /// Requests a client was refused with `Busy` for good: none may ever be applied.
+    refused: BTreeSet<(u64, u64)>,
+    /// Requests the network duplicated: a refusal of one copy says nothing of the other.
+    duplicated: BTreeSet<(u64, u64)>,
     /// What went wrong, in order.
     pub violations: Vec<String>,
 }
@@ -110,6 +114,9 @@ impl Checker {
                 self.on_installed(node, slot, state_digest)
             }
             Event::ReconfigExecuted { slot, ref change } => self.on_reconfig_executed(slot, change),
+            Event::Refused { client_id, seq } => {
+                self.refused.insert((client_id, seq));
+            }
             Event::Applied { client_id, seq, slot } => {
                 self.applied_anywhere.insert((client_id, seq));
                 if self.applied.entry(node).or_default().insert((client_id, seq), slot).is_some() {
@@ -165,6 +172,15 @@ impl Checker {
     /// At the end: no slot chose two values, counted in the configuration in force at it now
     /// that every change is known, and every replica's configuration is the log's.
     pub fn check_at_end(&mut self, replica_configs: &[(NodeId, Configuration)]) {
+        let executed_refused: Vec<_> = self
+            .refused
+            .intersection(&self.applied_anywhere)
+            .filter(|r| !self.duplicated.contains(r))
+            .copied()
+            .collect();
+        for (client_id, seq) in executed_refused {
+            self.violation(format!("overload: command c{client_id}#{seq} was refused with Busy and applied"));
+        }
         let slots: BTreeSet<Slot> = self.votes.keys().map(|&(s, _)| s).collect();
         for slot in slots {
             let chosen = self.chosen_in(slot);
@@ -237,6 +253,21 @@ impl Checker {
         if !self.violations.contains(&what) {
             self.violations.push(what);
         }
+    }
+
+    /// The network duplicated request (client, seq).
+    pub fn duplicated(&mut self, client_id: u64, seq: u64) {
+        self.duplicated.insert((client_id, seq));
+    }
+
+    /// Whether the network duplicated request (client, seq).
+    pub fn was_duplicated(&self, client_id: u64, seq: u64) -> bool {
+        self.duplicated.contains(&(client_id, seq))
+    }
+
+    /// Requests refused with `Busy` for good, so far.
+    pub fn refused(&self) -> usize {
+        self.refused.len()
     }
 
     /// Whether some replica applied (client, seq).

@@ -34,7 +34,7 @@ use network::{Fault, FaultLevel, LinkModel, Partitions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::Write;
 use workload::{KvModel, Workload};
 
@@ -110,6 +110,8 @@ pub struct Outcome {
     pub delivered: u64,
     /// Times a proposer became leader.
     pub elections: u64,
+    /// Client requests refused with `Busy` for good (overload shed at a batcher).
+    pub refused: usize,
     /// Slots known chosen.
     pub chosen_slots: usize,
     /// Virtual time at the end of the run.
@@ -347,6 +349,8 @@ pub struct Simulator<'t> {
     faults_on: bool,
     checker: Checker,
     history: Vec<Operation<KvOp, KvResult>>,
+    /// History entries refused with `Busy` for good: left out of the linearizability check.
+    refused_ops: BTreeSet<usize>,
     /// (client, seq) of each history entry.
     history_ids: Vec<(u64, u64)>,
     stamp: u64,
@@ -467,7 +471,16 @@ impl<'t> Simulator<'t> {
             (false, true) => [0, 0, 1, 2][reconfig_rng.gen_range(0..4)],
             (false, false) => 0,
         };
+        // Overload (a stream of its own, so older seeds keep their draws): tight bounds in most
+        // runs, so that leaders report full, batchers hold and shed, and clients back off.
+        let mut busy_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xb05e));
+        let leader_full_waiting_batches = [0, 1, 16][busy_rng.gen_range(0..3)];
+        let max_waiting_batches = leader_full_waiting_batches + [1, 2, 1_000][busy_rng.gen_range(0..3)];
+        let batcher_max_held_batches = [0, 1, 8][busy_rng.gen_range(0..3)];
         let tunables = Tunables {
+            leader_full_waiting_batches,
+            max_waiting_batches,
+            batcher_max_held_batches,
             teach_retention_slots,
             teach_chunk_bytes,
             teach_window_chunks,
@@ -502,6 +515,7 @@ impl<'t> Simulator<'t> {
             checker: Checker::default(),
             history: Vec::new(),
             history_ids: Vec::new(),
+            refused_ops: BTreeSet::new(),
             stamp: 0,
             steps: 0,
             trace,
@@ -533,6 +547,9 @@ impl<'t> Simulator<'t> {
             let id = CLIENT_ID_BASE + i as NodeId;
             // One client per node, hosted the way the runtime hosts its clients.
             let client = Client::new(client_id(id, 0), sim.cluster.clone(), &sim.tunables, i);
+            // Every other client gives up on a refusal, as a gateway's session does (the others
+            // back off and retry): both kinds run here.
+            let client = if i % 2 == 1 { client.give_up_on_busy() } else { client };
             let member = Member::Client(Box::new(ClientMux::from_clients(vec![client])));
             sim.nodes.insert(id, SimNode::new(RoleKind::Client, member, false));
             let rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, u64::from(id)));
@@ -900,6 +917,13 @@ impl<'t> Simulator<'t> {
             _ => {}
         }
         let delays = self.link.deliveries(&mut self.rng);
+        if let (true, Msg::ClientRequests(commands)) = (delays.len() > 1, &msg) {
+            // A duplicate may be admitted where the original was refused: the refusal then proves
+            // nothing (TCP, which the runtime uses, never duplicates).
+            for c in commands {
+                self.checker.duplicated(c.client_id, c.seq);
+            }
+        }
         if let Some((&last, rest)) = delays.split_last() {
             for &delay in rest {
                 let copy = msg.clone();
@@ -1011,9 +1035,24 @@ impl<'t> Simulator<'t> {
     fn take_completions(&mut self, id: NodeId) {
         let Some(SimNode { member: Member::Client(mux), .. }) = self.nodes.get_mut(&id) else { return };
         let done: Vec<_> = mux.drain_completed().collect();
+        let refused: Vec<_> = mux.drain_refused().collect();
         for c in done {
             self.on_completed(id, c.seq, c.result);
         }
+        for _ in refused {
+            self.on_refused(id);
+        }
+    }
+
+    /// A client that gives up on `Busy` was refused: its request never happened, so it leaves the
+    /// history (were it applied all the same, the checker's refusal check and linearizability
+    /// would both see it).
+    fn on_refused(&mut self, client: NodeId) {
+        let driver = self.clients.get_mut(&client).expect("refusals come from clients");
+        let index = driver.outstanding.take().expect("a refusal answers the outstanding request");
+        self.refused_ops.insert(index);
+        let pause = if self.faults_on { self.rng.gen_range(0..2 * self.opts.think_time_us) } else { 0 };
+        self.schedule(self.now + pause, Pending::ClientWake(client));
     }
 
     fn on_completed(&mut self, client: NodeId, seq: u64, result: bytes::Bytes) {
@@ -1360,6 +1399,7 @@ impl<'t> Simulator<'t> {
             })
             .collect();
         self.checker.check_at_end(&replica_configs);
+        self.outcome.refused = self.checker.refused();
         for (op, &(client, seq)) in self.history.iter().zip(&self.history_ids) {
             if op.returned.is_some() && !self.checker.was_applied(client, seq) {
                 self.checker
@@ -1367,7 +1407,18 @@ impl<'t> Simulator<'t> {
                     .push(format!("durability: acknowledged command c{client}#{seq} is in no replica's log"));
             }
         }
-        let history = std::mem::take(&mut self.history);
+        // A refused request never happened; one whose message the network duplicated may have
+        // (another copy was admitted): it stays, unanswered, which may or may not take effect.
+        let never_happened = |i: &usize| {
+            let (client, seq) = self.history_ids[*i];
+            self.refused_ops.contains(i) && !self.checker.was_duplicated(client, seq)
+        };
+        let history: Vec<_> = std::mem::take(&mut self.history)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !never_happened(i))
+            .map(|(_, op)| op)
+            .collect();
         match check_partitioned(
             &KvModel(KvStore::with_key(hash_key(self.seed))),
             history,
@@ -1417,6 +1468,8 @@ pub struct Summary {
     pub completed: u64,
     /// Elections over all seeds.
     pub elections: u64,
+    /// Requests refused with `Busy` for good, over all seeds.
+    pub refused: u64,
     /// Stateless nodes that joined, over all seeds (with churn).
     pub joined: u64,
     /// Stateless nodes that drained and left, over all seeds (with churn).
@@ -1455,6 +1508,7 @@ pub fn run_seeds(
                 s.seeds += 1;
                 s.completed += outcome.completed as u64;
                 s.elections += outcome.elections;
+                s.refused += outcome.refused as u64;
                 s.joined += outcome.joined as u64;
                 s.left += outcome.left as u64;
                 s.faults.add(&outcome.faults);

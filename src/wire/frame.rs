@@ -80,7 +80,10 @@ macro_rules! payload_of {
             | Msg::LeadNow
             | Msg::Leaving
             | Msg::Left
-            | Msg::Membership(_) => None,
+            | Msg::Membership(_)
+            | Msg::Busy(_)
+            | Msg::LeaderLoad { .. }
+            | Msg::BatchBusy { .. } => None,
         }
     };
 }
@@ -615,6 +618,9 @@ pub(crate) mod tests {
             Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
             Msg::Leave,
             Msg::LeadNow,
+            Msg::Busy(vec![(9, 1), (9 << 32, 7)]),
+            Msg::LeaderLoad { ballot: B, full: true },
+            Msg::BatchBusy { batch: batch(64) },
             Msg::Leaving,
             Msg::Left,
             Msg::Membership({
@@ -738,9 +744,12 @@ pub(crate) mod tests {
             Msg::StatusRequest => 31,
             Msg::Status(_) => 32,
             Msg::LeadNow => 33,
+            Msg::Busy(_) => 34,
+            Msg::LeaderLoad { .. } => 35,
+            Msg::BatchBusy { .. } => 36,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 34, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 37, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
