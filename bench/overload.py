@@ -31,11 +31,12 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMON = ["--in-memory", "--max-in-flight-slots", "50", "--batch-size", "100", "--value-size", "16"]
+COMMON = ["--in-memory", "--batch-size", "100", "--value-size", "16"]
+WINDOW = ["--max-in-flight-slots", "50"]  # --window replaces it
 
 
 def run(binary, duration, extra):
-    cmd = [binary, "local", "--duration", duration, "--json"] + COMMON + extra
+    cmd = [binary, "local", "--duration", duration, "--json"] + COMMON + WINDOW + extra
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
@@ -67,7 +68,9 @@ def main():
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "autopaxos"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=16384, help="open-loop client sessions")
+    ap.add_argument("--window", type=int, default=50, help="the leader's window (--max-in-flight-slots)")
     args = ap.parse_args()
+    WINDOW[1] = str(args.window)
 
     result = {"machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     lines = [f"machine: {result['machine']}"]
