@@ -7,7 +7,7 @@
 //! keeps serving everyone else. Must never: panic on network input; block the executor; buffer more
 //! than a few KiB for a peer that has not proved the secret; wait forever for a frame begun.
 
-use super::limits::{Claim, Refusal, Ticket, HANDSHAKE_BUFFER_BYTES};
+use super::limits::{Claim, Partial, Refusal, Ticket, HANDSHAKE_BUFFER_BYTES};
 use super::node::{Host, Peer};
 use crate::protocol::NodeId;
 use crate::wire::handshake::{frame_keys, prove, verify, Side};
@@ -17,7 +17,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// First and last delay between attempts to reach a peer that is down.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
@@ -354,17 +354,32 @@ async fn read_frames(
     host: &Rc<Host>,
     peer_id: NodeId,
     rd: &mut (impl futures_lite::AsyncRead + Unpin),
-    mut reader: FrameReader,
+    reader: FrameReader,
     claim: Option<&Claim>,
     frame_timeout: Duration,
 ) -> Result<(), Closed> {
+    // A frame begun must be whole within `frame_timeout` (slowloris).
+    let partial = Partial::default();
+    let watchdog = async {
+        partial.expired(frame_timeout).await;
+        Err(Closed::FrameTimeout(frame_timeout))
+    };
+    futures_lite::future::or(read_loop(host, peer_id, rd, reader, claim, &partial), watchdog).await
+}
+
+async fn read_loop(
+    host: &Rc<Host>,
+    peer_id: NodeId,
+    rd: &mut (impl futures_lite::AsyncRead + Unpin),
+    mut reader: FrameReader,
+    claim: Option<&Claim>,
+    partial: &Partial,
+) -> Result<(), Closed> {
     let budget = host.settings.read_budget.max(1);
     let mut handled = 0;
-    // When the frame now partly buffered began: it must be whole within `frame_timeout`.
-    let mut partial_since: Option<Instant> = None;
     loop {
         while let Some(frame) = reader.next_frame()? {
-            partial_since = None;
+            partial.none();
             match frame {
                 Frame::Msg(msg) => {
                     host.metrics.frames_in.increment(1);
@@ -381,19 +396,10 @@ async fn read_frames(
                 glommio::executor().yield_now().await;
             }
         }
-        let partial = reader.buffered() > 0;
-        let read = rd.read(reader.read_buf());
-        let n = if !partial {
-            read.await?
-        } else {
-            let began = *partial_since.get_or_insert_with(Instant::now);
-            let left = frame_timeout.saturating_sub(began.elapsed());
-            futures_lite::future::or(async { Ok(read.await?) }, async {
-                glommio::timer::sleep(left).await;
-                Err(Closed::FrameTimeout(frame_timeout))
-            })
-            .await?
-        };
+        if reader.buffered() > 0 {
+            partial.begun();
+        }
+        let n = rd.read(reader.read_buf()).await?;
         if n == 0 {
             return Err(closed_at_eof(&reader));
         }

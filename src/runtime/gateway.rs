@@ -20,6 +20,7 @@
 //! Must never: answer out of order; submit a request twice (a retry is the same request); let a
 //! connection's buffers grow past its bounds.
 
+use super::limits::Partial;
 use super::node::Host;
 use crate::commands::{self, Connection, Context, Password, Plan, Render};
 use crate::protocol::client::SubmitError;
@@ -445,90 +446,90 @@ async fn read_requests(
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
-    // When the request now partly buffered began.
-    let mut partial_since: Option<Instant> = None;
-    let ended = loop {
-        // Parse everything that has arrived.
-        let mut parsed = 0u64;
-        let closing = loop {
-            let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
-                Ok(Some(request)) => request,
-                // Past `limits.max_request` the parser refuses instead, so `buf` stays bounded.
-                Ok(None) => break None,
-                Err(e) => break Some(Reply::err(e)),
+    // A request begun must be whole within the timeout (slowloris); an idle connection may wait.
+    let partial = Partial::default();
+    let timeout = front.settings.request_timeout;
+    let watchdog = async {
+        partial.expired(timeout).await;
+        front.metrics.request_timeouts.increment(1);
+        tracing::debug!(
+            node = front.node,
+            "closing a RESP connection: a request begun is not whole in {timeout:?}"
+        );
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "a request begun is not whole in time"))
+    };
+    let reading = async {
+        loop {
+            // Parse everything that has arrived.
+            let mut parsed = 0u64;
+            let closing = loop {
+                let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
+                    Ok(Some(request)) => request,
+                    // Past `limits.max_request` the parser refuses instead, so `buf` stays bounded.
+                    Ok(None) => break None,
+                    Err(e) => break Some(Reply::err(e)),
+                };
+                start += request.consumed;
+                partial.none();
+                if request.args.is_empty() {
+                    continue;
+                }
+                parsed += 1;
+                let pending = match commands::plan(&request.args, &mut conn, &|| front.context()) {
+                    Plan::Reply(Reply::Error(e)) if e.starts_with("WRONGPASS") => {
+                        front.metrics.auth_failures.increment(1);
+                        Pending::Reply(Reply::Error(e))
+                    }
+                    Plan::Reply(reply) => Pending::Reply(reply),
+                    Plan::Close(reply) => {
+                        queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
+                        break None;
+                    }
+                    Plan::Cluster(ops, render) => {
+                        Pending::Cluster { ops: ops.iter().map(KvOp::encode).collect(), render }
+                    }
+                };
+                let mut q = queue.borrow_mut();
+                q.requests.push_back((pending, request.consumed));
+                q.bytes += request.consumed;
             };
-            start += request.consumed;
-            partial_since = None;
-            if request.args.is_empty() {
-                continue;
+            front.metrics.commands.increment(parsed);
+            buf.drain(..start);
+            start = 0;
+            if let Some(reply) = closing {
+                // After a framing error where the next request starts is unknown: answer, then close.
+                front.metrics.protocol_errors.increment(1);
+                queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
             }
-            parsed += 1;
-            let pending = match commands::plan(&request.args, &mut conn, &|| front.context()) {
-                Plan::Reply(Reply::Error(e)) if e.starts_with("WRONGPASS") => {
-                    front.metrics.auth_failures.increment(1);
-                    Pending::Reply(Reply::Error(e))
-                }
-                Plan::Reply(reply) => Pending::Reply(reply),
-                Plan::Close(reply) => {
-                    queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
-                    break None;
-                }
-                Plan::Cluster(ops, render) => {
-                    Pending::Cluster { ops: ops.iter().map(KvOp::encode).collect(), render }
-                }
-            };
-            let mut q = queue.borrow_mut();
-            q.requests.push_back((pending, request.consumed));
-            q.bytes += request.consumed;
-        };
-        front.metrics.commands.increment(parsed);
-        buf.drain(..start);
-        start = 0;
-        if let Some(reply) = closing {
-            // After a framing error where the next request starts is unknown: answer, then close.
-            front.metrics.protocol_errors.increment(1);
-            queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
-        }
-        if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _))) {
-            break Ok(());
-        }
-        let _ = wake.try_send(());
-        while queue.borrow().full() {
-            if room.recv().await.is_none() {
-                break;
-            }
-        }
-        let len = buf.len();
-        buf.resize(len + READ_CHUNK, 0);
-        let read = rd.read(&mut buf[len..]);
-        // A request begun must be whole within the timeout; an idle connection may wait.
-        let read = if len == 0 {
-            partial_since = None;
-            read.await
-        } else {
-            let began = *partial_since.get_or_insert_with(Instant::now);
-            let left = front.settings.request_timeout.saturating_sub(began.elapsed());
-            futures_lite::future::or(read, async {
-                glommio::timer::sleep(left).await;
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "a request begun is not whole in time"))
-            })
-            .await
-        };
-        match read {
-            Ok(0) => {
-                buf.truncate(len);
+            if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _))) {
                 break Ok(());
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    front.metrics.request_timeouts.increment(1);
-                    tracing::debug!(node = front.node, "closing a RESP connection: {e}");
+            let _ = wake.try_send(());
+            if queue.borrow().full() {
+                // While the gateway does not read, the client is not late.
+                partial.none();
+            }
+            while queue.borrow().full() {
+                if room.recv().await.is_none() {
+                    break;
                 }
-                break Err(e);
+            }
+            let len = buf.len();
+            if len > 0 {
+                partial.begun();
+            }
+            buf.resize(len + READ_CHUNK, 0);
+            match rd.read(&mut buf[len..]).await {
+                Ok(0) => {
+                    buf.truncate(len);
+                    break Ok(());
+                }
+                Ok(n) => buf.truncate(len + n),
+                Err(e) => break Err(e),
             }
         }
     };
+    let ended = futures_lite::future::or(reading, watchdog).await;
     queue.borrow_mut().reader_done = true;
     let _ = wake.try_send(());
     ended?;

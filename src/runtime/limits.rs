@@ -295,6 +295,37 @@ pub struct Ticket {
     handshaking: bool,
 }
 
+/// When the frame (or RESP request) a connection has partly received began. A watchdog
+/// ([`Partial::expired`]) checks it a few times per timeout, so the reader arms no timer per read:
+/// under load nearly every read ends mid-frame.
+#[derive(Debug, Default)]
+pub struct Partial(Cell<Option<Instant>>);
+
+impl Partial {
+    /// Nothing is partly received (a frame just completed, or nothing is buffered).
+    pub fn none(&self) {
+        self.0.set(None);
+    }
+
+    /// Something is partly received: its clock starts unless it already runs.
+    pub fn begun(&self) {
+        if self.0.get().is_none() {
+            self.0.set(Some(Instant::now()));
+        }
+    }
+
+    /// Returns once what is partly received is `timeout` old (checked every quarter of it).
+    pub async fn expired(&self, timeout: Duration) {
+        let check = (timeout / 4).max(Duration::from_millis(1));
+        loop {
+            glommio::timer::sleep(check).await;
+            if self.0.get().is_some_and(|began| began.elapsed() >= timeout) {
+                return;
+            }
+        }
+    }
+}
+
 /// Shared admission state of one node.
 pub type SharedAdmission = Rc<RefCell<Admission>>;
 
