@@ -33,17 +33,17 @@ pub struct ClusterSecret {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The file cannot be read.
-    #[error("cannot read the cluster secret {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read the {what} {path}: {source}")]
+    Read { what: &'static str, path: String, source: std::io::Error },
     /// Group or others may read (or write) the file.
-    #[error("the cluster secret {path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`")]
-    Mode { path: String, mode: u32 },
+    #[error("the {what} {path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`")]
+    Mode { what: &'static str, path: String, mode: u32 },
     /// Too little in it to be a secret.
     #[error("the cluster secret {path} holds {len} bytes, fewer than {MIN_SECRET_BYTES}: create one with `autopaxos config --new-secret {path}`")]
     TooShort { path: String, len: usize },
     /// Far too much in it: probably the wrong file.
-    #[error("the cluster secret {path} is {len} bytes, more than a secret file holds ({MAX_SECRET_FILE_BYTES}): is it the right file?")]
-    TooLong { path: String, len: u64 },
+    #[error("the {what} {path} is {len} bytes, more than a secret file holds ({MAX_SECRET_FILE_BYTES}): is it the right file?")]
+    TooLong { what: &'static str, path: String, len: u64 },
     /// Writing a new secret failed (it never overwrites one).
     #[error("cannot write a new cluster secret to {path}: {source}")]
     Write { path: String, source: std::io::Error },
@@ -105,25 +105,31 @@ impl fmt::Debug for ClusterSecret {
 /// access, one too short to be a secret, or one far too long to be one. For the paths that carry the
 /// secret itself to a node (EC2 user-data); everything else holds only [`ClusterSecret`]'s keys.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let bytes = read_private_file(path, "cluster secret")?;
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(SecretError::TooShort { path: path.display().to_string(), len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// The bytes (surrounding whitespace removed) of a file only its owner may access, no larger than a
+/// secret file: the cluster secret, a gateway's password. `what` names it in errors.
+pub fn read_private_file(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretError> {
     let shown = path.display().to_string();
-    let read = |source| SecretError::Read { path: shown.clone(), source };
+    let read = |source| SecretError::Read { what, path: shown.clone(), source };
     let meta = std::fs::metadata(path).map_err(read)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(SecretError::Mode { path: shown, mode });
+            return Err(SecretError::Mode { what, path: shown, mode });
         }
     }
     if meta.len() > MAX_SECRET_FILE_BYTES {
-        return Err(SecretError::TooLong { path: shown, len: meta.len() });
+        return Err(SecretError::TooLong { what, path: shown, len: meta.len() });
     }
     let bytes = std::fs::read(path).map_err(read)?;
-    let len = bytes.trim_ascii().len();
-    if len < MIN_SECRET_BYTES {
-        return Err(SecretError::TooShort { path: shown, len });
-    }
     Ok(bytes.trim_ascii().to_vec())
 }
 

@@ -95,24 +95,9 @@ impl GatewaySettings {
 /// Reads a gateway's password file (`--requirepass-file`), refusing one that group or others can
 /// read, as the cluster secret's.
 pub fn load_password(path: &std::path::Path) -> Result<Password, String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the password file {shown}: {e}"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "the password file {shown} is accessible by group or others (mode {mode:04o}): run `chmod 600 {shown}`"
-            ));
-        }
-    }
-    if meta.len() > 4096 {
-        return Err(format!("the password file {shown} is over 4096 bytes: is it the right file?"));
-    }
-    let text = std::fs::read(path).map_err(|e| format!("cannot read the password file {shown}: {e}"))?;
-    if text.trim_ascii().is_empty() {
-        return Err(format!("the password file {shown} is empty"));
+    let text = crate::secret::read_private_file(path, "password file").map_err(|e| e.to_string())?;
+    if text.is_empty() {
+        return Err(format!("the password file {} is empty", path.display()));
     }
     Ok(Password::new(&text))
 }
