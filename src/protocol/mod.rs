@@ -100,6 +100,49 @@ pub enum Event {
     Refused { client_id: u64, seq: u64 },
     /// Input that was dropped on purpose: stale, unexpected, or over a limit. The string says why.
     Dropped { reason: &'static str },
+    /// Work spent `micros` in `stage` of this role (a batch filling, a slot waiting for its votes):
+    /// the runtime's latency histograms. One per batch or slot, never per command.
+    Stage { stage: Stage, micros: u64 },
+}
+
+/// The stages of a command's way through the roles that the roles time themselves (see
+/// [`Event::Stage`]); fsync time and the client's end-to-end latency are timed by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Batcher: from a batch's first command to the batch leaving for the leader.
+    Batching,
+    /// Leader: from a batch's arrival to its proposal in a slot (waiting for room in the window).
+    Queued,
+    /// Proxy leader: from a slot's first Phase2a to a quorum of its votes (acceptors' network
+    /// round trip and fsync).
+    Phase2,
+    /// Replica: from a slot's value arriving to its execution (waiting for the slots before it).
+    Ordering,
+}
+
+impl Stage {
+    /// Every stage, in the order a command meets them.
+    pub const ALL: [Stage; 4] = [Stage::Batching, Stage::Queued, Stage::Phase2, Stage::Ordering];
+
+    /// The `stage` label of `autopaxos_stage_seconds`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Batching => "batching",
+            Stage::Queued => "queued",
+            Stage::Phase2 => "phase2",
+            Stage::Ordering => "ordering",
+        }
+    }
+
+    /// The role that times this stage.
+    pub fn role(self) -> RoleKind {
+        match self {
+            Stage::Batching => RoleKind::Batcher,
+            Stage::Queued => RoleKind::Proposer,
+            Stage::Phase2 => RoleKind::ProxyLeader,
+            Stage::Ordering => RoleKind::Replica,
+        }
+    }
 }
 
 /// What a role produced during one call: messages to send now, writes to make durable, messages that

@@ -137,6 +137,7 @@ impl NodeMetrics {
                     "executed a change of acceptor configuration"
                 );
             }
+            Event::Stage { .. } => {}
             Event::Dropped { reason } => {
                 let (role, node) = (self.role, self.node.clone());
                 counter!("autopaxos_dropped_messages_total", "role" => role, "node" => node, "reason" => *reason)
