@@ -349,9 +349,10 @@ struct RoleArgs {
     /// The node(s) to run, by id; several ids (e.g. 3,4,5) run one node per core.
     #[arg(long, value_delimiter = ',', required = true)]
     node: Vec<NodeId>,
-    /// Serve Prometheus metrics here.
-    #[arg(long, default_value = "0.0.0.0:16000")]
-    metrics_addr: SocketAddr,
+    /// Serve Prometheus metrics here [default: the node's `metrics_address` in the cluster file,
+    /// else 0.0.0.0:16000].
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Join the running cluster: the node is not in the cluster file; it announces itself to the
     /// proposers and serves until told to leave. A batcher, proxy leader or unbatcher serves at
     /// once and leaves by `autopaxos leave`. An acceptor, replica or proposer serves once
@@ -850,6 +851,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
     let mut file = load_file(&args.config)?;
     file.authenticate_frames |= args.flags.authenticate_frames;
+    let metrics_addr = args.metrics_addr.unwrap_or_else(|| role_metrics_addr(&file, &args.node));
     let tunables = tunables(&args.flags, file.tunables.clone())?;
     if args.join {
         let [id] = args.node[..] else {
@@ -867,7 +869,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
             tunables,
             read_budget: args.flags.read_budget,
             core,
-            metrics_addr: args.metrics_addr,
+            metrics_addr,
             storage,
         });
     }
@@ -886,9 +888,27 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         read_budget: args.flags.read_budget,
         cores: args.flags.cores.map(|c| c.0).unwrap_or_default(),
         state_machine: args.flags.state_machine,
-        metrics_addr: args.metrics_addr,
+        metrics_addr,
         storage,
     })
+}
+
+/// Where a process running `nodes` serves its metrics unless told: the first of them that names a
+/// `metrics_address` in the cluster file (the others are served there too: one exporter per
+/// process), else the default port on every interface.
+fn role_metrics_addr(file: &autopaxos::runtime::config::ClusterFile, nodes: &[NodeId]) -> SocketAddr {
+    let named: Vec<(NodeId, SocketAddr)> =
+        nodes.iter().filter_map(|id| file.metrics_addresses.get(id).map(|a| (*id, *a))).collect();
+    let Some(&(first, addr)) = named.first() else { return SocketAddr::from(([0, 0, 0, 0], 16000)) };
+    for (id, other) in &named[1..] {
+        if *other != addr {
+            tracing::warn!(
+                "node {id} names metrics_address {other}, but this process serves the metrics of all \
+                 its nodes at node {first}'s, {addr}: `top` and Prometheus find node {id} there"
+            );
+        }
+    }
+    addr
 }
 
 fn status(args: StatusArgs) -> Result<(), String> {

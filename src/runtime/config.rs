@@ -55,6 +55,7 @@ struct FileNode {
     role: String,
     address: SocketAddr,
     group: Option<usize>,
+    metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +111,10 @@ pub struct ClusterFile {
     pub tunables: Tunables,
     /// Where each node listens.
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// `metrics_address` of the nodes that name one: where their process serves `/metrics` (the
+    /// default of its `--metrics-addr`; `top` and the Prometheus targets file read it). Nodes of one
+    /// process share it.
+    pub metrics_addresses: BTreeMap<NodeId, SocketAddr>,
     /// `[settings] data_dir`: where acceptors and replicas keep their state (`<data_dir>/node-<id>`);
     /// `None`: `./autopaxos-data`.
     pub data_dir: Option<PathBuf>,
@@ -198,6 +203,7 @@ impl ClusterFile {
             unbatchers: vec![],
         };
         let mut addresses = BTreeMap::new();
+        let mut metrics_addresses = BTreeMap::new();
         let mut by_address: BTreeMap<SocketAddr, NodeId> = BTreeMap::new();
         let mut nodes = file.nodes;
         nodes.sort_by_key(|n| n.id);
@@ -237,6 +243,9 @@ impl ClusterFile {
             }
             by_address.insert(node.address, node.id);
             addresses.insert(node.id, node.address);
+            if let Some(metrics) = node.metrics_address {
+                metrics_addresses.insert(node.id, metrics);
+            }
         }
         if let Some(missing) = config.acceptor_groups.iter().position(Vec::is_empty) {
             return Err(ConfigFileError::GroupGap { count: config.acceptor_groups.len(), missing });
@@ -286,6 +295,7 @@ impl ClusterFile {
             config,
             tunables,
             addresses,
+            metrics_addresses,
             data_dir,
             secret_file: file.cluster.secret_file,
             secret: None,
@@ -354,54 +364,64 @@ resp_request_timeout_ms = 10000      # ...a RESP request begun must be whole wit
 id = 1
 role = "proposer"
 address = "127.0.0.1:7001"
+metrics_address = "127.0.0.1:16001"  # its /metrics (--metrics-addr); `top` reads it
 
 [[node]]
 id = 2
 role = "proposer"
 address = "127.0.0.1:7002"
+metrics_address = "127.0.0.1:16002"
 
 [[node]]
 id = 3
 role = "acceptor"
 group = 0          # slot s belongs to group s mod (number of groups)
 address = "127.0.0.1:7003"
+metrics_address = "127.0.0.1:16003"
 
 [[node]]
 id = 4
 role = "acceptor"
 group = 0
 address = "127.0.0.1:7004"
+metrics_address = "127.0.0.1:16004"
 
 [[node]]
 id = 5
 role = "acceptor"
 group = 0
 address = "127.0.0.1:7005"
+metrics_address = "127.0.0.1:16005"
 
 [[node]]
 id = 6
 role = "proxy-leader"
 address = "127.0.0.1:7006"
+metrics_address = "127.0.0.1:16006"
 
 [[node]]
 id = 7
 role = "replica"
 address = "127.0.0.1:7007"
+metrics_address = "127.0.0.1:16007"
 
 [[node]]
 id = 8
 role = "replica"
 address = "127.0.0.1:7008"
+metrics_address = "127.0.0.1:16008"
 
 [[node]]
 id = 9
 role = "batcher"
 address = "127.0.0.1:7009"
+metrics_address = "127.0.0.1:16009"
 
 [[node]]
 id = 10
 role = "unbatcher"
 address = "127.0.0.1:7010"
+metrics_address = "127.0.0.1:16010"
 "#;
 
 #[cfg(test)]
