@@ -101,7 +101,7 @@ pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
     }
     per_core.retain(|(_, launches)| !launches.is_empty());
     let metrics_note = match metrics::install_exporter(opts.metrics_addr) {
-        Ok(()) => format!("metrics on http://{}/metrics", opts.metrics_addr),
+        Ok(bound) => format!("metrics on http://{bound}/metrics"),
         Err(e) => {
             tracing::warn!("{e}; continuing without metrics");
             "no metrics".to_string()

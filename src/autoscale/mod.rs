@@ -474,58 +474,6 @@ struct Autoscaler {
     secret: Option<ClusterSecret>,
 }
 
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    describe_counter!("autopaxos_autoscaler_decisions_total", Unit::Count, "Decisions, by role and action.");
-    describe_gauge!(
-        "autopaxos_autoscaler_nodes",
-        Unit::Count,
-        "Nodes per role after the last decision (for acceptors: groups)."
-    );
-    describe_gauge!("autopaxos_autoscaler_target_nodes", Unit::Count, "Nodes per role the load asks for.");
-    describe_gauge!(
-        "autopaxos_autoscaler_load_cmds_per_second",
-        "Commands per second through each role (for acceptors: Phase2a per second over every group)."
-    );
-    describe_gauge!("autopaxos_autoscaler_utilisation_ratio", "Load over the role's measured capacity.");
-    describe_counter!(
-        "autopaxos_autoscaler_errors_total",
-        Unit::Count,
-        "Failed scrapes and fleet operations."
-    );
-    describe_counter!("autopaxos_autoscaler_intervals_total", Unit::Count, "Intervals run.");
-    describe_gauge!("autopaxos_autoscaler_acceptor_groups", Unit::Count, "Acceptor groups in force.");
-    describe_gauge!(
-        "autopaxos_autoscaler_replacements_in_progress",
-        Unit::Count,
-        "Dead proposers, acceptors and replicas being replaced."
-    );
-    describe_gauge!(
-        "autopaxos_autoscaler_unreachable_members",
-        Unit::Count,
-        "Members of the configuration in force that did not answer, not (yet) being replaced."
-    );
-    describe_gauge!(
-        "autopaxos_autoscaler_replacing",
-        "The try number while a node is being replaced, then 0."
-    );
-    describe_counter!(
-        "autopaxos_autoscaler_replacements_total",
-        Unit::Count,
-        "Replacements, by role and outcome (started, done, abandoned, launch-failed)."
-    );
-    describe_gauge!(
-        "autopaxos_autoscaler_last_replacement_seconds",
-        Unit::Seconds,
-        "From deciding the last replacement of a role to the change being in force."
-    );
-    describe_counter!(
-        "autopaxos_autoscaler_steps_total",
-        Unit::Count,
-        "Steps of healing and of changes of acceptor groups, by role and kind."
-    );
-}
-
 /// What `autopaxos status --autoscaler` shows of an autoscaler, read from its `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AutoscalerView {
@@ -773,7 +721,7 @@ impl Autoscaler {
             };
             let (steps, sizing) = stateful.step(tick);
             if let Some(record) = sizing {
-                report_decision(&record.decision, self.args.dry_run);
+                report_decision(&record.decision, self.args.max_groups, self.args.dry_run);
                 lines.push(Line::Decision(record));
             }
             lines.extend(steps.into_iter().map(Line::Step));
@@ -807,7 +755,7 @@ impl Autoscaler {
         let mut records = Vec::new();
         for d in decisions {
             let (launched, terminated, error) = self.act(&d, instances);
-            report_decision(&d, self.args.dry_run);
+            report_decision(&d, self.args.max_nodes, self.args.dry_run);
             records.push(Record {
                 interval,
                 dry_run: self.args.dry_run,
@@ -821,8 +769,8 @@ impl Autoscaler {
     }
 }
 
-/// Counts, exports and logs a sizing decision.
-fn report_decision(d: &Decision, dry_run: bool) {
+/// Counts, exports and logs a sizing decision; `max` is the most nodes (groups) the role may have.
+fn report_decision(d: &Decision, max: u32, dry_run: bool) {
     let action = match d.action {
         Action::Hold => "hold",
         Action::ScaleOut { .. } => "scale-out",
@@ -831,6 +779,7 @@ fn report_decision(d: &Decision, dry_run: bool) {
     metrics::counter!("autopaxos_autoscaler_decisions_total", "role" => d.role, "action" => action)
         .increment(1);
     metrics::gauge!("autopaxos_autoscaler_nodes", "role" => d.role).set(f64::from(d.to));
+    metrics::gauge!("autopaxos_autoscaler_max_nodes", "role" => d.role).set(f64::from(max));
     if let Some(t) = d.target {
         metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(f64::from(t));
     }
@@ -982,11 +931,7 @@ pub fn run(mut args: AutoscaleArgs) -> Result<(), String> {
         }
     };
     if let Some(addr) = args.metrics_addr {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-        describe_metrics();
+        crate::runtime::metrics::install_exporter(addr)?;
     }
     tracing::info!(
         cluster = %args.cluster,

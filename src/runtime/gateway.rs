@@ -202,6 +202,8 @@ struct GatewayMetrics {
     request_timeouts: metrics::Counter,
     auth_failures: metrics::Counter,
     busy: metrics::Counter,
+    /// `autopaxos_command_latency_seconds`: from a request parsed to its reply written.
+    latency: super::histogram::LatencyHistogram,
 }
 
 impl GatewayMetrics {
@@ -215,6 +217,10 @@ impl GatewayMetrics {
             request_timeouts: metrics::counter!("autopaxos_gateway_request_timeouts_total", &labels),
             auth_failures: metrics::counter!("autopaxos_gateway_auth_failures_total", &labels),
             busy: metrics::counter!("autopaxos_gateway_busy_replies_total", &labels),
+            latency: super::histogram::LatencyHistogram::new(
+                "autopaxos_command_latency_seconds",
+                &[("role", "gateway"), ("node", &node.to_string())],
+            ),
         }
     }
 }
@@ -341,7 +347,8 @@ enum Pending {
 /// A connection's queue, shared by its reader and its driver.
 #[derive(Default)]
 struct Queue {
-    requests: VecDeque<(Pending, usize)>,
+    /// Each request, its bytes, and when it was read.
+    requests: VecDeque<(Pending, usize, Instant)>,
     bytes: usize,
     /// Requests at the front whose batch is in flight; 0: none is.
     in_flight: usize,
@@ -354,9 +361,11 @@ impl Queue {
         self.requests.len() >= MAX_QUEUED_REQUESTS || self.bytes >= MAX_QUEUED_BYTES
     }
 
-    fn pop(&mut self) -> Option<Pending> {
-        let (pending, bytes) = self.requests.pop_front()?;
+    /// The request at the front; its latency (read to now) goes to `latency`.
+    fn pop(&mut self, now: Instant, latency: &super::histogram::LatencyHistogram) -> Option<Pending> {
+        let (pending, bytes, arrived) = self.requests.pop_front()?;
         self.bytes -= bytes;
+        latency.record(now.saturating_duration_since(arrived));
         Some(pending)
     }
 }
@@ -445,7 +454,8 @@ async fn read_requests(
     };
     let reading = async {
         loop {
-            // Parse everything that has arrived.
+            // Parse everything that has arrived (one clock reading per read, not per request).
+            let arrived = Instant::now();
             let mut parsed = 0u64;
             let closing = loop {
                 let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
@@ -467,7 +477,7 @@ async fn read_requests(
                     }
                     Plan::Reply(reply) => Pending::Reply(reply),
                     Plan::Close(reply) => {
-                        queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
+                        queue.borrow_mut().requests.push_back((Pending::Close(reply), 0, arrived));
                         break None;
                     }
                     Plan::Cluster(ops, render) => {
@@ -475,7 +485,7 @@ async fn read_requests(
                     }
                 };
                 let mut q = queue.borrow_mut();
-                q.requests.push_back((pending, request.consumed));
+                q.requests.push_back((pending, request.consumed, arrived));
                 q.bytes += request.consumed;
             };
             front.metrics.commands.increment(parsed);
@@ -484,9 +494,9 @@ async fn read_requests(
             if let Some(reply) = closing {
                 // After a framing error where the next request starts is unknown: answer, then close.
                 front.metrics.protocol_errors.increment(1);
-                queue.borrow_mut().requests.push_back((Pending::Close(reply), 0));
+                queue.borrow_mut().requests.push_back((Pending::Close(reply), 0, arrived));
             }
-            if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _))) {
+            if matches!(queue.borrow().requests.back(), Some((Pending::Close(_), _, _))) {
                 break Ok(());
             }
             let _ = wake.try_send(());
@@ -538,7 +548,7 @@ async fn drive(
     loop {
         let (closing, submit) = {
             let mut q = queue.borrow_mut();
-            let closing = answer_ready(&mut q, &mut out);
+            let closing = answer_ready(&mut q, &mut out, &front.metrics.latency);
             let submit = if closing || q.in_flight > 0 { None } else { next_batch(&mut q) };
             (closing, submit)
         };
@@ -548,12 +558,17 @@ async fn drive(
             if let Some(SubmitError::Overloaded) = refused {
                 // The cluster refuses and this gateway's queue for it is full: refuse at once.
                 front.metrics.busy.increment(1);
-                complete(&mut queue.borrow_mut(), &Answer::Busy, &mut out);
+                complete(&mut queue.borrow_mut(), &Answer::Busy, &mut out, &front.metrics.latency);
             } else if let Some(e) = refused {
                 // Cannot happen (one batch per session at a time), but never leave the client
                 // waiting: its requests get an error each.
                 tracing::error!(node = front.node, "gateway session {session}: {e}");
-                complete(&mut queue.borrow_mut(), &Answer::Done(Bytes::new()), &mut out);
+                complete(
+                    &mut queue.borrow_mut(),
+                    &Answer::Done(Bytes::new()),
+                    &mut out,
+                    &front.metrics.latency,
+                );
             }
         }
         if !out.is_empty() {
@@ -584,7 +599,7 @@ async fn drive(
                 if answer == Answer::Busy {
                     front.metrics.busy.increment(1);
                 }
-                complete(&mut queue.borrow_mut(), &answer, &mut out);
+                complete(&mut queue.borrow_mut(), &answer, &mut out, &front.metrics.latency);
             }
         } else if wake.recv().await.is_none() {
             return Ok(());
@@ -593,18 +608,19 @@ async fn drive(
 }
 
 /// Encodes the replies at the front that need nothing from the log; true if one closes.
-fn answer_ready(q: &mut Queue, out: &mut Vec<u8>) -> bool {
+fn answer_ready(q: &mut Queue, out: &mut Vec<u8>, latency: &super::histogram::LatencyHistogram) -> bool {
     if q.in_flight > 0 {
         return false;
     }
+    let now = Instant::now();
     loop {
         match q.requests.front() {
-            Some((Pending::Reply(_), _)) => {
-                let Some(Pending::Reply(reply)) = q.pop() else { unreachable!() };
+            Some((Pending::Reply(_), _, _)) => {
+                let Some(Pending::Reply(reply)) = q.pop(now, latency) else { unreachable!() };
                 reply.encode(out);
             }
-            Some((Pending::Close(_), _)) => {
-                let Some(Pending::Close(reply)) = q.pop() else { unreachable!() };
+            Some((Pending::Close(_), _, _)) => {
+                let Some(Pending::Close(reply)) = q.pop(now, latency) else { unreachable!() };
                 reply.encode(out);
                 return true;
             }
@@ -618,7 +634,7 @@ fn answer_ready(q: &mut Queue, out: &mut Vec<u8>) -> bool {
 fn next_batch(q: &mut Queue) -> Option<Bytes> {
     let mut ops = Vec::new();
     let (mut bytes, mut taken) = (0, 0);
-    for (pending, _) in &q.requests {
+    for (pending, _, _) in &q.requests {
         match pending {
             Pending::Cluster { ops: these, .. } => {
                 let size: usize = these.iter().map(|op| op.len() + 16).sum();
@@ -645,12 +661,13 @@ fn next_batch(q: &mut Queue) -> Option<Bytes> {
 pub const BUSY_REPLY: &str = "BUSY the cluster is overloaded: the command was not executed; retry later";
 
 /// The batch in flight completed (or was refused): renders its requests' replies, in order.
-fn complete(q: &mut Queue, answer: &Answer, out: &mut Vec<u8>) {
+fn complete(q: &mut Queue, answer: &Answer, out: &mut Vec<u8>, latency: &super::histogram::LatencyHistogram) {
+    let now = Instant::now();
     let result = match answer {
         Answer::Done(result) => result,
         Answer::Busy => {
             for _ in 0..std::mem::take(&mut q.in_flight) {
-                let reply = match q.pop() {
+                let reply = match q.pop(now, latency) {
                     Some(Pending::Reply(reply)) => reply,
                     Some(Pending::Cluster { .. }) => Reply::Error(BUSY_REPLY.into()),
                     Some(Pending::Close(_)) | None => unreachable!("a batch stops before a close"),
@@ -671,7 +688,7 @@ fn complete(q: &mut Queue, answer: &Answer, out: &mut Vec<u8>) {
     };
     let mut next = results.into_iter();
     for _ in 0..std::mem::take(&mut q.in_flight) {
-        let reply = match q.pop() {
+        let reply = match q.pop(now, latency) {
             Some(Pending::Reply(reply)) => reply,
             Some(Pending::Cluster { ops, render }) => {
                 let mine: Vec<KvResult> = next.by_ref().take(ops.len()).collect();

@@ -146,6 +146,8 @@ struct Load {
     rng: ChaCha8Rng,
     control: Arc<LoadControl>,
     latencies: Rc<RefCell<Histogram<u64>>>,
+    /// `autopaxos_command_latency_seconds` of this client node (warm-up included).
+    exported: super::histogram::LatencyHistogram,
     /// Verify mode, per client: acknowledged writes (seq), the op in flight, and read-back progress.
     verify: Vec<VerifyState>,
     /// Open loop: idle clients, when the schedule began, arrivals issued since, the next tick.
@@ -217,6 +219,10 @@ impl ClientPool {
             rng,
             control,
             latencies,
+            exported: super::histogram::LatencyHistogram::new(
+                "autopaxos_command_latency_seconds",
+                &[("role", RoleKind::Client.name()), ("node", &node.to_string())],
+            ),
             verify: (0..count).map(|_| VerifyState::default()).collect(),
             idle: (0..count as usize).rev().collect(),
             cooling: Default::default(),
@@ -313,6 +319,7 @@ impl Load {
             self.check_verified(done.client, done.client_id, &done.result);
         }
         self.control.completed.fetch_add(1, Ordering::Relaxed);
+        self.exported.record_micros(now.saturating_sub(self.sent_at[done.client]));
         if self.control.measuring.load(Ordering::Relaxed) {
             self.control.completed_measured.fetch_add(1, Ordering::Relaxed);
             let latency = now.saturating_sub(self.sent_at[done.client]).max(1);

@@ -5,7 +5,9 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod exposition;
 pub mod gateway;
+pub mod histogram;
 pub mod launch;
 pub mod limits;
 pub mod load;

@@ -138,9 +138,7 @@ impl Host {
         if let Some(disk) = disk {
             glommio::spawn_local(persist_loop(host.clone(), disk, persist_rx)).detach();
         }
-        if kind == RoleKind::Replica {
-            glommio::spawn_local(replica_status_loop(host.clone())).detach();
-        }
+        glommio::spawn_local(status_loop(host.clone())).detach();
         host
     }
 
@@ -159,6 +157,10 @@ impl Host {
             return;
         }
         let now = self.now();
+        let commands = msg.commands();
+        if commands > 0 {
+            self.metrics.commands_in.increment(commands);
+        }
         if matches!(msg, Msg::Join { .. } | Msg::Membership(_)) {
             self.learn_addresses(from, &msg);
         }
@@ -419,16 +421,22 @@ async fn release(host: &Rc<Host>, wal: &mut Wal, done: InFlight) {
     }
 }
 
-/// Exports a replica's executed watermark, and the digest of its state once the watermark has stood
-/// still for a period (a digest walks the whole state: never while it is moving), so that an operator
-/// or a test can compare replicas.
-async fn replica_status_loop(host: Rc<Host>) {
+/// Exports the node's state and, for a proposer, whether it leads; for a replica its executed
+/// watermark, and the digest of its state once the watermark has stood still for a period (a
+/// digest walks the whole state: never while it is moving), so that an operator or a test can
+/// compare replicas.
+async fn status_loop(host: Rc<Host>) {
     let mut digested_at = None;
     let mut last = None;
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         let role = host.role.borrow();
-        let Some(replica) = role.as_replica() else { return };
+        let status = role.status();
+        host.metrics.set_state(status.state);
+        if host.kind == RoleKind::Proposer {
+            host.metrics.leader.set(if status.leading { 1.0 } else { 0.0 });
+        }
+        let Some(replica) = role.as_replica() else { continue };
         let watermark = replica.executed_watermark();
         host.metrics.executed_watermark.set(watermark as f64);
         if last == Some(watermark) && digested_at != Some(watermark) {
