@@ -23,7 +23,7 @@ use super::config::{ClusterConfig, Tunables};
 use super::membership::{earliest, membership_period_us, NodeMembership, View};
 use super::messages::{client_node, encode_batch, Command, Msg, MAX_AGGREGATE_BYTES};
 use super::timers::Timers;
-use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Time};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Stage, Time};
 use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 
@@ -52,6 +52,8 @@ pub struct Batcher {
     /// Bytes of operations in `pending`: a batch also leaves once it is this big, so that it fits
     /// a frame, and an acceptor's Phase1b page, whatever the values' size.
     pending_bytes: usize,
+    /// When the first command of `pending` arrived: the batch's `Stage::Batching` time runs from it.
+    pending_since: Time,
     /// The leader as last announced by a heartbeat or a refusal, with the ballot that announced it.
     leader_hint: Option<NodeId>,
     leader_ballot: Ballot,
@@ -61,8 +63,10 @@ pub struct Batcher {
     parked: Vec<Bytes>,
     /// Whether the leader last said it is full (reset when another leader is heard of).
     leader_full: bool,
-    /// Batches held while the leader is full, oldest first; sent when it has room again.
-    held: VecDeque<Bytes>,
+    /// Batches held while the leader is full, oldest first; sent when it has room again. Each with
+    /// when its first command arrived (its `Stage::Batching` ends when it leaves), or `None` for a
+    /// batch the leader handed back: it was timed when it first left.
+    held: VecDeque<(Bytes, Option<Time>)>,
     /// At this many held batches (and the leader full), new requests are refused with `Busy`.
     max_held: usize,
     /// When a leader last spoke to this batcher (a heartbeat or its load, at the ballot it knows).
@@ -86,6 +90,7 @@ impl Batcher {
             flush_interval_us: tunables.flush_interval_us,
             pending: Vec::with_capacity(tunables.batch_size),
             pending_bytes: 0,
+            pending_since: 0,
             leader_hint: None,
             leader_ballot: Ballot::ZERO,
             next_proposer: 0,
@@ -121,7 +126,7 @@ impl Batcher {
         self.leader_hint.unwrap_or(proposers[self.next_proposer % proposers.len()])
     }
 
-    fn flush(&mut self, out: &mut Out) {
+    fn flush(&mut self, now: Time, out: &mut Out) {
         self.timers.cancel(Timer::Flush as usize);
         if self.pending.is_empty() {
             return;
@@ -131,9 +136,10 @@ impl Batcher {
         let batch = encode_batch(commands);
         if self.leader_full || !self.held.is_empty() {
             // Behind what is held, in order; some of it leaves now if the leader has room.
-            self.held.push_back(batch);
-            self.release_held(out);
+            self.held.push_back((batch, Some(self.pending_since)));
+            self.release_held(now, out);
         } else {
+            batched(now, self.pending_since, out);
             out.send(
                 self.target(),
                 Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch },
@@ -156,12 +162,15 @@ impl Batcher {
     /// what its queue holds and hands the rest back (held again until it has room once more), so
     /// every time it has room the batcher moves forward; releasing less per word of the leader
     /// would pace the batcher by the leader's heartbeat.
-    fn release_held(&mut self, out: &mut Out) {
+    fn release_held(&mut self, now: Time, out: &mut Out) {
         if self.leader_full {
             return;
         }
         let target = self.target();
-        for batch in self.held.drain(..) {
+        for (batch, since) in self.held.drain(..) {
+            if let Some(since) = since {
+                batched(now, since, out);
+            }
             out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
         }
     }
@@ -175,21 +184,24 @@ impl Batcher {
         self.leader_ballot = ballot;
         self.leader_hint = Some(ballot.proposer);
         self.leader_full = full;
-        self.release_held(out);
+        self.release_held(now, out);
     }
 
     /// The leader's queue was at its bound: this batch was not proposed. Hold it (first: it is the
     /// oldest) until the leader has room.
     fn on_batch_busy(&mut self, batch: Bytes) {
         self.leader_full = true;
-        self.held.push_front(batch);
+        self.held.push_front((batch, None));
     }
 
     fn on_request(&mut self, now: Time, command: Command, out: &mut Out) {
+        if self.pending.is_empty() {
+            self.pending_since = now;
+        }
         self.pending_bytes += command.op.len() + 32;
         self.pending.push(command);
         if self.pending.len() >= self.batch_size || self.pending_bytes >= MAX_AGGREGATE_BYTES {
-            self.flush(out);
+            self.flush(now, out);
         } else if !self.timers.is_set(Timer::Flush as usize) {
             self.timers.set(Timer::Flush as usize, now + self.flush_interval_us);
         }
@@ -232,7 +244,7 @@ impl Batcher {
                     Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch },
                 );
             }
-            self.release_held(out);
+            self.release_held(now, out);
         }
     }
 
@@ -259,7 +271,7 @@ impl Batcher {
         for batch in self.parked.drain(..) {
             out.send(target, Msg::ClientBatch { origin: self.id, forwarded: false, attempt: 0, batch });
         }
-        self.release_held(out);
+        self.release_held(now, out);
     }
 
     /// Passes a view from a proposer on to the client nodes this batcher serves, so that they learn
@@ -284,6 +296,12 @@ impl Batcher {
             "what is held or parked is rechecked"
         );
     }
+}
+
+/// A batch whose first command arrived at `since` leaves for the leader at `now`: its
+/// `Stage::Batching` time, once per batch (never again when it is resent or handed back).
+fn batched(now: Time, since: Time, out: &mut Out) {
+    out.event(|| Event::Stage { stage: Stage::Batching, micros: now.saturating_sub(since) });
 }
 
 impl Role for Batcher {
@@ -330,7 +348,7 @@ impl Role for Batcher {
             recheck |= timer == Timer::Recheck as usize;
         }
         if flush {
-            self.flush(out);
+            self.flush(now, out);
         }
         if recheck {
             self.on_recheck(now, out);
@@ -570,6 +588,53 @@ mod tests {
         b.handle_message(1, 1, Msg::Heartbeat { ballot: Ballot { round: 2, proposer: 1 } }, &mut out);
         assert!(matches!(out.msgs[..], [(1, Msg::ClientBatch { .. })]), "{:?}", out.msgs);
         assert!(!b.is_shedding());
+    }
+
+    fn stages(out: &Out) -> Vec<(Stage, u64)> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stage { stage, micros } => Some((*stage, *micros)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_timed_from_its_first_command_to_its_flush_by_timer_or_by_size() {
+        let tunables = Tunables { batch_size: 3, flush_interval_us: 1000, ..Tunables::default() };
+        let mut b = Batcher::new(9, ClusterConfig::f1(1, 1, 1, 1), &tunables);
+        let mut out = Out::new(true);
+        b.handle_message(100, 100, cmd(1), &mut out);
+        b.handle_message(400, 100, cmd(2), &mut out);
+        b.handle_timeout(1100, &mut out);
+        assert_eq!(out.msgs.len(), 1);
+        assert_eq!(
+            stages(&out),
+            vec![(Stage::Batching, 1000)],
+            "one event per batch, from its first command"
+        );
+        let mut out = Out::new(true);
+        b.handle_message(2000, 100, requests(&[3, 4]), &mut out);
+        b.handle_message(2250, 100, cmd(5), &mut out);
+        assert_eq!(stages(&out), vec![(Stage::Batching, 250)], "full at the third command");
+    }
+
+    #[test]
+    fn a_held_batch_is_timed_when_released_and_not_again_when_handed_back() {
+        let mut b = holding_one();
+        let mut out = Out::new(true);
+        b.handle_message(0, 2, load(true), &mut out);
+        b.handle_message(100, 100, requests(&[1]), &mut out);
+        assert!(stages(&out).is_empty(), "held: not left yet");
+        b.handle_message(600, 2, load(false), &mut out);
+        let Some((2, Msg::ClientBatch { batch, .. })) = out.msgs.pop() else { panic!("released") };
+        assert_eq!(stages(&out), vec![(Stage::Batching, 500)]);
+        let mut out = Out::new(true);
+        b.handle_message(700, 2, Msg::BatchBusy { batch }, &mut out);
+        b.handle_message(800, 2, load(false), &mut out);
+        assert_eq!(out.msgs.len(), 1, "sent again");
+        assert!(stages(&out).is_empty(), "a batch is timed once");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use super::membership::{
 };
 use super::messages::{encode_batch, Msg, NodeState, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
-use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Time};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -126,8 +126,8 @@ struct Leadership {
     in_flight: BTreeMap<Slot, InFlight>,
     /// Batches (with the node to refuse or forward them for) waiting for room in the window, at
     /// most `Tunables::max_waiting_batches`; at the bound a new one goes back to its batcher
-    /// unproposed (`BatchBusy`).
-    waiting: VecDeque<(NodeId, Bytes)>,
+    /// unproposed (`BatchBusy`). Each with when it arrived: its `Stage::Queued` time runs from it.
+    waiting: VecDeque<(NodeId, Bytes, Time)>,
     /// Whether batchers were last told that this leader is full (`LeaderLoad`).
     reported_full: bool,
     next_proxy: usize,
@@ -510,7 +510,7 @@ impl Proposer {
             // Batches still waiting go to the new leader rather than being lost, or back to their
             // batchers (to retry) when no other leader is known.
             let leader = self.leader_hint.filter(|&l| l != self.id);
-            for (origin, batch) in leadership.waiting {
+            for (origin, batch, _) in leadership.waiting {
                 match leader {
                     Some(leader) => {
                         out.send(leader, Msg::ClientBatch { origin, forwarded: true, attempt: 0, batch })
@@ -609,9 +609,10 @@ impl Proposer {
         }
         let room = self.room();
         let State::Leader(l) = &mut self.state else { return };
-        let admitted: Vec<Bytes> =
-            (0..room).map_while(|_| l.waiting.pop_front().map(|(_, batch)| batch)).collect();
-        for batch in admitted {
+        let admitted: Vec<(Bytes, Time)> =
+            (0..room).map_while(|_| l.waiting.pop_front().map(|(_, batch, at)| (batch, at))).collect();
+        for (batch, arrived) in admitted {
+            queued(now, arrived, out);
             let slot = self.take_next_slot();
             self.propose(now, slot, Value::Batch(batch), out);
         }
@@ -631,11 +632,13 @@ impl Proposer {
         match &mut self.state {
             State::Leader(l) => {
                 if room > 0 && l.waiting.is_empty() {
+                    // Proposed on arrival: queued for no time, still one sample per batch.
+                    queued(now, now, out);
                     let slot = self.take_next_slot();
                     self.propose(now, slot, Value::Batch(batch), out);
                     self.arm_resend(now);
                 } else if l.waiting.len() < self.tunables.max_waiting_batches {
-                    l.waiting.push_back((origin, batch));
+                    l.waiting.push_back((origin, batch, now));
                 } else {
                     // Never proposed and not kept: the batcher holds it and sends it again.
                     out.dropped("proposer: waiting queue full, batch handed back");
@@ -1117,6 +1120,12 @@ fn newest_known<'a>(history: &'a ConfigHistory, view: &'a View) -> &'a Configura
     }
 }
 
+/// A client batch that arrived at `arrived` is proposed at `now`: its `Stage::Queued` time, once
+/// per batch this leader proposes (a batch it forwards or hands back is not its to time).
+fn queued(now: Time, arrived: Time, out: &mut Out) {
+    out.event(|| Event::Stage { stage: Stage::Queued, micros: now.saturating_sub(arrived) });
+}
+
 impl Role for Proposer {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         if self.left {
@@ -1398,6 +1407,38 @@ mod tests {
         let mut out = Out::new(false);
         p.handle_message(1, 10, executed(1), &mut out);
         assert_eq!(proposals(&out), vec![(2, Value::Batch(batch(b"c")))]);
+    }
+
+    #[test]
+    fn a_batch_is_timed_from_its_arrival_to_its_proposal_and_one_it_forwards_is_not() {
+        let mut p = leader(Tunables { max_in_flight_slots: 1, ..Tunables::default() });
+        let batch_msg =
+            |tag| Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(tag) };
+        let queued = |out: &Out| -> Vec<u64> {
+            out.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Stage { stage: Stage::Queued, micros } => Some(*micros),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut out = Out::new(true);
+        p.handle_message(100, 12, batch_msg(b"a"), &mut out);
+        assert_eq!(queued(&out), vec![0], "proposed on arrival");
+        let mut out = Out::new(true);
+        p.handle_message(200, 12, batch_msg(b"b"), &mut out);
+        assert!(queued(&out).is_empty(), "waits behind a full window");
+        p.handle_message(700, 10, executed(1), &mut out);
+        assert_eq!(proposals(&out), vec![(1, Value::Batch(batch(b"b")))]);
+        assert_eq!(queued(&out), vec![500], "from its arrival at 200 to its proposal at 700");
+        // A follower forwards a batch to the leader: not its to time.
+        let mut follower = Proposer::new(2, config(), Tunables::default(), 7, 0);
+        follower.handle_message(0, 1, Msg::Heartbeat { ballot: p.ballot() }, &mut Out::new(false));
+        let mut out = Out::new(true);
+        follower.handle_message(900, 12, batch_msg(b"c"), &mut out);
+        assert!(matches!(out.msgs[..], [(1, Msg::ClientBatch { forwarded: true, .. })]), "{:?}", out.msgs);
+        assert!(queued(&out).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::config::{ClusterConfig, Tunables};
 use super::membership::{earliest, membership_period_us, NodeMembership};
 use super::messages::{Msg, Value};
 use super::timers::Timers;
-use super::{Ballot, NodeId, Out, Role, RoleKind, Slot, Time};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time};
 use std::collections::BTreeMap;
 
 /// Slots a proxy leader drives at once; beyond it, new proposals are dropped (the leader re-proposes).
@@ -31,6 +31,9 @@ struct InFlight {
     /// Acceptors of `group` that answered Phase2b at `ballot`.
     acks: Vec<NodeId>,
     sent_at: Time,
+    /// When the slot's first Phase2a left (`sent_at` moves on each resend): its `Stage::Phase2`
+    /// time runs from it, resends included.
+    first_sent_at: Time,
     resends: u32,
 }
 
@@ -86,7 +89,7 @@ impl ProxyLeader {
     }
 
     /// A proposal for `slot` (from its proposer, with its ballot, value and group): Phase 2 starts.
-    fn on_propose(&mut self, now: Time, slot: Slot, entry: InFlight, out: &mut Out) {
+    fn on_propose(&mut self, now: Time, slot: Slot, mut entry: InFlight, out: &mut Out) {
         if entry.group.is_empty() || entry.group.len().is_multiple_of(2) {
             out.dropped("proxy leader: a proposal whose group is not 2f+1 acceptors");
             return;
@@ -95,6 +98,10 @@ impl ProxyLeader {
             if existing.ballot > entry.ballot {
                 out.dropped("proxy leader: proposal below a ballot already in flight");
                 return;
+            }
+            if existing.ballot == entry.ballot {
+                // The leader re-proposed the same slot: its Phase 2 began with the first Phase2a.
+                entry.first_sent_at = existing.first_sent_at;
             }
         } else if self.in_flight.len() >= MAX_PROXY_IN_FLIGHT {
             out.dropped("proxy leader: in-flight limit reached");
@@ -107,7 +114,7 @@ impl ProxyLeader {
         }
     }
 
-    fn on_phase2b(&mut self, from: NodeId, ballot: Ballot, slot: Slot, out: &mut Out) {
+    fn on_phase2b(&mut self, now: Time, from: NodeId, ballot: Ballot, slot: Slot, out: &mut Out) {
         let Some(entry) = self.in_flight.get_mut(&slot) else {
             return; // Already chosen, or given up: a late or duplicate vote.
         };
@@ -124,6 +131,8 @@ impl ProxyLeader {
             // grow, rather than by walking every slot after each message).
             let entry = self.in_flight.remove(&slot).expect("present above");
             assert_eq!(entry.acks.len(), quorum, "slot {slot}: announced exactly at quorum");
+            let micros = now.saturating_sub(entry.first_sent_at);
+            out.event(|| Event::Stage { stage: Stage::Phase2, micros });
             // The replicas now (the newest configuration a view carried): a replica a change added
             // that this proxy leader has not heard of yet learns the slot from its peers.
             let replicas = self.membership.view().replicas(&self.config);
@@ -193,6 +202,7 @@ impl Role for ProxyLeader {
                     group,
                     acks: Vec::new(),
                     sent_at: now,
+                    first_sent_at: now,
                     resends: 0,
                 };
                 self.on_propose(now, slot, entry, out)
@@ -201,7 +211,7 @@ impl Role for ProxyLeader {
                 self.membership.on_view(&view);
             }
             Msg::Leave => self.membership.on_leave(now, from, out),
-            Msg::Phase2b { ballot, slot } => self.on_phase2b(from, ballot, slot, out),
+            Msg::Phase2b { ballot, slot } => self.on_phase2b(now, from, ballot, slot, out),
             Msg::Nack { promised } => self.on_nack(promised, out),
             _ => out.dropped("proxy leader: unexpected message"),
         }
@@ -271,6 +281,22 @@ mod tests {
         );
         assert_eq!(p.in_flight(), 0);
         assert!(call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 }).is_empty(), "late votes are ignored");
+    }
+
+    #[test]
+    fn a_slot_is_timed_from_its_first_phase2a_to_its_quorum_resends_included() {
+        let (mut p, _) = setup();
+        let t = Tunables::default().resend_timeout_us;
+        let mut out = Out::new(true);
+        let propose = Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] };
+        p.handle_message(100, 1, propose, &mut out);
+        p.handle_message(150, 3, Msg::Phase2b { ballot: B, slot: 0 }, &mut out);
+        p.handle_timeout(100 + t, &mut out);
+        assert_eq!(out.msgs.len(), 3 + 2, "resent to the two that have not voted");
+        p.handle_message(100 + t + 400, 4, Msg::Phase2b { ballot: B, slot: 0 }, &mut out);
+        assert_eq!(out.events, vec![Event::Stage { stage: Stage::Phase2, micros: t + 400 }]);
+        p.handle_message(100 + t + 500, 5, Msg::Phase2b { ballot: B, slot: 0 }, &mut out);
+        assert_eq!(out.events.len(), 1, "one event per slot: a late vote adds none");
     }
 
     #[test]

@@ -51,7 +51,7 @@ use super::messages::{
 };
 use super::state_machine::{FrozenState, SnapshotError, SnapshotReader, StateMachine};
 use super::timers::Timers;
-use super::{Event, NodeId, Out, Role, RoleKind, Slot, Time};
+use super::{Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
@@ -165,8 +165,9 @@ pub struct Replica {
     state_machine: Box<dyn StateMachine>,
     /// Every slot below this is executed.
     executed: Slot,
-    /// Chosen values above the watermark, waiting for the slots below them.
-    chosen: BTreeMap<Slot, Value>,
+    /// Chosen values above the watermark, waiting for the slots below them, each with when it
+    /// arrived here: its `Stage::Ordering` time runs from it to its execution.
+    chosen: BTreeMap<Slot, (Value, Time)>,
     /// Executed values, kept until every replica has executed them, to teach a lagging peer.
     log: BTreeMap<Slot, Value>,
     /// Per client: its last executed sequence number and the reply to it. A hash map: it is probed
@@ -543,7 +544,7 @@ impl Replica {
         if slot < self.executed {
             return; // Already executed: a duplicate or a resend.
         }
-        if let Some(existing) = self.chosen.get(&slot) {
+        if let Some((existing, _)) = self.chosen.get(&slot) {
             if *existing != value {
                 out.dropped("replica: a different value announced for a chosen slot");
             }
@@ -553,12 +554,12 @@ impl Replica {
             out.dropped("replica: chosen buffer full");
             return;
         }
-        self.chosen.insert(slot, value);
+        self.chosen.insert(slot, (value, self.now));
         self.execute_ready(out);
     }
 
     fn execute_ready(&mut self, out: &mut Out) {
-        while let Some(value) = self.chosen.remove(&self.executed) {
+        while let Some((value, arrived)) = self.chosen.remove(&self.executed) {
             let slot = self.executed;
             let replies = match &value {
                 Value::Noop => Vec::new(),
@@ -585,6 +586,9 @@ impl Replica {
             let value_digest = out.digest(|| value.digest());
             let state_digest = out.digest(|| self.state_digest());
             out.event(|| Event::Executed { slot, value_digest, state_digest });
+            // Slots a snapshot install skipped are never here: only values that arrived are timed.
+            let micros = self.now.saturating_sub(arrived);
+            out.event(|| Event::Stage { stage: Stage::Ordering, micros });
             self.keep_to_teach(slot, value);
         }
         self.maybe_snapshot();
@@ -1261,6 +1265,41 @@ mod tests {
         let out = chosen(&mut r, 0, vec![incr(101, 1)]);
         assert_eq!(applied(&out), vec![(101, 1), (100, 1)]);
         assert_eq!(r.executed_watermark(), 2);
+    }
+
+    /// The `Stage::Ordering` times in `out`, in order.
+    fn ordering(out: &Out) -> Vec<u64> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stage { stage: Stage::Ordering, micros } => Some(*micros),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_is_timed_from_its_value_arriving_to_its_execution() {
+        let mut r = replica(7);
+        let mut out = Out::new(true);
+        let value = |client| Value::Batch(encode_batch(vec![incr(client, 1)]));
+        r.handle_message(100, 6, Msg::Chosen { slot: 1, value: value(100) }, &mut out);
+        r.handle_message(150, 6, Msg::Chosen { slot: 2, value: value(101) }, &mut out);
+        assert!(ordering(&out).is_empty(), "waiting for slot 0");
+        r.handle_message(400, 6, Msg::Chosen { slot: 0, value: value(102) }, &mut out);
+        assert_eq!(ordering(&out), vec![0, 300, 250], "one per slot, from its own arrival");
+    }
+
+    #[test]
+    fn slots_a_snapshot_install_skips_are_not_timed_and_the_ones_waiting_above_it_are() {
+        let (mut behind, ahead) = snapshot_teacher_and_learner(0);
+        let mut out = Out::new(true);
+        let value = Value::Batch(encode_batch(vec![put(100, 41, "after", 10)]));
+        behind.handle_message(100, 6, Msg::Chosen { slot: 40, value }, &mut out);
+        behind.now = 500; // the time of the call that completes the transfer
+        behind.install(40, Bytes::from(ahead.durable_snapshot()), &mut out);
+        assert_eq!(behind.executed_watermark(), 41);
+        assert_eq!(ordering(&out), vec![400], "slot 40 only: 0..40 came in the snapshot");
     }
 
     #[test]
