@@ -243,6 +243,10 @@ struct LocalArgs {
     /// must be readable by its owner only.
     #[arg(long, value_name = "FILE", requires = "resp_addr")]
     requirepass_file: Option<PathBuf>,
+    /// With --metrics-addr: write a Prometheus targets file (JSON, for `file_sd_configs`; see
+    /// monitoring/prometheus.yml) naming it, labelled cluster="local".
+    #[arg(long, value_name = "FILE", requires = "metrics_addr")]
+    prometheus_targets: Option<PathBuf>,
     #[command(flatten)]
     load: LoadFlags,
     #[command(flatten)]
@@ -430,6 +434,14 @@ struct ConfigArgs {
     /// replaces an existing file. Copy it to every machine of the cluster as securely.
     #[arg(long, value_name = "FILE", group = "what")]
     new_secret: Option<PathBuf>,
+    /// Write a Prometheus targets file (JSON, for `file_sd_configs`; see monitoring/prometheus.yml)
+    /// listing the `metrics_address` of every node of the --config cluster file, labelled with
+    /// the cluster, role and node.
+    #[arg(long, value_name = "FILE", group = "what", requires = "config")]
+    prometheus_targets: Option<PathBuf>,
+    /// The cluster file, for --prometheus-targets.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -539,15 +551,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::MockUpstream(args) => mock_side(args, true),
         Command::MockDownstream(args) => mock_side(args, false),
-        Command::Config(args) => match args.new_secret {
-            Some(path) => autopaxos::secret::ClusterSecret::generate(&path)
-                .map(|()| eprintln!("wrote a new cluster secret to {} (mode 0600)", path.display()))
-                .map_err(|e| e.to_string()),
-            None => {
-                print!("{EXAMPLE}");
-                Ok(())
-            }
-        },
+        Command::Config(args) => config(args),
         Command::Local(args) => local(args),
         Command::Client(args) => client(args),
         Command::Gateway(args) => gateway(args),
@@ -599,10 +603,48 @@ fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
     Ok(t)
 }
 
+fn config(args: ConfigArgs) -> Result<(), String> {
+    if let Some(path) = args.new_secret {
+        return autopaxos::secret::ClusterSecret::generate(&path)
+            .map(|()| eprintln!("wrote a new cluster secret to {} (mode 0600)", path.display()))
+            .map_err(|e| e.to_string());
+    }
+    if let (Some(out), Some(cluster)) = (args.prometheus_targets, args.config) {
+        // Listing addresses needs no secret (the Prometheus machine should not hold one).
+        let text = std::fs::read_to_string(&cluster)
+            .map_err(|e| format!("cannot read {}: {e}", cluster.display()))?;
+        let file = autopaxos::runtime::config::ClusterFile::parse(&text, &cluster.display().to_string())
+            .map_err(|e| e.to_string())?;
+        let (targets, unnamed) = metrics::prometheus_targets(&file);
+        if targets.as_array().is_some_and(Vec::is_empty) {
+            return Err(format!(
+                "{}: no node names a metrics_address (add `metrics_address = \"ip:port\"` to each [[node]])",
+                cluster.display()
+            ));
+        }
+        if !unnamed.is_empty() {
+            eprintln!("nodes {unnamed:?} name no metrics_address: they are not in the targets file");
+        }
+        metrics::write_targets(&out, &targets)?;
+        eprintln!(
+            "wrote {} targets of cluster '{}' to {}",
+            targets.as_array().map_or(0, Vec::len),
+            file.cluster_id,
+            out.display()
+        );
+        return Ok(());
+    }
+    print!("{EXAMPLE}");
+    Ok(())
+}
+
 fn local(args: LocalArgs) -> Result<(), String> {
     let load = &args.load;
     if let Some(addr) = load.metrics_addr {
-        metrics::install_exporter(addr)?;
+        let bound = metrics::install_exporter(addr)?;
+        if let Some(path) = &args.prometheus_targets {
+            metrics::write_targets(path, &metrics::single_target(bound, "local", "local"))?;
+        }
     }
     let opts = LocalOptions {
         duration: load.duration.unwrap_or(DEFAULT_LOAD_DURATION),

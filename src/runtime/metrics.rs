@@ -48,7 +48,8 @@ pub struct NodeMetrics {
     requests_refused: Counter,
     accepted: Counter,
     fsyncs: Counter,
-    fsync_seconds: LatencyHistogram,
+    /// Durable nodes only.
+    fsync_seconds: Option<LatencyHistogram>,
     records_persisted: Counter,
     /// Replicas: every slot below this is executed.
     pub executed_watermark: Gauge,
@@ -57,8 +58,8 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    /// Registers (or finds) every handle of node `id` playing `role`.
-    pub fn new(role: RoleKind, id: NodeId) -> Self {
+    /// Registers (or finds) every handle of node `id` playing `role`; a `durable` node's too.
+    pub fn new(role: RoleKind, id: NodeId, durable: bool) -> Self {
         let role = role.name();
         let node = id.to_string();
         let c = |name: &'static str| counter!(name, "role" => role, "node" => node.clone());
@@ -91,7 +92,7 @@ impl NodeMetrics {
             requests_refused: c("autopaxos_busy_refusals_total"),
             accepted: c("autopaxos_phase2_accepted_total"),
             fsyncs: c("autopaxos_fsyncs_total"),
-            fsync_seconds: LatencyHistogram::new("autopaxos_fsync_seconds", &labels),
+            fsync_seconds: durable.then(|| LatencyHistogram::new("autopaxos_fsync_seconds", &labels)),
             records_persisted: c("autopaxos_records_persisted_total"),
             executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
             state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
@@ -138,7 +139,9 @@ impl NodeMetrics {
     /// Counts one sync of the log that made `records` records durable and took `took`.
     pub fn persisted(&self, records: usize, took: std::time::Duration) {
         self.fsyncs.increment(1);
-        self.fsync_seconds.record(took);
+        if let Some(histogram) = &self.fsync_seconds {
+            histogram.record(took);
+        }
         self.records_persisted.increment(records as u64);
     }
 
@@ -296,6 +299,52 @@ fn describe() {
             MetricKind::Histogram => {}
         }
     }
+}
+
+/// A Prometheus `file_sd_configs` targets file (JSON) for the nodes of `file` that name a
+/// `metrics_address`: one target per address (nodes of one process share it), labelled with the
+/// cluster, its role(s) and node id(s). Also returns the nodes that name none (not in it).
+pub fn prometheus_targets(file: &super::config::ClusterFile) -> (serde_json::Value, Vec<NodeId>) {
+    let mut by_address: std::collections::BTreeMap<SocketAddr, Vec<(NodeId, &'static str)>> =
+        Default::default();
+    let mut unnamed = Vec::new();
+    for (id, kind) in file.config.all_nodes() {
+        match file.metrics_addresses.get(&id) {
+            Some(addr) => by_address.entry(*addr).or_default().push((id, kind.name())),
+            None => unnamed.push(id),
+        }
+    }
+    let groups: Vec<serde_json::Value> = by_address
+        .iter()
+        .map(|(addr, nodes)| {
+            let mut roles: Vec<&str> = nodes.iter().map(|(_, role)| *role).collect();
+            roles.dedup();
+            let ids: Vec<String> = nodes.iter().map(|(id, _)| id.to_string()).collect();
+            serde_json::json!({
+                "targets": [addr.to_string()],
+                "labels": { "cluster": file.cluster_id, "role": roles.join(","), "node": ids.join(",") },
+            })
+        })
+        .collect();
+    unnamed.sort_unstable();
+    (serde_json::Value::Array(groups), unnamed)
+}
+
+/// A targets file for one process serving `/metrics` at `addr` (`local`, a gateway, an autoscaler).
+pub fn single_target(addr: SocketAddr, cluster: &str, role: &str) -> serde_json::Value {
+    serde_json::json!([{ "targets": [addr.to_string()], "labels": { "cluster": cluster, "role": role } }])
+}
+
+/// Writes a targets file whole (a temporary file renamed over it), so that Prometheus, which
+/// watches it, never reads half of one.
+pub fn write_targets(path: &std::path::Path, targets: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(targets).expect("JSON") + "\n";
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write the targets file {}: {e}", path.display()))
 }
 
 /// Starts serving `/metrics` on `addr` (its own thread, away from the executors) and returns the

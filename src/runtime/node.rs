@@ -122,7 +122,7 @@ impl Host {
             id,
             kind,
             settings,
-            metrics: NodeMetrics::new(kind, id),
+            metrics: NodeMetrics::new(kind, id, disk.is_some()),
             admission,
             role: RefCell::new(role),
             // Events feed the metrics; digests (which walk the whole state) are for checkers only.
