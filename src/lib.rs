@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: the sans-IO core — every role as a plain struct, the messages, the state machines.
 //! - [`sim`]: the deterministic simulator that drives the same structs under faults and checks them.
+//! - [`top`]: `autopaxos top`, a live terminal view of a cluster made from its nodes' `/metrics`.
 
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod runtime;
 pub mod secret;
 pub mod sim;
 pub mod storage;
+pub mod top;
 pub mod wire;
