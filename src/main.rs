@@ -128,6 +128,17 @@ enum Command {
     /// node's role, address, state (up, joining, leaving, learning, unreachable), executed
     /// watermark, lag and state digest (replicas). Exit status 1 if a node is unreachable.
     Status(StatusArgs),
+    /// A live view of a running cluster, without Prometheus: scrapes every node's /metrics each
+    /// interval and shows, per role and per node, commands/s and frames/s received, a latency's p50
+    /// and p99 over the interval (clients and gateways: command; batchers, proposers, proxy leaders,
+    /// replicas: their stage; acceptors: fsync), each replica's lag behind the highest watermark, the
+    /// leader, and the state (up, joining, leaving, learning, or down when no target serves it).
+    ///
+    /// Targets: every `metrics_address` of --config's nodes and each --target (one scrape per
+    /// distinct address). For a local cluster: `autopaxos local --metrics-addr 127.0.0.1:16000 &`
+    /// then `autopaxos top --target 127.0.0.1:16000`. Rates need two scrapes: the first frame shows
+    /// `-`. Ctrl-C exits.
+    Top(TopArgs),
     /// Change the stateful roles of a running cluster to those of another cluster file: add or
     /// remove acceptor groups, replace acceptors, add, remove or replace replicas and proposers
     /// (the leader included).
@@ -410,6 +421,40 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct TopArgs {
+    /// The cluster file: its nodes' metrics_address are scraped, and nodes no target serves are
+    /// shown as down.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A /metrics endpoint to scrape as well (a role's or `local`'s --metrics-addr, a gateway, an
+    /// autoscaler, a mock); repeatable.
+    #[arg(long = "target", value_name = "ADDR", value_parser = parse_target)]
+    targets: Vec<SocketAddr>,
+    /// Time between frames (each scrape may take half of it).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print frames one after another with no escape codes (the default when stdout is not a
+    /// terminal).
+    #[arg(long)]
+    plain: bool,
+    /// Print one JSON object per frame, one per line (per node rows, per role totals).
+    #[arg(long, conflicts_with = "plain")]
+    json: bool,
+}
+
+/// `host:port`, also written `http://host:port/metrics`.
+fn parse_target(s: &str) -> Result<SocketAddr, String> {
+    let bare = s.trim_start_matches("http://").trim_end_matches("/metrics");
+    std::net::ToSocketAddrs::to_socket_addrs(bare)
+        .map_err(|e| format!("'{s}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+#[derive(Args)]
 struct ReconfigureArgs {
     /// The cluster file the cluster runs from.
     #[arg(long)]
@@ -571,6 +616,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => autopaxos::boot::run(args),
         Command::Leave(args) => leave(args),
         Command::Status(args) => status(args),
+        Command::Top(args) => top(args),
         Command::Reconfigure(args) => reconfigure(args),
         #[cfg(feature = "cloud")]
         Command::Ami(args) => autopaxos::cloud::bake::run(args),
@@ -988,6 +1034,31 @@ fn status(args: StatusArgs) -> Result<(), String> {
     } else {
         Err(format!("unreachable: node {}", unreachable.join(", ")))
     }
+}
+
+fn top(args: TopArgs) -> Result<(), String> {
+    use autopaxos::top::{Output, Top, TopOptions};
+    let file = args.config.as_deref().map(load_file).transpose()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let output = match (args.json, args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout())) {
+        (true, _) => Output::Json,
+        (false, true) => Output::Plain,
+        (false, false) => Output::Terminal,
+    };
+    let opts = TopOptions {
+        cluster: file.as_ref().map(|f| f.cluster_id.clone()),
+        expected: file.as_ref().map(Top::expected_of).unwrap_or_default(),
+        targets: args.targets,
+        interval: args.interval,
+        count: args.count,
+        output,
+        stop,
+    };
+    autopaxos::top::run(opts, &mut std::io::stdout().lock())
 }
 
 fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
