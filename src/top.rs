@@ -636,7 +636,7 @@ impl Frame {
                         &or_dash(r.p50_seconds.map(human_seconds)),
                         &or_dash(r.p99_seconds.map(human_seconds)),
                         &if r.role == "replica" {
-                            or_dash(r.lag_slots.map(|l| thousands(l)))
+                            or_dash(r.lag_slots.map(thousands))
                         } else {
                             String::new()
                         },
@@ -768,6 +768,45 @@ pub fn run(opts: TopOptions, out: &mut dyn Write) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A view running on its own thread beside something else in the same process (`local --top`: the
+/// load runs, the view scrapes the process's own exporter). [`Alongside::finish`] stops it.
+pub struct Alongside {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Alongside {
+    /// Starts a view of the `/metrics` served at `target`, writing frames to `out`.
+    pub fn start(
+        target: SocketAddr,
+        interval: Duration,
+        output: Output,
+        mut out: Box<dyn Write + Send>,
+    ) -> Result<Alongside, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = TopOptions {
+            cluster: None,
+            expected: Vec::new(),
+            targets: vec![target],
+            interval,
+            count: None,
+            output,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("top".into())
+            .spawn(move || run(opts, &mut out))
+            .map_err(|e| format!("cannot start the top thread: {e}"))?;
+        Ok(Alongside { stop, thread })
+    }
+
+    /// Stops the view after the frame it is on; its error, if it failed.
+    pub fn finish(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| "the top thread panicked".to_string())?
+    }
 }
 
 #[cfg(test)]
@@ -1063,6 +1102,59 @@ mod tests {
         assert_eq!(human_rate(1_234_567.4), "1,234,567");
         assert_eq!(human_rate(0.5), "0.5");
         assert_eq!(human_rate(0.0), "0");
+    }
+
+    /// Serves `body` as /metrics to every connection until the test ends.
+    fn serve(body: String) -> SocketAddr {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 1024];
+                let mut raw = Vec::new();
+                while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        addr
+    }
+
+    /// A `Write` the test reads back after the view's thread wrote into it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_view_alongside_scrapes_every_interval_until_finished() {
+        let addr = serve(counters("batcher", 9, 10, 10));
+        let out = Shared::default();
+        let view =
+            Alongside::start(addr, Duration::from_millis(100), Output::Plain, Box::new(out.clone())).unwrap();
+        std::thread::sleep(Duration::from_millis(450));
+        let stopping = Instant::now();
+        view.finish().unwrap();
+        assert!(stopping.elapsed() < Duration::from_secs(1), "finish stops it within a poll");
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let frames = text.matches("autopaxos top").count();
+        assert!((3..=7).contains(&frames), "about one frame per 100 ms: {frames}\n{text}");
+        assert!(text.contains("batcher          9  up"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
     }
 
     #[test]
