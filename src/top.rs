@@ -317,9 +317,10 @@ fn latency_families(role: &str) -> &'static [(&'static str, &'static str)] {
     match role {
         "client" | "gateway" => &[(COMMAND_LATENCY, "command")],
         "acceptor" => &[(FSYNC_SECONDS, "fsync")],
-        "batcher" | "proposer" | "proxy-leader" | "replica" => {
-            &[(STAGE_SECONDS, "stage"), (FSYNC_SECONDS, "fsync")]
-        }
+        "batcher" | "proposer" | "proxy-leader" => &[(STAGE_SECONDS, "stage")],
+        "replica" => &[(STAGE_SECONDS, "stage"), (FSYNC_SECONDS, "fsync")],
+        // It times nothing of its own (its sync histogram, if exported, is always empty).
+        "unbatcher" => &[],
         // Anything else (a mock, a newer role): whatever it has.
         _ => &[(COMMAND_LATENCY, "command"), (STAGE_SECONDS, "stage"), (FSYNC_SECONDS, "fsync")],
     }
@@ -943,6 +944,7 @@ mod tests {
             // A replica times ordering and syncs its log: the stage wins.
             histogram(STAGE_SECONDS, "replica", 7, "stage=\"ordering\",", [0, 0, 0, 0]),
             histogram(FSYNC_SECONDS, "replica", 7, "", [0, 0, 0, 0]),
+            histogram(FSYNC_SECONDS, "unbatcher", 10, "", [0, 0, 0, 0]),
         ]
         .concat();
         let later = [
@@ -951,16 +953,22 @@ mod tests {
             histogram(STAGE_SECONDS, "batcher", 9, "stage=\"batching\",", [0, 0, 8, 8]),
             histogram(STAGE_SECONDS, "replica", 7, "stage=\"ordering\",", [1, 1, 1, 1]),
             histogram(FSYNC_SECONDS, "replica", 7, "", [1, 1, 1, 1]),
+            histogram(FSYNC_SECONDS, "unbatcher", 10, "", [0, 0, 0, 0]),
         ]
         .concat();
         let mut top = Top::new(None, vec![]);
         top.frame(scrape(vec![target(1, 0, &text)]));
         let f = top.frame(scrape(vec![target(1, 1000, &later)]));
-        let of = |role, node| row(&f, role, node).latency_of.clone().unwrap();
+        let of = |role, node| row(&f, role, node).latency_of.clone().unwrap_or_else(|| "-".into());
         assert_eq!(of("client", "20"), "command");
         assert_eq!(of("acceptor", "3"), "fsync");
         assert_eq!(of("batcher", "9"), "batching");
         assert_eq!(of("replica", "7"), "ordering");
+        assert_eq!(
+            of("unbatcher", "10"),
+            "-",
+            "an unbatcher times nothing: its empty fsync histogram is not shown"
+        );
         assert!((row(&f, "acceptor", "3").p50_seconds.unwrap() - 0.0005).abs() < 1e-12);
     }
 

@@ -48,11 +48,24 @@ fn top_shows_every_role_of_a_loaded_local_cluster_its_replicas_executing_and_one
     let _serial = common::serialize();
     let dir = TempDir::new("top-local");
     let metrics = format!("127.0.0.1:{}", free_ports(1)[0]);
+    // Durable (acceptors sync, so their latency column has values), in the test's own directory:
+    // killing `local` at the end leaves nothing behind once the directory is removed.
+    let data = dir.0.join("data");
     let mut local = Proc::spawn(
         &dir.0,
         "local",
-        &["local", "--duration", "12s", "--metrics-addr", &metrics, "--clients", "64", "--in-memory"]
-            .map(String::from),
+        &[
+            "local",
+            "--duration",
+            "12s",
+            "--metrics-addr",
+            &metrics,
+            "--clients",
+            "64",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from),
     );
     wait_served(&metrics, Duration::from_secs(20));
     // The warm-up second: commands are flowing before top's first scrape.
@@ -101,6 +114,11 @@ fn top_shows_every_role_of_a_loaded_local_cluster_its_replicas_executing_and_one
         assert!(r["lag_slots"].is_u64(), "a replica has a lag: {r}");
         assert_eq!(r["state"], "up", "{r}");
     }
+    let acceptors_synced = nodes
+        .iter()
+        .filter(|n| n["role"] == "acceptor" && n["latency_of"] == "fsync")
+        .any(|n| n["p99_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(acceptors_synced, "durable acceptors sync under load, and their fsync p99 shows: {last}");
     let leaders: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["leader"] == true).collect();
     assert_eq!(leaders.len(), 1, "{last}");
     assert_eq!(leaders[0]["role"], "proposer");
