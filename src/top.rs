@@ -746,8 +746,13 @@ pub fn run(opts: TopOptions, out: &mut dyn Write) -> Result<(), String> {
         let text = match opts.output {
             Output::Json => serde_json::to_string(&frame).map_err(|e| e.to_string())? + "\n",
             Output::Plain => frame.render() + "\n",
-            // Home, each line cleared to its end, then everything below: no flicker, no scrolling.
-            Output::Terminal => format!("\x1b[H{}\x1b[J", frame.render().replace('\n', "\x1b[K\n")),
+            // The screen cleared once; then home, each line cleared to its end, and everything below:
+            // no flicker, no scrolling.
+            Output::Terminal => format!(
+                "{}\x1b[H{}\x1b[J",
+                if frames == 0 { "\x1b[2J" } else { "" },
+                frame.render().replace('\n', "\x1b[K\n")
+            ),
         };
         match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => {}
