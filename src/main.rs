@@ -258,6 +258,11 @@ struct LocalArgs {
     /// monitoring/prometheus.yml) naming it, labelled cluster="local".
     #[arg(long, value_name = "FILE", requires = "metrics_addr")]
     prometheus_targets: Option<PathBuf>,
+    /// Show the live view of `autopaxos top` (commands/s, latency, lag, leader per node) while the
+    /// load runs, refreshed every second; /metrics is then served (on a free loopback port unless
+    /// --metrics-addr says where).
+    #[arg(long, conflicts_with = "resp_addr")]
+    top: bool,
     #[command(flatten)]
     load: LoadFlags,
     #[command(flatten)]
@@ -649,6 +654,16 @@ fn tunables(flags: &NodeFlags, base: Tunables) -> Result<Tunables, String> {
     Ok(t)
 }
 
+/// A cluster file read for its nodes and addresses only: watching a cluster (`top`, Prometheus
+/// targets) needs no secret, and the machine that watches should not hold one.
+fn load_file_without_secret(
+    path: &std::path::Path,
+) -> Result<autopaxos::runtime::config::ClusterFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    autopaxos::runtime::config::ClusterFile::parse(&text, &path.display().to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn config(args: ConfigArgs) -> Result<(), String> {
     if let Some(path) = args.new_secret {
         return autopaxos::secret::ClusterSecret::generate(&path)
@@ -656,11 +671,7 @@ fn config(args: ConfigArgs) -> Result<(), String> {
             .map_err(|e| e.to_string());
     }
     if let (Some(out), Some(cluster)) = (args.prometheus_targets, args.config) {
-        // Listing addresses needs no secret (the Prometheus machine should not hold one).
-        let text = std::fs::read_to_string(&cluster)
-            .map_err(|e| format!("cannot read {}: {e}", cluster.display()))?;
-        let file = autopaxos::runtime::config::ClusterFile::parse(&text, &cluster.display().to_string())
-            .map_err(|e| e.to_string())?;
+        let file = load_file_without_secret(&cluster)?;
         let (targets, unnamed) = metrics::prometheus_targets(&file);
         if targets.as_array().is_some_and(Vec::is_empty) {
             return Err(format!(
@@ -686,11 +697,15 @@ fn config(args: ConfigArgs) -> Result<(), String> {
 
 fn local(args: LocalArgs) -> Result<(), String> {
     let load = &args.load;
-    if let Some(addr) = load.metrics_addr {
+    // `--top` needs /metrics too: on a port of its own choosing unless told where.
+    let metrics_addr = load.metrics_addr.or(args.top.then(|| SocketAddr::from(([127, 0, 0, 1], 0))));
+    let mut served = None;
+    if let Some(addr) = metrics_addr {
         let bound = metrics::install_exporter(addr)?;
         if let Some(path) = &args.prometheus_targets {
             metrics::write_targets(path, &metrics::single_target(bound, "local", "local"))?;
         }
+        served = Some(bound);
     }
     let opts = LocalOptions {
         duration: load.duration.unwrap_or(DEFAULT_LOAD_DURATION),
@@ -705,7 +720,8 @@ fn local(args: LocalArgs) -> Result<(), String> {
         },
         read_budget: args.node.read_budget,
         cores: args.node.cores.clone().map(|c| c.0).unwrap_or_default(),
-        progress: true,
+        // The progress lines would break the live view's redraw in place.
+        progress: !args.top,
         storage: match (args.node.in_memory, args.node.data_dir.clone()) {
             (true, _) => Some(StorageChoice::InMemory),
             (false, Some(dir)) => Some(StorageChoice::Under(dir)),
@@ -728,7 +744,23 @@ fn local(args: LocalArgs) -> Result<(), String> {
         if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() },
         opts.duration
     );
-    let report = run_local(opts)?;
+    let view = match (args.top, served) {
+        (true, Some(target)) => {
+            let output = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                autopaxos::top::Output::Terminal
+            } else {
+                autopaxos::top::Output::Plain
+            };
+            let out = Box::new(std::io::stdout());
+            Some(autopaxos::top::Alongside::start(target, Duration::from_secs(1), output, out)?)
+        }
+        _ => None,
+    };
+    let report = run_local(opts);
+    if let Some(view) = view {
+        view.finish()?;
+    }
+    let report = report?;
     println!("{}", report.summary());
     if load.json {
         println!("{}", serde_json::to_string(&report).expect("serializable"));
@@ -1038,7 +1070,7 @@ fn status(args: StatusArgs) -> Result<(), String> {
 
 fn top(args: TopArgs) -> Result<(), String> {
     use autopaxos::top::{Output, Top, TopOptions};
-    let file = args.config.as_deref().map(load_file).transpose()?;
+    let file = args.config.as_deref().map(load_file_without_secret).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())

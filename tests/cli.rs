@@ -108,3 +108,38 @@ fn a_role_refuses_a_node_of_another_role_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("node 1 is a proposer"), "{stderr}");
 }
+
+#[test]
+fn prometheus_targets_come_from_the_metrics_addresses_and_a_file_without_any_is_refused() {
+    let dir = std::env::temp_dir().join(format!("autopaxos-cli-targets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = autopaxos::runtime::config::EXAMPLE;
+    // Two nodes of one process share an address: one target for both, roles and ids joined.
+    let shared =
+        example.replace("metrics_address = \"127.0.0.1:16004\"", "metrics_address = \"127.0.0.1:16003\"");
+    std::fs::write(dir.join("shared.toml"), shared).unwrap();
+    let out = dir.join("targets.json");
+    let shared = dir.join("shared.toml");
+    let args =
+        ["config", "--config", shared.to_str().unwrap(), "--prometheus-targets", out.to_str().unwrap()];
+    let ran = autopaxos(&args);
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let groups = json.as_array().unwrap();
+    assert_eq!(groups.len(), 9, "{json}");
+    let acceptors = groups.iter().find(|g| g["targets"][0] == "127.0.0.1:16003").unwrap();
+    assert_eq!(acceptors["labels"]["node"], "3,4", "{json}");
+    assert_eq!(acceptors["labels"]["role"], "acceptor", "{json}");
+    // No node names one: a clear error, and no file written.
+    let bare: String =
+        example.lines().filter(|l| !l.starts_with("metrics_address")).collect::<Vec<_>>().join("\n");
+    std::fs::write(dir.join("bare.toml"), &bare).unwrap();
+    let none = dir.join("none.json");
+    let bare = dir.join("bare.toml");
+    let args = ["config", "--config", bare.to_str().unwrap(), "--prometheus-targets", none.to_str().unwrap()];
+    let ran = autopaxos(&args);
+    assert_eq!(ran.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("no node names a metrics_address"));
+    assert!(!none.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,12 +84,25 @@ fn the_prometheus_configuration_passes_promtool_with_its_rules_and_a_targets_fil
     fs::create_dir_all(dir.0.join("rules")).unwrap();
     fs::copy(rules_file(), dir.0.join("rules/autopaxos.rules.yml")).unwrap();
     fs::create_dir_all(dir.0.join("targets")).unwrap();
-    fs::write(
-        dir.0.join("targets/demo.json"),
-        r#"[{"targets": ["127.0.0.1:16001"], "labels": {"cluster": "demo", "role": "proposer", "node": "1"}},
-            {"targets": ["127.0.0.1:16003"], "labels": {"cluster": "demo", "role": "acceptor", "node": "3/0"}}]"#,
-    )
-    .unwrap();
+    // The targets file as a user makes it: `config --prometheus-targets` from the example cluster
+    // file (no secret needed to list addresses).
+    fs::write(dir.0.join("cluster.toml"), autopaxos::runtime::config::EXAMPLE).unwrap();
+    let targets = dir.0.join("targets/demo.json");
+    let wrote = std::process::Command::new(env!("CARGO_BIN_EXE_autopaxos"))
+        .args(["config", "--config"])
+        .arg(dir.0.join("cluster.toml"))
+        .arg("--prometheus-targets")
+        .arg(&targets)
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{}", said(&wrote));
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&targets).unwrap()).unwrap();
+    let groups = json.as_array().unwrap();
+    assert_eq!(groups.len(), 10, "one target per node of the example: {json}");
+    assert_eq!(groups[0]["targets"][0], "127.0.0.1:16001", "{json}");
+    assert_eq!(groups[0]["labels"]["cluster"], "demo", "{json}");
+    assert_eq!(groups[0]["labels"]["role"], "proposer", "{json}");
+    assert_eq!(groups[0]["labels"]["node"], "1", "{json}");
     let config = dir.0.join("prometheus.yml");
     let out = promtool(&["check", "config", config.to_str().unwrap()], Duration::from_secs(20));
     let text = said(&out);

@@ -165,3 +165,24 @@ fn a_configured_node_nobody_serves_shows_as_down_and_top_stops_after_count_frame
     assert_eq!(down.len(), 10, "all 10 nodes of the example are down:\n{last}");
     assert!(down.iter().all(|l| l.contains("refused")), "each names the scrape's error:\n{last}");
 }
+
+#[test]
+fn local_with_top_draws_the_live_view_while_the_load_runs_then_prints_its_summary() {
+    let _serial = common::serialize();
+    let dir = TempDir::new("top-alongside");
+    let data = dir.0.join("data");
+    let args =
+        ["local", "--duration", "3s", "--clients", "64", "--top", "--data-dir", data.to_str().unwrap()];
+    let (ok, stdout, stderr) = top(&dir.0, "local-top", &args, Duration::from_secs(60));
+    assert!(ok, "local --top failed: {stderr}");
+    let frames = plain_frames(&stdout);
+    assert!(frames.len() >= 2, "expected a frame a second: {stdout}");
+    let last = frames.last().unwrap();
+    assert!(last.contains("leader: proposer"), "{last}");
+    for role in LOCAL_ROLES {
+        assert!(last.lines().any(|l| l.starts_with(role)), "{role} missing: {last}");
+    }
+    // The summary comes after the view, as the last lines.
+    let tail: Vec<&str> = stdout.lines().rev().take(3).collect();
+    assert!(tail.iter().any(|l| l.contains("cmds/s")), "{stdout}");
+}
