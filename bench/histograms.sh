@@ -34,6 +34,8 @@ out="bench/results/histograms-$stamp.json"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 machine="$(nproc) cores, $cpu, Linux $(uname -r)"
 port=16990
+last_scrape="$(mktemp)"
+trap 'rm -f "$last_scrape"' EXIT
 
 runs=()
 run() { # run LABEL HISTOGRAMS(on|off|none): one `local`, scraped every second while it runs
@@ -51,13 +53,15 @@ run() { # run LABEL HISTOGRAMS(on|off|none): one `local`, scraped every second w
     local pid=$! scrapes=0
     while kill -0 "$pid" 2>/dev/null; do
         sleep 1
-        if [ "$mode" != none ] && python3 - "$port" <<'PY' 2>/dev/null; then scrapes=$((scrapes + 1)); fi
+        if [ "$mode" != none ] && python3 - "$port" "$last_scrape" <<'PY' 2>/dev/null; then scrapes=$((scrapes + 1)); fi
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 data = b""
 while chunk := s.recv(65536):
     data += chunk
+if data.startswith(b"HTTP/1.1 200"):
+    open(sys.argv[2], "wb").write(data.split(b"\r\n\r\n", 1)[1])
 sys.exit(0 if data.startswith(b"HTTP/1.1 200") else 1)
 PY
     done
@@ -74,11 +78,28 @@ for i in $(seq "$pairs"); do
 done
 run none none
 run on-last on
+# What one observation costs, on its own (a loop of 50 million).
+cost_line="$(cargo test --release --lib record_cost -- --ignored --nocapture 2>/dev/null | grep 'histogram record:')"
 
-python3 - "$machine" "$out" "${runs[@]}" <<'PY'
-import json, sys, statistics
-machine, path, runs = sys.argv[1], sys.argv[2], [json.loads(r) for r in sys.argv[3:]]
-json.dump({"machine": machine, "runs": runs}, open(path, "w"), indent=2)
+python3 - "$machine" "$out" "$last_scrape" "$cost_line" "${runs[@]}" <<'PY'
+import json, re, sys, statistics
+machine, path, scrape, cost_line = sys.argv[1:5]
+runs = [json.loads(r) for r in sys.argv[5:]]
+# Observations per client command, from the last scrape of the last run.
+observations = commands = 0.0
+for line in open(scrape):
+    if not line.strip() or line.startswith("#"):
+        continue
+    name = line.split("{")[0].split(" ")[0]
+    value = float(line.rsplit(" ", 1)[1])
+    if name.endswith("_seconds_count"):
+        observations += value
+    if name == "autopaxos_commands_in_total" and 'role="client"' in line:
+        commands += value
+ns = float(re.search(r"([0-9.]+) ns per observation", cost_line).group(1))
+per_command = observations / commands if commands else float("nan")
+json.dump({"machine": machine, "runs": runs, "record_ns": ns, "observations_per_command": per_command},
+          open(path, "w"), indent=2)
 print(f"machine: {machine}")
 for r in runs:
     x = r["result"]
@@ -93,5 +114,8 @@ print(f"mean on / mean off: {statistics.mean(on) / statistics.mean(off):.3f}   "
 none = [r["result"]["cmds_per_sec"] for r in runs if r["label"] == "none"][0]
 last = [r["result"]["cmds_per_sec"] for r in runs if r["label"] == "on-last"][0]
 print(f"everything on (exporter, counters, histograms) / no metrics at all: {last / none:.3f}")
+cpu = last * per_command * ns / 1e9
+print(f"{cost_line.strip()}; {per_command:.3f} observations per command: at {last:,.0f} cmds/s that is "
+      f"{cpu * 1e3:.2f} ms of CPU per second ({cpu * 100:.2f}% of one core)")
 PY
 echo "wrote $out" >&2

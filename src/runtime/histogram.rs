@@ -202,4 +202,21 @@ mod tests {
         assert!(mine.contains(&"test_histogram_seconds_count{role=\"r\\\"x\",node=\"1\"} 4"), "{out}");
         assert!(mine.contains(&"test_histogram_seconds_sum{role=\"r\\\"x\",node=\"1\"} 60.003035"), "{out}");
     }
+
+    /// What one observation costs: run by bench/histograms.sh (`-- --ignored --nocapture`), which
+    /// prints it beside the throughput runs.
+    #[test]
+    #[ignore = "a benchmark: prints a figure"]
+    fn record_cost() {
+        enable();
+        let h = LatencyHistogram::new("bench_record_cost_seconds", &[("role", "bench")]);
+        let n = 50_000_000u64;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            // Spread over the buckets as real latencies are (1 µs .. 16 ms).
+            h.record_micros(std::hint::black_box(1 + (i * 7919) % 16_384));
+        }
+        let took = started.elapsed();
+        println!("histogram record: {:.2} ns per observation ({n} in {took:?})", took.as_nanos() as f64 / n as f64);
+    }
 }
