@@ -703,7 +703,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     if let Some(addr) = metrics_addr {
         let bound = metrics::install_exporter(addr)?;
         if let Some(path) = &args.prometheus_targets {
-            metrics::write_targets(path, &metrics::single_target(bound, "local", "local"))?;
+            metrics::write_targets(path, &metrics::single_target(bound, "local"))?;
         }
         served = Some(bound);
     }

@@ -217,6 +217,9 @@ mod tests {
             h.record_micros(std::hint::black_box(1 + (i * 7919) % 16_384));
         }
         let took = started.elapsed();
-        println!("histogram record: {:.2} ns per observation ({n} in {took:?})", took.as_nanos() as f64 / n as f64);
+        println!(
+            "histogram record: {:.2} ns per observation ({n} in {took:?})",
+            took.as_nanos() as f64 / n as f64
+        );
     }
 }

@@ -330,9 +330,10 @@ pub fn prometheus_targets(file: &super::config::ClusterFile) -> (serde_json::Val
     (serde_json::Value::Array(groups), unnamed)
 }
 
-/// A targets file for one process serving `/metrics` at `addr` (`local`, a gateway, an autoscaler).
-pub fn single_target(addr: SocketAddr, cluster: &str, role: &str) -> serde_json::Value {
-    serde_json::json!([{ "targets": [addr.to_string()], "labels": { "cluster": cluster, "role": role } }])
+/// A targets file for one process serving `/metrics` at `addr` (`local`); its series carry their
+/// own `role` and `node` labels.
+pub fn single_target(addr: SocketAddr, cluster: &str) -> serde_json::Value {
+    serde_json::json!([{ "targets": [addr.to_string()], "labels": { "cluster": cluster } }])
 }
 
 /// Writes a targets file whole (a temporary file renamed over it), so that Prometheus, which
