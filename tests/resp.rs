@@ -188,6 +188,11 @@ fn pipelines_errors_and_a_client_that_never_reads() {
     let labels = [("role", "gateway"), ("node", "900")];
     assert!(common::metric_sum(&exposition, "autopaxos_gateway_commands_total", &labels) >= 3002.0);
     assert_eq!(common::metric_sum(&exposition, "autopaxos_gateway_connections", &labels), 1.0);
+    // Every request answered so far has its latency observed (the last two may still be in flight).
+    let observed = common::metric_sum(&exposition, "autopaxos_command_latency_seconds_count", &labels);
+    assert!(observed >= 3000.0, "{observed} gateway latencies observed");
+    let under_5s = [("role", "gateway"), ("node", "900"), ("le", "5")];
+    assert!(common::metric_sum(&exposition, "autopaxos_command_latency_seconds_bucket", &under_5s) >= 3000.0);
 
     // Limits: a value over the store's limit is refused and the connection goes on; a bulk over the
     // codec's limit is a protocol error, answered, then the connection closes (as Redis does).
