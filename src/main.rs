@@ -435,8 +435,8 @@ struct TopArgs {
     /// autoscaler, a mock); repeatable.
     #[arg(long = "target", value_name = "ADDR", value_parser = parse_target)]
     targets: Vec<SocketAddr>,
-    /// Time between frames (each scrape may take half of it).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Time between frames (each scrape may take half of it); at least 100ms.
+    #[arg(long, default_value = "1s", value_parser = parse_top_interval)]
     interval: Duration,
     /// Stop after this many frames.
     #[arg(long)]
@@ -1068,12 +1068,22 @@ fn status(args: StatusArgs) -> Result<(), String> {
     }
 }
 
+fn parse_top_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s}: between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 fn top(args: TopArgs) -> Result<(), String> {
     use autopaxos::top::{Output, Top, TopOptions};
     let file = args.config.as_deref().map(load_file_without_secret).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
+        // A second signal exits at once, should a frame be stuck (the first sets `stop`).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
             .map_err(|e| format!("cannot handle signals: {e}"))?;
     }
     let output = match (args.json, args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout())) {

@@ -569,6 +569,12 @@ fn or_dash(v: Option<String>) -> String {
 impl Frame {
     /// The frame as a table, one line per node and a total line per role.
     pub fn render(&self) -> String {
+        // Labels and errors come from the targets: no control character of theirs reaches the
+        // terminal (an escape sequence would redraw it).
+        self.render_raw().chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect()
+    }
+
+    fn render_raw(&self) -> String {
         let mut out = String::new();
         let mut head = String::from("autopaxos top");
         if let Some(c) = &self.cluster {
@@ -741,6 +747,7 @@ pub fn run(opts: TopOptions, out: &mut dyn Write) -> Result<(), String> {
     let mut top = Top::new(opts.cluster.clone(), opts.expected.clone());
     let epoch = Instant::now();
     let mut frames = 0u64;
+    let mut next = epoch;
     while !opts.stop.load(Ordering::Relaxed) {
         let frame = top.frame(scrape_all(&targets, timeout, epoch));
         let text = match opts.output {
@@ -764,7 +771,8 @@ pub fn run(opts: TopOptions, out: &mut dyn Write) -> Result<(), String> {
         if opts.count.is_some_and(|n| frames >= n) {
             break;
         }
-        let next = epoch + opts.interval * u32::try_from(frames).unwrap_or(u32::MAX);
+        // On schedule; after a stall (a blocked terminal, slow scrapes), from now: never a burst.
+        next = (next + opts.interval).max(Instant::now());
         while !opts.stop.load(Ordering::Relaxed) {
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {

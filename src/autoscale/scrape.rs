@@ -38,13 +38,13 @@ impl ScrapeError {
     }
 }
 
-/// `GET http://addr/metrics`; the body of a 200 response. Connect, write and each read are bounded by
-/// `timeout`.
+/// `GET http://addr/metrics`; the body of a 200 response. The whole exchange (connect, request,
+/// answer) takes at most `timeout`, however slowly the node trickles its answer.
 pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, ScrapeError> {
     let io = |source| ScrapeError::Io { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    let mut stream = crate::runtime::exposition::Deadlined { stream, deadline };
     // One write: a request in pieces is several segments, and a server that answers after the first one
     // and closes resets the connection.
     let request =

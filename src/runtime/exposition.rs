@@ -3,19 +3,21 @@
 //! Why by hand: the exporter's own listener renders only the `metrics` facade, and our histograms
 //! ([`super::histogram`]) must be in the same answer. A scrape is one GET and one answer, so this
 //! needs no HTTP stack: it reads one request head (bounded in size and time), answers `GET /metrics`
-//! (and `HEAD`), 404 for any other path, 405 for any other method, and closes. A peer that connects
-//! and sends nothing holds one of [`MAX_CONCURRENT`] answering threads for [`IO_TIMEOUT`] at most;
-//! beyond that many, connections are closed at once, so no client can take the node down.
+//! (and `HEAD`), 404 for any other path, 405 for any other method, and closes. A connection has
+//! [`IO_TIMEOUT`] in all to send its request and take the answer (a deadline for the whole
+//! exchange, not per read, so trickling bytes does not extend it), and holds one of
+//! [`MAX_CONCURRENT`] answering threads meanwhile; beyond that many, connections are closed at once.
+//! So no client can take the node down, though a flood of them can delay scrapes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections answered at once.
 pub const MAX_CONCURRENT: usize = 16;
-/// How long a request may take to arrive, and an answer to leave.
+/// How long a connection may take to send its request and take the answer, in all.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read.
 const MAX_REQUEST_BYTES: usize = 8 << 10;
@@ -32,15 +34,21 @@ pub fn serve(
     let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
-                busy.fetch_sub(1, Ordering::AcqRel);
-                continue; // dropped: closed at once
-            }
-            let (render, busy) = (render.clone(), busy.clone());
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of file descriptors or memory: the connection stays in the backlog, so
+                    // retrying at once would spin; wait a little.
+                    tracing::warn!("metrics: cannot accept a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let Some(slot) = Slot::take(&busy) else { continue }; // dropped: closed at once
+            let render = render.clone();
             let spawned = std::thread::Builder::new().name("metrics-answer".into()).spawn(move || {
+                let _slot = slot;
                 let _ = answer(stream, &*render);
-                busy.fetch_sub(1, Ordering::AcqRel);
             });
             if spawned.is_err() {
                 tracing::warn!("metrics: cannot start a thread to answer a scrape");
@@ -51,9 +59,65 @@ pub fn serve(
     Ok(bound)
 }
 
-fn answer(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+/// One of the answering threads, given back when dropped (also if the thread could not start or
+/// its answer panicked).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Option<Slot> {
+        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(busy.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream whose reads and writes share one deadline (socket timeouts apply per call: a peer
+/// trickling bytes would extend them without end).
+pub struct Deadlined {
+    /// The stream.
+    pub stream: TcpStream,
+    /// When every read and write after it fails with `TimedOut`.
+    pub deadline: Instant,
+}
+
+impl Deadlined {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the scrape took too long"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn answer(stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
+    let mut stream = Deadlined { stream, deadline: Instant::now() + IO_TIMEOUT };
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -98,7 +162,7 @@ fn answer(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, body: &str, with_body: bool) -> std::io::Result<()> {
+fn respond(stream: &mut impl Write, status: &str, body: &str, with_body: bool) -> std::io::Result<()> {
     let header = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",
@@ -148,12 +212,51 @@ mod tests {
     #[test]
     fn silent_clients_do_not_block_scrapes() {
         let addr = serve("127.0.0.1:0".parse().unwrap(), || "y 2\n".to_string()).unwrap();
-        // More silent connections than answering threads: the extra ones are closed at once, and
-        // a scrape after them is answered once a thread frees up (here: they are all held).
+        // More silent connections than answering threads: the extra ones are closed at once.
         let silent: Vec<TcpStream> =
             (0..MAX_CONCURRENT + 4).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(100));
         drop(silent);
-        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").contains("y 2"));
+        // The answering threads see the ends and free their slots; a scrape is answered again soon.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let mut answer = String::new();
+            let asked =
+                s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").and_then(|()| s.read_to_string(&mut answer));
+            if asked.is_ok() && answer.contains("y 2") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no scrape answered after the silent clients left");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_client_that_trickles_its_request_is_cut_off_at_the_deadline() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), || "z 3\n".to_string()).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let started = Instant::now();
+        // A byte every half second never completes a head (nor reaches its size bound): the
+        // server closes at IO_TIMEOUT in all, not IO_TIMEOUT after the last byte.
+        let cut_off = loop {
+            assert!(started.elapsed() < IO_TIMEOUT * 3, "the trickling client was never cut off");
+            if s.write_all(b"G").is_err() {
+                break started.elapsed();
+            }
+            let mut buf = [0u8; 16];
+            match s.read(&mut buf) {
+                Ok(0) => break started.elapsed(),
+                Err(e)
+                    if e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut =>
+                {
+                    break started.elapsed()
+                }
+                _ => {}
+            }
+        };
+        assert!(cut_off >= IO_TIMEOUT && cut_off < IO_TIMEOUT + Duration::from_secs(2), "{cut_off:?}");
     }
 }

@@ -55,6 +55,8 @@ pub struct NodeMetrics {
     pub executed_watermark: Gauge,
     /// Replicas: the low 53 bits of the state digest, refreshed once the watermark stands still.
     pub state_digest: Gauge,
+    /// Replicas: the executed watermark `state_digest` was taken at.
+    pub state_digest_watermark: Gauge,
 }
 
 impl NodeMetrics {
@@ -96,6 +98,7 @@ impl NodeMetrics {
             records_persisted: c("autopaxos_records_persisted_total"),
             executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
             state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
+            state_digest_watermark: gauge!("autopaxos_state_digest_watermark", "role" => role, "node" => node.clone()),
             role,
             node,
         }
@@ -256,6 +259,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     m("autopaxos_snapshots_installed_total", C, "Replica: snapshots of a peer's state it was taught and installed."),
     m("autopaxos_executed_watermark", G, "Replica: every slot below this is executed."),
     m("autopaxos_state_digest", G, "Replica: low 53 bits of the digest of its state, updated once the watermark stands still."),
+    m("autopaxos_state_digest_watermark", G, "Replica: the executed watermark its autopaxos_state_digest was taken at (replicas must agree at equal ones)."),
     m("autopaxos_command_latency_seconds", H, "Client nodes and gateways: from a command's request to its reply."),
     m("autopaxos_stage_seconds", H, "Time in a stage of a role (label stage): batching (batcher: first command to batch sent), queued (leader: batch arrival to proposal), phase2 (proxy leader: first Phase2a to a quorum of votes), ordering (replica: value arrival to execution)."),
     m("autopaxos_fsync_seconds", H, "Time one sync of the write-ahead log took (writes of what it covers, then fdatasync)."),
@@ -317,8 +321,8 @@ pub fn prometheus_targets(file: &super::config::ClusterFile) -> (serde_json::Val
     let groups: Vec<serde_json::Value> = by_address
         .iter()
         .map(|(addr, nodes)| {
-            let mut roles: Vec<&str> = nodes.iter().map(|(_, role)| *role).collect();
-            roles.dedup();
+            let roles: std::collections::BTreeSet<&str> = nodes.iter().map(|(_, role)| *role).collect();
+            let roles: Vec<&str> = roles.into_iter().collect();
             let ids: Vec<String> = nodes.iter().map(|(id, _)| id.to_string()).collect();
             serde_json::json!({
                 "targets": [addr.to_string()],

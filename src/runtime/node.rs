@@ -443,6 +443,7 @@ async fn status_loop(host: Rc<Host>) {
             // 53 bits: exact in a Prometheus sample (a float).
             let digest = replica.state_digest();
             host.metrics.state_digest.set((digest & ((1 << 53) - 1)) as f64);
+            host.metrics.state_digest_watermark.set(watermark as f64);
             host.last_digest.set(Some((watermark, digest)));
             digested_at = Some(watermark);
         }
