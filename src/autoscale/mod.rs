@@ -509,7 +509,8 @@ impl AutoscalerView {
                 "autopaxos_autoscaler_nodes" => {
                     v.nodes.insert(role, s.value);
                 }
-                "autopaxos_autoscaler_target_nodes" => {
+                // NaN: not measured in the last interval.
+                "autopaxos_autoscaler_target_nodes" if s.value.is_finite() => {
                     v.targets.insert(role, s.value);
                 }
                 "autopaxos_autoscaler_acceptor_groups" => v.acceptor_groups = Some(s.value),
@@ -780,9 +781,9 @@ fn report_decision(d: &Decision, max: u32, dry_run: bool) {
         .increment(1);
     metrics::gauge!("autopaxos_autoscaler_nodes", "role" => d.role).set(f64::from(d.to));
     metrics::gauge!("autopaxos_autoscaler_max_nodes", "role" => d.role).set(f64::from(max));
-    if let Some(t) = d.target {
-        metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(f64::from(t));
-    }
+    // Unmeasured this interval: NaN, not the last figure (an alert on it must not fire on old news).
+    let target = d.target.map_or(f64::NAN, f64::from);
+    metrics::gauge!("autopaxos_autoscaler_target_nodes", "role" => d.role).set(target);
     if let Some(l) = d.load {
         metrics::gauge!("autopaxos_autoscaler_load_cmds_per_second", "role" => d.role).set(l);
     }
