@@ -245,14 +245,9 @@ fn promtool_check(exposition: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn promtool_on_path() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("promtool").is_file()))
-}
-
 #[test]
 fn the_metrics_exposition_passes_promtool() {
-    assert!(promtool_on_path(), "promtool not found: run scripts/setup.sh");
+    common::require_on_path("promtool");
     let _serial = common::serialize();
     let mut cluster = Cluster::start("promtool");
     // Some load first, so that every kind of counter has samples.

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The repository's monitoring folder.
@@ -27,19 +27,9 @@ fn dashboard_file() -> PathBuf {
     monitoring().join("grafana/dashboards/autopaxos.json")
 }
 
-/// Fails the test, saying how to get them, when a Prometheus tool is not installed.
-fn require_on_path(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    assert!(
-        found,
-        "{tool} not found on PATH: run scripts/setup.sh (it installs the Debian `prometheus` package)"
-    );
-}
-
 /// Runs `promtool args...`, at most `limit` (then kills it and fails); returns its output.
 fn promtool(args: &[&str], limit: Duration) -> Output {
-    require_on_path("promtool");
+    common::require_on_path("promtool");
     let child = Command::new("promtool")
         .args(args)
         .stdin(Stdio::null())
@@ -61,18 +51,6 @@ fn promtool(args: &[&str], limit: Duration) -> Output {
 
 fn said(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[test]
@@ -470,12 +448,6 @@ fn the_grafana_provisioning_names_the_datasource_the_dashboard_uses() {
     );
 }
 
-/// `GET path` on Prometheus's HTTP API, parsed.
-fn api(addr: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
-    let body = common::http_get(addr, path).map_err(|e| e.to_string())?;
-    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
-}
-
 /// One series of an instant vector: its labels and value.
 type Series = (serde_json::Value, f64);
 
@@ -483,7 +455,7 @@ type Series = (serde_json::Value, f64);
 type Check = (&'static str, String, fn(&[Series]) -> bool);
 
 /// The instant vector a query returns.
-fn query(addr: SocketAddr, promql: &str) -> Result<Vec<Series>, String> {
+fn query(prometheus: &common::Prometheus, promql: &str) -> Result<Vec<Series>, String> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -491,7 +463,7 @@ fn query(addr: SocketAddr, promql: &str) -> Result<Vec<Series>, String> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let answer = api(addr, &format!("/api/v1/query?query={encoded}"))?;
+    let answer = prometheus.api(&format!("/api/v1/query?query={encoded}"))?;
     if answer["status"] != "success" {
         return Err(answer.to_string());
     }
@@ -533,12 +505,9 @@ fn test_config(targets: &Path) -> String {
 
 #[test]
 fn prometheus_scraping_autopaxos_local_records_throughput_the_leader_and_client_latency() {
-    require_on_path("prometheus");
     let started = Instant::now();
     let dir = common::TempDir::new("monitoring-e2e"); // declared first: removed after the processes die
-    let [metrics_port, web_port] = common::free_ports(2)[..] else { unreachable!() };
-    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
-    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_ports(1)[0]));
 
     let args: Vec<String> =
         ["local", "--duration", "25s", "--clients", "64", "--metrics-addr", &metrics.to_string()]
@@ -554,36 +523,14 @@ fn prometheus_scraping_autopaxos_local_records_throughput_the_leader_and_client_
         serde_json::json!([{"targets": [metrics.to_string()], "labels": {"cluster": "local"}}]).to_string(),
     )
     .unwrap();
-    let config = dir.0.join("prometheus.yml");
-    fs::write(&config, test_config(&targets)).unwrap();
-    let log = dir.0.join("prometheus.log");
-    let prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.0.join("tsdb").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start prometheus");
-    let mut prometheus = Killed(prometheus);
+    let mut prometheus =
+        common::Prometheus::start(&dir.0, &test_config(&targets), &[], Duration::from_secs(20));
 
     let deadline = started + Duration::from_secs(55);
-    let failed = |why: &str, prometheus: &mut Killed, local: &common::Proc| -> ! {
-        let _ = prometheus.0.kill();
-        panic!(
-            "{why} after {:?}\n--- prometheus log ---\n{}\n--- local stderr ---\n{}",
-            started.elapsed(),
-            common::tail(&log, 30),
-            common::tail(&local.stderr, 30)
-        )
+    let failed = |why: &str, prometheus: &mut common::Prometheus, local: &common::Proc| -> ! {
+        let local = common::tail(&local.stderr, 30);
+        prometheus.fail(&format!("{why} after {:?}\n--- local stderr ---\n{local}", started.elapsed()))
     };
-    while common::http_get(web, "/-/ready").is_err() {
-        if Instant::now() > started + Duration::from_secs(20) || prometheus.0.try_wait().unwrap().is_some() {
-            failed("Prometheus did not become ready", &mut prometheus, &local);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
     let checks: [Check; 5] = [
         ("the target is up", r#"up{cluster="local",job="autopaxos-file"}"#.into(), |r| {
@@ -607,7 +554,7 @@ fn prometheus_scraping_autopaxos_local_records_throughput_the_leader_and_client_
     let last = loop {
         let results = checks
             .iter()
-            .map(|(what, promql, ok)| match query(web, promql) {
+            .map(|(what, promql, ok)| match query(&prometheus, promql) {
                 Ok(result) => (*what, ok(&result), format!("{promql} = {result:?}")),
                 Err(e) => (*what, false, format!("{promql}: {e}")),
             })
@@ -628,7 +575,7 @@ fn prometheus_scraping_autopaxos_local_records_throughput_the_leader_and_client_
         eprintln!("{what}: {said}");
     }
     eprintln!("all held after {:?}", started.elapsed());
-    if let Ok(alerts) = query(web, "ALERTS") {
+    if let Ok(alerts) = query(&prometheus, "ALERTS") {
         eprintln!("alerts now: {alerts:?}");
     }
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// An AMI moto knows (from its bundled list), so AMI validation accepts it.
@@ -32,18 +32,6 @@ const CLUSTER: &str = "mon";
 const METRICS_PORT: u16 = 16000;
 /// How long Prometheus may take to list the targets once it is ready.
 const DISCOVERY_LIMIT: Duration = Duration::from_secs(40);
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// What a target of the EC2 job must look like: its role, nodes and scrape address.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,12 +89,6 @@ fn test_config(endpoint: &str) -> String {
     assert_eq!(edited.matches("endpoint: ").count(), 1, "one EC2 config: {edited}");
     assert!(!edited.contains("autopaxos-file"), "{edited}");
     edited
-}
-
-/// `GET path` on Prometheus's API, parsed.
-fn api(addr: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
-    let body = common::http_get(addr, path).map_err(|e| e.to_string())?;
-    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
 #[test]
@@ -192,38 +174,17 @@ fn prometheus_finds_every_running_instance_of_a_cloud_up_cluster_by_its_tags_wit
     assert_eq!(expected[&scaled].address, "127.0.0.1:17002");
     assert!(expected.values().any(|e| e.role == "batcher" && e.node.contains(',')), "{expected:?}");
 
-    let [web_port] = common::free_ports(1)[..] else { unreachable!() };
-    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
-    let config = dir.0.join("prometheus.yml");
-    fs::write(&config, test_config(&moto.url)).unwrap();
-    let log = dir.0.join("prometheus.log");
-    let prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.0.join("tsdb").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .arg("--log.level=debug")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start prometheus (scripts/setup.sh installs the Debian `prometheus` package)");
-    let mut prometheus = Killed(prometheus);
-    let failed = |why: String, prometheus: &mut Killed| -> ! {
-        let _ = prometheus.0.kill();
-        panic!("{why} after {:?}\n--- prometheus log ---\n{}", started.elapsed(), common::tail(&log, 30))
-    };
-    let ready_by = Instant::now() + Duration::from_secs(20);
-    while common::http_get(web, "/-/ready").is_err() {
-        if Instant::now() > ready_by || prometheus.0.try_wait().unwrap().is_some() {
-            failed("Prometheus did not become ready".into(), &mut prometheus);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut prometheus = common::Prometheus::start(
+        &dir.0,
+        &test_config(&moto.url),
+        &["--log.level=debug"],
+        Duration::from_secs(20),
+    );
 
     // The job's active targets, once there are as many as running cluster instances.
     let deadline = Instant::now() + DISCOVERY_LIMIT;
     let targets = loop {
-        let last = api(web, "/api/v1/targets?state=active");
+        let last = prometheus.api("/api/v1/targets?state=active");
         if let Ok(answer) = &last {
             let targets: Vec<serde_json::Value> = answer["data"]["activeTargets"]
                 .as_array()
@@ -237,10 +198,8 @@ fn prometheus_finds_every_running_instance_of_a_cloud_up_cluster_by_its_tags_wit
             }
         }
         if Instant::now() > deadline {
-            failed(
-                format!("{} EC2 targets never appeared; last answer: {last:?}", expected.len()),
-                &mut prometheus,
-            );
+            let why = format!("{} EC2 targets never appeared; last answer: {last:?}", expected.len());
+            prometheus.fail(&format!("{why} after {:?}", started.elapsed()));
         }
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -264,7 +223,7 @@ fn prometheus_finds_every_running_instance_of_a_cloud_up_cluster_by_its_tags_wit
                 .to_string(),
         };
         if !expected.contains_key(&id) {
-            failed(format!("a target that is no running instance of the cluster: {t}"), &mut prometheus);
+            prometheus.fail(&format!("a target that is no running instance of the cluster: {t}"));
         }
         assert_eq!(got, expected[&id], "target of {id}: {t}");
         if id != scaled {

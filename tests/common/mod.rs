@@ -986,3 +986,74 @@ pub fn assert_replicas_agree(cluster: &Cluster, epoch_wanted: u64) -> serde_json
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Fails the test, saying how to get it, when a tool the tests need is not installed.
+pub fn require_on_path(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    assert!(found, "{tool} not found on PATH: run scripts/setup.sh");
+}
+
+/// A Prometheus server (Debian's, which scripts/setup.sh installs) on loopback, running a test's
+/// configuration with its data and log in a test's directory; killed and reaped when dropped.
+pub struct Prometheus {
+    child: Child,
+    /// Its HTTP API.
+    pub web: SocketAddr,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus on `config` (its text, written to `dir`) with `extra` flags, and waits at
+    /// most `limit` until it says it is ready; panics with its log if it does not.
+    pub fn start(dir: &Path, config: &str, extra: &[&str], limit: Duration) -> Prometheus {
+        require_on_path("prometheus");
+        let path = dir.join("prometheus.yml");
+        fs::write(&path, config).expect("write prometheus.yml");
+        let web = SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]));
+        let log = dir.join("prometheus.log");
+        let out = fs::File::create(&log).expect("create the prometheus log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("share the log"))
+            .stderr(out)
+            .spawn()
+            .expect("start prometheus");
+        let mut prometheus = Prometheus { child, web, log };
+        let deadline = Instant::now() + limit;
+        while http_get(web, "/-/ready").is_err() {
+            if Instant::now() > deadline || prometheus.child.try_wait().unwrap().is_some() {
+                prometheus.fail("Prometheus did not become ready");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    /// `GET path` on its HTTP API, parsed.
+    pub fn api(&self, path: &str) -> Result<serde_json::Value, String> {
+        let body = http_get(self.web, path).map_err(|e| e.to_string())?;
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+    }
+
+    /// Stops it and fails the test with `why` and the end of its log.
+    pub fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("{why}\n--- prometheus log ---\n{}", tail(&self.log, 30))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
