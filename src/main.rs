@@ -746,11 +746,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
     );
     let view = match (args.top, served) {
         (true, Some(target)) => {
-            let output = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                autopaxos::top::Output::Terminal
-            } else {
-                autopaxos::top::Output::Plain
-            };
+            let output = autopaxos::top::Output::for_stdout(false);
             let out = Box::new(std::io::stdout());
             Some(autopaxos::top::Alongside::start(target, Duration::from_secs(1), output, out)?)
         }
@@ -1086,11 +1082,7 @@ fn top(args: TopArgs) -> Result<(), String> {
             .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
             .map_err(|e| format!("cannot handle signals: {e}"))?;
     }
-    let output = match (args.json, args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout())) {
-        (true, _) => Output::Json,
-        (false, true) => Output::Plain,
-        (false, false) => Output::Terminal,
-    };
+    let output = if args.json { Output::Json } else { Output::for_stdout(args.plain) };
     let opts = TopOptions {
         cluster: file.as_ref().map(|f| f.cluster_id.clone()),
         expected: file.as_ref().map(Top::expected_of).unwrap_or_default(),

@@ -137,6 +137,26 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+impl Row {
+    /// Node `key` in `state`, scraped at `target`, with nothing measured yet.
+    fn new(key: &NodeKey, state: String, target: Option<SocketAddr>) -> Row {
+        Row {
+            role: key.role.clone(),
+            node: key.node.clone(),
+            state,
+            leader: false,
+            commands_per_sec: None,
+            frames_per_sec: None,
+            latency_of: None,
+            p50_seconds: None,
+            p99_seconds: None,
+            lag_slots: None,
+            target,
+            error: None,
+        }
+    }
+}
+
 /// A role's sums.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoleTotal {
@@ -418,23 +438,17 @@ impl Top {
             let counter_rate =
                 |name| rate(before.and_then(|b| total(&b.samples, name)), total(&n.samples, name), seconds);
             let latency = latency(&key.role, before.map(|b| b.samples.as_slice()), &n.samples);
-            rows.insert(
-                key.clone(),
-                Row {
-                    role: key.role.clone(),
-                    node: key.node.clone(),
-                    state: state(&n.samples).unwrap_or_else(|| "up".into()),
-                    leader: total(&n.samples, LEADER) == Some(1.0),
-                    commands_per_sec: counter_rate(COMMANDS_IN),
-                    frames_per_sec: counter_rate(FRAMES_IN),
-                    latency_of: latency.as_ref().map(|l| l.of.clone()),
-                    p50_seconds: latency.as_ref().and_then(|l| l.p50),
-                    p99_seconds: latency.as_ref().and_then(|l| l.p99),
-                    lag_slots: None,
-                    target: Some(n.addr),
-                    error: None,
-                },
-            );
+            let state = state(&n.samples).unwrap_or_else(|| "up".into());
+            let row = Row {
+                leader: total(&n.samples, LEADER) == Some(1.0),
+                commands_per_sec: counter_rate(COMMANDS_IN),
+                frames_per_sec: counter_rate(FRAMES_IN),
+                latency_of: latency.as_ref().map(|l| l.of.clone()),
+                p50_seconds: latency.as_ref().and_then(|l| l.p50),
+                p99_seconds: latency.as_ref().and_then(|l| l.p99),
+                ..Row::new(key, state, Some(n.addr))
+            };
+            rows.insert(key.clone(), row);
         }
 
         // Nodes the file names or a target served before, served by no target now.
@@ -456,20 +470,7 @@ impl Top {
                     None => format!("not served at {a}"),
                 },
             };
-            let row = Row {
-                role: key.role.clone(),
-                node: key.node.clone(),
-                state: "down".into(),
-                leader: false,
-                commands_per_sec: None,
-                frames_per_sec: None,
-                latency_of: None,
-                p50_seconds: None,
-                p99_seconds: None,
-                lag_slots: None,
-                target: addr,
-                error: Some(error),
-            };
+            let row = Row { error: Some(error), ..Row::new(&key, "down".into(), addr) };
             rows.insert(key, row);
         }
 
@@ -682,6 +683,18 @@ pub enum Output {
     Plain,
     /// One JSON object per frame, one per line.
     Json,
+}
+
+impl Output {
+    /// How to write frames to this process's stdout: `Plain` when asked or when stdout is not a
+    /// terminal, else `Terminal`.
+    pub fn for_stdout(plain: bool) -> Output {
+        if plain || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            Output::Plain
+        } else {
+            Output::Terminal
+        }
+    }
 }
 
 /// What [`run`] needs.
