@@ -19,26 +19,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-if [ ! -x "$bin" ]; then
-    cargo build --release
-fi
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 out="bench/results/authenticated-frames-$stamp.json"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-machine="$(nproc) cores, $cpu, Linux $(uname -r)"
-
-runs=()
-run() { # run LABEL CMD...: keeps the last line of CMD's output (its --json object)
-    local label="$1"; shift
-    echo "== $*" >&2
-    local line
-    line="$("$@" | tail -n 1)"
-    runs+=("$(python3 -c 'import json,sys; print(json.dumps({"label": sys.argv[1], "command": sys.argv[2], "result": json.loads(sys.argv[3])}))' "$label" "$*" "$line")")
-}
 
 for i in 1 2; do
     run local-plain "$bin" local --duration "$duration" --batch-size 100 --value-size 16 --json

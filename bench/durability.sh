@@ -20,27 +20,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-if [ ! -x "$bin" ]; then
-    cargo build --release
-fi
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 out="bench/results/durability-$stamp.json"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 disk="$(df --output=source,fstype . | tail -n 1 | tr -s ' ')"
-machine="$(nproc) cores, $cpu, Linux $(uname -r), data on $disk"
-
-runs=()
-run() { # run LABEL CMD...: keeps the last line of CMD's output (its --json object)
-    local label="$1"; shift
-    echo "== $*" >&2
-    local line
-    line="$("$@" | tail -n 1)"
-    runs+=("$(python3 -c 'import json,sys; print(json.dumps({"label": sys.argv[1], "command": sys.argv[2], "result": json.loads(sys.argv[3])}))' "$label" "$*" "$line")")
-}
+machine="$machine, data on $disk"
 
 run disk "$bin" bench disk --data-dir . --json
 for i in 1 2; do

@@ -22,22 +22,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-if [ ! -x "$bin" ]; then
-    cargo build --release
-fi
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 out="bench/results/histograms-$stamp.json"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-machine="$(nproc) cores, $cpu, Linux $(uname -r)"
 port=16990
 last_scrape="$(mktemp)"
 trap 'rm -f "$last_scrape"' EXIT
 
-runs=()
 run() { # run LABEL HISTOGRAMS(on|off|none): one `local`, scraped every second while it runs
     local label="$1" mode="$2"
     local args=(local --duration "$duration" --batch-size 100 --value-size 16 --json)

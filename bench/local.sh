@@ -20,18 +20,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-if [ ! -x "$bin" ]; then
-    cargo build --release
-fi
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 json="bench/results/local-$stamp.json"
 csv="bench/results/local-$stamp.csv"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-machine="$(nproc) cores, $cpu, Linux $(uname -r)"
 
 echo "batch_size,cmds_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,clients,value_size,duration_s,command" > "$csv"
 rows=()

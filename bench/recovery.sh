@@ -20,17 +20,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-if [ ! -x "$bin" ]; then
-    cargo build --release
-fi
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 json="bench/results/recovery-$stamp.json"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-machine="$(nproc) cores, $cpu, Linux $(uname -r)"
 
 cmd="$bin bench recovery --bytes $bytes --json"
 echo "== $cmd" >&2

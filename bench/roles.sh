@@ -17,15 +17,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bin="${AUTOPAXOS:-target/release/autopaxos}"
-[ -x "$bin" ] || cargo build --release
-mkdir -p bench/results
-stamp="$(date -u +%Y%m%d-%H%M%S)"
+source "$(dirname "$0")/common.sh"
 json="bench/results/roles-$stamp.json"
 csv="bench/results/roles-$stamp.csv"
-machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r)"
 
 rows=()
 for role in batcher proposer proxy-leader acceptor replica unbatcher; do
