@@ -229,15 +229,25 @@ impl DataDir {
 
         let mut promise = None;
         let mut trim = None;
+        // The log creates the next segment, empty, while it fills the current one: the segment
+        // being written when the process died is the last one that is not empty.
+        let mut written = segments.len();
+        while written > 0 {
+            let p = self.path.join(segment_name(segments[written - 1]));
+            if std::fs::metadata(&p).map_err(|e| StorageError::io(&p, e))?.len() > 0 {
+                break;
+            }
+            written -= 1;
+        }
         for (i, &seq) in segments.iter().enumerate() {
             let p = self.path.join(segment_name(seq));
             let bytes = Bytes::from(std::fs::read(&p).map_err(|e| StorageError::io(&p, e))?);
             let scan = scan(&bytes).map_err(|c| StorageError::corrupt(&p, c))?;
-            let last = i + 1 == segments.len();
+            let last = i + 1 >= written;
             if scan.torn_bytes > 0 {
                 if !last {
                     // Only the segment being written when the process died can have a torn tail:
-                    // a closed segment was synced whole before the next one was created.
+                    // a closed segment was synced whole before the next one was written.
                     return Err(StorageError::Corrupt {
                         file: p,
                         offset: scan.valid_len as u64,

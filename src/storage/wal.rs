@@ -32,6 +32,15 @@
 //! point), rounded out to whole segments: about two segments beyond the live records in steady
 //! state (the current one and the one the trim point is in), plus the newest snapshot.
 //!
+//! # Off the vote's path
+//!
+//! Deleting a segment can take tens of milliseconds (a 64 MiB file on a file system mounted with
+//! `discard` frees its extents synchronously), and creating one costs an open and a directory sync.
+//! Neither may hold votes back: deletions run as a background task once the trim that condemned
+//! them is durable (an error surfaces at the next [`Wal::finish_sync`]), and the next segment is
+//! created, empty, while the current one fills. An empty segment holds nothing, so recovery treats
+//! a torn segment followed only by empty ones as the last (see `DataDir::recover`).
+//!
 //! # Memory
 //!
 //! DMA buffers come from glommio's per-executor `io_memory` pool (registered with io_uring for
@@ -137,6 +146,14 @@ pub struct Wal {
     trim: Option<Slot>,
     scratch: Vec<u8>,
     stats: WalStats,
+    /// The next segment, being created (empty) while this one fills.
+    next: Option<JoinHandle<Result<Rc<DmaFile>, StorageError>>>,
+    /// The newest background deletion (each waits for the one before it).
+    deleting: Option<JoinHandle<()>>,
+    /// Segments the background deletions removed.
+    deleted: Rc<std::cell::Cell<u64>>,
+    /// The first error of a background deletion, reported by the next `finish_sync`.
+    deletion_error: Rc<std::cell::RefCell<Option<StorageError>>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> StorageError + '_ {
@@ -159,7 +176,8 @@ impl Wal {
         assert!(options.write_behind >= 1, "{options:?}");
         assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
         let dir = dir.as_ref().to_path_buf();
-        let (file, buf) = Self::create_segment(&dir, next_sequence, options.buffer_bytes).await?;
+        let file = create_segment(&dir, next_sequence).await?;
+        let buf = zeroed(&file, options.buffer_bytes);
         let mut wal = Wal {
             dir,
             options,
@@ -176,7 +194,12 @@ impl Wal {
             trim: None,
             scratch: Vec::new(),
             stats: WalStats::default(),
+            next: None,
+            deleting: None,
+            deleted: Rc::default(),
+            deletion_error: Rc::default(),
         };
+        wal.prepare_next();
         for r in sticky {
             match r {
                 Record::Promise { .. } => wal.promise = Some(r.clone()),
@@ -192,21 +215,10 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Creates segment `sequence`, makes its directory entry durable, and gives a zeroed buffer.
-    async fn create_segment(
-        dir: &Path,
-        sequence: u64,
-        buffer_bytes: usize,
-    ) -> Result<(Rc<DmaFile>, DmaBuffer), StorageError> {
-        let path = dir.join(segment_name(sequence));
-        let file =
-            // Readable too: glommio probes the device's iopoll support with a read on first open
-            // (write-only, the probe fails with EBADF and logs an error).
-            OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
-        // Without this a synced record could sit in a file whose name a crash forgets.
-        sync_dir(dir).await?;
-        let buf = zeroed(&file, buffer_bytes);
-        Ok((Rc::new(file), buf))
+    /// Starts creating the segment after the current one in the background.
+    fn prepare_next(&mut self) {
+        let (dir, sequence) = (self.dir.clone(), self.sequence + 1);
+        self.next = Some(glommio::spawn_local(async move { create_segment(&dir, sequence).await }).detach());
     }
 
     fn path(&self) -> PathBuf {
@@ -215,7 +227,7 @@ impl Wal {
 
     /// The counters so far.
     pub fn stats(&self) -> WalStats {
-        self.stats
+        WalStats { segments_deleted: self.deleted.get(), ..self.stats }
     }
 
     /// The sequence number of the segment being written.
@@ -360,13 +372,28 @@ impl Wal {
         Ok(PendingSync { task: Some(task), path, condemned: std::mem::take(&mut self.condemned) })
     }
 
-    /// Counts a sync that [`PendingSync::wait`] reported durable, then deletes the segments that a
-    /// trim appended before it condemned (that trim is durable now). Call in the order the syncs
-    /// were started.
+    /// Counts a sync that [`PendingSync::wait`] reported durable, then starts deleting, in the
+    /// background, the segments that a trim appended before it condemned (that trim is durable
+    /// now). Call in the order the syncs were started.
     pub async fn finish_sync(&mut self, mut pending: PendingSync) -> Result<(), StorageError> {
         pending.wait().await?;
         self.stats.syncs += 1;
-        self.delete_segments(std::mem::take(&mut pending.condemned)).await
+        if let Some(e) = self.deletion_error.borrow_mut().take() {
+            return Err(e);
+        }
+        self.delete_segments(std::mem::take(&mut pending.condemned));
+        Ok(())
+    }
+
+    /// Waits until every deletion started so far is done (tests, and closing).
+    pub async fn deletions_done(&mut self) -> Result<(), StorageError> {
+        if let Some(task) = self.deleting.take() {
+            task.await;
+        }
+        match self.deletion_error.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Marks for deletion every closed segment wholly below `below`.
@@ -381,32 +408,49 @@ impl Wal {
         });
     }
 
-    async fn delete_segments(&mut self, sequences: Vec<u64>) -> Result<(), StorageError> {
-        for seq in sequences {
-            let p = self.dir.join(segment_name(seq));
-            match glommio::io::remove(&p).await.map_err(std::io::Error::from) {
-                Ok(()) => self.stats.segments_deleted += 1,
-                // Already gone (an earlier attempt): the goal is met.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(&p, e)),
-            }
+    /// Deletes `sequences` in a background task, after the deletions started before.
+    fn delete_segments(&mut self, sequences: Vec<u64>) {
+        if sequences.is_empty() {
+            return;
         }
-        // No directory sync: a deleted segment that reappears after a crash only replays records
-        // that later sticky records and trims override.
-        Ok(())
+        let (dir, before) = (self.dir.clone(), self.deleting.take());
+        let (deleted, error) = (self.deleted.clone(), self.deletion_error.clone());
+        let task = async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            for seq in sequences {
+                let p = dir.join(segment_name(seq));
+                match glommio::io::remove(&p).await.map_err(std::io::Error::from) {
+                    Ok(()) => deleted.set(deleted.get() + 1),
+                    // Already gone (an earlier attempt): the goal is met.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        error.borrow_mut().get_or_insert(StorageError::io(&p, e));
+                        return;
+                    }
+                }
+            }
+            // No directory sync: a deleted segment that reappears after a crash only replays
+            // records that later sticky records and trims override.
+        };
+        self.deleting = Some(glommio::spawn_local(task).detach());
     }
 
     /// Closes the current segment (synced whole) and begins the next with the sticky records.
     async fn rotate(&mut self) -> Result<(), StorageError> {
         self.sync().await?;
-        let (file, buf) =
-            Self::create_segment(&self.dir, self.sequence + 1, self.options.buffer_bytes).await?;
+        let file = match self.next.take() {
+            Some(task) => task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?,
+            None => create_segment(&self.dir, self.sequence + 1).await?,
+        };
+        self.buf = zeroed(&file, self.options.buffer_bytes);
         let old = std::mem::replace(&mut self.file, file);
-        self.buf = buf;
         self.buf_start = 0;
         self.buf_len = 0;
         let info = SegmentInfo { sequence: self.sequence, max_slot: self.max_slot.take() };
         self.sequence += 1;
+        self.prepare_next();
         if let Ok(f) = Rc::try_unwrap(old) {
             let path = self.dir.join(segment_name(info.sequence));
             f.close().await.map_err(io(&path))?;
@@ -453,11 +497,14 @@ impl Wal {
             let n = SNAPSHOT_CHUNK.min(total - pos);
             let padded = n.div_ceil(BLOCK) * BLOCK;
             let mut buf = zeroed(&file, padded);
+            // The chunk's part of the header, then its part of the state (a byte-by-byte copy held
+            // the executor for milliseconds per snapshot).
             let b = buf.as_bytes_mut();
-            for (i, byte) in b[..n].iter_mut().enumerate() {
-                let at = pos + i;
-                *byte = if at < header.len() { header[at] } else { state[at - header.len()] };
-            }
+            let header_left = &header[pos.min(header.len())..];
+            let from_header = header_left.len().min(n);
+            b[..from_header].copy_from_slice(&header_left[..from_header]);
+            let state_at = (pos + from_header).saturating_sub(header.len());
+            b[from_header..n].copy_from_slice(&state[state_at..state_at + n - from_header]);
             let w = file.write_at(buf, pos as u64).await.map_err(io(&tmp))?;
             if w != padded {
                 return Err(StorageError::io(&tmp, short_write(w, padded)));
@@ -483,15 +530,43 @@ impl Wal {
         Ok(())
     }
 
-    /// Syncs everything and closes the current segment.
+    /// Syncs everything, lets deletions finish, removes the prepared (empty) next segment and
+    /// closes the current one.
     pub async fn close(mut self) -> Result<(), StorageError> {
         self.sync().await?;
+        self.deletions_done().await?;
+        if let Some(Some(Ok(next))) = match self.next.take() {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            let p = self.dir.join(segment_name(self.sequence + 1));
+            if let Ok(f) = Rc::try_unwrap(next) {
+                f.close().await.map_err(io(&p))?;
+            }
+            glommio::io::remove(&p).await.map_err(io(&p))?;
+        }
         let path = self.path();
         if let Ok(f) = Rc::try_unwrap(self.file) {
             f.close().await.map_err(io(&path))?;
         }
         Ok(())
     }
+}
+
+/// Creates segment `sequence` in `dir`, empty, and makes its directory entry durable.
+async fn create_segment(dir: &Path, sequence: u64) -> Result<Rc<DmaFile>, StorageError> {
+    let path = dir.join(segment_name(sequence));
+    let file =
+        // Readable too: glommio probes the device's iopoll support with a read on first open
+        // (write-only, the probe fails with EBADF and logs an error).
+        OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
+    // Without this a synced record could sit in a file whose name a crash forgets.
+    sync_dir(dir).await?;
+    Ok(Rc::new(file))
+}
+
+fn cancelled(path: &Path, what: &str) -> StorageError {
+    StorageError::io(path, std::io::Error::other(format!("{what} was cancelled")))
 }
 
 fn zeroed(file: &DmaFile, len: usize) -> DmaBuffer {
@@ -569,6 +644,7 @@ mod tests {
                 wal.append(&g).await.unwrap();
                 wal.sync().await.unwrap();
             }
+            wal.deletions_done().await.unwrap();
             let stats = wal.stats();
             wal.close().await.unwrap();
             stats
@@ -623,6 +699,29 @@ mod tests {
         assert_eq!(report.torn_bytes_dropped, 100);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), ends[1] as u64);
         assert!(report.to_string().contains("torn tail dropped: 100 bytes"), "{report}");
+    }
+
+    #[test]
+    fn a_torn_segment_followed_only_by_the_prepared_empty_one_is_the_last() {
+        let t = TempDir::new("torn-prepared");
+        let recs = vec![accept(0, 10), accept(1, 300), accept(2, 300)];
+        run_once(&t.0, vec![recs.clone()], WalOptions::default());
+        let seg = segments(&t.0).pop().unwrap();
+        let (_, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        std::fs::write(&seg, &bytes[..ends[1] + 100]).unwrap();
+        // What a crash leaves: the next segment created, empty, while this one was being written.
+        let prepared = t.0.join(segment_name(report.next_sequence));
+        std::fs::write(&prepared, b"").unwrap();
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert_eq!(recovered.records, recs[..2]);
+        assert_eq!(report.torn_bytes_dropped, 100);
+        // A torn segment with a written one after it is damage, not a tail.
+        std::fs::write(&seg, &bytes[..ends[1] + 100]).unwrap();
+        std::fs::write(&prepared, &bytes[..ends[0]]).unwrap();
+        let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
+        assert!(matches!(&err, StorageError::Corrupt { file, .. } if *file == seg), "{err}");
     }
 
     #[test]
@@ -703,6 +802,7 @@ mod tests {
             // The condemned segment goes only when the sync that carried the trim is finished.
             let before_finish = path.join(segment_name(first)).exists();
             wal.finish_sync(a).await.unwrap();
+            wal.deletions_done().await.unwrap();
             let after_finish = path.join(segment_name(first)).exists();
             wal.finish_sync(b).await.unwrap();
             wal.close().await.unwrap();
