@@ -240,6 +240,11 @@ pub struct Tunables {
     /// ...and waits this long between slices (0: only for what is queued). A pause spreads a
     /// big image's cost over time; building takes longer.
     pub snapshot_slice_pause_us: Time,
+    /// A periodic snapshot whose state machine image is at most this long is written whole in the
+    /// turn of its freeze (about 3 ms per MiB), so the live store copies no partition for it;
+    /// sliced, the commands between slices copy nearly every partition (random keys touch them all
+    /// within a few batches), which cost more than writing the image at once. 0: always sliced.
+    pub snapshot_at_once_bytes: u64,
     /// Executed slots a replica keeps to teach a lagging peer by log segment, and the leader lets
     /// acceptors keep, at most; beyond it they trim even if a replica is behind (it then learns by
     /// snapshot).
@@ -285,6 +290,7 @@ impl Default for Tunables {
             replica_snapshot_interval_slots: 20_000,
             snapshot_slice_bytes: 1 << 20,
             snapshot_slice_pause_us: 0,
+            snapshot_at_once_bytes: 8 << 20,
             // About 500 MB of batches of 100 small commands: fits a c5.xlarge (8 GiB) with room.
             teach_retention_slots: 100_000,
             teach_retention_bytes: 512 << 20,

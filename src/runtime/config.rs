@@ -77,6 +77,7 @@ struct FileSettings {
     replica_snapshot_interval_slots: Option<u64>,
     snapshot_slice_bytes: Option<u64>,
     snapshot_slice_pause_us: Option<u64>,
+    snapshot_at_once_bytes: Option<u64>,
     teach_retention_slots: Option<u64>,
     teach_retention_bytes: Option<u64>,
     teach_log_max_percent_of_state: Option<u64>,
@@ -275,6 +276,7 @@ impl ClusterFile {
                 .unwrap_or(d.replica_snapshot_interval_slots),
             snapshot_slice_bytes: s.snapshot_slice_bytes.unwrap_or(d.snapshot_slice_bytes),
             snapshot_slice_pause_us: s.snapshot_slice_pause_us.unwrap_or(d.snapshot_slice_pause_us),
+            snapshot_at_once_bytes: s.snapshot_at_once_bytes.unwrap_or(d.snapshot_at_once_bytes),
             teach_retention_slots: s.teach_retention_slots.unwrap_or(d.teach_retention_slots),
             teach_retention_bytes: s.teach_retention_bytes.unwrap_or(d.teach_retention_bytes),
             teach_log_max_percent_of_state: s
@@ -339,6 +341,7 @@ phase1b_page_bytes = 262144       # an acceptor reports its log to a new leader 
 replica_snapshot_interval_slots = 20000  # a replica snapshots its state this often (bounds replay)
 snapshot_slice_bytes = 1048576   # ...writing its image this much per turn, executing in between
 snapshot_slice_pause_us = 0      # ...and pausing this long between slices
+snapshot_at_once_bytes = 8388608 # ...but a smaller image is written whole when frozen (0: never)
 teach_retention_slots = 100000   # executed slots kept to teach a lagging replica by log segment
 teach_retention_bytes = 536870912  # ...and bytes of them (replicas); beyond, it learns by snapshot
 teach_log_max_percent_of_state = 50  # ship a log segment up to this % of the state, else a snapshot

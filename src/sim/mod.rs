@@ -462,6 +462,10 @@ impl<'t> Simulator<'t> {
         let snapshot_slice_bytes = [16, 1 << 20][pace_rng.gen_range(0..2)];
         let snapshot_slice_pause_us = [0, 300][pace_rng.gen_range(0..2)];
         let teach_max_bytes_per_sec = [0, 0, 20_000, 1 << 20][pace_rng.gen_range(0..4)];
+        // Periodic images written whole when frozen, or sliced like the others (a stream of its
+        // own: older seeds keep their draws).
+        let snapshot_at_once_bytes =
+            [0, 8 << 20][ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xa70c)).gen_range(0..2)];
         // Changes of configuration (their own stream): a few under heavy faults, many with
         // `--reconfig`.
         let mut reconfig_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xc0f1));
@@ -488,6 +492,7 @@ impl<'t> Simulator<'t> {
             teach_max_slots_per_sec,
             snapshot_slice_bytes,
             snapshot_slice_pause_us,
+            snapshot_at_once_bytes,
             teach_max_bytes_per_sec,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
