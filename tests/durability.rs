@@ -318,9 +318,13 @@ fn an_acceptor_whose_log_ends_in_a_torn_record_cuts_it_off_with_a_warning_and_se
     wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
     cluster.kill_node(4);
 
+    // The segment being written: the newest one with records (the log prepares the next, empty).
     let segments = wal_segments(&cluster.data_dir(4));
-    let newest =
-        segments.last().unwrap_or_else(|| panic!("no wal-*.log in {}", cluster.data_dir(4).display()));
+    let newest = segments
+        .iter()
+        .rev()
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .unwrap_or_else(|| panic!("no written wal-*.log in {}", cluster.data_dir(4).display()));
     let bytes = fs::read(newest).expect("read the newest segment");
     let spans = record_spans(&bytes);
     let last = *spans.last().unwrap_or_else(|| panic!("no record in {}", newest.display()));
