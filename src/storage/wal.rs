@@ -535,10 +535,11 @@ impl Wal {
     pub async fn close(mut self) -> Result<(), StorageError> {
         self.sync().await?;
         self.deletions_done().await?;
-        if let Some(Some(Ok(next))) = match self.next.take() {
-            Some(task) => Some(task.await),
+        let prepared = match self.next.take() {
+            Some(task) => task.await,
             None => None,
-        } {
+        };
+        if let Some(Ok(next)) = prepared {
             let p = self.dir.join(segment_name(self.sequence + 1));
             if let Ok(f) = Rc::try_unwrap(next) {
                 f.close().await.map_err(io(&p))?;
