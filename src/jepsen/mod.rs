@@ -25,7 +25,7 @@ use proxy::Proxies;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use register::{Recorded, RegisterOp, RegisterRet};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -177,6 +177,7 @@ impl Process {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        CHILDREN.lock().expect("not poisoned").insert(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -191,8 +192,36 @@ impl Process {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            CHILDREN.lock().expect("not poisoned").remove(&child.id());
         }
     }
+}
+
+/// Every node process the harness runs now: stopped by [`stop_children_on_signal`] if the harness
+/// itself is told to stop, so that none outlives it.
+static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// On SIGINT, SIGTERM or SIGHUP: SIGKILL every node process (after SIGCONT, for paused ones),
+/// remove the run's scratch directory unless it is kept, say so, and exit with status 130. Without
+/// it, a harness killed mid-run left its dozen node processes serving on loopback.
+fn stop_children_on_signal(scratch: Option<PathBuf>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot watch for signals: {e}"))?;
+    std::thread::spawn(move || {
+        let Some(signal) = signals.forever().next() else { return };
+        let pids: Vec<u32> = CHILDREN.lock().map(|c| c.iter().copied().collect()).unwrap_or_default();
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        if let Some(dir) = &scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        eprintln!("[jepsen] stopped by signal {signal}: killed {} node process(es)", pids.len());
+        std::process::exit(130);
+    });
+    Ok(())
 }
 
 struct Cluster {
@@ -619,6 +648,7 @@ pub fn run(opts: JepsenOptions) -> Result<JepsenReport, String> {
     let scratch = crate::runtime::launch::ScratchDir::new("autopaxos-jepsen");
     let dir = opts.keep.clone().unwrap_or_else(|| scratch.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    stop_children_on_signal(opts.keep.is_none().then(|| dir.clone()))?;
     let mut cluster = Cluster::start(&dir, &opts.binary)?;
     if let Err(e) = wait_until_serving(&cluster, Duration::from_secs(60)) {
         // Keep what shows why: the processes' logs.
