@@ -184,7 +184,7 @@ impl Process {
 
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            send_signal(signal, child.id());
         }
     }
 
@@ -195,6 +195,12 @@ impl Process {
             CHILDREN.lock().expect("not poisoned").remove(&child.id());
         }
     }
+}
+
+/// `kill SIGNAL PID` (the crate has no `unsafe` for a libc call); errors ignored: the process may be
+/// gone already.
+fn send_signal(signal: &str, pid: u32) {
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
 }
 
 /// Every node process the harness runs now: stopped by [`stop_children_on_signal`] if the harness
@@ -211,9 +217,9 @@ fn stop_children_on_signal(scratch: Option<PathBuf>) -> Result<(), String> {
     std::thread::spawn(move || {
         let Some(signal) = signals.forever().next() else { return };
         let pids: Vec<u32> = CHILDREN.lock().map(|c| c.iter().copied().collect()).unwrap_or_default();
-        for pid in &pids {
-            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        for &pid in &pids {
+            send_signal("-CONT", pid);
+            send_signal("-KILL", pid);
         }
         if let Some(dir) = &scratch {
             let _ = std::fs::remove_dir_all(dir);

@@ -684,14 +684,21 @@ mod tests {
         assert_eq!(third, want2);
     }
 
+    /// One run that wrote three records: the records, the segment holding them, its bytes and
+    /// where each record ends.
+    fn three_records(dir: &Path) -> (Vec<Record>, PathBuf, Vec<u8>, Vec<usize>) {
+        let recs = vec![accept(0, 10), accept(1, 300), accept(2, 300)];
+        run_once(dir, vec![recs.clone()], WalOptions::default());
+        let seg = segments(dir).pop().unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        (recs, seg, bytes, ends)
+    }
+
     #[test]
     fn a_tail_torn_mid_record_is_cut_off_and_reported() {
         let t = TempDir::new("torn");
-        let recs = vec![accept(0, 10), accept(1, 300), accept(2, 300)];
-        run_once(&t.0, vec![recs.clone()], WalOptions::default());
-        let seg = segments(&t.0).pop().unwrap();
-        let bytes = std::fs::read(&seg).unwrap();
-        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        let (recs, seg, bytes, ends) = three_records(&t.0);
         let cut = ends[1] + 100; // inside the third record
         std::fs::write(&seg, &bytes[..cut]).unwrap();
         let data = DataDir::open(&t.0).unwrap();
@@ -705,12 +712,8 @@ mod tests {
     #[test]
     fn a_torn_segment_followed_only_by_the_prepared_empty_one_is_the_last() {
         let t = TempDir::new("torn-prepared");
-        let recs = vec![accept(0, 10), accept(1, 300), accept(2, 300)];
-        run_once(&t.0, vec![recs.clone()], WalOptions::default());
-        let seg = segments(&t.0).pop().unwrap();
+        let (recs, seg, bytes, ends) = three_records(&t.0);
         let (_, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
-        let bytes = std::fs::read(&seg).unwrap();
-        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
         std::fs::write(&seg, &bytes[..ends[1] + 100]).unwrap();
         // What a crash leaves: the next segment created, empty, while this one was being written.
         let prepared = t.0.join(segment_name(report.next_sequence));
@@ -728,10 +731,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_in_a_middle_record_refuses_naming_file_and_offset() {
         let t = TempDir::new("corrupt");
-        run_once(&t.0, vec![vec![accept(0, 10), accept(1, 300), accept(2, 300)]], WalOptions::default());
-        let seg = segments(&t.0).pop().unwrap();
-        let mut bytes = std::fs::read(&seg).unwrap();
-        let ends = scan(&Bytes::from(bytes.clone())).unwrap().ends;
+        let (_, seg, mut bytes, ends) = three_records(&t.0);
         bytes[ends[0] + 40] ^= 0x01;
         std::fs::write(&seg, &bytes).unwrap();
         let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
