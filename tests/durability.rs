@@ -318,12 +318,12 @@ fn an_acceptor_whose_log_ends_in_a_torn_record_cuts_it_off_with_a_warning_and_se
     wait_progress(&mut cluster, client, 0, Duration::from_secs(30));
     cluster.kill_node(4);
 
-    // The segment being written: the newest one with records (the log prepares the next, empty).
+    // The segment being written: the newest one with records (the log prepares the next, all zeros).
     let segments = wal_segments(&cluster.data_dir(4));
     let newest = segments
         .iter()
         .rev()
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .find(|p| fs::read(p).is_ok_and(|b| b.iter().any(|&x| x != 0)))
         .unwrap_or_else(|| panic!("no written wal-*.log in {}", cluster.data_dir(4).display()));
     let bytes = fs::read(newest).expect("read the newest segment");
     let spans = record_spans(&bytes);
@@ -331,12 +331,15 @@ fn an_acceptor_whose_log_ends_in_a_torn_record_cuts_it_off_with_a_warning_and_se
     // Into the middle of the last record's body (or of its header, if it has no body).
     let cut = if last.body_len >= 2 { last.start + HEADER_LEN + last.body_len / 2 } else { last.start + 10 };
     let cut = cut.min(bytes.len() - 1);
-    let torn = cut - last.start;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(newest)
-        .and_then(|f| f.set_len(cut as u64))
-        .expect("truncate the newest segment");
+    // A write torn at `cut`: the record's first part on disk, the segment's zeros after it. The
+    // recovery reports the torn bytes up to the last non-zero one.
+    let torn = bytes[..cut].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1) - last.start;
+    let mut damaged = bytes.clone();
+    damaged[cut..].fill(0);
+    fs::write(newest, &damaged).expect("tear the newest segment");
+    // Recovery reads every segment whole (zeros included: they could hide an intact record).
+    let on_disk: u64 =
+        wal_segments(&cluster.data_dir(4)).iter().map(|p| fs::metadata(p).map_or(0, |m| m.len())).sum();
     let name = newest.file_name().and_then(|n| n.to_str()).expect("a name").to_string();
 
     cluster.restart_node(4);
@@ -376,10 +379,8 @@ fn an_acceptor_whose_log_ends_in_a_torn_record_cuts_it_off_with_a_warning_and_se
     // (The file itself cannot be checked: once the new life's trims are durable, the recovered
     // segment is deleted, often within a second.)
     assert!(
-        recovery.contains(&format!("({} bytes)", last.start + torn))
-            && recovery.contains(&format!("dropped: {torn} bytes")),
-        "the recovery did not scan the {} bytes left and drop the {torn} torn ones: {recovery}",
-        last.start + torn
+        recovery.contains(&format!("({on_disk} bytes)")) && recovery.contains(&format!("dropped: {torn} bytes")),
+        "the recovery did not scan the {on_disk} bytes of its segments and drop the {torn} torn ones: {recovery}"
     );
     assert_eq!(
         recovered_records(&recovery),

@@ -8,9 +8,10 @@
 //!
 //! Files: `LOCK` (held with `flock` for the life of the [`DataDir`]), `wal-<16-digit sequence>.log`
 //! (log segments, replayed in sequence order), `snapshot-<20-digit slot>.snap` (the newest is
-//! loaded), and `*.tmp` (a snapshot whose write did not finish: deleted).
+//! loaded), and `*.tmp` (a snapshot, or a new segment being filled with zeros, whose write did not
+//! finish: deleted).
 
-use super::record::{scan, Corrupt};
+use super::record::{all_zero, scan, Corrupt};
 use super::snapshot::decode_snapshot;
 use crate::protocol::durable::{Record, Recovered};
 use crate::protocol::Slot;
@@ -202,7 +203,8 @@ impl DataDir {
             } else if let Some(slot) = parse_snapshot_name(name) {
                 snapshots.push(slot);
             } else if name.ends_with(".tmp") {
-                // A snapshot whose write, sync or rename did not finish: never complete, never used.
+                // A snapshot or a new segment whose write, sync or rename did not finish: never
+                // complete, never used.
                 let p = entry.path();
                 std::fs::remove_file(&p).map_err(|e| StorageError::io(&p, e))?;
             }
@@ -229,19 +231,17 @@ impl DataDir {
 
         let mut promise = None;
         let mut trim = None;
-        // The log creates the next segment, empty, while it fills the current one: the segment
-        // being written when the process died is the last one that is not empty.
-        let mut written = segments.len();
-        while written > 0 {
-            let p = self.path.join(segment_name(segments[written - 1]));
-            if std::fs::metadata(&p).map_err(|e| StorageError::io(&p, e))?.len() > 0 {
-                break;
-            }
-            written -= 1;
-        }
-        for (i, &seq) in segments.iter().enumerate() {
+        let mut files = Vec::with_capacity(segments.len());
+        for &seq in &segments {
             let p = self.path.join(segment_name(seq));
-            let bytes = Bytes::from(std::fs::read(&p).map_err(|e| StorageError::io(&p, e))?);
+            files.push(Bytes::from(std::fs::read(&p).map_err(|e| StorageError::io(&p, e))?));
+        }
+        // The log prepares the next segment (all zeros) while it fills the current one, and fills
+        // every segment with zeros before its first record: the segment being written when the
+        // process died is the last one that is not all zeros.
+        let written = files.iter().rposition(|b| !all_zero(b)).map_or(0, |i| i + 1);
+        for (i, (&seq, bytes)) in segments.iter().zip(files).enumerate() {
+            let p = self.path.join(segment_name(seq));
             let scan = scan(&bytes).map_err(|c| StorageError::corrupt(&p, c))?;
             let last = i + 1 >= written;
             if scan.torn_bytes > 0 {

@@ -30,7 +30,9 @@
 //! a `Trim { below }` is durable, every closed segment whose highest slot is below `below` (or that
 //! holds no slot at all) is deleted. The disk holds the live records (slots at or above the trim
 //! point), rounded out to whole segments: about two segments beyond the live records in steady
-//! state (the current one and the one the trim point is in), plus the newest snapshot.
+//! state (the current one and the one the trim point is in), plus the prepared next one, plus the
+//! newest snapshot. Every segment file is `segment_bytes` plus one buffer long from its creation
+//! (filled with zeros, see below).
 //!
 //! # Off the vote's path
 //!
@@ -38,8 +40,9 @@
 //! `discard` frees its extents synchronously), and creating one costs an open and a directory sync.
 //! Neither may hold votes back: deletions run as a background task once the trim that condemned
 //! them is durable (an error surfaces at the next [`Wal::finish_sync`]), and the next segment is
-//! created, empty, while the current one fills. An empty segment holds nothing, so recovery treats
-//! a torn segment followed only by empty ones as the last (see `DataDir::recover`).
+//! created while the current one fills, already full of synced zeros so that the log's writes are
+//! overwrites (see `create_segment`). A segment of zeros holds nothing, so recovery treats a torn
+//! segment followed only by all-zero ones as the last (see `DataDir::recover`).
 //!
 //! # Memory
 //!
@@ -64,6 +67,8 @@ use std::rc::Rc;
 const BLOCK: usize = 4096;
 /// Size of the chunks a snapshot is written in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Size of the zero writes that prefill a new segment.
+const PREFILL_CHUNK: usize = 1 << 20;
 
 /// Tunables of the write-ahead log.
 #[derive(Debug, Clone)]
@@ -176,7 +181,7 @@ impl Wal {
         assert!(options.write_behind >= 1, "{options:?}");
         assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
         let dir = dir.as_ref().to_path_buf();
-        let file = create_segment(&dir, next_sequence).await?;
+        let file = create_segment(&dir, next_sequence, prefill_bytes(&options)).await?;
         let buf = zeroed(&file, options.buffer_bytes);
         let mut wal = Wal {
             dir,
@@ -217,8 +222,9 @@ impl Wal {
 
     /// Starts creating the segment after the current one in the background.
     fn prepare_next(&mut self) {
-        let (dir, sequence) = (self.dir.clone(), self.sequence + 1);
-        self.next = Some(glommio::spawn_local(async move { create_segment(&dir, sequence).await }).detach());
+        let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, prefill_bytes(&self.options));
+        self.next =
+            Some(glommio::spawn_local(async move { create_segment(&dir, sequence, prefill).await }).detach());
     }
 
     fn path(&self) -> PathBuf {
@@ -442,7 +448,7 @@ impl Wal {
         self.sync().await?;
         let file = match self.next.take() {
             Some(task) => task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?,
-            None => create_segment(&self.dir, self.sequence + 1).await?,
+            None => create_segment(&self.dir, self.sequence + 1, prefill_bytes(&self.options)).await?,
         };
         self.buf = zeroed(&file, self.options.buffer_bytes);
         let old = std::mem::replace(&mut self.file, file);
@@ -554,13 +560,49 @@ impl Wal {
     }
 }
 
-/// Creates segment `sequence` in `dir`, empty, and makes its directory entry durable.
-async fn create_segment(dir: &Path, sequence: u64) -> Result<Rc<DmaFile>, StorageError> {
+/// Bytes of zeros a new segment is filled with: room for `segment_bytes` and the append that
+/// crosses it (a bigger one still works: its writes extend the file, as every write once did).
+fn prefill_bytes(options: &WalOptions) -> u64 {
+    options.segment_bytes.div_ceil(BLOCK as u64) * BLOCK as u64 + options.buffer_bytes as u64
+}
+
+/// Creates segment `sequence` in `dir` holding `prefill` bytes of zeros (durable), and makes its
+/// name durable.
+///
+/// Why zeros: a direct write that extends a file (or fills a hole) allocates blocks and grows the
+/// inode, so on ext4 io_uring must hand it to a kernel worker, and each fdatasync after it writes
+/// the inode and allocation metadata as well as flushing: about four device requests per sync. Into
+/// blocks already written and synced, a write is a plain overwrite, issued straight from the
+/// executor, and fdatasync is a single flush (`bench/README.md`, 2026-12-06: +14% durable `local`).
+/// Zeros read as the log's clean end, so a prefilled segment scans like a short one.
+///
+/// The file is filled under a `.tmp` name and renamed only once its zeros are durable: after a
+/// crash, a segment name never points at blocks the file system allocated but did not write (which
+/// could hold an older segment's intact records). Recovery deletes a leftover `.tmp`.
+async fn create_segment(dir: &Path, sequence: u64, prefill: u64) -> Result<Rc<DmaFile>, StorageError> {
     let path = dir.join(segment_name(sequence));
-    let file =
+    let tmp = dir.join(format!("{}.tmp", segment_name(sequence)));
+    let file = OpenOptions::new()
         // Readable too: glommio probes the device's iopoll support with a read on first open
         // (write-only, the probe fails with EBADF and logs an error).
-        OpenOptions::new().read(true).write(true).create_new(true).dma_open(&path).await.map_err(io(&path))?;
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp)
+        .await
+        .map_err(io(&tmp))?;
+    let mut pos = 0;
+    while pos < prefill {
+        let n = (prefill - pos).min(PREFILL_CHUNK as u64) as usize;
+        let w = file.write_at(zeroed(&file, n), pos).await.map_err(io(&tmp))?;
+        if w != n {
+            return Err(StorageError::io(&tmp, short_write(w, n)));
+        }
+        pos += n as u64;
+    }
+    file.fdatasync().await.map_err(io(&tmp))?;
+    glommio::io::rename(&tmp, &path).await.map_err(io(&path))?;
     // Without this a synced record could sit in a file whose name a crash forgets.
     sync_dir(dir).await?;
     Ok(Rc::new(file))
@@ -710,20 +752,29 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_segment_followed_only_by_the_prepared_empty_one_is_the_last() {
+    fn a_torn_segment_followed_only_by_the_prepared_all_zero_one_is_the_last() {
         let t = TempDir::new("torn-prepared");
         let (recs, seg, bytes, ends) = three_records(&t.0);
         let (_, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
-        std::fs::write(&seg, &bytes[..ends[1] + 100]).unwrap();
-        // What a crash leaves: the next segment created, empty, while this one was being written.
+        assert!(bytes.len() as u64 >= prefill_bytes(&WalOptions::default()), "segments are prefilled");
+        // The third record half written, the segment's zeros after it.
+        let mut torn = bytes.clone();
+        torn[ends[1] + 100..].fill(0);
+        std::fs::write(&seg, &torn).unwrap();
+        // What a crash leaves: the next segment created, all zeros, while this one was being written.
         let prepared = t.0.join(segment_name(report.next_sequence));
-        std::fs::write(&prepared, b"").unwrap();
+        std::fs::write(&prepared, vec![0u8; 1 << 20]).unwrap();
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         assert_eq!(recovered.records, recs[..2]);
-        assert_eq!(report.torn_bytes_dropped, 100);
+        let torn_len = torn.iter().rposition(|&x| x != 0).unwrap() + 1 - ends[1];
+        assert!((1..=100).contains(&torn_len), "{torn_len}");
+        assert_eq!(report.torn_bytes_dropped, torn_len as u64);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), ends[1] as u64);
         // A torn segment with a written one after it is damage, not a tail.
-        std::fs::write(&seg, &bytes[..ends[1] + 100]).unwrap();
-        std::fs::write(&prepared, &bytes[..ends[0]]).unwrap();
+        std::fs::write(&seg, &torn).unwrap();
+        let mut written = vec![0u8; 1 << 20];
+        written[..ends[0]].copy_from_slice(&bytes[..ends[0]]);
+        std::fs::write(&prepared, &written).unwrap();
         let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
         assert!(matches!(&err, StorageError::Corrupt { file, .. } if *file == seg), "{err}");
     }
@@ -761,7 +812,7 @@ mod tests {
         let segs = segments(&t.0);
         let on_disk: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
         // Live records (about 30 slots * ~240 bytes) plus about two segments.
-        assert!(on_disk < 3 * options.segment_bytes + 8192, "{on_disk} bytes in {segs:?}");
+        assert!(on_disk <= 3 * prefill_bytes(&options), "{on_disk} bytes in {segs:?}");
         let data = DataDir::open(&t.0).unwrap();
         let (recovered, _) = data.recover().unwrap();
         assert!(recovered.records.contains(&promise), "the promise was lost with a deleted segment");
