@@ -573,7 +573,7 @@ fn prefill_bytes(options: &WalOptions) -> u64 {
 /// inode, so on ext4 io_uring must hand it to a kernel worker, and each fdatasync after it writes
 /// the inode and allocation metadata as well as flushing: about four device requests per sync. Into
 /// blocks already written and synced, a write is a plain overwrite, issued straight from the
-/// executor, and fdatasync is a single flush (`bench/README.md`, 2026-12-06: +14% durable `local`).
+/// executor, and fdatasync is a single flush (`bench/README.md`, 2026-12-06: +20% durable `local`).
 /// Zeros read as the log's clean end, so a prefilled segment scans like a short one.
 ///
 /// The file is filled under a `.tmp` name and renamed only once its zeros are durable: after a
@@ -810,6 +810,10 @@ mod tests {
         let (_, stats) = run_once(&t.0, groups, options.clone());
         assert!(stats.segments_deleted >= 8, "{stats:?}");
         let segs = segments(&t.0);
+        for p in &segs {
+            // Filled with zeros at creation, so the log only ever overwrote.
+            assert_eq!(std::fs::metadata(p).unwrap().len(), prefill_bytes(&options), "{}", p.display());
+        }
         let on_disk: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
         // Live records (about 30 slots * ~240 bytes) plus about two segments.
         assert!(on_disk <= 3 * prefill_bytes(&options), "{on_disk} bytes in {segs:?}");
@@ -897,13 +901,20 @@ mod tests {
     }
 
     #[test]
-    fn a_leftover_snapshot_tmp_is_ignored_and_removed() {
+    fn a_leftover_snapshot_or_segment_tmp_is_ignored_and_removed() {
         let t = TempDir::new("tmp");
         let tmp = t.0.join(format!("{}.tmp", snapshot_name(7)));
         std::fs::write(&tmp, b"half a snapshot").unwrap();
+        // A segment whose zero fill a crash interrupted, over blocks that held an older segment's
+        // intact records: never replayed.
+        let segment_tmp = t.0.join(format!("{}.tmp", segment_name(3)));
+        let mut stale = Vec::new();
+        encode(&accept(5, 100), &mut stale);
+        std::fs::write(&segment_tmp, &stale).unwrap();
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         assert!(recovered.is_empty() && report.snapshot_slot.is_none());
-        assert!(!tmp.exists());
+        assert_eq!((report.segments, report.next_sequence), (0, 0));
+        assert!(!tmp.exists() && !segment_tmp.exists());
     }
 
     #[test]
