@@ -34,6 +34,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits for a connection that has not yet given the password a gateway requires: Redis's
+    /// own (at most 10 arguments of at most 16 KiB each), so that a client that has proven nothing
+    /// cannot make the gateway hold megabytes per connection. `AUTH` and `HELLO` fit easily.
+    pub fn before_auth(&self) -> Limits {
+        const ARGS: usize = 10;
+        const BULK: usize = 16 << 10;
+        // `*10\r\n` and ten `$16384\r\n<16384 bytes>\r\n`, rounded up.
+        const REQUEST: usize = 8 + ARGS * (BULK + 16);
+        Limits {
+            max_bulk: self.max_bulk.min(BULK),
+            max_args: self.max_args.min(ARGS),
+            max_inline: self.max_inline.min(BULK),
+            max_request: self.max_request.min(REQUEST),
+        }
+    }
+}
+
 /// A framing error: the text Redis answers it with (after `-ERR `), then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
@@ -469,6 +487,28 @@ mod tests {
             split_args(b"GET \0k\x0bv\x0c"),
             Some(vec![b"GET".to_vec(), b"k".to_vec(), b"v".to_vec()])
         );
+    }
+
+    #[test]
+    fn before_auth_a_request_is_bounded_as_redis_bounds_it_and_auth_still_fits() {
+        let limits = Limits::default().before_auth();
+        let p = |b: &[u8]| parse_request(b, &limits);
+        let auth = p(b"*3\r\n$4\r\nAUTH\r\n$7\r\ndefault\r\n$28\r\ncorrect horse battery staple\r\n");
+        assert_eq!(auth.unwrap().unwrap().args.len(), 3);
+        assert!(p(b"*11\r\n").unwrap_err().0.contains("11 arguments, the most is 10"));
+        assert!(p(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16385\r\n").unwrap_err().0.contains("the most is 16384"));
+        // The largest request it allows is whole before the buffer limit refuses it.
+        let mut big = b"*10\r\n".to_vec();
+        for _ in 0..10 {
+            big.extend_from_slice(b"$16384\r\n");
+            big.extend(std::iter::repeat_n(b'x', 16384));
+            big.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(p(&big).unwrap().unwrap().consumed, big.len());
+        assert!(limits.max_request < Limits::default().max_request / 40);
+        // Never looser than the gateway's own limits.
+        let tight = Limits { max_bulk: 4, max_args: 3, max_inline: 16, max_request: 30 };
+        assert_eq!(tight.before_auth(), tight);
     }
 
     #[test]

@@ -306,6 +306,19 @@ fn with_a_password_file_clients_must_auth_first_and_redis_cli_does_with_dash_a()
         .collect();
     let mut proc = Proc::spawn(&dir.0, "local", &args);
     let addr = common::wait_resp_addr(&mut proc, Duration::from_secs(20));
+    // Before AUTH a request is bounded as Redis bounds it (10 arguments of 16 KiB): a client that
+    // has proven nothing cannot make the gateway hold megabytes. Refused as a framing error, closed.
+    for header in [&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$65536\r\n"[..], b"*11\r\n"] {
+        let mut early = Conn::open(addr);
+        early.0.write_all(header).unwrap();
+        let reply = String::from_utf8_lossy(&early.replies(1).remove(0)).into_owned();
+        assert!(
+            reply.starts_with("-ERR Protocol error: invalid ") && reply.contains("(before AUTH)"),
+            "{reply}"
+        );
+        let mut rest = Vec::new();
+        assert_eq!(early.0.read_to_end(&mut rest).unwrap_or(0), 0, "closed after a protocol error");
+    }
     let mut conn = Conn::open(addr);
     assert_eq!(conn.call(&["GET", "k"]), b"-NOAUTH Authentication required.\r\n");
     assert!(conn.call(&["AUTH", "wrong"]).starts_with(b"-WRONGPASS"));
@@ -315,6 +328,9 @@ fn with_a_password_file_clients_must_auth_first_and_redis_cli_does_with_dash_a()
         assert!(Instant::now() < deadline, "the gateway never served a write");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Once authenticated, the connection has the gateway's own limits.
+    let value = "v".repeat(60 << 10);
+    assert_eq!(conn.call(&["SET", "big", &value]), b"+OK\r\n");
     // redis-cli as a user runs it: without the password refused, with -a served.
     assert!(redis_cli(addr, &["GET", "k"]).contains("NOAUTH"));
     let pass = ["-a", "correct horse battery staple", "--no-auth-warning"];

@@ -440,6 +440,7 @@ async fn read_requests(
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
+    let before_auth = front.settings.limits.before_auth();
     // A request begun must be whole within the timeout (slowloris); an idle connection may wait.
     let partial = Partial::default();
     let timeout = front.settings.request_timeout;
@@ -458,11 +459,15 @@ async fn read_requests(
             let arrived = Instant::now();
             let mut parsed = 0u64;
             let closing = loop {
-                let request = match resp::parse_request(&buf[start..], &front.settings.limits) {
+                // A client that has not given the password yet gets Redis's tight limits.
+                let authenticated = conn.may_run_commands();
+                let limits = if authenticated { &front.settings.limits } else { &before_auth };
+                let request = match resp::parse_request(&buf[start..], limits) {
                     Ok(Some(request)) => request,
                     // Past `limits.max_request` the parser refuses instead, so `buf` stays bounded.
                     Ok(None) => break None,
-                    Err(e) => break Some(Reply::err(e)),
+                    Err(e) if authenticated => break Some(Reply::err(e)),
+                    Err(e) => break Some(Reply::err(format!("{e} (before AUTH)"))),
                 };
                 start += request.consumed;
                 partial.none();
