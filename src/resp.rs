@@ -360,6 +360,17 @@ fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
 /// Parses the first reply in `buf`, as a client reads it: `Ok(None)` until all of it has arrived;
 /// otherwise the reply and how many bytes it took.
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    parse_reply_nested(buf, 0)
+}
+
+/// Arrays nested deeper than this in a reply are refused: Redis's own replies nest a few levels
+/// (`COMMAND DOCS` about six), and a hostile server's `*1\r\n*1\r\n...` must not overflow the stack.
+const MAX_REPLY_DEPTH: usize = 64;
+
+fn parse_reply_nested(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if depth > MAX_REPLY_DEPTH {
+        return err(format!("a reply nests arrays more than {MAX_REPLY_DEPTH} deep"));
+    }
     let Some(end) = line_end(buf, 0) else { return Ok(None) };
     let text = || String::from_utf8_lossy(&buf[1..end]).into_owned();
     let reply = match buf[0] {
@@ -370,8 +381,11 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> 
             -1 => Reply::Nil,
             n if n < 0 => return err("invalid bulk length"),
             n => {
-                let stop = end + 2 + n as usize;
-                if buf.len() < stop + 2 {
+                // Checked: a length near i64::MAX must not wrap around into a short slice.
+                let Some(stop) = usize::try_from(n).ok().and_then(|n| (end + 2).checked_add(n)) else {
+                    return err("invalid bulk length");
+                };
+                if buf.len().saturating_sub(2) < stop {
                     return Ok(None);
                 }
                 return Ok(Some((Reply::Bulk(buf[end + 2..stop].to_vec()), stop + 2)));
@@ -384,7 +398,9 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> 
                 let mut at = end + 2;
                 let mut items = Vec::new();
                 for _ in 0..n {
-                    let Some((item, used)) = parse_reply(&buf[at..])? else { return Ok(None) };
+                    let Some((item, used)) = parse_reply_nested(&buf[at..], depth + 1)? else {
+                        return Ok(None);
+                    };
                     items.push(item);
                     at += used;
                 }
@@ -434,6 +450,12 @@ mod tests {
             assert_eq!(parse_reply(&bytes), Ok(Some((reply, bytes.len()))));
         }
         assert!(parse_reply(b"?what\r\n").is_err());
+        // A hostile server: arrays nested without end, a bulk length near i64::MAX.
+        let deep = b"*1\r\n".repeat(100_000);
+        assert!(parse_reply(&deep).unwrap_err().0.contains("more than 64 deep"));
+        let nested = b"*1\r\n".repeat(64).into_iter().chain(b":1\r\n".iter().copied()).collect::<Vec<_>>();
+        assert!(matches!(parse_reply(&nested), Ok(Some((Reply::Array(_), _)))));
+        assert_eq!(parse_reply(b"$9223372036854775807\r\nabc\r\n"), Ok(None), "incomplete, no panic");
     }
 
     fn parse(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
