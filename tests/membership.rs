@@ -135,3 +135,62 @@ fn stateless_nodes_join_under_load_serve_and_leave_by_draining_without_losing_a_
     assert!(!status.success(), "the last proxy leader left:\n{}", refused.stdout_text());
     assert!(refused.stderr_text().contains("had not drained"), "{}", refused.stderr_text());
 }
+
+#[test]
+fn a_joined_proxy_leader_takes_work_again_after_the_leader_restarts_without_memory() {
+    let _serial = common::serialize();
+    let mut cluster = Cluster::start("rejoin");
+    assert_eq!(cluster.elections_won(1), 1.0, "proposer 1 runs first, so it leads");
+    let ports = common::free_ports(2);
+    let (addr, metrics) =
+        (SocketAddr::from(([127, 0, 0, 1], ports[0])), SocketAddr::from(([127, 0, 0, 1], ports[1])));
+    let args = cluster.join_args("proxy-leader", 12, addr, metrics);
+    let mut joiner = Joiner {
+        id: 12,
+        role: "proxy-leader",
+        addr,
+        metrics,
+        proc: Proc::spawn(&cluster.dir, "join12", &args),
+    };
+    let client = cluster
+        .spawn_client("client", &["--duration", "12s", "--clients", "32", "--node", "5000", "--cores", "1"]);
+    // Bytes a proxy leader sends in `window` while it carries commands (an idle one sends a few
+    // hundred bytes in ten seconds).
+    let carries = |j: &mut Joiner, window: Duration, limit: Duration| -> Option<f64> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            assert!(j.proc.is_running(), "joined {} {} exited:\n{}", j.role, j.id, j.proc.stderr_text());
+            let before = bytes_out(j);
+            std::thread::sleep(window);
+            let sent = bytes_out(j) - before;
+            if sent > 16.0 * 1024.0 {
+                return Some(sent);
+            }
+        }
+        None
+    };
+    let sent = carries(&mut joiner, Duration::from_millis(500), Duration::from_secs(30));
+    assert!(sent.is_some(), "joined proxy leader 12 took no work");
+
+    // The leader restarts with no memory of the views and leads again (its follower is gone, so
+    // cannot take over with the views it kept). It never publishes a view to the node it forgot;
+    // it learns of it again from the replicas (which answer its stale view with theirs) or from the
+    // node's own reminder (`membership::REMINDER_PERIODS`), whichever comes first.
+    cluster.kill_node(2);
+    let killed = Instant::now();
+    cluster.kill_node(1);
+    cluster.restart_node(1);
+    cluster.wait_metrics(1, Duration::from_secs(20));
+    let back = carries(&mut joiner, Duration::from_millis(500), Duration::from_secs(8));
+    let won = cluster.elections_won(1);
+    eprintln!(
+        "leader 1 restarted (elections won in its new life: {won}); proxy leader 12 carried {back:?} \
+         bytes in 0.5 s, {:.1?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(won, 1.0, "proposer 1 did not lead again");
+    assert!(back.is_some(), "joined proxy leader 12 took no work in the 8 s after the leader's restart");
+    let proc = &mut cluster.extra[client];
+    let status = proc.wait(Duration::from_secs(60));
+    assert!(status.success(), "the client failed ({status}):\n{}", common::tail(&proc.stderr, 40));
+}

@@ -83,9 +83,11 @@ pub struct View {
     configuration: Option<Configuration>,
 }
 
-/// A stateful node (acceptor, replica, proposer) that joined and is listed reminds the proposers
-/// of its address every this many membership periods.
-pub const STATEFUL_REMINDER_PERIODS: Time = 10;
+/// A node that joined at runtime and is listed reminds the proposers of its address every this many
+/// membership periods (a stateless one until it is told to leave): a leader that restarted without
+/// memory publishes views only to the nodes it knows, so a joined node it forgot would otherwise
+/// never hear that it is no longer listed, and would sit idle.
+pub const REMINDER_PERIODS: Time = 10;
 
 /// Left nodes remembered; beyond it the oldest (lowest id) tombstones are dropped.
 pub const MAX_TOMBSTONES: usize = 10_000;
@@ -486,7 +488,8 @@ impl NodeMembership {
             return;
         }
         self.next_at = None;
-        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || !is_stateless(self.role)) {
+        let reminds = self.draining.is_none() || !is_stateless(self.role);
+        if let Some(addr) = self.join_addr.as_ref().filter(|_| self.announcing || reminds) {
             for &p in self.proposers() {
                 out.send(p, Msg::Join { role: self.role, addr: addr.clone() });
             }
@@ -497,10 +500,10 @@ impl NodeMembership {
                     out.send(r, Msg::Join { role: self.role, addr: addr.clone() });
                 }
             }
-            // A stateful node that joined keeps reminding the proposers, less often, as long as
-            // it runs: a leader that restarted without memory, and never had a view that lists
-            // it, learns of it in time to route to it.
-            let periods = if self.announcing { 1 } else { STATEFUL_REMINDER_PERIODS };
+            // A node that joined keeps reminding the proposers, less often, as long as it serves:
+            // a leader that restarted without memory, and never had a view that lists it, learns
+            // of it in time to route to it.
+            let periods = if self.announcing { 1 } else { REMINDER_PERIODS };
             self.next_at = Some(now + periods * self.period_us);
             return;
         }
@@ -594,9 +597,24 @@ mod tests {
         let mut view = View::from_config(&c);
         view.join(50, RoleKind::Batcher, "127.0.0.1:5".into());
         assert!(m.on_view(&view));
-        let mut out = Out::new(false);
-        m.on_timeout(1_000, true, &mut out);
-        assert!(out.msgs.is_empty(), "joined: no more announcements");
+        assert_eq!(m.status(RoleKind::Batcher).state, NodeState::Up);
+        // Listed: it no longer announces every period, but reminds the proposers (only them) every
+        // REMINDER_PERIODS, so that a leader restarted without memory learns of it again.
+        let joins_to = |m: &mut NodeMembership, now| {
+            let mut out = Out::new(false);
+            m.on_timeout(now, true, &mut out);
+            let joins =
+                out.msgs.iter().filter(|(_, m)| matches!(m, Msg::Join { role: RoleKind::Batcher, .. }));
+            joins.map(|(to, _)| *to).collect::<Vec<NodeId>>()
+        };
+        assert_eq!(joins_to(&mut m, 1_000), c.proposers);
+        assert!(joins_to(&mut m, 2_000).is_empty() && joins_to(&mut m, 10_000).is_empty());
+        assert_eq!(joins_to(&mut m, 11_000), c.proposers);
+        // Told to leave: no reminder brings it back into service.
+        m.on_leave(11_500, 9_999, &mut Out::new(false));
+        for now in (12_000..40_000).step_by(1_000) {
+            assert!(joins_to(&mut m, now).is_empty(), "a draining node reminded at {now}");
+        }
     }
 
     #[test]
