@@ -6,8 +6,9 @@
 //! joiners in service and mark a node left once it reports [`Msg::Left`]; the leader alone moves a
 //! node that asks to leave ([`Msg::Leaving`]) to leaving (no new work goes to it), one request at a
 //! time, so that the last node of a role stays. The leader publishes its [`View`] to every node
-//! that routes work to stateless nodes: proposers, replicas (which pick unbatchers), batchers (which pass it on to their clients), and the
-//! stateless nodes themselves (which learn from it that they joined, or that no new work will come).
+//! that routes work to stateless nodes: proposers, replicas (which pick unbatchers), batchers
+//! (which pass it on to their clients), and the stateless nodes themselves (which learn from it
+//! that they joined, or that no new work will come).
 //!
 //! Acceptors new to the cluster announce themselves the same way, so that views carry their
 //! addresses before a change of configuration names them; they are not routed to as stateless
