@@ -155,7 +155,11 @@ impl NodeMetrics {
             Event::Executed { .. } => self.slots_executed.increment(1),
             Event::Applied { .. } => self.commands_applied.increment(1),
             Event::Completed { .. } => self.commands_completed.increment(1),
-            Event::BecameLeader { .. } => self.elections.increment(1),
+            Event::BecameLeader { ballot } => {
+                // Rare, and the first thing an operator asks after an outage: who led, from when.
+                tracing::info!(node = %self.node, round = ballot.round, "became leader");
+                self.elections.increment(1)
+            }
             Event::Shed { commands } => self.commands_shed.increment(*commands),
             Event::Refused { .. } => self.requests_refused.increment(1),
             Event::Left => tracing::info!(role = self.role, node = %self.node, "drained and left"),

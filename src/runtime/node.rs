@@ -428,6 +428,7 @@ async fn release(host: &Rc<Host>, wal: &mut Wal, done: InFlight) {
 async fn status_loop(host: Rc<Host>) {
     let mut digested_at = None;
     let mut last = None;
+    let mut was_leading = false;
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         let role = host.role.borrow();
@@ -435,6 +436,10 @@ async fn status_loop(host: Rc<Host>) {
         host.metrics.set_state(status.state);
         if host.kind == RoleKind::Proposer {
             host.metrics.leader.set(if status.leading { 1.0 } else { 0.0 });
+            if was_leading && !status.leading {
+                tracing::info!(node = host.id, "no longer leads");
+            }
+            was_leading = status.leading;
         }
         let Some(replica) = role.as_replica() else { continue };
         let watermark = replica.executed_watermark();
