@@ -293,6 +293,17 @@ impl Host {
         let mut writer = peer.writer.borrow_mut();
         if writer.len_bytes() > MAX_QUEUED_BYTES {
             self.metrics.unroutable.increment(1);
+            // Silent drops make an outage hard to explain afterwards: say so, at most once a second.
+            if let Some(suppressed) = self.admission.borrow_mut().may_log("send queue full") {
+                tracing::warn!(
+                    node = self.id,
+                    peer = to,
+                    suppressed,
+                    "dropped a {} for node {to}: {MAX_QUEUED_BYTES} bytes already wait for it (it is \
+                     not reading, or its connection is down)",
+                    msg.name()
+                );
+            }
             return;
         }
         if let Err(e) = writer.push_msg(msg) {
