@@ -317,7 +317,8 @@ struct JepsenArgs {
     /// Seeds the faults and the operations (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Keep the run's directory (cluster files, logs, data) here.
+    /// Keep the run's directory (cluster files, logs, data, and metrics-timeline.txt: every node's
+    /// counters, once a second) here.
     #[arg(long)]
     keep: Option<PathBuf>,
     /// Print one JSON object (the report) as the last line of output.

@@ -158,6 +158,8 @@ struct Process {
     what: String,
     args: Vec<String>,
     log: PathBuf,
+    /// Where the node serves /metrics (the same port across restarts); gateways serve none.
+    metrics: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -264,10 +266,15 @@ impl Cluster {
         let config = ClusterConfig::f1(1, 1, 1, 1);
         let nodes: Vec<(NodeId, &'static str)> =
             config.all_nodes().map(|(id, kind)| (id, kind.name())).collect();
-        let (node_addrs, held) = reserve_addresses(nodes.len() + GATEWAYS.len())?;
+        let (node_addrs, held) = reserve_addresses(2 * nodes.len() + GATEWAYS.len())?;
         let listen: BTreeMap<NodeId, SocketAddr> =
             nodes.iter().map(|n| n.0).zip(node_addrs.iter().copied()).collect();
-        let gateway_addrs = node_addrs[nodes.len()..].to_vec();
+        let gateway_addrs = node_addrs[nodes.len()..nodes.len() + GATEWAYS.len()].to_vec();
+        let metrics_addrs: BTreeMap<NodeId, SocketAddr> = nodes
+            .iter()
+            .map(|n| n.0)
+            .zip(node_addrs[nodes.len() + GATEWAYS.len()..].iter().copied())
+            .collect();
         let everyone: Vec<NodeId> = nodes.iter().map(|n| n.0).chain(GATEWAYS).collect();
         let links: Vec<(NodeId, NodeId)> = everyone
             .iter()
@@ -298,6 +305,8 @@ impl Cluster {
             std::fs::write(&path, file).map_err(|e| format!("{}: {e}", path.display()))?;
             let core = (me % 2).to_string();
             let config_arg = path.display().to_string();
+            let metrics = metrics_addrs.get(&me).copied();
+            let metrics_arg = metrics.map(|a| a.to_string()).unwrap_or_default();
             let (what, args) = match nodes.iter().find(|n| n.0 == me) {
                 Some(&(_, role)) => (
                     format!("node {me} ({role})"),
@@ -308,7 +317,7 @@ impl Cluster {
                         "--node",
                         &me.to_string(),
                         "--metrics-addr",
-                        "127.0.0.1:0",
+                        &metrics_arg,
                         "--cores",
                         &core,
                     ]
@@ -335,7 +344,7 @@ impl Cluster {
                 }
             };
             let log = dir.join(format!("{}.log", what.replace([' ', '(', ')'], "_")));
-            processes.insert(me, Process { what, args, log, child: None });
+            processes.insert(me, Process { what, args, log, metrics, child: None });
         }
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
@@ -521,6 +530,45 @@ fn client(shared: Arc<Shared>, index: u32) {
     }
 }
 
+/// With `--keep`: once a second until the clients stop, every node's counters and gauges (not its
+/// histograms) from its /metrics, one line each, `seconds-since-start node-name metric value`, so a
+/// stall found afterwards can be traced to the node and the message kind that stopped. A node that
+/// is down or paused is skipped that second.
+fn record_timeline(shared: &Shared, targets: &[(String, SocketAddr)], path: &Path) {
+    let Ok(mut file) = std::fs::File::create(path) else {
+        tracing::warn!("cannot create {}: no metrics timeline", path.display());
+        return;
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let second = Instant::now();
+        let at = shared.started.elapsed().as_secs_f64();
+        let mut lines = String::new();
+        for (what, addr) in targets {
+            let Some(body) = scrape(*addr) else { continue };
+            let name = what.replace([' ', '(', ')'], "_");
+            for line in body.lines().filter(|l| l.starts_with("autopaxos_") && !l.contains("_seconds")) {
+                let _ = writeln!(lines, "{at:.1} {name} {line}");
+            }
+        }
+        if file.write_all(lines.as_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(second.elapsed()));
+    }
+}
+
+/// One GET of /metrics, within 300 ms; `None` if the node does not answer.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let timeout = Duration::from_millis(300);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 /// How a fault is undone: given the cluster and the fault log.
 type Undo = Box<dyn FnOnce(&mut Cluster, &mut dyn FnMut(String))>;
 
@@ -679,12 +727,18 @@ pub fn run(opts: JepsenOptions) -> Result<JepsenReport, String> {
             std::thread::spawn(move || client(shared, i))
         })
         .collect();
+    let timeline = opts.keep.as_ref().map(|_| {
+        let targets: Vec<(String, SocketAddr)> =
+            cluster.processes.values().filter_map(|p| Some((p.what.clone(), p.metrics?))).collect();
+        let (shared, path) = (shared.clone(), dir.join("metrics-timeline.txt"));
+        std::thread::spawn(move || record_timeline(&shared, &targets, &path))
+    });
     let mut faults = Vec::new();
     nemesis(&mut cluster, &opts, shared.started, shared.started + opts.duration, &mut faults);
     let healed_at = shared.started.elapsed().as_secs_f64();
     std::thread::sleep(opts.recovery);
     shared.stop.store(true, Ordering::Relaxed);
-    for t in threads {
+    for t in threads.into_iter().chain(timeline) {
         let _ = t.join();
     }
     let total = shared.started.elapsed().as_secs_f64();
