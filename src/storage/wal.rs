@@ -358,10 +358,7 @@ impl Wal {
             let blocks = self.buf_len.div_ceil(BLOCK) * BLOCK;
             let mut out = self.file.alloc_dma_buffer(blocks);
             out.as_bytes_mut().copy_from_slice(&self.buf.as_bytes()[..blocks]);
-            let n = self.file.write_at(out, self.buf_start).await.map_err(io(&path))?;
-            if n != blocks {
-                return Err(StorageError::io(&path, short_write(n, blocks)));
-            }
+            write_whole(&self.file, out, self.buf_start, &path).await?;
             // Keep only the partial last block, at the start of the buffer.
             let whole = self.buf_len / BLOCK * BLOCK;
             if whole > 0 {
@@ -486,14 +483,7 @@ impl Wal {
         let name = snapshot_name(slot);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let fin = self.dir.join(&name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .dma_open(&tmp)
-            .await
-            .map_err(io(&tmp))?;
+        let file = create_tmp(&tmp).await?;
         let header = snapshot_header(slot, state);
         let total = header.len() + state.len();
         let mut pos = 0usize;
@@ -511,10 +501,7 @@ impl Wal {
             b[..from_header].copy_from_slice(&header_left[..from_header]);
             let state_at = (pos + from_header).saturating_sub(header.len());
             b[from_header..n].copy_from_slice(&state[state_at..state_at + n - from_header]);
-            let w = file.write_at(buf, pos as u64).await.map_err(io(&tmp))?;
-            if w != padded {
-                return Err(StorageError::io(&tmp, short_write(w, padded)));
-            }
+            write_whole(&file, buf, pos as u64, &tmp).await?;
             pos += n;
         }
         file.truncate(total as u64).await.map_err(io(&tmp))?;
@@ -582,23 +569,11 @@ fn prefill_bytes(options: &WalOptions) -> u64 {
 async fn create_segment(dir: &Path, sequence: u64, prefill: u64) -> Result<Rc<DmaFile>, StorageError> {
     let path = dir.join(segment_name(sequence));
     let tmp = dir.join(format!("{}.tmp", segment_name(sequence)));
-    let file = OpenOptions::new()
-        // Readable too: glommio probes the device's iopoll support with a read on first open
-        // (write-only, the probe fails with EBADF and logs an error).
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(&tmp)
-        .await
-        .map_err(io(&tmp))?;
+    let file = create_tmp(&tmp).await?;
     let mut pos = 0;
     while pos < prefill {
         let n = (prefill - pos).min(PREFILL_CHUNK as u64) as usize;
-        let w = file.write_at(zeroed(&file, n), pos).await.map_err(io(&tmp))?;
-        if w != n {
-            return Err(StorageError::io(&tmp, short_write(w, n)));
-        }
+        write_whole(&file, zeroed(&file, n), pos, &tmp).await?;
         pos += n as u64;
     }
     file.fdatasync().await.map_err(io(&tmp))?;
@@ -606,6 +581,30 @@ async fn create_segment(dir: &Path, sequence: u64, prefill: u64) -> Result<Rc<Dm
     // Without this a synced record could sit in a file whose name a crash forgets.
     sync_dir(dir).await?;
     Ok(Rc::new(file))
+}
+
+/// Creates (or empties) `tmp` for direct I/O: a file that is renamed into place once written.
+async fn create_tmp(tmp: &Path) -> Result<DmaFile, StorageError> {
+    OpenOptions::new()
+        // Readable too: glommio probes the device's iopoll support with a read on first open
+        // (write-only, the probe fails with EBADF and logs an error).
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(tmp)
+        .await
+        .map_err(io(tmp))
+}
+
+/// Writes all of `buf` at `pos` of `file` (named `path` in errors); a short write is an error.
+async fn write_whole(file: &DmaFile, buf: DmaBuffer, pos: u64, path: &Path) -> Result<(), StorageError> {
+    let want = buf.len();
+    let written = file.write_at(buf, pos).await.map_err(io(path))?;
+    if written != want {
+        return Err(StorageError::io(path, short_write(written, want)));
+    }
+    Ok(())
 }
 
 fn cancelled(path: &Path, what: &str) -> StorageError {
