@@ -544,7 +544,9 @@ fn record_timeline(shared: &Shared, targets: &[(String, SocketAddr)], path: &Pat
         let at = shared.started.elapsed().as_secs_f64();
         let mut lines = String::new();
         for (what, addr) in targets {
-            let Some(body) = scrape(*addr) else { continue };
+            let Ok(body) = crate::autoscale::scrape::fetch(*addr, Duration::from_millis(300)) else {
+                continue;
+            };
             let name = what.replace([' ', '(', ')'], "_");
             for line in body.lines().filter(|l| l.starts_with("autopaxos_") && !l.contains("_seconds")) {
                 let _ = writeln!(lines, "{at:.1} {name} {line}");
@@ -555,18 +557,6 @@ fn record_timeline(shared: &Shared, targets: &[(String, SocketAddr)], path: &Pat
         }
         std::thread::sleep(Duration::from_secs(1).saturating_sub(second.elapsed()));
     }
-}
-
-/// One GET of /metrics, within 300 ms; `None` if the node does not answer.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let timeout = Duration::from_millis(300);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 /// How a fault is undone: given the cluster and the fault log.
