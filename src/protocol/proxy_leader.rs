@@ -102,6 +102,12 @@ impl ProxyLeader {
             if existing.ballot == entry.ballot {
                 // The leader re-proposed the same slot: its Phase 2 began with the first Phase2a.
                 entry.first_sent_at = existing.first_sent_at;
+                if existing.value == entry.value && existing.group == entry.group {
+                    // The votes already counted stand (one ballot proposes one value per slot):
+                    // forgetting them would make a slot whose votes take longer than the leader's
+                    // resend period never reach a quorum.
+                    entry.acks = existing.acks.clone();
+                }
             }
         } else if self.in_flight.len() >= MAX_PROXY_IN_FLIGHT {
             out.dropped("proxy leader: in-flight limit reached");
@@ -297,6 +303,20 @@ mod tests {
         assert_eq!(out.events, vec![Event::Stage { stage: Stage::Phase2, micros: t + 400 }]);
         p.handle_message(100 + t + 500, 5, Msg::Phase2b { ballot: B, slot: 0 }, &mut out);
         assert_eq!(out.events.len(), 1, "one event per slot: a late vote adds none");
+    }
+
+    #[test]
+    fn a_re_proposal_keeps_the_votes_already_counted() {
+        let (mut p, _) = setup();
+        let propose = || Msg::Propose { ballot: B, slot: 0, value: Value::Noop, group: vec![3, 4, 5] };
+        call(&mut p, 1, propose());
+        call(&mut p, 3, Msg::Phase2b { ballot: B, slot: 0 });
+        let resent = call(&mut p, 1, propose());
+        let to: Vec<_> = resent.iter().map(|(to, _)| *to).collect();
+        assert_eq!(to, vec![4, 5], "asks only the acceptors that have not voted");
+        let chosen = call(&mut p, 4, Msg::Phase2b { ballot: B, slot: 0 });
+        assert!(chosen.iter().all(|(_, m)| matches!(m, Msg::Chosen { slot: 0, .. })));
+        assert!(!chosen.is_empty(), "the vote before the re-proposal and the one after make a quorum");
     }
 
     #[test]
