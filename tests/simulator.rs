@@ -47,6 +47,8 @@ fn five_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() 
         "{summary:?}"
     );
     assert!(summary.faults.slot_reads > 1_000, "{summary:?}");
+    // And processes paused and resumed with what waited for them.
+    assert!(summary.faults.pauses > 10_000, "{summary:?}");
 }
 
 #[test]

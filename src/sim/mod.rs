@@ -160,6 +160,8 @@ pub struct FaultCounts {
     pub leaders_replaced: u64,
     /// Nodes crashed while a change that adds or removes them was under way.
     pub reconfig_crashes: u64,
+    /// Processes paused (stopped, then run again with what waited for them).
+    pub pauses: u64,
 }
 
 impl FaultCounts {
@@ -179,6 +181,7 @@ impl FaultCounts {
         self.proposer_changes += other.proposer_changes;
         self.leaders_replaced += other.leaders_replaced;
         self.reconfig_crashes += other.reconfig_crashes;
+        self.pauses += other.pauses;
     }
 }
 
@@ -189,7 +192,7 @@ impl std::fmt::Display for FaultCounts {
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
-             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}",
+             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -203,7 +206,8 @@ impl std::fmt::Display for FaultCounts {
             self.replica_changes,
             self.proposer_changes,
             self.leaders_replaced,
-            self.reconfig_crashes
+            self.reconfig_crashes,
+            self.pauses
         )
     }
 }
@@ -254,6 +258,9 @@ struct SimNode {
     corrupted: bool,
     /// A crash is due as soon as the node next writes (a crash between write and sync).
     crash_on_write: bool,
+    /// Stopped (not crashed): deliveries and completed syncs wait in `waiting` until it resumes.
+    paused: bool,
+    waiting: Vec<Pending>,
 }
 
 impl SimNode {
@@ -274,6 +281,8 @@ impl SimNode {
             dead: false,
             corrupted: false,
             crash_on_write: false,
+            paused: false,
+            waiting: Vec::new(),
         }
     }
 }
@@ -366,6 +375,8 @@ pub struct Simulator<'t> {
     corruption_rate: f64,
     /// Teaching faults, from their own stream: wiped replica disks, teachers crashing mid-transfer.
     teach_rng: ChaCha8Rng,
+    /// Whether a resumed node's overdue timers or its waiting messages go first.
+    pause_order_rng: ChaCha8Rng,
     /// Chance that a restarting replica finds its disk empty (0 for most seeds).
     wipe_rate: f64,
     /// Heavy faults, not scripted: teaching's faults are on.
@@ -529,6 +540,7 @@ impl<'t> Simulator<'t> {
             disk_rng,
             corruption_rate,
             teach_rng,
+            pause_order_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a05f)),
             wipe_rate,
             teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
             reconfig_rng,
@@ -600,7 +612,13 @@ impl<'t> Simulator<'t> {
             Some(scripted) => scripted,
             None => {
                 let phase = self.opts.fault_phase_us;
-                network::schedule(self.opts.faults, &mut self.rng, &crashable, &crashable, phase)
+                let mut faults =
+                    network::schedule(self.opts.faults, &mut self.rng, &crashable, &crashable, phase);
+                if self.opts.faults == FaultLevel::Heavy {
+                    let mut pause_rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0x9a05e));
+                    faults.extend(network::schedule_pauses(&mut pause_rng, &crashable, phase));
+                }
+                faults
             }
         };
         for (at, fault) in faults {
@@ -648,7 +666,7 @@ impl<'t> Simulator<'t> {
     fn next_timer(&self) -> Option<(NodeId, Time)> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.up)
+            .filter(|(_, n)| n.up && !n.paused)
             .filter_map(|(&id, n)| n.member.role_ref().poll_timeout().map(|at| (id, at)))
             .min_by_key(|&(id, at)| (at, id))
     }
@@ -682,7 +700,55 @@ impl<'t> Simulator<'t> {
             Pending::Join(kind) => self.join(kind),
             Pending::Leave(id) => self.ask_to_leave(id),
             Pending::Reconfigure => self.reconfigure(),
+            Pending::Synced { node, incarnation } if self.is_paused(node) => {
+                self.wait_for_resume(node, Pending::Synced { node, incarnation })
+            }
             Pending::Synced { node, incarnation } => self.synced(node, incarnation),
+        }
+    }
+
+    fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.paused)
+    }
+
+    /// Something for a paused node (a message in its socket buffer, a sync the kernel finished):
+    /// it sees it when it runs again.
+    fn wait_for_resume(&mut self, id: NodeId, what: Pending) {
+        self.nodes.get_mut(&id).expect("a paused node exists").waiting.push(what);
+    }
+
+    fn pause(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if !node.up || node.paused {
+            return;
+        }
+        node.paused = true;
+        self.outcome.faults.pauses += 1;
+        self.trace(|| format!("{id} pauses"));
+    }
+
+    /// The node runs again: what waited is handled in arrival order, and the timers that fell due
+    /// meanwhile fire either before it (a process whose timer task runs first) or after it.
+    fn resume(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let waiting = std::mem::take(&mut node.waiting);
+        let timers_first = self.pause_order_rng.gen_bool(0.5);
+        self.trace(|| format!("{id} resumes with {} waiting; timers first: {timers_first}", waiting.len()));
+        for what in waiting {
+            if timers_first {
+                // Scheduled now, after the overdue timers (a timer due before `now` goes first).
+                self.schedule(self.now, what);
+            } else {
+                match what {
+                    Pending::Deliver { from, to, msg } => self.deliver(from, to, msg),
+                    Pending::Synced { node, incarnation } => self.synced(node, incarnation),
+                    _ => unreachable!("only deliveries and syncs wait for a paused node"),
+                }
+            }
         }
     }
 
@@ -896,6 +962,9 @@ impl<'t> Simulator<'t> {
         if !self.nodes.get(&to).is_some_and(|n| n.up) {
             self.trace(|| format!("lost {from} -> {to} {msg} (receiver down)"));
             return;
+        }
+        if self.is_paused(to) {
+            return self.wait_for_resume(to, Pending::Deliver { from, to, msg });
         }
         self.outcome.delivered += 1;
         self.trace(|| format!("{from} -> {to} {msg}"));
@@ -1116,6 +1185,8 @@ impl<'t> Simulator<'t> {
             Fault::Crash(id) => self.crash(id),
             Fault::Restart(id) => self.restart(id),
             Fault::Block(..) | Fault::Unblock(..) => self.partitions.apply(&fault),
+            Fault::Pause(id) => self.pause(id),
+            Fault::Resume(id) => self.resume(id),
         }
     }
 
@@ -1136,6 +1207,9 @@ impl<'t> Simulator<'t> {
         node.sync = None;
         node.held.clear();
         node.held_events.clear();
+        // A paused process killed: what waited in its buffers dies with it.
+        node.paused = false;
+        node.waiting.clear();
         self.outcome.faults.crashes += 1;
         if let Some(disk) = node.disk.as_mut() {
             let damage = disk.crash(&mut self.disk_rng, corrupt);
@@ -1278,6 +1352,10 @@ impl<'t> Simulator<'t> {
         }
         self.link = LinkModel::HEALTHY;
         self.partitions.clear();
+        let paused: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.paused).map(|(&id, _)| id).collect();
+        for id in paused {
+            self.resume(id);
+        }
         let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| !n.up).map(|(&id, _)| id).collect();
         for id in down {
             self.restart(id);

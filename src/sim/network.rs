@@ -14,7 +14,8 @@ pub enum FaultLevel {
     None,
     /// A little loss and duplication, one crash and one partition.
     Light,
-    /// Heavy loss, duplication and reordering; repeated crashes (leaders included) and partitions.
+    /// Heavy loss, duplication and reordering; repeated crashes (leaders included), partitions
+    /// and pauses.
     Heavy,
 }
 
@@ -82,6 +83,11 @@ pub enum Fault {
     Block(NodeId, NodeId),
     /// Undoes a `Block`.
     Unblock(NodeId, NodeId),
+    /// The process stops running (SIGSTOP, a VM stall): what is sent to it waits in its socket
+    /// buffers, its timers fall due unanswered, and it sends nothing.
+    Pause(NodeId),
+    /// It runs again, finding everything that waited at once.
+    Resume(NodeId),
 }
 
 /// Partitions in force: directed pairs whose messages are lost.
@@ -158,6 +164,20 @@ pub fn schedule(
                 cut(other, node);
             }
         }
+    }
+    faults
+}
+
+/// Draws the pauses of a heavy run (from a stream of their own, so that the other faults of a seed
+/// stay what they were): a few, of any node, some longer than an election timeout.
+pub fn schedule_pauses(rng: &mut ChaCha8Rng, nodes: &[NodeId], until: Time) -> Vec<(Time, Fault)> {
+    let mut faults = Vec::new();
+    for _ in 0..rng.gen_range(2..=6) {
+        let node = nodes[rng.gen_range(0..nodes.len())];
+        let start = rng.gen_range(0..until * 3 / 4);
+        let end = (start + rng.gen_range(5_000..=until / 4)).min(until);
+        faults.push((start, Fault::Pause(node)));
+        faults.push((end, Fault::Resume(node)));
     }
     faults
 }
