@@ -162,6 +162,8 @@ pub struct FaultCounts {
     pub reconfig_crashes: u64,
     /// Processes paused (stopped, then run again with what waited for them).
     pub pauses: u64,
+    /// Syncs slowed by a slow disk (tens of milliseconds, longer than a resend timeout).
+    pub slow_syncs: u64,
 }
 
 impl FaultCounts {
@@ -182,6 +184,7 @@ impl FaultCounts {
         self.leaders_replaced += other.leaders_replaced;
         self.reconfig_crashes += other.reconfig_crashes;
         self.pauses += other.pauses;
+        self.slow_syncs += other.slow_syncs;
     }
 }
 
@@ -192,7 +195,7 @@ impl std::fmt::Display for FaultCounts {
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
-             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}",
+             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -207,7 +210,8 @@ impl std::fmt::Display for FaultCounts {
             self.proposer_changes,
             self.leaders_replaced,
             self.reconfig_crashes,
-            self.pauses
+            self.pauses,
+            self.slow_syncs
         )
     }
 }
@@ -377,6 +381,9 @@ pub struct Simulator<'t> {
     teach_rng: ChaCha8Rng,
     /// Whether a resumed node's overdue timers or its waiting messages go first.
     pause_order_rng: ChaCha8Rng,
+    /// In some heavy seeds the disks are slow while faults are on: each sync takes tens of
+    /// milliseconds more (a throttled or overloaded volume), longer than a resend timeout.
+    slow_disk_rng: Option<ChaCha8Rng>,
     /// Chance that a restarting replica finds its disk empty (0 for most seeds).
     wipe_rate: f64,
     /// Heavy faults, not scripted: teaching's faults are on.
@@ -450,6 +457,11 @@ impl<'t> Simulator<'t> {
         let drawn_f = [1, 1, 2, 3][shape.gen_range(0..4)];
         let f = if opts.scripted_faults.is_some() { 1 } else { opts.f.unwrap_or(drawn_f) };
         let mut disk_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xd15c));
+        // A stream of its own, so that older seeds keep their draws.
+        let mut slow_disk_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x5105));
+        let slow_disks =
+            opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none() && slow_disk_rng.gen_bool(0.2);
+        let slow_disk_rng = slow_disks.then_some(slow_disk_rng);
         let corruption_rate = if disk_rng.gen_bool(0.3) { 0.2 } else { 0.0 };
         let snapshot_interval = [3, 16, 20_000][disk_rng.gen_range(0..3)];
         let cluster = ClusterConfig::with_f(f, groups, proxies, batchers, unbatchers);
@@ -541,6 +553,7 @@ impl<'t> Simulator<'t> {
             corruption_rate,
             teach_rng,
             pause_order_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a05f)),
+            slow_disk_rng,
             wipe_rate,
             teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
             reconfig_rng,
@@ -1065,7 +1078,11 @@ impl<'t> Simulator<'t> {
         }
         node.sync = Some(waiting);
         let incarnation = node.incarnation;
-        let latency = self.disk_rng.gen_range(100..3_000);
+        let mut latency = self.disk_rng.gen_range(100..3_000);
+        if let (true, Some(slow)) = (self.faults_on, self.slow_disk_rng.as_mut()) {
+            latency += slow.gen_range(10_000..150_000);
+            self.outcome.faults.slow_syncs += 1;
+        }
         self.schedule(self.now + latency, Pending::Synced { node: id, incarnation });
     }
 
