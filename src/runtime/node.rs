@@ -339,6 +339,8 @@ impl Host {
 
 /// Syncs a durable node keeps in flight at once before it waits for the oldest.
 const SYNCS_IN_FLIGHT: usize = 4;
+/// A sync at least this long is logged (at most once a second).
+const SLOW_SYNC: Duration = Duration::from_millis(500);
 
 /// One sync in flight and what waits for it.
 struct InFlight {
@@ -346,6 +348,8 @@ struct InFlight {
     held: Vec<(NodeId, Msg)>,
     records: usize,
     started: Instant,
+    /// Already logged as stalled (once per sync).
+    stall_logged: bool,
 }
 
 /// Appends what the role queued to the log, starts a sync, and routes the messages that waited for
@@ -381,10 +385,33 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
             Ok(None) => return,
             Ok(Some(())) => {}
         }
+        if let Some(oldest) =
+            in_flight.front_mut().filter(|o| !o.stall_logged && o.started.elapsed() >= SLOW_SYNC)
+        {
+            // A stalled disk says so while it stalls, not only once it comes back.
+            oldest.stall_logged = true;
+            tracing::warn!(
+                node = host.id,
+                syncs_in_flight = in_flight.len(),
+                "a sync has not completed for {:.1}s; votes and reports wait for it",
+                oldest.started.elapsed().as_secs_f64()
+            );
+        }
         let Unsynced { records, mut held } = std::mem::take(&mut *unsynced.borrow_mut());
         if !records.is_empty() {
+            let began = Instant::now();
             if let Err(e) = wal.append(&records).await {
                 super::launch::fatal_storage_error(host.id, &e);
+            }
+            // An append waits for the disk only when its writes back up (or a segment is being
+            // prepared): a slow one is the same story as a slow sync.
+            if began.elapsed() >= SLOW_SYNC {
+                tracing::warn!(
+                    node = host.id,
+                    records = records.len(),
+                    "appending to the log took {:.1}s; votes and reports wait for it",
+                    began.elapsed().as_secs_f64()
+                );
             }
             unsynced_records += records.len();
         }
@@ -410,7 +437,13 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
         }
         let started = Instant::now();
         match wal.start_sync().await {
-            Ok(sync) => in_flight.push_back(InFlight { sync, held, records: unsynced_records, started }),
+            Ok(sync) => in_flight.push_back(InFlight {
+                sync,
+                held,
+                records: unsynced_records,
+                started,
+                stall_logged: false,
+            }),
             Err(e) => super::launch::fatal_storage_error(host.id, &e),
         }
         unsynced_records = 0;
@@ -420,7 +453,22 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
 /// A sync completed: count it, route the messages that waited for it, then let the log delete what
 /// a now-durable trim condemned.
 async fn release(host: &Rc<Host>, wal: &mut Wal, done: InFlight) {
-    host.metrics.persisted(done.records, done.started.elapsed());
+    let took = done.started.elapsed();
+    host.metrics.persisted(done.records, took);
+    if took >= SLOW_SYNC {
+        // Votes and reports wait for syncs: a disk that stalls stalls the node, and only its log
+        // can say so afterwards (every durable node at once points at the disk, not the protocol).
+        if let Some(suppressed) = host.admission.borrow_mut().may_log("slow sync") {
+            tracing::warn!(
+                node = host.id,
+                records = done.records,
+                waiting_messages = done.held.len(),
+                suppressed,
+                "a sync took {:.1}s; what waited for it could not leave before",
+                took.as_secs_f64()
+            );
+        }
+    }
     if host.kind == RoleKind::Acceptor {
         super::launch::ACCEPTOR_SYNCS.add(done.records);
     }
