@@ -388,7 +388,7 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
         if let Some(oldest) =
             in_flight.front_mut().filter(|o| !o.stall_logged && o.started.elapsed() >= SLOW_SYNC)
         {
-            // A stalled disk says so while it stalls, not only once it comes back.
+            // A stalled sync is reported while it stalls, not only once it completes.
             oldest.stall_logged = true;
             tracing::warn!(
                 node = host.id,
@@ -456,8 +456,8 @@ async fn release(host: &Rc<Host>, wal: &mut Wal, done: InFlight) {
     let took = done.started.elapsed();
     host.metrics.persisted(done.records, took);
     if took >= SLOW_SYNC {
-        // Votes and reports wait for syncs: a disk that stalls stalls the node, and only its log
-        // can say so afterwards (every durable node at once points at the disk, not the protocol).
+        // Votes and reports wait for syncs: a sync that stalls stalls the node, and only its log
+        // can say so afterwards.
         if let Some(suppressed) = host.admission.borrow_mut().may_log("slow sync") {
             tracing::warn!(
                 node = host.id,
