@@ -405,13 +405,18 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
             }
             // An append waits for the disk only when its writes back up (or a segment is being
             // prepared): a slow one is the same story as a slow sync.
-            if began.elapsed() >= SLOW_SYNC {
-                tracing::warn!(
-                    node = host.id,
-                    records = records.len(),
-                    "appending to the log took {:.1}s; votes and reports wait for it",
-                    began.elapsed().as_secs_f64()
-                );
+            let took = began.elapsed();
+            if took >= SLOW_SYNC {
+                // Rate-limited like slow syncs: a slow disk slows every append.
+                if let Some(suppressed) = host.admission.borrow_mut().may_log("slow append") {
+                    tracing::warn!(
+                        node = host.id,
+                        records = records.len(),
+                        suppressed,
+                        "appending to the log took {:.1}s; votes and reports wait for it",
+                        took.as_secs_f64()
+                    );
+                }
             }
             unsynced_records += records.len();
         }
