@@ -205,6 +205,11 @@ const CHURN_REGRESSION_SEEDS: &[(u64, &str)] = &[
         "batcher 501 joined under leader 1.1; leader 1.2 never heard of it, so never released the \
          batch it parked during the election; it shed every request with Busy for good (overload)",
     ),
+    (
+        1970,
+        "with re-proposals backing off, slots 17 and 18 were re-proposed together, in turn through \
+         the two proxy leaders: slot 17 always through proxy leader 7, which had left (liveness)",
+    ),
 ];
 
 /// Churn seeds that found bugs without any node leaving.

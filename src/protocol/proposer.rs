@@ -117,8 +117,21 @@ struct PendingReconfig {
 #[derive(Debug)]
 struct InFlight {
     value: Value,
-    proposed_at: Time,
+    /// When it is proposed again if still not executed.
+    due_at: Time,
+    /// The proxy leader it went through last: a re-proposal goes through another one, in case
+    /// that one is gone.
+    proxy: NodeId,
+    /// Re-proposals so far: each waits twice as long as the one before (up to
+    /// [`MAX_RESEND_BACKOFF_SHIFT`] doublings).
+    resends: u32,
 }
+
+/// A slot's re-proposals back off: 1, 2, 4, 8, then 16 resend timeouts apart (50 ms to 800 ms by
+/// default). Every re-proposal of a window costs every acceptor of it a record and a vote; when
+/// acceptors cannot answer (a slow or stalled disk, an overloaded core) re-proposing the whole
+/// window every timeout only adds to the load that holds them back.
+const MAX_RESEND_BACKOFF_SHIFT: u32 = 4;
 
 #[derive(Debug)]
 struct Leadership {
@@ -543,6 +556,18 @@ impl Proposer {
 
     /// Hands `value` to a proxy leader for `slot`, naming the group that owns the slot.
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
+        self.propose_avoiding(now, slot, value, None, out);
+    }
+
+    /// Proposes through the next proxy leader in turn, or the one after it if that is `avoid`.
+    fn propose_avoiding(
+        &mut self,
+        now: Time,
+        slot: Slot,
+        value: Value,
+        avoid: Option<NodeId>,
+        out: &mut Out,
+    ) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
         assert!(
             self.history.covers(slot),
@@ -551,11 +576,16 @@ impl Proposer {
             self.history.entries().first().map(|e| e.from_slot)
         );
         let proxies = &self.proxy_leaders;
-        let proxy = proxies[l.next_proxy % proxies.len()];
+        let mut proxy = proxies[l.next_proxy % proxies.len()];
         l.next_proxy = l.next_proxy.wrapping_add(1);
+        if Some(proxy) == avoid && proxies.len() > 1 {
+            proxy = proxies[l.next_proxy % proxies.len()];
+            l.next_proxy = l.next_proxy.wrapping_add(1);
+        }
         let group = self.history.group_of(slot).to_vec();
         out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone(), group });
-        l.in_flight.insert(slot, InFlight { value, proposed_at: now });
+        let due_at = now + self.tunables.resend_timeout_us;
+        l.in_flight.insert(slot, InFlight { value, due_at, proxy, resends: 0 });
     }
 
     /// New slots the leader may propose now: within its in-flight window, and below the first
@@ -1047,15 +1077,13 @@ impl Proposer {
         }
     }
 
-    /// Re-arms the resend timer at the oldest in-flight proposal's deadline (walks the window).
-    fn rearm_resend_at_oldest(&mut self, now: Time) {
+    /// Re-arms the resend timer at the earliest re-proposal due (walks the window).
+    fn rearm_resend_at_earliest(&mut self, now: Time) {
         let State::Leader(l) = &self.state else {
             return;
         };
-        match l.in_flight.values().map(|f| f.proposed_at).min() {
-            Some(oldest) => self
-                .timers
-                .set(Timer::Resend as usize, (oldest + self.tunables.resend_timeout_us).max(now + 1)),
+        match l.in_flight.values().map(|f| f.due_at).min() {
+            Some(first) => self.timers.set(Timer::Resend as usize, first.max(now + 1)),
             None => self.timers.cancel(Timer::Resend as usize),
         }
     }
@@ -1071,17 +1099,21 @@ impl Proposer {
                 self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
             }
             State::Leader(l) => {
-                let timeout = self.tunables.resend_timeout_us;
-                let due: Vec<(Slot, Value)> = l
+                let due: Vec<(Slot, Value, NodeId, u32)> = l
                     .in_flight
                     .iter()
-                    .filter(|(_, f)| f.proposed_at + timeout <= now)
-                    .map(|(&s, f)| (s, f.value.clone()))
+                    .filter(|(_, f)| f.due_at <= now)
+                    .map(|(&s, f)| (s, f.value.clone(), f.proxy, f.resends + 1))
                     .collect();
-                for (slot, value) in due {
-                    self.propose(now, slot, value, out);
+                let timeout = self.tunables.resend_timeout_us;
+                for (slot, value, proxy, resends) in due {
+                    self.propose_avoiding(now, slot, value, Some(proxy), out);
+                    let State::Leader(l) = &mut self.state else { unreachable!("still leading") };
+                    let f = l.in_flight.get_mut(&slot).expect("just proposed");
+                    f.resends = resends;
+                    f.due_at = now + (timeout << resends.min(MAX_RESEND_BACKOFF_SHIFT));
                 }
-                self.rearm_resend_at_oldest(now);
+                self.rearm_resend_at_earliest(now);
             }
             State::Follower => {}
         }
@@ -1269,7 +1301,11 @@ mod tests {
 
     /// Proposer 1 with its first election started; returns it with the Phase 1 nonce.
     fn candidate(tunables: Tunables) -> (Proposer, u64) {
-        let mut p = Proposer::new(1, config(), tunables, 7, 0);
+        candidate_in(config(), tunables)
+    }
+
+    fn candidate_in(config: ClusterConfig, tunables: Tunables) -> (Proposer, u64) {
+        let mut p = Proposer::new(1, config, tunables, 7, 0);
         let mut out = Out::new(false);
         p.handle_message(0, 10, executed(0), &mut out);
         let mut out = Out::new(false);
@@ -1576,6 +1612,73 @@ mod tests {
             p.handle_timeout(p.poll_timeout().unwrap(), &mut out);
         }
         assert_eq!(proposals(&out), vec![(0, Value::Batch(batch(b"a")))], "the same value, the same slot");
+    }
+
+    #[test]
+    fn re_proposals_of_a_slot_back_off_to_sixteen_timeouts_apart() {
+        let mut p = leader(Tunables::default());
+        let mut out = Out::new(false);
+        p.handle_message(
+            0,
+            12,
+            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"a") },
+            &mut out,
+        );
+        let t = Tunables::default().resend_timeout_us;
+        let mut sent_at = vec![];
+        while let Some(now) = p.poll_timeout().filter(|&now| now <= 60 * t) {
+            let mut out = Out::new(false);
+            p.handle_timeout(now, &mut out);
+            if !proposals(&out).is_empty() {
+                assert_eq!(proposals(&out), vec![(0, Value::Batch(batch(b"a")))]);
+                sent_at.push(now);
+            }
+        }
+        // Gaps of 1, 2, 4, 8 timeouts, then 16 for good.
+        assert_eq!(sent_at, vec![t, 3 * t, 7 * t, 15 * t, 31 * t, 47 * t]);
+    }
+
+    #[test]
+    fn a_re_proposal_goes_through_another_proxy_leader() {
+        // Two proxy leaders (9 and 10); batcher 13.
+        let (mut p, nonce) = candidate_in(ClusterConfig::f1(2, 2, 1, 1), Tunables::default());
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce, vec![]);
+        }
+        assert!(p.is_leader());
+        let mut out = Out::new(false);
+        for tag in [b"a", b"b"] {
+            let batch = batch(tag);
+            p.handle_message(
+                0,
+                13,
+                Msg::ClientBatch { origin: 13, forwarded: false, attempt: 0, batch },
+                &mut out,
+            );
+        }
+        let mut via: BTreeMap<Slot, Vec<NodeId>> = BTreeMap::new();
+        let mut record = |out: &Out| {
+            for (to, m) in &out.msgs {
+                if let Msg::Propose { slot, .. } = m {
+                    via.entry(*slot).or_default().push(*to);
+                }
+            }
+        };
+        record(&out);
+        while let Some(now) =
+            p.poll_timeout().filter(|&now| now <= 10 * Tunables::default().resend_timeout_us)
+        {
+            let mut out = Out::new(false);
+            p.handle_timeout(now, &mut out);
+            record(&out);
+        }
+        // Two slots re-proposed together, in turn, would each keep one proxy leader for good (a
+        // gone one, for one of them): each attempt avoids the proxy leader of the one before.
+        assert_eq!(via.len(), 2);
+        for proxies in via.values() {
+            assert_eq!(proxies.len(), 4, "the proposal and three re-proposals");
+            assert!(proxies.windows(2).all(|w| w[0] != w[1]), "{via:?}");
+        }
     }
 
     fn change(epoch: u64, groups: Vec<Vec<NodeId>>) -> Configuration {
