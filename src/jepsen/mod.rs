@@ -150,6 +150,22 @@ impl JepsenReport {
     }
 }
 
+/// util-linux's `setsid`, if it is on the PATH: each node runs in a session of its own, as it would
+/// on a machine of its own. In one session the nodes share one scheduling autogroup
+/// (`kernel.sched_autogroup_enabled`), and a core they keep busy can leave the kernel worker that
+/// completes their direct writes unscheduled for a second or more, stalling every durable node's
+/// votes at once (README, "Direct writes need a kernel worker"). `setsid` execs in place (a spawned
+/// child leads no process group), so signals to the child's pid reach the node.
+fn setsid() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path).map(|dir| dir.join("setsid")).find(|p| p.is_file())
+        })
+        .clone()
+}
+
 /// The processes of the cluster: ids 1-10 as `ClusterConfig::f1(1, 1, 1, 1)` numbers them, and
 /// two gateways.
 const GATEWAYS: [NodeId; 2] = [21, 22];
@@ -171,7 +187,15 @@ impl Process {
             .open(&self.log)
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
+        let mut command = match setsid() {
+            Some(setsid) => {
+                let mut c = Command::new(setsid);
+                c.arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(&self.args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -1063,17 +1063,18 @@ impl Proposer {
         self.timers.set(Timer::Heartbeat as usize, now + self.tunables.heartbeat_interval_us);
     }
 
-    /// Keeps the resend timer armed while slots are in flight, in O(1): a proposal made now is
-    /// younger than any already in flight, so an armed timer is never late for it. Only when the
-    /// window was empty does a new deadline start; the timer's handler rescans (once per period).
+    /// Keeps the resend timer armed while slots are in flight, in O(1): a proposal made now is due
+    /// one resend timeout from now, so the timer moves to then if it was set later (for slots whose
+    /// re-proposals have backed off) or not at all; the timer's handler rescans (once per firing).
     fn arm_resend(&mut self, now: Time) {
         let State::Leader(l) = &self.state else {
             return;
         };
+        let due = now + self.tunables.resend_timeout_us;
         if l.in_flight.is_empty() {
             self.timers.cancel(Timer::Resend as usize);
-        } else if !self.timers.is_set(Timer::Resend as usize) {
-            self.timers.set(Timer::Resend as usize, now + self.tunables.resend_timeout_us);
+        } else if self.timers.deadline(Timer::Resend as usize).is_none_or(|at| at > due) {
+            self.timers.set(Timer::Resend as usize, due);
         }
     }
 
@@ -1636,6 +1637,28 @@ mod tests {
         }
         // Gaps of 1, 2, 4, 8 timeouts, then 16 for good.
         assert_eq!(sent_at, vec![t, 3 * t, 7 * t, 15 * t, 31 * t, 47 * t]);
+    }
+
+    #[test]
+    fn a_new_slot_is_re_proposed_on_time_while_an_older_one_backs_off() {
+        let mut p = leader(Tunables::default());
+        let t = Tunables::default().resend_timeout_us;
+        let client_batch =
+            |tag| Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(tag) };
+        let mut out = Out::new(false);
+        p.handle_message(0, 12, client_batch(b"a"), &mut out);
+        // Slot 0 re-proposed at t, 3t, 7t, 15t, 31t: its next one is due at 47t.
+        while let Some(now) = p.poll_timeout().filter(|&now| now <= 31 * t) {
+            p.handle_timeout(now, &mut Out::new(false));
+        }
+        let mut out = Out::new(false);
+        p.handle_message(32 * t, 12, client_batch(b"b"), &mut out);
+        assert_eq!(proposals(&out), vec![(1, Value::Batch(batch(b"b")))]);
+        let mut out = Out::new(false);
+        while let Some(now) = p.poll_timeout().filter(|&now| now <= 33 * t) {
+            p.handle_timeout(now, &mut out);
+        }
+        assert_eq!(proposals(&out), vec![(1, Value::Batch(batch(b"b")))], "slot 1 again at 33t, not at 47t");
     }
 
     #[test]

@@ -31,6 +31,11 @@ impl<const N: usize> Timers<N> {
         self.deadlines[which].is_some()
     }
 
+    /// When timer `which` fires, if it is set.
+    pub fn deadline(&self, which: usize) -> Option<Time> {
+        self.deadlines[which]
+    }
+
     /// The earliest deadline of all set timers.
     pub fn next(&self) -> Option<Time> {
         self.deadlines.iter().flatten().copied().min()
