@@ -556,16 +556,19 @@ impl Proposer {
 
     /// Hands `value` to a proxy leader for `slot`, naming the group that owns the slot.
     fn propose(&mut self, now: Time, slot: Slot, value: Value, out: &mut Out) {
-        self.propose_avoiding(now, slot, value, None, out);
+        self.propose_attempt(now, slot, value, None, 0, out);
     }
 
-    /// Proposes through the next proxy leader in turn, or the one after it if that is `avoid`.
-    fn propose_avoiding(
+    /// Proposes `slot` for the time after `resends` earlier attempts: through the next proxy leader
+    /// in turn, or the one after it if that is `avoid` (the last attempt's), due again after the
+    /// resend timeout doubled once per earlier attempt (at most [`MAX_RESEND_BACKOFF_SHIFT`] times).
+    fn propose_attempt(
         &mut self,
         now: Time,
         slot: Slot,
         value: Value,
         avoid: Option<NodeId>,
+        resends: u32,
         out: &mut Out,
     ) {
         let State::Leader(l) = &mut self.state else { unreachable!("only a leader proposes") };
@@ -584,8 +587,8 @@ impl Proposer {
         }
         let group = self.history.group_of(slot).to_vec();
         out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone(), group });
-        let due_at = now + self.tunables.resend_timeout_us;
-        l.in_flight.insert(slot, InFlight { value, due_at, proxy, resends: 0 });
+        let due_at = now + (self.tunables.resend_timeout_us << resends.min(MAX_RESEND_BACKOFF_SHIFT));
+        l.in_flight.insert(slot, InFlight { value, due_at, proxy, resends });
     }
 
     /// New slots the leader may propose now: within its in-flight window, and below the first
@@ -1106,13 +1109,8 @@ impl Proposer {
                     .filter(|(_, f)| f.due_at <= now)
                     .map(|(&s, f)| (s, f.value.clone(), f.proxy, f.resends + 1))
                     .collect();
-                let timeout = self.tunables.resend_timeout_us;
                 for (slot, value, proxy, resends) in due {
-                    self.propose_avoiding(now, slot, value, Some(proxy), out);
-                    let State::Leader(l) = &mut self.state else { unreachable!("still leading") };
-                    let f = l.in_flight.get_mut(&slot).expect("just proposed");
-                    f.resends = resends;
-                    f.due_at = now + (timeout << resends.min(MAX_RESEND_BACKOFF_SHIFT));
+                    self.propose_attempt(now, slot, value, Some(proxy), resends, out);
                 }
                 self.rearm_resend_at_earliest(now);
             }
@@ -1597,16 +1595,21 @@ mod tests {
         assert_eq!(p.ballot(), b(5, 2));
     }
 
+    /// A batch from batcher `origin`, as it first sends it.
+    fn client_batch(origin: NodeId, tag: &'static [u8]) -> Msg {
+        Msg::ClientBatch { origin, forwarded: false, attempt: 0, batch: batch(tag) }
+    }
+
+    /// A leader that has proposed batch "a" (from batcher 12) in slot 0 at time 0.
+    fn leader_proposing_a() -> Proposer {
+        let mut p = leader(Tunables::default());
+        p.handle_message(0, 12, client_batch(12, b"a"), &mut Out::new(false));
+        p
+    }
+
     #[test]
     fn a_leader_re_proposes_a_slot_that_was_not_executed_in_time() {
-        let mut p = leader(Tunables::default());
-        let mut out = Out::new(false);
-        p.handle_message(
-            0,
-            12,
-            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"a") },
-            &mut out,
-        );
+        let mut p = leader_proposing_a();
         let resend_at = Tunables::default().resend_timeout_us;
         let mut out = Out::new(false);
         while p.poll_timeout().is_some_and(|t| t <= resend_at) {
@@ -1617,14 +1620,7 @@ mod tests {
 
     #[test]
     fn re_proposals_of_a_slot_back_off_to_sixteen_timeouts_apart() {
-        let mut p = leader(Tunables::default());
-        let mut out = Out::new(false);
-        p.handle_message(
-            0,
-            12,
-            Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(b"a") },
-            &mut out,
-        );
+        let mut p = leader_proposing_a();
         let t = Tunables::default().resend_timeout_us;
         let mut sent_at = vec![];
         while let Some(now) = p.poll_timeout().filter(|&now| now <= 60 * t) {
@@ -1641,18 +1637,14 @@ mod tests {
 
     #[test]
     fn a_new_slot_is_re_proposed_on_time_while_an_older_one_backs_off() {
-        let mut p = leader(Tunables::default());
+        let mut p = leader_proposing_a();
         let t = Tunables::default().resend_timeout_us;
-        let client_batch =
-            |tag| Msg::ClientBatch { origin: 12, forwarded: false, attempt: 0, batch: batch(tag) };
-        let mut out = Out::new(false);
-        p.handle_message(0, 12, client_batch(b"a"), &mut out);
         // Slot 0 re-proposed at t, 3t, 7t, 15t, 31t: its next one is due at 47t.
         while let Some(now) = p.poll_timeout().filter(|&now| now <= 31 * t) {
             p.handle_timeout(now, &mut Out::new(false));
         }
         let mut out = Out::new(false);
-        p.handle_message(32 * t, 12, client_batch(b"b"), &mut out);
+        p.handle_message(32 * t, 12, client_batch(12, b"b"), &mut out);
         assert_eq!(proposals(&out), vec![(1, Value::Batch(batch(b"b")))]);
         let mut out = Out::new(false);
         while let Some(now) = p.poll_timeout().filter(|&now| now <= 33 * t) {
@@ -1671,13 +1663,7 @@ mod tests {
         assert!(p.is_leader());
         let mut out = Out::new(false);
         for tag in [b"a", b"b"] {
-            let batch = batch(tag);
-            p.handle_message(
-                0,
-                13,
-                Msg::ClientBatch { origin: 13, forwarded: false, attempt: 0, batch },
-                &mut out,
-            );
+            p.handle_message(0, 13, client_batch(13, tag), &mut out);
         }
         let mut via: BTreeMap<Slot, Vec<NodeId>> = BTreeMap::new();
         let mut record = |out: &Out| {

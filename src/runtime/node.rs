@@ -388,7 +388,7 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
         if let Some(oldest) =
             in_flight.front_mut().filter(|o| !o.stall_logged && o.started.elapsed() >= SLOW_SYNC)
         {
-            // A stalled sync is reported while it stalls, not only once it completes.
+            // A stalled sync is reported before it completes: when the node's next records arrive.
             oldest.stall_logged = true;
             tracing::warn!(
                 node = host.id,
