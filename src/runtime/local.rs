@@ -64,7 +64,8 @@ pub struct LocalReport {
     pub max_us: u64,
     /// Commands completed in the window.
     pub completed: u64,
-    /// Requests resent after a timeout (whole run).
+    /// Requests resent after a timeout while measuring (clients that started before the first
+    /// leader was elected resend once in the warm-up; those are not counted).
     pub retries: u64,
     /// Open loop: requests offered per second (0: closed loop).
     pub offered_per_sec: f64,
@@ -289,6 +290,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     let syncs_before = super::launch::ACCEPTOR_SYNCS.snapshot();
     let mut last = (Instant::now(), control.completed.load(Ordering::Relaxed));
     let busy_before = control.busy.load(Ordering::Relaxed);
+    let retries_before = control.retries.load(Ordering::Relaxed);
     let mut rss_kib = vec![resident_kib()];
     let mut rss_at = Instant::now();
     while window_start.elapsed() < opts.duration {
@@ -316,6 +318,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         }
     }
     control.measuring.store(false, Ordering::Relaxed);
+    let retries = control.retries.load(Ordering::Relaxed) - retries_before;
     let syncs = super::launch::ACCEPTOR_SYNCS.snapshot();
     let acceptors = config.all_acceptors().count() as f64;
     let (sync_count, records) = (syncs.0 - syncs_before.0, syncs.1 - syncs_before.1);
@@ -344,7 +347,7 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
         p999_us: latencies.value_at_quantile(0.999),
         max_us: latencies.max(),
         completed,
-        retries: control.retries.load(Ordering::Relaxed),
+        retries,
         offered_per_sec: control.offered_measured.load(Ordering::Relaxed) as f64 / window,
         busy_per_sec: busy as f64 / window,
         refused_at_client_per_sec: control.refused_at_client.load(Ordering::Relaxed) as f64 / window,
