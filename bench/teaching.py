@@ -9,8 +9,9 @@ on loopback, durable, default settings), under `autopaxos client` load, and meas
      back on its disk and catches up (by snapshot: it is beyond the teaching budget);
   2. catch-up by log segment: replica 7 is down 10 s, then restarts on its disk; slots learned per
      second, time until it is level with the live watermark, and the load's throughput meanwhile
-     against the seconds with every replica up and with 7 down (again paced at --segment-rate
-     slots/s, `teach_max_slots_per_sec`, when given);
+     against the seconds with every replica up and with 7 down; with the default settings (paced
+     at 150% of the live rate), again with no pace (`teach_pace_percent_of_live = 0`), and again
+     capped at --segment-rate slots/s (`teach_max_slots_per_sec`) when given;
   3. a wiped replica with a large state: --fill seconds of writes of --big-value bytes to the load
      generator's 100,000 keys (about 1 GiB by default), then, under a load, replica 7 is wiped and
      restarted: time from its start to the peer's watermark (serving), to its snapshot on disk, MB/s
@@ -68,7 +69,8 @@ class Cluster:
         self.procs[id] = subprocess.Popen(
             [BIN, role, "--config", self.config, "--node", str(id), "--cores", str((id + 1) % cores),
              "--metrics-addr", f"127.0.0.1:{self.metrics[id]}"],
-            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "NO_COLOR": "1"},
+            start_new_session=True)
 
     def kill(self, id):
         self.procs[id].kill()
@@ -117,7 +119,8 @@ class Cluster:
             [BIN, "client", "--config", self.config, "--duration", f"{seconds}s", "--clients", str(clients),
              "--value-size", str(value_size), "--node", "5000", "--cores", "1", "--json"]
             + (["--verify"] if verify else []),
-            cwd=self.dir, stdout=subprocess.PIPE, stderr=log, text=True), os.path.join(self.dir, f"{name}.err")
+            cwd=self.dir, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True), \
+            os.path.join(self.dir, f"{name}.err")
 
     def stop(self):
         for p in self.procs.values():
@@ -169,7 +172,9 @@ def main():
     ap.add_argument("--big-value", type=int, default=10_240, help="value bytes of the large state")
     ap.add_argument("--fill", type=int, default=25, help="seconds of writes that build the large state")
     ap.add_argument("--segment-rate", type=int, default=0,
-                    help="part 2 again with teach_max_slots_per_sec at this rate (0: only unpaced)")
+                    help="part 2 again with teach_max_slots_per_sec at this rate (0: not)")
+    ap.add_argument("--pace-percent", type=int, default=None,
+                    help="part 2 with teach_pace_percent_of_live at this instead of the default")
     ap.add_argument("--snapshot-rate", type=int, default=0,
                     help="part 3 again with teach_max_bytes_per_sec at this rate (0: only unpaced)")
     ap.add_argument("--only", choices=["down", "segment", "wiped"], help="run one of the three parts")
@@ -186,7 +191,10 @@ def main():
     if args.only in (None, "down"):
         part_down(args, result)
     if args.only in (None, "segment"):
-        result["log_segment"] = part_segment(0)
+        # The defaults (paced by the live rate), then without any pace for comparison.
+        pace = "" if args.pace_percent is None else f"teach_pace_percent_of_live = {args.pace_percent}\n"
+        result["log_segment"] = part_segment(0, pace)
+        result["log_segment_unpaced"] = part_segment(0, "teach_pace_percent_of_live = 0\n")
         if args.segment_rate:
             result["log_segment_paced"] = part_segment(args.segment_rate)
     if args.only in (None, "wiped"):
@@ -233,11 +241,12 @@ def part_down(args, result):
 
 
 
-def part_segment(rate):
-    """2: catch-up by log segment (paced at `rate` slots/s, or not if 0), and what it costs the load."""
+def part_segment(rate, extra=""):
+    """2: catch-up by log segment (capped at `rate` slots/s if not 0; the other teaching settings
+    the defaults, overridden by `extra`), and what it costs the load."""
     # Ship segments whatever their size: this workload's state (100,000 keys of 16 bytes) is far
     # smaller than a few seconds of log, so the default rule would send a snapshot.
-    c = Cluster(f"teach_log_max_percent_of_state = 100000\nteach_max_slots_per_sec = {rate}\n")
+    c = Cluster(f"teach_log_max_percent_of_state = 100000\nteach_max_slots_per_sec = {rate}\n" + extra)
     try:
         start_all(c)
         load, load_err = c.client(90)
@@ -264,7 +273,7 @@ def part_segment(rate):
         load.kill()
         drop = lambda base: None if not base or during is None else round(1 - during / base, 3)
         return {
-            "teach_max_slots_per_sec": rate,
+            "teach_max_slots_per_sec": rate, "other_settings": extra.strip() or "defaults",
             "slots_behind": peer - killed_at, "catch_up_s": round(seg_s, 3),
             "slots_per_s": round((peer - killed_at) / seg_s),
             "level_with_live_watermark_s": round(t2 - t1, 3),

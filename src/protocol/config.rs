@@ -262,6 +262,12 @@ pub struct Tunables {
     /// applies them. Catching up costs a replica about as much CPU per slot as executing; where
     /// nodes share cores, a cap keeps it from starving the live load (and makes it slower).
     pub teach_max_slots_per_sec: u64,
+    /// A learner asks for log segments at most this percentage of the rate its peers execute
+    /// at (measured over the last second), so that catching up costs the live load a bounded
+    /// share: at 150 it gains half the live rate on its peers. 0: no such pace. Above 100 or 0.
+    pub teach_pace_percent_of_live: u64,
+    /// ...but never slower than this many slots per second (an idle cluster has no live rate).
+    pub teach_min_slots_per_sec: u64,
     /// ...and snapshot chunks at most this many bytes per second (after a first window); 0: no
     /// cap. The same trade for a snapshot: the learner's install and the teacher's sends.
     pub teach_max_bytes_per_sec: u64,
@@ -298,6 +304,8 @@ impl Default for Tunables {
             teach_chunk_bytes: 256 << 10,
             teach_window_chunks: 4,
             teach_max_slots_per_sec: 0,
+            teach_pace_percent_of_live: 150,
+            teach_min_slots_per_sec: 2_000,
             teach_max_bytes_per_sec: 0,
             replica_down_after_us: 500_000,
         }
@@ -347,7 +355,14 @@ impl Tunables {
         if self.teach_chunk_bytes == 0 || self.teach_chunk_bytes > 1 << 20 {
             return bad("teach_chunk_bytes", "must be between 1 and 1048576 (a chunk must fit a frame)");
         }
+        if matches!(self.teach_pace_percent_of_live, 1..=100) {
+            return bad(
+                "teach_pace_percent_of_live",
+                "must be 0 (no pace) or above 100 (a learner must gain on its peers)",
+            );
+        }
         for (field, v) in [
+            ("teach_min_slots_per_sec", self.teach_min_slots_per_sec),
             ("teach_retention_slots", self.teach_retention_slots),
             ("teach_retention_bytes", self.teach_retention_bytes),
             ("teach_window_chunks", self.teach_window_chunks),

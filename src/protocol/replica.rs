@@ -200,8 +200,12 @@ pub struct Replica {
     persisted_trim: Slot,
     /// Report periods in a row without progress while a peer was ahead.
     stuck_reports: u32,
-    /// When this replica last asked a peer for a log segment (paces `teach_max_slots_per_sec`).
+    /// When this replica last asked a peer for a log segment (paces its asks: `segment_pace`).
     asked_segment_at: Time,
+    /// The live rate's last measuring point: when, and the furthest watermark of a peer then.
+    live_mark: Option<(Time, Slot)>,
+    /// Slots per second the furthest peer executed over the last second measured.
+    live_slots_per_sec: u64,
     /// Teaching settings (see the module doc).
     tunables: Tunables,
     /// Bytes of the values in `log`.
@@ -258,6 +262,8 @@ impl Replica {
             persisted_trim: 0,
             stuck_reports: 0,
             asked_segment_at: 0,
+            live_mark: None,
+            live_slots_per_sec: 0,
             tunables: tunables.clone(),
             log_bytes: 0,
             teaching: None,
@@ -940,6 +946,7 @@ impl Replica {
             self.storage.send(out, to, Msg::Executed { watermark, configs: self.history.clone() });
         }
         self.teaching = self.teaching.take().filter(|i| now < i.last_fetch + TEACH_IMAGE_IDLE_US);
+        self.measure_live_rate(now);
         if self.learning.is_some() {
             self.on_learning_report(out);
         } else if self.executed == self.executed_at_last_report {
@@ -965,11 +972,12 @@ impl Replica {
         }
         self.next_teacher = self.next_teacher.wrapping_add(1);
         let (peer, _) = ahead[self.next_teacher % ahead.len()];
-        let max_slots = match self.tunables.teach_max_slots_per_sec {
-            0 => MAX_CATCHUP_SLOTS,
-            // What the cap allows since the last ask (asks come only when the last segment is
-            // applied, so the rate stays under the cap).
-            rate => (rate.saturating_mul(self.now - self.asked_segment_at) / 1_000_000)
+        let max_slots = match self.segment_pace() {
+            None => MAX_CATCHUP_SLOTS,
+            // What the pace allows since the last ask (asks come only when the last segment is
+            // applied, so the rate stays under the pace); a long quiet spell lends at most a second.
+            Some(rate) => (rate.saturating_mul((self.now - self.asked_segment_at).min(1_000_000))
+                / 1_000_000)
                 .clamp(1, MAX_CATCHUP_SLOTS),
         };
         self.asked_segment_at = self.now;
@@ -979,6 +987,36 @@ impl Replica {
             let executed = self.executed;
             let peer_executed = ahead.iter().map(|&(_, w)| w).max().unwrap_or(executed);
             out.event(|| Event::Stalled { executed, peer_executed });
+        }
+    }
+
+    /// Slots per second this replica may learn by log segment: at most `teach_max_slots_per_sec`
+    /// (when set), and at most `teach_pace_percent_of_live` percent of the rate its peers execute
+    /// at, but no less than `teach_min_slots_per_sec` (when that pace is on). `None`: unpaced.
+    /// Catching up costs a replica about as much per slot as executing, so where nodes share
+    /// cores the pace bounds what a learner takes from the live load, and still gains on it.
+    fn segment_pace(&self) -> Option<u64> {
+        let t = &self.tunables;
+        let fixed = (t.teach_max_slots_per_sec > 0).then_some(t.teach_max_slots_per_sec);
+        let live = (t.teach_pace_percent_of_live > 0).then(|| {
+            (self.live_slots_per_sec.saturating_mul(t.teach_pace_percent_of_live) / 100)
+                .max(t.teach_min_slots_per_sec)
+        });
+        fixed.into_iter().chain(live).min()
+    }
+
+    /// Measures, about once a second, how fast the furthest peer executes: the live rate that
+    /// paces learning (`segment_pace`). A peer that restarted from nothing counts as no progress.
+    fn measure_live_rate(&mut self, now: Time) {
+        let furthest = self.peer_watermarks.values().copied().max().unwrap_or(0).max(self.executed);
+        match self.live_mark {
+            Some((at, _)) if now < at + 1_000_000 => {}
+            Some((at, from)) => {
+                self.live_slots_per_sec =
+                    furthest.saturating_sub(from).saturating_mul(1_000_000) / (now - at);
+                self.live_mark = Some((now, furthest));
+            }
+            None => self.live_mark = Some((now, furthest)),
         }
     }
 
@@ -1746,6 +1784,37 @@ mod tests {
         // Asked every other report (10 ms): 20 slots each at 1,000 slots/s, the first from time 0.
         assert!(asks.iter().skip(1).all(|&(_, n)| n == 20), "{asks:?}");
         assert_eq!(behind.snapshot(), ahead.snapshot());
+    }
+
+    #[test]
+    fn a_learner_asks_for_a_share_above_the_live_rate_and_for_the_floor_when_the_peers_idle() {
+        let tunables =
+            Tunables { teach_pace_percent_of_live: 150, teach_min_slots_per_sec: 100, ..Tunables::default() };
+        let sm = new_state_machine(StateMachineKind::Kv, TEST_KEY);
+        let mut behind = Replica::new(7, ClusterConfig::f1(1, 1, 1, 1), &tunables, sm, 0);
+        // Peer 8 executes 1,000 slots a second for 2 s, then none for 2 s; 7 is taught nothing,
+        // so it stays stuck and asks at every report (10 ms).
+        let mut asks = Vec::new();
+        let mut now = 0;
+        while now < 4_000_000 {
+            now = behind.poll_timeout().unwrap();
+            let peer = 10_000 + now.min(2_000_000) / 1_000;
+            behind.handle_message(now, 8, executed(peer), &mut Out::new(false));
+            let mut out = Out::new(false);
+            behind.handle_timeout(now, &mut out);
+            for (_, msg) in out.msgs {
+                if let Msg::CatchUp { max_slots, .. } = msg {
+                    asks.push((now, max_slots));
+                }
+            }
+        }
+        let most = |from, to| {
+            let asked = asks.iter().filter(|(at, _)| (from..to).contains(at)).map(|&(_, n)| n);
+            (asked.clone().min().unwrap(), asked.max().unwrap())
+        };
+        assert_eq!(most(100_000, 1_000_000), (1, 1), "no rate measured yet: the floor, 100/s: {asks:?}");
+        assert_eq!(most(1_100_000, 2_000_000), (15, 15), "150% of 1,000/s, per 10 ms: {asks:?}");
+        assert_eq!(most(3_100_000, 4_000_000), (1, 1), "the peers idle: the floor again: {asks:?}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ struct FileSettings {
     teach_chunk_bytes: Option<u64>,
     teach_window_chunks: Option<u64>,
     teach_max_slots_per_sec: Option<u64>,
+    teach_pace_percent_of_live: Option<u64>,
+    teach_min_slots_per_sec: Option<u64>,
     teach_max_bytes_per_sec: Option<u64>,
     replica_down_after_us: Option<u64>,
     data_dir: Option<PathBuf>,
@@ -285,6 +287,8 @@ impl ClusterFile {
             teach_chunk_bytes: s.teach_chunk_bytes.unwrap_or(d.teach_chunk_bytes),
             teach_window_chunks: s.teach_window_chunks.unwrap_or(d.teach_window_chunks),
             teach_max_slots_per_sec: s.teach_max_slots_per_sec.unwrap_or(d.teach_max_slots_per_sec),
+            teach_pace_percent_of_live: s.teach_pace_percent_of_live.unwrap_or(d.teach_pace_percent_of_live),
+            teach_min_slots_per_sec: s.teach_min_slots_per_sec.unwrap_or(d.teach_min_slots_per_sec),
             teach_max_bytes_per_sec: s.teach_max_bytes_per_sec.unwrap_or(d.teach_max_bytes_per_sec),
             replica_down_after_us: s.replica_down_after_us.unwrap_or(d.replica_down_after_us),
         };
@@ -347,7 +351,9 @@ teach_retention_bytes = 536870912  # ...and bytes of them (replicas); beyond, it
 teach_log_max_percent_of_state = 50  # ship a log segment up to this % of the state, else a snapshot
 teach_chunk_bytes = 262144       # snapshot transfer: bytes per chunk
 teach_window_chunks = 4          # snapshot transfer: chunks in flight per learner
-teach_max_slots_per_sec = 0      # learning by log segment at most this fast (0: unpaced)
+teach_max_slots_per_sec = 0      # learning by log segment at most this fast (0: no fixed cap)
+teach_pace_percent_of_live = 150 # ...and at most this % of the rate the peers execute at (0: no pace)
+teach_min_slots_per_sec = 2000   # ...but at least this fast (an idle cluster has no rate)
 teach_max_bytes_per_sec = 0      # ...and by snapshot at most this many bytes/s (0: unpaced)
 replica_down_after_us = 500000   # a silent replica is down: its slots answered by others, trim passes it
 # data_dir = "./autopaxos-data"  # acceptors and replicas keep their state in <data_dir>/node-<id>

@@ -485,6 +485,11 @@ impl<'t> Simulator<'t> {
         let snapshot_slice_bytes = [16, 1 << 20][pace_rng.gen_range(0..2)];
         let snapshot_slice_pause_us = [0, 300][pace_rng.gen_range(0..2)];
         let teach_max_bytes_per_sec = [0, 0, 20_000, 1 << 20][pace_rng.gen_range(0..4)];
+        // Learning paced by the live rate (its own stream: older seeds keep their draws), with
+        // floors from a crawl to no pace in a short run.
+        let mut live_pace_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x11fe));
+        let teach_pace_percent_of_live = [0, 101, 150][live_pace_rng.gen_range(0..3)];
+        let teach_min_slots_per_sec = [20, 2_000][live_pace_rng.gen_range(0..2)];
         // Periodic images written whole when frozen, or sliced like the others (a stream of its
         // own: older seeds keep their draws).
         let snapshot_at_once_bytes =
@@ -517,6 +522,8 @@ impl<'t> Simulator<'t> {
             snapshot_slice_pause_us,
             snapshot_at_once_bytes,
             teach_max_bytes_per_sec,
+            teach_pace_percent_of_live,
+            teach_min_slots_per_sec,
             batch_size: rng.gen_range(1..=4),
             max_in_flight_slots: [2, 8, 1_000][rng.gen_range(0..3)],
             phase1b_page_bytes: if pages.gen_bool(0.5) {
