@@ -109,8 +109,18 @@ pub async fn dial_loop(
                     host.metrics.reconnects.increment(1);
                 }
                 let ticket = host.admission.borrow_mut().admit(None, false).expect("dialled: only counted");
+                peer.set_connected(true);
                 let result = serve(&host, stream, ticket, Some(peer_id), Some((&peer, &wake))).await;
                 log_close(&host, &format!("to node {peer_id} at {addr}"), &result);
+                let dropped = peer.set_connected(false);
+                if dropped > 0 {
+                    host.metrics.unroutable.increment(1);
+                    tracing::info!(
+                        node = host.id,
+                        peer = peer_id,
+                        "connection to node {peer_id} lost: dropped the {dropped} bytes that waited for it"
+                    );
+                }
             }
             Err(e) => tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}"),
         }
@@ -327,6 +337,7 @@ async fn serve_inner(
         Some(_) => None,
         None if !host.settings.addresses.borrow().contains_key(&peer_id) => {
             let (peer, wake) = Peer::new();
+            peer.set_connected(true); // forgotten when this connection closes
             host.adopt_peer(peer_id, peer.clone()).then_some((peer, wake))
         }
         None => None,

@@ -33,10 +33,18 @@ use std::time::{Duration, Instant};
 /// bound, what is dropped is what a dead or stuck peer would not have taken anyway.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// ...and while no connection to it is up (never yet, or lost). What waits for a dead peer goes
+/// stale: a restarted node would first have to take in (an acceptor: log) whatever its previous
+/// life missed, a burst no pace bounds; and each dead peer would hold its sender's memory. The
+/// protocol re-sends or teaches what is lost, as it does for any message lost in a crash.
+pub const MAX_QUEUED_BYTES_WHILE_DOWN: usize = 4 << 20;
+
 /// The send side of one peer: frames waiting for the connection task, and its wake-up.
 pub struct Peer {
     /// Frames queued during this turn; the connection task takes them all at once.
     pub writer: RefCell<FrameWriter>,
+    /// A connection to the peer is up (dialled and not yet lost).
+    connected: Cell<bool>,
     wake: LocalSender<()>,
 }
 
@@ -45,7 +53,30 @@ impl Peer {
     pub fn new() -> (Rc<Peer>, LocalReceiver<()>) {
         // Capacity 1: a pending wake-up already means "there is something to write".
         let (wake, wake_rx) = local_channel::new_bounded(1);
-        (Rc::new(Peer { writer: RefCell::new(FrameWriter::default()), wake }), wake_rx)
+        let peer = Peer { writer: RefCell::new(FrameWriter::default()), connected: Cell::new(false), wake };
+        (Rc::new(peer), wake_rx)
+    }
+
+    /// Bytes that may wait for this peer: fewer while no connection to it is up.
+    fn queue_limit(&self) -> usize {
+        if self.connected.get() {
+            MAX_QUEUED_BYTES
+        } else {
+            MAX_QUEUED_BYTES_WHILE_DOWN
+        }
+    }
+
+    /// The connection to the peer came up, or went down: then what waits beyond the bound while
+    /// down is dropped (it would go to a peer that may not come back, or not as it was).
+    pub fn set_connected(&self, up: bool) -> usize {
+        self.connected.set(up);
+        let mut writer = self.writer.borrow_mut();
+        if up || writer.len_bytes() <= MAX_QUEUED_BYTES_WHILE_DOWN {
+            return 0;
+        }
+        let dropped = writer.len_bytes();
+        drop(writer.take_segments());
+        dropped
     }
 
     fn notify(&self) {
@@ -291,7 +322,8 @@ impl Host {
             return;
         };
         let mut writer = peer.writer.borrow_mut();
-        if writer.len_bytes() > MAX_QUEUED_BYTES {
+        let limit = peer.queue_limit();
+        if writer.len_bytes() > limit {
             self.metrics.unroutable.increment(1);
             // Silent drops make an outage hard to explain afterwards: say so, at most once a second.
             if let Some(suppressed) = self.admission.borrow_mut().may_log("send queue full") {
@@ -299,8 +331,8 @@ impl Host {
                     node = self.id,
                     peer = to,
                     suppressed,
-                    "dropped a {} for node {to}: {MAX_QUEUED_BYTES} bytes already wait for it (it is \
-                     not reading, or its connection is down)",
+                    "dropped a {} for node {to}: {limit} bytes already wait for it (it is not \
+                     reading, or its connection is down)",
                     msg.name()
                 );
             }
@@ -547,5 +579,42 @@ async fn timer_loop(host: Rc<Host>, wake: LocalReceiver<()>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn fill(peer: &Peer, bytes: usize) {
+        let msg = Msg::Chosen {
+            slot: 0,
+            value: crate::protocol::messages::Value::Batch(Bytes::from(vec![7u8; 64 << 10])),
+        };
+        while peer.writer.borrow().len_bytes() < bytes {
+            peer.writer.borrow_mut().push_msg(&msg).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_peer_with_no_connection_up_holds_a_small_queue_and_a_lost_connection_drops_the_excess() {
+        let (peer, _wake) = Peer::new();
+        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN, "never connected yet");
+        assert_eq!(peer.set_connected(true), 0);
+        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES);
+        // A slow reader's backlog, then the connection is lost: the backlog goes.
+        fill(&peer, 2 * MAX_QUEUED_BYTES_WHILE_DOWN);
+        let queued = peer.writer.borrow().len_bytes();
+        assert_eq!(peer.set_connected(false), queued);
+        assert_eq!(peer.writer.borrow().len_bytes(), 0);
+        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN);
+        // Within the bound while down, what waits is kept for the next connection.
+        fill(&peer, 1 << 20);
+        peer.set_connected(true);
+        let kept = peer.writer.borrow().len_bytes();
+        assert!(kept >= 1 << 20);
+        assert_eq!(peer.set_connected(false), 0);
+        assert_eq!(peer.writer.borrow().len_bytes(), kept);
     }
 }
