@@ -55,15 +55,16 @@ def cluster_file(cluster, name, group, joiners):
 
 
 def reconfigure(cluster, to):
-    """Runs `autopaxos reconfigure`; returns (asked at, unix s; in force after, ms; output)."""
+    """Runs `autopaxos reconfigure`; returns (asked at, unix s; in force after, ms; the slot it is
+    in force from; in force after the leader took the request, ms)."""
     asked = time.time()
     out = subprocess.run([BIN, "reconfigure", "--config", cluster.config, "--to", to, "--timeout", "30s"],
                          cwd=cluster.dir, capture_output=True, text=True)
     said = (out.stdout + out.stderr).strip()
-    m = re.search(r"in force from slot (\d+), ([\d.]+) ms", out.stdout)
+    m = re.search(r"in force from slot (\d+), ([\d.]+) ms after it was asked for \(([\d.]+) ms after the leader", out.stdout)
     if out.returncode != 0 or not m:
         raise SystemExit(f"reconfigure {to} failed: {said}")
-    return asked, float(m.group(2)), int(m.group(1))
+    return asked, float(m.group(2)), int(m.group(1)), float(m.group(3))
 
 
 def main():
@@ -96,10 +97,11 @@ def main():
         changes = []
         for i in range(10):
             group[i % 3] = next(fresh)
-            asked, took_ms, slot = reconfigure(cluster, cluster_file(cluster, f"change{i}.toml", group, joiners))
+            asked, took_ms, slot, leader_ms = reconfigure(cluster, cluster_file(cluster, f"change{i}.toml", group, joiners))
             changes.append({"kind": "replace", "group": list(group), "asked_unix_ms": asked * 1e3,
-                            "in_force_ms": took_ms, "from_slot": slot})
-            print(f"change {i + 1}: {group} in force from slot {slot}, {took_ms:.1f} ms", file=sys.stderr)
+                            "in_force_ms": took_ms, "from_slot": slot, "in_force_at_leader_ms": leader_ms})
+            print(f"change {i + 1}: {group} in force from slot {slot}, {took_ms:.1f} ms "
+                  f"({leader_ms:.1f} ms at the leader)", file=sys.stderr)
             time.sleep(max(0.0, asked + 1.0 - time.time()))
         victim = group[0]
         joiners[victim].proc.send_signal(signal.SIGKILL)
@@ -107,10 +109,11 @@ def main():
         print(f"acceptor {victim} SIGKILLed", file=sys.stderr)
         time.sleep(5.0)
         group[0] = next(fresh)
-        asked, took_ms, slot = reconfigure(cluster, cluster_file(cluster, "replace-dead.toml", group, joiners))
+        asked, took_ms, slot, leader_ms = reconfigure(cluster, cluster_file(cluster, "replace-dead.toml", group, joiners))
         changes.append({"kind": "replace the dead", "group": list(group), "asked_unix_ms": asked * 1e3,
-                        "in_force_ms": took_ms, "from_slot": slot})
-        print(f"dead {victim} replaced: {group} in force from slot {slot}, {took_ms:.1f} ms", file=sys.stderr)
+                        "in_force_ms": took_ms, "from_slot": slot, "in_force_at_leader_ms": leader_ms})
+        print(f"dead {victim} replaced: {group} in force from slot {slot}, {took_ms:.1f} ms "
+              f"({leader_ms:.1f} ms at the leader)", file=sys.stderr)
         out, _ = load.communicate(timeout=seconds + 60)
         report = json.loads(out.strip().splitlines()[-1])
         windows = report["timeline"]
@@ -145,6 +148,8 @@ def main():
                 min(w["cmds_per_sec"] for w in kill_windows) / mean_before if kill_windows else None,
             "median_in_force_ms": statistics.median(c["in_force_ms"] for c in changes),
             "max_in_force_ms": max(c["in_force_ms"] for c in changes),
+            "median_in_force_at_leader_ms": statistics.median(c["in_force_at_leader_ms"] for c in changes),
+            "max_in_force_at_leader_ms": max(c["in_force_at_leader_ms"] for c in changes),
             "load": {k: v for k, v in report.items() if k != "timeline"},
             "windows": windows,
         })
@@ -165,7 +170,10 @@ def main():
     print(f"lowest window in the rest of each change's second: "
           f"{result['lowest_window_after_a_change']['cmds_per_sec'] / result['mean_before_cmds_per_sec']:.2f}")
     print(f"lowest 100 ms window in the second after the kill: {result['lowest_ratio_in_the_second_after_the_kill']:.2f}")
-    print(f"in force: median {result['median_in_force_ms']:.1f} ms, max {result['max_in_force_ms']:.1f} ms (goal: median <= 50)")
+    print(f"in force: median {result['median_in_force_ms']:.1f} ms, max {result['max_in_force_ms']:.1f} ms, as "
+          f"`reconfigure` measures it (its status round included); from the leader taking the request: "
+          f"median {result['median_in_force_at_leader_ms']:.1f} ms, max {result['max_in_force_at_leader_ms']:.1f} ms "
+          "(goal: median <= 50 from being proposed)")
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     path = os.path.join(ROOT, "bench/results", time.strftime("reconfiguration-%Y%m%d-%H%M%S.json"))
     json.dump(result, open(path, "w"), indent=1)

@@ -1117,10 +1117,11 @@ fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
     let target = autopaxos::protocol::configuration::Configuration::from_cluster(&to.config);
     let done = autopaxos::runtime::operator::reconfigure(&file, target, args.timeout)?;
     println!(
-        "epoch {} in force from slot {}, {:.1} ms after it was asked for",
+        "epoch {} in force from slot {}, {:.1} ms after it was asked for ({:.1} ms after the leader took it)",
         done.epoch,
         done.from_slot,
-        done.took.as_secs_f64() * 1e3
+        done.took.as_secs_f64() * 1e3,
+        done.at_leader.as_secs_f64() * 1e3
     );
     Ok(())
 }

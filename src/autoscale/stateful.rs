@@ -744,7 +744,12 @@ mod tests {
             }
             let epoch = w.config.epoch + 1;
             w.config = Configuration { epoch, ..next };
-            Ok(Reconfigured { epoch, from_slot: 100 * epoch, took: Duration::ZERO })
+            Ok(Reconfigured {
+                epoch,
+                from_slot: 100 * epoch,
+                took: Duration::ZERO,
+                at_leader: Duration::ZERO,
+            })
         }
     }
 

@@ -278,8 +278,9 @@ pub enum Msg {
     /// operator → proposers: make `Configuration` the next one (the leader proposes it; the others
     /// answer `NotLeader`).
     Reconfigure(Configuration),
-    /// leader → operator: epoch `epoch` is in force from `from_slot` on.
-    Reconfigured { epoch: u64, from_slot: Slot },
+    /// leader → operator: epoch `epoch` is in force from `from_slot` on, `leader_us` after the
+    /// leader took the request (what the change itself took, without the operator's round trips).
+    Reconfigured { epoch: u64, from_slot: Slot, leader_us: u64 },
     /// leader → operator: the change to epoch `epoch` is refused, and why.
     ReconfigureRefused { epoch: u64, reason: String },
     /// operator → any node: how are you? (answered by the node's host, not its role's protocol)
@@ -416,7 +417,9 @@ impl std::fmt::Display for Msg {
             Msg::Leave | Msg::Leaving | Msg::Left | Msg::LeadNow => write!(f, "{name}"),
             Msg::Membership(v) => write!(f, "{name} {v}"),
             Msg::Reconfigure(c) => write!(f, "{name} epoch={} groups={:?}", c.epoch, c.acceptor_groups),
-            Msg::Reconfigured { epoch, from_slot } => write!(f, "{name} epoch={epoch} from={from_slot}"),
+            Msg::Reconfigured { epoch, from_slot, leader_us } => {
+                write!(f, "{name} epoch={epoch} from={from_slot} after={leader_us}us")
+            }
             Msg::ReconfigureRefused { epoch, reason } => write!(f, "{name} epoch={epoch}: {reason}"),
             Msg::StatusRequest => write!(f, "{name}"),
             Msg::Status(s) => write!(f, "{name} {} {:?}", s.role.name(), s.state),

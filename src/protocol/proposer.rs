@@ -112,6 +112,8 @@ struct PendingReconfig {
     requester: NodeId,
     /// Once proposed: the slot it was proposed in, and the first slot it owns.
     proposed: Option<(Slot, Slot)>,
+    /// When this leader took the request (a retry keeps the first one's time).
+    asked_at: Time,
 }
 
 #[derive(Debug)]
@@ -623,7 +625,7 @@ impl Proposer {
             let slot = self.take_next_slot();
             self.propose(now, slot, Value::Noop, out);
         }
-        self.answer_reconfigured(out);
+        self.answer_reconfigured(now, out);
         let latest_epoch = self.history.latest().config.epoch;
         let room = self.room();
         let State::Leader(l) = &self.state else { return };
@@ -830,8 +832,8 @@ impl Proposer {
         }
         if latest.config == config {
             // Chosen already (a retry, or another operator's): answer once it is in force.
-            l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None });
-            self.answer_reconfigured(out);
+            l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None, asked_at: now });
+            self.answer_reconfigured(now, out);
             return;
         }
         if let Some(pending) = l.reconfig.as_mut() {
@@ -867,13 +869,13 @@ impl Proposer {
             out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason: why.to_string() });
             return;
         }
-        l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None });
+        l.reconfig = Some(PendingReconfig { config, requester: from, proposed: None, asked_at: now });
         self.admit(now, out);
     }
 
     /// Tells the operator once the change it asked for is the newest configuration and the
     /// leader proposes in it.
-    fn answer_reconfigured(&mut self, out: &mut Out) {
+    fn answer_reconfigured(&mut self, now: Time, out: &mut Out) {
         let latest = self.history.latest();
         let (epoch, from_slot) = (latest.config.epoch, latest.from_slot);
         let State::Leader(l) = &mut self.state else { return };
@@ -881,7 +883,8 @@ impl Proposer {
             return;
         }
         let done = l.reconfig.take().expect("checked above");
-        out.send(done.requester, Msg::Reconfigured { epoch, from_slot });
+        let leader_us = now.saturating_sub(done.asked_at);
+        out.send(done.requester, Msg::Reconfigured { epoch, from_slot, leader_us });
     }
 
     fn next_slot(&self) -> Slot {
@@ -1934,11 +1937,13 @@ mod tests {
         let mut history = ConfigHistory::new(&config(), 4);
         history.on_chosen(0, &Change { config: one_group.clone(), from_slot: 4, ballot: Ballot::ZERO });
         let mut out = Out::new(false);
-        p.handle_message(1, 10, executed_with(1, &history), &mut out);
+        p.handle_message(4_200, 10, executed_with(1, &history), &mut out);
         assert_eq!(proposals(&out), vec![(1, Value::Noop), (2, Value::Noop), (3, Value::Noop)]);
-        assert_eq!(out.msgs.last().unwrap(), &(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 }));
-        // Asked again (the answer was lost): answered again.
-        assert_eq!(ask(&mut p, one_group), vec![(1_000, Msg::Reconfigured { epoch: 1, from_slot: 4 })]);
+        let in_force = Msg::Reconfigured { epoch: 1, from_slot: 4, leader_us: 4_200 };
+        assert_eq!(out.msgs.last().unwrap(), &(1_000, in_force), "asked at 0, in force at 4,200 us");
+        // Asked again (the answer was lost): answered again, at once.
+        let again = Msg::Reconfigured { epoch: 1, from_slot: 4, leader_us: 0 };
+        assert_eq!(ask(&mut p, one_group), vec![(1_000, again)]);
     }
 
     #[test]

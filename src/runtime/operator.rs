@@ -266,8 +266,8 @@ fn ask_all(
 
 /// A proposer's answer to a change of configuration.
 enum Answer {
-    /// In force from this slot.
-    InForce(Slot),
+    /// In force from this slot, this long after the leader took the request.
+    InForce(Slot, Duration),
     /// Refused, and why.
     Refused(String),
     /// Not the leader; maybe it knows who is.
@@ -283,6 +283,9 @@ pub struct Reconfigured {
     pub from_slot: Slot,
     /// From asking to in force.
     pub took: Duration,
+    /// From the leader taking the request to in force (the change itself, without the status
+    /// round that reads the configuration first, or connecting to the leader).
+    pub at_leader: Duration,
 }
 
 /// Makes the acceptor groups, replicas and proposers those of `to` (its epoch is ignored): reads
@@ -330,8 +333,8 @@ pub fn reconfigure_by(
         };
         let wait = timeout.saturating_sub(started.elapsed()).min(Duration::from_secs(10));
         let answer = |m| match m {
-            Msg::Reconfigured { epoch, from_slot } if epoch == target.epoch => {
-                Some(Answer::InForce(from_slot))
+            Msg::Reconfigured { epoch, from_slot, leader_us } if epoch == target.epoch => {
+                Some(Answer::InForce(from_slot, Duration::from_micros(leader_us)))
             }
             Msg::ReconfigureRefused { reason, .. } => Some(Answer::Refused(reason)),
             Msg::NotLeader { leader_hint } => Some(Answer::NotLeader(leader_hint)),
@@ -346,8 +349,13 @@ pub fn reconfigure_by(
             wait,
             answer,
         ) {
-            Ok(Answer::InForce(from_slot)) => {
-                return Ok(Reconfigured { epoch: target.epoch, from_slot, took: started.elapsed() })
+            Ok(Answer::InForce(from_slot, at_leader)) => {
+                return Ok(Reconfigured {
+                    epoch: target.epoch,
+                    from_slot,
+                    took: started.elapsed(),
+                    at_leader,
+                })
             }
             Ok(Answer::Refused(reason)) => return Err(format!("refused by proposer {next}: {reason}")),
             Ok(Answer::NotLeader(hint)) => {

@@ -589,7 +589,7 @@ pub(crate) mod tests {
             Msg::Chosen { slot: 9, value: Value::Noop },
             Msg::Executed { watermark: 9, configs: history.clone() },
             Msg::Reconfigure(reconfig.clone()),
-            Msg::Reconfigured { epoch: 1, from_slot: 1_011 },
+            Msg::Reconfigured { epoch: 1, from_slot: 1_011, leader_us: 31_500 },
             Msg::ReconfigureRefused { epoch: 1, reason: "no".into() },
             Msg::StatusRequest,
             Msg::Status(crate::protocol::messages::NodeStatus {
