@@ -122,7 +122,12 @@ pub async fn dial_loop(
                     );
                 }
             }
-            Err(e) => tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}"),
+            Err(e) => {
+                tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}");
+                if peer.set_connected(false) > 0 {
+                    host.metrics.unroutable.increment(1);
+                }
+            }
         }
         attempts += 1;
         glommio::timer::sleep(backoff).await;

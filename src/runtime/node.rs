@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 /// bound, what is dropped is what a dead or stuck peer would not have taken anyway.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
-/// ...and while no connection to it is up (never yet, or lost). What waits for a dead peer goes
+/// ...and once a connection to it was lost or could not be made, until one is up again (a peer
+/// being dialled for the first time has the full bound). What waits for a dead peer goes
 /// stale: a restarted node would first have to take in (an acceptor: log) whatever its previous
 /// life missed, a burst no pace bounds; and each dead peer would hold its sender's memory. The
 /// protocol re-sends or teaches what is lost, as it does for any message lost in a crash.
@@ -43,8 +44,8 @@ pub const MAX_QUEUED_BYTES_WHILE_DOWN: usize = 4 << 20;
 pub struct Peer {
     /// Frames queued during this turn; the connection task takes them all at once.
     pub writer: RefCell<FrameWriter>,
-    /// A connection to the peer is up (dialled and not yet lost).
-    connected: Cell<bool>,
+    /// The last connection to the peer was lost, or the last dial failed, and none is up.
+    down: Cell<bool>,
     wake: LocalSender<()>,
 }
 
@@ -53,23 +54,24 @@ impl Peer {
     pub fn new() -> (Rc<Peer>, LocalReceiver<()>) {
         // Capacity 1: a pending wake-up already means "there is something to write".
         let (wake, wake_rx) = local_channel::new_bounded(1);
-        let peer = Peer { writer: RefCell::new(FrameWriter::default()), connected: Cell::new(false), wake };
+        let peer = Peer { writer: RefCell::new(FrameWriter::default()), down: Cell::new(false), wake };
         (Rc::new(peer), wake_rx)
     }
 
-    /// Bytes that may wait for this peer: fewer while no connection to it is up.
+    /// Bytes that may wait for this peer: fewer while it is down.
     fn queue_limit(&self) -> usize {
-        if self.connected.get() {
-            MAX_QUEUED_BYTES
-        } else {
+        if self.down.get() {
             MAX_QUEUED_BYTES_WHILE_DOWN
+        } else {
+            MAX_QUEUED_BYTES
         }
     }
 
-    /// The connection to the peer came up, or went down: then what waits beyond the bound while
-    /// down is dropped (it would go to a peer that may not come back, or not as it was).
+    /// A connection to the peer came up, or was lost (or could not be made): then what waits
+    /// beyond the bound while down is dropped (it would go to a peer that may not come back, or
+    /// not as it was). Returns the bytes dropped.
     pub fn set_connected(&self, up: bool) -> usize {
-        self.connected.set(up);
+        self.down.set(!up);
         let mut writer = self.writer.borrow_mut();
         if up || writer.len_bytes() <= MAX_QUEUED_BYTES_WHILE_DOWN {
             return 0;
@@ -598,9 +600,11 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_with_no_connection_up_holds_a_small_queue_and_a_lost_connection_drops_the_excess() {
+    fn a_peer_that_is_down_holds_a_small_queue_and_a_lost_connection_drops_the_excess() {
         let (peer, _wake) = Peer::new();
-        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN, "never connected yet");
+        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES, "dialled for the first time");
+        assert_eq!(peer.set_connected(false), 0, "a failed dial with little waiting drops nothing");
+        assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN);
         assert_eq!(peer.set_connected(true), 0);
         assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES);
         // A slow reader's backlog, then the connection is lost: the backlog goes.
