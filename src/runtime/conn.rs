@@ -124,8 +124,14 @@ pub async fn dial_loop(
             }
             Err(e) => {
                 tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}");
-                if peer.set_connected(false) > 0 {
+                let dropped = peer.set_connected(false);
+                if dropped > 0 {
                     host.metrics.unroutable.increment(1);
+                    tracing::info!(
+                        node = host.id,
+                        peer = peer_id,
+                        "cannot connect to node {peer_id} ({e}): dropped the {dropped} bytes that waited for it"
+                    );
                 }
             }
         }
@@ -342,7 +348,6 @@ async fn serve_inner(
         Some(_) => None,
         None if !host.settings.addresses.borrow().contains_key(&peer_id) => {
             let (peer, wake) = Peer::new();
-            peer.set_connected(true); // forgotten when this connection closes
             host.adopt_peer(peer_id, peer.clone()).then_some((peer, wake))
         }
         None => None,
