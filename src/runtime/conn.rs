@@ -109,35 +109,34 @@ pub async fn dial_loop(
                     host.metrics.reconnects.increment(1);
                 }
                 let ticket = host.admission.borrow_mut().admit(None, false).expect("dialled: only counted");
-                peer.set_connected(true);
+                peer.mark_up();
                 let result = serve(&host, stream, ticket, Some(peer_id), Some((&peer, &wake))).await;
                 log_close(&host, &format!("to node {peer_id} at {addr}"), &result);
-                let dropped = peer.set_connected(false);
-                if dropped > 0 {
-                    host.metrics.unroutable.increment(1);
-                    tracing::info!(
-                        node = host.id,
-                        peer = peer_id,
-                        "connection to node {peer_id} lost: dropped the {dropped} bytes that waited for it"
-                    );
-                }
+                peer_down(&host, &peer, peer_id, || format!("connection to node {peer_id} lost"));
             }
             Err(e) => {
                 tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}");
-                let dropped = peer.set_connected(false);
-                if dropped > 0 {
-                    host.metrics.unroutable.increment(1);
-                    tracing::info!(
-                        node = host.id,
-                        peer = peer_id,
-                        "cannot connect to node {peer_id} ({e}): dropped the {dropped} bytes that waited for it"
-                    );
-                }
+                peer_down(&host, &peer, peer_id, || format!("cannot connect to node {peer_id} ({e})"));
             }
         }
         attempts += 1;
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+/// No connection to `peer_id` is up (`why` says how): what waits for it beyond the bound while
+/// down is dropped, counted and said.
+fn peer_down(host: &Host, peer: &Peer, peer_id: NodeId, why: impl FnOnce() -> String) {
+    let dropped = peer.mark_down();
+    if dropped > 0 {
+        host.metrics.unroutable.increment(1);
+        tracing::info!(
+            node = host.id,
+            peer = peer_id,
+            "{}: dropped the {dropped} bytes that waited for it",
+            why()
+        );
     }
 }
 

@@ -67,13 +67,18 @@ impl Peer {
         }
     }
 
-    /// A connection to the peer came up, or was lost (or could not be made): then what waits
-    /// beyond the bound while down is dropped (it would go to a peer that may not come back, or
-    /// not as it was). Returns the bytes dropped.
-    pub fn set_connected(&self, up: bool) -> usize {
-        self.down.set(!up);
+    /// A connection to the peer is up.
+    pub fn mark_up(&self) {
+        self.down.set(false);
+    }
+
+    /// The connection to the peer was lost, or could not be made: what waits beyond the bound
+    /// while down is dropped (it would go to a peer that may not come back, or not as it was).
+    /// Returns the bytes dropped.
+    pub fn mark_down(&self) -> usize {
+        self.down.set(true);
         let mut writer = self.writer.borrow_mut();
-        if up || writer.len_bytes() <= MAX_QUEUED_BYTES_WHILE_DOWN {
+        if writer.len_bytes() <= MAX_QUEUED_BYTES_WHILE_DOWN {
             return 0;
         }
         let dropped = writer.len_bytes();
@@ -603,22 +608,22 @@ mod tests {
     fn a_peer_that_is_down_holds_a_small_queue_and_a_lost_connection_drops_the_excess() {
         let (peer, _wake) = Peer::new();
         assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES, "dialled for the first time");
-        assert_eq!(peer.set_connected(false), 0, "a failed dial with little waiting drops nothing");
+        assert_eq!(peer.mark_down(), 0, "a failed dial with little waiting drops nothing");
         assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN);
-        assert_eq!(peer.set_connected(true), 0);
+        peer.mark_up();
         assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES);
         // A slow reader's backlog, then the connection is lost: the backlog goes.
         fill(&peer, 2 * MAX_QUEUED_BYTES_WHILE_DOWN);
         let queued = peer.writer.borrow().len_bytes();
-        assert_eq!(peer.set_connected(false), queued);
+        assert_eq!(peer.mark_down(), queued);
         assert_eq!(peer.writer.borrow().len_bytes(), 0);
         assert_eq!(peer.queue_limit(), MAX_QUEUED_BYTES_WHILE_DOWN);
         // Within the bound while down, what waits is kept for the next connection.
         fill(&peer, 1 << 20);
-        peer.set_connected(true);
+        peer.mark_up();
         let kept = peer.writer.borrow().len_bytes();
         assert!(kept >= 1 << 20);
-        assert_eq!(peer.set_connected(false), 0);
+        assert_eq!(peer.mark_down(), 0);
         assert_eq!(peer.writer.borrow().len_bytes(), kept);
     }
 }

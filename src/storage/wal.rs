@@ -232,10 +232,14 @@ impl Wal {
 
     /// Starts creating the segment after the current one in the background.
     fn prepare_next(&mut self) {
-        let prefill = prefill_bytes(self.options.segment_bytes, &self.options);
-        let (dir, sequence) = (self.dir.clone(), self.sequence + 1);
+        let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, self.full_prefill());
         self.next =
             Some(glommio::spawn_local(async move { create_segment(&dir, sequence, prefill).await }).detach());
+    }
+
+    /// Bytes of zeros every segment after the first is filled with.
+    fn full_prefill(&self) -> u64 {
+        prefill_bytes(self.options.segment_bytes, &self.options)
     }
 
     fn path(&self) -> PathBuf {
@@ -456,10 +460,7 @@ impl Wal {
         self.sync().await?;
         let file = match self.next.take() {
             Some(task) => task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?,
-            None => {
-                let prefill = prefill_bytes(self.options.segment_bytes, &self.options);
-                create_segment(&self.dir, self.sequence + 1, prefill).await?
-            }
+            None => create_segment(&self.dir, self.sequence + 1, self.full_prefill()).await?,
         };
         self.capacity = self.options.segment_bytes;
         self.buf = zeroed(&file, self.options.buffer_bytes);
