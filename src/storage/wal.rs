@@ -32,8 +32,7 @@
 //! point), rounded out to whole segments: about two segments beyond the live records in steady
 //! state (the current one and the one the trim point is in), plus the prepared next one, plus the
 //! newest snapshot. Every segment file is `segment_bytes` plus one buffer long from its creation
-//! (filled with zeros, see below), except the first after an open: at most `FIRST_SEGMENT_BYTES`,
-//! so that a node's start waits for little.
+//! (filled with zeros, see below).
 //!
 //! # Off the vote's path
 //!
@@ -70,11 +69,6 @@ const BLOCK: usize = 4096;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Size of the zero writes that prefill a new segment.
 const PREFILL_CHUNK: usize = 1 << 20;
-/// The segment a log opens with is closed once it holds this much (or `segment_bytes`, if less):
-/// it is filled with zeros before the node serves, so a start or restart waits for 8 MiB of zeros
-/// rather than a whole segment's (64 MiB: 0.1–0.3 s here, with the other nodes' logs, and about
-/// 0.5 s on a 125 MB/s cloud volume). The next, full-sized one is prepared meanwhile.
-const FIRST_SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Tunables of the write-ahead log.
 #[derive(Debug, Clone)]
@@ -139,8 +133,6 @@ pub struct Wal {
     options: WalOptions,
     /// The segment being written.
     file: Rc<DmaFile>,
-    /// It is closed once it holds more than this: `segment_bytes`, less for the first one.
-    capacity: u64,
     sequence: u64,
     /// Holds the file's bytes from `buf_start` (block-aligned) on; `buf_len` of them are data.
     buf: DmaBuffer,
@@ -189,14 +181,12 @@ impl Wal {
         assert!(options.write_behind >= 1, "{options:?}");
         assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
         let dir = dir.as_ref().to_path_buf();
-        let capacity = options.segment_bytes.min(FIRST_SEGMENT_BYTES);
-        let file = create_segment(&dir, next_sequence, prefill_bytes(capacity, &options)).await?;
+        let file = create_segment(&dir, next_sequence, prefill_bytes(&options)).await?;
         let buf = zeroed(&file, options.buffer_bytes);
         let mut wal = Wal {
             dir,
             options,
             file,
-            capacity,
             sequence: next_sequence,
             buf,
             buf_start: 0,
@@ -232,14 +222,9 @@ impl Wal {
 
     /// Starts creating the segment after the current one in the background.
     fn prepare_next(&mut self) {
-        let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, self.full_prefill());
+        let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, prefill_bytes(&self.options));
         self.next =
             Some(glommio::spawn_local(async move { create_segment(&dir, sequence, prefill).await }).detach());
-    }
-
-    /// Bytes of zeros every segment after the first is filled with.
-    fn full_prefill(&self) -> u64 {
-        prefill_bytes(self.options.segment_bytes, &self.options)
     }
 
     fn path(&self) -> PathBuf {
@@ -264,7 +249,7 @@ impl Wal {
     /// Appends `records` in order. Not durable until [`sync`](Self::sync). A `Snapshot` record is
     /// written to a file of its own, completely (synced, renamed, directory synced) before any record
     /// after it is written. May close the segment and start the next when it grows past
-    /// its capacity (`segment_bytes`, less for the first segment after an open).
+    /// `segment_bytes`.
     pub async fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
         for r in records {
             self.stats.records += 1;
@@ -283,7 +268,7 @@ impl Wal {
             self.max_slot = self.max_slot.max(r.slot());
             self.push_record(r).await?;
         }
-        if self.segment_len() > self.capacity {
+        if self.segment_len() > self.options.segment_bytes {
             self.rotate().await?;
         }
         Ok(())
@@ -460,9 +445,8 @@ impl Wal {
         self.sync().await?;
         let file = match self.next.take() {
             Some(task) => task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?,
-            None => create_segment(&self.dir, self.sequence + 1, self.full_prefill()).await?,
+            None => create_segment(&self.dir, self.sequence + 1, prefill_bytes(&self.options)).await?,
         };
-        self.capacity = self.options.segment_bytes;
         self.buf = zeroed(&file, self.options.buffer_bytes);
         let old = std::mem::replace(&mut self.file, file);
         self.buf_start = 0;
@@ -563,10 +547,10 @@ impl Wal {
     }
 }
 
-/// Bytes of zeros a new segment of `capacity` is filled with: room for `capacity` and the append
-/// that crosses it (a bigger one still works: its writes extend the file, as every write once did).
-fn prefill_bytes(capacity: u64, options: &WalOptions) -> u64 {
-    capacity.div_ceil(BLOCK as u64) * BLOCK as u64 + options.buffer_bytes as u64
+/// Bytes of zeros a new segment is filled with: room for `segment_bytes` and the append that
+/// crosses it (a bigger one still works: its writes extend the file, as every write once did).
+fn prefill_bytes(options: &WalOptions) -> u64 {
+    options.segment_bytes.div_ceil(BLOCK as u64) * BLOCK as u64 + options.buffer_bytes as u64
 }
 
 /// Creates segment `sequence` in `dir` holding `prefill` bytes of zeros (durable), and makes its
@@ -722,27 +706,6 @@ mod tests {
     }
 
     #[test]
-    fn a_log_opens_with_a_small_segment_then_goes_on_in_full_sized_ones() {
-        let t = TempDir::new("first-segment");
-        let options = WalOptions::default();
-        // 10 MiB of accepted values: past the first segment, within the second.
-        let groups: Vec<Vec<Record>> = (0..160u64).map(|slot| vec![accept(slot, 64 << 10)]).collect();
-        run_once(&t.0, groups, options.clone());
-        let lens: Vec<u64> = segments(&t.0).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
-        let (first, full) =
-            (prefill_bytes(FIRST_SEGMENT_BYTES, &options), prefill_bytes(options.segment_bytes, &options));
-        assert!(first < full / 4, "{first} {full}");
-        // The first, the one the log went on in (and the next one, if its preparation finished
-        // before the log closed).
-        assert_eq!(lens[..2], [first, full], "segment lengths");
-        assert!(lens[2..].iter().all(|&len| len == full), "{lens:?}");
-        let (recovered, _) = DataDir::open(&t.0).unwrap().recover().unwrap();
-        for slot in 0..160 {
-            assert!(recovered.records.contains(&accept(slot, 64 << 10)), "slot {slot} lost");
-        }
-    }
-
-    #[test]
     fn appended_and_synced_records_come_back_after_a_reopen() {
         let t = TempDir::new("roundtrip");
         let promise = Record::Promise { ballot: B, nonce: Some(5) };
@@ -792,8 +755,7 @@ mod tests {
         let t = TempDir::new("torn-prepared");
         let (recs, seg, bytes, ends) = three_records(&t.0);
         let (_, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
-        let first = prefill_bytes(FIRST_SEGMENT_BYTES, &WalOptions::default());
-        assert!(bytes.len() as u64 >= first, "segments are prefilled");
+        assert!(bytes.len() as u64 >= prefill_bytes(&WalOptions::default()), "segments are prefilled");
         // The third record half written, the segment's zeros after it.
         let mut torn = bytes.clone();
         torn[ends[1] + 100..].fill(0);
@@ -849,12 +811,11 @@ mod tests {
         let segs = segments(&t.0);
         for p in &segs {
             // Filled with zeros at creation, so the log only ever overwrote.
-            let len = prefill_bytes(options.segment_bytes, &options);
-            assert_eq!(std::fs::metadata(p).unwrap().len(), len, "{}", p.display());
+            assert_eq!(std::fs::metadata(p).unwrap().len(), prefill_bytes(&options), "{}", p.display());
         }
         let on_disk: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
         // Live records (about 30 slots * ~240 bytes) plus about two segments.
-        assert!(on_disk <= 3 * prefill_bytes(options.segment_bytes, &options), "{on_disk} bytes in {segs:?}");
+        assert!(on_disk <= 3 * prefill_bytes(&options), "{on_disk} bytes in {segs:?}");
         let data = DataDir::open(&t.0).unwrap();
         let (recovered, _) = data.recover().unwrap();
         assert!(recovered.records.contains(&promise), "the promise was lost with a deleted segment");
