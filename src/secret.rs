@@ -161,6 +161,7 @@ mod tests {
         assert!(ClusterSecret::generate(&path).is_err(), "an existing secret must not be replaced");
         assert_eq!(ClusterSecret::load(&path).unwrap(), first);
         assert_ne!(ClusterSecret::random(), first, "fresh secrets differ");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -179,6 +180,7 @@ mod tests {
         assert!(err.contains("fewer than 32") && err.contains("--new-secret"), "{err}");
         std::fs::write(&path, vec![b'a'; 10_000]).unwrap();
         assert!(ClusterSecret::load(&path).unwrap_err().to_string().contains("right file"));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]

@@ -68,10 +68,14 @@ impl NodeDisk {
 pub struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    /// A fresh path `<tmp>/<prefix>-<pid>-<random>` (created by whoever writes into it).
+    /// A fresh path `<tmp>/<prefix>-<pid>-<random>` (created by whoever writes into it). What a
+    /// run that was killed (so never dropped its own) left under the same prefix is removed first:
+    /// a durable `local` keeps ~650 MB there, and a few killed runs would fill a disk.
     pub fn new(prefix: &str) -> Self {
+        let tmp = std::env::temp_dir();
+        remove_left_by_dead_processes(&tmp, prefix);
         let name = format!("{prefix}-{}-{:x}", std::process::id(), incarnation_seed());
-        ScratchDir(std::env::temp_dir().join(name))
+        ScratchDir(tmp.join(name))
     }
 
     /// Its path.
@@ -83,6 +87,42 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes `<tmp>/<prefix>-<pid>-<hex>` directories whose process no longer runs. Only names of
+/// exactly that shape are touched, and only where `/proc` can say the process is gone.
+fn remove_left_by_dead_processes(tmp: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| scratch_owner(n, prefix)) else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                path = %entry.path().display(),
+                pid,
+                "removed a scratch directory that a run which is gone left behind"
+            ),
+            Err(e) => tracing::debug!(path = %entry.path().display(), "cannot remove: {e}"),
+        }
+    }
+}
+
+/// The process id in a scratch directory's name `<prefix>-<pid>-<hex>`, if it has that shape.
+fn scratch_owner(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (pid, random) = rest.split_once('-')?;
+    let hex = !random.is_empty() && random.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+        pid.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -167,4 +207,33 @@ pub fn node_launch(
         disk,
         resp: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_left_by_a_process_that_is_gone_is_removed_and_nothing_else() {
+        let tmp = std::env::temp_dir().join(format!("autopaxos-scratch-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        // A pid above the kernel's largest can never be running.
+        let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        let gone = max + 1;
+        let me = std::process::id();
+        let names = [
+            format!("autopaxos-x-{gone}-ab12"),
+            format!("autopaxos-x-{me}-cd34"),
+            format!("autopaxos-x-test-{gone}-ab12"),
+            format!("autopaxos-xy-{gone}-ab12"),
+            format!("autopaxos-x-{gone}-not-hex"),
+        ];
+        for name in &names {
+            std::fs::create_dir_all(tmp.join(name).join("node-3")).unwrap();
+        }
+        remove_left_by_dead_processes(&tmp, "autopaxos-x");
+        let left: Vec<bool> = names.iter().map(|n| tmp.join(n).exists()).collect();
+        assert_eq!(left, [false, true, true, true, true], "{names:?}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }

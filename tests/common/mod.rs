@@ -97,6 +97,9 @@ impl Proc {
             .args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1") // plain log files (tracing-subscriber colours even when not a tty)
+            // A process SIGKILLed on drop never removes its scratch directory (`local` keeps
+            // ~650 MB of logs there): inside the test's own directory, it goes with the test.
+            .env("TMPDIR", dir)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("create the stdout file"))
             .stderr(fs::File::create(&stderr).expect("create the stderr file"))
