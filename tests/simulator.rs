@@ -313,6 +313,19 @@ fn a_leader_that_can_hear_but_not_be_heard_is_replaced() {
 }
 
 #[test]
+fn proposers_that_cannot_hear_each_other_but_see_the_log_advance_do_not_take_turns_leading() {
+    // Only the link between the two proposers is cut: each reaches every other node. The follower
+    // hears no heartbeats, but the replicas report slots executed, so it knows a leader works.
+    let cut = [(1, 2), (2, 1)];
+    let mut faults: Vec<(u64, Fault)> = cut.iter().map(|&(a, b)| (300_000, Fault::Block(a, b))).collect();
+    faults.extend(cut.iter().map(|&(a, b)| (1_800_000, Fault::Unblock(a, b))));
+    let (outcome, _) = scenario(faults);
+    let base = baseline();
+    assert_eq!(outcome.elections, base.elections, "leaders changed while the log advanced");
+    assert!(outcome.completed * 10 >= base.completed * 9, "{} vs {}", outcome.completed, base.completed);
+}
+
+#[test]
 fn a_replica_that_missed_chosen_slots_is_taught_by_its_peer() {
     let (_, trace) = scenario(vec![(200_000, Fault::Block(6, 8)), (800_000, Fault::Unblock(6, 8))]);
     assert!(trace.contains("8 -> 7 CatchUp"), "replica 8 asked replica 7 to teach it");

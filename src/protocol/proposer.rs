@@ -718,6 +718,7 @@ impl Proposer {
         if configs.latest().config.epoch > self.marked_epoch {
             self.on_new_configuration(&configs, out);
         }
+        let executed_before = self.max_executed();
         let replicas = &self.history.latest().config.replicas;
         self.replica_watermarks.retain(|r, _| replicas.contains(r));
         self.replica_heard_at.retain(|r, _| replicas.contains(r));
@@ -725,6 +726,15 @@ impl Proposer {
             let known = self.replica_watermarks.entry(from).or_insert(0);
             *known = (*known).max(watermark);
             self.replica_heard_at.insert(from, now);
+        }
+        if matches!(self.state, State::Follower) && self.max_executed() > executed_before {
+            // Slots are being chosen, so a leader is at work even if its heartbeats do not reach
+            // this proposer (only the link between the two is cut): running now would depose a
+            // working leader, which would depose this one back in turn, for ever (`jepsen` with
+            // the proposers' link cut: a new leader every 200-300 ms). A dead or stuck leader
+            // chooses nothing, and the election timer runs out as before.
+            self.failed_elections = 0;
+            self.reset_election_timer(now);
         }
         // A change proposed at a higher ballot: its groups promised us nothing, and a leader with
         // that ballot exists. Take the ballot (a leader or candidate steps down) before routing by it.

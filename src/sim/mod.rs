@@ -164,6 +164,8 @@ pub struct FaultCounts {
     pub pauses: u64,
     /// Syncs slowed by a slow disk (tens of milliseconds, longer than a resend timeout).
     pub slow_syncs: u64,
+    /// Links cut both ways while both ends reached everyone else (two proposers, often).
+    pub link_cuts: u64,
 }
 
 impl FaultCounts {
@@ -185,6 +187,7 @@ impl FaultCounts {
         self.reconfig_crashes += other.reconfig_crashes;
         self.pauses += other.pauses;
         self.slow_syncs += other.slow_syncs;
+        self.link_cuts += other.link_cuts;
     }
 }
 
@@ -195,7 +198,7 @@ impl std::fmt::Display for FaultCounts {
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
-             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}",
+             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}, links cut {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -211,7 +214,8 @@ impl std::fmt::Display for FaultCounts {
             self.leaders_replaced,
             self.reconfig_crashes,
             self.pauses,
-            self.slow_syncs
+            self.slow_syncs,
+            self.link_cuts
         )
     }
 }
@@ -637,6 +641,11 @@ impl<'t> Simulator<'t> {
                 if self.opts.faults == FaultLevel::Heavy {
                     let mut pause_rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0x9a05e));
                     faults.extend(network::schedule_pauses(&mut pause_rng, &crashable, phase));
+                    let mut cut_rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0x1c07));
+                    let proposers: Vec<NodeId> = self.cluster.proposers.clone();
+                    let cuts = network::schedule_link_cuts(&mut cut_rng, &proposers, &crashable, phase);
+                    self.outcome.faults.link_cuts += cuts.len() as u64 / 4;
+                    faults.extend(cuts);
                 }
                 faults
             }

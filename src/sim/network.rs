@@ -182,6 +182,34 @@ pub fn schedule_pauses(rng: &mut ChaCha8Rng, nodes: &[NodeId], until: Time) -> V
     faults
 }
 
+/// Draws the link cuts of a heavy run (from a stream of their own): a few links cut both ways while
+/// both ends still reach everyone else, a partition that is not transitive (Jepsen's "bridge").
+/// Half of them cut two proposers apart, where it matters most: neither hears the other's
+/// heartbeats, though both reach the acceptors.
+pub fn schedule_link_cuts(
+    rng: &mut ChaCha8Rng,
+    proposers: &[NodeId],
+    nodes: &[NodeId],
+    until: Time,
+) -> Vec<(Time, Fault)> {
+    let mut faults = Vec::new();
+    for _ in 0..rng.gen_range(1..=3) {
+        let pool = if proposers.len() >= 2 && rng.gen_bool(0.5) { proposers } else { nodes };
+        let a = pool[rng.gen_range(0..pool.len())];
+        let b = pool[rng.gen_range(0..pool.len())];
+        if a == b {
+            continue;
+        }
+        let start = rng.gen_range(0..until * 3 / 4);
+        let end = (start + rng.gen_range(20_000..=until / 3)).min(until);
+        for (from, to) in [(a, b), (b, a)] {
+            faults.push((start, Fault::Block(from, to)));
+            faults.push((end, Fault::Unblock(from, to)));
+        }
+    }
+    faults
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
