@@ -6,8 +6,9 @@
 //! by key with the simulator's Wing-Gong-Lowe checker.
 //!
 //! Nemeses: `kill` (SIGKILL any node or gateway, restart it on its data directory a moment later),
-//! `pause` (SIGSTOP, then SIGCONT), `partition` (cut links between processes: one node isolated, or
-//! the processes split in two; every connection between processes passes through a proxy of the
+//! `pause` (SIGSTOP, then SIGCONT), `partition` (cut links between processes: one node isolated,
+//! the processes split in two, or split in two but for a "bridge" node linked to both halves; every
+//! connection between processes passes through a proxy of the
 //! harness, one per directed link, see [`proxy`]); with several nemeses, faults are sometimes mixed.
 //! After the last fault everything is healed and the clients go on for a recovery period, in which
 //! the cluster must serve again.
@@ -653,21 +654,32 @@ fn nemesis(
                     }));
                 }
                 Nemesis::Partition => {
-                    // Either one node cut off from everyone, or the processes split in two.
-                    let side: Vec<NodeId> = if rng.gen_bool(0.5) {
+                    // One node cut off from everyone; the processes split in two; or split in two
+                    // with one node (the bridge) still linked to both halves, a partition that is
+                    // not transitive (Jepsen's "bridge"): the two sides' nodes cannot hear each
+                    // other, though both reach the bridge.
+                    let shape = rng.gen_range(0..10);
+                    let side: Vec<NodeId> = if shape < 4 {
                         vec![nodes[rng.gen_range(0..nodes.len())]]
                     } else {
                         ids.iter().copied().filter(|_| rng.gen_bool(0.5)).collect()
                     };
+                    let bridge = (shape >= 7).then(|| nodes[rng.gen_range(0..nodes.len())]);
                     let cut: Vec<(NodeId, NodeId)> = ids
                         .iter()
                         .flat_map(|&a| ids.iter().map(move |&b| (a, b)))
                         .filter(|(a, b)| side.contains(a) != side.contains(b))
+                        .filter(|(a, b)| bridge != Some(*a) && bridge != Some(*b))
                         .collect();
                     for &(a, b) in &cut {
                         cluster.proxies.set_cut(a, b, true);
                     }
-                    log(format!("partition {side:?} from the rest"));
+                    match bridge {
+                        Some(bridge) => {
+                            log(format!("partition {side:?} from the rest, but for bridge {bridge}"))
+                        }
+                        None => log(format!("partition {side:?} from the rest")),
+                    }
                     undo.push(Box::new(move |c: &mut Cluster, log: &mut dyn FnMut(String)| {
                         for &(a, b) in &cut {
                             c.proxies.set_cut(a, b, false);
