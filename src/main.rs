@@ -224,7 +224,7 @@ struct LoadFlags {
     /// between batches, so throughput is then bound by latency.
     #[arg(long, default_value_t = 2048)]
     clients: u32,
-    /// Bytes per value.
+    /// Bytes per value (at most 65536, the key-value store's limit).
     #[arg(long, default_value_t = 16)]
     value_size: usize,
     /// Open loop: issue this many requests per second in all, on a schedule, whatever the replies
@@ -738,6 +738,12 @@ fn local(args: LocalArgs) -> Result<(), String> {
     if let Some(resp) = args.resp_addr {
         return autopaxos::runtime::local::serve_local(opts, resp, load.duration);
     }
+    if load.clients == 0 {
+        return Err("--clients 0: a load needs at least one client (for a cluster without one, \
+                    serve RESP with --resp-addr)"
+            .into());
+    }
+    opts.validate()?;
     eprintln!(
         "autopaxos local: f=1 cluster (2 proposers, 3 acceptors, 1 batcher, 1 proxy leader, 2 replicas, 1 unbatcher) \
          + {} clients on cores {:?}, loopback TCP; warm-up 1s, measuring {:?}",
@@ -864,6 +870,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
         verify: args.verify,
         rate_per_sec: load.rate.unwrap_or(0),
     };
+    workload.validate()?;
     let pool = client_pool(args.node, load.clients, file.config.clone(), tunables, workload, control.clone());
     let plan = ProcessPlan {
         cluster_id: file.cluster_id.clone(),

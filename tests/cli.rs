@@ -37,6 +37,22 @@ fn bad_arguments_get_a_clear_error_and_exit_status_2() {
     }
 }
 
+#[test]
+fn local_refuses_a_load_it_could_not_measure_before_it_starts_a_node() {
+    for (args, says) in [
+        (&["local", "--value-size", "65537"][..], "values are at most 65536 bytes"),
+        (&["local", "--value-size", "99999999999"], "values are at most 65536 bytes"),
+        (&["local", "--clients", "0"], "at least one client"),
+        (&["local", "--duration", "0s"], "give more than 0s"),
+    ] {
+        let out = autopaxos(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("f=1 cluster"), "{args:?} started a cluster: {stderr}");
+    }
+}
+
 fn last_json_line(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();

@@ -51,6 +51,22 @@ pub struct Workload {
     pub rate_per_sec: u64,
 }
 
+impl Workload {
+    /// Refuses a workload whose every command the cluster would refuse: a value over the store's
+    /// limit fails each write, and a load report would then count failures as throughput.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::protocol::state_machine::kv::MAX_VALUE_BYTES;
+        if self.value_size > MAX_VALUE_BYTES {
+            return Err(format!(
+                "--value-size {}: values are at most {MAX_VALUE_BYTES} bytes (the key-value store's limit, \
+                 which the load keeps to with either state machine)",
+                self.value_size
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An open-loop pool issues the arrivals due this often.
 pub const OPEN_LOOP_TICK_US: Time = 1_000;
 

@@ -268,9 +268,21 @@ pub fn serve_local(opts: LocalOptions, resp: SocketAddr, duration: Option<Durati
     Ok(())
 }
 
+impl LocalOptions {
+    /// Refuses settings a run under load cannot use, with the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        self.tunables.validate().map_err(|e| e.to_string())?;
+        self.workload.validate()?;
+        if self.duration.is_zero() {
+            return Err("--duration: a load of no time measures nothing; give more than 0s".into());
+        }
+        Ok(())
+    }
+}
+
 /// Runs the cluster under load and reports throughput and latency.
 pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
-    opts.tunables.validate().map_err(|e| e.to_string())?;
+    opts.validate()?;
     let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
     let config = ClusterConfig::f1(1, 1, 1, 1);
     let control = Arc::new(LoadControl::default());
