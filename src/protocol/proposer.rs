@@ -1,8 +1,10 @@
 //! Proposer: f+1 of them, one leads. The leader assigns each batch a slot and hands it to a proxy
-//! leader; it is two messages per batch whatever f is. Followers watch the leader's heartbeats and
-//! run for leader when they stop: Phase 1 on every acceptor group from the lowest slot not known to be
-//! chosen, re-propose the highest-ballot value found per slot, fill holes with no-ops, and only then
-//! take new batches. A proposer's memory is lost in a crash; everything it needs is re-learned.
+//! leader; it is two messages per batch whatever f is. Followers watch the leader's heartbeats, and
+//! the replicas' reports of slots executed, and run for leader when both stop (a follower cut off
+//! from the leader alone still sees the log advance, and leaves a working leader be): Phase 1 on
+//! every acceptor group from the lowest slot not known to be chosen, re-propose the highest-ballot
+//! value found per slot, fill holes with no-ops, and only then take new batches. A proposer's
+//! memory is lost in a crash; everything it needs is re-learned.
 //!
 //! Why a proposer needs no disk: safety rests on the acceptors' durable promises and votes alone,
 //! and a new leader re-learns from them in Phase 1 everything that may have been chosen. The one
