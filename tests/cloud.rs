@@ -71,7 +71,9 @@ fn text(out: &Output) -> (String, String) {
 const SECRET: &str = "0123456789abcdef0123456789abcdef-a-test-secret";
 
 fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("autopaxos-cloud-test-{}", std::process::id()));
+    // Under the target directory, which cargo keeps for tests' files: nothing is left in /tmp.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("autopaxos-cloud-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
