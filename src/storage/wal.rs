@@ -1002,6 +1002,7 @@ mod tests {
         assert!(r.fdatasync_4k_per_sec > 0.0 && r.sync_4k_mean_us > 0.0 && r.sync_write_1m_mb_per_sec > 0.0);
         assert_eq!(std::fs::read_dir(&t.0).unwrap().count(), 0, "scratch file left behind");
     }
+
     #[test]
     fn a_prepared_segment_fills_at_its_pace_until_it_is_needed_then_at_once() {
         let t = TempDir::new("pace");
