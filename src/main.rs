@@ -738,11 +738,6 @@ fn local(args: LocalArgs) -> Result<(), String> {
     if let Some(resp) = args.resp_addr {
         return autopaxos::runtime::local::serve_local(opts, resp, load.duration);
     }
-    if load.clients == 0 {
-        return Err("--clients 0: a load needs at least one client (for a cluster without one, \
-                    serve RESP with --resp-addr)"
-            .into());
-    }
     opts.validate()?;
     eprintln!(
         "autopaxos local: f=1 cluster (2 proposers, 3 acceptors, 1 batcher, 1 proxy leader, 2 replicas, 1 unbatcher) \

@@ -273,6 +273,11 @@ impl LocalOptions {
     pub fn validate(&self) -> Result<(), String> {
         self.tunables.validate().map_err(|e| e.to_string())?;
         self.workload.validate()?;
+        if self.clients == 0 {
+            return Err("--clients 0: a load needs at least one client (for a cluster without one, \
+                        serve RESP with --resp-addr)"
+                .into());
+        }
         if self.duration.is_zero() {
             return Err("--duration: a load of no time measures nothing; give more than 0s".into());
         }
@@ -291,7 +296,6 @@ pub fn run_local(opts: LocalOptions) -> Result<LocalReport, String> {
     // Durable by default, in a directory of this run's own that goes when the run does.
     let scratch = ScratchDir::new("autopaxos-local");
     let storage = opts.storage.clone().unwrap_or_else(|| StorageChoice::Under(scratch.path().to_path_buf()));
-    let opts = LocalOptions { clients: opts.clients.max(1), ..opts };
     let plan = local_plan(&opts, &cores, &config, &storage, &control, &stop, None)?;
     let epoch = Instant::now();
     let running = start(plan, epoch)?;

@@ -642,8 +642,9 @@ impl<'t> Simulator<'t> {
                     let mut pause_rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0x9a05e));
                     faults.extend(network::schedule_pauses(&mut pause_rng, &crashable, phase));
                     let mut cut_rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, 0x1c07));
-                    let proposers: Vec<NodeId> = self.cluster.proposers.clone();
-                    let cuts = network::schedule_link_cuts(&mut cut_rng, &proposers, &crashable, phase);
+                    let proposers = &self.cluster.proposers;
+                    let cuts = network::schedule_link_cuts(&mut cut_rng, proposers, &crashable, phase);
+                    // Four faults per cut: block and unblock, each way.
                     self.outcome.faults.link_cuts += cuts.len() as u64 / 4;
                     faults.extend(cuts);
                 }

@@ -157,10 +157,9 @@ pub struct Wal {
     trim: Option<Slot>,
     scratch: Vec<u8>,
     stats: WalStats,
-    /// The next segment, being created (empty) while this one fills.
-    next: Option<JoinHandle<Result<Rc<DmaFile>, StorageError>>>,
-    /// Set when the next segment is needed now: its zeros are then written unpaced.
-    next_hurry: Rc<std::cell::Cell<bool>>,
+    /// The next segment, being created (empty) while this one fills, and the flag that tells its
+    /// creation it is needed now (its zeros are then written unpaced).
+    next: Option<(JoinHandle<Result<Rc<DmaFile>, StorageError>>, Rc<std::cell::Cell<bool>>)>,
     /// When the current segment began: how fast it fills paces the next one's zeros.
     segment_began: std::time::Instant,
     /// The newest background deletion (each waits for the one before it).
@@ -210,7 +209,6 @@ impl Wal {
             scratch: Vec::new(),
             stats: WalStats::default(),
             next: None,
-            next_hurry: Rc::default(),
             segment_began: std::time::Instant::now(),
             deleting: None,
             deleted: Rc::default(),
@@ -236,12 +234,11 @@ impl Wal {
     /// `bytes_per_sec` unless it is needed sooner.
     fn prepare_next(&mut self, bytes_per_sec: u64) {
         let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, prefill_bytes(&self.options));
-        self.next_hurry = Rc::default();
-        let pace = Pace { bytes_per_sec, hurry: self.next_hurry.clone() };
-        self.next = Some(
-            glommio::spawn_local(async move { create_segment(&dir, sequence, prefill, Some(pace)).await })
-                .detach(),
-        );
+        let hurry = Rc::new(std::cell::Cell::new(false));
+        let pace = Pace { bytes_per_sec, hurry: hurry.clone() };
+        let task =
+            glommio::spawn_local(async move { create_segment(&dir, sequence, prefill, Some(pace)).await });
+        self.next = Some((task.detach(), hurry));
     }
 
     fn path(&self) -> PathBuf {
@@ -463,9 +460,11 @@ impl Wal {
         // Twice the rate this segment filled at: the next one is ready well before it is needed.
         let filled_in = self.segment_began.elapsed().as_secs_f64().max(1e-3);
         let pace = ((2.0 * self.segment_len() as f64 / filled_in) as u64).max(MIN_PREFILL_BYTES_PER_SEC);
-        self.next_hurry.set(true);
         let file = match self.next.take() {
-            Some(task) => task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?,
+            Some((task, hurry)) => {
+                hurry.set(true);
+                task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?
+            }
             None => create_segment(&self.dir, self.sequence + 1, prefill_bytes(&self.options), None).await?,
         };
         self.segment_began = std::time::Instant::now();
@@ -551,7 +550,7 @@ impl Wal {
         self.sync().await?;
         self.deletions_done().await?;
         let prepared = match self.next.take() {
-            Some(task) => task.await,
+            Some((task, _)) => task.await,
             None => None,
         };
         if let Some(Ok(next)) = prepared {
