@@ -550,7 +550,11 @@ impl Wal {
         self.sync().await?;
         self.deletions_done().await?;
         let prepared = match self.next.take() {
-            Some((task, _)) => task.await,
+            // Its zeros go out unpaced: a close would otherwise wait up to a second for them.
+            Some((task, hurry)) => {
+                hurry.set(true);
+                task.await
+            }
             None => None,
         };
         if let Some(Ok(next)) = prepared {
