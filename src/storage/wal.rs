@@ -107,6 +107,8 @@ pub struct WalStats {
 }
 
 type WriteTask = JoinHandle<glommio::Result<usize, ()>>;
+/// The creation of a segment in the background.
+type SegmentTask = JoinHandle<Result<Rc<DmaFile>, StorageError>>;
 
 /// An fdatasync in flight, from [`Wal::start_sync`].
 pub struct PendingSync {
@@ -159,7 +161,7 @@ pub struct Wal {
     stats: WalStats,
     /// The next segment, being created (empty) while this one fills, and the flag that tells its
     /// creation it is needed now (its zeros are then written unpaced).
-    next: Option<(JoinHandle<Result<Rc<DmaFile>, StorageError>>, Rc<std::cell::Cell<bool>>)>,
+    next: Option<(SegmentTask, Rc<std::cell::Cell<bool>>)>,
     /// When the current segment began: how fast it fills paces the next one's zeros.
     segment_began: std::time::Instant,
     /// The newest background deletion (each waits for the one before it).
