@@ -473,18 +473,20 @@ fn write_acceptor_log_in(dir: &Path, target: u64, segment_bytes: usize) -> Resul
     let mut buf = Vec::with_capacity(segment_bytes + (1 << 20));
     let mut slot: Slot = 0;
     while log.bytes_on_disk < target {
+        // Each segment's checksums are seeded with its sequence number, as the log seeds them.
+        let sequence = log.segments as u64;
         buf.clear();
-        encode(&promise, &mut buf);
+        encode(&promise, sequence, &mut buf);
         log.records += 1;
         // Past the segment size and the target both end a segment, as the log closes one once past.
         while buf.len() <= segment_bytes && log.bytes_on_disk + (buf.len() as u64) < target {
             let value = Value::Batch(batches[slot as usize % batches.len()].clone());
-            encode(&Record::Accept { slot, ballot, value }, &mut buf);
+            encode(&Record::Accept { slot, ballot, value }, sequence, &mut buf);
             slot += 1;
             log.records += 1;
         }
         buf.resize(buf.len().div_ceil(BLOCK) * BLOCK, 0);
-        let path = dir.join(segment_name(log.segments as u64));
+        let path = dir.join(segment_name(sequence));
         write_synced(&path, &[&buf])?;
         log.segments += 1;
         log.bytes_on_disk += buf.len() as u64;

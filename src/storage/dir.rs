@@ -11,7 +11,7 @@
 //! loaded), and `*.tmp` (a snapshot, or a new segment being filled with zeros, whose write did not
 //! finish: deleted).
 
-use super::record::{all_zero, scan, Corrupt};
+use super::record::{scan, segment_seed, Corrupt};
 use super::snapshot::decode_snapshot;
 use crate::protocol::durable::{Record, Recovered};
 use crate::protocol::Slot;
@@ -109,7 +109,8 @@ pub struct RecoveryReport {
     pub records: usize,
     /// Bytes of log read.
     pub bytes_scanned: u64,
-    /// Bytes of a torn tail cut off the last segment.
+    /// Bytes of a torn tail cut off the last segment (in a reused segment file, the older
+    /// segment's bytes after it count too).
     pub torn_bytes_dropped: u64,
     /// The slot of the snapshot loaded, if any.
     pub snapshot_slot: Option<u64>,
@@ -236,16 +237,22 @@ impl DataDir {
             let p = self.path.join(segment_name(seq));
             files.push(Bytes::from(std::fs::read(&p).map_err(|e| StorageError::io(&p, e))?));
         }
-        // The log prepares the next segment (all zeros) while it fills the current one, and fills
-        // every segment with zeros before its first record: the segment being written when the
-        // process died is the last one that is not all zeros.
-        let written = files.iter().rposition(|b| !all_zero(b)).map_or(0, |i| i + 1);
-        for (i, (&seq, bytes)) in segments.iter().zip(files).enumerate() {
+        let scans = segments
+            .iter()
+            .zip(&files)
+            .map(|(&seq, bytes)| {
+                let p = self.path.join(segment_name(seq));
+                scan(bytes, segment_seed(bytes, seq)).map_err(|c| StorageError::corrupt(&p, c))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The log prepares the next segment (all zeros, or a reused file with an older segment's
+        // records, which do not verify under this one's seed) while it fills the current one: the
+        // segment being written when the process died is the last one holding a record.
+        let written = scans.iter().rposition(|s| !s.records.is_empty()).map_or(0, |i| i + 1);
+        for (i, ((&seq, bytes), scan)) in segments.iter().zip(files).zip(scans).enumerate() {
             let p = self.path.join(segment_name(seq));
-            let scan = scan(&bytes).map_err(|c| StorageError::corrupt(&p, c))?;
-            let last = i + 1 >= written;
-            if scan.torn_bytes > 0 {
-                if !last {
+            if scan.torn_bytes > 0 && i < written {
+                if i + 1 < written {
                     // Only the segment being written when the process died can have a torn tail:
                     // a closed segment was synced whole before the next one was written.
                     return Err(StorageError::Corrupt {

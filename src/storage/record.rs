@@ -9,7 +9,8 @@
 //! # Layout (little-endian, written by hand)
 //!
 //! ```text
-//! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body)
+//! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body), seeded with
+//!                           the segment's sequence number (see "Reused segments")
 //! offset 8  len       u32   body length in bytes
 //! offset 12 kind      u8    1 Promise, 2 Accept, 3 Trim, 4 Executed, 5 Snapshot (0 never: a zero
 //!                           header is the clean end of the log)
@@ -23,12 +24,20 @@
 //! `slot u64, value tag u8, pad 7, batch bytes`; Snapshot `slot u64, bytes`. Value tag 0 is `Noop`
 //! (no bytes follow), 1 is `Batch` (the rest of the body, as it is). Batch bytes therefore start
 //! 8-aligned in the file too.
+//!
+//! # Reused segments
+//!
+//! The log reuses the files of segments it no longer needs (see `wal.rs`) rather than write a new
+//! one full of zeros, so the bytes after a segment's last record may be an older segment's intact
+//! records. The seed tells them apart: a record counts only if its checksum verifies with the
+//! sequence number of the segment it is read from, and an older segment's records carry its own.
+//! Segments written before seeds existed verify with seed 0 ([`segment_seed`] tells which).
 
 use crate::protocol::durable::Record;
 use crate::protocol::messages::Value;
 use crate::protocol::Ballot;
 use bytes::Bytes;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Bytes of a record header; records start at multiples of [`ALIGN`].
 pub const HEADER_LEN: usize = 16;
@@ -70,9 +79,10 @@ pub struct Scan {
     pub ends: Vec<usize>,
     /// Bytes from the start that hold intact records: a repair truncates the file to this length.
     pub valid_len: usize,
-    /// Bytes after `valid_len` up to the last non-zero one (a torn write, which a repair drops);
-    /// zero when the log simply ends, possibly followed by zeros (padding, or a prefilled segment's
-    /// unused end).
+    /// Bytes after `valid_len` up to the last non-zero one when the log ends in a damaged record (a
+    /// torn write, which a repair drops; in a reused segment, the older contents after it too);
+    /// zero when the log ends cleanly at a zero header, whatever follows it (padding, a prefilled
+    /// segment's unused end, or a reused segment's older records).
     pub torn_bytes: usize,
 }
 
@@ -121,7 +131,7 @@ fn value_bytes(value: &Value) -> &[u8] {
 /// Appends one framed record to `out` (which may already hold records; it must be 8-aligned in
 /// length, as it is when it holds only records). Panics if the body exceeds [`BODY_MAX`]: a batch
 /// that large is a bug upstream (batches are bounded far below it).
-pub fn encode(record: &Record, out: &mut Vec<u8>) {
+pub fn encode(record: &Record, seed: u64, out: &mut Vec<u8>) {
     assert!(out.len().is_multiple_of(ALIGN), "records must start 8-aligned (out.len() = {})", out.len());
     let body_len = body_len(record);
     assert!(body_len <= BODY_MAX, "record body of {body_len} bytes exceeds the u32 length field");
@@ -161,7 +171,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         }
     }
     debug_assert_eq!(out.len(), start + HEADER_LEN + body_len);
-    let sum = xxh3_64(&out[start + 8..]);
+    let sum = xxh3_64_with_seed(&out[start + 8..], seed);
     out[start..start + 8].copy_from_slice(&sum.to_le_bytes());
     out.resize(start + framed_len(body_len), 0);
 }
@@ -189,8 +199,8 @@ enum Probe {
     Ok(Record, usize),
 }
 
-/// Decodes the record at `off` (8-aligned) if it is intact.
-fn probe(bytes: &Bytes, off: usize) -> Probe {
+/// Decodes the record at `off` (8-aligned) if it is intact under `seed`.
+fn probe(bytes: &Bytes, off: usize, seed: u64) -> Probe {
     let b = &bytes[..];
     if b.len() - off < HEADER_LEN {
         return if b[off..].iter().all(|&x| x == 0) { Probe::End } else { Probe::Bad("short header") };
@@ -208,7 +218,7 @@ fn probe(bytes: &Bytes, off: usize) -> Probe {
     if len > b.len() - body_start {
         return Probe::Bad("record length runs past the end");
     }
-    if xxh3_64(&b[off + 8..body_start + len]) != u64_at(header, 0) {
+    if xxh3_64_with_seed(&b[off + 8..body_start + len], seed) != u64_at(header, 0) {
         return Probe::Bad("checksum mismatch");
     }
     let end = (off + framed_len(len)).min(b.len());
@@ -255,14 +265,25 @@ fn decode_body(bytes: &Bytes, kind: u8, at: usize, len: usize) -> Option<Record>
     })
 }
 
-/// Reads every record of a log's bytes in order. Batch values and snapshot bytes are slices of
-/// `bytes` (no copy).
+/// The checksum seed of a segment's records: its `sequence`, unless its first record is intact only
+/// unseeded (seed 0: written before seeds existed).
+pub fn segment_seed(bytes: &Bytes, sequence: u64) -> u64 {
+    match (probe(bytes, 0, sequence), probe(bytes, 0, 0)) {
+        (Probe::Ok(..), _) => sequence,
+        (_, Probe::Ok(..)) => 0,
+        _ => sequence,
+    }
+}
+
+/// Reads every record of a log's bytes (checksums seeded with `seed`) in order. Batch values and
+/// snapshot bytes are slices of `bytes` (no copy).
 ///
 /// The first offset that does not hold an intact record ends the log. If an intact record can still
 /// be found at any later 8-aligned offset, the damage is in the middle: `Err(Corrupt)` naming the
-/// offset. Otherwise it is the end: a clean one if the rest is zero (padding, or a zero header), a
-/// torn tail if not (`torn_bytes` says how much a repair drops).
-pub fn scan(bytes: &Bytes) -> Result<Scan, Corrupt> {
+/// offset. Otherwise it is the end: a clean one at a zero header (the writer ends every sync with
+/// one: what follows is padding, zeros never written, or a reused segment's older records), a torn
+/// tail at a damaged record (`torn_bytes` says how much a repair drops).
+pub fn scan(bytes: &Bytes, seed: u64) -> Result<Scan, Corrupt> {
     let mut scan = Scan::default();
     let mut off = 0;
     let reason = loop {
@@ -270,7 +291,7 @@ pub fn scan(bytes: &Bytes) -> Result<Scan, Corrupt> {
             scan.valid_len = bytes.len();
             return Ok(scan);
         }
-        match probe(bytes, off) {
+        match probe(bytes, off, seed) {
             Probe::Ok(record, end) => {
                 scan.records.push(record);
                 scan.ends.push(end);
@@ -288,7 +309,7 @@ pub fn scan(bytes: &Bytes) -> Result<Scan, Corrupt> {
     // Is anything intact after the damage? Then the damage is not a tail.
     let mut later = off + ALIGN;
     while later < bytes.len() {
-        if let Probe::Ok(..) = probe(bytes, later) {
+        if let Probe::Ok(..) = probe(bytes, later, seed) {
             return Err(Corrupt {
                 offset: off,
                 reason: format!(
@@ -299,8 +320,11 @@ pub fn scan(bytes: &Bytes) -> Result<Scan, Corrupt> {
         }
         later += ALIGN;
     }
-    // Up to the last non-zero byte: the zeros a prefilled segment ends with were never written.
-    scan.torn_bytes = bytes[off..].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    // A zero header is where the writer's last sync ended the log: nothing after it is ours.
+    if reason.is_some() {
+        // Up to the last non-zero byte: the zeros a prefilled segment ends with were never written.
+        scan.torn_bytes = bytes[off..].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    }
     Ok(scan)
 }
 
@@ -314,6 +338,9 @@ pub fn all_zero(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The checksum seed of the logs these tests write (a segment's sequence number).
+    const SEED: u64 = 9;
 
     fn sample() -> Vec<Record> {
         vec![
@@ -335,7 +362,7 @@ mod tests {
     fn log_of(records: &[Record]) -> Vec<u8> {
         let mut out = Vec::new();
         for r in records {
-            encode(r, &mut out);
+            encode(r, SEED, &mut out);
         }
         out
     }
@@ -369,7 +396,7 @@ mod tests {
     fn records_round_trip_and_batches_are_slices_of_the_input() {
         let records = sample();
         let bytes = Bytes::from(log_of(&records));
-        let scan = scan(&bytes).unwrap();
+        let scan = scan(&bytes, SEED).unwrap();
         assert_eq!(scan.records, records);
         assert_eq!(scan.valid_len, bytes.len());
         assert_eq!(scan.torn_bytes, 0);
@@ -384,7 +411,7 @@ mod tests {
         let mut log = log_of(&sample());
         let n = log.len();
         log.resize(n + 4096, 0);
-        let scan = scan(&Bytes::from(log)).unwrap();
+        let scan = scan(&Bytes::from(log), SEED).unwrap();
         assert_eq!(scan.records, sample());
         assert_eq!((scan.valid_len, scan.torn_bytes), (n, 0));
     }
@@ -392,9 +419,9 @@ mod tests {
     #[test]
     fn a_zeroed_record_in_the_middle_is_corruption() {
         let mut log = log_of(&sample());
-        let ends = scan(&Bytes::from(log.clone())).unwrap().ends;
+        let ends = scan(&Bytes::from(log.clone()), SEED).unwrap().ends;
         log[ends[1]..ends[2]].fill(0);
-        let err = scan(&Bytes::from(log)).unwrap_err();
+        let err = scan(&Bytes::from(log), SEED).unwrap_err();
         assert_eq!(err.offset, ends[1]);
     }
 
@@ -403,15 +430,57 @@ mod tests {
         let mut log = log_of(&sample());
         let n = log.len();
         log.extend_from_slice(&[0xAB; 100]);
-        let scan = scan(&Bytes::from(log)).unwrap();
+        let scan = scan(&Bytes::from(log), SEED).unwrap();
         assert_eq!(scan.records, sample());
         assert_eq!((scan.valid_len, scan.torn_bytes), (n, 100));
+    }
+
+    #[test]
+    fn a_reused_segments_older_records_after_a_clean_end_are_neither_read_nor_torn() {
+        let mut log = log_of(&sample());
+        let n = log.len();
+        log.extend_from_slice(&[0; HEADER_LEN]);
+        let mut older = Vec::new();
+        for r in sample().iter().rev() {
+            encode(r, 3, &mut older);
+        }
+        log.extend_from_slice(&older);
+        let scan = scan(&Bytes::from(log), SEED).unwrap();
+        assert_eq!(scan.records, sample());
+        assert_eq!((scan.valid_len, scan.torn_bytes), (n, 0));
+    }
+
+    #[test]
+    fn records_checksummed_with_another_seed_are_not_intact() {
+        let mut older = Vec::new();
+        for r in &sample() {
+            encode(r, 3, &mut older);
+        }
+        let scan = scan(&Bytes::from(older.clone()), SEED).unwrap();
+        assert!(scan.records.is_empty());
+        let last_non_zero = older.iter().rposition(|&b| b != 0).unwrap() + 1;
+        assert_eq!((scan.valid_len, scan.torn_bytes), (0, last_non_zero));
+    }
+
+    #[test]
+    fn a_segments_seed_is_its_sequence_unless_it_was_written_unseeded() {
+        let seeded = Bytes::from(log_of(&sample()));
+        assert_eq!(segment_seed(&seeded, SEED), SEED);
+        let mut unseeded = Vec::new();
+        for r in &sample() {
+            encode(r, 0, &mut unseeded);
+        }
+        let unseeded = Bytes::from(unseeded);
+        assert_eq!(segment_seed(&unseeded, SEED), 0);
+        assert_eq!(scan(&unseeded, 0).unwrap().records, sample());
+        assert_eq!(segment_seed(&Bytes::from(vec![0u8; 4096]), SEED), SEED);
+        assert_eq!(segment_seed(&Bytes::from(vec![0xAB; 4096]), SEED), SEED);
     }
 
     proptest! {
         #[test]
         fn any_record_list_round_trips(records in proptest::collection::vec(arb_record(), 0..20)) {
-            let scan = scan(&Bytes::from(log_of(&records))).unwrap();
+            let scan = scan(&Bytes::from(log_of(&records)), SEED).unwrap();
             prop_assert_eq!(scan.records, records);
             prop_assert_eq!(scan.torn_bytes, 0);
         }
@@ -423,10 +492,10 @@ mod tests {
         ) {
             let log = log_of(&records);
             let cut = cut.index(log.len() + 1);
-            let scan = scan(&Bytes::from(log[..cut].to_vec())).unwrap();
+            let scan = scan(&Bytes::from(log[..cut].to_vec()), SEED).unwrap();
             // Exactly the records that end by the cut survive.
             // (A record whose zero padding is cut off is still whole.)
-            let full = super::scan(&Bytes::from(log.clone())).unwrap();
+            let full = super::scan(&Bytes::from(log.clone()), SEED).unwrap();
             let starts = std::iter::once(0).chain(full.ends.iter().copied());
             let whole = starts
                 .zip(&records)
@@ -444,14 +513,14 @@ mod tests {
             bit in 0u8..8,
         ) {
             let mut log = log_of(&records);
-            let ends = super::scan(&Bytes::from(log.clone())).unwrap().ends;
+            let ends = super::scan(&Bytes::from(log.clone()), SEED).unwrap().ends;
             let i = which.index(records.len() - 1);
             let start = if i == 0 { 0 } else { ends[i - 1] };
             // Flip a byte of the header or body, not of the zero padding (which no one reads).
             let framed = HEADER_LEN + body_len(&records[i]);
             let pos = start + at.index(framed);
             log[pos] ^= 1 << bit;
-            let err = super::scan(&Bytes::from(log)).unwrap_err();
+            let err = super::scan(&Bytes::from(log), SEED).unwrap_err();
             prop_assert_eq!(err.offset, start);
         }
     }
