@@ -30,7 +30,7 @@ use crate::protocol::state_machine::{new_state_machine, HashKey, StateMachineKin
 use crate::protocol::{Ballot, NodeId, Out, Role, Slot};
 use crate::runtime::launch::{node_dir, ScratchDir};
 use crate::storage::dir::{segment_name, snapshot_name};
-use crate::storage::record::encode;
+use crate::storage::record::{encode, seed_of_segment};
 use crate::storage::snapshot::snapshot_header;
 use crate::storage::wal::WalOptions;
 use crate::wire::{Frame, FrameReader};
@@ -473,15 +473,16 @@ fn write_acceptor_log_in(dir: &Path, target: u64, segment_bytes: usize) -> Resul
     let mut buf = Vec::with_capacity(segment_bytes + (1 << 20));
     let mut slot: Slot = 0;
     while log.bytes_on_disk < target {
-        // Each segment's checksums are seeded with its sequence number, as the log seeds them.
+        // Each segment's checksums are seeded by its sequence number, as the log seeds them.
         let sequence = log.segments as u64;
+        let seed = seed_of_segment(sequence);
         buf.clear();
-        encode(&promise, sequence, &mut buf);
+        encode(&promise, seed, &mut buf);
         log.records += 1;
         // Past the segment size and the target both end a segment, as the log closes one once past.
         while buf.len() <= segment_bytes && log.bytes_on_disk + (buf.len() as u64) < target {
             let value = Value::Batch(batches[slot as usize % batches.len()].clone());
-            encode(&Record::Accept { slot, ballot, value }, sequence, &mut buf);
+            encode(&Record::Accept { slot, ballot, value }, seed, &mut buf);
             slot += 1;
             log.records += 1;
         }

@@ -15,9 +15,9 @@ use crate::storage::snapshot::{decode_snapshot, encode_snapshot};
 use bytes::Bytes;
 use rand::Rng;
 
-/// The sequence number of the one segment this disk's log is (it seeds the records' checksums; the
-/// simulator does not model segment files, only the byte format and what a crash keeps of it).
-const SEGMENT: u64 = 1;
+/// The checksum seed of this disk's log, as if it were one segment (the simulator does not model
+/// segment files, only the byte format and what a crash keeps of it).
+const SEED: u64 = 1 << 63;
 
 /// One write, as the driver issued it.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ impl SimDisk {
                 }
                 other => {
                     let mut bytes = Vec::new();
-                    record::encode(other, SEGMENT, &mut bytes);
+                    record::encode(other, SEED, &mut bytes);
                     self.unsynced.push(Write::Log(bytes));
                 }
             }
@@ -128,7 +128,7 @@ impl SimDisk {
     /// What a restarting node reads back: the scan of the log (a torn tail cut off, as the runtime
     /// truncates it) and the newest snapshot; or the corruption the scan found.
     pub fn recover(&mut self) -> Result<Recovered, Corrupt> {
-        let scan = record::scan(&Bytes::from(self.log.clone()), SEGMENT)?;
+        let scan = record::scan(&Bytes::from(self.log.clone()), SEED)?;
         self.log.truncate(scan.valid_len);
         self.record_ends = scan.ends.clone();
         let snapshot = match &self.snapshot {

@@ -9,7 +9,7 @@
 //! # Layout (little-endian, written by hand)
 //!
 //! ```text
-//! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body), seeded with
+//! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body), seeded by
 //!                           the segment's sequence number (see "Reused segments")
 //! offset 8  len       u32   body length in bytes
 //! offset 12 kind      u8    1 Promise, 2 Accept, 3 Trim, 4 Executed, 5 Snapshot (0 never: a zero
@@ -30,8 +30,9 @@
 //! The log reuses the files of segments it no longer needs (see `wal.rs`) rather than write a new
 //! one full of zeros, so the bytes after a segment's last record may be an older segment's intact
 //! records. The seed tells them apart: a record counts only if its checksum verifies with the
-//! sequence number of the segment it is read from, and an older segment's records carry its own.
-//! Segments written before seeds existed verify with seed 0 ([`segment_seed`] tells which).
+//! seed of the segment it is read from ([`seed_of_segment`], from its sequence number), and an
+//! older segment's records carry their own. Segments written before seeds existed verify with
+//! [`UNSEEDED`] ([`segment_seed`] tells which).
 
 use crate::protocol::durable::Record;
 use crate::protocol::messages::Value;
@@ -265,13 +266,23 @@ fn decode_body(bytes: &Bytes, kind: u8, at: usize, len: usize) -> Option<Record>
     })
 }
 
-/// The checksum seed of a segment's records: its `sequence`, unless its first record is intact only
-/// unseeded (seed 0: written before seeds existed).
+/// The seed of logs written before seeds existed (xxh3's default).
+pub const UNSEEDED: u64 = 0;
+
+/// The checksum seed of the records of segment `sequence`: never [`UNSEEDED`], so that no segment
+/// this version writes (segment 0 included) can be taken for an older version's.
+pub fn seed_of_segment(sequence: u64) -> u64 {
+    (1 << 63) | sequence
+}
+
+/// The checksum seed to read segment `sequence`'s `bytes` with: [`seed_of_segment`], unless its
+/// first record is intact only [`UNSEEDED`] (a segment written before seeds existed).
 pub fn segment_seed(bytes: &Bytes, sequence: u64) -> u64 {
-    match (probe(bytes, 0, sequence), probe(bytes, 0, 0)) {
-        (Probe::Ok(..), _) => sequence,
-        (_, Probe::Ok(..)) => 0,
-        _ => sequence,
+    let seed = seed_of_segment(sequence);
+    match (probe(bytes, 0, seed), probe(bytes, 0, UNSEEDED)) {
+        (Probe::Ok(..), _) => seed,
+        (_, Probe::Ok(..)) => UNSEEDED,
+        _ => seed,
     }
 }
 
@@ -340,7 +351,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// The checksum seed of the logs these tests write (a segment's sequence number).
-    const SEED: u64 = 9;
+    const SEED: u64 = 9 | 1 << 63;
 
     fn sample() -> Vec<Record> {
         vec![
@@ -463,18 +474,25 @@ mod tests {
     }
 
     #[test]
-    fn a_segments_seed_is_its_sequence_unless_it_was_written_unseeded() {
-        let seeded = Bytes::from(log_of(&sample()));
-        assert_eq!(segment_seed(&seeded, SEED), SEED);
-        let mut unseeded = Vec::new();
-        for r in &sample() {
-            encode(r, 0, &mut unseeded);
-        }
-        let unseeded = Bytes::from(unseeded);
-        assert_eq!(segment_seed(&unseeded, SEED), 0);
-        assert_eq!(scan(&unseeded, 0).unwrap().records, sample());
-        assert_eq!(segment_seed(&Bytes::from(vec![0u8; 4096]), SEED), SEED);
-        assert_eq!(segment_seed(&Bytes::from(vec![0xAB; 4096]), SEED), SEED);
+    fn a_segments_seed_comes_from_its_sequence_unless_it_was_written_unseeded() {
+        let log = |seed: u64| {
+            let mut out = Vec::new();
+            for r in &sample() {
+                encode(r, seed, &mut out);
+            }
+            Bytes::from(out)
+        };
+        assert_eq!(segment_seed(&log(seed_of_segment(4)), 4), seed_of_segment(4));
+        let unseeded = log(UNSEEDED);
+        assert_eq!(segment_seed(&unseeded, 4), UNSEEDED);
+        assert_eq!(scan(&unseeded, UNSEEDED).unwrap().records, sample());
+        // Segment 0's file reused as segment 4 is not taken for an unseeded log (whose records
+        // would all read back).
+        let reused = log(seed_of_segment(0));
+        assert_eq!(segment_seed(&reused, 4), seed_of_segment(4));
+        assert!(scan(&reused, seed_of_segment(4)).unwrap().records.is_empty());
+        assert_eq!(segment_seed(&Bytes::from(vec![0u8; 4096]), 4), seed_of_segment(4));
+        assert_eq!(segment_seed(&Bytes::from(vec![0xAB; 4096]), 4), seed_of_segment(4));
     }
 
     proptest! {

@@ -41,7 +41,7 @@
 //! writing a new file of zeros: half the bytes written, and none of the zeros' load on the disk
 //! that every vote's sync waited behind (`bench/README.md`, 2026-12-07). Its old records stay in
 //! it until overwritten; they cannot be read as the new segment's because every record's checksum
-//! is seeded with the sequence number of the segment it was written in (`record.rs`), and every
+//! is seeded by the sequence number of the segment it was written in (`record.rs`), and every
 //! sync ends what it writes with a zero header, so a scan of the new segment ends where its own
 //! records end. Only segments this process wrote are reused: a recovered one may predate seeds.
 //!
@@ -63,7 +63,7 @@
 //! by default) plus 1 MiB while writing a snapshot.
 
 use super::dir::{parse_snapshot_name, segment_name, snapshot_name, SegmentInfo, StorageError};
-use super::record::{encode, HEADER_LEN};
+use super::record::{encode, seed_of_segment, HEADER_LEN};
 use super::snapshot::snapshot_header;
 use crate::protocol::durable::Record;
 use crate::protocol::Slot;
@@ -331,7 +331,7 @@ impl Wal {
     async fn push_record(&mut self, r: &Record) -> Result<(), StorageError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        encode(r, self.sequence, &mut scratch);
+        encode(r, seed_of_segment(self.sequence), &mut scratch);
         self.stats.bytes += scratch.len() as u64;
         let res = self.push_bytes(&scratch).await;
         self.scratch = scratch;
@@ -696,7 +696,7 @@ impl Pace {
 
 /// Makes spare segment `spare` (condemned by a durable trim) segment `sequence`: renamed, the new
 /// name made durable, opened. Its old records stay until overwritten; they verify under `spare`'s
-/// seed, not `sequence`'s, so no scan of it reads them (see "Reused segments" above).
+/// checksum seed, not `sequence`'s, so no scan of it reads them (see "Reused segments" above).
 async fn reuse_segment(dir: &Path, spare: u64, sequence: u64) -> Result<Rc<DmaFile>, StorageError> {
     let path = dir.join(segment_name(sequence));
     glommio::io::rename(dir.join(segment_name(spare)), &path).await.map_err(io(&path))?;
@@ -847,9 +847,10 @@ mod tests {
         assert_eq!(third, want2);
     }
 
-    /// The sequence number in a segment's file name (its records' checksum seed).
-    fn sequence_of(segment: &Path) -> u64 {
-        crate::storage::dir::parse_segment_name(segment.file_name().unwrap().to_str().unwrap()).unwrap()
+    /// The checksum seed of a segment's records, from the sequence number in its file name.
+    fn seed_of(segment: &Path) -> u64 {
+        let name = segment.file_name().unwrap().to_str().unwrap();
+        seed_of_segment(crate::storage::dir::parse_segment_name(name).unwrap())
     }
 
     /// One run that wrote three records: the records, the segment holding them, its bytes and
@@ -859,7 +860,7 @@ mod tests {
         run_once(dir, vec![recs.clone()], WalOptions::default());
         let seg = segments(dir).pop().unwrap();
         let bytes = std::fs::read(&seg).unwrap();
-        let ends = scan(&Bytes::from(bytes.clone()), sequence_of(&seg)).unwrap().ends;
+        let ends = scan(&Bytes::from(bytes.clone()), seed_of(&seg)).unwrap().ends;
         (recs, seg, bytes, ends)
     }
 
@@ -898,8 +899,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), ends[1] as u64);
         // A torn segment with a written one after it is damage, not a tail.
         std::fs::write(&seg, &torn).unwrap();
-        let mut written = vec![0u8; 1 << 20];
-        written[..ends[0]].copy_from_slice(&bytes[..ends[0]]);
+        let mut written = Vec::new();
+        encode(&recs[0], seed_of(&prepared), &mut written);
+        written.resize(1 << 20, 0);
         std::fs::write(&prepared, &written).unwrap();
         let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
         assert!(matches!(&err, StorageError::Corrupt { file, .. } if *file == seg), "{err}");
@@ -990,6 +992,29 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_segment_before_segment_0s_file_reused_and_not_yet_written_is_the_last() {
+        let t = TempDir::new("reuse-zero");
+        let segment = |seq: u64, records: &[Record]| {
+            let mut bytes = Vec::new();
+            for r in records {
+                encode(r, seed_of_segment(seq), &mut bytes);
+            }
+            bytes.resize(64 << 10, 0);
+            bytes
+        };
+        // Segment 0's file, prepared as segment 2 (renamed) when the process died.
+        std::fs::write(t.0.join(segment_name(2)), segment(0, &[accept(0, 100), accept(1, 100)])).unwrap();
+        // Segment 1, the one being written, its last write torn.
+        let mut current = segment(1, &[accept(2, 100), accept(3, 100)]);
+        let end = scan(&Bytes::from(current.clone()), seed_of_segment(1)).unwrap().valid_len;
+        current[end..end + 50].fill(0xAB);
+        std::fs::write(t.0.join(segment_name(1)), current).unwrap();
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert_eq!(recovered.records, vec![accept(2, 100), accept(3, 100)]);
+        assert_eq!(report.torn_bytes_dropped, 50);
+    }
+
+    #[test]
     fn a_crash_among_reused_segments_keeps_every_synced_record_and_reads_no_older_one() {
         let t = TempDir::new("reuse-crash");
         let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
@@ -1017,10 +1042,10 @@ mod tests {
         let (prepared, current) = (&segs[segs.len() - 1], &segs[segs.len() - 2]);
         let bytes = Bytes::from(std::fs::read(prepared).unwrap());
         assert!(!bytes.iter().all(|&b| b == 0), "the prepared segment is not a reused one");
-        assert!(scan(&bytes, sequence_of(prepared)).unwrap().records.is_empty());
+        assert!(scan(&bytes, seed_of(prepared)).unwrap().records.is_empty());
         // The crash also tore a write after the current segment's last synced record.
         let mut cur = std::fs::read(current).unwrap();
-        let valid = scan(&Bytes::from(cur.clone()), sequence_of(current)).unwrap().valid_len;
+        let valid = scan(&Bytes::from(cur.clone()), seed_of(current)).unwrap().valid_len;
         cur[valid..valid + 100].fill(0xAB);
         std::fs::write(current, &cur).unwrap();
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
@@ -1041,7 +1066,7 @@ mod tests {
         let seen = on_executor(move || async move {
             let read_segment = |seq: u64| {
                 let bytes = std::fs::read(path.join(segment_name(seq))).unwrap();
-                scan(&Bytes::from(bytes), seq).unwrap().records
+                scan(&Bytes::from(bytes), seed_of_segment(seq)).unwrap().records
             };
             let mut wal = Wal::open(&path, report.next_sequence, vec![], &[], options).await.unwrap();
             // Fill past one segment so the first is closed; a trim then condemns it.
@@ -1115,7 +1140,7 @@ mod tests {
         // intact records: never replayed.
         let segment_tmp = t.0.join(format!("{}.tmp", segment_name(3)));
         let mut stale = Vec::new();
-        encode(&accept(5, 100), 3, &mut stale);
+        encode(&accept(5, 100), seed_of_segment(3), &mut stale);
         std::fs::write(&segment_tmp, &stale).unwrap();
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         assert!(recovered.is_empty() && report.snapshot_slot.is_none());
