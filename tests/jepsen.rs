@@ -49,8 +49,8 @@ fn a_harness_stopped_by_sigterm_takes_its_node_processes_with_it() {
     let _serial = common::serialize();
     let dir = common::TempDir::new("jepsen-sigterm");
     let keep = dir.0.join("run");
-    let args: Vec<String> =
-        ["jepsen", "--duration", "60s", "--keep", keep.to_str().unwrap()].map(String::from).to_vec();
+    // Relative to the harness's working directory, as a user types it (the nodes get it absolute).
+    let args: Vec<String> = ["jepsen", "--duration", "60s", "--keep", "run"].map(String::from).to_vec();
     let mut run = Proc::spawn(&dir.0, "jepsen", &args);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !run.stderr_text().contains("cluster serving") {

@@ -728,6 +728,9 @@ pub fn run(opts: JepsenOptions) -> Result<JepsenReport, String> {
     let scratch = crate::runtime::launch::ScratchDir::new("autopaxos-jepsen");
     let dir = opts.keep.clone().unwrap_or_else(|| scratch.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Absolute: the cluster files in it name the secret by a path the nodes resolve from there
+    // (a relative `--keep` left every node unable to read it).
+    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     stop_children_on_signal(opts.keep.is_none().then(|| dir.clone()))?;
     let mut cluster = Cluster::start(&dir, &opts.binary)?;
     if let Err(e) = wait_until_serving(&cluster, Duration::from_secs(60)) {
