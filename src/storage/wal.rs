@@ -25,18 +25,19 @@
 //!
 //! # Disk bound
 //!
-//! A segment is closed (written, synced) once it exceeds `segment_bytes`; the next one begins with
+//! A segment is closed (written, synced) once it exceeds `segment_bytes` (the first ones a process
+//! begins are smaller: `first_segment_bytes`, doubling); the next one begins with
 //! the sticky records (the last `Promise` and `Trim`) so no older segment is needed for them. After
 //! a `Trim { below }` is durable, every closed segment whose highest slot is below `below` (or that
 //! holds no slot at all) is deleted. The disk holds the live records (slots at or above the trim
 //! point), rounded out to whole segments: about two segments beyond the live records in steady
 //! state (the current one and the one the trim point is in), plus the prepared next one, plus up
-//! to [`MAX_SPARE_SEGMENTS`] kept for reuse, plus the newest snapshot. Every segment file is
-//! `segment_bytes` plus one buffer long from its creation (filled with zeros, see below).
+//! to [`MAX_SPARE_SEGMENTS`] kept for reuse, plus the newest snapshot. Every segment file is its
+//! limit plus one buffer long from its creation (filled with zeros, see below).
 //!
 //! # Reused segments
 //!
-//! A segment this process closed and a durable trim condemned is not deleted but kept as a spare
+//! A full-size segment this process closed and a durable trim condemned is not deleted but kept as a spare
 //! (up to [`MAX_SPARE_SEGMENTS`]), and the next segment is prepared by renaming a spare rather than
 //! writing a new file of zeros: half the bytes written, and none of the zeros' load on the disk
 //! that every vote's sync waited behind (`bench/README.md`, 2026-12-07). Its old records stay in
@@ -95,6 +96,10 @@ pub const MAX_SPARE_SEGMENTS: usize = 2;
 pub struct WalOptions {
     /// A segment is closed and a new one begun once it holds more than this many bytes.
     pub segment_bytes: u64,
+    /// The size of the first segment a process begins (at most `segment_bytes`); each next one is
+    /// twice the one before, up to `segment_bytes`. A start then writes a few MiB of zeros at once
+    /// rather than a whole segment's (64 MiB: a dip in every other node's syncs on a shared disk).
+    pub first_segment_bytes: u64,
     /// Bytes of one write buffer (a multiple of 4 KiB); a full buffer is written at once.
     pub buffer_bytes: usize,
     /// Full buffers in flight before `append` waits for the oldest.
@@ -103,7 +108,12 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_bytes: 64 << 20, buffer_bytes: 256 << 10, write_behind: 4 }
+        WalOptions {
+            segment_bytes: 64 << 20,
+            first_segment_bytes: 4 << 20,
+            buffer_bytes: 256 << 10,
+            write_behind: 4,
+        }
     }
 }
 
@@ -216,7 +226,7 @@ impl Wal {
         assert!(options.write_behind >= 1, "{options:?}");
         assert!(old_segments.iter().all(|s| s.sequence < next_sequence), "new segment must be newest");
         let dir = dir.as_ref().to_path_buf();
-        let file = create_segment(&dir, next_sequence, prefill_bytes(&options), None).await?;
+        let file = create_segment(&dir, next_sequence, prefill_bytes(&options, 0), None).await?;
         let buf = zeroed(&file, options.buffer_bytes);
         let mut wal = Wal {
             dir,
@@ -262,9 +272,12 @@ impl Wal {
     /// Starts preparing the segment after the current one in the background: a spare renamed, or
     /// else a new file whose zeros are written at `bytes_per_sec` unless it is needed sooner.
     fn prepare_next(&mut self, bytes_per_sec: u64) {
-        let (dir, sequence, prefill) = (self.dir.clone(), self.sequence + 1, prefill_bytes(&self.options));
+        let sequence = self.sequence + 1;
+        let (dir, prefill) = (self.dir.clone(), self.prefill(sequence));
         let hurry = Rc::new(std::cell::Cell::new(false));
-        let task = match self.spares.pop() {
+        // Spares are full-size segments: one becomes the next only once segments are full-size.
+        let spare = self.spares.pop_if(|_| prefill == prefill_bytes(&self.options, u64::MAX));
+        let task = match spare {
             Some(spare) => {
                 self.stats.segments_reused += 1;
                 glommio::spawn_local(async move { reuse_segment(&dir, spare, sequence).await })
@@ -279,6 +292,11 @@ impl Wal {
 
     fn path(&self) -> PathBuf {
         self.dir.join(segment_name(self.sequence))
+    }
+
+    /// Bytes of zeros segment `sequence` (one this process begins) is created with.
+    fn prefill(&self, sequence: u64) -> u64 {
+        prefill_bytes(&self.options, sequence - self.first_own)
     }
 
     /// The counters so far.
@@ -318,7 +336,7 @@ impl Wal {
             self.max_slot = self.max_slot.max(r.slot());
             self.push_record(r).await?;
         }
-        if self.segment_len() > self.options.segment_bytes {
+        if self.segment_len() > segment_limit(&self.options, self.sequence - self.first_own) {
             self.rotate().await?;
         }
         Ok(())
@@ -444,7 +462,11 @@ impl Wal {
         // Our own segments become spares, newest first kept (the others were condemned earlier).
         dead.sort_unstable();
         while self.spares.len() < MAX_SPARE_SEGMENTS {
-            match dead.iter().rposition(|&seq| seq >= self.first_own) {
+            let full = segment_limit(&self.options, u64::MAX);
+            let own_and_full = |seq: u64| {
+                seq >= self.first_own && segment_limit(&self.options, seq - self.first_own) == full
+            };
+            match dead.iter().rposition(|&seq| own_and_full(seq)) {
                 Some(i) => self.spares.push(dead.remove(i)),
                 None => break,
             }
@@ -516,7 +538,9 @@ impl Wal {
                 hurry.set(true);
                 task.await.unwrap_or_else(|| Err(cancelled(&self.dir, "segment creation")))?
             }
-            None => create_segment(&self.dir, self.sequence + 1, prefill_bytes(&self.options), None).await?,
+            None => {
+                create_segment(&self.dir, self.sequence + 1, self.prefill(self.sequence + 1), None).await?
+            }
         };
         self.segment_began = std::time::Instant::now();
         self.buf = zeroed(&file, self.options.buffer_bytes);
@@ -625,10 +649,18 @@ impl Wal {
     }
 }
 
-/// Bytes of zeros a new segment is filled with: room for `segment_bytes` and the append that
-/// crosses it (a bigger one still works: its writes extend the file, as every write once did).
-fn prefill_bytes(options: &WalOptions) -> u64 {
-    options.segment_bytes.div_ceil(BLOCK as u64) * BLOCK as u64 + options.buffer_bytes as u64
+/// The size past which the `nth` segment a process began is closed: `first_segment_bytes`,
+/// doubling, up to `segment_bytes`.
+fn segment_limit(options: &WalOptions, nth: u64) -> u64 {
+    let first = options.first_segment_bytes.clamp(BLOCK as u64, options.segment_bytes.max(BLOCK as u64));
+    first.checked_shl(nth.min(32) as u32).unwrap_or(u64::MAX).min(options.segment_bytes)
+}
+
+/// Bytes of zeros the `nth` segment a process began is filled with: room for its limit and the
+/// append that crosses it (a bigger one still works: its writes extend the file, as every write
+/// once did).
+fn prefill_bytes(options: &WalOptions, nth: u64) -> u64 {
+    segment_limit(options, nth).div_ceil(BLOCK as u64) * BLOCK as u64 + options.buffer_bytes as u64
 }
 
 /// Creates segment `sequence` in `dir` holding `prefill` bytes of zeros (durable), and makes its
@@ -883,7 +915,7 @@ mod tests {
         let t = TempDir::new("torn-prepared");
         let (recs, seg, bytes, ends) = three_records(&t.0);
         let (_, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
-        assert!(bytes.len() as u64 >= prefill_bytes(&WalOptions::default()), "segments are prefilled");
+        assert!(bytes.len() as u64 >= prefill_bytes(&WalOptions::default(), 0), "segments are prefilled");
         // The third record half written, the segment's zeros after it.
         let mut torn = bytes.clone();
         torn[ends[1] + 100..].fill(0);
@@ -925,7 +957,12 @@ mod tests {
     #[test]
     fn rotation_and_trims_keep_the_disk_bounded_and_keep_promise_and_trim() {
         let t = TempDir::new("rotate");
-        let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
+        let options = WalOptions {
+            segment_bytes: 8 << 10,
+            buffer_bytes: 4 << 10,
+            write_behind: 2,
+            ..WalOptions::default()
+        };
         let promise = Record::Promise { ballot: B, nonce: None };
         let mut groups = vec![vec![promise.clone()]];
         for slot in 0..400u64 {
@@ -941,11 +978,16 @@ mod tests {
         let segs = segments(&t.0);
         for p in &segs {
             // Filled with zeros at creation (or reused), so the log only ever overwrote.
-            assert_eq!(std::fs::metadata(p).unwrap().len(), prefill_bytes(&options), "{}", p.display());
+            assert_eq!(
+                std::fs::metadata(p).unwrap().len(),
+                prefill_bytes(&options, u64::MAX),
+                "{}",
+                p.display()
+            );
         }
         let on_disk: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
         // Live records (about 30 slots * ~240 bytes) plus about two segments.
-        assert!(on_disk <= 3 * prefill_bytes(&options), "{on_disk} bytes in {segs:?}");
+        assert!(on_disk <= 3 * prefill_bytes(&options, u64::MAX), "{on_disk} bytes in {segs:?}");
         let data = DataDir::open(&t.0).unwrap();
         let (recovered, _) = data.recover().unwrap();
         assert!(recovered.records.contains(&promise), "the promise was lost with a deleted segment");
@@ -966,7 +1008,12 @@ mod tests {
     #[test]
     fn a_sync_ends_the_log_with_a_zero_header_even_on_a_block_boundary_over_old_bytes() {
         let t = TempDir::new("terminator");
-        let options = WalOptions { segment_bytes: 1 << 20, buffer_bytes: 4 << 10, write_behind: 2 };
+        let options = WalOptions {
+            segment_bytes: 1 << 20,
+            buffer_bytes: 4 << 10,
+            write_behind: 2,
+            ..WalOptions::default()
+        };
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
         // A record of exactly one buffer: the append writes it whole, the sync has no data left.
@@ -1017,7 +1064,12 @@ mod tests {
     #[test]
     fn a_crash_among_reused_segments_keeps_every_synced_record_and_reads_no_older_one() {
         let t = TempDir::new("reuse-crash");
-        let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
+        let options = WalOptions {
+            segment_bytes: 8 << 10,
+            buffer_bytes: 4 << 10,
+            write_behind: 2,
+            ..WalOptions::default()
+        };
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
         let stats = on_executor(move || async move {
@@ -1059,7 +1111,12 @@ mod tests {
     #[test]
     fn pipelined_syncs_each_cover_what_was_appended_before_them_and_deletion_waits_for_the_trim() {
         let t = TempDir::new("pipelined");
-        let options = WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2 };
+        let options = WalOptions {
+            segment_bytes: 8 << 10,
+            buffer_bytes: 4 << 10,
+            write_behind: 2,
+            ..WalOptions::default()
+        };
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
         let (_, report) = data.recover().unwrap();
@@ -1117,6 +1174,49 @@ mod tests {
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         assert_eq!(recovered.records, recs);
         assert_eq!(report.torn_bytes_dropped, 0);
+    }
+
+    #[test]
+    fn the_first_segments_of_a_start_double_up_to_the_full_size_and_only_full_ones_are_reused() {
+        let t = TempDir::new("ramp");
+        let options = WalOptions {
+            segment_bytes: 64 << 10,
+            first_segment_bytes: 8 << 10,
+            buffer_bytes: 4 << 10,
+            write_behind: 2,
+        };
+        let mut groups = Vec::new();
+        for slot in 0..2_000u64 {
+            let mut g = vec![accept(slot, 200)];
+            if slot % 100 == 99 {
+                g.push(Record::Trim { below: slot - 50 });
+            }
+            groups.push(g);
+        }
+        let path = t.0.clone();
+        let data = DataDir::open(&t.0).unwrap();
+        let sizes = on_executor(move || async move {
+            let mut wal = Wal::open(&path, 0, vec![], &[], options).await.unwrap();
+            let mut sizes = vec![(0, std::fs::metadata(path.join(segment_name(0))).unwrap().len())];
+            for g in groups {
+                wal.append(&g).await.unwrap();
+                wal.sync().await.unwrap();
+                let seq = wal.sequence();
+                if sizes.last().is_none_or(|&(s, _)| s != seq) {
+                    sizes.push((seq, std::fs::metadata(path.join(segment_name(seq))).unwrap().len()));
+                }
+            }
+            let reused = wal.stats().segments_reused;
+            wal.close().await.unwrap();
+            (sizes, reused)
+        });
+        drop(data);
+        let (sizes, reused) = sizes;
+        let kib: Vec<u64> = sizes.iter().map(|&(_, len)| (len - 4096) >> 10).collect();
+        assert_eq!(kib[..5], [8, 16, 32, 64, 64], "{sizes:?}");
+        // Reused spares included: only full-size segments become spares.
+        assert!(kib[4..].iter().all(|&k| k == 64), "{kib:?}");
+        assert!(reused > 0, "no segment was reused");
     }
 
     #[test]
