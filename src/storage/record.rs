@@ -350,8 +350,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The checksum seed of the logs these tests write (a segment's sequence number).
-    const SEED: u64 = 9 | 1 << 63;
+    /// The checksum seed of the logs these tests write (`seed_of_segment(9)`).
+    const SEED: u64 = (1 << 63) | 9;
 
     fn sample() -> Vec<Record> {
         vec![
