@@ -37,9 +37,9 @@
 //!
 //! # Reused segments
 //!
-//! A full-size segment this process closed and a durable trim condemned is not deleted but kept as a spare
-//! (up to [`MAX_SPARE_SEGMENTS`]), and the next segment is prepared by renaming a spare rather than
-//! writing a new file of zeros: half the bytes written, and none of the zeros' load on the disk
+//! A full-size segment this process closed and a durable trim condemned is not deleted but kept
+//! as a spare (up to [`MAX_SPARE_SEGMENTS`]), and the next segment is prepared by renaming a spare
+//! rather than writing a new file of zeros: half the bytes written, and none of the zeros' load on the disk
 //! that every vote's sync waited behind (`bench/README.md`, 2026-12-07). Its old records stay in
 //! it until overwritten; they cannot be read as the new segment's because every record's checksum
 //! is seeded by the sequence number of the segment it was written in (`record.rs`), and every
@@ -276,7 +276,7 @@ impl Wal {
         let (dir, prefill) = (self.dir.clone(), self.prefill(sequence));
         let hurry = Rc::new(std::cell::Cell::new(false));
         // Spares are full-size segments: one becomes the next only once segments are full-size.
-        let spare = self.spares.pop_if(|_| prefill == prefill_bytes(&self.options, u64::MAX));
+        let spare = if self.own_and_full_size(sequence) { self.spares.pop() } else { None };
         let task = match spare {
             Some(spare) => {
                 self.stats.segments_reused += 1;
@@ -297,6 +297,13 @@ impl Wal {
     /// Bytes of zeros segment `sequence` (one this process begins) is created with.
     fn prefill(&self, sequence: u64) -> u64 {
         prefill_bytes(&self.options, sequence - self.first_own)
+    }
+
+    /// Whether segment `sequence` is one this process began, at the full size: the only kind
+    /// kept as a spare and reused.
+    fn own_and_full_size(&self, sequence: u64) -> bool {
+        sequence >= self.first_own
+            && segment_limit(&self.options, sequence - self.first_own) == self.options.segment_bytes
     }
 
     /// The counters so far.
@@ -412,7 +419,8 @@ impl Wal {
     /// Writes out everything appended so far (waits for the writes in flight, writes the partial
     /// last buffer zero-padded to a block, with room for a zero header after the last record: the
     /// log's clean end, whatever a reused file holds after it) and starts an fdatasync of the
-    /// segment without waiting for it. The records appended so far are durable once [`PendingSync::wait`] returns `Ok`.
+    /// segment without waiting for it. The records appended so far are durable once
+    /// [`PendingSync::wait`] returns `Ok`.
     ///
     /// Syncs pipeline: more records may be appended, and another sync started, while this one is in
     /// flight. That is safe because every write is complete before the next write or fdatasync is
@@ -429,8 +437,9 @@ impl Wal {
             // rewritten later. (Past our buffer, the header's block is the next buffer's: zeros.)
             let blocks = (self.buf_len + HEADER_LEN).div_ceil(BLOCK) * BLOCK;
             let ours = blocks.min(self.buf.len());
-            let mut out = zeroed(&self.file, blocks);
+            let mut out = self.file.alloc_dma_buffer(blocks);
             out.as_bytes_mut()[..ours].copy_from_slice(&self.buf.as_bytes()[..ours]);
+            out.as_bytes_mut()[ours..].fill(0);
             write_whole(&self.file, out, self.buf_start, &path).await?;
             self.unterminated = false;
             // Keep only the partial last block, at the start of the buffer.
@@ -462,11 +471,7 @@ impl Wal {
         // Our own segments become spares, newest first kept (the others were condemned earlier).
         dead.sort_unstable();
         while self.spares.len() < MAX_SPARE_SEGMENTS {
-            let full = segment_limit(&self.options, u64::MAX);
-            let own_and_full = |seq: u64| {
-                seq >= self.first_own && segment_limit(&self.options, seq - self.first_own) == full
-            };
-            match dead.iter().rposition(|&seq| own_and_full(seq)) {
+            match dead.iter().rposition(|&seq| self.own_and_full_size(seq)) {
                 Some(i) => self.spares.push(dead.remove(i)),
                 None => break,
             }
@@ -957,12 +962,7 @@ mod tests {
     #[test]
     fn rotation_and_trims_keep_the_disk_bounded_and_keep_promise_and_trim() {
         let t = TempDir::new("rotate");
-        let options = WalOptions {
-            segment_bytes: 8 << 10,
-            buffer_bytes: 4 << 10,
-            write_behind: 2,
-            ..WalOptions::default()
-        };
+        let options = small_segments();
         let promise = Record::Promise { ballot: B, nonce: None };
         let mut groups = vec![vec![promise.clone()]];
         for slot in 0..400u64 {
@@ -998,6 +998,18 @@ mod tests {
         assert_slots_only_rise(&recovered.records);
     }
 
+    /// Options whose segments fill after a few records (8 KiB, 4 KiB buffers).
+    fn small_segments() -> WalOptions {
+        WalOptions { segment_bytes: 8 << 10, buffer_bytes: 4 << 10, write_behind: 2, ..WalOptions::default() }
+    }
+
+    /// What a crash leaves of `wal`: once the background work under way (the next segment's
+    /// preparation, deletions) has had time to finish, nothing more: no close.
+    async fn crash(wal: Wal) {
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        std::mem::forget(wal);
+    }
+
     /// No record of an older segment was read back from a reused file: the slots accepted only rise.
     fn assert_slots_only_rise(records: &[Record]) {
         let slots: Vec<Slot> =
@@ -1029,8 +1041,7 @@ mod tests {
             f.sync_all().unwrap();
             wal.append(&[record]).await.unwrap();
             wal.sync().await.unwrap();
-            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-            std::mem::forget(wal);
+            crash(wal).await;
         });
         drop(data);
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
@@ -1064,12 +1075,7 @@ mod tests {
     #[test]
     fn a_crash_among_reused_segments_keeps_every_synced_record_and_reads_no_older_one() {
         let t = TempDir::new("reuse-crash");
-        let options = WalOptions {
-            segment_bytes: 8 << 10,
-            buffer_bytes: 4 << 10,
-            write_behind: 2,
-            ..WalOptions::default()
-        };
+        let options = small_segments();
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
         let stats = on_executor(move || async move {
@@ -1081,10 +1087,8 @@ mod tests {
                 }
                 wal.sync().await.unwrap();
             }
-            // Let the next segment's preparation finish, then "crash": no close.
-            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             let stats = wal.stats();
-            std::mem::forget(wal);
+            crash(wal).await;
             stats
         });
         drop(data);
@@ -1111,12 +1115,7 @@ mod tests {
     #[test]
     fn pipelined_syncs_each_cover_what_was_appended_before_them_and_deletion_waits_for_the_trim() {
         let t = TempDir::new("pipelined");
-        let options = WalOptions {
-            segment_bytes: 8 << 10,
-            buffer_bytes: 4 << 10,
-            write_behind: 2,
-            ..WalOptions::default()
-        };
+        let options = small_segments();
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
         let (_, report) = data.recover().unwrap();
