@@ -87,9 +87,12 @@ const PREFILL_CHUNK: usize = 1 << 20;
 /// once, and every log's sync waited behind them: the load fell to about a third for 100-200 ms at
 /// every rotation (every ~2.4 s at 316k cmds/s).
 const MIN_PREFILL_BYTES_PER_SEC: u64 = 64 << 20;
-/// Condemned segments kept to be reused as the next segment (beyond these, they are deleted). The
-/// trim point follows the replicas, so about one segment is condemned per segment filled.
-pub const MAX_SPARE_SEGMENTS: usize = 2;
+/// Condemned segments kept to be reused as the next segment (beyond these, they are deleted). An
+/// acceptor's trim point follows the replicas, so about one segment is condemned per segment
+/// filled; a replica's moves at each snapshot, condemning a snapshot interval's worth at once
+/// (20,000 slots of 100 commands: about 2.5 segments). With two spares, every third segment of a
+/// replica was a new file of zeros, and the extra condemned ones were deleted (discarded) instead.
+pub const MAX_SPARE_SEGMENTS: usize = 4;
 
 /// Tunables of the write-ahead log.
 #[derive(Debug, Clone)]
