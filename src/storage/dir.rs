@@ -8,8 +8,8 @@
 //!
 //! Files: `LOCK` (held with `flock` for the life of the [`DataDir`]), `wal-<16-digit sequence>.log`
 //! (log segments, replayed in sequence order), `snapshot-<20-digit slot>.snap` (the newest is
-//! loaded), and `*.tmp` (a snapshot, or a new segment being filled with zeros, whose write did not
-//! finish: deleted).
+//! loaded), `*.tmp` (a snapshot, or a new segment being filled with zeros, whose write did not
+//! finish: deleted), and `*.free` (a condemned segment whose blocks were being freed: deleted).
 
 use super::record::{scan, segment_seed, Corrupt};
 use super::snapshot::decode_snapshot;
@@ -189,7 +189,7 @@ impl DataDir {
 
     /// Reads back everything the last runs made durable: the newest snapshot and every intact log
     /// record, oldest first. Cuts a torn tail off the last segment (and reports it); refuses with
-    /// [`StorageError::Corrupt`] on damage anywhere else. Deletes leftover `*.tmp` files.
+    /// [`StorageError::Corrupt`] on damage anywhere else. Deletes leftover `*.tmp` and `*.free` files.
     pub fn recover(&self) -> Result<(Recovered, RecoveryReport), StorageError> {
         let started = Instant::now();
         let mut segments = Vec::new();
@@ -203,9 +203,9 @@ impl DataDir {
                 segments.push(seq);
             } else if let Some(slot) = parse_snapshot_name(name) {
                 snapshots.push(slot);
-            } else if name.ends_with(".tmp") {
-                // A snapshot or a new segment whose write, sync or rename did not finish: never
-                // complete, never used.
+            } else if name.ends_with(".tmp") || name.ends_with(".free") {
+                // A snapshot or a new segment whose write, sync or rename did not finish (never
+                // complete, never used), or a condemned segment whose freeing did not.
                 let p = entry.path();
                 std::fs::remove_file(&p).map_err(|e| StorageError::io(&p, e))?;
             }

@@ -87,6 +87,14 @@ const PREFILL_CHUNK: usize = 1 << 20;
 /// once, and every log's sync waited behind them: the load fell to about a third for 100-200 ms at
 /// every rotation (every ~2.4 s at 316k cmds/s).
 const MIN_PREFILL_BYTES_PER_SEC: u64 = 64 << 20;
+/// A deleted segment's blocks are freed this many at a time, at most [`FREE_BYTES_PER_SEC`], before
+/// it is unlinked: on a file system mounted with `discard`, an unlink frees (and discards) the
+/// whole file at once, and the device serves no other log meanwhile (six 64 MiB files unlinked
+/// at once held `local` at 0.45 of its load for 300 ms; freed at this pace, at 0.8-0.9 for 700 ms).
+/// A segment is renamed `*.free` (durably) before its first block is freed: a segment with holes
+/// must never be read as a log segment (recovery would refuse it as damaged).
+const FREE_STEP_BYTES: u64 = 16 << 20;
+const FREE_BYTES_PER_SEC: u64 = 512 << 20;
 /// Condemned segments kept to be reused as the next segment (beyond these, they are deleted). An
 /// acceptor's trim point follows the replicas, so about one segment is condemned per segment
 /// filled; a replica's moves at each snapshot, condemning a snapshot interval's worth at once
@@ -518,13 +526,12 @@ impl Wal {
                 before.await;
             }
             for seq in sequences {
-                let p = dir.join(segment_name(seq));
-                match glommio::io::remove(&p).await.map_err(std::io::Error::from) {
-                    Ok(()) => deleted.set(deleted.get() + 1),
+                match free_then_remove(&dir, &segment_name(seq)).await {
+                    Ok(true) => deleted.set(deleted.get() + 1),
                     // Already gone (an earlier attempt): the goal is met.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Ok(false) => {}
                     Err(e) => {
-                        error.borrow_mut().get_or_insert(StorageError::io(&p, e));
+                        error.borrow_mut().get_or_insert(e);
                         return;
                     }
                 }
@@ -732,6 +739,44 @@ impl Pace {
             glommio::timer::sleep((due - now).min(std::time::Duration::from_millis(2))).await;
         }
     }
+}
+
+/// Renames segment file `name` of `dir` to `*.free` (and syncs the directory), frees its blocks
+/// [`FREE_STEP_BYTES`] at a time at [`FREE_BYTES_PER_SEC`], then unlinks it. A file system that
+/// cannot punch holes has the file unlinked whole. A `*.free` file a crash leaves is deleted at the
+/// next start (`DataDir::recover`).
+/// `Ok(false)`: there was no such file (an earlier attempt deleted it).
+async fn free_then_remove(dir: &Path, name: &str) -> Result<bool, StorageError> {
+    let began = std::time::Instant::now();
+    let (path, freeing) = (dir.join(name), dir.join(format!("{name}.free")));
+    match glommio::io::rename(&path, &freeing).await.map_err(std::io::Error::from) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StorageError::io(&path, e)),
+    }
+    sync_dir(dir).await?;
+    free_gradually(&freeing, began).await.map_err(|e| StorageError::io(&freeing, e))?;
+    glommio::io::remove(&freeing).await.map_err(io(&freeing))?;
+    Ok(true)
+}
+
+async fn free_gradually(path: &Path, began: std::time::Instant) -> std::io::Result<()> {
+    let file = OpenOptions::new().write(true).dma_open(path).await?;
+    let len = file.file_size().await?;
+    let mut freed = 0;
+    while freed < len {
+        let n = FREE_STEP_BYTES.min(len - freed);
+        if file.deallocate(freed, n).await.is_err() {
+            break;
+        }
+        freed += n;
+        let due = std::time::Duration::from_secs_f64(freed as f64 / FREE_BYTES_PER_SEC as f64);
+        if let Some(wait) = due.checked_sub(began.elapsed()) {
+            glommio::timer::sleep(wait).await;
+        }
+    }
+    file.close().await?;
+    Ok(())
 }
 
 /// Makes spare segment `spare` (condemned by a durable trim) segment `sequence`: renamed, the new
@@ -1113,6 +1158,48 @@ mod tests {
             assert!(recovered.records.contains(&accept(slot, 200)), "synced slot {slot} lost");
         }
         assert_slots_only_rise(&recovered.records);
+    }
+
+    #[test]
+    fn a_condemned_segment_whose_freeing_a_crash_cut_short_is_not_read_and_is_deleted_at_the_next_start() {
+        let t = TempDir::new("freeing-crash");
+        let promise = Record::Promise { ballot: B, nonce: None };
+        let (path, p) = (t.0.clone(), promise.clone());
+        on_executor(move || async move {
+            let mut wal = Wal::open(&path, 0, vec![], &[], small_segments()).await.unwrap();
+            wal.append(&[p]).await.unwrap();
+            for slot in 0..60u64 {
+                wal.append(&[accept(slot, 200)]).await.unwrap();
+                wal.sync().await.unwrap();
+            }
+            wal.append(&[Record::Trim { below: 50 }]).await.unwrap();
+            wal.sync().await.unwrap();
+            // The crash comes before the condemned segments are freed: they stay.
+            std::mem::forget(wal);
+        });
+        let segs = segments(&t.0);
+        let oldest = segs[0].clone();
+        let before = DataDir::open(&t.0).unwrap().recover().unwrap().0.records;
+        assert!(before.contains(&accept(0, 200)), "segment 0 is still whole");
+        // Its freeing began (renamed, then its first block freed) and was cut short.
+        let punched = oldest.with_extension("log.free");
+        std::fs::rename(&oldest, &punched).unwrap();
+        let p = punched.clone();
+        on_executor(move || async move {
+            let file = OpenOptions::new().write(true).dma_open(&p).await.unwrap();
+            file.deallocate(0, BLOCK as u64).await.unwrap();
+            file.close().await.unwrap();
+        });
+        let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert_eq!(report.torn_bytes_dropped, 0, "{report}");
+        assert!(!recovered.records.contains(&accept(0, 200)), "a segment being freed is not read");
+        assert!(
+            recovered.records.contains(&promise) && recovered.records.contains(&Record::Trim { below: 50 })
+        );
+        for slot in 50..60 {
+            assert!(recovered.records.contains(&accept(slot, 200)), "live slot {slot} lost");
+        }
+        assert!(!punched.exists(), "recovery deletes a segment left half freed");
     }
 
     #[test]
