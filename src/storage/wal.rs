@@ -5,9 +5,10 @@
 //! the messages that waited for those records. A sync can be split in two so that syncs pipeline:
 //! [`Wal::start_sync`] writes out and starts the fdatasync, [`PendingSync::wait`] waits for it while
 //! the caller appends more and starts the next, [`Wal::finish_sync`] retires it in order. Nothing
-//! appended is durable before the sync started after it has completed `Ok`. This file must never report a sync it has not completed, and never write into a
-//! segment left by an earlier process (every start begins a new segment after the recovered ones, so
-//! a file's padded or torn end is never appended to).
+//! appended is durable before the sync started after it has completed `Ok`. This file must never
+//! report a sync it has not completed, and never write into a segment left by an earlier process
+//! (every start begins a new segment after the recovered ones, so a file's padded or torn end is
+//! never appended to).
 //!
 //! # Why not `DmaStreamWriter`
 //!
@@ -51,7 +52,9 @@
 //! Deleting a segment can take tens of milliseconds (a 64 MiB file on a file system mounted with
 //! `discard` frees its extents synchronously), and creating one costs an open and a directory sync.
 //! Neither may hold votes back: deletions run as a background task once the trim that condemned
-//! them is durable (an error surfaces at the next [`Wal::finish_sync`]), and the next segment is
+//! them is durable (an error surfaces at the next [`Wal::finish_sync`]), each renamed `*.free` and
+//! freed a step at a time so that other logs on the device are not held behind its discards
+//! ([`FREE_STEP_BYTES`]), and the next segment is
 //! created while the current one fills, already full of synced zeros so that the log's writes are
 //! overwrites (see `create_segment`). A segment of zeros holds nothing, so recovery treats a torn
 //! segment followed only by all-zero ones as the last (see `DataDir::recover`).
@@ -94,6 +97,7 @@ const MIN_PREFILL_BYTES_PER_SEC: u64 = 64 << 20;
 /// A segment is renamed `*.free` (durably) before its first block is freed: a segment with holes
 /// must never be read as a log segment (recovery would refuse it as damaged).
 const FREE_STEP_BYTES: u64 = 16 << 20;
+/// The pace of that freeing: a 64 MiB segment in an eighth of a second.
 const FREE_BYTES_PER_SEC: u64 = 512 << 20;
 /// Condemned segments kept to be reused as the next segment (beyond these, they are deleted). An
 /// acceptor's trim point follows the replicas, so about one segment is condemned per segment
@@ -744,8 +748,8 @@ impl Pace {
 /// Renames segment file `name` of `dir` to `*.free` (and syncs the directory), frees its blocks
 /// [`FREE_STEP_BYTES`] at a time at [`FREE_BYTES_PER_SEC`], then unlinks it. A file system that
 /// cannot punch holes has the file unlinked whole. A `*.free` file a crash leaves is deleted at the
-/// next start (`DataDir::recover`).
-/// `Ok(false)`: there was no such file (an earlier attempt deleted it).
+/// next start (`DataDir::recover`). `Ok(false)`: there was no such file (an earlier attempt
+/// deleted it).
 async fn free_then_remove(dir: &Path, name: &str) -> Result<bool, StorageError> {
     let began = std::time::Instant::now();
     let (path, freeing) = (dir.join(name), dir.join(format!("{name}.free")));
