@@ -15,9 +15,9 @@ use crate::storage::snapshot::{decode_snapshot, encode_snapshot};
 use bytes::Bytes;
 use rand::Rng;
 
-/// The checksum seed of this disk's log, as if it were one segment (the simulator does not model
+/// The checksum seed of this disk's log, as if it were segment 0 (the simulator does not model
 /// segment files, only the byte format and what a crash keeps of it).
-const SEED: u64 = 1 << 63;
+const SEED: u64 = record::seed_of_segment(0);
 
 /// One write, as the driver issued it.
 #[derive(Debug, Clone)]

@@ -271,7 +271,7 @@ pub const UNSEEDED: u64 = 0;
 
 /// The checksum seed of the records of segment `sequence`: never [`UNSEEDED`], so that no segment
 /// this version writes (segment 0 included) can be taken for an older version's.
-pub fn seed_of_segment(sequence: u64) -> u64 {
+pub const fn seed_of_segment(sequence: u64) -> u64 {
     (1 << 63) | sequence
 }
 
@@ -350,8 +350,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The checksum seed of the logs these tests write (`seed_of_segment(9)`).
-    const SEED: u64 = (1 << 63) | 9;
+    /// The checksum seed of the logs these tests write.
+    const SEED: u64 = seed_of_segment(9);
 
     fn sample() -> Vec<Record> {
         vec![

@@ -40,12 +40,12 @@
 //!
 //! A full-size segment this process closed and a durable trim condemned is not deleted but kept
 //! as a spare (up to [`MAX_SPARE_SEGMENTS`]), and the next segment is prepared by renaming a spare
-//! rather than writing a new file of zeros: half the bytes written, and none of the zeros' load on the disk
-//! that every vote's sync waited behind (`bench/README.md`, 2026-12-07). Its old records stay in
-//! it until overwritten; they cannot be read as the new segment's because every record's checksum
-//! is seeded by the sequence number of the segment it was written in (`record.rs`), and every
-//! sync ends what it writes with a zero header, so a scan of the new segment ends where its own
-//! records end. Only segments this process wrote are reused: a recovered one may predate seeds.
+//! rather than writing a new file of zeros: half the bytes written, and none of the zeros' load on
+//! the disk that every vote's sync waited behind (`bench/README.md`, 2026-12-07). Its old records
+//! stay in it until overwritten; they cannot be read as the new segment's because every record's
+//! checksum is seeded by the sequence number of the segment it was written in (`record.rs`), and
+//! every sync ends what it writes with a zero header, so a scan of the new segment ends where its
+//! own records end. Only segments this process wrote are reused: a recovered one may predate seeds.
 //!
 //! # Off the vote's path
 //!
@@ -54,10 +54,10 @@
 //! Neither may hold votes back: deletions run as a background task once the trim that condemned
 //! them is durable (an error surfaces at the next [`Wal::finish_sync`]), each renamed `*.free` and
 //! freed a step at a time so that other logs on the device are not held behind its discards
-//! ([`FREE_STEP_BYTES`]), and the next segment is
-//! created while the current one fills, already full of synced zeros so that the log's writes are
-//! overwrites (see `create_segment`). A segment of zeros holds nothing, so recovery treats a torn
-//! segment followed only by all-zero ones as the last (see `DataDir::recover`).
+//! ([`FREE_STEP_BYTES`]), and the next segment is created while the current one fills, already
+//! full of synced zeros so that the log's writes are overwrites (see `create_segment`). A segment
+//! of zeros holds nothing, so recovery treats a torn segment followed only by all-zero ones as the
+//! last (see `DataDir::recover`).
 //!
 //! # Memory
 //!
@@ -1288,7 +1288,7 @@ mod tests {
         }
         let path = t.0.clone();
         let data = DataDir::open(&t.0).unwrap();
-        let sizes = on_executor(move || async move {
+        let (sizes, reused) = on_executor(move || async move {
             let mut wal = Wal::open(&path, 0, vec![], &[], options).await.unwrap();
             let mut sizes = vec![(0, std::fs::metadata(path.join(segment_name(0))).unwrap().len())];
             for g in groups {
@@ -1304,7 +1304,6 @@ mod tests {
             (sizes, reused)
         });
         drop(data);
-        let (sizes, reused) = sizes;
         let kib: Vec<u64> = sizes.iter().map(|&(_, len)| (len - 4096) >> 10).collect();
         assert_eq!(kib[..5], [8, 16, 32, 64, 64], "{sizes:?}");
         // Reused spares included: only full-size segments become spares.
