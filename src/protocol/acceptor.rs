@@ -10,6 +10,15 @@
 //! finds the acceptor in that slot's group. An acceptor could not check it anyway: it may not yet
 //! have heard of a change that moved the slot to its group.
 //!
+//! A working leader is not deposed by a proposer that merely stopped hearing it (paused, or cut
+//! off from the leader alone, its ballot climbing with every election it runs there): for an
+//! election timeout after it accepts a new slot at its promised ballot, the acceptor answers no
+//! Phase 1 of another proposer (Raft's "leader stickiness"). Only new slots renew that lease, so
+//! a leader that only re-proposes a stuck window loses it; a leader that hands over lifts it at
+//! once (`Abdicate`). Refusing a Phase 1 is always safe; it only delays an election, by one
+//! election timeout at most after the leader's last new slot. The lease is volatile: a
+//! restarted acceptor holds none.
+//!
 //! Must never: accept or promise below its promise; promise one ballot to two different Phase 1 runs
 //! (a proposer that lost its memory in a crash comes back with the same ballot: sim seed 9511);
 //! send a vote before the record that backs it.
@@ -46,6 +55,11 @@ pub struct Acceptor {
     membership: NodeMembership,
     /// Told to leave: it has reported `Left` and votes no more.
     left: bool,
+    /// The leader (by its ballot) that last had a new slot accepted here, and until when its
+    /// lease runs: see the module doc.
+    lease: Option<(Ballot, Time)>,
+    /// How long a new slot renews the lease: the proposers' election timeout.
+    lease_us: Time,
 }
 
 impl Acceptor {
@@ -65,6 +79,8 @@ impl Acceptor {
             page_bytes: tunables.phase1b_page_bytes,
             max_accepted: Ballot::ZERO,
             storage: Storage::Durable,
+            lease: None,
+            lease_us: tunables.election_timeout_us,
         }
     }
 
@@ -154,12 +170,30 @@ impl Acceptor {
         self.accepted.len()
     }
 
-    fn on_phase1a(&mut self, from: NodeId, ballot: Ballot, nonce: u64, from_slot: Slot, out: &mut Out) {
+    /// The proposer whose lease runs at `now`: its ballot is still the one promised.
+    pub fn leaseholder(&self, now: Time) -> Option<NodeId> {
+        self.lease.filter(|&(ballot, until)| ballot == self.promised && now < until).map(|(b, _)| b.proposer)
+    }
+
+    fn on_phase1a(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        nonce: u64,
+        from_slot: Slot,
+        out: &mut Out,
+    ) {
         // A ballot is promised once. An equal ballot is answered again only for a retransmission of
         // the same Phase 1; a restarted proposer reusing its ballot is refused and moves above it.
         let retransmission = ballot == self.promised && self.promised_nonce == Some(nonce);
         if ballot <= self.promised && !retransmission {
             out.send(from, Msg::Nack { promised: self.promised });
+            return;
+        }
+        if self.leaseholder(now).is_some_and(|leader| leader != ballot.proposer) && !retransmission {
+            // No answer: the candidate resends, and wins once the leader stops choosing.
+            out.dropped("acceptor: a leader is at work; Phase1a of another proposer not answered");
             return;
         }
         if !retransmission {
@@ -184,10 +218,23 @@ impl Acceptor {
         self.storage.send(out, from, Msg::Phase1b(reply));
     }
 
-    fn on_phase2a(&mut self, from: NodeId, ballot: Ballot, slot: Slot, value: Value, out: &mut Out) {
+    fn on_phase2a(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        out: &mut Out,
+    ) {
         if ballot < self.promised {
             out.send(from, Msg::Nack { promised: self.promised });
             return;
+        }
+        let new_slot =
+            slot >= self.trimmed_below && self.accepted.get(&slot).is_none_or(|(b, _)| *b != ballot);
+        if new_slot {
+            self.lease = Some((ballot, now + self.lease_us));
         }
         if ballot > self.promised {
             // Its own record, not only implied by the Accept: storage carries the last Promise
@@ -248,7 +295,7 @@ impl Acceptor {
 }
 
 impl Role for Acceptor {
-    fn handle_message(&mut self, _now: Time, from: NodeId, msg: Msg, out: &mut Out) {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Out) {
         if self.left && !matches!(msg, Msg::Leave) {
             out.dropped("acceptor: removed from the configuration; votes no more");
             return;
@@ -258,8 +305,15 @@ impl Role for Acceptor {
                 self.membership.on_view(&view);
             }
             Msg::Leave => self.on_leave(from, out),
-            Msg::Phase1a { ballot, nonce, from_slot } => self.on_phase1a(from, ballot, nonce, from_slot, out),
-            Msg::Phase2a { ballot, slot, value } => self.on_phase2a(from, ballot, slot, value, out),
+            Msg::Phase1a { ballot, nonce, from_slot } => {
+                self.on_phase1a(now, from, ballot, nonce, from_slot, out)
+            }
+            Msg::Phase2a { ballot, slot, value } => self.on_phase2a(now, from, ballot, slot, value, out),
+            Msg::Abdicate { ballot } => {
+                if self.lease.is_some_and(|(leased, _)| leased == ballot) {
+                    self.lease = None;
+                }
+            }
             Msg::Trim { below } => self.on_trim(below, out),
             Msg::ReadSlot { slot } => self.on_read_slot(from, slot, out),
             _ => out.dropped("acceptor: unexpected message"),
@@ -304,8 +358,12 @@ mod tests {
     }
 
     fn call(a: &mut Acceptor, msg: Msg) -> Vec<(NodeId, Msg)> {
+        call_at(a, 0, msg)
+    }
+
+    fn call_at(a: &mut Acceptor, now: Time, msg: Msg) -> Vec<(NodeId, Msg)> {
         let mut out = Out::new(true);
-        a.handle_message(0, 1, msg, &mut out);
+        a.handle_message(now, 1, msg, &mut out);
         assert!(out.msgs.is_empty() || out.after_persist.is_empty(), "a vote or a refusal, not both");
         out.msgs.into_iter().chain(out.after_persist).collect()
     }
@@ -368,12 +426,61 @@ mod tests {
         for slot in [0, 2, 4] {
             call(&mut a, Msg::Phase2a { ballot: b(1, 1), slot, value: Value::Noop });
         }
-        let reply = call(&mut a, Msg::Phase1a { ballot: b(2, 2), nonce: 1, from_slot: 2 });
+        // Past the lease of leader 1 (see the tests below).
+        let after_lease = Tunables::default().election_timeout_us;
+        let reply = call_at(&mut a, after_lease, Msg::Phase1a { ballot: b(2, 2), nonce: 1, from_slot: 2 });
         let Msg::Phase1b(Phase1bReply { accepted, .. }) = &reply[0].1 else { panic!("{reply:?}") };
         assert_eq!(accepted.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![2, 4]);
         // A lower ballot's Phase1a is refused with the promise.
         let reply = call(&mut a, Msg::Phase1a { ballot: b(1, 9), nonce: 1, from_slot: 0 });
         assert_eq!(reply, vec![(1, Msg::Nack { promised: b(2, 2) })]);
+    }
+
+    #[test]
+    fn a_leader_choosing_new_slots_keeps_other_proposers_phase1_unanswered_for_an_election_timeout() {
+        let lease = Tunables::default().election_timeout_us;
+        let mut a = acceptor();
+        call_at(&mut a, 1_000, Msg::Phase2a { ballot: b(1, 1), slot: 0, value: Value::Noop });
+        assert_eq!(a.leaseholder(1_000), Some(1));
+        // A proposer that stopped hearing leader 1 runs with a higher ballot: not answered...
+        assert_eq!(call_at(&mut a, 2_000, Msg::Phase1a { ballot: b(5, 2), nonce: 1, from_slot: 0 }), vec![]);
+        assert_eq!(a.promised(), b(1, 1));
+        // ...while each new slot renews the lease...
+        call_at(&mut a, 100_000, Msg::Phase2a { ballot: b(1, 1), slot: 2, value: Value::Noop });
+        assert_eq!(
+            call_at(&mut a, 99_999 + lease, Msg::Phase1a { ballot: b(5, 2), nonce: 1, from_slot: 0 }),
+            vec![]
+        );
+        // ...but the leader itself may always run again (a restart without memory, say).
+        let own = call_at(&mut a, 100_001, Msg::Phase1a { ballot: b(2, 1), nonce: 3, from_slot: 0 });
+        assert!(matches!(own[..], [(1, Msg::Phase1b(_))]), "{own:?}");
+        // Its new ballot's first new slot leases again; an election timeout after it, the others
+        // are answered.
+        call_at(&mut a, 200_000, Msg::Phase2a { ballot: b(2, 1), slot: 4, value: Value::Noop });
+        assert_eq!(
+            call_at(&mut a, 199_999 + lease, Msg::Phase1a { ballot: b(5, 2), nonce: 1, from_slot: 0 }),
+            vec![]
+        );
+        let late = call_at(&mut a, 200_000 + lease, Msg::Phase1a { ballot: b(5, 2), nonce: 1, from_slot: 0 });
+        assert!(matches!(late[..], [(1, Msg::Phase1b(_))]), "{late:?}");
+        assert_eq!(a.leaseholder(200_000 + lease), None);
+    }
+
+    #[test]
+    fn a_leader_that_only_reproposes_or_abdicates_holds_no_lease() {
+        let lease = Tunables::default().election_timeout_us;
+        let mut a = acceptor();
+        call_at(&mut a, 0, Msg::Phase2a { ballot: b(1, 1), slot: 0, value: Value::Noop });
+        // A stuck window re-proposed: the same slot at the same ballot renews nothing.
+        call_at(&mut a, lease - 1, Msg::Phase2a { ballot: b(1, 1), slot: 0, value: Value::Noop });
+        assert_eq!(a.leaseholder(lease), None);
+        // A leader handing over lifts its lease at once; another leader's word does not.
+        call_at(&mut a, lease, Msg::Phase2a { ballot: b(1, 1), slot: 2, value: Value::Noop });
+        call_at(&mut a, lease, Msg::Abdicate { ballot: b(1, 3) });
+        assert_eq!(a.leaseholder(lease + 1), Some(1));
+        call_at(&mut a, lease + 1, Msg::Abdicate { ballot: b(1, 1) });
+        let reply = call_at(&mut a, lease + 2, Msg::Phase1a { ballot: b(2, 2), nonce: 1, from_slot: 0 });
+        assert!(matches!(reply[..], [(1, Msg::Phase1b(_))]), "{reply:?}");
     }
 
     #[test]

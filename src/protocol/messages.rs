@@ -297,6 +297,9 @@ pub enum Msg {
     /// leader → batcher: my queue of waiting batches is at its bound; this batch was not
     /// proposed (nor kept). Hold it and send it again once I am no longer full.
     BatchBusy { batch: Bytes },
+    /// leader handing over → acceptors: the leader of `ballot` leads no more; stop refusing other
+    /// proposers' Phase 1 on its account (see the acceptor's lease).
+    Abdicate { ballot: Ballot },
 }
 
 impl Msg {
@@ -343,6 +346,7 @@ impl Msg {
             Msg::Join { .. } => "Join",
             Msg::Leave => "Leave",
             Msg::LeadNow => "LeadNow",
+            Msg::Abdicate { .. } => "Abdicate",
             Msg::Leaving => "Leaving",
             Msg::Left => "Left",
             Msg::Membership(_) => "Membership",
@@ -428,6 +432,7 @@ impl std::fmt::Display for Msg {
                 _ => write!(f, "{name} n={}", refused.len()),
             },
             Msg::LeaderLoad { ballot, full } => write!(f, "{name} b={ballot} full={full}"),
+            Msg::Abdicate { ballot } => write!(f, "{name} b={ballot}"),
             Msg::BatchBusy { batch } => write!(f, "{name} batch={:016x}", super::digest(batch)),
         }
     }

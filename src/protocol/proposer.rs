@@ -1,7 +1,9 @@
 //! Proposer: f+1 of them, one leads. The leader assigns each batch a slot and hands it to a proxy
 //! leader; it is two messages per batch whatever f is. Followers watch the leader's heartbeats, and
 //! the replicas' reports of slots executed, and run for leader when both stop (a follower cut off
-//! from the leader alone still sees the log advance, and leaves a working leader be): Phase 1 on
+//! from the leader alone still sees the log advance, and leaves a working leader be; a candidate
+//! that hears a leader again, or sees the log advance, stands down whatever its ballot, and the
+//! acceptors would not answer it meanwhile anyway: see `acceptor`'s lease): Phase 1 on
 //! every acceptor group from the lowest slot not known to be chosen, re-propose the highest-ballot
 //! value found per slot, fill holes with no-ops, and only then take new batches. A proposer's
 //! memory is lost in a crash; everything it needs is re-learned.
@@ -545,15 +547,32 @@ impl Proposer {
         if ballot < self.ballot {
             if self.is_leader() {
                 out.send(from, Msg::Heartbeat { ballot: self.ballot }); // depose the stale leader at once
+            } else {
+                // A proposer that stopped hearing the leader for a while (paused, or cut off) and
+                // ran with a higher ballot hears it again: it stands down rather than depose a
+                // working leader (whose acceptors would not answer it anyway, see `acceptor`). A
+                // leader that is in fact deposed learns so from the acceptors' Nack.
+                self.leave_a_working_leader_be(now, Some(ballot.proposer), out);
             }
             return;
         }
         self.observe_ballot(now, ballot, out);
         if ballot.proposer != self.id {
-            self.leader_hint = Some(ballot.proposer);
-            self.failed_elections = 0;
-            self.reset_election_timer(now);
+            self.leave_a_working_leader_be(now, Some(ballot.proposer), out);
         }
+    }
+
+    /// A leader (`leader`, if known) is at work: a candidate stops running, and the next election
+    /// waits a whole timeout again.
+    fn leave_a_working_leader_be(&mut self, now: Time, leader: Option<NodeId>, out: &mut Out) {
+        if matches!(self.state, State::Candidate(_)) {
+            self.step_down(now, out);
+        }
+        if leader.is_some() {
+            self.leader_hint = leader;
+        }
+        self.failed_elections = 0;
+        self.reset_election_timer(now);
     }
 
     // ---- the leader's work ----
@@ -729,14 +748,14 @@ impl Proposer {
             *known = (*known).max(watermark);
             self.replica_heard_at.insert(from, now);
         }
-        if matches!(self.state, State::Follower) && self.max_executed() > executed_before {
+        if !self.is_leader() && self.max_executed() > executed_before {
             // Slots are being chosen, so a leader is at work even if its heartbeats do not reach
             // this proposer (only the link between the two is cut): running now would depose a
             // working leader, which would depose this one back in turn, for ever (`jepsen` with
             // the proposers' link cut: a new leader every 200-300 ms). A dead or stuck leader
             // chooses nothing, and the election timer runs out as before.
-            self.failed_elections = 0;
-            self.reset_election_timer(now);
+            let hint = self.leader_hint;
+            self.leave_a_working_leader_be(now, hint, out);
         }
         // A change proposed at a higher ballot: its groups promised us nothing, and a leader with
         // that ballot exists. Take the ballot (a leader or candidate steps down) before routing by it.
@@ -801,6 +820,11 @@ impl Proposer {
     fn hand_over(&mut self, now: Time, successor: NodeId, out: &mut Out) {
         self.leader_hint = None;
         self.step_down(now, out);
+        // The acceptors would otherwise keep the successor's Phase 1 unanswered for an election
+        // timeout after this leader's last slot (their lease, see `acceptor`).
+        for acceptor in self.history.acceptors_from(0) {
+            out.send(acceptor, Msg::Abdicate { ballot: self.ballot });
+        }
         out.send(successor, Msg::LeadNow);
     }
 
@@ -1871,6 +1895,32 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_that_hears_a_working_leader_stands_down_whatever_its_ballot() {
+        // Proposer 1 ran while it did not hear leader 2 (paused, say): its ballot is above the leader's.
+        let (mut p, _) = candidate(Tunables::default());
+        p.handle_message(1, 2, Msg::Heartbeat { ballot: b(0, 2) }, &mut Out::new(false));
+        assert!(matches!(p.state, State::Follower), "it leaves the working leader be");
+        assert_eq!(p.leader_hint, Some(2));
+        assert!(p.ballot() > b(0, 2), "it keeps its ballot: a later election goes above it");
+        let election = p.poll_timeout().unwrap();
+        assert!(
+            election > Tunables::default().election_timeout_us,
+            "the next election waits a whole timeout"
+        );
+        // A candidate cut off from the leader alone sees the log advance: the same.
+        let (mut p, _) = candidate(Tunables::default());
+        p.handle_message(1, 10, executed(5), &mut Out::new(false));
+        assert!(matches!(p.state, State::Follower));
+        // Without either, it runs again when its timer runs out, with a higher ballot.
+        let (mut p, _) = candidate(Tunables::default());
+        let before = p.ballot();
+        for _ in 0..10 {
+            p.handle_timeout(p.poll_timeout().unwrap(), &mut Out::new(false));
+        }
+        assert!(matches!(p.state, State::Candidate(_)) && p.ballot() > before);
+    }
+
+    #[test]
     fn a_leader_that_a_change_removes_leads_the_slots_before_it_then_hands_over() {
         let mut p = leader(Tunables { max_in_flight_slots: 8, ..Tunables::default() });
         let mut history = ConfigHistory::new(&config(), 8);
@@ -1895,6 +1945,10 @@ mod tests {
         p.handle_message(3, 10, executed_with(3, &history), &mut out);
         assert!(!p.is_leader());
         assert!(out.msgs.contains(&(2, Msg::LeadNow)), "{:?}", out.msgs);
+        // ...and tells the acceptors that it leads no more, so that they answer its successor now.
+        for acceptor in [3, 4, 5, 6, 7, 8] {
+            assert!(out.msgs.contains(&(acceptor, Msg::Abdicate { ballot: p.ballot() })), "{:?}", out.msgs);
+        }
         let mut follower = Proposer::new(2, config(), Tunables::default(), 9, 0);
         follower.handle_message(0, 10, executed_with(3, &history), &mut Out::new(false));
         let mut out = Out::new(false);

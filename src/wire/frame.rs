@@ -78,6 +78,7 @@ macro_rules! payload_of {
             | Msg::Join { .. }
             | Msg::Leave
             | Msg::LeadNow
+            | Msg::Abdicate { .. }
             | Msg::Leaving
             | Msg::Left
             | Msg::Membership(_)
@@ -618,6 +619,7 @@ pub(crate) mod tests {
             Msg::Join { role: RoleKind::ProxyLeader, addr: "127.0.0.1:7400".into() },
             Msg::Leave,
             Msg::LeadNow,
+            Msg::Abdicate { ballot: B },
             Msg::Busy(vec![(9, 1), (9 << 32, 7)]),
             Msg::LeaderLoad { ballot: B, full: true },
             Msg::BatchBusy { batch: batch(64) },
@@ -747,9 +749,10 @@ pub(crate) mod tests {
             Msg::Busy(_) => 34,
             Msg::LeaderLoad { .. } => 35,
             Msg::BatchBusy { .. } => 36,
+            Msg::Abdicate { .. } => 37,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 37, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 38, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
