@@ -101,7 +101,9 @@ impl Acceptor {
                     acceptor.promised = ballot;
                     acceptor.promised_nonce = nonce;
                 }
-                Record::Accept { slot, ballot, value } => acceptor.accept(slot, ballot, value),
+                Record::Accept { slot, ballot, value } => {
+                    acceptor.accept(slot, ballot, value);
+                }
                 Record::Trim { below } => acceptor.trim(below),
                 Record::Executed { .. } | Record::Snapshot { .. } => {
                     panic!("acceptor {id}: a replica's record in its log: is the data dir another node's?")
@@ -141,16 +143,18 @@ impl Acceptor {
     }
 
     /// Raises the promise to `ballot` if it is higher (a Phase2a's ballot promises too), and records
-    /// the value. The same code runs live and in recovery, so both give the same state.
-    fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+    /// the value. The same code runs live and in recovery, so both give the same state. Returns
+    /// whether the slot is new at this ballot (not a re-proposal, not below the trim point).
+    fn accept(&mut self, slot: Slot, ballot: Ballot, value: Value) -> bool {
         if ballot > self.promised {
             self.promised = ballot;
             self.promised_nonce = None;
         }
-        if slot >= self.trimmed_below {
-            self.accepted.insert(slot, (ballot, value));
-            self.max_accepted = self.max_accepted.max(ballot);
+        if slot < self.trimmed_below {
+            return false;
         }
+        self.max_accepted = self.max_accepted.max(ballot);
+        self.accepted.insert(slot, (ballot, value)).is_none_or(|(before, _)| before != ballot)
     }
 
     fn trim(&mut self, below: Slot) {
@@ -191,7 +195,8 @@ impl Acceptor {
             out.send(from, Msg::Nack { promised: self.promised });
             return;
         }
-        if self.leaseholder(now).is_some_and(|leader| leader != ballot.proposer) && !retransmission {
+        // (A retransmission is of the promised ballot: its proposer holds any lease that runs.)
+        if self.leaseholder(now).is_some_and(|leader| leader != ballot.proposer) {
             // No answer: the candidate resends, and wins once the leader stops choosing.
             out.dropped("acceptor: a leader is at work; Phase1a of another proposer not answered");
             return;
@@ -231,11 +236,6 @@ impl Acceptor {
             out.send(from, Msg::Nack { promised: self.promised });
             return;
         }
-        let new_slot =
-            slot >= self.trimmed_below && self.accepted.get(&slot).is_none_or(|(b, _)| *b != ballot);
-        if new_slot {
-            self.lease = Some((ballot, now + self.lease_us));
-        }
         if ballot > self.promised {
             // Its own record, not only implied by the Accept: storage carries the last Promise
             // forward when it deletes old segments, and the Accept's segment may be deleted.
@@ -246,7 +246,9 @@ impl Acceptor {
             out.event(|| Event::Accepted { slot, ballot, value_digest });
             self.persist(out, || Record::Accept { slot, ballot, value: value.clone() });
         }
-        self.accept(slot, ballot, value);
+        if self.accept(slot, ballot, value) {
+            self.lease = Some((ballot, now + self.lease_us));
+        }
         // Below the trim point the slot is chosen and executed everywhere; any proposal for it at a
         // ballot we may accept carries the chosen value, so acknowledging it is safe.
         self.storage.send(out, from, Msg::Phase2b { ballot, slot });

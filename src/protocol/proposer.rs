@@ -754,8 +754,7 @@ impl Proposer {
             // working leader, which would depose this one back in turn, for ever (`jepsen` with
             // the proposers' link cut: a new leader every 200-300 ms). A dead or stuck leader
             // chooses nothing, and the election timer runs out as before.
-            let hint = self.leader_hint;
-            self.leave_a_working_leader_be(now, hint, out);
+            self.leave_a_working_leader_be(now, None, out);
         }
         // A change proposed at a higher ballot: its groups promised us nothing, and a leader with
         // that ballot exists. Take the ballot (a leader or candidate steps down) before routing by it.

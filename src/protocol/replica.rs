@@ -5,9 +5,8 @@
 //! Durable state: every executed slot's value is queued as a [`Record::Executed`], and every
 //! `replica_snapshot_interval_slots` slots (the replicas spread over the interval, not all at the
 //! same slot) the whole state (state machine and client table) as a [`Record::Snapshot`]. A
-//! snapshot's image is built from the state frozen at its slot
-//! ([`StateMachine::freeze`]: a copy of the maps that shares large values), `snapshot_slice_bytes`
-//! per turn, executing between turns, so a big state never stops the replica for long (an image
+//! snapshot's image is built from the state frozen at its slot ([`StateMachine::freeze`]: a copy
+//! of the maps that shares large values), `snapshot_slice_bytes` per turn, executing between turns, so a big state never stops the replica for long (an image
 //! up to `snapshot_at_once_bytes` is written whole in the turn of its freeze: cheaper than the
 //! copies the live store makes of partitions that a sliced image has not reached yet). The
 //! watermark report waits for those records (`Out::send_after_persist`), so no one trims what this
