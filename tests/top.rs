@@ -131,7 +131,9 @@ fn top_shows_every_role_of_a_loaded_local_cluster_its_replicas_executing_and_one
 #[test]
 fn a_configured_node_nobody_serves_shows_as_down_and_top_stops_after_count_frames() {
     let dir = TempDir::new("top-down");
-    let unserved = format!("127.0.0.1:{}", free_ports(1)[0]);
+    // Port 1: privileged, so no test's cluster can be bound there, and nothing else listens on it. A port
+    // from `free_ports` is released at once and was once handed to a cluster running alongside.
+    let unserved = "127.0.0.1:1";
     let out = Command::new(BIN).args(["config", "--example"]).output().expect("run autopaxos config");
     let example = String::from_utf8(out.stdout).expect("utf-8");
     // Every node names the same metrics address, where nothing listens; no secret is needed to look.
