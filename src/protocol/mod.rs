@@ -43,6 +43,12 @@ pub type NodeId = u32;
 /// A position in the replicated log.
 pub type Slot = u64;
 
+/// How long a stateless node that seems gone (a proposal through a proxy leader unanswered for a
+/// resend timeout, a client retrying a command whose reply went through an unbatcher) is passed
+/// by when there is another to use. Seeming gone is only a hint: a wrong one moves some work to
+/// the others for this long, and when every one is suspected, all are used.
+pub const SUSPECT_FOR_US: Time = 1_000_000;
+
 /// The face every role shows its driver.
 pub trait Role {
     /// Handles one message from `from`. Stale or unexpected input is dropped (and counted), never a panic.

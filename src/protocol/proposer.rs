@@ -47,7 +47,7 @@ use super::membership::{
 };
 use super::messages::{encode_batch, Msg, NodeState, NodeStatus, Phase1bReply, Value};
 use super::timers::Timers;
-use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time};
+use super::{Ballot, Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time, SUSPECT_FOR_US};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -95,6 +95,26 @@ struct Phase1 {
     /// Per slot at or above `start`, what each acceptor reported. Which reports count depends on
     /// the configuration in force at the slot, which changes found below it may decide.
     reports: BTreeMap<Slot, Vec<(NodeId, Ballot, Value)>>,
+}
+
+/// The next proxy leader in turn that is neither `avoid` (the last attempt's, for a re-proposal)
+/// nor `suspected`; failing that, the next that is not `avoid`; failing that (there is one), the
+/// next. Advances `next` past the one taken.
+fn pick_proxy(
+    proxies: &[NodeId],
+    next: &mut usize,
+    avoid: Option<NodeId>,
+    suspected: impl Fn(NodeId) -> bool,
+) -> NodeId {
+    let n = proxies.len();
+    let at = |i: usize| proxies[next.wrapping_add(i) % n];
+    let offset = (0..n)
+        .find(|&i| Some(at(i)) != avoid && !suspected(at(i)))
+        .or_else(|| (0..n).find(|&i| Some(at(i)) != avoid))
+        .unwrap_or(0);
+    let proxy = at(offset);
+    *next = next.wrapping_add(offset + 1);
+    proxy
 }
 
 /// What Phase 1's reports say so far.
@@ -150,6 +170,9 @@ struct Leadership {
     /// Whether batchers were last told that this leader is full (`LeaderLoad`).
     reported_full: bool,
     next_proxy: usize,
+    /// Proxy leaders through which a proposal went unanswered for a resend timeout, with until
+    /// when new proposals pass them by (see [`pick_proxy`]).
+    suspected_proxies: BTreeMap<NodeId, Time>,
     trimmed_sent: Slot,
     /// A change of configuration under way, if any (one at a time).
     reconfig: Option<PendingReconfig>,
@@ -490,6 +513,7 @@ impl Proposer {
             waiting: VecDeque::new(),
             reported_full: false,
             next_proxy: 0,
+            suspected_proxies: BTreeMap::new(),
             trimmed_sent: 0,
             reconfig: None,
         });
@@ -601,13 +625,8 @@ impl Proposer {
             self.id,
             self.history.entries().first().map(|e| e.from_slot)
         );
-        let proxies = &self.proxy_leaders;
-        let mut proxy = proxies[l.next_proxy % proxies.len()];
-        l.next_proxy = l.next_proxy.wrapping_add(1);
-        if Some(proxy) == avoid && proxies.len() > 1 {
-            proxy = proxies[l.next_proxy % proxies.len()];
-            l.next_proxy = l.next_proxy.wrapping_add(1);
-        }
+        let suspected = |p: NodeId| l.suspected_proxies.get(&p).is_some_and(|&until| now < until);
+        let proxy = pick_proxy(&self.proxy_leaders, &mut l.next_proxy, avoid, suspected);
         let group = self.history.group_of(slot).to_vec();
         out.send(proxy, Msg::Propose { ballot: self.ballot, slot, value: value.clone(), group });
         let due_at = now + (self.tunables.resend_timeout_us << resends.min(MAX_RESEND_BACKOFF_SHIFT));
@@ -1147,6 +1166,16 @@ impl Proposer {
                     .filter(|(_, f)| f.due_at <= now)
                     .map(|(&s, f)| (s, f.value.clone(), f.proxy, f.resends + 1))
                     .collect();
+                // The first slot not executed went unanswered: its proxy leader may be gone
+                // (paused, cut off), so new proposals pass it by for a while, and one dead proxy
+                // leader does not hold up every window. (Only the first: replicas execute in
+                // order, so the slots above it look unanswered too while they wait for it.)
+                l.suspected_proxies.retain(|_, &mut until| now < until);
+                if let Some(&(_, _, proxy, _)) =
+                    due.first().filter(|d| l.in_flight.keys().next() == Some(&d.0))
+                {
+                    l.suspected_proxies.insert(proxy, now + SUSPECT_FOR_US);
+                }
                 for (slot, value, proxy, resends) in due {
                     self.propose_attempt(now, slot, value, Some(proxy), resends, out);
                 }
@@ -1726,6 +1755,57 @@ mod tests {
             assert_eq!(proxies.len(), 4, "the proposal and three re-proposals");
             assert!(proxies.windows(2).all(|w| w[0] != w[1]), "{via:?}");
         }
+    }
+
+    #[test]
+    fn new_proposals_pass_by_a_proxy_leader_that_left_the_first_slot_not_executed_unanswered() {
+        // Proxy leaders 9 and 10; batcher 13.
+        let (mut p, nonce) = candidate_in(ClusterConfig::f1(2, 2, 1, 1), Tunables::default());
+        for a in [3, 4, 6, 7] {
+            promise(&mut p, a, nonce, vec![]);
+        }
+        assert!(p.is_leader());
+        let via = |out: &Out| -> Vec<(Slot, NodeId)> {
+            out.msgs
+                .iter()
+                .filter_map(|(to, m)| match m {
+                    Msg::Propose { slot, .. } => Some((*slot, *to)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let propose = |p: &mut Proposer, now: Time, tag: &'static [u8]| {
+            let mut out = Out::new(false);
+            p.handle_message(now, 13, client_batch(13, tag), &mut out);
+            via(&out)
+        };
+        // (As `candidate_in` has it: the history of `config()`, where 11 is a replica.)
+        let executed = |p: &mut Proposer, now: Time, watermark: Slot| {
+            p.handle_message(now, 11, executed(watermark), &mut Out::new(false));
+        };
+        let t0 = 1_000_000; // past the election's timers
+        assert_eq!(propose(&mut p, t0, b"a"), vec![(0, 9)]);
+        assert_eq!(propose(&mut p, t0, b"b"), vec![(1, 10)]);
+        assert_eq!(propose(&mut p, t0, b"c"), vec![(2, 9)]);
+        // Slot 0 executed; slot 1 (through 10) unanswered, and slot 2 (through 9) waits behind it.
+        executed(&mut p, t0 + 1_000, 1);
+        let resend = t0 + Tunables::default().resend_timeout_us;
+        let mut again = Vec::new();
+        while let Some(now) = p.poll_timeout().filter(|&now| now <= resend) {
+            let mut out = Out::new(false);
+            p.handle_timeout(now, &mut out);
+            again.extend(via(&out));
+        }
+        assert_eq!(again, vec![(1, 9), (2, 10)], "each again through the other");
+        executed(&mut p, resend + 1, 3);
+        // 10 is passed by (not 9: slot 2 only waited), while there is another...
+        let slots: Vec<_> = (0..4).flat_map(|_| propose(&mut p, resend + 2, b"d")).collect();
+        assert_eq!(slots, vec![(3, 9), (4, 9), (5, 9), (6, 9)]);
+        executed(&mut p, resend + 3, 7);
+        // ...for a while.
+        let later = resend + SUSPECT_FOR_US;
+        let slots: Vec<_> = (0..2).flat_map(|_| propose(&mut p, later, b"e")).map(|(_, to)| to).collect();
+        assert_eq!(slots.iter().collect::<BTreeSet<_>>(), BTreeSet::from([&9, &10]), "{slots:?}");
     }
 
     fn change(epoch: u64, groups: Vec<Vec<NodeId>>) -> Configuration {

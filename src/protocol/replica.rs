@@ -53,11 +53,11 @@ use super::messages::{
 };
 use super::state_machine::{FrozenState, SnapshotError, SnapshotReader, StateMachine};
 use super::timers::Timers;
-use super::{Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time};
+use super::{Event, NodeId, Out, Role, RoleKind, Slot, Stage, Time, SUSPECT_FOR_US};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Chosen slots a replica buffers above its watermark; beyond it, they are dropped and re-learned.
 /// Not an overload valve: the leader's window bounds the slots chosen above the watermarks.
@@ -82,7 +82,14 @@ const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 struct ClientEntry {
     seq: u64,
     reply: Bytes,
+    /// The slot this replica executed it in (`None` if it came with a snapshot): a retry of it
+    /// says that slot's reply went astray (see `reply_routes`).
+    slot: Option<Slot>,
 }
+
+/// Recent slots whose unbatcher a replica remembers, to suspect it when a client retries one of
+/// their commands: a few client retry timeouts' worth of slots at any load this machine carries.
+const REPLY_ROUTES_KEPT: usize = 1 << 14;
 
 #[repr(usize)]
 enum Timer {
@@ -186,6 +193,12 @@ pub struct Replica {
     view: View,
     /// The unbatchers in service in `view`, by id: replies go to them.
     unbatchers: Vec<NodeId>,
+    /// The unbatcher each recent slot's replies went to (or would have, from a replica that did
+    /// not answer it), oldest first, at most [`REPLY_ROUTES_KEPT`].
+    reply_routes: VecDeque<(Slot, NodeId)>,
+    /// Unbatchers passed by until the time given: a client retried a command whose reply went
+    /// through one, so it may be gone (paused, cut off). See `SUSPECT_FOR_US`.
+    suspected_unbatchers: BTreeMap<NodeId, Time>,
     executed_at_last_report: Slot,
     timers: Timers<2>,
     /// The image being built, if any (one at a time).
@@ -254,6 +267,8 @@ impl Replica {
             now,
             view,
             unbatchers,
+            reply_routes: VecDeque::new(),
+            suspected_unbatchers: BTreeMap::new(),
             executed_at_last_report: 0,
             timers,
             storage: Storage::Durable,
@@ -390,7 +405,7 @@ impl Replica {
             let client = reader.u64()?;
             let seq = reader.u64()?;
             let reply = Bytes::copy_from_slice(reader.field()?);
-            if table.insert(client, ClientEntry { seq, reply }).is_some() {
+            if table.insert(client, ClientEntry { seq, reply, slot: None }).is_some() {
                 return Err(SnapshotError("a client twice in the client table"));
             }
         }
@@ -602,18 +617,24 @@ impl Replica {
             let slot = self.executed;
             let replies = match &value {
                 Value::Noop => Vec::new(),
-                Value::Batch(bytes) => self.execute_batch(slot, bytes, out),
+                Value::Batch(bytes) => {
+                    let (replies, retried) = self.execute_batch(slot, bytes, out);
+                    self.suspect_routes_of(&retried);
+                    replies
+                }
                 Value::Reconfig(bytes) => {
                     self.execute_reconfig(slot, bytes, out);
                     Vec::new()
                 }
             };
-            if !replies.is_empty() && self.is_designated_replier(slot) {
-                let unbatchers = &self.unbatchers;
-                let replicas = self.history.config_at(slot).replicas.len() as u64;
-                let unbatcher = unbatchers[(slot / replicas) as usize % unbatchers.len()];
-                for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
-                    out.send(unbatcher, Msg::ReplyBatch { replies });
+            if !replies.is_empty() {
+                // Routed by a replica that does not answer the slot too: whichever answers a retry
+                // of one of its commands knows which unbatcher to suspect.
+                let unbatcher = self.route_replies(slot);
+                if self.is_designated_replier(slot) {
+                    for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
+                        out.send(unbatcher, Msg::ReplyBatch { replies });
+                    }
                 }
             }
             if self.storage == Storage::Durable {
@@ -677,12 +698,46 @@ impl Replica {
         self.timers.set(Timer::Report as usize, self.now);
     }
 
-    fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> Vec<ClientReply> {
+    /// The unbatcher for `slot`'s replies: the slots take turns over the unbatchers not suspected
+    /// (over all of them if every one is), a turn per slot of each replica's (consecutive slots
+    /// are answered by different replicas). Remembered for a while, see `reply_routes`.
+    fn route_replies(&mut self, slot: Slot) -> NodeId {
+        let now = self.now;
+        self.suspected_unbatchers.retain(|_, &mut until| now < until);
+        let trusted: Vec<NodeId> =
+            self.unbatchers.iter().copied().filter(|u| !self.suspected_unbatchers.contains_key(u)).collect();
+        let candidates = if trusted.is_empty() { &self.unbatchers } else { &trusted };
+        let replicas = self.history.config_at(slot).replicas.len() as u64;
+        let unbatcher = candidates[(slot / replicas) as usize % candidates.len()];
+        if self.reply_routes.len() == REPLY_ROUTES_KEPT {
+            self.reply_routes.pop_front();
+        }
+        self.reply_routes.push_back((slot, unbatcher));
+        unbatcher
+    }
+
+    /// Clients retried commands executed in `slots`: the replies to them went astray, so the
+    /// unbatchers they went through are passed by for a while.
+    fn suspect_routes_of(&mut self, slots: &[Slot]) {
+        for slot in slots {
+            let at = self.reply_routes.partition_point(|&(s, _)| s < *slot);
+            if let Some(&(s, unbatcher)) = self.reply_routes.get(at) {
+                if s == *slot {
+                    self.suspected_unbatchers.insert(unbatcher, self.now + SUSPECT_FOR_US);
+                }
+            }
+        }
+    }
+
+    /// Executes a batch: the replies, and the slots of the commands in it that were retries of
+    /// ones already executed (their first replies went astray).
+    fn execute_batch(&mut self, slot: Slot, bytes: &Bytes, out: &mut Out) -> (Vec<ClientReply>, Vec<Slot>) {
         let state_machine = &mut self.state_machine;
         let table = &mut self.client_table;
         // The batch's results are written into one buffer, and each split off as its own `Bytes`:
         // the reply and the client table share it, with no allocation per command.
         let mut results = BytesMut::new();
+        let mut retried = Vec::new();
         let executed = with_archived::<CommandBatch, _>(bytes, |batch| {
             let mut replies = Vec::with_capacity(batch.commands.len());
             results.reserve(batch.commands.len() * TYPICAL_RESULT_BYTES);
@@ -691,7 +746,11 @@ impl Replica {
                 // One probe of the table per command: the entry is read and, if need be, replaced.
                 let result = match table.entry(client_id) {
                     // A retry of the last command: answer from the table, do not apply again.
-                    Entry::Occupied(last) if last.get().seq == seq => last.get().reply.clone(),
+                    Entry::Occupied(mut last) if last.get().seq == seq => {
+                        // Its last reply went astray; this one goes with `slot`'s.
+                        retried.extend(last.get_mut().slot.replace(slot));
+                        last.get().reply.clone()
+                    }
                     // Older than the last: the client has moved on and waits for nothing (or a
                     // restarted client reuses an id: counted, so that it shows).
                     Entry::Occupied(last) if last.get().seq > seq => {
@@ -701,7 +760,7 @@ impl Replica {
                     entry => {
                         state_machine.apply_into(command.op.as_slice(), &mut results);
                         let reply = results.split().freeze();
-                        entry.insert_entry(ClientEntry { seq, reply: reply.clone() });
+                        entry.insert_entry(ClientEntry { seq, reply: reply.clone(), slot: Some(slot) });
                         out.event(|| Event::Applied { client_id, seq, slot });
                         reply
                     }
@@ -710,10 +769,11 @@ impl Replica {
             }
             replies
         });
-        executed.unwrap_or_else(|_| {
+        let replies = executed.unwrap_or_else(|_| {
             out.dropped("replica: malformed batch executed as empty");
             Vec::new()
-        })
+        });
+        (replies, retried)
     }
 
     fn on_executed(&mut self, from: NodeId, watermark: Slot, configs: &ConfigHistory, out: &mut Out) {
@@ -1394,6 +1454,48 @@ mod tests {
         chosen(&mut other, 0, vec![incr(100, 1)]);
         let retry_at_other = chosen(&mut other, 1, vec![incr(100, 1)]);
         assert_eq!(replies(&first), replies(&retry_at_other), "the retry gets the original reply");
+    }
+
+    #[test]
+    fn a_retry_of_a_command_answered_through_an_unbatcher_moves_replies_off_it_for_a_while() {
+        // Replicas 7, 8 (7 answers the even slots); unbatchers 10, 11, by turns of two slots.
+        let config = ClusterConfig::f1(1, 1, 1, 2);
+        let state_machine = new_state_machine(StateMachineKind::Kv, TEST_KEY);
+        let mut r = Replica::new(7, config, &Tunables::default(), state_machine, 0);
+        // Where replica 7 sends the replies of `slot` (even), chosen at `now`; the odd slot after
+        // it is chosen empty.
+        let mut at = |now: Time, slot: Slot, commands: Vec<Command>| -> Vec<NodeId> {
+            let mut out = Out::new(false);
+            r.handle_message(
+                now,
+                6,
+                Msg::Chosen { slot, value: Value::Batch(encode_batch(commands)) },
+                &mut out,
+            );
+            let empty = Value::Batch(encode_batch(vec![]));
+            r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
+            out.msgs.iter().filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. })).map(|(to, _)| *to).collect()
+        };
+        assert_eq!(at(0, 0, vec![incr(100, 1)]), vec![10]);
+        assert_eq!(at(0, 2, vec![incr(101, 1)]), vec![11]);
+        // Client 100 retries: its reply went astray through unbatcher 10, so slot 4, whose turn
+        // is 10's, goes through 11, and so do the slots after it...
+        let retry_at = 200_000;
+        assert_eq!(at(retry_at, 4, vec![incr(100, 1)]), vec![11]);
+        assert_eq!(at(retry_at, 6, vec![incr(101, 2)]), vec![11]);
+        assert_eq!(at(retry_at + SUSPECT_FOR_US - 1, 8, vec![incr(102, 1)]), vec![11]);
+        // ...for a while: then the turns are as before.
+        let later = retry_at + SUSPECT_FOR_US;
+        assert_eq!(at(later, 10, vec![incr(103, 1)]), vec![11]);
+        assert_eq!(at(later, 12, vec![incr(104, 1)]), vec![10]);
+        // Client 100 again: its last reply went through 11 (slot 4), so 11 is passed by now.
+        assert_eq!(at(later, 14, vec![incr(100, 1)]), vec![10]);
+        assert_eq!(at(later, 16, vec![incr(105, 1)]), vec![10]);
+        assert_eq!(at(later, 18, vec![incr(106, 1)]), vec![10]);
+        // Client 104 retries (answered through 10, slot 12): with every unbatcher suspected, all
+        // take their turns.
+        assert_eq!(at(later, 20, vec![incr(104, 1)]), vec![10]);
+        assert_eq!(at(later, 22, vec![incr(107, 1)]), vec![11]);
     }
 
     fn reply_results(out: &Out) -> Vec<(u64, u64, Bytes)> {
