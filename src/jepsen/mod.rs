@@ -167,8 +167,9 @@ fn setsid() -> Option<PathBuf> {
         .clone()
 }
 
-/// The processes of the cluster: ids 1-10 as `ClusterConfig::f1(1, 1, 1, 1)` numbers them, and
-/// two gateways.
+/// The processes of the cluster: ids 1-13 as `ClusterConfig::f1(1, 2, 2, 2)` numbers them (two of
+/// each stateless role, so that one fault on a proxy leader, batcher or unbatcher is one the
+/// cluster can ride out, as the replicated roles can), and two gateways.
 const GATEWAYS: [NodeId; 2] = [21, 22];
 
 struct Process {
@@ -288,7 +289,7 @@ fn reserve_addresses(n: usize) -> Result<(Vec<SocketAddr>, Vec<TcpListener>), St
 
 impl Cluster {
     fn start(dir: &Path, binary: &Path) -> Result<Cluster, String> {
-        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let config = ClusterConfig::f1(1, 2, 2, 2);
         let nodes: Vec<(NodeId, &'static str)> =
             config.all_nodes().map(|(id, kind)| (id, kind.name())).collect();
         let (node_addrs, held) = reserve_addresses(2 * nodes.len() + GATEWAYS.len())?;
