@@ -704,11 +704,19 @@ impl Replica {
     fn route_replies(&mut self, slot: Slot) -> NodeId {
         let now = self.now;
         self.suspected_unbatchers.retain(|_, &mut until| now < until);
-        let trusted: Vec<NodeId> =
-            self.unbatchers.iter().copied().filter(|u| !self.suspected_unbatchers.contains_key(u)).collect();
-        let candidates = if trusted.is_empty() { &self.unbatchers } else { &trusted };
-        let replicas = self.history.config_at(slot).replicas.len() as u64;
-        let unbatcher = candidates[(slot / replicas) as usize % candidates.len()];
+        let turn = (slot / self.history.config_at(slot).replicas.len() as u64) as usize;
+        let suspected = &self.suspected_unbatchers;
+        let trusted = self.unbatchers.iter().filter(|u| !suspected.contains_key(u)).count();
+        let unbatcher = if trusted == 0 || trusted == self.unbatchers.len() {
+            self.unbatchers[turn % self.unbatchers.len()]
+        } else {
+            *self
+                .unbatchers
+                .iter()
+                .filter(|u| !suspected.contains_key(u))
+                .nth(turn % trusted)
+                .expect("counted")
+        };
         if self.reply_routes.len() == REPLY_ROUTES_KEPT {
             self.reply_routes.pop_front();
         }
