@@ -82,8 +82,9 @@ const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 struct ClientEntry {
     seq: u64,
     reply: Bytes,
-    /// The slot this replica executed it in (`None` if it came with a snapshot): a retry of it
-    /// says that slot's reply went astray (see `reply_routes`).
+    /// The slot whose replies last carried its reply: the one it was executed in, then that of
+    /// its latest retry (`None` if it came with a snapshot). A retry says that reply went astray
+    /// (see `reply_routes`).
     slot: Option<Slot>,
 }
 
