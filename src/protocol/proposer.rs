@@ -1720,24 +1720,38 @@ mod tests {
         assert_eq!(proposals(&out), vec![(1, Value::Batch(batch(b"b")))], "slot 1 again at 33t, not at 47t");
     }
 
-    #[test]
-    fn a_re_proposal_goes_through_another_proxy_leader() {
-        // Two proxy leaders (9 and 10); batcher 13.
+    /// Proposer 1 leading a cluster with two proxy leaders (9 and 10); batcher 13.
+    fn leader_with_two_proxy_leaders() -> Proposer {
         let (mut p, nonce) = candidate_in(ClusterConfig::f1(2, 2, 1, 1), Tunables::default());
         for a in [3, 4, 6, 7] {
             promise(&mut p, a, nonce, vec![]);
         }
         assert!(p.is_leader());
+        p
+    }
+
+    /// The proposals in `out` as (slot, proxy leader).
+    fn proposed_via(out: &Out) -> Vec<(Slot, NodeId)> {
+        out.msgs
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Propose { slot, .. } => Some((*slot, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_re_proposal_goes_through_another_proxy_leader() {
+        let mut p = leader_with_two_proxy_leaders();
         let mut out = Out::new(false);
         for tag in [b"a", b"b"] {
             p.handle_message(0, 13, client_batch(13, tag), &mut out);
         }
         let mut via: BTreeMap<Slot, Vec<NodeId>> = BTreeMap::new();
         let mut record = |out: &Out| {
-            for (to, m) in &out.msgs {
-                if let Msg::Propose { slot, .. } = m {
-                    via.entry(*slot).or_default().push(*to);
-                }
+            for (slot, to) in proposed_via(out) {
+                via.entry(slot).or_default().push(to);
             }
         };
         record(&out);
@@ -1759,25 +1773,11 @@ mod tests {
 
     #[test]
     fn new_proposals_pass_by_a_proxy_leader_that_left_the_first_slot_not_executed_unanswered() {
-        // Proxy leaders 9 and 10; batcher 13.
-        let (mut p, nonce) = candidate_in(ClusterConfig::f1(2, 2, 1, 1), Tunables::default());
-        for a in [3, 4, 6, 7] {
-            promise(&mut p, a, nonce, vec![]);
-        }
-        assert!(p.is_leader());
-        let via = |out: &Out| -> Vec<(Slot, NodeId)> {
-            out.msgs
-                .iter()
-                .filter_map(|(to, m)| match m {
-                    Msg::Propose { slot, .. } => Some((*slot, *to)),
-                    _ => None,
-                })
-                .collect()
-        };
+        let mut p = leader_with_two_proxy_leaders();
         let propose = |p: &mut Proposer, now: Time, tag: &'static [u8]| {
             let mut out = Out::new(false);
             p.handle_message(now, 13, client_batch(13, tag), &mut out);
-            via(&out)
+            proposed_via(&out)
         };
         // (As `candidate_in` has it: the history of `config()`, where 11 is a replica.)
         let executed = |p: &mut Proposer, now: Time, watermark: Slot| {
@@ -1794,7 +1794,7 @@ mod tests {
         while let Some(now) = p.poll_timeout().filter(|&now| now <= resend) {
             let mut out = Out::new(false);
             p.handle_timeout(now, &mut out);
-            again.extend(via(&out));
+            again.extend(proposed_via(&out));
         }
         assert_eq!(again, vec![(1, 9), (2, 10)], "each again through the other");
         executed(&mut p, resend + 1, 3);
