@@ -63,6 +63,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Not an overload valve: the leader's window bounds the slots chosen above the watermarks.
 pub const MAX_CHOSEN_BUFFER: usize = 200_000;
 const _: () = assert!(super::config::MAX_IN_FLIGHT_SLOTS <= MAX_CHOSEN_BUFFER);
+/// Bytes of values a replica buffers above its watermark. A replica that keeps up holds about a
+/// window's worth; one that is learning receives the live stream it cannot execute yet, and held
+/// every slot of it (a learner 45,000 slots behind had 1.3 GB resident, a third of its CPU
+/// clearing fresh pages). What it cannot hold it learns again by log segment.
+pub const MAX_CHOSEN_BUFFER_BYTES: u64 = 64 << 20;
 /// Room reserved per command in a batch's results buffer: a write's result fits.
 const TYPICAL_RESULT_BYTES: usize = 16;
 /// Slots one catch-up answer carries at most.
@@ -177,7 +182,7 @@ pub struct Replica {
     executed: Slot,
     /// Chosen values above the watermark, waiting for the slots below them, each with when it
     /// arrived here: its `Stage::Ordering` time runs from it to its execution.
-    chosen: BTreeMap<Slot, (Value, Time)>,
+    chosen: ChosenBuffer,
     /// Executed values, kept until every replica has executed them, to teach a lagging peer.
     log: BTreeMap<Slot, Value>,
     /// Per client: its last executed sequence number and the reply to it. A hash map: it is probed
@@ -260,7 +265,7 @@ impl Replica {
             report_interval_us: tunables.replica_report_interval_us,
             state_machine,
             executed: 0,
-            chosen: BTreeMap::new(),
+            chosen: ChosenBuffer::default(),
             log: BTreeMap::new(),
             client_table: FxHashMap::default(),
             peer_watermarks: BTreeMap::new(),
@@ -599,22 +604,26 @@ impl Replica {
         if slot < self.executed {
             return; // Already executed: a duplicate or a resend.
         }
-        if let Some((existing, _)) = self.chosen.get(&slot) {
+        if let Some(existing) = self.chosen.get(slot) {
             if *existing != value {
                 out.dropped("replica: a different value announced for a chosen slot");
             }
             return;
         }
-        if self.chosen.len() >= MAX_CHOSEN_BUFFER {
-            out.dropped("replica: chosen buffer full");
-            return;
+        match self.chosen.insert(slot, value, self.now) {
+            Buffered::Kept { evicted: 0 } => {}
+            Buffered::Kept { evicted } => (0..evicted)
+                .for_each(|_| out.dropped("replica: chosen buffer full, the highest slot given up")),
+            Buffered::Dropped => {
+                out.dropped("replica: chosen buffer full");
+                return;
+            }
         }
-        self.chosen.insert(slot, (value, self.now));
         self.execute_ready(out);
     }
 
     fn execute_ready(&mut self, out: &mut Out) {
-        while let Some((value, arrived)) = self.chosen.remove(&self.executed) {
+        while let Some((value, arrived)) = self.chosen.remove(self.executed) {
             let slot = self.executed;
             let replies = match &value {
                 Value::Noop => Vec::new(),
@@ -970,7 +979,7 @@ impl Replica {
         // An image being built is of the state just replaced.
         self.building = None;
         self.timers.cancel(Timer::Image as usize);
-        self.chosen = self.chosen.split_off(&slot);
+        self.chosen.forget_below(slot);
         self.forget_log_below(slot);
         self.slot_reads = self.slot_reads.split_off(&slot);
         if self.storage == Storage::Durable {
@@ -985,7 +994,7 @@ impl Replica {
 
     /// Reads the next missing slots from their acceptor groups: no peer replica can teach them.
     fn read_from_acceptors(&mut self, out: &mut Out) {
-        let end = self.chosen.keys().next().copied().unwrap_or(self.executed + 1);
+        let end = self.chosen.lowest().unwrap_or(self.executed + 1);
         for slot in self.executed..end.min(self.executed + SLOTS_READ_AT_ONCE) {
             self.slot_reads.entry(slot).or_default();
             for &acceptor in self.history.group_of(slot) {
@@ -1152,14 +1161,15 @@ impl Replica {
 
     fn check_invariants(&self) {
         assert!(
-            self.chosen.keys().next().is_none_or(|&s| s > self.executed),
+            self.chosen.lowest().is_none_or(|s| s > self.executed),
             "replica {}: slot {} is chosen and executable but not executed",
             self.id,
             self.executed
         );
         assert!(self.log.keys().next_back().is_none_or(|&s| s < self.executed));
         assert!(self.log.len() as u64 <= self.tunables.teach_retention_slots.max(1));
-        assert!(self.chosen.len() <= MAX_CHOSEN_BUFFER);
+        assert!(self.chosen.slots.len() <= MAX_CHOSEN_BUFFER);
+        assert!(self.chosen.bytes <= MAX_CHOSEN_BUFFER_BYTES || self.chosen.slots.len() == 1);
         assert!(self.timers.is_set(Timer::Report as usize));
     }
 }
@@ -1278,6 +1288,69 @@ impl Role for Replica {
 
 /// A durable image's buffer, of its whole size, holding its first field: the state machine's
 /// image length. The state machine's image follows, then the client table.
+/// Chosen values above a replica's watermark, bounded in slots and bytes.
+#[derive(Default)]
+struct ChosenBuffer {
+    slots: BTreeMap<Slot, (Value, Time)>,
+    bytes: u64,
+}
+
+/// What became of a value offered to a full [`ChosenBuffer`].
+enum Buffered {
+    /// Kept, after giving up this many higher slots to make room.
+    Kept { evicted: usize },
+    /// Not kept: every slot buffered is lower.
+    Dropped,
+}
+
+impl ChosenBuffer {
+    /// Keeps `value` for `slot` (not yet buffered). When full, the highest slots make room for a
+    /// lower one: the slots just above the watermark are the ones execution waits for, so a buffer
+    /// full of a live stream far ahead must never refuse them (it would wait for ever).
+    fn insert(&mut self, slot: Slot, value: Value, now: Time) -> Buffered {
+        let len = value.byte_len() as u64;
+        let mut evicted = 0;
+        while self.slots.len() >= MAX_CHOSEN_BUFFER || self.bytes + len > MAX_CHOSEN_BUFFER_BYTES {
+            match self.slots.last_key_value() {
+                Some((&highest, _)) if highest > slot => {
+                    self.remove(highest);
+                    evicted += 1;
+                }
+                // Empty, or all lower: a value bigger than the whole budget is still taken alone.
+                None => break,
+                Some(_) => return Buffered::Dropped,
+            }
+        }
+        self.bytes += len;
+        self.slots.insert(slot, (value, now));
+        Buffered::Kept { evicted }
+    }
+
+    fn get(&self, slot: Slot) -> Option<&Value> {
+        self.slots.get(&slot).map(|(value, _)| value)
+    }
+
+    fn remove(&mut self, slot: Slot) -> Option<(Value, Time)> {
+        let removed = self.slots.remove(&slot)?;
+        self.bytes -= removed.0.byte_len() as u64;
+        Some(removed)
+    }
+
+    fn lowest(&self) -> Option<Slot> {
+        self.slots.keys().next().copied()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn forget_below(&mut self, slot: Slot) {
+        let kept = self.slots.split_off(&slot);
+        let forgotten = std::mem::replace(&mut self.slots, kept);
+        self.bytes -= forgotten.values().map(|(v, _)| v.byte_len() as u64).sum::<u64>();
+    }
+}
+
 fn image_buffer(state_machine_len: usize, client_table_len: usize) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + state_machine_len + client_table_len);
     bytes.extend_from_slice(&(state_machine_len as u64).to_le_bytes());
@@ -1637,6 +1710,37 @@ mod tests {
             r.handle_message(5, 6, Msg::Chosen { slot: below, value: Value::Noop }, &mut Out::new(false));
         }
         assert!(replies_at(&mut r, 5, window + 10), "7's own slot, within a window of 8's watermark");
+    }
+
+    #[test]
+    fn a_full_chosen_buffer_gives_up_its_highest_slots_for_the_ones_execution_waits_for() {
+        // A learner receives the live stream far above its watermark: full of it, the buffer must
+        // still take the slots that its teacher sends for the watermark.
+        let mut r = replica(7);
+        for slot in 1..=MAX_CHOSEN_BUFFER as u64 + 10 {
+            r.handle_message(5, 6, Msg::Chosen { slot, value: Value::Noop }, &mut Out::new(false));
+        }
+        assert_eq!(r.chosen.slots.len(), MAX_CHOSEN_BUFFER);
+        r.handle_message(5, 8, Msg::Chosen { slot: 0, value: Value::Noop }, &mut Out::new(false));
+        assert_eq!(
+            r.executed_watermark(),
+            MAX_CHOSEN_BUFFER as u64,
+            "slot 0 was taken: the run up to the highest kept executes"
+        );
+
+        // Bytes bound it too: a stream of 1 MiB values stops at the budget, and a slot below all of
+        // them still gets in.
+        let mut r = replica(7);
+        let mib = || Value::Batch(Bytes::from(vec![0u8; 1 << 20]));
+        let over = (MAX_CHOSEN_BUFFER_BYTES >> 20) + 5;
+        for slot in 2..2 + over {
+            r.handle_message(5, 6, Msg::Chosen { slot, value: mib() }, &mut Out::new(false));
+        }
+        assert_eq!(r.chosen.bytes, MAX_CHOSEN_BUFFER_BYTES);
+        assert_eq!(r.chosen.lowest(), Some(2));
+        r.handle_message(5, 8, Msg::Chosen { slot: 1, value: mib() }, &mut Out::new(false));
+        assert_eq!(r.chosen.bytes, MAX_CHOSEN_BUFFER_BYTES, "the highest slot made room");
+        assert_eq!(r.chosen.lowest(), Some(1));
     }
 
     #[test]
