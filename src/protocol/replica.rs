@@ -1104,6 +1104,11 @@ impl Replica {
     /// Measures, about once a second, how fast the furthest peer executes: the live rate that
     /// paces learning (`segment_pace`). A peer that restarted from nothing counts as no progress.
     fn measure_live_rate(&mut self, now: Time) {
+        if self.peer_watermarks.is_empty() {
+            // Not before a peer has reported: from this replica's own position (a restart's, far
+            // behind) to the peers' the first second measured the gap, and learning went unpaced.
+            return;
+        }
         let furthest = self.peer_watermarks.values().copied().max().unwrap_or(0).max(self.executed);
         match self.live_mark {
             Some((at, _)) if now < at + 1_000_000 => {}
@@ -2082,6 +2087,32 @@ mod tests {
         assert_eq!(most(100_000, 1_000_000), (1, 1), "no rate measured yet: the floor, 100/s: {asks:?}");
         assert_eq!(most(1_100_000, 2_000_000), (15, 15), "150% of 1,000/s, per 10 ms: {asks:?}");
         assert_eq!(most(3_100_000, 4_000_000), (1, 1), "the peers idle: the floor again: {asks:?}");
+    }
+
+    #[test]
+    fn a_restarted_learner_paces_by_its_peers_rate_not_by_how_far_behind_it_starts() {
+        let tunables =
+            Tunables { teach_pace_percent_of_live: 150, teach_min_slots_per_sec: 100, ..Tunables::default() };
+        let sm = new_state_machine(StateMachineKind::Kv, TEST_KEY);
+        let mut behind = Replica::new(7, ClusterConfig::f1(1, 1, 1, 1), &tunables, sm, 0);
+        // Back at 0 with peer 8 at 50,000 and executing 1,000 slots a second; 8's first report
+        // comes after 7's first report period.
+        let mut asks = Vec::new();
+        let mut now = 0;
+        while now < 2_000_000 {
+            now = behind.poll_timeout().unwrap();
+            if now >= 50_000 {
+                behind.handle_message(now, 8, executed(50_000 + now / 1_000), &mut Out::new(false));
+            }
+            let mut out = Out::new(false);
+            behind.handle_timeout(now, &mut out);
+            asks.extend(out.msgs.into_iter().filter_map(|(_, m)| match m {
+                Msg::CatchUp { max_slots, .. } => Some((now, max_slots)),
+                _ => None,
+            }));
+        }
+        let late: Vec<u64> = asks.iter().filter(|(at, _)| *at > 1_200_000).map(|&(_, n)| n).collect();
+        assert!(!late.is_empty() && late.iter().all(|&n| n == 15), "150% of 1,000/s, per 10 ms: {asks:?}");
     }
 
     #[test]
