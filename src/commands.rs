@@ -12,7 +12,7 @@
 //! Redis; a command that fails leaves the connection usable.
 
 use crate::protocol::state_machine::kv::{
-    Condition, KvError, KvOp, KvResult, Write, MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
+    Condition, KvError, KvOp, KvResult, Write, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES,
 };
 use crate::resp::{partition_of, Reply};
 use bytes::Bytes;
@@ -277,6 +277,9 @@ pub fn plan(args: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> Context) 
         "del" | "exists" | "mget" => {
             if rest.is_empty() {
                 return arity(&name);
+            }
+            if rest.len() > MAX_BATCH_OPS {
+                return error(format!("ERR {} takes at most {MAX_BATCH_OPS} keys here", name.to_uppercase()));
             }
             let partition = match one_partition(rest.iter().map(|k| &k[..])) {
                 Ok(p) => p,

@@ -25,7 +25,7 @@ use super::node::Host;
 use crate::commands::{self, Connection, Context, Password, Plan, Render};
 use crate::protocol::client::SubmitError;
 use crate::protocol::gateway::{Answer, Gateway, Session};
-use crate::protocol::state_machine::kv::{KvOp, KvResult};
+use crate::protocol::state_machine::kv::{KvOp, KvResult, MAX_READ_RESULT_BYTES, MAX_RESULT_BYTES};
 use crate::protocol::{Msg, NodeId, Out, Role, RoleKind, Time};
 use crate::resp::{self, Limits, Reply};
 use bytes::Bytes;
@@ -340,8 +340,9 @@ enum Pending {
     Reply(Reply),
     /// Answered, then the connection closes (`QUIT`, a protocol error).
     Close(Reply),
-    /// Needs the log: its encoded ops and how to render their results.
-    Cluster { ops: Vec<Bytes>, render: Render },
+    /// Needs the log: its encoded ops, the most bytes their results can take, and how to render
+    /// them.
+    Cluster { ops: Vec<Bytes>, worst_result: usize, render: Render },
 }
 
 /// A connection's queue, shared by its reader and its driver.
@@ -485,9 +486,11 @@ async fn read_requests(
                         queue.borrow_mut().requests.push_back((Pending::Close(reply), 0, arrived));
                         break None;
                     }
-                    Plan::Cluster(ops, render) => {
-                        Pending::Cluster { ops: ops.iter().map(KvOp::encode).collect(), render }
-                    }
+                    Plan::Cluster(ops, render) => Pending::Cluster {
+                        worst_result: ops.iter().map(worst_result).sum(),
+                        ops: ops.iter().map(KvOp::encode).collect(),
+                        render,
+                    },
                 };
                 let mut q = queue.borrow_mut();
                 q.requests.push_back((pending, request.consumed, arrived));
@@ -638,15 +641,20 @@ fn answer_ready(q: &mut Queue, out: &mut Vec<u8>, latency: &super::histogram::La
 /// batch bounds; the first request always goes), marked in flight.
 fn next_batch(q: &mut Queue) -> Option<Bytes> {
     let mut ops = Vec::new();
-    let (mut bytes, mut taken) = (0, 0);
+    let (mut bytes, mut results, mut taken) = (0, 0, 0);
     for (pending, _, _) in &q.requests {
         match pending {
-            Pending::Cluster { ops: these, .. } => {
+            Pending::Cluster { ops: these, worst_result, .. } => {
                 let size: usize = these.iter().map(|op| op.len() + 16).sum();
-                if taken > 0 && (bytes + size > MAX_GROUP_BYTES || ops.len() + these.len() > MAX_GROUP_OPS) {
+                if taken > 0
+                    && (bytes + size > MAX_GROUP_BYTES
+                        || ops.len() + these.len() > MAX_GROUP_OPS
+                        || results + worst_result > MAX_RESULT_BYTES)
+                {
                     break;
                 }
                 bytes += size;
+                results += worst_result;
                 ops.extend(these.iter().cloned());
             }
             Pending::Reply(_) => {}
@@ -659,6 +667,19 @@ fn next_batch(q: &mut Queue) -> Option<Bytes> {
     }
     q.in_flight = taken;
     Some(KvOp::Batch { ops }.encode())
+}
+
+// A request and a batch's results each travel in one message's meta, with room to spare.
+const _: () = assert!(MAX_REQUEST_BYTES + (1 << 20) <= crate::wire::MAX_META_BYTES);
+const _: () = assert!(MAX_RESULT_BYTES + (1 << 20) <= crate::wire::MAX_META_BYTES);
+
+/// The most bytes an op's result can take in its batch's results (see `MAX_RESULT_BYTES`): only a
+/// read returns a value.
+fn worst_result(op: &KvOp) -> usize {
+    match op {
+        KvOp::Get { .. } => MAX_READ_RESULT_BYTES,
+        _ => 64,
+    }
 }
 
 /// What a RESP client gets for a request the cluster refused (Redis answers `-BUSY` too when it
@@ -695,7 +716,7 @@ fn complete(q: &mut Queue, answer: &Answer, out: &mut Vec<u8>, latency: &super::
     for _ in 0..std::mem::take(&mut q.in_flight) {
         let reply = match q.pop(now, latency) {
             Some(Pending::Reply(reply)) => reply,
-            Some(Pending::Cluster { ops, render }) => {
+            Some(Pending::Cluster { ops, render, .. }) => {
                 let mine: Vec<KvResult> = next.by_ref().take(ops.len()).collect();
                 if mine.len() == ops.len() {
                     commands::render(render, &mine)

@@ -41,9 +41,11 @@ pub const HEADER_LEN: usize = 16;
 pub const MAGIC: u16 = 0x5041;
 /// The version of the frame format and of the protocol; a peer speaking another one is refused.
 pub const PROTOCOL_VERSION: u8 = 2;
-/// The largest meta accepted or sent. Metas are small (a batch travels as the payload); this bounds what
-/// a peer can make us buffer and validate before anything is known about the frame.
-pub const MAX_META_BYTES: usize = 1 << 20;
+/// The largest meta accepted or sent. Most metas are small (a batch travels as the payload), but a
+/// client's command (a gateway's request: up to 8 MiB) and its reply (up to 8 MiB of values,
+/// `kv::MAX_RESULT_BYTES`) travel in one; this bounds what a peer can make us buffer and validate
+/// before anything is known about the frame.
+pub const MAX_META_BYTES: usize = 16 << 20;
 /// The largest payload (one batch) accepted or sent.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 /// The largest possible frame: both limits are aligned, so it has no padding.

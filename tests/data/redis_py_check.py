@@ -103,6 +103,22 @@ def main(port):
     check("pipeline counts", [results[3 * i + 1] for i in range(500)], list(range(1, 501)))
     check("pipeline error in place", isinstance(results[1500], redis.exceptions.ResponseError), True)
     check("pipeline continues", results[1501], True)
+
+    # Replies and requests past 1 MiB (once the wire's limit for one message: they hung for ever).
+    big = b"v" * MAX_VALUE
+    keys = [f"{{large}}.{i}" for i in range(160)]
+    check("mset 20 x 64 KiB", r.mset({k: big for k in keys[:20]}), True)
+    for i in range(20, 160, 20):
+        r.mset({k: big for k in keys[i : i + 20]})
+    check("mget 20 x 64 KiB", r.mget(keys[:20]), [big] * 20)
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.get(k)
+    check("pipeline of 160 GETs of 64 KiB", pipe.execute(), [big] * 160)
+    error("mget past 8 MiB of values", lambda: r.mget(keys + keys), "reply larger than 8388608 bytes")
+    check("usable after a reply too large", r.getdel(keys[0]), big)
+    error("mget past 4096 keys", lambda: r.mget([f"{{many}}.{i}" for i in range(4097)]), "at most 4096 keys")
+    check("mget of 4096 keys", len(r.mget([f"{{many}}.{i}" for i in range(4096)])), 4096)
     print(f"redis-py: {checks} checks passed")
 
 

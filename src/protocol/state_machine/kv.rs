@@ -29,6 +29,15 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_TXN_OPS: usize = 64;
 /// Maximum number of ops in one [`KvOp::Batch`].
 pub const MAX_BATCH_OPS: usize = 4096;
+/// Bytes of values one command may return. A batch's results travel in one reply (within the
+/// wire's meta limit) and the replicas keep it as the session's last reply: a read that would take
+/// the results past it fails with [`KvError::ReplyTooLarge`], and so does every op after it in the
+/// batch, so that nothing after a refused read (the delete of a `GETDEL`, a later command of the
+/// same pipeline) takes effect out of order.
+pub const MAX_RESULT_BYTES: usize = 8 << 20;
+/// What a read may add to a batch's results at most, over its value: a gateway counts its
+/// pipelines' worst case by it, so that only one request alone can meet the limit.
+pub const MAX_READ_RESULT_BYTES: usize = MAX_VALUE_BYTES + 64;
 /// The longest decimal integer an increment accepts (`-9223372036854775808`).
 const MAX_INT_DIGITS: usize = 20;
 
@@ -213,6 +222,10 @@ pub enum KvError {
     /// A batch holds another batch, or more than [`MAX_BATCH_OPS`] ops.
     #[error("a batch holds a batch or more than {MAX_BATCH_OPS} ops")]
     BadBatch,
+    /// The batch's results would exceed [`MAX_RESULT_BYTES`]: this op and the rest of the batch
+    /// were not run.
+    #[error("reply larger than {MAX_RESULT_BYTES} bytes: the command was not run")]
+    ReplyTooLarge,
 }
 
 impl KvOp {
@@ -639,11 +652,17 @@ impl<S: BuildHasher + Clone> KvStore<S> {
                 if ops.len() > MAX_BATCH_OPS {
                     return KvResult::Error(KvError::BadBatch);
                 }
+                let (mut bytes, mut refused) = (0, false);
                 let results = ops
                     .iter()
                     .map(|op| {
-                        let result = self.run_inner(op.as_slice(), inner);
+                        refused = refused || bytes + self.read_len(op.as_slice(), inner) > MAX_RESULT_BYTES;
+                        let result = match refused {
+                            true => KvResult::Error(KvError::ReplyTooLarge),
+                            false => self.run_inner(op.as_slice(), inner),
+                        };
                         encoder.append(&result, results);
+                        bytes += results.len();
                         results.split().freeze()
                     })
                     .collect();
@@ -651,6 +670,18 @@ impl<S: BuildHasher + Clone> KvStore<S> {
             }
             Ok(_) => self.run_inner(op, inner),
             Err(_) => KvResult::Error(KvError::Malformed),
+        }
+    }
+
+    /// Bytes of value the op would return if run now (a read's value; 0 for anything else).
+    fn read_len(&self, op: &[u8], aligned: &mut rkyv::util::AlignedVec<16>) -> usize {
+        aligned.clear();
+        aligned.extend_from_slice(op);
+        match rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(aligned) {
+            Ok(ArchivedKvOp::Get { partition, item }) => {
+                self.entry(partition.as_slice(), item.as_slice()).map_or(0, |e| e.value.len())
+            }
+            _ => 0,
         }
     }
 
@@ -1033,6 +1064,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_stops_at_the_read_that_would_take_its_results_past_the_limit() {
+        let mut s = KvStore::new();
+        let big = Bytes::from(vec![7u8; MAX_VALUE_BYTES]);
+        s.execute(&KvOp::Put { partition: b("p"), item: b("big"), value: big.clone() });
+        s.execute(&put("p", "small", "x"));
+        // Reads of the big value up to the limit, then one more, then a delete and a small read.
+        let fit = MAX_RESULT_BYTES / (MAX_VALUE_BYTES + 64);
+        let mut ops = vec![get("p", "big"); fit + 1];
+        ops.extend([del("p", "small"), get("p", "small")]);
+        let batch = KvOp::Batch { ops: ops.iter().map(KvOp::encode).collect() };
+        let R::Batched { results } = s.execute(&batch) else { panic!() };
+        let results: Vec<_> = results.iter().map(|r| KvResult::decode(r).unwrap()).collect();
+        assert!(results[..fit].iter().all(|r| matches!(r, R::Value { value, .. } if *value == big)));
+        assert!(results[fit..].iter().all(|r| *r == err(KvError::ReplyTooLarge)), "{:?}", &results[fit..]);
+        assert_eq!(
+            item(&s, "small").map(|(v, _)| v),
+            Some(b"x".to_vec()),
+            "nothing after the refused read ran"
+        );
+        // The log's path gives the same bytes as the typed one.
+        let (mut typed, mut logged) = (s.clone(), s.clone());
+        assert_eq!(typed.execute(&batch).encode(), logged.apply(&batch.encode()));
+    }
+
+    #[test]
     fn integers_are_decimal_as_redis_reads_them() {
         for ok in ["0", "-1", "42", "9223372036854775807", "-9223372036854775808"] {
             assert_eq!(parse_int(ok.as_bytes()), Some(ok.parse().unwrap()), "{ok}");
@@ -1328,7 +1384,16 @@ mod tests {
     }
     fn result() -> impl Strategy<Value = KvResult> {
         use KvError::*;
-        let e = [Malformed, KeyTooLarge, ValueTooLarge, TooManyOps, NotAnInteger, Overflow, BadBatch];
+        let e = [
+            Malformed,
+            KeyTooLarge,
+            ValueTooLarge,
+            TooManyOps,
+            NotAnInteger,
+            Overflow,
+            BadBatch,
+            ReplyTooLarge,
+        ];
         prop_oneof![
             (any_bytes(32), any::<u64>()).prop_map(|(value, version)| R::Value { value, version }),
             Just(R::NotFound),
