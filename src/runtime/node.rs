@@ -346,9 +346,13 @@ impl Host {
             return;
         }
         if let Err(e) = writer.push_msg(msg) {
-            // Cannot happen for messages the roles build (bounded sizes); count it, never panic.
-            tracing::error!(node = self.id, peer = to, "cannot encode {}: {e}", msg.name());
+            // Cannot happen for messages the roles build (bounded sizes); count it, never panic,
+            // and say it at most once a second (a retried message fails each time).
             self.metrics.unroutable.increment(1);
+            drop(writer);
+            if let Some(suppressed) = self.admission.borrow_mut().may_log("cannot encode") {
+                tracing::error!(node = self.id, peer = to, suppressed, "cannot encode {}: {e}", msg.name());
+            }
             return;
         }
         drop(writer);
