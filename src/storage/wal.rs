@@ -783,14 +783,25 @@ async fn free_gradually(path: &Path, began: std::time::Instant) -> std::io::Resu
     Ok(())
 }
 
-/// Makes spare segment `spare` (condemned by a durable trim) segment `sequence`: renamed, the new
-/// name made durable, opened. Its old records stay until overwritten; they verify under `spare`'s
-/// checksum seed, not `sequence`'s, so no scan of it reads them (see "Reused segments" above).
+/// Makes spare segment `spare` (condemned by a durable trim) segment `sequence`: its first block
+/// zeroed, renamed, the new name made durable, opened. Its other old records stay until
+/// overwritten; they verify under `spare`'s checksum seed, not `sequence`'s, so no scan of it reads
+/// them (see "Reused segments" above).
+///
+/// Its first block is zeroed (durably, under a `.tmp` name that recovery deletes) before it takes
+/// the new name: the new segment then reads as empty until its first records are written. Without
+/// it, a process killed after preparing the segment left a file of records that verify under no
+/// seed between its real segments; the restart began a newer segment, and every start after the
+/// next kill refused the log as damaged in the middle (found by an independent fault run).
 async fn reuse_segment(dir: &Path, spare: u64, sequence: u64) -> Result<Rc<DmaFile>, StorageError> {
     let path = dir.join(segment_name(sequence));
-    glommio::io::rename(dir.join(segment_name(spare)), &path).await.map_err(io(&path))?;
+    let tmp = dir.join(format!("{}.tmp", segment_name(sequence)));
+    glommio::io::rename(dir.join(segment_name(spare)), &tmp).await.map_err(io(&tmp))?;
+    let file = OpenOptions::new().read(true).write(true).dma_open(&tmp).await.map_err(io(&tmp))?;
+    write_whole(&file, zeroed(&file, BLOCK), 0, &tmp).await?;
+    file.fdatasync().await.map_err(io(&tmp))?;
+    glommio::io::rename(&tmp, &path).await.map_err(io(&path))?;
     sync_dir(dir).await?;
-    let file = OpenOptions::new().read(true).write(true).dma_open(&path).await.map_err(io(&path))?;
     Ok(Rc::new(file))
 }
 
@@ -1159,6 +1170,42 @@ mod tests {
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         assert!(report.torn_bytes_dropped > 0, "{report}");
         for slot in 189..200 {
+            assert!(recovered.records.contains(&accept(slot, 200)), "synced slot {slot} lost");
+        }
+        assert_slots_only_rise(&recovered.records);
+    }
+
+    #[test]
+    fn a_start_after_a_crash_with_a_reused_segment_prepared_survives_a_second_crash_at_once() {
+        let t = TempDir::new("reuse-crash-twice");
+        let path = t.0.clone();
+        on_executor(move || async move {
+            let mut wal = Wal::open(&path, 0, vec![], &[], small_segments()).await.unwrap();
+            for slot in 0..200u64 {
+                wal.append(&[accept(slot, 200)]).await.unwrap();
+                if slot % 20 == 19 {
+                    wal.append(&[Record::Trim { below: slot - 10 }]).await.unwrap();
+                }
+                wal.sync().await.unwrap();
+            }
+            assert!(wal.stats().segments_reused >= 3);
+            crash(wal).await;
+        });
+        // The next life begins its segments after the prepared (reused) one, writes, and is killed
+        // before it has deleted that one.
+        let data = DataDir::open(&t.0).unwrap();
+        let (_, report) = data.recover().unwrap();
+        let path = t.0.clone();
+        on_executor(move || async move {
+            let (next, old, sticky) = (report.next_sequence, report.old_segments, report.sticky);
+            let mut wal = Wal::open(&path, next, old, &sticky, small_segments()).await.unwrap();
+            wal.append(&[accept(200, 200)]).await.unwrap();
+            wal.sync().await.unwrap();
+            std::mem::forget(wal);
+        });
+        drop(data);
+        let (recovered, _) = DataDir::open(&t.0).unwrap().recover().expect("the third start reads the log");
+        for slot in 189..=200 {
             assert!(recovered.records.contains(&accept(slot, 200)), "synced slot {slot} lost");
         }
         assert_slots_only_rise(&recovered.records);
