@@ -968,6 +968,11 @@ fn client(args: ClientArgs) -> Result<(), String> {
 }
 
 fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
+    if let Some(id) =
+        args.node.iter().enumerate().find_map(|(i, id)| args.node[..i].contains(id).then_some(id))
+    {
+        return Err(format!("--node names node {id} twice: one node id runs in one place"));
+    }
     let mut file = load_file(&args.config)?;
     file.authenticate_frames |= args.flags.authenticate_frames;
     let metrics_addr = args.metrics_addr.unwrap_or_else(|| role_metrics_addr(&file, &args.node));

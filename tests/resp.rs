@@ -338,3 +338,29 @@ fn with_a_password_file_clients_must_auth_first_and_redis_cli_does_with_dash_a()
     let metrics = proc.stderr_text();
     assert!(!metrics.contains("correct horse"), "the password reached the log");
 }
+
+#[test]
+fn a_second_process_on_a_listening_address_is_refused_and_so_is_a_node_id_named_twice() {
+    // glommio listens with SO_REUSEPORT: without a check, a node started twice (or a gateway on a
+    // port in use) listened beside the first and took half of its connections.
+    let _serial = common::serialize();
+    let dir = TempDir::new("resp-twice");
+    let (_first, addr) = serve(&dir, &["--in-memory"]);
+    let second = Command::new(env!("CARGO_BIN_EXE_autopaxos"))
+        .args(["local", "--in-memory", "--resp-addr", &addr.to_string(), "--duration", "2s"])
+        .env("TMPDIR", &dir.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another process listens there"), "{stderr}");
+    assert_eq!(Conn::open(addr).call(&["PING"]), b"+PONG\r\n", "the first still serves");
+
+    let twice = Command::new(env!("CARGO_BIN_EXE_autopaxos"))
+        .args(["batcher", "--config", "no-such-cluster.toml", "--node", "9,9"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert_eq!(twice.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("names node 9 twice"), "{stderr}");
+}

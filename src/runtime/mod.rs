@@ -171,6 +171,23 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
+/// Binds a listener at `addr`, refusing an address another socket already listens on. glommio
+/// binds with `SO_REUSEPORT`, so two processes started as the same node (or a gateway started
+/// twice on one port) would both listen and split the connections between them: two memories
+/// answering as one acceptor or proposer. A probe bound without it finds such a listener first.
+fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => std::io::Error::new(
+                e.kind(),
+                format!("{e}: another process listens there (is this node already running?)"),
+            ),
+            _ => e,
+        })?);
+    }
+    Ok(TcpListener::bind(addr)?)
+}
+
 /// Starts one pinned executor per core of `plan`. Returns once every node listens and knows every
 /// other node's address; nodes then dial each other on their own.
 pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
@@ -203,7 +220,7 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                 };
                 let mut ready = Vec::new();
                 for launch in launches {
-                    let listener = launch.listen.and_then(|addr| match TcpListener::bind(addr) {
+                    let listener = launch.listen.and_then(|addr| match bind_exclusive(addr) {
                         Ok(l) => {
                             let bound = l.local_addr().unwrap_or(addr);
                             book.lock().expect("not poisoned").insert(launch.id, bound);
@@ -217,7 +234,7 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
                             None
                         }
                     });
-                    let resp = launch.resp.and_then(|addr| match TcpListener::bind(addr) {
+                    let resp = launch.resp.and_then(|addr| match bind_exclusive(addr) {
                         Ok(l) => {
                             let bound = l.local_addr().unwrap_or(addr);
                             resp_book.lock().expect("not poisoned").insert(launch.id, bound);
