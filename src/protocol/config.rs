@@ -378,9 +378,29 @@ impl Tunables {
                 return bad(field, "must be positive");
             }
         }
+        // Times are added to the clock: a "forever" near u64::MAX wrapped and acted as zero (a
+        // resend storm from resend_timeout_us = 18446744073709551615).
+        for (field, v) in [
+            ("flush_interval_us", self.flush_interval_us),
+            ("heartbeat_interval_us", self.heartbeat_interval_us),
+            ("election_timeout_us", self.election_timeout_us),
+            ("client_busy_backoff_us", self.client_busy_backoff_us),
+            ("resend_timeout_us", self.resend_timeout_us),
+            ("client_retry_timeout_us", self.client_retry_timeout_us),
+            ("replica_report_interval_us", self.replica_report_interval_us),
+            ("snapshot_slice_pause_us", self.snapshot_slice_pause_us),
+            ("replica_down_after_us", self.replica_down_after_us),
+        ] {
+            if v > MAX_TIME_SETTING_US {
+                return bad(field, "must be at most 86400000000 (a day)");
+            }
+        }
         Ok(())
     }
 }
+
+/// The longest time a `*_us` setting may name: a day.
+pub const MAX_TIME_SETTING_US: Time = 86_400_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -425,5 +445,14 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::DuplicateId(c.proposers[0])));
         let t = Tunables { batch_size: 0, ..Tunables::default() };
         assert!(t.validate().unwrap_err().to_string().starts_with("batch_size"));
+        // A time too long to add to the clock is refused, not wrapped into a resend storm.
+        let t = Tunables { resend_timeout_us: u64::MAX, ..Tunables::default() };
+        assert!(
+            t.validate().unwrap_err().to_string().starts_with("resend_timeout_us: must be at most"),
+            "{t:?}"
+        );
+        assert!(Tunables { resend_timeout_us: MAX_TIME_SETTING_US, ..Tunables::default() }
+            .validate()
+            .is_ok());
     }
 }

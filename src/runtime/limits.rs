@@ -81,6 +81,14 @@ impl Limits {
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {name} must be at least 1"));
         }
+        let times = [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("frame_timeout_ms", self.frame_timeout_ms),
+            ("resp_request_timeout_ms", self.resp_request_timeout_ms),
+        ];
+        if let Some((name, _)) = times.iter().find(|(_, v)| *v > 86_400_000) {
+            return Err(format!("[limits] {name} must be at most 86400000 (a day)"));
+        }
         if self.max_connection_buffer_bytes < HANDSHAKE_BUFFER_BYTES {
             return Err(format!(
                 "[limits] max_connection_buffer_bytes must be at least {HANDSHAKE_BUFFER_BYTES}"
