@@ -171,19 +171,26 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
-/// Binds a listener at `addr`, refusing an address another socket already listens on. glommio
-/// binds with `SO_REUSEPORT`, so two processes started as the same node (or a gateway started
-/// twice on one port) would both listen and split the connections between them: two memories
-/// answering as one acceptor or proposer. A probe bound without it finds such a listener first.
+/// Binds a listener at `addr`, refusing an address another process listens on. glommio binds with
+/// `SO_REUSEPORT`, so two processes started as the same node (or a gateway started twice on one
+/// port) would both listen and split the connections between them: two memories answering as one
+/// acceptor or proposer. A connection attempt finds such a listener first (a bind probe cannot
+/// tell it from the closing connections a killed predecessor leaves on the port).
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => std::io::Error::new(
-                e.kind(),
-                format!("{e}: another process listens there (is this node already running?)"),
-            ),
-            _ => e,
-        })?);
+        let mut probe = addr;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process listens there (is this node already running?)",
+            ));
+        }
     }
     Ok(TcpListener::bind(addr)?)
 }
