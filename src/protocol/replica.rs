@@ -1291,8 +1291,6 @@ impl Role for Replica {
     }
 }
 
-/// A durable image's buffer, of its whole size, holding its first field: the state machine's
-/// image length. The state machine's image follows, then the client table.
 /// Chosen values above a replica's watermark, bounded in slots and bytes.
 #[derive(Default)]
 struct ChosenBuffer {
@@ -1356,6 +1354,8 @@ impl ChosenBuffer {
     }
 }
 
+/// A durable image's buffer, of its whole size, holding its first field: the state machine's
+/// image length. The state machine's image follows, then the client table.
 fn image_buffer(state_machine_len: usize, client_table_len: usize) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + state_machine_len + client_table_len);
     bytes.extend_from_slice(&(state_machine_len as u64).to_le_bytes());

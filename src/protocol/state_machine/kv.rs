@@ -656,11 +656,13 @@ impl<S: BuildHasher + Clone> KvStore<S> {
                 let results = ops
                     .iter()
                     .map(|op| {
-                        refused = refused || bytes + self.read_len(op.as_slice(), inner) > MAX_RESULT_BYTES;
                         let result = match refused {
                             true => KvResult::Error(KvError::ReplyTooLarge),
-                            false => self.run_inner(op.as_slice(), inner),
+                            false => {
+                                self.run_inner(op.as_slice(), inner, MAX_RESULT_BYTES.saturating_sub(bytes))
+                            }
                         };
+                        refused = matches!(result, KvResult::Error(KvError::ReplyTooLarge));
                         encoder.append(&result, results);
                         bytes += results.len();
                         results.split().freeze()
@@ -668,30 +670,26 @@ impl<S: BuildHasher + Clone> KvStore<S> {
                     .collect();
                 KvResult::Batched { results }
             }
-            Ok(_) => self.run_inner(op, inner),
+            Ok(_) => self.run_inner(op, inner, MAX_RESULT_BYTES),
             Err(_) => KvResult::Error(KvError::Malformed),
         }
     }
 
-    /// Bytes of value the op would return if run now (a read's value; 0 for anything else).
-    fn read_len(&self, op: &[u8], aligned: &mut rkyv::util::AlignedVec<16>) -> usize {
-        aligned.clear();
-        aligned.extend_from_slice(op);
-        match rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(aligned) {
-            Ok(ArchivedKvOp::Get { partition, item }) => {
-                self.entry(partition.as_slice(), item.as_slice()).map_or(0, |e| e.value.len())
-            }
-            _ => 0,
-        }
-    }
-
-    /// One op that is not a batch (a batch inside a batch is refused).
-    fn run_inner(&mut self, op: &[u8], aligned: &mut rkyv::util::AlignedVec<16>) -> KvResult {
+    /// One op that is not a batch (a batch inside a batch is refused); a read whose value is
+    /// longer than `room` is refused with `ReplyTooLarge`.
+    fn run_inner(&mut self, op: &[u8], aligned: &mut rkyv::util::AlignedVec<16>, room: usize) -> KvResult {
         aligned.clear();
         aligned.extend_from_slice(op);
         match rkyv::access::<ArchivedKvOp, rkyv::rancor::Error>(aligned) {
             Ok(ArchivedKvOp::Put { partition, item, value }) => {
                 self.put_archived(partition.as_slice(), item.as_slice(), value.as_slice())
+            }
+            Ok(ArchivedKvOp::Get { partition, item })
+                if self
+                    .entry(partition.as_slice(), item.as_slice())
+                    .is_some_and(|e| e.value.len() > room) =>
+            {
+                KvResult::Error(KvError::ReplyTooLarge)
             }
             Ok(ArchivedKvOp::Batch { .. }) => KvResult::Error(KvError::BadBatch),
             Ok(_) => match KvOp::decode(op) {
