@@ -17,10 +17,16 @@ use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First and last delay between attempts to reach a peer that is down.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// Dialled connections the peer closed within [`CLOSED_AT_ONCE`] of their opening, in a row, after
+/// which the node says so: a peer that refuses this node's id as already connected (another process
+/// running as this node) closes every connection right after the handshake, and otherwise only the
+/// peer's log says why (a second gateway with a taken id hung its clients without a word).
+const CLOSED_AT_ONCE_IN_A_ROW: u32 = 5;
+const CLOSED_AT_ONCE: Duration = Duration::from_secs(1);
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +107,7 @@ pub async fn dial_loop(
 ) {
     let mut backoff = BACKOFF.0;
     let mut attempts = 0u64;
+    let mut closed_at_once = 0u32;
     loop {
         match TcpStream::connect(addr).await {
             Ok(stream) => {
@@ -110,11 +117,28 @@ pub async fn dial_loop(
                 }
                 let ticket = host.admission.borrow_mut().admit(None, false).expect("dialled: only counted");
                 peer.mark_up();
+                let opened = Instant::now();
                 let result = serve(&host, stream, ticket, Some(peer_id), Some((&peer, &wake))).await;
                 log_close(&host, &format!("to node {peer_id} at {addr}"), &result);
                 peer_down(&host, &peer, peer_id, || format!("connection to node {peer_id} lost"));
+                let by_peer = matches!(result, Err(Closed::Eof | Closed::Io(_)));
+                closed_at_once =
+                    if by_peer && opened.elapsed() < CLOSED_AT_ONCE { closed_at_once + 1 } else { 0 };
+                if closed_at_once >= CLOSED_AT_ONCE_IN_A_ROW {
+                    if let Some(suppressed) = host.admission.borrow_mut().may_log("closed at once") {
+                        tracing::warn!(
+                            node = host.id,
+                            peer = peer_id,
+                            suppressed,
+                            "node {peer_id} closed the last {closed_at_once} connections right after they opened: \
+                             it may refuse this node's id as taken (is another process running as node {}?)",
+                            host.id
+                        );
+                    }
+                }
             }
             Err(e) => {
+                closed_at_once = 0;
                 tracing::debug!(node = host.id, peer = peer_id, %addr, "connect failed: {e}");
                 peer_down(&host, &peer, peer_id, || format!("cannot connect to node {peer_id} ({e})"));
             }
