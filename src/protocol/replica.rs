@@ -2058,28 +2058,35 @@ mod tests {
         assert_eq!(behind.snapshot(), ahead.snapshot());
     }
 
-    #[test]
-    fn a_learner_asks_for_a_share_above_the_live_rate_and_for_the_floor_when_the_peers_idle() {
+    /// Replica 7, paced at 150% of the live rate (floor 100/s) and taught nothing, until `until`:
+    /// at each of its timeouts peer 8 reports `peer(now)` (if any); the catch-up asks it sent, with
+    /// when.
+    fn stuck_learner_asks(until: Time, peer: impl Fn(Time) -> Option<Slot>) -> Vec<(Time, u64)> {
         let tunables =
             Tunables { teach_pace_percent_of_live: 150, teach_min_slots_per_sec: 100, ..Tunables::default() };
         let sm = new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut behind = Replica::new(7, ClusterConfig::f1(1, 1, 1, 1), &tunables, sm, 0);
-        // Peer 8 executes 1,000 slots a second for 2 s, then none for 2 s; 7 is taught nothing,
-        // so it stays stuck and asks at every report (10 ms).
-        let mut asks = Vec::new();
-        let mut now = 0;
-        while now < 4_000_000 {
+        let (mut asks, mut now) = (Vec::new(), 0);
+        while now < until {
             now = behind.poll_timeout().unwrap();
-            let peer = 10_000 + now.min(2_000_000) / 1_000;
-            behind.handle_message(now, 8, executed(peer), &mut Out::new(false));
+            if let Some(watermark) = peer(now) {
+                behind.handle_message(now, 8, executed(watermark), &mut Out::new(false));
+            }
             let mut out = Out::new(false);
             behind.handle_timeout(now, &mut out);
-            for (_, msg) in out.msgs {
-                if let Msg::CatchUp { max_slots, .. } = msg {
-                    asks.push((now, max_slots));
-                }
-            }
+            asks.extend(out.msgs.into_iter().filter_map(|(_, m)| match m {
+                Msg::CatchUp { max_slots, .. } => Some((now, max_slots)),
+                _ => None,
+            }));
         }
+        asks
+    }
+
+    #[test]
+    fn a_learner_asks_for_a_share_above_the_live_rate_and_for_the_floor_when_the_peers_idle() {
+        // Peer 8 executes 1,000 slots a second for 2 s, then none for 2 s; 7 is taught nothing,
+        // so it stays stuck and asks at every report (10 ms).
+        let asks = stuck_learner_asks(4_000_000, |now| Some(10_000 + now.min(2_000_000) / 1_000));
         let most = |from, to| {
             let asked = asks.iter().filter(|(at, _)| (from..to).contains(at)).map(|&(_, n)| n);
             (asked.clone().min().unwrap(), asked.max().unwrap())
@@ -2091,26 +2098,9 @@ mod tests {
 
     #[test]
     fn a_restarted_learner_paces_by_its_peers_rate_not_by_how_far_behind_it_starts() {
-        let tunables =
-            Tunables { teach_pace_percent_of_live: 150, teach_min_slots_per_sec: 100, ..Tunables::default() };
-        let sm = new_state_machine(StateMachineKind::Kv, TEST_KEY);
-        let mut behind = Replica::new(7, ClusterConfig::f1(1, 1, 1, 1), &tunables, sm, 0);
         // Back at 0 with peer 8 at 50,000 and executing 1,000 slots a second; 8's first report
         // comes after 7's first report period.
-        let mut asks = Vec::new();
-        let mut now = 0;
-        while now < 2_000_000 {
-            now = behind.poll_timeout().unwrap();
-            if now >= 50_000 {
-                behind.handle_message(now, 8, executed(50_000 + now / 1_000), &mut Out::new(false));
-            }
-            let mut out = Out::new(false);
-            behind.handle_timeout(now, &mut out);
-            asks.extend(out.msgs.into_iter().filter_map(|(_, m)| match m {
-                Msg::CatchUp { max_slots, .. } => Some((now, max_slots)),
-                _ => None,
-            }));
-        }
+        let asks = stuck_learner_asks(2_000_000, |now| (now >= 50_000).then_some(50_000 + now / 1_000));
         let late: Vec<u64> = asks.iter().filter(|(at, _)| *at > 1_200_000).map(|&(_, n)| n).collect();
         assert!(!late.is_empty() && late.iter().all(|&n| n == 15), "150% of 1,000/s, per 10 ms: {asks:?}");
     }
