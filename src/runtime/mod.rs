@@ -176,6 +176,11 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
 /// port) would both listen and split the connections between them: two memories answering as one
 /// acceptor or proposer. A connection attempt finds such a listener first (a bind probe cannot
 /// tell it from the closing connections a killed predecessor leaves on the port).
+///
+/// A predecessor killed a moment ago still answers for a while: its pending io_uring accept holds
+/// the listening socket until the kernel tears its ring down, after the process is gone. So a
+/// listener that answers is probed again until `LISTENER_GRACE` has passed; only one that still
+/// answers then is taken for a live process.
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.port() != 0 {
         let mut probe = addr;
@@ -185,14 +190,38 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another process listens there (is this node already running?)",
-            ));
+        let started = Instant::now();
+        while someone_listens(probe) {
+            if started.elapsed() >= LISTENER_GRACE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process listens there (is this node already running?)",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if started.elapsed() >= Duration::from_millis(20) {
+            tracing::info!(
+                %addr,
+                "waited {:.0?} for the listener a previous process left here to close",
+                started.elapsed()
+            );
         }
     }
     Ok(TcpListener::bind(addr)?)
+}
+
+/// How long a listener that answers at a node's address may take to go away before the node
+/// refuses to start there (see `bind_exclusive`).
+const LISTENER_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether a connection to `addr` is accepted. A connection to itself (the kernel may pick `addr`
+/// as the source port of the attempt, a simultaneous open) is no listener.
+fn someone_listens(addr: SocketAddr) -> bool {
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Ok(stream) => stream.local_addr().ok() != Some(addr),
+        Err(_) => false,
+    }
 }
 
 /// Starts one pinned executor per core of `plan`. Returns once every node listens and knows every
