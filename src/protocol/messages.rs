@@ -300,6 +300,9 @@ pub enum Msg {
     /// leader handing over → acceptors: the leader of `ballot` leads no more; stop refusing other
     /// proposers' Phase 1 on its account (see the acceptor's lease).
     Abdicate { ballot: Ballot },
+    /// unbatcher → replica: your reply batches reach me (sent soon after one arrives, at most once
+    /// a `replica_report_interval_us`). A replica routes around an unbatcher that stops saying so.
+    RepliesTaken,
 }
 
 impl Msg {
@@ -343,6 +346,7 @@ impl Msg {
             Msg::SlotRead { .. } => "SlotRead",
             Msg::Trim { .. } => "Trim",
             Msg::ReplyBatch { .. } => "ReplyBatch",
+            Msg::RepliesTaken => "RepliesTaken",
             Msg::Join { .. } => "Join",
             Msg::Leave => "Leave",
             Msg::LeadNow => "LeadNow",
@@ -418,7 +422,7 @@ impl std::fmt::Display for Msg {
             Msg::Trim { below } => write!(f, "{name} below={below}"),
             Msg::ReplyBatch { replies } => write!(f, "{name} n={}", replies.len()),
             Msg::Join { role, addr } => write!(f, "{name} {} at {addr}", role.name()),
-            Msg::Leave | Msg::Leaving | Msg::Left | Msg::LeadNow => write!(f, "{name}"),
+            Msg::Leave | Msg::Leaving | Msg::Left | Msg::LeadNow | Msg::RepliesTaken => write!(f, "{name}"),
             Msg::Membership(v) => write!(f, "{name} {v}"),
             Msg::Reconfigure(c) => write!(f, "{name} epoch={} groups={:?}", c.epoch, c.acceptor_groups),
             Msg::Reconfigured { epoch, from_slot, leader_us } => {

@@ -97,6 +97,38 @@ struct ClientEntry {
 /// their commands: a few client retry timeouts' worth of slots at any load this machine carries.
 const REPLY_ROUTES_KEPT: usize = 1 << 14;
 
+/// Whether an unbatcher takes the reply batches sent to it. One that says nothing for
+/// `client_retry_timeout_us` after a batch went to it is stalled (paused, cut off, dead): positive
+/// evidence, unlike a client's retry, which a reply merely slow on a busy unbatcher also causes
+/// (and then every unbatcher ends up suspected). A stalled one is tried again after
+/// `SUSPECT_FOR_US`, twice as long after each stall in a row, up to 32 times as long.
+#[derive(Default)]
+struct Uptake {
+    /// The first batch sent to it since it last said `RepliesTaken`.
+    unanswered_since: Option<Time>,
+    /// Stalled until then (and tried again after).
+    stalled_until: Option<Time>,
+    /// Stalls in a row, without a `RepliesTaken` between.
+    stalls: u32,
+}
+
+impl Uptake {
+    /// Finds the unbatcher stalled if a batch went unanswered for `stall_after`, or tries it
+    /// again once its stall has lasted its time.
+    fn check(&mut self, now: Time, stall_after: Time) {
+        match (self.stalled_until, self.unanswered_since) {
+            (Some(until), _) if now >= until => {
+                (self.stalled_until, self.unanswered_since) = (None, None);
+            }
+            (None, Some(since)) if now >= since.saturating_add(stall_after) => {
+                self.stalled_until = Some(now + (SUSPECT_FOR_US << self.stalls.min(5)));
+                self.stalls += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[repr(usize)]
 enum Timer {
     Report,
@@ -205,6 +237,9 @@ pub struct Replica {
     /// Unbatchers passed by until the time given: a client retried a command whose reply went
     /// through one, so it may be gone (paused, cut off). See `SUSPECT_FOR_US`.
     suspected_unbatchers: BTreeMap<NodeId, Time>,
+    /// Whether each unbatcher takes the batches sent to it (`RepliesTaken`): one that stops is
+    /// passed by before any that is merely suspected.
+    unbatcher_uptake: BTreeMap<NodeId, Uptake>,
     executed_at_last_report: Slot,
     timers: Timers<2>,
     /// The image being built, if any (one at a time).
@@ -275,6 +310,7 @@ impl Replica {
             unbatchers,
             reply_routes: VecDeque::new(),
             suspected_unbatchers: BTreeMap::new(),
+            unbatcher_uptake: BTreeMap::new(),
             executed_at_last_report: 0,
             timers,
             storage: Storage::Durable,
@@ -642,6 +678,8 @@ impl Replica {
                 // of one of its commands knows which unbatcher to suspect.
                 let unbatcher = self.route_replies(slot);
                 if self.is_designated_replier(slot) {
+                    let uptake = self.unbatcher_uptake.entry(unbatcher).or_default();
+                    uptake.unanswered_since.get_or_insert(self.now);
                     for replies in chunk_by_bytes(replies, |r| r.result.len() + 32, MAX_AGGREGATE_BYTES) {
                         out.send(unbatcher, Msg::ReplyBatch { replies });
                     }
@@ -708,30 +746,39 @@ impl Replica {
         self.timers.set(Timer::Report as usize, self.now);
     }
 
-    /// The unbatcher for `slot`'s replies: the slots take turns over the unbatchers not suspected
-    /// (over all of them if every one is), a turn per slot of each replica's (consecutive slots
-    /// are answered by different replicas). Remembered for a while, see `reply_routes`.
+    /// The unbatcher for `slot`'s replies: the slots take turns over the best unbatchers, a turn
+    /// per slot of each replica's (consecutive slots are answered by different replicas). Best are
+    /// those neither stalled nor suspected; failing that, those not stalled; failing that, all.
+    /// Remembered for a while, see `reply_routes`.
     fn route_replies(&mut self, slot: Slot) -> NodeId {
         let now = self.now;
         self.suspected_unbatchers.retain(|_, &mut until| now < until);
+        let stall_after = self.tunables.client_retry_timeout_us;
+        for uptake in self.unbatcher_uptake.values_mut() {
+            uptake.check(now, stall_after);
+        }
         let turn = (slot / self.history.config_at(slot).replicas.len() as u64) as usize;
-        let suspected = &self.suspected_unbatchers;
-        let trusted = self.unbatchers.iter().filter(|u| !suspected.contains_key(u)).count();
-        let unbatcher = if trusted == 0 || trusted == self.unbatchers.len() {
-            self.unbatchers[turn % self.unbatchers.len()]
-        } else {
-            *self
-                .unbatchers
-                .iter()
-                .filter(|u| !suspected.contains_key(u))
-                .nth(turn % trusted)
-                .expect("counted")
+        let (suspected, uptake) = (&self.suspected_unbatchers, &self.unbatcher_uptake);
+        let rank = |u: &NodeId| {
+            let stalled = uptake.get(u).is_some_and(|up| up.stalled_until.is_some());
+            2 * stalled as u8 + suspected.contains_key(u) as u8
         };
+        let best = self.unbatchers.iter().map(rank).min().expect("a replica always has an unbatcher");
+        let count = self.unbatchers.iter().filter(|u| rank(u) == best).count();
+        let unbatcher =
+            *self.unbatchers.iter().filter(|u| rank(u) == best).nth(turn % count).expect("counted");
         if self.reply_routes.len() == REPLY_ROUTES_KEPT {
             self.reply_routes.pop_front();
         }
         self.reply_routes.push_back((slot, unbatcher));
         unbatcher
+    }
+
+    /// An unbatcher says its batches arrive.
+    fn on_replies_taken(&mut self, from: NodeId) {
+        if let Some(uptake) = self.unbatcher_uptake.get_mut(&from) {
+            *uptake = Uptake::default();
+        }
     }
 
     /// Clients retried commands executed in `slots`: the replies to them went astray, so the
@@ -1205,6 +1252,7 @@ impl Role for Replica {
                     // service: keep sending to the last ones known until one joins.
                     let unbatchers: Vec<NodeId> = self.view.in_service(RoleKind::Unbatcher).collect();
                     if !unbatchers.is_empty() {
+                        self.unbatcher_uptake.retain(|u, _| unbatchers.contains(u));
                         self.unbatchers = unbatchers;
                     }
                 }
@@ -1227,6 +1275,7 @@ impl Role for Replica {
                 self.on_snapshot_chunk(from, slot, offset, bytes, out)
             }
             Msg::SlotRead { slot, accepted, .. } => self.on_slot_read(from, slot, accepted, out),
+            Msg::RepliesTaken => self.on_replies_taken(from),
             Msg::Leave => self.on_leave(from, out),
             // A node joining from a cluster file whose proposers may all be gone: tell it who
             // the proposers are now (the view carries the newest configuration).
@@ -1561,7 +1610,17 @@ mod tests {
             );
             let empty = Value::Batch(encode_batch(vec![]));
             r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
-            out.msgs.iter().filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. })).map(|(to, _)| *to).collect()
+            let to: Vec<NodeId> = out
+                .msgs
+                .iter()
+                .filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
+                .map(|(to, _)| *to)
+                .collect();
+            // The unbatchers take every batch (only the clients' retries say something is amiss).
+            for &u in &to {
+                r.handle_message(now, u, Msg::RepliesTaken, &mut out);
+            }
+            to
         };
         assert_eq!(at(0, 0, vec![incr(100, 1)]), vec![10]);
         assert_eq!(at(0, 2, vec![incr(101, 1)]), vec![11]);
@@ -1583,6 +1642,59 @@ mod tests {
         // take their turns.
         assert_eq!(at(later, 20, vec![incr(104, 1)]), vec![10]);
         assert_eq!(at(later, 22, vec![incr(107, 1)]), vec![11]);
+    }
+
+    #[test]
+    fn an_unbatcher_that_stops_taking_batches_is_passed_by_before_one_merely_suspected() {
+        // Replicas 7, 8 (7 answers the even slots); unbatchers 10, 11, by turns of two slots.
+        // Unbatcher 10 is paused: it never says `RepliesTaken`. 11 takes every batch.
+        let config = ClusterConfig::f1(1, 1, 1, 2);
+        let tunables = Tunables::default();
+        let stall_after = tunables.client_retry_timeout_us;
+        let state_machine = new_state_machine(StateMachineKind::Kv, TEST_KEY);
+        let mut r = Replica::new(7, config, &tunables, state_machine, 0);
+        let at = |r: &mut Replica, now: Time, slot: Slot, commands: Vec<Command>| -> NodeId {
+            let mut out = Out::new(false);
+            let value = Value::Batch(encode_batch(commands));
+            r.handle_message(now, 6, Msg::Chosen { slot, value }, &mut out);
+            let empty = Value::Batch(encode_batch(vec![]));
+            r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
+            let to: Vec<NodeId> = out
+                .msgs
+                .iter()
+                .filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
+                .map(|(to, _)| *to)
+                .collect();
+            assert_eq!(to.len(), 1);
+            if to[0] == 11 {
+                r.handle_message(now, 11, Msg::RepliesTaken, &mut out);
+            }
+            to[0]
+        };
+        assert_eq!(at(&mut r, 0, 0, vec![incr(100, 1)]), 10);
+        assert_eq!(at(&mut r, 0, 2, vec![incr(101, 1)]), 11);
+        assert_eq!(at(&mut r, stall_after - 1, 4, vec![incr(102, 1)]), 10, "not silent for long yet");
+        assert_eq!(at(&mut r, stall_after - 1, 6, vec![incr(103, 1)]), 11);
+        // Silent since its first batch: stalled. And client 101 retries (its reply, through 11,
+        // was merely slow), so 11 is suspected too: 11 still takes every turn, not 10 half.
+        assert_eq!(at(&mut r, stall_after, 8, vec![incr(104, 1)]), 11);
+        assert_eq!(at(&mut r, stall_after, 10, vec![incr(101, 1)]), 11);
+        for slot in [12, 14, 16] {
+            assert_eq!(at(&mut r, stall_after, slot, vec![incr(200 + slot, 1)]), 11);
+        }
+        // After SUSPECT_FOR_US it is tried again; still silent, it is passed by twice as long.
+        let retried = stall_after + SUSPECT_FOR_US;
+        let turns: Vec<NodeId> = [18, 20].map(|s| at(&mut r, retried, s, vec![incr(200 + s, 1)])).to_vec();
+        assert!(turns.contains(&10), "tried again: {turns:?}");
+        let stalled_again = retried + stall_after;
+        assert_eq!(at(&mut r, stalled_again, 22, vec![incr(222, 1)]), 11);
+        let in_double = stalled_again + 2 * SUSPECT_FOR_US - 1;
+        assert_eq!(at(&mut r, in_double, 24, vec![incr(224, 1)]), 11);
+        assert_eq!(at(&mut r, in_double, 26, vec![incr(226, 1)]), 11, "the second stall lasts twice as long");
+        // It resumes and takes what it was sent: back in its turns at once.
+        r.handle_message(in_double, 10, Msg::RepliesTaken, &mut Out::new(false));
+        let turns: Vec<NodeId> = [28, 30].map(|s| at(&mut r, in_double, s, vec![incr(200 + s, 1)])).to_vec();
+        assert!(turns.contains(&10), "back in its turns: {turns:?}");
     }
 
     fn reply_results(out: &Out) -> Vec<(u64, u64, Bytes)> {

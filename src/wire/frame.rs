@@ -75,6 +75,7 @@ macro_rules! payload_of {
             | Msg::SlotRead { .. }
             | Msg::Trim { .. }
             | Msg::ReplyBatch { .. }
+            | Msg::RepliesTaken
             | Msg::Join { .. }
             | Msg::Leave
             | Msg::LeadNow
@@ -625,6 +626,7 @@ pub(crate) mod tests {
             Msg::BatchBusy { batch: batch(64) },
             Msg::Leaving,
             Msg::Left,
+            Msg::RepliesTaken,
             Msg::Membership({
                 let mut view = View::from_config(&crate::protocol::ClusterConfig::f1(1, 1, 1, 1));
                 view.join(40, RoleKind::Unbatcher, "10.0.0.9:7000".into());
@@ -750,9 +752,10 @@ pub(crate) mod tests {
             Msg::LeaderLoad { .. } => 35,
             Msg::BatchBusy { .. } => 36,
             Msg::Abdicate { .. } => 37,
+            Msg::RepliesTaken => 38,
         };
         let covered: std::collections::BTreeSet<_> = samples().iter().map(variant).collect();
-        assert_eq!(covered.len(), 38, "samples() covers every Msg variant");
+        assert_eq!(covered.len(), 39, "samples() covers every Msg variant");
         let (frames, bytes) = stream();
         assert_eq!(read_in_pieces(&bytes, &[]), Ok(frames));
     }
