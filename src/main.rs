@@ -278,9 +278,14 @@ struct ClientArgs {
     #[arg(long, default_value_t = 5000)]
     node: NodeId,
     /// Write distinct keys, then read every acknowledged write back and compare; exit status 1 if
-    /// any is missing or different (kv only).
+    /// any is missing or different, or if the reads stop being answered (kv only). The read-back
+    /// takes as long as it needs while reads are answered.
     #[arg(long)]
     verify: bool,
+    /// With --verify: give up reading back after this long without a read answered (the cluster
+    /// is down), and exit with status 1 saying how many writes were not read back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    read_back_timeout: Duration,
     /// Also report throughput and p50/p99 latency per window of this many milliseconds (in the
     /// --json object, as `timeline`, each window with its start in Unix milliseconds).
     #[arg(long)]
@@ -829,6 +834,32 @@ fn gateway(args: GatewayArgs) -> Result<(), String> {
     )
 }
 
+/// Waits while every client reads back what it was acknowledged, saying how far it is every few
+/// seconds; gives up after `stall` without a read answered.
+fn read_back(control: &LoadControl, clients: u32, stall: Duration) {
+    let read = || control.verified.load(Ordering::Relaxed) + control.lost.load(Ordering::Relaxed);
+    let (mut last_read, mut progress_at, mut said_at) = (read(), Instant::now(), Instant::now());
+    while control.verify_done.load(Ordering::Relaxed) < u64::from(clients) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now_read = read();
+        if now_read > last_read {
+            (last_read, progress_at) = (now_read, Instant::now());
+        } else if progress_at.elapsed() >= stall {
+            eprintln!("reading back: no read answered for {stall:?}; giving up");
+            return;
+        }
+        if said_at.elapsed() >= Duration::from_secs(5) {
+            said_at = Instant::now();
+            let acknowledged = control.acknowledged.load(Ordering::Relaxed);
+            eprintln!(
+                "reading back: {} of {} acknowledged writes",
+                thousands(now_read),
+                thousands(acknowledged)
+            );
+        }
+    }
+}
+
 fn client(args: ClientArgs) -> Result<(), String> {
     let load = &args.load;
     let mut file = load_file(&args.config)?;
@@ -900,13 +931,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let completed = control.completed_measured.load(Ordering::Relaxed);
     control.stop.store(true, Ordering::Relaxed);
     if args.verify {
-        // Every client reads back what it was acknowledged; bounded, in case the cluster is down.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while control.verify_done.load(Ordering::Relaxed) < u64::from(load.clients)
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        read_back(&control, load.clients, args.read_back_timeout);
     }
     stop.store(true, Ordering::Relaxed);
     let h = running.join();
@@ -915,9 +940,18 @@ fn client(args: ClientArgs) -> Result<(), String> {
             (control.verified.load(Ordering::Relaxed), control.lost.load(Ordering::Relaxed));
         let finished = control.verify_done.load(Ordering::Relaxed);
         println!("verify: {verified} acknowledged writes read back intact, {lost} lost ({finished}/{} clients finished reading back)", load.clients);
-        lost > 0 || finished < u64::from(load.clients)
+        let unread = control.acknowledged.load(Ordering::Relaxed).saturating_sub(verified + lost);
+        match (lost, finished < u64::from(load.clients)) {
+            (0, false) => None,
+            (0, true) => Some(format!(
+                "verification incomplete: {unread} acknowledged writes not read back (no read was answered \
+                 for {:?}; of those read back none was lost)",
+                args.read_back_timeout
+            )),
+            (lost, _) => Some(format!("verification failed: {lost} acknowledged writes lost")),
+        }
     } else {
-        false
+        None
     };
     let rate = completed as f64 / window;
     println!(
@@ -961,8 +995,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
     if completed == 0 {
         return Err("no command completed: is the cluster up?".into());
     }
-    if verify_failed {
-        return Err("verification failed: an acknowledged write was lost or could not be read back".into());
+    if let Some(failure) = verify_failed {
+        return Err(failure);
     }
     Ok(())
 }

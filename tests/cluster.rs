@@ -69,6 +69,26 @@ fn the_leader_is_killed_under_load_and_the_cluster_carries_on_without_losing_an_
         rates.join(", ")
     );
     assert!(last > 0.0, "throughput recovered by the last second:\n{context}");
+
+    // A verifying client whose reads stop being answered (both replicas killed during its load)
+    // says so and fails, rather than waiting for ever or calling the unread writes lost.
+    let client = cluster.spawn_client(
+        "unanswered",
+        &["--duration", "2s", "--clients", "8", "--verify", "--read-back-timeout", "2s", "--node", "5001"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress_lines(&cluster.extra[client].stderr_text()).is_empty() {
+        assert!(Instant::now() < deadline, "no progress line:\n{}", cluster.extra[client].stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill_node(7);
+    cluster.kill_node(8);
+    let proc = &mut cluster.extra[client];
+    let status = proc.wait(Duration::from_secs(30));
+    let (stdout, stderr) = (proc.stdout_text(), proc.stderr_text());
+    assert_eq!(status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("verification incomplete") && stderr.contains("not read back"), "{stderr}");
+    assert_eq!(common::verify_counts(&stdout).map(|(_, lost)| lost), Some(0), "{stdout}");
 }
 
 /// The 16-byte frame header: magic "AP", version 1, kind, flags 0, meta_len, payload_len (all LE).

@@ -91,6 +91,8 @@ pub struct LoadControl {
     pub refused_at_client: AtomicU64,
     /// Open loop: arrivals while measuring refused by the cluster with `Busy` (never executed).
     pub refused_busy: AtomicU64,
+    /// Verify mode: writes acknowledged (each is read back once the load stops).
+    pub acknowledged: AtomicU64,
     /// Verify mode: acknowledged writes read back with the value written.
     pub verified: AtomicU64,
     /// Verify mode: acknowledged writes read back missing or with another value.
@@ -310,6 +312,7 @@ impl Load {
             Some(Pending::Write(seq)) => {
                 if matches!(result, Ok(KvResult::Written { .. })) {
                     state.acked.push(seq);
+                    self.control.acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Some(Pending::Read(seq)) => {
