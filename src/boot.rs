@@ -35,7 +35,7 @@ use crate::protocol::{NodeId, RoleKind, Tunables};
 use crate::runtime::config::ClusterFile;
 use crate::runtime::launch::{node_launch, StorageChoice};
 use crate::runtime::local::cluster_spec;
-use crate::runtime::{allowed_cores, metrics, start, NodeLaunch, ProcessPlan, Running};
+use crate::runtime::{allowed_cores, default_cores, metrics, start, NodeLaunch, ProcessPlan, Running};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -62,7 +62,8 @@ pub struct ServeOptions {
     pub tunables: Tunables,
     /// Frames one connection handles before yielding.
     pub read_budget: usize,
-    /// Cores to run on; empty: every core this process may use.
+    /// Cores to run on; empty: every core this process may use, from one picked by the first
+    /// node's id (see `runtime::default_cores`).
     pub cores: Vec<usize>,
     /// The replica's state machine.
     pub state_machine: StateMachineKind,
@@ -77,7 +78,7 @@ pub struct ServeOptions {
 pub fn start_nodes(opts: ServeOptions) -> Result<(Running, String), String> {
     let kind = opts.kind;
     let security = opts.file.security()?;
-    let cores = if opts.cores.is_empty() { allowed_cores() } else { opts.cores.clone() };
+    let cores = if opts.cores.is_empty() { default_cores(&opts.nodes) } else { opts.cores.clone() };
     let mut per_core: Vec<(usize, Vec<NodeLaunch>)> = cores.iter().map(|&c| (c, Vec::new())).collect();
     for (i, &id) in opts.nodes.iter().enumerate() {
         match opts.file.role_of(id) {

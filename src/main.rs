@@ -7,7 +7,9 @@ use autopaxos::runtime::config::{ClusterFile, EXAMPLE};
 use autopaxos::runtime::launch::StorageChoice;
 use autopaxos::runtime::load::{LoadControl, Timeline, Workload};
 use autopaxos::runtime::local::{client_pool, run_local, thousands, LocalOptions};
-use autopaxos::runtime::{allowed_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan};
+use autopaxos::runtime::{
+    allowed_cores, default_cores, metrics, parse_cores, start, NodeLaunch, ProcessPlan,
+};
 use autopaxos::sim::network::FaultLevel;
 use autopaxos::sim::{run_seed, run_seeds, SimOptions};
 use clap::{Args, Parser, Subcommand};
@@ -191,7 +193,9 @@ struct NodeFlags {
     /// MAX_READS_PER_SOCKET_PER_POLL).
     #[arg(long, env = "MAX_READS_PER_SOCKET_PER_POLL", default_value_t = 100)]
     read_budget: usize,
-    /// Cores to run on, e.g. 0-3,6 (default: every core this process may use).
+    /// Cores to run on, e.g. 0-3,6 (default: every core this process may use; a process with fewer
+    /// nodes than cores starts at the core its first node's id picks, id mod cores, so processes
+    /// started one per node spread over the machine).
     #[arg(long, value_parser = parse_core_list)]
     cores: Option<Cores>,
     /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only).
@@ -804,7 +808,7 @@ fn gateway(args: GatewayArgs) -> Result<(), String> {
         metrics::install_exporter(addr)?;
     }
     let tunables = tunables(&args.flags, file.tunables.clone())?;
-    let core = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0)[0];
+    let core = args.flags.cores.clone().map_or_else(|| default_cores(&[args.node]), |c| c.0)[0];
     // Whether the nodes keep their state on disk is their own flag, which a gateway cannot see.
     let settings = autopaxos::runtime::gateway::GatewaySettings {
         max_connections: args.max_connections,
@@ -883,7 +887,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let timeline = args.timeline_ms.map(|ms| std::sync::Mutex::new(Timeline::new(ms.saturating_mul(1_000))));
     let control = Arc::new(LoadControl { timeline, ..LoadControl::default() });
     let stop = Arc::new(AtomicBool::new(false));
-    let cores = args.flags.cores.clone().map_or_else(allowed_cores, |c| c.0);
+    let cores = args.flags.cores.clone().map_or_else(|| default_cores(&[args.node]), |c| c.0);
     if args.verify && args.flags.state_machine != StateMachineKind::Kv {
         return Err("--verify needs the kv state machine".into());
     }
@@ -1015,7 +1019,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         let [id] = args.node[..] else {
             return Err(format!("--join starts one node; got {} ids", args.node.len()));
         };
-        let core = args.flags.cores.map_or_else(allowed_cores, |c| c.0)[0];
+        let core = args.flags.cores.map_or_else(|| default_cores(&[id]), |c| c.0)[0];
         let storage =
             StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
         return autopaxos::runtime::admin::serve_joining(autopaxos::runtime::admin::JoinOptions {

@@ -147,6 +147,21 @@ pub fn allowed_cores() -> Vec<usize> {
     cores
 }
 
+/// The cores a process running `nodes` (by id) uses when not told: the cores it may run on, the
+/// first of them picked by its first node's id when it runs fewer nodes than it has cores. So
+/// processes started one per node (`autopaxos acceptor --node 3`, `--node 4`, ...) spread over
+/// the machine instead of all taking its first core.
+pub fn default_cores(nodes: &[NodeId]) -> Vec<usize> {
+    let mut cores = allowed_cores();
+    if let Some(&first) = nodes.first() {
+        if nodes.len() < cores.len() {
+            let by_id = first as usize % cores.len();
+            cores.rotate_left(by_id);
+        }
+    }
+    cores
+}
+
 /// Parses a core list such as `0-3,6`.
 pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     let mut cores = Vec::new();
@@ -351,6 +366,22 @@ pub fn start(plan: ProcessPlan, epoch: Instant) -> Result<Running, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_of_one_node_each_spread_over_the_cores_by_node_id() {
+        let allowed = allowed_cores();
+        for id in 0..8u32 {
+            let cores = default_cores(&[id]);
+            let mut sorted = cores.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, allowed, "every allowed core, in another order");
+            if allowed.len() > 1 {
+                assert_eq!(cores[0], allowed[id as usize % allowed.len()], "node {id} starts by its id");
+            }
+        }
+        let many: Vec<NodeId> = (0..allowed.len() as NodeId).map(|i| 3 + i).collect();
+        assert_eq!(default_cores(&many), allowed, "a process with a node per core takes them in order");
+    }
 
     #[test]
     fn a_proposer_restarted_by_the_runtime_is_not_taken_for_its_previous_life() {
