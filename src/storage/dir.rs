@@ -153,6 +153,8 @@ impl DataDir {
     /// Opens (creating if missing) the data directory at `path` and takes its lock. A second
     /// process on the same directory gets [`StorageError::Locked`].
     pub fn open(path: impl AsRef<Path>) -> Result<DataDir, StorageError> {
+        /// How long a held lock may take to be released before the directory is called in use.
+        const LOCK_GRACE: Duration = Duration::from_secs(3);
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(|e| StorageError::io(&path, e))?;
         // Absolute from here on: glommio opens a relative directory path relative to no directory
@@ -166,7 +168,15 @@ impl DataDir {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| StorageError::io(&lock_path, e))?;
-        match lock.try_lock() {
+        // A predecessor killed a moment ago (a supervisor restarting at once) holds the lock until
+        // its exit completes: wait a little for it before calling the directory in use.
+        let started = Instant::now();
+        let mut attempt = lock.try_lock();
+        while matches!(attempt, Err(TryLockError::WouldBlock)) && started.elapsed() < LOCK_GRACE {
+            std::thread::sleep(Duration::from_millis(20));
+            attempt = lock.try_lock();
+        }
+        match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&lock_path)

@@ -1371,6 +1371,19 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_released_a_moment_later_is_waited_for() {
+        // A supervisor restarting a node the moment it was killed finds the lock still held.
+        let t = TempDir::new("lock-late");
+        let first = DataDir::open(&t.0).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        DataDir::open(&t.0).expect("the lock was released within the grace");
+        release.join().unwrap();
+    }
+
+    #[test]
     fn a_leftover_snapshot_or_segment_tmp_is_ignored_and_removed() {
         let t = TempDir::new("tmp");
         let tmp = t.0.join(format!("{}.tmp", snapshot_name(7)));
