@@ -35,7 +35,7 @@ pub enum StorageError {
         holder: String,
     },
     /// A file is damaged somewhere a crash cannot explain; the node must not start on it.
-    #[error("{file}: corrupt at byte offset {offset}: {reason}; refusing to start (restore this node's data dir or replace the node)")]
+    #[error("{file}: corrupt at byte offset {offset}: {reason}; refusing to start (restore this node's data dir or replace the node by reconfiguration; a replica may also start on an empty data dir and be taught by its peers, an acceptor must not: it would forget its votes)")]
     Corrupt {
         /// The damaged file.
         file: PathBuf,

@@ -841,7 +841,8 @@ fn zeroed(file: &DmaFile, len: usize) -> DmaBuffer {
 }
 
 fn short_write(n: usize, want: usize) -> std::io::Error {
-    std::io::Error::other(format!("short write: {n} of {want} bytes"))
+    // O_DIRECT writes come back short when the file system has no room for the rest.
+    std::io::Error::other(format!("short write: {n} of {want} bytes (is the disk full?)"))
 }
 
 async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
