@@ -196,6 +196,21 @@ pub fn node_launch(
                 );
             }
             tracing::info!(node = id, dir = %dir.path().display(), "{report}");
+            if recovered.is_empty()
+                && spec.kind == crate::protocol::RoleKind::Acceptor
+                && spec.joining.is_none()
+            {
+                // A first start looks exactly like a lost disk from here; only the operator knows.
+                tracing::warn!(
+                    node = id,
+                    dir = %dir.path().display(),
+                    "acceptor starting with an empty data dir: right for a new cluster's first start; \
+                     if this node voted before (its disk was lost or wiped, or it was started from \
+                     another working directory than its data dir's), stop it: an acceptor that forgot \
+                     its votes can let a chosen value be overwritten. Restore its data dir, or replace \
+                     it with a new node by `autopaxos reconfigure`"
+                );
+            }
             (recovered, Some(NodeDisk { dir, report }))
         }
     };
