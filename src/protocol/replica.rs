@@ -1592,33 +1592,27 @@ mod tests {
         assert_eq!(replies(&first), replies(&retry_at_other), "the retry gets the original reply");
     }
 
+    /// Where replica `r` sends the replies of `slot` (one it answers), chosen at `now`; the slot
+    /// after it is chosen empty.
+    fn reply_routes_at(r: &mut Replica, now: Time, slot: Slot, commands: Vec<Command>) -> Vec<NodeId> {
+        let mut out = Out::new(false);
+        r.handle_message(now, 6, Msg::Chosen { slot, value: Value::Batch(encode_batch(commands)) }, &mut out);
+        let empty = Value::Batch(encode_batch(vec![]));
+        r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
+        out.msgs.iter().filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. })).map(|(to, _)| *to).collect()
+    }
+
     #[test]
     fn a_retry_of_a_command_answered_through_an_unbatcher_moves_replies_off_it_for_a_while() {
         // Replicas 7, 8 (7 answers the even slots); unbatchers 10, 11, by turns of two slots.
         let config = ClusterConfig::f1(1, 1, 1, 2);
         let state_machine = new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut r = Replica::new(7, config, &Tunables::default(), state_machine, 0);
-        // Where replica 7 sends the replies of `slot` (even), chosen at `now`; the odd slot after
-        // it is chosen empty.
         let mut at = |now: Time, slot: Slot, commands: Vec<Command>| -> Vec<NodeId> {
-            let mut out = Out::new(false);
-            r.handle_message(
-                now,
-                6,
-                Msg::Chosen { slot, value: Value::Batch(encode_batch(commands)) },
-                &mut out,
-            );
-            let empty = Value::Batch(encode_batch(vec![]));
-            r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
-            let to: Vec<NodeId> = out
-                .msgs
-                .iter()
-                .filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
-                .map(|(to, _)| *to)
-                .collect();
+            let to = reply_routes_at(&mut r, now, slot, commands);
             // The unbatchers take every batch (only the clients' retries say something is amiss).
             for &u in &to {
-                r.handle_message(now, u, Msg::RepliesTaken, &mut out);
+                r.handle_message(now, u, Msg::RepliesTaken, &mut Out::new(false));
             }
             to
         };
@@ -1654,20 +1648,10 @@ mod tests {
         let state_machine = new_state_machine(StateMachineKind::Kv, TEST_KEY);
         let mut r = Replica::new(7, config, &tunables, state_machine, 0);
         let at = |r: &mut Replica, now: Time, slot: Slot, commands: Vec<Command>| -> NodeId {
-            let mut out = Out::new(false);
-            let value = Value::Batch(encode_batch(commands));
-            r.handle_message(now, 6, Msg::Chosen { slot, value }, &mut out);
-            let empty = Value::Batch(encode_batch(vec![]));
-            r.handle_message(now, 6, Msg::Chosen { slot: slot + 1, value: empty }, &mut out);
-            let to: Vec<NodeId> = out
-                .msgs
-                .iter()
-                .filter(|(_, m)| matches!(m, Msg::ReplyBatch { .. }))
-                .map(|(to, _)| *to)
-                .collect();
+            let to = reply_routes_at(r, now, slot, commands);
             assert_eq!(to.len(), 1);
             if to[0] == 11 {
-                r.handle_message(now, 11, Msg::RepliesTaken, &mut out);
+                r.handle_message(now, 11, Msg::RepliesTaken, &mut Out::new(false));
             }
             to[0]
         };

@@ -86,8 +86,9 @@ impl Limits {
             ("frame_timeout_ms", self.frame_timeout_ms),
             ("resp_request_timeout_ms", self.resp_request_timeout_ms),
         ];
-        if let Some((name, _)) = times.iter().find(|(_, v)| *v > 86_400_000) {
-            return Err(format!("[limits] {name} must be at most 86400000 (a day)"));
+        let max_ms = crate::protocol::config::MAX_TIME_SETTING_US / 1_000;
+        if let Some((name, _)) = times.iter().find(|(_, v)| *v > max_ms) {
+            return Err(format!("[limits] {name} must be at most {max_ms} (a day)"));
         }
         if self.max_connection_buffer_bytes < HANDSHAKE_BUFFER_BYTES {
             return Err(format!(
