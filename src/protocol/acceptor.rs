@@ -105,7 +105,7 @@ impl Acceptor {
                     acceptor.accept(slot, ballot, value);
                 }
                 Record::Trim { below } => acceptor.trim(below),
-                Record::Executed { .. } | Record::Snapshot { .. } => {
+                Record::Executed { .. } => {
                     panic!("acceptor {id}: a replica's record in its log: is the data dir another node's?")
                 }
             }

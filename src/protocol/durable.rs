@@ -8,6 +8,12 @@
 //! `after_persist` up to then; it may cover many calls' records with one sync (group commit). This is
 //! raft-rs's "persisted messages" rule, and it is the only way a vote leaves an acceptor.
 //!
+//! A replica's snapshot (its whole state at a slot) is not a record: it goes to
+//! [`Out::save_snapshot`](super::Out), is written to a file of its own in the background (write,
+//! sync, rename: a restart loads the newest complete one), and nothing waits for it; the driver
+//! says when it is durable ([`Role::snapshot_saved`](super::Role)). Writing hundreds of megabytes
+//! in the log's order held every vote and report behind it for seconds.
+//!
 //! The byte format of records lives in `src/storage/record.rs`; the meaning of each record (how a
 //! role folds its records back into state) lives with the role (`Acceptor::recover`,
 //! `Replica::recover`).
@@ -35,9 +41,6 @@ pub enum Record {
     /// Replica: `value` was executed in `slot`. Replayed on the snapshot at start; kept to teach
     /// lagging peers.
     Executed { slot: Slot, value: Value },
-    /// Replica: the whole replicated state once every slot below `slot` was executed. Written to a
-    /// file of its own atomically (write, sync, rename): a restart loads the newest complete one.
-    Snapshot { slot: Slot, bytes: bytes::Bytes },
 }
 
 impl Record {

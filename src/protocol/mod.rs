@@ -59,6 +59,9 @@ pub trait Role {
     fn poll_timeout(&self) -> Option<Time>;
     /// Which role this is.
     fn kind(&self) -> RoleKind;
+    /// The snapshot this role queued at `slot` ([`Out::save_snapshot`]) is durable, and so is
+    /// every one queued before it. Called by the driver, never for a snapshot a crash lost.
+    fn snapshot_saved(&mut self, _now: Time, _slot: Slot, _out: &mut Out) {}
     /// The replica, if this role is one: drivers read its watermark and state for metrics and checks.
     fn as_replica(&self) -> Option<&replica::Replica> {
         None
@@ -166,6 +169,11 @@ pub struct Out {
     pub persist: Vec<durable::Record>,
     /// Messages that may go only once every record of `persist` queued before them is durable.
     pub after_persist: Vec<(NodeId, Msg)>,
+    /// Snapshots to keep on disk (a replica's whole state at a slot), in order: written in the
+    /// background, each completely (synced, renamed) before the next; no message waits for them.
+    /// The driver reports each one durable with [`Role::snapshot_saved`]: a role that depends on one
+    /// (a trim of its log, a watermark only it can rebuild) waits for that call.
+    pub snapshots: Vec<(Slot, bytes::Bytes)>,
     /// Events, filled only when `record_events` is true.
     pub events: Vec<Event>,
     /// Whether roles should record [`Event`]s.
@@ -198,6 +206,12 @@ impl Out {
     /// Queues a write to make durable before any message queued after it with [`Out::send_after_persist`].
     pub fn persist(&mut self, record: durable::Record) {
         self.persist.push(record);
+    }
+
+    /// Queues a snapshot of the whole state at `slot` to be written in the background (see
+    /// [`Out::snapshots`]).
+    pub fn save_snapshot(&mut self, slot: Slot, bytes: bytes::Bytes) {
+        self.snapshots.push((slot, bytes));
     }
 
     /// Queues `msg` for `to`, to leave once every record queued so far is durable.

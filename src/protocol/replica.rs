@@ -4,14 +4,19 @@
 //!
 //! Durable state: every executed slot's value is queued as a [`Record::Executed`], and every
 //! `replica_snapshot_interval_slots` slots (the replicas spread over the interval, not all at the
-//! same slot) the whole state (state machine and client table) as a [`Record::Snapshot`]. A
+//! same slot) the whole state (state machine and client table) as a snapshot
+//! ([`Out::save_snapshot`]: written in the background, nothing waits for it). A
 //! snapshot's image is built from the state frozen at its slot ([`StateMachine::freeze`]: a copy
 //! of the maps that shares large values), `snapshot_slice_bytes` per turn, executing between turns, so a big state never stops the replica for long (an image
 //! up to `snapshot_at_once_bytes` is written whole in the turn of its freeze: cheaper than the
 //! copies the live store makes of partitions that a sliced image has not reached yet). The
 //! watermark report waits for those records (`Out::send_after_persist`), so no one trims what this
 //! replica could not rebuild after a crash: a restart loads the snapshot and replays the executed
-//! values after it ([`Replica::recover`]), then catches up from its peers.
+//! values after it ([`Replica::recover`]), then catches up from its peers. Its own log is trimmed
+//! only below a snapshot the driver reported durable ([`Role::snapshot_saved`]), and one snapshot
+//! is saved at a time (a slow disk never holds two images in memory); a taught snapshot not yet
+//! durable keeps the reports at the watermark before it (the disk could not give the new one
+//! back).
 //!
 //! Teaching (Physalia's three modes, outside the consensus protocol):
 //! - **Log segment:** a replica stuck behind a peer sends it `CatchUp`; the peer answers with the
@@ -248,8 +253,15 @@ pub struct Replica {
     storage: Storage,
     /// A snapshot is taken every this many slots (durable only).
     snapshot_interval: Slot,
-    /// The slot of the newest snapshot queued: a restart replays from here.
+    /// The slot of the newest snapshot queued (the next is due an interval after it).
     snapshot_slot: Slot,
+    /// The slot of the newest snapshot known durable: a restart replays from here, so the log is
+    /// trimmed below it and never below one still being written.
+    saved_snapshot_slot: Slot,
+    /// A taught snapshot installed and not yet durable: the slot it was taken at, and the
+    /// watermark this replica's disk can give back meanwhile (the one before the install), which is
+    /// all its reports may say.
+    unsaved_install: Option<(Slot, Slot)>,
     /// Records of slots below this were declared unneeded (`Record::Trim`).
     persisted_trim: Slot,
     /// Report periods in a row without progress while a peer was ahead.
@@ -316,6 +328,8 @@ impl Replica {
             storage: Storage::Durable,
             snapshot_interval: tunables.replica_snapshot_interval_slots,
             snapshot_slot: 0,
+            saved_snapshot_slot: 0,
+            unsaved_install: None,
             persisted_trim: 0,
             stuck_reports: 0,
             asked_segment_at: 0,
@@ -382,6 +396,7 @@ impl Replica {
             r.restore(bytes)?;
             r.executed = *slot;
             r.snapshot_slot = *slot;
+            r.saved_snapshot_slot = *slot;
             r.executed_at_last_report = *slot;
         }
         // Replayed in memory: these records are on disk already, and their replies were sent.
@@ -408,7 +423,7 @@ impl Replica {
     }
 
     /// The durable image of the whole state: the state machine's snapshot, length first, then the
-    /// client table (as [`Replica::snapshot`] lays it out). What a [`Record::Snapshot`] carries and
+    /// client table (as [`Replica::snapshot`] lays it out). What [`Out::save_snapshot`] keeps and
     /// [`Replica::recover`] restores; public so that `bench recovery` can write a real snapshot file.
     pub fn durable_snapshot(&self) -> Vec<u8> {
         let tail = self.image_tail();
@@ -459,9 +474,13 @@ impl Replica {
         Ok(())
     }
 
-    /// Queues a snapshot when one is due, and the trim point of the records it makes unneeded.
+    /// Queues a snapshot when one is due and the last one is durable (its trim follows once this
+    /// one is: [`Role::snapshot_saved`]).
     fn maybe_snapshot(&mut self, out: &mut Out) {
-        if self.storage != Storage::Durable || self.executed < self.next_snapshot_slot() {
+        if self.storage != Storage::Durable
+            || self.executed < self.next_snapshot_slot()
+            || self.snapshot_slot > self.saved_snapshot_slot
+        {
             return;
         }
         let starts = self.building.is_none();
@@ -546,9 +565,8 @@ impl Replica {
         b.digest.update(&b.client_table);
         let (slot, bytes, digest) = (b.slot, Bytes::from(b.bytes), b.digest.digest());
         if b.persist && self.storage == Storage::Durable && slot > self.snapshot_slot {
-            out.persist(Record::Snapshot { slot, bytes: bytes.clone() });
+            out.save_snapshot(slot, bytes.clone());
             self.snapshot_slot = slot;
-            self.persist_trim(out);
         }
         if !b.learners.is_empty() {
             debug_assert_eq!(digest, super::digest(&bytes), "the digest of the image, a slice at a time");
@@ -560,10 +578,10 @@ impl Replica {
         }
     }
 
-    /// Records below both the snapshot and the oldest slot kept to teach peers are unneeded.
+    /// Records below both the durable snapshot and the oldest slot kept to teach peers are unneeded.
     fn persist_trim(&mut self, out: &mut Out) {
         let teach_from = self.log.keys().next().copied().unwrap_or(self.executed);
-        let below = self.snapshot_slot.min(teach_from);
+        let below = self.saved_snapshot_slot.min(teach_from);
         if self.storage == Storage::Durable && below > self.persisted_trim {
             self.persisted_trim = below;
             out.persist(Record::Trim { below });
@@ -1012,7 +1030,8 @@ impl Replica {
     }
 
     /// Replaces this replica's state with a taught snapshot at `slot` (all of it, in this call),
-    /// and keeps it on disk as its newest snapshot before its watermark is reported.
+    /// and keeps it on disk as its newest snapshot; its reports say the new watermark only once
+    /// that snapshot is durable.
     fn install(&mut self, slot: Slot, bytes: Bytes, out: &mut Out) {
         if slot <= self.executed {
             return;
@@ -1022,6 +1041,7 @@ impl Replica {
             out.dropped("replica: a taught snapshot with the right digest did not restore");
             return;
         }
+        let rebuildable = self.unsaved_install.map_or(self.executed, |(_, before)| before);
         self.executed = slot;
         // An image being built is of the state just replaced.
         self.building = None;
@@ -1030,9 +1050,9 @@ impl Replica {
         self.forget_log_below(slot);
         self.slot_reads = self.slot_reads.split_off(&slot);
         if self.storage == Storage::Durable {
-            out.persist(Record::Snapshot { slot, bytes });
+            out.save_snapshot(slot, bytes);
             self.snapshot_slot = slot;
-            self.persist_trim(out);
+            self.unsaved_install = Some((slot, rebuildable));
         }
         let state_digest = out.digest(|| self.state_digest());
         out.event(|| Event::Installed { slot, state_digest });
@@ -1076,7 +1096,7 @@ impl Replica {
     fn on_report_timer(&mut self, now: Time, out: &mut Out) {
         // Held until every executed value below the watermark is durable: proposers and acceptors
         // trim below it, so it must be a position this replica can rebuild after a crash.
-        let watermark = self.executed;
+        let watermark = self.unsaved_install.map_or(self.executed, |(_, rebuildable)| rebuildable);
         // The cluster file's proposers too: one that a change removed and that restarted without
         // memory learns from the report that it may not lead.
         let proposers: BTreeSet<NodeId> = (self.newest.proposers.iter())
@@ -1318,6 +1338,20 @@ impl Role for Replica {
 
     fn kind(&self) -> RoleKind {
         RoleKind::Replica
+    }
+
+    fn snapshot_saved(&mut self, now: Time, slot: Slot, out: &mut Out) {
+        self.now = now;
+        self.saved_snapshot_slot = self.saved_snapshot_slot.max(slot);
+        if self.unsaved_install.is_some_and(|(at, _)| slot >= at) {
+            self.unsaved_install = None;
+        }
+        if !self.left {
+            self.persist_trim(out);
+            // One that came due while this one was written.
+            self.maybe_snapshot(out);
+        }
+        self.check_invariants();
     }
 
     fn as_replica(&self) -> Option<&Replica> {
@@ -1873,12 +1907,14 @@ mod tests {
         }
     }
 
-    /// What a durable replica's disk would hold after `out`: the newest snapshot and every record.
-    fn keep_on_disk(disk: &mut Recovered, out: &mut Out) {
-        for record in out.persist.drain(..) {
-            match record {
-                Record::Snapshot { slot, bytes } => disk.snapshot = Some((slot, bytes)),
-                other => disk.records.push(other),
+    /// What a durable replica's disk would hold after `out`: every record and the newest snapshot,
+    /// each snapshot reported durable at once (with the records that lets it queue).
+    fn keep_on_disk(r: &mut Replica, disk: &mut Recovered, out: &mut Out) {
+        while !out.persist.is_empty() || !out.snapshots.is_empty() {
+            disk.records.append(&mut out.persist);
+            for (slot, bytes) in std::mem::take(&mut out.snapshots) {
+                disk.snapshot = Some((slot, bytes));
+                r.snapshot_saved(0, slot, out);
             }
         }
     }
@@ -1903,10 +1939,9 @@ mod tests {
                 r.handle_timeout(at, &mut out); // one slice, then the next slot
                 slices += 1;
             }
-            for record in out.persist {
-                if let Record::Snapshot { slot, bytes } = record {
-                    snapshots.push((slot, bytes));
-                }
+            for (slot, bytes) in std::mem::take(&mut out.snapshots) {
+                snapshots.push((slot, bytes));
+                r.snapshot_saved(0, slot, &mut out);
             }
         }
         let (slot, bytes) = snapshots.first().cloned().expect("a snapshot was built");
@@ -1929,7 +1964,7 @@ mod tests {
         for slot in 0..40 {
             let mut out = chosen(&mut r, slot, vec![incr(100 + slot % 3, slot + 1)]);
             settle(&mut r, &mut out);
-            keep_on_disk(&mut disk, &mut out);
+            keep_on_disk(&mut r, &mut disk, &mut out);
         }
         assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(32), "snapshots at 16 and 32");
         let restarted =
@@ -1960,10 +1995,10 @@ mod tests {
             for slot in r.executed_watermark()..60 {
                 let mut out = chosen(&mut r, slot, vec![incr(100 + slot % 3, slot + 1)]);
                 settle(&mut r, &mut out);
-                slots.extend(out.persist.iter().filter_map(|record| match record {
-                    Record::Snapshot { slot, .. } => Some(*slot),
-                    _ => None,
-                }));
+                for (slot, _) in std::mem::take(&mut out.snapshots) {
+                    slots.push(slot);
+                    r.snapshot_saved(0, slot, &mut out);
+                }
             }
             slots
         };
@@ -2003,7 +2038,7 @@ mod tests {
             let mut out = Out::new(true);
             r.handle_message(0, 6, Msg::Chosen { slot: slot as Slot, value }, &mut out);
             settle(&mut r, &mut out);
-            keep_on_disk(&mut disk, &mut out);
+            keep_on_disk(&mut r, &mut disk, &mut out);
         }
         assert_eq!(r.configs().latest().config, two_groups, "epoch 5 is not the next: skipped");
         assert_eq!((r.configs().latest().from_slot, r.configs().latest().chosen_at), (11, Some(1)));
@@ -2026,7 +2061,7 @@ mod tests {
         for slot in 3..8 {
             let mut out = chosen(&mut r, slot, vec![incr(100, slot)]);
             settle(&mut r, &mut out);
-            keep_on_disk(&mut disk, &mut out);
+            keep_on_disk(&mut r, &mut disk, &mut out);
         }
         assert!(disk.snapshot.is_some());
         let restarted = Replica::recover(7, config, &tunables, new_sm(), Storage::Durable, disk, 0).unwrap();
@@ -2470,6 +2505,80 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_being_saved_holds_its_trim_and_the_next_snapshot_until_it_is_durable() {
+        let tunables =
+            Tunables { replica_snapshot_interval_slots: 16, teach_retention_slots: 3, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let mut r = Replica::new(7, config, &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0);
+        let (mut snapshots, mut trims) = (Vec::new(), Vec::new());
+        let drain = |out: &mut Out, snapshots: &mut Vec<Slot>, trims: &mut Vec<Slot>| {
+            snapshots.extend(out.snapshots.drain(..).map(|(slot, _)| slot));
+            trims.extend(out.persist.drain(..).filter_map(|rec| match rec {
+                Record::Trim { below } => Some(below),
+                _ => None,
+            }));
+        };
+        for slot in 0..40 {
+            let mut out = chosen(&mut r, slot, vec![incr(100, slot + 1)]);
+            settle(&mut r, &mut out);
+            drain(&mut out, &mut snapshots, &mut trims);
+        }
+        // The disk has not said the snapshot at 16 is durable: its log is all a restart would have.
+        assert_eq!(snapshots, vec![16], "one snapshot at a time");
+        assert!(trims.is_empty(), "trimmed below a snapshot not yet durable: {trims:?}");
+        let mut out = Out::new(true);
+        r.snapshot_saved(0, 16, &mut out);
+        settle(&mut r, &mut out);
+        drain(&mut out, &mut snapshots, &mut trims);
+        assert_eq!(trims, vec![16], "the log below the durable snapshot goes");
+        assert_eq!(snapshots, vec![16, 40], "the one that came due meanwhile is taken now");
+    }
+
+    #[test]
+    fn a_taught_snapshot_not_yet_durable_keeps_the_reports_at_the_watermark_before_it() {
+        let tunables = Tunables { teach_retention_slots: 3, ..Tunables::default() };
+        let config = ClusterConfig::f1(1, 1, 1, 1);
+        let new = |id| {
+            Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
+        };
+        let (mut behind, mut ahead) = (new(7), new(8));
+        for slot in 0..10 {
+            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
+        }
+        chosen(&mut behind, 0, vec![put(100, 1, "k0", 50)]);
+        let mut saves = Vec::new();
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 1, max_slots: MAX_CATCHUP_SLOTS })];
+        while let Some((from, to, msg)) = queue.pop() {
+            let mut out = Out::new(true);
+            if to == 7 {
+                behind.handle_message(0, from, msg, &mut out);
+                saves.append(&mut out.snapshots);
+            } else {
+                ahead.handle_message(0, from, msg, &mut out);
+                settle(&mut ahead, &mut out);
+            }
+            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
+        }
+        assert_eq!(behind.executed_watermark(), 10);
+        assert_eq!(saves.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), vec![10]);
+        let reported = |r: &mut Replica, now: Time| {
+            let mut out = Out::new(true);
+            r.handle_timeout(now, &mut out);
+            let watermarks: BTreeSet<Slot> = (out.after_persist.iter())
+                .filter_map(|(_, m)| match m {
+                    Msg::Executed { watermark, .. } => Some(*watermark),
+                    _ => None,
+                })
+                .collect();
+            watermarks
+        };
+        // Its disk holds slot 0's value and nothing of the taught state yet.
+        assert_eq!(reported(&mut behind, 1_000_000), BTreeSet::from([1]));
+        behind.snapshot_saved(1_000_000, 10, &mut Out::new(true));
+        assert_eq!(reported(&mut behind, 2_000_000), BTreeSet::from([10]));
+    }
+
+    #[test]
     fn a_taught_snapshot_is_kept_on_disk_and_a_restart_comes_back_at_its_slot() {
         let tunables = Tunables { teach_retention_slots: 3, ..Tunables::default() };
         let config = ClusterConfig::f1(1, 1, 1, 1);
@@ -2486,7 +2595,7 @@ mod tests {
             let mut out = Out::new(true);
             if to == 7 {
                 behind.handle_message(0, from, msg, &mut out);
-                keep_on_disk(&mut disk, &mut out);
+                keep_on_disk(&mut behind, &mut disk, &mut out);
             } else {
                 ahead.handle_message(0, from, msg, &mut out);
                 settle(&mut ahead, &mut out);

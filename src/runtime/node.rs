@@ -5,7 +5,10 @@
 //! A durable node also runs a persistence task: the records its role queues (`Out::persist`) are
 //! appended to its write-ahead log, and the messages that wait for them (`Out::after_persist`) are
 //! routed only once one `fdatasync` covers them. Whatever arrives while a sync is in flight is
-//! covered by the next one (group commit).
+//! covered by the next one (group commit). A replica's snapshots (`Out::snapshots`) are written
+//! beside the log, one at a time, and the role is told when each is durable
+//! (`Role::snapshot_saved`): written in the log's order, a snapshot of hundreds of megabytes held
+//! every record after it, and so every report, for seconds.
 //!
 //! Must never: hold a `RefCell` borrow across an `.await`; block the executor; send a message of
 //! `after_persist` before the sync that covers the records queued before it.
@@ -140,6 +143,7 @@ pub struct Host {
 struct Unsynced {
     records: Vec<Record>,
     held: Vec<(NodeId, Msg)>,
+    snapshots: Vec<(Slot, bytes::Bytes)>,
 }
 
 impl Host {
@@ -253,6 +257,14 @@ impl Host {
         }
     }
 
+    /// The snapshot the role queued at `slot` is durable.
+    fn on_snapshot_saved(self: &Rc<Self>, slot: Slot) {
+        let now = self.now();
+        let mut out = self.out.borrow_mut();
+        self.role.borrow_mut().snapshot_saved(now, slot, &mut out);
+        self.flush(&mut out);
+    }
+
     fn on_timeout(self: &Rc<Self>) {
         let now = self.now();
         let mut out = self.out.borrow_mut();
@@ -265,10 +277,13 @@ impl Host {
             self.route(to, &msg);
         }
         match &self.persistence {
-            Some((unsynced, wake)) if !out.persist.is_empty() || !out.after_persist.is_empty() => {
+            Some((unsynced, wake))
+                if !out.persist.is_empty() || !out.after_persist.is_empty() || !out.snapshots.is_empty() =>
+            {
                 let mut unsynced = unsynced.borrow_mut();
                 unsynced.records.append(&mut out.persist);
                 unsynced.held.append(&mut out.after_persist);
+                unsynced.snapshots.append(&mut out.snapshots);
                 let _ = wake.try_send(());
             }
             Some(_) => {}
@@ -276,6 +291,7 @@ impl Host {
             // nothing here anyway).
             None => {
                 out.persist.clear();
+                out.snapshots.clear();
                 for (to, msg) in out.after_persist.drain(..) {
                     self.route(to, &msg);
                 }
@@ -407,6 +423,7 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
     };
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut unsynced_records = 0;
+    let mut saving: Option<glommio::task::JoinHandle<()>> = None;
     loop {
         // The oldest sync completing comes first: under load new work is almost always ready.
         let work = match in_flight.front_mut() {
@@ -440,7 +457,10 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
                 oldest.started.elapsed().as_secs_f64()
             );
         }
-        let Unsynced { records, mut held } = std::mem::take(&mut *unsynced.borrow_mut());
+        let Unsynced { records, mut held, snapshots } = std::mem::take(&mut *unsynced.borrow_mut());
+        for (slot, state) in snapshots {
+            saving = Some(save_snapshot(host.clone(), wal.dir().to_path_buf(), slot, state, saving.take()));
+        }
         if !records.is_empty() {
             let began = Instant::now();
             if let Err(e) = wal.append(&records).await {
@@ -496,6 +516,36 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
         }
         unsynced_records = 0;
     }
+}
+
+/// Writes the snapshot at `slot` once the one before it (`before`) is written, then tells the role.
+/// A replica queues one at a time, so at most two images are held here (one an install's).
+fn save_snapshot(
+    host: Rc<Host>,
+    dir: std::path::PathBuf,
+    slot: Slot,
+    state: bytes::Bytes,
+    before: Option<glommio::task::JoinHandle<()>>,
+) -> glommio::task::JoinHandle<()> {
+    glommio::spawn_local(async move {
+        if let Some(before) = before {
+            before.await;
+        }
+        let began = Instant::now();
+        match crate::storage::wal::write_snapshot(&dir, slot, &state).await {
+            Ok(bytes) => tracing::info!(
+                node = host.id,
+                slot,
+                bytes,
+                "snapshot saved in {:.2}s",
+                began.elapsed().as_secs_f64()
+            ),
+            Err(e) => super::launch::fatal_storage_error(host.id, &e),
+        }
+        drop(state);
+        host.on_snapshot_saved(slot);
+    })
+    .detach()
 }
 
 /// A sync completed: count it, route the messages that waited for it, then let the log delete what

@@ -38,6 +38,9 @@ pub struct Checker {
     executed: BTreeMap<Slot, (u64, u64)>,
     /// replica → the next slot it must execute.
     next_to_execute: BTreeMap<NodeId, Slot>,
+    /// replica → the highest executed watermark it reported (others trim below it, so its disk
+    /// must give it back).
+    reported: BTreeMap<NodeId, Slot>,
     /// replica → commands it applied, with the slot each was applied in.
     applied: BTreeMap<NodeId, BTreeMap<(u64, u64), Slot>>,
     /// Commands some replica applied in a slot, ever (a replica that learns a snapshot never applies
@@ -275,10 +278,26 @@ impl Checker {
         self.applied_anywhere.contains(&(client_id, seq))
     }
 
+    /// Replica `replica` reported every slot below `watermark` executed: proposers and acceptors
+    /// trim below it, on the word that its disk would give it back after a crash.
+    pub fn replica_reported(&mut self, replica: NodeId, watermark: Slot) {
+        let highest = self.reported.entry(replica).or_default();
+        *highest = (*highest).max(watermark);
+    }
+
     /// A replica restarted from its disk with every slot below `executed` executed: what it did
     /// above that was lost with its memory and will be done again (in the same order, to the same
-    /// state, which the checks above verify).
-    pub fn replica_restarted(&mut self, replica: NodeId, executed: Slot) {
+    /// state, which the checks above verify). Never below a watermark it reported, unless its disk
+    /// was `wiped` (a new machine: its word went with the old disk).
+    pub fn replica_restarted(&mut self, replica: NodeId, executed: Slot, wiped: bool) {
+        let reported = self.reported.get(&replica).copied().unwrap_or(0);
+        if wiped {
+            self.reported.remove(&replica);
+        } else if executed < reported {
+            self.violation(format!(
+                "durability: replica {replica} restarted from its disk at slot {executed}, below the watermark {reported} it reported"
+            ));
+        }
         self.next_to_execute.insert(replica, executed);
         if let Some(applied) = self.applied.get_mut(&replica) {
             applied.retain(|_, &mut slot| slot < executed);

@@ -138,6 +138,8 @@ pub struct FaultCounts {
     pub torn_writes: u64,
     /// Writes issued and lost in a crash before any sync covered them.
     pub lost_writes: u64,
+    /// Snapshot files a crash cut short (the node restarted from the one before).
+    pub lost_snapshots: u64,
     /// Corrupted records that a restarting node detected (it then refused to start).
     pub corrupt_detected: u64,
     /// Replicas restarted with an empty disk (a replacement machine, a wiped disk).
@@ -174,6 +176,7 @@ impl FaultCounts {
         self.crashes += other.crashes;
         self.torn_writes += other.torn_writes;
         self.lost_writes += other.lost_writes;
+        self.lost_snapshots += other.lost_snapshots;
         self.corrupt_detected += other.corrupt_detected;
         self.wiped += other.wiped;
         self.installed += other.installed;
@@ -196,12 +199,13 @@ impl std::fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "crashes {}, torn writes {}, lost unsynced writes {}, corrupt records detected {}, disks wiped {}, \
+            "crashes {}, torn writes {}, lost unsynced writes {}, snapshots cut short {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
              configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}, links cut {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
+            self.lost_snapshots,
             self.corrupt_detected,
             self.wiped,
             self.installed,
@@ -258,6 +262,8 @@ struct SimNode {
     held_events: Vec<Event>,
     /// The sync in flight: how many writes, held messages and held events it covers.
     sync: Option<(usize, usize, usize)>,
+    /// A snapshot file is being written (they are written one at a time, in order).
+    saving_snapshot: bool,
     /// Bumped by every crash, so that a sync that was in flight then completes into nothing.
     incarnation: u64,
     /// Refused to start on a corrupted log: down for good.
@@ -285,6 +291,7 @@ impl SimNode {
             held: Vec::new(),
             held_events: Vec::new(),
             sync: None,
+            saving_snapshot: false,
             incarnation: 0,
             dead: false,
             corrupted: false,
@@ -321,6 +328,11 @@ enum Pending {
     Reconfigure,
     /// A sync of `node`'s disk completes (if the node has not crashed since it began).
     Synced {
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// The oldest snapshot file `node` is writing is durable (if it has not crashed since).
+    SnapshotSaved {
         node: NodeId,
         incarnation: u64,
     },
@@ -385,6 +397,8 @@ pub struct Simulator<'t> {
     teach_rng: ChaCha8Rng,
     /// Whether a resumed node's overdue timers or its waiting messages go first.
     pause_order_rng: ChaCha8Rng,
+    /// How long each snapshot file takes to write.
+    snapshot_rng: ChaCha8Rng,
     /// In some heavy seeds the disks are slow while faults are on: each sync takes tens of
     /// milliseconds more (a throttled or overloaded volume), longer than a resend timeout.
     slow_disk_rng: Option<ChaCha8Rng>,
@@ -564,6 +578,7 @@ impl<'t> Simulator<'t> {
             corruption_rate,
             teach_rng,
             pause_order_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a05f)),
+            snapshot_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x5a4e)),
             slow_disk_rng,
             wipe_rate,
             teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
@@ -734,6 +749,10 @@ impl<'t> Simulator<'t> {
                 self.wait_for_resume(node, Pending::Synced { node, incarnation })
             }
             Pending::Synced { node, incarnation } => self.synced(node, incarnation),
+            Pending::SnapshotSaved { node, incarnation } if self.is_paused(node) => {
+                self.wait_for_resume(node, Pending::SnapshotSaved { node, incarnation })
+            }
+            Pending::SnapshotSaved { node, incarnation } => self.snapshot_saved(node, incarnation),
         }
     }
 
@@ -776,7 +795,8 @@ impl<'t> Simulator<'t> {
                 match what {
                     Pending::Deliver { from, to, msg } => self.deliver(from, to, msg),
                     Pending::Synced { node, incarnation } => self.synced(node, incarnation),
-                    _ => unreachable!("only deliveries and syncs wait for a paused node"),
+                    Pending::SnapshotSaved { node, incarnation } => self.snapshot_saved(node, incarnation),
+                    _ => unreachable!("only deliveries, syncs and saves wait for a paused node"),
                 }
             }
         }
@@ -1005,6 +1025,11 @@ impl<'t> Simulator<'t> {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, mut msg: Msg) {
+        if let Msg::Executed { watermark, .. } = msg {
+            if self.nodes.get(&from).is_some_and(|n| n.kind == RoleKind::Replica) {
+                self.checker.replica_reported(from, watermark);
+            }
+        }
         if self.partitions.blocks(from, to) {
             return;
         }
@@ -1038,7 +1063,7 @@ impl<'t> Simulator<'t> {
     }
 
     fn dispatch(&mut self, from: NodeId, out: Out) {
-        let Out { msgs, persist, after_persist, events, .. } = out;
+        let Out { msgs, persist, after_persist, snapshots, events, .. } = out;
         let chunk_sent = msgs.iter().any(|(_, m)| matches!(m, Msg::SnapshotChunk { .. }));
         for (to, msg) in msgs {
             self.send(from, to, msg);
@@ -1057,6 +1082,9 @@ impl<'t> Simulator<'t> {
         match node.disk.as_mut() {
             Some(disk) => {
                 disk.write(&persist);
+                for (slot, state) in &snapshots {
+                    disk.save_snapshot(*slot, state);
+                }
                 let crash_now = node.crash_on_write && !persist.is_empty();
                 node.held.extend(after_persist);
                 // A vote counts once it is durable, when its Phase2b may leave.
@@ -1072,9 +1100,13 @@ impl<'t> Simulator<'t> {
                     return self.crash(from);
                 }
                 self.start_sync(from);
+                self.start_snapshot_save(from);
             }
             None => {
-                assert!(persist.is_empty(), "node {from} has no disk but asked to persist");
+                assert!(
+                    persist.is_empty() && snapshots.is_empty(),
+                    "node {from} has no disk but asked to persist"
+                );
                 for (to, msg) in after_persist {
                     self.send(from, to, msg);
                 }
@@ -1101,6 +1133,34 @@ impl<'t> Simulator<'t> {
             self.outcome.faults.slow_syncs += 1;
         }
         self.schedule(self.now + latency, Pending::Synced { node: id, incarnation });
+    }
+
+    /// Starts writing `id`'s oldest waiting snapshot file if none is being written: it is durable
+    /// a while later (a whole file: longer than most syncs), whatever the log's syncs do meanwhile.
+    fn start_snapshot_save(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let waiting = node.disk.as_ref().is_some_and(|d| d.snapshots_saving() > 0);
+        if !node.up || node.saving_snapshot || !waiting {
+            return;
+        }
+        node.saving_snapshot = true;
+        let incarnation = node.incarnation;
+        let took = self.snapshot_rng.gen_range(1_000..100_000);
+        self.schedule(self.now + took, Pending::SnapshotSaved { node: id, incarnation });
+    }
+
+    fn snapshot_saved(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !node.up || node.incarnation != incarnation {
+            return; // it crashed while the file was being written
+        }
+        node.saving_snapshot = false;
+        let Some(slot) = node.disk.as_mut().and_then(SimDisk::snapshot_saved) else { return };
+        let mut out = Out::new(true);
+        node.member.role().snapshot_saved(self.now, slot, &mut out);
+        self.trace(|| format!("{id} saved its snapshot at slot {slot}"));
+        self.dispatch(id, out);
+        self.start_snapshot_save(id);
     }
 
     fn synced(&mut self, id: NodeId, incarnation: u64) {
@@ -1239,6 +1299,7 @@ impl<'t> Simulator<'t> {
         node.crash_on_write = false;
         node.incarnation += 1;
         node.sync = None;
+        node.saving_snapshot = false;
         node.held.clear();
         node.held_events.clear();
         // A paused process killed: what waited in its buffers dies with it.
@@ -1249,6 +1310,7 @@ impl<'t> Simulator<'t> {
             let damage = disk.crash(&mut self.disk_rng, corrupt);
             self.outcome.faults.torn_writes += u64::from(damage.torn);
             self.outcome.faults.lost_writes += damage.lost as u64;
+            self.outcome.faults.lost_snapshots += damage.lost_snapshots as u64;
             node.corrupted |= damage.corrupted;
             let what = format!("{damage:?}");
             self.trace(|| format!("{id} crashes; its disk: {what}"));
@@ -1334,11 +1396,11 @@ impl<'t> Simulator<'t> {
             return; // gone for good (left the cluster, or refused to start)
         }
         let (kind, restarts, joined) = (node.kind, node.restarts + 1, node.joined);
-        if kind == RoleKind::Replica
+        let wiped = kind == RoleKind::Replica
             && self.teach_faults()
             && self.teach_rng.gen_bool(self.wipe_rate)
-            && self.can_wipe(id)
-        {
+            && self.can_wipe(id);
+        if wiped {
             let node = self.nodes.get_mut(&id).expect("checked above");
             node.disk = Some(SimDisk::default());
             self.outcome.faults.wiped += 1;
@@ -1373,7 +1435,7 @@ impl<'t> Simulator<'t> {
         node.restarts = restarts;
         if let Some(replica) = node.member.role_ref().as_replica() {
             let executed = replica.executed_watermark();
-            self.checker.replica_restarted(id, executed);
+            self.checker.replica_restarted(id, executed, wiped);
             self.trace(|| format!("{id} restarts from its disk at slot {executed}"));
         }
     }

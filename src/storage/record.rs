@@ -12,7 +12,7 @@
 //! offset 0  checksum  u64   xxh3-64 of bytes 8..16+len (rest of header, then body), seeded by
 //!                           the segment's sequence number (see "Reused segments")
 //! offset 8  len       u32   body length in bytes
-//! offset 12 kind      u8    1 Promise, 2 Accept, 3 Trim, 4 Executed, 5 Snapshot (0 never: a zero
+//! offset 12 kind      u8    1 Promise, 2 Accept, 3 Trim, 4 Executed (0 never: a zero
 //!                           header is the clean end of the log)
 //! offset 13 pad       [u8; 3] zero
 //! offset 16 body      len bytes (per kind, below)
@@ -21,7 +21,8 @@
 //!
 //! Bodies: Promise `round u64, proposer u32, has_nonce u8, pad 3, nonce u64` (24 bytes); Accept
 //! `slot u64, round u64, proposer u32, value tag u8, pad 3, batch bytes`; Trim `below u64`; Executed
-//! `slot u64, value tag u8, pad 7, batch bytes`; Snapshot `slot u64, bytes`. Value tag 0 is `Noop`
+//! `slot u64, value tag u8, pad 7, batch bytes`. (Kind 5 is reserved: it named snapshots, which
+//! were never written to a log but to files of their own, `snapshot.rs`.) Value tag 0 is `Noop`
 //! (no bytes follow), 1 is `Batch` (the rest of the body, as it is). Batch bytes therefore start
 //! 8-aligned in the file too.
 //!
@@ -53,7 +54,6 @@ const KIND_PROMISE: u8 = 1;
 const KIND_ACCEPT: u8 = 2;
 const KIND_TRIM: u8 = 3;
 const KIND_EXECUTED: u8 = 4;
-const KIND_SNAPSHOT: u8 = 5;
 
 const VALUE_NOOP: u8 = 0;
 const VALUE_BATCH: u8 = 1;
@@ -103,7 +103,6 @@ pub fn body_len(record: &Record) -> usize {
         Record::Accept { value, .. } => 24 + value_len(value),
         Record::Trim { .. } => 8,
         Record::Executed { value, .. } => 16 + value_len(value),
-        Record::Snapshot { bytes, .. } => 8 + bytes.len(),
     }
 }
 
@@ -145,7 +144,6 @@ pub fn encode(record: &Record, seed: u64, out: &mut Vec<u8>) {
         Record::Accept { .. } => KIND_ACCEPT,
         Record::Trim { .. } => KIND_TRIM,
         Record::Executed { .. } => KIND_EXECUTED,
-        Record::Snapshot { .. } => KIND_SNAPSHOT,
     };
     out.extend_from_slice(&[kind, 0, 0, 0]);
     match record {
@@ -165,10 +163,6 @@ pub fn encode(record: &Record, seed: u64, out: &mut Vec<u8>) {
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(&[value_tag(value), 0, 0, 0, 0, 0, 0, 0]);
             out.extend_from_slice(value_bytes(value));
-        }
-        Record::Snapshot { slot, bytes } => {
-            out.extend_from_slice(&slot.to_le_bytes());
-            out.extend_from_slice(bytes);
         }
     }
     debug_assert_eq!(out.len(), start + HEADER_LEN + body_len);
@@ -212,7 +206,7 @@ fn probe(bytes: &Bytes, off: usize, seed: u64) -> Probe {
     }
     let len = u32_at(header, 8) as usize;
     let kind = header[12];
-    if !(KIND_PROMISE..=KIND_SNAPSHOT).contains(&kind) || header[13..16] != [0, 0, 0] {
+    if !(KIND_PROMISE..=KIND_EXECUTED).contains(&kind) || header[13..16] != [0, 0, 0] {
         return Probe::Bad("bad record header");
     }
     let body_start = off + HEADER_LEN;
@@ -261,7 +255,6 @@ fn decode_body(bytes: &Bytes, kind: u8, at: usize, len: usize) -> Option<Record>
         KIND_EXECUTED if len >= 16 => {
             Record::Executed { slot: u64_at(b, 0), value: decode_value(bytes, b[8], at + 16, end)? }
         }
-        KIND_SNAPSHOT if len >= 8 => Record::Snapshot { slot: u64_at(b, 0), bytes: bytes.slice(at + 8..end) },
         _ => return None,
     })
 }
@@ -366,7 +359,6 @@ mod tests {
             Record::Trim { below: 5 },
             Record::Executed { slot: 9, value: Value::Batch(Bytes::from(vec![7u8; 300])) },
             Record::Executed { slot: 10, value: Value::Noop },
-            Record::Snapshot { slot: 11, bytes: Bytes::from_static(b"state") },
         ]
     }
 
@@ -398,8 +390,6 @@ mod tests {
             }),
             any::<u64>().prop_map(|below| Record::Trim { below }),
             (any::<u64>(), arb_value()).prop_map(|(slot, value)| Record::Executed { slot, value }),
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
-                .prop_map(|(slot, b)| Record::Snapshot { slot, bytes: Bytes::from(b) }),
         ]
     }
 

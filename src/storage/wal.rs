@@ -1,5 +1,6 @@
 //! The append path: records go into log segments with glommio direct I/O (`O_DIRECT` writes through
-//! io_uring, `fdatasync` through io_uring), and snapshots into files of their own.
+//! io_uring, `fdatasync` through io_uring); snapshots go into files of their own
+//! ([`write_snapshot`], which the runtime runs beside the log, never in its way).
 //!
 //! The caller does group commit: any number of [`Wal::append`]s, then one sync, then it releases
 //! the messages that waited for those records. A sync can be split in two so that syncs pipeline:
@@ -64,7 +65,7 @@
 //! DMA buffers come from glommio's per-executor `io_memory` pool (registered with io_uring for
 //! fixed-buffer writes); when the pool is exhausted glommio falls back to an ordinary aligned heap
 //! allocation (plain writes, no failure). A Wal uses `(write_behind + 1) * buffer_bytes` (1.25 MiB
-//! by default) plus 1 MiB while writing a snapshot.
+//! by default); [`write_snapshot`] 1 MiB while it runs.
 
 use super::dir::{parse_snapshot_name, segment_name, snapshot_name, SegmentInfo, StorageError};
 use super::record::{encode, seed_of_segment, HEADER_LEN};
@@ -331,23 +332,22 @@ impl Wal {
         self.sequence
     }
 
+    /// The directory the log (and the node's snapshots) live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Closed segments still on disk (tests and metrics).
     pub fn closed_segments(&self) -> &[SegmentInfo] {
         &self.closed
     }
 
-    /// Appends `records` in order. Not durable until [`sync`](Self::sync). A `Snapshot` record is
-    /// written to a file of its own, completely (synced, renamed, directory synced) before any record
-    /// after it is written. May close the segment and start the next when it grows past
-    /// `segment_bytes`.
+    /// Appends `records` in order. Not durable until [`sync`](Self::sync). May close the segment
+    /// and start the next when it grows past `segment_bytes`.
     pub async fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
         for r in records {
             self.stats.records += 1;
             match r {
-                Record::Snapshot { slot, bytes } => {
-                    self.write_snapshot(*slot, bytes).await?;
-                    continue;
-                }
                 Record::Promise { .. } => self.promise = Some(r.clone()),
                 Record::Trim { below } => {
                     self.trim = Some(*below);
@@ -592,52 +592,6 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes `snapshot-<slot>.snap` atomically: `.tmp`, fdatasync, rename, directory fsync; then
-    /// deletes older snapshots.
-    async fn write_snapshot(&mut self, slot: Slot, state: &[u8]) -> Result<(), StorageError> {
-        let name = snapshot_name(slot);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let fin = self.dir.join(&name);
-        let file = create_tmp(&tmp).await?;
-        let header = snapshot_header(slot, state);
-        let total = header.len() + state.len();
-        let mut pos = 0usize;
-        // Stream header+state in block-aligned chunks; the last chunk is zero-padded and the file
-        // truncated to its exact length afterwards (decode_snapshot checks the length).
-        while pos < total {
-            let n = SNAPSHOT_CHUNK.min(total - pos);
-            let padded = n.div_ceil(BLOCK) * BLOCK;
-            let mut buf = zeroed(&file, padded);
-            // The chunk's part of the header, then its part of the state (a byte-by-byte copy held
-            // the executor for milliseconds per snapshot).
-            let b = buf.as_bytes_mut();
-            let header_left = &header[pos.min(header.len())..];
-            let from_header = header_left.len().min(n);
-            b[..from_header].copy_from_slice(&header_left[..from_header]);
-            let state_at = (pos + from_header).saturating_sub(header.len());
-            b[from_header..n].copy_from_slice(&state[state_at..state_at + n - from_header]);
-            write_whole(&file, buf, pos as u64, &tmp).await?;
-            pos += n;
-        }
-        file.truncate(total as u64).await.map_err(io(&tmp))?;
-        file.fdatasync().await.map_err(io(&tmp))?;
-        file.close().await.map_err(io(&tmp))?;
-        glommio::io::rename(&tmp, &fin).await.map_err(io(&fin))?;
-        sync_dir(&self.dir).await?;
-        self.stats.syncs += 1;
-        self.stats.bytes += total as u64;
-        // Older snapshots are superseded only now that the new one is durable under its name.
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
-        for entry in entries.flatten() {
-            let n = entry.file_name();
-            if n.to_str().and_then(parse_snapshot_name).is_some_and(|s| s < slot) {
-                let p = entry.path();
-                glommio::io::remove(&p).await.map_err(io(&p))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Syncs everything, lets deletions finish, removes the spares and the prepared (empty) next
     /// segment, and closes the current one.
     pub async fn close(mut self) -> Result<(), StorageError> {
@@ -666,6 +620,52 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// Writes `snapshot-<slot>.snap` in `dir` atomically: `.tmp`, fdatasync, rename, directory fsync;
+/// then deletes older snapshots. Returns the bytes written. One at a time per directory, in slot
+/// order (the newest complete one is what a restart loads).
+pub async fn write_snapshot(dir: &Path, slot: Slot, state: &[u8]) -> Result<u64, StorageError> {
+    let name = snapshot_name(slot);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let fin = dir.join(&name);
+    let file = create_tmp(&tmp).await?;
+    let header = snapshot_header(slot, state);
+    let total = header.len() + state.len();
+    let mut pos = 0usize;
+    // Stream header+state in block-aligned chunks, one write in flight (the log's writes go between
+    // them); the last chunk is zero-padded and the file truncated to its exact length afterwards
+    // (decode_snapshot checks the length).
+    while pos < total {
+        let n = SNAPSHOT_CHUNK.min(total - pos);
+        let padded = n.div_ceil(BLOCK) * BLOCK;
+        let mut buf = zeroed(&file, padded);
+        // The chunk's part of the header, then its part of the state (a byte-by-byte copy held
+        // the executor for milliseconds per snapshot).
+        let b = buf.as_bytes_mut();
+        let header_left = &header[pos.min(header.len())..];
+        let from_header = header_left.len().min(n);
+        b[..from_header].copy_from_slice(&header_left[..from_header]);
+        let state_at = (pos + from_header).saturating_sub(header.len());
+        b[from_header..n].copy_from_slice(&state[state_at..state_at + n - from_header]);
+        write_whole(&file, buf, pos as u64, &tmp).await?;
+        pos += n;
+    }
+    file.truncate(total as u64).await.map_err(io(&tmp))?;
+    file.fdatasync().await.map_err(io(&tmp))?;
+    file.close().await.map_err(io(&tmp))?;
+    glommio::io::rename(&tmp, &fin).await.map_err(io(&fin))?;
+    sync_dir(dir).await?;
+    // Older snapshots are superseded only now that the new one is durable under its name.
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let n = entry.file_name();
+        if n.to_str().and_then(parse_snapshot_name).is_some_and(|s| s < slot) {
+            let p = entry.path();
+            glommio::io::remove(&p).await.map_err(io(&p))?;
+        }
+    }
+    Ok(total as u64)
 }
 
 /// The size past which the `nth` segment a process began is closed: `first_segment_bytes`,
@@ -1405,19 +1405,23 @@ mod tests {
     fn a_big_snapshot_round_trips_and_replaces_the_older_one() {
         let t = TempDir::new("snapshot");
         let state: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
-        let snap = |slot, s: &[u8]| Record::Snapshot { slot, bytes: Bytes::from(s.to_vec()) };
-        let groups = vec![
-            vec![snap(5, b"small"), Record::Trim { below: 5 }],
-            vec![accept(6, 10), snap(9, &state), Record::Trim { below: 9 }, accept(9, 10)],
-        ];
-        run_once(&t.0, groups, WalOptions::default());
+        let (dir, big) = (t.0.clone(), state.clone());
+        let written = on_executor(move || async move {
+            write_snapshot(&dir, 5, b"small").await.unwrap();
+            write_snapshot(&dir, 9, &big).await.unwrap()
+        });
+        assert_eq!(written, 32 + 3_000_001);
         assert!(!t.0.join(snapshot_name(5)).exists(), "older snapshot kept");
+        run_once(
+            &t.0,
+            vec![vec![accept(6, 10), Record::Trim { below: 9 }, accept(9, 10)]],
+            WalOptions::default(),
+        );
         let (recovered, report) = DataDir::open(&t.0).unwrap().recover().unwrap();
         let (slot, bytes) = recovered.snapshot.unwrap();
         assert_eq!((slot, report.snapshot_slot), (9, Some(9)));
         assert!(bytes[..] == state[..]);
         assert_eq!(recovered.records.last(), Some(&accept(9, 10)));
-        assert!(!recovered.records.iter().any(|r| matches!(r, Record::Snapshot { .. })));
     }
 
     #[test]
