@@ -11,7 +11,7 @@
 //! loaded), `*.tmp` (a snapshot, or a new segment being filled with zeros, whose write did not
 //! finish: deleted), and `*.free` (a condemned segment whose blocks were being freed: deleted).
 
-use super::record::{scan, segment_seed, Corrupt};
+use super::record::{cut_by_end_of_file, scan, segment_seed, Corrupt};
 use super::snapshot::decode_snapshot;
 use crate::protocol::durable::{Record, Recovered};
 use crate::protocol::Slot;
@@ -271,6 +271,22 @@ impl DataDir {
                         reason: format!(
                             "{} damaged bytes at the end of a segment that is not the last",
                             scan.torn_bytes
+                        ),
+                    });
+                }
+                if cut_by_end_of_file(&bytes, scan.valid_len)
+                    && !bytes.len().is_multiple_of(super::wal::BLOCK)
+                {
+                    // The log writes whole 4 KiB blocks into files prefilled to a multiple of them:
+                    // a record cut by an end of file no write of ours ends at is a file cut short
+                    // (truncated, or a copy or restore that stopped), and what it held is lost.
+                    return Err(StorageError::Corrupt {
+                        file: p,
+                        offset: scan.valid_len as u64,
+                        reason: format!(
+                            "the segment ends mid-record at {} bytes, where no write of the log ends: \
+                             the file was cut short (truncated, or an incomplete copy), not torn by a crash",
+                            bytes.len()
                         ),
                     });
                 }

@@ -332,6 +332,17 @@ pub fn scan(bytes: &Bytes, seed: u64) -> Result<Scan, Corrupt> {
     Ok(scan)
 }
 
+/// Whether the damaged record at `at` (a scan's `valid_len`) is cut by the end of the file: its
+/// header, or the body its header claims, runs past the last byte. In a prefilled segment a crash
+/// leaves a torn record followed by the segment's zeros, never by the end of the file.
+pub fn cut_by_end_of_file(bytes: &[u8], at: usize) -> bool {
+    if bytes.len().saturating_sub(at) < HEADER_LEN {
+        return at < bytes.len();
+    }
+    let len = u32_at(&bytes[at..at + HEADER_LEN], 8) as usize;
+    at + HEADER_LEN + len > bytes.len()
+}
+
 /// Whether every byte is zero; fast on the megabytes of zeros that end a prefilled segment.
 pub fn all_zero(bytes: &[u8]) -> bool {
     // An OR over fixed-size chunks compiles to vector instructions; a byte-wise `all` does not.

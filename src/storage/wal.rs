@@ -80,7 +80,7 @@ use std::rc::Rc;
 
 /// Direct I/O alignment we write at: offsets and lengths are multiples of it (4 KiB covers every
 /// device glommio reports; 512-byte devices accept it too).
-const BLOCK: usize = 4096;
+pub(crate) const BLOCK: usize = 4096;
 /// Size of the chunks a snapshot is written in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Size of the zero writes that prefill a new segment.
@@ -968,15 +968,36 @@ mod tests {
     #[test]
     fn a_tail_torn_mid_record_is_cut_off_and_reported() {
         let t = TempDir::new("torn");
-        let (recs, seg, bytes, ends) = three_records(&t.0);
-        let cut = ends[1] + 100; // inside the third record
-        std::fs::write(&seg, &bytes[..cut]).unwrap();
+        let (recs, seg, mut bytes, ends) = three_records(&t.0);
+        // A crash mid-write: the third record's first 100 bytes, then the segment's zeros.
+        bytes[ends[1] + 100..].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
         let data = DataDir::open(&t.0).unwrap();
         let (recovered, report) = data.recover().unwrap();
         assert_eq!(recovered.records, recs[..2]);
         assert_eq!(report.torn_bytes_dropped, 100);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), ends[1] as u64);
         assert!(report.to_string().contains("torn tail dropped: 100 bytes"), "{report}");
+    }
+
+    #[test]
+    fn a_segment_cut_short_mid_record_is_refused_not_read_as_a_torn_tail() {
+        let t = TempDir::new("cut-short");
+        let (_, seg, bytes, ends) = three_records(&t.0);
+        // Truncated by hand (or a copy that stopped) inside the third record: no write of the log
+        // ends there, and every record after the cut is gone.
+        let cut = ends[1] + 100;
+        std::fs::write(&seg, &bytes[..cut]).unwrap();
+        let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == ends[1] as u64),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cut short"), "{err}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), cut as u64, "the evidence is left as it was");
+        // A header cut by the end of the file is the same damage.
+        std::fs::write(&seg, &bytes[..ends[1] + 5]).unwrap();
+        assert!(DataDir::open(&t.0).unwrap().recover().is_err());
     }
 
     #[test]
