@@ -33,6 +33,8 @@ fn five_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() 
     );
     assert!(summary.faults.torn_writes > 1_000 && summary.faults.lost_writes > 1_000, "{summary:?}");
     assert!(summary.faults.corrupt_detected > 100, "{summary:?}");
+    // Snapshot files a crash cut short: the replica came back from the one before.
+    assert!(summary.faults.lost_snapshots > 500, "{summary:?}");
     assert!(summary.seeds_by_f.iter().all(|&n| n > 1_000), "{:?}", summary.seeds_by_f);
     // So did teaching's: wiped disks, snapshots taught in chunks (some damaged on the way, some of
     // whose teachers crashed mid-transfer), and slots read from the acceptors.
@@ -81,6 +83,13 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          remaining replicas') and re-proposed slot 9, below every configuration it kept; once it \
          led from slot 28, it told 11 and the removed acceptors to leave while the others still \
          had slots 9 to 27 to learn from them (with --batches too)",
+    ),
+    (
+        3707,
+        "the simulator wiped replica 11's disk (slots to 7, reported) because replica 12 had \
+         executed as far, in memory only (a taught snapshot not yet durable); 12 then crashed and \
+         came back at slot 4, the acceptors had trimmed below 7: slots 4 to 6 gone, two faults \
+         beyond f. A wipe now needs another replica's disk to hold what the wiped one held",
     ),
 ];
 

@@ -302,6 +302,23 @@ impl SimNode {
     }
 }
 
+/// Every slot below this is executed in the replica a restart would rebuild from `disk`: its
+/// snapshot's slot, then the executed values after it without a gap (none if the disk is damaged).
+fn durable_watermark(disk: &SimDisk) -> Option<crate::protocol::Slot> {
+    let recovered = disk.clone().recover().ok()?;
+    let mut watermark = recovered.snapshot.map_or(0, |(slot, _)| slot);
+    let executed: BTreeSet<crate::protocol::Slot> = (recovered.records.iter())
+        .filter_map(|r| match r {
+            Record::Executed { slot, .. } => Some(*slot),
+            _ => None,
+        })
+        .collect();
+    while executed.contains(&watermark) {
+        watermark += 1;
+    }
+    Some(watermark)
+}
+
 struct ClientDriver {
     workload: Workload,
     issued: u64,
@@ -1323,8 +1340,8 @@ impl<'t> Simulator<'t> {
         self.faults_on && self.teach_faults_on
     }
 
-    /// Whether wiping replica `id`'s disk loses nothing: another replica that is up has executed
-    /// at least what that disk holds. (Wiping every copy of the state is data loss, not a fault the
+    /// Whether wiping replica `id`'s disk loses nothing: another replica that is up holds on its
+    /// disk at least what that disk holds. (Wiping every copy of the state is data loss, not a fault the
     /// protocol can mask.)
     fn can_wipe(&self, id: NodeId) -> bool {
         let Some(Ok(recovered)) = self.nodes.get(&id).and_then(|n| n.disk.clone()).map(|mut d| d.recover())
@@ -1351,11 +1368,13 @@ impl<'t> Simulator<'t> {
             self.checker.latest_config().replicas.contains(r)
                 && self.reconfig_target.as_ref().is_none_or(|t| t.replicas.contains(r))
         };
+        // Held on another replica's disk, not merely in its memory: a crash of that replica right
+        // after the wipe must not lose what only this disk had (a second fault, beyond f).
         self.nodes.iter().any(|(&other, n)| {
             other != id
                 && staying(&other)
                 && n.up
-                && n.member.role_ref().as_replica().is_some_and(|r| r.executed_watermark() >= on_disk)
+                && n.disk.as_ref().and_then(durable_watermark).is_some_and(|w| w >= on_disk)
         })
     }
 
