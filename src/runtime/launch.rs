@@ -9,7 +9,7 @@
 
 use super::{incarnation_seed, NodeLaunch};
 use crate::protocol::birth::{self, RoleSpec};
-use crate::protocol::durable::{keeps_state, Recovered, Storage};
+use crate::protocol::durable::{keeps_state, Record, Recovered, Storage};
 use crate::protocol::NodeId;
 use crate::storage::dir::{DataDir, RecoveryReport, StorageError};
 use crate::storage::wal::{Wal, WalOptions};
@@ -160,6 +160,28 @@ pub fn fatal_storage_error(node: NodeId, error: &StorageError) -> ! {
     std::process::exit(74) // EX_IOERR
 }
 
+/// A replica trims its log only below a snapshot it has on disk: a log trimmed above the newest
+/// snapshot file (or with none) means a snapshot was deleted or lost. The replica then starts from
+/// that snapshot (or empty) with a gap before its log, and executes nothing until a peer teaches
+/// it: say so, rather than serve silently at a low watermark.
+fn warn_if_snapshot_missing(id: NodeId, dir: &std::path::Path, recovered: &Recovered) {
+    let trimmed = recovered.records.iter().filter_map(|r| match r {
+        Record::Trim { below } => Some(*below),
+        _ => None,
+    });
+    let snapshot = recovered.snapshot.as_ref().map(|(slot, _)| *slot);
+    if let Some(below) = trimmed.max().filter(|&below| below > snapshot.unwrap_or(0)) {
+        tracing::warn!(
+            node = id,
+            dir = %dir.display(),
+            "replica's log was trimmed below slot {below} but its newest snapshot is {}: a snapshot \
+             file is missing. It starts there, with a gap before its log, and executes nothing until a \
+             peer replica teaches it (a peer must be up); if this is the only copy, restore the data dir",
+            snapshot.map_or("none".to_string(), |s| format!("at slot {s}"))
+        );
+    }
+}
+
 /// The launch of the node `spec` describes, listening at `listen`. A stateful node's directory is
 /// opened, locked and recovered now (on this thread); its seed is drawn fresh for this incarnation.
 pub fn node_launch(
@@ -210,6 +232,9 @@ pub fn node_launch(
                      its votes can let a chosen value be overwritten. Restore its data dir, or replace \
                      it with a new node by `autopaxos reconfigure`"
                 );
+            }
+            if spec.kind == crate::protocol::RoleKind::Replica {
+                warn_if_snapshot_missing(id, dir.path(), &recovered);
             }
             (recovered, Some(NodeDisk { dir, report }))
         }
