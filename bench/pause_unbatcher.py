@@ -10,7 +10,7 @@ bench/results/pause-unbatcher-YYYYMMDD-HHMMSS.json with the machine.
 Usage: bench/pause_unbatcher.py [--runs 3] [--clients 128]
 (AUTOPAXOS=path/to/binary picks the binary, as for teaching.py.)
 """
-import argparse, json, os, signal, statistics, sys, time
+import argparse, os, signal, statistics, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import teaching as T  # noqa: E402  (the cluster and the client's progress lines)
@@ -52,13 +52,7 @@ def main():
               f"{run['paused_mean_of_steady']:.2f}, lowest {run['paused_lowest_of_steady']:.2f} of steady; "
               "seconds 10-24: " + " ".join(f"{v:,.0f}" for t, v in sorted(rate.items()) if 10 <= t <= 24),
               flush=True)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    machine = f"{os.cpu_count()} cores, {cpu}, Linux {os.uname().release}"
-    result = {"machine": machine, "command": " ".join(sys.argv), "clients": args.clients, "runs": runs}
-    os.makedirs(os.path.join(T.ROOT, "bench/results"), exist_ok=True)
-    path = os.path.join(T.ROOT, "bench/results", time.strftime("pause-unbatcher-%Y%m%d-%H%M%S.json", time.gmtime()))
-    json.dump(result, open(path, "w"), indent=2)
-    print(f"wrote {os.path.relpath(path, T.ROOT)}")
+    T.write_result("pause-unbatcher", {"command": " ".join(sys.argv), "clients": args.clients, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Usage: bench/snapshot_stall.py [--runs 1] [--seconds 45] [--clients 64] [--value
                               [--snapshot-interval 5000] [--verify]
 (AUTOPAXOS=path/to/binary picks the binary, as for teaching.py.)
 """
-import argparse, glob, json, os, re, statistics, sys, time
+import argparse, glob, os, re, statistics, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import teaching as T  # noqa: E402  (the cluster and the client's progress lines)
@@ -74,13 +74,7 @@ def main():
             print(f"  replica {r}: snapshot at slot {s}, {b / 2**20:,.0f} MiB, written in {t:.2f} s")
         for line in verify:
             print(f"  {line}")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    machine = f"{os.cpu_count()} cores, {cpu}, Linux {os.uname().release}"
-    result = {"machine": machine, "command": " ".join(sys.argv), "binary": T.BIN, "runs": runs}
-    os.makedirs(os.path.join(T.ROOT, "bench/results"), exist_ok=True)
-    path = os.path.join(T.ROOT, "bench/results", time.strftime("snapshot-stall-%Y%m%d-%H%M%S.json", time.gmtime()))
-    json.dump(result, open(path, "w"), indent=2)
-    print(f"wrote {os.path.relpath(path, T.ROOT)}")
+    T.write_result("snapshot-stall", {"command": " ".join(sys.argv), "binary": T.BIN, "runs": runs})
 
 
 if __name__ == "__main__":

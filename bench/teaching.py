@@ -133,6 +133,17 @@ class Cluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def write_result(prefix, result):
+    """Writes `result`, with this machine, to bench/results/<prefix>-YYYYMMDD-HHMMSS.json; returns its path."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    result = {"machine": f"{os.cpu_count()} cores, {cpu}, Linux {os.uname().release}", **result}
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench/results", time.strftime(f"{prefix}-%Y%m%d-%H%M%S.json", time.gmtime()))
+    json.dump(result, open(path, "w"), indent=2)
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+    return path
+
+
 def progress(path):
     """(seconds, cmds/s) of each progress line of a client's stderr."""
     out = []

@@ -2534,6 +2534,31 @@ mod tests {
         assert_eq!(snapshots, vec![16, 40], "the one that came due meanwhile is taken now");
     }
 
+    /// Replica 8 (`ahead`) executes ten slots, then teaches replica 7 (`behind`) from its
+    /// watermark by catch-up until they are quiet; `take` sees each of 7's outputs.
+    fn teach_ten_slots(
+        behind: &mut Replica,
+        ahead: &mut Replica,
+        mut take: impl FnMut(&mut Replica, &mut Out),
+    ) {
+        for slot in 0..10 {
+            chosen(ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
+        }
+        let from_slot = behind.executed_watermark();
+        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot, max_slots: MAX_CATCHUP_SLOTS })];
+        while let Some((from, to, msg)) = queue.pop() {
+            let mut out = Out::new(true);
+            if to == 7 {
+                behind.handle_message(0, from, msg, &mut out);
+                take(behind, &mut out);
+            } else {
+                ahead.handle_message(0, from, msg, &mut out);
+                settle(ahead, &mut out);
+            }
+            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
+        }
+    }
+
     #[test]
     fn a_taught_snapshot_not_yet_durable_keeps_the_reports_at_the_watermark_before_it() {
         let tunables = Tunables { teach_retention_slots: 3, ..Tunables::default() };
@@ -2542,23 +2567,9 @@ mod tests {
             Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
         };
         let (mut behind, mut ahead) = (new(7), new(8));
-        for slot in 0..10 {
-            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
-        }
         chosen(&mut behind, 0, vec![put(100, 1, "k0", 50)]);
         let mut saves = Vec::new();
-        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 1, max_slots: MAX_CATCHUP_SLOTS })];
-        while let Some((from, to, msg)) = queue.pop() {
-            let mut out = Out::new(true);
-            if to == 7 {
-                behind.handle_message(0, from, msg, &mut out);
-                saves.append(&mut out.snapshots);
-            } else {
-                ahead.handle_message(0, from, msg, &mut out);
-                settle(&mut ahead, &mut out);
-            }
-            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
-        }
+        teach_ten_slots(&mut behind, &mut ahead, |_, out| saves.append(&mut out.snapshots));
         assert_eq!(behind.executed_watermark(), 10);
         assert_eq!(saves.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), vec![10]);
         let reported = |r: &mut Replica, now: Time| {
@@ -2586,22 +2597,8 @@ mod tests {
             Replica::new(id, config.clone(), &tunables, new_state_machine(StateMachineKind::Kv, TEST_KEY), 0)
         };
         let (mut behind, mut ahead) = (new(7), new(8));
-        for slot in 0..10 {
-            chosen(&mut ahead, slot, vec![put(100, slot + 1, &format!("k{slot}"), 50)]);
-        }
         let mut disk = Recovered::default();
-        let mut queue = vec![(7, 8, Msg::CatchUp { from_slot: 0, max_slots: MAX_CATCHUP_SLOTS })];
-        while let Some((from, to, msg)) = queue.pop() {
-            let mut out = Out::new(true);
-            if to == 7 {
-                behind.handle_message(0, from, msg, &mut out);
-                keep_on_disk(&mut behind, &mut disk, &mut out);
-            } else {
-                ahead.handle_message(0, from, msg, &mut out);
-                settle(&mut ahead, &mut out);
-            }
-            queue.extend(out.msgs.into_iter().map(|(next, m)| (to, next, m)));
-        }
+        teach_ten_slots(&mut behind, &mut ahead, |r, out| keep_on_disk(r, &mut disk, out));
         assert_eq!(behind.executed_watermark(), 10);
         assert_eq!(disk.snapshot.as_ref().map(|(slot, _)| *slot), Some(10));
         let restarted = Replica::recover(
