@@ -72,6 +72,11 @@ def main(port):
         [b"failed", 0],
     )
     check("txn wrote all", r.mget("{acct}.b", "{acct}.n"), [b"3", b"5"])
+    # A check alone writes nothing: it answers the partition's version and leaves it as it was.
+    committed = r.execute_command("APX.GETV", "{acct}.b")[1]
+    check("txn check only", r.execute_command("APX.TXN", "IF", "EXISTS", "{acct}.b"), [b"committed", committed])
+    check("txn check wrote nothing", r.execute_command("APX.GETV", "{acct}.b")[1], committed)
+    check("txn check absent", r.execute_command("APX.TXN", "IF", "ABSENT", "{nowhere}.x"), [b"committed", 0])
 
     error("crossslot", lambda: r.mget("a", "b"), "CROSSSLOT")
     error("wrong arity", lambda: r.execute_command("GET"), "wrong number of arguments for 'get'")

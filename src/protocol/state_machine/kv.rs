@@ -180,8 +180,8 @@ pub enum KvResult {
     },
     /// `Txn` applied.
     Committed {
-        /// Version shared by all of its writes; taken even by a txn with no writes,
-        /// so every commit has a unique version.
+        /// Version shared by all of its writes; a txn with no writes (a check) writes
+        /// nothing and answers the partition's current version (0 if it has none).
         version: u64,
     },
     /// `Batch` ran: each op's encoded result, in order.
@@ -541,6 +541,11 @@ impl<S: BuildHasher + Clone> KvStore<S> {
                     // `validate` bounds the count by MAX_TXN_OPS, so this cannot truncate.
                     return Ok(KvResult::ConditionFailed { index: index as u32 });
                 }
+                if writes.is_empty() {
+                    // A check alone writes nothing: it answers the version its conditions held at,
+                    // and never creates a partition (reads must not grow the store).
+                    return Ok(KvResult::Committed { version: part.map_or(0, |m| m.counter) });
+                }
                 // Stage every write first so a failing increment leaves the store untouched.
                 let mut staged: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
                 for w in writes {
@@ -557,7 +562,7 @@ impl<S: BuildHasher + Clone> KvStore<S> {
                     };
                     staged.insert(w.item().clone(), new);
                 }
-                // A committed txn always takes a fresh version so `Committed` is unique.
+                // A txn that writes takes a fresh version, shared by all of its writes.
                 KvResult::Committed { version: self.commit(partition, staged)? }
             }
             KvOp::Batch { .. } => {
@@ -1195,13 +1200,14 @@ mod tests {
     fn version_condition_sees_delete_and_reput() {
         let mut s = KvStore::new();
         let v_eq = |version| txn(vec![C::VersionEquals { item: b("a"), version }], vec![]);
-        assert_eq!(s.execute(&v_eq(0)), R::Committed { version: 1 }); // absent = version 0
-        s.execute(&put("p", "a", "x")); // version 2
-        s.execute(&del("p", "a")); // version 3
-        assert_eq!(s.execute(&v_eq(0)), R::Committed { version: 4 });
-        s.execute(&put("p", "a", "x")); // version 5: same value, new version, no ABA
-        assert_no_change(&mut s, &v_eq(2), R::ConditionFailed { index: 0 });
-        assert_eq!(s.execute(&v_eq(5)), R::Committed { version: 6 });
+        // absent = version 0; a check alone writes nothing and creates no partition
+        assert_no_change(&mut s, &v_eq(0), R::Committed { version: 0 });
+        s.execute(&put("p", "a", "x")); // version 1
+        s.execute(&del("p", "a")); // version 2
+        assert_no_change(&mut s, &v_eq(0), R::Committed { version: 2 });
+        s.execute(&put("p", "a", "x")); // version 3: same value, new version, no ABA
+        assert_no_change(&mut s, &v_eq(1), R::ConditionFailed { index: 0 });
+        assert_no_change(&mut s, &v_eq(3), R::Committed { version: 3 });
     }
 
     #[test]
