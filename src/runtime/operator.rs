@@ -59,9 +59,11 @@ impl ClusterStatus {
         stateful && self.configuration().is_some_and(|c| !c.config.members().any(|(n, _)| n == id))
     }
 
-    /// The highest watermark a replica reports.
-    pub fn max_executed(&self) -> Option<Slot> {
-        self.answers().filter(|(_, s)| s.role == RoleKind::Replica).filter_map(|(_, s)| s.executed).max()
+    /// The furthest watermark a replica reports, or a proposer heard one report: a replica that
+    /// restarted far behind, with no peer up, lags the slots it executed before, not itself.
+    fn furthest_executed(&self) -> Option<Slot> {
+        let reports = |s: &&NodeStatus| matches!(s.role, RoleKind::Replica | RoleKind::Proposer);
+        self.answers().map(|(_, s)| s).filter(reports).filter_map(|s| s.executed).max()
     }
 
     fn answers(&self) -> impl Iterator<Item = (NodeId, &NodeStatus)> + '_ {
@@ -82,10 +84,10 @@ impl ClusterStatus {
         }
     }
 
-    /// How far a replica is behind the furthest one.
+    /// How far a replica is behind the furthest watermark known.
     fn lag(&self, status: &NodeStatus) -> Option<Slot> {
         let executed = status.executed.filter(|_| status.role == RoleKind::Replica)?;
-        Some(self.max_executed()?.saturating_sub(executed))
+        Some(self.furthest_executed()?.saturating_sub(executed))
     }
 
     /// The report as text: the configuration in force, the leader, then one line per node.
@@ -383,4 +385,34 @@ pub fn reconfigure_by(
         target.epoch,
         humantime::format_duration(timeout)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: NodeId, role: RoleKind, executed: Option<Slot>) -> NodeReport {
+        let status = NodeStatus { executed, ..NodeStatus::basic(role) };
+        NodeReport { id, role, addr: "127.0.0.1:1".parse().unwrap(), status: Ok(status) }
+    }
+
+    #[test]
+    fn a_replica_alone_and_far_behind_lags_what_the_proposers_heard_executed() {
+        let mut status = ClusterStatus {
+            cluster_id: "c".into(),
+            nodes: vec![
+                report(1, RoleKind::Proposer, Some(40_540)),
+                report(7, RoleKind::Replica, Some(0)),
+                NodeReport { status: Err("refused".into()), ..report(8, RoleKind::Replica, None) },
+            ],
+        };
+        let lag = |s: &ClusterStatus, i: usize| s.lag(s.nodes[i].status.as_ref().unwrap());
+        assert_eq!(lag(&status, 1), Some(40_540));
+        assert!(status.render().lines().any(|l| l.contains("replica") && l.contains(" 40540 ")));
+        assert_eq!(lag(&status, 0), None, "a proposer has no lag of its own");
+        // With the other replica back and caught up, the lag is the distance between them.
+        status.nodes[2] = report(8, RoleKind::Replica, Some(41_000));
+        assert_eq!(lag(&status, 1), Some(41_000));
+        assert_eq!(lag(&status, 2), Some(0));
+    }
 }
