@@ -35,12 +35,13 @@ pub enum StorageError {
         holder: String,
     },
     /// A file is damaged somewhere a crash cannot explain; the node must not start on it.
-    #[error("{file}: corrupt at byte offset {offset}: {reason}; refusing to start (restore this node's data dir or replace the node by reconfiguration; a replica may also start on an empty data dir and be taught by its peers, an acceptor must not: it would forget its votes)")]
+    #[error("{file}: corrupt{}: {reason}; refusing to start (restore this node's data dir or replace the node by reconfiguration; a replica may also start on an empty data dir and be taught by its peers, an acceptor must not: it would forget its votes)", at_offset(.offset))]
     Corrupt {
         /// The damaged file.
         file: PathBuf,
-        /// Byte offset of the first damaged record in it.
-        offset: u64,
+        /// Byte offset of the first damaged record in it; none when the file as a whole is
+        /// unusable (a snapshot).
+        offset: Option<u64>,
         /// What was wrong there.
         reason: String,
     },
@@ -61,8 +62,13 @@ impl StorageError {
     }
 
     fn corrupt(file: &Path, c: Corrupt) -> StorageError {
-        StorageError::Corrupt { file: file.to_path_buf(), offset: c.offset as u64, reason: c.reason }
+        StorageError::Corrupt { file: file.to_path_buf(), offset: Some(c.offset as u64), reason: c.reason }
     }
+}
+
+/// " at byte offset N", or nothing when the whole file is at fault.
+fn at_offset(offset: &Option<u64>) -> String {
+    offset.map_or(String::new(), |o| format!(" at byte offset {o}"))
 }
 
 /// The lock file's name inside a data directory.
@@ -228,11 +234,15 @@ impl DataDir {
         if let Some(&slot) = snapshots.last() {
             let p = self.path.join(snapshot_name(slot));
             let bytes = Bytes::from(std::fs::read(&p).map_err(|e| StorageError::io(&p, e))?);
-            let (at, state) = decode_snapshot(&bytes).map_err(|c| StorageError::corrupt(&p, c))?;
+            let (at, state) = decode_snapshot(&bytes).map_err(|c| StorageError::Corrupt {
+                file: p.clone(),
+                offset: None,
+                reason: c.reason,
+            })?;
             if at != slot {
                 return Err(StorageError::Corrupt {
                     file: p,
-                    offset: 8,
+                    offset: Some(8),
                     reason: format!("snapshot says slot {at} but its name says {slot}"),
                 });
             }
@@ -267,7 +277,7 @@ impl DataDir {
                     // a closed segment was synced whole before the next one was written.
                     return Err(StorageError::Corrupt {
                         file: p,
-                        offset: scan.valid_len as u64,
+                        offset: Some(scan.valid_len as u64),
                         reason: format!(
                             "{} damaged bytes at the end of a segment that is not the last",
                             scan.torn_bytes
@@ -282,7 +292,7 @@ impl DataDir {
                     // (truncated, or a copy or restore that stopped), and what it held is lost.
                     return Err(StorageError::Corrupt {
                         file: p,
-                        offset: scan.valid_len as u64,
+                        offset: Some(scan.valid_len as u64),
                         reason: format!(
                             "the segment ends mid-record at {} bytes, where no write of the log ends: \
                              the file was cut short (truncated, or an incomplete copy), not torn by a crash",

@@ -51,7 +51,7 @@ pub fn encode_snapshot(slot: Slot, state: &[u8]) -> Vec<u8> {
 
 /// Reads a snapshot file's bytes back: the slot and the state (a slice of `bytes`). Anything but an
 /// exact, intact snapshot (bad magic, wrong length, checksum mismatch) is `Corrupt` (offset 0: the
-/// file as a whole is unusable).
+/// file as a whole is unusable; the data directory reports it with no offset).
 pub fn decode_snapshot(bytes: &Bytes) -> Result<(Slot, Bytes), Corrupt> {
     let bad = |reason: &str| Corrupt { offset: 0, reason: reason.to_string() };
     if bytes.len() < HEADER_LEN {

@@ -990,7 +990,7 @@ mod tests {
         std::fs::write(&seg, &bytes[..cut]).unwrap();
         let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
         assert!(
-            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == ends[1] as u64),
+            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == Some(ends[1] as u64)),
             "{err}"
         );
         assert!(err.to_string().contains("cut short"), "{err}");
@@ -1038,7 +1038,7 @@ mod tests {
         let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == ends[0] as u64),
+            matches!(&err, StorageError::Corrupt { file, offset, .. } if *file == seg && *offset == Some(ends[0] as u64)),
             "{msg}"
         );
         assert!(msg.contains(&seg.display().to_string()) && msg.contains("refusing to start"), "{msg}");
@@ -1443,6 +1443,22 @@ mod tests {
         assert_eq!((slot, report.snapshot_slot), (9, Some(9)));
         assert!(bytes[..] == state[..]);
         assert_eq!(recovered.records.last(), Some(&accept(9, 10)));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused_as_a_whole_file_with_the_reason() {
+        let t = TempDir::new("bad-snapshot");
+        let dir = t.0.clone();
+        on_executor(move || async move { write_snapshot(&dir, 9, b"some state").await.unwrap() });
+        let path = t.0.join(snapshot_name(9));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = DataDir::open(&t.0).unwrap().recover().unwrap_err();
+        assert!(matches!(&err, StorageError::Corrupt { file, offset: None, .. } if *file == path), "{err}");
+        let said = err.to_string();
+        assert!(said.contains("corrupt: snapshot checksum mismatch; refusing to start"), "{said}");
+        assert!(!said.contains("offset"), "{said}");
     }
 
     #[test]
