@@ -184,6 +184,27 @@ fn pipelines_errors_and_a_client_that_never_reads() {
     }
     assert!(replies[3000].starts_with(b"-ERR unknown command 'nosuch'"));
     assert_eq!(replies[3001], b"$6\r\ninline\r\n");
+
+    // A client library's pipeline written whole before any reply is read (redis-py's
+    // `pipeline.execute()`): 18 MB of requests and 18 MB of replies, past the 8 MiB bound on
+    // queued requests. The gateway runs it while the replies wait for the client.
+    let value = "w".repeat(60_000);
+    let mut whole = Vec::new();
+    for i in 0..300 {
+        let key = format!("{{whole}}.{i}");
+        whole.extend(autopaxos::resp::encode_request(&[b"SET", key.as_bytes(), value.as_bytes()]));
+        whole.extend(autopaxos::resp::encode_request(&[b"GET", key.as_bytes()]));
+    }
+    let mut library = Conn::open(addr);
+    library.0.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    library.0.write_all(&whole).expect("the gateway took the whole pipeline before any reply was read");
+    let replies = library.replies(600);
+    let value_reply = format!("${}\r\n{value}\r\n", value.len());
+    for i in 0..300 {
+        assert_eq!(replies[2 * i], b"+OK\r\n");
+        assert!(replies[2 * i + 1] == value_reply.as_bytes(), "GET {i} of the pipeline");
+    }
+    drop(library);
     let exposition = common::scrape(metrics).expect("metrics");
     let labels = [("role", "gateway"), ("node", "900")];
     assert!(common::metric_sum(&exposition, "autopaxos_gateway_commands_total", &labels) >= 3002.0);

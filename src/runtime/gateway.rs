@@ -8,8 +8,11 @@
 //! batch's results when it completes. While a batch is in flight the next requests queue behind it,
 //! so a pipelining client fills the next batch. A connection holds at most
 //! [`MAX_QUEUED_REQUESTS`] requests or [`MAX_QUEUED_BYTES`] bytes of them; past that the reader
-//! stops reading until the driver has answered some, so a client that sends without reading its
-//! replies is slowed by TCP, and never holds more memory than that.
+//! stops reading until the driver has answered some. A writer sends the rendered replies as the
+//! client takes them while the driver goes on, so a client that writes a whole pipeline before it
+//! reads does not deadlock; a connection whose client does not read stops running requests once
+//! its unsent replies pass [`MAX_UNSENT_BYTES`] (or its free share, while all the connections
+//! together hold [`MAX_UNSENT_BYTES_PER_GATEWAY`]), and then TCP slows the client.
 //!
 //! Overload: when the cluster refuses a connection's batch with `Busy` (sent once, so never
 //! executed), or the gateway refuses it at once (its sessions in flight at their bound while the
@@ -56,6 +59,17 @@ const MAX_GROUP_BYTES: usize = 256 << 10;
 const MAX_GROUP_OPS: usize = 128;
 /// Bytes read from a socket at once.
 pub(crate) const READ_CHUNK: usize = 64 << 10;
+/// Replies a connection may have rendered and not yet sent while it goes on reading and running
+/// requests: a client library that writes a whole pipeline before it reads a reply (redis-py's
+/// `pipeline.execute()`) must not deadlock against the bound on queued requests. Past it the
+/// connection runs nothing more until its client reads.
+pub const MAX_UNSENT_BYTES: usize = 32 << 20;
+/// What a connection may always have unsent, whatever the others hold.
+const FREE_UNSENT_BYTES: usize = 1 << 20;
+/// Unsent replies of all the connections of one gateway: past it, a connection with more than its
+/// free share unsent runs nothing more until its client reads (so clients that never read hold a
+/// bounded amount of memory all together, not `MAX_UNSENT_BYTES` each).
+pub const MAX_UNSENT_BYTES_PER_GATEWAY: usize = 256 << 20;
 
 /// Settings of a gateway node.
 #[derive(Debug, Clone)]
@@ -202,7 +216,8 @@ struct GatewayMetrics {
     request_timeouts: metrics::Counter,
     auth_failures: metrics::Counter,
     busy: metrics::Counter,
-    /// `autopaxos_command_latency_seconds`: from a request parsed to its reply written.
+    /// `autopaxos_command_latency_seconds`: from a request parsed to its reply rendered (handed to
+    /// the connection's writer).
     latency: super::histogram::LatencyHistogram,
 }
 
@@ -238,6 +253,8 @@ pub struct Front {
     per_address: RefCell<HashMap<IpAddr, usize>>,
     /// When a refusal was last logged, and how many since (one line a second at most).
     refusals_logged: Cell<(Option<Instant>, u64)>,
+    /// Bytes of replies rendered and not yet written, over every connection.
+    unsent: Cell<usize>,
 }
 
 impl Front {
@@ -254,6 +271,7 @@ impl Front {
             open: Cell::new(0),
             per_address: RefCell::new(HashMap::new()),
             refusals_logged: Cell::new((None, 0)),
+            unsent: Cell::new(0),
         })
     }
 
@@ -266,6 +284,12 @@ impl Front {
         }
         self.refusals_logged.set((Some(Instant::now()), 0));
         tracing::warn!(node = self.node, %ip, suppressed, "refused a RESP connection: {why}");
+    }
+
+    /// Whether a connection with `unsent` bytes of replies not yet written may run more requests.
+    fn room_to_reply(&self, unsent: usize) -> bool {
+        unsent < FREE_UNSENT_BYTES
+            || (unsent < MAX_UNSENT_BYTES && self.unsent.get() < MAX_UNSENT_BYTES_PER_GATEWAY)
     }
 
     fn context(&self) -> Context {
@@ -357,6 +381,14 @@ struct Queue {
     reader_done: bool,
 }
 
+/// Replies rendered and not yet written: the driver appends them, the writer sends them.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    /// What `bytes` holds plus what the writer is sending.
+    unsent: usize,
+}
+
 impl Queue {
     fn full(&self) -> bool {
         self.requests.len() >= MAX_QUEUED_REQUESTS || self.bytes >= MAX_QUEUED_BYTES
@@ -408,12 +440,18 @@ async fn serve(host: &Rc<Host>, front: &Rc<Front>, stream: TcpStream) -> std::io
     let queue = RefCell::new(Queue::default());
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let (room_tx, room_rx) = local_channel::new_bounded(1);
+    let outbox = RefCell::new(Outbox::default());
+    let (ready_tx, ready_rx) = local_channel::new_bounded(1);
+    let (drained_tx, drained_rx) = local_channel::new_bounded(1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let conn = Connection::new(id, front.settings.password.clone());
     let reading = read_requests(front, &mut rd, &queue, conn, &wake_tx, &room_rx);
-    let driving = drive(host, front, session, &mut wr, &queue, &wake_rx, &room_tx, &result_rx);
-    let result = futures_lite::future::or(reading, driving).await;
+    let replies = Replies { outbox: &outbox, ready: &ready_tx, drained: &drained_rx };
+    let driving = drive(host, front, session, replies, &queue, &wake_rx, &room_tx, &result_rx);
+    let writing = write_replies(front, &mut wr, &outbox, &ready_rx, &drained_tx);
+    let result = futures_lite::future::or(reading, futures_lite::future::or(driving, writing)).await;
 
+    front.unsent.set(front.unsent.get() - outbox.borrow().unsent);
     front.waiting.borrow_mut()[session] = None;
     front.gateway.borrow_mut().close(session);
     front.open.set(front.open.get() - 1);
@@ -540,13 +578,54 @@ async fn read_requests(
     futures_lite::future::pending().await
 }
 
+/// Sends a connection's rendered replies, in order, as its client takes them.
+async fn write_replies(
+    front: &Front,
+    wr: &mut (impl futures_lite::AsyncWrite + Unpin),
+    outbox: &RefCell<Outbox>,
+    ready: &LocalReceiver<()>,
+    drained: &LocalSender<()>,
+) -> std::io::Result<()> {
+    let mut sending = Vec::new();
+    loop {
+        std::mem::swap(&mut outbox.borrow_mut().bytes, &mut sending);
+        if sending.is_empty() {
+            if ready.recv().await.is_none() {
+                return Ok(());
+            }
+            continue;
+        }
+        wr.write_all(&sending).await?;
+        wr.flush().await?;
+        let sent = sending.len();
+        outbox.borrow_mut().unsent -= sent;
+        front.unsent.set(front.unsent.get() - sent);
+        if sending.capacity() > FREE_UNSENT_BYTES {
+            sending = Vec::new(); // a burst's buffer is not kept for the connection's life
+        }
+        sending.clear();
+        let _ = drained.try_send(());
+    }
+}
+
+/// The driver's side of a connection's replies.
+struct Replies<'a> {
+    outbox: &'a RefCell<Outbox>,
+    /// Tells the writer there is something to send.
+    ready: &'a LocalSender<()>,
+    /// The writer sent something.
+    drained: &'a LocalReceiver<()>,
+}
+
 /// Answers queued requests in order: those the gateway answers at once, and batches for the rest.
+/// Renders replies for the writer and goes on while they wait for the client to take them, up to
+/// [`Front::room_to_reply`].
 #[allow(clippy::too_many_arguments)] // one connection's whole wiring, passed once
 async fn drive(
     host: &Rc<Host>,
     front: &Front,
     session: Session,
-    wr: &mut (impl futures_lite::AsyncWrite + Unpin),
+    replies: Replies<'_>,
     queue: &RefCell<Queue>,
     wake: &LocalReceiver<()>,
     room: &LocalSender<()>,
@@ -554,10 +633,11 @@ async fn drive(
 ) -> std::io::Result<()> {
     let mut out = Vec::new();
     loop {
+        let may_submit = front.room_to_reply(replies.outbox.borrow().unsent);
         let (closing, submit) = {
             let mut q = queue.borrow_mut();
             let closing = answer_ready(&mut q, &mut out, &front.metrics.latency);
-            let submit = if closing || q.in_flight > 0 { None } else { next_batch(&mut q) };
+            let submit = if closing || q.in_flight > 0 || !may_submit { None } else { next_batch(&mut q) };
             (closing, submit)
         };
         if let Some(op) = submit {
@@ -580,21 +660,26 @@ async fn drive(
             }
         }
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            let mut outbox = replies.outbox.borrow_mut();
+            outbox.bytes.extend_from_slice(&out);
+            outbox.unsent += out.len();
+            front.unsent.set(front.unsent.get() + out.len());
             out.clear();
+            let _ = replies.ready.try_send(());
             let _ = room.try_send(());
-        }
-        if closing {
-            wr.flush().await?;
-            return Ok(());
         }
         // The borrow ends before the await: the reader, polled meanwhile, borrows the queue too.
         let finished = {
             let q = queue.borrow();
             q.reader_done && q.requests.is_empty()
         };
-        if finished {
-            wr.flush().await?;
+        if closing || finished {
+            // Every reply rendered goes out before the connection ends.
+            while replies.outbox.borrow().unsent > 0 {
+                if replies.drained.recv().await.is_none() {
+                    break;
+                }
+            }
             return Ok(());
         }
         if queue.borrow().in_flight > 0 {
@@ -609,6 +694,10 @@ async fn drive(
                 }
                 complete(&mut queue.borrow_mut(), &answer, &mut out, &front.metrics.latency);
             }
+        } else if !may_submit {
+            // Nothing runs until the client takes some replies (or more requests arrive).
+            futures_lite::future::or(async { replies.drained.recv().await }, async { wake.recv().await })
+                .await;
         } else if wake.recv().await.is_none() {
             return Ok(());
         }
