@@ -78,7 +78,7 @@ pub enum ConfigError {
     #[error("f must be at least 1 (got {0})")]
     FTooSmall(usize),
     /// A role has fewer nodes than fault tolerance requires.
-    #[error("{role}: need at least {need} nodes for f={f}, got {got}")]
+    #[error("{role}: need at least {need} for f={f}, got {got}")]
     TooFewNodes { role: &'static str, need: usize, got: usize, f: usize },
     /// Acceptor group `group` does not have exactly 2f+1 members.
     #[error("acceptor group {group}: need exactly {need} acceptors (2f+1), got {got}")]

@@ -112,6 +112,13 @@ impl View {
         &self.members
     }
 
+    /// The nodes not gone that the view has an address for, as a status reports them (so that
+    /// `status` can ask nodes that joined after the cluster file was written).
+    pub fn known_nodes(&self) -> Vec<(NodeId, RoleKind, String)> {
+        let known = |m: &&Member| m.standing != Standing::Left && !m.addr.is_empty();
+        self.members.iter().filter(known).map(|m| (m.id, m.role, m.addr.clone())).collect()
+    }
+
     fn find(&self, id: NodeId) -> Option<&Member> {
         self.members.binary_search_by_key(&id, |m| m.id).ok().map(|i| &self.members[i])
     }

@@ -155,8 +155,8 @@ pub struct NodeStatus {
     /// Proposers and replicas: the newest acceptor configuration known, and the slot it owns
     /// slots from.
     pub configuration: Option<InForce>,
-    /// Proposers: the nodes that joined at runtime (id, role, address), so that `status` can ask
-    /// them too.
+    /// Proposers and replicas: the nodes that joined at runtime (id, role, address), as their view
+    /// says, so that `status` can ask them too.
     pub joined: Vec<(NodeId, RoleKind, String)>,
 }
 

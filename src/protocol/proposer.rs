@@ -900,6 +900,17 @@ impl Proposer {
             }
             return;
         }
+        if config.epoch != latest.config.epoch + 1 {
+            // Another change came first: this one was read against a configuration no longer newest.
+            let reason = format!(
+                "this change was read against epoch {}, but epoch {} is the newest now (another change \
+                 came first): run reconfigure again",
+                config.epoch.saturating_sub(1),
+                latest.config.epoch
+            );
+            out.send(from, Msg::ReconfigureRefused { epoch: config.epoch, reason });
+            return;
+        }
         let configured = |id| self.config.all_nodes().find(|&(node, _)| node == id).map(|(_, role)| role);
         let viewed = |id| self.view.members().iter().find(|m| m.id == id);
         // A node new to the configuration (or to its role in it) must be one that joined as that
@@ -1313,13 +1324,7 @@ impl Role for Proposer {
     }
 
     fn status(&self) -> NodeStatus {
-        let joined = self
-            .view
-            .members()
-            .iter()
-            .filter(|m| m.standing != Standing::Left && !m.addr.is_empty())
-            .map(|m| (m.id, m.role, m.addr.clone()))
-            .collect();
+        let joined = self.view.known_nodes();
         let state = match &self.membership {
             _ if self.left => NodeState::Leaving,
             Some(m) if !self.proposers().contains(&self.id) => m.status(RoleKind::Proposer).state,
@@ -2067,7 +2072,7 @@ mod tests {
             [(1_000, Msg::ReconfigureRefused { reason, .. })] => reason.clone(),
             other => panic!("{other:?}"),
         };
-        assert!(refusal(ask(&mut p, change(2, vec![vec![3, 4, 5]]))).contains("must have epoch 1"));
+        assert!(refusal(ask(&mut p, change(2, vec![vec![3, 4, 5]]))).contains("epoch 0 is the newest now"));
         assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4]]))).contains("need exactly 3"));
         assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4, 9]]))).contains("node 9 is another role's"));
         assert!(refusal(ask(&mut p, change(1, vec![vec![3, 4, 20]]))).contains("acceptor 20 has not joined"));
@@ -2089,6 +2094,9 @@ mod tests {
         // Asked again (the answer was lost): answered again, at once.
         let again = Msg::Reconfigured { epoch: 1, from_slot: 4, leader_us: 0 };
         assert_eq!(ask(&mut p, one_group), vec![(1_000, again)]);
+        // Another operator's change read against epoch 0, asked after this one came first: told so.
+        let late = refusal(ask(&mut p, change(1, vec![vec![6, 7, 8]])));
+        assert!(late.contains("read against epoch 0, but epoch 1 is the newest now"), "{late}");
     }
 
     #[test]

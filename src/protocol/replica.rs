@@ -1369,6 +1369,7 @@ impl Role for Replica {
             state,
             executed: Some(self.executed),
             configuration: Some(self.history.latest().clone()),
+            joined: self.view.known_nodes(),
             ..super::messages::NodeStatus::basic(RoleKind::Replica)
         }
     }

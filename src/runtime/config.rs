@@ -28,6 +28,9 @@ pub enum ConfigFileError {
     #[error("acceptor groups must be numbered 0..{count} without gaps; group {missing} is empty")]
     GroupGap { count: usize, missing: usize },
     /// Two nodes share an address.
+    #[error("node {0} is listed more than once")]
+    DuplicateId(NodeId),
+    /// Two nodes share an address.
     #[error("nodes {a} and {b} both use address {address}")]
     DuplicateAddress { a: NodeId, b: NodeId, address: SocketAddr },
     /// The cluster secret cannot be used.
@@ -236,6 +239,9 @@ impl ClusterFile {
                 (RoleKind::Batcher, None) => config.batchers.push(node.id),
                 (RoleKind::Unbatcher, None) => config.unbatchers.push(node.id),
                 (RoleKind::Client | RoleKind::Gateway, None) => unreachable!("filtered above"),
+            }
+            if addresses.contains_key(&node.id) {
+                return Err(ConfigFileError::DuplicateId(node.id));
             }
             if let Some(&other) = by_address.get(&node.address) {
                 return Err(ConfigFileError::DuplicateAddress {
@@ -456,6 +462,7 @@ mod tests {
         assert!(bad("role = \"proposer\"", "role = \"leader\"").contains("unknown role 'leader'"));
         assert!(bad("group = 0          #", "#").contains("an acceptor needs `group = N`"));
         assert!(bad("127.0.0.1:7002", "127.0.0.1:7001").contains("both use address"));
+        assert!(bad("id = 2", "id = 1").contains("node 1 is listed more than once"));
         assert!(bad("batch_size = 100", "batch_size = 0").contains("batch_size"));
         assert!(bad("f = 1", "f = \"one\"").contains("c.toml"));
         assert!(bad("address = \"127.0.0.1:7008\"", "address = \"nowhere\"").contains("c.toml"));

@@ -316,11 +316,13 @@ pub fn reconfigure_by(
     let roles = |c: &Configuration| (c.acceptor_groups.clone(), c.replicas.clone(), c.proposers.clone());
     if roles(&current) == roles(&target) {
         return Err(format!(
-            "epoch {}: those acceptor groups, replicas and proposers are already in force",
+            "epoch {}: those acceptor groups, replicas and proposers are already in force (reconfigure \
+             changes who is a member, never a member's address: to move a node, replace it by a new one)",
             current.epoch
         ));
     }
     validate_change(&current, &target, file.config.f).map_err(|e| format!("refused: {e}"))?;
+    added_nodes_answer(&status, &current, &target)?;
     // The proposers in force (some may have joined since the cluster file was written), where
     // the status found them.
     let proposers: Vec<NodeId> = current.proposers.clone();
@@ -381,10 +383,42 @@ pub fn reconfigure_by(
         }
     }
     Err(format!(
-        "the change to epoch {} was not in force after {} ({last_error})",
+        "the change to epoch {} was not in force after {} ({last_error}); if the leader took it, it \
+         may still come into force: run `status` before asking again",
         target.epoch,
         humantime::format_duration(timeout)
     ))
+}
+
+/// Refuses a change that puts in a node the status round did not hear from: a new acceptor group
+/// more than f of whose members are down would stop the log at its first slot, and a change to take
+/// it out again would need that very slot.
+fn added_nodes_answer(
+    status: &ClusterStatus,
+    current: &Configuration,
+    target: &Configuration,
+) -> Result<(), String> {
+    let added = target.members().filter(|&(id, _)| !current.members().any(|(m, _)| m == id));
+    for (id, role) in added {
+        match status.nodes.iter().find(|n| n.id == id).map(|n| &n.status) {
+            Some(Ok(_)) => {}
+            Some(Err(why)) => {
+                return Err(format!(
+                    "refused: {} {id}, which this change puts in, does not answer ({why}): start it \
+                     (with --join) and run reconfigure again",
+                    role.name()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "refused: {} {id}, which this change puts in, is unknown to the cluster: start it \
+                     with --join first",
+                    role.name()
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -414,5 +448,43 @@ mod tests {
         status.nodes[2] = report(8, RoleKind::Replica, Some(41_000));
         assert_eq!(lag(&status, 1), Some(41_000));
         assert_eq!(lag(&status, 2), Some(0));
+    }
+
+    #[test]
+    fn a_change_that_puts_in_a_node_that_does_not_answer_is_refused() {
+        let current = Configuration {
+            epoch: 3,
+            acceptor_groups: vec![vec![3, 4, 5]],
+            replicas: vec![7, 8],
+            proposers: vec![1, 2],
+        };
+        let target = Configuration {
+            epoch: 4,
+            acceptor_groups: vec![vec![3, 4, 5], vec![44, 45, 46]],
+            ..current.clone()
+        };
+        let acceptor = |id| report(id, RoleKind::Acceptor, None);
+        let mut status = ClusterStatus {
+            cluster_id: "c".into(),
+            nodes: vec![
+                acceptor(44),
+                NodeReport { status: Err("connection refused".into()), ..acceptor(45) },
+                acceptor(46),
+            ],
+        };
+        let refused = added_nodes_answer(&status, &current, &target).unwrap_err();
+        assert!(
+            refused.contains("acceptor 45, which this change puts in, does not answer (connection refused)")
+        );
+        status.nodes.remove(1);
+        let refused = added_nodes_answer(&status, &current, &target).unwrap_err();
+        assert!(refused.contains("acceptor 45, which this change puts in, is unknown"), "{refused}");
+        status.nodes.push(acceptor(45));
+        assert_eq!(added_nodes_answer(&status, &current, &target), Ok(()));
+        // Nodes that stay need not answer: a change may be what replaces a dead one.
+        let replace = Configuration { epoch: 4, replicas: vec![7, 9], ..current.clone() };
+        let status =
+            ClusterStatus { cluster_id: "c".into(), nodes: vec![report(9, RoleKind::Replica, Some(0))] };
+        assert_eq!(added_nodes_answer(&status, &current, &replace), Ok(()));
     }
 }
