@@ -90,21 +90,38 @@ impl Connection {
         Connection { id, name: None, password, authenticated: false }
     }
 
+    /// `CLIENT SETNAME` and `HELLO ... SETNAME`: as Redis, a name has no spaces, newlines or
+    /// special characters, and an empty one removes the name.
+    fn set_name(&mut self, name: &[u8]) -> Result<(), Plan> {
+        if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+            return Err(error("ERR Client names cannot contain spaces, newlines or special characters."));
+        }
+        self.name = (!name.is_empty()).then(|| name.to_vec());
+        Ok(())
+    }
+
     /// Whether the connection may run commands other than `AUTH`, `HELLO` and `QUIT`.
     pub fn may_run_commands(&self) -> bool {
         self.authenticated || self.password.is_none()
     }
 
-    /// `AUTH [user] password`: Redis's default user is the only one.
-    fn authenticate(&mut self, user: &[u8], given: &[u8]) -> Result<(), Plan> {
+    /// `AUTH [user] password` (`user` None: the one-argument form): Redis's default user is the only
+    /// one. With no password required, the default user takes any password, as Redis's `nopass`
+    /// default user does, but the one-argument form is told that no password is configured.
+    fn authenticate(&mut self, user: Option<&[u8]>, given: &[u8]) -> Result<(), Plan> {
+        let wrong = || error("WRONGPASS invalid username-password pair or user is disabled.");
         let Some(password) = &self.password else {
-            return Err(error(
-                "ERR AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            ));
+            return match user {
+                None => Err(error(
+                    "ERR AUTH <password> called without any password configured for the default user. \
+                     Are you sure your configuration is correct?",
+                )),
+                Some(b"default") => Ok(()),
+                Some(_) => Err(wrong()),
+            };
         };
-        if user != b"default" || !password.matches(given) {
-            return Err(error("WRONGPASS invalid username-password pair or user is disabled."));
+        if user.is_some_and(|u| u != b"default") || !password.matches(given) {
+            return Err(wrong());
         }
         self.authenticated = true;
         Ok(())
@@ -137,36 +154,6 @@ impl std::fmt::Debug for Password {
 /// replies the gateway follows, so that tools which check it accept the gateway.
 const REDIS_VERSION: &str = "7.2.0";
 
-/// The commands the gateway knows, for `COMMAND COUNT` and `COMMAND LIST`.
-const COMMANDS: [&str; 26] = [
-    "apx.getv",
-    "apx.txn",
-    "auth",
-    "client",
-    "command",
-    "config",
-    "decr",
-    "decrby",
-    "del",
-    "echo",
-    "exists",
-    "get",
-    "getdel",
-    "hello",
-    "incr",
-    "incrby",
-    "info",
-    "mget",
-    "mset",
-    "ping",
-    "quit",
-    "readonly",
-    "readwrite",
-    "reset",
-    "select",
-    "set",
-];
-
 fn error(text: impl Into<String>) -> Plan {
     Plan::Reply(Reply::Error(text.into()))
 }
@@ -187,8 +174,15 @@ fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
+/// An integer argument as Redis reads one (`string2ll`): an optional `-`, then digits without a
+/// leading zero ("0" alone aside); no `+`, no spaces, no "-0".
 fn int_arg(arg: &[u8]) -> Option<i64> {
-    std::str::from_utf8(arg).ok()?.parse().ok()
+    let canonical = match arg.strip_prefix(b"-").unwrap_or(arg) {
+        [b'0'] => arg.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    canonical.then(|| std::str::from_utf8(arg).ok()?.parse().ok()).flatten()
 }
 
 /// A key as the store holds it: (partition, item).
@@ -301,7 +295,7 @@ pub fn plan(args: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> Context) 
         }
         "mset" => mset(rest),
         "apx.txn" => transaction(rest),
-        _ => local(&name, rest, conn, ctx),
+        _ => local(&name, first, rest, conn, ctx),
     }
 }
 
@@ -333,7 +327,8 @@ fn set(rest: &[Vec<u8>]) -> Plan {
     let mut options = rest[2..].iter();
     while let Some(option) = options.next() {
         let new = match lower(option).as_str() {
-            "get" if !get => {
+            // As Redis: an option given twice is taken once (IFEQ, which takes an argument, aside).
+            "get" => {
                 get = true;
                 continue;
             }
@@ -354,10 +349,12 @@ fn set(rest: &[Vec<u8>]) -> Plan {
             }
             _ => return syntax(),
         };
-        if condition.is_some() {
-            return syntax(); // NX, XX and IFEQ exclude each other
+        match &condition {
+            None => condition = Some(new),
+            Some(Condition::Absent { .. }) if matches!(new, Condition::Absent { .. }) => {}
+            Some(Condition::Exists { .. }) if matches!(new, Condition::Exists { .. }) => {}
+            Some(_) => return syntax(), // NX, XX and IFEQ exclude each other
         }
-        condition = Some(new);
     }
     let mut ops = Vec::with_capacity(2);
     if get {
@@ -417,7 +414,7 @@ fn transaction(rest: &[Vec<u8>]) -> Plan {
             conditions.push(match lower(kind).as_str() {
                 "exists" => Condition::Exists { item: it },
                 "absent" => Condition::Absent { item: it },
-                "version" => match take().and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok()) {
+                "version" => match take().and_then(int_arg).and_then(|n| u64::try_from(n).ok()) {
                     Some(version) => Condition::VersionEquals { item: it, version },
                     None => return not_integer(),
                 },
@@ -461,7 +458,13 @@ fn transaction(rest: &[Vec<u8>]) -> Plan {
 }
 
 /// The commands the gateway answers itself.
-fn local(name: &str, rest: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> Context) -> Plan {
+fn local(
+    name: &str,
+    first: &[u8],
+    rest: &[Vec<u8>],
+    conn: &mut Connection,
+    ctx: &dyn Fn() -> Context,
+) -> Plan {
     let reply = match (name, rest.len()) {
         ("ping", 0) => Reply::Simple("PONG".into()),
         ("ping", 1) => Reply::Bulk(rest[0].clone()),
@@ -473,16 +476,18 @@ fn local(name: &str, rest: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> 
             None => return not_integer(),
         },
         ("hello", _) => return hello(rest, conn),
-        ("info", _) => Reply::Bulk(info(&ctx()).into_bytes()),
+        ("info", _) => Reply::Bulk(info(&ctx(), rest).into_bytes()),
         ("command", _) => return command(rest),
-        ("client", n) if n >= 1 => return client(rest, conn),
-        ("config", n) if n >= 2 && lower(&rest[0]) == "get" => config_get(&rest[1..], &ctx()),
+        ("client" | "config", 0) => return arity(name),
+        ("client", _) => return client(rest, conn),
+        ("config", 1) if lower(&rest[0]) == "get" => return arity("config|get"),
+        ("config", _) if lower(&rest[0]) == "get" => config_get(&rest[1..], &ctx()),
         ("config", _) => Reply::err("CONFIG is not supported by autopaxos except CONFIG GET"),
-        ("auth", 1) => match conn.authenticate(b"default", &rest[0]) {
+        ("auth", 1) => match conn.authenticate(None, &rest[0]) {
             Ok(()) => Reply::ok(),
             Err(refused) => return refused,
         },
-        ("auth", 2) => match conn.authenticate(&rest[0], &rest[1]) {
+        ("auth", 2) => match conn.authenticate(Some(&rest[0]), &rest[1]) {
             Ok(()) => Reply::ok(),
             Err(refused) => return refused,
         },
@@ -497,19 +502,35 @@ fn local(name: &str, rest: &[Vec<u8>], conn: &mut Connection, ctx: &dyn Fn() -> 
             }
         }
         ("ping" | "echo" | "select" | "readonly" | "readwrite" | "reset", _) => return arity(name),
-        _ => {
-            let shown: String = rest
-                .iter()
-                .take(3)
-                .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(64)])))
-                .collect();
-            return error(format!(
-                "ERR unknown command '{}', with args beginning with: {shown}",
-                String::from_utf8_lossy(&name.as_bytes()[..name.len().min(64)])
-            ));
-        }
+        _ => return unknown_command(first, rest),
     };
     Plan::Reply(reply)
+}
+
+fn hello_syntax(option: &[u8]) -> Plan {
+    error(format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(option)))
+}
+
+/// Redis's answer to a command it does not know: the name as sent, and the arguments while they
+/// fit in 128 bytes (each as C reads it: up to its first NUL).
+fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> Plan {
+    const SHOWN: usize = 128;
+    let c_string = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let mut shown = String::new();
+    for arg in args {
+        if shown.len() >= SHOWN {
+            break;
+        }
+        let arg = c_string(arg);
+        let room = SHOWN - shown.len();
+        let cut = (0..=room.min(arg.len())).rev().find(|&i| arg.is_char_boundary(i)).unwrap_or(0);
+        shown += &format!("'{}' ", &arg[..cut]);
+    }
+    let name = c_string(&name[..name.len().min(SHOWN)]);
+    error(format!("ERR unknown command '{name}', with args beginning with: {shown}"))
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only; a client asking for 3 is told
@@ -523,21 +544,27 @@ fn hello(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
             None => return error("ERR Protocol version is not an integer or out of range"),
         }
     }
+    let mut name = None;
     while let Some(option) = args.next() {
         match lower(option).as_str() {
             "setname" => match args.next() {
-                Some(name) => conn.name = Some(name.clone()),
-                None => return syntax(),
+                Some(given) => name = Some(given),
+                None => return hello_syntax(option),
             },
             "auth" => match (args.next(), args.next()) {
                 (Some(user), Some(password)) => {
-                    if let Err(refused) = conn.authenticate(user, password) {
+                    if let Err(refused) = conn.authenticate(Some(user), password) {
                         return refused;
                     }
                 }
-                _ => return syntax(),
+                _ => return hello_syntax(option),
             },
-            _ => return syntax(),
+            _ => return hello_syntax(option),
+        }
+    }
+    if let Some(name) = name {
+        if let Err(refused) = conn.set_name(name) {
+            return refused;
         }
     }
     if !conn.may_run_commands() {
@@ -563,33 +590,300 @@ fn hello(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
     Plan::Reply(Reply::Array(map))
 }
 
-fn info(ctx: &Context) -> String {
+/// `INFO [section ...]`: the sections asked for (all with none, `default`, `all` or `everything`;
+/// nothing for a section the gateway does not have), as Redis answers.
+fn info(ctx: &Context, asked: &[Vec<u8>]) -> String {
     let leader = ctx.leader.map_or("unknown".to_string(), |l| l.to_string());
-    format!(
-        "# Server\r\nredis_version:{REDIS_VERSION}\r\nautopaxos_version:{}\r\nredis_mode:standalone\r\n\
-         role:gateway\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Cluster\r\ncluster_id:{}\r\n\
-         gateway_node:{}\r\nleader:{leader}\r\ndurable:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        ctx.connections,
-        ctx.cluster_id,
-        ctx.node,
-        match ctx.durable {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "unknown",
-        },
-    )
+    let durable = match ctx.durable {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    let sections = [
+        (
+            "server",
+            format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nautopaxos_version:{}\r\nredis_mode:standalone\r\n\
+                 role:gateway\r\n",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ),
+        ("clients", format!("# Clients\r\nconnected_clients:{}\r\n", ctx.connections)),
+        (
+            "cluster",
+            format!(
+                "# Cluster\r\ncluster_id:{}\r\ngateway_node:{}\r\nleader:{leader}\r\ndurable:{durable}\r\n",
+                ctx.cluster_id, ctx.node
+            ),
+        ),
+    ];
+    let everything = asked.is_empty()
+        || asked.iter().any(|a| matches!(lower(a).as_str(), "default" | "all" | "everything"));
+    let wanted: Vec<String> = sections
+        .into_iter()
+        .filter(|(name, _)| everything || asked.iter().any(|a| lower(a) == *name))
+        .map(|(_, text)| text)
+        .collect();
+    wanted.join("\r\n")
 }
 
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND DOCS`, `COMMAND INFO`: enough for
-/// `redis-cli` and client libraries to start (an empty `DOCS` means "no hints").
+/// What `COMMAND` says of one command, as Redis 7 does: its name, arity (negative: at least), flags,
+/// first key, last key and step between keys, ACL categories, then the group and a summary for
+/// `COMMAND DOCS`. `APX.TXN` names its keys among keywords: movable keys, as `EVAL`'s.
+struct CommandInfo {
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    categories: &'static [&'static str],
+    group: &'static str,
+    summary: &'static str,
+}
+
+const fn cmd(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    categories: &'static [&'static str],
+    group: &'static str,
+    summary: &'static str,
+) -> CommandInfo {
+    CommandInfo { name, arity, flags, keys, categories, group, summary }
+}
+
+const READ_FAST: &[&str] = &["readonly", "fast"];
+const WRITE: &[&str] = &["write", "denyoom"];
+const WRITE_FAST: &[&str] = &["write", "denyoom", "fast"];
+const CONNECTION: &[&str] = &["@fast", "@connection"];
+const NO_AUTH: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth"];
+const NONE: (i64, i64, i64) = (0, 0, 0);
+const ONE: (i64, i64, i64) = (1, 1, 1);
+const ALL: (i64, i64, i64) = (1, -1, 1);
+
+/// The commands the gateway knows, for `COMMAND` and its subcommands.
+const COMMANDS: [CommandInfo; 26] = [
+    cmd(
+        "apx.getv",
+        2,
+        READ_FAST,
+        ONE,
+        &["@read", "@string", "@fast"],
+        "string",
+        "Returns a key's value and the version of the write that stored it.",
+    ),
+    cmd(
+        "apx.txn",
+        -3,
+        &["write", "denyoom", "movablekeys"],
+        NONE,
+        &["@write", "@string", "@slow"],
+        "string",
+        "Applies writes to keys of one partition, all or nothing, if every condition holds.",
+    ),
+    cmd("auth", -2, NO_AUTH, NONE, CONNECTION, "connection", "Authenticates the connection."),
+    cmd("client", -2, &[], NONE, &["@slow"], "connection", "A container for client connection commands."),
+    cmd(
+        "command",
+        -1,
+        &["loading", "stale"],
+        NONE,
+        &["@slow", "@connection"],
+        "server",
+        "Returns detailed information about all commands.",
+    ),
+    cmd("config", -2, &[], NONE, &["@slow"], "server", "A container for server configuration commands."),
+    cmd(
+        "decr",
+        2,
+        WRITE_FAST,
+        ONE,
+        &["@write", "@string", "@fast"],
+        "string",
+        "Decrements the integer value of a key by one.",
+    ),
+    cmd(
+        "decrby",
+        3,
+        WRITE_FAST,
+        ONE,
+        &["@write", "@string", "@fast"],
+        "string",
+        "Decrements a number from the integer value of a key.",
+    ),
+    cmd(
+        "del",
+        -2,
+        &["write"],
+        ALL,
+        &["@keyspace", "@write", "@slow"],
+        "generic",
+        "Deletes one or more keys.",
+    ),
+    cmd("echo", 2, &["fast"], NONE, CONNECTION, "connection", "Returns the given string."),
+    cmd(
+        "exists",
+        -2,
+        READ_FAST,
+        ALL,
+        &["@keyspace", "@read", "@fast"],
+        "generic",
+        "Determines whether one or more keys exist.",
+    ),
+    cmd(
+        "get",
+        2,
+        READ_FAST,
+        ONE,
+        &["@read", "@string", "@fast"],
+        "string",
+        "Returns the string value of a key.",
+    ),
+    cmd(
+        "getdel",
+        2,
+        &["write", "fast"],
+        ONE,
+        &["@write", "@string", "@fast"],
+        "string",
+        "Returns the string value of a key after deleting the key.",
+    ),
+    cmd("hello", -1, NO_AUTH, NONE, CONNECTION, "connection", "Handshakes with the server."),
+    cmd(
+        "incr",
+        2,
+        WRITE_FAST,
+        ONE,
+        &["@write", "@string", "@fast"],
+        "string",
+        "Increments the integer value of a key by one.",
+    ),
+    cmd(
+        "incrby",
+        3,
+        WRITE_FAST,
+        ONE,
+        &["@write", "@string", "@fast"],
+        "string",
+        "Increments the integer value of a key by a number.",
+    ),
+    cmd(
+        "info",
+        -1,
+        &["loading", "stale"],
+        NONE,
+        &["@slow", "@dangerous"],
+        "server",
+        "Returns information and statistics about the server.",
+    ),
+    cmd(
+        "mget",
+        -2,
+        READ_FAST,
+        ALL,
+        &["@read", "@string", "@fast"],
+        "string",
+        "Atomically returns the string values of one or more keys.",
+    ),
+    cmd(
+        "mset",
+        -3,
+        WRITE,
+        (1, -1, 2),
+        &["@write", "@string", "@slow"],
+        "string",
+        "Atomically creates or modifies the string values of one or more keys.",
+    ),
+    cmd("ping", -1, &["fast"], NONE, CONNECTION, "connection", "Returns the server's liveliness response."),
+    cmd("quit", -1, NO_AUTH, NONE, CONNECTION, "connection", "Closes the connection."),
+    cmd(
+        "readonly",
+        1,
+        &["loading", "stale", "fast"],
+        NONE,
+        CONNECTION,
+        "cluster",
+        "Enables read-only queries for a connection to a Redis Cluster replica node.",
+    ),
+    cmd(
+        "readwrite",
+        1,
+        &["loading", "stale", "fast"],
+        NONE,
+        CONNECTION,
+        "cluster",
+        "Enables read-write queries for a connection to a Redis Cluster replica node.",
+    ),
+    cmd("reset", 1, NO_AUTH, NONE, CONNECTION, "connection", "Resets the connection."),
+    cmd(
+        "select",
+        2,
+        &["loading", "stale", "fast"],
+        NONE,
+        CONNECTION,
+        "connection",
+        "Changes the selected database.",
+    ),
+    cmd(
+        "set",
+        -3,
+        WRITE,
+        ONE,
+        &["@write", "@string", "@slow"],
+        "string",
+        "Sets the string value of a key, ignoring its type.",
+    ),
+];
+
+fn find_command(name: &[u8]) -> Option<&'static CommandInfo> {
+    let name = lower(name);
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+impl CommandInfo {
+    /// Its `COMMAND INFO` entry (Redis 7's ten fields; no tips, key specs or subcommands).
+    fn entry(&self) -> Reply {
+        let words = |w: &[&str]| Reply::Array(w.iter().map(|f| Reply::Simple(f.to_string())).collect());
+        Reply::Array(vec![
+            Reply::Bulk(self.name.into()),
+            Reply::Integer(self.arity),
+            words(self.flags),
+            Reply::Integer(self.keys.0),
+            Reply::Integer(self.keys.1),
+            Reply::Integer(self.keys.2),
+            words(self.categories),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+        ])
+    }
+
+    /// Its `COMMAND DOCS` pair: the name, then a map of summary, since and group.
+    fn docs(&self) -> [Reply; 2] {
+        let field = |k: &str, v: &str| [Reply::Bulk(k.into()), Reply::Bulk(v.into())];
+        let docs = [field("summary", self.summary), field("since", "1.0.0"), field("group", self.group)];
+        [Reply::Bulk(self.name.into()), Reply::Array(docs.into_iter().flatten().collect())]
+    }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND DOCS [name...]`, `COMMAND INFO [name...]`:
+/// as Redis answers them, over the commands the gateway knows.
 fn command(rest: &[Vec<u8>]) -> Plan {
+    let named = || rest[1..].iter().map(|n| find_command(n));
     let reply = match rest.first().map(|s| lower(s)).as_deref() {
-        None | Some("docs") => Reply::Array(Vec::new()),
+        None => Reply::Array(COMMANDS.iter().map(CommandInfo::entry).collect()),
         Some("count") => Reply::Integer(COMMANDS.len() as i64),
-        Some("list") => Reply::Array(COMMANDS.iter().map(|c| Reply::Bulk(c.as_bytes().to_vec())).collect()),
-        Some("info") => Reply::Array(rest[1..].iter().map(|_| Reply::NilArray).collect()),
-        Some(other) => Reply::err(format!("unknown subcommand '{other}'. Try COMMAND HELP.")),
+        Some("list") => Reply::Array(COMMANDS.iter().map(|c| Reply::Bulk(c.name.into())).collect()),
+        Some("info") if rest.len() == 1 => Reply::Array(COMMANDS.iter().map(CommandInfo::entry).collect()),
+        Some("info") => Reply::Array(named().map(|c| c.map_or(Reply::Nil, CommandInfo::entry)).collect()),
+        Some("docs") if rest.len() == 1 => {
+            Reply::Array(COMMANDS.iter().flat_map(CommandInfo::docs).collect())
+        }
+        Some("docs") => Reply::Array(named().flatten().flat_map(CommandInfo::docs).collect()),
+        Some(_) => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&rest[0])
+        )),
     };
     Plan::Reply(reply)
 }
@@ -598,17 +892,21 @@ fn command(rest: &[Vec<u8>]) -> Plan {
 fn client(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
     let sub = lower(&rest[0]);
     let reply = match (sub.as_str(), rest.len()) {
-        ("setname", 2) => {
-            if rest[1].iter().any(|b| *b <= b' ' || *b > b'~') {
-                Reply::err("Client names cannot contain spaces, newlines or special characters.")
-            } else {
-                conn.name = (!rest[1].is_empty()).then(|| rest[1].clone());
-                Reply::ok()
-            }
-        }
+        ("setname", 2) => match conn.set_name(&rest[1]) {
+            Ok(()) => Reply::ok(),
+            Err(refused) => return refused,
+        },
         ("getname", 1) => conn.name.clone().map_or(Reply::Nil, Reply::Bulk),
         ("id", 1) => Reply::Integer(conn.id as i64),
-        ("setinfo", 3) | ("no-evict", 2) | ("no-touch", 2) => Reply::ok(),
+        ("setinfo", 3) => match lower(&rest[1]).as_str() {
+            "lib-name" | "lib-ver" if rest[2].iter().all(|b| *b > b' ' && *b <= b'~') => Reply::ok(),
+            "lib-name" | "lib-ver" => Reply::err(format!(
+                "{} cannot contain spaces, newlines or special characters.",
+                lower(&rest[1])
+            )),
+            _ => Reply::err(format!("Unrecognized option '{}'", String::from_utf8_lossy(&rest[1]))),
+        },
+        ("no-evict", 2) | ("no-touch", 2) => Reply::ok(),
         ("info", 1) | ("list", _) => {
             let name = conn.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
             Reply::Bulk(format!("id={} name={name} db=0 resp=2\n", conn.id).into_bytes())
@@ -616,7 +914,10 @@ fn client(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
         ("setname" | "getname" | "id" | "setinfo" | "info", _) => {
             return error(format!("ERR wrong number of arguments for 'client|{sub}' command"))
         }
-        _ => Reply::err(format!("unknown subcommand '{sub}'. Try CLIENT HELP.")),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&rest[0])
+        )),
     };
     Plan::Reply(reply)
 }
@@ -734,6 +1035,14 @@ mod tests {
         assert_eq!(run(s, "GET a"), bulk("-10"));
         assert_eq!(err(&run(s, "INCRBY a x")), "ERR value is not an integer or out of range");
         assert_eq!(err(&run(s, "DECRBY a -9223372036854775808")), "ERR decrement would overflow");
+        // Increments are integers as Redis reads them: no '+', no leading zero, no "-0".
+        for bad in ["+1", "01", "00", "-0", " 1", "1 ", "1.0", ""] {
+            assert_eq!(
+                err(&run(s, &format!("INCRBY a \"{bad}\""))),
+                "ERR value is not an integer or out of range"
+            );
+        }
+        assert_eq!(run(s, "INCRBY a 0"), Reply::Integer(-10));
         run(s, "SET s hello");
         assert_eq!(err(&run(s, "INCR s")), "ERR value is not an integer or out of range");
         run(s, "SET big 9223372036854775807");
@@ -765,6 +1074,10 @@ mod tests {
         assert_eq!(run(s, "GET absent"), Reply::Nil);
         assert_eq!(run(s, "SET k v5 GET KEEPTTL"), bulk("v4"));
         assert_eq!(err(&run(s, "SET k v NX XX")), "ERR syntax error");
+        // An option given twice is taken once, as Redis does (IFEQ, with its argument, aside).
+        assert_eq!(run(s, "SET n v NX NX"), Reply::ok());
+        assert_eq!(run(s, "SET n w XX xx GET get"), bulk("v"));
+        assert_eq!(err(&run(s, "SET n v IFEQ w IFEQ w")), "ERR syntax error");
         assert_eq!(err(&run(s, "SET k v IFEQ")), "ERR syntax error");
         assert_eq!(err(&run(s, "SET k v BOGUS")), "ERR syntax error");
         assert!(err(&run(s, "SET k v EX 10")).contains("do not expire"));
@@ -807,6 +1120,8 @@ mod tests {
         assert!(err(&run(s, "APX.TXN IF MAYBE {c}.a")).contains("syntax error"));
         assert!(err(&run(s, "APX.TXN SET a 1 SET b 2")).starts_with("CROSSSLOT"));
         assert!(err(&run(s, "APX.TXN IF VERSION {c}.n x")).contains("not an integer"));
+        assert!(err(&run(s, "APX.TXN IF VERSION {c}.n +1 SET {c}.x y")).contains("not an integer"));
+        assert!(err(&run(s, "APX.TXN INCRBY {c}.n 007")).contains("not an integer"));
     }
 
     #[test]
@@ -835,16 +1150,56 @@ mod tests {
         assert_eq!(err(&run(s, "SELECT 1")), "ERR DB index is out of range");
         assert_eq!(err(&run(s, "HELLO 3")), "NOPROTO unsupported protocol version");
         assert!(matches!(run(s, "HELLO 2"), Reply::Array(fields) if fields.len() == 14));
-        assert_eq!(run(s, "COMMAND DOCS"), Reply::Array(Vec::new()));
+        assert_eq!(err(&run(s, "SELECT 00")), "ERR value is not an integer or out of range");
+        assert_eq!(err(&run(s, "SELECT -0")), "ERR value is not an integer or out of range");
         assert_eq!(run(s, "CLIENT SETINFO LIB-NAME redis-py"), Reply::ok());
+        assert_eq!(err(&run(s, "CLIENT SETINFO foo 1")), "ERR Unrecognized option 'foo'");
+        assert_eq!(err(&run(s, "CLIENT")), "ERR wrong number of arguments for 'client' command");
+        assert_eq!(err(&run(s, "CLIENT Foo")), "ERR unknown subcommand 'Foo'. Try CLIENT HELP.");
+        assert_eq!(err(&run(s, "CONFIG GET")), "ERR wrong number of arguments for 'config|get' command");
+        assert_eq!(err(&run(s, "HELLO 2 FOO")), "ERR Syntax error in HELLO option 'FOO'");
+        let refused_name = "ERR Client names cannot contain spaces, newlines or special characters.";
+        assert_eq!(err(&run(s, "HELLO 2 SETNAME \"a b\"")), refused_name, "as CLIENT SETNAME");
+        assert_eq!(err(&run(s, "CLIENT SETNAME \"a\\nb\"")), refused_name);
         assert_eq!(run(s, "CLIENT ID"), Reply::Integer(7));
-        assert!(
-            matches!(run(s, "INFO"), Reply::Bulk(b) if String::from_utf8_lossy(&b).contains("role:gateway"))
-        );
+        let info = |line: &str| match run(&mut KvStore::new(), line) {
+            Reply::Bulk(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(info("INFO").contains("role:gateway") && info("INFO").contains("# Cluster"));
+        assert_eq!(info("INFO all"), info("INFO"));
+        assert!(info("INFO CLUSTER").starts_with("# Cluster\r\n") && !info("INFO cluster").contains("role:"));
+        assert_eq!(info("INFO server clients").matches("# ").count(), 2);
+        assert_eq!(info("INFO keyspace"), "", "a section the gateway does not have is empty");
         assert_eq!(
             err(&run(s, "LPUSH l a b c d")),
-            "ERR unknown command 'lpush', with args beginning with: 'l' 'a' 'b' "
+            "ERR unknown command 'LPUSH', with args beginning with: 'l' 'a' 'b' 'c' 'd' "
         );
+        let long = format!("NOPE {} {}", "x".repeat(100), "y".repeat(100));
+        let shown = format!(
+            "ERR unknown command 'NOPE', with args beginning with: '{}' '{}' ",
+            "x".repeat(100),
+            "y".repeat(25)
+        );
+        assert_eq!(err(&run(s, &long)), shown, "arguments shown up to 128 bytes, as Redis");
+        // COMMAND: every command the gateway knows, with Redis's fields, so that clients can find
+        // the keys of a command.
+        let Reply::Array(all) = run(s, "COMMAND") else { panic!() };
+        assert_eq!(run(s, "COMMAND COUNT"), Reply::Integer(all.len() as i64));
+        let Reply::Array(listed) = run(s, "COMMAND LIST") else { panic!() };
+        assert_eq!(listed.len(), all.len());
+        let Reply::Array(info_get) = run(s, "COMMAND INFO get nosuch MSET") else { panic!() };
+        let Reply::Array(get) = &info_get[0] else { panic!("{info_get:?}") };
+        assert_eq!(get.len(), 10);
+        assert_eq!(get[..2], [bulk("get"), Reply::Integer(2)]);
+        assert_eq!(get[3..6], [Reply::Integer(1), Reply::Integer(1), Reply::Integer(1)]);
+        assert_eq!(info_get[1], Reply::Nil, "an unknown command's entry is nil");
+        let Reply::Array(mset) = &info_get[2] else { panic!() };
+        assert_eq!(mset[3..6], [Reply::Integer(1), Reply::Integer(-1), Reply::Integer(2)]);
+        let Reply::Array(docs) = run(s, "COMMAND DOCS get") else { panic!() };
+        assert_eq!(docs[0], bulk("get"));
+        assert!(matches!(&docs[1], Reply::Array(fields) if fields.contains(&bulk("summary"))));
+        assert!(err(&run(s, "COMMAND Nope")).contains("unknown subcommand 'Nope'"));
         assert_eq!(err(&run(s, "GET")), "ERR wrong number of arguments for 'get' command");
         let mut conn = Connection::default();
         assert_eq!(plan(&args("QUIT"), &mut conn, &Context::default), Plan::Close(Reply::ok()));
@@ -872,6 +1227,10 @@ mod tests {
         assert!(
             matches!(run(&mut open, "AUTH x"), Plan::Reply(Reply::Error(e)) if e.contains("without any password"))
         );
+        // With no password, the default user takes any, as Redis's `nopass` default user.
+        assert_eq!(run(&mut open, "AUTH default anything"), Plan::Reply(Reply::ok()));
+        assert_eq!(run(&mut open, "AUTH admin anything"), wrong);
+        assert!(matches!(run(&mut open, "HELLO 2 AUTH default pw"), Plan::Reply(Reply::Array(_))));
         assert_eq!(format!("{:?}", Password::new(b"s3cret")), "Password(<redacted>)");
         assert_eq!(plan(&args("CLIENT SETNAME app"), &mut conn, &Context::default), Plan::Reply(Reply::ok()));
         assert_eq!(conn.name.as_deref(), Some(&b"app"[..]));

@@ -182,7 +182,7 @@ fn pipelines_errors_and_a_client_that_never_reads() {
         assert_eq!(replies[3 * i + 1], format!(":{}\r\n", i + 1).as_bytes());
         assert_eq!(replies[3 * i + 2], format!("${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
     }
-    assert!(replies[3000].starts_with(b"-ERR unknown command 'nosuch'"));
+    assert!(replies[3000].starts_with(b"-ERR unknown command 'NOSUCH'"));
     assert_eq!(replies[3001], b"$6\r\ninline\r\n");
 
     // A client library's pipeline written whole before any reply is read (redis-py's

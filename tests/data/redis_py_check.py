@@ -80,7 +80,7 @@ def main(port):
 
     error("crossslot", lambda: r.mget("a", "b"), "CROSSSLOT")
     error("wrong arity", lambda: r.execute_command("GET"), "wrong number of arguments for 'get'")
-    error("unknown command", lambda: r.execute_command("LPUSH", "l", "x"), "unknown command 'lpush'")
+    error("unknown command", lambda: r.execute_command("LPUSH", "l", "x"), "unknown command 'LPUSH'")
     error("not an integer", lambda: r.incrby("{c}.n", "x"), "not an integer")
     r.set("s", "text")
     error("incr of text", lambda: r.incr("s"), "not an integer or out of range")
