@@ -1327,6 +1327,8 @@ impl Role for Proposer {
         let joined = self.view.known_nodes();
         let state = match &self.membership {
             _ if self.left => NodeState::Leaving,
+            // Removed by a change, and still running until it is told to leave.
+            _ if self.history.removed().contains(&(self.id, RoleKind::Proposer)) => NodeState::Leaving,
             Some(m) if !self.proposers().contains(&self.id) => m.status(RoleKind::Proposer).state,
             _ => NodeState::Up,
         };

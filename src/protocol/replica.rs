@@ -1361,6 +1361,12 @@ impl Role for Replica {
     fn status(&self) -> super::messages::NodeStatus {
         let state = match (&self.learning, &self.membership) {
             _ if self.left => super::messages::NodeState::Leaving,
+            // Removed by a change (executed, or named by a peer's report if it was one of the
+            // cluster file's), and still running until it is told to leave.
+            (None, None) if !self.newest.replicas.contains(&self.id) => super::messages::NodeState::Leaving,
+            _ if self.history.removed().contains(&(self.id, RoleKind::Replica)) => {
+                super::messages::NodeState::Leaving
+            }
             (Some(_), _) => super::messages::NodeState::Learning,
             (None, Some(m)) if !self.newest.replicas.contains(&self.id) => m.status(RoleKind::Replica).state,
             _ => super::messages::NodeState::Up,
@@ -1530,6 +1536,16 @@ mod tests {
         let mut out = Out::new(false);
         new.handle_message(1, 7, Msg::Executed { watermark: 50, configs: history.clone() }, &mut out);
         assert!(new.is_replica(7) && new.is_replica(8) && new.peers().eq([7]));
+        // Replica 8, which that change removed, says it is leaving once it hears of it.
+        let mut removed = Replica::new(8, config.clone(), &tunables, sm(), 0);
+        assert_eq!(removed.status().state, super::super::messages::NodeState::Up);
+        removed.handle_message(
+            1,
+            7,
+            Msg::Executed { watermark: 50, configs: history.clone() },
+            &mut Out::new(false),
+        );
+        assert_eq!(removed.status().state, super::super::messages::NodeState::Leaving);
         // Its next report goes to the proposers and to replica 7, and, stuck at 0 with a peer
         // ahead, it asks that peer to teach it.
         let mut out = Out::new(false);
