@@ -158,6 +158,9 @@ pub struct NodeStatus {
     /// Proposers and replicas: the nodes that joined at runtime (id, role, address), as their view
     /// says, so that `status` can ask them too.
     pub joined: Vec<(NodeId, RoleKind, String)>,
+    /// Proposers and replicas: the nodes that changes of configuration removed, as their history
+    /// says (so that `status` tells a removed node from one that is down).
+    pub removed: Vec<NodeId>,
 }
 
 impl NodeStatus {
@@ -172,6 +175,7 @@ impl NodeStatus {
             digest: None,
             configuration: None,
             joined: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }

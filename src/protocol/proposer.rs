@@ -1339,6 +1339,7 @@ impl Role for Proposer {
             executed: Some(self.max_executed()),
             configuration: Some(self.history.latest().clone()),
             joined,
+            removed: self.history.removed().iter().map(|&(id, _)| id).collect(),
             ..NodeStatus::basic(RoleKind::Proposer)
         }
     }

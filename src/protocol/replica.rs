@@ -1376,6 +1376,7 @@ impl Role for Replica {
             executed: Some(self.executed),
             configuration: Some(self.history.latest().clone()),
             joined: self.view.known_nodes(),
+            removed: self.history.removed().iter().map(|&(id, _)| id).collect(),
             ..super::messages::NodeStatus::basic(RoleKind::Replica)
         }
     }

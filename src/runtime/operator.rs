@@ -52,11 +52,12 @@ impl ClusterStatus {
             .max_by_key(|&(_, b)| b)
     }
 
-    /// Whether node `id` of `role` is a proposer, acceptor or replica that the configuration in
-    /// force no longer names (a change took it out).
+    /// Whether node `id` of `role` is a proposer, acceptor or replica that a change took out of
+    /// the configuration (not one that joined and was never put in).
     pub fn removed(&self, id: NodeId, role: RoleKind) -> bool {
         let stateful = matches!(role, RoleKind::Acceptor | RoleKind::Replica | RoleKind::Proposer);
-        stateful && self.configuration().is_some_and(|c| !c.config.members().any(|(n, _)| n == id))
+        let out = self.configuration().is_some_and(|c| !c.config.members().any(|(n, _)| n == id));
+        stateful && out && self.answers().any(|(_, s)| s.removed.contains(&id))
     }
 
     /// The furthest watermark a replica reports, or a proposer heard one report: a replica that
@@ -486,5 +487,30 @@ mod tests {
         let status =
             ClusterStatus { cluster_id: "c".into(), nodes: vec![report(9, RoleKind::Replica, Some(0))] };
         assert_eq!(added_nodes_answer(&status, &current, &replace), Ok(()));
+    }
+
+    #[test]
+    fn a_node_is_shown_removed_only_if_a_change_took_it_out() {
+        let config = Configuration {
+            epoch: 2,
+            acceptor_groups: vec![vec![31, 4, 5]],
+            replicas: vec![7, 8],
+            proposers: vec![1, 2],
+        };
+        let mut replica = report(7, RoleKind::Replica, Some(10));
+        if let Ok(s) = &mut replica.status {
+            s.configuration =
+                Some(InForce { config, from_slot: 9, chosen_at: Some(3), ballot: Ballot::ZERO });
+            s.removed = vec![3];
+        }
+        let down = |id| NodeReport {
+            status: Err("connection refused".into()),
+            ..report(id, RoleKind::Acceptor, None)
+        };
+        let status =
+            ClusterStatus { cluster_id: "c".into(), nodes: vec![replica, down(3), down(44), down(31)] };
+        assert_eq!(status.state(&status.nodes[1]), "removed", "a change took 3 out");
+        assert_eq!(status.state(&status.nodes[2]), "unreachable", "44 joined and was never put in");
+        assert_eq!(status.state(&status.nodes[3]), "unreachable", "31 is a member");
     }
 }
