@@ -580,6 +580,7 @@ pub fn run(args: BootArgs) -> Result<(), String> {
         return boot_joining(&args, &ud, file, tunables);
     }
     let file_data_dir = file.data_dir.clone();
+    let state_machine = file.state_machine_for(Some(ud.state_machine_kind()))?;
     let opts = ServeOptions {
         file,
         origin: file_origin,
@@ -588,7 +589,7 @@ pub fn run(args: BootArgs) -> Result<(), String> {
         tunables,
         read_budget: ud.read_budget,
         cores: args.cores.clone().map(|c| c.0).unwrap_or_default(),
-        state_machine: ud.state_machine_kind(),
+        state_machine,
         metrics_addr: ud.metrics_addr,
         storage: StorageChoice::from_flags(false, None, file_data_dir),
     };

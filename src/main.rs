@@ -198,9 +198,11 @@ struct NodeFlags {
     /// started one per node spread over the machine).
     #[arg(long, value_parser = parse_core_list)]
     cores: Option<Cores>,
-    /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only).
-    #[arg(long, default_value = "kv")]
-    state_machine: StateMachineKind,
+    /// Replicated state machine: kv (Physalia-style key-value store) or noop (ordering only)
+    /// (default: the cluster file's `state_machine`, else kv; with a cluster file, it may only
+    /// repeat the file's).
+    #[arg(long)]
+    state_machine: Option<StateMachineKind>,
     /// Where acceptors and replicas keep their state: each node in DIR/node-<id>, created if
     /// missing (default: the cluster file's data_dir, else ./autopaxos-data; for `local`, a
     /// temporary directory removed at exit).
@@ -724,7 +726,7 @@ fn local(args: LocalArgs) -> Result<(), String> {
         clients: load.clients,
         workload: Workload {
             value_size: load.value_size,
-            state_machine: args.node.state_machine,
+            state_machine: args.node.state_machine.unwrap_or(StateMachineKind::Kv),
             verify: false,
             rate_per_sec: load.rate.unwrap_or(0),
         },
@@ -803,6 +805,12 @@ fn jepsen(args: JepsenArgs) -> Result<(), String> {
 
 fn gateway(args: GatewayArgs) -> Result<(), String> {
     let mut file = load_file(&args.config)?;
+    if file.state_machine != StateMachineKind::Kv {
+        return Err(format!(
+            "the cluster runs the {} state machine (its file's state_machine); the gateway serves only kv",
+            file.state_machine
+        ));
+    }
     file.authenticate_frames |= args.flags.authenticate_frames;
     if let Some(addr) = args.metrics_addr {
         metrics::install_exporter(addr)?;
@@ -888,7 +896,8 @@ fn client(args: ClientArgs) -> Result<(), String> {
     let control = Arc::new(LoadControl { timeline, ..LoadControl::default() });
     let stop = Arc::new(AtomicBool::new(false));
     let cores = args.flags.cores.clone().map_or_else(|| default_cores(&[args.node]), |c| c.0);
-    if args.verify && args.flags.state_machine != StateMachineKind::Kv {
+    let state_machine = file.state_machine_for(args.flags.state_machine)?;
+    if args.verify && state_machine != StateMachineKind::Kv {
         return Err("--verify needs the kv state machine".into());
     }
     if args.verify && load.rate.is_some() {
@@ -896,7 +905,7 @@ fn client(args: ClientArgs) -> Result<(), String> {
     }
     let workload = Workload {
         value_size: load.value_size,
-        state_machine: args.flags.state_machine,
+        state_machine,
         verify: args.verify,
         rate_per_sec: load.rate.unwrap_or(0),
     };
@@ -1041,6 +1050,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         );
     }
     let storage = StorageChoice::from_flags(args.flags.in_memory, args.flags.data_dir, file.data_dir.clone());
+    let state_machine = file.state_machine_for(args.flags.state_machine)?;
     autopaxos::boot::run_nodes(autopaxos::boot::ServeOptions {
         file,
         origin: args.config.display().to_string(),
@@ -1049,7 +1059,7 @@ fn role(kind: RoleKind, args: RoleArgs) -> Result<(), String> {
         tunables,
         read_budget: args.flags.read_budget,
         cores: args.flags.cores.map(|c| c.0).unwrap_or_default(),
-        state_machine: args.flags.state_machine,
+        state_machine,
         metrics_addr,
         storage,
     })

@@ -119,10 +119,22 @@ fn a_role_refuses_a_node_of_another_role_with_a_clear_error() {
         .status
         .success());
     let out = autopaxos(&["acceptor", "--config", path.to_str().unwrap(), "--node", "1"]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("node 1 is a proposer"), "{stderr}");
+    // Every replica runs the cluster file's state machine: a flag may only repeat it.
+    let replica = |machine: &str| {
+        let args = ["replica", "--config", path.to_str().unwrap(), "--node", "7", "--state-machine", machine];
+        autopaxos(&[&args[..], &["--in-memory", "--cores", "0"]].concat())
+    };
+    let out = replica("noop");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--state-machine noop, but the cluster file says state_machine = \"kv\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! settings. Loaded and validated once at start-up; a bad file is refused with the field named.
 
 use super::limits::Limits;
+use crate::protocol::state_machine::StateMachineKind;
 use crate::protocol::{ClusterConfig, NodeId, RoleKind, Tunables};
 use crate::secret::ClusterSecret;
 use serde::Deserialize;
@@ -49,6 +50,7 @@ struct FileCluster {
     secret_file: Option<PathBuf>,
     #[serde(default)]
     authenticate_frames: bool,
+    state_machine: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,8 @@ pub struct ClusterFile {
     pub authenticate_frames: bool,
     /// `[limits]`: what peers and clients may take from a node.
     pub limits: Limits,
+    /// `[cluster] state_machine`: what every replica runs (and clients send), kv unless set.
+    pub state_machine: StateMachineKind,
 }
 
 /// What a process needs to be heard by the cluster and to protect itself.
@@ -299,6 +303,17 @@ impl ClusterFile {
             replica_down_after_us: s.replica_down_after_us.unwrap_or(d.replica_down_after_us),
         };
         tunables.validate()?;
+        let state_machine = match &file.cluster.state_machine {
+            None => StateMachineKind::Kv,
+            Some(name) => {
+                name.parse().map_err(|e: crate::protocol::state_machine::UnknownStateMachineKind| {
+                    ConfigFileError::Parse {
+                        path: origin.to_string(),
+                        message: format!("[cluster] state_machine: {e}"),
+                    }
+                })?
+            }
+        };
         file.limits
             .validate()
             .map_err(|message| ConfigFileError::Parse { path: origin.to_string(), message })?;
@@ -313,7 +328,23 @@ impl ClusterFile {
             secret: None,
             authenticate_frames: file.cluster.authenticate_frames,
             limits: file.limits,
+            state_machine,
         })
+    }
+
+    /// The state machine a node runs: the cluster file's, which `--state-machine` (`asked`) may
+    /// only repeat: replicas that ran different machines would answer differently, and their
+    /// digests could not even be compared.
+    pub fn state_machine_for(&self, asked: Option<StateMachineKind>) -> Result<StateMachineKind, String> {
+        match asked {
+            Some(asked) if asked != self.state_machine => Err(format!(
+                "--state-machine {asked}, but the cluster file says state_machine = \"{}\" (the default if \
+                 it names none): every node of a cluster runs the same state machine; set it in the \
+                 file's [cluster] section",
+                self.state_machine
+            )),
+            _ => Ok(self.state_machine),
+        }
     }
 
     /// The role of a configured node.
@@ -333,6 +364,7 @@ f = 1              # failures tolerated: f+1 proposers, 2f+1 acceptors per group
 secret_file = "cluster.secret"  # every node proves it knows this secret (relative to this file);
                                 # create it with `autopaxos config --new-secret cluster.secret`
 # authenticate_frames = false   # MAC every frame too, for networks you do not trust (costs CPU)
+# state_machine = "kv"          # what the replicas run: kv (the key-value store) or noop (ordering only)
 
 [settings]         # all optional; these are the defaults
 batch_size = 100                 # commands per batch (env fallback BATCH_SIZE, flag --batch-size)
@@ -463,6 +495,15 @@ mod tests {
         assert!(bad("group = 0          #", "#").contains("an acceptor needs `group = N`"));
         assert!(bad("127.0.0.1:7002", "127.0.0.1:7001").contains("both use address"));
         assert!(bad("id = 2", "id = 1").contains("node 1 is listed more than once"));
+        assert!(
+            bad("f = 1 ", "f = 1\nstate_machine = \"kvs\"\n").contains("[cluster] state_machine: unknown")
+        );
+        let noop =
+            ClusterFile::parse(&EXAMPLE.replacen("f = 1 ", "state_machine = \"noop\"\nf = 1 ", 1), "c.toml")
+                .expect("a noop cluster");
+        assert_eq!(noop.state_machine_for(None), Ok(StateMachineKind::Noop));
+        assert_eq!(noop.state_machine_for(Some(StateMachineKind::Noop)), Ok(StateMachineKind::Noop));
+        assert!(noop.state_machine_for(Some(StateMachineKind::Kv)).unwrap_err().contains("every node"));
         assert!(bad("batch_size = 100", "batch_size = 0").contains("batch_size"));
         assert!(bad("f = 1", "f = \"one\"").contains("c.toml"));
         assert!(bad("address = \"127.0.0.1:7008\"", "address = \"nowhere\"").contains("c.toml"));

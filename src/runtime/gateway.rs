@@ -600,10 +600,10 @@ async fn write_replies(
         let sent = sending.len();
         outbox.borrow_mut().unsent -= sent;
         front.unsent.set(front.unsent.get() - sent);
+        sending.clear();
         if sending.capacity() > FREE_UNSENT_BYTES {
             sending = Vec::new(); // a burst's buffer is not kept for the connection's life
         }
-        sending.clear();
         let _ = drained.try_send(());
     }
 }
@@ -661,10 +661,14 @@ async fn drive(
         }
         if !out.is_empty() {
             let mut outbox = replies.outbox.borrow_mut();
-            outbox.bytes.extend_from_slice(&out);
             outbox.unsent += out.len();
             front.unsent.set(front.unsent.get() + out.len());
-            out.clear();
+            if outbox.bytes.is_empty() {
+                std::mem::swap(&mut outbox.bytes, &mut out); // no copy while the client keeps up
+            } else {
+                outbox.bytes.extend_from_slice(&out);
+                out.clear();
+            }
             let _ = replies.ready.try_send(());
             let _ = room.try_send(());
         }
