@@ -255,11 +255,11 @@ impl View {
     }
 
     /// Moves `id` out of service, unless it is the last node in service of a role the cluster needs
-    /// (it stays, and its request is repeated until another node joins; the cluster needs no
-    /// gateway, which may always leave). Returns whether anything changed.
-    pub fn start_leaving(&mut self, id: NodeId) -> bool {
+    /// that is `live` (it stays, and its request is repeated until another node joins; the cluster
+    /// needs no gateway, which may always leave). Returns whether anything changed.
+    pub fn start_leaving(&mut self, id: NodeId, live: impl Fn(NodeId) -> bool) -> bool {
         let Some(me) = self.find(id).filter(|m| m.standing == Standing::InService) else { return false };
-        if me.role != RoleKind::Gateway && self.in_service(me.role).count() <= 1 {
+        if me.role != RoleKind::Gateway && !self.in_service(me.role).any(|n| n != id && live(n)) {
             return false;
         }
         let i = self.members.binary_search_by_key(&id, |m| m.id).expect("found above");
@@ -550,8 +550,8 @@ mod tests {
     fn the_last_node_of_a_role_in_service_cannot_leave() {
         let mut view = View::from_config(&config());
         let proxies: Vec<NodeId> = view.in_service(RoleKind::ProxyLeader).collect();
-        assert!(view.start_leaving(proxies[0]));
-        assert!(!view.start_leaving(proxies[1]), "the last proxy leader stays");
+        assert!(view.start_leaving(proxies[0], |_| true));
+        assert!(!view.start_leaving(proxies[1], |_| true), "the last proxy leader stays");
         assert_eq!(view.in_service(RoleKind::ProxyLeader).collect::<Vec<_>>(), vec![proxies[1]]);
         assert!(view.forget(proxies[0]));
         assert!(!view.serves(proxies[0]) && !view.stateless_nodes().any(|n| n == proxies[0]));
@@ -565,12 +565,12 @@ mod tests {
         assert!(view.in_service(RoleKind::Unbatcher).any(|n| n == 77));
         assert_eq!(view.addresses().collect::<Vec<_>>(), vec![(77, "127.0.0.1:9")]);
         assert!(!view.join(78, RoleKind::Client, "x".into()), "clients do not join");
-        assert!(view.start_leaving(77) && view.forget(77));
+        assert!(view.start_leaving(77, |_| true) && view.forget(77));
         assert!(!view.join(77, RoleKind::Unbatcher, "127.0.0.1:9".into()), "left for good");
         assert!(!view.serves(77));
         // The cluster needs no gateway: the only one may leave.
         assert!(view.join(90, RoleKind::Gateway, "127.0.0.1:10".into()));
-        assert!(view.start_leaving(90));
+        assert!(view.start_leaving(90, |_| true));
     }
 
     #[test]
@@ -580,7 +580,7 @@ mod tests {
         let mut joined = base.clone();
         joined.join(77, RoleKind::Batcher, "127.0.0.1:9".into());
         let mut left = base.clone();
-        left.start_leaving(proxy);
+        left.start_leaving(proxy, |_| true);
         left.forget(proxy);
         // A restarted leader knows only the configuration; merging either way gives the same view.
         let (mut a, mut b) = (base.clone(), left.clone());
@@ -639,7 +639,7 @@ mod tests {
         m.on_timeout(1_000, true, &mut out);
         assert!(out.msgs.iter().all(|(_, msg)| *msg == Msg::Leaving));
         let mut view = View::from_config(&c);
-        assert!(view.start_leaving(me));
+        assert!(view.start_leaving(me, |_| true));
         m.on_view(&view);
         let mut out = Out::new(true);
         m.on_timeout(2_000, false, &mut out);

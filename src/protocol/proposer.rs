@@ -63,6 +63,10 @@ const MAX_RETIRING: usize = 64;
 /// Client nodes sending to proposers directly that a proposer remembers, at most.
 const MAX_DIRECT_CLIENTS: usize = 1024;
 
+/// A node that joined is counted on to replace one that leaves while it reminded the proposers
+/// within this many reminder periods (it reminds them every period).
+const LIVE_REMINDER_PERIODS: Time = 3;
+
 /// An election timeout doubles at most this many times (see `Proposer::failed_elections`).
 const MAX_ELECTION_BACKOFF: u32 = 3;
 
@@ -215,6 +219,10 @@ pub struct Proposer {
     heartbeats_since_view: u32,
     /// Removed nodes told to leave that have not yet said they did.
     retired: BTreeSet<NodeId>,
+    /// When each node that joined last announced or reminded this proposer of itself (every
+    /// second while it serves): one silent for longer is not counted on to replace a node that
+    /// leaves.
+    reminded_at: BTreeMap<NodeId, Time>,
     /// A proposer started with `--join`: it announces itself until a view lists it.
     membership: Option<NodeMembership>,
     /// Told to leave after a change removed it: it answers nothing any more.
@@ -263,6 +271,7 @@ impl Proposer {
             heartbeats_since_view: 0,
             failed_elections: 0,
             retired: BTreeSet::new(),
+            reminded_at: BTreeMap::new(),
             timers: Timers::default(),
         };
         if first {
@@ -1052,6 +1061,18 @@ impl Proposer {
         }
     }
 
+    /// The nodes of the view that may replace one that leaves: the cluster file's (assumed up), and
+    /// those that joined and reminded this proposer lately (a joined node that died stays in
+    /// service in the view, but falls silent).
+    fn live_nodes(&self, now: Time) -> BTreeSet<NodeId> {
+        let silence = LIVE_REMINDER_PERIODS
+            * super::membership::REMINDER_PERIODS
+            * membership_period_us(&self.tunables);
+        let configured = |id| self.config.all_nodes().any(|(n, _)| n == id);
+        let reminded = |id| self.reminded_at.get(&id).is_some_and(|&at| now.saturating_sub(at) <= silence);
+        self.view.members().iter().map(|m| m.id).filter(|&id| configured(id) || reminded(id)).collect()
+    }
+
     fn on_join(&mut self, from: NodeId, role: RoleKind, addr: String, out: &mut Out) {
         let configured = self.config.all_nodes().any(|(id, kind)| id == from && !is_stateless(kind));
         if configured || !can_join(role) {
@@ -1266,11 +1287,17 @@ impl Role for Proposer {
             Msg::Nack { promised } | Msg::Preempted { promised } => self.observe_ballot(now, promised, out),
             Msg::Executed { watermark, configs } => self.on_executed(now, from, watermark, configs, out),
             Msg::Reconfigure(config) => self.on_reconfigure(now, from, config, out),
-            Msg::Join { role, addr } => self.on_join(from, role, addr, out),
+            Msg::Join { role, addr } => {
+                self.reminded_at.insert(from, now);
+                self.on_join(from, role, addr, out)
+            }
             // Only the leader admits departures, one at a time, so two nodes leaving at once cannot
             // take the last one of a role out of service; the node repeats its request until a view
             // from the leader says it is leaving.
-            Msg::Leaving if self.is_leader() => self.change_view(out, |v| v.start_leaving(from)),
+            Msg::Leaving if self.is_leader() => {
+                let live = self.live_nodes(now);
+                self.change_view(out, |v| v.start_leaving(from, |n| live.contains(&n)))
+            }
             Msg::Leaving => {}
             Msg::Left => {
                 // A removed node reports to every proposer, so that a later leader does not tell
@@ -1419,6 +1446,24 @@ mod tests {
         }
         assert!(p.is_leader());
         p
+    }
+
+    #[test]
+    fn a_node_leaves_only_while_another_of_its_role_is_known_to_be_up() {
+        let mut p = leader(Tunables::default());
+        let configured = config().batchers[0];
+        let join = Msg::Join { role: RoleKind::Batcher, addr: "127.0.0.1:7021".into() };
+        p.handle_message(0, 21, join.clone(), &mut Out::new(false));
+        assert!(p.view.serves(21));
+        // Batcher 21 joined, then died: still in service in the view, but silent for 10 s. The
+        // cluster file's batcher may not leave: nobody would batch.
+        let later = 10_000_000;
+        p.handle_message(later, configured, Msg::Leaving, &mut Out::new(false));
+        assert!(p.view.serves(configured), "the last batcher known to be up stays");
+        // Once 21 reminds the proposers of itself again, the other may go.
+        p.handle_message(later, 21, join, &mut Out::new(false));
+        p.handle_message(later + 1, configured, Msg::Leaving, &mut Out::new(false));
+        assert!(!p.view.serves(configured));
     }
 
     #[test]

@@ -1785,7 +1785,7 @@ mod tests {
         );
         let leaving = |id| {
             let mut view = View::from_config(&config);
-            assert!(view.start_leaving(id));
+            assert!(view.start_leaving(id, |_| true));
             view
         };
         r.handle_message(0, proposer, Msg::Membership(leaving(u0)), &mut Out::new(false));

@@ -630,7 +630,7 @@ pub(crate) mod tests {
             Msg::Membership({
                 let mut view = View::from_config(&crate::protocol::ClusterConfig::f1(1, 1, 1, 1));
                 view.join(40, RoleKind::Unbatcher, "10.0.0.9:7000".into());
-                view.start_leaving(40);
+                view.start_leaving(40, |_| true);
                 view.join(41, RoleKind::Batcher, "[::1]:7001".into());
                 view
             }),

@@ -324,11 +324,12 @@ mod tests {
     #[test]
     fn a_peer_of_another_version_is_refused_before_anything_else() {
         let mut h = Handshake::new("x", 7, RoleKind::Replica);
-        h.protocol_version = 3;
+        let (ours, theirs) = (u32::from(PROTOCOL_VERSION), u32::from(PROTOCOL_VERSION) + 1);
+        h.protocol_version = theirs;
         h.role = "nonsense".into();
         let err = h.check("y").unwrap_err();
-        assert_eq!(err, HandshakeError::WrongVersion { peer: 7, ours: 2, theirs: 3 });
-        assert_eq!(err.to_string(), "peer 7 speaks protocol version 3, this node 2");
+        assert_eq!(err, HandshakeError::WrongVersion { peer: 7, ours, theirs });
+        assert_eq!(err.to_string(), format!("peer 7 speaks protocol version {theirs}, this node {ours}"));
     }
 
     #[test]

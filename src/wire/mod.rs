@@ -40,7 +40,9 @@ pub const HEADER_LEN: usize = 16;
 /// The first two bytes of every frame, `b"AP"` read as a little-endian `u16`.
 pub const MAGIC: u16 = 0x5041;
 /// The version of the frame format and of the protocol; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Raised whenever the archived layout of a message changes (3: `NodeStatus.removed`), so that a
+/// node of an older build is told so at the handshake instead of sending frames that do not decode.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The largest meta accepted or sent. Most metas are small (a batch travels as the payload), but a
 /// client's command (a gateway's request: up to 8 MiB) and its reply (up to 8 MiB of values,
 /// `kv::MAX_RESULT_BYTES`) travel in one; this bounds what a peer can make us buffer and validate
