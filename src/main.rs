@@ -1006,6 +1006,13 @@ fn client(args: ClientArgs) -> Result<(), String> {
         println!("{json}");
     }
     if completed == 0 {
+        if let Some((node, peer)) = autopaxos::runtime::conn::refused_as_taken() {
+            return Err(format!(
+                "no command completed: node {peer} closed every connection right after it opened, as \
+                 nodes do with a second process claiming a node id: is another client running as node \
+                 {node}? (give each client its own --node)"
+            ));
+        }
         return Err("no command completed: is the cluster up?".into());
     }
     if let Some(failure) = verify_failed {

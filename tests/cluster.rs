@@ -246,6 +246,21 @@ fn garbage_sent_to_any_node_closes_only_that_connection_and_the_node_keeps_servi
     let (intact, lost) =
         common::verify_counts(&stdout).unwrap_or_else(|| panic!("no verify: line\n{stdout}"));
     assert!(lost == 0 && intact > 0, "{stdout}");
+
+    // A second client claiming a node id that a running one holds is refused by every node: it
+    // says why instead of asking whether the cluster is up.
+    cluster.spawn_client(
+        "first-5001",
+        &["--node", "5001", "--duration", "8s", "--clients", "4", "--cores", "1"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, stdout, stderr) = cluster.run_client(
+        "client",
+        &["--node", "5001", "--duration", "3s", "--clients", "4", "--cores", "1"],
+        Duration::from_secs(60),
+    );
+    assert!(!ok, "a second client as node 5001 served:\n{stdout}");
+    assert!(stderr.contains("is another client running as node 5001?"), "{stderr}");
 }
 
 /// Runs `promtool check metrics` on `exposition`; returns (success, its output).

@@ -28,6 +28,16 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from
 const CLOSED_AT_ONCE_IN_A_ROW: u32 = 5;
 const CLOSED_AT_ONCE: Duration = Duration::from_secs(1);
 
+/// A node of this process saw a peer close [`CLOSED_AT_ONCE_IN_A_ROW`] connections right after they
+/// opened: what a process that reports it served nothing can add to its error.
+static CLOSED_AT_ONCE_SEEN: std::sync::Mutex<Option<(NodeId, NodeId)>> = std::sync::Mutex::new(None);
+
+/// The (node, peer) of this process that last saw every connection closed right after it opened,
+/// if any: another process is probably running as that node.
+pub fn refused_as_taken() -> Option<(NodeId, NodeId)> {
+    *CLOSED_AT_ONCE_SEEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum Closed {
@@ -111,7 +121,6 @@ pub async fn dial_loop(
     loop {
         match TcpStream::connect(addr).await {
             Ok(stream) => {
-                backoff = BACKOFF.0;
                 if attempts > 0 {
                     host.metrics.reconnects.increment(1);
                 }
@@ -124,7 +133,13 @@ pub async fn dial_loop(
                 let by_peer = matches!(result, Err(Closed::Eof | Closed::Io(_)));
                 closed_at_once =
                     if by_peer && opened.elapsed() < CLOSED_AT_ONCE { closed_at_once + 1 } else { 0 };
+                if closed_at_once == 0 {
+                    // A connection that lived: the next one is tried at once. One closed at once
+                    // backs off as a failed connect does, not a reconnect every few milliseconds.
+                    backoff = BACKOFF.0;
+                }
                 if closed_at_once >= CLOSED_AT_ONCE_IN_A_ROW {
+                    *CLOSED_AT_ONCE_SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some((host.id, peer_id));
                     if let Some(suppressed) = host.admission.borrow_mut().may_log("closed at once") {
                         tracing::warn!(
                             node = host.id,
