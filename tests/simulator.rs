@@ -35,6 +35,8 @@ fn five_thousand_seeds_with_heavy_faults_keep_every_safety_and_liveness_check() 
     assert!(summary.faults.corrupt_detected > 100, "{summary:?}");
     // Snapshot files a crash cut short: the replica came back from the one before.
     assert!(summary.faults.lost_snapshots > 500, "{summary:?}");
+    // Snapshot files whose writing failed for a while (a full disk) and was retried.
+    assert!(summary.faults.snapshots_retried > 500, "{summary:?}");
     assert!(summary.seeds_by_f.iter().all(|&n| n > 1_000), "{:?}", summary.seeds_by_f);
     // So did teaching's: wiped disks, snapshots taught in chunks (some damaged on the way, some of
     // whose teachers crashed mid-transfer), and slots read from the acceptors.
@@ -176,6 +178,14 @@ const RECONFIG_REGRESSION_SEEDS: &[(u64, &str)] = &[
         2517,
         "both remaining replicas' disks were wiped while the removed one held the only state; they \
          ignored its reports and never caught up",
+    ),
+    (
+        3918,
+        "found once snapshot files could take seconds to write (a full disk, retried): a new \
+         replica reported watermark 0 (its taught snapshot not yet on disk) with a history kept \
+         from slot 46; a new proposer took it and, told to lead, ran Phase 1 from slot 43 (another \
+         replica's watermark), below every configuration it kept: it panicked. Phase 1 now starts \
+         no lower than the oldest configuration the history keeps",
     ),
 ];
 

@@ -342,8 +342,15 @@ impl Proposer {
     /// too), hence chosen, and `history` covers every slot from here on. Only Phase 1 takes a
     /// removed replica's word: the leader's work (what it re-proposes, when it trims) follows the
     /// replicas of the newest configuration, which may still have to learn those slots.
+    ///
+    /// A replica keeps the configurations from its own watermark on, so a history whose oldest
+    /// configuration owns slots from s says every slot below s was executed, even when the report
+    /// that carried it names a lower watermark (a replica whose taught snapshot is not yet on disk
+    /// reports the watermark its disk can give back): Phase 1 starts there at the lowest (sim seed
+    /// 3918: the history from slot 46, a floor of 43, and no configuration for 43 to 45).
     fn phase1_floor(&self) -> Slot {
-        self.max_executed().max(self.reported_executed)
+        let covered_from = self.history.entries().first().map_or(0, |e| e.from_slot);
+        self.max_executed().max(self.reported_executed).max(covered_from)
     }
 
     /// Acceptors may forget the slots below this. Every replica that is up (reported within

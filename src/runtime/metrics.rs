@@ -51,6 +51,8 @@ pub struct NodeMetrics {
     /// Durable nodes only.
     fsync_seconds: Option<LatencyHistogram>,
     records_persisted: Counter,
+    /// Replicas: attempts to write a snapshot file that failed (each is tried again).
+    pub snapshot_failures: Counter,
     /// Replicas: every slot below this is executed.
     pub executed_watermark: Gauge,
     /// Replicas: the low 53 bits of the state digest, refreshed once the watermark stands still.
@@ -96,6 +98,7 @@ impl NodeMetrics {
             fsyncs: c("autopaxos_fsyncs_total"),
             fsync_seconds: durable.then(|| LatencyHistogram::new("autopaxos_fsync_seconds", &labels)),
             records_persisted: c("autopaxos_records_persisted_total"),
+            snapshot_failures: c("autopaxos_snapshot_failures_total"),
             executed_watermark: gauge!("autopaxos_executed_watermark", "role" => role, "node" => node.clone()),
             state_digest: gauge!("autopaxos_state_digest", "role" => role, "node" => node.clone()),
             state_digest_watermark: gauge!("autopaxos_state_digest_watermark", "role" => role, "node" => node.clone()),
@@ -260,6 +263,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     m("autopaxos_fsyncs_total", C, "Syncs of this node's write-ahead log."),
     m("autopaxos_records_persisted_total", C, "Records made durable in this node's write-ahead log (per sync: the group commit's size)."),
     m("autopaxos_replica_stalled_total", C, "Replica: periods of about a second it spent behind a peer without catching up."),
+    m("autopaxos_snapshot_failures_total", C, "Replica: attempts to write a snapshot file that failed (a full disk, say); each is tried again until it succeeds, and the log is not trimmed meanwhile."),
     m("autopaxos_snapshots_installed_total", C, "Replica: snapshots of a peer's state it was taught and installed."),
     m("autopaxos_executed_watermark", G, "Replica: every slot below this is executed."),
     m("autopaxos_state_digest", G, "Replica: low 53 bits of the digest of its state, updated once the watermark stands still."),

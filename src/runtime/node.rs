@@ -518,6 +518,9 @@ async fn persist_loop(host: Rc<Host>, disk: super::launch::NodeDisk, wake: Local
     }
 }
 
+/// First and last wait before a snapshot file whose writing failed (a full disk) is tried again.
+const SNAPSHOT_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
 /// Writes the snapshot at `slot` once the one before it (`before`) is written, then tells the role.
 /// A replica queues one at a time, so at most two images are held here (one an install's).
 fn save_snapshot(
@@ -532,15 +535,34 @@ fn save_snapshot(
             before.await;
         }
         let began = Instant::now();
-        match crate::storage::wal::write_snapshot(&dir, slot, &state).await {
-            Ok(bytes) => tracing::info!(
-                node = host.id,
-                slot,
-                bytes,
-                "snapshot saved in {:.2}s",
-                began.elapsed().as_secs_f64()
-            ),
-            Err(e) => super::launch::fatal_storage_error(host.id, &e),
+        let mut retry = SNAPSHOT_RETRY.0;
+        loop {
+            match crate::storage::wal::write_snapshot(&dir, slot, &state).await {
+                Ok(bytes) => {
+                    tracing::info!(
+                        node = host.id,
+                        slot,
+                        bytes,
+                        "snapshot saved in {:.2}s",
+                        began.elapsed().as_secs_f64()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    // The log is whole without it: the replica goes on, and trims nothing until
+                    // this snapshot is saved. A full disk stops the node when its log cannot be
+                    // written, not here: this file is tried again until space is freed.
+                    host.metrics.snapshot_failures.increment(1);
+                    tracing::error!(
+                        node = host.id,
+                        slot,
+                        "could not save a snapshot: {e}; the replica goes on from its log, which it \
+                         trims no further until the snapshot is saved; trying again in {retry:?}"
+                    );
+                    glommio::timer::sleep(retry).await;
+                    retry = (retry * 2).min(SNAPSHOT_RETRY.1);
+                }
+            }
         }
         drop(state);
         host.on_snapshot_saved(slot);

@@ -168,6 +168,9 @@ pub struct FaultCounts {
     pub slow_syncs: u64,
     /// Links cut both ways while both ends reached everyone else (two proposers, often).
     pub link_cuts: u64,
+    /// Snapshot files whose writing failed (a full disk for a while) and was retried until it
+    /// succeeded, seconds later.
+    pub snapshots_retried: u64,
 }
 
 impl FaultCounts {
@@ -191,6 +194,7 @@ impl FaultCounts {
         self.pauses += other.pauses;
         self.slow_syncs += other.slow_syncs;
         self.link_cuts += other.link_cuts;
+        self.snapshots_retried += other.snapshots_retried;
     }
 }
 
@@ -201,7 +205,7 @@ impl std::fmt::Display for FaultCounts {
             f,
             "crashes {}, torn writes {}, lost unsynced writes {}, snapshots cut short {}, corrupt records detected {}, disks wiped {}, \
              snapshots taught {}, teachers crashed mid-transfer {}, chunks corrupted {}, slots read from acceptors {}, \
-             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}, links cut {}",
+             configurations changed {} (replicas {}, proposers {}, leaders replaced {}), nodes crashed mid-change {}, pauses {}, slow syncs {}, links cut {}, snapshots retried {}",
             self.crashes,
             self.torn_writes,
             self.lost_writes,
@@ -219,7 +223,8 @@ impl std::fmt::Display for FaultCounts {
             self.reconfig_crashes,
             self.pauses,
             self.slow_syncs,
-            self.link_cuts
+            self.link_cuts,
+            self.snapshots_retried
         )
     }
 }
@@ -416,6 +421,10 @@ pub struct Simulator<'t> {
     pause_order_rng: ChaCha8Rng,
     /// How long each snapshot file takes to write.
     snapshot_rng: ChaCha8Rng,
+    /// In some heavy seeds the disk is full now and then while faults are on: writing a snapshot
+    /// file fails and the driver tries again until it succeeds, so it is durable seconds later
+    /// (its own stream, so older seeds keep their draws).
+    full_disk_rng: Option<ChaCha8Rng>,
     /// In some heavy seeds the disks are slow while faults are on: each sync takes tens of
     /// milliseconds more (a throttled or overloaded volume), longer than a resend timeout.
     slow_disk_rng: Option<ChaCha8Rng>,
@@ -497,6 +506,11 @@ impl<'t> Simulator<'t> {
         let slow_disks =
             opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none() && slow_disk_rng.gen_bool(0.2);
         let slow_disk_rng = slow_disks.then_some(slow_disk_rng);
+        let mut full_disk_rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xf011));
+        let full_disks = opts.faults == FaultLevel::Heavy
+            && opts.scripted_faults.is_none()
+            && full_disk_rng.gen_bool(0.25);
+        let full_disk_rng = full_disks.then_some(full_disk_rng);
         let corruption_rate = if disk_rng.gen_bool(0.3) { 0.2 } else { 0.0 };
         let snapshot_interval = [3, 16, 20_000][disk_rng.gen_range(0..3)];
         let cluster = ClusterConfig::with_f(f, groups, proxies, batchers, unbatchers);
@@ -597,6 +611,7 @@ impl<'t> Simulator<'t> {
             pause_order_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x9a05f)),
             snapshot_rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x5a4e)),
             slow_disk_rng,
+            full_disk_rng,
             wipe_rate,
             teach_faults_on: opts.faults == FaultLevel::Heavy && opts.scripted_faults.is_none(),
             reconfig_rng,
@@ -1162,7 +1177,14 @@ impl<'t> Simulator<'t> {
         }
         node.saving_snapshot = true;
         let incarnation = node.incarnation;
-        let took = self.snapshot_rng.gen_range(1_000..100_000);
+        let mut took = self.snapshot_rng.gen_range(1_000..100_000);
+        if let (true, Some(full)) = (self.faults_on, self.full_disk_rng.as_mut()) {
+            if full.gen_bool(0.3) {
+                // The disk is full: the write fails, and is tried again until space is freed.
+                took += full.gen_range(500_000..2_000_000);
+                self.outcome.faults.snapshots_retried += 1;
+            }
+        }
         self.schedule(self.now + took, Pending::SnapshotSaved { node: id, incarnation });
     }
 

@@ -624,10 +624,19 @@ impl Wal {
 
 /// Writes `snapshot-<slot>.snap` in `dir` atomically: `.tmp`, fdatasync, rename, directory fsync;
 /// then deletes older snapshots. Returns the bytes written. One at a time per directory, in slot
-/// order (the newest complete one is what a restart loads).
+/// order (the newest complete one is what a restart loads). On failure (a full disk, say) the
+/// partial `.tmp` is removed, so that what it took is free again.
 pub async fn write_snapshot(dir: &Path, slot: Slot, state: &[u8]) -> Result<u64, StorageError> {
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(slot)));
+    let written = write_snapshot_file(dir, slot, state, &tmp).await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+async fn write_snapshot_file(dir: &Path, slot: Slot, state: &[u8], tmp: &Path) -> Result<u64, StorageError> {
     let name = snapshot_name(slot);
-    let tmp = dir.join(format!("{name}.tmp"));
     let fin = dir.join(&name);
     let file = create_tmp(&tmp).await?;
     let header = snapshot_header(slot, state);
@@ -1443,6 +1452,26 @@ mod tests {
         assert_eq!((slot, report.snapshot_slot), (9, Some(9)));
         assert!(bytes[..] == state[..]);
         assert_eq!(recovered.records.last(), Some(&accept(9, 10)));
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_written_leaves_no_partial_file_and_can_be_tried_again() {
+        let t = TempDir::new("snapshot-fails");
+        // Its name is taken by a directory that is not empty: the rename fails after the whole
+        // file was written, as late as a failure can come.
+        let blocker = t.0.join(snapshot_name(9));
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let dir = t.0.clone();
+        let state = vec![7u8; 100_000];
+        let failed = on_executor(move || async move { write_snapshot(&dir, 9, &state).await.is_err() });
+        assert!(failed);
+        let left: Vec<_> = std::fs::read_dir(&t.0).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![blocker.file_name().unwrap().to_owned()], "no .tmp left behind");
+        std::fs::remove_dir_all(&blocker).unwrap();
+        let dir = t.0.clone();
+        on_executor(move || async move { write_snapshot(&dir, 9, &[7u8; 100]).await.unwrap() });
+        let (recovered, _) = DataDir::open(&t.0).unwrap().recover().unwrap();
+        assert_eq!(recovered.snapshot.map(|(slot, state)| (slot, state.len())), Some((9, 100)));
     }
 
     #[test]
