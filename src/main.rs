@@ -1121,10 +1121,21 @@ fn status(args: StatusArgs) -> Result<(), String> {
         .map(|n| n.id.to_string())
         .collect();
     if unreachable.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("unreachable: node {}", unreachable.join(", ")))
+        return Ok(());
     }
+    // Every node refusing this tool's secret is one fault of the tool's, not of the cluster's.
+    let secret_refused = status
+        .nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref().err())
+        .filter(|why| why.contains("cluster secret"))
+        .count();
+    let hint = if secret_refused == unreachable.len() {
+        " (every one refused the cluster secret this tool proved: is it the cluster's? see secret_file and --secret-file)"
+    } else {
+        ""
+    };
+    Err(format!("unreachable: node {}{hint}", unreachable.join(", ")))
 }
 
 fn parse_top_interval(s: &str) -> Result<Duration, String> {

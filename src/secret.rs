@@ -38,6 +38,9 @@ pub enum SecretError {
     /// Group or others may read (or write) the file.
     #[error("the {what} {path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`")]
     Mode { what: &'static str, path: String, mode: u32 },
+    /// Not a regular file (a directory, say).
+    #[error("the {what} {path} is not a file")]
+    NotAFile { what: &'static str, path: String },
     /// Too little in it to be a secret.
     #[error("the cluster secret {path} holds {len} bytes, fewer than {MIN_SECRET_BYTES}: create one with `autopaxos config --new-secret {path}`")]
     TooShort { path: String, len: usize },
@@ -118,6 +121,9 @@ pub fn read_private_file(path: &Path, what: &'static str) -> Result<Vec<u8>, Sec
     let shown = path.display().to_string();
     let read = |source| SecretError::Read { what, path: shown.clone(), source };
     let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(SecretError::NotAFile { what, path: shown });
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -180,6 +186,9 @@ mod tests {
         assert!(err.contains("fewer than 32") && err.contains("--new-secret"), "{err}");
         std::fs::write(&path, vec![b'a'; 10_000]).unwrap();
         assert!(ClusterSecret::load(&path).unwrap_err().to_string().contains("right file"));
+        // A directory (mode 0755 or 1777) is not a file: no advice to chmod it.
+        let err = ClusterSecret::load(path.parent().unwrap()).unwrap_err().to_string();
+        assert!(err.ends_with("is not a file") && !err.contains("chmod"), "{err}");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -121,6 +121,18 @@ fn strangers_replays_and_a_second_claim_of_a_node_id_are_refused_counted_and_the
     let (heard, mut d) = Dialer::handshake(acceptor, &id, 7_778, RoleKind::Client, &ClusterSecret::random());
     assert!(!heard && d.closed_within(Duration::from_secs(3)), "a wrong secret must not be heard");
     counted(&cluster, 3, REFUSED_HANDSHAKES, "bad_proof", before);
+    // An operator's tool with another secret is told what is wrong, not only that the node closed.
+    let asked = autopaxos::runtime::admin::converse(
+        &id,
+        &ClusterSecret::random(),
+        acceptor,
+        7_780,
+        &Msg::StatusRequest,
+        Duration::from_secs(3),
+        Some,
+    );
+    let said = asked.map(|_| ()).unwrap_err().to_string();
+    assert!(said.contains("does not prove the cluster secret: wrong or missing secret"), "{said}");
 
     // No secret at all: a message straight after the handshake, as a node of old would send.
     let before = refused_handshakes(&cluster, 3, "malformed");
