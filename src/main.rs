@@ -1201,6 +1201,17 @@ fn reconfigure(args: ReconfigureArgs) -> Result<(), String> {
 
 fn leave(args: LeaveArgs) -> Result<(), String> {
     let file = load_file(&args.config)?;
+    if let Some(role @ (RoleKind::Acceptor | RoleKind::Replica | RoleKind::Proposer)) =
+        file.role_of(args.node)
+    {
+        return Err(format!(
+            "node {} is {} {}: acceptors, replicas and proposers leave by a change of configuration \
+             (`autopaxos reconfigure --to` a file without it), not by `leave`",
+            args.node,
+            if role == RoleKind::Acceptor { "an" } else { "a" },
+            role.name()
+        ));
+    }
     let addr = match (args.addr, file.addresses.get(&args.node)) {
         (Some(addr), _) => addr,
         (None, Some(&addr)) => addr,

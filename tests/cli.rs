@@ -134,6 +134,14 @@ fn a_role_refuses_a_node_of_another_role_with_a_clear_error() {
         stderr.contains("--state-machine noop, but the cluster file says state_machine = \"kv\""),
         "{stderr}"
     );
+    // Stateful nodes leave by reconfiguration: `leave` says so at once instead of waiting it out.
+    let out = autopaxos(&["leave", "--config", path.to_str().unwrap(), "--node", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node 3 is an acceptor: acceptors, replicas and proposers leave by a change"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
