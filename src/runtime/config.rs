@@ -215,9 +215,20 @@ impl ClusterFile {
         let mut addresses = BTreeMap::new();
         let mut metrics_addresses = BTreeMap::new();
         let mut by_address: BTreeMap<SocketAddr, NodeId> = BTreeMap::new();
+        let bad = |message: String| ConfigFileError::Parse { path: origin.to_string(), message };
+        if file.cluster.id.trim().is_empty() {
+            return Err(bad("[cluster] id is empty: name the cluster (nodes refuse other clusters by it)".into()));
+        }
         let mut nodes = file.nodes;
         nodes.sort_by_key(|n| n.id);
         for node in nodes {
+            if node.address.port() == 0 || node.address.ip().is_unspecified() {
+                return Err(bad(format!(
+                    "node {}: address {} is not one its peers can dial (name the host's address and a \
+                     port; a node listens on the port of its address)",
+                    node.id, node.address
+                )));
+            }
             // Clients and gateways are not in the cluster file: they reach it from outside.
             let role = RoleKind::from_name(&node.role)
                 .filter(|r| !matches!(r, RoleKind::Client | RoleKind::Gateway));
@@ -495,6 +506,9 @@ mod tests {
         assert!(bad("group = 0          #", "#").contains("an acceptor needs `group = N`"));
         assert!(bad("127.0.0.1:7002", "127.0.0.1:7001").contains("both use address"));
         assert!(bad("id = 2", "id = 1").contains("node 1 is listed more than once"));
+        assert!(bad("127.0.0.1:7002", "127.0.0.1:0").contains("not one its peers can dial"));
+        assert!(bad("127.0.0.1:7002", "0.0.0.0:7002").contains("not one its peers can dial"));
+        assert!(bad("id = \"demo\"", "id = \"\"").contains("[cluster] id is empty"));
         assert!(
             bad("f = 1 ", "f = 1\nstate_machine = \"kvs\"\n").contains("[cluster] state_machine: unknown")
         );
