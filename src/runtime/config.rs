@@ -217,7 +217,9 @@ impl ClusterFile {
         let mut by_address: BTreeMap<SocketAddr, NodeId> = BTreeMap::new();
         let bad = |message: String| ConfigFileError::Parse { path: origin.to_string(), message };
         if file.cluster.id.trim().is_empty() {
-            return Err(bad("[cluster] id is empty: name the cluster (nodes refuse other clusters by it)".into()));
+            return Err(bad(
+                "[cluster] id is empty: name the cluster (nodes refuse other clusters by it)".into()
+            ));
         }
         let mut nodes = file.nodes;
         nodes.sort_by_key(|n| n.id);

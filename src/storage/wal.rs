@@ -638,7 +638,7 @@ pub async fn write_snapshot(dir: &Path, slot: Slot, state: &[u8]) -> Result<u64,
 async fn write_snapshot_file(dir: &Path, slot: Slot, state: &[u8], tmp: &Path) -> Result<u64, StorageError> {
     let name = snapshot_name(slot);
     let fin = dir.join(&name);
-    let file = create_tmp(&tmp).await?;
+    let file = create_tmp(tmp).await?;
     let header = snapshot_header(slot, state);
     let total = header.len() + state.len();
     let mut pos = 0usize;
@@ -657,12 +657,12 @@ async fn write_snapshot_file(dir: &Path, slot: Slot, state: &[u8], tmp: &Path) -
         b[..from_header].copy_from_slice(&header_left[..from_header]);
         let state_at = (pos + from_header).saturating_sub(header.len());
         b[from_header..n].copy_from_slice(&state[state_at..state_at + n - from_header]);
-        write_whole(&file, buf, pos as u64, &tmp).await?;
+        write_whole(&file, buf, pos as u64, tmp).await?;
         pos += n;
     }
-    file.truncate(total as u64).await.map_err(io(&tmp))?;
-    file.fdatasync().await.map_err(io(&tmp))?;
-    file.close().await.map_err(io(&tmp))?;
+    file.truncate(total as u64).await.map_err(io(tmp))?;
+    file.fdatasync().await.map_err(io(tmp))?;
+    file.close().await.map_err(io(tmp))?;
     glommio::io::rename(&tmp, &fin).await.map_err(io(&fin))?;
     sync_dir(dir).await?;
     // Older snapshots are superseded only now that the new one is durable under its name.
