@@ -71,6 +71,17 @@ pub struct Context {
     pub connections: usize,
 }
 
+impl Context {
+    /// Whether the cluster is durable, as `INFO` and `CONFIG GET appendonly` say it.
+    fn durable_word(&self) -> &'static str {
+        match self.durable {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        }
+    }
+}
+
 /// Per connection: what `CLIENT` commands set, and whether it authenticated.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -594,11 +605,7 @@ fn hello(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
 /// nothing for a section the gateway does not have), as Redis answers.
 fn info(ctx: &Context, asked: &[Vec<u8>]) -> String {
     let leader = ctx.leader.map_or("unknown".to_string(), |l| l.to_string());
-    let durable = match ctx.durable {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "unknown",
-    };
+    let durable = ctx.durable_word();
     let sections = [
         (
             "server",
@@ -627,30 +634,18 @@ fn info(ctx: &Context, asked: &[Vec<u8>]) -> String {
     wanted.join("\r\n")
 }
 
-/// What `COMMAND` says of one command, as Redis 7 does: its name, arity (negative: at least), flags,
+/// What `COMMAND` says of one command, as Redis 7 does, in this order: its name, arity (negative: at least), flags,
 /// first key, last key and step between keys, ACL categories, then the group and a summary for
 /// `COMMAND DOCS`. `APX.TXN` names its keys among keywords: movable keys, as `EVAL`'s.
-struct CommandInfo {
-    name: &'static str,
-    arity: i64,
-    flags: &'static [&'static str],
-    keys: (i64, i64, i64),
-    categories: &'static [&'static str],
-    group: &'static str,
-    summary: &'static str,
-}
-
-const fn cmd(
-    name: &'static str,
-    arity: i64,
-    flags: &'static [&'static str],
-    keys: (i64, i64, i64),
-    categories: &'static [&'static str],
-    group: &'static str,
-    summary: &'static str,
-) -> CommandInfo {
-    CommandInfo { name, arity, flags, keys, categories, group, summary }
-}
+struct CommandInfo(
+    &'static str,
+    i64,
+    &'static [&'static str],
+    (i64, i64, i64),
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+);
 
 const READ_FAST: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
@@ -663,7 +658,7 @@ const ALL: (i64, i64, i64) = (1, -1, 1);
 
 /// The commands the gateway knows, for `COMMAND` and its subcommands.
 const COMMANDS: [CommandInfo; 26] = [
-    cmd(
+    CommandInfo(
         "apx.getv",
         2,
         READ_FAST,
@@ -672,7 +667,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Returns a key's value and the version of the write that stored it.",
     ),
-    cmd(
+    CommandInfo(
         "apx.txn",
         -3,
         &["write", "denyoom", "movablekeys"],
@@ -681,9 +676,17 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Applies writes to keys of one partition, all or nothing, if every condition holds.",
     ),
-    cmd("auth", -2, NO_AUTH, NONE, CONNECTION, "connection", "Authenticates the connection."),
-    cmd("client", -2, &[], NONE, &["@slow"], "connection", "A container for client connection commands."),
-    cmd(
+    CommandInfo("auth", -2, NO_AUTH, NONE, CONNECTION, "connection", "Authenticates the connection."),
+    CommandInfo(
+        "client",
+        -2,
+        &[],
+        NONE,
+        &["@slow"],
+        "connection",
+        "A container for client connection commands.",
+    ),
+    CommandInfo(
         "command",
         -1,
         &["loading", "stale"],
@@ -692,8 +695,16 @@ const COMMANDS: [CommandInfo; 26] = [
         "server",
         "Returns detailed information about all commands.",
     ),
-    cmd("config", -2, &[], NONE, &["@slow"], "server", "A container for server configuration commands."),
-    cmd(
+    CommandInfo(
+        "config",
+        -2,
+        &[],
+        NONE,
+        &["@slow"],
+        "server",
+        "A container for server configuration commands.",
+    ),
+    CommandInfo(
         "decr",
         2,
         WRITE_FAST,
@@ -702,7 +713,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Decrements the integer value of a key by one.",
     ),
-    cmd(
+    CommandInfo(
         "decrby",
         3,
         WRITE_FAST,
@@ -711,7 +722,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Decrements a number from the integer value of a key.",
     ),
-    cmd(
+    CommandInfo(
         "del",
         -2,
         &["write"],
@@ -720,8 +731,8 @@ const COMMANDS: [CommandInfo; 26] = [
         "generic",
         "Deletes one or more keys.",
     ),
-    cmd("echo", 2, &["fast"], NONE, CONNECTION, "connection", "Returns the given string."),
-    cmd(
+    CommandInfo("echo", 2, &["fast"], NONE, CONNECTION, "connection", "Returns the given string."),
+    CommandInfo(
         "exists",
         -2,
         READ_FAST,
@@ -730,7 +741,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "generic",
         "Determines whether one or more keys exist.",
     ),
-    cmd(
+    CommandInfo(
         "get",
         2,
         READ_FAST,
@@ -739,7 +750,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Returns the string value of a key.",
     ),
-    cmd(
+    CommandInfo(
         "getdel",
         2,
         &["write", "fast"],
@@ -748,8 +759,8 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Returns the string value of a key after deleting the key.",
     ),
-    cmd("hello", -1, NO_AUTH, NONE, CONNECTION, "connection", "Handshakes with the server."),
-    cmd(
+    CommandInfo("hello", -1, NO_AUTH, NONE, CONNECTION, "connection", "Handshakes with the server."),
+    CommandInfo(
         "incr",
         2,
         WRITE_FAST,
@@ -758,7 +769,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Increments the integer value of a key by one.",
     ),
-    cmd(
+    CommandInfo(
         "incrby",
         3,
         WRITE_FAST,
@@ -767,7 +778,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Increments the integer value of a key by a number.",
     ),
-    cmd(
+    CommandInfo(
         "info",
         -1,
         &["loading", "stale"],
@@ -776,7 +787,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "server",
         "Returns information and statistics about the server.",
     ),
-    cmd(
+    CommandInfo(
         "mget",
         -2,
         READ_FAST,
@@ -785,7 +796,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Atomically returns the string values of one or more keys.",
     ),
-    cmd(
+    CommandInfo(
         "mset",
         -3,
         WRITE,
@@ -794,9 +805,17 @@ const COMMANDS: [CommandInfo; 26] = [
         "string",
         "Atomically creates or modifies the string values of one or more keys.",
     ),
-    cmd("ping", -1, &["fast"], NONE, CONNECTION, "connection", "Returns the server's liveliness response."),
-    cmd("quit", -1, NO_AUTH, NONE, CONNECTION, "connection", "Closes the connection."),
-    cmd(
+    CommandInfo(
+        "ping",
+        -1,
+        &["fast"],
+        NONE,
+        CONNECTION,
+        "connection",
+        "Returns the server's liveliness response.",
+    ),
+    CommandInfo("quit", -1, NO_AUTH, NONE, CONNECTION, "connection", "Closes the connection."),
+    CommandInfo(
         "readonly",
         1,
         &["loading", "stale", "fast"],
@@ -805,7 +824,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "cluster",
         "Enables read-only queries for a connection to a Redis Cluster replica node.",
     ),
-    cmd(
+    CommandInfo(
         "readwrite",
         1,
         &["loading", "stale", "fast"],
@@ -814,8 +833,8 @@ const COMMANDS: [CommandInfo; 26] = [
         "cluster",
         "Enables read-write queries for a connection to a Redis Cluster replica node.",
     ),
-    cmd("reset", 1, NO_AUTH, NONE, CONNECTION, "connection", "Resets the connection."),
-    cmd(
+    CommandInfo("reset", 1, NO_AUTH, NONE, CONNECTION, "connection", "Resets the connection."),
+    CommandInfo(
         "select",
         2,
         &["loading", "stale", "fast"],
@@ -824,7 +843,7 @@ const COMMANDS: [CommandInfo; 26] = [
         "connection",
         "Changes the selected database.",
     ),
-    cmd(
+    CommandInfo(
         "set",
         -3,
         WRITE,
@@ -837,21 +856,22 @@ const COMMANDS: [CommandInfo; 26] = [
 
 fn find_command(name: &[u8]) -> Option<&'static CommandInfo> {
     let name = lower(name);
-    COMMANDS.iter().find(|c| c.name == name)
+    COMMANDS.iter().find(|c| c.0 == name)
 }
 
 impl CommandInfo {
     /// Its `COMMAND INFO` entry (Redis 7's ten fields; no tips, key specs or subcommands).
     fn entry(&self) -> Reply {
+        let CommandInfo(name, arity, flags, (first, last, step), categories, _, _) = *self;
         let words = |w: &[&str]| Reply::Array(w.iter().map(|f| Reply::Simple(f.to_string())).collect());
         Reply::Array(vec![
-            Reply::Bulk(self.name.into()),
-            Reply::Integer(self.arity),
-            words(self.flags),
-            Reply::Integer(self.keys.0),
-            Reply::Integer(self.keys.1),
-            Reply::Integer(self.keys.2),
-            words(self.categories),
+            Reply::Bulk(name.into()),
+            Reply::Integer(arity),
+            words(flags),
+            Reply::Integer(first),
+            Reply::Integer(last),
+            Reply::Integer(step),
+            words(categories),
             Reply::Array(Vec::new()),
             Reply::Array(Vec::new()),
             Reply::Array(Vec::new()),
@@ -860,9 +880,10 @@ impl CommandInfo {
 
     /// Its `COMMAND DOCS` pair: the name, then a map of summary, since and group.
     fn docs(&self) -> [Reply; 2] {
+        let CommandInfo(name, _, _, _, _, group, summary) = *self;
         let field = |k: &str, v: &str| [Reply::Bulk(k.into()), Reply::Bulk(v.into())];
-        let docs = [field("summary", self.summary), field("since", "1.0.0"), field("group", self.group)];
-        [Reply::Bulk(self.name.into()), Reply::Array(docs.into_iter().flatten().collect())]
+        let docs = [field("summary", summary), field("since", "1.0.0"), field("group", group)];
+        [Reply::Bulk(name.into()), Reply::Array(docs.into_iter().flatten().collect())]
     }
 }
 
@@ -873,7 +894,7 @@ fn command(rest: &[Vec<u8>]) -> Plan {
     let reply = match rest.first().map(|s| lower(s)).as_deref() {
         None => Reply::Array(COMMANDS.iter().map(CommandInfo::entry).collect()),
         Some("count") => Reply::Integer(COMMANDS.len() as i64),
-        Some("list") => Reply::Array(COMMANDS.iter().map(|c| Reply::Bulk(c.name.into())).collect()),
+        Some("list") => Reply::Array(COMMANDS.iter().map(|c| Reply::Bulk(c.0.into())).collect()),
         Some("info") if rest.len() == 1 => Reply::Array(COMMANDS.iter().map(CommandInfo::entry).collect()),
         Some("info") => Reply::Array(named().map(|c| c.map_or(Reply::Nil, CommandInfo::entry)).collect()),
         Some("docs") if rest.len() == 1 => {
@@ -925,11 +946,7 @@ fn client(rest: &[Vec<u8>], conn: &mut Connection) -> Plan {
 /// `CONFIG GET` of what benchmark tools ask for (`save`, `appendonly`): an honest answer about
 /// durability, and nothing for the rest.
 fn config_get(patterns: &[Vec<u8>], ctx: &Context) -> Reply {
-    let appendonly = match ctx.durable {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "unknown",
-    };
+    let appendonly = ctx.durable_word();
     let known = [("save", ""), ("appendonly", appendonly)];
     let mut out = Vec::new();
     for (name, value) in known {

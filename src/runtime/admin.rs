@@ -219,15 +219,7 @@ pub fn converse<R>(
     };
     theirs.check(cluster_id).map_err(|e| other(format!("{addr}: {e}")))?;
     send(&mut stream, &|w| w.push_proof(&prove(secret, Side::Dialer, &ours, &theirs)))?;
-    let their_proof = read_frame(&mut stream, &mut reader).map_err(|e| match e {
-        // A node closes a connection whose proof it does not take.
-        ConverseError::Closed => other(format!(
-            "{addr} closed the connection on our proof of the cluster secret: is it the cluster's \
-             (secret_file, --secret-file)?"
-        )),
-        e => e,
-    })?;
-    match their_proof {
+    match read_frame(&mut stream, &mut reader)? {
         Frame::Proof(proof) => {
             verify(secret, Side::Dialer, &ours, &theirs, &proof).map_err(|e| other(format!("{addr}: {e}")))?
         }

@@ -320,16 +320,11 @@ impl ClusterFile {
             None => StateMachineKind::Kv,
             Some(name) => {
                 name.parse().map_err(|e: crate::protocol::state_machine::UnknownStateMachineKind| {
-                    ConfigFileError::Parse {
-                        path: origin.to_string(),
-                        message: format!("[cluster] state_machine: {e}"),
-                    }
+                    bad(format!("[cluster] state_machine: {e}"))
                 })?
             }
         };
-        file.limits
-            .validate()
-            .map_err(|message| ConfigFileError::Parse { path: origin.to_string(), message })?;
+        file.limits.validate().map_err(bad)?;
         Ok(ClusterFile {
             cluster_id: file.cluster.id,
             config,

@@ -426,6 +426,19 @@ fn added_nodes_answer(
 mod tests {
     use super::*;
 
+    /// Epoch `epoch` with one acceptor group, replicas 7 and 8, proposers 1 and 2.
+    fn configuration(epoch: u64, group: Vec<NodeId>) -> Configuration {
+        Configuration { epoch, acceptor_groups: vec![group], replicas: vec![7, 8], proposers: vec![1, 2] }
+    }
+
+    fn cluster(nodes: Vec<NodeReport>) -> ClusterStatus {
+        ClusterStatus { cluster_id: "c".into(), nodes }
+    }
+
+    fn unreachable(report: NodeReport) -> NodeReport {
+        NodeReport { status: Err("connection refused".into()), ..report }
+    }
+
     fn report(id: NodeId, role: RoleKind, executed: Option<Slot>) -> NodeReport {
         let status = NodeStatus { executed, ..NodeStatus::basic(role) };
         NodeReport { id, role, addr: "127.0.0.1:1".parse().unwrap(), status: Ok(status) }
@@ -433,14 +446,11 @@ mod tests {
 
     #[test]
     fn a_replica_alone_and_far_behind_lags_what_the_proposers_heard_executed() {
-        let mut status = ClusterStatus {
-            cluster_id: "c".into(),
-            nodes: vec![
-                report(1, RoleKind::Proposer, Some(40_540)),
-                report(7, RoleKind::Replica, Some(0)),
-                NodeReport { status: Err("refused".into()), ..report(8, RoleKind::Replica, None) },
-            ],
-        };
+        let mut status = cluster(vec![
+            report(1, RoleKind::Proposer, Some(40_540)),
+            report(7, RoleKind::Replica, Some(0)),
+            unreachable(report(8, RoleKind::Replica, None)),
+        ]);
         let lag = |s: &ClusterStatus, i: usize| s.lag(s.nodes[i].status.as_ref().unwrap());
         assert_eq!(lag(&status, 1), Some(40_540));
         assert!(status.render().lines().any(|l| l.contains("replica") && l.contains(" 40540 ")));
@@ -453,26 +463,14 @@ mod tests {
 
     #[test]
     fn a_change_that_puts_in_a_node_that_does_not_answer_is_refused() {
-        let current = Configuration {
-            epoch: 3,
-            acceptor_groups: vec![vec![3, 4, 5]],
-            replicas: vec![7, 8],
-            proposers: vec![1, 2],
-        };
+        let current = configuration(3, vec![3, 4, 5]);
         let target = Configuration {
             epoch: 4,
             acceptor_groups: vec![vec![3, 4, 5], vec![44, 45, 46]],
             ..current.clone()
         };
         let acceptor = |id| report(id, RoleKind::Acceptor, None);
-        let mut status = ClusterStatus {
-            cluster_id: "c".into(),
-            nodes: vec![
-                acceptor(44),
-                NodeReport { status: Err("connection refused".into()), ..acceptor(45) },
-                acceptor(46),
-            ],
-        };
+        let mut status = cluster(vec![acceptor(44), unreachable(acceptor(45)), acceptor(46)]);
         let refused = added_nodes_answer(&status, &current, &target).unwrap_err();
         assert!(
             refused.contains("acceptor 45, which this change puts in, does not answer (connection refused)")
@@ -484,31 +482,21 @@ mod tests {
         assert_eq!(added_nodes_answer(&status, &current, &target), Ok(()));
         // Nodes that stay need not answer: a change may be what replaces a dead one.
         let replace = Configuration { epoch: 4, replicas: vec![7, 9], ..current.clone() };
-        let status =
-            ClusterStatus { cluster_id: "c".into(), nodes: vec![report(9, RoleKind::Replica, Some(0))] };
+        let status = cluster(vec![report(9, RoleKind::Replica, Some(0))]);
         assert_eq!(added_nodes_answer(&status, &current, &replace), Ok(()));
     }
 
     #[test]
     fn a_node_is_shown_removed_only_if_a_change_took_it_out() {
-        let config = Configuration {
-            epoch: 2,
-            acceptor_groups: vec![vec![31, 4, 5]],
-            replicas: vec![7, 8],
-            proposers: vec![1, 2],
-        };
+        let config = configuration(2, vec![31, 4, 5]);
         let mut replica = report(7, RoleKind::Replica, Some(10));
         if let Ok(s) = &mut replica.status {
             s.configuration =
                 Some(InForce { config, from_slot: 9, chosen_at: Some(3), ballot: Ballot::ZERO });
             s.removed = vec![3];
         }
-        let down = |id| NodeReport {
-            status: Err("connection refused".into()),
-            ..report(id, RoleKind::Acceptor, None)
-        };
-        let status =
-            ClusterStatus { cluster_id: "c".into(), nodes: vec![replica, down(3), down(44), down(31)] };
+        let down = |id| unreachable(report(id, RoleKind::Acceptor, None));
+        let status = cluster(vec![replica, down(3), down(44), down(31)]);
         assert_eq!(status.state(&status.nodes[1]), "removed", "a change took 3 out");
         assert_eq!(status.state(&status.nodes[2]), "unreachable", "44 joined and was never put in");
         assert_eq!(status.state(&status.nodes[3]), "unreachable", "31 is a member");
